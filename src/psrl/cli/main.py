@@ -1,0 +1,71 @@
+"""The ``psrl`` command. Each subcommand lives in its own module ``psrl.cli.<name>`` exposing
+``add_parser(subparsers)``; heavy imports happen inside the command functions so ``psrl --help`` stays fast."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from psrl.errors import ConfigError, PsrlError, RecordError
+
+USER_ERRORS = (ConfigError, RecordError, PsrlError)
+
+# subcommand -> module; the order is the order shown in --help
+COMMANDS = {
+    "train": "psrl.cli.train",
+    "sft": "psrl.cli.sft",
+    "generate": "psrl.cli.generate",
+    "reward": "psrl.cli.reward",
+    "bench": "psrl.cli.bench",
+    "data": "psrl.cli.data",
+    "serve": "psrl.cli.serve",
+    "env": "psrl.cli.env",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="psrl",
+        description="RL post-training, rewards, benchmarks and data for consistent multi-subject image generation.",
+        epilog="Examples:\n  psrl train                      # tiny FLUX GRPO demo on the CPU\n"
+               "  psrl train --config configs/psr_kontext.yaml --set train.lr=1e-5\n"
+               "  accelerate launch -m psrl train --config ...\n  psrl env",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name == module_name:  # command not part of this build
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Typed configs from YAML: dataclasses, unknown keys rejected by name, dotted ``--set`` overrides, dumps.
+
+Every config in psrl is a (nested) ``@dataclass``. ``from_dict`` builds one from plain data and raises
+:class:`ConfigError` naming the dotted key, the bad value and the file; ``__post_init__`` methods validate values.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong. The message names the key (dotted), the value and the source file."""
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-5"`` -> (["train", "lr"], 1e-5). The value is parsed as YAML (numbers, lists, bools)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key.path=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str] | None) -> dict:
+    """Apply dotted overrides to a plain dict (in place) and return it. Lists are indexed by integers."""
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node: Any = data
+        for i, part in enumerate(path[:-1]):
+            if isinstance(node, list):
+                node = node[_list_index(node, part, path[: i + 1])]
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, (dict, list)):
+                    raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a mapping")
+        last = path[-1]
+        if isinstance(node, list):
+            node[_list_index(node, last, path)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _list_index(node: list, part: str, path: list[str]) -> int:
+    try:
+        idx = int(part)
+        node[idx]
+        return idx
+    except (ValueError, IndexError) as e:
+        raise ConfigError(f"override key {'.'.join(path)}: {part!r} is not a valid index of a list of {len(node)}") from e
+
+
+def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: str | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``. Unknown keys and wrongly typed values raise :class:`ConfigError`."""
+    where = f" (in {source})" if source else ""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}{where}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ConfigError(f"unknown config key {key!r}{where}; valid keys here: {', '.join(sorted(fields))}")
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _convert(hints[name], value, key, source)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}{where}") from e
+
+
+def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
+    where = f" (in {source})" if source else ""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, prefix=key, source=source)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, key, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"bad value for {key!r}: {value!r} does not match {_type_name(tp)}{where}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            choices = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"bad value for {key!r}: {value!r}; expected one of {choices}{where}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"bad value for {key!r}: expected a list, got {value!r}{where}")
+        args = get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(args) != len(value):
+                raise ConfigError(f"bad value for {key!r}: expected {len(args)} items, got {value!r}{where}")
+            return tuple(_convert(a, v, f"{key}.{i}", source) for i, (a, v) in enumerate(zip(args, value)))
+        item_tp = args[0] if args else Any
+        items = [_convert(item_tp, v, f"{key}.{i}", source) for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"bad value for {key!r}: expected a mapping, got {value!r}{where}")
+        _, vt = get_args(tp) or (Any, Any)
+        return {k: _convert(vt, v, f"{key}.{k}", source) for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad value for {key!r}: expected true/false, got {value!r}{where}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"bad value for {key!r}: expected an integer, got {value!r}{where}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"bad value for {key!r}: expected a number, got {value!r}{where}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"bad value for {key!r}: expected a string, got {value!r}{where}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def to_dict(cfg: Any) -> Any:
+    """Plain-data view of a config (dataclasses, tuples -> lists) for YAML dumps and hashing."""
+    if dataclasses.is_dataclass(cfg):
+        return {f.name: to_dict(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
+    if isinstance(cfg, (list, tuple)):
+        return [to_dict(v) for v in cfg]
+    if isinstance(cfg, dict):
+        return {k: to_dict(v) for k, v in cfg.items()}
+    if isinstance(cfg, Path):
+        return str(cfg)
+    return cfg
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+                default: dict | None = None) -> T:
+    """YAML file (or ``default`` when no path) + dotted overrides -> validated dataclass ``cls``."""
+    data = load_yaml(path) if path is not None else dict(default or {})
+    apply_overrides(data, overrides)
+    return from_dict(cls, data, source=str(path) if path is not None else "embedded default")
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,117 @@
+"""Records: a prompt (or instruction) plus the reference images of its subjects, and their JSONL I/O.
+
+Paths inside a record are relative to a data root and may not escape it (:func:`resolve_under`).
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+
+class RecordError(ValueError):
+    """A record file or field is invalid; the message names the file, line and field."""
+
+
+@dataclass(frozen=True)
+class SubjectRef:
+    """One subject: its reference image (relative to the data root) and the phrase that names it (``"dog"``)."""
+
+    image: str | None
+    phrase: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """One generation task. ``prompt`` is the text prompt or editing instruction. ``target`` is an optional
+    ground-truth image (SFT data). ``tags`` hold subset, relation and anything else a consumer needs."""
+
+    id: str
+    prompt: str
+    subjects: tuple[SubjectRef, ...] = ()
+    tags: dict = field(default_factory=dict, hash=False, compare=True)
+    target: str | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["subjects"] = [asdict(s) for s in self.subjects]
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict, *, where: str = "record") -> "Record":
+        if not isinstance(d, dict):
+            raise RecordError(f"{where}: expected a JSON object, got {type(d).__name__}")
+        unknown = set(d) - {"id", "prompt", "subjects", "tags", "target"}
+        if unknown:
+            raise RecordError(f"{where}: unknown field(s) {sorted(unknown)}")
+        for key in ("id", "prompt"):
+            if not isinstance(d.get(key), str) or not d[key].strip():
+                raise RecordError(f"{where}: field {key!r} must be a non-empty string, got {d.get(key)!r}")
+        subjects = []
+        for i, s in enumerate(d.get("subjects") or []):
+            if not isinstance(s, dict) or not isinstance(s.get("phrase"), str) or not s["phrase"].strip():
+                raise RecordError(f"{where}: subjects[{i}].phrase must be a non-empty string, got {s!r}")
+            image = s.get("image")
+            if image is not None and not isinstance(image, str):
+                raise RecordError(f"{where}: subjects[{i}].image must be a path string, got {image!r}")
+            subjects.append(SubjectRef(image=image, phrase=s["phrase"].strip()))
+        tags = d.get("tags") or {}
+        if not isinstance(tags, dict):
+            raise RecordError(f"{where}: field 'tags' must be an object, got {tags!r}")
+        target = d.get("target")
+        if target is not None and not isinstance(target, str):
+            raise RecordError(f"{where}: field 'target' must be a path string, got {target!r}")
+        return cls(id=d["id"], prompt=d["prompt"], subjects=tuple(subjects), tags=dict(tags), target=target)
+
+
+def resolve_under(root: str | Path, relative: str, *, what: str = "path") -> Path:
+    """``root / relative`` resolved, refusing absolute paths and ``..`` escapes from ``root``."""
+    root_r = Path(root).resolve()
+    if os.path.isabs(relative):
+        raise RecordError(f"{what} {relative!r} must be relative to the data root {root_r}")
+    full = (root_r / relative).resolve()
+    if full != root_r and root_r not in full.parents:
+        raise RecordError(f"{what} {relative!r} escapes the data root {root_r}")
+    return full
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """Read a JSONL file of records. Errors name the file and line; duplicate ids are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"records file not found: {path}")
+    out, seen = [], set()
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{where}: not valid JSON: {e}") from e
+        rec = Record.from_json(d, where=where)
+        if rec.id in seen:
+            raise RecordError(f"{where}: duplicate record id {rec.id!r}")
+        seen.add(rec.id)
+        out.append(rec)
+    if not out:
+        raise RecordError(f"{path}: no records")
+    return out
+
+
+def write_records(records: Iterable[Record], path: str | Path) -> None:
+    """Write records as JSONL atomically (temp file then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w") as f:
+        for r in records:
+            f.write(json.dumps(r.to_json()) + "\n")
+    os.replace(tmp, path)
+
+
+def iter_prompts(records: Iterable[Record]) -> Iterator[str]:
+    for r in records:
+        yield r.prompt

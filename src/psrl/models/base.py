@@ -1,0 +1,182 @@
+"""The one policy protocol every generator implements, and the data a rollout carries.
+
+The trainer only ever talks to a :class:`Policy`; it never knows whether it drives FLUX, Kontext, Qwen-Image-Edit,
+SD3 or a tiny model.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from psrl.data.records import Record
+
+
+@dataclass
+class SamplingConfig:
+    """How a rollout or a generation is sampled.
+
+    Attributes:
+        num_steps: denoising steps.
+        height, width: output size in pixels.
+        guidance_scale: FLUX distilled guidance (embedded) or true CFG scale, as the policy uses it.
+        noise_level: SDE noise ``a`` (0 = ODE).
+        sde_kind: ``"sde"`` (Flow-GRPO) or ``"cps"`` (coefficients-preserving).
+        train_steps: which steps are noisy and trained (see :func:`psrl.sampling.plan_steps`).
+        train_k: ``k`` for ``first_k`` / ``fast_window``.
+        window_range: where a ``fast_window`` may start, ``[lo, hi)``; ``None`` = ``(0, num_steps // 2)``.
+        noise_steps: explicit step list for ``train_steps: list`` (PaCo's sparse noise steps).
+        log_prob_reduce: ``"mean"`` (Flow-GRPO, default) or ``"sum"`` over latent dims.
+        same_noise_per_group: start every member of a group from the same initial noise.
+        cps_compat: Flow-GRPO's constant-free CPS log-prob instead of the true Gaussian one.
+    """
+
+    num_steps: int = 10
+    height: int = 512
+    width: int = 512
+    guidance_scale: float = 3.5
+    noise_level: float = 0.7
+    sde_kind: str = "sde"
+    train_steps: str = "all_but_last"
+    train_k: int = 1
+    window_range: list[int] | None = None
+    noise_steps: list[int] | None = None
+    log_prob_reduce: str = "mean"
+    same_noise_per_group: bool = False
+    cps_compat: bool = False
+
+    def __post_init__(self):
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.height <= 0 or self.width <= 0:
+            raise ValueError(f"height/width must be positive, got {self.height}x{self.width}")
+        if self.noise_level < 0:
+            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
+        if self.sde_kind not in ("sde", "cps"):
+            raise ValueError(f"sde_kind must be 'sde' or 'cps', got {self.sde_kind!r}")
+        if self.log_prob_reduce not in ("mean", "sum"):
+            raise ValueError(f"log_prob_reduce must be 'mean' or 'sum', got {self.log_prob_reduce!r}")
+        if self.train_steps not in ("all_but_last", "all", "first_k", "fast_window", "list"):
+            raise ValueError(f"train_steps {self.train_steps!r} unknown; expected all_but_last, all, first_k, "
+                             "fast_window or list")
+
+
+@dataclass
+class Rollout:
+    """Everything needed to recompute log-probs of a batch of sampled trajectories.
+
+    Attributes:
+        records: the ``B`` records sampled (a group repeats the same record).
+        images: ``[B, 3, H, W]`` decoded final images in ``[0, 1]`` (float32, on CPU or the device).
+        latents: ``[B, T + 1, ...]`` the latents ``x_T .. x_0`` in the policy's own (e.g. packed) layout, fp32.
+        log_probs: ``[B, T]`` per-step log-probs at sampling time (0 for ODE steps).
+        sigmas: ``[T + 1]`` the sigma schedule (last is 0).
+        timesteps: ``[B, T]`` model timesteps of each step.
+        noisy: ``[T]`` bool, which steps drew SDE noise.
+        trained_steps: step indices the trainer updates on.
+        cond: per-sample conditioning tensors, batch-first (prompt embeddings, reference tokens, ids, ...).
+        meta: anything else the policy needs to recompute (sizes, guidance), not batch-indexed.
+    """
+
+    records: list[Record]
+    images: Tensor
+    latents: Tensor
+    log_probs: Tensor
+    sigmas: Tensor
+    timesteps: Tensor
+    noisy: Tensor
+    trained_steps: tuple[int, ...]
+    cond: dict[str, Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def select(self, index: Sequence[int] | Tensor) -> "Rollout":
+        """The sub-batch at ``index`` (cond tensors indexed along dim 0)."""
+        idx = torch.as_tensor(list(index) if not isinstance(index, Tensor) else index, dtype=torch.long)
+        return replace(
+            self,
+            records=[self.records[int(i)] for i in idx],
+            images=self.images[idx.to(self.images.device)],
+            latents=self.latents[idx.to(self.latents.device)],
+            log_probs=self.log_probs[idx.to(self.log_probs.device)],
+            timesteps=self.timesteps[idx.to(self.timesteps.device)],
+            cond={k: v[idx.to(v.device)] for k, v in self.cond.items()},
+        )
+
+    @staticmethod
+    def cat(parts: Sequence["Rollout"]) -> "Rollout":
+        """Concatenate rollouts of one policy along the batch (same schedule and trained steps)."""
+        first = parts[0]
+        for p in parts[1:]:
+            if p.trained_steps != first.trained_steps or not torch.equal(p.sigmas, first.sigmas):
+                raise ValueError("cannot concatenate rollouts with different schedules or trained steps")
+        return replace(
+            first,
+            records=[r for p in parts for r in p.records],
+            images=torch.cat([p.images for p in parts]),
+            latents=torch.cat([p.latents for p in parts]),
+            log_probs=torch.cat([p.log_probs for p in parts]),
+            timesteps=torch.cat([p.timesteps for p in parts]),
+            cond={k: torch.cat([p.cond[k] for p in parts]) for k in first.cond},
+        )
+
+
+@dataclass
+class StepLogProb:
+    """Recomputed step statistics, all ``float32``: ``log_prob [B]`` (differentiable), the step Gaussian's
+    ``mean`` and ``std`` (for the KL to the reference) and ``dt = sigma_next - sigma``."""
+
+    log_prob: Tensor
+    mean: Tensor
+    std: Tensor
+    dt: Tensor
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A flow-matching generator the GRPO and SFT trainers can drive.
+
+    Implementations: :class:`psrl.models.flux.FluxPolicy` and the reference-conditioned policies. ``module`` is the
+    ``nn.Module`` holding the trainable (LoRA) parameters; the trainer may wrap it for distribution and hand the
+    wrapped module back with :meth:`set_module`.
+    """
+
+    module: nn.Module
+
+    def rollout(self, records: Sequence[Record], sampling: SamplingConfig,
+                generator: torch.Generator | list[torch.Generator] | None = None) -> Rollout:
+        """Sample one trajectory per record with SDE noise on the planned steps; returns all latents and log-probs.
+        Records repeated within a group share one prompt encoding (and reference encoding)."""
+
+    def log_prob(self, rollout: Rollout, step: int) -> StepLogProb:
+        """Recompute the log-prob of ``latents[:, step + 1]`` given ``latents[:, step]`` with the current weights.
+        Before any update the result equals ``rollout.log_probs[:, step]``."""
+
+    def generate(self, records: Sequence[Record], sampling: SamplingConfig,
+                 generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """ODE generation (``noise_level`` ignored) for evaluation: ``[B, 3, H, W]`` in ``[0, 1]``."""
+
+    def flow_matching_loss(self, records: Sequence[Record], targets: Tensor, sigmas: Tensor,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """SFT loss: MSE between predicted and true velocity for ``targets`` (``[B, 3, H, W]`` in [0, 1]) noised
+        to ``sigmas [B]``."""
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]: ...
+
+    def disable_lora(self) -> contextlib.AbstractContextManager: ...
+
+    def save_lora(self, path) -> None:
+        """Write the LoRA weights in the diffusers format (``pytorch_lora_weights.safetensors``)."""
+
+    def load_lora(self, path) -> None: ...
+
+    def set_module(self, module: nn.Module) -> None: ...
+
+    def train(self, mode: bool = True) -> None: ...
+
+    def to(self, device) -> "Policy": ...
