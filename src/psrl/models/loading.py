@@ -1,0 +1,167 @@
+"""Load diffusers/transformers pipeline components with ``from_pretrained``, exactly as a user with weights would,
+from a hub id (``black-forest-labs/FLUX.1-dev``) or a local directory laid out like a diffusers pipeline
+(``transformer/``, ``vae/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/``, ...).
+
+Every failure becomes a :class:`psrl.errors.ModelLoadError` whose message names the path or hub id, the component and
+the fix. Two traps are handled on purpose:
+
+* a hub id while ``HF_HUB_OFFLINE`` is set fails up front with a message suggesting a local directory, instead of a
+  deep ``OSError`` from the hub client;
+* transformers 5 tokenizer classes (``CLIPTokenizer``, ``T5Tokenizer``, ...) "load" a missing or empty folder as an
+  almost empty tokenizer without any error (research note gotcha G1), so tokenizers are loaded through
+  ``AutoTokenizer`` and then probed: a tokenizer that cannot tokenize plain text into known tokens is rejected.
+
+Reused by every policy: pass a spec mapping component names to the class that loads them.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from pathlib import Path
+from typing import Mapping
+
+from psrl.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+# What FLUX.1-dev / FLUX.1-schnell ship, as (library, class) per subfolder. "tokenizer" means AutoTokenizer.
+FLUX_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
+    "transformer": ("diffusers", "FluxTransformer2DModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModel"),
+    "text_encoder_2": ("transformers", "T5EncoderModel"),
+    "tokenizer": ("transformers", "AutoTokenizer"),
+    "tokenizer_2": ("transformers", "AutoTokenizer"),
+    "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
+}
+
+_PROBE_TEXT = "a photo of a dog"
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def looks_like_hub_id(path: str) -> bool:
+    """``org/name`` (one slash, no leading ``/``, ``.`` or ``~``) that is not an existing local path."""
+    if os.path.exists(path):
+        return False
+    if path.startswith(("/", ".", "~")) or "\\" in path:
+        return False
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts)
+
+
+def resolve_model_source(path: str | os.PathLike) -> tuple[str, bool]:
+    """Check a model location before loading anything. Returns ``(path, is_local)``.
+
+    Raises:
+        ModelLoadError: the local path does not exist or is not a readable directory; or it is a hub id while the
+            hub is offline.
+    """
+    text = os.path.expanduser(str(path))
+    if not text:
+        raise ModelLoadError("model path is empty; set model.path to a local directory or a hub id")
+    if looks_like_hub_id(text):
+        if hub_offline():
+            raise ModelLoadError(
+                f"model path {text!r} looks like a Hugging Face hub id, but the hub is offline (HF_HUB_OFFLINE is "
+                f"set). Download the model once (e.g. `huggingface-cli download {text} --local-dir <dir>`) and set "
+                f"model.path to that local directory, or unset HF_HUB_OFFLINE.")
+        return text, False
+    p = Path(text)
+    if not p.exists():
+        raise ModelLoadError(f"model path {text!r} does not exist; set model.path to a local pipeline directory "
+                             "(with transformer/, vae/, ... subfolders) or a hub id like 'org/name'")
+    if not p.is_dir():
+        raise ModelLoadError(f"model path {text!r} is not a directory; expected a diffusers pipeline folder "
+                             "(with transformer/, vae/, ... subfolders)")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise ModelLoadError(f"model path {text!r} is not readable (permission denied)")
+    return text, True
+
+
+def _import_class(library: str, name: str):
+    return getattr(importlib.import_module(library), name)
+
+
+def check_tokenizer(tokenizer, where: str) -> None:
+    """Reject the silently empty tokenizers transformers 5 returns for a missing vocabulary (gotcha G1)."""
+    vocab_size = len(tokenizer)
+    ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    known = [i for i in ids if i != unk and i not in (tokenizer.all_special_ids or [])]
+    if vocab_size < 3 or not known:
+        raise ModelLoadError(
+            f"tokenizer at {where} has no usable vocabulary ({vocab_size} tokens; {_PROBE_TEXT!r} -> {ids}). "
+            "Its vocabulary files are missing or unreadable; re-download the model or fix the folder.")
+
+
+def load_component(path: str, subfolder: str, library: str, class_name: str, *, is_local: bool,
+                   torch_dtype=None, **kwargs):
+    """``Class.from_pretrained(path, subfolder=...)`` with errors turned into :class:`ModelLoadError`.
+
+    Models get ``torch_dtype`` (diffusers) / ``dtype`` (transformers) and ``.eval()``; tokenizers are probed.
+    """
+    where = f"{path}/{subfolder}" if is_local else f"hub id {path!r}, subfolder {subfolder!r}"
+    if is_local and not (Path(path) / subfolder).is_dir():
+        raise ModelLoadError(f"model path {path!r} has no {subfolder!r} folder; expected a diffusers pipeline "
+                             f"folder with subfolders {sorted(FLUX_COMPONENT_SPEC)} (missing: {subfolder})")
+    cls = _import_class(library, class_name)
+    load_kwargs = dict(kwargs, subfolder=subfolder)
+    is_tokenizer = class_name.endswith("Tokenizer") or class_name.endswith("TokenizerFast")
+    is_scheduler = "Scheduler" in class_name
+    if torch_dtype is not None and not (is_tokenizer or is_scheduler):
+        load_kwargs["torch_dtype" if library == "diffusers" else "dtype"] = torch_dtype
+    try:
+        obj = cls.from_pretrained(path, **load_kwargs)
+    except (OSError, ValueError, EnvironmentError, KeyError) as exc:
+        raise ModelLoadError(f"could not load {subfolder} ({class_name}) from {where}: {exc}") from exc
+    if is_tokenizer:
+        check_tokenizer(obj, where)
+    elif hasattr(obj, "eval"):
+        obj.eval()
+    return obj
+
+
+def load_components(path: str | os.PathLike, spec: Mapping[str, tuple[str, str]] = FLUX_COMPONENT_SPEC, *,
+                    torch_dtype=None, **kwargs) -> dict:
+    """Load every component of ``spec`` (name -> ``(library, class)``; the name is the subfolder).
+
+    Returns a dict suitable for ``Pipeline(**components)``. All models come back in eval mode.
+    """
+    source, is_local = resolve_model_source(path)
+    logger.info("loading %s from %s", ", ".join(spec), source)
+    return {name: load_component(source, name, lib, cls_name, is_local=is_local, torch_dtype=torch_dtype, **kwargs)
+            for name, (lib, cls_name) in spec.items()}
+
+
+def load_flux_components(path: str | os.PathLike, *, torch_dtype=None, **kwargs) -> dict:
+    """FLUX.1 components (kwargs of ``diffusers.FluxPipeline``) from a hub id or a local pipeline folder."""
+    return load_components(path, FLUX_COMPONENT_SPEC, torch_dtype=torch_dtype, **kwargs)
+
+
+def torch_dtype_from_name(name: str):
+    """``"float32" | "bfloat16" | "float16"`` -> ``torch.dtype``."""
+    import torch
+
+    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if name not in table:
+        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
+    return table[name]
+
+
+__all__ = [
+    "FLUX_COMPONENT_SPEC",
+    "check_tokenizer",
+    "hub_offline",
+    "load_component",
+    "load_components",
+    "load_flux_components",
+    "looks_like_hub_id",
+    "resolve_model_source",
+    "torch_dtype_from_name",
+]

@@ -1,0 +1,246 @@
+"""LoRA on a denoiser through peft: documented target presets, add, save and load in the diffusers format.
+
+Saved files are what ``diffusers`` writes and reads: ``pytorch_lora_weights.safetensors`` with keys
+``transformer.<module path>.lora_A.weight`` / ``.lora_B.weight`` and the peft ``LoraConfig`` (rank, alpha, targets)
+in the ``lora_adapter_metadata`` header, so ``FluxPipeline.load_lora_weights(path)`` (and the other pipelines'
+loaders) reproduce the trained policy exactly, alpha/rank scaling included.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from psrl.errors import ModelLoadError
+from psrl.models.config import LoraConfig
+
+logger = logging.getLogger(__name__)
+
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the serialized peft LoraConfig
+
+_ATTN = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+_FF = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
+       # Qwen-Image names its two streams' feed-forwards img_mlp / txt_mlp
+       "img_mlp.net.0.proj", "img_mlp.net.2", "txt_mlp.net.0.proj", "txt_mlp.net.2")
+_SINGLE = ("proj_mlp", "single_transformer_blocks.*.proj_out")
+
+#: Target-module presets. Each entry matches a module whose full name equals it or ends with ``"." + entry``;
+#: entries with ``*`` are glob patterns over full names. Entries of a preset that a model lacks are skipped.
+#:
+#: * ``attn``: the attention projections of both streams, ``to_q/k/v``, ``to_out.0``, ``add_q/k/v_proj``,
+#:   ``to_add_out`` (Flow-GRPO's SD3/FLUX LoRA). In FLUX this also adapts the single blocks' ``to_q/k/v``.
+#: * ``attn_ff``: ``attn`` plus the feed-forward layers of both streams, ``ff.net.0.proj``, ``ff.net.2``,
+#:   ``ff_context.net.0.proj``, ``ff_context.net.2`` (PaCo's FLUX / Kontext LoRA; ``img_mlp``/``txt_mlp`` in
+#:   Qwen-Image).
+#: * ``attn_ff_single``: ``attn_ff`` plus FLUX's single-stream blocks' MLP input ``proj_mlp`` and their fused
+#:   output projection ``single_transformer_blocks.*.proj_out`` (not the model's final ``proj_out``), so every
+#:   feature-computing linear of every block is adapted.
+LORA_TARGET_PRESETS: dict[str, tuple[str, ...]] = {
+    "attn": _ATTN,
+    "attn_ff": _ATTN + _FF,
+    "attn_ff_single": _ATTN + _FF + _SINGLE,
+}
+
+
+def _matches(name: str, entry: str) -> bool:
+    if any(ch in entry for ch in "*?["):
+        return fnmatch.fnmatchcase(name, entry)
+    return name == entry or name.endswith("." + entry)
+
+
+def resolve_target_modules(module: nn.Module, targets) -> list[str]:
+    """Full names of the ``nn.Linear`` modules of ``module`` that ``targets`` (a preset name or a list) selects.
+
+    Raises:
+        ValueError: an unknown preset name, an explicit entry that matches nothing, or nothing matched at all.
+    """
+    if isinstance(targets, str):
+        if targets not in LORA_TARGET_PRESETS:
+            raise ValueError(f"lora.targets {targets!r} is not a preset; expected one of "
+                             f"{sorted(LORA_TARGET_PRESETS)} or a list of module names")
+        entries, explicit = LORA_TARGET_PRESETS[targets], False
+    else:
+        entries, explicit = tuple(str(t) for t in targets), True
+    linear_names = [n for n, m in module.named_modules() if isinstance(m, nn.Linear) and n]
+    chosen: list[str] = []
+    for entry in entries:
+        hits = [n for n in linear_names if _matches(n, entry)]
+        if explicit and not hits:
+            raise ValueError(f"lora.targets entry {entry!r} matches no linear layer of {type(module).__name__}")
+        chosen.extend(h for h in hits if h not in chosen)
+    if not chosen:
+        raise ValueError(f"lora.targets {targets!r} matches no linear layer of {type(module).__name__}")
+    return sorted(chosen)
+
+
+def add_lora(module: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> list[str]:
+    """Freeze ``module`` and add a peft LoRA adapter (diffusers ``add_adapter``). LoRA weights are kept in fp32
+    whatever the base dtype, so optimizer updates are not lost to bf16 rounding. Returns the adapted module names."""
+    from peft import LoraConfig as PeftLoraConfig
+
+    module.requires_grad_(False)
+    targets = resolve_target_modules(module, cfg.targets)
+    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights=cfg.init,
+                              target_modules=targets, lora_dropout=cfg.dropout)
+    module.add_adapter(peft_cfg, adapter_name=adapter_name)
+    for name, param in module.named_parameters():
+        if "lora_" in name:
+            param.data = param.data.float()
+            param.requires_grad_(True)
+    logger.info("LoRA rank %d alpha %g on %d modules (%d trainable parameters)", cfg.rank, cfg.alpha, len(targets),
+                sum(p.numel() for p in module.parameters() if p.requires_grad))
+    return targets
+
+
+def has_lora(module: nn.Module) -> bool:
+    return bool(getattr(module, "peft_config", None))
+
+
+def lora_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter weights with peft's adapter-free names (``blocks.0.attn.to_q.lora_A.weight``), detached, CPU."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(module).items()}
+
+
+def _adapter_metadata(module: nn.Module, prefix: str) -> dict:
+    cfg = module.peft_config[next(iter(module.peft_config))].to_dict()
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, set):
+            value = sorted(value)
+        out[f"{prefix}.{key}"] = value
+    return out
+
+
+def lora_file(path: str | os.PathLike) -> Path:
+    """The weights file for ``path``: the file itself, or ``<dir>/pytorch_lora_weights.safetensors``."""
+    p = Path(path)
+    return p / LORA_WEIGHT_NAME if p.is_dir() or not p.suffix else p
+
+
+def save_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer") -> Path:
+    """Write the adapter of ``module`` in the diffusers format, atomically (temp file then rename).
+
+    ``path`` is a directory (``pytorch_lora_weights.safetensors`` is written inside) or a ``.safetensors`` file.
+    """
+    from safetensors.torch import save_file
+
+    if not has_lora(module):
+        raise ValueError("the module has no LoRA adapter to save")
+    target = lora_file(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{prefix}.{k}": v for k, v in lora_state_dict(module).items()}
+    header = {"format": "pt", LORA_METADATA_KEY: json.dumps(_adapter_metadata(module, prefix), indent=2,
+                                                             sort_keys=True, default=str)}
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-lora-", suffix=".safetensors", dir=target.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=header)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return target
+
+
+def read_lora_file(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor], dict]:
+    """``(file, tensors, adapter metadata)`` of a diffusers-format LoRA file or a directory holding one."""
+    from safetensors import safe_open
+
+    file = lora_file(path)
+    if not file.is_file():
+        where = f"directory {str(path)!r} has no {LORA_WEIGHT_NAME}" if Path(path).is_dir() else \
+            f"LoRA file {str(file)!r} does not exist"
+        raise ModelLoadError(f"cannot load LoRA: {where}")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            header = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ModelLoadError(f"cannot read LoRA file {str(file)!r}: {exc}") from exc
+    meta = json.loads(header[LORA_METADATA_KEY]) if LORA_METADATA_KEY in header else {}
+    return file, tensors, meta
+
+
+def _peft_config_from_metadata(meta: dict, prefix: str, tensors: dict[str, torch.Tensor]):
+    from peft import LoraConfig as PeftLoraConfig
+
+    own = {k[len(prefix) + 1:]: v for k, v in meta.items() if k.startswith(prefix + ".")}
+    if own:
+        allowed = set(PeftLoraConfig.__dataclass_fields__)
+        return PeftLoraConfig(**{k: v for k, v in own.items() if k in allowed})
+    # No header (a file written by other tools): rank from the shapes, alpha = rank (scale 1), as diffusers does.
+    ranks = {v.shape[0] for k, v in tensors.items() if ".lora_A." in k}
+    targets = sorted({k.split(".lora_A.")[0] for k in tensors if ".lora_A." in k})
+    rank = max(ranks) if ranks else 1
+    return PeftLoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
+
+
+def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer") -> Path:
+    """Load a diffusers-format LoRA into ``module``'s adapter (adding one from the file's config if it has none).
+
+    Raises:
+        ModelLoadError: the file is missing or unreadable, or its keys or shapes do not match the adapter; the
+            message names the file and the unmatched keys.
+    """
+    from peft.utils import set_peft_model_state_dict
+
+    file, tensors, meta = read_lora_file(path)
+    head = prefix + "."
+    own = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+    foreign = sorted(k for k in tensors if not k.startswith(head))
+    if not has_lora(module):
+        module.requires_grad_(False)
+        module.add_adapter(_peft_config_from_metadata(meta, prefix, own))
+        for name, param in module.named_parameters():
+            if "lora_" in name:
+                param.data = param.data.float()
+                param.requires_grad_(True)
+    expected = lora_state_dict(module)
+    missing = sorted(set(expected) - set(own))
+    unexpected = sorted(set(own) - set(expected)) + foreign
+    wrong_shape = sorted(k for k in set(own) & set(expected) if own[k].shape != expected[k].shape)
+    if missing or unexpected or wrong_shape:
+        parts = []
+        for label, keys in (("keys not in the file", missing), ("keys the policy does not have", unexpected)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:5])})")
+        if wrong_shape:
+            k = wrong_shape[0]
+            parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {k}: file {tuple(own[k].shape)} vs policy "
+                         f"{tuple(expected[k].shape)}; a different rank?)")
+        raise ModelLoadError(f"LoRA file {str(file)!r} does not match the policy's adapter: " + "; ".join(parts))
+    device = next(module.parameters()).device
+    set_peft_model_state_dict(module, {k: v.to(device=device, dtype=torch.float32) for k, v in own.items()})
+    logger.info("loaded LoRA %s (%d tensors)", file, len(own))
+    return file
+
+
+def lora_parameters(module: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
+    """``(name, parameter)`` of the LoRA weights."""
+    return ((n, p) for n, p in module.named_parameters() if "lora_" in n)
+
+
+__all__ = [
+    "LORA_METADATA_KEY",
+    "LORA_TARGET_PRESETS",
+    "LORA_WEIGHT_NAME",
+    "add_lora",
+    "has_lora",
+    "load_lora_weights",
+    "lora_file",
+    "lora_parameters",
+    "lora_state_dict",
+    "read_lora_file",
+    "resolve_target_modules",
+    "save_lora_weights",
+]
