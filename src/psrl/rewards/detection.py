@@ -1,0 +1,165 @@
+"""Open-vocabulary detection behind one interface: ``detect(images, phrases) -> [Detections]``.
+
+One phrase per image (a batch of ``(image, phrase)`` pairs, so a group of G images x N subjects is one batched call
+per chunk). Boxes are xyxy in pixels of the image as given, in the detector's raw output order (query order for
+Grounding DINO, which the PSRBench compat mode needs); :meth:`Detections.by_score` sorts them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+from PIL import Image
+from torch import Tensor
+
+from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Detections:
+    boxes: Tensor   # [n, 4] xyxy pixels, float32, raw detector order
+    scores: Tensor  # [n]
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+    def by_score(self) -> "Detections":
+        order = torch.argsort(self.scores, descending=True, stable=True)
+        return Detections(self.boxes[order], self.scores[order])
+
+    @staticmethod
+    def empty() -> "Detections":
+        return Detections(torch.zeros(0, 4), torch.zeros(0))
+
+
+@runtime_checkable
+class Detector(Protocol):
+    def detect(self, images: Sequence[Image.Image], phrases: Sequence[str]) -> list[Detections]: ...
+
+
+def grounding_caption(phrase: str) -> str:
+    """GroundingDINO's caption rule: lower-case, stripped, ending with '.'."""
+    caption = phrase.lower().strip()
+    return caption if caption.endswith(".") else caption + "."
+
+
+class GroundingDinoDetector:
+    """``GroundingDinoForObjectDetection`` + processor. ``box_threshold`` keeps queries whose best token
+    probability exceeds it (0.35, PSRBench); ``text_threshold`` (0.25) only affects labels, which we do not use."""
+
+    def __init__(self, path: str = "IDEA-Research/grounding-dino-tiny", *, device="cpu", dtype=None,
+                 box_threshold: float = 0.35, text_threshold: float = 0.25, batch_size: int = 16):
+        self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
+        self.box_threshold, self.text_threshold, self.batch_size = box_threshold, text_threshold, batch_size
+        if path == TINY:
+            from psrl.rewards.tiny import tiny_grounding_dino
+
+            self.model, self.processor = tiny_grounding_dino()
+        else:
+            self.model, self.processor = load_pretrained("grounding_dino detector", path, _load_grounding_dino)
+        self.model.to(self.device, self.dtype).eval()
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Image.Image], phrases: Sequence[str]) -> list[Detections]:
+        if len(images) != len(phrases):
+            raise ValueError(f"detect: {len(images)} images for {len(phrases)} phrases")
+        out: list[Detections] = []
+        for s in range(0, len(images), self.batch_size):
+            imgs, texts = list(images[s:s + self.batch_size]), [grounding_caption(p) for p in phrases[s:s + self.batch_size]]
+            inputs = self.processor(images=imgs, text=texts, return_tensors="pt", padding=True)
+            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                      for k, v in inputs.items()}
+            outputs = self.model(**inputs)
+            outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+            results = self.processor.post_process_grounded_object_detection(
+                outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
+                target_sizes=[(im.height, im.width) for im in imgs])
+            out += [Detections(r["boxes"].float().cpu(), r["scores"].float().cpu()) for r in results]
+        return out
+
+
+def _load_grounding_dino(path: str):
+    from transformers import AutoTokenizer, GroundingDinoForObjectDetection, GroundingDinoProcessor
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer(tokenizer, path, "grounding_dino detector")
+    processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil.from_pretrained(path),
+                                       tokenizer=tokenizer)
+    return GroundingDinoForObjectDetection.from_pretrained(path), processor
+
+
+class Owlv2Detector:
+    """OWLv2 text-query detection; the query is ``query_template.format(phrase)``. OWLv2 pads to a square, so boxes
+    are scaled to ``max(H, W)`` and clipped to the image (research gotcha O6)."""
+
+    def __init__(self, path: str = "google/owlv2-base-patch16-ensemble", *, device="cpu", dtype=None,
+                 box_threshold: float = 0.1, query_template: str = "a photo of a {}", batch_size: int = 16):
+        self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
+        self.box_threshold, self.query_template, self.batch_size = box_threshold, query_template, batch_size
+        if path == TINY:
+            from psrl.rewards.tiny import tiny_owlv2
+
+            self.model, self.processor = tiny_owlv2()
+        else:
+            self.model, self.processor = load_pretrained("owlv2 detector", path, _load_owlv2)
+        self.model.to(self.device, self.dtype).eval()
+
+    @torch.no_grad()
+    def detect(self, images: Sequence[Image.Image], phrases: Sequence[str]) -> list[Detections]:
+        if len(images) != len(phrases):
+            raise ValueError(f"detect: {len(images)} images for {len(phrases)} phrases")
+        out: list[Detections] = []
+        for s in range(0, len(images), self.batch_size):
+            imgs = list(images[s:s + self.batch_size])
+            queries = [[self.query_template.format(p.strip())] for p in phrases[s:s + self.batch_size]]
+            inputs = self.processor(text=queries, images=imgs, return_tensors="pt", truncation=True)
+            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                      for k, v in inputs.items()}
+            outputs = self.model(**inputs)
+            outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+            sizes = [(max(im.size), max(im.size)) for im in imgs]
+            results = self.processor.post_process_grounded_object_detection(
+                outputs, threshold=self.box_threshold, target_sizes=sizes, text_labels=queries)
+            for im, r in zip(imgs, results):
+                boxes = r["boxes"].float().cpu()
+                boxes[:, 0::2] = boxes[:, 0::2].clamp(0, im.width)
+                boxes[:, 1::2] = boxes[:, 1::2].clamp(0, im.height)
+                out.append(Detections(boxes, r["scores"].float().cpu()))
+        return out
+
+
+def _load_owlv2(path: str):
+    from transformers import AutoTokenizer, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer(tokenizer, path, "owlv2 detector")
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil.from_pretrained(path), tokenizer=tokenizer)
+    return Owlv2ForObjectDetection.from_pretrained(path), processor
+
+
+DETECTORS = {"grounding_dino": GroundingDinoDetector, "owlv2": Owlv2Detector}
+
+
+def build_detector(spec: dict | str | Detector | None, *, device="cpu", dtype=None) -> Detector:
+    """``{"kind": "grounding_dino"|"owlv2", "path": ..., "box_threshold": ...}``, a kind name, or a Detector."""
+    if spec is None:
+        spec = {"kind": "grounding_dino"}
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    if not isinstance(spec, dict):
+        if isinstance(spec, Detector):
+            return spec
+        raise TypeError(f"detector must be a mapping with 'kind' or a Detector, got {type(spec).__name__}")
+    spec = dict(spec)
+    kind = spec.pop("kind", "grounding_dino")
+    if kind not in DETECTORS:
+        raise ValueError(f"unknown detector kind {kind!r}; use one of {sorted(DETECTORS)}")
+    return DETECTORS[kind](device=device, dtype=spec.pop("dtype", dtype), **spec)

@@ -1,0 +1,140 @@
+"""Image embedders behind one interface: ``embed(images) -> Tensor[n, d]`` (L2-normalised, float32, CPU).
+
+* ``dinov2``: DINOv2 CLS (``pooler_output``, the layer-normed CLS token), resize 256 bicubic / centre-crop 224.
+* ``dino_vit``: DINO v1 ViT-S/16 (``ViTModel``, ``last_hidden_state[:, 0]``) with the PSRBench/DreamBench
+  preprocessing: resize shorter side to 256 (bicubic), centre-crop 224, ImageNet mean/std. The preprocessing is
+  built here, not read from the checkpoint (facebook/dino-vits16 ships a plain 224x224 resize).
+* ``clip``: CLIP projected image features.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Protocol, Sequence, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+
+from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    def embed(self, images: Sequence[Image.Image]) -> Tensor: ...
+
+
+def _features(out) -> Tensor:
+    return out if torch.is_tensor(out) else out.pooler_output  # transformers 5 returns a ModelOutput (gotcha C1)
+
+
+class HFImageEmbedder:
+    """A transformers vision model + image processor + a pooling rule (``pooler`` | ``cls`` | ``clip``)."""
+
+    def __init__(self, model, processor, pool: str, *, device="cpu", dtype=None, batch_size: int = 32):
+        if pool not in ("pooler", "cls", "clip"):
+            raise ValueError(f"unknown pooling {pool!r}")
+        self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
+        self.model, self.processor, self.pool, self.batch_size = model, processor, pool, batch_size
+        self.model.to(self.device, self.dtype).eval()
+
+    @torch.no_grad()
+    def embed(self, images: Sequence[Image.Image]) -> Tensor:
+        feats = []
+        for s in range(0, len(images), self.batch_size):
+            chunk = [im if im.mode == "RGB" else im.convert("RGB") for im in images[s:s + self.batch_size]]
+            pixels = self.processor(images=chunk, return_tensors="pt")["pixel_values"].to(self.device, self.dtype)
+            if self.pool == "clip":
+                f = _features(self.model.get_image_features(pixel_values=pixels))
+            elif self.pool == "pooler":
+                f = self.model(pixel_values=pixels).pooler_output
+            else:
+                f = self.model(pixel_values=pixels).last_hidden_state[:, 0]
+            feats.append(F.normalize(f.float(), dim=-1).cpu())
+        if not feats:
+            return torch.zeros(0, 0)
+        return torch.cat(feats)
+
+
+def _bit(shortest_edge: int = 256, crop: int = 224):
+    from psrl.rewards.tiny import _imagenet_bit_processor
+
+    return _imagenet_bit_processor(shortest_edge, crop)
+
+
+def _load_dinov2(path):
+    from transformers import Dinov2Model
+
+    return Dinov2Model.from_pretrained(path)
+
+
+def _load_dino_vit(path):
+    from transformers import ViTModel
+
+    return ViTModel.from_pretrained(path, add_pooling_layer=False)
+
+
+def load_clip(path: str, what: str = "clip"):
+    """(CLIPModel, CLIPProcessor) from a path (Pil image processor, tokenizer checked), or tiny."""
+    if path == TINY:
+        from psrl.rewards.tiny import tiny_clip
+
+        return tiny_clip()
+
+    def _load(p):
+        from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
+        from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+        from psrl.rewards.loading import check_tokenizer
+
+        tok = AutoTokenizer.from_pretrained(p)
+        check_tokenizer(tok, p, what)
+        return CLIPModel.from_pretrained(p), CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(p),
+                                                           tokenizer=tok)
+
+    return load_pretrained(what, path, _load)
+
+
+def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=None) -> Embedder:
+    """``{"kind": "dinov2"|"dino_vit"|"clip", "path": ..., "batch_size": ...}``, a kind name, or an Embedder."""
+    if spec is None:
+        spec = {"kind": "dinov2"}
+    if isinstance(spec, str):
+        spec = {"kind": spec}
+    if not isinstance(spec, dict):
+        if isinstance(spec, Embedder):
+            return spec
+        raise TypeError(f"embedder must be a mapping with 'kind' or an Embedder, got {type(spec).__name__}")
+    spec = dict(spec)
+    kind = spec.pop("kind", "dinov2")
+    dtype = spec.pop("dtype", dtype)
+    batch_size = spec.pop("batch_size", 32)
+    defaults = {"dinov2": "facebook/dinov2-base", "dino_vit": "facebook/dino-vits16",
+                "clip": "openai/clip-vit-base-patch32"}
+    if kind not in defaults:
+        raise ValueError(f"unknown embedder kind {kind!r}; use one of {sorted(defaults)}")
+    path = spec.pop("path", defaults[kind])
+    if spec:
+        raise ValueError(f"embedder {kind!r}: unknown option(s) {sorted(spec)}")
+    if kind == "dinov2":
+        if path == TINY:
+            from psrl.rewards.tiny import tiny_dinov2
+
+            model, proc = tiny_dinov2()
+        else:
+            model, proc = load_pretrained("dinov2 embedder", path, _load_dinov2), _bit()
+        pool = "pooler"
+    elif kind == "dino_vit":
+        if path == TINY:
+            from psrl.rewards.tiny import tiny_dino_vit
+
+            model, proc = tiny_dino_vit()
+        else:
+            model, proc = load_pretrained("dino_vit embedder", path, _load_dino_vit), _bit()
+        pool = "cls"
+    else:
+        model, processor = load_clip(path, "clip embedder")
+        proc, pool = processor.image_processor, "clip"
+    return HFImageEmbedder(model, proc, pool, device=device, dtype=dtype, batch_size=batch_size)

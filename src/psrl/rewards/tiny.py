@@ -1,0 +1,238 @@
+"""Tiny, random-weight, fully offline reward models, built in code (``path: tiny`` in reward args).
+
+Shapes follow the recipes in research/style_and_tiny_models.md §7 and tiny_models_more.md, with their fixes:
+eval mode on everything (dropout), ``initializer_range`` for OWLv2's heads, EOS-last CLIP tokenizers for OWL
+pooling, image-only Qwen processors (no torchvision), ``*ImageProcessorPil`` classes. Scores from these models are
+meaningless numbers; they exist so that every reward, the server and the CLI run end to end in tests and tiny
+CPU configs. Nothing here touches the Hub.
+"""
+from __future__ import annotations
+
+import string
+
+import torch
+
+_CHARS = list(string.ascii_lowercase + string.digits + ".,!?'-")
+DETECTOR_WORDS = ("a", "the", "cat", "dog", "person", "red", "blue", "car", "ball", "box", "toy", "bird", ".")
+
+
+# ----------------------------------------------------------------------------- tokenizers
+def tiny_clip_tokenizer(model_max_length: int = 77, words=("a", "photo", "of", "dog", "cat", "red", "person")):
+    """Character-level CLIP BPE plus whole-word merges; <|startoftext|>/<|endoftext|> take the two highest ids as
+    in real CLIP (OWLv2 pools text at ``input_ids.argmax()``). Merges must be tuples."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = {}, []
+    for c in _CHARS:
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    for w in words:
+        pieces = list(w[:-1]) + [w[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
+            pieces = [pieces[0] + pieces[1]] + pieces[2:]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+QWEN_SPECIALS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
+    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=("Yes", "No")):
+    """Byte-level BPE over the 256 byte symbols + Qwen chat/vision specials. ``answer_words`` become single tokens
+    (as "Yes"/"No" are in the real Qwen vocabulary) so first-token P(Yes) is well defined."""
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": [*QWEN_SPECIALS, *extra_special_tokens]})
+    if answer_words:
+        tok.add_tokens(list(answer_words))
+    tok.chat_template = QWEN_CHAT_TEMPLATE
+    return tok
+
+
+def _qwen_ids(tokenizer) -> dict:
+    return {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_end|>", *QWEN_SPECIALS]}
+
+
+# ----------------------------------------------------------------------------- detectors
+def tiny_grounding_dino(words=DETECTOR_WORDS, image_size: int = 128):
+    """(model, processor). 5 queries; the 4th feature level needs >= 128 px input (gotcha G3)."""
+    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
+    from transformers import GroundingDinoProcessor
+    from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
+        GroundingDinoImageProcessorPil,
+    )
+
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *string.ascii_lowercase]
+    tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(vocab))})
+    processor = GroundingDinoProcessor(
+        image_processor=GroundingDinoImageProcessorPil(size={"shortest_edge": image_size,
+                                                             "longest_edge": image_size}),
+        tokenizer=tokenizer,
+    )
+    config = GroundingDinoConfig(
+        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+        encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, num_feature_levels=4, encoder_n_points=2,
+        decoder_n_points=2, max_text_len=32, use_timm_backbone=False,
+        backbone_config=SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                   image_size=image_size, out_indices=[2, 3, 4]),
+        text_config={"model_type": "bert", "vocab_size": len(tokenizer), "hidden_size": 8, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "intermediate_size": 8, "max_position_embeddings": 32},
+    )
+    torch.manual_seed(0)
+    return GroundingDinoForObjectDetection(config).eval(), processor
+
+
+def tiny_owlv2(image_size: int = 32, patch_size: int = 8):
+    """(model, processor); (image_size // patch_size)**2 = 16 candidate boxes per image."""
+    from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
+    from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
+
+    tokenizer = tiny_clip_tokenizer(model_max_length=16)
+    processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": image_size,
+                                                                             "width": image_size}),
+                               tokenizer=tokenizer)
+    config = Owlv2Config(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 16,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"image_size": image_size, "patch_size": patch_size, "hidden_size": 32,
+                       "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=32, initializer_range=0.02,
+    )
+    torch.manual_seed(0)
+    return Owlv2ForObjectDetection(config).eval(), processor
+
+
+# ----------------------------------------------------------------------------- embedders
+def _imagenet_bit_processor(shortest_edge: int, crop: int):
+    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+
+    # resample 3 = PIL bicubic: the PSRBench/DreamBench DINO preprocessing (resize shorter side, centre crop)
+    return BitImageProcessorPil(size={"shortest_edge": shortest_edge}, crop_size={"height": crop, "width": crop},
+                                resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
+
+
+def tiny_dinov2():
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    model = Dinov2Model(Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2,
+                                     num_attention_heads=4, intermediate_size=37)).eval()
+    return model, _imagenet_bit_processor(32, 28)
+
+
+def tiny_dino_vit():
+    """DINO v1 ViT-S/16 stand-in (``ViTModel`` without pooler; embedding = last_hidden_state[:, 0])."""
+    from transformers import ViTConfig, ViTModel
+
+    torch.manual_seed(0)
+    model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+                               image_size=32, patch_size=16), add_pooling_layer=False).eval()
+    return model, _imagenet_bit_processor(36, 32)
+
+
+def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 16):
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer = tiny_clip_tokenizer(model_max_length=77)
+    processor = CLIPProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                              crop_size={"height": image_size, "width": image_size}),
+        tokenizer=tokenizer,
+    )
+    config = CLIPConfig(
+        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"image_size": image_size, "patch_size": patch_size, "hidden_size": 32,
+                       "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
+        projection_dim=projection_dim,
+    )
+    torch.manual_seed(0)
+    return CLIPModel(config).eval(), processor
+
+
+def tiny_aesthetic_head(dim: int = 16):
+    """LAION aesthetic MLP with the same layer layout (and state-dict keys) as the released head, shrunk."""
+    from psrl.rewards.preference import LaionAestheticHead
+
+    torch.manual_seed(0)
+    return LaionAestheticHead(dim, hidden=(8, 8, 8, 4)).eval()
+
+
+# ----------------------------------------------------------------------------- VLMs
+def _qwen_image_only_processor(tokenizer, cls_name: str, min_pixels=56 * 56, max_pixels=112 * 112):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from psrl.rewards.vlm.qwen_processor import image_only_processor_class
+
+    cls = image_only_processor_class(cls_name)
+    return cls(image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
+               tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+
+
+def tiny_qwen2_5_vl():
+    """(model, processor): a Qwen2.5-VL judge whose tokenizer has single-token "Yes"/"No"."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    tokenizer = tiny_qwen_tokenizer()
+    ids = _qwen_ids(tokenizer)
+    config = Qwen2_5_VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                       "out_hidden_size": 16, "fullatt_block_indexes": [1]},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    return model, _qwen_image_only_processor(tokenizer, "qwen2_5_vl")
+
+
+def tiny_qwen2_vl_hps():
+    """(model, processor, head): Qwen2-VL with ``<|Reward|>`` and an HPSv3-shaped (mu, sigma) head."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    from psrl.rewards.preference import HPSv3Head
+
+    tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())
+    ids = _qwen_ids(tokenizer)
+    config = Qwen2VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "num_key_value_heads": 2,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0},
+            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={"depth": 2, "embed_dim": 16, "hidden_size": 16, "num_heads": 2, "mlp_ratio": 2},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    model = Qwen2VLForConditionalGeneration(config).eval()
+    torch.manual_seed(0)
+    head = HPSv3Head(16, hidden=(8, 4)).eval()
+    return model, _qwen_image_only_processor(tokenizer, "qwen2_vl"), head

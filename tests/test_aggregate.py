@@ -1,0 +1,158 @@
+"""Reward shaping formulas checked against hand-computed numbers (research: customized_uno_rewards.md §1.5-1.6,
+paco_flowgrpo.md §3.3)."""
+import math
+
+import pytest
+import torch
+
+from psrl.rewards import aggregate as ag
+
+
+def test_weighted_sum_numbers_and_nan():
+    r = torch.tensor([[1.0, 2.0], [0.5, float("nan")]])
+    out = ag.weighted_sum(r, torch.tensor([0.4, 0.6]))
+    assert out[0].item() == pytest.approx(0.4 + 1.2)
+    assert math.isnan(out[1].item())
+
+
+def test_group_zscore_matches_formula():
+    # group 0: r1 = [1, 2, 3] (mean 2, unbiased std 1); r2 = [10, 10, 13] (mean 11, std sqrt(3))
+    r = torch.tensor([[1.0, 10.0], [2.0, 10.0], [3.0, 13.0], [5.0, 1.0], [7.0, 3.0]])
+    g = torch.tensor([0, 0, 0, 1, 1])
+    w = torch.tensor([0.5, 2.0])
+    out = ag.group_zscore(r, w, g, eps=0.0)
+    s3 = math.sqrt(3.0)
+    expected0 = [0.5 * -1 + 2 * (-1 / s3), 0.5 * 0 + 2 * (-1 / s3), 0.5 * 1 + 2 * (2 / s3)]
+    # group 1: each column [a, b] -> (-1/sqrt2, 1/sqrt2) with unbiased std |a-b|/sqrt2
+    e = 1 / math.sqrt(2)
+    expected1 = [0.5 * -e + 2 * -e, 0.5 * e + 2 * e]
+    assert out.tolist() == pytest.approx(expected0 + expected1, abs=1e-6)
+
+
+def test_group_zscore_nan_sample_gets_zero_and_is_ignored_in_stats():
+    r = torch.tensor([[1.0], [3.0], [float("nan")]])
+    out = ag.group_zscore(r, torch.tensor([1.0]), torch.tensor([0, 0, 0]), eps=0.0)
+    s = math.sqrt(2.0)
+    assert out.tolist() == pytest.approx([-1 / s, 1 / s, 0.0])
+
+
+def test_coefficient_of_variation_and_log_tame_mask():
+    # column 0: [1, 3] -> std 1 (population), mean 2, h = 0.5; column 1: [10, 10.2] -> h ~ 0.00990
+    r = torch.tensor([[1.0, 10.0], [3.0, 10.2]])
+    h = ag.coefficient_of_variation(r)
+    assert h[0].item() == pytest.approx(1 / (2 + 1e-6))
+    assert h[1].item() == pytest.approx(0.1 / (10.1 + 1e-6), rel=1e-5)
+    tamed, mask = ag.log_tame(r, "mean")
+    assert mask.tolist() == [True, False]
+    assert tamed[:, 0].tolist() == pytest.approx([math.log(2.0), math.log(4.0)])
+    assert tamed[:, 1].tolist() == pytest.approx([10.0, 10.2])
+    _, mask_num = ag.log_tame(r, 0.001)
+    assert mask_num.tolist() == [True, True]
+
+
+def test_log_tamed_group_normalised_and_raw_compat():
+    r = torch.tensor([[1.0, 10.0], [3.0, 10.2]])
+    w = torch.tensor([1.0, 0.5])
+    g = torch.tensor([0, 0])
+    R = torch.tensor([math.log(2) + 5.0, math.log(4) + 5.1])
+    raw = ag.log_tamed(r, w, g, normalize="raw")
+    assert raw.tolist() == pytest.approx(R.tolist(), rel=1e-6)
+    norm = ag.log_tamed(r, w, g)
+    std = float(R.std(unbiased=False))
+    assert norm.tolist() == pytest.approx(((R - R.mean()) / std).tolist(), rel=1e-5)
+    assert norm.tolist() == pytest.approx([-1.0, 1.0], abs=1e-5)  # two samples: +-1 with the population std
+
+
+def test_log_tamed_rejects_values_at_or_below_minus_one():
+    r = torch.tensor([[-1.0, 1.0], [5.0, 1.0]])
+    with pytest.raises(ValueError, match="column 0"):
+        ag.log_tamed(r, torch.tensor([1.0, 1.0]), torch.tensor([0, 0]))
+
+
+@pytest.mark.parametrize("a_id,a_p,gamma,expected", [
+    (-0.5, -0.67, 1.0, 0.5 * (-1.17) - math.tanh(0.335)),     # joint failure: research figure -0.908
+    (-0.4, 0.56, 1.0, 0.5 * 0.16 + math.tanh(-0.224)),        # identity failure: research figure -0.14
+    (0.7, 0.95, 0.4, 0.5 * 1.65 + 0.4 * math.tanh(0.665)),    # both positive: amplified
+    (0.0, -2.0, 0.4, -1.0 - 0.4 * math.tanh(0.0)),            # exactly zero product: no bonus
+])
+def test_sars_formula(a_id, a_p, gamma, expected):
+    out = ag.sars(torch.tensor([a_id]), torch.tensor([a_p]), gamma=gamma, w_identity=0.5, w_prompt=0.5)
+    assert out.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_sars_figure_values_and_clip():
+    assert ag.sars(-0.5, -0.67, 1.0).item() == pytest.approx(-0.908, abs=1e-3)
+    assert ag.sars(-0.4, 0.56, 1.0).item() == pytest.approx(-0.14, abs=1e-3)
+    assert ag.sars(10.0, 10.0, 0.4, 0.5, 0.5, clip=5.0).item() == 5.0
+    assert ag.sars(10.0, 10.0, 0.4, 0.5, 0.5, clip=None).item() == pytest.approx(10.4)
+
+
+def test_tdw_table_at_25_steps():
+    table = {0: .700, 5: .700, 6: .684, 7: .667, 8: .633, 9: .576, 10: .500, 11: .424, 12: .367, 13: .333,
+             14: .316, 15: .307, 16: .303, 17: .301, 19: .300, 21: .300, 22: .500, 24: .500}
+    for t, w_p in table.items():
+        w_id, wp = ag.tdw_weights(t, 25)
+        assert wp == pytest.approx(w_p, abs=6e-4), t
+        assert w_id + wp == pytest.approx(1.0)
+
+
+def test_tdw_stretched_and_compat():
+    # 50 steps: step 20 is 40% of the way, the same as step 10 of 25
+    assert ag.tdw_weights(20, 50) == pytest.approx(ag.tdw_weights(10, 25))
+    assert ag.tdw_weights(11, 50)[1] == pytest.approx(0.7)            # t = 5.5 < 6
+    assert ag.tdw_weights(44, 50)[1] == pytest.approx(0.5)            # t = 22
+    # compat: the loop counter is used as-is, whatever num_steps says
+    assert ag.tdw_weights(10, 12, compat_loop_counter=True) == pytest.approx(ag.tdw_weights(10, 25))
+    with pytest.raises(ValueError):
+        ag.tdw_weights(25, 25)
+
+
+class _Cfg:
+    def __init__(self, **args):
+        self.mode, self.std_mode, self.eps, self.clip, self.args = "sars", "group", 1e-8, 5.0, args
+
+
+def test_shaped_advantage_modes_shapes_and_values():
+    from psrl.rl import shaped_advantages as sa
+
+    r = torch.tensor([[0.9, 7.0], [0.5, 8.0], [0.7, 6.0], [0.2, 5.0]])
+    g = torch.tensor([0, 0, 0, 1])[:3]
+    r3 = r[:3]
+    w = torch.tensor([0.5, 0.5])
+    steps = (0, 10, 23)
+    z = ag.per_reward_zscore(r3, g, eps=1e-8)
+    out = sa.sars(r3, w, g, _Cfg(gamma=0.4), steps, 25)
+    assert out.shape == (3, 3)
+    for j, t in enumerate(steps):
+        w_id, w_p = ag.tdw_weights(t, 25)
+        assert out[:, j].tolist() == pytest.approx(ag.sars(z[:, 0], z[:, 1], 0.4, w_id, w_p).tolist(), abs=1e-6)
+    assert not torch.allclose(out[:, 0], out[:, 1])  # TDW gives each trained step its own mixture
+    static = sa.sars(r3, torch.tensor([0.3, 0.7]), g, _Cfg(tdw=False), steps, 25)
+    assert static[:, 0].tolist() == pytest.approx(ag.sars(z[:, 0], z[:, 1], 0.4, 0.3, 0.7).tolist(), abs=1e-6)
+    swapped = sa.sars(r3[:, [1, 0]], w, g, _Cfg(identity=1, prompt=0), steps, 25)
+    assert torch.allclose(swapped, out)
+    compat = sa.sars(r3, w, g, _Cfg(tdw_compat_loop_counter=True), (20, 3), 25)
+    assert compat[:, 0].tolist() == pytest.approx(sa.sars(r3, w, g, _Cfg(), (0,), 25)[:, 0].tolist())
+    zs = sa.group_zscore(r3, w, g, _Cfg(), steps, 25)
+    assert zs.shape == (3, 3) and torch.allclose(zs[:, 0], zs[:, 2])
+    assert zs[:, 0].tolist() == pytest.approx((z @ w).tolist(), abs=1e-6)
+    lt = sa.log_tamed(r3, w, g, _Cfg(normalize="raw"), steps, 25)
+    assert lt[:, 1].tolist() == pytest.approx(ag.log_tamed(r3, w, g, normalize="raw").tolist())
+    with pytest.raises(ValueError, match="unknown option"):
+        sa.sars(r3, w, g, _Cfg(gama=0.4), steps, 25)
+    with pytest.raises(ValueError, match="distinct"):
+        sa.sars(r3, w, g, _Cfg(identity=1, prompt=1), steps, 25)
+
+
+def test_shaped_modes_through_the_trainer_registry():
+    advantages = pytest.importorskip("psrl.rl.advantages")
+    from psrl.rl.grpo_config import AdvantageConfig
+
+    r = torch.tensor([[0.9, 7.0], [0.5, 8.0], [0.7, 6.0], [0.1, 5.0]])
+    g = torch.tensor([0, 0, 1, 1])
+    for mode in ("group_zscore", "log_tamed", "sars"):
+        cfg = AdvantageConfig(mode=mode)
+        res = advantages.compute_advantages(r, torch.tensor([0.5, 0.5]), g, cfg, (0, 5), 10)
+        assert res.advantages.shape == (4, 2)
+        assert torch.isfinite(res.advantages).all()
+        assert res.advantages.abs().sum() > 0
