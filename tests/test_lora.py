@@ -1,0 +1,109 @@
+"""LoRA presets, diffusers-format save/load (loadable by FluxPipeline.load_lora_weights), mismatch errors."""
+import pytest
+import torch
+
+from psrl.data.records import Record
+from psrl.errors import ModelLoadError
+from psrl.models.base import SamplingConfig
+from psrl.models.config import LoraConfig
+from psrl.models.flux import FluxPolicy
+from psrl.models.lora import (
+    LORA_TARGET_PRESETS, LORA_WEIGHT_NAME, lora_parameters, read_lora_file, resolve_target_modules,
+)
+from psrl.models.tiny import tiny_flux_components, tiny_flux_transformer
+
+SAMPLING = SamplingConfig(num_steps=2, height=16, width=16, guidance_scale=3.5)
+RECORDS = [Record(id="a", prompt="a red dog")]
+
+
+def _policy(rank=4, targets="attn"):
+    return FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=rank, alpha=2 * rank, targets=targets),
+                      max_sequence_length=16)
+
+
+def _perturb(policy, seed=0, std=0.5):
+    g = torch.Generator().manual_seed(seed)
+    for name, p in lora_parameters(policy.transformer):
+        if "lora_B" in name:
+            p.data.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def test_presets_resolve_to_the_documented_layers():
+    tr = tiny_flux_transformer()
+    attn = resolve_target_modules(tr, "attn")
+    assert "transformer_blocks.0.attn.to_add_out" in attn and "single_transformer_blocks.0.attn.to_q" in attn
+    assert not any(".ff" in n for n in attn)
+    attn_ff = resolve_target_modules(tr, "attn_ff")
+    assert set(attn) < set(attn_ff) and "transformer_blocks.0.ff_context.net.2" in attn_ff
+    full = resolve_target_modules(tr, "attn_ff_single")
+    assert "single_transformer_blocks.0.proj_mlp" in full and "single_transformer_blocks.0.proj_out" in full
+    assert "proj_out" not in full  # the model's final projection is not a block layer
+    assert set(LORA_TARGET_PRESETS) >= {"attn", "attn_ff", "attn_ff_single"}
+    with pytest.raises(ValueError, match="not a preset"):
+        resolve_target_modules(tr, "everything")
+    with pytest.raises(ValueError, match="to_qq"):
+        resolve_target_modules(tr, ["to_q", "to_qq"])
+
+
+def test_only_lora_parameters_are_trainable_and_fp32_in_bf16():
+    policy = FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8), dtype="bfloat16",
+                        max_sequence_length=16)
+    names = [n for n, p in policy.transformer.named_parameters() if p.requires_grad]
+    assert names and all("lora_" in n for n in names)
+    assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())
+    assert all(p.dtype == torch.bfloat16 for n, p in policy.transformer.named_parameters() if "lora_" not in n)
+    assert not any(p.requires_grad for m in policy.frozen_modules() for p in m.parameters())
+
+
+def test_saved_lora_loads_in_flux_pipeline_and_round_trips(tmp_path):
+    from diffusers import FluxPipeline
+
+    policy = _policy()
+    _perturb(policy)
+    policy.save_lora(tmp_path)
+    file, tensors, meta = read_lora_file(tmp_path)
+    assert file.name == LORA_WEIGHT_NAME and all(k.startswith("transformer.") for k in tensors)
+    assert meta["transformer.r"] == 4 and meta["transformer.lora_alpha"] == 8
+
+    ours = policy.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
+    pipe = FluxPipeline(**tiny_flux_components())
+    pipe.set_progress_bar_config(disable=True)
+    call = lambda: pipe("a red dog", num_inference_steps=2, height=16, width=16, max_sequence_length=16,  # noqa
+                        output_type="pt", guidance_scale=3.5, generator=torch.Generator().manual_seed(0)).images
+    base = call()
+    pipe.load_lora_weights(str(tmp_path))
+    with_lora = call()
+    assert (with_lora - base).abs().max() > 1e-3, "the LoRA must change the pipeline's output"
+    assert (with_lora - ours).abs().max() < 1e-4, "diffusers must reproduce the policy, alpha/rank scale included"
+
+    fresh = _policy()
+    fresh.load_lora(tmp_path / LORA_WEIGHT_NAME)
+    assert (fresh.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0)) - ours).abs().max() == 0
+    # a policy built without an adapter takes the adapter config from the file's header
+    bare = FluxPolicy(tiny_flux_components(), lora=None, max_sequence_length=16)
+    bare.load_lora(tmp_path)
+    assert (bare.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0)) - ours).abs().max() == 0
+
+
+def test_lora_path_in_config_initialises_the_adapter(tmp_path):
+    src = _policy()
+    _perturb(src)
+    src.save_lora(tmp_path / "sft.safetensors")
+    cfg = LoraConfig(rank=4, alpha=8, path=str(tmp_path / "sft.safetensors"))
+    policy = FluxPolicy(tiny_flux_components(), lora=cfg, max_sequence_length=16)
+    a = dict(lora_parameters(src.transformer))
+    assert all(torch.equal(p, a[n]) for n, p in lora_parameters(policy.transformer))
+
+
+def test_mismatched_lora_file_is_a_clear_error(tmp_path):
+    _policy(rank=8).save_lora(tmp_path / "r8")
+    with pytest.raises(ModelLoadError, match=r"r8.*shape mismatches.*rank"):
+        _policy(rank=4).load_lora(tmp_path / "r8")
+    _policy(targets="attn_ff").save_lora(tmp_path / "ff")
+    with pytest.raises(ModelLoadError, match=r"pytorch_lora_weights.safetensors.*does not have.*ff"):
+        _policy(targets="attn").load_lora(tmp_path / "ff")
+    with pytest.raises(ModelLoadError, match="has no pytorch_lora_weights"):
+        _policy().load_lora(tmp_path)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelLoadError, match="junk.safetensors"):
+        _policy().load_lora(tmp_path / "junk.safetensors")
