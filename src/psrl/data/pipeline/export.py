@@ -1,0 +1,90 @@
+"""Stage 8, ``export``: the filtered samples as training records and as a PSRBench-format held-out benchmark.
+
+Outputs (all rewritten atomically on every run, so export is idempotent):
+
+- ``train.jsonl`` / ``heldout.jsonl``: :class:`psrl.data.records.Record` JSONL with ``prompt`` = the instruction,
+  ``subjects`` = (reference image, category phrase) in subject order, ``target`` = the target image, and
+  ``tags`` = ``{task, subset, categories, source}``. Paths are relative to the dataset directory, which is the data
+  root for ``psrl sft`` / ``psrl train``.
+- ``psrbench/<Task>.json``: the held-out split in PSRBench's format (``instruction``, ``input_path``,
+  ``category1..N``), one file per task, with its reference images copied (hard-linked when possible) under
+  ``psrbench/references/`` so ``psrbench/`` is a self-contained benchmark root for ``psrl bench``.
+
+A sample is held out when ``sample_seed(export.seed, id) / 2^31 < export.heldout_fraction``: the split of a sample
+never changes when the dataset grows.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+from psrl.data.pipeline.config import TASKS, DataPipelineConfig
+from psrl.data.pipeline.manifest import read_kept, write_json_atomic, write_jsonl_atomic
+from psrl.data.pipeline.stats import StageStats, write_stage_stats
+from psrl.data.pipeline.subjects import sample_seed
+from psrl.data.records import Record, SubjectRef
+
+BENCH_DIR = "psrbench"
+
+
+def to_record(e: dict) -> Record:
+    return Record(id=e["id"], prompt=e["instruction"],
+                  subjects=tuple(SubjectRef(image=r, phrase=p) for r, p in zip(e["references"], e["phrases"])),
+                  tags={"task": e["task"], "subset": e["task"], "categories": e["categories"], "source": "psrl data"},
+                  target=e["target"])
+
+
+def to_psrbench_entry(e: dict, input_paths: list[str]) -> dict:
+    entry = {"instruction": e["instruction"], "input_path": input_paths}
+    for i, phrase in enumerate(e["phrases"], 1):
+        entry[f"category{i}"] = phrase
+    return entry
+
+
+def is_heldout(sample_id: str, cfg: DataPipelineConfig) -> bool:
+    return sample_seed(cfg.export.seed, "heldout", sample_id) / 2 ** 31 < cfg.export.heldout_fraction
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:
+    dataset = Path(dataset)
+    entries = read_kept(dataset, "filter")
+    train = [e for e in entries if not is_heldout(e["id"], cfg)]
+    heldout = [e for e in entries if is_heldout(e["id"], cfg)]
+    write_jsonl_atomic(dataset / "train.jsonl", [to_record(e).to_json() for e in train])
+    write_jsonl_atomic(dataset / "heldout.jsonl", [to_record(e).to_json() for e in heldout])
+
+    bench = dataset / BENCH_DIR
+    by_task: dict[str, list[dict]] = {t: [] for t in TASKS}
+    for e in heldout:
+        paths = []
+        for ref in e["references"]:
+            rel = f"references/{Path(ref).name}"
+            _link_or_copy(dataset / ref, bench / rel)
+            paths.append(rel)
+        by_task[e["task"]].append(to_psrbench_entry(e, paths))
+    written = {}
+    for task, items in by_task.items():
+        path = bench / f"{task}.json"
+        if items:
+            write_json_atomic(path, items)
+            written[task] = len(items)
+        elif path.exists():  # a task with no held-out sample any more: no stale file
+            path.unlink()
+    stats = StageStats(stage="export", inputs=len(entries), kept=len(entries), rejected=0, new=len(entries),
+                       extra={"train": len(train), "heldout": len(heldout),
+                              "train_tasks": dict(sorted(Counter(e["task"] for e in train).items())),
+                              "psrbench_items": written})
+    write_stage_stats(dataset, stats)
+    return stats

@@ -1,0 +1,143 @@
+"""Stage 7, ``filter``: keep samples whose references are consistent with their target, then drop near-duplicate
+targets.
+
+Pass 1 (per sample, sharded, resumable; manifest ``filter_scores``): the subject-consistency reward scores each
+target against its references (detect, crop, embed, cosine, mean over subjects); unscorable samples are rejected
+with the reward's reason (``consistency_unscorable``), samples under ``filter.min_consistency`` are rejected
+(``low_consistency``). The target's embedding is saved to ``embeddings/<id>.npy`` for pass 2.
+
+Pass 2 (whole dataset, on the main process; manifest ``filter``): in input order, a kept target whose cosine
+similarity to an earlier kept target exceeds ``filter.max_duplicate_cosine`` is dropped (``near_duplicate``).
+Pass 2 is a pure function of pass 1's results, recomputed and written atomically on every run.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from psrl.data.pipeline.config import DataPipelineConfig
+from psrl.data.pipeline.manifest import KEPT, read_manifest, write_jsonl_atomic
+from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.data.records import Record, SubjectRef
+
+EMBED_DIR = "embeddings"
+
+# (target images, records with reference subjects) -> (scores [B] float, failure reason or None per sample)
+ScoreFn = Callable[[Sequence[Image.Image], Sequence[Record]], tuple[list[float], list[str | None]]]
+EmbedFn = Callable[[Sequence[Image.Image]], torch.Tensor]
+
+
+def consistency_fn(cfg: DataPipelineConfig, dataset: Path, device) -> ScoreFn:
+    """The configured subject-consistency reward as a :data:`ScoreFn` (references resolved under ``dataset``)."""
+    from psrl.rewards.base import build_reward
+    from psrl.rewards.images import pil_to_tensor
+
+    reward = build_reward(cfg.filter.reward, {**cfg.filter.reward_args, "data_root": str(dataset)}, device=device)
+
+    def score(images, records):
+        out = reward([pil_to_tensor(im) for im in images], list(records))
+        return out.scores.tolist(), list(out.failures)
+
+    return score
+
+
+def embedder_fn(spec: dict, device) -> EmbedFn:
+    from psrl.rewards.embedding import build_embedder
+
+    embedder = build_embedder(dict(spec), device=device)
+    return lambda images: embedder.embed(list(images))
+
+
+def save_array_atomic(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def near_duplicates(embeddings: np.ndarray, max_cosine: float) -> list[int | None]:
+    """Greedy in order: ``result[i]`` is the index of the earlier *kept* row whose cosine with row ``i`` exceeds
+    ``max_cosine`` (the most similar one), or ``None`` when row ``i`` is kept."""
+    x = torch.as_tensor(embeddings, dtype=torch.float32)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    kept_rows: list[int] = []
+    out: list[int | None] = []
+    for i in range(len(x)):
+        if kept_rows:
+            sims = x[kept_rows] @ x[i]
+            j = int(torch.argmax(sims))
+            if float(sims[j]) > max_cosine:
+                out.append(kept_rows[j])
+                continue
+        kept_rows.append(i)
+        out.append(None)
+    return out
+
+
+class FilterScoresStage(BaseStage):
+    name = "filter_scores"
+    input_stage = "instructions"
+
+    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", score: ScoreFn | None = None,
+                 embed: EmbedFn | None = None):
+        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        self.score, self.embed = score, embed
+        self.batch_size = cfg.filter.batch_size
+
+    def setup(self) -> None:
+        if self.score is None:
+            self.score = consistency_fn(self.cfg, self.dataset, self.device)
+        if self.embed is None:
+            self.embed = embedder_fn(self.cfg.filter.embedder, self.device)
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        images = [Image.open(self.dataset / e["target"]).convert("RGB") for e in batch]
+        records = [Record(id=e["id"], prompt=e["instruction"],
+                          subjects=tuple(SubjectRef(image=r, phrase=p) for r, p in zip(e["references"], e["phrases"])))
+                   for e in batch]
+        scores, failures = self.score(images, records)
+        embeddings = self.embed(images).float().cpu().numpy()
+        out = []
+        for e, s, why, emb in zip(batch, scores, failures, embeddings):
+            if s is None or math.isnan(s):
+                out.append(rejected(e, "consistency_unscorable", why or "the reward returned NaN"))
+                continue
+            if s < self.cfg.filter.min_consistency:
+                out.append(rejected(e, "low_consistency", f"{s:.4f} < {self.cfg.filter.min_consistency}",
+                                    consistency=round(s, 6)))
+                continue
+            rel = f"{EMBED_DIR}/{e['id']}.npy"
+            save_array_atomic(emb, self.dataset / rel)
+            out.append(kept(e, consistency=round(float(s), 6), embedding=rel))
+        return out
+
+    def extra_stats(self, entries: list[dict]) -> dict:
+        vals = [e["consistency"] for e in entries if "consistency" in e]
+        return {"mean_consistency": float(np.mean(vals))} if vals else {}
+
+
+def dedup_pass(dataset: str | Path, cfg: DataPipelineConfig) -> list[dict]:
+    """Pass 2: write ``filter.jsonl`` from ``filter_scores.jsonl`` (see the module docstring); returns its entries."""
+    dataset = Path(dataset)
+    scored = read_manifest(dataset, "filter_scores")
+    keep = [e for e in scored if e["status"] == KEPT]
+    dup_of: dict[str, str] = {}
+    if keep:
+        emb = np.stack([np.load(dataset / e["embedding"]) for e in keep])
+        for e, j in zip(keep, near_duplicates(emb, cfg.filter.max_duplicate_cosine)):
+            if j is not None:
+                dup_of[e["id"]] = keep[j]["id"]
+    out = []
+    for e in scored:
+        if e["status"] == KEPT and e["id"] in dup_of:
+            out.append(rejected(e, "near_duplicate", f"of {dup_of[e['id']]}"))
+        else:
+            out.append(e)
+    write_jsonl_atomic(dataset / "filter.jsonl", out)
+    return out

@@ -1,0 +1,61 @@
+"""Stage 5, ``references``: re-render every subject crop in a new context with a single-subject reference model
+(FLUX.1 Kontext), so that training references are not pixel copies of the target (PSR's guard against the
+copy-paste shortcut, research/psr.md 6.2).
+
+Each crop gets the instruction "The same <subject> on a plain white background." or "The same <subject> <a scene
+other than the target's>." (``references.white_background_prob``), and its own seed.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from psrl.data.pipeline import templates
+from psrl.data.pipeline.config import DataPipelineConfig
+from psrl.data.pipeline.generation import Renderer, policy_renderer, to_pil
+from psrl.data.pipeline.manifest import save_image_atomic
+from psrl.data.pipeline.runner import BaseStage, kept
+from psrl.data.pipeline.subjects import sample_seed
+from psrl.data.records import Record, SubjectRef
+
+REFERENCE_DIR = "references"
+
+
+class ReferencesStage(BaseStage):
+    name = "references"
+    input_stage = "ground"
+
+    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
+        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        self.renderer = renderer
+        # a batch of samples holds 2-4 references each; the renderer gets references.batch_size at a time
+        self.batch_size = max(1, cfg.references.batch_size // 2)
+
+    def setup(self) -> None:
+        if self.renderer is None:
+            self.renderer = policy_renderer(self.cfg.references, self.device, data_root=self.dataset)
+
+    def jobs(self, e: dict) -> list[tuple[Record, int, str]]:
+        """One (record, seed, output path) per subject of sample ``e``."""
+        rng = random.Random(sample_seed(e["seed"], "references"))
+        scene = (e.get("slots") or {}).get("scene")
+        out = []
+        for i, (phrase, crop) in enumerate(zip(e["phrases"], e["crops"])):
+            text = templates.reference_instruction(phrase, rng, self.cfg.references.white_background_prob, scene)
+            record = Record(id=f"{e['id']}_{i}", prompt=text, subjects=(SubjectRef(image=crop, phrase=phrase),))
+            out.append((record, sample_seed(e["seed"], "reference", i), f"{REFERENCE_DIR}/{e['id']}_{i}.png"))
+        return out
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        jobs = [(e["id"], job) for e in batch for job in self.jobs(e)]
+        step = self.cfg.references.batch_size
+        for start in range(0, len(jobs), step):
+            chunk = [job for _, job in jobs[start:start + step]]
+            images = self.renderer([r for r, _, _ in chunk], [s for _, s, _ in chunk])
+            for (_, _, rel), image in zip(chunk, images):
+                save_image_atomic(to_pil(image), self.dataset / rel)
+        out = []
+        for e in batch:
+            mine = [job for sid, job in jobs if sid == e["id"]]
+            out.append(kept(e, references=[rel for _, _, rel in mine], reference_prompts=[r.prompt for r, _, _ in mine]))
+        return out

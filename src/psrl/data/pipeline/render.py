@@ -1,0 +1,39 @@
+"""Stage 3, ``render``: the multi-subject target image of each prompt, from a text-to-image policy (FLUX)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from psrl.data.pipeline.config import DataPipelineConfig
+from psrl.data.pipeline.generation import Renderer, policy_renderer, to_pil
+from psrl.data.pipeline.manifest import save_image_atomic
+from psrl.data.pipeline.runner import BaseStage, kept
+from psrl.data.pipeline.subjects import sample_seed
+from psrl.data.records import Record
+
+TARGET_DIR = "targets"
+
+
+class RenderStage(BaseStage):
+    name = "render"
+    input_stage = "prompts"
+
+    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
+        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        self.renderer = renderer
+        self.batch_size = cfg.render.batch_size
+
+    def setup(self) -> None:
+        if self.renderer is None:
+            self.renderer = policy_renderer(self.cfg.render, self.device)
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        records = [Record(id=e["id"], prompt=e["prompt"]) for e in batch]
+        seeds = [sample_seed(e["seed"], "render") for e in batch]
+        images = self.renderer(records, seeds)
+        out = []
+        for e, image, seed in zip(batch, images, seeds):
+            rel = f"{TARGET_DIR}/{e['id']}.png"
+            save_image_atomic(to_pil(image), self.dataset / rel)
+            out.append(kept(e, target=rel, render_seed=seed,
+                            target_size=[int(image.shape[-1]), int(image.shape[-2])]))
+        return out
