@@ -3,5 +3,7 @@ from psrl.registry import Registry
 
 POLICIES = Registry("policy")
 POLICIES.register("flux", "psrl.models.flux:FluxPolicy")
+POLICIES.register("flux_kontext", "psrl.models.flux_kontext:FluxKontextPolicy")
+POLICIES.register("sd3", "psrl.models.sd3:SD3Policy")
 
 __all__ = ["POLICIES"]

@@ -1,0 +1,355 @@
+"""The model-agnostic half of a flow-matching policy: rollout, log-prob recompute, ODE generation, SFT loss.
+
+A concrete policy (SD3, Qwen-Image-Edit-Plus, ...) only says how to encode records into conditioning tensors, how
+to draw initial noise in its latent layout, which sigma schedule its pipeline uses, how to predict the velocity
+(CFG included) and how to decode. Everything that touches the SDE, the step plan and log-probs lives here, in fp32,
+through :func:`psrl.sampling.sde_step_with_logprob`, so every policy shares exactly the trainer-facing semantics.
+
+Conditioning tensors are stored batch-first in ``Rollout.cond`` with a fixed per-policy width (padded, with the true
+lengths alongside), so rollouts from different calls concatenate; :meth:`FlowPolicyBase.velocity` groups samples
+whose true shapes agree and runs the transformer once per group on the unpadded tensors, which keeps results
+identical to the diffusers pipelines.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from typing import Any, Hashable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from psrl.data.records import Record
+from psrl.models.base import Rollout, SamplingConfig, StepLogProb
+from psrl.sampling import plan_steps, sde_step_with_logprob
+
+logger = logging.getLogger(__name__)
+
+
+def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | None = None,
+                       device=None) -> tuple[Tensor, Tensor]:
+    """``(sigmas [T + 1], timesteps [T])`` in float32 exactly as a diffusers pipeline gets them from
+    ``scheduler.set_timesteps`` (a deep copy is used, the scheduler itself is untouched)."""
+    sched = copy.deepcopy(scheduler)
+    kwargs: dict[str, Any] = {}
+    if sigmas is not None:
+        kwargs["sigmas"] = list(np.asarray(sigmas, dtype=np.float64))
+    if mu is not None:
+        kwargs["mu"] = mu
+    if sigmas is not None:
+        sched.set_timesteps(sigmas=kwargs.pop("sigmas"), device="cpu", **kwargs)
+    else:
+        sched.set_timesteps(num_steps, device="cpu", **kwargs)
+    sig = sched.sigmas.detach().float().cpu()
+    ts = sched.timesteps.detach().float().cpu()
+    if sig.shape[0] != num_steps + 1 or ts.shape[0] != num_steps:
+        raise ValueError(f"scheduler gave {ts.shape[0]} timesteps for {num_steps} steps")
+    return sig, ts
+
+
+def group_by_key(keys: Sequence[Hashable]) -> list[list[int]]:
+    """Indices grouped by equal key, in order of first appearance."""
+    groups: dict[Hashable, list[int]] = {}
+    for i, k in enumerate(keys):
+        groups.setdefault(k, []).append(i)
+    return list(groups.values())
+
+
+def unique_records(records: Sequence[Record]) -> tuple[list[Record], list[int]]:
+    """Distinct records (by value) and, per input position, the index of its distinct record: a group of G copies
+    of one record is encoded once."""
+    uniq: list[Record] = []
+    index: dict[Any, int] = {}
+    where: list[int] = []
+    for r in records:
+        key = (r.id, r.prompt, r.subjects)
+        if key not in index:
+            index[key] = len(uniq)
+            uniq.append(r)
+        where.append(index[key])
+    return uniq, where
+
+
+class FlowPolicyBase:
+    """Rollout / log-prob / generate / SFT loss over abstract model hooks. Subclasses implement:
+
+    * ``encode(records, sampling) -> (cond, meta)``: batch-first conditioning and shared metadata;
+    * ``initial_noise(n, sampling, generator) -> Tensor`` in the latent layout the denoiser takes, fp32;
+    * ``schedule(sampling) -> (sigmas [T + 1], timesteps [T])``;
+    * ``predict(latents, timesteps [B], cond, meta, guidance: bool) -> velocity`` (fp32, same layout);
+    * ``decode(latents, meta) -> [B, 3, H, W]`` in [0, 1];
+    * ``encode_targets(images [B, 3, H, W] in [0, 1], meta) -> clean latents`` (SFT).
+
+    Attributes the subclass sets: ``transformer`` (the unwrapped denoiser), ``module`` (what forward calls; the
+    trainer may replace it with a wrapped copy through :meth:`set_module`), ``device``, ``dtype``.
+    """
+
+    transformer: nn.Module
+    module: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    lora_prefix = "transformer"
+
+    # ------------------------------------------------------------------ hooks (subclasses)
+    def encode(self, records: Sequence[Record], sampling: SamplingConfig) -> tuple[dict[str, Tensor], dict]:
+        raise NotImplementedError
+
+    def initial_noise(self, n: int, sampling: SamplingConfig, generator) -> Tensor:
+        raise NotImplementedError
+
+    def schedule(self, sampling: SamplingConfig) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
+                guidance: bool = True) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, latents: Tensor, meta: dict) -> Tensor:
+        raise NotImplementedError
+
+    def encode_targets(self, images: Tensor, meta: dict) -> Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ sampling
+    def _noise(self, records: Sequence[Record], sampling: SamplingConfig, generator) -> Tensor:
+        n = len(records)
+        if not sampling.same_noise_per_group:
+            return self.initial_noise(n, sampling, generator)
+        _, where = unique_records(records)
+        first = {}
+        for i, w in enumerate(where):
+            first.setdefault(w, i)
+        gens = generator
+        if isinstance(generator, (list, tuple)):
+            gens = [generator[first[w]] for w in sorted(first)]
+        base = self.initial_noise(len(first), sampling, gens)
+        order = {w: j for j, w in enumerate(sorted(first))}
+        return torch.stack([base[order[w]] for w in where])
+
+    @torch.no_grad()
+    def _sample(self, records: Sequence[Record], sampling: SamplingConfig, generator, *, sde: bool) -> Rollout:
+        records = list(records)
+        if not records:
+            raise ValueError("rollout needs at least one record")
+        cond, meta = self.encode(records, sampling)
+        meta = dict(meta, sampling=sampling)
+        sigmas, timesteps = self.schedule(sampling)
+        n_steps = sampling.num_steps
+        # same draw order as FluxPolicy: initial noise, then (fast_window only) the window, then the step noise
+        x = self._noise(records, sampling, generator).to(self.device, torch.float32)
+        if sde:
+            from psrl.models.flux import window_rng
+
+            rng = window_rng(generator) if sampling.train_steps == "fast_window" else None
+            plan = plan_steps(n_steps, sampling.train_steps, k=sampling.train_k,
+                              window_range=tuple(sampling.window_range) if sampling.window_range else None,
+                              steps=sampling.noise_steps, rng=rng)
+            noisy, trained = plan.noisy, plan.trained
+        else:
+            noisy, trained = (False,) * n_steps, ()
+        b = x.shape[0]
+        traj, log_probs = [x], []
+        was_training = self.module.training
+        self.module.eval()  # sampling never uses dropout; the trainer's mode is restored below
+        try:
+            traj, log_probs = self._denoise(x, cond, meta, sigmas, timesteps, noisy, sampling, generator)
+        finally:
+            self.module.train(was_training)
+        x = traj[-1]
+        images = self.decode(x, meta)
+        return Rollout(
+            records=records, images=images.float(), latents=torch.stack(traj, dim=1),
+            log_probs=torch.stack(log_probs, dim=1), sigmas=sigmas.clone(),
+            timesteps=timesteps.unsqueeze(0).expand(b, -1).clone(), noisy=torch.tensor(noisy, dtype=torch.bool),
+            trained_steps=tuple(trained), cond=cond, meta=meta)
+
+    def _denoise(self, x, cond, meta, sigmas, timesteps, noisy, sampling, generator):
+        b = x.shape[0]
+        traj, log_probs = [x], []
+        for i in range(sampling.num_steps):
+            t = timesteps[i].to(self.device).expand(b)
+            v = self.predict(x, t, cond, meta, guidance=True)
+            level = sampling.noise_level if noisy[i] else 0.0
+            # ODE steps use the plain Euler form whatever sde_kind is (CPS at level 0 is the same step, written
+            # differently, and would round differently from the diffusers scheduler)
+            x, lp, _, _ = sde_step_with_logprob(
+                x, v, float(sigmas[i]), float(sigmas[i + 1]), level, generator=generator,
+                kind=sampling.sde_kind if level > 0 else "sde",
+                reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
+            traj.append(x)
+            log_probs.append(lp)
+        return traj, log_probs
+
+    def rollout(self, records: Sequence[Record], sampling: SamplingConfig,
+                generator: torch.Generator | list[torch.Generator] | None = None) -> Rollout:
+        """SDE rollout on the planned steps (ODE elsewhere); latents and per-step log-probs, fp32."""
+        return self._sample(records, sampling, generator, sde=True)
+
+    def generate(self, records: Sequence[Record], sampling: SamplingConfig,
+                 generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+        """Deterministic ODE sampling (``noise_level`` ignored): ``[B, 3, H, W]`` in [0, 1]."""
+        return self._sample(records, sampling, generator, sde=False).images
+
+    def log_prob(self, rollout: Rollout, step: int) -> StepLogProb:
+        """Recompute ``log p(latents[:, step + 1] | latents[:, step])`` with the current weights (differentiable)."""
+        sampling: SamplingConfig = rollout.meta["sampling"]
+        if not 0 <= step < rollout.latents.shape[1] - 1:
+            raise IndexError(f"step {step} out of range for a rollout of {rollout.latents.shape[1] - 1} steps")
+        x = rollout.latents[:, step].to(self.device)
+        prev = rollout.latents[:, step + 1].to(self.device)
+        cond = {k: v.to(self.device) for k, v in rollout.cond.items()}
+        v = self.predict(x, rollout.timesteps[:, step].to(self.device), cond, rollout.meta, guidance=True)
+        level = sampling.noise_level if bool(rollout.noisy[step]) else 0.0
+        s, s_next = float(rollout.sigmas[step]), float(rollout.sigmas[step + 1])
+        _, lp, mean, std = sde_step_with_logprob(
+            x, v, s, s_next, level, prev_sample=prev, kind=sampling.sde_kind if level > 0 else "sde",
+            reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
+        dt = torch.full((x.shape[0],), s_next - s, dtype=torch.float32, device=x.device)
+        return StepLogProb(log_prob=lp, mean=mean, std=std, dt=dt)
+
+    # ------------------------------------------------------------------ SFT
+    def flow_matching_loss(self, records: Sequence[Record], targets: Tensor, sigmas: Tensor,
+                           generator: torch.Generator | None = None) -> Tensor:
+        """Rectified-flow velocity MSE: ``x_s = (1 - s) x0 + s eps``, target ``eps - x0``, conditional branch only
+        (no CFG), model timestep ``1000 s``. ``targets`` ``[B, 3, H, W]`` in [0, 1]; the output size is the
+        targets' size."""
+        b, _, h, w = targets.shape
+        sampling = SamplingConfig(num_steps=1, height=h, width=w, noise_level=0.0)
+        cond, meta = self.encode(list(records), sampling)
+        meta = dict(meta, sampling=sampling)
+        with torch.no_grad():
+            x0 = self.encode_targets(targets.to(self.device), meta).float()
+        noise = self.initial_noise(b, sampling, generator).to(self.device, torch.float32)
+        if noise.shape != x0.shape:
+            raise ValueError(f"target latents {tuple(x0.shape)} do not match the noise layout {tuple(noise.shape)}")
+        s = sigmas.to(self.device, torch.float32).view(-1, *([1] * (x0.ndim - 1)))
+        x_s = (1 - s) * x0 + s * noise
+        pred = self.predict(x_s, (sigmas.to(self.device, torch.float32) * 1000), cond, meta, guidance=False)
+        return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
+
+    # ------------------------------------------------------------------ setup shared by the concrete policies
+    def _setup_denoiser(self, cfg, frozen: Sequence[nn.Module], device) -> None:
+        """Apply a :class:`psrl.models.config.ModelConfig` to ``self.transformer``: dtype, LoRA (``lora.path``
+        loads a saved adapter, e.g. an SFT result), gradient checkpointing; frozen modules go to eval mode and,
+        unless ``offload_frozen``, to ``device``."""
+        from psrl.models.loading import torch_dtype_from_name
+        from psrl.models.lora import add_lora, load_lora_weights
+
+        self.device = torch.device(device)
+        self.dtype = torch_dtype_from_name(cfg.dtype)
+        self.offload_frozen = bool(cfg.offload_frozen)
+        if next(self.transformer.parameters()).dtype != self.dtype:
+            self.transformer.to(self.dtype)
+        self.transformer.to(self.device)
+        self.transformer.eval()
+        add_lora(self.transformer, cfg.lora)
+        if cfg.lora.path:
+            load_lora_weights(self.transformer, cfg.lora.path, prefix=self.lora_prefix)
+        if cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        for m in frozen:
+            m.requires_grad_(False)
+            m.eval()
+            m.to("cpu" if self.offload_frozen else self.device)
+        self.module = self.transformer
+
+    @contextlib.contextmanager
+    def _frozen_on_device(self, *modules: nn.Module):
+        """With ``offload_frozen``, frozen encoders live on the CPU and visit the accelerator only while used."""
+        if not self.offload_frozen or self.device.type == "cpu":
+            yield
+            return
+        for m in modules:
+            m.to(self.device)
+        try:
+            yield
+        finally:
+            for m in modules:
+                m.to("cpu")
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ LoRA and module plumbing
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        return (p for p in self.transformer.parameters() if p.requires_grad)
+
+    @contextlib.contextmanager
+    def disable_lora(self):
+        """The base model (LoRA off), e.g. for the KL reference; LoRA gradient flags are restored on exit."""
+        from psrl.models.lora import has_lora
+
+        if not has_lora(self.transformer):
+            yield
+            return
+        flags = [(p, p.requires_grad) for p in self.transformer.parameters()]
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
+            for p, flag in flags:
+                p.requires_grad_(flag)
+
+    def save_lora(self, path) -> None:
+        from psrl.models.lora import save_lora_weights
+
+        save_lora_weights(self.transformer, path, prefix=self.lora_prefix)
+
+    def load_lora(self, path) -> None:
+        from psrl.models.lora import load_lora_weights
+
+        load_lora_weights(self.transformer, path, prefix=self.lora_prefix)
+
+    def set_module(self, module: nn.Module) -> None:
+        """Use a wrapped transformer (DDP, accelerate) for forward passes; saving unwraps it."""
+        from psrl.models.flux import unwrap_module
+
+        if unwrap_module(module) is not self.transformer:
+            raise ValueError("set_module expects the policy's own transformer, possibly wrapped")
+        self.module = module
+
+    def train(self, mode: bool = True) -> None:
+        """Only the denoiser switches mode; frozen encoders stay in eval (their dropout would break determinism)."""
+        self.transformer.train(mode)
+
+    def to(self, device) -> "FlowPolicyBase":
+        self.device = torch.device(device)
+        for comp in self._modules_to_move():
+            comp.to(self.device)
+        return self
+
+    def _modules_to_move(self) -> list[nn.Module]:
+        return [self.transformer]
+
+    def _forward(self, **kwargs) -> Tensor:
+        """Call the (possibly wrapped) denoiser."""
+        return self.module(**kwargs, return_dict=False)[0]
+
+
+def pad_rows(tensors: Sequence[Tensor], width: int, what: str) -> tuple[Tensor, Tensor]:
+    """Stack ``[L_i, ...]`` tensors zero-padded to ``width`` rows; returns ``(stacked [N, width, ...], lengths [N])``.
+
+    Raises:
+        ValueError: a tensor is longer than ``width`` (``what`` names it).
+    """
+    lengths = [int(t.shape[0]) for t in tensors]
+    if max(lengths) > width:
+        raise ValueError(f"{what}: {max(lengths)} rows exceed the capacity {width}")
+    out = tensors[0].new_zeros((len(tensors), width, *tensors[0].shape[1:]))
+    for i, t in enumerate(tensors):
+        out[i, : t.shape[0]] = t
+    return out, torch.tensor(lengths, dtype=torch.long)
+
+
+def reorder(parts: list[tuple[list[int], Tensor]], n: int) -> Tensor:
+    """Scatter per-group results back to batch order."""
+    first = parts[0][1]
+    out = first.new_empty((n, *first.shape[1:]))
+    for idx, val in parts:
+        out[torch.as_tensor(idx, device=out.device)] = val
+    return out
+
+
+__all__ = ["FlowPolicyBase", "group_by_key", "pad_rows", "reorder", "scheduler_schedule", "unique_records"]

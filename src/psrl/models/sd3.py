@@ -1,0 +1,171 @@
+"""Stable Diffusion 3 / 3.5 policy (Flow-GRPO's main model) over the components of diffusers'
+``StableDiffusion3Pipeline``: real classifier-free guidance with the negative prompt ``""`` (Flow-GRPO's SD3
+setting, research note paco_flowgrpo.md §1.7), unpacked ``[B, C, h, w]`` latents, the scheduler's own schedule.
+
+With ``guidance_scale > 1`` the rollout, the log-prob recompute and generation all use the CFG-combined velocity
+``v_u + w (v_c - v_u)`` (Flow-GRPO's ``train.cfg=True``); ``guidance_scale <= 1`` is the no-CFG setting of the
+``*_nocfg`` recipes. SFT (:meth:`flow_matching_loss`) uses the conditional branch only.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from psrl.data.records import Record
+from psrl.models.base import SamplingConfig
+from psrl.models.config import ModelConfig
+from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unique_records
+
+logger = logging.getLogger(__name__)
+
+SD3_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
+    "transformer": ("diffusers", "SD3Transformer2DModel"),
+    "vae": ("diffusers", "AutoencoderKL"),
+    "text_encoder": ("transformers", "CLIPTextModelWithProjection"),
+    "text_encoder_2": ("transformers", "CLIPTextModelWithProjection"),
+    "text_encoder_3": ("transformers", "T5EncoderModel"),
+    "tokenizer": ("transformers", "AutoTokenizer"),
+    "tokenizer_2": ("transformers", "AutoTokenizer"),
+    "tokenizer_3": ("transformers", "AutoTokenizer"),
+    "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
+}
+
+_ARGS = {"negative_prompt"}
+
+
+class SD3Policy(FlowPolicyBase):
+    """SD3 behind the :class:`psrl.models.base.Policy` protocol.
+
+    Args:
+        components: kwargs of ``StableDiffusion3Pipeline`` (transformer, vae, three text encoders and tokenizers,
+            scheduler).
+        cfg: the model config (dtype, LoRA, memory options); ``cfg.args.negative_prompt`` (default ``""``).
+        device: where the denoiser runs.
+    """
+
+    def __init__(self, components: dict, cfg: ModelConfig | None = None, device="cpu"):
+        from diffusers import StableDiffusion3Pipeline
+
+        cfg = cfg or ModelConfig(name="sd3")
+        unknown = sorted(set(cfg.args) - _ARGS)
+        if unknown:
+            from psrl.config import ConfigError
+
+            raise ConfigError(f"model.args.{unknown[0]}: unknown option for sd3 (known: {', '.join(sorted(_ARGS))})")
+        self.cfg = cfg
+        self.negative_prompt = str(cfg.args.get("negative_prompt", ""))
+        self.pipe = StableDiffusion3Pipeline(**{k: v for k, v in components.items()
+                                                if k not in ("image_encoder", "feature_extractor")})
+        self.pipe.set_progress_bar_config(disable=True)
+        self.transformer = self.pipe.transformer
+        self.vae = self.pipe.vae
+        self.text_encoders = [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3)
+                              if m is not None]
+        self._setup_denoiser(cfg, [*self.text_encoders, self.vae], device)
+        if self.vae.dtype != torch.float32:
+            self.vae.to(torch.float32)  # decode in fp32 (Flow-GRPO keeps the VAE in fp32)
+        self._negative: dict[str, Tensor] | None = None
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, device="cpu") -> "SD3Policy":
+        """``cfg.path == "tiny"``: tiny random components (``cfg.tiny_seed``); otherwise a local pipeline folder or
+        hub id (``stabilityai/stable-diffusion-3.5-medium``) loaded with ``from_pretrained``."""
+        if cfg.path == "tiny":
+            from psrl.models.tiny_more import tiny_sd3_components
+
+            components = tiny_sd3_components(cfg.tiny_seed)
+        else:
+            from psrl.models.loading import load_components, torch_dtype_from_name
+
+            components = load_components(cfg.path, SD3_COMPONENT_SPEC, torch_dtype=torch_dtype_from_name(cfg.dtype))
+        return cls(components, cfg, device)
+
+    # ------------------------------------------------------------------ hooks
+    def _modules_to_move(self):
+        return [self.transformer] + ([] if self.offload_frozen else [*self.text_encoders, self.vae])
+
+    def _encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
+        with torch.no_grad(), self._frozen_on_device(*self.text_encoders):
+            embeds, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False,
+                device=self.device, max_sequence_length=self.cfg.max_sequence_length)
+        return embeds.to(self.dtype), pooled.to(self.dtype)
+
+    def encode(self, records: Sequence[Record], sampling: SamplingConfig):
+        uniq, where = unique_records(records)
+        embeds, pooled = self._encode_prompts([r.prompt for r in uniq])
+        idx = torch.as_tensor(where, device=embeds.device)
+        return {"prompt_embeds": embeds[idx], "pooled_prompt_embeds": pooled[idx]}, {}
+
+    def _negative_embeds(self) -> dict[str, Tensor]:
+        if self._negative is None:
+            e, p = self._encode_prompts([self.negative_prompt])
+            self._negative = {"prompt_embeds": e, "pooled_prompt_embeds": p}
+        return self._negative
+
+    def _check_size(self, sampling: SamplingConfig) -> tuple[int, int]:
+        mult = self.pipe.vae_scale_factor * self.transformer.config.patch_size
+        if sampling.height % mult or sampling.width % mult:
+            raise ValueError(f"SD3 needs height/width divisible by {mult}, got {sampling.height}x{sampling.width}")
+        return sampling.height // self.pipe.vae_scale_factor, sampling.width // self.pipe.vae_scale_factor
+
+    def initial_noise(self, n: int, sampling: SamplingConfig, generator) -> Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        h, w = self._check_size(sampling)
+        shape = (n, self.transformer.config.in_channels, h, w)
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
+
+    def schedule(self, sampling: SamplingConfig):
+        """The pipeline's schedule: ``scheduler.set_timesteps(num_steps)`` (static shift 3 for SD3), with ``mu``
+        from the image sequence length when the scheduler uses dynamic shifting."""
+        mu = None
+        sched_cfg = self.pipe.scheduler.config
+        if sched_cfg.get("use_dynamic_shifting", False):
+            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
+
+            h, w = self._check_size(sampling)
+            p = self.transformer.config.patch_size
+            mu = calculate_shift((h // p) * (w // p), sched_cfg.get("base_image_seq_len", 256),
+                                 sched_cfg.get("max_image_seq_len", 4096), sched_cfg.get("base_shift", 0.5),
+                                 sched_cfg.get("max_shift", 1.16))
+        return scheduler_schedule(self.pipe.scheduler, sampling.num_steps, mu=mu)
+
+    def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
+                guidance: bool = True) -> Tensor:
+        scale = float(meta["sampling"].guidance_scale)
+        embeds, pooled = cond["prompt_embeds"], cond["pooled_prompt_embeds"]
+        x = latents.to(self.dtype)
+        t = timesteps.to(latents.device, torch.float32)
+        if guidance and scale > 1:
+            b = latents.shape[0]
+            neg = self._negative_embeds()
+            embeds = torch.cat([neg["prompt_embeds"].expand(b, -1, -1), embeds])
+            pooled = torch.cat([neg["pooled_prompt_embeds"].expand(b, -1), pooled])
+            out = self._forward(hidden_states=torch.cat([x, x]), timestep=torch.cat([t, t]),
+                                encoder_hidden_states=embeds, pooled_projections=pooled).float()
+            uncond, text = out.chunk(2)
+            return uncond + scale * (text - uncond)
+        return self._forward(hidden_states=x, timestep=t, encoder_hidden_states=embeds,
+                             pooled_projections=pooled).float()
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor, meta: dict) -> Tensor:
+        cfg = self.vae.config
+        with self._frozen_on_device(self.vae):
+            z = latents.to(self.device, torch.float32) / cfg.scaling_factor + cfg.shift_factor
+            image = self.vae.decode(z, return_dict=False)[0]
+        return (image.float() / 2 + 0.5).clamp(0, 1)
+
+    @torch.no_grad()
+    def encode_targets(self, images: Tensor, meta: dict) -> Tensor:
+        cfg = self.vae.config
+        with self._frozen_on_device(self.vae):
+            dist = self.vae.encode(images.to(self.device, torch.float32) * 2 - 1).latent_dist
+        return (dist.mode() - cfg.shift_factor) * cfg.scaling_factor
+
+
+__all__ = ["SD3_COMPONENT_SPEC", "SD3Policy"]

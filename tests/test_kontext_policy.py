@@ -1,0 +1,141 @@
+"""FluxKontextPolicy on tiny components: diffusers oracle with one reference, several references, position-id
+schemes, rollout/log-prob consistency, reference caching and the bad-input errors."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from psrl.data.records import Record, RecordError, SubjectRef
+from psrl.models.base import Policy, SamplingConfig
+from psrl.models.config import LoraConfig, ModelConfig
+
+pytest.importorskip("diffusers")
+
+
+def _png(root, name, size, mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8)
+    img = Image.fromarray(arr, "RGBA")
+    img = img.convert(mode) if mode != "RGBA" else img
+    img.save(root / name)
+    return name
+
+
+def _policy(root, **args):
+    from psrl.models.flux_kontext import FluxKontextPolicy
+
+    args = {"data_root": str(root), "reference_long_side_single": 16, "reference_long_side_multi": 8, **args}
+    cfg = ModelConfig(name="flux_kontext", path="tiny", max_sequence_length=32, lora=LoraConfig(rank=4, alpha=4),
+                      args=args)
+    return FluxKontextPolicy.from_config(cfg, "cpu")
+
+
+def _rec(rid, *images, prompt="a dog next to a cat"):
+    return Record(id=rid, prompt=prompt, subjects=tuple(SubjectRef(image=i, phrase=f"s{k}")
+                                                       for k, i in enumerate(images)))
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_one_reference_ode_matches_flux_kontext_pipeline(tmp_path):
+    from diffusers import FluxKontextPipeline
+
+    from psrl.models.tiny_more import tiny_kontext_components
+
+    name = _png(tmp_path, "ref.png", (16, 16))
+    pipe = FluxKontextPipeline(**tiny_kontext_components(), image_encoder=None, feature_extractor=None)
+    pipe.set_progress_bar_config(disable=True)
+    ref = pipe(image=Image.open(tmp_path / name).convert("RGB"), prompt="a dog next to a cat", num_inference_steps=3,
+               guidance_scale=2.5, height=16, width=16, max_area=16 * 16, _auto_resize=False,
+               max_sequence_length=32, output_type="pt", generator=_gen()).images
+    policy = _policy(tmp_path)
+    assert isinstance(policy, Policy)
+    out = policy.generate([_rec("r", name)], SamplingConfig(num_steps=3, height=16, width=16, guidance_scale=2.5),
+                          _gen())
+    assert out.shape == ref.shape == (1, 3, 16, 16)
+    assert (out - ref).abs().max().item() < 1e-4
+
+
+def test_position_id_schemes():
+    from psrl.models.flux_kontext import reference_position_ids
+
+    shapes, target = [(2, 3), (1, 2)], (4, 4)
+    psr = reference_position_ids(shapes, target, "psr")
+    assert psr.shape == (8, 3)
+    assert psr[:6, 0].eq(1).all() and psr[6:, 0].eq(2).all()            # frame axis only
+    assert psr[:6, 1:].tolist() == [[r, c] for r in range(2) for c in range(3)]
+    assert psr[6:, 1:].tolist() == [[0, 0], [0, 1]]                    # each reference on its own grid
+    uno = reference_position_ids(shapes, target, "uno")
+    assert uno[:, 0].eq(1).all()
+    assert uno[0, 1:].tolist() == [4, 4] and uno[6, 1:].tolist() == [6, 7]   # diagonal, accumulated offsets
+    assert reference_position_ids(shapes, target, "uno_h")[6, 1:].tolist() == [6, 0]
+    assert reference_position_ids(shapes, target, "uno_w")[6, 1:].tolist() == [0, 7]
+
+
+@pytest.mark.parametrize("scheme", ["psr", "uno"])
+def test_several_references_rollout_and_recompute(tmp_path, scheme):
+    a = _png(tmp_path, "a.png", (20, 12), seed=1)
+    b = _png(tmp_path, "b.png", (12, 12), mode="RGBA", seed=2)     # converted to RGB
+    c = _png(tmp_path, "c.png", (16, 16), mode="L", seed=3)         # converted to RGB
+    policy = _policy(tmp_path, position_ids=scheme)
+    recs = [_rec("two", a, b)] * 2 + [_rec("three", a, b, c)] * 2 + [_rec("one", c)]
+    sampling = SamplingConfig(num_steps=3, height=16, width=16, guidance_scale=2.5, noise_level=0.8)
+    ro = policy.rollout(recs, sampling, [_gen(i) for i in range(len(recs))])
+    # multi-reference rule: long side 8 -> 8x4 (+crop to even) and 8x8; one reference: long side 16
+    assert ro.cond["ref_len"].tolist() == [2 * 4 + 4 * 4] * 2 + [2 * 4 + 4 * 4 + 4 * 4] * 2 + [8 * 8]
+    assert ro.images.shape == (5, 3, 16, 16) and torch.isfinite(ro.log_probs).all()
+    for step in ro.trained_steps:
+        lp = policy.log_prob(ro.select([4, 1, 2]), step).log_prob
+        assert torch.allclose(lp, ro.log_probs[[4, 1, 2], step], atol=1e-5, rtol=0)
+
+
+def test_references_are_encoded_once_per_record(tmp_path, monkeypatch):
+    a = _png(tmp_path, "a.png", (16, 16))
+    policy = _policy(tmp_path)
+    calls = []
+    orig = policy.vae.encode
+    monkeypatch.setattr(policy.vae, "encode", lambda x: calls.append(x.shape) or orig(x))
+    sampling = SamplingConfig(num_steps=2, height=16, width=16, noise_level=0.7)
+    ro = policy.rollout([_rec("r", a)] * 4, sampling, _gen())
+    policy.log_prob(ro, 0)
+    policy.rollout([_rec("r", a)] * 2, sampling, _gen(1))
+    assert len(calls) == 1
+
+
+def test_bad_inputs_name_the_record_and_value(tmp_path):
+    a = _png(tmp_path, "a.png", (16, 16))
+    policy = _policy(tmp_path, max_references=2)
+    s = SamplingConfig(num_steps=1, height=16, width=16)
+    with pytest.raises(RecordError, match="'many'.*3 references.*at most 2"):
+        policy.generate([_rec("many", a, a, a)], s)
+    with pytest.raises(RecordError, match="'none'.*no reference"):
+        policy.generate([_rec("none")], s)
+    with pytest.raises(RecordError, match="'gone'.*missing.png.*not found"):
+        policy.generate([_rec("gone", "missing.png")], s)
+    (tmp_path / "junk.png").write_bytes(b"not an image")
+    with pytest.raises(RecordError, match="'junk'.*unreadable"):
+        policy.generate([_rec("junk", "junk.png")], s)
+    thin = _png(tmp_path, "thin.png", (64, 2))
+    with pytest.raises(RecordError, match="'thin'.*64x2.*too small"):
+        policy.generate([_rec("thin", thin)], s)
+    with pytest.raises(RecordError, match="escapes"):
+        policy.generate([_rec("esc", "../x.png")], s)
+    from psrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="position_ids"):
+        _policy(tmp_path, position_ids="diagonal")
+    with pytest.raises(ConfigError, match="model.args.bogus"):
+        _policy(tmp_path, bogus=1)
+
+
+def test_mismatched_lora_file_is_a_clear_error(tmp_path):
+    from psrl.errors import ModelLoadError
+    from psrl.models.flux_kontext import FluxKontextPolicy
+
+    _policy(tmp_path).save_lora(tmp_path / "r4")
+    cfg = ModelConfig(name="flux_kontext", path="tiny", max_sequence_length=32,
+                      lora=LoraConfig(rank=8, alpha=8, path=str(tmp_path / "r4")), args={"data_root": str(tmp_path)})
+    with pytest.raises(ModelLoadError, match="r4.*shape mismatch"):
+        FluxKontextPolicy.from_config(cfg, "cpu")
