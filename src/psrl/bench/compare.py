@@ -1,0 +1,128 @@
+"""Compare evaluation runs side by side (and with the published PSR table): markdown/CSV/JSON and a radar overlay."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from psrl.bench.items import write_json_atomic
+from psrl.bench.report import _fmt, radar_chart, series_of
+from psrl.bench.tasks import DIMENSION_LABELS
+from psrl.errors import PsrlError
+
+
+def load_published() -> dict:
+    """The published PSR table shipped with psrl (reported numbers, overall per dimension)."""
+    text = resources.files("psrl.bench").joinpath("assets/psr_published.json").read_text()
+    return json.loads(text)
+
+
+def load_summary(run: str | Path) -> dict:
+    """A run's ``summary.json`` (``run`` is an eval folder or the file itself)."""
+    path = Path(run)
+    if path.is_dir():
+        path = path / "summary.json"
+    if not path.is_file():
+        raise PsrlError(f"no summary.json at {run}; run `psrl bench eval` (or `psrl bench report`) first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PsrlError(f"{path}: not valid JSON: {e}") from e
+
+
+def _default_label(run: str | Path) -> str:
+    """The run folder's name; ``<results>/<eval folder>`` when the eval folder has the default name."""
+    path = Path(run).resolve()
+    if path.is_file():
+        path = path.parent
+    return f"{path.parent.name}/{path.name}" if path.name.startswith("eval") else path.name
+
+
+def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, published: bool = False) -> dict:
+    """Rows ``{label, kind: measured|reported, overall: {dim: mean}, subsets: {subset: {dim: mean}}}``."""
+    if not runs and not published:
+        raise PsrlError("nothing to compare: give run folders and/or --published")
+    if labels and len(labels) != len(runs):
+        raise PsrlError(f"{len(labels)} labels for {len(runs)} runs")
+    summaries = [load_summary(r) for r in runs]
+    benchmarks = {s["benchmark"] for s in summaries}
+    if len(benchmarks) > 1:
+        raise PsrlError(f"cannot compare runs of different benchmarks: {sorted(benchmarks)}")
+    benchmark = benchmarks.pop() if benchmarks else "psrbench"
+    dims: list[str] = []
+    subsets: list[str] = []
+    for s in summaries:
+        dims += [d for d in s["dimensions"] if d not in dims]
+        subsets += [x for x in s["subsets"] if x not in subsets]
+    rows = []
+    for i, (run, s) in enumerate(zip(runs, summaries)):
+        rows.append({
+            "label": labels[i] if labels else _default_label(run),
+            "kind": "measured", "source": str(run), "config_hash": s.get("config_hash"),
+            "overall": {d: s["overall"][d]["mean"] for d in s["dimensions"]},
+            "failed": {d: s["overall"][d]["failed"] for d in s["dimensions"]},
+            "subsets": series_of(s),
+        })
+    if published:
+        table = load_published()
+        if benchmark != table["benchmark"]:
+            raise PsrlError(f"--published holds {table['benchmark']} numbers; these runs are {benchmark}")
+        for row in table["rows"]:
+            sub = row.get("subsets", {})
+            rows.append({
+                "label": f"{row['model']} (reported)", "kind": "reported", "source": table["source"],
+                "overall": dict(row["overall"]), "failed": {},
+                "subsets": {d: {s: v.get(d) for s, v in sub.items()} for d in row["overall"]},
+            })
+        dims += [d for r in table["rows"] for d in r["overall"] if d not in dims]
+    return {"benchmark": benchmark, "dimensions": dims, "subsets": subsets, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    dims, subsets = result["dimensions"], result["subsets"]
+    lab = [DIMENSION_LABELS.get(d, d) for d in dims]
+    lines = ["| model | kind | " + " | ".join(f"{x} overall" for x in lab) + " |", "|" + "---|" * (len(dims) + 2)]
+    for r in result["rows"]:
+        cells = []
+        for d in dims:
+            v = r["overall"].get(d)
+            failed = r["failed"].get(d)
+            cells.append(_fmt(v) + (f" ({failed} failed)" if failed else ""))
+        lines.append(f"| {r['label']} | {r['kind']} | " + " | ".join(cells) + " |")
+    for d in dims:
+        lines += ["", f"**{DIMENSION_LABELS.get(d, d)} per subset**", "",
+                  "| model | " + " | ".join(subsets) + " |", "|" + "---|" * (len(subsets) + 1)]
+        for r in result["rows"]:
+            vals = [_fmt(r["subsets"].get(d, {}).get(s)) for s in subsets]
+            lines.append(f"| {r['label']} | " + " | ".join(vals) + " |")
+    if any(r["kind"] == "reported" for r in result["rows"]):
+        lines += ["", "Rows marked *reported* are the published numbers (research notes), not measured by psrl."]
+    return "\n".join(lines) + "\n"
+
+
+def write_compare(result: dict, out_dir: str | Path) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {n: out_dir / n for n in ("compare.md", "compare.csv", "compare.json", "compare_radar.png")}
+    paths["compare.md"].write_text(markdown(result))
+    write_json_atomic(paths["compare.json"], result)
+    with paths["compare.csv"].open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["model", "kind", "subset", "dimension", "value"])
+        for r in result["rows"]:
+            for d in result["dimensions"]:
+                v = r["overall"].get(d)
+                w.writerow([r["label"], r["kind"], "Overall", d, "" if v is None else f"{v:.6f}"])
+                for s in result["subsets"]:
+                    v = r["subsets"].get(d, {}).get(s)
+                    if v is not None:
+                        w.writerow([r["label"], r["kind"], s, d, f"{v:.6f}"])
+    # the overlay shows measured rows only: the published table has overall numbers (two subset values at most),
+    # and drawing missing subsets as 0 would misrepresent it
+    series = [(r["label"], r["subsets"]) for r in result["rows"] if r["kind"] == "measured"
+              and any(v is not None and math.isfinite(v) for d in r["subsets"].values() for v in d.values())]
+    radar_chart(series, result["subsets"], result["dimensions"], paths["compare_radar.png"])
+    return paths

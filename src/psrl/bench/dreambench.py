@@ -1,0 +1,83 @@
+"""DreamBench (the DreamBooth dataset) as benchmark items: 30 subjects x 25 prompts = 750 entries per seed.
+
+Folder layout (``google/dreambooth`` ``dataset/``): ``<root>/<subject>/<NN>.jpg``, 3-6 real images per subject.
+Prompts and classes ship as data (``assets/dreambench.json``): objects get 20 recontextualisations + 5 property
+edits, live subjects (cats and dogs) 10 recontextualisations + 10 accessorisations + 5 property edits. Prompts use
+the class noun in place of DreamBooth's identifier + class ("a backpack in the jungle"), the zero-shot variant that
+UNO / OmniGen / Customized-GRPO evaluate, with one fixed reference image per subject (``reference_index`` into the
+sorted image list, default the first). Original protocol: 4 images per prompt -> ``--seeds 0 1 2 3``.
+
+The entries are PSRBench-shaped (``instruction``, ``input_path``, ``category1``, plus ``subject`` and
+``prompt_index``) and grouped in two subsets, ``object`` and ``live``; result files are ``object.json`` /
+``live.json``, so generation, evaluation and reports are shared with PSRBench.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+
+from psrl.bench.items import ValidationIssue
+from psrl.bench.psrbench import LoadedSubsets, add_entries
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+@lru_cache(maxsize=1)
+def dreambench_spec() -> dict:
+    """Classes, live subjects and the prompt templates (``{}`` = class noun)."""
+    return json.loads(resources.files("psrl.bench").joinpath("assets/dreambench.json").read_text())
+
+
+def dreambench_prompts(subject: str) -> list[str]:
+    spec = dreambench_spec()
+    cls = spec["classes"][subject]
+    templates = spec["live_prompts"] if subject in spec["live_subjects"] else spec["object_prompts"]
+    return [t.format(cls) for t in templates]
+
+
+def load_dreambench(data_root: str | Path, *, subjects: list[str] | None = None, reference_index: int = 0,
+                    check_files: bool = True) -> LoadedSubsets:
+    """Build the DreamBench entries from the dataset folder. Missing subjects, subjects without images, unknown
+    subject folders and an out-of-range ``reference_index`` are issues (the entry is kept with its problem)."""
+    root = Path(data_root).resolve()
+    spec = dreambench_spec()
+    out = LoadedSubsets()
+    if not root.is_dir():
+        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+        return out
+    wanted = list(subjects) if subjects else list(spec["classes"])
+    for name in wanted:
+        if name not in spec["classes"]:
+            out.issues.append(ValidationIssue(name, None, "subject", "unknown DreamBench subject"))
+    if not subjects:
+        for child in sorted(root.iterdir()):
+            if child.is_dir() and child.name not in spec["classes"] and not child.name.startswith("."):
+                out.issues.append(ValidationIssue(child.name, None, "subject",
+                                                  f"folder {child} is not a DreamBench subject"))
+    entries: dict[str, list] = {"object": [], "live": []}
+    for subject in wanted:
+        if subject not in spec["classes"]:
+            continue
+        folder = root / subject
+        images = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
+            if folder.is_dir() else []
+        if not images:
+            out.issues.append(ValidationIssue(subject, None, "folder", f"no reference images in {folder}"))
+            ref = f"{subject}/missing.jpg"
+        elif not 0 <= reference_index < len(images):
+            out.issues.append(ValidationIssue(subject, None, "reference_index",
+                                              f"{reference_index} out of range for {len(images)} image(s)"))
+            ref = f"{subject}/{images[0]}"
+        else:
+            ref = f"{subject}/{images[reference_index]}"
+        subset = "live" if subject in spec["live_subjects"] else "object"
+        for k, prompt in enumerate(dreambench_prompts(subject)):
+            entries[subset].append({"instruction": prompt, "input_path": [ref],
+                                    "category1": spec["classes"][subject], "subject": subject, "prompt_index": k})
+    for subset, data in entries.items():
+        if data:
+            out.raw[subset] = data
+            add_entries(out, subset, data, root, check_files=check_files, benchmark="dreambench")
+    return out

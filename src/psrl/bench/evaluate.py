@@ -1,0 +1,354 @@
+"""Evaluate result images on every dimension with psrl rewards as metrics; per-sample JSONL, resumable, sharded.
+
+Each scored sample is appended as one JSON line (flushed) to ``<out>/samples.part<rank>.jsonl`` as soon as its batch
+is done; a killed run loses at most the batch in flight and a re-run skips every key already written. When all ranks
+are done rank 0 merges the parts into ``<out>/samples.jsonl`` (the last line of a key wins, so ``retry_failed``
+re-scores replace earlier failures). A sample that cannot be scored on a dimension gets ``null`` and the reason in
+``failures`` - it is counted, never dropped. The metric set and its hash are kept in ``<out>/eval_config.json``; a
+resume with a different metric set is refused rather than mixing results.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from psrl.bench.items import write_json_atomic
+from psrl.bench.provenance import config_hash
+from psrl.bench.results import ResultSample
+from psrl.bench.sharding import Shard
+from psrl.bench.tasks import DimensionSpec, MetricSpec, metrics_to_json
+from psrl.errors import PsrlError
+
+log = logging.getLogger(__name__)
+
+SAMPLES = "samples.jsonl"
+EVAL_CONFIG = "eval_config.json"
+
+
+@dataclass
+class EvalStats:
+    computed: int = 0
+    resumed: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.computed / self.seconds if self.seconds > 0 else float("nan")
+
+
+def eval_config(benchmark: str, metrics: dict[str, DimensionSpec], extra: dict | None = None) -> dict:
+    """The config that decides the numbers (not the batch size or device); its hash names the run."""
+    cfg = {"benchmark": benchmark, "metrics": metrics_to_json(metrics)}
+    if extra:
+        cfg.update(extra)
+    return cfg
+
+
+class MetricSet:
+    """Builds each reward once (shared between dimensions and subsets using the same reward and args)."""
+
+    def __init__(self, metrics: dict[str, DimensionSpec], device: str = "cpu", data_root: str | Path | None = None):
+        self.metrics = metrics
+        self.device = device
+        self.data_root = data_root
+        self._rewards: dict[str, Any] = {}
+
+    def reward(self, spec: MetricSpec):
+        cache_key = json.dumps([spec.reward, spec.args], sort_keys=True, default=str)
+        if cache_key not in self._rewards:
+            from psrl.rewards.base import build_reward
+
+            args = dict(spec.args)
+            if self.data_root is not None and "data_root" not in args and _accepts(spec.reward, "data_root"):
+                args["data_root"] = str(self.data_root)  # where records' reference paths live (not hashed)
+            try:
+                self._rewards[cache_key] = build_reward(spec.reward, args, device=self.device)
+            except Exception as e:  # a metric that cannot load is a setup error, not a per-sample failure
+                raise PsrlError(f"cannot build metric reward {spec.reward!r} with args {spec.args}: "
+                                f"{type(e).__name__}: {e}") from e
+        return self._rewards[cache_key]
+
+    def build_all(self, subsets: Sequence[str]) -> None:
+        for dim, spec in self.metrics.items():
+            for subset in subsets:
+                metric = spec.metric_for(subset)
+                if metric is not None:
+                    self.reward(metric)
+
+
+def _accepts(reward_name: str, param: str) -> bool:
+    """Whether the reward class behind ``reward_name`` takes a ``param`` keyword."""
+    import inspect
+
+    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+
+    _ensure_builtin_rewards()
+    try:
+        target = REWARDS.get(reward_name)
+        params = inspect.signature(target).parameters
+    except (KeyError, TypeError, ValueError):
+        return False
+    return param in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def load_image_tensor(path: Path) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
+        w, h = im.size
+    return arr.view(h, w, 3).permute(2, 0, 1).float().div(255.0)
+
+
+def to_jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu()
+        return to_jsonable(v.item() if v.ndim == 0 else v.tolist())
+    if isinstance(v, float):
+        return None if math.isnan(v) or math.isinf(v) else v
+    if isinstance(v, (str, int, bool)) or v is None:
+        return v
+    if isinstance(v, dict):
+        return {str(k): to_jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [to_jsonable(x) for x in v]
+    if hasattr(v, "item"):
+        return to_jsonable(v.item())
+    return str(v)
+
+
+def _details_of(details: dict, i: int, n: int) -> dict:
+    """The per-sample slice of a reward's details (entries that are not per-sample are left out)."""
+    out = {}
+    for name, value in (details or {}).items():
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
+            out[name] = to_jsonable(value[i])
+        elif isinstance(value, (list, tuple)) and len(value) == n:
+            out[name] = to_jsonable(value[i])
+    return out
+
+
+def score_batch(reward, images: torch.Tensor, records: list) -> list[tuple[float | None, str | None, dict]]:
+    """``(raw score or None, failure reason or None, details)`` per sample. If the batched call raises, each
+    sample is retried alone so one bad sample does not fail its batch; a sample that still raises is a failure
+    carrying the exception text."""
+    try:
+        out = reward(images, records)
+    except Exception as e:  # noqa: BLE001 - any metric error becomes a recorded per-sample failure
+        if len(records) == 1:
+            log.warning("metric %s failed on %s: %s", getattr(reward, "name", reward), records[0].id, e)
+            return [(None, f"{type(e).__name__}: {e}", {})]
+        return [r for i in range(len(records)) for r in score_batch(reward, images[i:i + 1], records[i:i + 1])]
+    scores = out.scores.tolist()
+    if len(scores) != len(records):
+        reason = f"metric returned {len(scores)} scores for {len(records)} images"
+        return [(None, reason, {}) for _ in records]
+    result = []
+    for i, s in enumerate(scores):
+        failure = out.failures[i] if i < len(out.failures) else None
+        if math.isnan(s):
+            result.append((None, failure or "unscorable (no reason given)", _details_of(out.details, i, len(scores))))
+        else:
+            result.append((s, failure, _details_of(out.details, i, len(scores))))
+    return result
+
+
+def _read_lines(path: Path) -> list[dict]:
+    rows = []
+    if not path.is_file():
+        return rows
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d: ignoring an incomplete line (a run was killed while writing it)", path, lineno)
+    return rows
+
+
+def read_sample_rows(out_dir: Path) -> dict[str, dict]:
+    """Every scored sample in ``out_dir`` (merged file, then parts); the last line of a key wins."""
+    rows: dict[str, dict] = {}
+    for path in [out_dir / SAMPLES, *sorted(out_dir.glob("samples.part*.jsonl"))]:
+        for row in _read_lines(path):
+            if isinstance(row, dict) and "key" in row:
+                rows[row["key"]] = row
+    return rows
+
+
+def _open_part(path: Path):
+    """Open a part file for appending, cutting a line a killed run left half-written."""
+    if path.is_file() and path.stat().st_size:
+        data = path.read_bytes()
+        if not data.endswith(b"\n"):
+            with path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+    return path.open("a", encoding="utf-8")
+
+
+def _check_config(out_dir: Path, cfg: dict, shard: Shard) -> str:
+    digest = config_hash(cfg)
+    path = out_dir / EVAL_CONFIG
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("hash") != digest:
+            raise PsrlError(f"{out_dir} holds results of another metric config (hash {old.get('hash')} vs "
+                            f"{digest}); use another --out folder or delete it")
+    shard.barrier()
+    if shard.is_main:
+        write_json_atomic(path, {"hash": digest, "config": cfg})
+    shard.barrier()
+    return digest
+
+
+def _base_row(sample: ResultSample) -> dict:
+    rec = sample.item.record
+    return {
+        "key": sample.key, "seed": sample.seed, "subset": sample.item.subset, "index": sample.item.index,
+        "image": str(sample.image) if sample.image else None,
+        "prompt": rec.prompt if rec else sample.item.entry.get("instruction"),
+        "references": [s.image for s in rec.subjects] if rec else sample.item.entry.get("input_path"),
+        "phrases": [s.phrase for s in rec.subjects] if rec else None,
+    }
+
+
+def evaluate_samples(samples: Sequence[ResultSample], out_dir: str | Path, metrics: dict[str, DimensionSpec], *,
+                     benchmark: str, batch_size: int = 8, device: str = "cpu", shard: Shard | None = None,
+                     retry_failed: bool = False, config_extra: dict | None = None,
+                     progress: Callable[[int, int], None] | None = None,
+                     metric_set: MetricSet | None = None, data_root: str | Path | None = None) -> EvalStats:
+    """Score every sample not yet in ``out_dir`` on every dimension and merge the per-sample file."""
+    shard = shard or Shard()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    _check_config(out_dir, eval_config(benchmark, metrics, config_extra), shard)
+    done = read_sample_rows(out_dir)
+    stats = EvalStats(failures={d: 0 for d in metrics})
+
+    def needs_work(s: ResultSample) -> bool:
+        row = done.get(s.key)
+        if row is None:
+            return True
+        return retry_failed and any(v is not None for v in row.get("failures", {}).values())
+
+    mine = shard.take(list(samples))
+    todo = [s for s in mine if needs_work(s)]
+    stats.resumed = len(mine) - len(todo)
+    if stats.resumed:
+        log.info("resuming: %d sample(s) already scored, %d to go", stats.resumed, len(todo))
+    metric_set = metric_set or MetricSet(metrics, device, data_root)
+    metric_set.build_all(sorted({s.item.subset for s in todo}))
+    start = time.perf_counter()
+    with _open_part(out_dir / f"samples.part{shard.rank}.jsonl") as sink:
+        for batch in _eval_batches(todo, batch_size):
+            rows = _score_samples(batch, metrics, metric_set)
+            for row in rows:
+                for dim, reason in row["failures"].items():
+                    if reason is not None:
+                        stats.failures[dim] = stats.failures.get(dim, 0) + 1
+                sink.write(json.dumps(row, ensure_ascii=False) + "\n")
+            sink.flush()
+            stats.computed += len(rows)
+            if progress:
+                progress(stats.computed, len(todo))
+    stats.seconds = time.perf_counter() - start
+    shard.barrier()
+    if shard.is_main:
+        merge_parts(out_dir, [s.key for s in samples])
+    shard.barrier()
+    return stats
+
+
+def _eval_batches(todo: list[ResultSample], batch_size: int):
+    """Unscorable samples alone; scorable ones in chunks of one subset and one image size."""
+    sizes: dict[str, tuple] = {}
+    groups: dict[tuple, list[ResultSample]] = {}
+    for s in todo:
+        if s.problem is not None:
+            yield [s]
+            continue
+        try:
+            from PIL import Image
+
+            with Image.open(s.image) as im:
+                sizes[s.key] = im.size
+        except Exception:  # noqa: BLE001 - reported when the batch loads it
+            sizes[s.key] = None
+        key = (s.item.subset, sizes[s.key])
+        groups.setdefault(key, []).append(s)
+        if len(groups[key]) == batch_size:
+            yield groups.pop(key)
+    yield from (g for g in groups.values() if g)
+
+
+def _score_samples(batch: list[ResultSample], metrics: dict[str, DimensionSpec], metric_set: MetricSet) -> list[dict]:
+    rows = [_base_row(s) for s in batch]
+    for row in rows:
+        row.update(scores={}, raw={}, failures={}, details={})
+    problems = [s.problem for s in batch]
+    images = []
+    for i, s in enumerate(batch):
+        if problems[i] is None:
+            try:
+                images.append(load_image_tensor(s.image))
+            except Exception as e:  # noqa: BLE001 - an unreadable result image is a recorded failure
+                problems[i] = f"unreadable result image {s.image}: {type(e).__name__}: {e}"
+    ok = [i for i in range(len(batch)) if problems[i] is None]
+    # one batched call when the sizes agree (they do, batches are grouped by size), else one call per image
+    same_size = bool(images) and all(im.shape == images[0].shape for im in images)
+    stacked = torch.stack(images) if same_size else None
+    subset = batch[0].item.subset
+    for dim, spec in metrics.items():
+        metric = spec.metric_for(subset)
+        for i in range(len(batch)):
+            if problems[i] is not None:
+                _put(rows[i], dim, None, None, problems[i], {})
+        if not ok:
+            continue
+        if metric is None:
+            for i in ok:
+                _put(rows[i], dim, None, None, f"no metric for subset {subset}", {})
+            continue
+        reward = metric_set.reward(metric)
+        records = [batch[i].item.record for i in ok]
+        if stacked is not None:
+            results = score_batch(reward, stacked, records)
+        else:
+            results = [r for img, rec in zip(images, records) for r in score_batch(reward, img[None], [rec])]
+        for i, (raw, failure, details) in zip(ok, results):
+            _put(rows[i], dim, raw, None if raw is None else raw * metric.scale, failure, details)
+    return rows
+
+
+def _put(row: dict, dim: str, raw, score, failure, details) -> None:
+    row["raw"][dim] = raw
+    row["scores"][dim] = score
+    row["failures"][dim] = failure
+    row["details"][dim] = details
+
+
+def merge_parts(out_dir: Path, order: Sequence[str]) -> list[dict]:
+    """Merge ``samples.jsonl`` and every part file into ``samples.jsonl`` (atomic), ordered like ``order`` then
+    any other keys; the part files are removed afterwards."""
+    rows = read_sample_rows(out_dir)
+    position = {k: i for i, k in enumerate(order)}
+    merged = sorted(rows.values(), key=lambda r: (position.get(r["key"], len(position)), r["key"]))
+    tmp = out_dir / f".{SAMPLES}.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in merged:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    tmp.replace(out_dir / SAMPLES)
+    for part in out_dir.glob("samples.part*.jsonl"):
+        part.unlink()
+    return merged

@@ -1,0 +1,149 @@
+"""Generate benchmark images with any psrl policy: several seeds per entry, resumable, sharded across processes.
+
+Every (seed, entry) sample has its own generator seeded from ``(seed, subset, index)``, so an image does not depend
+on the batch it fell in, on the number of processes or on a resume. Existing images are skipped. Rank 0 writes the
+result JSON files (released format, ``result_path`` set) once every rank is done.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from psrl.bench.items import BenchItem, write_json_atomic
+from psrl.bench.psrbench import LoadedSubsets, export_subset
+from psrl.bench.results import MANIFEST, image_path, result_json_path
+from psrl.bench.sharding import Shard
+from psrl.errors import PsrlError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateStats:
+    generated: int = 0
+    skipped_existing: int = 0
+    skipped_invalid: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def sample_seed(seed: int, subset: str, index: int) -> int:
+    """A 63-bit generator seed derived from the run seed and the entry (stable across batching and sharding)."""
+    digest = hashlib.sha256(f"{seed}/{subset}/{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """``[3, H, W]`` in [0, 1] -> PNG, written atomically (a killed run never leaves a truncated image)."""
+    from PIL import Image
+
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an image [3, H, W], got {tuple(image.shape)}")
+    arr = (image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    Image.fromarray(arr).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def invalid_keys(data: LoadedSubsets) -> dict[str, str]:
+    """Entry key -> its problems, for every entry with a validation issue."""
+    out: dict[str, list[str]] = {}
+    for issue in data.issues:
+        if issue.index is not None:
+            out.setdefault(f"{issue.subset}/{issue.index}", []).append(str(issue))
+    return {k: "; ".join(v) for k, v in out.items()}
+
+
+def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seeds: Sequence[int], sampling,
+                       batch_size: int = 4, shard: Shard | None = None, skip_invalid: bool = False,
+                       absolute_paths: bool = True, manifest: dict | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> GenerateStats:
+    """Generate every valid entry under every seed into ``out_dir`` and write the result files.
+
+    Entries with validation issues stop the run (naming each) unless ``skip_invalid``, which leaves them without an
+    image and lists them in the manifest and the log; evaluation then counts them as missing.
+    ``absolute_paths`` writes ``result_path`` absolute (what the released scripts open from any directory);
+    otherwise relative to the result JSON file.
+    """
+    shard = shard or Shard()
+    out_dir = Path(out_dir)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not seeds:
+        raise ValueError("at least one seed is needed")
+    stats = GenerateStats()
+    bad = invalid_keys(data)
+    if bad and not skip_invalid:
+        lines = "\n  ".join(f"{k}: {v}" for k, v in bad.items())
+        raise PsrlError(f"{len(bad)} invalid entr{'y' if len(bad) == 1 else 'ies'} (fix them or pass "
+                        f"--skip-invalid to generate the rest):\n  {lines}")
+    valid: list[BenchItem] = []
+    for item in data.items:
+        if item.record is None or item.key in bad:
+            stats.skipped_invalid.append(item.key)
+            if shard.is_main:
+                log.warning("skipping invalid entry %s: %s", item.key, bad.get(item.key, "unreadable entry"))
+        else:
+            valid.append(item)
+    work = [(seed, item) for seed in seeds for item in valid]
+    todo = []
+    for seed, item in shard.take(work):
+        if image_path(out_dir, seed, item.subset, item.index).is_file():
+            stats.skipped_existing += 1
+        else:
+            todo.append((seed, item))
+    start = time.perf_counter()
+    for batch in _batches(todo, batch_size):
+        records = [item.record for _, item in batch]
+        generators = [torch.Generator().manual_seed(sample_seed(s, it.subset, it.index)) for s, it in batch]
+        with torch.no_grad():
+            images = policy.generate(records, sampling, generators)
+        if images.shape[0] != len(batch):
+            raise PsrlError(f"policy returned {images.shape[0]} images for a batch of {len(batch)}")
+        for (seed, item), image in zip(batch, images):
+            save_png(image, image_path(out_dir, seed, item.subset, item.index))
+        stats.generated += len(batch)
+        if progress:
+            progress(stats.generated, len(todo))
+    stats.seconds = time.perf_counter() - start
+    shard.barrier()
+    if shard.is_main:
+        write_result_files(data, out_dir, seeds, absolute_paths=absolute_paths)
+        manifest = dict(manifest or {})
+        manifest.update(seeds=list(seeds), skipped_invalid=stats.skipped_invalid,
+                        absolute_paths=absolute_paths)
+        write_json_atomic(out_dir / MANIFEST, manifest)
+    shard.barrier()
+    return stats
+
+
+def write_result_files(data: LoadedSubsets, out_dir: Path, seeds: Sequence[int], *, absolute_paths: bool) -> None:
+    """For each seed and subset, the released-format result JSON pointing at the images that exist."""
+    for seed in seeds:
+        for subset, raw in data.raw.items():
+            json_file = result_json_path(out_dir, seed, subset)
+            paths = {}
+            for index in range(len(raw)):
+                img = image_path(out_dir, seed, subset, index)
+                if img.is_file():
+                    paths[index] = str(img.resolve()) if absolute_paths else os.path.relpath(img, json_file.parent)
+            export_subset(raw, paths, json_file)
+
+
+def _batches(todo: list, batch_size: int):
+    """Consecutive chunks that never mix subsets (entries of one subset share a reference count)."""
+    batch: list = []
+    for w in todo:
+        if batch and (len(batch) == batch_size or batch[-1][1].subset != w[1].subset):
+            yield batch
+            batch = []
+        batch.append(w)
+    if batch:
+        yield batch

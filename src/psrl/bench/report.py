@@ -1,0 +1,215 @@
+"""Reports of one evaluation: markdown / CSV / JSON tables, a radar chart PNG and a self-contained HTML page with a
+gallery (references, result, per-sample scores and judge text, images embedded as base64)."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+from psrl.bench.items import write_json_atomic
+from psrl.bench.tasks import DIMENSION_LABELS
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.{digits}f}"
+
+
+def _cell(c: dict) -> str:
+    text = _fmt(c["mean"])
+    return f"{text} ({c['failed']} failed)" if c.get("failed") else text
+
+
+def markdown_table(summary: dict) -> str:
+    dims = summary["dimensions"]
+    head = "| subset | " + " | ".join(DIMENSION_LABELS.get(d, d) for d in dims) + " | samples |"
+    lines = [head, "|" + "---|" * (len(dims) + 2)]
+    for subset in summary["subsets"]:
+        cells = [_cell(summary["table"][subset][d]) for d in dims]
+        total = max(summary["table"][subset][d]["total"] for d in dims)
+        lines.append(f"| {subset} | " + " | ".join(cells) + f" | {total} |")
+    overall = [_cell(summary["overall"][d]) for d in dims]
+    lines.append("| **Overall** | " + " | ".join(overall) + f" | {summary['num_samples']} |")
+    notes = ["", f"Overall = mean of the subset means. Benchmark {summary['benchmark']}, seeds {summary['seeds']}, "
+                 f"config hash {summary.get('config_hash', 'n/a')}."]
+    for dim, reasons in summary.get("failure_reasons", {}).items():
+        notes.append(f"- {DIMENSION_LABELS.get(dim, dim)} failures: " +
+                     ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_csv(summary: dict, path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["subset", "dimension", "mean", "scored", "failed", "total"])
+        for subset in summary["subsets"]:
+            for d in summary["dimensions"]:
+                c = summary["table"][subset][d]
+                w.writerow([subset, d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
+                            c["total"]])
+        for d in summary["dimensions"]:
+            c = summary["overall"][d]
+            w.writerow(["Overall", d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
+                        c["n"] + c["failed"]])
+
+
+def radar_chart(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dimensions: Sequence[str],
+                path: Path | None = None) -> bytes:
+    """One polar panel per dimension, one axis per subset, one polygon per series (``label -> {dim: {subset:
+    value}}``) like the PSR paper's figure. Returns the PNG bytes (also written to ``path``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = max(len(subsets), 1)
+    angles = np.linspace(0, 2 * np.pi, n, endpoint=False).tolist()
+    fig, axes = plt.subplots(1, len(dimensions), subplot_kw={"polar": True},
+                             figsize=(4.2 * len(dimensions), 4.6), squeeze=False)
+    for ax, dim in zip(axes[0], dimensions):
+        top = 0.0
+        for label, values in series:
+            vals = [values.get(dim, {}).get(s) for s in subsets]
+            vals = [0.0 if v is None or not math.isfinite(v) else float(v) for v in vals]
+            top = max(top, *vals) if vals else top
+            ax.plot(angles + angles[:1], vals + vals[:1], linewidth=1.6, label=label)
+            ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
+        ax.set_xticks(angles)
+        ax.set_xticklabels(list(subsets), fontsize=8)
+        ax.set_ylim(0, max(top * 1.1, 1e-3))
+        ax.set_title(DIMENSION_LABELS.get(dim, dim), fontsize=11, pad=14)
+        ax.tick_params(axis="y", labelsize=7)
+    axes[0][0].legend(loc="upper left", bbox_to_anchor=(-0.15, 1.18), fontsize=8, frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    data = buf.getvalue()
+    if path is not None:
+        Path(path).write_bytes(data)
+    return data
+
+
+def series_of(summary: dict) -> dict:
+    """``{dim: {subset: mean}}`` of a summary (for radar charts)."""
+    return {d: {s: summary["table"][s][d]["mean"] for s in summary["subsets"]} for d in summary["dimensions"]}
+
+
+def _thumb_b64(path: str | Path | None, size: int = 192) -> str | None:
+    if not path:
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            im.thumbnail((size, size))
+            buf = io.BytesIO()
+            im.save(buf, format="PNG")
+    except Exception as e:  # noqa: BLE001 - a missing image is shown as missing in the gallery
+        log.debug("gallery: cannot read %s: %s", path, e)
+        return None
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _img_tag(src: str | None, caption: str, css: str = "") -> str:
+    cap = html.escape(caption)
+    if src is None:
+        return f'<figure class="missing"><div>missing</div><figcaption>{cap}</figcaption></figure>'
+    return f'<figure class="{css}"><img src="{src}" alt="{cap}"><figcaption>{cap}</figcaption></figure>'
+
+
+def _details_html(details: dict) -> str:
+    parts = []
+    for name, value in (details or {}).items():
+        if isinstance(value, str):
+            parts.append(f"<details><summary>{html.escape(name)}</summary><pre>{html.escape(value)}</pre></details>")
+        elif isinstance(value, (int, float)) or value is None:
+            parts.append(f"<span class=kv>{html.escape(name)}={_fmt(value) if isinstance(value, float) else value}"
+                         "</span>")
+        else:
+            text = str(value)
+            parts.append(f"<span class=kv>{html.escape(name)}={html.escape(text[:160])}</span>")
+    return " ".join(parts)
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;background:#fafafa;color:#222}
+h1{font-size:22px} table{border-collapse:collapse;margin:12px 0;background:#fff}
+td,th{border:1px solid #ccc;padding:4px 10px;text-align:right} th:first-child,td:first-child{text-align:left}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:10px;margin:10px 0}
+.row{display:flex;gap:8px;flex-wrap:wrap;align-items:flex-start}
+figure{margin:0;text-align:center} figure img{width:128px;height:auto;border:1px solid #bbb;image-rendering:pixelated}
+figure.result img{width:192px} img.radar{max-width:100%}
+figure.missing div{width:128px;height:128px;background:#eee;display:flex;align-items:center;justify-content:center}
+figcaption{font-size:11px;color:#555} .fail{color:#b00} .kv{font-size:11px;color:#444;margin-right:6px}
+pre{white-space:pre-wrap;font-size:11px;max-width:900px} .score{font-size:13px;margin:2px 0}
+"""
+
+
+def html_report(summary: dict, rows: Sequence[dict], radar_png: bytes | None, *, data_root: str | Path | None,
+                title: str, gallery_per_subset: int = 12) -> str:
+    dims = summary["dimensions"]
+    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    out.append(f"<p>benchmark {html.escape(summary['benchmark'])} &middot; {summary['num_samples']} samples &middot; "
+               f"seeds {summary['seeds']} &middot; config hash {html.escape(str(summary.get('config_hash')))}</p>")
+    out.append("<table><tr><th>subset</th>" + "".join(f"<th>{DIMENSION_LABELS.get(d, d)}</th>" for d in dims) +
+               "</tr>")
+    for s in summary["subsets"]:
+        out.append(f"<tr><td>{html.escape(s)}</td>" +
+                   "".join(f"<td>{html.escape(_cell(summary['table'][s][d]))}</td>" for d in dims) + "</tr>")
+    out.append("<tr><th>Overall</th>" + "".join(f"<th>{html.escape(_cell(summary['overall'][d]))}</th>"
+                                                for d in dims) + "</tr></table>")
+    if radar_png:
+        b64 = base64.b64encode(radar_png).decode()
+        out.append(f"<img class=radar alt='radar chart' src='data:image/png;base64,{b64}'>")
+    out.append("<h2>Gallery</h2>")
+    shown: dict[str, int] = {}
+    for row in rows:
+        if shown.get(row["subset"], 0) >= gallery_per_subset:
+            continue
+        shown[row["subset"]] = shown.get(row["subset"], 0) + 1
+        refs = row.get("references") or []
+        phrases = row.get("phrases") or [""] * len(refs)
+        figs = []
+        for ref, phrase in zip(refs, phrases):
+            src = _thumb_b64(Path(data_root) / ref) if data_root and ref else None
+            figs.append(_img_tag(src, f"reference: {phrase or ref}"))
+        figs.append(_img_tag(_thumb_b64(row.get("image"), 256), "result", "result"))
+        scores = []
+        for d in dims:
+            failure = (row.get("failures") or {}).get(d)
+            value = (row.get("scores") or {}).get(d)
+            line = f"<div class=score><b>{DIMENSION_LABELS.get(d, d)}</b> {_fmt(value)}"
+            if failure:
+                line += f" <span class=fail>failed: {html.escape(str(failure))}</span>"
+            line += " " + _details_html((row.get("details") or {}).get(d, {})) + "</div>"
+            scores.append(line)
+        out.append(f"<div class=card><div><b>{html.escape(row['key'])}</b> &mdash; "
+                   f"{html.escape(str(row.get('prompt') or ''))}</div><div class=row>{''.join(figs)}</div>"
+                   f"{''.join(scores)}</div>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def write_report(summary: dict, rows: Sequence[dict], out_dir: str | Path, *, data_root: str | Path | None,
+                 title: str = "psrl benchmark report", gallery_per_subset: int = 12) -> dict[str, Path]:
+    """Write ``summary.json``, ``table.md``, ``table.csv``, ``radar.png`` and ``report.html`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {name: out_dir / name for name in ("summary.json", "table.md", "table.csv", "radar.png", "report.html")}
+    write_json_atomic(paths["summary.json"], summary)
+    paths["table.md"].write_text(markdown_table(summary))
+    write_csv(summary, paths["table.csv"])
+    png = radar_chart([(title, series_of(summary))], summary["subsets"], summary["dimensions"], paths["radar.png"])
+    paths["report.html"].write_text(html_report(summary, rows, png, data_root=data_root, title=title,
+                                                gallery_per_subset=gallery_per_subset))
+    return paths

@@ -1,0 +1,163 @@
+"""The benchmarks as data: PSRBench subsets, DreamBench subject kinds, and the metric each dimension uses.
+
+A metric is always a registered psrl reward (the benchmark never re-implements one); :class:`MetricSpec` says which
+reward, with which args, and how its score is scaled for the report.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One PSRBench subset: its file stem, how many references each entry has, which semantic-alignment scorer."""
+
+    name: str
+    num_refs: int
+    semantic: str  # "position" (geometry rule) or "rubric" (VLM judge with the subset's prompt)
+    description: str
+
+
+PSRBENCH_SUBSETS: tuple[Subset, ...] = (
+    Subset("Attribute", 2, "rubric", "attribute binding across two animals"),
+    Subset("Action", 2, "rubric", "two animals performing distinct actions"),
+    Subset("Background", 2, "rubric", "two subjects placed in a described background"),
+    Subset("Position", 2, "position", "spatial relation between two subjects"),
+    Subset("Complex", 2, "rubric", "long prompts combining background, actions and details"),
+    Subset("Three", 3, "rubric", "three subjects"),
+    Subset("Four", 4, "rubric", "four subjects"),
+)
+PSRBENCH_SUBSET_NAMES: tuple[str, ...] = tuple(s.name for s in PSRBENCH_SUBSETS)
+SUBSETS_BY_NAME: dict[str, Subset] = {s.name: s for s in PSRBENCH_SUBSETS}
+
+PSRBENCH_DIMENSIONS: tuple[str, ...] = ("subject_consistency", "semantic_alignment", "aesthetics")
+DREAMBENCH_DIMENSIONS: tuple[str, ...] = ("dino", "clip_i", "clip_t")
+DREAMBENCH_SUBSETS: tuple[str, ...] = ("object", "live")
+
+# Short labels used in tables and radar charts.
+DIMENSION_LABELS = {
+    "subject_consistency": "SC",
+    "semantic_alignment": "SA",
+    "aesthetics": "HPS",
+    "dino": "DINO",
+    "clip_i": "CLIP-I",
+    "clip_t": "CLIP-T",
+}
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A reward used as a metric. ``scale`` multiplies the reward's score for the report (the PSR paper reports
+    HPSv3 / 10); the raw score is kept next to the scaled one in the per-sample file."""
+
+    reward: str
+    args: dict = field(default_factory=dict, hash=False)
+    scale: float = 1.0
+
+    def to_json(self) -> dict:
+        return {"reward": self.reward, "args": dict(self.args), "scale": self.scale}
+
+
+@dataclass(frozen=True)
+class DimensionSpec:
+    """The metric of one dimension: ``default`` for every subset, ``per_subset`` overriding it by subset name."""
+
+    default: MetricSpec | None
+    per_subset: dict = field(default_factory=dict, hash=False)
+
+    def metric_for(self, subset: str) -> MetricSpec | None:
+        return self.per_subset.get(subset, self.default)
+
+    def to_json(self) -> dict:
+        return {"default": self.default.to_json() if self.default else None,
+                "per_subset": {k: v.to_json() for k, v in sorted(self.per_subset.items())}}
+
+
+def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None, tiny: bool = False,
+                     device_args: dict | None = None) -> dict[str, DimensionSpec]:
+    """The PSRBench metric set.
+
+    Subject consistency: ``subject_consistency`` with DINO ViT-S/16, honest mode by default (best box, one-to-one
+    assignment for same-category subjects, missing subject recorded); ``compat=True`` selects the reward's
+    ``psrbench_compat`` mode, which reproduces the released scorer (first box over threshold, whole-image fallback).
+    Semantic alignment: ``position`` on the Position subset (same mode: ``psrbench_compat`` takes box 0 in detector
+    order), the ``semantic_alignment`` rubric elsewhere (the reward reads the subset from ``record.tags["subset"]``
+    and scales 0-10 to [0, 1]). Aesthetics: ``hpsv3`` mu, reported
+    / 10 as the paper does. ``tiny=True`` builds every reward on tiny random-weight models (tests, CPU demos).
+    """
+    extra = dict(device_args or {})
+    tiny_args = {"path": "tiny"} if tiny else {}
+    sc_args = {"mode": "psrbench_compat" if compat else "honest", **tiny_args, **extra}
+    judge_args = dict(tiny_args, **extra)
+    if judge_endpoint:
+        judge_args.pop("path", None)
+        judge_args["endpoint"] = judge_endpoint
+    return {
+        "subject_consistency": DimensionSpec(MetricSpec("subject_consistency", sc_args)),
+        "semantic_alignment": DimensionSpec(
+            MetricSpec("semantic_alignment", judge_args),
+            {"Position": MetricSpec("position", {"mode": sc_args["mode"], **tiny_args, **extra})},
+        ),
+        "aesthetics": DimensionSpec(MetricSpec("hpsv3", dict(tiny_args, **extra), scale=0.1)),
+    }
+
+
+def dreambench_metrics(*, tiny: bool = False, device_args: dict | None = None) -> dict[str, DimensionSpec]:
+    """DreamBench: DINO ViT-S/16 and CLIP-I (image-image cosine to the reference), CLIP-T (text-image cosine with
+    the prompt), ViT-B/32 CLIP. ``tiny=True`` uses tiny random-weight models."""
+    args = dict({"path": "tiny"} if tiny else {}, **(device_args or {}))
+    return {
+        "dino": DimensionSpec(MetricSpec("dino", dict(args))),
+        "clip_i": DimensionSpec(MetricSpec("clip_i", dict(args))),
+        "clip_t": DimensionSpec(MetricSpec("clip_t", dict(args))),
+    }
+
+
+def parse_metrics(data: dict, *, where: str = "metrics") -> dict[str, DimensionSpec]:
+    """Build a metric set from plain data (YAML)::
+
+        subject_consistency: {reward: subject_consistency, args: {mode: honest}}
+        semantic_alignment:
+          default: {reward: semantic_alignment}
+          per_subset: {Position: {reward: position}}
+        aesthetics: {reward: hpsv3, scale: 0.1}
+    """
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{where}: expected a non-empty mapping of dimension -> metric, got {data!r}")
+    out = {}
+    for dim, spec in data.items():
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where}.{dim}: expected a mapping, got {spec!r}")
+        if "default" in spec or "per_subset" in spec:
+            unknown = set(spec) - {"default", "per_subset"}
+            if unknown:
+                raise ValueError(f"{where}.{dim}: unknown key(s) {sorted(unknown)}")
+            default = _parse_metric(spec["default"], f"{where}.{dim}.default") if spec.get("default") else None
+            per = {str(k): _parse_metric(v, f"{where}.{dim}.per_subset.{k}")
+                   for k, v in (spec.get("per_subset") or {}).items()}
+            out[str(dim)] = DimensionSpec(default, per)
+        else:
+            out[str(dim)] = DimensionSpec(_parse_metric(spec, f"{where}.{dim}"))
+    return out
+
+
+def _parse_metric(d, where: str) -> MetricSpec:
+    if not isinstance(d, dict):
+        raise ValueError(f"{where}: expected a mapping with 'reward', got {d!r}")
+    unknown = set(d) - {"reward", "args", "scale"}
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
+    if not isinstance(d.get("reward"), str) or not d["reward"]:
+        raise ValueError(f"{where}.reward: must name a reward, got {d.get('reward')!r}")
+    args = d.get("args") or {}
+    if not isinstance(args, dict):
+        raise ValueError(f"{where}.args: must be a mapping, got {args!r}")
+    try:
+        scale = float(d.get("scale", 1.0))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}.scale: must be a number, got {d.get('scale')!r}") from e
+    return MetricSpec(d["reward"], dict(args), scale)
+
+
+def metrics_to_json(metrics: dict[str, DimensionSpec]) -> dict:
+    return {dim: spec.to_json() for dim, spec in metrics.items()}

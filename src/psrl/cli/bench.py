@@ -1,0 +1,230 @@
+"""``psrl bench``: PSRBench / DreamBench validate, generate, eval, report, compare.
+
+Every step runs under ``accelerate launch -m psrl bench ...`` (or torchrun) too: samples are sharded across the
+processes and rank 0 merges the results.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXAMPLES = """examples:
+  psrl bench validate --data-root PSRBench
+  psrl bench generate --config configs/psr_kontext.yaml --data-root PSRBench --out runs/bench/psr --seeds 0 1
+  psrl bench eval --results runs/bench/psr                      # honest scorer, local models
+  psrl bench eval --results runs/bench/psr --psrbench-compat    # reproduces the released scorer
+  psrl bench eval --results other_model/ --data-root PSRBench --judge-endpoint http://127.0.0.1:17140/v1
+  psrl bench compare runs/bench/psr/eval runs/bench/base/eval --published --out runs/bench/compare
+  accelerate launch -m psrl bench eval --results runs/bench/psr
+"""
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("bench", help="PSRBench / DreamBench: validate, generate, eval, report, compare",
+                       description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bs = p.add_subparsers(dest="bench_command", metavar="STEP")
+
+    v = bs.add_parser("validate", help="check a benchmark data root; every bad entry is listed, exit 1 if any")
+    v.add_argument("--data-root", required=True)
+    _benchmark_args(v)
+    v.add_argument("--reference-index", type=int, default=0, help="DreamBench: which sorted image is the reference")
+    v.set_defaults(func=cmd_validate)
+
+    g = bs.add_parser("generate", help="generate the benchmark's images with a psrl policy (resumable)")
+    g.add_argument("--config", help="YAML with `model:` (ModelConfig) and `sampling:` (SamplingConfig) sections; "
+                                    "other top-level sections (e.g. of a training config) are ignored")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sampling.num_steps=28")
+    g.add_argument("--data-root", required=True)
+    g.add_argument("--out", required=True)
+    g.add_argument("--lora", help="LoRA checkpoint to load into the policy")
+    g.add_argument("--seeds", type=int, nargs="+", default=[0])
+    g.add_argument("--batch-size", type=int, default=4)
+    g.add_argument("--device", help="default: cuda:<LOCAL_RANK> when available, else cpu")
+    g.add_argument("--skip-invalid", action="store_true", help="generate the valid entries, list the invalid ones")
+    g.add_argument("--relative-paths", action="store_true",
+                   help="write result_path relative to the result JSON (default: absolute, as released tools open it)")
+    g.add_argument("--reference-index", type=int, default=0)
+    _benchmark_args(g)
+    g.set_defaults(func=cmd_generate)
+
+    e = bs.add_parser("eval", help="score result images on every dimension (per-sample JSONL, resumable)")
+    e.add_argument("--results", required=True, help="result folder (psrl generate output, or result JSON files)")
+    e.add_argument("--data-root", help="benchmark data root (default: from the result folder's bench.json)")
+    e.add_argument("--out", help="eval folder (default: <results>/eval, or eval_compat with --psrbench-compat)")
+    e.add_argument("--psrbench-compat", action="store_true",
+                   help="subject consistency as the released scorer computes it (first box, whole-image fallback)")
+    e.add_argument("--judge-endpoint", help="OpenAI-compatible VLM endpoint for the semantic-alignment rubric")
+    e.add_argument("--metrics", help="YAML metric set (see psrl.bench.tasks.parse_metrics) instead of the defaults")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the metric set, e.g. subject_consistency.default.args.detector=owlv2")
+    e.add_argument("--tiny", action="store_true", help="tiny random-weight metric models (tests, CPU demos)")
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--device")
+    e.add_argument("--retry-failed", action="store_true", help="re-score samples that failed on some dimension")
+    e.add_argument("--no-report", action="store_true")
+    _benchmark_args(e, default=None)
+    e.set_defaults(func=cmd_eval)
+
+    r = bs.add_parser("report", help="rebuild tables, radar chart and HTML report of an eval folder")
+    r.add_argument("eval_dir")
+    r.add_argument("--data-root", help="to embed the reference images in the gallery")
+    r.add_argument("--title")
+    r.add_argument("--gallery-per-subset", type=int, default=12)
+    r.set_defaults(func=cmd_report)
+
+    c = bs.add_parser("compare", help="side-by-side table and radar overlay of eval folders")
+    c.add_argument("runs", nargs="*", help="eval folders (or their summary.json)")
+    c.add_argument("--labels", nargs="+")
+    c.add_argument("--published", action="store_true", help="add the published PSR table (reported numbers)")
+    c.add_argument("--out", required=True)
+    c.set_defaults(func=cmd_compare)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _benchmark_args(p, default: str | None = "psrbench") -> None:
+    p.add_argument("--benchmark", choices=["psrbench", "dreambench"], default=default)
+    p.add_argument("--subsets", nargs="+", help="PSRBench subsets (default all seven) or DreamBench subjects")
+
+
+def _load(args):
+    if args.benchmark == "dreambench":
+        from psrl.bench.dreambench import load_dreambench
+
+        return load_dreambench(args.data_root, subjects=args.subsets, reference_index=args.reference_index)
+    from psrl.bench.psrbench import load_psrbench
+
+    return load_psrbench(args.data_root, args.subsets)
+
+
+def cmd_validate(args) -> int:
+    data = _load(args)
+    for note in data.notes:
+        print(f"note: {note}")
+    for issue in data.issues:
+        print(f"invalid: {issue}")
+    n_sub = len(data.raw)
+    print(f"{len(data.items)} entries in {n_sub} subset(s); {len(data.issues)} issue(s)")
+    return 1 if data.issues else 0
+
+
+def _generate_config(args):
+    from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
+    from psrl.models.base import SamplingConfig
+    from psrl.models.config import ModelConfig
+
+    raw = load_yaml(args.config) if args.config else {}
+    raw = apply_overrides(raw, args.set)
+    for key in ("model", "sampling"):
+        if key in raw and not isinstance(raw[key], dict):
+            raise ConfigError(f"{args.config}: `{key}` must be a mapping")
+    model = from_dict(ModelConfig, raw.get("model") or {}, prefix="model", source=args.config)
+    sampling = from_dict(SamplingConfig, raw.get("sampling") or {}, prefix="sampling", source=args.config)
+    return model, sampling
+
+
+def cmd_generate(args) -> int:
+    from psrl.bench.generate import generate_benchmark
+    from psrl.bench.provenance import package_versions
+    from psrl.bench.sharding import local_device, shard_from_env
+    from psrl.config import to_dict
+
+    model_cfg, sampling = _generate_config(args)
+    shard = shard_from_env()
+    data = _load(args)
+    for note in data.notes:
+        print(f"note: {note}", file=sys.stderr)
+    device = local_device(args.device)
+    from psrl.models.factory import build_policy
+
+    policy = build_policy(model_cfg, device)
+    if args.lora:
+        policy.load_lora(args.lora)
+    manifest = {"benchmark": args.benchmark, "data_root": str(Path(args.data_root).resolve()),
+                "model": to_dict(model_cfg), "sampling": to_dict(sampling), "lora": args.lora,
+                "versions": package_versions()}
+    bar = _progress(shard, "generate")
+    stats = generate_benchmark(policy, data, args.out, seeds=args.seeds, sampling=sampling,
+                               batch_size=args.batch_size, shard=shard, skip_invalid=args.skip_invalid,
+                               absolute_paths=not args.relative_paths, manifest=manifest, progress=bar)
+    if shard.is_main:
+        print(f"generated {stats.generated} image(s), {stats.skipped_existing} already there, "
+              f"{len(stats.skipped_invalid)} invalid entr(y/ies) skipped -> {args.out}")
+    return 0
+
+
+def _progress(shard, desc: str):
+    if not shard.is_main or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in bar:
+            bar["bar"] = tqdm(total=total, desc=desc)
+        bar["bar"].n = done
+        bar["bar"].refresh()
+    return update
+
+
+def _metrics(args, benchmark: str):
+    from psrl.bench.pipeline import default_metrics
+    from psrl.bench.tasks import metrics_to_json, parse_metrics
+    from psrl.config import ConfigError, apply_overrides, load_yaml
+
+    if args.metrics:
+        raw = load_yaml(args.metrics)
+        raw = raw.get("metrics", raw)
+    else:
+        raw = metrics_to_json(default_metrics(benchmark, compat=args.psrbench_compat,
+                                              judge_endpoint=args.judge_endpoint, tiny=args.tiny))
+    raw = apply_overrides(raw, args.set)
+    try:
+        return parse_metrics(raw, where=args.metrics or "metrics")
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def cmd_eval(args) -> int:
+    from psrl.bench.pipeline import eval_and_report, resolve_benchmark_and_root
+    from psrl.bench.sharding import local_device, shard_from_env
+
+    benchmark, data_root = resolve_benchmark_and_root(args.results, args.benchmark, args.data_root)
+    metrics = _metrics(args, benchmark)
+    out = args.out or str(Path(args.results) / ("eval_compat" if args.psrbench_compat else "eval"))
+    shard = shard_from_env()
+    stats, summary = eval_and_report(args.results, out, metrics, benchmark=benchmark, data_root=data_root,
+                                     subsets=args.subsets if benchmark == "psrbench" else None,
+                                     batch_size=args.batch_size, device=local_device(args.device), shard=shard,
+                                     retry_failed=args.retry_failed, report=not args.no_report,
+                                     progress=_progress(shard, "eval"))
+    if shard.is_main:
+        failed = ", ".join(f"{d}: {n}" for d, n in stats.failures.items())
+        print(f"scored {stats.computed} sample(s) ({stats.resumed} resumed) in {stats.seconds:.1f}s; "
+              f"failures this run: {failed} -> {out}")
+        if summary:
+            from psrl.bench.report import markdown_table
+
+            print(markdown_table(summary))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from psrl.bench.pipeline import report_from_dir
+    from psrl.bench.report import markdown_table
+
+    summary = report_from_dir(args.eval_dir, data_root=args.data_root, title=args.title,
+                              gallery_per_subset=args.gallery_per_subset)
+    print(markdown_table(summary))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from psrl.bench.compare import compare, markdown, write_compare
+
+    result = compare(args.runs, labels=args.labels, published=args.published)
+    paths = write_compare(result, args.out)
+    print(markdown(result))
+    print(f"written: {', '.join(str(p) for p in paths.values())}")
+    return 0
