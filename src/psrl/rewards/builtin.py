@@ -4,3 +4,6 @@ from psrl.rewards.base import REWARDS
 REWARDS.register("mean_color", "psrl.rewards.simple:MeanColorReward")
 REWARDS.register("subject_consistency", "psrl.rewards.subject_consistency:SubjectConsistencyReward")
 REWARDS.register("position", "psrl.rewards.position:PositionReward")
+REWARDS.register("vlm_consistency", "psrl.rewards.vlm_rewards:VlmConsistencyReward")
+REWARDS.register("semantic_alignment", "psrl.rewards.vlm_rewards:SemanticAlignmentReward")
+REWARDS.register("edit_consistency", "psrl.rewards.vlm_rewards:EditConsistencyReward")

@@ -1,0 +1,284 @@
+"""How a judge request reaches a VLM: in-process transformers, or an OpenAI-compatible chat-completions endpoint
+(vLLM, sglang). Both answer two questions for a batch of requests (images + one text turn):
+
+* ``first_token_logprobs(requests, answer_tokens)`` -> per request ``{token: logprob}`` of the first answer token
+  (the top-k tokens, plus ``answer_tokens`` exactly where the transport can compute them);
+* ``generate(requests, max_new_tokens, temperature)`` -> per request the reply text.
+
+A request that cannot be answered yields :class:`Failed` with the reason instead of raising, so one bad sample or
+an unreachable endpoint becomes NaN + reason in the reward.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import math
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import torch
+from PIL import Image
+
+from psrl.errors import ModelLoadError
+from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JudgeRequest:
+    images: list[Image.Image]
+    text: str
+
+
+@dataclass
+class Failed:
+    reason: str
+
+
+class Transport(Protocol):
+    def first_token_logprobs(self, requests: Sequence[JudgeRequest], answer_tokens: Sequence[str]
+                             ) -> list[dict[str, float] | Failed]: ...
+
+    def generate(self, requests: Sequence[JudgeRequest], max_new_tokens: int, temperature: float | None
+                 ) -> list[str | Failed]: ...
+
+
+# ---------------------------------------------------------------------------------------------- local
+_LOCAL_CACHE: dict[tuple, tuple] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _load_local_vlm(path: str, adapter_path: str | None, device, dtype):
+    """(model, processor), loaded once per (path, adapter, device, dtype) in the process and shared by rewards."""
+    key = (path, adapter_path, str(device), str(dtype))
+    with _LOCAL_LOCK:
+        if key in _LOCAL_CACHE:
+            return _LOCAL_CACHE[key]
+        if path == TINY:
+            from psrl.rewards.tiny import tiny_qwen2_5_vl
+
+            model, processor = tiny_qwen2_5_vl()
+        else:
+            model, processor = load_pretrained("vlm judge", path, lambda p: _load_hf_vlm(p, dtype))
+        if adapter_path:
+            model = load_pretrained("vlm judge LoRA adapter", adapter_path,
+                                    lambda p: _merge_adapter(model, p))
+        model.to(device, dtype).eval()
+        processor.tokenizer.padding_side = "left"  # batched last-token logits and generation need left padding
+        _LOCAL_CACHE[key] = (model, processor)
+        return model, processor
+
+
+def _load_hf_vlm(path: str, dtype):
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer(tokenizer, path, "vlm judge")
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
+    try:
+        from transformers import AutoProcessor
+
+        processor = AutoProcessor.from_pretrained(path)
+    except (OSError, ValueError, AttributeError, ImportError, TypeError) as e:
+        # Qwen2(.5)-VL processors need torchvision for their video processor (research gotcha Q2)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        from psrl.rewards.vlm.qwen_processor import image_only_processor_class
+
+        model_type = getattr(model.config, "model_type", "")
+        if model_type not in ("qwen2_vl", "qwen2_5_vl"):
+            raise
+        logger.info("AutoProcessor failed for %s (%s); using the image-only Qwen processor", path, e)
+        processor = image_only_processor_class(model_type)(
+            image_processor=Qwen2VLImageProcessorPil.from_pretrained(path), tokenizer=tokenizer,
+            chat_template=getattr(tokenizer, "chat_template", None))
+    return model, processor
+
+
+def _merge_adapter(model, adapter_path: str):
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+
+
+class LocalTransport:
+    """transformers ``AutoModelForImageTextToText`` (Qwen2.5-VL family), optional peft LoRA adapter merged in."""
+
+    def __init__(self, path: str, *, device="cpu", dtype=None, adapter_path: str | None = None, batch_size: int = 4):
+        self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
+        self.model, self.processor = _load_local_vlm(path, adapter_path, self.device, self.dtype)
+        self.tokenizer = self.processor.tokenizer
+        self.batch_size = batch_size
+
+    def _token_id(self, token: str) -> int:
+        ids = self.tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ModelLoadError(f"vlm judge: the tokenizer splits {token!r} into {len(ids)} tokens; first-token "
+                                 f"P({token}) is undefined for this model")
+        return ids[0]
+
+    def _inputs(self, requests: Sequence[JudgeRequest]):
+        texts, images = [], []
+        for r in requests:
+            content = [{"type": "image"} for _ in r.images] + [{"type": "text", "text": r.text}]
+            texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                            add_generation_prompt=True))
+            images += r.images
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                for k, v in inputs.items()}
+
+    @torch.no_grad()
+    def first_token_logprobs(self, requests, answer_tokens, top_k: int = 20):
+        ids = {t: self._token_id(t) for t in answer_tokens}
+        out: list[dict[str, float] | Failed] = []
+        for s in range(0, len(requests), self.batch_size):
+            logits = self.model(**self._inputs(requests[s:s + self.batch_size])).logits[:, -1].float()
+            logp = torch.log_softmax(logits, dim=-1).cpu()
+            for row in logp:
+                top = torch.topk(row, min(top_k, row.numel()))
+                d = {self.tokenizer.decode([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
+                d.update({t: float(row[i]) for t, i in ids.items()})
+                out.append(d)
+        return out
+
+    @torch.no_grad()
+    def generate(self, requests, max_new_tokens: int = 512, temperature: float | None = None):
+        out: list[str | Failed] = []
+        sample = temperature is not None and temperature > 0
+        for s in range(0, len(requests), self.batch_size):
+            inputs = self._inputs(requests[s:s + self.batch_size])
+            kwargs = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
+            seq = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
+            new = seq[:, inputs["input_ids"].shape[1]:]
+            out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- remote
+def image_data_url(img: Image.Image, fmt: str = "png") -> str:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG" if fmt.lower() in ("jpg", "jpeg") else "PNG")
+    mime = "jpeg" if fmt.lower() in ("jpg", "jpeg") else "png"
+    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class RemoteTransport:
+    """OpenAI-compatible ``POST {url}/chat/completions`` with images as base64 data URLs, ``logprobs`` +
+    ``top_logprobs`` for the first token, per-request timeout, retries with exponential backoff on connection
+    errors, timeouts, 429 and 5xx. Requests of a batch run concurrently (``max_concurrency`` threads)."""
+
+    def __init__(self, url: str, *, model: str = "default", api_key: str | None = None, api_key_env: str | None = None,
+                 timeout: float = 60.0, retries: int = 3, backoff: float = 1.0, max_concurrency: int = 8,
+                 image_format: str = "png", top_logprobs: int = 20):
+        import httpx
+
+        if not url:
+            raise ValueError("remote vlm judge: 'url' is required (e.g. http://127.0.0.1:8000/v1)")
+        if api_key is None and api_key_env:
+            api_key = os.environ.get(api_key_env)
+            if api_key is None:
+                raise ValueError(f"remote vlm judge: environment variable {api_key_env!r} is not set")
+        self.url = url.rstrip("/") + "/chat/completions"
+        self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
+        self.image_format, self.top_logprobs, self.max_concurrency = image_format, top_logprobs, max_concurrency
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
+
+    def _messages(self, r: JudgeRequest) -> list[dict]:
+        content = [{"type": "image_url", "image_url": {"url": image_data_url(im, self.image_format)}}
+                   for im in r.images]
+        return [{"role": "user", "content": content + [{"type": "text", "text": r.text}]}]
+
+    def _post(self, body: dict) -> dict | Failed:
+        import httpx
+
+        last = "no attempt"
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                resp = self.client.post(self.url, json=body)
+            except httpx.TimeoutException as e:
+                last = f"judge endpoint timed out after {self.timeout}s ({type(e).__name__})"
+                continue
+            except httpx.TransportError as e:
+                last = f"judge endpoint unreachable at {self.url} ({type(e).__name__}: {e})"
+                continue
+            if resp.status_code == 429 or resp.status_code >= 500:
+                last = f"judge endpoint returned HTTP {resp.status_code}: {resp.text[:200]}"
+                continue
+            if resp.status_code != 200:
+                return Failed(f"judge endpoint returned HTTP {resp.status_code}: {resp.text[:200]}")
+            try:
+                data = resp.json()
+            except ValueError:
+                return Failed(f"judge reply is not JSON: {resp.text[:200]!r}")
+            if not isinstance(data, dict):
+                return Failed(f"judge reply is not a JSON object: {str(data)[:200]!r}")
+            return data
+        return Failed(f"{last} (after {self.retries + 1} attempts)")
+
+    def _map(self, fn, items):
+        if len(items) <= 1 or self.max_concurrency <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
+            return list(pool.map(fn, items))
+
+    def first_token_logprobs(self, requests, answer_tokens):
+        def one(r: JudgeRequest):
+            data = self._post({"model": self.model, "messages": self._messages(r), "max_tokens": 1,
+                               "temperature": 0.0, "logprobs": True, "top_logprobs": self.top_logprobs})
+            if isinstance(data, Failed):
+                return data
+            try:
+                first = data["choices"][0]["logprobs"]["content"][0]
+                d = {str(t["token"]): float(t["logprob"]) for t in first.get("top_logprobs") or []}
+                d.setdefault(str(first["token"]), float(first["logprob"]))
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                return Failed(f"judge reply has no first-token logprobs ({type(e).__name__}: {e}): "
+                              f"{str(data)[:200]!r}")
+            if not d or not all(math.isfinite(v) or v == -math.inf for v in d.values()):
+                return Failed(f"judge reply has invalid logprobs: {str(data)[:200]!r}")
+            return d
+
+        return self._map(one, list(requests))
+
+    def generate(self, requests, max_new_tokens: int = 512, temperature: float | None = None):
+        def one(r: JudgeRequest):
+            body = {"model": self.model, "messages": self._messages(r), "max_tokens": max_new_tokens}
+            if temperature is not None:
+                body["temperature"] = temperature
+            data = self._post(body)
+            if isinstance(data, Failed):
+                return data
+            try:
+                text = data["choices"][0]["message"]["content"]
+            except (KeyError, IndexError, TypeError) as e:
+                return Failed(f"judge reply has no message content ({type(e).__name__}): {str(data)[:200]!r}")
+            if not isinstance(text, str):
+                return Failed(f"judge reply content is not text: {str(text)[:200]!r}")
+            return text
+
+        return self._map(one, list(requests))
+
+
+def build_transport(*, transport: str = "local", device="cpu", dtype=None, path: str | None = None,
+                    adapter_path: str | None = None, batch_size: int = 4, url: str | None = None,
+                    model: str = "default", api_key: str | None = None, api_key_env: str | None = None,
+                    timeout: float = 60.0, retries: int = 3, backoff: float = 1.0, max_concurrency: int = 8,
+                    image_format: str = "png") -> Transport:
+    if transport == "local":
+        return LocalTransport(path or "Qwen/Qwen2.5-VL-7B-Instruct", device=device, dtype=dtype,
+                              adapter_path=adapter_path, batch_size=batch_size)
+    if transport == "remote":
+        return RemoteTransport(url, model=model, api_key=api_key, api_key_env=api_key_env, timeout=timeout,
+                               retries=retries, backoff=backoff, max_concurrency=max_concurrency,
+                               image_format=image_format)
+    raise ValueError(f"vlm judge transport must be 'local' or 'remote', got {transport!r}")

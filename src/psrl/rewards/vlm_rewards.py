@@ -1,0 +1,161 @@
+"""Rewards built on the VLM judge (:mod:`psrl.rewards.vlm`).
+
+Every reward takes the judge options ``transport`` (``local`` | ``remote``); for ``local``: ``path`` (a Qwen2.5-VL
+directory or hub id, or ``tiny``), ``adapter_path`` (peft LoRA, e.g. PaCo-Reward-7B-Lora), ``dtype``,
+``batch_size``; for ``remote``: ``url`` (``http://host:port/v1``), ``model``, ``api_key`` / ``api_key_env``,
+``timeout``, ``retries``, ``backoff``, ``max_concurrency``, ``image_format``.
+
+* ``vlm_consistency`` (p_yes, PaCo prompt): P(consistent) for each (reference_i, generated) pair, averaged
+  (``pairs: all`` scores every unordered pair of {references..., generated}, PaCo's image-set rule).
+* ``semantic_alignment`` (rubric): the PSRBench prompt for ``tags["subset"]`` (attribute, action, background,
+  complex, three, four; others use ``default_subset``), only the generated image is shown, score / 10 in [0, 1].
+  PSRBench's Position subset is scored by geometry: use the ``position`` reward.
+* ``edit_consistency`` (p_yes): ``sqrt(P(consistent) * P(follows instruction))`` for (original, edited), the original
+  being the record's first subject image.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from psrl.data.records import Record
+from psrl.rewards.base import RewardOutput
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+from psrl.rewards.vlm.judge import VLMJudge
+from psrl.rewards.vlm.prompts import EDIT_CONSISTENCY_PROMPT, EDIT_FOLLOW_PROMPT, paco_prompt, rubric_prompt
+from psrl.rewards.vlm.transports import JudgeRequest, build_transport
+
+JUDGE_KEYS = ("transport", "path", "adapter_path", "batch_size", "url", "model", "api_key", "api_key_env",
+              "timeout", "retries", "backoff", "max_concurrency", "image_format", "dtype")
+
+
+def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
+    unknown = set(judge_kwargs) - set(JUDGE_KEYS)
+    if unknown:
+        raise TypeError(f"unknown judge option(s) {sorted(unknown)}; allowed: {list(JUDGE_KEYS)}")
+    return VLMJudge(build_transport(device=device, **judge_kwargs), **judge_opts)
+
+
+class _PairwiseBase:
+    def __init__(self, device, data_root, canonicalize, judge_kwargs):
+        self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
+        self.refs = ReferenceImages(data_root)
+
+    def _score_pairs(self, images, records, make_requests, combine):
+        """``make_requests(b, generated, record) -> list[JudgeRequest]``; ``combine(list[p]) -> score``."""
+        pils, failures = to_pil_images(images)
+        if len(pils) != len(records):
+            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
+        spans, requests = {}, []
+        for b, rec in enumerate(records):
+            if failures[b]:
+                continue
+            try:
+                reqs = make_requests(pils[b], rec)
+            except ReferenceImageError as e:
+                failures[b] = str(e)
+                continue
+            spans[b] = (len(requests), len(requests) + len(reqs))
+            requests += reqs
+        answers = self.judge.p_yes(requests)
+        scores = torch.full((len(records),), float("nan"))
+        per_pair: list[list[float]] = [[] for _ in records]
+        bounded = [False] * len(records)
+        for b, (s, e) in spans.items():
+            got = answers[s:e]
+            per_pair[b] = [p for p, _, _ in got]
+            bounded[b] = any(x for _, _, x in got)
+            bad = [why for _, why, _ in got if why]
+            if bad:
+                failures[b] = bad[0]
+                continue
+            scores[b] = combine(per_pair[b])
+        return scores, failures, per_pair, bounded
+
+
+class VlmConsistencyReward(_PairwiseBase):
+    name = "vlm_consistency"
+
+    def __init__(self, device="cpu", *, data_root: str | None = None, pairs: str = "references",
+                 template: str = "v1", canonicalize: bool = False, **judge_kwargs):
+        if pairs not in ("references", "all"):
+            raise ValueError(f"vlm_consistency: pairs must be 'references' or 'all', got {pairs!r}")
+        super().__init__(device, data_root, canonicalize, judge_kwargs)
+        self.pairs, self.template = pairs, template
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        def make(gen, rec: Record):
+            if not rec.subjects:
+                raise ReferenceImageError("record has no subjects")
+            refs = [self.refs.load(s.image) for s in rec.subjects]
+            text = paco_prompt(self.template, rec.prompt)
+            if self.pairs == "references":
+                return [JudgeRequest([r, gen], text) for r in refs]
+            return [JudgeRequest([a, b], text) for a, b in itertools.combinations([*refs, gen], 2)]
+
+        scores, failures, per_pair, bounded = self._score_pairs(images, records, make, lambda p: sum(p) / len(p))
+        return RewardOutput(scores=scores, failures=failures,
+                            details={"p_yes_pairs": per_pair, "p_yes_bounded": bounded})
+
+
+class EditConsistencyReward(_PairwiseBase):
+    name = "edit_consistency"
+
+    def __init__(self, device="cpu", *, data_root: str | None = None, canonicalize: bool = False, **judge_kwargs):
+        super().__init__(device, data_root, canonicalize, judge_kwargs)
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        def make(gen, rec: Record):
+            if not rec.subjects:
+                raise ReferenceImageError("edit_consistency needs the original image as the record's first subject")
+            orig = self.refs.load(rec.subjects[0].image)
+            return [JudgeRequest([orig, gen], EDIT_CONSISTENCY_PROMPT.format(instruction=rec.prompt)),
+                    JudgeRequest([orig, gen], EDIT_FOLLOW_PROMPT.format(instruction=rec.prompt))]
+
+        scores, failures, per_pair, bounded = self._score_pairs(images, records, make,
+                                                                lambda p: math.sqrt(p[0] * p[1]))
+        nan = float("nan")
+        details = {"p_consistent": torch.tensor([p[0] if p else nan for p in per_pair]),
+                   "p_follow": torch.tensor([p[1] if p else nan for p in per_pair]), "p_yes_bounded": bounded}
+        return RewardOutput(scores=scores, failures=failures, details=details)
+
+
+class SemanticAlignmentReward:
+    name = "semantic_alignment"
+
+    def __init__(self, device="cpu", *, default_subset: str = "complex", max_new_tokens: int = 512,
+                 temperature: float | None = None, **judge_kwargs):
+        if temperature is None and judge_kwargs.get("transport") == "remote":
+            temperature = 0.2  # the PSRBench request; local generation is greedy unless asked
+        self.judge = _judge(device, judge_kwargs, max_new_tokens=max_new_tokens, temperature=temperature)
+        self.default_subset = default_subset
+        rubric_prompt(None, "", default_subset)  # validates the name early
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        pils, failures = to_pil_images(images)
+        if len(pils) != len(records):
+            raise ValueError(f"semantic_alignment: {len(pils)} images for {len(records)} records")
+        subsets: list[str | None] = [None] * len(records)
+        requests, index = [], []
+        for b, rec in enumerate(records):
+            text, subsets[b] = rubric_prompt(rec.tags.get("subset"), rec.prompt, self.default_subset)
+            if failures[b]:
+                continue
+            requests.append(JudgeRequest([pils[b]], text))
+            index.append(b)
+        scores = torch.full((len(records),), float("nan"))
+        raw_scores = torch.full((len(records),), float("nan"))
+        texts: list[str | None] = [None] * len(records)
+        for b, (score, why, text) in zip(index, self.judge.rubric(requests)):
+            texts[b] = text
+            if why:
+                failures[b] = why
+            else:
+                raw_scores[b] = score
+                scores[b] = score / 10.0
+        return RewardOutput(scores=scores, failures=failures,
+                            details={"raw_score": raw_scores, "raw_text": texts, "subset": subsets})

@@ -1,0 +1,241 @@
+"""VLM judge: prompts and strict parser, p_yes maths, local tiny Qwen2.5-VL transport (batched = single, LoRA
+adapter), remote transport against a fake OpenAI-compatible server on 127.0.0.1 (fixture started by the test)."""
+import base64
+import io
+import json
+import math
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+from PIL import Image
+
+from psrl.data.records import Record, SubjectRef
+from psrl.errors import ModelLoadError
+from psrl.rewards import build_reward
+from psrl.rewards.vlm.judge import p_yes_from_logprobs
+from psrl.rewards.vlm.prompts import RUBRIC_PROMPTS, parse_rubric_score, rubric_prompt
+
+
+# ------------------------------------------------------------------ pure parts
+@pytest.mark.parametrize("text,score", [
+    ("[Thought]: good. [Score]: 8", 8.0), ("[Score]:7.5 and [Score]: 2", 7.5), ("[Score]: 10", 10.0),
+    ("[Score]: 8.", 8.0), ("**[Score]:** 8", None), ("Score: 8", None), ("[Score]: 11", None),
+    ("[Score]: 7.5.1", None), ("", None),
+])
+def test_strict_rubric_parser(text, score):
+    assert parse_rubric_score(text) == score
+
+
+def test_rubric_prompts_layout():
+    p, subset = rubric_prompt("Background", "A dog on a beach.")
+    assert subset == "background" and p.startswith("\n        Your role is to evaluate whether the background")
+    assert "[background description]: A dog on a beach.\n        [Thought]:\n        [Score]:" in p
+    assert rubric_prompt("Four", "x")[0] == rubric_prompt("complex", "x")[0]
+    assert rubric_prompt("Position", "x")[1] == "complex"
+    assert "with higher \n        scores" in RUBRIC_PROMPTS["action"]          # trailing space kept
+    assert "low consistency. \n" in RUBRIC_PROMPTS["complex"]
+
+
+def test_p_yes_from_logprobs():
+    p, why, bounded = p_yes_from_logprobs({"Yes": math.log(0.6), "No": math.log(0.2)})
+    assert p == pytest.approx(0.75) and why is None and not bounded
+    p, _, bounded = p_yes_from_logprobs({"Yes": -0.1, "Maybe": -5.0})
+    assert bounded and p == pytest.approx(1 / (1 + math.exp(-4.9)))
+    p, why, _ = p_yes_from_logprobs({"maybe": -0.1})
+    assert math.isnan(p) and "neither" in why
+    p, _, _ = p_yes_from_logprobs({"Yes": math.log(0.3), " yes": math.log(0.3), "NO": math.log(0.2)},
+                                  canonicalize=True)
+    assert p == pytest.approx(0.75)
+
+
+# ------------------------------------------------------------------ local tiny transport
+@pytest.fixture
+def refs(tmp_path):
+    Image.new("RGB", (40, 40), (250, 10, 10)).save(tmp_path / "a.png")
+    Image.new("RGB", (48, 40), (10, 10, 250)).save(tmp_path / "b.png")
+    return tmp_path
+
+
+def _rec(rid="r", subset="Action", subjects=(("a.png", "cat"), ("b.png", "dog"))):
+    return Record(id=rid, prompt="The cat runs and the dog sits.", tags={"subset": subset},
+                  subjects=tuple(SubjectRef(i, p) for i, p in subjects))
+
+
+def test_local_tiny_p_yes_batched_equals_single(refs):
+    reward = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs), "batch_size": 8})
+    imgs = torch.rand(3, 3, 32, 32)
+    recs = [_rec(), _rec(subjects=(("a.png", "cat"),)), _rec()]
+    out = reward(imgs, recs)
+    assert torch.isfinite(out.scores).all() and ((out.scores > 0) & (out.scores < 1)).all()
+    assert [len(p) for p in out.details["p_yes_pairs"]] == [2, 1, 2]
+    assert out.scores[0].item() == pytest.approx(sum(out.details["p_yes_pairs"][0]) / 2)
+    single = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs), "batch_size": 1})
+    assert torch.allclose(single(imgs, recs).scores, out.scores, atol=1e-5)  # left padding is handled
+    all_pairs = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs), "pairs": "all"})
+    assert len(all_pairs(imgs[:1], recs[:1]).details["p_yes_pairs"][0]) == 3  # C(3, 2)
+
+
+def test_local_tiny_edit_and_rubric_and_bad_input(refs):
+    edit = build_reward("edit_consistency", {"path": "tiny", "data_root": str(refs)})
+    out = edit(torch.rand(2, 3, 32, 32), [_rec(), _rec(subjects=(("missing.png", "x"),))])
+    pc, pf = out.details["p_consistent"][0].item(), out.details["p_follow"][0].item()
+    assert out.scores[0].item() == pytest.approx(math.sqrt(pc * pf), rel=1e-6)
+    assert math.isnan(out.scores[1].item()) and "not found" in out.failures[1]
+    sa = build_reward("semantic_alignment", {"path": "tiny", "max_new_tokens": 4})
+    out = sa(torch.rand(1, 3, 32, 32), [_rec()])
+    # a random-weight model never writes "[Score]: n": NaN, the reason, and the raw reply kept
+    assert math.isnan(out.scores.item()) and "parsable" in out.failures[0]
+    assert isinstance(out.details["raw_text"][0], str) and out.details["subset"] == ["action"]
+
+
+def test_local_lora_adapter_is_loaded(refs, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from psrl.rewards.tiny import tiny_qwen2_5_vl
+
+    model, _ = tiny_qwen2_5_vl()
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(tmp_path / "adapter")
+    base = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs)})
+    lora = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs),
+                                            "adapter_path": str(tmp_path / "adapter")})
+    imgs = torch.rand(1, 3, 32, 32)
+    assert not torch.allclose(base(imgs, [_rec()]).scores, lora(imgs, [_rec()]).scores)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        build_reward("vlm_consistency", {"path": "tiny", "adapter_path": str(tmp_path / "nope")})
+    with pytest.raises(ModelLoadError):
+        build_reward("semantic_alignment", {"path": str(tmp_path / "no_model")})
+
+
+# ------------------------------------------------------------------ remote transport, fake server fixture
+class FakeJudge:
+    """State of the fake OpenAI-compatible server: what to answer, and what it received."""
+
+    def __init__(self):
+        self.mode = "ok"
+        self.requests, self.headers = [], []
+        self.fail_first = 0
+
+
+def _serve(state: FakeJudge):
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            state.requests.append(body)
+            state.headers.append(dict(self.headers))
+            if state.fail_first > 0:
+                state.fail_first -= 1
+                return self._send(503, b"busy")
+            if state.mode == "garbage":
+                return self._send(200, b"<html>not json</html>")
+            if state.mode == "empty":
+                return self._send(200, json.dumps({"choices": []}).encode())
+            if body.get("logprobs"):
+                tops = {"ok": [("Yes", math.log(0.8)), ("No", math.log(0.2)), ("The", -5.0)],
+                        "noanswer": [("The", -0.1), ("A", -3.0)]}[state.mode]
+                content = [{"token": tops[0][0], "logprob": tops[0][1],
+                            "top_logprobs": [{"token": t, "logprob": v} for t, v in tops]}]
+                reply = {"choices": [{"message": {"content": tops[0][0]}, "logprobs": {"content": content}}]}
+            else:
+                text = "[Thought]: fine.\n[Score]: 7" if state.mode == "ok" else "I cannot judge this."
+                reply = {"choices": [{"message": {"role": "assistant", "content": text}}]}
+            self._send(200, json.dumps(reply).encode())
+
+        def _send(self, code, data):
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def fake():
+    state = FakeJudge()
+    server = _serve(state)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def _remote(name, fake, refs=None, **kw):
+    args = {"transport": "remote", "url": fake.url, "model": "judge-7b", "retries": 1, "backoff": 0.01,
+            "timeout": 5.0, **kw}
+    if refs is not None:
+        args["data_root"] = str(refs)
+    return build_reward(name, args)
+
+
+def test_remote_p_yes_request_and_score(fake, refs, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "s3cret")
+    reward = _remote("vlm_consistency", fake, refs, api_key_env="JUDGE_KEY")
+    out = reward(torch.rand(2, 3, 32, 24), [_rec(), _rec()])
+    assert out.scores.tolist() == pytest.approx([0.8, 0.8])
+    assert len(fake.requests) == 4  # 2 samples x 2 references
+    body = fake.requests[0]
+    assert body["model"] == "judge-7b" and body["max_tokens"] == 1 and body["logprobs"] is True
+    assert body["top_logprobs"] == 20 and body["temperature"] == 0.0
+    content = body["messages"][0]["content"]
+    assert [c["type"] for c in content] == ["image_url", "image_url", "text"]
+    url = content[1]["image_url"]["url"]
+    assert url.startswith("data:image/png;base64,")
+    img = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    assert img.format == "PNG" and img.size in ((24, 32), (40, 40), (48, 40))
+    assert "consistency in terms of style, logic and identity" in content[2]["text"]
+    assert fake.headers[0]["Authorization"] == "Bearer s3cret"
+
+
+def test_remote_rubric_and_edit(fake, refs):
+    sa = _remote("semantic_alignment", fake)
+    out = sa(torch.rand(1, 3, 32, 32), [_rec(subset="Attribute")])
+    assert out.scores.item() == pytest.approx(0.7) and out.details["raw_score"][0].item() == 7.0
+    assert fake.requests[-1]["temperature"] == 0.2
+    assert "[attribute description]: The cat runs" in fake.requests[-1]["messages"][0]["content"][-1]["text"]
+    edit = _remote("edit_consistency", fake, refs)
+    assert edit(torch.rand(1, 3, 32, 32), [_rec()]).scores.item() == pytest.approx(0.8)  # sqrt(0.8 * 0.8)
+
+
+def test_remote_failures_are_nan_with_reason(fake, refs):
+    reward = _remote("vlm_consistency", fake, refs)
+    img, rec = torch.rand(1, 3, 32, 32), [_rec()]
+    fake.mode = "garbage"
+    out = reward(img, rec)
+    assert math.isnan(out.scores.item()) and "not JSON" in out.failures[0]
+    fake.mode = "empty"
+    assert "no first-token logprobs" in reward(img, rec).failures[0]
+    fake.mode = "noanswer"
+    assert "neither 'Yes' nor 'No'" in reward(img, rec).failures[0]
+    sa = _remote("semantic_alignment", fake)
+    out = sa(img, rec)
+    assert math.isnan(out.scores.item()) and out.details["raw_text"] == ["I cannot judge this."]
+    # a transient 503 is retried; more failures than retries -> NaN + reason naming the attempts
+    fake.mode, fake.fail_first = "ok", 1
+    assert reward(img, [_rec(subjects=(("a.png", "cat"),))]).scores.item() == pytest.approx(0.8)
+    fake.fail_first = 10
+    out = reward(img, [_rec(subjects=(("a.png", "cat"),))])
+    assert "HTTP 503" in out.failures[0] and "after 2 attempts" in out.failures[0]
+
+
+def test_remote_endpoint_down(refs):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    reward = build_reward("vlm_consistency", {"transport": "remote", "url": f"http://127.0.0.1:{port}/v1",
+                                              "retries": 1, "backoff": 0.01, "timeout": 2, "data_root": str(refs)})
+    out = reward(torch.rand(2, 3, 32, 32), [_rec(), _rec()])
+    assert torch.isnan(out.scores).all() and out.failure_rate == 1.0
+    assert "unreachable" in out.failures[0]
+    with pytest.raises(ValueError, match="url"):
+        build_reward("vlm_consistency", {"transport": "remote"})
+    with pytest.raises(TypeError, match="unknown judge option"):
+        build_reward("vlm_consistency", {"transport": "remote", "url": "http://x", "temprature": 1})
