@@ -7,7 +7,7 @@ Outputs (all rewritten atomically on every run, so export is idempotent):
   ``tags`` = ``{task, subset, categories, source}``. Paths are relative to the dataset directory, which is the data
   root for ``psrl sft`` / ``psrl train``.
 - ``psrbench/<Task>.json``: the held-out split in PSRBench's format (``instruction``, ``input_path``,
-  ``category1..N``), one file per task, with its reference images copied (hard-linked when possible) under
+  ``category1..N``), one file per task (all seven, empty lists included), with its reference images copied (hard-linked when possible) under
   ``psrbench/references/`` so ``psrbench/`` is a self-contained benchmark root for ``psrl bench``.
 
 A sample is held out when ``sample_seed(export.seed, id) / 2^31 < export.heldout_fraction``: the split of a sample
@@ -76,12 +76,9 @@ def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:
         by_task[e["task"]].append(to_psrbench_entry(e, paths))
     written = {}
     for task, items in by_task.items():
-        path = bench / f"{task}.json"
-        if items:
-            write_json_atomic(path, items)
-            written[task] = len(items)
-        elif path.exists():  # a task with no held-out sample any more: no stale file
-            path.unlink()
+        # every task gets its file (an empty list when it has no held-out sample) so the folder is a complete root
+        write_json_atomic(bench / f"{task}.json", items)
+        written[task] = len(items)
     stats = StageStats(stage="export", inputs=len(entries), kept=len(entries), rejected=0, new=len(entries),
                        extra={"train": len(train), "heldout": len(heldout),
                               "train_tasks": dict(sorted(Counter(e["task"] for e in train).items())),

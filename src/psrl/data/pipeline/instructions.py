@@ -5,7 +5,7 @@
 it is and how subjects relate; it may not describe how a subject looks (colour, material, texture, pattern, size,
 shape), because the reference images carry that and a description would leak it through the text (PSR's reason,
 research/psr.md 6.2). :func:`appearance_violations` enforces it: no appearance word among the three words before a
-subject's name, and no ``<subject> is|are|looks|appears <appearance word>``. Every instruction, template or VLM,
+subject's name in the same clause, and no ``<subject> is|are|looks|appears [very] <appearance word>``. Every instruction, template or VLM,
 must pass, or the sample is rejected (``appearance_in_instruction``).
 
 Template path: template prompts reuse their slots (scene, attributes, actions); Position instructions use the
@@ -42,7 +42,7 @@ old new vintage antique worn battered cute adorable beautiful ugly elegant
 def appearance_violations(text: str, phrases: list[str], extra_words=()) -> list[str]:
     """Appearance words describing a subject in ``text`` (see the module docstring), as ``"word phrase"``."""
     words = APPEARANCE_WORDS | {w.lower() for w in extra_words}
-    tokens = re.findall(r"[a-z0-9'-]+", text.lower())
+    tokens = re.findall(r"[a-z0-9'-]+|[,.;:!?()]", text.lower())  # punctuation ends a noun phrase
     found = []
     for phrase in phrases:
         ptoks = phrase.lower().split()
@@ -52,6 +52,8 @@ def appearance_violations(text: str, phrases: list[str], extra_words=()) -> list
             if window[:-1] != ptoks[:-1] or window[-1] not in (ptoks[-1], ptoks[-1] + "s", ptoks[-1] + "es"):
                 continue
             before = tokens[max(0, i - 3):i]
+            while any(not t[0].isalnum() for t in before):
+                before = before[1:]
             after = tokens[i + n:i + n + 3]
             hits = [w for w in before if w in words]
             if after[:1] and after[0] in ("is", "are", "looks", "appears"):

@@ -1,0 +1,396 @@
+"""Data pipeline without models: vocabulary, planning, manifests, resume, prompts (templates and a fake LLM server),
+grounding rules, instructions and the appearance rule, near-duplicates, export, config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from psrl.config import ConfigError, load_config
+from psrl.data.pipeline import manifest as mf
+from psrl.data.pipeline.boxes import box_iou, relation_from_boxes
+from psrl.data.pipeline.config import TASKS, DataPipelineConfig, GroundConfig
+from psrl.data.pipeline.export import run_export
+from psrl.data.pipeline.filter import near_duplicates
+from psrl.data.pipeline.ground import choose_boxes
+from psrl.data.pipeline.instructions import appearance_violations, template_instruction
+from psrl.data.pipeline.llm import mentions, parse_tagged
+from psrl.data.pipeline.runner import BaseStage, kept, rejected, run_stage
+from psrl.data.pipeline.stages import run_named_stage
+from psrl.data.pipeline.subjects import load_vocabulary, phrase_of, plan_sample
+from psrl.data.records import read_records, resolve_under
+
+
+class FakeChatServer:
+    """A tiny OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1 (a thread). ``reply(request_json) ->
+    (status, text)``; the first ``fail_first`` requests get HTTP 500 (to exercise retries)."""
+
+    def __init__(self, reply, fail_first: int = 0):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        outer = self
+        self.requests, self.fail_first, self._lock = 0, fail_first, threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer._lock:
+                    outer.requests += 1
+                    fail = outer.requests <= outer.fail_first
+                status, text = (500, "boom") if fail else reply(body)
+                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def cfg_with(**sections) -> DataPipelineConfig:
+    return load_config(DataPipelineConfig, default=sections)
+
+
+# ---------------------------------------------------------------- vocabulary and planning
+def test_objects365_vocabulary_has_365_distinct_categories():
+    vocab = load_vocabulary()
+    assert len(vocab) == 365
+    assert vocab[0] == "Person" and "Calculator" in vocab and "Cat" in vocab
+    assert len({phrase_of(c) for c in vocab}) == 365
+    assert phrase_of("Cabinet/Shelf") == "cabinet"
+
+
+def test_user_vocabulary_replaces_objects365(tmp_path):
+    f = tmp_path / "v.txt"
+    f.write_text("# mine\ncat\ndog\nDog\nteapot\nrobot\n\n")
+    assert load_vocabulary(f) == ["cat", "dog", "teapot", "robot"]  # "Dog" merges with "dog"
+    (tmp_path / "small.txt").write_text("a\nb\n")
+    with pytest.raises(Exception, match="at least 4"):
+        load_vocabulary(tmp_path / "small.txt")
+
+
+def test_plan_is_deterministic_and_maps_counts_to_tasks():
+    cfg = cfg_with(subjects={"count_weights": [1, 1, 1]})
+    vocab = load_vocabulary()
+    plans = [plan_sample(i, vocab, cfg) for i in range(200)]
+    assert plans == [plan_sample(i, vocab, cfg) for i in range(200)]
+    for p in plans:
+        n = len(p["categories"])
+        assert 2 <= n <= 4 and len(set(p["phrases"])) == n
+        assert p["task"] == {3: "Three", 4: "Four"}.get(n, p["task"])
+        if n == 2:
+            assert p["task"] in TASKS[:5]
+    assert {p["task"] for p in plans} == set(TASKS)
+    assert len({p["seed"] for p in plans}) == 200
+
+
+# ---------------------------------------------------------------- manifests and resume
+def test_truncated_last_line_is_ignored_and_cut_before_appending(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "a", "status": "kept"}\n{"id": "b", "sta')
+    assert [e["id"] for e in mf.iter_manifest(path)] == ["a"]
+    with mf.ManifestWriter(path) as w:
+        w.write({"id": "b", "status": "kept"})
+    assert path.read_text() == '{"id": "a", "status": "kept"}\n{"id": "b", "status": "kept"}\n'
+
+
+def test_malformed_manifest_line_names_file_and_line(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"id": "a", "status": "kept"}\n{"id": "b"}\n')
+    with pytest.raises(mf.ManifestError, match=r"s.jsonl:2"):
+        list(mf.iter_manifest(path))
+
+
+def test_missing_input_stage_names_the_command(tmp_path):
+    with pytest.raises(mf.ManifestError, match="psrl data prompts"):
+        mf.read_kept(tmp_path, "prompts")
+
+
+def test_merge_parts_orders_by_input_and_deduplicates(tmp_path):
+    for rank, ids in ((0, ["c", "a"]), (1, ["b", "a"])):
+        with mf.ManifestWriter(mf.part_path(tmp_path, "x", rank)) as w:
+            for i in ids:
+                w.write({"id": i, "status": "kept", "rank": rank})
+    assert mf.merge_parts(tmp_path, "x", ["a", "b", "c"]) == 3
+    entries = list(mf.iter_manifest(mf.manifest_path(tmp_path, "x")))
+    assert [e["id"] for e in entries] == ["a", "b", "c"] and entries[0]["rank"] == 0
+    assert mf.part_paths(tmp_path, "x") == []
+
+
+class CountingStage(BaseStage):
+    """Keeps even indices, rejects odd ones; raises after ``fail_after`` processed samples (a crash mid-stage)."""
+
+    name = "count"
+    batch_size = 3
+
+    def __init__(self, n: int, fail_after: int | None = None):
+        self.n, self.fail_after, self.calls = n, fail_after, 0
+
+    def inputs(self, dataset):
+        return [{"id": f"{i:03d}", "i": i} for i in range(self.n)]
+
+    def process(self, batch):
+        out = []
+        for e in batch:
+            if self.fail_after is not None and self.calls >= self.fail_after:
+                raise RuntimeError("injected crash")
+            self.calls += 1
+            out.append(kept(e, v=e["i"] * 2) if e["i"] % 2 == 0 else rejected(e, "odd", f"{e['i']} is odd"))
+        return out
+
+
+def test_stage_killed_midway_resumes_without_duplicates(tmp_path):
+    with pytest.raises(RuntimeError, match="injected crash"):
+        run_stage(CountingStage(10, fail_after=7), tmp_path)  # batches of 3: 6 samples written, the 3rd batch dies
+    assert len(list(mf.iter_manifest(tmp_path / "count.jsonl"))) == 6
+    resumed = CountingStage(10)
+    stats = run_stage(resumed, tmp_path)
+    assert resumed.calls == 4  # only the missing samples are processed again
+    ids = [e["id"] for e in mf.iter_manifest(tmp_path / "count.jsonl")]
+    assert ids == [f"{i:03d}" for i in range(10)]
+    assert (stats.inputs, stats.kept, stats.rejected, stats.new) == (10, 5, 5, 4)
+    assert stats.rejected_by_reason == {"odd": 5}
+    assert json.loads((tmp_path / "stats.json").read_text())["count"]["kept"] == 5
+    again = CountingStage(10)
+    assert run_stage(again, tmp_path).new == 0 and again.calls == 0  # idempotent
+
+
+# ---------------------------------------------------------------- prompts
+def test_template_prompts_name_every_subject(tmp_path):
+    cfg = cfg_with(subjects={"num_samples": 40, "count_weights": [1, 1, 1]})
+    run_named_stage("subjects", cfg, tmp_path)
+    stats = run_named_stage("prompts", cfg, tmp_path)
+    assert stats.kept == 40
+    for e in mf.read_kept(tmp_path, "prompts"):
+        assert all(mentions(e["prompt"], p) for p in e["phrases"]), e["prompt"]
+        assert e["prompt_source"] == "template" and "scene" in e["slots"]
+
+
+def test_parse_tagged_and_mentions():
+    assert parse_tagged("blah\n[Prompt]: A cat and a dog.\n", "Prompt") == "A cat and a dog."
+    assert parse_tagged("**[Prompt]:** \"A cat\"", "Prompt") == "A cat"
+    assert parse_tagged("[Thought]: x\n[Prompt]: y\n[Note]: z", "Prompt") == "y"
+    assert parse_tagged("A cat and a dog", "Prompt") is None
+    assert mentions("Two cats nap", "cat") and mentions("the Egg Tart", "egg tart")
+    assert not mentions("a category", "cat") and not mentions("an eggtart", "egg tart")
+
+
+def _llm_reply(request: dict) -> tuple[int, str]:
+    text = request["messages"][0]["content"]
+    subjects = text.split("scene: ")[1].split(".\n")[0].split("; ")
+    if "flaky" in subjects[0]:
+        return 200, "I cannot help with that."
+    if "partial" in subjects[0]:
+        return 200, f"[Prompt]: A photo of a {subjects[0]} alone."
+    return 200, "[Thought]: easy\n[Prompt]: A photo of " + " and ".join(f"a {s}" for s in subjects) + " in a park."
+
+
+def test_llm_prompts_are_strictly_parsed_and_retried(tmp_path):
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("flaky thing\npartial thing\ncat\ndog\nteapot\nrobot\n")
+    with FakeChatServer(_llm_reply, fail_first=1) as server:
+        cfg = cfg_with(subjects={"num_samples": 12, "vocab": str(vocab), "counts": [2], "count_weights": [1]},
+                       prompts={"llm": {"url": server.url, "retries": 2, "timeout_s": 5}})
+        run_named_stage("subjects", cfg, tmp_path)
+        stats = run_named_stage("prompts", cfg, tmp_path)
+    entries = mf.read_manifest(tmp_path, "prompts")
+    assert len(entries) == 12 and stats.kept + stats.rejected == 12
+    assert server.requests >= 13  # the first request got a 500 and was retried
+    for e in entries:
+        first = e["phrases"][0]
+        if first.startswith("flaky"):
+            assert e["status"] == "rejected" and e["reason"] == "llm_unparsable" and "cannot" in e["raw_reply"]
+        elif first.startswith("partial"):
+            assert e["status"] == "rejected" and e["reason"] == "llm_missing_subject"
+        else:
+            assert e["status"] == "kept" and e["prompt_source"] == "llm"
+            assert all(mentions(e["prompt"], p) for p in e["phrases"])
+    assert stats.kept == sum(e["status"] == "kept" for e in entries) > 0
+
+
+def test_llm_endpoint_down_rejects_with_reason(tmp_path):
+    cfg = cfg_with(subjects={"num_samples": 2},
+                   prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout_s": 1}})
+    run_named_stage("subjects", cfg, tmp_path)
+    from psrl.data.pipeline.llm import ChatClient
+    from psrl.data.pipeline.prompts import PromptsStage
+    stage = PromptsStage(cfg, client=ChatClient(cfg.prompts.llm, backoff_s=0.01))
+    stats = run_stage(stage, tmp_path)
+    assert stats.rejected_by_reason == {"llm_error": 2}
+    assert "failed after 2 attempts" in mf.read_manifest(tmp_path, "prompts")[0]["detail"]
+
+
+# ---------------------------------------------------------------- grounding and positions
+def test_choose_boxes_rejections():
+    cfg = GroundConfig(min_box_area=0.01, min_box_side=8, max_pair_iou=0.5)
+    a = ([[0, 0, 40, 40], [50, 50, 60, 60]], [0.9, 0.95])
+    b = ([[60, 60, 100, 100]], [0.8])
+    boxes, scores, reason, _ = choose_boxes([([[0, 0, 40, 40]], [0.9]), b], ["a", "b"], 100, 100, cfg)
+    assert reason is None and boxes == [[0, 0, 40, 40], [60, 60, 100, 100]] and scores == [0.9, 0.8]
+    assert choose_boxes([a, b], ["a", "b"], 100, 100, cfg)[2] is None  # best box of a is 10x10: still large enough
+    assert choose_boxes([([], []), b], ["a", "b"], 100, 100, cfg)[2] == "missing_subject"
+    assert choose_boxes([([[0, 0, 5, 50]], [0.9]), b], ["a", "b"], 100, 100, cfg)[2] == "box_too_small"
+    same = ([[58, 58, 100, 100]], [0.7])
+    assert choose_boxes([same, b], ["a", "b"], 100, 100, cfg)[2] == "subjects_share_box"
+    # boxes are clamped to the image before any test
+    assert choose_boxes([([[-20, -20, 40, 40]], [0.9]), b], ["a", "b"], 100, 100, cfg)[0][0] == [0, 0, 40, 40]
+
+
+def test_relation_from_boxes_follows_the_position_metric():
+    left, right = [0, 40, 20, 60], [60, 40, 80, 60]
+    top, bottom = [40, 0, 60, 20], [40, 60, 60, 80]
+    assert relation_from_boxes(left, right) == "to the left of"
+    assert relation_from_boxes(right, left) == "to the right of"
+    assert relation_from_boxes(top, bottom) == "above"
+    assert relation_from_boxes(bottom, top) == "below"
+    assert relation_from_boxes(left, [5, 40, 25, 60]) is None  # overlapping: ambiguous
+    assert box_iou([0, 0, 10, 10], [5, 0, 15, 10]) == pytest.approx(1 / 3)
+
+
+# ---------------------------------------------------------------- instructions
+def _entry(task: str, phrases: list[str], **extra) -> dict:
+    import random
+
+    from psrl.data.pipeline import templates
+    slots = templates.draw_slots(task, phrases, random.Random(0))
+    return {"id": "x", "task": task, "phrases": phrases, "slots": slots, "prompt": "p",
+            "boxes": [[0, 40, 20, 60], [60, 40, 80, 60], [0, 0, 10, 10], [90, 90, 99, 99]][: len(phrases)], **extra}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_template_instruction_per_task_names_subjects_without_appearance(task):
+    n = {"Three": 3, "Four": 4}.get(task, 2)
+    phrases = ["cat", "calculator", "teapot", "egg tart"][:n]
+    text, reason, _ = template_instruction(_entry(task, phrases))
+    assert reason is None
+    assert all(mentions(text, p) for p in phrases), text
+    assert appearance_violations(text, phrases) == []
+    if task == "Position":
+        assert text.startswith("The cat is to the left of the calculator")
+
+
+def test_position_instruction_rejects_overlapping_boxes():
+    e = _entry("Position", ["cat", "dog"])
+    e["boxes"] = [[0, 0, 50, 50], [5, 5, 55, 55]]
+    assert template_instruction(e)[1] == "ambiguous_position"
+
+
+def test_appearance_rule():
+    phrases = ["cat", "egg tart"]
+    assert appearance_violations("The fluffy orange cat sits by the egg tart.", phrases) == ["fluffy cat",
+                                                                                            "orange cat"]
+    assert appearance_violations("The cat is very small, the egg tarts are golden.", phrases) == [
+        "small cat", "golden egg tart"]
+    assert appearance_violations("The cat wearing a red hat sits next to the egg tart in a green park.",
+                                 phrases) == []
+    assert appearance_violations("The striped cat", phrases, extra_words=["tabby"]) == ["striped cat"]
+    assert appearance_violations("The tabby cat", phrases, extra_words=["tabby"]) == ["tabby cat"]
+
+
+def test_vlm_instructions_get_images_and_are_checked(tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "t.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "r0.png")
+    Image.new("RGB", (8, 8), "green").save(tmp_path / "r1.png")
+    replies = iter(["[Instruction]: The cat sits beside the dog in a garden.",
+                    "[Instruction]: The fluffy cat sits beside the dog.",
+                    "[Instruction]: The cat sits alone.",
+                    "no tag here"])
+
+    def reply(request):
+        parts = request["messages"][0]["content"]
+        assert [p["type"] for p in parts] == ["image_url"] * 3 + ["text"]
+        assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
+        return 200, next(replies)
+
+    base = {"task": "Background", "phrases": ["cat", "dog"], "target": "t.png", "references": ["r0.png", "r1.png"],
+            "boxes": [[0, 0, 2, 2], [5, 5, 8, 8]], "status": "kept"}
+    with mf.ManifestWriter(tmp_path / "references.jsonl") as w:
+        for i in range(4):
+            w.write({**base, "id": f"s{i}"})
+    with FakeChatServer(reply) as server:
+        cfg = cfg_with(instructions={"vlm": {"url": server.url, "concurrency": 1}})
+        stats = run_named_stage("instructions", cfg, tmp_path)
+    assert stats.kept == 1
+    assert stats.rejected_by_reason == {"appearance_in_instruction": 1, "vlm_missing_subject": 1, "vlm_unparsable": 1}
+    assert mf.read_kept(tmp_path, "instructions")[0]["instruction"] == "The cat sits beside the dog in a garden."
+
+
+# ---------------------------------------------------------------- filter and export
+def test_near_duplicates_greedy_in_order():
+    e = np.array([[1, 0], [0.999, 0.01], [0, 1], [0.01, 1], [1, 0.0001]])
+    assert near_duplicates(e, 0.99) == [None, 0, None, 2, 0]
+    assert near_duplicates(e, 1.0) == [None] * 5
+
+
+def test_export_writes_records_and_psrbench(tmp_path):
+    entries = []
+    for i in range(20):
+        n = 2 + i % 3
+        task = {3: "Three", 4: "Four"}.get(n, "Position")
+        refs = []
+        for k in range(n):
+            Image.new("RGB", (8, 8)).save(tmp_path / f"r{i}_{k}.png")
+            refs.append(f"r{i}_{k}.png")
+        Image.new("RGB", (8, 8)).save(tmp_path / f"t{i}.png")
+        entries.append({"id": f"{i:03d}", "task": task, "phrases": [f"thing{k}" for k in range(n)],
+                        "categories": [f"Thing{k}" for k in range(n)],
+                        "instruction": f"instruction {i}: the thing0 is to the left of the thing1.",
+                        "references": refs, "target": f"t{i}.png", "status": "kept"})
+    mf.write_jsonl_atomic(tmp_path / "filter.jsonl", entries)
+    cfg = cfg_with(export={"heldout_fraction": 0.4})
+    stats = run_export(tmp_path, cfg)
+    train, held = read_records(tmp_path / "train.jsonl"), read_records(tmp_path / "heldout.jsonl")
+    assert len(train) + len(held) == 20 and stats.extra["heldout"] == len(held) > 0
+    for r in train + held:
+        assert resolve_under(tmp_path, r.target).is_file()
+        assert all(resolve_under(tmp_path, s.image).is_file() for s in r.subjects)
+        assert r.tags["task"] in TASKS and r.prompt.startswith("instruction")
+    bench = tmp_path / "psrbench"
+    n_items = 0
+    for task, count in stats.extra["psrbench_items"].items():
+        items = json.loads((bench / f"{task}.json").read_text())
+        assert len(items) == count
+        for item in items:
+            n = len(item["input_path"])
+            assert [item[f"category{k + 1}"] for k in range(n)] == [f"thing{k}" for k in range(n)]
+            assert all((bench / p).is_file() for p in item["input_path"])
+        n_items += count
+    assert n_items == len(held)
+    assert run_export(tmp_path, cfg).extra == stats.extra  # idempotent
+    try:
+        from psrl.bench.psrbench import load_psrbench
+    except ImportError:
+        return
+    loaded = load_psrbench(bench)
+    assert not getattr(loaded, "issues", [])
+
+
+# ---------------------------------------------------------------- config
+def test_config_overrides_and_unknown_keys(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("render:\n  num_steps: 4\n  model: {name: flux, path: tiny}\nground:\n  max_pair_iou: 0.3\n")
+    cfg = load_config(DataPipelineConfig, f, ["render.height=256", "filter.min_consistency=0.7"])
+    assert (cfg.render.num_steps, cfg.render.height, cfg.ground.max_pair_iou) == (4, 256, 0.3)
+    assert cfg.filter.min_consistency == 0.7 and cfg.references.model.name == "flux_kontext"
+    with pytest.raises(ConfigError, match="render.steps"):
+        load_config(DataPipelineConfig, f, ["render.steps=3"])
+    with pytest.raises(ConfigError, match="counts"):
+        load_config(DataPipelineConfig, default={"subjects": {"counts": [2, 5], "count_weights": [1, 1]}})
