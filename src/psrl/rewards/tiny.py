@@ -215,7 +215,7 @@ def tiny_qwen2_vl_hps():
     """(model, processor, head): Qwen2-VL with ``<|Reward|>`` and an HPSv3-shaped (mu, sigma) head."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
-    from psrl.rewards.preference import HPSv3Head
+    from psrl.rewards.hpsv3 import HPSv3Head
 
     tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())
     ids = _qwen_ids(tokenizer)
@@ -235,4 +235,7 @@ def tiny_qwen2_vl_hps():
     model = Qwen2VLForConditionalGeneration(config).eval()
     torch.manual_seed(0)
     head = HPSv3Head(16, hidden=(8, 4)).eval()
+    for layer in head.rm_head:  # positive biases keep the tiny ReLUs alive, so mu depends on the input
+        if isinstance(layer, torch.nn.Linear):
+            torch.nn.init.constant_(layer.bias, 0.5)
     return model, _qwen_image_only_processor(tokenizer, "qwen2_vl"), head

@@ -1,6 +1,7 @@
 """Rewards built on the VLM judge (:mod:`psrl.rewards.vlm`).
 
-Every reward takes the judge options ``transport`` (``local`` | ``remote``); for ``local``: ``path`` (a Qwen2.5-VL
+Every reward takes the judge options ``transport`` (``local`` | ``remote``; ``endpoint: URL`` is shorthand for
+``transport: remote, url: URL``); for ``local``: ``path`` (a Qwen2.5-VL
 directory or hub id, or ``tiny``), ``adapter_path`` (peft LoRA, e.g. PaCo-Reward-7B-Lora), ``dtype``,
 ``batch_size``; for ``remote``: ``url`` (``http://host:port/v1``), ``model``, ``api_key`` / ``api_key_env``,
 ``timeout``, ``retries``, ``backoff``, ``max_concurrency``, ``image_format``.
@@ -34,6 +35,10 @@ JUDGE_KEYS = ("transport", "path", "adapter_path", "batch_size", "url", "model",
 
 
 def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
+    judge_kwargs = dict(judge_kwargs)
+    if "endpoint" in judge_kwargs:  # shorthand: endpoint=URL means the remote transport at that URL
+        judge_kwargs["url"] = judge_kwargs.pop("endpoint")
+        judge_kwargs.setdefault("transport", "remote")
     unknown = set(judge_kwargs) - set(JUDGE_KEYS)
     if unknown:
         raise TypeError(f"unknown judge option(s) {sorted(unknown)}; allowed: {list(JUDGE_KEYS)}")
@@ -128,8 +133,9 @@ class SemanticAlignmentReward:
     name = "semantic_alignment"
 
     def __init__(self, device="cpu", *, default_subset: str = "complex", max_new_tokens: int = 512,
-                 temperature: float | None = None, **judge_kwargs):
-        if temperature is None and judge_kwargs.get("transport") == "remote":
+                 temperature: float | None = None, data_root: str | None = None, **judge_kwargs):
+        # data_root is accepted for a uniform call signature; the rubric shows only the generated image
+        if temperature is None and (judge_kwargs.get("transport") == "remote" or "endpoint" in judge_kwargs):
             temperature = 0.2  # the PSRBench request; local generation is greedy unless asked
         self.judge = _judge(device, judge_kwargs, max_new_tokens=max_new_tokens, temperature=temperature)
         self.default_subset = default_subset

@@ -1,0 +1,175 @@
+"""Text-image and aesthetic rewards on CLIP: ``clip_t``, ``pickscore``, ``aesthetic``.
+
+* ``clip_t``: ``scale * cos(CLIP_text(prompt), CLIP_image(image))`` (DreamBench CLIP-T uses ViT-B/32, scale 1;
+  Customized-GRPO's optional CLIP-T reward uses ViT-L/14 x 100). ``clamp_min`` (e.g. 0) optional.
+* ``pickscore``: ``logit_scale.exp() * cos(text, image)`` with the PickScore_v1 CLIP (processor from
+  ``processor_path``, the ViT-H-14 laion2B one by default); typical values 18-23.
+* ``aesthetic``: the LAION-style MLP (768 -> 1024 -> 128 -> 64 -> 16 -> 1, dropouts between, no activations) on
+  L2-normalised CLIP ViT-L/14 image features; ``head_path`` is the released ``.pth``/``.safetensors`` state dict
+  (keys ``layers.{0,2,4,6,7}.{weight,bias}``).
+
+``path: tiny`` builds tiny random CLIP (and head) so each runs offline. Text longer than the CLIP context is
+truncated (77 tokens).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from psrl.data.records import Record
+from psrl.errors import ModelLoadError
+from psrl.rewards.base import RewardOutput
+from psrl.rewards.embedding import _features, load_clip
+from psrl.rewards.images import to_pil_images
+from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+
+class LaionAestheticHead(nn.Module):
+    """Same layer layout (hence state-dict keys) as the LAION "improved aesthetic predictor"."""
+
+    def __init__(self, dim: int = 768, hidden: tuple[int, int, int, int] = (1024, 128, 64, 16), dropout=(0.2, 0.2, 0.1)):
+        super().__init__()
+        h1, h2, h3, h4 = hidden
+        self.layers = nn.Sequential(nn.Linear(dim, h1), nn.Dropout(dropout[0]), nn.Linear(h1, h2),
+                                    nn.Dropout(dropout[1]), nn.Linear(h2, h3), nn.Dropout(dropout[2]),
+                                    nn.Linear(h3, h4), nn.Linear(h4, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)
+
+
+def load_state_dict_file(path: str, what: str) -> dict:
+    def _load(p):
+        if p.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(p)
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+        return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+    return load_pretrained(what, path, _load)
+
+
+class _ClipRewardBase:
+    def __init__(self, path: str, device, dtype, batch_size: int, what: str, processor_path: str | None = None):
+        self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
+        if processor_path and path != TINY:
+            self.model, self.processor = self._load_split(path, processor_path, what)
+        else:
+            self.model, self.processor = load_clip(path, what)
+        self.model.to(self.device, self.dtype).eval()
+        self.batch_size = batch_size
+
+    @staticmethod
+    def _load_split(path, processor_path, what):
+        from transformers import CLIPModel
+
+        _, processor = load_clip(processor_path, what + " processor")
+        return load_pretrained(what, path, CLIPModel.from_pretrained), processor
+
+    @torch.no_grad()
+    def _embed(self, pils, texts) -> tuple[Tensor, Tensor]:
+        imgs, txts = [], []
+        for s in range(0, len(pils), self.batch_size):
+            px = self.processor(images=pils[s:s + self.batch_size], return_tensors="pt")["pixel_values"]
+            imgs.append(_features(self.model.get_image_features(pixel_values=px.to(self.device, self.dtype))).float())
+            tok = self.processor.tokenizer(list(texts[s:s + self.batch_size]), padding=True, truncation=True,
+                                           return_tensors="pt")
+            tok = {k: v.to(self.device) for k, v in tok.items()}
+            txts.append(_features(self.model.get_text_features(**tok)).float())
+        return F.normalize(torch.cat(imgs), dim=-1).cpu(), F.normalize(torch.cat(txts), dim=-1).cpu()
+
+    def _run(self, images, records, score_fn, name) -> RewardOutput:
+        pils, failures = to_pil_images(images)
+        if len(pils) != len(records):
+            raise ValueError(f"{name}: {len(pils)} images for {len(records)} records")
+        idx = [b for b in range(len(records)) if not failures[b]]
+        scores = torch.full((len(records),), float("nan"))
+        cos = torch.full((len(records),), float("nan"))
+        if idx:
+            img, txt = self._embed([pils[b] for b in idx], [records[b].prompt for b in idx])
+            c = (img * txt).sum(-1)
+            cos[idx] = c
+            scores[idx] = score_fn(c)
+        return RewardOutput(scores=scores, failures=failures, details={"cosine": cos})
+
+
+class ClipTReward(_ClipRewardBase):
+    name = "clip_t"
+
+    def __init__(self, device="cpu", *, path: str = "openai/clip-vit-base-patch32", scale: float = 1.0,
+                 clamp_min: float | None = None, dtype=None, batch_size: int = 32):
+        super().__init__(path, device, dtype, batch_size, "clip_t model")
+        self.scale, self.clamp_min = scale, clamp_min
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        def fn(c):
+            c = c * self.scale
+            return c.clamp(min=self.clamp_min) if self.clamp_min is not None else c
+
+        return self._run(images, records, fn, self.name)
+
+
+class PickScoreReward(_ClipRewardBase):
+    name = "pickscore"
+
+    def __init__(self, device="cpu", *, path: str = "yuvalkirstain/PickScore_v1",
+                 processor_path: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K", dtype=None, batch_size: int = 32):
+        super().__init__(path, device, dtype, batch_size, "pickscore model", processor_path=processor_path)
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        scale = float(self.model.logit_scale.detach().exp())
+        return self._run(images, records, lambda c: c * scale, self.name)
+
+
+class AestheticReward:
+    name = "aesthetic"
+
+    def __init__(self, device="cpu", *, path: str | None = None, clip_path: str = "openai/clip-vit-large-patch14",
+                 head_path: str | None = None, dtype=None, batch_size: int = 32):
+        from psrl.rewards.embedding import HFImageEmbedder
+
+        self.device = torch.device(device)
+        if path == TINY or (clip_path == TINY and head_path in (None, TINY)):
+            from psrl.rewards.tiny import tiny_aesthetic_head, tiny_clip
+
+            model, processor = tiny_clip()
+            self.head = tiny_aesthetic_head(model.config.projection_dim)
+        else:
+            if path is not None:
+                raise ValueError("aesthetic: 'path' may only be 'tiny'; give clip_path and head_path for real weights")
+            if not head_path:
+                raise ModelLoadError("aesthetic: head_path is required (the LAION aesthetic MLP state dict)")
+            model, processor = load_clip(clip_path, "aesthetic clip")
+            sd = load_state_dict_file(head_path, "aesthetic head")
+            dim = model.config.projection_dim
+            try:
+                hidden = tuple(int(sd[f"layers.{i}.weight"].shape[0]) for i in (0, 2, 4, 6))
+                if int(sd["layers.0.weight"].shape[1]) != dim:
+                    raise RuntimeError(f"head input is {int(sd['layers.0.weight'].shape[1])}-d")
+                self.head = LaionAestheticHead(dim, hidden)
+                self.head.load_state_dict(sd)
+            except (KeyError, RuntimeError) as e:
+                raise ModelLoadError(f"aesthetic head {head_path!r} is not a LAION MLP for a {dim}-d CLIP: "
+                                     f"{type(e).__name__}: {e}") from e
+        self.head.to(self.device).eval()
+        self.embedder = HFImageEmbedder(model, processor.image_processor, "clip", device=device, dtype=dtype,
+                                        batch_size=batch_size)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        pils, failures = to_pil_images(images)
+        if len(pils) != len(records):
+            raise ValueError(f"aesthetic: {len(pils)} images for {len(records)} records")
+        idx = [b for b in range(len(records)) if not failures[b]]
+        scores = torch.full((len(records),), float("nan"))
+        if idx:
+            feats = self.embedder.embed([pils[b] for b in idx]).to(self.device)
+            scores[idx] = self.head(feats).squeeze(-1).float().cpu()
+        return RewardOutput(scores=scores, failures=failures)

@@ -1,0 +1,91 @@
+"""Image-image similarity to the references (DreamBench DINO / CLIP-I): cosine between the embedding of the whole
+generated image and of each whole reference image, averaged over the record's subjects.
+
+* ``dino``: DINO v1 ViT-S/16 CLS, resize 256 bicubic / centre-crop 224 (``embedder: {kind: dinov2}`` for DINOv2).
+* ``clip_i``: CLIP image features (ViT-B/32 by default, as the DreamBench evaluation of UNO/OmniGen).
+
+Reference embeddings are cached by (file, mtime). ``scale`` multiplies the cosine (some papers report x100).
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from psrl.data.records import Record
+from psrl.rewards.base import RewardOutput
+from psrl.rewards.embedding import build_embedder
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+
+
+class ImageSimilarityReward:
+    name = "image_similarity"
+    default_kind = "dino_vit"
+    default_path = "facebook/dino-vits16"
+
+    def __init__(self, device="cpu", *, path: str | None = None, embedder=None, data_root: str | None = None,
+                 scale: float = 1.0, dtype=None, cache_size: int = 4096):
+        spec = dict(embedder or {"kind": self.default_kind})
+        spec.setdefault("path", path or self.default_path)
+        self.embedder = build_embedder(spec, device=device, dtype=dtype)
+        self.refs = ReferenceImages(data_root)
+        self.scale, self.cache_size = scale, cache_size
+        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
+
+    def _ref_embeddings(self, rels: list[str]) -> dict[str, Tensor | str]:
+        out, todo, imgs = {}, [], []
+        for rel in dict.fromkeys(rels):
+            try:
+                p = self.refs.path(rel)
+                key = (str(p), os.stat(p).st_mtime_ns) if p.is_file() else None
+                if key is not None and key in self._cache:
+                    out[rel] = self._cache[key]
+                    continue
+                imgs.append(self.refs.load(rel))
+                todo.append((rel, key))
+            except ReferenceImageError as e:
+                out[rel] = str(e)
+        if imgs:
+            for (rel, key), emb in zip(todo, self.embedder.embed(imgs)):
+                out[rel] = emb
+                self._cache[key] = emb
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        pils, failures = to_pil_images(images)
+        if len(pils) != len(records):
+            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
+        for b, rec in enumerate(records):
+            if not failures[b] and not rec.subjects:
+                failures[b] = "record has no reference subjects"
+        refs = self._ref_embeddings([s.image for b, r in enumerate(records) if not failures[b] for s in r.subjects])
+        for b, rec in enumerate(records):
+            if not failures[b]:
+                bad = [refs[s.image] for s in rec.subjects if isinstance(refs[s.image], str)]
+                if bad:
+                    failures[b] = bad[0]
+        idx = [b for b in range(len(records)) if not failures[b]]
+        scores = torch.full((len(records),), float("nan"))
+        per_subject: list[list[float]] = [[] for _ in records]
+        if idx:
+            gen = self.embedder.embed([pils[b] for b in idx])
+            for row, b in enumerate(idx):
+                sims = [float(gen[row] @ refs[s.image]) * self.scale for s in records[b].subjects]
+                per_subject[b] = sims
+                scores[b] = sum(sims) / len(sims)
+        return RewardOutput(scores=scores, failures=failures, details={"per_subject": per_subject})
+
+
+class DinoReward(ImageSimilarityReward):
+    name = "dino"
+
+
+class ClipIReward(ImageSimilarityReward):
+    name = "clip_i"
+    default_kind = "clip"
+    default_path = "openai/clip-vit-base-patch32"
