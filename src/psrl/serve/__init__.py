@@ -1,0 +1,1 @@
+"""Reward server (FastAPI) and its ``remote`` reward client."""

@@ -1,0 +1,123 @@
+"""``remote`` reward: scores through a psrl reward server (``psrl serve rewards``).
+
+Args: ``url`` (``http://host:port``), ``reward`` (the served name), ``api_key`` / ``api_key_env``, ``timeout`` (s per
+request), ``retries`` and ``backoff`` (exponential: backoff * 2**attempt; connection errors, timeouts, 429 and 5xx
+are retried, so a server restarted mid-run is picked up again), ``on_error`` (``raise``, the default: an
+unreachable server is an infrastructure failure and stops training loudly; ``nan``: every sample NaN with the
+reason). A wrong key (401/403), an unknown reward (404) or rejected input (422) raise at once with the server's
+message. Images travel as PNG.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from psrl.data.records import Record
+from psrl.errors import PsrlError
+from psrl.rewards.base import RewardOutput
+from psrl.rewards.images import to_pil_images
+from psrl.serve.wire import encode_png, output_from_json
+
+logger = logging.getLogger(__name__)
+
+
+class RemoteRewardError(PsrlError):
+    pass
+
+
+class RemoteReward:
+    name = "remote"
+
+    def __init__(self, device="cpu", *, url: str = "http://127.0.0.1:8765", reward: str | None = None,
+                 api_key: str | None = None, api_key_env: str | None = "PSRL_REWARD_API_KEY", timeout: float = 300.0,
+                 retries: int = 5, backoff: float = 1.0, on_error: str = "raise"):
+        import httpx
+
+        if not reward:
+            raise ValueError("remote reward: 'reward' (the name served by the reward server) is required")
+        if on_error not in ("raise", "nan"):
+            raise ValueError(f"remote reward: on_error must be 'raise' or 'nan', got {on_error!r}")
+        if api_key is None and api_key_env:
+            api_key = os.environ.get(api_key_env)
+        self.url, self.reward = url.rstrip("/"), reward
+        self.name = f"remote:{reward}"
+        self.retries, self.backoff, self.on_error = retries, backoff, on_error
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers)
+
+    def _post(self, body: dict) -> dict:
+        import httpx
+
+        endpoint = f"{self.url}/score/{self.reward}"
+        last = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                delay = self.backoff * 2 ** (attempt - 1)
+                logger.warning("reward server %s: %s; retry %d/%d in %.1fs", self.url, last, attempt, self.retries,
+                               delay)
+                time.sleep(delay)
+            try:
+                resp = self.client.post(endpoint, json=body)
+            except httpx.TimeoutException:
+                last = "timed out"
+                continue
+            except httpx.TransportError as e:
+                last = f"unreachable ({type(e).__name__})"
+                continue
+            if resp.status_code == 200:
+                try:
+                    return resp.json()
+                except ValueError as e:
+                    raise RemoteRewardError(f"reward server {self.url} sent a reply that is not JSON") from e
+            detail = _detail(resp)
+            if resp.status_code in (401, 403):
+                raise RemoteRewardError(f"reward server {self.url} refused the API key ({resp.status_code}: {detail})")
+            if resp.status_code == 404:
+                raise RemoteRewardError(f"reward server {self.url}: {detail}")
+            if resp.status_code == 422:
+                raise ValueError(f"reward server {self.url} rejected the request: {detail}")
+            last = f"HTTP {resp.status_code}: {detail}"
+            if resp.status_code != 429 and resp.status_code < 500:
+                break
+        raise RemoteRewardError(f"reward server {endpoint} failed after {self.retries + 1} attempts: {last}")
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        pils, failures = to_pil_images(images)
+        if len(pils) != len(records):
+            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
+        idx = [b for b in range(len(records)) if not failures[b]]
+        scores = torch.full((len(records),), float("nan"))
+        if not idx:
+            return RewardOutput(scores=scores, failures=failures)
+        body = {"images": [encode_png(pils[b]) for b in idx], "records": [records[b].to_json() for b in idx]}
+        try:
+            remote = output_from_json(self._post(body), len(idx))
+        except RemoteRewardError as e:
+            if self.on_error == "raise":
+                raise
+            return RewardOutput(scores=scores, failures=[f or str(e) for f in failures])
+        scores[idx] = remote.scores
+        for row, b in enumerate(idx):
+            failures[b] = remote.failures[row]
+        details = {}
+        for k, v in remote.details.items():  # re-spread per-sample lists over the full batch
+            if isinstance(v, list) and len(v) == len(idx):
+                full = [None] * len(records)
+                for row, b in enumerate(idx):
+                    full[b] = v[row]
+                details[k] = full
+            else:
+                details[k] = v
+        return RewardOutput(scores=scores, failures=failures, details=details)
+
+
+def _detail(resp) -> str:
+    try:
+        return str(resp.json().get("detail", resp.text))[:300]
+    except ValueError:
+        return resp.text[:300]

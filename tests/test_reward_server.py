@@ -1,0 +1,167 @@
+"""Reward server on loopback with tiny models: concurrent clients get the in-process scores, requests are
+batched, a wrong key is refused, a server restarted mid-run is retried, bad requests are rejected clearly."""
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+from PIL import Image
+
+from psrl.config import ConfigError, from_dict
+from psrl.data.records import Record, SubjectRef
+from psrl.errors import PsrlError
+from psrl.rewards import build_reward
+from psrl.serve.client import RemoteRewardError
+from psrl.serve.server import ServerConfig, check_bind, create_app
+
+uvicorn = pytest.importorskip("uvicorn")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    def __init__(self, app, port):
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    Image.fromarray((torch.rand(40, 40, 3, generator=g) * 255).byte().numpy()).save(tmp_path / "a.png")
+    return tmp_path
+
+
+def _cfg(data_root, **kw):
+    return from_dict(ServerConfig, {
+        "rewards": [{"name": "sc", "reward": "subject_consistency",
+                     "args": {"path": "tiny", "detector": {"kind": "grounding_dino", "box_threshold": 0.0}}},
+                    {"name": "mean_color"}, {"name": "clip_t", "args": {"path": "tiny"}}],
+        "data_root": str(data_root), "batch_window_ms": 200, **kw})
+
+
+def _recs(n):
+    return [Record(id=f"r{i}", prompt=f"a cat number {i}", subjects=(SubjectRef("a.png", "cat"),)) for i in range(n)]
+
+
+def _images(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(n, 3, 32, 32, generator=g) * 255).round() / 255  # exact through PNG
+
+
+def test_concurrent_clients_match_in_process_and_are_batched(data_root):
+    cfg = _cfg(data_root)
+    port = _free_port()
+    with ServerThread(create_app(cfg), port):
+        import httpx
+
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json()["rewards"] == ["clip_t", "mean_color", "sc"]
+        for served, local_name, local_args in [
+                ("sc", "subject_consistency", dict(cfg.rewards[0].args, data_root=str(data_root))),
+                ("mean_color", "mean_color", {}), ("clip_t", "clip_t", {"path": "tiny"})]:
+            local = build_reward(local_name, local_args)
+            client = build_reward("remote", {"url": f"http://127.0.0.1:{port}", "reward": served, "retries": 0})
+            jobs = [(_images(2, s), _recs(2)) for s in range(4)]
+            with ThreadPoolExecutor(4) as pool:
+                remote_outs = list(pool.map(lambda j: client(*j), jobs))
+            for (imgs, recs), out in zip(jobs, remote_outs):
+                expected = local(imgs, recs)
+                assert torch.allclose(out.scores, expected.scores, atol=1e-5), served
+                assert out.failures == expected.failures
+            if served == "sc":
+                assert len(remote_outs[0].details["per_subject"]) == 2
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        assert health["requests"]["sc"] == 4 and health["batches"]["sc"] < 4  # concurrent requests shared batches
+
+
+def test_api_key_required_off_loopback_and_wrong_key_refused(data_root, monkeypatch):
+    with pytest.raises(PsrlError, match="without an API key"):
+        check_bind("0.0.0.0", None)
+    check_bind("0.0.0.0", "k")
+    check_bind("::1", None)
+    monkeypatch.setenv("TEST_RM_KEY", "right-key")
+    cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "api_key_env": "TEST_RM_KEY"})
+    port = _free_port()
+    with ServerThread(create_app(cfg), port):
+        url = f"http://127.0.0.1:{port}"
+        good = build_reward("remote", {"url": url, "reward": "mean_color", "api_key": "right-key"})
+        assert good(_images(1, 0), _recs(1)).scores.shape == (1,)
+        bad = build_reward("remote", {"url": url, "reward": "mean_color", "api_key": "wrong", "retries": 3})
+        t0 = time.time()
+        with pytest.raises(RemoteRewardError, match="refused the API key"):
+            bad(_images(1, 0), _recs(1))
+        assert time.time() - t0 < 2  # not retried
+        unknown = build_reward("remote", {"url": url, "reward": "nope", "api_key": "right-key"})
+        with pytest.raises(RemoteRewardError, match="unknown reward"):
+            unknown(_images(1, 0), _recs(1))
+
+
+def test_server_restarted_mid_run_is_retried(data_root):
+    cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}]})
+    port = _free_port()
+    client = build_reward("remote", {"url": f"http://127.0.0.1:{port}", "reward": "mean_color", "retries": 6,
+                                     "backoff": 0.2, "timeout": 5})
+    imgs, recs = _images(2, 1), _recs(2)
+    with ServerThread(create_app(cfg), port):
+        first = client(imgs, recs)
+    restarted = []
+
+    def restart_later():
+        time.sleep(0.8)
+        srv = ServerThread(create_app(cfg), port)
+        srv.__enter__()
+        restarted.append(srv)
+
+    threading.Thread(target=restart_later, daemon=True).start()
+    try:
+        second = client(imgs, recs)  # the first attempts hit a closed port, later ones the new server
+    finally:
+        for srv in restarted:
+            srv.__exit__()
+    assert torch.allclose(first.scores, second.scores)
+    down = build_reward("remote", {"url": f"http://127.0.0.1:{_free_port()}", "reward": "mean_color",
+                                   "retries": 1, "backoff": 0.01})
+    with pytest.raises(RemoteRewardError, match="failed after 2 attempts"):
+        down(imgs, recs)
+    nan = build_reward("remote", {"url": f"http://127.0.0.1:{_free_port()}", "reward": "mean_color",
+                                  "retries": 0, "on_error": "nan"})
+    out = nan(imgs, recs)
+    assert torch.isnan(out.scores).all() and "unreachable" in out.failures[0]
+
+
+def test_bad_requests_are_rejected_clearly(data_root):
+    import httpx
+
+    cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}]})
+    port = _free_port()
+    with ServerThread(create_app(cfg), port):
+        url = f"http://127.0.0.1:{port}/score/mean_color"
+        r = httpx.post(url, json={"images": ["not base64!"], "records": [_recs(1)[0].to_json()]})
+        assert r.status_code == 422 and "images[0]" in r.json()["detail"]
+        r = httpx.post(url, json={"images": [], "records": []})
+        assert r.status_code == 422
+        r = httpx.post(url, json={"images": ["aGk="], "records": [{"id": "x"}]})
+        assert r.status_code == 422
+    with pytest.raises(ConfigError, match="at least one reward"):
+        from_dict(ServerConfig, {"rewards": []})
+    with pytest.raises(ConfigError, match="unknown config key"):
+        from_dict(ServerConfig, {"rewards": [{"name": "x"}], "hosst": "0.0.0.0"})
