@@ -1,0 +1,152 @@
+"""``psrl reward score``: score generated images against their records with any registered reward, write one JSON
+line per sample (score, failure, details) and print a summary. ``psrl reward list`` shows the reward names.
+
+Generated images are looked up as ``<images>/<record id>.{png,jpg,jpeg,webp}``; a missing or unreadable image is
+a counted failure of that sample, not an abort.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("reward", help="score images with a reward, list rewards")
+    sub = p.add_subparsers(dest="reward_cmd", metavar="CMD")
+    s = sub.add_parser("score", help="score <images>/<id>.png for every record; write per-sample JSONL")
+    s.add_argument("--reward", required=True, help="registered reward name (see `psrl reward list`) or module:attr")
+    s.add_argument("--args", default="{}", help='reward args as a JSON object, e.g. \'{"path": "tiny"}\'')
+    s.add_argument("--records", required=True, help="records JSONL")
+    s.add_argument("--images", required=True, help="directory of generated images named <record id>.png")
+    s.add_argument("--data-root", help="root of the records' reference paths (default: the records file's folder)")
+    s.add_argument("--out", help="output JSONL (default: <images>/scores_<reward>.jsonl)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch-size", type=int, default=8)
+    s.set_defaults(func=_score)
+    ls = sub.add_parser("list", help="list registered reward names")
+    ls.set_defaults(func=_list)
+    p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _list(args) -> int:
+    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+
+    _ensure_builtin_rewards()
+    print("\n".join(REWARDS.names()))
+    return 0
+
+
+def _parse_args_json(text: str) -> dict:
+    from psrl.errors import PsrlError
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise PsrlError(f"--args is not valid JSON: {e}") from e
+    if not isinstance(value, dict):
+        raise PsrlError(f"--args must be a JSON object, got {text!r}")
+    return value
+
+
+def _accepts(name: str, param: str) -> bool:
+    import inspect
+
+    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+
+    _ensure_builtin_rewards()
+    try:
+        return param in inspect.signature(REWARDS.get(name)).parameters
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _load_image(images_dir: Path, rid: str):
+    from PIL import Image, UnidentifiedImageError
+
+    from psrl.rewards.images import pil_to_tensor
+
+    for suffix in IMAGE_SUFFIXES:
+        p = images_dir / f"{rid}{suffix}"
+        if p.is_file():
+            try:
+                with Image.open(p) as im:
+                    return pil_to_tensor(im.convert("RGB")), None
+            except (UnidentifiedImageError, OSError) as e:
+                return None, f"generated image unreadable: {p} ({type(e).__name__})"
+    return None, f"generated image not found: {images_dir}/{rid}.png"
+
+
+def score_records(reward, records, images_dir: Path, batch_size: int):
+    """Yield ``(record, score, failure, details)`` per record, batching same-size images."""
+    import torch
+
+    from psrl.serve.wire import slice_output, to_jsonable
+
+    for start in range(0, len(records), batch_size):
+        chunk = records[start:start + batch_size]
+        loaded = [_load_image(images_dir, r.id) for r in chunk]
+        results: dict[int, tuple] = {}
+        by_size: dict[tuple, list[int]] = {}
+        for i, (img, why) in enumerate(loaded):
+            if img is None:
+                results[i] = (float("nan"), why, {})
+            else:
+                by_size.setdefault(tuple(img.shape), []).append(i)
+        for idx in by_size.values():
+            out = reward(torch.stack([loaded[i][0] for i in idx]), [chunk[i] for i in idx])
+            for row, i in enumerate(idx):
+                one = slice_output(out, row, row + 1)
+                details = {k: (v[0] if isinstance(v, list) and len(v) == 1 else v)
+                           for k, v in to_jsonable(one.details).items()}
+                results[i] = (float(one.scores[0]), one.failures[0], details)
+        for i, rec in enumerate(chunk):
+            yield (rec, *results[i])
+
+
+def _score(args) -> int:
+    from psrl.data.records import read_records
+    from psrl.errors import PsrlError
+    from psrl.rewards.base import build_reward
+
+    reward_args = _parse_args_json(args.args)
+    records = read_records(args.records)
+    images_dir = Path(args.images)
+    if not images_dir.is_dir():
+        raise PsrlError(f"--images: not a directory: {images_dir}")
+    if args.batch_size < 1:
+        raise PsrlError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if "data_root" not in reward_args and _accepts(args.reward, "data_root"):
+        reward_args["data_root"] = str(args.data_root or Path(args.records).resolve().parent)
+    try:
+        reward = build_reward(args.reward, reward_args, device=args.device)
+    except (KeyError, TypeError, ValueError) as e:  # unknown name, unknown or bad arg: a user error, no traceback
+        raise PsrlError(f"cannot build reward {args.reward!r} with args {reward_args}: {e}") from e
+    out_path = Path(args.out) if args.out else images_dir / f"scores_{args.reward.replace(':', '_')}.jsonl"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    scores, reasons = [], Counter()
+    with tmp.open("w") as f:
+        for rec, score, failure, details in score_records(reward, records, images_dir, args.batch_size):
+            ok = not math.isnan(score)
+            f.write(json.dumps({"id": rec.id, "score": score if ok else None, "failure": failure,
+                                "details": details}) + "\n")
+            if ok:
+                scores.append(score)
+            else:
+                reasons[(failure or "unscorable").split(":")[0]] += 1
+    os.replace(tmp, out_path)
+    n, k = len(records), len(scores)
+    mean = sum(scores) / k if k else float("nan")
+    std = math.sqrt(sum((s - mean) ** 2 for s in scores) / k) if k else float("nan")
+    print(f"{args.reward}: {k}/{n} scored, {n - k} failed; mean {mean:.4f} std {std:.4f}"
+          + (f" min {min(scores):.4f} max {max(scores):.4f}" if k else ""))
+    for reason, count in reasons.most_common(5):
+        print(f"  {count} x {reason}")
+    print(f"wrote {out_path}")
+    return 0 if k else 1

@@ -1,0 +1,62 @@
+"""CLI: psrl reward score on tiny models writes per-sample JSONL and a summary; bad inputs are counted or named."""
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from psrl.cli.main import main
+from psrl.data.records import Record, SubjectRef, write_records
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    Image.fromarray((torch.rand(40, 40, 3, generator=g) * 255).byte().numpy()).save(refs / "cat.png")
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(32, 32, 3, generator=g) * 255).byte().numpy()).save(images / f"s{i}.png")
+    Image.fromarray((torch.rand(48, 32, 3, generator=g) * 255).byte().numpy()).save(images / "s3.jpg")
+    (images / "s4.png").write_bytes(b"garbage")
+    recs = [Record(id=f"s{i}", prompt="a cat above a dog", subjects=(SubjectRef("refs/cat.png", "cat"),))
+            for i in range(6)]
+    write_records(recs, tmp_path / "records.jsonl")
+    return tmp_path
+
+
+def test_reward_score_writes_jsonl_and_summary(workdir, capsys):
+    out = workdir / "out.jsonl"
+    rc = main(["reward", "score", "--reward", "subject_consistency", "--args",
+               json.dumps({"path": "tiny", "detector": {"kind": "grounding_dino", "box_threshold": 0.0}}),
+               "--records", str(workdir / "records.jsonl"), "--images", str(workdir / "images"),
+               "--out", str(out), "--batch-size", "2"])
+    assert rc == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == [f"s{i}" for i in range(6)]
+    assert all(isinstance(r["score"], float) for r in rows[:4])      # s3 is a differently sized jpg
+    assert isinstance(rows[0]["details"]["per_subject"], list) and "weakest_subject" in rows[0]["details"]
+    assert rows[4]["score"] is None and "unreadable" in rows[4]["failure"]
+    assert rows[5]["score"] is None and "not found" in rows[5]["failure"]
+    text = capsys.readouterr().out
+    assert "subject_consistency: 4/6 scored, 2 failed" in text and "wrote" in text
+
+
+def test_reward_score_bad_arguments(workdir, capsys):
+    base = ["reward", "score", "--records", str(workdir / "records.jsonl"), "--images", str(workdir / "images")]
+    assert main(base + ["--reward", "mean_color", "--args", "{not json"]) == 2
+    assert "--args is not valid JSON" in capsys.readouterr().err
+    assert main(base + ["--reward", "no_such_reward"]) == 2
+    assert "unknown reward 'no_such_reward'" in capsys.readouterr().err
+    assert main(base + ["--reward", "subject_consistency", "--args", '{"path": "tiny", "mode": "fast"}']) == 2
+    assert "mode must be one of" in capsys.readouterr().err
+    assert main(["reward", "score", "--reward", "mean_color", "--records", str(workdir / "nope.jsonl"),
+                 "--images", str(workdir / "images")]) == 2
+    assert "records file not found" in capsys.readouterr().err
+    assert main(["reward", "list"]) == 0
+    names = capsys.readouterr().out.split()
+    for name in ("subject_consistency", "position", "vlm_consistency", "semantic_alignment", "edit_consistency",
+                 "hpsv3", "pickscore", "clip_t", "aesthetic", "clip_i", "dino", "remote"):
+        assert name in names
