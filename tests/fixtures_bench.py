@@ -122,7 +122,8 @@ class SlowMeanColor:
     name = "slow_mean_color"
 
     def __init__(self, sleep: float = 0.0, log: str | None = None):
-        self.sleep = float(sleep)
+        # PSRL_TEST_METRIC_SLEEP slows a run down without changing the metric config (and so its hash)
+        self.sleep = float(os.environ.get("PSRL_TEST_METRIC_SLEEP", sleep))
         self.log = log
 
     def __call__(self, images, records):
@@ -130,8 +131,8 @@ class SlowMeanColor:
             time.sleep(self.sleep)
         if self.log:
             with open(self.log, "a") as f:
-                for r in records:
-                    f.write(f"{os.getpid()} {r.id}\n")
+                for r, img in zip(records, images):
+                    f.write(f"{r.id} {float(img.float().mean()):.6f}\n")
         scores = images.float().mean(dim=(1, 2, 3))
         failures = [None] * len(records)
         for i, r in enumerate(records):
@@ -153,7 +154,7 @@ class RaisingOnCrab:
         return RewardOutput(scores=torch.ones(len(records)))
 
 
-def test_metrics(log: str | None = None, sleep: float = 0.0) -> dict:
+def metric_set_for_tests(log: str | None = None, sleep: float = 0.0) -> dict:
     """A plain-data metric set over test rewards (for ``parse_metrics`` / ``--metrics``)."""
     slow = {"reward": "fixtures_bench:SlowMeanColor", "args": {"sleep": sleep, "log": log}}
     return {

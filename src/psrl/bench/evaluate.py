@@ -96,7 +96,7 @@ def _accepts(reward_name: str, param: str) -> bool:
         params = inspect.signature(target).parameters
     except (KeyError, TypeError, ValueError):
         return False
-    return param in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return param in params  # explicit only: a **kwargs catch-all may forward it somewhere that rejects it
 
 
 def load_image_tensor(path: Path) -> torch.Tensor:
@@ -271,24 +271,23 @@ def evaluate_samples(samples: Sequence[ResultSample], out_dir: str | Path, metri
 
 
 def _eval_batches(todo: list[ResultSample], batch_size: int):
-    """Unscorable samples alone; scorable ones in chunks of one subset and one image size."""
-    sizes: dict[str, tuple] = {}
-    groups: dict[tuple, list[ResultSample]] = {}
+    """Unscorable samples alone; scorable ones in chunks of one image size (subsets mixed: each dimension splits
+    a chunk by the metric its subsets use, so a metric shared by all subsets sees the whole chunk)."""
+    from PIL import Image
+
+    groups: dict[tuple | None, list[ResultSample]] = {}
     for s in todo:
         if s.problem is not None:
             yield [s]
             continue
         try:
-            from PIL import Image
-
             with Image.open(s.image) as im:
-                sizes[s.key] = im.size
+                size = im.size
         except Exception:  # noqa: BLE001 - reported when the batch loads it
-            sizes[s.key] = None
-        key = (s.item.subset, sizes[s.key])
-        groups.setdefault(key, []).append(s)
-        if len(groups[key]) == batch_size:
-            yield groups.pop(key)
+            size = None
+        groups.setdefault(size, []).append(s)
+        if len(groups[size]) == batch_size:
+            yield groups.pop(size)
     yield from (g for g in groups.values() if g)
 
 
@@ -297,37 +296,34 @@ def _score_samples(batch: list[ResultSample], metrics: dict[str, DimensionSpec],
     for row in rows:
         row.update(scores={}, raw={}, failures={}, details={})
     problems = [s.problem for s in batch]
-    images = []
+    images: dict[int, torch.Tensor] = {}
     for i, s in enumerate(batch):
         if problems[i] is None:
             try:
-                images.append(load_image_tensor(s.image))
+                images[i] = load_image_tensor(s.image)
             except Exception as e:  # noqa: BLE001 - an unreadable result image is a recorded failure
                 problems[i] = f"unreadable result image {s.image}: {type(e).__name__}: {e}"
-    ok = [i for i in range(len(batch)) if problems[i] is None]
-    # one batched call when the sizes agree (they do, batches are grouped by size), else one call per image
-    same_size = bool(images) and all(im.shape == images[0].shape for im in images)
-    stacked = torch.stack(images) if same_size else None
-    subset = batch[0].item.subset
     for dim, spec in metrics.items():
-        metric = spec.metric_for(subset)
-        for i in range(len(batch)):
+        by_metric: dict[str, tuple[MetricSpec, list[int]]] = {}
+        for i, s in enumerate(batch):
+            metric = spec.metric_for(s.item.subset)
             if problems[i] is not None:
                 _put(rows[i], dim, None, None, problems[i], {})
-        if not ok:
-            continue
-        if metric is None:
-            for i in ok:
-                _put(rows[i], dim, None, None, f"no metric for subset {subset}", {})
-            continue
-        reward = metric_set.reward(metric)
-        records = [batch[i].item.record for i in ok]
-        if stacked is not None:
-            results = score_batch(reward, stacked, records)
-        else:
-            results = [r for img, rec in zip(images, records) for r in score_batch(reward, img[None], [rec])]
-        for i, (raw, failure, details) in zip(ok, results):
-            _put(rows[i], dim, raw, None if raw is None else raw * metric.scale, failure, details)
+            elif metric is None:
+                _put(rows[i], dim, None, None, f"no metric for subset {s.item.subset}", {})
+            else:
+                key = json.dumps(metric.to_json(), sort_keys=True, default=str)
+                by_metric.setdefault(key, (metric, []))[1].append(i)
+        for metric, idx in by_metric.values():
+            reward = metric_set.reward(metric)
+            records = [batch[i].item.record for i in idx]
+            imgs = [images[i] for i in idx]
+            if all(im.shape == imgs[0].shape for im in imgs):  # one batched call (chunks share a size)
+                results = score_batch(reward, torch.stack(imgs), records)
+            else:
+                results = [r for im, rec in zip(imgs, records) for r in score_batch(reward, im[None], [rec])]
+            for i, (raw, failure, details) in zip(idx, results):
+                _put(rows[i], dim, raw, None if raw is None else raw * metric.scale, failure, details)
     return rows
 
 

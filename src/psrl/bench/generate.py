@@ -18,7 +18,7 @@ import torch
 
 from psrl.bench.items import BenchItem, write_json_atomic
 from psrl.bench.psrbench import LoadedSubsets, export_subset
-from psrl.bench.results import MANIFEST, image_path, result_json_path
+from psrl.bench.results import MANIFEST, image_path, read_manifest, result_json_path
 from psrl.bench.sharding import Shard
 from psrl.errors import PsrlError
 
@@ -116,7 +116,7 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
     shard.barrier()
     if shard.is_main:
         write_result_files(data, out_dir, seeds, absolute_paths=absolute_paths)
-        manifest = dict(manifest or {})
+        manifest = {**read_manifest(out_dir), **(manifest or {})}  # a resume keeps what the first run recorded
         manifest.update(seeds=list(seeds), skipped_invalid=stats.skipped_invalid,
                         absolute_paths=absolute_paths)
         write_json_atomic(out_dir / MANIFEST, manifest)

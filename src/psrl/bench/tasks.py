@@ -45,6 +45,9 @@ DIMENSION_LABELS = {
 }
 
 
+PSRBENCH_JUDGE = "Qwen/Qwen2.5-VL-32B-Instruct"
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     """A reward used as a metric. ``scale`` multiplies the reward's score for the report (the PSR paper reports
@@ -73,8 +76,8 @@ class DimensionSpec:
                 "per_subset": {k: v.to_json() for k, v in sorted(self.per_subset.items())}}
 
 
-def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None, tiny: bool = False,
-                     device_args: dict | None = None) -> dict[str, DimensionSpec]:
+def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None,
+                     tiny: bool = False) -> dict[str, DimensionSpec]:
     """The PSRBench metric set.
 
     Subject consistency: ``subject_consistency`` with DINO ViT-S/16, honest mode by default (best box, one-to-one
@@ -82,30 +85,33 @@ def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None,
     ``psrbench_compat`` mode, which reproduces the released scorer (first box over threshold, whole-image fallback).
     Semantic alignment: ``position`` on the Position subset (same mode: ``psrbench_compat`` takes box 0 in detector
     order), the ``semantic_alignment`` rubric elsewhere (the reward reads the subset from ``record.tags["subset"]``
-    and scales 0-10 to [0, 1]). Aesthetics: ``hpsv3`` mu, reported
-    / 10 as the paper does. ``tiny=True`` builds every reward on tiny random-weight models (tests, CPU demos).
+    and scales 0-10 to [0, 1]; a reply without a parsable score is a failure, where the released parser says 5),
+    judged locally by Qwen2.5-VL-32B-Instruct or by the OpenAI-compatible server at ``judge_endpoint`` (the released
+    setup: sglang, temperature 0.2). Aesthetics: ``hpsv3`` mu, reported / 10 as the paper does (research notes
+    psr.md §5, inferred from the table's range). ``tiny=True`` builds every reward on tiny random-weight models
+    (tests, CPU demos). Models and thresholds can be changed with ``--metrics``/``--set``.
     """
-    extra = dict(device_args or {})
     tiny_args = {"path": "tiny"} if tiny else {}
-    sc_args = {"mode": "psrbench_compat" if compat else "honest", **tiny_args, **extra}
-    judge_args = dict(tiny_args, **extra)
+    sc_args = {"mode": "psrbench_compat" if compat else "honest", **tiny_args}
+    # a random-weight judge never writes a score: 16 new tokens bound its cost (tests)
+    judge_args = {"path": "tiny", "max_new_tokens": 16} if tiny else {"path": PSRBENCH_JUDGE}
     if judge_endpoint:
-        judge_args.pop("path", None)
-        judge_args["endpoint"] = judge_endpoint
+        judge_args = {"transport": "remote", "url": judge_endpoint}
     return {
         "subject_consistency": DimensionSpec(MetricSpec("subject_consistency", sc_args)),
         "semantic_alignment": DimensionSpec(
             MetricSpec("semantic_alignment", judge_args),
-            {"Position": MetricSpec("position", {"mode": sc_args["mode"], **tiny_args, **extra})},
+            {"Position": MetricSpec("position", {"mode": sc_args["mode"], **tiny_args})},
         ),
-        "aesthetics": DimensionSpec(MetricSpec("hpsv3", dict(tiny_args, **extra), scale=0.1)),
+        "aesthetics": DimensionSpec(MetricSpec("hpsv3", dict(tiny_args), scale=0.1)),
     }
 
 
-def dreambench_metrics(*, tiny: bool = False, device_args: dict | None = None) -> dict[str, DimensionSpec]:
-    """DreamBench: DINO ViT-S/16 and CLIP-I (image-image cosine to the reference), CLIP-T (text-image cosine with
-    the prompt), ViT-B/32 CLIP. ``tiny=True`` uses tiny random-weight models."""
-    args = dict({"path": "tiny"} if tiny else {}, **(device_args or {}))
+def dreambench_metrics(*, tiny: bool = False) -> dict[str, DimensionSpec]:
+    """DreamBench: DINO ViT-S/16 and CLIP-I (image-image cosine to the reference image(s), averaged over them),
+    CLIP-T (text-image cosine with the prompt), CLIP ViT-B/32 (research notes customized_uno_rewards.md §3.10).
+    ``tiny=True`` uses tiny random-weight models."""
+    args = {"path": "tiny"} if tiny else {}
     return {
         "dino": DimensionSpec(MetricSpec("dino", dict(args))),
         "clip_i": DimensionSpec(MetricSpec("clip_i", dict(args))),
