@@ -1,0 +1,166 @@
+"""Group-relative advantages (GRPO) from per-reward scores, and the registry of advantage modes.
+
+The trainer gathers the rewards of every process, calls :func:`compute_advantages` on the full step (so groups that
+span processes are normalised together) and slices its own rows back out.
+
+An advantage mode is a pure function::
+
+    mode(rewards: Tensor[N, K], weights: Tensor[K], group_ids: Tensor[N], cfg: AdvantageConfig,
+         trained_steps: tuple[int, ...], num_steps: int) -> Tensor[N, S]
+
+``rewards`` holds one column per configured reward (in config order), ``weights`` their weights, ``group_ids`` the
+prompt group of each sample, ``S = len(trained_steps)``: a mode may give each trained step its own advantage (a
+step-dependent reward mixture such as Customized-GRPO's TDW; ``trained_steps`` are true denoising indices,
+``0`` = noisiest, out of ``num_steps``). The caller guarantees every row is finite and every group in the input has
+at least two members; the mode returns unclipped advantages and :func:`compute_advantages` clips them.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from psrl.config import ConfigError
+from psrl.registry import Registry
+from psrl.rl.grpo_config import AdvantageConfig
+
+logger = logging.getLogger(__name__)
+
+AdvantageMode = Callable[[Tensor, Tensor, Tensor, AdvantageConfig, tuple, int], Tensor]
+
+ADVANTAGE_MODES = Registry("advantage mode")
+
+
+def group_normalize(values: Tensor, group_ids: Tensor, std_mode: str = "group", eps: float = 1e-4) -> Tensor:
+    """``(v - mean_group(v)) / (std + eps)``, per sample.
+
+    Args:
+        values (`Tensor` of shape `[N]`): finite scalar rewards.
+        group_ids (`Tensor` of shape `[N]`): the prompt group of each sample.
+        std_mode (`"group"` | `"global"`): the group's own std, or the std of all ``N`` values (Flow-GRPO's
+            ``global_std``, after REINFORCE++). Population std (``ddof=0``), as Flow-GRPO's ``np.std``.
+        eps (`float`): added to the std, so a zero-std group gets advantage 0, not a division by zero.
+    """
+    values = values.float()
+    out = torch.empty_like(values)
+    global_std = values.std(unbiased=False) if values.numel() > 1 else values.new_zeros(())
+    for gid in torch.unique(group_ids):
+        member = group_ids == gid
+        group = values[member]
+        std = group.std(unbiased=False) if std_mode == "group" else global_std
+        out[member] = (group - group.mean()) / (std + eps)
+    return out
+
+
+def weighted_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg: AdvantageConfig,
+                        trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
+    """Flow-GRPO: ``R = sum_k w_k r_k`` per sample, group-normalised, the same advantage on every trained step."""
+    total = rewards.float() @ weights.float()
+    adv = group_normalize(total, group_ids, cfg.std_mode, cfg.eps)
+    return adv[:, None].expand(-1, len(trained_steps)).clone()
+
+
+ADVANTAGE_MODES.register("weighted", weighted_advantages)
+# Reward shaping modes live beside the rewards work (Customized-GRPO / PaCo); resolved lazily on first use.
+ADVANTAGE_MODES.register("group_zscore", "psrl.rl.shaped_advantages:group_zscore_advantages")
+ADVANTAGE_MODES.register("log_tamed", "psrl.rl.shaped_advantages:log_tamed_advantages")
+ADVANTAGE_MODES.register("sars", "psrl.rl.shaped_advantages:sars_advantages")
+
+
+def get_advantage_mode(name: str) -> AdvantageMode:
+    """The mode function for ``advantage.mode``; a clear :class:`ConfigError` when unknown or not importable."""
+    try:
+        fn = ADVANTAGE_MODES.get(name)
+    except KeyError as e:
+        raise ConfigError(f"bad value for 'advantage.mode': {name!r}; registered modes: "
+                          f"{', '.join(ADVANTAGE_MODES.names())}, or a dotted 'module:function'") from e
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"advantage.mode {name!r} is registered but its implementation cannot be imported: {e}") \
+            from e
+    if not callable(fn):
+        raise ConfigError(f"advantage.mode {name!r} resolves to {fn!r}, which is not callable")
+    return fn
+
+
+@dataclass
+class AdvantageResult:
+    """``advantages [N, S]`` (0 where not trained), ``trained [N]`` (False for NaN samples and skipped groups),
+    and counters/diagnostics for logging."""
+
+    advantages: Tensor
+    trained: Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg: AdvantageConfig,
+                       trained_steps: tuple[int, ...], num_steps: int,
+                       mode: AdvantageMode | None = None) -> AdvantageResult:
+    """Advantages of all gathered samples of one step.
+
+    A sample with a NaN (or inf) in any reward column leaves its group (counted, warned); a group left with fewer
+    than two valid samples is skipped (advantage 0, not trained). The zero-std group ratio is the share of the
+    remaining groups whose weighted reward has zero spread (their samples carry no signal).
+
+    Args:
+        rewards (`Tensor` of shape `[N, K]`), weights (`Tensor` of shape `[K]`), group_ids (`Tensor` of shape `[N]`).
+        cfg: the ``advantage`` config; ``mode`` overrides ``cfg.mode`` with a function.
+    """
+    if rewards.ndim != 2 or rewards.shape[0] != group_ids.shape[0] or rewards.shape[1] != weights.shape[0]:
+        raise ValueError(f"rewards must be [N, K] matching group_ids [N] and weights [K]; got "
+                         f"{tuple(rewards.shape)}, {tuple(group_ids.shape)}, {tuple(weights.shape)}")
+    rewards = rewards.float().cpu()
+    weights = weights.float().cpu()
+    group_ids = group_ids.long().cpu()
+    n, num_trained = rewards.shape[0], len(trained_steps)
+    valid = torch.isfinite(rewards).all(dim=1)
+    trained = valid.clone()
+    skipped_groups = 0
+    groups = torch.unique(group_ids)
+    for gid in groups:
+        member = group_ids == gid
+        if int((member & valid).sum()) < 2:
+            trained[member] = False
+            skipped_groups += 1
+    num_invalid = int((~valid).sum())
+    if num_invalid:
+        logger.warning("%d of %d samples have a NaN/inf reward and leave their group", num_invalid, n)
+    if skipped_groups:
+        logger.warning("%d of %d groups have fewer than 2 valid samples and are skipped (not trained)",
+                       skipped_groups, len(groups))
+
+    advantages = torch.zeros(n, num_trained)
+    zero_std, group_stds = 0, []
+    if bool(trained.any()):
+        fn = mode if mode is not None else get_advantage_mode(cfg.mode)
+        adv = fn(rewards[trained], weights, group_ids[trained], cfg, tuple(trained_steps), num_steps)
+        adv = torch.as_tensor(adv, dtype=torch.float32).cpu()
+        if adv.ndim == 1:
+            adv = adv[:, None].expand(-1, num_trained)
+        if adv.shape != (int(trained.sum()), num_trained):
+            raise ValueError(f"advantage mode {cfg.mode!r} returned shape {tuple(adv.shape)}, expected "
+                             f"({int(trained.sum())}, {num_trained})")
+        if not bool(torch.isfinite(adv).all()):
+            raise ValueError(f"advantage mode {cfg.mode!r} returned non-finite advantages")
+        advantages[trained] = adv.clamp(-cfg.clip, cfg.clip)
+        total = rewards[trained] @ weights
+        for gid in torch.unique(group_ids[trained]):
+            std = total[group_ids[trained] == gid].std(unbiased=False)
+            group_stds.append(float(std))
+            zero_std += int(std == 0)
+    num_groups_used = len(group_stds)
+    stats = {
+        "num_samples": float(n),
+        "num_trained_samples": float(trained.sum()),
+        "nan_samples": float(num_invalid),
+        "skipped_groups": float(skipped_groups),
+        "zero_std_groups": float(zero_std),
+        "zero_std_ratio": zero_std / num_groups_used if num_groups_used else 0.0,
+        "reward_std_mean": sum(group_stds) / num_groups_used if num_groups_used else 0.0,
+        "adv_abs_mean": float(advantages[trained].abs().mean()) if bool(trained.any()) else 0.0,
+        "adv_clipped_frac": float((advantages[trained].abs() >= cfg.clip).float().mean()) if bool(trained.any())
+        else 0.0,
+    }
+    return AdvantageResult(advantages=advantages, trained=trained, stats=stats)

@@ -1,0 +1,148 @@
+"""The GRPO part of a run config: optimisation, batch sizes, clipping, EMA and advantages.
+
+Every field's default follows Flow-GRPO's released configs (research notes paco_flowgrpo.md §1.4-1.9) unless the
+docstring says otherwise. Values are validated in ``__post_init__``; :func:`psrl.config.from_dict` turns the
+``ValueError`` into a :class:`~psrl.config.ConfigError` that names the section.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# fp16 would need a loss scaler kept consistent across processes; bf16 needs none (FLUX trains in bf16).
+MIXED_PRECISION = ("no", "bf16")
+
+
+@dataclass
+class EmaConfig:
+    """Exponential moving average of the trainable (LoRA) weights, used for evaluation and saved LoRA only.
+
+    Attributes:
+        enabled: keep an EMA at all.
+        decay: the largest decay; the effective decay warms up as ``min(decay, (1 + n) / (10 + n))`` with ``n``
+            the number of EMA updates so far (Flow-GRPO: 0.9).
+        every: update the EMA every this many optimizer updates (Flow-GRPO: 8).
+    """
+
+    enabled: bool = False
+    decay: float = 0.9
+    every: int = 8
+
+    def __post_init__(self):
+        if not 0.0 <= self.decay < 1.0:
+            raise ValueError(f"ema.decay must be in [0, 1), got {self.decay}")
+        if self.every < 1:
+            raise ValueError(f"ema.every must be >= 1, got {self.every}")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the shape of one GRPO step.
+
+    One *step* of a run is one GRPO iteration: roll out ``groups_per_step * group_size`` images (over all
+    processes), score them, compute advantages, then run ``num_inner_epochs`` passes of updates over them.
+
+    Attributes:
+        max_steps: GRPO steps to run.
+        groups_per_step: prompts drawn per step (each repeated ``group_size`` times), summed over processes.
+        group_size: ``G``, images per prompt.
+        sample_batch_size: images per rollout call on one process.
+        train_batch_size: images per training micro-batch on one process; must divide ``sample_batch_size``
+            (micro-batches are slices of one rollout batch, so they share its trained steps).
+        gradient_accumulation: micro-batches (each over all trained steps) per optimizer update.
+        num_inner_epochs: passes over the step's samples.
+        lr, betas, weight_decay, adam_eps: AdamW (Flow-GRPO: 3e-4, (0.9, 0.999), 1e-4, 1e-8).
+        lr_warmup_steps: linear warm-up in optimizer updates (0 = constant LR, as Flow-GRPO).
+        max_grad_norm: clip the global grad norm (0 disables).
+        clip_range: PPO ratio clip ``epsilon`` (1e-4 for the mean-reduced log-prob; Fast: 1e-5).
+        beta: KL-to-reference weight (0 = no reference forward pass).
+        kl_compat_dt: multiply the KL by ``|dt|`` as Flow-GRPO's code does, so its published ``beta`` transfers.
+        mixed_precision: ``no`` | ``bf16``: autocast of the rollout and training forward passes.
+        seed: seeds prompt draws (``seed + step``), rollout noise and everything else.
+        save_every: checkpoint every this many steps (0 = only at the end).
+        keep_last: checkpoints kept (older ones are deleted; 0 keeps all).
+        log_every: write metrics every this many steps.
+        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+        ema: EMA of the LoRA weights.
+    """
+
+    max_steps: int = 100
+    groups_per_step: int = 48
+    group_size: int = 24
+    sample_batch_size: int = 3
+    train_batch_size: int = 3
+    gradient_accumulation: int = 1
+    num_inner_epochs: int = 1
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    adam_eps: float = 1e-8
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    clip_range: float = 1e-4
+    beta: float = 0.0
+    kl_compat_dt: bool = False
+    mixed_precision: str = "no"
+    seed: int = 42
+    save_every: int = 0
+    keep_last: int = 3
+    log_every: int = 1
+    device: str = "auto"
+    ema: EmaConfig = field(default_factory=EmaConfig)
+
+    def __post_init__(self):
+        positive = ("max_steps", "groups_per_step", "group_size", "sample_batch_size", "train_batch_size",
+                    "gradient_accumulation", "num_inner_epochs", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "keep_last", "lr_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.clip_range <= 0:
+            raise ValueError(f"train.clip_range must be > 0, got {self.clip_range}")
+        if self.beta < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
+            raise ValueError("train.beta, train.max_grad_norm and train.weight_decay must be >= 0, got "
+                             f"{self.beta}, {self.max_grad_norm}, {self.weight_decay}")
+        if not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"train.betas must be in [0, 1), got {list(self.betas)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
+                             f"got {self.mixed_precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.sample_batch_size % self.train_batch_size:
+            raise ValueError(f"train.train_batch_size ({self.train_batch_size}) must divide "
+                             f"train.sample_batch_size ({self.sample_batch_size})")
+
+
+@dataclass
+class AdvantageConfig:
+    """How per-sample rewards become advantages (see :mod:`psrl.rl.advantages`).
+
+    Attributes:
+        mode: a name in ``psrl.rl.advantages.ADVANTAGE_MODES`` (``weighted`` = weighted reward sum, then group
+            normalisation; ``group_zscore``, ``log_tamed``, ``sars`` live in ``psrl.rl.shaped_advantages``) or a
+            dotted ``module:function`` with the same signature.
+        std_mode: ``group`` (divide by each prompt group's std) or ``global`` (by the std of all gathered rewards,
+            Flow-GRPO's ``global_std``).
+        eps: added to the std before dividing (Flow-GRPO: 1e-4).
+        clip: advantages are clipped to ``[-clip, clip]`` after the mode (Flow-GRPO ``adv_clip_max``: 5).
+        args: mode-specific options (e.g. SARS ``gamma``), read by the mode function.
+    """
+
+    mode: str = "weighted"
+    std_mode: str = "group"
+    eps: float = 1e-4
+    clip: float = 5.0
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.std_mode not in ("group", "global"):
+            raise ValueError(f"advantage.std_mode must be 'group' or 'global', got {self.std_mode!r}")
+        if self.eps < 0:
+            raise ValueError(f"advantage.eps must be >= 0, got {self.eps}")
+        if self.clip <= 0:
+            raise ValueError(f"advantage.clip must be > 0, got {self.clip}")

@@ -1,0 +1,211 @@
+"""The whole config of a ``psrl train`` run, its loader (YAML + ``--set`` overrides) and the derived batch sizes.
+
+Layout of a run config (every section optional; defaults are the dataclass defaults)::
+
+    model:     ModelConfig      (psrl.models.config)
+    sampling:  SamplingConfig   (psrl.models.base)
+    train:     TrainConfig      (psrl.rl.grpo_config)
+    advantage: AdvantageConfig  (psrl.rl.grpo_config)
+    rewards:   [{name, weight, args}, ...]
+    data:      {records, data_root}
+    eval:      {records, every, num_steps, height, width, resolution, guidance_scale, seed}
+    run:       {name, output_dir, tracker, wandb_project}
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
+from psrl.models.base import SamplingConfig
+from psrl.models.config import ModelConfig
+from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_NAME = "tiny_flux.yaml"
+TRACKERS = ("jsonl", "tensorboard", "wandb")
+
+
+@dataclass
+class RewardSpec:
+    """One reward: a registered name (``psrl.rewards.REWARDS``) or ``module:attr``, its weight and constructor args."""
+
+    name: str = ""
+    weight: float = 1.0
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.name:
+            raise ValueError("each reward needs a 'name'")
+        if not math.isfinite(self.weight):
+            raise ValueError(f"reward {self.name!r}: weight must be finite, got {self.weight}")
+
+
+@dataclass
+class DataConfig:
+    """Training prompts: ``records`` is a JSONL records file (relative paths resolve against the config's folder
+    when it is loaded from a file) or an inline list of prompt strings. ``data_root`` is where subject images
+    live (default: the records file's folder)."""
+
+    records: str | list[str] | None = None
+    data_root: str | None = None
+
+    def __post_init__(self):
+        if isinstance(self.records, list) and not all(isinstance(p, str) and p.strip() for p in self.records):
+            raise ValueError(f"data.records: every inline prompt must be a non-empty string, got {self.records!r}")
+
+
+@dataclass
+class EvalConfig:
+    """Fixed evaluation prompts generated with the ODE (EMA weights when kept) every ``every`` steps, saved as an
+    image grid under ``runs/<name>/samples/`` and scored with the training rewards.
+
+    ``height``/``width``/``guidance_scale`` default to the sampling config's; ``resolution`` sets both sides
+    (PaCo's resolution-decoupled evaluation). ``every: 0`` disables evaluation."""
+
+    records: str | list[str] | None = None
+    every: int = 0
+    num_steps: int = 28
+    height: int | None = None
+    width: int | None = None
+    resolution: int | None = None
+    guidance_scale: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.every < 0 or self.num_steps < 1:
+            raise ValueError(f"eval.every must be >= 0 and eval.num_steps >= 1, got {self.every}, {self.num_steps}")
+        if self.every and not self.records:
+            raise ValueError("eval.every > 0 needs eval.records (a records path or a list of prompts)")
+        for name in ("height", "width", "resolution"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"eval.{name} must be positive, got {v}")
+
+
+@dataclass
+class RunSection:
+    """Where the run goes: ``<output_dir>/<name>/``; ``name`` defaults to a timestamp. ``tracker``: metrics always go
+    to ``metrics.jsonl``; ``tensorboard`` or ``wandb`` log there as well. ``dump_rank_data`` writes every process's
+    view of each step (record and group ids, gathered rewards, advantages, LoRA tensors) to ``rank_data/``, to
+    check a distributed run."""
+
+    name: str | None = None
+    output_dir: str = "runs"
+    tracker: str = "jsonl"
+    wandb_project: str = "psrl"
+    dump_rank_data: bool = False
+
+    def __post_init__(self):
+        if self.tracker not in TRACKERS:
+            raise ValueError(f"run.tracker must be one of {', '.join(TRACKERS)}, got {self.tracker!r}")
+        if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
+            raise ValueError(f"run.name must be a plain folder name, got {self.name!r}")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
+    rewards: list[RewardSpec] = field(default_factory=list)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self):
+        if not self.rewards:
+            raise ValueError("rewards: at least one reward is needed, e.g. [{name: mean_color, weight: 1.0}]")
+        if not self.data.records:
+            raise ValueError("data.records is required: a records JSONL path or a non-empty list of prompts")
+        names = [r.name for r in self.rewards]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rewards: names must be unique, got {names}")
+
+
+def default_config_text() -> str:
+    """The embedded default config (tiny FLUX on the CPU), shipped as package data."""
+    return resources.files("psrl").joinpath("configs", DEFAULT_CONFIG_NAME).read_text()
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a run config from YAML (the embedded default when ``path`` is None) with dotted ``--set`` overrides.
+
+    Relative ``data.records``/``data.data_root``/``eval.records`` paths in a file resolve against the file's folder
+    (so configs can ship next to their data) unless they exist relative to the working directory.
+    """
+    if path is None:
+        data = yaml.safe_load(default_config_text()) or {}
+        source = f"embedded default {DEFAULT_CONFIG_NAME}"
+    else:
+        data = load_yaml(path)
+        source = str(path)
+    apply_overrides(data, overrides)
+    cfg = from_dict(RunConfig, data, source=source)
+    if path is not None:
+        base = Path(path).resolve().parent
+        cfg.data.records = _resolve_path(cfg.data.records, base)
+        cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
+        cfg.eval.records = _resolve_path(cfg.eval.records, base)
+    return cfg
+
+
+def _resolve_path(value, base: Path):
+    if not isinstance(value, str) or Path(value).is_absolute() or Path(value).exists():
+        return value
+    candidate = base / value
+    return str(candidate) if candidate.exists() else value
+
+
+@dataclass(frozen=True)
+class DerivedSizes:
+    """Batch arithmetic of one GRPO step, per process unless named ``global``."""
+
+    num_processes: int
+    images_per_step: int
+    images_per_process: int
+    rollout_batches: int
+    micro_batches: int
+    updates_per_step: int
+
+    def describe(self) -> str:
+        return (f"{self.images_per_step} images per step ({self.images_per_process} per process x "
+                f"{self.num_processes}), {self.rollout_batches} rollout batches and {self.micro_batches} training "
+                f"micro-batches per process per inner epoch, {self.updates_per_step} optimizer updates per step")
+
+
+def derive_sizes(train: TrainConfig, num_processes: int) -> DerivedSizes:
+    """Compute and check the step's batch arithmetic; a :class:`ConfigError` names the keys that do not divide."""
+    images = train.groups_per_step * train.group_size
+    if images % num_processes:
+        raise ConfigError(
+            f"train.groups_per_step * train.group_size = {train.groups_per_step} * {train.group_size} = {images} "
+            f"images per step do not split over {num_processes} processes; make it a multiple of {num_processes}")
+    per_process = images // num_processes
+    if per_process % train.sample_batch_size:
+        raise ConfigError(
+            f"{per_process} images per process (train.groups_per_step * train.group_size / {num_processes} "
+            f"processes) is not a multiple of train.sample_batch_size={train.sample_batch_size}")
+    micro = per_process // train.train_batch_size
+    if micro % train.gradient_accumulation:
+        raise ConfigError(
+            f"{micro} training micro-batches per process (images per process {per_process} / "
+            f"train.train_batch_size {train.train_batch_size}) is not a multiple of "
+            f"train.gradient_accumulation={train.gradient_accumulation}; every update must see the same number of "
+            "micro-batches")
+    return DerivedSizes(
+        num_processes=num_processes,
+        images_per_step=images,
+        images_per_process=per_process,
+        rollout_batches=per_process // train.sample_batch_size,
+        micro_batches=micro,
+        updates_per_step=micro // train.gradient_accumulation * train.num_inner_epochs,
+    )

@@ -1,0 +1,319 @@
+"""Supervised flow-matching fine-tuning of a policy's LoRA (PSR stage 1) on records that carry a target image.
+
+Each update draws ``batch_size * gradient_accumulation`` records per process (from ``seed + step``, identical on
+every process, each process taking its slice), loads their target images (and, for reference-conditioned
+policies, their references, through the policy), draws one noise level per sample from the configured density and
+minimises :meth:`Policy.flow_matching_loss`. Checkpoints, resume, tracking and distribution reuse the GRPO
+machinery (:mod:`psrl.rl.checkpoint`, :mod:`psrl.rl.tracking`, :mod:`psrl.rl.distributed`), so an SFT
+checkpoint's ``lora/`` folder is a valid ``model.lora.path`` for a GRPO run.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from psrl.config import dump_yaml, to_dict
+from psrl.data.records import Record, RecordError, read_records, resolve_under
+from psrl.errors import PsrlError
+from psrl.rl import checkpoint as ckpt
+from psrl.rl import distributed as dist
+from psrl.rl.sampler import sample_seed
+from psrl.rl.sft_config import SFTRunConfig
+from psrl.rl.tracking import Tracker, environment_info
+
+logger = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+def sample_sigmas(n: int, scheme: str, generator: torch.Generator | None = None, *, logit_mean: float = 0.0,
+                  logit_std: float = 1.0, mode_scale: float = 1.29, shift: float = 1.0) -> Tensor:
+    """``n`` noise levels in (0, 1) drawn like diffusers' ``compute_density_for_timestep_sampling``:
+
+    * ``logit_normal``: ``sigmoid(N(logit_mean, logit_std^2))`` (SD3 / FLUX training default);
+    * ``uniform``: ``U(0, 1)``;
+    * ``mode``: ``u = U(0, 1)``, ``1 - u - mode_scale (cos^2(pi u / 2) - 1 + u)``;
+
+    then the static shift ``shift * s / (1 + (shift - 1) s)``. Clamped to ``[1e-4, 1]`` so no sample is clean."""
+    if scheme == "logit_normal":
+        u = torch.sigmoid(torch.randn(n, generator=generator) * logit_std + logit_mean)
+    elif scheme == "uniform":
+        u = torch.rand(n, generator=generator)
+    elif scheme == "mode":
+        u = torch.rand(n, generator=generator)
+        u = 1 - u - mode_scale * (torch.cos(math.pi * u / 2) ** 2 - 1 + u)
+    else:
+        raise ValueError(f"unknown sigma sampling scheme {scheme!r}")
+    s = shift * u / (1 + (shift - 1) * u)
+    return s.clamp(1e-4, 1.0).float()
+
+
+def load_target(root: str | Path, record: Record, height: int, width: int) -> Tensor:
+    """The record's target as ``[3, height, width]`` in [0, 1]: RGB, resized so it covers the size (LANCZOS), then
+    centre-cropped. Errors name the record."""
+    if not record.target:
+        raise RecordError(f"record {record.id!r} has no 'target' image; SFT needs one per record")
+    path = resolve_under(root, record.target, what=f"record {record.id!r} target image")
+    if not path.is_file():
+        raise RecordError(f"record {record.id!r}: target image {record.target!r} not found (looked at {path})")
+    try:
+        with Image.open(path) as im:
+            img = im.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise RecordError(f"record {record.id!r}: target image {record.target!r} is unreadable ({e})") from e
+    scale = max(width / img.width, height / img.height)
+    rw, rh = max(width, round(img.width * scale)), max(height, round(img.height * scale))
+    if (rw, rh) != img.size:
+        img = img.resize((rw, rh), resample=Image.LANCZOS)
+    left, top = (rw - width) // 2, (rh - height) // 2
+    img = img.crop((left, top, left + width, top + height))
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def make_optimizer(params, name: str, *, lr: float, betas, weight_decay: float, eps: float):
+    """AdamW, or bitsandbytes' 8-bit AdamW (optimizer states in 8 bits: ~75% less optimizer memory)."""
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
+    if name == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as e:
+            raise PsrlError("optimizer adamw8bit needs bitsandbytes: pip install 'psrl[bnb]' (CUDA only)") from e
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def _accepts(fn, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+# ----------------------------------------------------------------------------- trainer
+class SFTTrainer:
+    """Flow-matching SFT of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
+
+    Args:
+        cfg: the SFT run config.
+        policy: an already built policy (tests, notebooks); else ``build_policy(cfg.model)``.
+        resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
+        progress: a tqdm bar on the main process.
+    """
+
+    def __init__(self, cfg: SFTRunConfig, *, policy=None, resume: bool = False, progress: bool = False):
+        self.cfg = cfg
+        t = cfg.sft
+        self.progress = progress
+        self.accelerator = dist.make_accelerator(t.device, t.mixed_precision)
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        if resume and not cfg.run.name:
+            raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
+        self.records = read_records(cfg.data.records)
+        self.data_root = Path(cfg.data.data_root) if cfg.data.data_root else Path(cfg.data.records).parent
+        missing = [r.id for r in self.records if not r.target]
+        if missing:
+            raise RecordError(f"{cfg.data.records}: {len(missing)} record(s) without a 'target' image, e.g. "
+                              f"{', '.join(map(repr, missing[:5]))}; SFT needs a target per record")
+        torch.manual_seed(t.seed)
+        if policy is None:
+            from psrl.models.factory import build_policy
+
+            policy = build_policy(cfg.model, acc.device)
+        if hasattr(policy, "data_root") and "data_root" not in cfg.model.args:
+            policy.data_root = self.data_root  # reference-conditioned policies read references from here
+        self.policy = policy
+        self.params = list(policy.trainable_parameters())
+        if not self.params:
+            raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
+        self.named_params = ckpt.named_trainable(policy.module, self.params)
+        self._broadcast_params()
+        self.optimizer = make_optimizer(self.params, t.optimizer, lr=t.lr, betas=t.betas,
+                                        weight_decay=t.weight_decay, eps=t.adam_eps)
+        warmup = t.lr_warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
+        self.loss_kwargs = {"guidance_scale": t.guidance_scale} \
+            if _accepts(policy.flow_matching_loss, "guidance_scale") else {}
+        self.run_dir = self._make_run_dir()
+        self.start_step = 0
+        if resume:
+            path = ckpt.latest_checkpoint(self.run_dir)
+            if path is None:
+                raise PsrlError(f"--resume: no complete checkpoint under {self.run_dir / ckpt.CHECKPOINTS}")
+            state = ckpt.load_checkpoint(path, named_params=self.named_params, optimizer=self.optimizer,
+                                         scheduler=self.scheduler, ema=None,
+                                         process_index=acc.process_index)
+            self.start_step = int(state["step"])
+            logger.info("resumed from %s (step %d)", path, self.start_step)
+        self.tracker = None
+        self.history: list[dict] = []
+        self._fixed_batch = None
+
+    def _broadcast_params(self) -> None:
+        if dist.is_distributed():
+            with torch.no_grad():
+                for p in self.params:
+                    buf = p.detach().to(dist._comm_device(p)).contiguous()
+                    torch.distributed.broadcast(buf, src=0)
+                    p.copy_(buf.to(p.device))
+
+    def _make_run_dir(self) -> Path:
+        name = self.cfg.run.name or dist.broadcast_object(time.strftime("sft-%Y%m%d-%H%M%S"))
+        self.cfg.run.name = name
+        run_dir = Path(self.cfg.run.output_dir) / name
+        if self.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(self.cfg, run_dir / "config.yaml")
+            info = {**environment_info(), "num_processes": self.accelerator.num_processes}
+            (run_dir / "env.json").write_text(json.dumps(info, indent=2))
+        dist.barrier()
+        return run_dir
+
+    def _autocast(self):
+        return self.accelerator.autocast() if self.cfg.sft.mixed_precision != "no" else nullcontext()
+
+    # ------------------------------------------------------------------ data
+    def _indices(self, step: int) -> list[int]:
+        """This process's record indices for ``step``: the global draw is identical on every process."""
+        t, acc = self.cfg.sft, self.accelerator
+        per_process = t.batch_size * t.gradient_accumulation
+        total = per_process * acc.num_processes
+        gen = torch.Generator().manual_seed(t.seed + step)
+        chosen: list[int] = []
+        while len(chosen) < total:
+            chosen.extend(torch.randperm(len(self.records), generator=gen).tolist())
+        start = acc.process_index * per_process
+        return chosen[start:start + per_process]
+
+    def _targets(self, records: Sequence[Record]) -> Tensor:
+        t = self.cfg.sft
+        return torch.stack([load_target(self.data_root, r, t.height, t.width) for r in records])
+
+    def _loss(self, records, targets, sigmas, generator) -> Tensor:
+        with self._autocast():
+            return self.policy.flow_matching_loss(records, targets, sigmas, generator, **self.loss_kwargs)
+
+    # ------------------------------------------------------------------ loop
+    def fixed_loss(self) -> float | None:
+        """Loss on the first records at the fixed ``eval_sigmas`` with fixed noise (no gradient): comparable across
+        steps, unlike the training loss whose noise levels are random."""
+        t = self.cfg.sft
+        if not t.eval_sigmas:
+            return None
+        if self._fixed_batch is None:
+            records = self.records[: max(1, min(4, len(self.records)))]
+            self._fixed_batch = (records, self._targets(records))
+        records, targets = self._fixed_batch
+        was_training = self.policy.module.training
+        self.policy.train(False)
+        losses = []
+        with torch.no_grad():
+            for k, s in enumerate(t.eval_sigmas):
+                gen = torch.Generator().manual_seed(sample_seed(t.seed, 0, k, salt="sft-fixed") % (2**62))
+                sig = torch.full((len(records),), float(s))
+                losses.append(float(self._loss(records, targets, sig, gen)))
+        self.policy.train(was_training)
+        return sum(losses) / len(losses)
+
+    def run_step(self, step: int) -> dict:
+        t, acc = self.cfg.sft, self.accelerator
+        t0 = time.perf_counter()
+        self.policy.train(True)
+        indices = self._indices(step)
+        gen = torch.Generator().manual_seed(sample_seed(t.seed, step, acc.process_index, salt="sft") % (2**62))
+        losses, sigma_means = [], []
+        self.optimizer.zero_grad(set_to_none=True)
+        for k in range(t.gradient_accumulation):
+            records = [self.records[i] for i in indices[k * t.batch_size:(k + 1) * t.batch_size]]
+            targets = self._targets(records)
+            sigmas = sample_sigmas(len(records), t.sigma_sampling, gen, logit_mean=t.logit_mean,
+                                   logit_std=t.logit_std, mode_scale=t.mode_scale, shift=t.sigma_shift)
+            loss = self._loss(records, targets, sigmas, gen)
+            if not torch.isfinite(loss):
+                raise PsrlError(f"SFT loss is {float(loss)} at step {step} (records "
+                                f"{[r.id for r in records]}); lower sft.lr or check the data")
+            (loss / t.gradient_accumulation).backward()
+            losses.append(float(loss.detach()))
+            sigma_means.append(float(sigmas.mean()))
+        dist.average_gradients(self.params)
+        if t.max_grad_norm > 0:
+            norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm))
+        else:
+            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params
+                                                                if p.grad is not None])))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_t = torch.tensor([sum(losses) / len(losses)])
+        loss_all = dist.gather_rows(loss_t.to(acc.device)).cpu()
+        return {"loss": float(loss_all.mean()), "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
+                "sigma_mean": sum(sigma_means) / len(sigma_means), "time/step": time.perf_counter() - t0}
+
+    def train(self) -> list[dict]:
+        """Run to ``sft.max_steps``; returns the per-step metrics. ``loss/fixed`` is logged at the first step and
+        every ``log_every`` steps."""
+        t = self.cfg.sft
+        logger.info("psrl SFT: %d records, batch %d x accumulation %d x %d processes; run dir %s",
+                    len(self.records), t.batch_size, t.gradient_accumulation, self.accelerator.num_processes,
+                    self.run_dir)
+        if self.is_main:
+            self.tracker = Tracker(self.run_dir, self.cfg.run.tracker, config=to_dict(self.cfg),
+                                   run_name=self.cfg.run.name, wandb_project=self.cfg.run.wandb_project)
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=t.max_steps, initial=self.start_step, desc="sft", unit="step")
+        try:
+            if self.start_step == 0 and self.is_main:
+                fixed = self.fixed_loss()
+                if fixed is not None:
+                    self.tracker.log({"loss/fixed": fixed}, 0)
+            for step in range(self.start_step, t.max_steps):
+                metrics = self.run_step(step)
+                done = step + 1
+                log_now = done % t.log_every == 0 or done == t.max_steps
+                if log_now and self.is_main:
+                    fixed = self.fixed_loss()
+                    if fixed is not None:
+                        metrics["loss/fixed"] = fixed
+                self.history.append(metrics)
+                if self.tracker is not None and log_now:
+                    self.tracker.log(metrics, done)
+                if (t.save_every and done % t.save_every == 0) or done == t.max_steps:
+                    self.save(done)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.tracker is not None:
+                self.tracker.close()
+        return self.history
+
+    def save(self, step: int) -> Path:
+        import yaml
+
+        return ckpt.save_checkpoint(
+            self.run_dir, step, policy=self.policy, named_params=self.named_params, optimizer=self.optimizer,
+            scheduler=self.scheduler, ema=None, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
+            state={"kind": "sft", "num_processes": self.accelerator.num_processes},
+            process_index=self.accelerator.process_index, barrier=dist.barrier, keep_last=self.cfg.sft.keep_last)
+
+
+__all__ = ["SFTTrainer", "load_target", "make_optimizer", "sample_sigmas"]

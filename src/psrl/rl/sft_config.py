@@ -1,0 +1,124 @@
+"""Config of a ``psrl sft`` run (PSR stage 1: flow-matching SFT of a LoRA on records with target images).
+
+Layout::
+
+    model: ModelConfig          (psrl.models.config; the same section as a GRPO run)
+    sft:   SFTTrainConfig       (below)
+    data:  {records, data_root} (psrl.rl.run_config.DataConfig; records must carry a ``target`` image)
+    run:   {name, output_dir, tracker, wandb_project}
+
+The run directory, checkpoints (``checkpoints/step-N/lora`` in the diffusers format, usable as a GRPO run's
+``model.lora.path``), ``metrics.jsonl`` and ``--resume`` work exactly as for ``psrl train``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
+from psrl.models.config import ModelConfig
+from psrl.rl.run_config import DataConfig, RunSection
+
+SIGMA_SAMPLING = ("logit_normal", "uniform", "mode")
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+@dataclass
+class SFTTrainConfig:
+    """Optimisation of the SFT stage.
+
+    Attributes:
+        max_steps: optimizer updates.
+        batch_size: records per micro-batch on one process.
+        gradient_accumulation: micro-batches per update.
+        height, width: target images are resized (shorter side) and centre-cropped to this size (PSR: 512).
+        guidance_scale: embedded guidance during SFT for guidance-distilled FLUX/Kontext (ignored by true-CFG
+            models, whose SFT uses the conditional branch).
+        sigma_sampling: how the noise level of each sample is drawn, as diffusers' FLUX/SD3 training examples
+            (``compute_density_for_timestep_sampling``): ``logit_normal`` (``sigmoid(N(logit_mean, logit_std))``),
+            ``uniform`` or ``mode`` (with ``mode_scale``).
+        logit_mean, logit_std, mode_scale: the scheme's parameters (diffusers' defaults 0, 1, 1.29).
+        sigma_shift: static shift ``s * u / (1 + (s - 1) u)`` applied to the draw (1 = none, as FLUX's dynamic-shift
+            scheduler; SD3's training scheduler uses 3).
+        lr, betas, weight_decay, adam_eps, lr_warmup_steps, max_grad_norm: AdamW and clipping.
+        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, the ``psrl[bnb]`` extra).
+        eval_sigmas: fixed noise levels of the deterministic ``loss/fixed`` metric (same samples, same noise every
+            time), a low-variance view of progress; empty disables it.
+        seed, save_every, keep_last, log_every, device, mixed_precision: as in a GRPO run.
+    """
+
+    max_steps: int = 1000
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    height: int = 512
+    width: int = 512
+    guidance_scale: float = 2.5
+    sigma_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
+    sigma_shift: float = 1.0
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 1e-4
+    adam_eps: float = 1e-8
+    lr_warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    optimizer: str = "adamw"
+    eval_sigmas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    seed: int = 42
+    save_every: int = 0
+    keep_last: int = 3
+    log_every: int = 1
+    device: str = "auto"
+    mixed_precision: str = "no"
+
+    def __post_init__(self):
+        for name in ("max_steps", "batch_size", "gradient_accumulation", "height", "width", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("save_every", "keep_last", "lr_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
+        if self.sigma_sampling not in SIGMA_SAMPLING:
+            raise ValueError(f"sft.sigma_sampling must be one of {', '.join(SIGMA_SAMPLING)}, "
+                             f"got {self.sigma_sampling!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"sft.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.lr <= 0 or self.logit_std <= 0 or self.sigma_shift <= 0:
+            raise ValueError("sft.lr, sft.logit_std and sft.sigma_shift must be > 0")
+        if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
+            raise ValueError(f"sft.eval_sigmas must be in (0, 1], got {self.eval_sigmas}")
+        if self.mixed_precision not in ("no", "bf16"):
+            raise ValueError(f"sft.mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"sft.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+@dataclass
+class SFTRunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sft: SFTTrainConfig = field(default_factory=SFTTrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self):
+        if not isinstance(self.data.records, str):
+            raise ValueError("data.records must be a records JSONL path whose records carry a 'target' image")
+
+
+def load_sft_config(path: str | Path, overrides: list[str] | None = None) -> SFTRunConfig:
+    """Load an SFT config from YAML with dotted ``--set`` overrides. Relative ``data.records`` / ``data.data_root``
+    resolve against the file's folder when they do not exist relative to the working directory."""
+    from psrl.rl.run_config import _resolve_path
+
+    data = load_yaml(path)
+    apply_overrides(data, overrides)
+    cfg = from_dict(SFTRunConfig, data, source=str(path))
+    base = Path(path).resolve().parent
+    cfg.data.records = _resolve_path(cfg.data.records, base)
+    cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
+    return cfg
+
+
+__all__ = ["OPTIMIZERS", "SIGMA_SAMPLING", "ConfigError", "SFTRunConfig", "SFTTrainConfig", "load_sft_config"]

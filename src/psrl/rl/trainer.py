@@ -1,0 +1,444 @@
+"""One GRPO trainer for every policy: rollout -> rewards -> advantages -> PPO-clip updates of the LoRA.
+
+The trainer talks to the model only through :class:`psrl.models.base.Policy`; there are no model-specific
+branches. A *step* is one GRPO iteration (see :class:`psrl.rl.grpo_config.TrainConfig`). Processes started by
+``accelerate launch`` / ``torchrun`` each roll out their slice of the step's groups (identical on all ranks, see
+:mod:`psrl.rl.sampler`), rewards are gathered before advantages are computed, and LoRA gradients are averaged
+with one all-reduce per update (:mod:`psrl.rl.distributed` explains why not DDP).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from psrl.config import dump_yaml, to_dict
+from psrl.data.records import Record, read_records
+from psrl.errors import PsrlError
+from psrl.rl import checkpoint as ckpt
+from psrl.rl import distributed as dist
+from psrl.rl.advantages import compute_advantages, get_advantage_mode
+from psrl.rl.ema import ParameterEMA
+from psrl.rl.losses import grpo_loss
+from psrl.rl.run_config import RunConfig, derive_sizes
+from psrl.rl.sampler import GroupSampler, sample_seed
+from psrl.rl.tracking import Tracker, environment_info, image_grid, save_image
+from psrl.sampling import plan_steps
+
+logger = logging.getLogger(__name__)
+
+# stats reduced over processes with min / max instead of the mean
+_MIN_STATS, _MAX_STATS = ("ratio_min",), ("ratio_max", "grad_norm_max")
+
+
+def load_prompt_records(records, what: str = "data.records") -> list[Record]:
+    """A records JSONL path, or inline prompts (ids ``prompt-<i>``)."""
+    if isinstance(records, str):
+        return read_records(records)
+    if not records:
+        raise PsrlError(f"{what} is empty")
+    return [Record(id=f"prompt-{i}", prompt=p) for i, p in enumerate(records)]
+
+
+def oom_advice(cfg: RunConfig, phase: str) -> str:
+    t, m, s = cfg.train, cfg.model, cfg.sampling
+    return (
+        f"out of memory during the {phase} phase. Settings that reduce memory: "
+        f"train.sample_batch_size (now {t.sample_batch_size}) and train.train_batch_size (now {t.train_batch_size}) "
+        f"smaller (raise train.gradient_accumulation to keep the update size); "
+        f"model.gradient_checkpointing: true (now {m.gradient_checkpointing}); model.dtype: bfloat16 (now {m.dtype}); "
+        f"fewer trained steps (sampling.train_steps: fast_window or first_k with a small sampling.train_k; now "
+        f"{s.train_steps}); lower sampling.height/width (now {s.height}x{s.width}); "
+        f"model.offload_frozen: true (now {m.offload_frozen}); model.lora.rank smaller (now {m.lora.rank})")
+
+
+class GRPOTrainer:
+    """Flow-GRPO training of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
+
+    Args:
+        cfg: the run config.
+        policy: an already built :class:`~psrl.models.base.Policy` (tests, notebooks); else ``build_policy``.
+        resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
+        progress: show a tqdm bar over steps on the main process (the CLI turns it on).
+    """
+
+    def __init__(self, cfg: RunConfig, *, policy=None, resume: bool = False, progress: bool = False):
+        self.cfg = cfg
+        self.resume = resume
+        self.progress = progress
+        self.accelerator = dist.make_accelerator(cfg.train.device, cfg.train.mixed_precision)
+        acc = self.accelerator
+        self.is_main = acc.is_main_process
+        self.sizes = derive_sizes(cfg.train, acc.num_processes)
+        self.advantage_mode = get_advantage_mode(cfg.advantage.mode)
+        if resume and not cfg.run.name:
+            raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
+        self.records = load_prompt_records(cfg.data.records)
+        self.eval_records = load_prompt_records(cfg.eval.records, "eval.records") if cfg.eval.every else []
+        # identical LoRA initialisation on every process (then broadcast to be certain)
+        random.seed(cfg.train.seed)
+        torch.manual_seed(cfg.train.seed)
+        if policy is None:
+            from psrl.models.factory import build_policy
+
+            policy = build_policy(cfg.model, acc.device)
+        self.policy = policy
+        self.params = [p for p in policy.trainable_parameters()]
+        if not self.params:
+            raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
+        self.named_params = ckpt.named_trainable(policy.module, self.params)
+        self._broadcast_params()
+        self.rewards = self._build_rewards()
+        self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
+        t = cfg.train
+        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+                                           eps=t.adam_eps)
+        warmup = t.lr_warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
+        self.ema = ParameterEMA(self.params, t.ema.decay, t.ema.every) if t.ema.enabled else None
+        self.sampler = GroupSampler(len(self.records), t.groups_per_step, t.group_size, t.seed,
+                                    acc.num_processes, acc.process_index)
+        self.run_dir = self._make_run_dir()
+        self.start_step = 0
+        self.updates = 0
+        if resume:
+            self._resume()
+        self.tracker = None
+        self.history: list[dict] = []
+
+    # ------------------------------------------------------------------ set-up
+    def _build_rewards(self):
+        from psrl.rewards import build_reward
+
+        built = []
+        for spec in self.cfg.rewards:
+            try:
+                built.append(build_reward(spec.name, spec.args, device=self.accelerator.device))
+            except KeyError as e:
+                raise PsrlError(f"rewards: {e.args[0] if e.args else e}") from e
+            except (TypeError, ValueError) as e:
+                raise PsrlError(f"rewards: cannot build {spec.name!r} with args {spec.args}: {e}") from e
+        return built
+
+    def _broadcast_params(self) -> None:
+        if dist.is_distributed():
+            with torch.no_grad():
+                for p in self.params:
+                    buf = p.detach().to(dist._comm_device(p)).contiguous()
+                    torch.distributed.broadcast(buf, src=0)
+                    p.copy_(buf.to(p.device))
+
+    def _make_run_dir(self) -> Path:
+        name = self.cfg.run.name or dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+        self.cfg.run.name = name
+        run_dir = Path(self.cfg.run.output_dir) / name
+        if self.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            dump_yaml(self.cfg, run_dir / "config.yaml")
+            import json
+
+            info = {**environment_info(), "num_processes": self.accelerator.num_processes}
+            (run_dir / "env.json").write_text(json.dumps(info, indent=2))
+        dist.barrier()
+        return run_dir
+
+    def _resume(self) -> None:
+        path = ckpt.latest_checkpoint(self.run_dir)
+        if path is None:
+            raise PsrlError(f"--resume: no complete checkpoint under {self.run_dir / ckpt.CHECKPOINTS}")
+        state = ckpt.load_checkpoint(path, named_params=self.named_params, optimizer=self.optimizer,
+                                     scheduler=self.scheduler, ema=self.ema,
+                                     process_index=self.accelerator.process_index)
+        self.start_step = int(state["step"])
+        self.updates = int(state.get("updates", 0))
+        logger.info("resumed from %s (step %d)", path, self.start_step)
+
+    # ------------------------------------------------------------------ loop
+    def train(self) -> list[dict]:
+        """Run ``train.max_steps`` steps (from the resumed step); returns the per-step metrics."""
+        cfg, acc = self.cfg, self.accelerator
+        logger.info("psrl GRPO: %s; trained steps mode %s; run dir %s", self.sizes.describe(),
+                    cfg.sampling.train_steps, self.run_dir)
+        if self.is_main:
+            self.tracker = Tracker(self.run_dir, cfg.run.tracker, config=to_dict(cfg), run_name=cfg.run.name,
+                                   wandb_project=cfg.run.wandb_project)
+        steps = range(self.start_step, cfg.train.max_steps)
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.train.max_steps, initial=self.start_step, desc="grpo", unit="step")
+        try:
+            for step in steps:
+                metrics = self.run_step(step)
+                done = step + 1
+                if cfg.eval.every and done % cfg.eval.every == 0:
+                    metrics.update(self.evaluate(done))
+                self.history.append(metrics)
+                if self.tracker is not None and (done % cfg.train.log_every == 0 or done == cfg.train.max_steps):
+                    self.tracker.log(metrics, done)
+                if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == cfg.train.max_steps:
+                    self.save(done)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
+        finally:
+            if bar is not None:
+                bar.close()
+            if self.tracker is not None:
+                self.tracker.close()
+        return self.history
+
+    def save(self, step: int) -> Path:
+        import yaml
+
+        return ckpt.save_checkpoint(
+            self.run_dir, step, policy=self.policy, named_params=self.named_params, optimizer=self.optimizer,
+            scheduler=self.scheduler, ema=self.ema, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
+            state={"updates": self.updates, "num_processes": self.accelerator.num_processes},
+            process_index=self.accelerator.process_index, barrier=dist.barrier, keep_last=self.cfg.train.keep_last)
+
+    def run_step(self, step: int) -> dict:
+        """One GRPO iteration; returns its metrics (identical on every process)."""
+        phase = "rollout"
+        try:
+            t0 = time.perf_counter()
+            assignment = self.sampler.assign(step)
+            sampling, trained_steps = self._step_sampling(step)
+            rollouts = self._rollout(assignment, sampling, trained_steps)
+            t1 = time.perf_counter()
+            phase = "reward"
+            local_rewards, failures = self._score(rollouts)
+            t2 = time.perf_counter()
+            phase = "train"
+            all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
+            group_ids = torch.tensor(assignment.group_ids)
+            result = compute_advantages(all_rewards, self.reward_weights, group_ids, self.cfg.advantage,
+                                        trained_steps, self.cfg.sampling.num_steps, mode=self.advantage_mode)
+            local = assignment.local
+            if self.cfg.run.dump_rank_data:
+                self._dump_rank_data(step, assignment, all_rewards, result)
+            train_stats = self._update(step, rollouts, result.advantages[local], result.trained[local],
+                                       trained_steps)
+            t3 = time.perf_counter()
+        except torch.OutOfMemoryError as e:
+            raise PsrlError(oom_advice(self.cfg, phase)) from e
+        metrics = {"updates": self.updates, "lr": self.scheduler.get_last_lr()[0]}
+        metrics.update(self._reward_metrics(all_rewards, failures))
+        metrics.update({f"adv/{k}": v for k, v in result.stats.items()})
+        metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
+        metrics.update(train_stats)
+        metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2,
+                        "time/step": t3 - t0})
+        if self.cfg.run.dump_rank_data:
+            self._dump_weights(step)
+        return metrics
+
+    # ------------------------------------------------------------------ phases
+    def _step_sampling(self, step: int):
+        """The step's sampling config and trained steps. A Flow-GRPO-Fast window is drawn once per step from
+        ``seed + step`` (identical on every process and after a resume) and passed to the policy as a list."""
+        s = self.cfg.sampling
+        plan = plan_steps(s.num_steps, s.train_steps, k=s.train_k,
+                          window_range=tuple(s.window_range) if s.window_range else None,
+                          steps=s.noise_steps, rng=random.Random(self.cfg.train.seed + step))
+        if s.train_steps == "fast_window":
+            s = dataclasses.replace(s, train_steps="list", noise_steps=list(plan.trained))
+        return s, plan.trained
+
+    def _autocast(self):
+        return self.accelerator.autocast() if self.cfg.train.mixed_precision != "no" else nullcontext()
+
+    @torch.no_grad()
+    def _rollout(self, assignment, sampling, trained_steps):
+        self.policy.train(False)
+        bs = self.cfg.train.sample_batch_size
+        indices, seeds = assignment.local_record_indices, assignment.local_sample_seeds
+        rollouts = []
+        for start in range(0, len(indices), bs):
+            records = [self.records[i] for i in indices[start:start + bs]]
+            gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + bs]]
+            with self._autocast():
+                rollout = self.policy.rollout(records, sampling, generator=gens)
+            if tuple(rollout.trained_steps) != tuple(trained_steps):
+                raise PsrlError(f"the policy trained steps {rollout.trained_steps}, the trainer planned "
+                                f"{trained_steps}; the policy must follow sampling.train_steps")
+            rollouts.append(rollout)
+        return rollouts
+
+    def _score(self, rollouts):
+        """``[n_local, K]`` rewards (NaN = unscorable) and per-reward failure counts."""
+        columns, failures = [], []
+        for reward in self.rewards:
+            scores, failed = [], 0
+            for r in rollouts:
+                out = reward(r.images, r.records)
+                if out.scores.numel() != len(r):
+                    raise PsrlError(f"reward {reward.name!r} returned {out.scores.numel()} scores for {len(r)} images")
+                scores.append(out.scores.float().cpu())
+                failed += sum(f is not None for f in out.failures)
+            columns.append(torch.cat(scores))
+            failures.append(failed)
+        return torch.stack(columns, dim=1), torch.tensor(failures, dtype=torch.float32)
+
+    def _reward_metrics(self, all_rewards, local_failures) -> dict:
+        failures = local_failures.to(self.accelerator.device)
+        if dist.is_distributed():
+            failures = failures.to(dist._comm_device(failures))
+            torch.distributed.all_reduce(failures)
+        failures = failures.cpu()
+        n = all_rewards.shape[0]
+        out = {}
+        for k, spec in enumerate(self.cfg.rewards):
+            col = all_rewards[:, k]
+            ok = col[torch.isfinite(col)]
+            out[f"reward/{spec.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+            out[f"reward/{spec.name}/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+            out[f"reward/{spec.name}/failure_rate"] = float(failures[k]) / n
+        total = all_rewards @ self.reward_weights
+        ok = total[torch.isfinite(total)]
+        out["reward/total/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+        out["reward/total/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+        return out
+
+    def _update(self, step, rollouts, advantages, trained, trained_steps) -> dict:
+        """``num_inner_epochs`` passes of micro-batches; an optimizer update every ``gradient_accumulation``."""
+        t = self.cfg.train
+        self.policy.train(True)
+        num_trained = len(trained_steps)
+        scale = 1.0 / (t.gradient_accumulation * num_trained * t.train_batch_size)
+        micro = []  # (rollout index, sample offsets in the flattened local batch)
+        offset = 0
+        for ri, r in enumerate(rollouts):
+            for s in range(0, len(r), t.train_batch_size):
+                micro.append((ri, offset, list(range(s, min(s + t.train_batch_size, len(r))))))
+            offset += len(r)
+        sums: dict[str, float] = {}
+        count, grad_norms = 0, []
+        self.optimizer.zero_grad(set_to_none=True)
+        for inner in range(t.num_inner_epochs):
+            order = torch.randperm(len(micro), generator=torch.Generator().manual_seed(
+                sample_seed(t.seed, step, inner, salt="shuffle") % (2**62))).tolist()
+            for n_done, mi in enumerate(order, 1):
+                ri, base, rows = micro[mi]
+                keep = [i for i in rows if bool(trained[base + i])]
+                adv = advantages[[base + i for i in keep]] if keep else None
+                needed = keep and (t.beta > 0 or bool((adv != 0).any()))
+                if needed:  # a micro-batch without signal contributes a zero gradient; skip its passes
+                    for stat in self._micro_batch(rollouts[ri].select(keep), adv, trained_steps, scale):
+                        for k, v in stat.items():
+                            sums[k] = sums.get(k, 0.0) + v
+                        count += 1
+                if n_done % t.gradient_accumulation == 0:
+                    grad_norms.append(self._optimizer_update())
+        local = {k: v / count for k, v in sums.items()} if count else {}
+        stats = self._reduce_stats(local, count)
+        stats["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
+        stats["grad_norm_max"] = max(grad_norms) if grad_norms else 0.0
+        return stats
+
+    def _micro_batch(self, batch, adv, trained_steps, scale):
+        t = self.cfg.train
+        device = batch.log_probs.device
+        adv = adv.to(device)
+        for j, step_index in enumerate(trained_steps):
+            with self._autocast():
+                new = self.policy.log_prob(batch, step_index)
+                ref_mean = None
+                if t.beta > 0:
+                    with torch.no_grad(), self.policy.disable_lora():
+                        ref_mean = self.policy.log_prob(batch, step_index).mean
+            out = grpo_loss(new.log_prob, batch.log_probs[:, step_index], adv[:, j], t.clip_range, beta=t.beta,
+                            mean=new.mean, ref_mean=ref_mean, std=new.std, dt=new.dt if t.kl_compat_dt else None)
+            (out.loss * (len(batch) * scale)).backward()
+            yield out.stats
+
+    def _optimizer_update(self) -> float:
+        dist.average_gradients(self.params)
+        if self.cfg.train.max_grad_norm > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        if self.ema is not None:
+            self.ema.after_update()
+        return float(norm)
+
+    def _reduce_stats(self, local: dict, count: int) -> dict:
+        """Average loss diagnostics over processes (weighted by the passes each ran; min/max where named)."""
+        keys = ["approx_kl", "clipfrac", "clipfrac_gt_one", "clipfrac_lt_one", "ratio_mean", "ratio_min",
+                "ratio_max", "policy_loss", "kl", "loss"]
+        if not dist.is_distributed():
+            return {k: local.get(k, 0.0) for k in keys} | {"train_passes": float(count)}
+        dev = dist._comm_device(torch.zeros(1))
+        vec = torch.tensor([local.get(k, 0.0) * count for k in keys] + [float(count)], device=dev)
+        torch.distributed.all_reduce(vec)
+        lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
+        hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        total = float(vec[-1])
+        out = {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)}
+        if total:
+            out["ratio_min"], out["ratio_max"] = float(lo), float(hi)
+        out["train_passes"] = total
+        return out
+
+    # ------------------------------------------------------------------ evaluation and debugging
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict:
+        """ODE samples of the fixed eval prompts (EMA weights if kept), a PNG grid and the rewards' means.
+        Runs on the main process only; the others wait."""
+        out = {}
+        if self.is_main:
+            e, s = self.cfg.eval, self.cfg.sampling
+            height = e.resolution or e.height or s.height
+            width = e.resolution or e.width or s.width
+            sampling = dataclasses.replace(s, num_steps=e.num_steps, height=height, width=width, noise_level=0.0,
+                                           guidance_scale=e.guidance_scale if e.guidance_scale is not None
+                                           else s.guidance_scale, train_steps="all_but_last")
+            gens = [torch.Generator().manual_seed(sample_seed(e.seed, 0, i, salt="eval"))
+                    for i in range(len(self.eval_records))]
+            self.policy.train(False)
+            with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self._autocast():
+                images = self.policy.generate(self.eval_records, sampling, generator=gens)
+            images = images.float().cpu()
+            save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
+            for reward in self.rewards:
+                scores = reward(images, self.eval_records).scores
+                ok = scores[torch.isfinite(scores)]
+                out[f"eval/{reward.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+        dist.barrier()
+        return out
+
+    def _dump_rank_data(self, step, assignment, all_rewards, result) -> None:
+        import json
+
+        d = self.run_dir / "rank_data"
+        d.mkdir(parents=True, exist_ok=True)
+        rank = self.accelerator.process_index
+        data = {
+            "step": step, "rank": rank, "local": [assignment.local.start, assignment.local.stop],
+            "record_ids": [self.records[i].id for i in assignment.record_indices],
+            "group_ids": list(assignment.group_ids),
+            "rewards": all_rewards.tolist(), "advantages": result.advantages.tolist(),
+            "trained": result.trained.tolist(),
+        }
+        (d / f"rank-{rank}-step-{step}.json").write_text(json.dumps(data))
+
+    def _dump_weights(self, step) -> None:
+        from safetensors.torch import save_file
+
+        d = self.run_dir / "rank_data"
+        d.mkdir(parents=True, exist_ok=True)
+        save_file({k: p.detach().cpu().contiguous() for k, p in self.named_params.items()},
+                  d / f"rank-{self.accelerator.process_index}-step-{step}.safetensors")
