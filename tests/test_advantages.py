@@ -1,0 +1,119 @@
+"""Group-relative advantages against hand-computed numbers, NaN handling, the mode registry, the group sampler."""
+import logging
+import math
+
+import pytest
+import torch
+
+from psrl.config import ConfigError
+from psrl.rl.advantages import (ADVANTAGE_MODES, compute_advantages, get_advantage_mode, group_normalize,
+                                weighted_advantages)
+from psrl.rl.grpo_config import AdvantageConfig
+from psrl.rl.sampler import GroupSampler, sample_seed
+
+
+def test_group_normalize_group_and_global_std():
+    v = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    g = torch.tensor([0, 0, 1, 1])
+    # each group: mean 1.5 / 3.5, population std 0.5 -> (-0.5, 0.5) / 0.5
+    assert group_normalize(v, g, "group", eps=0.0).tolist() == pytest.approx([-1, 1, -1, 1])
+    # global population std of 1..4 = sqrt(1.25)
+    s = math.sqrt(1.25)
+    assert group_normalize(v, g, "global", eps=0.0).tolist() == pytest.approx([-0.5 / s, 0.5 / s] * 2)
+    # eps is added to the std
+    assert group_normalize(v, g, "group", eps=0.5).tolist() == pytest.approx([-0.5, 0.5, -0.5, 0.5])
+
+
+def test_weighted_mode_sums_rewards_then_normalises_and_broadcasts_to_steps():
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    weights = torch.tensor([2.0, 1.0])  # totals 2, 1, 3, 0
+    g = torch.tensor([0, 0, 1, 1])
+    adv = weighted_advantages(rewards, weights, g, AdvantageConfig(eps=0.0), (0, 1, 2), 4)
+    assert adv.shape == (4, 3)
+    assert adv[:, 0].tolist() == pytest.approx([1, -1, 1, -1])
+    assert torch.equal(adv[:, 0], adv[:, 2])
+
+
+def test_clip_and_zero_std_groups():
+    rewards = torch.tensor([[0.0], [10.0], [5.0], [5.0]])
+    g = torch.tensor([0, 0, 1, 1])
+    cfg = AdvantageConfig(std_mode="global", eps=0.0, clip=1.0)
+    res = compute_advantages(rewards, torch.ones(1), g, cfg, (0,), 2)
+    # global std = sqrt(12.5) = 3.536: group 0 -> -/+1.414, clipped to -/+1; group 1 has zero spread -> 0
+    assert res.advantages[:, 0].tolist() == pytest.approx([-1.0, 1.0, 0.0, 0.0])
+    assert res.stats["zero_std_groups"] == 1 and res.stats["zero_std_ratio"] == pytest.approx(0.5)
+    assert res.stats["adv_clipped_frac"] == pytest.approx(0.5)
+    assert res.trained.all()
+
+
+def test_nan_sample_leaves_its_group_and_small_groups_are_skipped(caplog):
+    nan = float("nan")
+    rewards = torch.tensor([[nan], [1.0], [2.0], [nan], [nan], [7.0], [3.0], [5.0], [4.0]])
+    g = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    with caplog.at_level(logging.WARNING, logger="psrl.rl.advantages"):
+        res = compute_advantages(rewards, torch.ones(1), g, AdvantageConfig(eps=0.0), (0, 1), 3)
+    adv = res.advantages
+    # group 0 is normalised over its two valid samples only (1, 2), not the NaN
+    assert adv[1:3, 0].tolist() == pytest.approx([-1.0, 1.0])
+    assert res.trained.tolist() == [False, True, True, False, False, False, True, True, True]
+    # group 1 keeps one valid sample: skipped, advantage 0 for all its members
+    assert adv[3:6].abs().sum() == 0
+    # group 2 is untouched by the others: (3, 5, 4) -> mean 4, std sqrt(2/3)
+    s = math.sqrt(2 / 3)
+    assert adv[6:, 1].tolist() == pytest.approx([-1 / s, 1 / s, 0.0])
+    assert res.stats["nan_samples"] == 3 and res.stats["skipped_groups"] == 1
+    assert res.stats["num_trained_samples"] == 5
+    assert "NaN" in caplog.text and "skipped" in caplog.text
+
+
+def test_all_nan_gives_no_training_and_no_crash():
+    res = compute_advantages(torch.full((4, 1), float("nan")), torch.ones(1), torch.tensor([0, 0, 1, 1]),
+                             AdvantageConfig(), (0,), 2)
+    assert not res.trained.any() and res.advantages.abs().sum() == 0 and res.stats["skipped_groups"] == 2
+
+
+def test_mode_registry_errors_and_dotted_paths():
+    assert get_advantage_mode("weighted") is weighted_advantages
+    assert get_advantage_mode("psrl.rl.advantages:weighted_advantages") is weighted_advantages
+    with pytest.raises(ConfigError, match="advantage.mode.*'nope'.*weighted"):
+        get_advantage_mode("nope")
+    ADVANTAGE_MODES.register("_broken_for_test", "psrl.rl.no_such_module:fn")
+    try:
+        with pytest.raises(ConfigError, match="_broken_for_test.*cannot be imported"):
+            get_advantage_mode("_broken_for_test")
+    finally:
+        ADVANTAGE_MODES._entries.pop("_broken_for_test")
+    for name in ("group_zscore", "log_tamed", "sars"):
+        assert name in ADVANTAGE_MODES
+
+
+def test_per_step_modes_and_bad_mode_output():
+    rewards = torch.tensor([[1.0], [2.0], [3.0], [4.0]])
+    g = torch.tensor([0, 0, 1, 1])
+
+    def per_step(rewards, weights, group_ids, cfg, trained_steps, num_steps):
+        base = weighted_advantages(rewards, weights, group_ids, cfg, trained_steps, num_steps)
+        return base * torch.tensor([float(t) for t in trained_steps])  # step t gets t times the advantage
+
+    res = compute_advantages(rewards, torch.ones(1), g, AdvantageConfig(eps=0.0, clip=2.5), (1, 3), 4, mode=per_step)
+    assert res.advantages[0].tolist() == pytest.approx([-1.0, -2.5])  # -3 clipped to -2.5
+    with pytest.raises(ValueError, match="shape"):
+        compute_advantages(rewards, torch.ones(1), g, AdvantageConfig(), (1, 3), 4,
+                           mode=lambda *a: torch.zeros(4, 5))
+
+
+def test_group_sampler_is_identical_across_ranks_and_splits_contiguously():
+    full = GroupSampler(num_records=5, groups_per_step=3, group_size=4, seed=7).assign(2)
+    r0 = GroupSampler(5, 3, 4, seed=7, num_processes=2, process_index=0).assign(2)
+    r1 = GroupSampler(5, 3, 4, seed=7, num_processes=2, process_index=1).assign(2)
+    assert r0.record_indices == r1.record_indices == full.record_indices
+    assert r0.sample_seeds == full.sample_seeds
+    assert r0.local_record_indices + r1.local_record_indices == full.record_indices
+    assert r0.local_group_ids == (0, 0, 0, 0, 1, 1) and r1.local_group_ids == (1, 1, 2, 2, 2, 2)  # group 1 spans
+    prompts = GroupSampler(5, 3, 4, seed=7).prompts_for_step(2)
+    assert len(set(prompts)) == 3  # drawn without replacement while the pool lasts
+    assert full.record_indices == tuple(p for p in prompts for _ in range(4))
+    assert len(set(full.sample_seeds)) == 12  # every sample its own noise seed
+    assert sample_seed(7, 2, 0) == full.sample_seeds[0]
+    many = GroupSampler(2, 5, 1, seed=0).prompts_for_step(0)
+    assert len(many) == 5 and set(many) == {0, 1}  # more groups than prompts: passes over the pool

@@ -1,0 +1,99 @@
+"""Run config: embedded default, unknown keys and bad values named, --set overrides, derived sizes."""
+import pytest
+
+from psrl.cli.main import main
+from psrl.config import ConfigError, to_dict
+from psrl.rl.grpo_config import TrainConfig
+from psrl.rl.run_config import RunConfig, derive_sizes, load_run_config
+
+
+def test_embedded_default_loads_and_round_trips():
+    cfg = load_run_config()
+    assert isinstance(cfg, RunConfig)
+    assert cfg.model.path == "tiny" and cfg.rewards[0].name == "mean_color"
+    assert cfg.train.max_steps >= 2 and cfg.advantage.mode == "weighted"
+    from psrl.config import from_dict
+
+    assert to_dict(from_dict(RunConfig, to_dict(cfg))) == to_dict(cfg)
+
+
+def test_overrides_apply():
+    cfg = load_run_config(None, ["train.lr=1e-5", "rewards.0.weight=2", "advantage.std_mode=global",
+                                 "sampling.num_steps=6", "run.name=abc"])
+    assert cfg.train.lr == 1e-5 and cfg.rewards[0].weight == 2.0
+    assert cfg.advantage.std_mode == "global" and cfg.sampling.num_steps == 6 and cfg.run.name == "abc"
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.lrr=1", "train.lrr"),
+    ("advantage.foo=1", "advantage.foo"),
+    ("rewards.0.wieght=1", "rewards.0.wieght"),
+])
+def test_unknown_key_is_named(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        load_run_config(None, [override])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("train.lr=abc", ["train.lr", "abc"]),
+    ("train.group_size=0", ["group_size", "0"]),
+    ("advantage.std_mode=median", ["std_mode", "median"]),
+    ("train.mixed_precision=fp8", ["mixed_precision", "fp8"]),
+    ("run.tracker=mlflow", ["tracker", "mlflow"]),
+    ("sampling.sde_kind=ode", ["sde_kind", "ode"]),
+    ("train.train_batch_size=3", ["train_batch_size", "3"]),
+])
+def test_bad_value_is_named(override, words):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, [override])
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_missing_rewards_and_data_are_errors(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {records: [a cat]}\n")
+    with pytest.raises(ConfigError, match="reward"):
+        load_run_config(path)
+    path.write_text("rewards: [{name: mean_color}]\n")
+    with pytest.raises(ConfigError, match="data.records"):
+        load_run_config(path)
+
+
+def test_relative_records_resolve_against_the_config_file(tmp_path):
+    (tmp_path / "prompts.jsonl").write_text('{"id": "a", "prompt": "a cat"}\n')
+    path = tmp_path / "c.yaml"
+    path.write_text("rewards: [{name: mean_color}]\ndata: {records: prompts.jsonl}\n")
+    cfg = load_run_config(path)
+    assert cfg.data.records == str(tmp_path / "prompts.jsonl")
+
+
+def test_derived_sizes_and_divisibility_errors():
+    t = TrainConfig(groups_per_step=4, group_size=6, sample_batch_size=6, train_batch_size=3, gradient_accumulation=2,
+                    num_inner_epochs=2)
+    s = derive_sizes(t, num_processes=2)
+    assert (s.images_per_step, s.images_per_process, s.rollout_batches, s.micro_batches) == (24, 12, 2, 4)
+    assert s.updates_per_step == 4  # 4 micro-batches / 2 accumulation x 2 inner epochs
+    assert "24 images per step" in s.describe()
+    with pytest.raises(ConfigError, match="groups_per_step.*group_size.*5 processes"):
+        derive_sizes(t, num_processes=5)
+    with pytest.raises(ConfigError, match="sample_batch_size=5"):
+        derive_sizes(TrainConfig(groups_per_step=2, group_size=4, sample_batch_size=5, train_batch_size=5), 1)
+    with pytest.raises(ConfigError, match="gradient_accumulation=3"):
+        derive_sizes(TrainConfig(groups_per_step=2, group_size=4, sample_batch_size=4, train_batch_size=4,
+                                 gradient_accumulation=3), 1)
+
+
+def test_cli_reports_config_errors(capsys):
+    assert main(["train", "--set", "train.lrr=1"]) == 2
+    assert "error: unknown config key 'train.lrr'" in capsys.readouterr().err
+    assert main(["train", "--config", "/nonexistent/x.yaml"]) == 2
+    assert "config file not found" in capsys.readouterr().err
+    assert main(["train", "--set", "advantage.mode=nope", "--set", "run.output_dir=/tmp/never-created"]) == 2
+    assert "advantage.mode" in capsys.readouterr().err
+
+
+def test_print_config(capsys):
+    assert main(["train", "--print-config", "--set", "train.lr=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.5" in out and "mean_color" in out
