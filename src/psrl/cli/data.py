@@ -97,6 +97,20 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return base
 
 
+def save_config(cfg, path: Path) -> None:
+    """The resolved config as YAML, written atomically (other ranks may be reading the previous one)."""
+    import os
+
+    import yaml
+
+    from psrl.config import to_dict
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+
+
 def _progress_factory(shard, enabled: bool):
     if not (enabled and shard.is_main):
         return None
@@ -106,7 +120,6 @@ def _progress_factory(shard, enabled: bool):
 
 
 def cmd_stage(args) -> int:
-    from psrl.config import dump_yaml
     from psrl.data.pipeline.sharding import current_shard, shutdown
     from psrl.data.pipeline.stages import STAGES, run_named_stage
 
@@ -114,9 +127,9 @@ def cmd_stage(args) -> int:
     dataset = Path(args.dir)
     shard = current_shard()
     try:
+        shard.barrier()  # every rank has read <dir>/config.yaml before rank 0 replaces it
         if shard.is_main:
-            dataset.mkdir(parents=True, exist_ok=True)
-            dump_yaml(cfg, dataset / "config.yaml")
+            save_config(cfg, dataset / "config.yaml")
         shard.barrier()
         names = STAGES if args.stage == "all" else (args.stage,)
         progress = _progress_factory(shard, not args.no_progress)

@@ -3,7 +3,8 @@
 copy-paste shortcut, research/psr.md 6.2).
 
 Each crop gets the instruction "The same <subject> on a plain white background." or "The same <subject> <a scene
-other than the target's>." (``references.white_background_prob``), and its own seed.
+other than the target's>." (``references.white_background_prob``), and its own seed. A crop the model refuses
+(unreadable, too small or too elongated for its latent grid) rejects the sample (``reference_error``).
 """
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ from psrl.data.pipeline import templates
 from psrl.data.pipeline.config import DataPipelineConfig
 from psrl.data.pipeline.generation import Renderer, policy_renderer, to_pil
 from psrl.data.pipeline.manifest import save_image_atomic
-from psrl.data.pipeline.runner import BaseStage, kept
+from psrl.data.pipeline.runner import BaseStage, kept, rejected
 from psrl.data.pipeline.subjects import sample_seed
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, RecordError, SubjectRef
 
 REFERENCE_DIR = "references"
 
@@ -48,14 +49,29 @@ class ReferencesStage(BaseStage):
 
     def process(self, batch: list[dict]) -> list[dict]:
         jobs = [(e["id"], job) for e in batch for job in self.jobs(e)]
+        failed: dict[str, str] = {}
         step = self.cfg.references.batch_size
         for start in range(0, len(jobs), step):
-            chunk = [job for _, job in jobs[start:start + step]]
-            images = self.renderer([r for r, _, _ in chunk], [s for _, s, _ in chunk])
-            for (_, _, rel), image in zip(chunk, images):
-                save_image_atomic(to_pil(image), self.dataset / rel)
+            chunk = jobs[start:start + step]
+            try:
+                self._render([job for _, job in chunk])
+            except RecordError:
+                # a bad crop (unreadable, too small or elongated for the model): find it, keep the others
+                for sid, job in chunk:
+                    try:
+                        self._render([job])
+                    except RecordError as err:
+                        failed.setdefault(sid, str(err))
         out = []
         for e in batch:
+            if e["id"] in failed:
+                out.append(rejected(e, "reference_error", failed[e["id"]]))
+                continue
             mine = [job for sid, job in jobs if sid == e["id"]]
             out.append(kept(e, references=[rel for _, _, rel in mine], reference_prompts=[r.prompt for r, _, _ in mine]))
         return out
+
+    def _render(self, jobs: list[tuple[Record, int, str]]) -> None:
+        images = self.renderer([r for r, _, _ in jobs], [s for _, s, _ in jobs])
+        for (_, _, rel), image in zip(jobs, images):
+            save_image_atomic(to_pil(image), self.dataset / rel)

@@ -86,6 +86,7 @@ def run_stage(stage: Stage, dataset: str | Path, shard: Shard = Shard(), *,
     log.info("%s: %d inputs, %d already done, %d to do on rank %d/%d", stage.name, len(inputs),
              len(done & set(ids)), len(todo), shard.rank, shard.world)
 
+    shard.barrier()  # every rank has read what is done before any rank appends
     out_path = part_path(dataset, stage.name, shard.rank) if shard.distributed else manifest_path(dataset,
                                                                                                   stage.name)
     bar = progress(mine, stage.name) if progress is not None else None
