@@ -208,3 +208,24 @@ def test_bf16_rollout_ratio_is_one():
     ro = policy.rollout([Record(id="a", prompt="a dog")] * 2, SamplingConfig(num_steps=3, height=16, width=16),
                         torch.Generator().manual_seed(0))
     assert (policy.log_prob(ro, 0).log_prob - ro.log_probs[:, 0]).abs().max() < 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        policy = _policy(gradient_checkpointing=ckpt)
+        _perturb(policy)
+        ro = policy.rollout([Record(id="a", prompt="a dog")] * 2, SamplingConfig(num_steps=2, height=16, width=16),
+                            torch.Generator().manual_seed(0))
+        policy.train(True)
+        policy.log_prob(ro, 0).log_prob.sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in policy.trainable_parameters()]))
+    assert policy.transformer.gradient_checkpointing
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
+def test_build_policy_unknown_name_is_a_config_error():
+    from psrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="model.name.*nope"):
+        build_policy(ModelConfig(name="nope"))

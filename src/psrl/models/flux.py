@@ -94,9 +94,12 @@ class FluxPolicy:
         gradient_checkpointing: recompute transformer activations in the backward pass.
         offload_frozen: keep text encoders and VAE on the CPU, moving each to ``device`` only while it runs.
 
-    Rollout ``cond``: ``prompt_embeds [B, L, D]`` (T5) and ``pooled_prompt_embeds [B, D']`` (CLIP), in the encoder
-    dtype. Rollout ``meta``: ``height``, ``width``, ``guidance`` (float or ``None`` when the transformer has no
-    guidance embedding), ``noise_level``, ``kind``, ``reduce``, ``cps_compat``, ``num_steps``, ``train_mode``.
+    Rollout layout: ``latents [B, T + 1, N, C]`` fp32 packed (``N = (H/16)(W/16)`` tokens for FLUX.1, ``C = 64``),
+    ``log_probs [B, T]`` fp32 (0 on ODE steps), ``sigmas [T + 1]`` and ``timesteps [B, T]`` (0..1000 scale) on the
+    CPU, ``noisy [T]`` bool. ``cond``: ``prompt_embeds [B, L, D]`` (T5, ``L = max_sequence_length``) and
+    ``pooled_prompt_embeds [B, D']`` (CLIP), in the frozen dtype. ``meta``: ``height``, ``width``, ``guidance``
+    (float, or ``None`` when the transformer has no guidance embedding), ``noise_level``, ``kind``, ``reduce``,
+    ``cps_compat``, ``num_steps``. Rollouts of one policy and sampling config concatenate with ``Rollout.cat``.
     """
 
     lora_prefix = "transformer"
