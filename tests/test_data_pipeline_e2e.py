@@ -178,3 +178,28 @@ def test_render_sharded_over_two_processes(tiny_dataset, tmp_path):
         y = np.asarray(Image.open(dataset / b["target"]), dtype=np.int16)
         assert np.abs(x - y).max() <= 1  # batch composition may flip a rounding, nothing more
     assert json.loads((tmp_path / "stats.json").read_text())["render"]["kept"] == 4
+
+
+def test_exported_records_train_with_psrl_sft(tiny_dataset, tmp_path):
+    """`psrl sft` runs 2 steps of Kontext LoRA SFT on the exported records (targets + references)."""
+    pytest.importorskip("psrl.cli.sft")
+    import yaml
+
+    from psrl.cli.main import main
+
+    dataset, stats = tiny_dataset
+    records = dataset / ("train.jsonl" if stats["export"].extra["train"] else "heldout.jsonl")
+    cfg = {
+        "model": {"name": "flux_kontext", "path": "tiny", "lora": {"rank": 4, "alpha": 4},
+                  "args": {"reference_long_side_single": 32, "reference_long_side_multi": 32}},
+        "sft": {"max_steps": 2, "batch_size": 1, "height": 32, "width": 32, "device": "cpu", "eval_sigmas": [],
+                "save_every": 2},
+        "data": {"records": str(records), "data_root": str(dataset)},
+        "run": {"name": "sft", "output_dir": str(tmp_path)},
+    }
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["sft", "--config", str(tmp_path / "sft.yaml")]) == 0
+    metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    assert list((tmp_path / "sft" / "checkpoints").glob("step-2*"))
