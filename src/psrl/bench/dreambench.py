@@ -37,10 +37,13 @@ def dreambench_prompts(subject: str) -> list[str]:
     return [t.format(cls) for t in templates]
 
 
-def load_dreambench(data_root: str | Path, *, subjects: list[str] | None = None, reference_index: int = 0,
+def load_dreambench(data_root: str | Path, *, subjects: list[str] | None = None, reference_index: int | str = 0,
                     check_files: bool = True) -> LoadedSubsets:
     """Build the DreamBench entries from the dataset folder. Missing subjects, subjects without images, unknown
-    subject folders and an out-of-range ``reference_index`` are issues (the entry is kept with its problem)."""
+    subject folders and an out-of-range ``reference_index`` are issues (the entry is kept with its problem).
+
+    ``reference_index="all"`` lists every real image of the subject as a reference: DINO / CLIP-I are then the
+    mean cosine to all real images, the original DreamBooth protocol (policies get all of them as references)."""
     root = Path(data_root).resolve()
     spec = dreambench_spec()
     out = LoadedSubsets()
@@ -65,17 +68,22 @@ def load_dreambench(data_root: str | Path, *, subjects: list[str] | None = None,
             if folder.is_dir() else []
         if not images:
             out.issues.append(ValidationIssue(subject, None, "folder", f"no reference images in {folder}"))
-            ref = f"{subject}/missing.jpg"
-        elif not 0 <= reference_index < len(images):
+        elif reference_index == "all":
+            refs = [f"{subject}/{name}" for name in images]
+        elif not 0 <= int(reference_index) < len(images):
             out.issues.append(ValidationIssue(subject, None, "reference_index",
                                               f"{reference_index} out of range for {len(images)} image(s)"))
-            ref = f"{subject}/{images[0]}"
+            refs = [f"{subject}/{images[0]}"]
         else:
-            ref = f"{subject}/{images[reference_index]}"
+            refs = [f"{subject}/{images[int(reference_index)]}"]
+        if not images:
+            refs = [f"{subject}/missing.jpg"]
         subset = "live" if subject in spec["live_subjects"] else "object"
+        cls = spec["classes"][subject]
         for k, prompt in enumerate(dreambench_prompts(subject)):
-            entries[subset].append({"instruction": prompt, "input_path": [ref],
-                                    "category1": spec["classes"][subject], "subject": subject, "prompt_index": k})
+            entry = {"instruction": prompt, "input_path": list(refs)}
+            entry.update({f"category{i}": cls for i in range(1, len(refs) + 1)})
+            entries[subset].append({**entry, "subject": subject, "prompt_index": k})
     for subset, data in entries.items():
         if data:
             out.raw[subset] = data

@@ -28,7 +28,8 @@ def add_parser(sub) -> None:
     v = bs.add_parser("validate", help="check a benchmark data root; every bad entry is listed, exit 1 if any")
     v.add_argument("--data-root", required=True)
     _benchmark_args(v)
-    v.add_argument("--reference-index", type=int, default=0, help="DreamBench: which sorted image is the reference")
+    v.add_argument("--reference-index", type=_ref_index, default=0,
+                   help="DreamBench: which sorted image of a subject is the reference, or 'all'")
     v.set_defaults(func=cmd_validate)
 
     g = bs.add_parser("generate", help="generate the benchmark's images with a psrl policy (resumable)")
@@ -44,7 +45,7 @@ def add_parser(sub) -> None:
     g.add_argument("--skip-invalid", action="store_true", help="generate the valid entries, list the invalid ones")
     g.add_argument("--relative-paths", action="store_true",
                    help="write result_path relative to the result JSON (default: absolute, as released tools open it)")
-    g.add_argument("--reference-index", type=int, default=0)
+    g.add_argument("--reference-index", type=_ref_index, default=0, help="DreamBench: image index or 'all'")
     _benchmark_args(g)
     g.set_defaults(func=cmd_generate)
 
@@ -80,6 +81,10 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compare)
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def _ref_index(text: str):
+    return text if text == "all" else int(text)
 
 
 def _benchmark_args(p, default: str | None = "psrbench") -> None:
@@ -138,10 +143,13 @@ def cmd_generate(args) -> int:
     from psrl.models.factory import build_policy
 
     policy = build_policy(model_cfg, device)
+    if hasattr(policy, "data_root") and not model_cfg.args.get("data_root"):
+        policy.data_root = Path(args.data_root).resolve()  # reference-conditioned policies read the references
     if args.lora:
         policy.load_lora(args.lora)
     manifest = {"benchmark": args.benchmark, "data_root": str(Path(args.data_root).resolve()),
                 "model": to_dict(model_cfg), "sampling": to_dict(sampling), "lora": args.lora,
+                "reference_index": args.reference_index if args.benchmark == "dreambench" else None,
                 "versions": package_versions()}
     bar = _progress(shard, "generate")
     stats = generate_benchmark(policy, data, args.out, seeds=args.seeds, sampling=sampling,
