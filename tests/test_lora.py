@@ -97,8 +97,13 @@ def test_lora_path_in_config_initialises_the_adapter(tmp_path):
 
 def test_mismatched_lora_file_is_a_clear_error(tmp_path):
     _policy(rank=8).save_lora(tmp_path / "r8")
-    with pytest.raises(ModelLoadError, match=r"r8.*shape mismatches.*rank"):
+    with pytest.raises(ModelLoadError, match=r"r8.*saved with rank 8.*has rank 4.*model.lora.rank"):
         _policy(rank=4).load_lora(tmp_path / "r8")
+    # without the header (a file from another tool) the shapes still give the mismatch away
+    from safetensors.torch import load_file, save_file
+    save_file(load_file(tmp_path / "r8" / LORA_WEIGHT_NAME), tmp_path / "r8_bare.safetensors")
+    with pytest.raises(ModelLoadError, match=r"r8_bare.*shape mismatches.*rank"):
+        _policy(rank=4).load_lora(tmp_path / "r8_bare.safetensors")
     _policy(targets="attn_ff").save_lora(tmp_path / "ff")
     with pytest.raises(ModelLoadError, match=r"pytorch_lora_weights.safetensors.*does not have.*ff"):
         _policy(targets="attn").load_lora(tmp_path / "ff")
@@ -107,3 +112,9 @@ def test_mismatched_lora_file_is_a_clear_error(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(ModelLoadError, match="junk.safetensors"):
         _policy().load_lora(tmp_path / "junk.safetensors")
+
+
+def test_lora_file_with_another_alpha_is_an_error(tmp_path):
+    FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=16), max_sequence_length=16).save_lora(tmp_path)
+    with pytest.raises(ModelLoadError, match=r"alpha 16.*alpha 8.*model.lora.alpha"):
+        _policy(rank=4).load_lora(tmp_path)

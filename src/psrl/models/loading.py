@@ -104,26 +104,30 @@ def load_component(path: str, subfolder: str, library: str, class_name: str, *, 
                    torch_dtype=None, **kwargs):
     """``Class.from_pretrained(path, subfolder=...)`` with errors turned into :class:`ModelLoadError`.
 
-    Models get ``torch_dtype`` (diffusers) / ``dtype`` (transformers) and ``.eval()``; tokenizers are probed.
+    ``nn.Module`` classes get ``torch_dtype`` (diffusers) / ``dtype`` (transformers) and ``.eval()``; tokenizers
+    (and the tokenizer inside a processor) are probed for a usable vocabulary.
     """
     where = f"{path}/{subfolder}" if is_local else f"hub id {path!r}, subfolder {subfolder!r}"
     if is_local and not (Path(path) / subfolder).is_dir():
         raise ModelLoadError(f"model path {path!r} has no {subfolder!r} folder; expected a diffusers pipeline "
-                             f"folder with subfolders {sorted(FLUX_COMPONENT_SPEC)} (missing: {subfolder})")
+                             f"folder with one subfolder per component (missing: {subfolder})")
+    import torch
+
     cls = _import_class(library, class_name)
+    is_model = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
     load_kwargs = dict(kwargs, subfolder=subfolder)
-    is_tokenizer = class_name.endswith("Tokenizer") or class_name.endswith("TokenizerFast")
-    is_scheduler = "Scheduler" in class_name
-    if torch_dtype is not None and not (is_tokenizer or is_scheduler):
+    if torch_dtype is not None and is_model:
         load_kwargs["torch_dtype" if library == "diffusers" else "dtype"] = torch_dtype
     try:
         obj = cls.from_pretrained(path, **load_kwargs)
-    except (OSError, ValueError, EnvironmentError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"could not load {subfolder} ({class_name}) from {where}: {exc}") from exc
-    if is_tokenizer:
-        check_tokenizer(obj, where)
-    elif hasattr(obj, "eval"):
+    if is_model:
         obj.eval()
+    elif "Tokenizer" in class_name:
+        check_tokenizer(obj, where)
+    elif "Processor" in class_name and getattr(obj, "tokenizer", None) is not None:
+        check_tokenizer(obj.tokenizer, where)  # a processor bundles a tokenizer that can be silently empty too
     return obj
 
 

@@ -215,6 +215,16 @@ def _peft_config_from_metadata(meta: dict, prefix: str, tensors: dict[str, torch
     return PeftLoraConfig(r=rank, lora_alpha=rank, target_modules=targets)
 
 
+def _check_scale(module: nn.Module, meta: dict, prefix: str, file: Path) -> None:
+    """A file trained with another rank/alpha would load into matching shapes yet act with the wrong scale."""
+    cfg = module.peft_config[next(iter(module.peft_config))]
+    for key, ours, field in (("r", cfg.r, "rank"), ("lora_alpha", cfg.lora_alpha, "alpha")):
+        theirs = meta.get(f"{prefix}.{key}")
+        if theirs is not None and float(theirs) != float(ours):
+            raise ModelLoadError(f"LoRA file {str(file)!r} was saved with {field} {theirs} but the policy's adapter "
+                                 f"has {field} {ours}; set model.lora.{field} to {theirs}")
+
+
 def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer") -> Path:
     """Load a diffusers-format LoRA into ``module``'s adapter (adding one from the file's config if it has none).
 
@@ -232,6 +242,7 @@ def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
         module.requires_grad_(False)
         module.add_adapter(_peft_config_from_metadata(meta, prefix, own))
         _make_lora_trainable_fp32(module)
+    _check_scale(module, meta, prefix, file)
     expected = lora_state_dict(module)
     missing = sorted(set(expected) - set(own))
     unexpected = sorted(set(own) - set(expected)) + foreign
