@@ -52,10 +52,12 @@ class GroundingDinoDetector:
     probability exceeds it (0.35, PSRBench); ``text_threshold`` (0.25) only affects labels, which we do not use."""
 
     def __init__(self, path: str = "IDEA-Research/grounding-dino-tiny", *, device="cpu", dtype=None,
-                 box_threshold: float = 0.35, text_threshold: float = 0.25, batch_size: int = 16):
+                 box_threshold: float = 0.35, text_threshold: float = 0.25, batch_size: int = 16, components=None):
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
         self.box_threshold, self.text_threshold, self.batch_size = box_threshold, text_threshold, batch_size
-        if path == TINY:
+        if components is not None:  # (model, processor) built by the caller (benchmarks, custom configs)
+            self.model, self.processor = components
+        elif path == TINY:
             from psrl.rewards.tiny import tiny_grounding_dino
 
             self.model, self.processor = tiny_grounding_dino()
@@ -67,19 +69,43 @@ class GroundingDinoDetector:
     def detect(self, images: Sequence[Image.Image], phrases: Sequence[str]) -> list[Detections]:
         if len(images) != len(phrases):
             raise ValueError(f"detect: {len(images)} images for {len(phrases)} phrases")
-        out: list[Detections] = []
-        for s in range(0, len(images), self.batch_size):
-            imgs, texts = list(images[s:s + self.batch_size]), [grounding_caption(p) for p in phrases[s:s + self.batch_size]]
-            inputs = self.processor(images=imgs, text=texts, return_tensors="pt", padding=True)
-            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                      for k, v in inputs.items()}
-            outputs = self.model(**inputs)
-            outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
-            results = self.processor.post_process_grounded_object_detection(
-                outputs, inputs["input_ids"], threshold=self.box_threshold, text_threshold=self.text_threshold,
-                target_sizes=[(im.height, im.width) for im in imgs])
-            out += [Detections(r["boxes"].float().cpu(), r["scores"].float().cpu()) for r in results]
+        # Only same-size images share a batch: the processor pads smaller images and the padding changes the
+        # backbone features (scores moved by up to 0.3 on the tiny model), so mixed sizes would not match
+        # one-at-a-time detection. Text padding is masked and harmless.
+        out: list[Detections | None] = [None] * len(images)
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, im in enumerate(images):
+            by_size.setdefault(im.size, []).append(i)
+        for idx in by_size.values():
+            for s in range(0, len(idx), self.batch_size):
+                chunk = idx[s:s + self.batch_size]
+                imgs = [images[i] for i in chunk]
+                inputs = self.processor(images=imgs, text=[grounding_caption(phrases[i]) for i in chunk],
+                                        return_tensors="pt", padding=True)
+                inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                          for k, v in inputs.items()}
+                outputs = self.model(**inputs)
+                dets = grounding_boxes(outputs.logits, outputs.pred_boxes, [(im.height, im.width) for im in imgs],
+                                       self.box_threshold)
+                for i, d in zip(chunk, dets):
+                    out[i] = d
         return out
+
+
+def grounding_boxes(logits: Tensor, pred_boxes: Tensor, sizes: list[tuple[int, int]], threshold: float
+                    ) -> list[Detections]:
+    """Grounding DINO post-processing without the text labels: a query's score is its best token probability
+    (sigmoid), queries over ``threshold`` are kept in query order, normalised cxcywh boxes become xyxy pixels.
+    Same boxes and scores as ``post_process_grounded_object_detection``, whose per-box label decoding we skip
+    (we never use the labels, and decoding 900 labels per image dominated the reward's time)."""
+    scores = torch.sigmoid(logits.float()).max(dim=-1).values            # [B, Q]
+    cx, cy, w, h = pred_boxes.float().unbind(-1)
+    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], dim=-1)
+    hw = torch.tensor(sizes, dtype=torch.float32, device=boxes.device)     # [B, 2] (h, w)
+    boxes = boxes * torch.stack([hw[:, 1], hw[:, 0], hw[:, 1], hw[:, 0]], dim=-1)[:, None, :]
+    keep = scores > threshold
+    scores, boxes, keep = scores.cpu(), boxes.cpu(), keep.cpu()
+    return [Detections(boxes[i][keep[i]], scores[i][keep[i]]) for i in range(len(sizes))]
 
 
 def _load_grounding_dino(path: str):
