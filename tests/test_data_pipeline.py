@@ -394,3 +394,26 @@ def test_config_overrides_and_unknown_keys(tmp_path):
         load_config(DataPipelineConfig, f, ["render.steps=3"])
     with pytest.raises(ConfigError, match="counts"):
         load_config(DataPipelineConfig, default={"subjects": {"counts": [2, 5], "count_weights": [1, 1]}})
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_vocab_stats_and_redo(tmp_path, capsys):
+    from psrl.cli.main import main
+
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("cat\ndog\nteapot\nrobot\nkite\n")
+    d = tmp_path / "ds"
+    assert main(["data", "subjects", "--dir", str(d), "--vocab", str(vocab), "--num-samples", "5",
+                 "--no-progress"]) == 0
+    assert main(["data", "prompts", "--dir", str(d), "--no-progress"]) == 0  # reuses <dir>/config.yaml
+    out = capsys.readouterr().out
+    assert "subjects: 5 in, 5 kept, 0 rejected, 5 new, vocabulary=5" in out and "prompts: 5 in, 5 kept" in out
+    assert all(set(e["phrases"]) <= {"cat", "dog", "teapot", "robot", "kite"} for e in mf.read_kept(d, "prompts"))
+    assert main(["data", "stats", "--dir", str(d)]) == 0
+    assert "prompts: 5 in, 5 kept, 0 rejected, 5 new" in capsys.readouterr().out
+    assert main(["data", "subjects", "--dir", str(d), "--redo", "--seed", "3", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "removed 2 manifest(s): subjects.jsonl, prompts.jsonl" in out and "5 new" in out
+    assert not (d / "prompts.jsonl").exists() and "prompts" not in json.loads((d / "stats.json").read_text())
+    assert main(["data", "render", "--dir", str(d)]) == 2  # its input stage is gone: a clear error
+    assert "psrl data prompts" in capsys.readouterr().err

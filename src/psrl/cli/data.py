@@ -4,7 +4,8 @@ Every stage reads and writes JSONL manifests in one dataset directory, skips sam
 killed stage continues where it stopped), prints progress and its statistics (also in ``<dir>/stats.json``).
 The config comes from ``--config``, else ``<dir>/config.yaml`` (written by the previous stage), else the defaults
 (``--tiny``: tiny random-weight models); ``--set`` and the stage flags apply on top, and the result is saved back
-to ``<dir>/config.yaml`` so the next stage reuses it.
+to ``<dir>/config.yaml`` so the next stage reuses it. A finished sample is never redone: to rerun a stage with new
+settings, pass ``--redo`` (forgets that stage and every later one).
 """
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ def _common_args(s) -> None:
     s.add_argument("--device", help="= --set device=DEV (default auto: this rank's GPU, else CPU)")
     s.add_argument("--seed", type=int, help="= --set seed=N")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--redo", action="store_true",
+                   help="forget this stage and all later ones (manifests, statistics) and run it from scratch, "
+                        "e.g. after changing its settings; without it, finished samples are never redone")
 
 
 def resolve_config(args):
@@ -121,7 +125,7 @@ def _progress_factory(shard, enabled: bool):
 
 def cmd_stage(args) -> int:
     from psrl.data.pipeline.sharding import current_shard, shutdown
-    from psrl.data.pipeline.stages import STAGES, run_named_stage
+    from psrl.data.pipeline.stages import STAGES, reset_from, run_named_stage
 
     cfg = resolve_config(args)
     dataset = Path(args.dir)
@@ -130,6 +134,9 @@ def cmd_stage(args) -> int:
         shard.barrier()  # every rank has read <dir>/config.yaml before rank 0 replaces it
         if shard.is_main:
             save_config(cfg, dataset / "config.yaml")
+            if args.redo:
+                removed = reset_from(dataset, STAGES[0] if args.stage == "all" else args.stage)
+                print(f"--redo: removed {len(removed)} manifest(s): {', '.join(p.name for p in removed) or 'none'}")
         shard.barrier()
         names = STAGES if args.stage == "all" else (args.stage,)
         progress = _progress_factory(shard, not args.no_progress)

@@ -66,6 +66,28 @@ def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, sha
     return stats_final
 
 
+def reset_from(dataset: str | Path, name: str) -> list[Path]:
+    """Forget stage ``name`` and every stage after it: their manifests (and part files) and statistics are removed,
+    so they run again from scratch (images are overwritten as they are remade). Returns the removed files."""
+    from psrl.data.pipeline.manifest import manifest_path, write_json_atomic
+    from psrl.data.pipeline.stats import STATS_FILE, read_stats
+
+    dataset = Path(dataset)
+    later = list(STAGES[STAGES.index(name):])
+    if "filter" in later:
+        later.insert(later.index("filter"), "filter_scores")
+    removed = []
+    for stage in later:
+        for path in [manifest_path(dataset, stage), *part_paths(dataset, stage)]:
+            if path.is_file():
+                path.unlink()
+                removed.append(path)
+    stats = read_stats(dataset)
+    if stats:
+        write_json_atomic(dataset / STATS_FILE, {k: v for k, v in stats.items() if k not in later})
+    return removed
+
+
 def pending_parts(dataset: str | Path) -> dict[str, int]:
     """Stages with part files left by an interrupted sharded run (stage -> number of parts)."""
     out = {}
