@@ -103,6 +103,13 @@ class ColorPolicy:
         self.size = size
         self.calls = 0
 
+    @classmethod
+    def from_config(cls, model_cfg, device="cpu"):  # so `model.name: fixtures_bench:ColorPolicy` builds it
+        return cls(**model_cfg.args)
+
+    def load_lora(self, path):
+        raise NotImplementedError("ColorPolicy has no LoRA")
+
     def generate(self, records, sampling, generator=None):
         self.calls += 1
         gens = generator if isinstance(generator, list) else [generator] * len(records)

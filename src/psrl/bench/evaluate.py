@@ -34,6 +34,8 @@ EVAL_CONFIG = "eval_config.json"
 
 @dataclass
 class EvalStats:
+    """Counts over every rank (after the run); ``seconds`` is this rank's scoring time."""
+
     computed: int = 0
     resumed: int = 0
     failures: dict[str, int] = field(default_factory=dict)
@@ -263,7 +265,10 @@ def evaluate_samples(samples: Sequence[ResultSample], out_dir: str | Path, metri
             if progress:
                 progress(stats.computed, len(todo))
     stats.seconds = time.perf_counter() - start
-    shard.barrier()
+    dims = sorted(stats.failures)
+    totals = shard.all_sum([stats.computed, stats.resumed, *(stats.failures[d] for d in dims)])
+    stats.computed, stats.resumed = totals[0], totals[1]
+    stats.failures = dict(zip(dims, totals[2:]))
     if shard.is_main:
         merge_parts(out_dir, [s.key for s in samples])
     shard.barrier()

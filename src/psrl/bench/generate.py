@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class GenerateStats:
+    """Counts over every rank (after the run); ``seconds`` is this rank's generation time."""
+
     generated: int = 0
     skipped_existing: int = 0
     skipped_invalid: list[str] = field(default_factory=list)
@@ -113,7 +115,7 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
         if progress:
             progress(stats.generated, len(todo))
     stats.seconds = time.perf_counter() - start
-    shard.barrier()
+    stats.generated, stats.skipped_existing = shard.all_sum([stats.generated, stats.skipped_existing])
     if shard.is_main:
         write_result_files(data, out_dir, seeds, absolute_paths=absolute_paths)
         manifest = {**read_manifest(out_dir), **(manifest or {})}  # a resume keeps what the first run recorded

@@ -42,10 +42,22 @@ class Shard:
             raise RuntimeError("Shard.barrier: no process group; create the shard with shard_from_env()")
         dist.barrier()
 
+    def all_sum(self, values: list[int]) -> list[int]:
+        """Element-wise sum of ``values`` over every rank (counts for the final message)."""
+        if self.world == 1:
+            return list(values)
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.long)
+        dist.all_reduce(t)
+        return t.tolist()
+
 
 def shard_from_env() -> Shard:
     """The shard of this process from the launcher's ``RANK`` / ``WORLD_SIZE`` (1 process when unset); joins a
-    gloo process group when there are several."""
+    gloo process group when there are several. ``torchrun`` and ``accelerate launch --multi_gpu`` set them (on a
+    CPU-only machine too); ``accelerate launch --cpu`` with several processes goes through MPI and does not."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     shard = Shard(rank, world)
