@@ -421,7 +421,7 @@ class FluxPolicy:
 
     @torch.no_grad()
     def generate(self, records: Sequence[Record], sampling: SamplingConfig, generator: Generator = None) -> Tensor:
-        """Deterministic ODE sampling (``noise_level`` ignored), any step count and size: ``[B, 3, H, W]`` in [0, 1]."""
+        """Deterministic ODE sampling (``noise_level`` ignored), any steps and size: ``[B, 3, H, W]`` in [0, 1]."""
         records = list(records)
         x, sigmas, timesteps = self._start(records, sampling, generator, sampling.same_noise_per_group)
         cond = self.encode_conditions(records, sampling)

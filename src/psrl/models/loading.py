@@ -68,9 +68,9 @@ def resolve_model_source(path: str | os.PathLike) -> tuple[str, bool]:
     if looks_like_hub_id(text):
         if hub_offline():
             raise ModelLoadError(
-                f"model path {text!r} looks like a Hugging Face hub id, but the hub is offline (HF_HUB_OFFLINE is "
-                f"set). Download the model once (e.g. `huggingface-cli download {text} --local-dir <dir>`) and set "
-                f"model.path to that local directory, or unset HF_HUB_OFFLINE.")
+                f"model path {text!r} is not a local directory and looks like a Hugging Face hub id, but the hub "
+                f"is offline (HF_HUB_OFFLINE is set). Download the model once (e.g. `huggingface-cli download "
+                f"{text} --local-dir <dir>`) and set model.path to that local directory, or unset HF_HUB_OFFLINE.")
         return text, False
     p = Path(text)
     if not p.exists():
