@@ -114,3 +114,26 @@ def test_html_report_renders_in_headless_chromium(run, tmp_path):
     # not blank: real variation in pixel values and many distinct colours (tables, radar, thumbnails)
     assert max(stat.stddev) > 10
     assert colors is not None and len(colors) > 50
+
+
+def test_dreambench_flow(tmp_path, capsys):
+    from fixtures_bench import make_dreambench
+
+    root = make_dreambench(tmp_path / "dreambench", subjects=("cat",))
+    cfg = tmp_path / "policy.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"name": "fixtures_bench:ColorPolicy"}}))
+    out = tmp_path / "out"
+    assert main(["bench", "validate", "--benchmark", "dreambench", "--data-root", str(root), "--subsets", "cat"]) == 0
+    assert main(["bench", "generate", "--benchmark", "dreambench", "--config", str(cfg), "--data-root", str(root),
+                 "--out", str(out), "--subsets", "cat", "--reference-index", "all", "--batch-size", "25"]) == 0
+    live = json.loads((out / "seed0" / "live.json").read_text())
+    assert len(live) == 25 and live[10]["instruction"] == "a cat wearing a red hat"
+    assert live[0]["input_path"] == ["cat/00.jpg", "cat/01.jpg"] and live[0]["category2"] == "cat"
+    assert main(["bench", "eval", "--results", str(out), "--tiny", "--batch-size", "25"]) == 0
+    summary = json.loads((out / "eval" / "summary.json").read_text())
+    assert summary["benchmark"] == "dreambench" and summary["dimensions"] == ["dino", "clip_i", "clip_t"]
+    assert summary["subsets"] == ["live"] and summary["table"]["live"]["dino"]["n"] == 25
+    rows = [json.loads(x) for x in (out / "eval" / "samples.jsonl").read_text().splitlines()]
+    # DINO / CLIP-I average over the two real images of the subject
+    assert all(len(r["details"]["dino"]["per_subject"]) == 2 for r in rows)
+    assert all(-1 <= r["scores"]["clip_t"] <= 1 for r in rows)
