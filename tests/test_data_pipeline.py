@@ -417,3 +417,45 @@ def test_cli_vocab_stats_and_redo(tmp_path, capsys):
     assert not (d / "prompts.jsonl").exists() and "prompts" not in json.loads((d / "stats.json").read_text())
     assert main(["data", "render", "--dir", str(d)]) == 2  # its input stage is gone: a clear error
     assert "psrl data prompts" in capsys.readouterr().err
+
+
+def test_filter_stage_reasons_and_near_duplicates(tmp_path):
+    """The filter's decisions with injected scores and embeddings (the reward itself is tested in the rewards)."""
+    import torch
+
+    from psrl.data.pipeline.filter import FilterScoresStage, dedup_pass
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "t.png")
+    scores = {  # id -> (reward result, embedding)
+        "a": ({"score": 0.9, "failure": None, "per_subject": [0.9, 0.9], "missing": []}, [1.0, 0.0]),
+        "b": ({"score": float("nan"), "failure": "reference image not found", "per_subject": None, "missing": []},
+              [0.0, 1.0]),
+        "c": ({"score": 0.4, "failure": None, "per_subject": [0.8, 0.0], "missing": ["dog"]}, [0.0, 1.0]),
+        "d": ({"score": 0.3, "failure": None, "per_subject": [0.3, 0.3], "missing": []}, [0.0, 1.0]),
+        "e": ({"score": 0.7, "failure": None, "per_subject": [0.95, 0.45], "missing": []}, [0.0, 1.0]),
+        "f": ({"score": 0.8, "failure": None, "per_subject": [0.8, 0.8], "missing": []}, [0.999, 0.001]),
+        "g": ({"score": 0.8, "failure": None, "per_subject": [0.8, 0.8], "missing": []}, [0.6, 0.8]),
+    }
+    with mf.ManifestWriter(tmp_path / "instructions.jsonl") as w:
+        for sid in scores:
+            w.write({"id": sid, "status": "kept", "target": "t.png", "instruction": "x", "phrases": ["cat", "dog"],
+                     "references": ["r0.png", "r1.png"]})
+    cfg = cfg_with(filter={"min_consistency": 0.5, "min_subject_consistency": 0.5, "max_duplicate_cosine": 0.99,
+                           "batch_size": 3})
+    calls = []
+
+    def score(images, records):
+        calls.append([r.id for r in records])
+        assert [s.image for s in records[0].subjects] == ["r0.png", "r1.png"]
+        return [scores[r.id][0] for r in records]
+
+    order = iter(scores)
+    embed = lambda images: torch.tensor([scores[next(order)][1] for _ in images])  # noqa: E731
+    stage = FilterScoresStage(cfg, tmp_path, score=score, embed=embed)
+    run_stage(stage, tmp_path)
+    entries = {e["id"]: e for e in dedup_pass(tmp_path, cfg)}
+    assert {k: e.get("reason") for k, e in entries.items()} == {
+        "a": None, "b": "consistency_unscorable", "c": "subject_missing_in_target", "d": "low_consistency",
+        "e": "weak_subject", "f": "near_duplicate", "g": None}
+    assert entries["f"]["detail"] == "of a" and entries["a"]["consistency_per_subject"] == [0.9, 0.9]
+    assert calls == [["a", "b", "c"], ["d", "e", "f"], ["g"]]

@@ -148,6 +148,7 @@ class FilterConfig:
         reward / reward_args: the subject-consistency reward (``psrl.rewards.build_reward``) scoring each target
             against its references; ``data_root`` is set to the dataset directory.
         min_consistency: keep a sample whose consistency score is at least this (our choice: 0.5).
+        min_subject_consistency: ... and, when set, whose every subject scores at least this.
         embedder: the image embedder spec of :func:`psrl.rewards.embedding.build_embedder` used for near-duplicate
             targets.
         max_duplicate_cosine: a target whose embedding cosine to an earlier kept target exceeds this is dropped.
@@ -157,6 +158,7 @@ class FilterConfig:
     reward: str = "subject_consistency"
     reward_args: dict = field(default_factory=dict)
     min_consistency: float = 0.5
+    min_subject_consistency: float | None = None
     embedder: dict = field(default_factory=lambda: {"kind": "dinov2"})
     max_duplicate_cosine: float = 0.95
     batch_size: int = 8
@@ -210,7 +212,8 @@ TINY_PRESET = {
     "references": {"model": {"name": "flux_kontext", "path": "tiny", "max_sequence_length": 32,
                              "args": {"reference_long_side_single": 32, "reference_long_side_multi": 32}},
                    "num_steps": 2, "height": 32, "width": 32, "batch_size": 4},
-    "filter": {"reward_args": {"path": "tiny"}, "min_consistency": -1.0,
+    "filter": {"reward_args": {"path": "tiny", "detector": {"kind": "grounding_dino", "box_threshold": 0.0}},
+               "min_consistency": -1.0,
                "embedder": {"kind": "dinov2", "path": "tiny"}, "max_duplicate_cosine": 0.99999},
     "export": {"heldout_fraction": 0.3},
 }

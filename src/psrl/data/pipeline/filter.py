@@ -2,9 +2,10 @@
 targets.
 
 Pass 1 (per sample, sharded, resumable; manifest ``filter_scores``): the subject-consistency reward scores each
-target against its references (detect, crop, embed, cosine, mean over subjects); unscorable samples are rejected
-with the reward's reason (``consistency_unscorable``), samples under ``filter.min_consistency`` are rejected
-(``low_consistency``). The target's embedding is saved to ``embeddings/<id>.npy`` for pass 2.
+target against its references (detect, crop, embed, cosine, mean over subjects); rejected are unscorable samples
+(``consistency_unscorable``, with the reward's reason), samples with a subject the reward cannot find in the target
+(``subject_missing_in_target``), samples under ``filter.min_consistency`` (``low_consistency``) and, when
+``filter.min_subject_consistency`` is set, samples with a subject under it (``weak_subject``). The target's embedding is saved to ``embeddings/<id>.npy`` for pass 2.
 
 Pass 2 (whole dataset, on the main process; manifest ``filter``): in input order, a kept target whose cosine
 similarity to an earlier kept target exceeds ``filter.max_duplicate_cosine`` is dropped (``near_duplicate``).
@@ -28,8 +29,9 @@ from psrl.data.records import Record, SubjectRef
 
 EMBED_DIR = "embeddings"
 
-# (target images, records with reference subjects) -> (scores [B] float, failure reason or None per sample)
-ScoreFn = Callable[[Sequence[Image.Image], Sequence[Record]], tuple[list[float], list[str | None]]]
+# (target images, records with reference subjects) -> per sample {"score": float (NaN = unscorable), "failure": reason
+# or None, "per_subject": [float] or None, "missing": [phrase] (subjects the reward did not find in the target)}
+ScoreFn = Callable[[Sequence[Image.Image], Sequence[Record]], list[dict]]
 EmbedFn = Callable[[Sequence[Image.Image]], torch.Tensor]
 
 
@@ -42,7 +44,10 @@ def consistency_fn(cfg: DataPipelineConfig, dataset: Path, device) -> ScoreFn:
 
     def score(images, records):
         out = reward([pil_to_tensor(im) for im in images], list(records))
-        return out.scores.tolist(), list(out.failures)
+        per_subject = out.details.get("per_subject") or [None] * len(records)
+        missing = out.details.get("missing_subjects") or [[] for _ in records]
+        return [{"score": s, "failure": f, "per_subject": p, "missing": list(m or [])}
+                for s, f, p, m in zip(out.scores.tolist(), out.failures, per_subject, missing)]
 
     return score
 
@@ -101,20 +106,29 @@ class FilterScoresStage(BaseStage):
         records = [Record(id=e["id"], prompt=e["instruction"],
                           subjects=tuple(SubjectRef(image=r, phrase=p) for r, p in zip(e["references"], e["phrases"])))
                    for e in batch]
-        scores, failures = self.score(images, records)
+        results = self.score(images, records)
         embeddings = self.embed(images).float().cpu().numpy()
+        floor = self.cfg.filter.min_subject_consistency
         out = []
-        for e, s, why, emb in zip(batch, scores, failures, embeddings):
+        for e, r, emb in zip(batch, results, embeddings):
+            s = r["score"]
+            per_subject = [round(float(v), 6) for v in r["per_subject"]] if r.get("per_subject") else None
             if s is None or math.isnan(s):
-                out.append(rejected(e, "consistency_unscorable", why or "the reward returned NaN"))
-                continue
-            if s < self.cfg.filter.min_consistency:
+                out.append(rejected(e, "consistency_unscorable", r.get("failure") or "the reward returned NaN"))
+            elif r.get("missing"):
+                out.append(rejected(e, "subject_missing_in_target", f"not found by the reward: {r['missing']}",
+                                    consistency=round(s, 6), consistency_per_subject=per_subject))
+            elif s < self.cfg.filter.min_consistency:
                 out.append(rejected(e, "low_consistency", f"{s:.4f} < {self.cfg.filter.min_consistency}",
-                                    consistency=round(s, 6)))
-                continue
-            rel = f"{EMBED_DIR}/{e['id']}.npy"
-            save_array_atomic(emb, self.dataset / rel)
-            out.append(kept(e, consistency=round(float(s), 6), embedding=rel))
+                                    consistency=round(s, 6), consistency_per_subject=per_subject))
+            elif floor is not None and per_subject and min(per_subject) < floor:
+                out.append(rejected(e, "weak_subject", f"a subject scores {min(per_subject):.4f} < {floor}",
+                                    consistency=round(s, 6), consistency_per_subject=per_subject))
+            else:
+                rel = f"{EMBED_DIR}/{e['id']}.npy"
+                save_array_atomic(emb, self.dataset / rel)
+                out.append(kept(e, consistency=round(float(s), 6), consistency_per_subject=per_subject,
+                                embedding=rel))
         return out
 
     def extra_stats(self, entries: list[dict]) -> dict:
