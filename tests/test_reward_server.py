@@ -165,3 +165,37 @@ def test_bad_requests_are_rejected_clearly(data_root):
         from_dict(ServerConfig, {"rewards": []})
     with pytest.raises(ConfigError, match="unknown config key"):
         from_dict(ServerConfig, {"rewards": [{"name": "x"}], "hosst": "0.0.0.0"})
+
+
+def test_cli_serve_rewards(tmp_path, capsys, monkeypatch):
+    import subprocess
+    import sys
+
+    import httpx
+
+    from psrl.cli.main import main
+
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("rewards:\n  - {name: mean_color}\nbatch_window_ms: 5\n")
+    monkeypatch.delenv("PSRL_REWARD_API_KEY", raising=False)
+    assert main(["serve", "rewards", "--config", str(cfg), "--host", "0.0.0.0"]) == 2
+    assert "without an API key" in capsys.readouterr().err
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "psrl", "serve", "rewards", "--config", str(cfg), "--port",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, health = time.time() + 60, None
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).json()
+                break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        assert health is not None and health["rewards"] == ["mean_color"], proc.stderr.read() if proc.poll() else ""
+        client = build_reward("remote", {"url": f"http://127.0.0.1:{port}", "reward": "mean_color"})
+        local = build_reward("mean_color")
+        imgs = _images(2, 3)
+        assert torch.allclose(client(imgs, _recs(2)).scores, local(imgs, _recs(2)).scores, atol=1e-6)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
