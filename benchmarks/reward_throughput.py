@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import string
 import sys
 import tempfile
@@ -39,8 +38,8 @@ PHRASES = ("cat", "dog", "car")
 
 def base_components(device, dtype):
     """Real-size architectures with random weights (no download)."""
-    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, GroundingDinoProcessor
-    from transformers import ViTConfig, ViTModel
+    from transformers import (BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection,
+                              GroundingDinoProcessor, ViTConfig, ViTModel)
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
         GroundingDinoImageProcessorPil,
     )
@@ -142,7 +141,7 @@ def main(argv=None) -> int:
     sync(args.device)
     batched_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    warm = reward(images, [record] * args.group)  # second group of the same record: references cached
+    reward(images, [record] * args.group)  # second group of the same record: references cached
     sync(args.device)
     warm_s = time.perf_counter() - t0
 

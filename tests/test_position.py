@@ -1,7 +1,6 @@
 """The PSRBench / T2I-CompBench position rule, relation parsing and the position reward."""
 import pytest
 import torch
-from PIL import Image
 
 from psrl.data.records import Record, SubjectRef
 from psrl.rewards.detection import Detections

@@ -141,7 +141,9 @@ def sars(adv_identity: Tensor | float, adv_prompt: Tensor | float, gamma: float 
     a_p = torch.as_tensor(adv_prompt, dtype=torch.float32)
     sign = torch.where((a_id > 0) | (a_p > 0), 1.0, -1.0)
     bonus = gamma * sign * torch.tanh(a_id * a_p)
-    adv = torch.as_tensor(w_prompt, dtype=torch.float32) * a_p + torch.as_tensor(w_identity, dtype=torch.float32) * a_id + bonus
+    w_p = torch.as_tensor(w_prompt, dtype=torch.float32)
+    w_id = torch.as_tensor(w_identity, dtype=torch.float32)
+    adv = w_p * a_p + w_id * a_id + bonus
     return adv.clamp(-clip, clip) if clip is not None else adv
 
 

@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 class LaionAestheticHead(nn.Module):
     """Same layer layout (hence state-dict keys) as the LAION "improved aesthetic predictor"."""
 
-    def __init__(self, dim: int = 768, hidden: tuple[int, int, int, int] = (1024, 128, 64, 16), dropout=(0.2, 0.2, 0.1)):
+    def __init__(self, dim: int = 768, hidden: tuple[int, int, int, int] = (1024, 128, 64, 16),
+                 dropout: tuple[float, float, float] = (0.2, 0.2, 0.1)):
         super().__init__()
         h1, h2, h3, h4 = hidden
         self.layers = nn.Sequential(nn.Linear(dim, h1), nn.Dropout(dropout[0]), nn.Linear(h1, h2),

@@ -180,7 +180,8 @@ class SubjectConsistencyReward:
                 continue
             subjects = records[b].subjects
             if self.mode == "psrbench_compat":
-                same_pair = len(subjects) == 2 and subjects[0].phrase.strip().lower() == subjects[1].phrase.strip().lower()
+                phrases = [s.phrase.strip().lower() for s in subjects]
+                same_pair = len(phrases) == 2 and phrases[0] == phrases[1]
                 for i, s in enumerate(subjects):
                     det = det_of[(b, s.phrase.strip().lower())]
                     crop = self._first_crop(pils[b], det, index=i if same_pair else 0)

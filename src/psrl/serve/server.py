@@ -206,7 +206,8 @@ def create_app(cfg: ServerConfig, rewards: dict | None = None):
             raise HTTPException(status_code=422, detail=f"reward {name!r} rejected the input: {e}") from e
         except Exception as e:  # noqa: BLE001
             logger.exception("reward %s failed", name)
-            return JSONResponse(status_code=500, content={"detail": f"reward {name!r} failed: {type(e).__name__}: {e}"})
+            return JSONResponse(status_code=500,
+                                content={"detail": f"reward {name!r} failed: {type(e).__name__}: {e}"})
         return output_to_json(out)
 
     return app

@@ -7,7 +7,7 @@ from this module because diffusers/transformers look allowed base classes up in 
 """
 from __future__ import annotations
 
-from transformers import ProcessorMixin, Qwen2_5_VLProcessor, Qwen2VLProcessor  # noqa: F401
+from transformers import ProcessorMixin, Qwen2_5_VLProcessor, Qwen2VLProcessor  # noqa: F401 (see docstring)
 
 
 class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
