@@ -1,0 +1,7 @@
+"""Benchmarks: PSRBench (7 subsets x subject consistency / semantic alignment / aesthetics) and DreamBench
+(DINO / CLIP-I / CLIP-T), with psrl's rewards as the metrics.
+
+Flow: ``psrbench``/``dreambench`` (import + validate) -> ``generate`` (any policy, seeds, resumable, sharded) ->
+``evaluate`` (per-sample JSONL, resumable, sharded) -> ``summary`` -> ``report`` (md/csv/json, radar, HTML) and
+``compare`` (runs side by side, published table). ``pipeline`` strings them together for the CLI (``psrl bench``).
+"""

@@ -54,8 +54,12 @@ def add_parser(sub) -> None:
     e.add_argument("--data-root", help="benchmark data root (default: from the result folder's bench.json)")
     e.add_argument("--out", help="eval folder (default: <results>/eval, or eval_compat with --psrbench-compat)")
     e.add_argument("--psrbench-compat", action="store_true",
-                   help="subject consistency as the released scorer computes it (first box, whole-image fallback)")
-    e.add_argument("--judge-endpoint", help="OpenAI-compatible VLM endpoint for the semantic-alignment rubric")
+                   help="subject consistency and the position rule as the released scorer computes them (first box "
+                        "in detector order, whole-image fallback). Unparsable judge replies stay counted failures "
+                        "(the released parser's default of 5 is not reproduced)")
+    e.add_argument("--judge-endpoint", help="OpenAI-compatible VLM endpoint (e.g. http://127.0.0.1:17140/v1, "
+                                            "sglang or vLLM) for the semantic-alignment rubric")
+    e.add_argument("--judge-model", help="model name sent to --judge-endpoint (vLLM needs the served name)")
     e.add_argument("--metrics", help="YAML metric set (see psrl.bench.tasks.parse_metrics) instead of the defaults")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override the metric set, e.g. subject_consistency.default.args.detector=owlv2")
@@ -187,6 +191,10 @@ def _metrics(args, benchmark: str):
     else:
         raw = metrics_to_json(default_metrics(benchmark, compat=args.psrbench_compat,
                                               judge_endpoint=args.judge_endpoint, tiny=args.tiny))
+        if args.judge_model:
+            if not args.judge_endpoint:
+                raise ConfigError("--judge-model needs --judge-endpoint")
+            raw["semantic_alignment"]["default"]["args"]["model"] = args.judge_model
     raw = apply_overrides(raw, args.set)
     try:
         return parse_metrics(raw, where=args.metrics or "metrics")
