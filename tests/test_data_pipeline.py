@@ -459,3 +459,18 @@ def test_filter_stage_reasons_and_near_duplicates(tmp_path):
         "e": "weak_subject", "f": "near_duplicate", "g": None}
     assert entries["f"]["detail"] == "of a" and entries["a"]["consistency_per_subject"] == [0.9, 0.9]
     assert calls == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
+
+
+def test_a_stage_that_keeps_nothing_lets_the_next_run(tmp_path):
+    class RejectAll(CountingStage):
+        name = "prompts"
+
+        def process(self, batch):
+            return [rejected(e, "nope") for e in batch]
+
+    assert run_stage(RejectAll(3), tmp_path).kept == 0
+    stats = run_named_stage("render", cfg_with(), tmp_path)  # nothing to render: no model is loaded
+    assert (stats.inputs, stats.kept) == (0, 0) and (tmp_path / "render.jsonl").is_file()
+    mf.write_jsonl_atomic(tmp_path / "filter.jsonl", [])
+    stats = run_export(tmp_path, cfg_with())
+    assert stats.kept == 0 and (tmp_path / "train.jsonl").read_text() == ""
