@@ -82,7 +82,7 @@ class TrainConfig:
     clip_range: float = 1e-4
     beta: float = 0.0
     kl_compat_dt: bool = False
-    mixed_precision: str = "no"
+    mixed_precision: str | bool = "no"
     seed: int = 42
     save_every: int = 0
     keep_last: int = 3
@@ -108,6 +108,8 @@ class TrainConfig:
                              f"{self.beta}, {self.max_grad_norm}, {self.weight_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"train.betas must be in [0, 1), got {list(self.betas)}")
+        if self.mixed_precision is False:  # YAML 1.1 reads a bare `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, "
                              f"got {self.mixed_precision!r}")
