@@ -133,6 +133,8 @@ def test_bad_inputs_are_nan_with_reason(scene):
         reward(torch.rand(1, 4, 64, 64), recs[:1])
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         reward(gen * 255, recs[3:4])
+    tiny_img = reward(torch.rand(1, 3, 4, 4), [_rec([("left.png", "cat")])])
+    assert math.isnan(tiny_img.scores.item()) and "too small" in tiny_img.failures[0]
     rgba = Image.new("RGBA", (64, 64), (10, 20, 30, 128))
     ok = reward([rgba], [_rec([("left.png", "cat")])])  # other PIL modes are converted to RGB
     assert torch.isfinite(ok.scores).all()
