@@ -113,7 +113,8 @@ def run_stage(stage: Stage, dataset: str | Path, shard: Shard = Shard(), *,
     if shard.is_main:
         merge_parts(dataset, stage.name, ids)
         manifest_path(dataset, stage.name).touch()  # a stage with nothing kept still finished: the next one runs
-        entries = [e for e in read_manifest(dataset, stage.name) if e["id"] in set(ids)]
+        wanted = set(ids)
+        entries = [e for e in read_manifest(dataset, stage.name) if e["id"] in wanted]
         stats = StageStats.from_entries(stage.name, len(inputs), entries, new=len(entries) - before,
                                         extra=stage.extra_stats(entries))
         write_stage_stats(dataset, stats)
