@@ -129,6 +129,13 @@ def test_results_of_another_model_with_relative_paths(generated, tmp_path):
     assert issues == [] and [s.key for s in samples] == ["seed0/Four/0", "seed0/Four/1"]
     assert all(s.problem is None and s.image == (tmp_path / "imgs" / f"{i}.png").resolve()
                for i, s in enumerate(samples))
+    # a corrupt result image is a failure on every dimension, the other sample is scored
+    (tmp_path / "imgs" / "1.png").write_bytes(b"\x89PNG truncated")
+    evaluate_samples(samples, tmp_path / "eval", parse_metrics({"aesthetics": {"reward": "mean_color"}}),
+                     benchmark="psrbench")
+    rows = read_sample_rows(tmp_path / "eval")
+    assert rows["seed0/Four/0"]["scores"]["aesthetics"] is not None
+    assert rows["seed0/Four/1"]["failures"]["aesthetics"].startswith("unreadable result image")
 
 
 def _eval_cmd(results, out, metrics_file):

@@ -14,7 +14,8 @@ EXAMPLES = """examples:
   psrl bench generate --config configs/psr_kontext.yaml --data-root PSRBench --out runs/bench/psr --seeds 0 1
   psrl bench eval --results runs/bench/psr                      # honest scorer, local models
   psrl bench eval --results runs/bench/psr --psrbench-compat    # reproduces the released scorer
-  psrl bench eval --results other_model/ --data-root PSRBench --judge-endpoint http://127.0.0.1:17140/v1
+  psrl bench eval --results other_model/ --data-root PSRBench --judge-endpoint http://127.0.0.1:17140/v1 \
+      --set aesthetics.default.args.path=/models/HPSv3.safetensors
   psrl bench compare runs/bench/psr/eval runs/bench/base/eval --published --out runs/bench/compare
   accelerate launch -m psrl bench eval --results runs/bench/psr
 """
