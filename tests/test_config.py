@@ -97,3 +97,16 @@ def test_print_config(capsys):
     assert main(["train", "--print-config", "--set", "train.lr=0.5"]) == 0
     out = capsys.readouterr().out
     assert "lr: 0.5" in out and "mean_color" in out
+
+
+def test_shipped_configs():
+    from pathlib import Path
+
+    from psrl.rl.run_config import default_config_text
+
+    root = Path(__file__).resolve().parents[1]
+    assert (root / "configs" / "tiny_flux.yaml").read_text() == default_config_text()  # the copy stays in sync
+    cfg = load_run_config(root / "configs" / "flux_grpo.yaml")
+    assert cfg.model.path == "black-forest-labs/FLUX.1-dev" and cfg.sampling.noise_level == 0.9
+    s = derive_sizes(cfg.train, 8)
+    assert (s.images_per_step, s.updates_per_step) == (48 * 24, 2)
