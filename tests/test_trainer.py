@@ -131,3 +131,11 @@ def test_metrics_file_has_the_promised_keys(tmp_path):
     assert (tmp_path / "t" / "config.yaml").is_file()
     env = json.loads((tmp_path / "t" / "env.json").read_text())
     assert env["torch"] and env["diffusers"] and env["peft"]
+
+
+def test_data_root_reaches_rewards_that_take_it():
+    from psrl.rl.trainer import _accepts
+
+    assert _accepts("subject_consistency", "data_root")
+    assert not _accepts("mean_color", "data_root")
+    assert not _accepts("no_such_reward", "data_root")

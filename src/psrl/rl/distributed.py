@@ -27,10 +27,6 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no"):
         from psrl.errors import PsrlError
 
         raise PsrlError("train.device is 'cuda' but no CUDA device is available (set train.device: cpu or auto)")
-    if use_cpu and mixed_precision == "fp16":
-        from psrl.errors import PsrlError
-
-        raise PsrlError("train.mixed_precision fp16 needs a GPU; use bf16 or no on the CPU")
     return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
 
 
@@ -43,7 +39,7 @@ def gather_rows(tensor: Tensor) -> Tensor:
     """Concatenate equally sized ``[n, ...]`` tensors of all processes in rank order (a no-op on one process)."""
     if not is_distributed():
         return tensor
-    device = _comm_device(tensor)
+    device = comm_device(tensor)
     parts = [torch.empty_like(tensor, device=device) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(parts, tensor.to(device).contiguous())
     return torch.cat(parts).to(tensor.device)
@@ -58,7 +54,7 @@ def average_gradients(parameters: Sequence[nn.Parameter]) -> None:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
     flat = torch.cat([p.grad.reshape(-1).float() for p in params])
-    device = _comm_device(flat)
+    device = comm_device(flat)
     flat = flat.to(device)
     torch.distributed.all_reduce(flat)
     flat /= torch.distributed.get_world_size()
@@ -83,9 +79,23 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def _comm_device(t: Tensor) -> torch.device:
+def comm_device(t: Tensor) -> torch.device:
     """NCCL needs CUDA tensors, gloo CPU ones."""
     backend = torch.distributed.get_backend()
     if backend == "nccl":
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
+
+
+_comm_device = comm_device  # older name, still used by psrl.rl.sft
+
+
+def broadcast_parameters(parameters: Sequence[nn.Parameter], src: int = 0) -> None:
+    """Copy rank ``src``'s values of ``parameters`` to every process (identical starting weights)."""
+    if not is_distributed():
+        return
+    with torch.no_grad():
+        for p in parameters:
+            buf = p.detach().to(comm_device(p)).contiguous()
+            torch.distributed.broadcast(buf, src=src)
+            p.copy_(buf.to(p.device))

@@ -45,6 +45,20 @@ def load_prompt_records(records, what: str = "data.records") -> list[Record]:
     return [Record(id=f"prompt-{i}", prompt=p) for i, p in enumerate(records)]
 
 
+def _accepts(reward_name: str, arg: str) -> bool:
+    """Whether the registered reward class takes keyword ``arg``."""
+    import inspect
+
+    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+
+    _ensure_builtin_rewards()
+    try:
+        target = REWARDS.get(reward_name)
+        return isinstance(target, type) and arg in inspect.signature(target).parameters
+    except (KeyError, ImportError, AttributeError, TypeError, ValueError):
+        return False
+
+
 def oom_advice(cfg: RunConfig, phase: str) -> str:
     t, m, s = cfg.train, cfg.model, cfg.sampling
     return (
@@ -88,11 +102,14 @@ class GRPOTrainer:
 
             policy = build_policy(cfg.model, acc.device)
         self.policy = policy
+        self.data_root = self._data_root()
+        if self.data_root is not None and hasattr(policy, "data_root") and "data_root" not in cfg.model.args:
+            policy.data_root = self.data_root  # reference-conditioned policies read subject images from here
         self.params = [p for p in policy.trainable_parameters()]
         if not self.params:
             raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
         self.named_params = ckpt.named_trainable(policy.module, self.params)
-        self._broadcast_params()
+        dist.broadcast_parameters(self.params)
         self.rewards = self._build_rewards()
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
         t = cfg.train
@@ -113,26 +130,29 @@ class GRPOTrainer:
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ set-up
+    def _data_root(self) -> Path | None:
+        """``data.data_root``, else the records file's folder (inline prompts have no subject images)."""
+        if self.cfg.data.data_root:
+            return Path(self.cfg.data.data_root)
+        if isinstance(self.cfg.data.records, str):
+            return Path(self.cfg.data.records).resolve().parent
+        return None
+
     def _build_rewards(self):
         from psrl.rewards import build_reward
 
         built = []
         for spec in self.cfg.rewards:
+            args = dict(spec.args)
+            if self.data_root is not None and "data_root" not in args and _accepts(spec.name, "data_root"):
+                args["data_root"] = str(self.data_root)  # rewards that compare with the records' subject images
             try:
-                built.append(build_reward(spec.name, spec.args, device=self.accelerator.device))
+                built.append(build_reward(spec.name, args, device=self.accelerator.device))
             except KeyError as e:
                 raise PsrlError(f"rewards: {e.args[0] if e.args else e}") from e
             except (TypeError, ValueError) as e:
                 raise PsrlError(f"rewards: cannot build {spec.name!r} with args {spec.args}: {e}") from e
         return built
-
-    def _broadcast_params(self) -> None:
-        if dist.is_distributed():
-            with torch.no_grad():
-                for p in self.params:
-                    buf = p.detach().to(dist._comm_device(p)).contiguous()
-                    torch.distributed.broadcast(buf, src=0)
-                    p.copy_(buf.to(p.device))
 
     def _make_run_dir(self) -> Path:
         name = self.cfg.run.name or dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
@@ -181,6 +201,12 @@ class GRPOTrainer:
                 if cfg.eval.every and done % cfg.eval.every == 0:
                     metrics.update(self.evaluate(done))
                 self.history.append(metrics)
+                if self.is_main:
+                    logger.info("step %d/%d  reward %.4f +- %.4f  zero-std %.2f  approx_kl %.2e  clipfrac %.3f  "
+                                "(rollout %.1fs, reward %.1fs, train %.1fs)", done, cfg.train.max_steps,
+                                metrics["reward/total/mean"], metrics["reward/total/std"], metrics["zero_std_ratio"],
+                                metrics["approx_kl"], metrics["clipfrac"], metrics["time/rollout"],
+                                metrics["time/reward"], metrics["time/train"])
                 if self.tracker is not None and (done % cfg.train.log_every == 0 or done == cfg.train.max_steps):
                     self.tracker.log(metrics, done)
                 if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == cfg.train.max_steps:
@@ -290,7 +316,7 @@ class GRPOTrainer:
     def _reward_metrics(self, all_rewards, local_failures) -> dict:
         failures = local_failures.to(self.accelerator.device)
         if dist.is_distributed():
-            failures = failures.to(dist._comm_device(failures))
+            failures = failures.to(dist.comm_device(failures))
             torch.distributed.all_reduce(failures)
         failures = failures.cpu()
         n = all_rewards.shape[0]
@@ -379,7 +405,7 @@ class GRPOTrainer:
                 "ratio_max", "policy_loss", "kl", "loss"]
         if not dist.is_distributed():
             return {k: local.get(k, 0.0) for k in keys} | {"train_passes": float(count)}
-        dev = dist._comm_device(torch.zeros(1))
+        dev = dist.comm_device(torch.zeros(1))
         vec = torch.tensor([local.get(k, 0.0) * count for k in keys] + [float(count)], device=dev)
         torch.distributed.all_reduce(vec)
         lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
