@@ -3,7 +3,6 @@ grounding rules, instructions and the appearance rule, near-duplicates, export, 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

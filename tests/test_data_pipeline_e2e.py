@@ -163,7 +163,8 @@ def test_render_sharded_over_two_processes(tiny_dataset, tmp_path):
         if src.is_file():
             (tmp_path / src.name).write_text(src.read_text())
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()),
            "-m", "psrl", "data", "render", "--dir", str(tmp_path), "--tiny", "--no-progress", "--set", "device=cpu"]
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

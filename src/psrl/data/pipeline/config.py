@@ -205,8 +205,8 @@ class DataPipelineConfig:
 # are noise, so the thresholds only exercise the plumbing (manifests, resume, sharding, statistics).
 TINY_PRESET = {
     "subjects": {"num_samples": 8, "count_weights": [0.6, 0.2, 0.2]},
-    "render": {"model": {"name": "flux", "path": "tiny", "max_sequence_length": 32}, "num_steps": 2, "height": 32, "width": 32,
-               "batch_size": 4},
+    "render": {"model": {"name": "flux", "path": "tiny", "max_sequence_length": 32}, "num_steps": 2,
+               "height": 32, "width": 32, "batch_size": 4},
     "ground": {"detector": {"kind": "grounding_dino", "path": "tiny", "box_threshold": 0.0},
                "min_box_area": 0.0, "min_box_side": 2, "max_pair_iou": 1.0},
     "references": {"model": {"name": "flux_kontext", "path": "tiny", "max_sequence_length": 32,

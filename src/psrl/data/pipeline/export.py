@@ -7,8 +7,9 @@ Outputs (all rewritten atomically on every run, so export is idempotent):
   ``tags`` = ``{task, subset, categories, source}``. Paths are relative to the dataset directory, which is the data
   root for ``psrl sft`` / ``psrl train``.
 - ``psrbench/<Task>.json``: the held-out split in PSRBench's format (``instruction``, ``input_path``,
-  ``category1..N``), one file per task (all seven, empty lists included), with its reference images copied (hard-linked when possible) under
-  ``psrbench/references/`` so ``psrbench/`` is a self-contained benchmark root for ``psrl bench``.
+  ``category1..N``), one file per task (all seven, empty lists included), with its reference images copied
+  (hard-linked when possible) under ``psrbench/references/`` so ``psrbench/`` is a self-contained benchmark root
+  for ``psrl bench``.
 
 A sample is held out when ``sample_seed(export.seed, id) / 2^31 < export.heldout_fraction``: the split of a sample
 never changes when the dataset grows.

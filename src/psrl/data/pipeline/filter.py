@@ -5,7 +5,8 @@ Pass 1 (per sample, sharded, resumable; manifest ``filter_scores``): the subject
 target against its references (detect, crop, embed, cosine, mean over subjects); rejected are unscorable samples
 (``consistency_unscorable``, with the reward's reason), samples with a subject the reward cannot find in the target
 (``subject_missing_in_target``), samples under ``filter.min_consistency`` (``low_consistency``) and, when
-``filter.min_subject_consistency`` is set, samples with a subject under it (``weak_subject``). The target's embedding is saved to ``embeddings/<id>.npy`` for pass 2.
+``filter.min_subject_consistency`` is set, samples with a subject under it (``weak_subject``). The target's
+embedding is saved to ``embeddings/<id>.npy`` for pass 2.
 
 Pass 2 (whole dataset, on the main process; manifest ``filter``): in input order, a kept target whose cosine
 similarity to an earlier kept target exceeds ``filter.max_duplicate_cosine`` is dropped (``near_duplicate``).

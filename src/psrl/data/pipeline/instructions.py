@@ -1,12 +1,12 @@
 """Stage 6, ``instructions``: the instruction that turns a sample's references into its target, per task
 (Attribute, Action, Background, Position, Complex, Three, Four).
 
-**The appearance rule.** An instruction names each subject by its category and may say what it wears, does, where
-it is and how subjects relate; it may not describe how a subject looks (colour, material, texture, pattern, size,
+**The appearance rule.** An instruction names each subject by its category and may say what it wears, does, where it
+is and how subjects relate; it may not describe how a subject looks (colour, material, texture, pattern, size,
 shape), because the reference images carry that and a description would leak it through the text (PSR's reason,
 research/psr.md 6.2). :func:`appearance_violations` enforces it: no appearance word among the three words before a
-subject's name in the same clause, and no ``<subject> is|are|looks|appears [very] <appearance word>``. Every instruction, template or VLM,
-must pass, or the sample is rejected (``appearance_in_instruction``).
+subject's name in the same clause, and no ``<subject> is|are|looks|appears [very] <appearance word>``. Every
+instruction, template or VLM, must pass, or the sample is rejected (``appearance_in_instruction``).
 
 Template path: template prompts reuse their slots (scene, attributes, actions); Position instructions use the
 relation measured on the target's boxes with the position metric's own rule, so the metric agrees with the data

@@ -68,7 +68,8 @@ class ReferencesStage(BaseStage):
                 out.append(rejected(e, "reference_error", failed[e["id"]]))
                 continue
             mine = [job for sid, job in jobs if sid == e["id"]]
-            out.append(kept(e, references=[rel for _, _, rel in mine], reference_prompts=[r.prompt for r, _, _ in mine]))
+            out.append(kept(e, references=[rel for _, _, rel in mine],
+                            reference_prompts=[r.prompt for r, _, _ in mine]))
         return out
 
     def _render(self, jobs: list[tuple[Record, int, str]]) -> None:

@@ -126,4 +126,5 @@ def _check_results(stage: str, batch: list[dict], results: list[dict]) -> None:
     got = [r.get("id") for r in results]
     want = [e["id"] for e in batch]
     if got != want:
-        raise RuntimeError(f"stage {stage!r} returned entries for ids {got}, expected {want} (one per input, in order)")
+        raise RuntimeError(f"stage {stage!r} returned entries for ids {got}, expected {want} "
+                           "(one per input, in order)")
