@@ -91,3 +91,11 @@ def test_saved_lora_loads_into_diffusers_pipeline_and_changes_output(tmp_path):
     pipe.load_lora_weights(lora_dir)
     adapted = run()
     assert (adapted - base).abs().max() > 1e-4
+
+
+def test_a_new_run_never_mixes_into_an_old_run_dir(tmp_path):
+    GRPOTrainer(_cfg(tmp_path, "same", "train.max_steps=1")).train()
+    second = GRPOTrainer(_cfg(tmp_path, "same", "train.max_steps=1"))
+    assert second.run_dir == tmp_path / "same-1"
+    resumed = GRPOTrainer(_cfg(tmp_path, "same", "train.max_steps=1"), resume=True)
+    assert resumed.run_dir == tmp_path / "same" and resumed.start_step == 1

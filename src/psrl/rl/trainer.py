@@ -155,9 +155,21 @@ class GRPOTrainer:
         return built
 
     def _make_run_dir(self) -> Path:
-        name = self.cfg.run.name or dist.broadcast_object(time.strftime("%Y%m%d-%H%M%S"))
+        """``output_dir/name``; a new (not resumed) run never mixes into an earlier run's folder: it gets the first
+        free ``name-<n>`` instead (decided on the main process)."""
+        root = Path(self.cfg.run.output_dir)
+        name = self.cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
+        if not self.resume and self.is_main:
+            base, n = name, 0
+            while (root / name / "metrics.jsonl").exists() or (root / name / ckpt.CHECKPOINTS).exists():
+                n += 1
+                name = f"{base}-{n}"
+            if name != base:
+                logger.warning("%s already holds a run; this new run goes to %s (use --resume to continue the old "
+                               "one)", root / base, root / name)
+        name = dist.broadcast_object(name)
         self.cfg.run.name = name
-        run_dir = Path(self.cfg.run.output_dir) / name
+        run_dir = root / name
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_yaml(self.cfg, run_dir / "config.yaml")
