@@ -4,7 +4,6 @@ Image-Edit-Plus and SD3 also run both stages from the CLI through overrides of t
 from pathlib import Path
 
 import pytest
-import torch
 
 from psrl.rl.tracking import read_metrics
 
