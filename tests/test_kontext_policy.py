@@ -137,5 +137,5 @@ def test_mismatched_lora_file_is_a_clear_error(tmp_path):
     _policy(tmp_path).save_lora(tmp_path / "r4")
     cfg = ModelConfig(name="flux_kontext", path="tiny", max_sequence_length=32,
                       lora=LoraConfig(rank=8, alpha=8, path=str(tmp_path / "r4")), args={"data_root": str(tmp_path)})
-    with pytest.raises(ModelLoadError, match="r4.*shape mismatch"):
+    with pytest.raises(ModelLoadError, match=r"r4.*rank"):
         FluxKontextPolicy.from_config(cfg, "cpu")

@@ -68,9 +68,9 @@ def test_rollout_recompute_with_mixed_layouts(tmp_path):
     a, b = _png(tmp_path, "a.png", (32, 32), 1), _png(tmp_path, "b.png", (48, 32), 2)
     policy = _policy(tmp_path)
     recs = [_rec("two", a, b)] * 2 + [_rec("one", b, prompt="a cat")] * 2
-    sampling = SamplingConfig(num_steps=3, height=32, width=32, guidance_scale=4.0, noise_level=1.0)
+    sampling = SamplingConfig(num_steps=2, height=32, width=32, guidance_scale=4.0, noise_level=1.0)
     ro = policy.rollout(recs, sampling, [_gen(i) for i in range(4)])
-    assert ro.latents.shape == (4, 4, 16, 16)   # 32x32 -> 8x8 latents -> 16 tokens of 4 * z_dim channels
+    assert ro.latents.shape == (4, 3, 16, 16)   # 32x32 -> 8x8 latents -> 16 tokens of 4 * z_dim channels
     assert ro.cond["ref_shapes"][0].tolist()[:2] == [[4, 4], [4, 4]]
     assert ro.cond["prompt_len"][0] != ro.cond["prompt_len"][2]
     for step in ro.trained_steps:
