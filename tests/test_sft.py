@@ -91,6 +91,9 @@ def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
     assert main(["sft", "--config", str(cfg), "--resume", "--max-steps", "14"]) == 0
     steps = [m["step"] for m in read_metrics(run / "metrics.jsonl")]
     assert steps[-1] == 14 and json.loads((run / "checkpoints" / "step-14" / "state.json").read_text())["step"] == 14
+    # a new run with the same name never mixes into the old folder
+    assert main(["sft", "--config", str(cfg), "--max-steps", "1", "--set", "sft.eval_sigmas=[]"]) == 0
+    assert (tmp_path / "runs" / "sft-1" / "checkpoints" / "step-1").is_dir()
 
     # the SFT LoRA initialises a GRPO policy through model.lora.path
     from safetensors.torch import load_file

@@ -117,6 +117,7 @@ class SFTTrainer:
         self.cfg = cfg
         t = cfg.sft
         self.progress = progress
+        self.resume = resume
         self.accelerator = dist.make_accelerator(t.device, t.mixed_precision)
         acc = self.accelerator
         self.is_main = acc.is_main_process
@@ -172,9 +173,21 @@ class SFTTrainer:
                     p.copy_(buf.to(p.device))
 
     def _make_run_dir(self) -> Path:
-        name = self.cfg.run.name or dist.broadcast_object(time.strftime("sft-%Y%m%d-%H%M%S"))
+        """``output_dir/name``; as for ``psrl train``, a new (not resumed) run never mixes into an earlier run's
+        folder: it gets the first free ``name-<n>``."""
+        root = Path(self.cfg.run.output_dir)
+        name = self.cfg.run.name or time.strftime("sft-%Y%m%d-%H%M%S")
+        if not self.resume and self.is_main:
+            base, n = name, 0
+            while (root / name / "metrics.jsonl").exists() or (root / name / ckpt.CHECKPOINTS).exists():
+                n += 1
+                name = f"{base}-{n}"
+            if name != base:
+                logger.warning("%s already holds a run; this new run goes to %s (use --resume to continue the old "
+                               "one)", root / base, root / name)
+        name = dist.broadcast_object(name)
         self.cfg.run.name = name
-        run_dir = Path(self.cfg.run.output_dir) / name
+        run_dir = root / name
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             dump_yaml(self.cfg, run_dir / "config.yaml")
