@@ -35,14 +35,18 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def tiny_qwen_tokenizer():
-    """Byte-level BPE with the 256 byte symbols only (no merges) plus Qwen's chat and vision special tokens."""
+def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=()):
+    """Byte-level BPE with the 256 byte symbols only (no merges) plus Qwen's chat and vision special tokens.
+    ``extra_special_tokens`` are added as specials (HPSv3's ``<|Reward|>``); ``answer_words`` become single tokens,
+    as "Yes"/"No" are in the real Qwen vocabulary, so a judge's first-token P(Yes) is well defined."""
     from transformers import Qwen2Tokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": QWEN_SPECIALS})
+    tok.add_special_tokens({"additional_special_tokens": [*QWEN_SPECIALS, *extra_special_tokens]})
+    if answer_words:
+        tok.add_tokens(list(answer_words))
     tok.chat_template = QWEN_CHAT_TEMPLATE
     return tok
 

@@ -12,57 +12,27 @@ import string
 
 import torch
 
-_CHARS = list(string.ascii_lowercase + string.digits + ".,!?'-")
 DETECTOR_WORDS = ("a", "the", "cat", "dog", "person", "red", "blue", "car", "ball", "box", "toy", "bird", ".")
 
 
-# ----------------------------------------------------------------------------- tokenizers
+# ----------------------------------------------------------------------------- tokenizers (shared with the policies')
 def tiny_clip_tokenizer(model_max_length: int = 77, words=("a", "photo", "of", "dog", "cat", "red", "person")):
-    """Character-level CLIP BPE plus whole-word merges; <|startoftext|>/<|endoftext|> take the two highest ids as
-    in real CLIP (OWLv2 pools text at ``input_ids.argmax()``). Merges must be tuples."""
-    from transformers import CLIPTokenizer
+    """EOS-last CLIP tokenizer (OWLv2 pools text at ``input_ids.argmax()``); see ``psrl.models.tiny``."""
+    from psrl.models.tiny import tiny_clip_tokenizer_eos_last
 
-    vocab, merges = {}, []
-    for c in _CHARS:
-        vocab.setdefault(c, len(vocab))
-        vocab.setdefault(c + "</w>", len(vocab))
-    for w in words:
-        pieces = list(w[:-1]) + [w[-1] + "</w>"]
-        while len(pieces) > 1:
-            merges.append((pieces[0], pieces[1]))
-            vocab.setdefault(pieces[0] + pieces[1], len(vocab))
-            pieces = [pieces[0] + pieces[1]] + pieces[2:]
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
-
-
-QWEN_SPECIALS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-QWEN_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
-    "{% if m['content'] is string %}{{ m['content'] }}{% else %}{% for c in m['content'] %}"
-    "{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+    return tiny_clip_tokenizer_eos_last(model_max_length=model_max_length, words=words)
 
 
 def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=("Yes", "No")):
-    """Byte-level BPE over the 256 byte symbols + Qwen chat/vision specials. ``answer_words`` become single tokens
-    (as "Yes"/"No" are in the real Qwen vocabulary) so first-token P(Yes) is well defined."""
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    """The policies' tiny Qwen tokenizer with single-token "Yes"/"No" answers by default (judges read P(Yes))."""
+    from psrl.models.tiny_more import tiny_qwen_tokenizer as _tiny_qwen_tokenizer
 
-    vocab = {ch: i for i, ch in enumerate(bytes_to_unicode().values())}
-    tok = Qwen2Tokenizer(vocab=vocab, merges=[], eos_token="<|im_end|>", pad_token="<|endoftext|>")
-    tok.add_special_tokens({"additional_special_tokens": [*QWEN_SPECIALS, *extra_special_tokens]})
-    if answer_words:
-        tok.add_tokens(list(answer_words))
-    tok.chat_template = QWEN_CHAT_TEMPLATE
-    return tok
+    return _tiny_qwen_tokenizer(extra_special_tokens=extra_special_tokens, answer_words=answer_words)
 
 
 def _qwen_ids(tokenizer) -> dict:
+    from psrl.models.tiny_more import QWEN_SPECIALS
+
     return {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_end|>", *QWEN_SPECIALS]}
 
 
@@ -184,7 +154,7 @@ def _qwen_image_only_processor(tokenizer, cls_name: str, min_pixels=56 * 56, max
 
     cls = image_only_processor_class(cls_name)
     return cls(image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
-               tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+               tokenizer=tokenizer, chat_template=tokenizer.chat_template)
 
 
 def tiny_qwen2_5_vl():
