@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from psrl.rl.optim import OPTIMIZERS
+
 # fp16 would need a loss scaler kept consistent across processes; bf16 needs none (FLUX trains in bf16).
 MIXED_PRECISION = ("no", "bf16")
 
@@ -51,6 +53,7 @@ class TrainConfig:
             (micro-batches are slices of one rollout batch, so they share its trained steps).
         gradient_accumulation: micro-batches (each over all trained steps) per optimizer update.
         num_inner_epochs: passes over the step's samples.
+        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, the ``psrl[bnb]`` extra; Flow-GRPO offers 8-bit Adam).
         lr, betas, weight_decay, adam_eps: AdamW (Flow-GRPO: 3e-4, (0.9, 0.999), 1e-4, 1e-8).
         lr_warmup_steps: linear warm-up in optimizer updates (0 = constant LR, as Flow-GRPO).
         max_grad_norm: clip the global grad norm (0 disables).
@@ -73,6 +76,7 @@ class TrainConfig:
     train_batch_size: int = 3
     gradient_accumulation: int = 1
     num_inner_epochs: int = 1
+    optimizer: str = "adamw"
     lr: float = 3e-4
     betas: tuple[float, float] = (0.9, 0.999)
     weight_decay: float = 1e-4
@@ -101,6 +105,8 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"train.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.clip_range <= 0:
             raise ValueError(f"train.clip_range must be > 0, got {self.clip_range}")
         if self.beta < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:

@@ -28,6 +28,7 @@ from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
+from psrl.rl.optim import make_optimizer
 from psrl.rl.sampler import sample_seed
 from psrl.rl.sft_config import SFTRunConfig
 from psrl.rl.tracking import Tracker, environment_info
@@ -79,19 +80,6 @@ def load_target(root: str | Path, record: Record, height: int, width: int) -> Te
     img = img.crop((left, top, left + width, top + height))
     arr = np.asarray(img, dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def make_optimizer(params, name: str, *, lr: float, betas, weight_decay: float, eps: float):
-    """AdamW, or bitsandbytes' 8-bit AdamW (optimizer states in 8 bits: ~75% less optimizer memory)."""
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
-    if name == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as e:
-            raise PsrlError("optimizer adamw8bit needs bitsandbytes: pip install 'psrl[bnb]' (CUDA only)") from e
-        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay, eps=eps)
-    raise ValueError(f"unknown optimizer {name!r}")
 
 
 def _accepts(fn, name: str) -> bool:

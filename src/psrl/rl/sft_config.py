@@ -17,10 +17,10 @@ from pathlib import Path
 
 from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
 from psrl.models.config import ModelConfig
+from psrl.rl.optim import OPTIMIZERS
 from psrl.rl.run_config import DataConfig, RunSection
 
 SIGMA_SAMPLING = ("logit_normal", "uniform", "mode")
-OPTIMIZERS = ("adamw", "adamw8bit")
 
 
 @dataclass

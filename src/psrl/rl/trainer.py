@@ -25,6 +25,7 @@ from psrl.rl import distributed as dist
 from psrl.rl.advantages import compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
 from psrl.rl.losses import grpo_loss
+from psrl.rl.optim import make_optimizer
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
 from psrl.rl.tracking import Tracker, environment_info, image_grid, save_image
@@ -113,8 +114,8 @@ class GRPOTrainer:
         self.rewards = self._build_rewards()
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
         t = cfg.train
-        self.optimizer = torch.optim.AdamW(self.params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
-                                           eps=t.adam_eps)
+        self.optimizer = make_optimizer(self.params, t.optimizer, lr=t.lr, betas=t.betas,
+                                        weight_decay=t.weight_decay, eps=t.adam_eps)
         warmup = t.lr_warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
