@@ -58,7 +58,7 @@ def test_ode_generation_equals_flux_pipeline(guidance_embeds):
 
 def test_schedule_is_the_schedulers_own_with_resolution_shift():
     policy = _policy()
-    sigmas, timesteps = policy.schedule(4, image_seq_len=64)
+    sigmas, timesteps = policy.sigma_schedule(4, image_seq_len=64)
     assert sigmas.shape == (5,) and sigmas[0] == 1 and sigmas[-1] == 0
     assert torch.allclose(timesteps, sigmas[:-1] * 1000)
     unshifted = torch.linspace(1, 0.25, 4)

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from psrl.data.records import Record, RecordError, SubjectRef
-from psrl.models.base import Policy, SamplingConfig
+from psrl.models.base import Policy, Rollout, SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 
 pytest.importorskip("diffusers")
@@ -89,6 +89,30 @@ def test_several_references_rollout_and_recompute(tmp_path, scheme):
     for step in ro.trained_steps:
         lp = policy.log_prob(ro.select([4, 1, 2]), step).log_prob
         assert torch.allclose(lp, ro.log_probs[[4, 1, 2], step], atol=1e-5, rtol=0)
+
+
+def test_rollouts_with_different_reference_widths_concatenate(tmp_path):
+    a, c = _png(tmp_path, "a.png", (16, 16), seed=1), _png(tmp_path, "c.png", (16, 16), seed=3)
+    policy = _policy(tmp_path)
+    sampling = SamplingConfig(num_steps=3, height=16, width=16, noise_level=0.8)
+    two = policy.rollout([_rec("two", a, c)] * 2, sampling, [_gen(i) for i in range(2)])
+    one = policy.rollout([_rec("one", a)], sampling, [_gen(9)])
+    assert two.cond["ref_latents"].shape[1] == 2 * 4 * 4 and one.cond["ref_latents"].shape[1] == 8 * 8
+    both = Rollout.cat([two, one])
+    assert both.cond["ref_latents"].shape == (3, 64, one.cond["ref_latents"].shape[2])
+    assert both.cond["ref_len"].tolist() == [32, 32, 64]
+    assert (both.cond["ref_latents"][:2, 32:] == 0).all()
+    for step in both.trained_steps:
+        lp = policy.log_prob(both, step).log_prob
+        assert torch.allclose(lp, both.log_probs[:, step], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="cond keys"):
+        Rollout.cat([two, _rollout_without_refs(two)])
+
+
+def _rollout_without_refs(ro):
+    from dataclasses import replace
+
+    return replace(ro, cond={k: v for k, v in ro.cond.items() if not k.startswith("ref_")})
 
 
 def test_references_are_encoded_once_per_record(tmp_path, monkeypatch):

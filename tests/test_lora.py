@@ -118,3 +118,70 @@ def test_lora_file_with_another_alpha_is_an_error(tmp_path):
     FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=16), max_sequence_length=16).save_lora(tmp_path)
     with pytest.raises(ModelLoadError, match=r"alpha 16.*alpha 8.*model.lora.alpha"):
         _policy(rank=4).load_lora(tmp_path)
+
+
+def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_path, caplog):
+    """lora.fuse: PSR's rank-512 SFT LoRA under a fresh rank-64 RL LoRA, here rank 8 under rank 4."""
+    from diffusers import FluxPipeline
+
+    from psrl.models.lora import FUSED_METADATA_KEY, fuse_lora_weights
+
+    sft = _policy(rank=8, targets="attn_ff")
+    _perturb(sft, std=0.3)
+    sft.save_lora(tmp_path / "sft")
+    sft_images = sft.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
+
+    # oracle: diffusers load_lora_weights + fuse_lora + unload gives the same base weights
+    pipe = FluxPipeline(**tiny_flux_components())
+    pipe.load_lora_weights(str(tmp_path / "sft"))
+    pipe.fuse_lora(lora_scale=0.5)
+    pipe.unload_lora_weights()
+    ours = tiny_flux_transformer()
+    fuse_lora_weights(ours, tmp_path / "sft", scale=0.5)
+    theirs = dict(pipe.transformer.named_parameters())
+    assert max(float((p - theirs[n]).detach().abs().max()) for n, p in ours.named_parameters()) < 1e-6
+
+    # a policy with the SFT LoRA fused and a new rank-4 adapter: with LoRA off it is the SFT policy (KL reference)
+    cfg = LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "sft")])
+    rl = FluxPolicy(tiny_flux_components(), lora=cfg, max_sequence_length=16)
+    with rl.disable_lora():
+        reference = rl.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
+    assert (reference - sft_images).abs().max() < 1e-4
+    assert sorted(p.shape[0] for n, p in lora_parameters(rl.transformer) if "lora_A" in n)[-1] == 4
+
+    # the RL adapter records what it was trained on; loading it on another base warns
+    _perturb(rl, seed=1)
+    rl.save_lora(tmp_path / "rl")
+    _, _, meta = read_lora_file(tmp_path / "rl")
+    assert [e["scale"] for e in meta[FUSED_METADATA_KEY]] == [1.0]
+    with caplog.at_level("WARNING"):
+        _policy().load_lora(tmp_path / "rl")
+    assert "model.lora.fuse" in caplog.text
+    # ... and diffusers reproduces the two-stage policy with both adapters active
+    pipe = FluxPipeline(**tiny_flux_components())
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(tmp_path / "sft"), adapter_name="sft")
+    pipe.load_lora_weights(str(tmp_path / "rl"), adapter_name="rl")
+    pipe.set_adapters(["sft", "rl"])
+    both = pipe("a red dog", num_inference_steps=2, height=16, width=16, max_sequence_length=16, output_type="pt",
+                guidance_scale=3.5, generator=torch.Generator().manual_seed(0)).images
+    assert (both - rl.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))).abs().max() < 1e-4
+
+
+def test_fuse_errors_name_the_file_and_the_entry(tmp_path):
+    from psrl.models.lora import fuse_lora_weights
+
+    _policy(targets="attn_ff").save_lora(tmp_path / "ff")
+    with pytest.raises(ModelLoadError, match="before the trainable adapter"):
+        fuse_lora_weights(_policy().transformer, tmp_path / "ff")
+    from psrl.models.tiny_more import tiny_sd3_components
+
+    with pytest.raises(ModelLoadError, match=r"ff.*layers this model does not have.*another model"):
+        fuse_lora_weights(tiny_sd3_components()["transformer"], tmp_path / "ff")
+    with pytest.raises(ModelLoadError, match="has no pytorch_lora_weights"):
+        FluxPolicy(tiny_flux_components(), lora=LoraConfig(fuse=[str(tmp_path)]), max_sequence_length=16)
+    with pytest.raises(ValueError, match=r"lora.fuse\[1\]"):
+        LoraConfig(fuse=["a", {"path": "b", "weight": 2}])
+    with pytest.raises(ValueError, match=r"lora.fuse\[0\].scale"):
+        LoraConfig(fuse=[{"path": "b", "scale": "big"}])
+    assert LoraConfig(fuse="x").fuse == [{"path": "x", "scale": 1.0}]

@@ -1,6 +1,7 @@
 """The paper recipes in configs/ load with the trainer's config classes and name registered rewards and policies;
 each has a tiny twin in configs/tiny/ that runs 2 steps through the CLI (GRPO: psrl train, SFT: psrl sft). Qwen-
 Image-Edit-Plus and SD3 also run both stages from the CLI through overrides of the twins."""
+import json
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,21 @@ def test_sft_then_grpo_from_the_cli(model, tmp_path):
     assert any(float(v.abs().sum()) > 0 for k, v in sft_weights.items() if "lora_B" in k)
     assert max(float((sft_weights[k] - grpo_weights[k]).abs().max()) for k in sft_weights) < 0.1
     assert metrics[-1]["reward/total/mean"] is not None
+
+
+def test_psr_two_stages_sft_rank_8_fused_under_a_rank_4_grpo_lora(tmp_path):
+    """PSR's hand-over (rank-512 SFT -> rank-64 RL), shrunk: the SFT LoRA is fused (model.lora.fuse), a fresh
+    smaller adapter trains on top, and its saved file records the fused LoRA."""
+    from safetensors import safe_open
+
+    from psrl.models.lora import FUSED_METADATA_KEY
+
+    sft = _sft(CONFIGS / "tiny" / "psr_kontext_sft.yaml", tmp_path / "sft",
+               "--set", "model.lora.rank=8", "--set", "model.lora.alpha=8.0")
+    run, metrics = _train(CONFIGS / "tiny" / "psr_kontext.yaml", tmp_path / "grpo",
+                          "--set", f"model.lora.fuse=[{sft}]", "--set", "train.max_steps=1", "--set", "eval.every=0")
+    assert metrics[-1]["reward/total/mean"] is not None and metrics[-1]["train_passes"] > 0
+    with safe_open(str(run / "checkpoints" / "step-1" / "lora" / "pytorch_lora_weights.safetensors"), "pt") as f:
+        fused = json.loads(f.metadata()[FUSED_METADATA_KEY])
+        ranks = {f.get_tensor(k).shape[0] for k in f.keys() if ".lora_A." in k}
+    assert [e["path"] for e in fused] == [str(sft / "pytorch_lora_weights.safetensors")] and ranks == {4}

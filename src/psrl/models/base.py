@@ -110,11 +110,20 @@ class Rollout:
 
     @staticmethod
     def cat(parts: Sequence["Rollout"]) -> "Rollout":
-        """Concatenate rollouts of one policy along the batch (same schedule and trained steps)."""
+        """Concatenate rollouts of one policy along the batch (same schedule and trained steps).
+
+        Cond tensors whose widths (dim 1) differ, such as reference tokens padded to each batch's longest
+        reference set, are zero-padded to the widest; the policy keeps the true lengths in another cond entry.
+        """
+        if not parts:
+            raise ValueError("Rollout.cat needs at least one rollout")
         first = parts[0]
         for p in parts[1:]:
             if p.trained_steps != first.trained_steps or not torch.equal(p.sigmas, first.sigmas):
                 raise ValueError("cannot concatenate rollouts with different schedules or trained steps")
+            if set(p.cond) != set(first.cond):
+                raise ValueError(f"cannot concatenate rollouts with cond keys {sorted(first.cond)} and "
+                                 f"{sorted(p.cond)}")
         return replace(
             first,
             records=[r for p in parts for r in p.records],
@@ -122,8 +131,23 @@ class Rollout:
             latents=torch.cat([p.latents for p in parts]),
             log_probs=torch.cat([p.log_probs for p in parts]),
             timesteps=torch.cat([p.timesteps for p in parts]),
-            cond={k: torch.cat([p.cond[k] for p in parts]) for k in first.cond},
+            cond={k: _cat_padded([p.cond[k] for p in parts], k) for k in first.cond},
         )
+
+
+def _cat_padded(tensors: Sequence[Tensor], name: str) -> Tensor:
+    """``torch.cat`` along dim 0, zero-padding dim 1 to the widest when only dim 1 differs."""
+    shapes = {tuple(t.shape[2:]) for t in tensors}
+    widths = {t.shape[1] for t in tensors if t.ndim >= 2}
+    if len(widths) <= 1 or len(shapes) != 1 or any(t.ndim < 2 for t in tensors):
+        try:
+            return torch.cat(list(tensors))
+        except RuntimeError as exc:
+            raise ValueError(f"cannot concatenate cond[{name!r}] of shapes "
+                             f"{[tuple(t.shape) for t in tensors]}") from exc
+    width = max(widths)
+    return torch.cat([torch.nn.functional.pad(t, (0, 0) * (t.ndim - 2) + (0, width - t.shape[1]))
+                      for t in tensors])
 
 
 @dataclass
@@ -162,9 +186,9 @@ class Policy(Protocol):
         """ODE generation (``noise_level`` ignored) for evaluation: ``[B, 3, H, W]`` in ``[0, 1]``."""
 
     def flow_matching_loss(self, records: Sequence[Record], targets: Tensor, sigmas: Tensor,
-                           generator: torch.Generator | None = None) -> Tensor:
+                           generator: torch.Generator | None = None, *, guidance_scale: float = 3.5) -> Tensor:
         """SFT loss: MSE between predicted and true velocity for ``targets`` (``[B, 3, H, W]`` in [0, 1]) noised
-        to ``sigmas [B]``."""
+        to ``sigmas [B]``; ``guidance_scale`` feeds a distilled-guidance embedding (FLUX), CFG policies ignore it."""
 
     def trainable_parameters(self) -> Iterator[nn.Parameter]: ...
 

@@ -15,7 +15,11 @@ class LoraConfig:
         targets: a preset name (see ``psrl.models.lora.LORA_TARGET_PRESETS``) or an explicit module-name list.
         init: peft ``init_lora_weights`` (``"gaussian"`` as Flow-GRPO, or ``true`` for zero-B init).
         dropout: ``lora_dropout``.
-        path: initialise from a saved LoRA (a diffusers-format file or a checkpoint directory), e.g. an SFT result.
+        path: initialise the trainable adapter from a saved LoRA (a diffusers-format file or a checkpoint
+            directory) of the same rank and alpha, e.g. to continue an SFT run with GRPO.
+        fuse: LoRAs fused into the frozen base weights before the trainable adapter is added, each a path or
+            ``{path, scale}``: PSR's stage 2 trains a fresh rank-64 adapter on the rank-512 SFT result. The fused
+            model is also the KL reference. Saved adapters record what was fused under them.
     """
 
     rank: int = 32
@@ -24,10 +28,24 @@ class LoraConfig:
     init: Any = "gaussian"
     dropout: float = 0.0
     path: str | None = None
+    fuse: list = field(default_factory=list)
 
     def __post_init__(self):
         if self.rank < 1:
             raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        entries = [self.fuse] if isinstance(self.fuse, (str, dict)) else list(self.fuse or [])
+        normalised = []
+        for i, entry in enumerate(entries):
+            if isinstance(entry, str):
+                entry = {"path": entry}
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) or \
+                    set(entry) - {"path", "scale"}:
+                raise ValueError(f"lora.fuse[{i}] must be a path or {{path, scale}}, got {entry!r}")
+            try:
+                normalised.append({"path": entry["path"], "scale": float(entry.get("scale", 1.0))})
+            except (TypeError, ValueError):
+                raise ValueError(f"lora.fuse[{i}].scale must be a number, got {entry.get('scale')!r}") from None
+        self.fuse = normalised
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import random
 from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
@@ -26,6 +27,8 @@ from psrl.models.base import Rollout, SamplingConfig, StepLogProb
 from psrl.sampling import plan_steps, sde_step_with_logprob
 
 logger = logging.getLogger(__name__)
+
+Generator = torch.Generator | list[torch.Generator] | None
 
 
 def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | None = None,
@@ -47,6 +50,28 @@ def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | No
     if sig.shape[0] != num_steps + 1 or ts.shape[0] != num_steps:
         raise ValueError(f"scheduler gave {ts.shape[0]} timesteps for {num_steps} steps")
     return sig, ts
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """Strip DistributedDataParallel / accelerate / torch.compile wrappers."""
+    while True:
+        inner = getattr(module, "module", None)
+        if isinstance(inner, nn.Module):
+            module = inner
+            continue
+        inner = getattr(module, "_orig_mod", None)
+        if isinstance(inner, nn.Module):
+            module = inner
+            continue
+        return module
+
+
+def window_rng(generator: Generator) -> random.Random:
+    """A ``random.Random`` seeded from ``generator`` (the first one of a list): every rank that holds the same
+    generator state draws the same Flow-GRPO-Fast window."""
+    g = generator[0] if isinstance(generator, (list, tuple)) else generator
+    seed = torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device if g is not None else "cpu")
+    return random.Random(int(seed))
 
 
 def group_by_key(keys: Sequence[Hashable]) -> list[list[int]]:
@@ -140,8 +165,6 @@ class FlowPolicyBase:
         # same draw order as FluxPolicy: initial noise, then (fast_window only) the window, then the step noise
         x = self._noise(records, sampling, generator).to(self.device, torch.float32)
         if sde:
-            from psrl.models.flux import window_rng
-
             rng = window_rng(generator) if sampling.train_steps == "fast_window" else None
             plan = plan_steps(n_steps, sampling.train_steps, k=sampling.train_k,
                               window_range=tuple(sampling.window_range) if sampling.window_range else None,
@@ -211,16 +234,19 @@ class FlowPolicyBase:
 
     # ------------------------------------------------------------------ SFT
     def flow_matching_loss(self, records: Sequence[Record], targets: Tensor, sigmas: Tensor,
-                           generator: torch.Generator | None = None) -> Tensor:
-        """Rectified-flow velocity MSE: ``x_s = (1 - s) x0 + s eps``, target ``eps - x0``, conditional branch only
-        (no CFG), model timestep ``1000 s``. ``targets`` ``[B, 3, H, W]`` in [0, 1]; the output size is the
-        targets' size."""
+                           generator: torch.Generator | None = None, *, guidance_scale: float = 3.5) -> Tensor:
+        """Rectified-flow velocity MSE: ``x_s = (1 - s) x0 + s eps``, target ``eps - x0``, model timestep
+        ``1000 s``, conditional branch only (no CFG; ``guidance_scale`` feeds a distilled-guidance embedding such as
+        FLUX's). ``targets`` ``[B, 3, H, W]`` in [0, 1] set the size; ``sigmas [B]`` in (0, 1]."""
+        records = list(records)
+        if targets.ndim != 4 or targets.shape[0] != len(records):
+            raise ValueError(f"targets must be [B, 3, H, W] with B = {len(records)}, got {tuple(targets.shape)}")
         b, _, h, w = targets.shape
-        sampling = SamplingConfig(num_steps=1, height=h, width=w, noise_level=0.0)
-        cond, meta = self.encode(list(records), sampling)
-        meta = dict(meta, sampling=sampling)
+        sampling = SamplingConfig(num_steps=1, height=h, width=w, noise_level=0.0, guidance_scale=guidance_scale)
         with torch.no_grad():
-            x0 = self.encode_targets(targets.to(self.device), meta).float()
+            cond, meta = self.encode(records, sampling)
+        meta = dict(meta, sampling=sampling)
+        x0 = self.encode_targets(targets.to(self.device), meta).float()
         noise = self.initial_noise(b, sampling, generator).to(self.device, torch.float32)
         if noise.shape != x0.shape:
             raise ValueError(f"target latents {tuple(x0.shape)} do not match the noise layout {tuple(noise.shape)}")
@@ -231,11 +257,11 @@ class FlowPolicyBase:
 
     # ------------------------------------------------------------------ setup shared by the concrete policies
     def _setup_denoiser(self, cfg, frozen: Sequence[nn.Module], device) -> None:
-        """Apply a :class:`psrl.models.config.ModelConfig` to ``self.transformer``: dtype, LoRA (``lora.path``
-        loads a saved adapter, e.g. an SFT result), gradient checkpointing; frozen modules go to eval mode and,
+        """Apply a :class:`psrl.models.config.ModelConfig` to ``self.transformer``: dtype, LoRA (``lora.fuse``
+        and ``lora.path``, see :func:`psrl.models.lora.prepare_lora`), gradient checkpointing; frozen modules go to eval mode and,
         unless ``offload_frozen``, to ``device``."""
         from psrl.models.loading import torch_dtype_from_name
-        from psrl.models.lora import add_lora, load_lora_weights
+        from psrl.models.lora import prepare_lora
 
         self.device = torch.device(device)
         self.dtype = torch_dtype_from_name(cfg.dtype)
@@ -244,9 +270,7 @@ class FlowPolicyBase:
             self.transformer.to(self.dtype)
         self.transformer.to(self.device)
         self.transformer.eval()
-        add_lora(self.transformer, cfg.lora)
-        if cfg.lora.path:
-            load_lora_weights(self.transformer, cfg.lora.path, prefix=self.lora_prefix)
+        prepare_lora(self.transformer, cfg.lora, prefix=self.lora_prefix)
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         for m in frozen:
@@ -257,14 +281,16 @@ class FlowPolicyBase:
 
     @contextlib.contextmanager
     def _frozen_on_device(self, *modules: nn.Module):
-        """With ``offload_frozen``, frozen encoders live on the CPU and visit the accelerator only while used."""
+        """With ``offload_frozen``, frozen encoders live on the CPU and visit the accelerator only while used.
+        Yields the module (or the tuple of modules)."""
+        yielded = modules[0] if len(modules) == 1 else modules
         if not self.offload_frozen or self.device.type == "cpu":
-            yield
+            yield yielded
             return
         for m in modules:
             m.to(self.device)
         try:
-            yield
+            yield yielded
         finally:
             for m in modules:
                 m.to("cpu")
@@ -304,8 +330,6 @@ class FlowPolicyBase:
 
     def set_module(self, module: nn.Module) -> None:
         """Use a wrapped transformer (DDP, accelerate) for forward passes; saving unwraps it."""
-        from psrl.models.flux import unwrap_module
-
         if unwrap_module(module) is not self.transformer:
             raise ValueError("set_module expects the policy's own transformer, possibly wrapped")
         self.module = module
@@ -352,4 +376,5 @@ def reorder(parts: list[tuple[list[int], Tensor]], n: int) -> Tensor:
     return out
 
 
-__all__ = ["FlowPolicyBase", "group_by_key", "pad_rows", "reorder", "scheduler_schedule", "unique_records"]
+__all__ = ["FlowPolicyBase", "group_by_key", "pad_rows", "reorder", "scheduler_schedule", "unique_records",
+           "unwrap_module", "window_rng"]

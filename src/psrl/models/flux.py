@@ -13,20 +13,19 @@ per-sample tensors in ``cond``) and :meth:`velocity` (e.g. appending reference t
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from psrl.data.records import Record
-from psrl.models.base import Rollout, SamplingConfig, StepLogProb
+from psrl.models.base import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
-from psrl.models.lora import add_lora, has_lora, load_lora_weights, save_lora_weights
-from psrl.sampling import StepPlan, plan_steps, resolution_shift_mu, sde_step_with_logprob
+from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unwrap_module, window_rng
+from psrl.models.lora import prepare_lora
+from psrl.sampling import resolution_shift_mu
 
 logger = logging.getLogger(__name__)
 
@@ -58,29 +57,7 @@ def latent_image_ids(packed_h: int, packed_w: int, *, first: float = 0.0, device
     return ids.reshape(packed_h * packed_w, 3).to(device=device, dtype=dtype)
 
 
-def unwrap_module(module: nn.Module) -> nn.Module:
-    """Strip DistributedDataParallel / accelerate / torch.compile wrappers."""
-    while True:
-        inner = getattr(module, "module", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-            continue
-        inner = getattr(module, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-            continue
-        return module
-
-
-def window_rng(generator: Generator) -> random.Random:
-    """A ``random.Random`` seeded from ``generator`` (the first one of a list): every rank that holds the same
-    generator state draws the same Flow-GRPO-Fast window."""
-    g = generator[0] if isinstance(generator, (list, tuple)) else generator
-    seed = torch.randint(0, 2**31 - 1, (1,), generator=g, device=g.device if g is not None else "cpu")
-    return random.Random(int(seed))
-
-
-class FluxPolicy:
+class FluxPolicy(FlowPolicyBase):
     """FLUX.1 text-to-image policy with a LoRA on the transformer.
 
     Args:
@@ -94,15 +71,13 @@ class FluxPolicy:
         gradient_checkpointing: recompute transformer activations in the backward pass.
         offload_frozen: keep text encoders and VAE on the CPU, moving each to ``device`` only while it runs.
 
-    Rollout layout: ``latents [B, T + 1, N, C]`` fp32 packed (``N = (H/16)(W/16)`` tokens for FLUX.1, ``C = 64``),
-    ``log_probs [B, T]`` fp32 (0 on ODE steps), ``sigmas [T + 1]`` and ``timesteps [B, T]`` (0..1000 scale) on the
-    CPU, ``noisy [T]`` bool. ``cond``: ``prompt_embeds [B, L, D]`` (T5, ``L = max_sequence_length``) and
-    ``pooled_prompt_embeds [B, D']`` (CLIP), in the frozen dtype. ``meta``: ``height``, ``width``, ``guidance``
-    (float, or ``None`` when the transformer has no guidance embedding), ``noise_level``, ``kind``, ``reduce``,
-    ``cps_compat``, ``num_steps``. Rollouts of one policy and sampling config concatenate with ``Rollout.cat``.
+    The rollout, log-prob recompute, generation and SFT loss are :class:`FlowPolicyBase`'s; this class supplies
+    FLUX's hooks. Rollout layout: ``latents [B, T + 1, N, C]`` fp32 packed (``N = (H/16)(W/16)`` tokens for FLUX.1,
+    ``C = 64``), ``log_probs [B, T]`` fp32 (0 on ODE steps), ``sigmas [T + 1]`` and ``timesteps [B, T]`` (0..1000
+    scale) on the CPU, ``noisy [T]`` bool. ``cond``: ``prompt_embeds [B, L, D]`` (T5, ``L = max_sequence_length``)
+    and ``pooled_prompt_embeds [B, D']`` (CLIP), in the frozen dtype. ``meta``: ``height``, ``width``, ``guidance``
+    (float, or ``None`` when the transformer has no guidance embedding) and the ``sampling`` config.
     """
-
-    lora_prefix = "transformer"
 
     def __init__(self, components: dict, *, lora: LoraConfig | None = None, dtype: Any = torch.float32,
                  device: Any = "cpu", max_sequence_length: int = 512, gradient_checkpointing: bool = False,
@@ -134,9 +109,7 @@ class FluxPolicy:
                 module.to(dtype=dtype)
         self.lora_config = lora
         if lora is not None:
-            add_lora(self.transformer, lora)
-            if lora.path:
-                self.load_lora(lora.path)
+            prepare_lora(self.transformer, lora, prefix=self.lora_prefix)
         if gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         self.module: nn.Module = self.transformer
@@ -174,7 +147,6 @@ class FluxPolicy:
     def frozen_modules(self) -> list[nn.Module]:
         return [self.text_encoder, self.text_encoder_2, self.vae]
 
-    # ------------------------------------------------------------------ device / modes
     def to(self, device) -> "FluxPolicy":
         self.device = torch.device(device)
         self.module.to(self.device)
@@ -182,63 +154,6 @@ class FluxPolicy:
         for m in self.frozen_modules():
             m.to(frozen_device)
         return self
-
-    def train(self, mode: bool = True) -> None:
-        """Only the transformer changes mode; the frozen encoders and VAE always stay in eval mode."""
-        self.module.train(mode)
-
-    def set_module(self, module: nn.Module) -> None:
-        """Use a wrapped transformer (DDP, accelerate) for forward passes; saving unwraps it."""
-        if unwrap_module(module) is not self.transformer:
-            raise ValueError("set_module expects the policy's own transformer, possibly wrapped")
-        self.module = module
-
-    def trainable_parameters(self) -> Iterator[nn.Parameter]:
-        return (p for p in self.transformer.parameters() if p.requires_grad)
-
-    @contextlib.contextmanager
-    def disable_lora(self):
-        """Run the base model (the KL reference). Gradient flags of the LoRA weights are restored on exit."""
-        if not has_lora(self.transformer):
-            yield
-            return
-        flags = [(p, p.requires_grad) for p in self.transformer.parameters()]
-        self.transformer.disable_adapters()
-        try:
-            yield
-        finally:
-            self.transformer.enable_adapters()
-            for p, flag in flags:
-                p.requires_grad_(flag)
-
-    def save_lora(self, path) -> None:
-        """Write ``pytorch_lora_weights.safetensors`` (diffusers format) into directory ``path`` (or to ``path`` if it
-        ends in ``.safetensors``); loadable with ``FluxPipeline.load_lora_weights``."""
-        save_lora_weights(self.transformer, path, prefix=self.lora_prefix)
-
-    def load_lora(self, path) -> None:
-        """Load a diffusers-format LoRA (file or directory); a mismatching file raises ``ModelLoadError``."""
-        load_lora_weights(self.transformer, path, prefix=self.lora_prefix)
-
-    @contextlib.contextmanager
-    def _frozen_on_device(self, module: nn.Module):
-        if not self.offload_frozen or self.device.type == "cpu":
-            yield module
-            return
-        module.to(self.device)
-        try:
-            yield module
-        finally:
-            module.to("cpu")
-
-    @contextlib.contextmanager
-    def _eval_mode(self):
-        was_training = self.module.training
-        self.module.eval()
-        try:
-            yield
-        finally:
-            self.module.train(was_training)
 
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
@@ -264,6 +179,12 @@ class FluxPolicy:
         index = torch.tensor([unique.index(p) for p in prompts], device=self.device)
         return {"prompt_embeds": embeds[index], "pooled_prompt_embeds": pooled[index]}
 
+    def encode(self, records: Sequence[Record], sampling: SamplingConfig) -> tuple[dict[str, Tensor], dict]:
+        self.latent_size(sampling.height, sampling.width)
+        meta = {"height": sampling.height, "width": sampling.width,
+                "guidance": float(sampling.guidance_scale) if self.guidance_embeds else None}
+        return self.encode_conditions(records, sampling), meta
+
     # ------------------------------------------------------------------ geometry and schedule
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         """Unpacked latent ``(h, w)``; raises for a size FLUX cannot pack."""
@@ -273,30 +194,36 @@ class FluxPolicy:
                              f"(VAE scale {self.vae_scale_factor} x 2x2 packing), got {height}x{width}")
         return height // self.vae_scale_factor, width // self.vae_scale_factor
 
-    def schedule(self, num_steps: int, image_seq_len: int) -> tuple[Tensor, Tensor]:
+    def sigma_schedule(self, num_steps: int, image_seq_len: int) -> tuple[Tensor, Tensor]:
         """``(sigmas [T + 1], timesteps [T])`` float32 on the CPU, computed by the scheduler itself as
         ``FluxPipeline`` does: ``set_timesteps(sigmas=linspace(1, 1/T, T), mu=calculate_shift(seq_len))``."""
         cfg = self.scheduler.config
         mu = resolution_shift_mu(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
                                  cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        if getattr(cfg, "use_flow_sigmas", False):
-            self.scheduler.set_timesteps(num_inference_steps=num_steps, device="cpu", mu=mu)
-        else:
-            sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
-            self.scheduler.set_timesteps(sigmas=sigmas, device="cpu", mu=mu)
-        return self.scheduler.sigmas.float().cpu().clone(), self.scheduler.timesteps.float().cpu().clone()
+        sigmas = None if getattr(cfg, "use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
+        return scheduler_schedule(self.scheduler, num_steps, sigmas=sigmas, mu=mu)
 
-    def initial_noise(self, batch: int, latent_h: int, latent_w: int, generator: Generator) -> Tensor:
+    def schedule(self, sampling: SamplingConfig) -> tuple[Tensor, Tensor]:
+        lat_h, lat_w = self.latent_size(sampling.height, sampling.width)
+        return self.sigma_schedule(sampling.num_steps, (lat_h // 2) * (lat_w // 2))
+
+    def initial_noise(self, n: int, sampling: SamplingConfig, generator: Generator) -> Tensor:
         """Packed fp32 noise drawn like ``FluxPipeline.prepare_latents`` (``randn_tensor`` on ``[B, C, h, w]``)."""
         from diffusers.utils.torch_utils import randn_tensor
 
-        if isinstance(generator, (list, tuple)) and len(generator) != batch:
-            raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
-        noise = randn_tensor((batch, self.latent_channels, latent_h, latent_w), generator=generator,
+        if isinstance(generator, (list, tuple)) and len(generator) != n:
+            raise ValueError(f"got {len(generator)} generators for a batch of {n}")
+        lat_h, lat_w = self.latent_size(sampling.height, sampling.width)
+        noise = randn_tensor((n, self.latent_channels, lat_h, lat_w), generator=generator,
                              device=self.device, dtype=torch.float32)
         return pack_latents(noise)
 
     # ------------------------------------------------------------------ the model
+    def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
+                guidance: bool = True) -> Tensor:
+        """FLUX's guidance is distilled into an embedding (no CFG branch), so ``guidance`` changes nothing."""
+        return self.velocity(latents, timesteps, cond, meta)
+
     def velocity(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict) -> Tensor:
         """Transformer prediction (fp32) for packed ``latents [B, N, C]`` at ``timesteps [B]`` (0..1000 scale)."""
         dtype = self.dtype
@@ -306,7 +233,7 @@ class FluxPolicy:
         guidance = None
         if self.guidance_embeds:
             guidance = torch.full((b,), float(meta["guidance"]), device=self.device, dtype=torch.float32)
-        out = self.module(
+        out = self._forward(
             hidden_states=latents.to(self.device, dtype),
             timestep=timesteps.to(self.device, dtype) / 1000,
             guidance=guidance,
@@ -314,14 +241,13 @@ class FluxPolicy:
             encoder_hidden_states=embeds,
             txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=dtype),
             img_ids=latent_image_ids(lat_h // 2, lat_w // 2, device=self.device, dtype=dtype),
-            return_dict=False,
-        )[0]
+        )
         return out.float()
 
     @torch.no_grad()
-    def decode(self, latents: Tensor, height: int, width: int) -> Tensor:
+    def decode(self, latents: Tensor, meta: dict) -> Tensor:
         """Packed latents -> images ``[B, 3, H, W]`` float32 in ``[0, 1]``."""
-        lat_h, lat_w = self.latent_size(height, width)
+        lat_h, lat_w = self.latent_size(meta["height"], meta["width"])
         with self._frozen_on_device(self.vae) as vae:
             x = unpack_latents(latents.float(), lat_h, lat_w)
             x = x / vae.config.scaling_factor + vae.config.shift_factor
@@ -329,128 +255,15 @@ class FluxPolicy:
         return (image.float().to(self.device) * 0.5 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
-    def encode_images(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> packed, scaled and shifted latents (fp32)."""
+    def encode_targets(self, images: Tensor, meta: dict) -> Tensor:
+        """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> packed, scaled and shifted latents (fp32). The posterior mode,
+        as Kontext encodes its references, so an SFT step depends on its seed only through noise and sigmas."""
+        self.latent_size(images.shape[-2], images.shape[-1])
         with self._frozen_on_device(self.vae) as vae:
             x = images.to(next(vae.parameters()).device, self.dtype) * 2 - 1
-            lat = vae.encode(x).latent_dist.sample(generator=generator)
+            lat = vae.encode(x).latent_dist.mode()
             lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
         return pack_latents(lat.to(self.device))
-
-    # ------------------------------------------------------------------ sampling
-    def _meta(self, sampling: SamplingConfig, noise_level: float) -> dict:
-        return {
-            "height": sampling.height, "width": sampling.width,
-            "guidance": float(sampling.guidance_scale) if self.guidance_embeds else None,
-            "noise_level": float(noise_level), "kind": sampling.sde_kind, "reduce": sampling.log_prob_reduce,
-            "cps_compat": sampling.cps_compat, "num_steps": sampling.num_steps,
-        }
-
-    def _start(self, records: Sequence[Record], sampling: SamplingConfig, generator: Generator,
-               same_noise_per_group: bool):
-        lat_h, lat_w = self.latent_size(sampling.height, sampling.width)
-        noise = self.initial_noise(len(records), lat_h, lat_w, generator)
-        if same_noise_per_group:
-            first = {}
-            for i, r in enumerate(records):
-                first.setdefault((r.id, r.prompt), i)
-            noise = noise[torch.tensor([first[(r.id, r.prompt)] for r in records], device=noise.device)]
-        sigmas, timesteps = self.schedule(sampling.num_steps, noise.shape[1])
-        return noise, sigmas, timesteps
-
-    def plan(self, sampling: SamplingConfig, generator: Generator) -> StepPlan:
-        """Which steps are noisy/trained for ``sampling``; the ``fast_window`` start is drawn from ``generator``."""
-        rng = window_rng(generator) if sampling.train_steps == "fast_window" else None
-        window = tuple(sampling.window_range) if sampling.window_range is not None else None
-        return plan_steps(sampling.num_steps, sampling.train_steps, k=sampling.train_k, window_range=window,
-                          steps=sampling.noise_steps, rng=rng)
-
-    @torch.no_grad()
-    def rollout(self, records: Sequence[Record], sampling: SamplingConfig, generator: Generator = None, *,
-                plan: StepPlan | None = None) -> Rollout:
-        """Sample one trajectory per record: SDE steps (noise ``sampling.noise_level``) where the plan says noisy,
-        ODE elsewhere; keeps every latent and per-step log-prob. The transformer runs in eval mode (restored after).
-
-        ``generator``: one generator, one per sample, or ``None``; the initial noise, then (for ``fast_window``) the
-        window, then the step noise are drawn from it in that order. ``plan`` overrides the plan drawn here.
-        """
-        records = list(records)
-        noise, sigmas, timesteps = self._start(records, sampling, generator, sampling.same_noise_per_group)
-        plan = plan if plan is not None else self.plan(sampling, generator)
-        if plan.num_steps != sampling.num_steps:
-            raise ValueError(f"plan has {plan.num_steps} steps, sampling.num_steps is {sampling.num_steps}")
-        cond = self.encode_conditions(records, sampling)
-        meta = self._meta(sampling, sampling.noise_level)
-        b, steps = len(records), sampling.num_steps
-        latents, log_probs = [noise], torch.zeros(b, steps, device=self.device)
-        x = noise
-        with self._eval_mode():
-            for i in range(steps):
-                v = self.velocity(x, timesteps[i].expand(b), cond, meta)
-                level = sampling.noise_level if plan.noisy[i] else 0.0
-                x, log_probs[:, i], _, _ = sde_step_with_logprob(
-                    x, v, sigmas[i], sigmas[i + 1], level, generator=generator, kind=sampling.sde_kind,
-                    reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
-                latents.append(x)
-        images = self.decode(x, sampling.height, sampling.width)
-        return Rollout(
-            records=records, images=images, latents=torch.stack(latents, dim=1), log_probs=log_probs,
-            sigmas=sigmas, timesteps=timesteps.expand(b, steps).clone(), noisy=torch.tensor(plan.noisy),
-            trained_steps=tuple(plan.trained), cond=cond, meta=meta)
-
-    def log_prob(self, rollout: Rollout, step: int) -> StepLogProb:
-        """Recompute step ``step`` of ``rollout`` with the current weights (differentiable through the LoRA).
-
-        Uses the module's current mode (the trainer decides train/eval). Before any update, on the same batch,
-        this reproduces ``rollout.log_probs[:, step]``; on a different sub-batch the transformer's kernels may
-        round differently (~1e-6).
-        """
-        steps = rollout.latents.shape[1] - 1
-        if not 0 <= step < steps:
-            raise IndexError(f"step {step} out of range for a rollout of {steps} steps")
-        meta = rollout.meta
-        x = rollout.latents[:, step].to(self.device)
-        v = self.velocity(x, rollout.timesteps[:, step], rollout.cond, meta)
-        level = meta["noise_level"] if bool(rollout.noisy[step]) else 0.0
-        sigma, sigma_next = rollout.sigmas[step], rollout.sigmas[step + 1]
-        _, log_prob, mean, std = sde_step_with_logprob(
-            x, v, sigma, sigma_next, level, prev_sample=rollout.latents[:, step + 1].to(self.device),
-            kind=meta["kind"], reduce=meta["reduce"], cps_compat=meta["cps_compat"])
-        dt = torch.full((x.shape[0],), float(sigma_next - sigma), device=self.device)
-        return StepLogProb(log_prob=log_prob, mean=mean, std=std, dt=dt)
-
-    @torch.no_grad()
-    def generate(self, records: Sequence[Record], sampling: SamplingConfig, generator: Generator = None) -> Tensor:
-        """Deterministic ODE sampling (``noise_level`` ignored), any steps and size: ``[B, 3, H, W]`` in [0, 1]."""
-        records = list(records)
-        x, sigmas, timesteps = self._start(records, sampling, generator, sampling.same_noise_per_group)
-        cond = self.encode_conditions(records, sampling)
-        meta = self._meta(sampling, 0.0)
-        with self._eval_mode():
-            for i in range(sampling.num_steps):
-                v = self.velocity(x, timesteps[i].expand(x.shape[0]), cond, meta)
-                x, _, _, _ = sde_step_with_logprob(x, v, sigmas[i], sigmas[i + 1], 0.0)
-        return self.decode(x, sampling.height, sampling.width)
-
-    def flow_matching_loss(self, records: Sequence[Record], targets: Tensor, sigmas: Tensor,
-                           generator: torch.Generator | None = None, *, guidance_scale: float = 3.5) -> Tensor:
-        """SFT loss: ``mean((v_pred - (noise - x0))^2)`` in fp32, with ``x0`` the VAE latents of ``targets``
-        (``[B, 3, H, W]`` in [0, 1]) and ``x_sigma = (1 - sigma) x0 + sigma noise`` for ``sigmas [B]`` in (0, 1]."""
-        records = list(records)
-        if targets.ndim != 4 or targets.shape[0] != len(records):
-            raise ValueError(f"targets must be [B, 3, H, W] with B = {len(records)}, got {tuple(targets.shape)}")
-        height, width = int(targets.shape[-2]), int(targets.shape[-1])
-        self.latent_size(height, width)
-        x0 = self.encode_images(targets, generator)
-        from diffusers.utils.torch_utils import randn_tensor
-        noise = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=torch.float32)
-        s = sigmas.to(self.device, torch.float32).view(-1, 1, 1)
-        x_t = (1 - s) * x0 + s * noise
-        sampling = SamplingConfig(height=height, width=width, guidance_scale=guidance_scale)
-        with torch.no_grad():
-            cond = self.encode_conditions(records, sampling)
-        v = self.velocity(x_t, s.view(-1) * 1000, cond, self._meta(sampling, 0.0))
-        return ((v - (noise - x0)) ** 2).mean()
 
 
 __all__ = ["FluxPolicy", "latent_image_ids", "pack_latents", "unpack_latents", "unwrap_module", "window_rng"]

@@ -205,12 +205,12 @@ class FluxKontextPolicy(FluxPolicy):
             guidance = None
             if self.guidance_embeds:
                 guidance = torch.full((len(idx),), float(meta["guidance"]), device=self.device, dtype=torch.float32)
-            out = self.module(
+            out = self._forward(
                 hidden_states=hidden, timestep=timesteps[ix].to(dtype) / 1000, guidance=guidance,
                 pooled_projections=cond["pooled_prompt_embeds"][ix].to(self.device, dtype),
                 encoder_hidden_states=embeds,
                 txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=dtype),
-                img_ids=img_ids, return_dict=False)[0]
+                img_ids=img_ids)
             parts.append((idx, out[:, :n].float()))
         return reorder(parts, b)
 

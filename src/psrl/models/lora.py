@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 LORA_METADATA_KEY = "lora_adapter_metadata"  # diffusers' header key for the serialized peft LoraConfig
+FUSED_METADATA_KEY = "psrl_fused_loras"  # LoRAs fused into the base before this adapter was trained
 
 _ATTN = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
 _FF = ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
@@ -171,6 +172,9 @@ def save_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
     tensors = {f"{prefix}.{k}": v for k, v in lora_state_dict(module).items()}
     header = {"format": "pt", LORA_METADATA_KEY: json.dumps(_adapter_metadata(module, prefix), indent=2,
                                                              sort_keys=True, default=str)}
+    if getattr(module, "_psrl_fused_loras", None):
+        # the adapter is relative to a base with these LoRAs fused in; diffusers ignores this key
+        header[FUSED_METADATA_KEY] = json.dumps(module._psrl_fused_loras)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-lora-", suffix=".safetensors", dir=target.parent)
     os.close(fd)
     try:
@@ -198,6 +202,8 @@ def read_lora_file(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tenso
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise ModelLoadError(f"cannot read LoRA file {str(file)!r}: {exc}") from exc
     meta = json.loads(header[LORA_METADATA_KEY]) if LORA_METADATA_KEY in header else {}
+    if FUSED_METADATA_KEY in header:
+        meta[FUSED_METADATA_KEY] = json.loads(header[FUSED_METADATA_KEY])
     return file, tensors, meta
 
 
@@ -222,7 +228,18 @@ def _check_scale(module: nn.Module, meta: dict, prefix: str, file: Path) -> None
         theirs = meta.get(f"{prefix}.{key}")
         if theirs is not None and float(theirs) != float(ours):
             raise ModelLoadError(f"LoRA file {str(file)!r} was saved with {field} {theirs} but the policy's adapter "
-                                 f"has {field} {ours}; set model.lora.{field} to {theirs}")
+                                 f"has {field} {ours}; set model.lora.{field} to {theirs}, or list the file under "
+                                 f"model.lora.fuse to train a new adapter on top of it")
+
+
+def _check_fused(module: nn.Module, meta: dict, file: Path) -> None:
+    """An adapter trained on a base with LoRAs fused in only reproduces its policy on that same base."""
+    theirs = [Path(e["path"]).name for e in meta.get(FUSED_METADATA_KEY, [])]
+    ours = [Path(e["path"]).name for e in getattr(module, "_psrl_fused_loras", [])]
+    if theirs != ours:
+        logger.warning("LoRA file %s was trained on a base with %s fused in, but this policy fuses %s; set "
+                       "model.lora.fuse to the same LoRAs to reproduce it", file, theirs or "nothing",
+                       ours or "nothing")
 
 
 def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer") -> Path:
@@ -243,6 +260,7 @@ def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
         module.add_adapter(_peft_config_from_metadata(meta, prefix, own))
         _make_lora_trainable_fp32(module)
     _check_scale(module, meta, prefix, file)
+    _check_fused(module, meta, file)
     expected = lora_state_dict(module)
     missing = sorted(set(expected) - set(own))
     unexpected = sorted(set(own) - set(expected)) + foreign
@@ -255,12 +273,90 @@ def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
         if wrong_shape:
             k = wrong_shape[0]
             parts.append(f"{len(wrong_shape)} shape mismatches (e.g. {k}: file {tuple(own[k].shape)} vs policy "
-                         f"{tuple(expected[k].shape)}; a different rank?)")
+                         f"{tuple(expected[k].shape)}; a different rank? model.lora.fuse takes a LoRA of any rank)")
         raise ModelLoadError(f"LoRA file {str(file)!r} does not match the policy's adapter: " + "; ".join(parts))
     device = next(module.parameters()).device
     set_peft_model_state_dict(module, {k: v.to(device=device, dtype=torch.float32) for k, v in own.items()})
     logger.info("loaded LoRA %s (%d tensors)", file, len(own))
     return file
+
+
+def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
+    """The weight update ``scale * B @ A`` (``[out, in]``, fp32) a LoRA adds to its base linear. Pure function."""
+    return scale * (lora_b.float() @ lora_a.float())
+
+
+def _file_scale(meta: dict, prefix: str, file: Path, rank: int) -> float:
+    """``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA) from a file's peft header; a header-less file acts with
+    scale 1, as diffusers loads it."""
+    own = {k[len(prefix) + 1:]: v for k, v in meta.items() if k.startswith(prefix + ".")}
+    for key in ("rank_pattern", "alpha_pattern"):
+        if own.get(key):
+            raise ModelLoadError(f"LoRA file {str(file)!r}: per-module {key} is not supported for fusing")
+    if own.get("use_dora"):
+        raise ModelLoadError(f"LoRA file {str(file)!r} is a DoRA adapter; only plain LoRA can be fused")
+    if not own:
+        return 1.0
+    r, alpha = float(own.get("r", rank)), float(own.get("lora_alpha", own.get("r", rank)))
+    return alpha / (r ** 0.5) if own.get("use_rslora") else alpha / r
+
+
+@torch.no_grad()
+def fuse_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer",
+                      scale: float = 1.0) -> Path:
+    """Add a saved LoRA's update ``scale * (alpha / r) * B @ A`` into ``module``'s base linear weights, for good.
+
+    This is how a stage-1 LoRA (PSR's rank-512 SFT) becomes the frozen starting point of a stage-2 run with a new,
+    smaller adapter (rank 64): the fused model is also what ``disable_lora`` returns, i.e. the KL reference.
+    Equivalent to diffusers' ``load_lora_weights(path)`` followed by ``fuse_lora(lora_scale=scale)``.
+    Call it before :func:`add_lora` (peft renames adapted layers).
+
+    Raises:
+        ModelLoadError: the file is missing or unreadable, names a layer ``module`` does not have, has mismatched
+            shapes or LoRA biases, or ``module`` already carries an adapter.
+    """
+    if has_lora(module):
+        raise ModelLoadError(f"cannot fuse {str(path)!r}: fuse LoRAs before the trainable adapter is added")
+    file, tensors, meta = read_lora_file(path)
+    head = prefix + "."
+    own = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+    if not own:
+        raise ModelLoadError(f"LoRA file {str(file)!r} has no {prefix!r} weights to fuse")
+    bad = sorted(k for k in own if not (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")))
+    if bad:
+        raise ModelLoadError(f"LoRA file {str(file)!r}: cannot fuse {len(bad)} tensors that are not plain LoRA "
+                             f"A/B weights (e.g. {bad[0]})")
+    linears = {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
+    names = sorted({k[: -len(".lora_A.weight")] for k in own if k.endswith(".lora_A.weight")})
+    missing = [n for n in names if n not in linears]
+    if missing:
+        raise ModelLoadError(f"LoRA file {str(file)!r} adapts {len(missing)} layers this model does not have "
+                             f"(e.g. {missing[0]}); is it for another model?")
+    for name in names:
+        a, b = own[f"{name}.lora_A.weight"], own.get(f"{name}.lora_B.weight")
+        weight = linears[name].weight
+        if b is None or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != tuple(weight.shape):
+            raise ModelLoadError(f"LoRA file {str(file)!r}: {name} has A {tuple(a.shape)} and B "
+                                 f"{None if b is None else tuple(b.shape)}, which do not fit the layer's weight "
+                                 f"{tuple(weight.shape)}")
+        s = scale * _file_scale(meta, prefix, file, a.shape[0])
+        delta = lora_delta(a.to(weight.device), b.to(weight.device), s)
+        weight.copy_((weight.float() + delta).to(weight.dtype))
+    fused = getattr(module, "_psrl_fused_loras", [])
+    module._psrl_fused_loras = fused + [{"path": str(file), "scale": scale}]
+    logger.info("fused LoRA %s into %d layers (scale %g)", file, len(names), scale)
+    return file
+
+
+def prepare_lora(module: nn.Module, cfg: LoraConfig, *, prefix: str = "transformer") -> list[str]:
+    """Everything ``model.lora`` asks for, in order: fuse ``cfg.fuse`` into the base weights, add the trainable
+    adapter, then load ``cfg.path`` into it. Returns the adapted module names."""
+    for entry in cfg.fuse:
+        fuse_lora_weights(module, entry["path"], prefix=prefix, scale=float(entry.get("scale", 1.0)))
+    targets = add_lora(module, cfg)
+    if cfg.path:
+        load_lora_weights(module, cfg.path, prefix=prefix)
+    return targets
 
 
 def lora_parameters(module: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
@@ -269,14 +365,18 @@ def lora_parameters(module: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
 
 
 __all__ = [
+    "FUSED_METADATA_KEY",
     "LORA_METADATA_KEY",
     "LORA_TARGET_PRESETS",
     "LORA_WEIGHT_NAME",
     "add_lora",
     "compute_lora_in_input_dtype",
+    "fuse_lora_weights",
     "has_lora",
     "load_lora_weights",
+    "prepare_lora",
     "lora_file",
+    "lora_delta",
     "lora_parameters",
     "lora_state_dict",
     "read_lora_file",

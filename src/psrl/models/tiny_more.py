@@ -17,12 +17,9 @@ from __future__ import annotations
 import contextlib
 
 import torch
-from transformers import (  # noqa: F401  (ProcessorMixin must be in this namespace for pipeline reloads, Q2)
-    ProcessorMixin,
-    Qwen2_5_VLProcessor,
-    Qwen2VLProcessor,
-)
+from transformers import ProcessorMixin  # noqa: F401  (must be in this namespace for pipeline reloads, Q2)
 
+from psrl.models.qwen_processor import Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
 from psrl.models.tiny import eval_modules, tiny_clip_tokenizer, tiny_flux_components, tiny_t5_tokenizer
 
 QWEN_SPECIALS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
@@ -51,21 +48,6 @@ def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=()):
     return tok
 
 
-class Qwen2VLImageOnlyProcessor(Qwen2VLProcessor):
-    """``Qwen2VLProcessor`` without the video processor, whose class lookup fails when torchvision is absent.
-    Still an instance of ``Qwen2VLProcessor``, so ``QwenImageEditPlusPipeline`` accepts it unchanged."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-class Qwen2_5_VLImageOnlyProcessor(Qwen2_5_VLProcessor):
-    """The same for Qwen2.5-VL."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
 def tiny_qwen_vl_processor(tokenizer=None, cls=Qwen2VLImageOnlyProcessor, min_pixels: int = 56 * 56,
                            max_pixels: int = 112 * 112):
     """Image-only Qwen-VL processor; ``min/max_pixels`` bound the vision grid (56x56 -> 4 image tokens)."""
@@ -73,7 +55,31 @@ def tiny_qwen_vl_processor(tokenizer=None, cls=Qwen2VLImageOnlyProcessor, min_pi
 
     tokenizer = tokenizer if tokenizer is not None else tiny_qwen_tokenizer()
     return cls(image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
-               tokenizer=tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+               tokenizer=tokenizer, chat_template=tokenizer.chat_template or QWEN_CHAT_TEMPLATE)
+
+
+def tiny_qwen_vl_config(tokenizer, model_type: str = "qwen2_5_vl"):
+    """A 2-layer, width-16 ``Qwen2_5_VLConfig`` (``model_type`` ``qwen2_5_vl``) or ``Qwen2VLConfig``
+    (``qwen2_vl``) over ``tokenizer``'s chat and vision special tokens (from :func:`tiny_qwen_tokenizer`)."""
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_end|>", *QWEN_SPECIALS]}
+    text = {
+        "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "num_key_value_heads": 2,
+        "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0},
+        "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
+    }
+    if model_type == "qwen2_5_vl":
+        cls, vision = Qwen2_5_VLConfig, {"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
+                                         "out_hidden_size": 16, "fullatt_block_indexes": [1]}
+    elif model_type == "qwen2_vl":
+        cls, vision = Qwen2VLConfig, {"depth": 2, "embed_dim": 16, "hidden_size": 16, "num_heads": 2, "mlp_ratio": 2}
+    else:
+        raise ValueError(f"model_type must be qwen2_5_vl or qwen2_vl, got {model_type!r}")
+    return cls(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+               video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+               vision_end_token_id=ids["<|vision_end|>"])
 
 
 def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: bool = True) -> dict:
@@ -82,10 +88,9 @@ def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: 
     The tiny VAE downsamples x4 (the real one x8), so output sizes must be multiples of 8 (gotcha Q3).
     """
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     tokenizer = tiny_qwen_tokenizer()
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_end|>", *QWEN_SPECIALS]}
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(
         patch_size=2, in_channels=16, out_channels=4,     # in_channels == 4 * vae z_dim (2x2 packing)
@@ -106,19 +111,7 @@ def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: 
         )
     else:
         scheduler = FlowMatchEulerDiscreteScheduler()
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 2,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
-                       "out_hidden_size": 16, "fullatt_block_indexes": [1]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
+    config = tiny_qwen_vl_config(tokenizer, "qwen2_5_vl")
     torch.manual_seed(seed)
     text_encoder = Qwen2_5_VLForConditionalGeneration(config)
     return eval_modules(dict(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
@@ -198,6 +191,7 @@ __all__ = [
     "tiny_kontext_components",
     "tiny_qwen_image_edit_plus_components",
     "tiny_qwen_tokenizer",
+    "tiny_qwen_vl_config",
     "tiny_qwen_vl_processor",
     "tiny_sd3_components",
 ]

@@ -88,7 +88,7 @@ def _load_real(path: str, base_path: str, dtype):
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from psrl.rewards.preference import load_state_dict_file
-    from psrl.rewards.vlm.qwen_processor import Qwen2VLImageOnlyProcessor
+    from psrl.models.qwen_processor import Qwen2VLImageOnlyProcessor
 
     def _base(p):
         tok = AutoTokenizer.from_pretrained(p)

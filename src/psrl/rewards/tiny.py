@@ -30,12 +30,6 @@ def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=("Yes", "No")):
     return _tiny_qwen_tokenizer(extra_special_tokens=extra_special_tokens, answer_words=answer_words)
 
 
-def _qwen_ids(tokenizer) -> dict:
-    from psrl.models.tiny_more import QWEN_SPECIALS
-
-    return {t: tokenizer.convert_tokens_to_ids(t) for t in ["<|endoftext|>", "<|im_end|>", *QWEN_SPECIALS]}
-
-
 # ----------------------------------------------------------------------------- detectors
 def tiny_grounding_dino(words=DETECTOR_WORDS, image_size: int = 128):
     """(model, processor). 5 queries; the 4th feature level needs >= 128 px input (gotcha G3)."""
@@ -147,35 +141,21 @@ def tiny_aesthetic_head(dim: int = 16):
 
 
 # ----------------------------------------------------------------------------- VLMs
-def _qwen_image_only_processor(tokenizer, cls_name: str, min_pixels=56 * 56, max_pixels=112 * 112):
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+def _qwen_image_only_processor(tokenizer, model_type: str):
+    from psrl.models.qwen_processor import image_only_processor_class
+    from psrl.models.tiny_more import tiny_qwen_vl_processor
 
-    from psrl.rewards.vlm.qwen_processor import image_only_processor_class
-
-    cls = image_only_processor_class(cls_name)
-    return cls(image_processor=Qwen2VLImageProcessorPil(min_pixels=min_pixels, max_pixels=max_pixels),
-               tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+    return tiny_qwen_vl_processor(tokenizer, cls=image_only_processor_class(model_type))
 
 
 def tiny_qwen2_5_vl():
     """(model, processor): a Qwen2.5-VL judge whose tokenizer has single-token "Yes"/"No"."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from psrl.models.tiny_more import tiny_qwen_vl_config
 
     tokenizer = tiny_qwen_tokenizer()
-    ids = _qwen_ids(tokenizer)
-    config = Qwen2_5_VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 2,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2,
-                       "out_hidden_size": 16, "fullatt_block_indexes": [1]},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
+    config = tiny_qwen_vl_config(tokenizer, "qwen2_5_vl")
     torch.manual_seed(0)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     return model, _qwen_image_only_processor(tokenizer, "qwen2_5_vl")
@@ -183,24 +163,14 @@ def tiny_qwen2_5_vl():
 
 def tiny_qwen2_vl_hps():
     """(model, processor, head): Qwen2-VL with ``<|Reward|>`` and an HPSv3-shaped (mu, sigma) head."""
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+    from transformers import Qwen2VLForConditionalGeneration
+
+    from psrl.models.tiny_more import tiny_qwen_vl_config
 
     from psrl.rewards.hpsv3 import HPSv3Head
 
     tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())
-    ids = _qwen_ids(tokenizer)
-    config = Qwen2VLConfig(
-        text_config={
-            "vocab_size": len(tokenizer), "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "num_key_value_heads": 2,
-            "rope_parameters": {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1000000.0},
-            "bos_token_id": ids["<|endoftext|>"], "eos_token_id": ids["<|im_end|>"],
-            "pad_token_id": ids["<|endoftext|>"],
-        },
-        vision_config={"depth": 2, "embed_dim": 16, "hidden_size": 16, "num_heads": 2, "mlp_ratio": 2},
-        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
-    )
+    config = tiny_qwen_vl_config(tokenizer, "qwen2_vl")
     torch.manual_seed(0)
     model = Qwen2VLForConditionalGeneration(config).eval()
     torch.manual_seed(0)

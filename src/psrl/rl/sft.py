@@ -9,7 +9,6 @@ checkpoint's ``lora/`` folder is a valid ``model.lora.path`` for a GRPO run.
 """
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -82,14 +81,6 @@ def load_target(root: str | Path, record: Record, height: int, width: int) -> Te
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def _accepts(fn, name: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
 # ----------------------------------------------------------------------------- trainer
 class SFTTrainer:
     """Flow-matching SFT of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
@@ -135,8 +126,6 @@ class SFTTrainer:
         warmup = t.lr_warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
-        self.loss_kwargs = {"guidance_scale": t.guidance_scale} \
-            if _accepts(policy.flow_matching_loss, "guidance_scale") else {}
         self.run_dir = self._make_run_dir()
         self.start_step = 0
         if resume:
@@ -206,7 +195,8 @@ class SFTTrainer:
 
     def _loss(self, records, targets, sigmas, generator) -> Tensor:
         with self._autocast():
-            return self.policy.flow_matching_loss(records, targets, sigmas, generator, **self.loss_kwargs)
+            return self.policy.flow_matching_loss(records, targets, sigmas, generator,
+                                                  guidance_scale=self.cfg.sft.guidance_scale)
 
     # ------------------------------------------------------------------ loop
     def fixed_loss(self) -> float | None:

@@ -195,7 +195,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------ loop
     def train(self) -> list[dict]:
         """Run ``train.max_steps`` steps (from the resumed step); returns the per-step metrics."""
-        cfg, acc = self.cfg, self.accelerator
+        cfg = self.cfg
         logger.info("psrl GRPO: %s; trained steps mode %s; run dir %s", self.sizes.describe(),
                     cfg.sampling.train_steps, self.run_dir)
         if self.is_main:

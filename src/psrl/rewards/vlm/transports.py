@@ -89,7 +89,7 @@ def _load_hf_vlm(path: str, dtype):
         # Qwen2(.5)-VL processors need torchvision for their video processor (research gotcha Q2)
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        from psrl.rewards.vlm.qwen_processor import image_only_processor_class
+        from psrl.models.qwen_processor import image_only_processor_class
 
         model_type = getattr(model.config, "model_type", "")
         if model_type not in ("qwen2_vl", "qwen2_5_vl"):
