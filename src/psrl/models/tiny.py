@@ -90,15 +90,15 @@ def tiny_flux_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_clip_text_encoder(tokenizer, seed: int = 0):
-    """CLIPTextModel (hidden 32) whose special-token ids follow ``tokenizer``."""
+def tiny_clip_text_encoder(tokenizer, seed: int = 0, hidden_size: int = 32):
+    """CLIPTextModel (hidden 32 by default) whose special-token ids follow ``tokenizer``."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
     return CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, projection_dim=32, hidden_act="gelu", max_position_embeddings=77,
+        pad_token_id=tokenizer.pad_token_id, hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, projection_dim=hidden_size, hidden_act="gelu", max_position_embeddings=77,
     )).eval()
 
 
