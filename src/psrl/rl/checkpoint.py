@@ -63,6 +63,40 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, default_prefix: str = "") -> Path:
+    """``cfg.run.output_dir / cfg.run.name`` (a timestamp when unnamed), with ``config.yaml`` and ``env.json``.
+
+    A new (not resumed) run never mixes into an earlier run's folder: it gets the first free ``name-<n>``, decided
+    on the main process and broadcast; ``cfg.run.name`` is updated to the folder's name.
+    """
+    import time
+
+    from psrl.config import dump_yaml
+    from psrl.rl import distributed as dist
+    from psrl.rl.tracking import environment_info
+
+    root = Path(cfg.run.output_dir)
+    name = cfg.run.name or time.strftime(f"{default_prefix}%Y%m%d-%H%M%S")
+    if not resume and is_main:
+        base, n = name, 0
+        while (root / name / "metrics.jsonl").exists() or (root / name / CHECKPOINTS).exists():
+            n += 1
+            name = f"{base}-{n}"
+        if name != base:
+            logger.warning("%s already holds a run; this new run goes to %s (use --resume to continue the old one)",
+                           root / base, root / name)
+    name = dist.broadcast_object(name)
+    cfg.run.name = name
+    run_dir = root / name
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, run_dir / "config.yaml")
+        info = {**environment_info(), "num_processes": num_processes}
+        (run_dir / "env.json").write_text(json.dumps(info, indent=2))
+    dist.barrier()
+    return run_dir
+
+
 def step_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step}"
 

@@ -87,9 +87,6 @@ def comm_device(t: Tensor) -> torch.device:
     return torch.device("cpu")
 
 
-_comm_device = comm_device  # older name, still used by psrl.rl.sft
-
-
 def broadcast_parameters(parameters: Sequence[nn.Parameter], src: int = 0) -> None:
     """Copy rank ``src``'s values of ``parameters`` to every process (identical starting weights)."""
     if not is_distributed():

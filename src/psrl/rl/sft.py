@@ -9,7 +9,6 @@ checkpoint's ``lora/`` folder is a valid ``model.lora.path`` for a GRPO run.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -22,7 +21,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from psrl.config import dump_yaml, to_dict
+from psrl.config import to_dict
 from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
 from psrl.rl import checkpoint as ckpt
@@ -30,7 +29,7 @@ from psrl.rl import distributed as dist
 from psrl.rl.optim import make_optimizer
 from psrl.rl.sampler import sample_seed
 from psrl.rl.sft_config import SFTRunConfig
-from psrl.rl.tracking import Tracker, environment_info
+from psrl.rl.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +119,7 @@ class SFTTrainer:
         if not self.params:
             raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
         self.named_params = ckpt.named_trainable(policy.module, self.params)
-        self._broadcast_params()
+        dist.broadcast_parameters(self.params)
         self.optimizer = make_optimizer(self.params, t.optimizer, lr=t.lr, betas=t.betas,
                                         weight_decay=t.weight_decay, eps=t.adam_eps)
         warmup = t.lr_warmup_steps
@@ -141,37 +140,9 @@ class SFTTrainer:
         self.history: list[dict] = []
         self._fixed_batch = None
 
-    def _broadcast_params(self) -> None:
-        if dist.is_distributed():
-            with torch.no_grad():
-                for p in self.params:
-                    buf = p.detach().to(dist._comm_device(p)).contiguous()
-                    torch.distributed.broadcast(buf, src=0)
-                    p.copy_(buf.to(p.device))
-
     def _make_run_dir(self) -> Path:
-        """``output_dir/name``; as for ``psrl train``, a new (not resumed) run never mixes into an earlier run's
-        folder: it gets the first free ``name-<n>``."""
-        root = Path(self.cfg.run.output_dir)
-        name = self.cfg.run.name or time.strftime("sft-%Y%m%d-%H%M%S")
-        if not self.resume and self.is_main:
-            base, n = name, 0
-            while (root / name / "metrics.jsonl").exists() or (root / name / ckpt.CHECKPOINTS).exists():
-                n += 1
-                name = f"{base}-{n}"
-            if name != base:
-                logger.warning("%s already holds a run; this new run goes to %s (use --resume to continue the old "
-                               "one)", root / base, root / name)
-        name = dist.broadcast_object(name)
-        self.cfg.run.name = name
-        run_dir = root / name
-        if self.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            dump_yaml(self.cfg, run_dir / "config.yaml")
-            info = {**environment_info(), "num_processes": self.accelerator.num_processes}
-            (run_dir / "env.json").write_text(json.dumps(info, indent=2))
-        dist.barrier()
-        return run_dir
+        return ckpt.make_run_dir(self.cfg, resume=self.resume, is_main=self.is_main,
+                                 num_processes=self.accelerator.num_processes, default_prefix="sft-")
 
     def _autocast(self):
         return self.accelerator.autocast() if self.cfg.sft.mixed_precision != "no" else nullcontext()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from psrl.config import dump_yaml, to_dict
+from psrl.config import to_dict
 from psrl.data.records import Record, read_records
 from psrl.errors import PsrlError
 from psrl.rl import checkpoint as ckpt
@@ -28,7 +28,7 @@ from psrl.rl.losses import grpo_loss
 from psrl.rl.optim import make_optimizer
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
-from psrl.rl.tracking import Tracker, environment_info, image_grid, save_image
+from psrl.rl.tracking import Tracker, image_grid, save_image
 from psrl.sampling import plan_steps
 
 logger = logging.getLogger(__name__)
@@ -156,30 +156,8 @@ class GRPOTrainer:
         return built
 
     def _make_run_dir(self) -> Path:
-        """``output_dir/name``; a new (not resumed) run never mixes into an earlier run's folder: it gets the first
-        free ``name-<n>`` instead (decided on the main process)."""
-        root = Path(self.cfg.run.output_dir)
-        name = self.cfg.run.name or time.strftime("%Y%m%d-%H%M%S")
-        if not self.resume and self.is_main:
-            base, n = name, 0
-            while (root / name / "metrics.jsonl").exists() or (root / name / ckpt.CHECKPOINTS).exists():
-                n += 1
-                name = f"{base}-{n}"
-            if name != base:
-                logger.warning("%s already holds a run; this new run goes to %s (use --resume to continue the old "
-                               "one)", root / base, root / name)
-        name = dist.broadcast_object(name)
-        self.cfg.run.name = name
-        run_dir = root / name
-        if self.is_main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            dump_yaml(self.cfg, run_dir / "config.yaml")
-            import json
-
-            info = {**environment_info(), "num_processes": self.accelerator.num_processes}
-            (run_dir / "env.json").write_text(json.dumps(info, indent=2))
-        dist.barrier()
-        return run_dir
+        return ckpt.make_run_dir(self.cfg, resume=self.resume, is_main=self.is_main,
+                                 num_processes=self.accelerator.num_processes)
 
     def _resume(self) -> None:
         path = ckpt.latest_checkpoint(self.run_dir)
