@@ -321,7 +321,7 @@ def test_vlm_instructions_get_images_and_are_checked(tmp_path):
 
     base = {"task": "Background", "phrases": ["cat", "dog"], "target": "t.png", "references": ["r0.png", "r1.png"],
             "boxes": [[0, 0, 2, 2], [5, 5, 8, 8]], "status": "kept"}
-    with mf.ManifestWriter(tmp_path / "references.jsonl") as w:
+    with mf.ManifestWriter(tmp_path / "reedit.jsonl") as w:
         for i in range(4):
             w.write({**base, "id": f"s{i}"})
     with FakeChatServer(reply) as server:

@@ -1,4 +1,4 @@
-"""The data pipeline on tiny random-weight models: all eight stages end to end, idempotent re-runs, a stage killed
+"""The data pipeline on tiny random-weight models: all nine stages end to end, idempotent re-runs, a stage killed
 mid-run and resumed, and a stage sharded over two processes. The images are noise: what is tested is the
 plumbing (manifests, files, resume, sharding, statistics, exported records)."""
 from __future__ import annotations
@@ -51,7 +51,7 @@ def _env() -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_dataset(tmp_path_factory) -> tuple[Path, dict]:
-    """All eight stages on 4 samples; returns the dataset and each stage's statistics."""
+    """All nine stages on 4 samples; returns the dataset and each stage's statistics."""
     dataset = tmp_path_factory.mktemp("tiny_data")
     cfg = tiny_cfg()
     stats = {name: run_named_stage(name, cfg, dataset) for name in STAGES}
@@ -72,6 +72,11 @@ def test_all_stages_end_to_end(tiny_dataset):
     saved = json.loads((dataset / "stats.json").read_text())
     assert set(STAGES) <= set(saved) and saved["render"]["kept"] == stats["render"].kept
 
+    for e in mf.read_kept(dataset, "reedit"):  # the tiny Kontext edits Attribute/Action/Background targets
+        assert (e["edit"] is not None) == (e["task"] in ("Attribute", "Action", "Background"))
+        assert e["target"].startswith("edited/" if e["edit"] else "targets/")
+        assert Image.open(dataset / e["target"]).size == (32, 32)
+    assert stats["reedit"].extra["edited"] == sum(1 for e in mf.read_kept(dataset, "reedit") if e["edit"])
     for e in mf.read_kept(dataset, "filter"):
         n = len(e["phrases"])
         target = Image.open(dataset / e["target"])

@@ -19,7 +19,7 @@ EXAMPLES = """examples:
   psrl data subjects --dir data/ms --config my_data.yaml --num-samples 10000
   psrl data prompts --dir data/ms --llm-endpoint http://127.0.0.1:8000/v1 --set prompts.llm.model=Qwen2.5-7B
   accelerate launch -m psrl data render --dir data/ms                 # sharded over the processes
-  psrl data ground --dir data/ms && psrl data references --dir data/ms
+  psrl data ground --dir data/ms && psrl data references --dir data/ms && psrl data reedit --dir data/ms
   psrl data instructions --dir data/ms && psrl data filter --dir data/ms && psrl data export --dir data/ms
   psrl data stats --dir data/ms
 """
@@ -30,6 +30,7 @@ STAGE_HELP = {
     "render": "render the target images with the text-to-image policy",
     "ground": "detect each subject in its target; reject missing / overlapping / tiny; save crops",
     "references": "re-render each crop in a new context with the reference model (Kontext)",
+    "reedit": "edit Attribute/Action/Background targets with the image editor (PSR's re-editing step)",
     "instructions": "per-task instruction from references to target (templates or --vlm-endpoint)",
     "filter": "keep reference-to-target consistent samples, drop near-duplicates",
     "export": "training records (train.jsonl / heldout.jsonl) and PSRBench JSON (psrbench/)",
@@ -37,7 +38,7 @@ STAGE_HELP = {
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("data", help="multi-subject data generation pipeline (8 resumable, shardable stages)",
+    p = sub.add_parser("data", help="multi-subject data generation pipeline (9 resumable, shardable stages)",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ds = p.add_subparsers(dest="data_command", metavar="STAGE")
     from psrl.data.pipeline.stages import STAGES
@@ -162,7 +163,7 @@ def cmd_stats(args) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    for name in (*STAGES[:6], "filter_scores", "filter", "export"):
+    for name in (*STAGES[:STAGES.index("filter")], "filter_scores", "filter", "export"):
         if name in data:
             print(StageStats(stage=name, **data[name]).summary())
     for name, n in pending_parts(args.dir).items():

@@ -12,6 +12,7 @@ from psrl.models.config import ModelConfig
 
 TASKS = ("Attribute", "Action", "Background", "Position", "Complex", "Three", "Four")
 TWO_SUBJECT_TASKS = ("Attribute", "Action", "Background", "Position", "Complex")
+REEDITABLE_TASKS = ("Attribute", "Action", "Background")
 
 
 @dataclass
@@ -133,6 +134,36 @@ class ReferencesConfig(GenerationConfig):
 
 
 @dataclass
+class ReeditConfig(GenerationConfig):
+    """PSR's re-editing step (research/psr.md 6.2, step 8): an image-editing model edits each eligible target after
+    its references were made (see :mod:`psrl.data.pipeline.reedit`).
+
+    Attributes:
+        enabled: edit (``false``: every sample passes through unchanged).
+        tasks: tasks whose targets are edited, among Attribute (a new accessory on one subject), Action (a new
+            action) and Background (a new scene); PSR names attribute and action edits "etc." (our choice: all 3).
+        prob: the share of eligible samples edited (our choice: 1.0).
+        model, num_steps, height, width, guidance_scale, batch_size: the editor (FLUX.1 Kontext by default) and its
+            sampling; keep ``height``/``width`` equal to ``render``'s so edited and unedited targets match.
+    """
+
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="flux_kontext"))
+    guidance_scale: float = 2.5
+    enabled: bool = True
+    tasks: list[str] = field(default_factory=lambda: list(REEDITABLE_TASKS))
+    prob: float = 1.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        bad = [t for t in self.tasks if t not in REEDITABLE_TASKS]
+        if bad:
+            raise ValueError(f"reedit.tasks: {bad} cannot be re-edited (Position is measured on the unedited "
+                             f"target's boxes); choose among {list(REEDITABLE_TASKS)}")
+        if not 0 <= self.prob <= 1:
+            raise ValueError(f"reedit.prob must be in [0, 1], got {self.prob}")
+
+
+@dataclass
 class InstructionsConfig:
     """``vlm.url`` unset: template instructions; set: a VLM sees the target and references and writes it.
     ``appearance_words``: extra words an instruction may not use to describe a subject (added to the built-in
@@ -185,7 +216,7 @@ class ExportConfig:
 
 @dataclass
 class DataPipelineConfig:
-    """Everything the eight stages need. ``seed`` seeds every random choice (each sample derives its own seed from
+    """Everything the nine stages need. ``seed`` seeds every random choice (each sample derives its own seed from
     it and its index, so results do not depend on sharding or batching). ``device``: ``auto`` = this rank's GPU or
     the CPU."""
 
@@ -196,6 +227,7 @@ class DataPipelineConfig:
     render: GenerationConfig = field(default_factory=GenerationConfig)
     ground: GroundConfig = field(default_factory=GroundConfig)
     references: ReferencesConfig = field(default_factory=ReferencesConfig)
+    reedit: ReeditConfig = field(default_factory=ReeditConfig)
     instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -212,6 +244,9 @@ TINY_PRESET = {
     "references": {"model": {"name": "flux_kontext", "path": "tiny", "max_sequence_length": 32,
                              "args": {"reference_long_side_single": 32, "reference_long_side_multi": 32}},
                    "num_steps": 2, "height": 32, "width": 32, "batch_size": 4},
+    "reedit": {"model": {"name": "flux_kontext", "path": "tiny", "max_sequence_length": 32,
+                         "args": {"reference_long_side_single": 32, "reference_long_side_multi": 32}},
+               "num_steps": 2, "height": 32, "width": 32, "batch_size": 4},
     "filter": {"reward_args": {"path": "tiny", "detector": {"kind": "grounding_dino", "box_threshold": 0.0}},
                "min_consistency": -1.0,
                "embedder": {"kind": "dinov2", "path": "tiny"}, "max_duplicate_cosine": 0.99999},

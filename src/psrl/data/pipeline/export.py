@@ -1,4 +1,4 @@
-"""Stage 8, ``export``: the filtered samples as training records and as a PSRBench-format held-out benchmark.
+"""Stage 9, ``export``: the filtered samples as training records and as a PSRBench-format held-out benchmark.
 
 Outputs (all rewritten atomically on every run, so export is idempotent):
 

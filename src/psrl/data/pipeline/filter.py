@@ -1,4 +1,4 @@
-"""Stage 7, ``filter``: keep samples whose references are consistent with their target, then drop near-duplicate
+"""Stage 8, ``filter``: keep samples whose references are consistent with their target, then drop near-duplicate
 targets.
 
 Pass 1 (per sample, sharded, resumable; manifest ``filter_scores``): the subject-consistency reward scores each

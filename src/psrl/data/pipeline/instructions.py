@@ -1,4 +1,4 @@
-"""Stage 6, ``instructions``: the instruction that turns a sample's references into its target, per task
+"""Stage 7, ``instructions``: the instruction that turns a sample's references into its target, per task
 (Attribute, Action, Background, Position, Complex, Three, Four).
 
 **The appearance rule.** An instruction names each subject by its category and may say what it wears, does, where it
@@ -96,9 +96,9 @@ def vlm_request(entry: dict, relation: str | None) -> str:
 
 class InstructionsStage(BaseStage):
     name = "instructions"
-    input_stage = "references"
+    input_stage = "reedit"
 
-    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, client: ChatClient | None = None):
+    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device=None, client: ChatClient | None = None):
         self.cfg, self.dataset = cfg, Path(dataset)
         self.vlm_cfg = cfg.instructions.vlm
         self.client = client

@@ -51,7 +51,7 @@ class PromptsStage(BaseStage):
     name = "prompts"
     input_stage = "subjects"
 
-    def __init__(self, cfg: DataPipelineConfig, client: ChatClient | None = None):
+    def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None, client: ChatClient | None = None):
         self.cfg = cfg
         self.llm_cfg = cfg.prompts.llm
         self.client = client

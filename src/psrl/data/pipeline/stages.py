@@ -9,33 +9,29 @@ from psrl.data.pipeline.runner import ProgressFactory, run_stage
 from psrl.data.pipeline.sharding import Shard
 from psrl.data.pipeline.stats import StageStats, write_stage_stats
 
-STAGES = ("subjects", "prompts", "render", "ground", "references", "instructions", "filter", "export")
+STAGES = ("subjects", "prompts", "render", "ground", "references", "reedit", "instructions", "filter", "export")
+
+# name -> (module, class) of the per-sample stages; export is a whole-dataset step (run_export)
+STAGE_CLASSES: dict[str, tuple[str, str]] = {
+    "subjects": ("psrl.data.pipeline.subjects", "SubjectsStage"),
+    "prompts": ("psrl.data.pipeline.prompts", "PromptsStage"),
+    "render": ("psrl.data.pipeline.render", "RenderStage"),
+    "ground": ("psrl.data.pipeline.ground", "GroundStage"),
+    "references": ("psrl.data.pipeline.references", "ReferencesStage"),
+    "reedit": ("psrl.data.pipeline.reedit", "ReeditStage"),
+    "instructions": ("psrl.data.pipeline.instructions", "InstructionsStage"),
+    "filter": ("psrl.data.pipeline.filter", "FilterScoresStage"),
+}
 
 
 def build_stage(name: str, cfg: DataPipelineConfig, dataset: Path, device, **injected):
     """The stage object for ``name``; ``injected`` replaces its model access (tests, custom backends)."""
-    if name == "subjects":
-        from psrl.data.pipeline.subjects import SubjectsStage
-        return SubjectsStage(cfg)
-    if name == "prompts":
-        from psrl.data.pipeline.prompts import PromptsStage
-        return PromptsStage(cfg, **injected)
-    if name == "render":
-        from psrl.data.pipeline.render import RenderStage
-        return RenderStage(cfg, dataset, device, **injected)
-    if name == "ground":
-        from psrl.data.pipeline.ground import GroundStage
-        return GroundStage(cfg, dataset, device, **injected)
-    if name == "references":
-        from psrl.data.pipeline.references import ReferencesStage
-        return ReferencesStage(cfg, dataset, device, **injected)
-    if name == "instructions":
-        from psrl.data.pipeline.instructions import InstructionsStage
-        return InstructionsStage(cfg, dataset, **injected)
-    if name == "filter":
-        from psrl.data.pipeline.filter import FilterScoresStage
-        return FilterScoresStage(cfg, dataset, device, **injected)
-    raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+    import importlib
+
+    if name not in STAGE_CLASSES:
+        raise ValueError(f"unknown stage {name!r}; per-sample stages: {', '.join(STAGE_CLASSES)}")
+    module, cls = STAGE_CLASSES[name]
+    return getattr(importlib.import_module(module), cls)(cfg, dataset, device, **injected)
 
 
 def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, shard: Shard = Shard(), *,

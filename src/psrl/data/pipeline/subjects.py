@@ -74,7 +74,7 @@ class SubjectsStage(BaseStage):
     input_stage = None
     batch_size = 256
 
-    def __init__(self, cfg: DataPipelineConfig):
+    def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None):  # plans need no files or models
         self.cfg = cfg
         self.vocab = load_vocabulary(cfg.subjects.vocab)
 

@@ -122,3 +122,24 @@ def reference_instruction(phrase: str, rng: random.Random, white_background_prob
         return f"The same {phrase} {WHITE_BACKGROUND}."
     scene = rng.choice([s for s in _without(SCENES, [phrase]) if s != avoid_scene])
     return f"The same {phrase} {scene}."
+
+
+def draw_edit(task: str, phrases: list[str], slots: dict, rng: random.Random) -> tuple[str, dict]:
+    """PSR's re-editing step: ``(instruction for the image editor, the sample's slots after the edit)``.
+
+    Attribute: one subject gets a new accessory; Action: one subject a new action; Background: a new scene. The new
+    value differs from what the target already shows, and the slots are updated so the template instruction
+    describes the edited target (a sample without slots keeps ``{}``: its instruction then comes from a VLM).
+    """
+    new = {k: list(v) if isinstance(v, list) else v for k, v in slots.items()}
+    if task == "Background":
+        scene = rng.choice([s for s in _without(SCENES, phrases) if s != slots.get("scene")])
+        if slots:
+            new["scene"] = scene
+        return f"Change the setting so that the subjects are {scene}; keep every subject exactly as it is.", new
+    key, options = {"Attribute": ("attributes", ACCESSORIES), "Action": ("actions", ACTIONS)}[task]
+    i = rng.randrange(len(phrases))
+    value = rng.choice([o for o in _without(options, phrases) if o not in slots.get(key, [])])
+    if key in new:
+        new[key][i] = value
+    return f"Edit the image so that the {phrases[i]} is {value}; keep everything else unchanged.", new
