@@ -124,7 +124,8 @@ def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_pat
     """lora.fuse: PSR's rank-512 SFT LoRA under a fresh rank-64 RL LoRA, here rank 8 under rank 4."""
     from diffusers import FluxPipeline
 
-    from psrl.models.lora import FUSED_METADATA_KEY, fuse_lora_weights
+    from psrl.models.lora import FUSED_METADATA_KEY
+    from psrl.models.lora_merge import fuse_lora_weights
 
     sft = _policy(rank=8, targets="attn_ff")
     _perturb(sft, std=0.3)
@@ -169,7 +170,7 @@ def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_pat
 
 
 def test_fuse_errors_name_the_file_and_the_entry(tmp_path):
-    from psrl.models.lora import fuse_lora_weights
+    from psrl.models.lora_merge import fuse_lora_weights
 
     _policy(targets="attn_ff").save_lora(tmp_path / "ff")
     with pytest.raises(ModelLoadError, match="before the trainable adapter"):
@@ -185,3 +186,63 @@ def test_fuse_errors_name_the_file_and_the_entry(tmp_path):
     with pytest.raises(ValueError, match=r"lora.fuse\[0\].scale"):
         LoraConfig(fuse=[{"path": "b", "scale": "big"}])
     assert LoraConfig(fuse="x").fuse == [{"path": "x", "scale": 1.0}]
+
+
+def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_path, capsys):
+    from diffusers import FluxPipeline
+
+    from psrl.cli.main import main
+    from psrl.models.lora import FUSED_METADATA_KEY
+
+    sft = _policy(rank=8, targets="attn_ff")
+    _perturb(sft, std=0.3)
+    sft.save_lora(tmp_path / "sft")
+    rl = FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "sft")]),
+                    max_sequence_length=16)
+    _perturb(rl, seed=1)
+    rl.save_lora(tmp_path / "rl")
+    expected = rl.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
+
+    assert main(["lora", "combine", str(tmp_path / "sft"), str(tmp_path / "rl"), "--out", str(tmp_path / "both")]) == 0
+    _, tensors, meta = read_lora_file(tmp_path / "both")
+    assert meta["transformer.r"] == 12 and meta["transformer.lora_alpha"] == 12 and FUSED_METADATA_KEY not in meta
+    assert {v.shape[0] for k, v in tensors.items() if ".lora_A." in k} == {12}
+
+    bare = FluxPolicy(tiny_flux_components(), lora=None, max_sequence_length=16)
+    bare.load_lora(tmp_path / "both")
+    assert (bare.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0)) - expected).abs().max() < 1e-4
+    pipe = FluxPipeline(**tiny_flux_components())
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_lora_weights(str(tmp_path / "both"))
+    theirs = pipe("a red dog", num_inference_steps=2, height=16, width=16, max_sequence_length=16, output_type="pt",
+                  guidance_scale=3.5, generator=torch.Generator().manual_seed(0)).images
+    assert (theirs - expected).abs().max() < 1e-4
+
+    capsys.readouterr()
+    assert main(["lora", "info", str(tmp_path / "rl")]) == 0
+    out = capsys.readouterr().out
+    assert "rank         4" in out and "scale 2" in out and "sft" in out.split("fused under")[1]
+    assert main(["lora", "info", str(tmp_path / "both")]) == 0
+    assert "fused under  nothing" in capsys.readouterr().out
+    assert main(["lora", "combine", str(tmp_path / "rl"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["lora", "combine", str(tmp_path / "sft"), str(tmp_path / "rl"), "--out", str(tmp_path / "x"),
+                 "--scale", "1"]) == 2
+    assert "once per input" in capsys.readouterr().err
+
+
+def test_combine_with_scales_equals_fusing_each(tmp_path):
+    from psrl.models.lora_merge import combine_lora_files, fuse_lora_weights
+
+    a, b = _policy(rank=8, targets="attn_ff"), _policy(rank=2, targets="attn")
+    _perturb(a, seed=2)
+    _perturb(b, seed=3)
+    a.save_lora(tmp_path / "a")
+    b.save_lora(tmp_path / "b")
+    combine_lora_files([tmp_path / "a", tmp_path / "b"], tmp_path / "ab.safetensors", scales=[0.5, 2.0])
+    one, two = tiny_flux_transformer(), tiny_flux_transformer()
+    fuse_lora_weights(one, tmp_path / "a", scale=0.5)
+    fuse_lora_weights(one, tmp_path / "b", scale=2.0)
+    fuse_lora_weights(two, tmp_path / "ab.safetensors")
+    other = dict(two.named_parameters())
+    with torch.no_grad():
+        assert max(float((p - other[n]).abs().max()) for n, p in one.named_parameters()) < 1e-5

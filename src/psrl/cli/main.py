@@ -19,6 +19,7 @@ COMMANDS = {
     "reward": "psrl.cli.reward",
     "bench": "psrl.cli.bench",
     "data": "psrl.cli.data",
+    "lora": "psrl.cli.lora",
     "serve": "psrl.cli.serve",
     "env": "psrl.cli.env",
 }

@@ -281,76 +281,11 @@ def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
     return file
 
 
-def lora_delta(lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
-    """The weight update ``scale * B @ A`` (``[out, in]``, fp32) a LoRA adds to its base linear. Pure function."""
-    return scale * (lora_b.float() @ lora_a.float())
-
-
-def _file_scale(meta: dict, prefix: str, file: Path, rank: int) -> float:
-    """``alpha / r`` (``alpha / sqrt(r)`` with rsLoRA) from a file's peft header; a header-less file acts with
-    scale 1, as diffusers loads it."""
-    own = {k[len(prefix) + 1:]: v for k, v in meta.items() if k.startswith(prefix + ".")}
-    for key in ("rank_pattern", "alpha_pattern"):
-        if own.get(key):
-            raise ModelLoadError(f"LoRA file {str(file)!r}: per-module {key} is not supported for fusing")
-    if own.get("use_dora"):
-        raise ModelLoadError(f"LoRA file {str(file)!r} is a DoRA adapter; only plain LoRA can be fused")
-    if not own:
-        return 1.0
-    r, alpha = float(own.get("r", rank)), float(own.get("lora_alpha", own.get("r", rank)))
-    return alpha / (r ** 0.5) if own.get("use_rslora") else alpha / r
-
-
-@torch.no_grad()
-def fuse_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer",
-                      scale: float = 1.0) -> Path:
-    """Add a saved LoRA's update ``scale * (alpha / r) * B @ A`` into ``module``'s base linear weights, for good.
-
-    This is how a stage-1 LoRA (PSR's rank-512 SFT) becomes the frozen starting point of a stage-2 run with a new,
-    smaller adapter (rank 64): the fused model is also what ``disable_lora`` returns, i.e. the KL reference.
-    Equivalent to diffusers' ``load_lora_weights(path)`` followed by ``fuse_lora(lora_scale=scale)``.
-    Call it before :func:`add_lora` (peft renames adapted layers).
-
-    Raises:
-        ModelLoadError: the file is missing or unreadable, names a layer ``module`` does not have, has mismatched
-            shapes or LoRA biases, or ``module`` already carries an adapter.
-    """
-    if has_lora(module):
-        raise ModelLoadError(f"cannot fuse {str(path)!r}: fuse LoRAs before the trainable adapter is added")
-    file, tensors, meta = read_lora_file(path)
-    head = prefix + "."
-    own = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
-    if not own:
-        raise ModelLoadError(f"LoRA file {str(file)!r} has no {prefix!r} weights to fuse")
-    bad = sorted(k for k in own if not (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")))
-    if bad:
-        raise ModelLoadError(f"LoRA file {str(file)!r}: cannot fuse {len(bad)} tensors that are not plain LoRA "
-                             f"A/B weights (e.g. {bad[0]})")
-    linears = {n: m for n, m in module.named_modules() if isinstance(m, nn.Linear)}
-    names = sorted({k[: -len(".lora_A.weight")] for k in own if k.endswith(".lora_A.weight")})
-    missing = [n for n in names if n not in linears]
-    if missing:
-        raise ModelLoadError(f"LoRA file {str(file)!r} adapts {len(missing)} layers this model does not have "
-                             f"(e.g. {missing[0]}); is it for another model?")
-    for name in names:
-        a, b = own[f"{name}.lora_A.weight"], own.get(f"{name}.lora_B.weight")
-        weight = linears[name].weight
-        if b is None or a.shape[0] != b.shape[1] or (b.shape[0], a.shape[1]) != tuple(weight.shape):
-            raise ModelLoadError(f"LoRA file {str(file)!r}: {name} has A {tuple(a.shape)} and B "
-                                 f"{None if b is None else tuple(b.shape)}, which do not fit the layer's weight "
-                                 f"{tuple(weight.shape)}")
-        s = scale * _file_scale(meta, prefix, file, a.shape[0])
-        delta = lora_delta(a.to(weight.device), b.to(weight.device), s)
-        weight.copy_((weight.float() + delta).to(weight.dtype))
-    fused = getattr(module, "_psrl_fused_loras", [])
-    module._psrl_fused_loras = fused + [{"path": str(file), "scale": scale}]
-    logger.info("fused LoRA %s into %d layers (scale %g)", file, len(names), scale)
-    return file
-
-
 def prepare_lora(module: nn.Module, cfg: LoraConfig, *, prefix: str = "transformer") -> list[str]:
     """Everything ``model.lora`` asks for, in order: fuse ``cfg.fuse`` into the base weights, add the trainable
     adapter, then load ``cfg.path`` into it. Returns the adapted module names."""
+    from psrl.models.lora_merge import fuse_lora_weights
+
     for entry in cfg.fuse:
         fuse_lora_weights(module, entry["path"], prefix=prefix, scale=float(entry.get("scale", 1.0)))
     targets = add_lora(module, cfg)
@@ -371,12 +306,10 @@ __all__ = [
     "LORA_WEIGHT_NAME",
     "add_lora",
     "compute_lora_in_input_dtype",
-    "fuse_lora_weights",
     "has_lora",
     "load_lora_weights",
     "prepare_lora",
     "lora_file",
-    "lora_delta",
     "lora_parameters",
     "lora_state_dict",
     "read_lora_file",
