@@ -47,6 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_process_group() -> None:
+    """Leave a launcher's process group cleanly once every rank is done: a gloo group left to interpreter
+    shutdown can abort a rank ("terminate called without an active exception") and fail the launch."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        _close_process_group()
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
