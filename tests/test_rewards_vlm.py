@@ -239,3 +239,26 @@ def test_remote_endpoint_down(refs):
         build_reward("vlm_consistency", {"transport": "remote"})
     with pytest.raises(TypeError, match="unknown judge option"):
         build_reward("vlm_consistency", {"transport": "remote", "url": "http://x", "temprature": 1})
+
+
+# SHA-256 of each released PSRBench judge prompt (wang-shulei/PSR @ 154df4e, eval/semantic-alignment/<subset>-
+# alignment.py, ``self.task.format("INSTR")``), taken when the text was compared character for character
+RELEASED_PROMPT_SHA256 = {
+    "attribute": "dc96514d93393d7a583e6c24177299220a701a391ef8f540a55c8a67553ae9d0",
+    "action": "bebe7412f7ff830792baf4731f7bd88e9f88de3c4227722b6967fe2f91c56ff1",
+    "background": "0e7002e48023dada51a9573511f6e735dcb4a4a3cdaa4036ef14303114bf7a5a",
+    "complex": "ad5e8047350733d237a3c25eebb45d077bc4d0892c84b6b14e99b8c3eeeec9e8",
+    "three": "ad5e8047350733d237a3c25eebb45d077bc4d0892c84b6b14e99b8c3eeeec9e8",
+    "four": "ad5e8047350733d237a3c25eebb45d077bc4d0892c84b6b14e99b8c3eeeec9e8",
+}
+
+
+@pytest.mark.parametrize("subset", sorted(RELEASED_PROMPT_SHA256))
+def test_rubric_prompts_are_the_released_text_exactly(subset):
+    import hashlib
+
+    from psrl.rewards.vlm.prompts import rubric_prompt
+
+    prompt, used = rubric_prompt(subset.capitalize(), "INSTR")
+    assert used == subset
+    assert hashlib.sha256(prompt.encode()).hexdigest() == RELEASED_PROMPT_SHA256[subset]

@@ -1,9 +1,10 @@
 """Judge prompts and the rubric score parser.
 
 PSRBench rubric prompts (research/psr.md §4.2): sent as Python triple-quoted strings, so the text starts with a
-newline and every line is indented by 8 spaces; "{}" receives the full instruction. Trailing spaces inside lines
-are kept as published. What follows the last "[Score]:" line in the original source (if anything) is not known;
-we end the prompt there. Complex, Three and Four share one prompt. PaCo-Reward prompts: paco_flowgrpo.md §2.3.
+newline, every line is indented by 8 spaces and it ends with a newline and the 8 spaces before the closing quotes;
+"{}" receives the full instruction. Trailing spaces inside lines are kept as published. Complex, Three and Four
+share one prompt. Checked character for character against wang-shulei/PSR (commit 154df4e,
+``eval/semantic-alignment/*-alignment.py``); tests/test_rewards_vlm.py pins their SHA-256. PaCo-Reward prompts: paco_flowgrpo.md §2.3.
 """
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ _COMPLEX_LINES = (
 
 
 def _psrbench(lines: tuple[str, ...]) -> str:
-    return "\n" + "\n".join(" " * 8 + line for line in lines)
+    return "\n" + "\n".join(" " * 8 + line for line in lines) + "\n" + " " * 8
 
 
 RUBRIC_PROMPTS = {
