@@ -262,3 +262,15 @@ def test_rubric_prompts_are_the_released_text_exactly(subset):
     prompt, used = rubric_prompt(subset.capitalize(), "INSTR")
     assert used == subset
     assert hashlib.sha256(prompt.encode()).hexdigest() == RELEASED_PROMPT_SHA256[subset]
+
+
+def test_paco_prompts_are_the_released_text_exactly():
+    """PaCo-GRPO's consistency_scorer.py template 1 and PaCo-Reward's ConsistencyRank template 3 (X-GenGroup/PaCo-RL
+    @ 08caac6), compared character for character, then pinned by SHA-256."""
+    import hashlib
+
+    from psrl.rewards.vlm.prompts import paco_prompt
+
+    digest = {v: hashlib.sha256(paco_prompt(v, "THEME").encode()).hexdigest() for v in ("v1", "v3")}
+    assert digest == {"v1": "896487e1519620d6f8ab861733097339aea2c8cfa60f8acbedb3b3d04f4afcad",
+                      "v3": "ffff174c596e6f85d7a3aa4d668e6e50ab2463bfda20d165d1ea6508eb9ec301"}
