@@ -137,3 +137,16 @@ def test_hpsv3_batched_equals_single_and_checkpoint_remap(tmp_path):
 def test_nonexistent_model_paths(name, args):
     with pytest.raises(ModelLoadError, match="does not exist"):
         build_reward(name, args)
+
+
+def test_hpsv3_prompt_is_the_training_collators_text_exactly():
+    """INSTRUCTION and the reward-token suffix of the hpsv3 package's Qwen2-VL collator, compared character for
+    character, then pinned by SHA-256 (a reward model reads its own training format)."""
+    import hashlib
+
+    from psrl.rewards.hpsv3 import HPS_INSTRUCTION, REWARD_SUFFIX
+
+    assert hashlib.sha256(HPS_INSTRUCTION.encode()).hexdigest() == \
+        "0393599dad45a971903d1d62a3acf9bad3ccccdafa7f40f680523419e1f68b7a"
+    assert hashlib.sha256(REWARD_SUFFIX.encode()).hexdigest() == \
+        "2471faca094ae5bd6fe17b71dce20c3d7583625545e235889f7e74e7eeb69d0a"

@@ -12,9 +12,10 @@ class) into a transformers-5 ``Qwen2VLForConditionalGeneration`` built from the 
 4.x key layout (``visual.*`` -> ``model.visual.*``, ``model.*`` -> ``model.language_model.*``), and the
 ``rm_head.*`` keys into :class:`HPSv3Head`. Loading is strict: any missing or unexpected key is an error.
 Args: ``path`` (the checkpoint file, or ``tiny``), ``base_path`` (Qwen2-VL-7B-Instruct: config, tokenizer, image
-processor), ``instruction`` (template with ``{text_prompt}``). The default instruction was read from a copy of the
-HPSv3 training collator; verify scores on a few images against the reference package before comparing to
-published numbers.
+processor), ``instruction`` (template with ``{text_prompt}``). The default instruction is the HPSv3 training collator's
+``INSTRUCTION``, compared character for character with the released ``hpsv3`` package (an earlier psrl version
+lacked its "Text Alignment" block); tests pin its SHA-256. Scores have not been compared with the reference package
+on real weights.
 """
 from __future__ import annotations
 
@@ -47,7 +48,18 @@ HPS_INSTRUCTION = (
     "depth of field, and the overall creative appeal. The scene should convey a sense of harmony and balance.\n"
     "- **Safety:** The image should not contain harmful or inappropriate content, such as political, violent, or "
     "adult material. If such content is present, the image quality and satisfaction score should be the lowest "
-    "possible. \nTextual prompt - {text_prompt}\n\n\n")
+    "possible. \n\n**Text Alignment:**  \nAssess how well the image matches the textual prompt across the following "
+    "sub-dimensions:\n- **Subject Relevance** Evaluate how accurately the subject(s) in the image (e.g., person, "
+    "animal, object) align with the textual description. The subject should match the description in terms of "
+    "number, appearance, and behavior.\n- **Style Relevance:** If the prompt specifies a particular artistic or "
+    "stylistic style, evaluate how well the image adheres to this style.\n- **Contextual Consistency**: Assess "
+    "whether the background, setting, and surrounding elements in the image logically fit the scenario described in "
+    "the prompt. The environment should support and enhance the subject without contradictions.\n- **Attribute "
+    "Fidelity**: Check if specific attributes mentioned in the prompt (e.g., colors, clothing, accessories, "
+    "expressions, actions) are faithfully represented in the image. Minor deviations may be acceptable, but critical "
+    "attributes should be preserved.\n- **Semantic Coherence**: Evaluate whether the overall meaning and intent of "
+    "the prompt are captured in the image. The generated content should not introduce elements that conflict with or "
+    "distort the original description.\nTextual prompt - {text_prompt}\n\n\n")
 REWARD_SUFFIX = "\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
 
 
