@@ -193,6 +193,7 @@ def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_pat
 
     from psrl.cli.main import main
     from psrl.models.lora import FUSED_METADATA_KEY
+    from psrl.models.lora_merge import combine_lora_files
 
     sft = _policy(rank=8, targets="attn_ff")
     _perturb(sft, std=0.3)
@@ -207,6 +208,12 @@ def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_pat
     _, tensors, meta = read_lora_file(tmp_path / "both")
     assert meta["transformer.r"] == 12 and meta["transformer.lora_alpha"] == 12 and FUSED_METADATA_KEY not in meta
     assert {v.shape[0] for k, v in tensors.items() if ".lora_A." in k} == {12}
+
+    # combining the RL LoRA with anything but its SFT base keeps the record of what must be fused under it
+    _policy(rank=2).save_lora(tmp_path / "other")
+    combine_lora_files([tmp_path / "rl", tmp_path / "other"], tmp_path / "rl_other")
+    fused = read_lora_file(tmp_path / "rl_other")[2][FUSED_METADATA_KEY]
+    assert [e["path"] for e in fused] == [str(tmp_path / "sft" / LORA_WEIGHT_NAME)]
 
     bare = FluxPolicy(tiny_flux_components(), lora=None, max_sequence_length=16)
     bare.load_lora(tmp_path / "both")

@@ -163,18 +163,23 @@ def save_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
 
     ``path`` is a directory (``pytorch_lora_weights.safetensors`` is written inside) or a ``.safetensors`` file.
     """
-    from safetensors.torch import save_file
-
     if not has_lora(module):
         raise ValueError("the module has no LoRA adapter to save")
-    target = lora_file(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"{prefix}.{k}": v for k, v in lora_state_dict(module).items()}
     header = {"format": "pt", LORA_METADATA_KEY: json.dumps(_adapter_metadata(module, prefix), indent=2,
                                                              sort_keys=True, default=str)}
     if getattr(module, "_psrl_fused_loras", None):
         # the adapter is relative to a base with these LoRAs fused in; diffusers ignores this key
         header[FUSED_METADATA_KEY] = json.dumps(module._psrl_fused_loras)
+    return write_lora_file(tensors, header, path)
+
+
+def write_lora_file(tensors: dict[str, torch.Tensor], header: dict[str, str], path: str | os.PathLike) -> Path:
+    """Write a safetensors LoRA file atomically (temp file then rename) to ``path`` (a directory or a file)."""
+    from safetensors.torch import save_file
+
+    target = lora_file(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-lora-", suffix=".safetensors", dir=target.parent)
     os.close(fd)
     try:
@@ -234,8 +239,8 @@ def _check_scale(module: nn.Module, meta: dict, prefix: str, file: Path) -> None
 
 def _check_fused(module: nn.Module, meta: dict, file: Path) -> None:
     """An adapter trained on a base with LoRAs fused in only reproduces its policy on that same base."""
-    theirs = [Path(e["path"]).name for e in meta.get(FUSED_METADATA_KEY, [])]
-    ours = [Path(e["path"]).name for e in getattr(module, "_psrl_fused_loras", [])]
+    theirs = [os.path.realpath(lora_file(e["path"])) for e in meta.get(FUSED_METADATA_KEY, [])]
+    ours = [os.path.realpath(lora_file(e["path"])) for e in getattr(module, "_psrl_fused_loras", [])]
     if theirs != ours:
         logger.warning("LoRA file %s was trained on a base with %s fused in, but this policy fuses %s; set "
                        "model.lora.fuse to the same LoRAs to reproduce it", file, theirs or "nothing",
@@ -315,4 +320,5 @@ __all__ = [
     "read_lora_file",
     "resolve_target_modules",
     "save_lora_weights",
+    "write_lora_file",
 ]

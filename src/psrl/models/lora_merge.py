@@ -12,14 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from psrl.errors import ModelLoadError
-from psrl.models.lora import FUSED_METADATA_KEY, LORA_METADATA_KEY, has_lora, lora_file, read_lora_file
+from psrl.models.lora import (FUSED_METADATA_KEY, LORA_METADATA_KEY, has_lora, lora_file, read_lora_file,
+                              write_lora_file)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,6 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
         ModelLoadError: an unreadable file, non-LoRA tensors, or a layer whose shapes differ between files.
     """
     from peft import LoraConfig as PeftLoraConfig
-    from safetensors.torch import save_file
 
     paths = list(paths)
     if len(paths) < 2:
@@ -157,21 +156,12 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
     config = PeftLoraConfig(r=total, lora_alpha=total, target_modules=names).to_dict()
     header_meta = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     header = {"format": "pt", LORA_METADATA_KEY: json.dumps(header_meta, indent=2, sort_keys=True, default=str)}
-    inputs = {file.name for file, *_ in loaded} | {file.parent.name for file, *_ in loaded}
+    inputs = {os.path.realpath(file) for file, *_ in loaded}
     fused = [e for _, _, _, _, meta in loaded for e in meta.get(FUSED_METADATA_KEY, [])
-             if Path(e["path"]).name not in inputs and Path(e["path"]).parent.name not in inputs]
+             if os.path.realpath(lora_file(e["path"])) not in inputs]
     if fused:
         header[FUSED_METADATA_KEY] = json.dumps(fused)
-    target = lora_file(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-lora-", suffix=".safetensors", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    target = write_lora_file(tensors, header, out)
     logger.info("combined %d LoRAs into %s (rank %d, %d layers)", len(paths), target, total, len(names))
     return target
 
