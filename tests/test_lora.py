@@ -158,6 +158,17 @@ def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_pat
     with caplog.at_level("WARNING"):
         _policy().load_lora(tmp_path / "rl")
     assert "model.lora.fuse" in caplog.text
+    # another LoRA that is also saved as pytorch_lora_weights.safetensors is still a different base
+    _policy(rank=8, targets="attn_ff").save_lora(tmp_path / "other_sft")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "other_sft")]),
+                   max_sequence_length=16).load_lora(tmp_path / "rl")
+    assert "model.lora.fuse" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        FluxPolicy(tiny_flux_components(), lora=cfg, max_sequence_length=16).load_lora(tmp_path / "rl")
+    assert "model.lora.fuse" not in caplog.text
     # ... and diffusers reproduces the two-stage policy with both adapters active
     pipe = FluxPipeline(**tiny_flux_components())
     pipe.set_progress_bar_config(disable=True)
