@@ -130,7 +130,8 @@ def _randn_like(x: Tensor, generator) -> Tensor:
     if isinstance(generator, (list, tuple)):
         if len(generator) != x.shape[0]:
             raise ValueError(f"got {len(generator)} generators for a batch of {x.shape[0]}")
-        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32).to(x.device) for g in generator])
+        return torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32, device=g.device).to(x.device)
+                            for g in generator])
     if generator is not None:
         return torch.randn(x.shape, generator=generator, dtype=torch.float32, device=generator.device).to(x.device)
     return torch.randn_like(x)
