@@ -35,7 +35,6 @@ class ReeditStage(BaseStage):
         self.renderer = renderer
         self.batch_size = cfg.reedit.batch_size
 
-
     def plan(self, e: dict) -> tuple[str, dict] | None:
         """``(editor instruction, slots after the edit)`` for sample ``e``, or ``None`` to leave it unedited."""
         r = self.cfg.reedit
@@ -81,7 +80,7 @@ class ReeditStage(BaseStage):
     def _edit(self, jobs: list[tuple[dict, str, dict]]) -> None:
         if self.renderer is None:  # loaded on the first edit: a run that edits nothing loads no model
             self.renderer = policy_renderer(self.cfg.reedit, self.device, data_root=self.dataset)
-        records = [Record(id=e["id"], prompt=text, subjects=(SubjectRef(image=e["target"], phrase="scene"),))
+        records = [Record(id=e["id"], prompt=text, subjects=(SubjectRef(image=e["target"], phrase="image"),))
                    for e, text, _ in jobs]
         images = self.renderer(records, [sample_seed(e["seed"], "reedit_image") for e, _, _ in jobs])
         for (e, _, _), image in zip(jobs, images):
