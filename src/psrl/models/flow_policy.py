@@ -257,9 +257,9 @@ class FlowPolicyBase:
 
     # ------------------------------------------------------------------ setup shared by the concrete policies
     def _setup_denoiser(self, cfg, frozen: Sequence[nn.Module], device) -> None:
-        """Apply a :class:`psrl.models.config.ModelConfig` to ``self.transformer``: dtype, LoRA (``lora.fuse``
-        and ``lora.path``, see :func:`psrl.models.lora.prepare_lora`), gradient checkpointing; frozen modules go to eval mode and,
-        unless ``offload_frozen``, to ``device``."""
+        """Apply a :class:`psrl.models.config.ModelConfig` to ``self.transformer``: dtype, LoRA (``lora.fuse`` and
+        ``lora.path``, see :func:`psrl.models.lora.prepare_lora`), gradient checkpointing; frozen modules go to eval
+        mode and, unless ``offload_frozen``, to ``device``."""
         from psrl.models.loading import torch_dtype_from_name
         from psrl.models.lora import prepare_lora
 

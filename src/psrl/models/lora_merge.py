@@ -137,7 +137,8 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
         shapes = {(a.shape[1], b.shape[0]) for _, pairs, _, _, _ in loaded if name in pairs
                   for a, b in [pairs[name]]}
         if len(shapes) != 1:
-            raise ModelLoadError(f"layer {name} has different (in, out) shapes across the LoRA files: {sorted(shapes)}")
+            raise ModelLoadError(f"layer {name} has different (in, out) shapes across the LoRA files: "
+                                 f"{sorted(shapes)}")
         (n_in, n_out), = shapes
         a_rows, b_cols = [], []
         for _, pairs, rank, s, _ in loaded:
