@@ -286,6 +286,19 @@ def test_template_instruction_per_task_names_subjects_without_appearance(task):
         assert text.startswith("The cat is to the left of the calculator")
 
 
+def test_templates_agree_in_number_with_plural_categories():
+    from psrl.data.pipeline import templates
+
+    assert [templates.is_plural(p) for p in ("green beans", "scissors", "bus", "wine glass", "tennis", "billiards",
+                                             "asparagus", "cat")] == [True, True] + [False] * 6
+    slots = {"scene": "on a beach", "attributes": ["wearing a crown", "wearing a cape"]}
+    text = templates.instruction("Attribute", ["green beans", "bus"], slots)
+    assert text.startswith("The green beans are wearing a crown and the bus is wearing a cape")
+    assert templates.t2i_prompt("Attribute", ["green beans", "bus"], slots).startswith("A photo of green beans ")
+    assert template_instruction({"task": "Position", "phrases": ["nuts", "cat"], "slots": {}, "prompt": "p",
+                                 "boxes": [[0, 0, 10, 10], [50, 0, 60, 10]]})[0].startswith("The nuts are ")
+
+
 def test_position_instruction_rejects_overlapping_boxes():
     e = _entry("Position", ["cat", "dog"])
     e["boxes"] = [[0, 0, 50, 50], [5, 5, 55, 55]]

@@ -78,13 +78,14 @@ def template_instruction(entry: dict) -> tuple[str | None, str | None, str]:
     if slots:
         return templates.instruction(task, phrases, slots, relation), None, ""
     if task == "Position":
-        return f"The {phrases[0]} is {relation} the {phrases[1]}.", None, ""
+        return f"The {phrases[0]} {templates.be(phrases[0])} {relation} the {phrases[1]}.", None, ""
     return entry["prompt"], None, ""
 
 
 def vlm_request(entry: dict, relation: str | None) -> str:
     names = "; ".join(f"image {i + 2}: the {p}" for i, p in enumerate(entry["phrases"]))
-    rel = (f" It must state that the {entry['phrases'][0]} is {relation} the {entry['phrases'][1]}."
+    rel = (f" It must state that the {entry['phrases'][0]} {templates.be(entry['phrases'][0])} {relation} the "
+           f"{entry['phrases'][1]}."
            if relation else "")
     return (f"Image 1 is a target photo. The other images are reference photos of its subjects ({names}).\n"
             f"Write the instruction that asks an image generator to create image 1 from the reference images. "

@@ -43,7 +43,23 @@ RELATIONS = ("to the left of", "to the right of", "above", "below")
 WHITE_BACKGROUND = "on a plain white background"
 
 
+# Objects365 names that end in "s" but take a singular verb
+_SINGULAR_S = frozenset({"billiards"})
+
+
+def is_plural(phrase: str) -> bool:
+    """Whether a category name reads as a plural ("green beans", "scissors"), not "bus", "wine glass", "tennis"."""
+    last = phrase.strip().lower().split()[-1] if phrase.strip() else ""
+    return last.endswith("s") and not last.endswith(("ss", "us", "is")) and phrase.strip().lower() not in _SINGULAR_S
+
+
+def be(phrase: str) -> str:
+    return "are" if is_plural(phrase) else "is"
+
+
 def article(phrase: str) -> str:
+    if is_plural(phrase):
+        return phrase
     return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
 
 
@@ -88,7 +104,7 @@ def t2i_prompt(task: str, phrases: list[str], slots: dict) -> str:
         return f"A photo of {article(p[0])} {slots['relation']} {article(p[1])}, {scene}."
     if task == "Complex":
         return (f"A detailed photo of {article(p[0])} {slots['actions'][0]} {scene}, while {article(p[1])} "
-                f"{slots['attributes'][1]} stays nearby; {slots['detail']}.")
+                f"{slots['attributes'][1]} {'stay' if is_plural(p[1]) else 'stays'} nearby; {slots['detail']}.")
     listed = ", ".join(article(x) for x in p[:-1]) + f" and {article(p[-1])}"
     return f"A photo of {listed} together {scene}."
 
@@ -100,18 +116,18 @@ def instruction(task: str, phrases: list[str], slots: dict, relation: str | None
     scene = slots["scene"]
     if task == "Attribute":
         a = slots["attributes"]
-        return f"The {p[0]} is {a[0]} and the {p[1]} is {a[1]}, {scene}."
+        return f"The {p[0]} {be(p[0])} {a[0]} and the {p[1]} {be(p[1])} {a[1]}, {scene}."
     if task == "Action":
         a = slots["actions"]
-        return f"The {p[0]} is {a[0]}, and the {p[1]} is {a[1]}, both {scene}."
+        return f"The {p[0]} {be(p[0])} {a[0]}, and the {p[1]} {be(p[1])} {a[1]}, both {scene}."
     if task == "Position":
         if relation is None:
             raise ValueError("a Position instruction needs the measured relation")
-        return f"The {p[0]} is {relation} the {p[1]}, {scene}."
+        return f"The {p[0]} {be(p[0])} {relation} the {p[1]}, {scene}."
     if task == "Complex":
-        return (f"The {p[0]} is {slots['actions'][0]} {scene}, while the {p[1]}, {slots['attributes'][1]}, "
-                f"stays nearby; {slots['detail']}.")
-    verb = "are" if len(p) > 1 else "is"
+        return (f"The {p[0]} {be(p[0])} {slots['actions'][0]} {scene}, while the {p[1]}, {slots['attributes'][1]}, "
+                f"{'stay' if is_plural(p[1]) else 'stays'} nearby; {slots['detail']}.")
+    verb = "are" if len(p) > 1 else be(p[0])
     return f"{join_the(p)[0].upper()}{join_the(p)[1:]} {verb} {scene}."
 
 
@@ -142,4 +158,4 @@ def draw_edit(task: str, phrases: list[str], slots: dict, rng: random.Random) ->
     value = rng.choice([o for o in _without(options, phrases) if o not in slots.get(key, [])])
     if key in new:
         new[key][i] = value
-    return f"Edit the image so that the {phrases[i]} is {value}; keep everything else unchanged.", new
+    return f"Edit the image so that the {phrases[i]} {be(phrases[i])} {value}; keep everything else unchanged.", new
