@@ -28,3 +28,14 @@ def test_adamw8bit_without_bitsandbytes_says_what_to_install():
 def test_unknown_optimizer_in_the_run_config_names_key_and_value():
     with pytest.raises(ConfigError, match=r"train.optimizer.*'sgd'"):
         load_run_config(None, ["train.optimizer=sgd"])
+
+
+def test_clip_gradients_norm_clips_and_handles_no_gradients():
+    from psrl.rl.optim import clip_gradients
+
+    a, b = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(4))
+    assert clip_gradients([a, b], 0.0) == 0.0 and clip_gradients([a, b], 1.0) == 0.0  # a no-signal step
+    a.grad = torch.tensor([3.0, 0.0, 0.0])
+    assert clip_gradients([a, b], 0.0) == pytest.approx(3.0) and torch.equal(a.grad, torch.tensor([3.0, 0, 0]))
+    assert clip_gradients([a, b], 1.5) == pytest.approx(3.0)
+    assert float(a.grad.norm()) == pytest.approx(1.5, rel=1e-4)

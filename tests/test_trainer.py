@@ -139,3 +139,23 @@ def test_data_root_reaches_rewards_that_take_it():
     assert _accepts("subject_consistency", "data_root")
     assert not _accepts("mean_color", "data_root")
     assert not _accepts("no_such_reward", "data_root")
+
+
+def test_same_noise_groups_span_batches_and_differ_between_groups(tmp_path):
+    """Group members share the initial noise even when a group spans rollout batches; two groups drawn from the
+    same record do not share it; the SDE noise still differs inside a group."""
+    trainer = GRPOTrainer(_cfg(tmp_path, "train.max_steps=1", "sampling.same_noise_per_group=true",
+                               "train.group_size=3", "train.sample_batch_size=2", "train.train_batch_size=2"))
+    assignment = trainer.sampler.assign(0)
+    # both groups draw record 0
+    assignment = type(assignment)((0,) * 6, assignment.group_ids, assignment.sample_seeds, assignment.local)
+    sampling, trained = trainer._step_sampling(0)
+    rollouts = trainer._rollout(0, assignment, sampling, trained)
+    assert [len(r) for r in rollouts] == [2, 2, 2]  # the middle batch holds one member of each group
+    starts = torch.cat([r.latents[:, 0] for r in rollouts])
+    ends = torch.cat([r.latents[:, -1] for r in rollouts])
+    for g in (0, 1):
+        members = starts[3 * g:3 * g + 3]
+        assert all(torch.equal(members[0], m) for m in members[1:])
+        assert not torch.equal(ends[3 * g], ends[3 * g + 1])
+    assert not torch.equal(starts[0], starts[3])

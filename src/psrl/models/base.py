@@ -173,9 +173,11 @@ class Policy(Protocol):
     module: nn.Module
 
     def rollout(self, records: Sequence[Record], sampling: SamplingConfig,
-                generator: torch.Generator | list[torch.Generator] | None = None) -> Rollout:
+                generator: torch.Generator | list[torch.Generator] | None = None, *,
+                noise_seeds: Sequence[int] | None = None) -> Rollout:
         """Sample one trajectory per record with SDE noise on the planned steps; returns all latents and log-probs.
-        Records repeated within a group share one prompt encoding (and reference encoding)."""
+        Records repeated within a group share one prompt encoding (and reference encoding). ``noise_seeds``: one
+        per record; samples with equal seeds start from identical initial noise (GRPO's same-noise groups)."""
 
     def log_prob(self, rollout: Rollout, step: int) -> StepLogProb:
         """Recompute the log-prob of ``latents[:, step + 1]`` given ``latents[:, step]`` with the current weights.

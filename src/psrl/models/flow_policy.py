@@ -138,7 +138,16 @@ class FlowPolicyBase:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ sampling
-    def _noise(self, records: Sequence[Record], sampling: SamplingConfig, generator) -> Tensor:
+    def _noise(self, records: Sequence[Record], sampling: SamplingConfig, generator,
+               noise_seeds: Sequence[int] | None = None) -> Tensor:
+        if noise_seeds is not None:
+            # the caller says which samples share a start (GRPO: one seed per group, wherever its members run)
+            seeds = [int(s) for s in noise_seeds]
+            if len(seeds) != len(records):
+                raise ValueError(f"got {len(seeds)} noise seeds for {len(records)} records")
+            uniq = list(dict.fromkeys(seeds))
+            base = self.initial_noise(len(uniq), sampling, [torch.Generator().manual_seed(s) for s in uniq])
+            return base[torch.as_tensor([uniq.index(s) for s in seeds], device=base.device)]
         n = len(records)
         if not sampling.same_noise_per_group:
             return self.initial_noise(n, sampling, generator)
@@ -154,7 +163,8 @@ class FlowPolicyBase:
         return torch.stack([base[order[w]] for w in where])
 
     @torch.no_grad()
-    def _sample(self, records: Sequence[Record], sampling: SamplingConfig, generator, *, sde: bool) -> Rollout:
+    def _sample(self, records: Sequence[Record], sampling: SamplingConfig, generator, *, sde: bool,
+                noise_seeds: Sequence[int] | None = None) -> Rollout:
         records = list(records)
         if not records:
             raise ValueError("rollout needs at least one record")
@@ -163,7 +173,7 @@ class FlowPolicyBase:
         sigmas, timesteps = self.schedule(sampling)
         n_steps = sampling.num_steps
         # same draw order as FluxPolicy: initial noise, then (fast_window only) the window, then the step noise
-        x = self._noise(records, sampling, generator).to(self.device, torch.float32)
+        x = self._noise(records, sampling, generator, noise_seeds).to(self.device, torch.float32)
         if sde:
             rng = window_rng(generator) if sampling.train_steps == "fast_window" else None
             plan = plan_steps(n_steps, sampling.train_steps, k=sampling.train_k,
@@ -206,9 +216,15 @@ class FlowPolicyBase:
         return traj, log_probs
 
     def rollout(self, records: Sequence[Record], sampling: SamplingConfig,
-                generator: torch.Generator | list[torch.Generator] | None = None) -> Rollout:
-        """SDE rollout on the planned steps (ODE elsewhere); latents and per-step log-probs, fp32."""
-        return self._sample(records, sampling, generator, sde=True)
+                generator: torch.Generator | list[torch.Generator] | None = None, *,
+                noise_seeds: Sequence[int] | None = None) -> Rollout:
+        """SDE rollout on the planned steps (ODE elsewhere); latents and per-step log-probs, fp32.
+
+        ``noise_seeds`` (one per record): the initial noise of each sample comes from its own seed, so samples with
+        equal seeds start identically in any batch or process (GRPO's ``same_noise_per_group``); ``generator`` then
+        drives only the step noise. Without it, ``sampling.same_noise_per_group`` shares the start among equal
+        records of this call."""
+        return self._sample(records, sampling, generator, sde=True, noise_seeds=noise_seeds)
 
     def generate(self, records: Sequence[Record], sampling: SamplingConfig,
                  generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:

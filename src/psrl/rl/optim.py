@@ -8,6 +8,17 @@ from psrl.errors import PsrlError
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
+def clip_gradients(params, max_norm: float) -> float:
+    """The total gradient L2 norm before clipping (0.0 when no parameter has a gradient, e.g. a step in which every
+    advantage was 0); clips to ``max_norm`` when it is > 0."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
+    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+
+
 def make_optimizer(params, name: str, *, lr: float, betas, weight_decay: float, eps: float):
     """AdamW, or bitsandbytes' 8-bit AdamW (optimizer states in 8 bits: ~75% less optimizer memory, CUDA only)."""
     if name == "adamw":

@@ -26,7 +26,7 @@ from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
-from psrl.rl.optim import make_optimizer
+from psrl.rl.optim import clip_gradients, make_optimizer
 from psrl.rl.sampler import sample_seed
 from psrl.rl.sft_config import SFTRunConfig
 from psrl.rl.tracking import Tracker
@@ -212,11 +212,7 @@ class SFTTrainer:
             losses.append(float(loss.detach()))
             sigma_means.append(float(sigmas.mean()))
         dist.average_gradients(self.params)
-        if t.max_grad_norm > 0:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm))
-        else:
-            norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params
-                                                                if p.grad is not None])))
+        norm = clip_gradients(self.params, t.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)

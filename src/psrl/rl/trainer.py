@@ -25,7 +25,7 @@ from psrl.rl import distributed as dist
 from psrl.rl.advantages import compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
 from psrl.rl.losses import grpo_loss
-from psrl.rl.optim import make_optimizer
+from psrl.rl.optim import clip_gradients, make_optimizer
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
 from psrl.rl.tracking import Tracker, image_grid, save_image
@@ -228,7 +228,7 @@ class GRPOTrainer:
             t0 = time.perf_counter()
             assignment = self.sampler.assign(step)
             sampling, trained_steps = self._step_sampling(step)
-            rollouts = self._rollout(assignment, sampling, trained_steps)
+            rollouts = self._rollout(step, assignment, sampling, trained_steps)
             t1 = time.perf_counter()
             phase = "reward"
             local_rewards, failures = self._score(rollouts)
@@ -273,16 +273,23 @@ class GRPOTrainer:
         return self.accelerator.autocast() if self.cfg.train.mixed_precision != "no" else nullcontext()
 
     @torch.no_grad()
-    def _rollout(self, assignment, sampling, trained_steps):
+    def _rollout(self, step: int, assignment, sampling, trained_steps):
         self.policy.train(False)
         bs = self.cfg.train.sample_batch_size
         indices, seeds = assignment.local_record_indices, assignment.local_sample_seeds
+        # same_noise_per_group: a group's members start from one noise keyed on its id, even when the group spans
+        # rollout batches or processes, and two groups of one record do not share it
+        noise_seeds = None
+        if self.cfg.sampling.same_noise_per_group:
+            noise_seeds = [sample_seed(self.cfg.train.seed, step, g, salt="group-noise")
+                           for g in assignment.local_group_ids]
         rollouts = []
         for start in range(0, len(indices), bs):
             records = [self.records[i] for i in indices[start:start + bs]]
             gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + bs]]
+            kwargs = {} if noise_seeds is None else {"noise_seeds": noise_seeds[start:start + bs]}
             with self._autocast():
-                rollout = self.policy.rollout(records, sampling, generator=gens)
+                rollout = self.policy.rollout(records, sampling, generator=gens, **kwargs)
             if tuple(rollout.trained_steps) != tuple(trained_steps):
                 raise PsrlError(f"the policy trained steps {rollout.trained_steps}, the trainer planned "
                                 f"{trained_steps}; the policy must follow sampling.train_steps")
@@ -378,10 +385,7 @@ class GRPOTrainer:
 
     def _optimizer_update(self) -> float:
         dist.average_gradients(self.params)
-        if self.cfg.train.max_grad_norm > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in self.params if p.grad is not None]))
+        norm = clip_gradients(self.params, self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
