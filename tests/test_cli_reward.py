@@ -60,3 +60,31 @@ def test_reward_score_bad_arguments(workdir, capsys):
     for name in ("subject_consistency", "position", "vlm_consistency", "semantic_alignment", "edit_consistency",
                  "hpsv3", "pickscore", "clip_t", "aesthetic", "clip_i", "dino", "remote"):
         assert name in names
+
+
+def test_generated_image_names_are_shared_with_generate_and_stay_inside(tmp_path):
+    from psrl.cli.reward import _load_image
+    from psrl.data.records import RecordError, image_filename, image_filenames
+
+    assert image_filename("sea/1") == "sea_1.png" and image_filename("..") == "__.png"
+    assert image_filename("a b:c", ".jpg") == "a_b_c.jpg"
+    with pytest.raises(RecordError, match="'a/b' and 'a:b'.*a_b.png"):
+        image_filenames([Record(id="a/b", prompt="x"), Record(id="a:b", prompt="y")])
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (8, 8)).save(images / "sea_1.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "secret.png")
+    assert _load_image(images, "sea/1")[0] is not None
+    img, why = _load_image(images, "../secret")
+    assert img is None and "not found" in why and str(images) in why
+
+
+def test_generate_reads_kontext_references_from_the_data_root(tmp_path, monkeypatch):
+    """psrl generate with a reference-conditioned policy resolves subject images like the trainer does."""
+    from pathlib import Path
+
+    configs = Path(__file__).resolve().parents[1] / "configs" / "tiny"
+    monkeypatch.chdir(tmp_path)  # references must not be looked up in the working directory
+    assert main(["generate", "--config", str(configs / "psr_kontext.yaml"), "--records",
+                 str(configs / "data" / "records.jsonl"), "--out", "imgs", "--steps", "2"]) == 0
+    assert (tmp_path / "imgs" / "tiny-2.png").is_file()

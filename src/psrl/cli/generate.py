@@ -36,9 +36,10 @@ def resolve_lora(path: str) -> Path:
 
 def run(args) -> int:
     import dataclasses
-    import re
 
     import torch
+
+    from psrl.data.records import image_filenames
 
     from psrl.errors import PsrlError
     from psrl.rl.distributed import make_accelerator
@@ -54,6 +55,7 @@ def run(args) -> int:
         records = load_prompt_records(cfg.eval.records or cfg.data.records, "eval.records")
     if args.batch_size < 1:
         raise PsrlError(f"--batch-size must be >= 1, got {args.batch_size}")
+    names = image_filenames(records)  # before any model loads: colliding ids are an error, not an overwrite
     e, s = cfg.eval, cfg.sampling
     sampling = dataclasses.replace(
         s, num_steps=args.steps or e.num_steps, noise_level=0.0,
@@ -64,6 +66,13 @@ def run(args) -> int:
     from psrl.models.factory import build_policy
 
     policy = build_policy(cfg.model, device)
+    if hasattr(policy, "data_root") and "data_root" not in cfg.model.args:
+        # reference-conditioned policies read subject images as the trainer does: data.data_root, else the
+        # records file's folder
+        records_file = args.records or cfg.eval.records or cfg.data.records
+        root = cfg.data.data_root or (Path(records_file).resolve().parent if isinstance(records_file, str) else None)
+        if root is not None:
+            policy.data_root = Path(root)
     if args.lora:
         policy.load_lora(resolve_lora(args.lora))
     policy.train(False)
@@ -75,7 +84,7 @@ def run(args) -> int:
                 for i in range(len(batch))]
         with torch.no_grad():
             images = policy.generate(batch, sampling, generator=gens).float().cpu()
-        for record, image in zip(batch, images):
-            save_image(image, out / f"{re.sub(r'[^A-Za-z0-9._-]', '_', record.id)}.png")
+        for name, image in zip(names[start:start + args.batch_size], images):
+            save_image(image, out / name)
     print(f"wrote {len(records)} images ({sampling.width}x{sampling.height}, {sampling.num_steps} steps) to {out}")
     return 0

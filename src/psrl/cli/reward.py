@@ -70,15 +70,17 @@ def _load_image(images_dir: Path, rid: str):
 
     from psrl.rewards.images import pil_to_tensor
 
+    from psrl.data.records import image_filename
+
     for suffix in IMAGE_SUFFIXES:
-        p = images_dir / f"{rid}{suffix}"
+        p = images_dir / image_filename(rid, suffix)  # the name psrl generate wrote; never outside images_dir
         if p.is_file():
             try:
                 with Image.open(p) as im:
                     return pil_to_tensor(im.convert("RGB")), None
             except (UnidentifiedImageError, OSError) as e:
                 return None, f"generated image unreadable: {p} ({type(e).__name__})"
-    return None, f"generated image not found: {images_dir}/{rid}.png"
+    return None, f"generated image not found: {images_dir / image_filename(rid)}"
 
 
 def score_records(reward, records, images_dir: Path, batch_size: int):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -75,6 +76,30 @@ def resolve_under(root: str | Path, relative: str, *, what: str = "path") -> Pat
     if full != root_r and root_r not in full.parents:
         raise RecordError(f"{what} {relative!r} escapes the data root {root_r}")
     return full
+
+
+def image_filename(record_id: str, suffix: str = ".png") -> str:
+    """The file name of a record's generated image: the id with every character outside ``[A-Za-z0-9._-]`` made
+    ``_`` (so ``sea/1`` cannot leave the output folder), written by ``psrl generate`` and read by
+    ``psrl reward score``."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", record_id)
+    if name in ("", ".", ".."):
+        name = name.replace(".", "_") or "_"
+    return name + suffix
+
+
+def image_filenames(records: Iterable[Record], suffix: str = ".png") -> list[str]:
+    """:func:`image_filename` of each record; two ids that map to one file name are an error naming both."""
+    seen: dict[str, str] = {}
+    names = []
+    for r in records:
+        name = image_filename(r.id, suffix)
+        if name in seen and seen[name] != r.id:
+            raise RecordError(f"record ids {seen[name]!r} and {r.id!r} both map to the image file {name!r}; "
+                              f"make the ids differ in [A-Za-z0-9._-]")
+        seen[name] = r.id
+        names.append(name)
+    return names
 
 
 def read_records(path: str | Path) -> list[Record]:
