@@ -1,4 +1,5 @@
 """The GRPO trainer on tiny FLUX (CPU): only LoRA changes, learning, NaN rewards, fast window, KL, EMA, eval, OOM."""
+import dataclasses
 import json
 
 import pytest
@@ -159,3 +160,33 @@ def test_same_noise_groups_span_batches_and_differ_between_groups(tmp_path):
         assert all(torch.equal(members[0], m) for m in members[1:])
         assert not torch.equal(ends[3 * g], ends[3 * g + 1])
     assert not torch.equal(starts[0], starts[3])
+
+
+def test_eval_reads_references_from_eval_data_root(tmp_path):
+    """Evaluation records whose subject images live outside the training data root (Customized-GRPO evaluates on
+    DreamBench while training on SynCD) are read from eval.data_root, for the policy and the rewards."""
+    import shutil
+    from pathlib import Path
+
+    from psrl.data.records import read_records, write_records
+
+    tiny = Path(__file__).resolve().parents[1] / "configs" / "tiny"
+    evaldata = tmp_path / "evaldata"
+    evaldata.mkdir()
+    records = read_records(tiny / "data" / "records.jsonl")[:2]
+    moved = []
+    for r in records:
+        subjects = []
+        for s in r.subjects:
+            shutil.copy(tiny / "data" / s.image, evaldata / f"eval_{s.image}")  # names absent from data/
+            subjects.append(dataclasses.replace(s, image=f"eval_{s.image}"))
+        moved.append(dataclasses.replace(r, subjects=tuple(subjects), target=None))
+    write_records(moved, evaldata / "eval.jsonl")
+    cfg = load_run_config(tiny / "psr_kontext.yaml", [
+        f"run.output_dir={tmp_path}", "run.name=evalroot", "train.max_steps=1", "eval.every=1",
+        f"eval.records={evaldata / 'eval.jsonl'}", f"eval.data_root={evaldata}",
+        "rewards=[{name: subject_consistency, weight: 1.0, args: {path: tiny}}]"])
+    trainer = GRPOTrainer(cfg)
+    metrics = trainer.train()
+    assert metrics[-1]["eval/subject_consistency/mean"] == metrics[-1]["eval/subject_consistency/mean"]  # not NaN
+    assert trainer.policy.data_root == trainer.data_root  # restored after evaluating

@@ -8,7 +8,7 @@ Layout of a run config (every section optional; defaults are the dataclass defau
     advantage: AdvantageConfig  (psrl.rl.grpo_config)
     rewards:   [{name, weight, args}, ...]
     data:      {records, data_root}
-    eval:      {records, every, num_steps, height, width, resolution, guidance_scale, seed}
+    eval:      {records, data_root, every, num_steps, height, width, resolution, guidance_scale, seed}
     run:       {name, output_dir, tracker, wandb_project}
 """
 from __future__ import annotations
@@ -68,9 +68,12 @@ class EvalConfig:
     image grid under ``runs/<name>/samples/`` and scored with the training rewards.
 
     ``height``/``width``/``guidance_scale`` default to the sampling config's; ``resolution`` sets both sides
-    (PaCo's resolution-decoupled evaluation). ``every: 0`` disables evaluation."""
+    (PaCo's resolution-decoupled evaluation). ``data_root``: where the eval records' subject images live (default:
+    ``data.data_root``, i.e. the training data's), for the policy's references and the rewards during
+    evaluation; a ``remote`` reward resolves them on its server. ``every: 0`` disables evaluation."""
 
     records: str | list[str] | None = None
+    data_root: str | None = None
     every: int = 0
     num_steps: int = 28
     height: int | None = None
@@ -155,6 +158,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
         cfg.data.records = _resolve_path(cfg.data.records, base)
         cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
         cfg.eval.records = _resolve_path(cfg.eval.records, base)
+        cfg.eval.data_root = _resolve_path(cfg.eval.data_root, base)
     return cfg
 
 

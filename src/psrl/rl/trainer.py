@@ -12,7 +12,7 @@ import dataclasses
 import logging
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -106,6 +106,7 @@ class GRPOTrainer:
         self.data_root = self._data_root()
         if self.data_root is not None and hasattr(policy, "data_root") and "data_root" not in cfg.model.args:
             policy.data_root = self.data_root  # reference-conditioned policies read subject images from here
+        self.eval_data_root = Path(cfg.eval.data_root) if cfg.eval.data_root else self.data_root
         self.params = [p for p in policy.trainable_parameters()]
         if not self.params:
             raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
@@ -430,16 +431,39 @@ class GRPOTrainer:
             gens = [torch.Generator().manual_seed(sample_seed(e.seed, 0, i, salt="eval"))
                     for i in range(len(self.eval_records))]
             self.policy.train(False)
-            with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self._autocast():
-                images = self.policy.generate(self.eval_records, sampling, generator=gens)
-            images = images.float().cpu()
-            save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
-            for reward in self.rewards:
-                scores = reward(images, self.eval_records).scores
-                ok = scores[torch.isfinite(scores)]
-                out[f"eval/{reward.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+            with self._eval_data_root():
+                with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self._autocast():
+                    images = self.policy.generate(self.eval_records, sampling, generator=gens)
+                images = images.float().cpu()
+                save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
+                for reward in self.rewards:
+                    scores = reward(images, self.eval_records).scores
+                    ok = scores[torch.isfinite(scores)]
+                    out[f"eval/{reward.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
         dist.barrier()
         return out
+
+    @contextmanager
+    def _eval_data_root(self):
+        """Point the policy's and the local rewards' reference loaders at ``eval.data_root`` while evaluating (their
+        caches are keyed by absolute path, so nothing mixes)."""
+        root = self.eval_data_root
+        if root is None or root == self.data_root:
+            yield
+            return
+        from psrl.rewards.images import ReferenceImages
+
+        holders = [self.policy] if hasattr(self.policy, "data_root") and \
+            "data_root" not in self.cfg.model.args else []
+        holders += [r.refs for r in self.rewards if isinstance(getattr(r, "refs", None), ReferenceImages)]
+        before = [h.data_root for h in holders]
+        for h in holders:
+            h.data_root = Path(root)
+        try:
+            yield
+        finally:
+            for h, old in zip(holders, before):
+                h.data_root = old
 
     def _dump_rank_data(self, step, assignment, all_rewards, result) -> None:
         import json
