@@ -117,3 +117,14 @@ def test_group_sampler_is_identical_across_ranks_and_splits_contiguously():
     assert sample_seed(7, 2, 0) == full.sample_seeds[0]
     many = GroupSampler(2, 5, 1, seed=0).prompts_for_step(0)
     assert len(many) == 5 and set(many) == {0, 1}  # more groups than prompts: passes over the pool
+
+
+def test_group_only_modes_reject_global_std():
+    from psrl.config import ConfigError
+    from psrl.rl.run_config import load_run_config
+
+    for mode in ("group_zscore", "sars"):
+        with pytest.raises(ConfigError, match=f"std_mode: global has no effect with mode '{mode}'"):
+            load_run_config(None, [f"advantage.mode={mode}", "advantage.std_mode=global"])
+    assert load_run_config(None, ["advantage.mode=log_tamed", "advantage.std_mode=global"]).advantage.std_mode == \
+        "global"

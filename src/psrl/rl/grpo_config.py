@@ -135,7 +135,8 @@ class AdvantageConfig:
             normalisation; ``group_zscore``, ``log_tamed``, ``sars`` live in ``psrl.rl.shaped_advantages``) or a
             dotted ``module:function`` with the same signature.
         std_mode: ``group`` (divide by each prompt group's std) or ``global`` (by the std of all gathered rewards,
-            Flow-GRPO's ``global_std``).
+            Flow-GRPO's ``global_std``). ``group_zscore`` and ``sars`` always z-score each reward within its group
+            (as Customized-GRPO), so they require ``group``; ``log_tamed`` takes it as its default ``normalize``.
         eps: added to the std before dividing (Flow-GRPO: 1e-4).
         clip: advantages are clipped to ``[-clip, clip]`` after the mode (Flow-GRPO ``adv_clip_max``: 5).
         args: mode-specific options (e.g. SARS ``gamma``), read by the mode function.
@@ -150,6 +151,9 @@ class AdvantageConfig:
     def __post_init__(self):
         if self.std_mode not in ("group", "global"):
             raise ValueError(f"advantage.std_mode must be 'group' or 'global', got {self.std_mode!r}")
+        if self.std_mode == "global" and self.mode in ("group_zscore", "sars"):
+            raise ValueError(f"advantage.std_mode: global has no effect with mode {self.mode!r}, which z-scores each "
+                             f"reward within its group (Customized-GRPO); set std_mode: group")
         if self.eps < 0:
             raise ValueError(f"advantage.eps must be >= 0, got {self.eps}")
         if self.clip <= 0:
