@@ -248,3 +248,24 @@ def test_remote_judge_endpoint_rubric_per_subset(generated, tmp_path):
     assert len(seen) == 4 and all(t == 0.2 for _, t in seen)
     assert any("[background description]: The car and the trolley in a snowy street." in text for text, _ in seen)
     assert any("[attribute description]: The cat is wearing a cape" in text for text, _ in seen)
+
+
+def test_out_of_memory_and_broken_metrics_stop_the_evaluation():
+    from psrl.bench.evaluate import score_batch
+    from psrl.data.records import Record
+
+    class Broken:
+        name = "broken"
+
+        def __init__(self, exc):
+            self.exc = exc
+
+        def __call__(self, images, records):
+            raise self.exc
+
+    images, records = torch.zeros(2, 3, 8, 8), [Record(id="a", prompt="x"), Record(id="b", prompt="y")]
+    for exc in (torch.OutOfMemoryError("CUDA out of memory"), ImportError("no module named foo")):
+        with pytest.raises(type(exc)):
+            score_batch(Broken(exc), images, records)
+    rows = score_batch(Broken(RuntimeError("detector crashed")), images, records)
+    assert [r[:2] for r in rows] == [(None, "RuntimeError: detector crashed")] * 2

@@ -138,13 +138,18 @@ def _details_of(details: dict, i: int, n: int) -> dict:
     return out
 
 
+_FATAL = (torch.OutOfMemoryError, MemoryError, ImportError, NameError, NotImplementedError)
+
+
 def score_batch(reward, images: torch.Tensor, records: list) -> list[tuple[float | None, str | None, dict]]:
     """``(raw score or None, failure reason or None, details)`` per sample. If the batched call raises, each
     sample is retried alone so one bad sample does not fail its batch; a sample that still raises is a failure
-    carrying the exception text."""
+    carrying the exception text. Out-of-memory and import/name errors are not per-sample: they propagate."""
     try:
         out = reward(images, records)
-    except Exception as e:  # noqa: BLE001 - any metric error becomes a recorded per-sample failure
+    except _FATAL:
+        raise  # out of memory or a broken install: every sample would fail the same way, so stop the run
+    except Exception as e:  # noqa: BLE001 - any other metric error becomes a recorded per-sample failure
         if len(records) == 1:
             log.warning("metric %s failed on %s: %s", getattr(reward, "name", reward), records[0].id, e)
             return [(None, f"{type(e).__name__}: {e}", {})]
