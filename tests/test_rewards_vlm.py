@@ -274,3 +274,13 @@ def test_paco_prompts_are_the_released_text_exactly():
     digest = {v: hashlib.sha256(paco_prompt(v, "THEME").encode()).hexdigest() for v in ("v1", "v3")}
     assert digest == {"v1": "896487e1519620d6f8ab861733097339aea2c8cfa60f8acbedb3b3d04f4afcad",
                       "v3": "ffff174c596e6f85d7a3aa4d668e6e50ab2463bfda20d165d1ea6508eb9ec301"}
+
+
+def test_p_yes_is_nan_with_a_reason_when_both_answers_have_no_mass():
+    import math
+
+    from psrl.rewards.vlm.judge import p_yes_from_logprobs
+
+    p, why, _ = p_yes_from_logprobs({"Yes": -math.inf, "No": -math.inf, "Maybe": -0.1})
+    assert math.isnan(p) and "'Yes' and 'No'" in why
+    assert p_yes_from_logprobs({"Yes": -math.inf, "No": -0.1})[0] == 0.0  # a real, certain "No"

@@ -33,6 +33,8 @@ def p_yes_from_logprobs(logprobs: dict[str, float], canonicalize: bool = False,
     lp_y = floor if lp_y is None else lp_y
     lp_n = floor if lp_n is None else lp_n
     d = lp_y - lp_n
+    if math.isnan(d):  # both -inf (or a NaN slipped through): the judge gave neither answer any mass
+        return float("nan"), f"{yes!r} and {no!r} both have log-probability {lp_y} / {lp_n}", False
     return 1.0 / (1.0 + math.exp(-d)) if d > -700 else 0.0, None, bounded
 
 
