@@ -146,9 +146,13 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "config.yaml").write_text(config_yaml)
         (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-        if final.exists():
-            shutil.rmtree(final)
+        old = final.parent / f".{final.name}.old"
+        if final.exists():  # re-saving a step (after a resume): keep the old copy until the new one is in place
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
         os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
         if keep_last:
             for _, old in list_checkpoints(run_dir)[:-keep_last]:
                 shutil.rmtree(old, ignore_errors=True)
