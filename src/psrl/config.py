@@ -193,4 +193,6 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    from psrl.fileio import write_text_atomic
+
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

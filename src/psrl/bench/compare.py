@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from psrl.bench.items import write_json_atomic
+from psrl.fileio import write_json_atomic, write_text_atomic
 from psrl.bench.report import _fmt, radar_chart, series_of
 from psrl.bench.tasks import DIMENSION_LABELS
 from psrl.errors import PsrlError
@@ -107,19 +108,20 @@ def write_compare(result: dict, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {n: out_dir / n for n in ("compare.md", "compare.csv", "compare.json", "compare_radar.png")}
-    paths["compare.md"].write_text(markdown(result))
+    write_text_atomic(paths["compare.md"], markdown(result))
     write_json_atomic(paths["compare.json"], result)
-    with paths["compare.csv"].open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["model", "kind", "subset", "dimension", "value"])
-        for r in result["rows"]:
-            for d in result["dimensions"]:
-                v = r["overall"].get(d)
-                w.writerow([r["label"], r["kind"], "Overall", d, "" if v is None else f"{v:.6f}"])
-                for s in result["subsets"]:
-                    v = r["subsets"].get(d, {}).get(s)
-                    if v is not None:
-                        w.writerow([r["label"], r["kind"], s, d, f"{v:.6f}"])
+    buf = io.StringIO(newline="")  # the csv is built in memory, then written atomically
+    w = csv.writer(buf)
+    w.writerow(["model", "kind", "subset", "dimension", "value"])
+    for r in result["rows"]:
+        for d in result["dimensions"]:
+            v = r["overall"].get(d)
+            w.writerow([r["label"], r["kind"], "Overall", d, "" if v is None else f"{v:.6f}"])
+            for s in result["subsets"]:
+                v = r["subsets"].get(d, {}).get(s)
+                if v is not None:
+                    w.writerow([r["label"], r["kind"], s, d, f"{v:.6f}"])
+    write_text_atomic(paths["compare.csv"], buf.getvalue())
     # the overlay shows measured rows only: the published table has overall numbers (two subset values at most),
     # and drawing missing subsets as 0 would misrepresent it
     series = [(r["label"], r["subsets"]) for r in result["rows"] if r["kind"] == "measured"

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from psrl.bench.items import write_json_atomic
+from psrl.fileio import write_json_atomic
 from psrl.bench.provenance import config_hash
 from psrl.bench.results import ResultSample
 from psrl.bench.sharding import Shard

@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from psrl.bench.items import BenchItem, write_json_atomic
+from psrl.bench.items import BenchItem
+from psrl.fileio import write_json_atomic
 from psrl.bench.psrbench import LoadedSubsets, export_subset
 from psrl.bench.results import MANIFEST, image_path, read_manifest, result_json_path
 from psrl.bench.sharding import Shard

@@ -1,8 +1,6 @@
 """Benchmark items shared by PSRBench and DreamBench: one entry of a subset file, its record, validation issues."""
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,14 +42,6 @@ class ValidationIssue:
 def sample_key(subset: str, index: int, seed: int) -> str:
     """Identity of one generated sample: an entry under one seed."""
     return f"seed{seed}/{subset}/{index}"
-
-
-def write_json_atomic(path: str | Path, data, *, indent: int | None = 2) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def check_image(path: Path) -> str | None:

@@ -23,7 +23,8 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psrl.bench.items import BenchItem, ValidationIssue, check_image, write_json_atomic
+from psrl.bench.items import BenchItem, ValidationIssue, check_image
+from psrl.fileio import write_json_atomic
 from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
 from psrl.data.records import Record, RecordError, SubjectRef, resolve_under
 

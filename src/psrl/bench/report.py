@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from psrl.bench.items import write_json_atomic
+from psrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from psrl.bench.tasks import DIMENSION_LABELS
 
 log = logging.getLogger(__name__)
@@ -45,18 +45,18 @@ def markdown_table(summary: dict) -> str:
 
 
 def write_csv(summary: dict, path: Path) -> None:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["subset", "dimension", "mean", "scored", "failed", "total"])
-        for subset in summary["subsets"]:
-            for d in summary["dimensions"]:
-                c = summary["table"][subset][d]
-                w.writerow([subset, d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
-                            c["total"]])
+    buf = io.StringIO(newline="")  # built in memory, then written atomically
+    w = csv.writer(buf)
+    w.writerow(["subset", "dimension", "mean", "scored", "failed", "total"])
+    for subset in summary["subsets"]:
         for d in summary["dimensions"]:
-            c = summary["overall"][d]
-            w.writerow(["Overall", d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
-                        c["n"] + c["failed"]])
+            c = summary["table"][subset][d]
+            w.writerow([subset, d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"], c["total"]])
+    for d in summary["dimensions"]:
+        c = summary["overall"][d]
+        w.writerow(["Overall", d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
+                    c["n"] + c["failed"]])
+    write_text_atomic(path, buf.getvalue())
 
 
 def radar_chart(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dimensions: Sequence[str],
@@ -93,7 +93,7 @@ def radar_chart(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dime
     plt.close(fig)
     data = buf.getvalue()
     if path is not None:
-        Path(path).write_bytes(data)
+        write_bytes_atomic(path, data)
     return data
 
 
@@ -207,9 +207,9 @@ def write_report(summary: dict, rows: Sequence[dict], out_dir: str | Path, *, da
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in ("summary.json", "table.md", "table.csv", "radar.png", "report.html")}
     write_json_atomic(paths["summary.json"], summary)
-    paths["table.md"].write_text(markdown_table(summary))
+    write_text_atomic(paths["table.md"], markdown_table(summary))
     write_csv(summary, paths["table.csv"])
     png = radar_chart([(title, series_of(summary))], summary["subsets"], summary["dimensions"], paths["radar.png"])
-    paths["report.html"].write_text(html_report(summary, rows, png, data_root=data_root, title=title,
-                                                gallery_per_subset=gallery_per_subset))
+    write_text_atomic(paths["report.html"], html_report(summary, rows, png, data_root=data_root, title=title,
+                                                        gallery_per_subset=gallery_per_subset))
     return paths

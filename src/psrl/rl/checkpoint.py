@@ -72,6 +72,7 @@ def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, defaul
     import time
 
     from psrl.config import dump_yaml
+    from psrl.fileio import write_json_atomic
     from psrl.rl import distributed as dist
     from psrl.rl.tracking import environment_info
 
@@ -92,7 +93,7 @@ def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, defaul
         run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
         info = {**environment_info(), "num_processes": num_processes}
-        (run_dir / "env.json").write_text(json.dumps(info, indent=2))
+        write_json_atomic(run_dir / "env.json", info)
     dist.barrier()
     return run_dir
 

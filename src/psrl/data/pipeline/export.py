@@ -22,7 +22,8 @@ from collections import Counter
 from pathlib import Path
 
 from psrl.data.pipeline.config import TASKS, DataPipelineConfig
-from psrl.data.pipeline.manifest import read_kept, write_json_atomic, write_jsonl_atomic
+from psrl.data.pipeline.manifest import read_kept, write_jsonl_atomic
+from psrl.fileio import write_json_atomic
 from psrl.data.pipeline.stats import StageStats, write_stage_stats
 from psrl.data.pipeline.subjects import sample_seed
 from psrl.data.records import Record, SubjectRef

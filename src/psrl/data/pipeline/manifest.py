@@ -141,14 +141,6 @@ class ManifestWriter:
         self.close()
 
 
-def write_json_atomic(path: str | Path, data, *, indent: int | None = 2) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=indent) + "\n")
-    os.replace(tmp, path)
-
-
 def write_jsonl_atomic(path: str | Path, entries: Iterable[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

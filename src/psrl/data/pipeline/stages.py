@@ -65,7 +65,8 @@ def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, sha
 def reset_from(dataset: str | Path, name: str) -> list[Path]:
     """Forget stage ``name`` and every stage after it: their manifests (and part files) and statistics are removed,
     so they run again from scratch (images are overwritten as they are remade). Returns the removed files."""
-    from psrl.data.pipeline.manifest import manifest_path, write_json_atomic
+    from psrl.data.pipeline.manifest import manifest_path
+    from psrl.fileio import write_json_atomic
     from psrl.data.pipeline.stats import STATS_FILE, read_stats
 
     dataset = Path(dataset)
