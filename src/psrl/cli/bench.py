@@ -146,9 +146,10 @@ def cmd_generate(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     device = local_device(args.device)
     from psrl.models.factory import build_policy
+    from psrl.models.references import takes_data_root
 
     policy = build_policy(model_cfg, device)
-    if hasattr(policy, "data_root") and not model_cfg.args.get("data_root"):
+    if takes_data_root(policy, model_cfg):
         policy.data_root = Path(args.data_root).resolve()  # reference-conditioned policies read the references
     if args.lora:
         policy.load_lora(args.lora)

@@ -40,6 +40,7 @@ def run(args) -> int:
     import torch
 
     from psrl.data.records import image_filenames
+    from psrl.models.references import takes_data_root
 
     from psrl.errors import PsrlError
     from psrl.rl.distributed import make_accelerator
@@ -66,7 +67,7 @@ def run(args) -> int:
     from psrl.models.factory import build_policy
 
     policy = build_policy(cfg.model, device)
-    if hasattr(policy, "data_root") and "data_root" not in cfg.model.args:
+    if takes_data_root(policy, cfg.model):
         # reference-conditioned policies read subject images as the trainer does: data.data_root, else the
         # records file's folder
         records_file = args.records or cfg.eval.records or cfg.data.records

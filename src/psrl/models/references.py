@@ -24,6 +24,12 @@ from psrl.data.records import Record, RecordError, resolve_under
 logger = logging.getLogger(__name__)
 
 
+def takes_data_root(policy, model_cfg) -> bool:
+    """Whether a run should point ``policy`` at its data root: the policy reads reference images
+    (``policy.data_root`` exists) and the model config does not pin its own ``args.data_root``."""
+    return hasattr(policy, "data_root") and not model_cfg.args.get("data_root")
+
+
 @dataclass(frozen=True)
 class ReferenceResize:
     """How references are sized before VAE encoding (UNO's rule, research note customized_uno_rewards.md §2.1):
@@ -137,4 +143,4 @@ def check_distinct_ids(records: Sequence[Record]) -> None:
             raise RecordError(f"two different records share the id {r.id!r}; record ids must be unique")
 
 
-__all__ = ["ReferenceLoader", "ReferenceResize", "check_distinct_ids", "pil_to_model_input"]
+__all__ = ["takes_data_root", "ReferenceLoader", "ReferenceResize", "check_distinct_ids", "pil_to_model_input"]

@@ -24,6 +24,7 @@ from torch import Tensor
 from psrl.config import to_dict
 from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
+from psrl.models.references import takes_data_root
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
 from psrl.rl.optim import clip_gradients, make_optimizer
@@ -112,7 +113,7 @@ class SFTTrainer:
             from psrl.models.factory import build_policy
 
             policy = build_policy(cfg.model, acc.device)
-        if hasattr(policy, "data_root") and "data_root" not in cfg.model.args:
+        if takes_data_root(policy, cfg.model):
             policy.data_root = self.data_root  # reference-conditioned policies read references from here
         self.policy = policy
         self.params = list(policy.trainable_parameters())

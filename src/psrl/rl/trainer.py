@@ -20,6 +20,7 @@ import torch
 from psrl.config import to_dict
 from psrl.data.records import Record, read_records
 from psrl.errors import PsrlError
+from psrl.models.references import takes_data_root
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
 from psrl.rl.advantages import compute_advantages, get_advantage_mode
@@ -104,7 +105,7 @@ class GRPOTrainer:
             policy = build_policy(cfg.model, acc.device)
         self.policy = policy
         self.data_root = self._data_root()
-        if self.data_root is not None and hasattr(policy, "data_root") and "data_root" not in cfg.model.args:
+        if self.data_root is not None and takes_data_root(policy, cfg.model):
             policy.data_root = self.data_root  # reference-conditioned policies read subject images from here
         self.eval_data_root = Path(cfg.eval.data_root) if cfg.eval.data_root else self.data_root
         self.params = [p for p in policy.trainable_parameters()]
@@ -453,8 +454,7 @@ class GRPOTrainer:
             return
         from psrl.rewards.images import ReferenceImages
 
-        holders = [self.policy] if hasattr(self.policy, "data_root") and \
-            "data_root" not in self.cfg.model.args else []
+        holders = [self.policy] if takes_data_root(self.policy, self.cfg.model) else []
         holders += [r.refs for r in self.rewards if isinstance(getattr(r, "refs", None), ReferenceImages)]
         before = [h.data_root for h in holders]
         for h in holders:
