@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     from psrl.models.config import LoraConfig
     from psrl.models.flux import FluxPolicy
     from psrl.rl.run_config import load_run_config
-    from psrl.rl.trainer import GRPOTrainer
+    from psrl.rl.grpo_trainer import GRPOTrainer
 
     device = torch.device(args.device)
     out = tempfile.mkdtemp(prefix="psrl-bench-")

@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     from psrl.models.flux_kontext import FluxKontextPolicy
     from psrl.models.references import ReferenceResize
     from psrl.rl.run_config import load_run_config
-    from psrl.rl.trainer import GRPOTrainer
+    from psrl.rl.grpo_trainer import GRPOTrainer
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32

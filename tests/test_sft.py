@@ -46,7 +46,7 @@ def _config(root, **sft):
 
 
 def test_sample_sigmas_schemes():
-    from psrl.rl.sft import sample_sigmas
+    from psrl.rl.sft_trainer import sample_sigmas
 
     g = torch.Generator().manual_seed(0)
     ln = sample_sigmas(20000, "logit_normal", g)
@@ -61,7 +61,7 @@ def test_sample_sigmas_schemes():
 
 
 def test_load_target_resizes_and_names_the_record(tmp_path):
-    from psrl.rl.sft import load_target
+    from psrl.rl.sft_trainer import load_target
 
     Image.new("RGBA", (40, 20), (255, 0, 0, 128)).save(tmp_path / "t.png")
     x = load_target(tmp_path, Record(id="a", prompt="p", target="t.png"), 16, 16)
@@ -118,10 +118,10 @@ def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
 
 
 def test_sft_rejects_records_without_targets(tmp_path):
-    from psrl.rl.sft import SFTTrainer
+    from psrl.rl.sft_trainer import SFTTrainer
     from psrl.rl.sft_config import load_sft_config
 
     write_records([Record(id="x", prompt="p", subjects=(SubjectRef(image="a.png", phrase="a"),))],
                   tmp_path / "train.jsonl")
-    with pytest.raises(RecordError, match="without a 'target'.*'x'"):
+    with pytest.raises(RecordError, match="'x': no 'target' image"):
         SFTTrainer(load_sft_config(_config(tmp_path)))

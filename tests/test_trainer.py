@@ -8,7 +8,7 @@ import torch
 from psrl.errors import PsrlError
 from psrl.rl.run_config import load_run_config
 from psrl.rl.tracking import read_metrics
-from psrl.rl.trainer import GRPOTrainer
+from psrl.rl.grpo_trainer import GRPOTrainer
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -135,7 +135,7 @@ def test_metrics_file_has_the_promised_keys(tmp_path):
 
 
 def test_data_root_reaches_rewards_that_take_it():
-    from psrl.rl.trainer import _accepts
+    from psrl.rl.grpo_trainer import _accepts
 
     assert _accepts("subject_consistency", "data_root")
     assert not _accepts("mean_color", "data_root")

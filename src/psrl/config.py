@@ -6,10 +6,14 @@ Every config in psrl is a (nested) ``@dataclass``. ``from_dict`` builds one from
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+from collections.abc import Callable
 
 import yaml
 
@@ -18,6 +22,39 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config key or value is wrong. The message names the key (dotted), the value and the source file."""
+
+
+Source = Union[str, Callable[[str], str], None]
+
+_SECRET = re.compile(r"(key|token|secret|password)", re.IGNORECASE)
+
+
+def _where(source: Source, key: str) -> str:
+    """`` (in FILE)`` or, for a key set on the command line, `` (from --set KEY=VALUE)``."""
+    if source is None:
+        return ""
+    if callable(source):
+        return source(key)
+    return f" (in {source})"
+
+
+def override_source(base: str, overrides: list[str] | None) -> Source:
+    """A source that names ``--set`` for the keys an override touched and ``base`` for the rest. Values of keys
+    that look secret (``*key*``, ``*token*``, ...) are shown as ``***``."""
+    touched = []
+    for item in overrides or []:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        shown = "***" if _SECRET.search(key.rsplit(".", 1)[-1]) else value
+        touched.append((key, f"{key}={shown}"))
+
+    def describe(key: str) -> str:
+        for path, text in reversed(touched):
+            if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+                return f" (from --set {text})"
+        return f" (in {base})"
+
+    return describe
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -74,12 +111,15 @@ def _list_index(node: list, part: str, path: list[str]) -> int:
         node[idx]
         return idx
     except (ValueError, IndexError) as e:
-        raise ConfigError(f"override key {'.'.join(path)}: {part!r} is not a valid index of a list of {len(node)}") from e
+        raise ConfigError(f"override key {'.'.join(path)}: {part!r} is not a valid index of a list of "
+                          f"{len(node)}") from e
 
 
-def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: str | None = None) -> T:
-    """Build dataclass ``cls`` from ``data``. Unknown keys and wrongly typed values raise :class:`ConfigError`."""
-    where = f" (in {source})" if source else ""
+def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = None) -> T:
+    """Build dataclass ``cls`` from ``data``. Unknown keys, wrongly typed values and non-finite numbers (NaN and
+    inf pass every ``<= 0`` check, so they are refused here, once for every config) raise :class:`ConfigError`
+    naming the dotted key, the value and where it came from (the file, or ``--set``)."""
+    where = _where(source, prefix or "config")
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -89,7 +129,8 @@ def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: str | None =
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ConfigError(f"unknown config key {key!r}{where}; valid keys here: {', '.join(sorted(fields))}")
+        raise ConfigError(f"unknown config key {key!r}{_where(source, key)}; valid keys here: "
+                          f"{', '.join(sorted(fields))}")
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
@@ -102,8 +143,8 @@ def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: str | None =
         raise ConfigError(f"{prefix or 'config'}: {e}{where}") from e
 
 
-def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
-    where = f" (in {source})" if source else ""
+def _convert(tp: Any, value: Any, key: str, source: Source) -> Any:
+    where = _where(source, key)
     origin = get_origin(tp)
     if tp is Any:
         return value
@@ -152,14 +193,19 @@ def _convert(tp: Any, value: Any, key: str, source: str | None) -> Any:
             return value
         raise ConfigError(f"bad value for {key!r}: expected an integer, got {value!r}{where}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads "1e-5" as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"bad value for {key!r}: expected a number, got {value!r}{where}")
+        if number is None:
+            raise ConfigError(f"bad value for {key!r}: expected a number, got {value!r}{where}")
+        if not math.isfinite(number):
+            raise ConfigError(f"bad value for {key!r}: {value!r} is not a finite number{where}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -189,7 +235,8 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     """YAML file (or ``default`` when no path) + dotted overrides -> validated dataclass ``cls``."""
     data = load_yaml(path) if path is not None else dict(default or {})
     apply_overrides(data, overrides)
-    return from_dict(cls, data, source=str(path) if path is not None else "embedded default")
+    return from_dict(cls, data, source=override_source(str(path) if path is not None else "embedded default",
+                                                       overrides))
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:

@@ -56,6 +56,17 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _close_process_group_quietly() -> None:
+    """After an error every rank raised alike (a stop, a bad config): leave the group without waiting on ranks
+    that may be gone."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort on the way out
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -75,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as e:
+        # one line, no traceback; a run stopped by a signal exits 130/143 as the shell expects
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        _close_process_group_quietly()
+        return int(getattr(e, "exit_code", 2))
 
 
 if __name__ == "__main__":

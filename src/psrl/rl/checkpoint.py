@@ -6,13 +6,17 @@ Contents of ``step-N/``:
   ``lora_ema/`` the same with the EMA weights, when an EMA is kept (what evaluation uses);
 * ``trainable.safetensors``: the exact trainable tensors by parameter name (what ``--resume`` restores);
 * ``optimizer.pt``, ``scheduler.pt``, ``ema.pt``; ``rng/rank-R.pt`` per process (python, numpy, torch, CUDA);
-* ``config.yaml``; ``state.json`` (step, updates, processes) written last.
+* ``config.yaml``; ``state.json`` (step, updates, processes, and ``files``: the size of every other file) written
+  last.
 
 The directory is assembled as ``.step-N.tmp`` and renamed, so a crash never leaves a ``step-N`` that looks
-complete. All processes must share the run directory's filesystem.
+complete; pruning renames a checkpoint to ``.step-N.trash`` before deleting it, for the same reason. ``--resume``
+takes the newest checkpoint whose files all match ``state.json`` and names the ones it skipped. All processes must
+share the run directory's filesystem.
 """
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -25,6 +29,8 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 from torch import nn
+
+from psrl.errors import PsrlError
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +72,10 @@ def set_rng_state(state: dict) -> None:
 def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, default_prefix: str = "") -> Path:
     """``cfg.run.output_dir / cfg.run.name`` (a timestamp when unnamed), with ``config.yaml`` and ``env.json``.
 
-    A new (not resumed) run never mixes into an earlier run's folder: it gets the first free ``name-<n>``, decided
-    on the main process and broadcast; ``cfg.run.name`` is updated to the folder's name.
+    A new (not resumed) run claims its folder with an exclusive ``mkdir``: when the name is taken (an earlier run,
+    or another process starting at the same instant) it takes the first free ``name-<n>``, so two runs never share a
+    folder. Decided on the main process and broadcast; ``cfg.run.name`` is updated to the folder's name. Call it
+    only once everything checkable has been checked, so a failed start leaves no folder behind.
     """
     import time
 
@@ -78,19 +86,15 @@ def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, defaul
 
     root = Path(cfg.run.output_dir)
     name = cfg.run.name or time.strftime(f"{default_prefix}%Y%m%d-%H%M%S")
-    if not resume and is_main:
-        base, n = name, 0
-        while (root / name / "metrics.jsonl").exists() or (root / name / CHECKPOINTS).exists():
-            n += 1
-            name = f"{base}-{n}"
-        if name != base:
-            logger.warning("%s already holds a run; this new run goes to %s (use --resume to continue the old one)",
-                           root / base, root / name)
+    if is_main:
+        name = _claim_run_dir(root, name) if not resume else name
+        if resume and not (root / name).is_dir():
+            raise PsrlError(f"--resume: no complete checkpoint under {root / name / CHECKPOINTS} (the run folder "
+                            "does not exist)")
     name = dist.broadcast_object(name)
     cfg.run.name = name
     run_dir = root / name
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, run_dir / "config.yaml")
         info = {**environment_info(), "num_processes": num_processes}
         write_json_atomic(run_dir / "env.json", info)
@@ -98,12 +102,30 @@ def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, defaul
     return run_dir
 
 
+def _claim_run_dir(root: Path, name: str) -> str:
+    """Create ``root/name`` (or ``name-1``, ``name-2`` ... when taken) with ``mkdir(exist_ok=False)``, which is
+    atomic: of two processes racing for one name exactly one wins. Returns the name claimed."""
+    root.mkdir(parents=True, exist_ok=True)
+    base, n = name, 0
+    while True:
+        try:
+            (root / name).mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            name = f"{base}-{n}"
+    if name != base:
+        logger.warning("%s already exists; this new run goes to %s (use --resume to continue the old one)",
+                       root / base, root / name)
+    return name
+
+
 def step_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step-{step}"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (a ``state.json`` inside), oldest first."""
+    """Checkpoints that look complete (a ``state.json`` inside), oldest first; see :func:`verify_checkpoint`."""
     root = Path(run_dir) / CHECKPOINTS
     found = []
     if root.is_dir():
@@ -114,52 +136,187 @@ def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def verify_checkpoint(path: str | Path) -> str | None:
+    """``None`` when checkpoint ``path`` is complete, else why not: ``state.json`` readable, every file it lists
+    present with its recorded size, the safetensors headers readable. (Checkpoints written before ``files`` was
+    recorded are checked for the files every checkpoint has.)"""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"state.json unreadable ({e})"
+    files = state.get("files") or {name: None for name in _REQUIRED}
+    for rel, size in files.items():
+        f = path / rel
+        if not f.is_file():
+            return f"{rel} is missing"
+        if size is not None and f.stat().st_size != size:
+            return f"{rel} has {f.stat().st_size} bytes, state.json recorded {size}"
+        if rel.endswith(".safetensors"):
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(f), framework="pt") as h:
+                    h.keys()
+            except Exception as e:  # noqa: BLE001 - any failure to parse the header means unusable
+                return f"{rel} is unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+_REQUIRED = ("trainable.safetensors", "optimizer.pt", "scheduler.pt", "lora/pytorch_lora_weights.safetensors")
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1][1] if found else None
+    """The newest complete checkpoint; incomplete newer ones are skipped with a warning naming them and why."""
+    for step, d in reversed(list_checkpoints(run_dir)):
+        why = verify_checkpoint(d)
+        if why is None:
+            return d
+        logger.warning("skipping incomplete checkpoint %s: %s", d, why)
+    return None
+
+
+def check_finite(named_params: dict[str, nn.Parameter], step: int) -> None:
+    """Raise :class:`PsrlError` naming ``step`` and the first non-finite trainable parameter (NaN or inf weights
+    are never saved: a LoRA full of NaN is not a result)."""
+    for name, p in named_params.items():
+        if not bool(torch.isfinite(p.detach()).all()):
+            bad = int((~torch.isfinite(p.detach())).sum())
+            raise PsrlError(f"step {step}: trainable parameter {name} has {bad} non-finite value(s) (NaN/inf); "
+                            "nothing was saved for this step. Lower the learning rate, check the rewards and "
+                            "advantage settings, or resume from the last checkpoint")
+
+
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _space_error(final: Path, e: OSError, named_params, run_dir) -> PsrlError:
+    """One line for a failed write: the path, and for a full disk the free space against what is needed."""
+    if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return PsrlError(f"could not write checkpoint {final}: {e.strerror or e}")
+    previous = list_checkpoints(run_dir)
+    if previous:
+        need = _tree_bytes(previous[-1][1])
+    else:  # weights + AdamW's two moments, roughly
+        need = 3 * sum(p.numel() * p.element_size() for p in named_params.values())
+    free = shutil.disk_usage(final.parent).free
+    return PsrlError(f"no space left on device writing checkpoint {final}: about {_mb(need)} needed, {_mb(free)} "
+                     "free; free some space (or lower train.keep_last) and --resume. Earlier checkpoints are intact")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` checkpoints. Each is first renamed to ``.step-N.trash`` (atomic) and
+    then deleted, so a kill mid-way never leaves a ``step-N`` with ``state.json`` but without its weights."""
+    if not keep_last:
+        return
+    for _, d in list_checkpoints(run_dir)[:-keep_last]:
+        trash = d.parent / f".{d.name}.trash"
+        if trash.exists():
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(d, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_leftovers(run_dir: str | Path) -> None:
+    """Remove ``.step-N.tmp`` / ``.trash`` / ``.old`` folders a killed run left behind."""
+    root = Path(run_dir) / CHECKPOINTS
+    if root.is_dir():
+        for d in root.iterdir():
+            if d.name.startswith(".step-") and d.name.endswith((".tmp", ".trash", ".old")):
+                shutil.rmtree(d, ignore_errors=True)
 
 
 def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dict[str, nn.Parameter],
                     optimizer: torch.optim.Optimizer, scheduler, ema, config_yaml: str, state: dict,
                     process_index: int = 0, barrier: Callable[[], None] = lambda: None,
-                    keep_last: int = 0) -> Path:
-    """Write ``step-N`` atomically; every process calls this (each writes its RNG state), rank 0 the rest."""
+                    keep_last: int = 0, rng: dict | None = None) -> Path:
+    """Write ``step-N`` atomically; every process calls this (each writes its RNG state, ``rng`` when given,
+    else the current one), rank 0 the rest.
+
+    Raises:
+        PsrlError: non-finite trainable weights (nothing written), or a failed write (no space left: the message
+            names the path, the space needed and free; the temp folder is removed, earlier checkpoints intact).
+    """
+    check_finite(named_params, step)
     final = step_dir(run_dir, step)
     tmp = final.parent / f".{final.name}.tmp"
     main = process_index == 0
+    failed = None
     if main:
         if tmp.exists():
             shutil.rmtree(tmp)
         (tmp / "rng").mkdir(parents=True)
     barrier()
-    torch.save(rng_state(), tmp / "rng" / f"rank-{process_index}.pt")
+    try:
+        torch.save(rng if rng is not None else rng_state(), tmp / "rng" / f"rank-{process_index}.pt")
+    except OSError as e:
+        failed = e
     barrier()
     if main:
-        from safetensors.torch import save_file
+        try:
+            if failed is not None:
+                raise failed
+            _write_contents(tmp, policy=policy, named_params=named_params, optimizer=optimizer,
+                            scheduler=scheduler, ema=ema, config_yaml=config_yaml, state={"step": step, **state})
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            failed = _space_error(final, e, named_params, run_dir)
+        if failed is None:
+            old = final.parent / f".{final.name}.old"
+            if final.exists():  # re-saving a step (after a resume): keep the old copy until the new one is in place
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+            prune_checkpoints(run_dir, keep_last)
+            logger.info("saved checkpoint %s", final)
+    from psrl.rl import distributed as dist
 
-        save_file({k: p.detach().cpu().contiguous() for k, p in named_params.items()}, tmp / "trainable.safetensors")
-        policy.save_lora(tmp / "lora")
-        if ema is not None:
-            with ema.swapped_in():
-                policy.save_lora(tmp / "lora_ema")
-            torch.save(ema.state_dict(), tmp / "ema.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "config.yaml").write_text(config_yaml)
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
-        old = final.parent / f".{final.name}.old"
-        if final.exists():  # re-saving a step (after a resume): keep the old copy until the new one is in place
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-        if keep_last:
-            for _, old in list_checkpoints(run_dir)[:-keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
-        logger.info("saved checkpoint %s", final)
+    error = dist.broadcast_object(str(failed) if failed is not None and main else None)
     barrier()
+    if error is not None:
+        raise failed if main and isinstance(failed, PsrlError) else PsrlError(error)
     return final
+
+
+def _write_contents(tmp: Path, *, policy, named_params, optimizer, scheduler, ema, config_yaml: str,
+                    state: dict) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: p.detach().cpu().contiguous() for k, p in named_params.items()}, tmp / "trainable.safetensors")
+    policy.save_lora(tmp / "lora")
+    if ema is not None:
+        with ema.swapped_in():
+            policy.save_lora(tmp / "lora_ema")
+        torch.save(ema.state_dict(), tmp / "ema.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    (tmp / "config.yaml").write_text(config_yaml)
+    files = {f.relative_to(tmp).as_posix(): f.stat().st_size for f in sorted(tmp.rglob("*"))
+             if f.is_file() and not f.name.startswith("rank-")}
+    (tmp / "state.json").write_text(json.dumps({**state, "files": files}, indent=2))
+    _fsync_tree(tmp)
+
+
+def _fsync_tree(path: Path) -> None:
+    """Flush the folder's files to disk before the rename publishes them (a power cut after the rename must not
+    leave a ``step-N`` of empty files)."""
+    for f in path.rglob("*"):
+        if f.is_file():
+            try:
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            except OSError:
+                pass
 
 
 def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], optimizer, scheduler, ema,

@@ -74,6 +74,15 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def gather_objects(obj: Any) -> list[Any]:
+    """Every process's picklable ``obj``, in rank order (``[obj]`` on one process)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
 def barrier() -> None:
     if is_distributed():
         torch.distributed.barrier()

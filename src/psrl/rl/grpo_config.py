@@ -63,6 +63,10 @@ class TrainConfig:
         mixed_precision: ``no`` | ``bf16``: autocast of the rollout and training forward passes.
         seed: seeds prompt draws (``seed + step``), rollout noise and everything else.
         save_every: checkpoint every this many steps (0 = only at the end).
+        save_every_minutes: also checkpoint when this many minutes passed since the last save (0 = off), so a
+            preempted run loses minutes, not hours.
+        max_invalid_steps: stop the run (checkpoint saved, exit 1) after this many consecutive steps in which no
+            sample could be scored (every reward NaN); 0 never stops.
         keep_last: checkpoints kept (older ones are deleted; 0 keeps all).
         log_every: write metrics every this many steps.
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
@@ -89,6 +93,8 @@ class TrainConfig:
     mixed_precision: str | bool = "no"
     seed: int = 42
     save_every: int = 0
+    save_every_minutes: float = 0.0
+    max_invalid_steps: int = 3
     keep_last: int = 3
     log_every: int = 1
     device: str = "auto"
@@ -100,9 +106,12 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "keep_last", "lr_warmup_steps"):
+        for name in ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes", "max_invalid_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.group_size < 2:
+            raise ValueError(f"train.group_size must be >= 2 (GRPO compares the images of a group; a group of "
+                             f"{self.group_size} has no spread and never trains), got {self.group_size}")
         if self.lr <= 0:
             raise ValueError(f"train.lr must be > 0, got {self.lr}")
         if self.optimizer not in OPTIMIZERS:

@@ -17,19 +17,19 @@ from pathlib import Path
 
 import torch
 
-from psrl.config import to_dict
 from psrl.data.records import Record, read_records
 from psrl.errors import PsrlError
+from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
-from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
 from psrl.rl.advantages import compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
 from psrl.rl.losses import grpo_loss
-from psrl.rl.optim import clip_gradients, make_optimizer
+from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
+from psrl.rl.optim import clip_gradients
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
-from psrl.rl.tracking import Tracker, image_grid, save_image
+from psrl.rl.tracking import image_grid, save_image
 from psrl.sampling import plan_steps
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,22 @@ def _accepts(reward_name: str, arg: str) -> bool:
         return False
 
 
+def _call_reward(reward, rollout):
+    """``(RewardOutput, None)``, or ``(None, why)`` when the reward raised or returned the wrong shape."""
+    name = getattr(reward, "name", type(reward).__name__)
+    try:
+        out = reward(rollout.images, rollout.records)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reward bug must end the run with its name, not a traceback
+        return None, f"reward {name!r} raised {type(e).__name__}: {e}"
+    scores = getattr(out, "scores", None)
+    if not isinstance(scores, torch.Tensor) or scores.numel() != len(rollout):
+        got = scores.numel() if isinstance(scores, torch.Tensor) else type(scores).__name__
+        return None, f"reward {name!r} returned {got} scores for {len(rollout)} images"
+    return out, None
+
+
 def oom_advice(cfg: RunConfig, phase: str) -> str:
     t, m, s = cfg.train, cfg.model, cfg.sampling
     return (
@@ -73,7 +89,7 @@ def oom_advice(cfg: RunConfig, phase: str) -> str:
         f"model.offload_frozen: true (now {m.offload_frozen}); model.lora.rank smaller (now {m.lora.rank})")
 
 
-class GRPOTrainer:
+class GRPOTrainer(BaseTrainer):
     """Flow-GRPO training of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
 
     Args:
@@ -81,58 +97,48 @@ class GRPOTrainer:
         policy: an already built :class:`~psrl.models.base.Policy` (tests, notebooks); else ``build_policy``.
         resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
         progress: show a tqdm bar over steps on the main process (the CLI turns it on).
+
+    Raises:
+        ConfigError, RecordError, PsrlError: before the run directory exists, with every bad record listed.
     """
 
-    def __init__(self, cfg: RunConfig, *, policy=None, resume: bool = False, progress: bool = False):
-        self.cfg = cfg
-        self.resume = resume
-        self.progress = progress
-        self.accelerator = dist.make_accelerator(cfg.train.device, cfg.train.mixed_precision)
-        acc = self.accelerator
-        self.is_main = acc.is_main_process
-        self.sizes = derive_sizes(cfg.train, acc.num_processes)
-        self.advantage_mode = get_advantage_mode(cfg.advantage.mode)
-        if resume and not cfg.run.name:
-            raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
-        self.records = load_prompt_records(cfg.data.records)
-        self.eval_records = load_prompt_records(cfg.eval.records, "eval.records") if cfg.eval.every else []
-        # identical LoRA initialisation on every process (then broadcast to be certain)
-        random.seed(cfg.train.seed)
-        torch.manual_seed(cfg.train.seed)
-        if policy is None:
-            from psrl.models.factory import build_policy
+    name = "grpo"
 
-            policy = build_policy(cfg.model, acc.device)
-        self.policy = policy
-        self.data_root = self._data_root()
-        if self.data_root is not None and takes_data_root(policy, cfg.model):
-            policy.data_root = self.data_root  # reference-conditioned policies read subject images from here
-        self.eval_data_root = Path(cfg.eval.data_root) if cfg.eval.data_root else self.data_root
-        self.params = [p for p in policy.trainable_parameters()]
-        if not self.params:
-            raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
-        self.named_params = ckpt.named_trainable(policy.module, self.params)
-        dist.broadcast_parameters(self.params)
-        self.rewards = self._build_rewards()
-        self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
-        t = cfg.train
-        self.optimizer = make_optimizer(self.params, t.optimizer, lr=t.lr, betas=t.betas,
-                                        weight_decay=t.weight_decay, eps=t.adam_eps)
-        warmup = t.lr_warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
-        self.ema = ParameterEMA(self.params, t.ema.decay, t.ema.every) if t.ema.enabled else None
-        self.sampler = GroupSampler(len(self.records), t.groups_per_step, t.group_size, t.seed,
-                                    acc.num_processes, acc.process_index)
-        self.run_dir = self._make_run_dir()
-        self.start_step = 0
-        self.updates = 0
-        if resume:
-            self._resume()
-        self.tracker = None
-        self.history: list[dict] = []
+    def __init__(self, cfg: RunConfig, *, policy=None, resume: bool = False, progress: bool = False):
+        super().__init__(cfg, cfg.train, policy=policy, resume=resume, progress=progress)
 
     # ------------------------------------------------------------------ set-up
+    def setup_data(self) -> None:
+        cfg = self.cfg
+        self.sizes = derive_sizes(cfg.train, self.accelerator.num_processes)
+        self.advantage_mode = get_advantage_mode(cfg.advantage.mode)
+        self.records = load_prompt_records(cfg.data.records)
+        self.eval_records = load_prompt_records(cfg.eval.records, "eval.records") if cfg.eval.every else []
+        self.data_root = self._data_root()
+        self.eval_data_root = Path(cfg.eval.data_root) if cfg.eval.data_root else self.data_root
+
+    def setup_policy(self) -> None:
+        cfg, policy = self.cfg, self.policy
+        if self.data_root is not None and takes_data_root(policy, cfg.model):
+            policy.data_root = self.data_root  # reference-conditioned policies read subject images from here
+        check_sampling_size(policy, cfg.sampling, "sampling.height/width")
+        if self.eval_records:
+            check_sampling_size(policy, self._eval_sampling(), "eval.height/width/resolution")
+        self.records = validate_records(self.records, self.data_root, policy, cfg.data.records,
+                                        skip_invalid=cfg.data.skip_invalid)
+        if self.eval_records:
+            self.eval_records = validate_records(self.eval_records, self.eval_data_root, policy, cfg.eval.records,
+                                                 skip_invalid=cfg.data.skip_invalid)
+
+    def setup_training(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.rewards = self._build_rewards()
+        self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
+        self.ema = ParameterEMA(self.params, t.ema.decay, t.ema.every) if t.ema.enabled else None
+        self.sampler = GroupSampler(len(self.records), t.groups_per_step, t.group_size, t.seed,
+                                    self.accelerator.num_processes, self.accelerator.process_index)
+        self._invalid_steps = 0
+
     def _data_root(self) -> Path | None:
         """``data.data_root``, else the records file's folder (inline prompts have no subject images)."""
         if self.cfg.data.data_root:
@@ -157,71 +163,40 @@ class GRPOTrainer:
                 raise PsrlError(f"rewards: cannot build {spec.name!r} with args {spec.args}: {e}") from e
         return built
 
-    def _make_run_dir(self) -> Path:
-        return ckpt.make_run_dir(self.cfg, resume=self.resume, is_main=self.is_main,
-                                 num_processes=self.accelerator.num_processes)
+    # ------------------------------------------------------------------ loop hooks
+    def describe(self) -> str:
+        return f"{self.sizes.describe()}; trained steps mode {self.cfg.sampling.train_steps}"
 
-    def _resume(self) -> None:
-        path = ckpt.latest_checkpoint(self.run_dir)
-        if path is None:
-            raise PsrlError(f"--resume: no complete checkpoint under {self.run_dir / ckpt.CHECKPOINTS}")
-        state = ckpt.load_checkpoint(path, named_params=self.named_params, optimizer=self.optimizer,
-                                     scheduler=self.scheduler, ema=self.ema,
-                                     process_index=self.accelerator.process_index)
-        self.start_step = int(state["step"])
-        self.updates = int(state.get("updates", 0))
-        logger.info("resumed from %s (step %d)", path, self.start_step)
+    def step_summary(self, m: dict) -> str:
+        text = (f"reward {m['reward/total/mean']:.4f} +- {m['reward/total/std']:.4f}  zero-std "
+                f"{m['zero_std_ratio']:.2f}  approx_kl {m['approx_kl']:.2e}  clipfrac {m['clipfrac']:.3f}  "
+                f"(rollout {m['time/rollout']:.1f}s, reward {m['time/reward']:.1f}s, train {m['time/train']:.1f}s)")
+        if not m.get("adv/num_trained_samples"):
+            text += "  NO TRAINABLE GROUP: nothing learned this step"
+        return text
 
-    # ------------------------------------------------------------------ loop
-    def train(self) -> list[dict]:
-        """Run ``train.max_steps`` steps (from the resumed step); returns the per-step metrics."""
-        cfg = self.cfg
-        logger.info("psrl GRPO: %s; trained steps mode %s; run dir %s", self.sizes.describe(),
-                    cfg.sampling.train_steps, self.run_dir)
-        if self.is_main:
-            self.tracker = Tracker(self.run_dir, cfg.run.tracker, config=to_dict(cfg), run_name=cfg.run.name,
-                                   wandb_project=cfg.run.wandb_project)
-        steps = range(self.start_step, cfg.train.max_steps)
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm.auto import tqdm
+    def postfix(self, m: dict) -> dict:
+        return {"reward": f"{m['reward/total/mean']:.4f}"}
 
-            bar = tqdm(total=cfg.train.max_steps, initial=self.start_step, desc="grpo", unit="step")
-        try:
-            for step in steps:
-                metrics = self.run_step(step)
-                done = step + 1
-                if cfg.eval.every and done % cfg.eval.every == 0:
-                    metrics.update(self.evaluate(done))
-                self.history.append(metrics)
-                if self.is_main:
-                    logger.info("step %d/%d  reward %.4f +- %.4f  zero-std %.2f  approx_kl %.2e  clipfrac %.3f  "
-                                "(rollout %.1fs, reward %.1fs, train %.1fs)", done, cfg.train.max_steps,
-                                metrics["reward/total/mean"], metrics["reward/total/std"], metrics["zero_std_ratio"],
-                                metrics["approx_kl"], metrics["clipfrac"], metrics["time/rollout"],
-                                metrics["time/reward"], metrics["time/train"])
-                if self.tracker is not None and (done % cfg.train.log_every == 0 or done == cfg.train.max_steps):
-                    self.tracker.log(metrics, done)
-                if (cfg.train.save_every and done % cfg.train.save_every == 0) or done == cfg.train.max_steps:
-                    self.save(done)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(reward=f"{metrics['reward/total/mean']:.4f}")
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.tracker is not None:
-                self.tracker.close()
-        return self.history
+    def extra_state(self) -> dict:
+        return {"invalid_steps": self._invalid_steps}
 
-    def save(self, step: int) -> Path:
-        import yaml
+    def after_step(self, done: int, metrics: dict) -> None:
+        if self.cfg.eval.every and done % self.cfg.eval.every == 0:
+            metrics.update(self.evaluate(done))
 
-        return ckpt.save_checkpoint(
-            self.run_dir, step, policy=self.policy, named_params=self.named_params, optimizer=self.optimizer,
-            scheduler=self.scheduler, ema=self.ema, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
-            state={"updates": self.updates, "num_processes": self.accelerator.num_processes},
-            process_index=self.accelerator.process_index, barrier=dist.barrier, keep_last=self.cfg.train.keep_last)
+    def check_health(self, done: int, metrics: dict) -> None:
+        """Stop (non-zero) after ``train.max_invalid_steps`` consecutive steps in which no sample could be scored:
+        a reward that returns NaN for everything must not "train" for hours and exit 0."""
+        limit = self.cfg.train.max_invalid_steps
+        unscored = metrics.get("adv/nan_samples", 0.0) >= self.sizes.images_per_step
+        self._invalid_steps = self._invalid_steps + 1 if unscored else 0
+        if limit and self._invalid_steps >= limit:
+            rates = ", ".join(f"{spec.name} {metrics.get(f'reward/{spec.name}/failure_rate', 0.0):.0%}"
+                              for spec in self.cfg.rewards)
+            raise StepAbandoned(f"{self._invalid_steps} consecutive step(s) in which no sample could be scored "
+                                f"(failure rates: {rates}); stopping (train.max_invalid_steps="
+                                f"{limit})", 1)
 
     def run_step(self, step: int) -> dict:
         """One GRPO iteration; returns its metrics (identical on every process)."""
@@ -232,9 +207,11 @@ class GRPOTrainer:
             sampling, trained_steps = self._step_sampling(step)
             rollouts = self._rollout(step, assignment, sampling, trained_steps)
             t1 = time.perf_counter()
+            self.stop_point()  # nothing has changed the weights yet: a stop here abandons the step
             phase = "reward"
             local_rewards, failures = self._score(rollouts)
             t2 = time.perf_counter()
+            self.stop_point()
             phase = "train"
             all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
             group_ids = torch.tensor(assignment.group_ids)
@@ -271,9 +248,6 @@ class GRPOTrainer:
             s = dataclasses.replace(s, train_steps="list", noise_steps=list(plan.trained))
         return s, plan.trained
 
-    def _autocast(self):
-        return self.accelerator.autocast() if self.cfg.train.mixed_precision != "no" else nullcontext()
-
     @torch.no_grad()
     def _rollout(self, step: int, assignment, sampling, trained_steps):
         self.policy.train(False)
@@ -290,7 +264,7 @@ class GRPOTrainer:
             records = [self.records[i] for i in indices[start:start + bs]]
             gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + bs]]
             kwargs = {} if noise_seeds is None else {"noise_seeds": noise_seeds[start:start + bs]}
-            with self._autocast():
+            with self.autocast():
                 rollout = self.policy.rollout(records, sampling, generator=gens, **kwargs)
             if tuple(rollout.trained_steps) != tuple(trained_steps):
                 raise PsrlError(f"the policy trained steps {rollout.trained_steps}, the trainer planned "
@@ -299,18 +273,25 @@ class GRPOTrainer:
         return rollouts
 
     def _score(self, rollouts):
-        """``[n_local, K]`` rewards (NaN = unscorable) and per-reward failure counts."""
-        columns, failures = [], []
+        """``[n_local, K]`` rewards (NaN = unscorable) and per-reward failure counts. A reward that raises or
+        returns the wrong number of scores ends the run cleanly (the step is abandoned before any update, the
+        checkpoint saved), naming the reward and what it did; all processes agree before anyone stops."""
+        columns, failures, error = [], [], None
         for reward in self.rewards:
             scores, failed = [], 0
             for r in rollouts:
-                out = reward(r.images, r.records)
-                if out.scores.numel() != len(r):
-                    raise PsrlError(f"reward {reward.name!r} returned {out.scores.numel()} scores for {len(r)} images")
-                scores.append(out.scores.float().cpu())
+                out, error = _call_reward(reward, r)
+                if error is not None:
+                    break
+                scores.append(out.scores.float().cpu().reshape(-1))
                 failed += sum(f is not None for f in out.failures)
+            if error is not None:
+                break
             columns.append(torch.cat(scores))
             failures.append(failed)
+        errors = [e for e in dist.gather_objects(error) if e is not None]
+        if errors:
+            raise StepAbandoned(errors[0], 1)
         return torch.stack(columns, dim=1), torch.tensor(failures, dtype=torch.float32)
 
     def _reward_metrics(self, all_rewards, local_failures) -> dict:
@@ -374,7 +355,7 @@ class GRPOTrainer:
         device = batch.log_probs.device
         adv = adv.to(device)
         for j, step_index in enumerate(trained_steps):
-            with self._autocast():
+            with self.autocast():
                 new = self.policy.log_prob(batch, step_index)
                 ref_mean = None
                 if t.beta > 0:
@@ -417,23 +398,26 @@ class GRPOTrainer:
         return out
 
     # ------------------------------------------------------------------ evaluation and debugging
+    def _eval_sampling(self):
+        e, s = self.cfg.eval, self.cfg.sampling
+        return dataclasses.replace(s, num_steps=e.num_steps, height=e.resolution or e.height or s.height,
+                                   width=e.resolution or e.width or s.width, noise_level=0.0,
+                                   guidance_scale=e.guidance_scale if e.guidance_scale is not None
+                                   else s.guidance_scale, train_steps="all_but_last")
+
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
         """ODE samples of the fixed eval prompts (EMA weights if kept), a PNG grid and the rewards' means.
         Runs on the main process only; the others wait."""
         out = {}
         if self.is_main:
-            e, s = self.cfg.eval, self.cfg.sampling
-            height = e.resolution or e.height or s.height
-            width = e.resolution or e.width or s.width
-            sampling = dataclasses.replace(s, num_steps=e.num_steps, height=height, width=width, noise_level=0.0,
-                                           guidance_scale=e.guidance_scale if e.guidance_scale is not None
-                                           else s.guidance_scale, train_steps="all_but_last")
+            e = self.cfg.eval
+            sampling = self._eval_sampling()
             gens = [torch.Generator().manual_seed(sample_seed(e.seed, 0, i, salt="eval"))
                     for i in range(len(self.eval_records))]
             self.policy.train(False)
             with self._eval_data_root():
-                with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self._autocast():
+                with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self.autocast():
                     images = self.policy.generate(self.eval_records, sampling, generator=gens)
                 images = images.float().cpu()
                 save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")

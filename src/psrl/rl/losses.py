@@ -19,7 +19,8 @@ class LossOutput:
     stats: dict[str, float]
 
 
-def ppo_clip_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_range: float) -> tuple[Tensor, Tensor]:
+def ppo_clip_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor,
+                  clip_range: float) -> tuple[Tensor, Tensor]:
     """``mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps)))`` with ``r = exp(log_prob - old_log_prob)``.
 
     Args:

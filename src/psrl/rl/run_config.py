@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
+from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
 from psrl.models.base import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
@@ -52,10 +52,14 @@ class RewardSpec:
 class DataConfig:
     """Training prompts: ``records`` is a JSONL records file (relative paths resolve against the config's folder
     when it is loaded from a file) or an inline list of prompt strings. ``data_root`` is where subject images
-    live (default: the records file's folder)."""
+    live (default: the records file's folder). Every record (and every eval record) is checked before the run
+    starts: subject count against the policy's limit, each reference (and SFT target) exists and decodes, and is
+    at least :data:`psrl.images.MIN_SIDE` pixels on its short side. ``skip_invalid: true`` trains on the valid
+    records and logs how many were skipped; by default one error lists every bad record."""
 
     records: str | list[str] | None = None
     data_root: str | None = None
+    skip_invalid: bool = False
 
     def __post_init__(self):
         if isinstance(self.records, list) and not all(isinstance(p, str) and p.strip() for p in self.records):
@@ -152,7 +156,7 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
         data = load_yaml(path)
         source = str(path)
     apply_overrides(data, overrides)
-    cfg = from_dict(RunConfig, data, source=source)
+    cfg = from_dict(RunConfig, data, source=override_source(source, overrides))
     if path is not None:
         base = Path(path).resolve().parent
         cfg.data.records = _resolve_path(cfg.data.records, base)

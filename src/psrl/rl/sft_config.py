@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
+from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
 from psrl.models.config import ModelConfig
 from psrl.rl.optim import OPTIMIZERS
 from psrl.rl.run_config import DataConfig, RunSection
@@ -44,7 +44,7 @@ class SFTTrainConfig:
         optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, the ``psrl[bnb]`` extra).
         eval_sigmas: fixed noise levels of the deterministic ``loss/fixed`` metric (same samples, same noise every
             time), a low-variance view of progress; empty disables it.
-        seed, save_every, keep_last, log_every, device, mixed_precision: as in a GRPO run.
+        seed, save_every, save_every_minutes, keep_last, log_every, device, mixed_precision: as in a GRPO run.
     """
 
     max_steps: int = 1000
@@ -68,6 +68,7 @@ class SFTTrainConfig:
     eval_sigmas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     seed: int = 42
     save_every: int = 0
+    save_every_minutes: float = 0.0
     keep_last: int = 3
     log_every: int = 1
     device: str = "auto"
@@ -77,7 +78,7 @@ class SFTTrainConfig:
         for name in ("max_steps", "batch_size", "gradient_accumulation", "height", "width", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "keep_last", "lr_warmup_steps"):
+        for name in ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
         if self.sigma_sampling not in SIGMA_SAMPLING:
@@ -114,7 +115,7 @@ def load_sft_config(path: str | Path, overrides: list[str] | None = None) -> SFT
 
     data = load_yaml(path)
     apply_overrides(data, overrides)
-    cfg = from_dict(SFTRunConfig, data, source=str(path))
+    cfg = from_dict(SFTRunConfig, data, source=override_source(str(path), overrides))
     base = Path(path).resolve().parent
     cfg.data.records = _resolve_path(cfg.data.records, base)
     cfg.data.data_root = _resolve_path(cfg.data.data_root, base)

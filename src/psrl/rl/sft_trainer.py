@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -21,16 +20,16 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from psrl.config import to_dict
 from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
+from psrl.models.base import SamplingConfig
+from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
-from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
-from psrl.rl.optim import clip_gradients, make_optimizer
+from psrl.rl.base_trainer import BaseTrainer
+from psrl.rl.optim import clip_gradients
 from psrl.rl.sampler import sample_seed
 from psrl.rl.sft_config import SFTRunConfig
-from psrl.rl.tracking import Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ def load_target(root: str | Path, record: Record, height: int, width: int) -> Te
 
 
 # ----------------------------------------------------------------------------- trainer
-class SFTTrainer:
+class SFTTrainer(BaseTrainer):
     """Flow-matching SFT of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
 
     Args:
@@ -90,63 +89,45 @@ class SFTTrainer:
         policy: an already built policy (tests, notebooks); else ``build_policy(cfg.model)``.
         resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
         progress: a tqdm bar on the main process.
+
+    Raises:
+        ConfigError, RecordError, PsrlError: before the run directory exists, with every bad record listed.
     """
 
+    name = "sft"
+    run_prefix = "sft-"
+
     def __init__(self, cfg: SFTRunConfig, *, policy=None, resume: bool = False, progress: bool = False):
-        self.cfg = cfg
-        t = cfg.sft
-        self.progress = progress
-        self.resume = resume
-        self.accelerator = dist.make_accelerator(t.device, t.mixed_precision)
-        acc = self.accelerator
-        self.is_main = acc.is_main_process
-        if resume and not cfg.run.name:
-            raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
+        self._fixed_batch = None
+        super().__init__(cfg, cfg.sft, policy=policy, resume=resume, progress=progress)
+
+    def setup_data(self) -> None:
+        cfg = self.cfg
         self.records = read_records(cfg.data.records)
         self.data_root = Path(cfg.data.data_root) if cfg.data.data_root else Path(cfg.data.records).parent
-        missing = [r.id for r in self.records if not r.target]
-        if missing:
-            raise RecordError(f"{cfg.data.records}: {len(missing)} record(s) without a 'target' image, e.g. "
-                              f"{', '.join(map(repr, missing[:5]))}; SFT needs a target per record")
-        torch.manual_seed(t.seed)
-        if policy is None:
-            from psrl.models.factory import build_policy
 
-            policy = build_policy(cfg.model, acc.device)
-        if takes_data_root(policy, cfg.model):
-            policy.data_root = self.data_root  # reference-conditioned policies read references from here
-        self.policy = policy
-        self.params = list(policy.trainable_parameters())
-        if not self.params:
-            raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
-        self.named_params = ckpt.named_trainable(policy.module, self.params)
-        dist.broadcast_parameters(self.params)
-        self.optimizer = make_optimizer(self.params, t.optimizer, lr=t.lr, betas=t.betas,
-                                        weight_decay=t.weight_decay, eps=t.adam_eps)
-        warmup = t.lr_warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda n: min(1.0, (n + 1) / warmup) if warmup else 1.0)
-        self.run_dir = self._make_run_dir()
-        self.start_step = 0
-        if resume:
-            path = ckpt.latest_checkpoint(self.run_dir)
-            if path is None:
-                raise PsrlError(f"--resume: no complete checkpoint under {self.run_dir / ckpt.CHECKPOINTS}")
-            state = ckpt.load_checkpoint(path, named_params=self.named_params, optimizer=self.optimizer,
-                                         scheduler=self.scheduler, ema=None,
-                                         process_index=acc.process_index)
-            self.start_step = int(state["step"])
-            logger.info("resumed from %s (step %d)", path, self.start_step)
-        self.tracker = None
-        self.history: list[dict] = []
-        self._fixed_batch = None
+    def setup_policy(self) -> None:
+        cfg, t = self.cfg, self.cfg.sft
+        if takes_data_root(self.policy, cfg.model):
+            self.policy.data_root = self.data_root  # reference-conditioned policies read references from here
+        check_sampling_size(self.policy, SamplingConfig(height=t.height, width=t.width), "sft.height/width")
+        self.records = validate_records(self.records, self.data_root, self.policy, cfg.data.records,
+                                        skip_invalid=cfg.data.skip_invalid, needs_target=True)
 
-    def _make_run_dir(self) -> Path:
-        return ckpt.make_run_dir(self.cfg, resume=self.resume, is_main=self.is_main,
-                                 num_processes=self.accelerator.num_processes, default_prefix="sft-")
+    def describe(self) -> str:
+        t = self.cfg.sft
+        return (f"{len(self.records)} records, batch {t.batch_size} x accumulation {t.gradient_accumulation} x "
+                f"{self.accelerator.num_processes} processes")
 
-    def _autocast(self):
-        return self.accelerator.autocast() if self.cfg.sft.mixed_precision != "no" else nullcontext()
+    def step_summary(self, m: dict) -> str:
+        fixed = f"  loss/fixed {m['loss/fixed']:.4f}" if "loss/fixed" in m else ""
+        return f"loss {m['loss']:.4f}{fixed}  grad_norm {m['grad_norm']:.3f}  ({m['time/step']:.1f}s)"
+
+    def postfix(self, m: dict) -> dict:
+        return {"loss": f"{m['loss']:.4f}"}
+
+    def extra_state(self) -> dict:
+        return {"kind": "sft"}
 
     # ------------------------------------------------------------------ data
     def _indices(self, step: int) -> list[int]:
@@ -166,7 +147,7 @@ class SFTTrainer:
         return torch.stack([load_target(self.data_root, r, t.height, t.width) for r in records])
 
     def _loss(self, records, targets, sigmas, generator) -> Tensor:
-        with self._autocast():
+        with self.autocast():
             return self.policy.flow_matching_loss(records, targets, sigmas, generator,
                                                   guidance_scale=self.cfg.sft.guidance_scale)
 
@@ -217,62 +198,25 @@ class SFTTrainer:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
         loss_t = torch.tensor([sum(losses) / len(losses)])
         loss_all = dist.gather_rows(loss_t.to(acc.device)).cpu()
         return {"loss": float(loss_all.mean()), "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
                 "sigma_mean": sum(sigma_means) / len(sigma_means), "time/step": time.perf_counter() - t0}
 
-    def train(self) -> list[dict]:
-        """Run to ``sft.max_steps``; returns the per-step metrics. ``loss/fixed`` is logged at the first step and
-        every ``log_every`` steps."""
+    def before_loop(self) -> None:
+        if self.start_step == 0 and self.is_main:
+            fixed = self.fixed_loss()
+            if fixed is not None:
+                self.tracker.log({"loss/fixed": fixed}, 0)
+
+    def after_step(self, done: int, metrics: dict) -> None:
+        """``loss/fixed`` every ``log_every`` steps and at the end (main process)."""
         t = self.cfg.sft
-        logger.info("psrl SFT: %d records, batch %d x accumulation %d x %d processes; run dir %s",
-                    len(self.records), t.batch_size, t.gradient_accumulation, self.accelerator.num_processes,
-                    self.run_dir)
-        if self.is_main:
-            self.tracker = Tracker(self.run_dir, self.cfg.run.tracker, config=to_dict(self.cfg),
-                                   run_name=self.cfg.run.name, wandb_project=self.cfg.run.wandb_project)
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=t.max_steps, initial=self.start_step, desc="sft", unit="step")
-        try:
-            if self.start_step == 0 and self.is_main:
-                fixed = self.fixed_loss()
-                if fixed is not None:
-                    self.tracker.log({"loss/fixed": fixed}, 0)
-            for step in range(self.start_step, t.max_steps):
-                metrics = self.run_step(step)
-                done = step + 1
-                log_now = done % t.log_every == 0 or done == t.max_steps
-                if log_now and self.is_main:
-                    fixed = self.fixed_loss()
-                    if fixed is not None:
-                        metrics["loss/fixed"] = fixed
-                self.history.append(metrics)
-                if self.tracker is not None and log_now:
-                    self.tracker.log(metrics, done)
-                if (t.save_every and done % t.save_every == 0) or done == t.max_steps:
-                    self.save(done)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{metrics['loss']:.4f}")
-        finally:
-            if bar is not None:
-                bar.close()
-            if self.tracker is not None:
-                self.tracker.close()
-        return self.history
-
-    def save(self, step: int) -> Path:
-        import yaml
-
-        return ckpt.save_checkpoint(
-            self.run_dir, step, policy=self.policy, named_params=self.named_params, optimizer=self.optimizer,
-            scheduler=self.scheduler, ema=None, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
-            state={"kind": "sft", "num_processes": self.accelerator.num_processes},
-            process_index=self.accelerator.process_index, barrier=dist.barrier, keep_last=self.cfg.sft.keep_last)
+        if (done % t.log_every == 0 or done == t.max_steps) and self.is_main:
+            fixed = self.fixed_loss()
+            if fixed is not None:
+                metrics["loss/fixed"] = fixed
 
 
-__all__ = ["SFTTrainer", "load_target", "make_optimizer", "sample_sigmas"]
+__all__ = ["SFTTrainer", "load_target", "sample_sigmas"]

@@ -15,27 +15,31 @@ logger = logging.getLogger(__name__)
 
 class Tracker:
     """Writes one JSON object per ``log`` call to ``metrics.jsonl`` (appending, so a resumed run continues the
-    file) and mirrors scalars to TensorBoard or W&B when chosen."""
+    file) and mirrors scalars to TensorBoard or W&B when chosen.
+
+    Each row is written with one ``write`` of a complete line and flushed, so a kill can only tear the last line;
+    a torn or unparsable last line is dropped when the file is opened again. ``resume_step``: drop the rows past
+    the checkpoint the run resumes from (rewritten atomically), so the log of a resumed run equals an uninterrupted
+    run's.
+    """
 
     def __init__(self, run_dir: str | Path, kind: str = "jsonl", *, config: dict | None = None,
-                 run_name: str | None = None, wandb_project: str = "psrl"):
+                 run_name: str | None = None, wandb_project: str = "psrl", resume_step: int | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        repair_metrics(self.path, keep_through=resume_step)
         self._file = self.path.open("a")
         self._tb = None
         self._wandb = None
         if kind == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                raise ImportError("run.tracker=tensorboard needs the tensorboard package: "
-                                  "pip install 'psrl[tensorboard]'") from e
+            check_tracker(kind)
+            from torch.utils.tensorboard import SummaryWriter
+
             self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         elif kind == "wandb":
-            try:
-                import wandb
-            except ImportError as e:
-                raise ImportError("run.tracker=wandb needs the wandb package: pip install 'psrl[wandb]'") from e
+            check_tracker(kind)
+            import wandb
+
             self._wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(run_dir))
 
     def log(self, metrics: dict, step: int) -> None:
@@ -55,6 +59,59 @@ class Tracker:
             self._tb.close()
         if self._wandb is not None:
             self._wandb.finish()
+
+
+_TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "psrl[tensorboard]"), "wandb": ("wandb", "psrl[wandb]")}
+
+
+def check_tracker(kind: str) -> None:
+    """Raise :class:`~psrl.config.ConfigError` (one line) when tracker ``kind`` needs a package that is not
+    installed; checked before a run folder is made."""
+    import importlib.util
+
+    from psrl.config import ConfigError
+
+    if kind in _TRACKER_PACKAGES:
+        module, extra = _TRACKER_PACKAGES[kind]
+        if importlib.util.find_spec(module) is None:
+            raise ConfigError(f"run.tracker={kind} needs the {module} package, which is not installed: "
+                              f"pip install '{extra}' (or run.tracker=jsonl)")
+
+
+def repair_metrics(path: str | Path, *, keep_through: int | None = None) -> int:
+    """Make ``metrics.jsonl`` a clean log: drop a torn (incomplete or unparsable) last line, and with
+    ``keep_through`` every row whose ``step`` is past it. Rewritten atomically only when something changes.
+    Returns the number of rows dropped."""
+    from psrl.fileio import write_text_atomic
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
+    kept, dropped = [], 0
+    for i, line in enumerate(lines):
+        try:
+            if not line.endswith("\n"):
+                raise ValueError("no line end")
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            if i == len(lines) - 1:
+                logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted write", path,
+                               len(line))
+                dropped += 1
+                continue
+            raise ValueError(f"{path}: line {i + 1} is not valid JSON; the metrics log is damaged") from None
+        if row is not None and keep_through is not None and isinstance(row.get("step"), int) \
+                and row["step"] > keep_through:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        write_text_atomic(path, "".join(kept))
+        if keep_through is not None:
+            logger.info("%s: dropped %d row(s) past the resumed step %d", path, dropped, keep_through)
+    return dropped
 
 
 def _plain(v):
@@ -83,8 +140,19 @@ def environment_info() -> dict:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a ``metrics.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a ``metrics.jsonl``; a torn last line (an interrupted write) is ignored."""
+    rows = []
+    lines = Path(path).read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1 and not line.endswith("\n"):
+                break
+            raise
+    return rows
 
 
 def image_grid(images: Tensor, ncols: int | None = None) -> Tensor:
