@@ -55,6 +55,45 @@ def looks_like_hub_id(path: str) -> bool:
     return len(parts) == 2 and all(parts)
 
 
+def hub_cached(repo_id: str) -> bool:
+    """Whether the local Hugging Face cache holds ``repo_id`` (its ``model_index.json`` or ``config.json``)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model_index.json", "config.json"):
+        try:
+            if isinstance(try_to_load_from_cache(repo_id, filename), str):
+                return True
+        except Exception:  # noqa: BLE001 - a malformed id is simply not cached
+            return False
+    return False
+
+
+def probe_hub_id(repo_id: str, timeout: float = 10.0) -> None:
+    """Ask the hub whether ``repo_id`` exists, once and with a short timeout, so a mistyped id or an unreachable
+    hub is one clear sentence instead of a 30 s wait and a complaint about a missing ``config.json``.
+
+    Raises:
+        ModelLoadError: the repository does not exist (or is private without a token), or the hub did not answer.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, timeout=timeout)
+    except GatedRepoError:
+        return  # exists; from_pretrained will say what access it needs
+    except RepositoryNotFoundError as e:
+        raise ModelLoadError(f"model path {repo_id!r} is not a local directory, and the Hugging Face hub has no "
+                             "repository of that name (check the id for a typo; a private repository needs "
+                             "`huggingface-cli login`)") from e
+    except Exception as e:  # noqa: BLE001 - every transport failure means the same thing to the user
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise ModelLoadError(f"model path {repo_id!r} is not a local directory or a cached hub id, and the "
+                             f"Hugging Face hub ({endpoint}) is unreachable ({type(e).__name__}); the id may be "
+                             "wrong. Use a local directory for model.path, or set HF_HUB_OFFLINE=1 after "
+                             "downloading the model") from e
+
+
 def resolve_model_source(path: str | os.PathLike) -> tuple[str, bool]:
     """Check a model location before loading anything. Returns ``(path, is_local)``.
 
@@ -66,11 +105,15 @@ def resolve_model_source(path: str | os.PathLike) -> tuple[str, bool]:
     if not text:
         raise ModelLoadError("model path is empty; set model.path to a local directory or a hub id")
     if looks_like_hub_id(text):
+        if hub_cached(text):
+            return text, False
         if hub_offline():
             raise ModelLoadError(
-                f"model path {text!r} is not a local directory and looks like a Hugging Face hub id, but the hub "
-                f"is offline (HF_HUB_OFFLINE is set). Download the model once (e.g. `huggingface-cli download "
-                f"{text} --local-dir <dir>`) and set model.path to that local directory, or unset HF_HUB_OFFLINE.")
+                f"model path {text!r} is not a local directory and looks like a Hugging Face hub id that is not in "
+                f"the local cache, but the hub is offline (HF_HUB_OFFLINE is set); the id may be wrong. Download "
+                f"the model once (e.g. `huggingface-cli download {text} --local-dir <dir>`) and set model.path to "
+                "that local directory, or unset HF_HUB_OFFLINE.")
+        probe_hub_id(text)
         return text, False
     p = Path(text)
     if not p.exists():
