@@ -87,7 +87,8 @@ def test_sigint_from_the_shell_saves_and_exits_130_then_resumes(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "sig" / "metrics.jsonl"
     deadline = time.time() + 120
-    while time.time() < deadline and not (metrics.is_file() and metrics.read_text().count("\n") >= 2):
+    while time.time() < deadline and proc.poll() is None and not (metrics.is_file()
+                                                                  and metrics.read_text().count("\n") >= 2):
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -359,3 +360,56 @@ def test_config_rejects_non_finite_numbers_everywhere():
             load_run_config(None, [f"{key}=.nan"])
         with pytest.raises(ConfigError, match="not a finite number"):
             load_run_config(None, [f"{key}=.inf"])
+
+
+@pytest.mark.e2e
+def test_sigterm_to_a_two_process_launch_saves_on_every_rank_then_resumes(tmp_path):
+    import shutil
+
+    if shutil.which("accelerate") is None:
+        pytest.skip("accelerate launcher not on PATH")
+    port = str(29700 + os.getpid() % 200)
+    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, "-m", "psrl", "train",
+              "--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
+              *[x for kv in BASE for x in ("--set", kv)], "--set", "train.sample_batch_size=2",
+              "--set", "train.train_batch_size=2"]
+    env = dict(_env(), MASTER_PORT=port)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    # SLURM's scancel and a terminal's Ctrl-C signal the whole process group: launcher and both ranks
+    proc = subprocess.Popen(launch + ["--set", "train.max_steps=300"], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    metrics = tmp_path / "mp" / "metrics.jsonl"
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (metrics.is_file()
+                                                                  and metrics.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode != 0
+    assert err.count("stopped by SIGTERM") == 2, err[-3000:]  # both ranks stopped, after one agreed step
+    (step, path), = ckpt.list_checkpoints(tmp_path / "mp")
+    assert ckpt.verify_checkpoint(path) is None
+    assert (path / "rng" / "rank-0.pt").is_file() and (path / "rng" / "rank-1.pt").is_file()
+    res = subprocess.run(launch + ["--set", f"train.max_steps={step + 1}", "--resume"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert [m["step"] for m in read_metrics(metrics)] == list(range(1, step + 2))
+
+
+@pytest.mark.e2e
+def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path):
+    args = ["train", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=f", "--set", "train.max_steps=1",
+            *[x for kv in BASE for x in ("--set", kv)]]
+    assert _psrl(*args, cwd=tmp_path).returncode == 0
+    again = _psrl(*args, "--resume", cwd=tmp_path)
+    assert again.returncode == 1 and "nothing to do: the run is already at step 1 of 1" in again.stderr
+
+
+def test_the_table_says_when_a_step_learned_nothing():
+    from psrl.cli.train import reward_table
+
+    row = {"reward/total/mean": 0.5, "reward/total/std": 0.0, "zero_std_ratio": 1.0, "approx_kl": 0.0,
+           "clipfrac": 0.0, "time/step": 0.1, "adv/num_trained_samples": 0.0}
+    table = reward_table([row, dict(row, **{"adv/num_trained_samples": 4.0})], 0)
+    assert table.count("no trainable group") == 2 and "1 of 2 step(s) had no trainable group" in table

@@ -39,10 +39,17 @@ def sparkline(values: list[float]) -> str:
 def reward_table(history: list[dict], first_step: int) -> str:
     """A small per-step text table of the reward curve and the training diagnostics."""
     rows = ["  step   reward(mean)   reward(std)   zero-std   approx_kl   clipfrac   sec"]
+    idle = 0
     for i, m in enumerate(history):
+        note = ""
+        if not m.get("adv/num_trained_samples"):
+            note, idle = "   no trainable group", idle + 1
         rows.append(f"  {first_step + i + 1:>4}   {m['reward/total/mean']:>12.4f}   {m['reward/total/std']:>11.4f}   "
                     f"{m['zero_std_ratio']:>8.2f}   {m['approx_kl']:>9.2e}   {m['clipfrac']:>8.3f}   "
-                    f"{m['time/step']:>4.1f}")
+                    f"{m['time/step']:>4.1f}{note}")
+    if idle:
+        rows.append(f"  {idle} of {len(history)} step(s) had no trainable group (every group's rewards were equal or "
+                    "unscorable): nothing was learned in them")
     return "\n".join(rows)
 
 
@@ -60,7 +67,7 @@ def run(args) -> int:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0
 
-    from psrl.rl.trainer import GRPOTrainer
+    from psrl.rl.grpo_trainer import GRPOTrainer
 
     trainer = GRPOTrainer(cfg, resume=args.resume, progress=sys.stderr.isatty())
     history = trainer.train()
@@ -70,6 +77,7 @@ def run(args) -> int:
             print(reward_table(history, trainer.start_step))
             print(f"reward curve: {sparkline(curve)}  {curve[0]:.4f} -> {curve[-1]:.4f}")
         else:
-            print(f"nothing to do: the run is already at step {trainer.start_step} of {cfg.train.max_steps}")
+            print(f"nothing to do: the run is already at step {trainer.start_step} of {cfg.train.max_steps} "
+                  "(raise train.max_steps to continue it)", file=sys.stderr)
         print(f"run directory: {trainer.run_dir}")
-    return 0
+    return 0 if history else 1  # a run that did nothing does not report success
