@@ -110,3 +110,37 @@ def test_shipped_configs():
     assert cfg.model.path == "black-forest-labs/FLUX.1-dev" and cfg.sampling.noise_level == 0.9
     s = derive_sizes(cfg.train, 8)
     assert (s.images_per_step, s.updates_per_step) == (48 * 24, 2)
+
+
+def test_enum_fields_are_literals_and_keep_the_registries_in_step():
+    import typing
+
+    from psrl.rl.grpo_config import TrainConfig
+    from psrl.rl.optim import OPTIMIZERS
+    from psrl.rl.sft_config import SFTTrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    assert set(typing.get_args(hints["optimizer"])) == set(OPTIMIZERS)
+    assert set(typing.get_args(typing.get_type_hints(SFTTrainConfig)["optimizer"])) == set(OPTIMIZERS)
+
+
+def test_literal_errors_name_the_choices_and_yaml_no_is_no():
+    from psrl.config import ConfigError
+    from psrl.rl.run_config import load_run_config
+
+    with pytest.raises(ConfigError, match=r"'sampling.sde_kind': 'ode'; expected one of 'sde', 'cps'"):
+        load_run_config(None, ["sampling.sde_kind=ode"])
+    assert load_run_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML reads False
+
+
+def test_print_config_shows_help_beside_each_value(capsys):
+    from psrl.cli.main import main
+
+    assert main(["train", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "  lr: 0.03  # AdamW" in out
+    assert "  group_size: 4  # G, images per prompt" in out
+    assert "  skip_invalid: false  # train on the valid records" in out
+    import yaml
+
+    assert yaml.safe_load(out)["train"]["lr"] == 0.03  # still valid YAML

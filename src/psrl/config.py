@@ -164,7 +164,10 @@ def _convert(tp: Any, value: Any, key: str, source: Source) -> Any:
                 errors.append(str(e))
         raise ConfigError(f"bad value for {key!r}: {value!r} does not match {_type_name(tp)}{where}")
     if origin is Literal:
-        if value not in get_args(tp):
+        choices = get_args(tp)
+        if isinstance(value, bool) and {"no", "yes"} & set(choices):
+            value = "yes" if value else "no"  # YAML 1.1 reads a bare `no` / `yes` as a boolean
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
             choices = ", ".join(repr(a) for a in get_args(tp))
             raise ConfigError(f"bad value for {key!r}: {value!r}; expected one of {choices}{where}")
         return value
@@ -237,6 +240,63 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
     apply_overrides(data, overrides)
     return from_dict(cls, data, source=override_source(str(path) if path is not None else "embedded default",
                                                        overrides))
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """One line of help per field of dataclass ``cls``: ``field(metadata={"help": ...})`` when given, else the
+    first sentence of the field's entry in the class docstring's ``Attributes:`` section (an entry may name
+    several fields: ``lr, betas: AdamW ...``). Used by ``--print-config``."""
+    import inspect
+
+    helps: dict[str, str] = {}
+    doc = inspect.getdoc(cls) or ""
+    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
+    entry = re.compile(r"^    ([A-Za-z_][\w ,]*?):\s+(.*)$")
+    current: list[str] = []
+    for line in section.splitlines():
+        m = entry.match(line)
+        if m:
+            current = [n.strip() for n in m.group(1).split(",")]
+            for n in current:
+                helps[n] = m.group(2).strip()
+        elif line.startswith("        ") and current:
+            for n in current:
+                helps[n] += " " + line.strip()
+        elif line.strip() and not line.startswith(" "):
+            break
+    out = {}
+    for f in dataclasses.fields(cls):
+        text = f.metadata.get("help") or helps.get(f.name, "")
+        sentence = re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".").replace("``", "")
+        out[f.name] = sentence
+    return out
+
+
+def dump_with_help(cfg: Any) -> str:
+    """The config as YAML with each key's one-line help as a trailing comment (``psrl train --print-config``)."""
+    lines: list[str] = []
+    _dump_help(cfg, lines, 0)
+    return "\n".join(lines) + "\n"
+
+
+def _dump_help(cfg: Any, lines: list[str], indent: int) -> None:
+    helps = field_help(type(cfg))
+    pad = "  " * indent
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        note = f"  # {helps[f.name]}" if helps.get(f.name) else ""
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:{note}")
+            _dump_help(value, lines, indent + 1)
+        elif isinstance(value, list) and value and all(dataclasses.is_dataclass(v) for v in value):
+            lines.append(f"{pad}{f.name}:{note}")
+            for item in value:
+                text = yaml.safe_dump(to_dict(item), sort_keys=False, default_flow_style=True, width=10**6).strip()
+                lines.append(f"{pad}  - {text}")
+        else:
+            text = yaml.safe_dump(to_dict(value), default_flow_style=True, width=10**6).strip()
+            text = text.removesuffix("\n...").removesuffix(" ...").strip()
+            lines.append(f"{pad}{f.name}: {text}{note}")
 
 
 def dump_yaml(cfg: Any, path: str | Path) -> None:

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> None:
                    help="override a config value, e.g. --set train.lr=1e-5 (repeatable)")
     p.add_argument("--run-name", help="run folder name under run.output_dir (overrides run.name)")
     p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint of the run")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config, each key with its one-line help, and exit")
     p.set_defaults(func=run)
 
 
@@ -54,9 +55,7 @@ def reward_table(history: list[dict], first_step: int) -> str:
 
 
 def run(args) -> int:
-    import yaml
-
-    from psrl.config import to_dict
+    from psrl.config import dump_with_help
     from psrl.rl.run_config import load_run_config
 
     overrides = list(args.overrides)
@@ -64,7 +63,7 @@ def run(args) -> int:
         overrides.append(f"run.name={args.run_name}")
     cfg = load_run_config(args.config, overrides)
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(dump_with_help(cfg), end="")
         return 0
 
     from psrl.rl.grpo_trainer import GRPOTrainer

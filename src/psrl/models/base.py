@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Literal, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor, nn
@@ -39,12 +39,12 @@ class SamplingConfig:
     width: int = 512
     guidance_scale: float = 3.5
     noise_level: float = 0.7
-    sde_kind: str = "sde"
-    train_steps: str = "all_but_last"
+    sde_kind: Literal["sde", "cps"] = "sde"
+    train_steps: Literal["all_but_last", "all", "first_k", "fast_window", "list"] = "all_but_last"
     train_k: int = 1
     window_range: list[int] | None = None
     noise_steps: list[int] | None = None
-    log_prob_reduce: str = "mean"
+    log_prob_reduce: Literal["mean", "sum"] = "mean"
     same_noise_per_group: bool = False
     cps_compat: bool = False
 
@@ -55,13 +55,6 @@ class SamplingConfig:
             raise ValueError(f"height/width must be positive, got {self.height}x{self.width}")
         if self.noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
-        if self.sde_kind not in ("sde", "cps"):
-            raise ValueError(f"sde_kind must be 'sde' or 'cps', got {self.sde_kind!r}")
-        if self.log_prob_reduce not in ("mean", "sum"):
-            raise ValueError(f"log_prob_reduce must be 'mean' or 'sum', got {self.log_prob_reduce!r}")
-        if self.train_steps not in ("all_but_last", "all", "first_k", "fast_window", "list"):
-            raise ValueError(f"train_steps {self.train_steps!r} unknown; expected all_but_last, all, first_k, "
-                             "fast_window or list")
 
 
 @dataclass

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 
 @dataclass
@@ -66,14 +66,10 @@ class ModelConfig:
 
     name: str = "flux"
     path: str = "tiny"
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny_seed: int = 0
     gradient_checkpointing: bool = False
     max_sequence_length: int = 512
     offload_frozen: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)
     args: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")

@@ -14,11 +14,10 @@ Layout of a run config (every section optional; defaults are the dataclass defau
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -30,12 +29,17 @@ from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_NAME = "tiny_flux.yaml"
-TRACKERS = ("jsonl", "tensorboard", "wandb")
 
 
 @dataclass
 class RewardSpec:
-    """One reward: a registered name (``psrl.rewards.REWARDS``) or ``module:attr``, its weight and constructor args."""
+    """One reward of the run.
+
+    Attributes:
+        name: a registered reward (``psrl reward list``) or ``module:attr``.
+        weight: its weight in the aggregation.
+        args: constructor arguments of the reward.
+    """
 
     name: str = ""
     weight: float = 1.0
@@ -44,18 +48,19 @@ class RewardSpec:
     def __post_init__(self):
         if not self.name:
             raise ValueError("each reward needs a 'name'")
-        if not math.isfinite(self.weight):
-            raise ValueError(f"reward {self.name!r}: weight must be finite, got {self.weight}")
 
 
 @dataclass
 class DataConfig:
-    """Training prompts: ``records`` is a JSONL records file (relative paths resolve against the config's folder
-    when it is loaded from a file) or an inline list of prompt strings. ``data_root`` is where subject images
-    live (default: the records file's folder). Every record (and every eval record) is checked before the run
-    starts: subject count against the policy's limit, each reference (and SFT target) exists and decodes, and is
-    at least :data:`psrl.images.MIN_SIDE` pixels on its short side. ``skip_invalid: true`` trains on the valid
-    records and logs how many were skipped; by default one error lists every bad record."""
+    """Training prompts. Every record (and every eval record) is checked before the run starts: subject count
+    against the policy's limit, each reference (and SFT target) exists, decodes and is at least
+    :data:`psrl.images.MIN_SIDE` pixels on its short side; by default one error lists every bad record.
+
+    Attributes:
+        records: a JSONL records file (relative paths resolve against the config's folder) or a list of prompts.
+        data_root: folder the records' image paths are relative to (default: the records file's folder).
+        skip_invalid: train on the valid records and log how many were skipped, instead of stopping.
+    """
 
     records: str | list[str] | None = None
     data_root: str | None = None
@@ -71,10 +76,16 @@ class EvalConfig:
     """Fixed evaluation prompts generated with the ODE (EMA weights when kept) every ``every`` steps, saved as an
     image grid under ``runs/<name>/samples/`` and scored with the training rewards.
 
-    ``height``/``width``/``guidance_scale`` default to the sampling config's; ``resolution`` sets both sides
-    (PaCo's resolution-decoupled evaluation). ``data_root``: where the eval records' subject images live (default:
-    ``data.data_root``, i.e. the training data's), for the policy's references and the rewards during
-    evaluation; a ``remote`` reward resolves them on its server. ``every: 0`` disables evaluation."""
+    Attributes:
+        records: eval records (a JSONL path or a list of prompts); fixed for the whole run.
+        data_root: where the eval records' subject images live (default: data.data_root).
+        every: evaluate every this many steps (0 disables evaluation).
+        num_steps: ODE steps of the eval samples.
+        height, width: eval size (default: the sampling size).
+        resolution: sets both sides (PaCo's resolution-decoupled evaluation).
+        guidance_scale: eval guidance (default: the sampling guidance).
+        seed: seed of the eval noise (the same images every evaluation).
+    """
 
     records: str | list[str] | None = None
     data_root: str | None = None
@@ -99,26 +110,42 @@ class EvalConfig:
 
 @dataclass
 class RunSection:
-    """Where the run goes: ``<output_dir>/<name>/``; ``name`` defaults to a timestamp. ``tracker``: metrics always go
-    to ``metrics.jsonl``; ``tensorboard`` or ``wandb`` log there as well. ``dump_rank_data`` writes every process's
-    view of each step (record and group ids, gathered rewards, advantages, LoRA tensors) to ``rank_data/``, to
-    check a distributed run."""
+    """Where the run goes: ``<output_dir>/<name>/``.
+
+    Attributes:
+        name: the run folder's name (default: a timestamp); a taken name gets the next free ``name-<n>``.
+        output_dir: parent folder of runs.
+        tracker: metrics always go to metrics.jsonl; tensorboard or wandb log there as well.
+        wandb_project: the W&B project.
+        dump_rank_data: write every process's view of each step to rank_data/ (to check a distributed run).
+    """
 
     name: str | None = None
     output_dir: str = "runs"
-    tracker: str = "jsonl"
+    tracker: Literal["jsonl", "tensorboard", "wandb"] = "jsonl"
     wandb_project: str = "psrl"
     dump_rank_data: bool = False
 
     def __post_init__(self):
-        if self.tracker not in TRACKERS:
-            raise ValueError(f"run.tracker must be one of {', '.join(TRACKERS)}, got {self.tracker!r}")
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ValueError(f"run.name must be a plain folder name, got {self.name!r}")
 
 
 @dataclass
 class RunConfig:
+    """A ``psrl train`` run.
+
+    Attributes:
+        model: the policy.
+        sampling: how rollouts are sampled.
+        train: optimisation and the shape of a step.
+        advantage: how rewards become advantages.
+        rewards: the rewards, each {name, weight, args}.
+        data: the training records.
+        eval: periodic evaluation.
+        run: where the run goes and how it is tracked.
+    """
+
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
