@@ -46,7 +46,8 @@ def reward_table(history: list[dict], first_step: int) -> str:
         if not m.get("adv/num_trained_samples"):
             note, idle = "   no trainable group", idle + 1
         rows.append(f"  {first_step + i + 1:>4}   {m['reward/total/mean']:>12.4f}   {m['reward/total/std']:>11.4f}   "
-                    f"{m['zero_std_ratio']:>8.2f}   {m['approx_kl']:>9.2e}   {m['clipfrac']:>8.3f}   "
+                    f"{m['zero_std_ratio']:>8.2f}   {m.get('approx_kl', 0.0):>9.2e}   "
+                    f"{m.get('clipfrac', 0.0):>8.3f}   "
                     f"{m['time/step']:>4.1f}{note}")
     if idle:
         rows.append(f"  {idle} of {len(history)} step(s) had no trainable group (every group's rewards were equal or "

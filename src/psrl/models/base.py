@@ -29,6 +29,8 @@ class SamplingConfig:
         train_k: ``k`` for ``first_k`` / ``fast_window``.
         window_range: where a ``fast_window`` may start, ``[lo, hi)``; ``None`` = ``(0, num_steps // 2)``.
         noise_steps: explicit step list for ``train_steps: list`` (PaCo's sparse noise steps).
+        num_noise_steps: with ``train_steps: list``, draw this many of ``noise_steps`` at random each GRPO step
+            (seeded by the run seed and the step, the same on every process; PaCo's ``num_noise_steps``).
         log_prob_reduce: ``"mean"`` (Flow-GRPO, default) or ``"sum"`` over latent dims.
         same_noise_per_group: start every member of a group from the same initial noise.
         cps_compat: Flow-GRPO's constant-free CPS log-prob instead of the true Gaussian one.
@@ -44,6 +46,7 @@ class SamplingConfig:
     train_k: int = 1
     window_range: list[int] | None = None
     noise_steps: list[int] | None = None
+    num_noise_steps: int | None = None
     log_prob_reduce: Literal["mean", "sum"] = "mean"
     same_noise_per_group: bool = False
     cps_compat: bool = False
@@ -53,6 +56,10 @@ class SamplingConfig:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if self.height <= 0 or self.width <= 0:
             raise ValueError(f"height/width must be positive, got {self.height}x{self.width}")
+        if self.num_noise_steps is not None and (self.train_steps != "list" or not self.noise_steps
+                                                 or not 1 <= self.num_noise_steps <= len(self.noise_steps)):
+            raise ValueError(f"num_noise_steps ({self.num_noise_steps}) needs train_steps: list and 1 <= "
+                             f"num_noise_steps <= len(noise_steps) ({self.noise_steps})")
         if self.noise_level < 0:
             raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
 
@@ -175,6 +182,10 @@ class Policy(Protocol):
     def log_prob(self, rollout: Rollout, step: int) -> StepLogProb:
         """Recompute the log-prob of ``latents[:, step + 1]`` given ``latents[:, step]`` with the current weights.
         Before any update the result equals ``rollout.log_probs[:, step]``."""
+
+    def velocity_at(self, rollout: Rollout, latents: Tensor, step: int) -> Tensor:
+        """The current weights' velocity at ``latents`` (``[B, ...]``, the rollout's latent layout) for the rollout's
+        conditioning at step ``step``'s timestep, guidance as sampled; differentiable (DiffusionNFT)."""
 
     def generate(self, records: Sequence[Record], sampling: SamplingConfig,
                  generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:

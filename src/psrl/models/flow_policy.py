@@ -238,8 +238,7 @@ class FlowPolicyBase:
             raise IndexError(f"step {step} out of range for a rollout of {rollout.latents.shape[1] - 1} steps")
         x = rollout.latents[:, step].to(self.device)
         prev = rollout.latents[:, step + 1].to(self.device)
-        cond = {k: v.to(self.device) for k, v in rollout.cond.items()}
-        v = self.predict(x, rollout.timesteps[:, step].to(self.device), cond, rollout.meta, guidance=True)
+        v = self.velocity_at(rollout, x, step)
         level = sampling.noise_level if bool(rollout.noisy[step]) else 0.0
         s, s_next = float(rollout.sigmas[step]), float(rollout.sigmas[step + 1])
         _, lp, mean, std = sde_step_with_logprob(
@@ -247,6 +246,14 @@ class FlowPolicyBase:
             reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
         dt = torch.full((x.shape[0],), s_next - s, dtype=torch.float32, device=x.device)
         return StepLogProb(log_prob=lp, mean=mean, std=std, dt=dt)
+
+    def velocity_at(self, rollout: Rollout, latents: Tensor, step: int) -> Tensor:
+        """The current weights' velocity at ``latents`` (the rollout's layout, ``[B, ...]``) for the rollout's
+        conditioning at the timestep of step ``step``, with guidance as sampled (differentiable, fp32). The SDE
+        log-prob and DiffusionNFT's loss (on re-noised latents) both go through here."""
+        cond = {k: v.to(self.device) for k, v in rollout.cond.items()}
+        return self.predict(latents.to(self.device), rollout.timesteps[:, step].to(self.device), cond, rollout.meta,
+                            guidance=True)
 
     # ------------------------------------------------------------------ SFT
     def flow_matching_loss(self, records: Sequence[Record], targets: Tensor, sigmas: Tensor,

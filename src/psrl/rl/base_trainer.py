@@ -138,6 +138,11 @@ class BaseTrainer:
         """JSON-able state saved with each checkpoint (beside step and updates)."""
         return {}
 
+    def checkpoint_modules(self) -> dict:
+        """``{name: object with state_dict()/load_state_dict()}`` saved as ``name.pt`` with each checkpoint and
+        restored on resume (e.g. the old policy)."""
+        return {}
+
     def postfix(self, metrics: dict) -> dict:
         """The progress bar's postfix."""
         return {}
@@ -163,7 +168,8 @@ class BaseTrainer:
             raise PsrlError(f"--resume: no complete checkpoint under {self.run_dir / ckpt.CHECKPOINTS}")
         state = ckpt.load_checkpoint(path, named_params=self.named_params, optimizer=self.optimizer,
                                      scheduler=self.scheduler, ema=self.ema,
-                                     process_index=self.accelerator.process_index)
+                                     process_index=self.accelerator.process_index,
+                                     modules=self.checkpoint_modules())
         self.start_step = int(state["step"])
         self.updates = int(state.get("updates", 0))
         logger.info("resumed from %s (step %d)", path, self.start_step)
@@ -178,7 +184,7 @@ class BaseTrainer:
             scheduler=self.scheduler, ema=self.ema, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
             state={"updates": self.updates, "num_processes": self.accelerator.num_processes, **self.extra_state()},
             process_index=self.accelerator.process_index, barrier=dist.barrier, keep_last=self.args.keep_last,
-            rng=rng)
+            rng=rng, modules=self.checkpoint_modules())
         self._last_save = time.monotonic()
         return path
 

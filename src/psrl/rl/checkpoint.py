@@ -234,9 +234,10 @@ def clean_leftovers(run_dir: str | Path) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dict[str, nn.Parameter],
                     optimizer: torch.optim.Optimizer, scheduler, ema, config_yaml: str, state: dict,
                     process_index: int = 0, barrier: Callable[[], None] = lambda: None,
-                    keep_last: int = 0, rng: dict | None = None) -> Path:
+                    keep_last: int = 0, rng: dict | None = None, modules: dict | None = None) -> Path:
     """Write ``step-N`` atomically; every process calls this (each writes its RNG state, ``rng`` when given,
-    else the current one), rank 0 the rest.
+    else the current one), rank 0 the rest. ``modules``: ``{name: obj}`` whose ``state_dict()`` is saved as
+    ``name.pt``.
 
     Raises:
         PsrlError: non-finite trainable weights (nothing written), or a failed write (no space left: the message
@@ -262,7 +263,8 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
             if failed is not None:
                 raise failed
             _write_contents(tmp, policy=policy, named_params=named_params, optimizer=optimizer,
-                            scheduler=scheduler, ema=ema, config_yaml=config_yaml, state={"step": step, **state})
+                            scheduler=scheduler, ema=ema, config_yaml=config_yaml, state={"step": step, **state},
+                            modules=modules or {})
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             failed = _space_error(final, e, named_params, run_dir)
@@ -286,7 +288,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
 
 
 def _write_contents(tmp: Path, *, policy, named_params, optimizer, scheduler, ema, config_yaml: str,
-                    state: dict) -> None:
+                    state: dict, modules: dict) -> None:
     from safetensors.torch import save_file
 
     save_file({k: p.detach().cpu().contiguous() for k, p in named_params.items()}, tmp / "trainable.safetensors")
@@ -297,6 +299,8 @@ def _write_contents(tmp: Path, *, policy, named_params, optimizer, scheduler, em
         torch.save(ema.state_dict(), tmp / "ema.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    for name, obj in modules.items():
+        torch.save(obj.state_dict(), tmp / f"{name}.pt")
     (tmp / "config.yaml").write_text(config_yaml)
     files = {f.relative_to(tmp).as_posix(): f.stat().st_size for f in sorted(tmp.rglob("*"))
              if f.is_file() and not f.name.startswith("rank-")}
@@ -320,7 +324,7 @@ def _fsync_tree(path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], optimizer, scheduler, ema,
-                    process_index: int = 0) -> dict:
+                    process_index: int = 0, modules: dict | None = None) -> dict:
     """Restore what :func:`save_checkpoint` wrote; returns ``state.json``. Raises ``ValueError`` naming the
     parameter when the checkpoint does not fit the model."""
     from safetensors.torch import load_file
@@ -346,6 +350,11 @@ def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], 
             ema.load_state_dict(torch.load(path / "ema.pt", weights_only=True))
         else:
             logger.warning("checkpoint %s has no EMA state; the EMA restarts from the current weights", path)
+    for name, obj in (modules or {}).items():
+        f = path / f"{name}.pt"
+        if not f.is_file():
+            raise ValueError(f"checkpoint {path} has no {name}.pt (was it saved with another train config?)")
+        obj.load_state_dict(torch.load(f, weights_only=True, map_location="cpu"))
     rng_file = path / "rng" / f"rank-{process_index}.pt"
     if rng_file.is_file():
         set_rng_state(torch.load(rng_file, weights_only=True))

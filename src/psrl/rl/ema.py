@@ -8,6 +8,23 @@ import torch
 from torch import nn
 
 
+@contextlib.contextmanager
+def swap_values(parameters: list[nn.Parameter], values: list[torch.Tensor]) -> Iterator[None]:
+    """Temporarily copy ``values`` into ``parameters`` (in place, so every module and optimizer keeps its
+    references); the originals are restored on exit, also after an exception. Used for the EMA and the old
+    policy."""
+    backup = [p.detach().clone() for p in parameters]
+    with torch.no_grad():
+        for v, p in zip(values, parameters):
+            p.copy_(v.to(p.dtype))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, p in zip(backup, parameters):
+                p.copy_(b)
+
+
 class ParameterEMA:
     """EMA with Flow-GRPO's warm-up: ``d = min(decay, (1 + n) / (10 + n))``, ``shadow = d * shadow + (1 - d) * p``.
 
@@ -39,16 +56,8 @@ class ParameterEMA:
     @contextlib.contextmanager
     def swapped_in(self) -> Iterator[None]:
         """Temporarily load the EMA weights into the parameters (restored on exit)."""
-        backup = [p.detach().clone() for p in self.parameters]
-        with torch.no_grad():
-            for s, p in zip(self.shadow, self.parameters):
-                p.copy_(s.to(p.dtype))
-        try:
+        with swap_values(self.parameters, self.shadow):
             yield
-        finally:
-            with torch.no_grad():
-                for b, p in zip(backup, self.parameters):
-                    p.copy_(b)
 
     def state_dict(self) -> dict:
         return {"shadow": [s.cpu() for s in self.shadow], "num_updates": self.num_updates,

@@ -36,6 +36,22 @@ class EmaConfig:
 
 
 @dataclass
+class OldPolicyConfig:
+    """PaCo-GRPO's old policy (:mod:`psrl.rl.old_policy`): roll out with a separate copy of the weights and
+    recompute the old log-probs with it at update time.
+
+    Attributes:
+        enabled: keep an old policy (``train.loss: guard | nft`` always keep one).
+        decay_type: after each step ``old <- d old + (1 - d) current`` with ``d`` from schedule 0 (copy),
+            1 (min(0.001 n, 0.5)) or 2 (min(max(n - 75, 0) 0.0075, 0.999)), n = optimizer updates so far;
+            null: PaCo's default for the loss (1 for nft, else 0).
+    """
+
+    enabled: bool = False
+    decay_type: Literal[0, 1, 2] | None = None
+
+
+@dataclass
 class TrainConfig:
     """Optimisation and the shape of one GRPO step.
 
@@ -69,6 +85,12 @@ class TrainConfig:
         log_every: write metrics every this many steps.
         device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
         ema: EMA of the LoRA weights.
+        loss: ppo (Flow-GRPO's PPO-clip), guard (GRPO-Guard, arXiv 2510.22319) or nft (DiffusionNFT, arXiv
+            2509.16117; no log-probs, any sampler); see psrl.rl.loss_types.
+        nft_beta: DiffusionNFT's beta, the step of the implicit positive/negative policies (PaCo default 1).
+        old_policy: PaCo-GRPO's decoupled old policy.
+        param_noise_std: Gaussian noise added to the trained weights before each step's updates (PaCo; 0 = off;
+            its authors found < 0.01 harmless, larger collapses).
     """
 
     max_steps: int = 100
@@ -97,8 +119,15 @@ class TrainConfig:
     log_every: int = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ema: EmaConfig = field(default_factory=EmaConfig)
+    loss: Literal["ppo", "guard", "nft"] = "ppo"
+    nft_beta: float = 1.0
+    old_policy: OldPolicyConfig = field(default_factory=OldPolicyConfig)
+    param_noise_std: float = 0.0
 
     def __post_init__(self):
+        if self.nft_beta <= 0 or self.param_noise_std < 0:
+            raise ValueError(f"train.nft_beta must be > 0 and train.param_noise_std >= 0, got {self.nft_beta}, "
+                             f"{self.param_noise_std}")
         positive = ("max_steps", "groups_per_step", "group_size", "sample_batch_size", "train_batch_size",
                     "gradient_accumulation", "num_inner_epochs", "log_every")
         for name in positive:

@@ -24,7 +24,8 @@ from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
 from psrl.rl.advantages import compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
-from psrl.rl.losses import grpo_loss
+from psrl.rl.loss_types import LOSS_TYPES, LossContext
+from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
 from psrl.rl.optim import clip_gradients
 from psrl.rl.run_config import RunConfig, derive_sizes
@@ -135,6 +136,12 @@ class GRPOTrainer(BaseTrainer):
         self.rewards = self._build_rewards()
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
         self.ema = ParameterEMA(self.params, t.ema.decay, t.ema.every) if t.ema.enabled else None
+        self.loss_type = LOSS_TYPES[t.loss]
+        self.old_policy = None
+        if t.old_policy.enabled or self.loss_type.needs_old_policy:
+            decay_type = t.old_policy.decay_type if t.old_policy.decay_type is not None else \
+                (1 if t.loss == "nft" else 0)  # PaCo's defaults
+            self.old_policy = OldPolicy(self.params, decay_type)
         self.sampler = GroupSampler(len(self.records), t.groups_per_step, t.group_size, t.seed,
                                     self.accelerator.num_processes, self.accelerator.process_index)
         self._invalid_steps = 0
@@ -169,7 +176,8 @@ class GRPOTrainer(BaseTrainer):
 
     def step_summary(self, m: dict) -> str:
         text = (f"reward {m['reward/total/mean']:.4f} +- {m['reward/total/std']:.4f}  zero-std "
-                f"{m['zero_std_ratio']:.2f}  approx_kl {m['approx_kl']:.2e}  clipfrac {m['clipfrac']:.3f}  "
+                f"{m['zero_std_ratio']:.2f}  approx_kl {m.get('approx_kl', 0.0):.2e}  clipfrac "
+                f"{m.get('clipfrac', 0.0):.3f}  "
                 f"(rollout {m['time/rollout']:.1f}s, reward {m['time/reward']:.1f}s, train {m['time/train']:.1f}s)")
         if not m.get("adv/num_trained_samples"):
             text += "  NO TRAINABLE GROUP: nothing learned this step"
@@ -180,6 +188,9 @@ class GRPOTrainer(BaseTrainer):
 
     def extra_state(self) -> dict:
         return {"invalid_steps": self._invalid_steps}
+
+    def checkpoint_modules(self) -> dict:
+        return {"old_policy": self.old_policy} if self.old_policy is not None else {}
 
     def after_step(self, done: int, metrics: dict) -> None:
         if self.cfg.eval.every and done % self.cfg.eval.every == 0:
@@ -246,6 +257,12 @@ class GRPOTrainer(BaseTrainer):
                           steps=s.noise_steps, rng=random.Random(self.cfg.train.seed + step))
         if s.train_steps == "fast_window":
             s = dataclasses.replace(s, train_steps="list", noise_steps=list(plan.trained))
+        elif s.train_steps == "list" and s.num_noise_steps:
+            # PaCo's random sparse noise steps: num_noise_steps of noise_steps, drawn from seed + step
+            chosen = sorted(random.Random(self.cfg.train.seed * 1_000_003 + step).sample(list(s.noise_steps),
+                                                                                        s.num_noise_steps))
+            s = dataclasses.replace(s, noise_steps=chosen)
+            plan = plan_steps(s.num_steps, "list", steps=chosen)
         return s, plan.trained
 
     @torch.no_grad()
@@ -264,7 +281,7 @@ class GRPOTrainer(BaseTrainer):
             records = [self.records[i] for i in indices[start:start + bs]]
             gens = [torch.Generator().manual_seed(s) for s in seeds[start:start + bs]]
             kwargs = {} if noise_seeds is None else {"noise_seeds": noise_seeds[start:start + bs]}
-            with self.autocast():
+            with self.autocast(), (self.old_policy.swapped_in() if self.old_policy is not None else nullcontext()):
                 rollout = self.policy.rollout(records, sampling, generator=gens, **kwargs)
             if tuple(rollout.trained_steps) != tuple(trained_steps):
                 raise PsrlError(f"the policy trained steps {rollout.trained_steps}, the trainer planned "
@@ -328,6 +345,8 @@ class GRPOTrainer(BaseTrainer):
             offset += len(r)
         sums: dict[str, float] = {}
         count, grad_norms = 0, []
+        if t.param_noise_std > 0:
+            self._add_param_noise(step)
         self.optimizer.zero_grad(set_to_none=True)
         for inner in range(t.num_inner_epochs):
             order = torch.randperm(len(micro), generator=torch.Generator().manual_seed(
@@ -336,9 +355,12 @@ class GRPOTrainer(BaseTrainer):
                 ri, base, rows = micro[mi]
                 keep = [i for i in rows if bool(trained[base + i])]
                 adv = advantages[[base + i for i in keep]] if keep else None
-                needed = keep and (t.beta > 0 or bool((adv != 0).any()))
-                if needed:  # a micro-batch without signal contributes a zero gradient; skip its passes
-                    for stat in self._micro_batch(rollouts[ri].select(keep), adv, trained_steps, scale):
+                # a PPO/Guard micro-batch without signal contributes a zero gradient: skip its passes (NFT's loss at
+                # A = 0 is r = 1/2, which still pulls toward the old policy, so it is kept)
+                needed = keep and (t.beta > 0 or t.loss == "nft" or bool((adv != 0).any()))
+                if needed:
+                    seed = sample_seed(t.seed, step, mi, salt=f"nft:{self.accelerator.process_index}:{inner}")
+                    for stat in self._micro_batch(rollouts[ri].select(keep), adv, trained_steps, scale, seed):
                         for k, v in stat.items():
                             sums[k] = sums.get(k, 0.0) + v
                         count += 1
@@ -346,25 +368,30 @@ class GRPOTrainer(BaseTrainer):
                     grad_norms.append(self._optimizer_update())
         local = {k: v / count for k, v in sums.items()} if count else {}
         stats = self._reduce_stats(local, count)
+        if self.old_policy is not None:
+            stats["old_policy_decay"] = self.old_policy.update(self.updates)
         stats["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
         stats["grad_norm_max"] = max(grad_norms) if grad_norms else 0.0
         return stats
 
-    def _micro_batch(self, batch, adv, trained_steps, scale):
-        t = self.cfg.train
-        device = batch.log_probs.device
-        adv = adv.to(device)
+    def _micro_batch(self, batch, adv, trained_steps, scale, seed_base: int):
+        """The loss type's passes over one micro-batch (one per trained step), each back-propagated at once."""
+        adv = adv.to(batch.log_probs.device)
+        ctx = LossContext(policy=self.policy, old_policy=self.old_policy, train=self.cfg.train,
+                          adv_clip=self.cfg.advantage.clip, autocast=self.autocast)
         for j, step_index in enumerate(trained_steps):
-            with self.autocast():
-                new = self.policy.log_prob(batch, step_index)
-                ref_mean = None
-                if t.beta > 0:
-                    with torch.no_grad(), self.policy.disable_lora():
-                        ref_mean = self.policy.log_prob(batch, step_index).mean
-            out = grpo_loss(new.log_prob, batch.log_probs[:, step_index], adv[:, j], t.clip_range, beta=t.beta,
-                            mean=new.mean, ref_mean=ref_mean, std=new.std, dt=new.dt if t.kl_compat_dt else None)
+            out = self.loss_type.step(ctx, batch, adv[:, j], step_index, (seed_base + j) % (2**62))
             (out.loss * (len(batch) * scale)).backward()
             yield out.stats
+
+    @torch.no_grad()
+    def _add_param_noise(self, step: int) -> None:
+        """PaCo's exploration noise: ``p += N(0, param_noise_std^2)`` on the trained weights before the step's updates
+        (drawn on the CPU from the run seed and the step: identical on every process and after a resume)."""
+        gen = torch.Generator().manual_seed(sample_seed(self.cfg.train.seed, step, 0, salt="param-noise") % (2**62))
+        for p in self.params:
+            p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
+                   * self.cfg.train.param_noise_std)
 
     def _optimizer_update(self) -> float:
         dist.average_gradients(self.params)
@@ -379,13 +406,15 @@ class GRPOTrainer(BaseTrainer):
 
     def _reduce_stats(self, local: dict, count: int) -> dict:
         """Average loss diagnostics over processes (weighted by the passes each ran; min/max where named)."""
-        keys = ["approx_kl", "clipfrac", "clipfrac_gt_one", "clipfrac_lt_one", "ratio_mean", "ratio_min",
-                "ratio_max", "policy_loss", "kl", "loss"]
+        keys = list(self.loss_type.stats)
         if not dist.is_distributed():
             return {k: local.get(k, 0.0) for k in keys} | {"train_passes": float(count)}
         dev = dist.comm_device(torch.zeros(1))
         vec = torch.tensor([local.get(k, 0.0) * count for k in keys] + [float(count)], device=dev)
         torch.distributed.all_reduce(vec)
+        if "ratio_min" not in keys:
+            total = float(vec[-1])
+            return {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)} | {"train_passes": total}
         lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
         hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
         torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)

@@ -112,4 +112,5 @@ def plan_steps(
         if not chosen or chosen[0] < 0 or chosen[-1] >= num_steps:
             raise ValueError(f"steps must be a non-empty list of indices in [0, {num_steps}), got {steps!r}")
         return StepPlan(tuple(i in chosen for i in range(num_steps)), chosen)
-    raise ValueError(f"unknown train-steps mode {mode!r}; expected one of all_but_last, all, first_k, fast_window, list")
+    raise ValueError(f"unknown train-steps mode {mode!r}; expected one of all_but_last, all, first_k, fast_window, "
+                     "list")

@@ -27,7 +27,8 @@ def _per_sample(value, like: Tensor) -> Tensor:
     if t.ndim == 0:
         return t
     if t.ndim != 1 or t.shape[0] != like.shape[0]:
-        raise ValueError(f"sigma must be a scalar or a [B] tensor, got shape {tuple(t.shape)} for batch {like.shape[0]}")
+        raise ValueError(f"sigma must be a scalar or a [B] tensor, got shape {tuple(t.shape)} for batch "
+                         f"{like.shape[0]}")
     return t.view(-1, *([1] * (like.ndim - 1)))
 
 
