@@ -26,8 +26,8 @@ def _free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, app, port):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    def __init__(self, app, port, host="127.0.0.1"):
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
