@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_reward_server import ServerThread, _free_port  # skips this module too when uvicorn is missing
 
 from psrl.config import ConfigError, from_dict
 from psrl.data.records import Record, SubjectRef
@@ -20,8 +21,6 @@ from psrl.serve.wire import encode_png
 
 uvicorn = pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
-
-from test_reward_server import ServerThread, _free_port  # noqa: E402 - after the skips
 
 LONG_PHRASE = " ".join(["cat"] * 5000)  # the 5,000-word subject phrase
 

@@ -166,7 +166,7 @@ def parse_request(body: bytes, cfg: ServerConfig) -> tuple[list, list[Record]]:
     """
     data = json.loads(body)
     if not isinstance(data, dict):
-        raise ValueError("the body must be a JSON object with 'images' and 'records'")
+        raise TypeError("the body must be a JSON object with 'images' and 'records'")
     images_b64, records_json = data["images"], data["records"]
     if not isinstance(images_b64, list) or not isinstance(records_json, list) or not images_b64:
         raise ValueError("'images' and 'records' must be non-empty lists")
@@ -244,7 +244,7 @@ def create_app(cfg: ServerConfig, rewards: dict | None = None):
             out = await batcher.submit(images, records)
         except ValueError as e:
             raise HTTPException(status_code=422, detail=f"reward {name!r} rejected the input: {e}") from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             logger.exception("reward %s failed", name)
             return JSONResponse(status_code=500,
                                 content={"detail": f"reward {name!r} failed: {type(e).__name__}: {e}"})

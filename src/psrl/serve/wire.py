@@ -25,8 +25,8 @@ def encode_png(img: Image.Image) -> str:
 
 
 def decode_png(data: str, where: str, *, max_pixels: int | None = None) -> Image.Image:
-    """A base64-encoded image (PNG, or any format PIL reads) -> RGB ``PIL.Image`` through :func:`psrl.images.load_image`
-    (EXIF orientation, 16-bit scaling, alpha onto white, minimum side).
+    """A base64-encoded image (PNG, or any format PIL reads) -> RGB ``PIL.Image`` through
+    :func:`psrl.images.load_image` (EXIF orientation, 16-bit scaling, alpha onto white, minimum side).
 
     Raises:
         TooLarge: ``width * height`` (read from the header, before any pixel is decoded) exceeds ``max_pixels``, or
@@ -34,7 +34,7 @@ def decode_png(data: str, where: str, *, max_pixels: int | None = None) -> Image
         ValueError: not base64, not an image, truncated, or smaller than :data:`psrl.images.MIN_SIDE`.
     """
     if not isinstance(data, str):
-        raise ValueError(f"{where}: expected a base64 string, got {type(data).__name__}")
+        raise TypeError(f"{where}: expected a base64 string, got {type(data).__name__}")
     try:
         raw = base64.b64decode(data, validate=True)
     except ValueError as e:
