@@ -207,6 +207,9 @@ def test_api_key_is_never_echoed_nor_taken_from_the_command_line(tmp_path, capsy
         body = _body([_png_b64(0)], [_rec(0)])
         assert httpx.post(url, json=body, headers={"Authorization": "Bearer file-key-123"}).status_code == 200
         assert httpx.post(url, json=body, headers={"Authorization": "Bearer nope"}).status_code == 401
+        client = build_reward("remote", {"url": f"http://127.0.0.1:{port}", "reward": "mean_color",
+                                         "api_key_file": str(key_file), "retries": 0})
+        assert client(_tensor(_png_b64(0)), [_rec(0)]).scores.shape == (1,)
     assert "file-key-123" not in caplog.text
     # from the environment (the default)
     monkeypatch.setenv("PSRL_REWARD_API_KEY", "env-key")
