@@ -128,3 +128,50 @@ def test_group_only_modes_reject_global_std():
             load_run_config(None, [f"advantage.mode={mode}", "advantage.std_mode=global"])
     assert load_run_config(None, ["advantage.mode=log_tamed", "advantage.std_mode=global"]).advantage.std_mode == \
         "global"
+
+
+def _next_up(x: float) -> float:
+    return float(torch.nextafter(torch.tensor(x), torch.tensor(math.inf)))
+
+
+@pytest.mark.parametrize("mode,args,std_mode", [
+    ("weighted", {}, "group"), ("weighted", {}, "global"), ("group_zscore", {}, "group"),
+    ("sars", {"identity": 0, "prompt": 1, "tdw": True}, "group"),
+    ("sars", {"identity": 0, "prompt": 1, "tdw": False}, "group"),
+    ("log_tamed", {}, "group"), ("log_tamed", {}, "global"), ("log_tamed", {"normalize": "global_std"}, "group")])
+@pytest.mark.parametrize("equal_totals", [True, False])
+def test_rounding_level_group_gets_zero_and_is_counted_zero_std_in_every_mode(mode, args, std_mode, equal_totals):
+    # group 0: the Customized-GRPO example, rewards 1 ulp (5.96e-8) apart. With advantage.eps 1e-8 it got
+    # advantages up to 0.66 (sars) while the stats counted it zero-std when the weighted sums came out equal, and up
+    # to 1.14 (weighted) when they did not.
+    hi = _next_up(float(torch.tensor(0.8)))
+    lo = float(torch.nextafter(torch.tensor(0.3), torch.tensor(0.0))) if equal_totals else float(torch.tensor(0.3))
+    r = torch.tensor([[0.8, 0.3], [hi, lo], [0.8, 0.3], [hi, lo],
+                      [0.1, 0.2], [0.5, 0.9], [0.3, 0.4], [0.7, 0.1]])
+    assert bool(((r[:4] @ torch.tensor([0.5, 0.5])) == 0.55).all()) == equal_totals
+    w = torch.tensor([0.5, 0.5])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    cfg = AdvantageConfig(mode=mode, std_mode=std_mode, eps=1e-8, clip=5.0, args=args)
+    res = compute_advantages(r, w, g, cfg, (0, 12), 25)
+    assert torch.equal(res.advantages[:4], torch.zeros(4, 2))
+    assert res.advantages[4:].abs().max() > 0.1  # the real group still trains
+    assert res.stats["zero_std_groups"] == 1 and res.stats["zero_std_ratio"] == pytest.approx(0.5)
+
+
+def test_weighted_mode_formula_beside_a_rounding_level_group():
+    hi = _next_up(10.0)
+    # group 0: HPS-like totals 1 ulp apart at 10.0; group 1: totals 1, 2, 4 (mean 7/3, population std)
+    r = torch.tensor([[10.0], [hi], [10.0], [1.0], [2.0], [4.0]])
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    adv = group_normalize(r[:, 0], g, "group", eps=1e-8, magnitude=r[:, 0].abs())
+    assert adv[:3].tolist() == [0.0, 0.0, 0.0]
+    v = torch.tensor([1.0, 2.0, 4.0])
+    assert adv[3:].tolist() == pytest.approx(((v - v.mean()) / (v.std(unbiased=False) + 1e-8)).tolist(), abs=1e-6)
+    # the same group through compute_advantages (weighted mode) and exactly equal rewards: 0 even with eps 0
+    res = compute_advantages(r, torch.ones(1), g, AdvantageConfig(eps=0.0), (0,), 1)
+    assert res.advantages[:3].abs().sum() == 0 and res.stats["zero_std_groups"] == 1
+    flat = torch.tensor([[3.0], [3.0], [1.0], [2.0]])
+    res = compute_advantages(flat, torch.ones(1), torch.tensor([0, 0, 1, 1]), AdvantageConfig(eps=0.0), (0,), 1)
+    assert res.advantages[:, 0].tolist() == [0.0, 0.0, -1.0, 1.0]  # was 0/0 = NaN with eps 0
+    with pytest.raises(ValueError, match="std_mode"):
+        group_normalize(r[:, 0], g, "per_group")

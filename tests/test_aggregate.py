@@ -156,3 +156,56 @@ def test_shaped_modes_through_the_trainer_registry():
         assert res.advantages.shape == (4, 2)
         assert torch.isfinite(res.advantages).all()
         assert res.advantages.abs().sum() > 0
+
+
+def _next_up(x: float, steps: int = 1) -> float:
+    t = torch.tensor(x)
+    for _ in range(steps):
+        t = torch.nextafter(t, torch.tensor(math.inf))
+    return float(t)
+
+
+def test_spread_is_rounding_formula():
+    x = float(torch.tensor(0.8))  # 0.8 as float32 holds it
+    ulp = _next_up(x) - x
+    assert ulp == pytest.approx(5.96e-8, rel=1e-3)  # the issue's batched-vs-single HPSv3 difference
+    assert ag.spread_is_rounding(torch.tensor([x, _next_up(x)]))
+    assert ag.spread_is_rounding(torch.tensor([x, x, x]))
+    # tolerance = 16 * 2**-23 * 0.8 = 1.53e-6 = 25.6 steps of 5.96e-8: 25 steps are rounding, 26 are signal
+    steps = int(ag.ROUNDING_ULPS * ag.FLOAT32_EPS * x / ulp)
+    assert steps == 25
+    assert ag.spread_is_rounding(torch.tensor([x, _next_up(x, steps)]))
+    assert not ag.spread_is_rounding(torch.tensor([x, _next_up(x, steps + 1)]))
+    # relative to the values' magnitude: a tiny but real spread of tiny rewards is signal
+    assert not ag.spread_is_rounding(torch.tensor([1e-3, 1.0001e-3]))
+    assert not ag.spread_is_rounding(torch.tensor([0.0, 6e-8]))
+    # a weighted sum's rounding scales with its terms, not with the (cancelled) sum
+    assert ag.spread_is_rounding(torch.tensor([0.0, 6e-8]), torch.tensor([0.8, 0.8]))
+    assert ag.spread_is_rounding(torch.tensor([0.0, 6e-8]), 0.8)
+    # NaN ignored; fewer than two finite values is no spread
+    assert ag.spread_is_rounding(torch.tensor([0.8, float("nan"), _next_up(0.8)]))
+    assert ag.spread_is_rounding(torch.tensor([0.3, float("nan")]))
+    assert not ag.spread_is_rounding(torch.tensor([0.3, float("nan"), 0.4]))
+    terms = ag.terms_magnitude(torch.tensor([[0.8, -0.8], [1.0, 2.0]]), torch.tensor([1.0, -0.5]))
+    assert terms.tolist() == pytest.approx([1.2, 2.0])
+
+
+def test_rounding_level_groups_get_zero_in_every_normalisation():
+    hi = _next_up(0.8)
+    # group 0 differs by 1 ulp in the first reward only; group 1 has real spread
+    r = torch.tensor([[0.8, 0.3], [hi, 0.3], [0.8, 0.3], [hi, 0.3], [0.1, 0.2], [0.5, 0.9], [0.3, 0.4], [0.7, 0.1]])
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    w = torch.tensor([0.5, 0.5])
+    z = ag.per_reward_zscore(r, g, eps=1e-8)
+    assert torch.equal(z[:4], torch.zeros(4, 2))  # was +-0.87 per column with eps 1e-8
+    c0 = torch.tensor([0.1, 0.5, 0.3, 0.7])
+    assert z[4:, 0].tolist() == pytest.approx(((c0 - c0.mean()) / (c0.std() + 1e-8)).tolist(), abs=1e-6)
+    assert torch.equal(ag.group_zscore(r, w, g, eps=1e-8)[:4], torch.zeros(4))
+    sars = ag.sars(z[:, 0], z[:, 1], 0.4, 0.5, 0.5)
+    assert torch.equal(sars[:4], torch.zeros(4))  # sars(0, 0) = 0 + 0.4 * -1 * tanh(0)
+    for normalize in ("group", "global_std"):
+        adv = ag.log_tamed(r, w, g, normalize=normalize, eps=1e-6)
+        assert torch.equal(adv[:4], torch.zeros(4)), normalize
+        assert adv[4:].abs().max() > 0.5
+    # the raw compat normalisation is not group-relative: R itself, flat group or not
+    assert ag.log_tamed(r, w, g, normalize="raw")[:4].abs().min() > 0

@@ -26,8 +26,8 @@ def _free_port() -> int:
 
 
 class ServerThread:
-    def __init__(self, app, port):
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    def __init__(self, app, port, host="127.0.0.1"):
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):
@@ -82,7 +82,7 @@ def test_concurrent_clients_match_in_process_and_are_batched(data_root):
             client = build_reward("remote", {"url": f"http://127.0.0.1:{port}", "reward": served, "retries": 0})
             jobs = [(_images(2, s), _recs(2)) for s in range(4)]
             with ThreadPoolExecutor(4) as pool:
-                remote_outs = list(pool.map(lambda j: client(*j), jobs))
+                remote_outs = list(pool.map(lambda j, c=client: c(*j), jobs))
             for (imgs, recs), out in zip(jobs, remote_outs):
                 expected = local(imgs, recs)
                 assert torch.allclose(out.scores, expected.scores, atol=1e-5), served

@@ -374,6 +374,61 @@ class FlowPolicyBase:
         """Call the (possibly wrapped) denoiser."""
         return self.module(**kwargs, return_dict=False)[0]
 
+    def _warn_truncated(self, records: Sequence[Record], tokenizer, max_length: int, encoder: str,
+                        budget: str) -> None:
+        """Warn once per record (and text encoder) whose prompt is longer than the encoder keeps (see
+        :func:`warn_truncated_prompts`); the records already checked are remembered on the policy."""
+        seen = self.__dict__.setdefault("_truncation_checked", set())
+        warn_truncated_prompts(records, tokenizer, max_length, encoder, budget, seen)
+
+
+def tokens_dropped(tokenizer, prompts: Sequence[str], max_length: int) -> list[int]:
+    """Per prompt, how many tokens an encoder that reads ``max_length`` tokens (special tokens included, as
+    ``tokenizer(..., max_length=max_length, truncation=True)`` gives them) cuts off; 0 when the prompt fits."""
+    if not prompts:
+        return []
+    # verbose=False: the tokenizer's own "longer than the specified maximum" notice is what this replaces
+    ids = tokenizer(list(prompts), padding=False, truncation=False, verbose=False)["input_ids"]
+    return [max(0, len(row) - max_length) for row in ids]
+
+
+def warn_truncated_prompts(records: Sequence[Record], tokenizer, max_length: int, encoder: str, budget: str,
+                           seen: set) -> list[tuple[str, int]]:
+    """Log a warning for each record whose prompt ``encoder`` truncates, naming the record id and the tokens
+    dropped; records (id, encoder) already in ``seen`` are skipped and the checked ones added, so a record is
+    tokenized and warned about once, not at every step. ``budget`` names what sets ``max_length``
+    (``model.max_sequence_length``). Returns the ``(id, dropped)`` pairs warned about."""
+    todo: dict[str, Record] = {}
+    for r in records:
+        if (r.id, encoder) not in seen:
+            todo.setdefault(r.id, r)
+    warned = []
+    for r, dropped in zip(todo.values(), tokens_dropped(tokenizer, [r.prompt for r in todo.values()], max_length)):
+        seen.add((r.id, encoder))
+        if dropped:
+            logger.warning("record %r: its prompt is %d %s tokens and %s keeps %d: the last %d token(s) are dropped "
+                           "(warned once per record)", r.id, max_length + dropped, encoder, budget, max_length,
+                           dropped)
+            warned.append((r.id, dropped))
+    return warned
+
+
+@contextlib.contextmanager
+def quiet_logger(name: str, starts_with: str):
+    """Drop the records of logger ``name`` whose message starts with ``starts_with`` inside the block (an upstream
+    warning that :func:`warn_truncated_prompts` replaces with one per record)."""
+    class _Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return not str(record.msg).startswith(starts_with)
+
+    target = logging.getLogger(name)
+    drop = _Drop()
+    target.addFilter(drop)
+    try:
+        yield
+    finally:
+        target.removeFilter(drop)
+
 
 def pad_rows(tensors: Sequence[Tensor], width: int, what: str) -> tuple[Tensor, Tensor]:
     """Stack ``[L_i, ...]`` tensors zero-padded to ``width`` rows; returns ``(stacked [N, width, ...], lengths [N])``.
@@ -399,5 +454,5 @@ def reorder(parts: list[tuple[list[int], Tensor]], n: int) -> Tensor:
     return out
 
 
-__all__ = ["FlowPolicyBase", "group_by_key", "pad_rows", "reorder", "scheduler_schedule", "unique_records",
-           "unwrap_module", "window_rng"]
+__all__ = ["FlowPolicyBase", "group_by_key", "pad_rows", "quiet_logger", "reorder", "scheduler_schedule",
+           "tokens_dropped", "unique_records", "unwrap_module", "warn_truncated_prompts", "window_rng"]

@@ -172,7 +172,12 @@ class FluxPolicy(FlowPolicyBase):
         return embeds.to(self.device), pooled.to(self.device)
 
     def encode_conditions(self, records: Sequence[Record], sampling: SamplingConfig) -> dict[str, Tensor]:
-        """Per-sample conditioning, batch-first. Each distinct prompt is encoded once and shared by its group."""
+        """Per-sample conditioning, batch-first. Each distinct prompt is encoded once and shared by its group. A
+        prompt longer than CLIP's 77 tokens or T5's ``max_sequence_length`` is truncated, as by ``FluxPipeline``,
+        with a warning once per record naming the tokens dropped."""
+        self._warn_truncated(records, self.tokenizer, self.tokenizer.model_max_length, "CLIP",
+                             "CLIP (the pooled embedding)")
+        self._warn_truncated(records, self.tokenizer_2, self.max_sequence_length, "T5", "model.max_sequence_length")
         prompts = [r.prompt for r in records]
         unique = list(dict.fromkeys(prompts))
         embeds, pooled = self.encode_prompts(unique)

@@ -144,7 +144,9 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
             shapes.append((vh // self.vae_scale_factor // 2, vw // self.vae_scale_factor // 2))
         out = {}
         with self._frozen_on_device(self.text_encoder):
-            out["prompt"] = self.pipe.encode_prompt(prompt=[record.prompt], image=cond_images, device=self.device)[0][0]
+            # no truncation: diffusers' encode_prompt reads the whole prompt (it ignores max_sequence_length)
+            out["prompt"] = self.pipe.encode_prompt(prompt=[record.prompt], image=cond_images,
+                                                    device=self.device)[0][0]
             if cfg_on:
                 out["negative"] = self.pipe.encode_prompt(prompt=[self.negative_prompt], image=cond_images,
                                                           device=self.device)[0][0]

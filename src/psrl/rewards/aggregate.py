@@ -4,6 +4,10 @@ customized_uno_rewards.md §1.5-1.6, paco_flowgrpo.md §3.3).
 Shapes: ``rewards [N, K]`` (one column per reward), ``weights [K]``, ``group_ids [N]`` (prompt group of each
 sample). NaN marks an unscorable sample: group statistics ignore it and its per-reward advantage is 0 (it carries
 no signal), so one failed detection does not poison its group.
+
+A group whose values differ only by float rounding is a zero-std group: :func:`spread_is_rounding` decides it, for
+every advantage mode (:func:`group_center_scale` is the one group normalisation, used by ``weighted``,
+``group_zscore``, ``sars`` and ``log_tamed``) and for the trainer's ``zero_std_groups`` count alike.
 """
 from __future__ import annotations
 
@@ -28,6 +32,50 @@ def weighted_sum(rewards: Tensor, weights: Tensor) -> Tensor:
     return rewards.float() @ weights.float()
 
 
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)  # 2**-23: the gap between 1.0 and the next float32
+ROUNDING_ULPS = 16
+"""How many float32 rounding steps of the values' magnitude a spread may span and still be rounding: a float32
+holds ``x`` to within ``eps * |x| / 2``; batched and single reward calls differ by a few of these (HPSv3: 5.96e-8
+apart at 0.8, one step), and a weighted sum of K rewards adds up to K half-steps more. 16 steps is 1.9e-6 relative:
+above any rounding seen, below any difference a reward model resolves."""
+
+
+def spread_is_rounding(values: Tensor, magnitude: Tensor | float | None = None) -> bool:
+    """Whether a group's values differ only by float32 rounding, i.e. carry no signal (a zero-std group).
+
+    ``max(v) - min(v) <= ROUNDING_ULPS * FLOAT32_EPS * M`` over the finite values, with ``M = max|v|`` by default.
+    For a weighted sum ``v = sum_k w_k r_k`` pass ``magnitude = sum_k |w_k r_k|`` per sample (``M`` is its
+    largest finite value): the terms' rounding survives cancellation between them. Computed in float64, so the test
+    itself adds no rounding. Exactly equal values (and fewer than two finite ones) are always a zero spread.
+
+    Args:
+        values (`Tensor` of shape `[n]`): one group's values, any float dtype; NaN/inf entries are ignored.
+        magnitude (`Tensor` of shape `[n]`, `float` or `None`): the scale of each value's rounding error.
+    """
+    v = values.detach().double().flatten()
+    ok = torch.isfinite(v)
+    v = v[ok]
+    if v.numel() < 2:
+        return True
+    spread = float(v.max() - v.min())
+    if spread == 0.0:
+        return True
+    if magnitude is None:
+        scale = float(v.abs().max())
+    elif isinstance(magnitude, Tensor) and magnitude.numel() > 1:
+        m = magnitude.detach().double().flatten()[ok]
+        m = m[torch.isfinite(m)]
+        scale = float(m.abs().max()) if m.numel() else 0.0
+    else:
+        scale = abs(float(magnitude))
+    return spread <= ROUNDING_ULPS * FLOAT32_EPS * scale
+
+
+def terms_magnitude(rewards: Tensor, weights: Tensor) -> Tensor:
+    """``sum_k |w_k r_nk|`` ([N]): the scale of the rounding error of ``sum_k w_k r_nk`` (NaN where a reward is)."""
+    return rewards.float().abs() @ weights.float().abs()
+
+
 def _nan_std(x: Tensor, unbiased: bool) -> Tensor:
     x = x[~torch.isnan(x)]
     n = x.numel()
@@ -37,9 +85,12 @@ def _nan_std(x: Tensor, unbiased: bool) -> Tensor:
 
 
 def group_center_scale(values: Tensor, group_ids: Tensor, *, unbiased: bool, eps: float, std_floor: bool = False,
-                       global_std: bool = False) -> Tensor:
-    """``(v - mean_group) / (std + eps)`` (or ``/ max(std, eps)`` with ``std_floor``), NaN-aware; NaN inputs and
-    groups without a defined std give 0. ``global_std`` divides by the std of all values (Flow-GRPO)."""
+                       global_std: bool = False, magnitude: Tensor | None = None) -> Tensor:
+    """``(v - mean_group) / (std + eps)`` (or ``/ max(std, eps)`` with ``std_floor``), NaN-aware ([N] float32).
+
+    NaN inputs, groups without a defined std and zero-std groups (:func:`spread_is_rounding` of the group's values,
+    with ``magnitude [N]`` when given) give 0, whatever ``eps``: with ``eps = 1e-8`` a 1-ulp spread would otherwise be
+    blown up to advantages near +-1. ``global_std`` divides by the std of all values (Flow-GRPO's ``global_std``)."""
     values = values.float()
     out = torch.zeros_like(values)
     gstd = _nan_std(values, unbiased)
@@ -48,6 +99,8 @@ def group_center_scale(values: Tensor, group_ids: Tensor, *, unbiased: bool, eps
         v = values[m]
         ok = ~torch.isnan(v)
         if not bool(ok.any()):
+            continue
+        if spread_is_rounding(v, None if magnitude is None else magnitude[m]):
             continue
         mean = v[ok].mean()
         std = gstd if global_std else _nan_std(v, unbiased)
@@ -116,7 +169,8 @@ def log_tamed(rewards: Tensor, weights: Tensor, group_ids: Tensor, *, threshold:
     """PaCo log-tamed aggregation: tame high-variance rewards with ``log(1 + r)``, ``R = sum_k w_k r~_k``, then
     ``(R - mean_group(R)) / max(std, eps)`` (population std). ``normalize``: ``group`` (each group's std, default),
     ``global_std`` (the std of all samples), or ``raw`` (compat: the released code returns ``R`` itself as the
-    advantage, without centring or scaling)."""
+    advantage, without centring or scaling; not group-relative, so it is the one mode where a zero-std group still
+    gets a non-zero advantage, as in the released code)."""
     _check(rewards, weights, group_ids)
     tamed, _ = log_tame(rewards, threshold)
     total = tamed @ weights.float()
@@ -125,7 +179,7 @@ def log_tamed(rewards: Tensor, weights: Tensor, group_ids: Tensor, *, threshold:
     if normalize not in ("group", "global_std"):
         raise ValueError(f"log_tamed normalize must be 'group', 'global_std' or 'raw', got {normalize!r}")
     return group_center_scale(total, group_ids, unbiased=False, eps=eps, std_floor=True,
-                              global_std=normalize == "global_std")
+                              global_std=normalize == "global_std", magnitude=terms_magnitude(tamed, weights))
 
 
 def sars(adv_identity: Tensor | float, adv_prompt: Tensor | float, gamma: float = 0.4,

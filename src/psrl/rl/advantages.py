@@ -17,14 +17,15 @@ at least two members; the mode returns unclipped advantages and :func:`compute_a
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor
 
 from psrl.config import ConfigError
 from psrl.registry import Registry
+from psrl.rewards.aggregate import group_center_scale, spread_is_rounding, terms_magnitude
 from psrl.rl.grpo_config import AdvantageConfig
 
 logger = logging.getLogger(__name__)
@@ -34,32 +35,36 @@ AdvantageMode = Callable[[Tensor, Tensor, Tensor, AdvantageConfig, tuple, int], 
 ADVANTAGE_MODES = Registry("advantage mode")
 
 
-def group_normalize(values: Tensor, group_ids: Tensor, std_mode: str = "group", eps: float = 1e-4) -> Tensor:
-    """``(v - mean_group(v)) / (std + eps)``, per sample.
+def group_normalize(values: Tensor, group_ids: Tensor, std_mode: str = "group", eps: float = 1e-4,
+                    magnitude: Tensor | None = None) -> Tensor:
+    """``(v - mean_group(v)) / (std + eps)``, per sample ([N] float32): Flow-GRPO's per-prompt stat tracking
+    (flow_grpo/stat_tracking.py), through the one group normalisation of every mode,
+    :func:`psrl.rewards.aggregate.group_center_scale`.
 
     Args:
         values (`Tensor` of shape `[N]`): finite scalar rewards.
         group_ids (`Tensor` of shape `[N]`): the prompt group of each sample.
         std_mode (`"group"` | `"global"`): the group's own std, or the std of all ``N`` values (Flow-GRPO's
             ``global_std``, after REINFORCE++). Population std (``ddof=0``), as Flow-GRPO's ``np.std``.
-        eps (`float`): added to the std, so a zero-std group gets advantage 0, not a division by zero.
+        eps (`float`): added to the std.
+        magnitude (`Tensor` of shape `[N]`, optional): the scale of each value's rounding error (for a weighted sum,
+            ``sum_k |w_k r_k|``); a group whose spread is within rounding of it
+            (:func:`psrl.rewards.aggregate.spread_is_rounding`) gets advantage 0, whatever ``eps``.
+
+    Raises:
+        ValueError: ``std_mode`` is neither ``group`` nor ``global``.
     """
-    values = values.float()
-    out = torch.empty_like(values)
-    global_std = values.std(unbiased=False) if values.numel() > 1 else values.new_zeros(())
-    for gid in torch.unique(group_ids):
-        member = group_ids == gid
-        group = values[member]
-        std = group.std(unbiased=False) if std_mode == "group" else global_std
-        out[member] = (group - group.mean()) / (std + eps)
-    return out
+    if std_mode not in ("group", "global"):
+        raise ValueError(f"std_mode must be 'group' or 'global', got {std_mode!r}")
+    return group_center_scale(values, group_ids, unbiased=False, eps=eps, global_std=std_mode == "global",
+                              magnitude=magnitude)
 
 
 def weighted_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg: AdvantageConfig,
                         trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
     """Flow-GRPO: ``R = sum_k w_k r_k`` per sample, group-normalised, the same advantage on every trained step."""
     total = rewards.float() @ weights.float()
-    adv = group_normalize(total, group_ids, cfg.std_mode, cfg.eps)
+    adv = group_normalize(total, group_ids, cfg.std_mode, cfg.eps, magnitude=terms_magnitude(rewards, weights))
     return adv[:, None].expand(-1, len(trained_steps)).clone()
 
 
@@ -102,7 +107,9 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
 
     A sample with a NaN (or inf) in any reward column leaves its group (counted, warned); a group left with fewer
     than two valid samples is skipped (advantage 0, not trained). The zero-std group ratio is the share of the
-    remaining groups whose weighted reward has zero spread (their samples carry no signal).
+    remaining groups whose weighted reward has no spread beyond float rounding
+    (:func:`psrl.rewards.aggregate.spread_is_rounding`, the same test every mode applies: such a group's samples
+    carry no signal and get advantage 0, except in ``log_tamed``'s ``raw`` compat normalisation).
 
     Args:
         rewards (`Tensor` of shape `[N, K]`), weights (`Tensor` of shape `[K]`), group_ids (`Tensor` of shape `[N]`).
@@ -146,10 +153,11 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
             raise ValueError(f"advantage mode {cfg.mode!r} returned non-finite advantages")
         advantages[trained] = adv.clamp(-cfg.clip, cfg.clip)
         total = rewards[trained] @ weights
+        magnitude = terms_magnitude(rewards[trained], weights)
         for gid in torch.unique(group_ids[trained]):
-            std = total[group_ids[trained] == gid].std(unbiased=False)
-            group_stds.append(float(std))
-            zero_std += int(std == 0)
+            member = group_ids[trained] == gid
+            group_stds.append(float(total[member].std(unbiased=False)))
+            zero_std += int(spread_is_rounding(total[member], magnitude[member]))
     num_groups_used = len(group_stds)
     stats = {
         "num_samples": float(n),

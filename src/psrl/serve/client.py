@@ -1,6 +1,8 @@
 """``remote`` reward: scores through a psrl reward server (``psrl serve rewards``).
 
-Args: ``url`` (``http://host:port``), ``reward`` (the served name), ``api_key`` / ``api_key_env``, ``timeout`` (s per
+Args: ``url`` (``http://host:port``), ``reward`` (the served name), ``api_key_env`` (default
+``PSRL_REWARD_API_KEY``) / ``api_key_file`` / ``api_key`` (prefer the first two: a key in a config can end up on a
+command line or in a run folder), ``timeout`` (s per
 request), ``retries`` and ``backoff`` (exponential: backoff * 2**attempt; connection errors, timeouts, 429 and 5xx
 are retried, so a server restarted mid-run is picked up again), ``on_error`` (``raise``, the default: an
 unreachable server is an infrastructure failure and stops training loudly; ``nan``: every sample NaN with the
@@ -12,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,14 +36,21 @@ class RemoteReward:
     name = "remote"
 
     def __init__(self, device="cpu", *, url: str = "http://127.0.0.1:8765", reward: str | None = None,
-                 api_key: str | None = None, api_key_env: str | None = "PSRL_REWARD_API_KEY", timeout: float = 300.0,
-                 retries: int = 5, backoff: float = 1.0, on_error: str = "raise"):
+                 api_key: str | None = None, api_key_env: str | None = "PSRL_REWARD_API_KEY",
+                 api_key_file: str | None = None, timeout: float = 300.0, retries: int = 5, backoff: float = 1.0,
+                 on_error: str = "raise"):
         import httpx
 
         if not reward:
             raise ValueError("remote reward: 'reward' (the name served by the reward server) is required")
         if on_error not in ("raise", "nan"):
             raise ValueError(f"remote reward: on_error must be 'raise' or 'nan', got {on_error!r}")
+        if api_key is not None and api_key_file:
+            raise ValueError("remote reward: set api_key or api_key_file, not both")
+        if api_key_file:
+            from psrl.serve.config import read_key_file
+
+            api_key = read_key_file(api_key_file)
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env)
         self.url, self.reward = url.rstrip("/"), reward

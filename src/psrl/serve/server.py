@@ -5,86 +5,45 @@ Routes: ``GET /health`` (no auth; reward names and counters), ``POST /score/{nam
 Binds 127.0.0.1 by default; on any other host it refuses to start without an API key, which clients then send as
 ``Authorization: Bearer <key>``. Requests for one reward wait up to ``batch_window_ms`` for company, are grouped
 by image size (a batch is one tensor) up to ``max_batch`` images, and run on one worker thread per reward.
+
+One request never fails another: a batch the reward raises on is split in halves until the failing requests stand
+alone (the others get their scores), and a lone failing request is scored sample by sample, so only the samples the
+reward cannot score become NaN with the reason. A request all of whose samples fail gets 422 (the reward rejected
+the input: a ``ValueError``) or 500 (anything else). Limits (see :class:`ServerConfig`) are answered before the
+work they guard: 413 for the body size (from ``Content-Length``, or while streaming) and for an image's pixel count
+(from its header, before decoding), 422 for the image count and overlong texts.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
+import json
 import logging
-import os
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from fastapi import Request  # module level: FastAPI resolves the (postponed) annotation in this module's globals
 
 from psrl.data.records import Record, RecordError
-from psrl.errors import PsrlError
 from psrl.rewards.base import RewardOutput, build_reward
 from psrl.rewards.images import pil_to_tensor
-from psrl.serve.wire import decode_png, output_to_json, slice_output
+from psrl.serve.config import ServedReward, ServerConfig, check_bind, is_loopback, load_server_config, url_host
+from psrl.serve.wire import TooLarge, decode_png, join_outputs, output_to_json, slice_output
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class ServedReward:
-    name: str
-    reward: str | None = None  # registered reward name or module:attr; defaults to ``name``
-    args: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class ServerConfig:
-    rewards: list[ServedReward] = field(default_factory=list)
-    host: str = "127.0.0.1"
-    port: int = 8765
-    api_key: str | None = None
-    api_key_env: str | None = "PSRL_REWARD_API_KEY"
-    device: str = "cpu"
-    data_root: str | None = None  # given to rewards that take data_root and do not set it
-    batch_window_ms: float = 10.0
-    max_batch: int = 64
-
-    def __post_init__(self):
-        if not self.rewards:
-            raise ValueError("rewards: at least one reward must be configured")
-        names = [r.name for r in self.rewards]
-        if len(set(names)) != len(names):
-            raise ValueError(f"rewards: duplicate names in {names}")
-        if self.batch_window_ms < 0 or self.max_batch < 1:
-            raise ValueError("batch_window_ms must be >= 0 and max_batch >= 1")
-
-    def resolved_api_key(self) -> str | None:
-        if self.api_key:
-            return self.api_key
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, api_key: str | None) -> None:
-    if not is_loopback(host) and not api_key:
-        raise PsrlError(f"refusing to serve rewards on {host!r} without an API key: set api_key or the environment "
-                        f"variable named by api_key_env (default PSRL_REWARD_API_KEY), or bind 127.0.0.1")
+__all__ = ["Batcher", "ServedReward", "ServerConfig", "TooLarge", "build_rewards", "check_bind", "create_app",
+           "is_loopback", "load_server_config", "parse_request", "serve"]
 
 
 class Batcher:
-    """Collects concurrent requests for one reward and scores them together."""
+    """Collects concurrent requests for one reward and scores them together; failures stay with their request."""
 
-    def __init__(self, reward, window_s: float, max_batch: int):
-        self.reward, self.window_s, self.max_batch = reward, window_s, max_batch
+    def __init__(self, reward, window_s: float, max_batch: int, name: str = "reward"):
+        self.reward, self.window_s, self.max_batch, self.name = reward, window_s, max_batch, name
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.batches = 0
-        self.requests = 0
+        self.batches = 0  # successful reward calls
+        self.requests = 0  # requests answered with scores
+        self.isolated = 0  # reward calls that failed and were split up
         self._task: asyncio.Task | None = None
 
     def start(self) -> None:
@@ -115,15 +74,25 @@ class Batcher:
             for group in by_size.values():
                 await self._score(group)
 
+    async def _call(self, images: list, records: list[Record]) -> RewardOutput:
+        out = await asyncio.to_thread(self.reward, torch.stack(images), records)
+        if len(out.scores) != len(records):
+            raise ValueError(f"reward {self.name!r} returned {len(out.scores)} scores for {len(records)} samples")
+        return out
+
     async def _score(self, group: list) -> None:
-        images = torch.stack([im for item in group for im in item[0]])
-        records = [r for item in group for r in item[1]]
         try:
-            out = await asyncio.to_thread(self.reward, images, records)
-        except Exception as e:  # noqa: BLE001 - every waiting request gets the error
-            for *_, fut in group:
-                if not fut.done():
-                    fut.set_exception(e)
+            out = await self._call([im for item in group for im in item[0]], [r for item in group for r in item[1]])
+        except Exception as e:  # noqa: BLE001 - find the request(s) it belongs to instead of failing them all
+            self.isolated += 1
+            if len(group) == 1:
+                await self._score_alone(group[0], e)
+                return
+            logger.warning("reward %s failed on a batch of %d requests (%s: %s); scoring them apart", self.name,
+                           len(group), type(e).__name__, e)
+            half = len(group) // 2
+            await self._score(group[:half])
+            await self._score(group[half:])
             return
         self.batches += 1
         start = 0
@@ -132,6 +101,32 @@ class Batcher:
             if not fut.done():
                 fut.set_result(slice_output(out, start, start + len(imgs)))
             start += len(imgs)
+
+    async def _score_alone(self, item: tuple, error: Exception) -> None:
+        """A request the reward raised on: score each sample alone; NaN with the reason for the ones that fail."""
+        images, records, fut = item
+        if len(images) > 1:
+            parts: list[RewardOutput | None] = []
+            reasons: list[str | None] = []
+            for im, rec in zip(images, records):
+                try:
+                    parts.append(await self._call([im], [rec]))
+                    reasons.append(None)
+                except Exception as e:  # noqa: BLE001 - this sample alone
+                    parts.append(None)
+                    reasons.append(f"reward {self.name!r} failed on this sample: {type(e).__name__}: {e}")
+                    error = e
+            if any(p is not None for p in parts):
+                self.batches += 1
+                self.requests += 1
+                logger.warning("reward %s: %d of %d samples of one request failed (%s)", self.name,
+                               sum(p is None for p in parts), len(parts), next(r for r in reasons if r))
+                if not fut.done():
+                    fut.set_result(join_outputs(parts, reasons))
+                return
+        logger.warning("reward %s failed on every sample of a request: %s: %s", self.name, type(error).__name__, error)
+        if not fut.done():
+            fut.set_exception(error)
 
 
 def _reward_args(spec: ServedReward, cfg: ServerConfig) -> dict:
@@ -160,6 +155,53 @@ def build_rewards(cfg: ServerConfig) -> dict:
     return rewards
 
 
+def parse_request(body: bytes, cfg: ServerConfig) -> tuple[list, list[Record]]:
+    """A ``/score`` body -> ``(images [3, H, W] float in [0, 1], records)``, checking the limits in the order that
+    costs least: the image count and text lengths before any image is decoded, each image's pixel count before its
+    pixels are decoded.
+
+    Raises:
+        TooLarge: an image over ``max_pixels`` (413).
+        ValueError, KeyError, TypeError, RecordError: anything else wrong with the request (422).
+    """
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise TypeError("the body must be a JSON object with 'images' and 'records'")
+    images_b64, records_json = data["images"], data["records"]
+    if not isinstance(images_b64, list) or not isinstance(records_json, list) or not images_b64:
+        raise ValueError("'images' and 'records' must be non-empty lists")
+    if len(images_b64) > cfg.max_images:
+        raise ValueError(f"{len(images_b64)} images in one request; max_images={cfg.max_images}")
+    if len(images_b64) != len(records_json):
+        raise ValueError(f"{len(images_b64)} images for {len(records_json)} records")
+    records = [Record.from_json(r, where=f"records[{i}]") for i, r in enumerate(records_json)]
+    for i, r in enumerate(records):
+        texts = [("prompt", r.prompt)] + [(f"subjects[{j}].phrase", s.phrase) for j, s in enumerate(r.subjects)]
+        for what, text in texts:
+            if len(text) > cfg.max_text_chars:
+                raise ValueError(f"records[{i}].{what} has {len(text)} characters; max_text_chars="
+                                 f"{cfg.max_text_chars}")
+    images = [pil_to_tensor(decode_png(d, f"images[{i}]", max_pixels=cfg.max_pixels))
+              for i, d in enumerate(images_b64)]
+    if len({tuple(t.shape) for t in images}) != 1:
+        raise ValueError("all images of one request must have the same size")
+    return images, records
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused (:class:`TooLarge`) as soon as it is known to exceed ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body of {int(declared)} bytes exceeds max_body_bytes={limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body exceeds max_body_bytes={limit}")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def create_app(cfg: ServerConfig, rewards: dict | None = None):
     """The FastAPI app; ``rewards`` (name -> Reward) may be passed pre-built (tests, embedding)."""
     from fastapi import FastAPI, HTTPException
@@ -168,14 +210,17 @@ def create_app(cfg: ServerConfig, rewards: dict | None = None):
     api_key = cfg.resolved_api_key()
     check_bind(cfg.host, api_key)
     rewards = rewards if rewards is not None else build_rewards(cfg)
-    batchers = {name: Batcher(r, cfg.batch_window_ms / 1000.0, cfg.max_batch) for name, r in rewards.items()}
+    batchers = {name: Batcher(r, cfg.batch_window_ms / 1000.0, cfg.max_batch, name) for name, r in rewards.items()}
     app = FastAPI(title="psrl reward server")
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "rewards": sorted(rewards),
                 "batches": {n: b.batches for n, b in batchers.items()},
-                "requests": {n: b.requests for n, b in batchers.items()}}
+                "requests": {n: b.requests for n, b in batchers.items()},
+                "isolated_failures": {n: b.isolated for n, b in batchers.items()},
+                "limits": {k: getattr(cfg, k) for k in ("max_body_bytes", "max_images", "max_pixels",
+                                                         "max_text_chars")}}
 
     @app.post("/score/{name}")
     async def score(name: str, request: Request):
@@ -186,16 +231,11 @@ def create_app(cfg: ServerConfig, rewards: dict | None = None):
         if name not in batchers:
             raise HTTPException(status_code=404, detail=f"unknown reward {name!r}; served: {sorted(batchers)}")
         try:
-            body = await request.json()
-            images_b64, records_json = body["images"], body["records"]
-            if not isinstance(images_b64, list) or not isinstance(records_json, list) or not images_b64:
-                raise ValueError("'images' and 'records' must be non-empty lists")
-            if len(images_b64) != len(records_json):
-                raise ValueError(f"{len(images_b64)} images for {len(records_json)} records")
-            images = [pil_to_tensor(decode_png(d, f"images[{i}]")) for i, d in enumerate(images_b64)]
-            if len({tuple(t.shape) for t in images}) != 1:
-                raise ValueError("all images of one request must have the same size")
-            records = [Record.from_json(r, where=f"records[{i}]") for i, r in enumerate(records_json)]
+            body = await _read_body(request, cfg.max_body_bytes)
+            # decoding is CPU work: off the event loop, so other requests keep being read and answered
+            images, records = await asyncio.to_thread(parse_request, body, cfg)
+        except TooLarge as e:
+            raise HTTPException(status_code=413, detail=f"too large: {e}") from e
         except (ValueError, KeyError, TypeError, RecordError) as e:
             raise HTTPException(status_code=422, detail=f"bad request: {type(e).__name__}: {e}") from e
         batcher = batchers[name]
@@ -204,7 +244,7 @@ def create_app(cfg: ServerConfig, rewards: dict | None = None):
             out = await batcher.submit(images, records)
         except ValueError as e:
             raise HTTPException(status_code=422, detail=f"reward {name!r} rejected the input: {e}") from e
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             logger.exception("reward %s failed", name)
             return JSONResponse(status_code=500,
                                 content={"detail": f"reward {name!r} failed: {type(e).__name__}: {e}"})
@@ -217,5 +257,5 @@ def serve(cfg: ServerConfig) -> None:
     import uvicorn
 
     app = create_app(cfg)
-    logger.info("serving rewards %s on http://%s:%d", [r.name for r in cfg.rewards], cfg.host, cfg.port)
+    logger.info("serving rewards %s on http://%s:%d", [r.name for r in cfg.rewards], url_host(cfg.host), cfg.port)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")

@@ -10,7 +10,12 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from psrl.images import ImageLoadError, load_image
 from psrl.rewards.base import RewardOutput
+
+
+class TooLarge(ValueError):
+    """A request or one of its images is over a configured limit (the server answers 413)."""
 
 
 def encode_png(img: Image.Image) -> str:
@@ -19,14 +24,36 @@ def encode_png(img: Image.Image) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def decode_png(data: str, where: str) -> Image.Image:
+def decode_png(data: str, where: str, *, max_pixels: int | None = None) -> Image.Image:
+    """A base64-encoded image (PNG, or any format PIL reads) -> RGB ``PIL.Image`` through
+    :func:`psrl.images.load_image` (EXIF orientation, 16-bit scaling, alpha onto white, minimum side).
+
+    Raises:
+        TooLarge: ``width * height`` (read from the header, before any pixel is decoded) exceeds ``max_pixels``, or
+            PIL's decompression-bomb guard fired.
+        ValueError: not base64, not an image, truncated, or smaller than :data:`psrl.images.MIN_SIDE`.
+    """
+    if not isinstance(data, str):
+        raise TypeError(f"{where}: expected a base64 string, got {type(data).__name__}")
     try:
         raw = base64.b64decode(data, validate=True)
-        img = Image.open(io.BytesIO(raw))
-        img.load()
-    except (ValueError, UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{where}: not a base64-encoded image ({type(e).__name__}: {e})") from e
-    return img.convert("RGB")
+    except ValueError as e:
+        raise ValueError(f"{where}: not base64 ({e})") from e
+    if max_pixels is not None:
+        # The header alone gives the size: an 81 KiB PNG can hold 8000x8000 pixels (2 GiB once decoded).
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                w, h = im.size
+        except Image.DecompressionBombError as e:
+            raise TooLarge(f"{where}: too many pixels ({e})") from e
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+            raise ValueError(f"{where}: not an image ({type(e).__name__}: {e})") from e
+        if w * h > max_pixels:
+            raise TooLarge(f"{where}: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
+    try:
+        return load_image(raw, max_pixels=max_pixels)
+    except ImageLoadError as e:
+        raise ValueError(f"{where}: {e}") from e
 
 
 def to_jsonable(value: Any) -> Any:
@@ -55,6 +82,29 @@ def output_from_json(data: dict, n: int) -> RewardOutput:
     failures = data.get("failures") or [None] * n
     details = data.get("details") or {}
     return RewardOutput(scores=torch.tensor(values), details=details, failures=list(failures))
+
+
+def join_outputs(parts: list[RewardOutput | None], reasons: list[str | None]) -> RewardOutput:
+    """One output from single-sample outputs (``parts[i]`` scores sample ``i``); a ``None`` part is a sample the
+    reward failed on: NaN with ``reasons[i]``. Per-sample details become lists (``None`` for failed samples); other
+    details are taken from the first scored sample."""
+    n = len(parts)
+    scores = torch.full((n,), float("nan"))
+    failures: list[str | None] = list(reasons)
+    details: dict[str, Any] = {}
+    for i, part in enumerate(parts):
+        if part is None:
+            continue
+        scores[i] = part.scores[0]
+        failures[i] = part.failures[0]
+        for k, v in part.details.items():
+            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == 1:
+                details.setdefault(k, [None] * n)[i] = v[0].tolist()
+            elif isinstance(v, (list, tuple)) and len(v) == 1:
+                details.setdefault(k, [None] * n)[i] = v[0]
+            else:
+                details.setdefault(k, v)
+    return RewardOutput(scores=scores, details=details, failures=failures)
 
 
 def slice_output(out: RewardOutput, start: int, stop: int) -> RewardOutput:
