@@ -7,8 +7,9 @@ Grounding DINO, which the PSRBench compat mode needs); :meth:`Detections.by_scor
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -27,12 +28,12 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.numel())
 
-    def by_score(self) -> "Detections":
+    def by_score(self) -> Detections:
         order = torch.argsort(self.scores, descending=True, stable=True)
         return Detections(self.boxes[order], self.scores[order])
 
     @staticmethod
-    def empty() -> "Detections":
+    def empty() -> Detections:
         return Detections(torch.zeros(0, 4), torch.zeros(0))
 
 
