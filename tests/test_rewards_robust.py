@@ -258,3 +258,13 @@ def test_trainer_step_survives_a_sample_the_reward_cannot_score(tmp_path):
     assert m["reward/hpsv3/failure_rate"] == 0.5 and m["adv/nan_samples"] == 2      # the bad record's group
     assert m["adv/skipped_groups"] == 1 and m["adv/num_trained_samples"] == 2      # the other group trained
     assert math.isfinite(m["reward/hpsv3/mean"])
+
+
+def test_an_overlong_subject_phrase_fails_its_sample_with_a_plain_reason(root):
+    """A 5,000-word phrase (issue #10 §7) used to fail every sample batched with it, with a tensor shape error."""
+    reward = _build("subject_consistency", root)
+    recs = _recs()
+    long_phrase = " ".join(["cat"] * 5000)
+    recs[1] = Record(id="long", prompt=PROMPT, subjects=(SubjectRef("a.png", long_phrase), SubjectRef("b.png", "dog")))
+    out = reward(_images(), recs)
+    _assert_only(out, 1, "tokens; grounding_dino reads at most", "subject_consistency")
