@@ -132,3 +132,11 @@ def test_in_memory_inputs_follow_the_loader_rules():
     assert np.unique(np.asarray(pils[0])).tolist() == [255] and failures[0] is None   # onto white, not black
     assert pils[1] is None and "too elongated" in failures[1]
     assert pils[2] is None and "too small" in failures[2]
+
+
+@pytest.mark.parametrize("name", ["subject_consistency", "vlm_consistency", "edit_consistency", "dino", "clip_i"])
+def test_every_reward_that_reads_references_takes_the_background(files, name):
+    from psrl.rewards import build_reward
+
+    reward = build_reward(name, {"path": "tiny", "data_root": str(files), "background": (0, 0, 0)})
+    assert np.asarray(reward.refs.load("clear.png")).max() == 0

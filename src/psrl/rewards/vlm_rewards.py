@@ -52,8 +52,7 @@ def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
 
 
 class _PairwiseBase:
-    def __init__(self, device, data_root, canonicalize, judge_kwargs):
-        background = judge_kwargs.pop("background", "white")
+    def __init__(self, device, data_root, canonicalize, judge_kwargs, background="white"):
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
         self.refs = ReferenceImages(data_root, background=background)
 
@@ -93,10 +92,11 @@ class VlmConsistencyReward(_PairwiseBase):
     name = "vlm_consistency"
 
     def __init__(self, device="cpu", *, data_root: str | None = None, pairs: str = "references",
-                 template: str = "v1", canonicalize: bool = False, **judge_kwargs):
+                 template: str = "v1", canonicalize: bool = False, background: str | tuple = "white",
+                 **judge_kwargs):
         if pairs not in ("references", "all"):
             raise ValueError(f"vlm_consistency: pairs must be 'references' or 'all', got {pairs!r}")
-        super().__init__(device, data_root, canonicalize, judge_kwargs)
+        super().__init__(device, data_root, canonicalize, judge_kwargs, background)
         self.pairs, self.template = pairs, template
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
@@ -117,8 +117,9 @@ class VlmConsistencyReward(_PairwiseBase):
 class EditConsistencyReward(_PairwiseBase):
     name = "edit_consistency"
 
-    def __init__(self, device="cpu", *, data_root: str | None = None, canonicalize: bool = False, **judge_kwargs):
-        super().__init__(device, data_root, canonicalize, judge_kwargs)
+    def __init__(self, device="cpu", *, data_root: str | None = None, canonicalize: bool = False,
+                 background: str | tuple = "white", **judge_kwargs):
+        super().__init__(device, data_root, canonicalize, judge_kwargs, background)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
         def make(gen, rec: Record):
