@@ -26,7 +26,33 @@ from psrl.rewards.vlm.prompts import RUBRIC_PROMPTS, parse_rubric_score, rubric_
     ("[Score]: 7.5.1", None), ("", None),
 ])
 def test_strict_rubric_parser(text, score):
+    """The released PSRBench regex, kept for ``psrbench_compat``."""
+    assert parse_rubric_score(text, parser="strict") == score
+
+
+# reply shapes real judges write (issue #10 §6c): the tolerant default reads them, the strict released regex does
+# not (NaN in compat mode, where the released scorer would substitute 5)
+REPLY_SHAPES = [("**[Score]:** 8", 8.0), ("[Score]: **8**", 8.0), ("[score]: 6", 6.0), ("[Score] : 8", 8.0),
+                ("[Score]：8", 8.0), ("[Thought]: fine\n**[Score]**: 7.5.", 7.5), ("【Score】：9", 9.0),
+                ("[SCORE]: __4__ / 10", 4.0)]
+
+
+@pytest.mark.parametrize("text,score", REPLY_SHAPES)
+def test_tolerant_rubric_parser_reads_real_reply_shapes(text, score):
     assert parse_rubric_score(text) == score
+    assert parse_rubric_score(text, parser="strict") is None
+
+
+@pytest.mark.parametrize("text", ["[Score]: 7.5.1", "[Score]: 11", "[Score]: -2", "Score: 8", "[Thought]: … [Score]: …",
+                                  "the score is 8", "[Score]: eight"])
+def test_tolerant_rubric_parser_still_refuses_non_scores(text):
+    assert parse_rubric_score(text) is None
+
+
+def test_tolerant_parser_takes_the_first_score_and_unknown_parser_is_an_error():
+    assert parse_rubric_score("[Thought]: format is [Score]: …\n[Score]: 7 and later [score]: 2") == 7.0
+    with pytest.raises(ValueError, match="rubric parser"):
+        parse_rubric_score("[Score]: 8", parser="lenient")
 
 
 def test_rubric_prompts_layout():
@@ -138,12 +164,16 @@ def _serve(state: FakeJudge):
                 return self._send(200, json.dumps({"choices": []}).encode())
             if body.get("logprobs"):
                 tops = {"ok": [("Yes", math.log(0.8)), ("No", math.log(0.2)), ("The", -5.0)],
-                        "noanswer": [("The", -0.1), ("A", -3.0)]}[state.mode]
+                        "noanswer": [("The", -0.1), ("A", -3.0)],
+                        "sampled_yes": [("Yes", math.log(0.99))], "sampled_no": [("No", math.log(0.97))],
+                        "markdown": [("Yes", math.log(0.8)), ("No", math.log(0.2))]}[state.mode]
+                listed = [] if state.mode.startswith("sampled") else tops  # a server that returns no top list
                 content = [{"token": tops[0][0], "logprob": tops[0][1],
-                            "top_logprobs": [{"token": t, "logprob": v} for t, v in tops]}]
+                            "top_logprobs": [{"token": t, "logprob": v} for t, v in listed]}]
                 reply = {"choices": [{"message": {"content": tops[0][0]}, "logprobs": {"content": content}}]}
             else:
-                text = "[Thought]: fine.\n[Score]: 7" if state.mode == "ok" else "I cannot judge this."
+                text = {"ok": "[Thought]: fine.\n[Score]: 7",
+                        "markdown": "**[Thought]:** fine.\n\n**[Score]:** 8"}.get(state.mode, "I cannot judge this.")
                 reply = {"choices": [{"message": {"role": "assistant", "content": text}}]}
             self._send(200, json.dumps(reply).encode())
 
@@ -284,3 +314,84 @@ def test_p_yes_is_nan_with_a_reason_when_both_answers_have_no_mass():
     p, why, _ = p_yes_from_logprobs({"Yes": -math.inf, "No": -math.inf, "Maybe": -0.1})
     assert math.isnan(p) and "'Yes' and 'No'" in why
     assert p_yes_from_logprobs({"Yes": -math.inf, "No": -0.1})[0] == 0.0  # a real, certain "No"
+
+
+# ------------------------------------------------------------------ P(Yes) when the listing is short (issue #10 §6b)
+def test_p_yes_bounds_the_unlisted_answer_by_what_the_listing_leaves():
+    lg = math.log
+    # only the sampled token known: the other answer holds at most 1 - p
+    p, why, bounded = p_yes_from_logprobs({"Yes": lg(0.99)}, top_k=False)
+    assert p == pytest.approx(0.99) and why is None and bounded
+    p, _, bounded = p_yes_from_logprobs({"No": lg(0.97)}, top_k=False)
+    assert p == pytest.approx(0.03) and bounded
+    p, why, _ = p_yes_from_logprobs({"Yes": lg(0.4)}, top_k=False)     # "No" may hold 0.6: no answer
+    assert math.isnan(p) and "undetermined" in why and "'No' may hold up to 0.6" in why
+    # a (short) top-k list: the unlisted answer is also below the least listed token
+    assert p_yes_from_logprobs({"Yes": lg(0.9), "The": lg(0.05)})[0] == pytest.approx(0.9 / 0.95)
+    assert p_yes_from_logprobs({"Yes": lg(0.5), "Sure": lg(0.3)})[0] == pytest.approx(0.5 / 0.7)
+    assert p_yes_from_logprobs({"No": lg(0.6), "Yes!": lg(0.4)})[0] == pytest.approx(0.0)  # nothing left: q = 0
+    # canonicalized variants: several unlisted variants could each reach the floor, so only the mass bound holds
+    p, _, bounded = p_yes_from_logprobs({"Yes": lg(0.6), " yes": lg(0.2)}, canonicalize=True)
+    assert p == pytest.approx(0.8) and bounded
+
+
+def _reply(token, logprob, tops):
+    content = [{"token": token, "logprob": logprob, "top_logprobs": tops}]
+    return {"choices": [{"message": {"content": token}, "logprobs": {"content": content}}]}
+
+
+@pytest.mark.parametrize("reply,expected", [
+    (_reply("Yes", math.log(0.99), []), 0.99),                                      # no top list at all
+    (_reply("No", math.log(0.97), None), 0.03),                                     # top list null
+    (_reply("Yes", math.log(0.99), [{"token": "Yes", "logprob": math.log(0.99)}]), 0.99),  # capped at 1
+    (_reply("No", math.log(0.97), [{"token": "No", "logprob": math.log(0.97)}]), 0.03),
+    (_reply("Yes", math.log(0.7), [{"token": "Yes", "logprob": math.log(0.7)},
+                                   {"token": "No", "logprob": math.log(0.2)}]), 0.7 / 0.9),
+])
+def test_server_replies_with_a_short_listing_score_by_their_answer(reply, expected):
+    from psrl.rewards.vlm.transports import FirstToken, parse_first_token
+
+    first = parse_first_token(reply)
+    assert isinstance(first, FirstToken)
+    p, why, _ = p_yes_from_logprobs(first.logprobs, top_k=first.top_k)
+    assert why is None and p == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("reply,why", [
+    (_reply("The", -0.05, []), "neither 'Yes' nor 'No'"),
+    (_reply("Yes", math.log(0.3), []), "undetermined"),
+    (_reply("Yes", float("nan"), []), "invalid logprobs"),
+    (_reply("Yes", 0.5, []), "invalid logprobs"),
+    ({"choices": [{"message": {"content": "Yes"}}]}, "no first-token logprobs"),
+])
+def test_server_replies_that_cannot_tell_the_answer_are_nan_with_a_reason(reply, why):
+    from psrl.rewards.vlm.transports import Failed, parse_first_token
+
+    first = parse_first_token(reply)
+    reason = first.reason if isinstance(first, Failed) else p_yes_from_logprobs(first.logprobs,
+                                                                                top_k=first.top_k)[1]
+    assert why in reason
+
+
+def test_top_logprobs_is_a_judge_key_and_a_sampled_only_server_is_scored(fake, refs):
+    reward = _remote("vlm_consistency", fake, refs, top_logprobs=5)
+    fake.mode = "sampled_yes"
+    out = reward(torch.rand(1, 3, 32, 32), [_rec(subjects=(("a.png", "cat"),))])
+    assert fake.requests[-1]["top_logprobs"] == 5
+    assert out.scores.item() == pytest.approx(0.99) and out.details["p_yes_bounded"] == [True]
+    fake.mode = "sampled_no"
+    assert reward(torch.rand(1, 3, 32, 32), [_rec(subjects=(("a.png", "cat"),))]).scores.item() == \
+        pytest.approx(0.03)
+    with pytest.raises(ValueError, match="top_logprobs"):
+        _remote("vlm_consistency", fake, refs, top_logprobs=-1)
+
+
+def test_semantic_alignment_reads_markdown_scores_except_in_compat_mode(fake):
+    fake.mode = "markdown"
+    img, rec = torch.rand(1, 3, 32, 32), [_rec(subset="Attribute")]
+    assert _remote("semantic_alignment", fake)(img, rec).scores.item() == pytest.approx(0.8)
+    compat = _remote("semantic_alignment", fake, mode="psrbench_compat")(img, rec)
+    assert math.isnan(compat.scores.item()) and "strict PSRBench parser" in compat.failures[0]
+    assert compat.details["raw_text"][0].endswith("**[Score]:** 8")
+    with pytest.raises(ValueError, match="mode"):
+        _remote("semantic_alignment", fake, mode="lenient")

@@ -12,26 +12,50 @@ What it does to a file, in order (each step matches what users' files really hol
    the data pipeline draws references on white), never dropped to black;
 5. everything else converted to RGB.
 
-:data:`MIN_SIDE` is the smallest side any reference or generated image may have (policies and rewards agree on it).
+:data:`MIN_SIDE` is the smallest side and :data:`MAX_ASPECT` the largest long/short side ratio any reference or
+generated image may have; policies and rewards agree on both (:func:`size_problem` is the one rule). 200 is the
+limit of the Qwen2-VL image processor (``smart_resize`` raises beyond it), which the VLM judges, HPSv3 and the
+Qwen-Image-Edit policy share; applying it to every model keeps "scorable" the same for every reward.
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 MIN_SIDE = 8  # pixels; below this no detector, embedder or VAE input makes sense
+MAX_ASPECT = 200.0  # long side / short side; the Qwen2-VL processor refuses anything more elongated
 
-ImageSource = Union[str, Path, bytes, BinaryIO]
+ImageSource = str | Path | bytes | BinaryIO
 
-_Color = Union[str, tuple]
+_Color = str | tuple
 
 
 class ImageLoadError(ValueError):
-    """An image file is missing, unreadable, truncated, too small or too large. The message says which and why."""
+    """An image file is missing, unreadable, truncated, too small, too elongated or too large. The message says
+    which and why; ``kind`` says it for code (``"missing"``, ``"unreadable"``, ``"too_small"``,
+    ``"too_elongated"``, ``"too_large"``), so callers can word their own errors without parsing the message."""
+
+    def __init__(self, message: str, kind: str = "unreadable"):
+        super().__init__(message)
+        self.kind = kind
+
+
+def size_problem(width: int, height: int, *, min_side: int = MIN_SIDE,
+                 max_aspect: float | None = MAX_ASPECT) -> tuple[str, str] | None:
+    """``None`` when a ``width x height`` image is usable by every psrl model, else ``(kind, reason)`` with kind
+    ``"too_small"`` (a side under ``min_side``; 0 disables) or ``"too_elongated"`` (long/short side over
+    ``max_aspect``; ``None`` disables). Pure: the same rule for files, tensors and PIL images."""
+    if min_side and min(width, height) < min_side:
+        return "too_small", f"image is {width}x{height}, too small (smaller than the minimum side {min_side})"
+    if max_aspect is not None and max(width, height) > max_aspect * max(min(width, height), 1):
+        ratio = max(width, height) / max(min(width, height), 1)
+        return "too_elongated", (f"image is {width}x{height}, too elongated (aspect ratio {ratio:.0f} exceeds the "
+                                 f"maximum {max_aspect:g})")
+    return None
 
 
 def _open(source: ImageSource) -> Image.Image:
@@ -72,7 +96,7 @@ def to_rgb(img: Image.Image, *, background: _Color = "white") -> Image.Image:
 
 
 def load_image(source: ImageSource, *, background: _Color = "white", min_side: int = MIN_SIDE,
-               max_pixels: int | None = None) -> Image.Image:
+               max_pixels: int | None = None, max_aspect: float | None = MAX_ASPECT) -> Image.Image:
     """Decode an image file (path, bytes or binary file) to an RGB ``PIL.Image`` (uint8, H x W x 3).
 
     Args:
@@ -81,41 +105,44 @@ def load_image(source: ImageSource, *, background: _Color = "white", min_side: i
         min_side: smallest allowed side in pixels (0 disables the check).
         max_pixels: largest allowed ``width * height``, checked from the header *before* decoding the pixels
             (the reward server's guard against decompression bombs); ``None`` keeps PIL's own bomb limit.
+        max_aspect: largest allowed long/short side ratio after EXIF orientation (``None`` disables).
 
     Raises:
-        ImageLoadError: missing file, not an image, truncated or corrupt data, smaller than ``min_side`` or larger
-            than ``max_pixels`` (the message names the file and the reason).
+        ImageLoadError: missing file, not an image, truncated or corrupt data, smaller than ``min_side``, more
+            elongated than ``max_aspect`` or larger than ``max_pixels`` (the message names the file and the
+            reason; ``kind`` classifies it).
     """
     where = str(source) if isinstance(source, (str, Path)) else "image data"
     if isinstance(source, (str, Path)) and not Path(source).is_file():
-        raise ImageLoadError(f"{where}: file not found")
+        raise ImageLoadError(f"{where}: file not found", "missing")
     try:
         with _open(source) as im:
             w, h = im.size
             if max_pixels is not None and w * h > max_pixels:
-                raise ImageLoadError(f"{where}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+                raise ImageLoadError(f"{where}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}",
+                                     "too_large")
             im.load()
             img = ImageOps.exif_transpose(im)
             img = to_rgb(img, background=background)
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"{where}: too many pixels ({e})") from e
+        raise ImageLoadError(f"{where}: too many pixels ({e})", "too_large") from e
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise ImageLoadError(f"{where}: unreadable image ({type(e).__name__}: {e})") from e
-    if min_side and min(img.size) < min_side:
-        raise ImageLoadError(f"{where}: image is {img.size[0]}x{img.size[1]}, smaller than the minimum side "
-                             f"{min_side}")
+    problem = size_problem(*img.size, min_side=min_side, max_aspect=max_aspect)
+    if problem:
+        raise ImageLoadError(f"{where}: {problem[1]}", problem[0])
     return img
 
 
-def check_image(path: str | Path, *, min_side: int = MIN_SIDE) -> str | None:
+def check_image(path: str | Path, *, min_side: int = MIN_SIDE, max_aspect: float | None = MAX_ASPECT) -> str | None:
     """``None`` when ``path`` decodes fully (the same rules as :func:`load_image`), else the reason."""
     try:
-        load_image(path, min_side=min_side)
+        load_image(path, min_side=min_side, max_aspect=max_aspect)
     except ImageLoadError as e:
         return str(e)
     return None
 
 
-__all__ = ["ImageLoadError", "MIN_SIDE", "check_image", "load_image", "to_rgb"]
+__all__ = ["MAX_ASPECT", "MIN_SIDE", "ImageLoadError", "check_image", "load_image", "size_problem", "to_rgb"]

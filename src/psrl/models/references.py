@@ -2,24 +2,27 @@
 data root, mode conversion, the UNO-style resize rule and conversion to model input tensors.
 
 Every bad input is a :class:`psrl.data.records.RecordError` naming the record and the value: a record without
-references, more references than the policy supports, a missing or unreadable file, an image too small for the
-model's latent grid. Images in another mode (RGBA, LA, L, P, CMYK, I;16) are converted to RGB (alpha dropped, as
-the rewards do) and the conversion is logged with the record id.
+references, more references than the policy supports, a missing or unreadable file, an image under
+:data:`psrl.images.MIN_SIDE` or more elongated than :data:`psrl.images.MAX_ASPECT` (the rewards refuse the same
+files), an image too small for the model's latent grid. Files are decoded by :func:`psrl.images.load_image`, the
+loader the rewards use too: EXIF orientation applied, 16-bit greyscale scaled to 8 bits, transparency composited
+onto ``background`` (white by default).
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import Record, RecordError, resolve_under
+from psrl.images import ImageLoadError, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -74,14 +77,18 @@ class ReferenceResize:
 
 
 class ReferenceLoader:
-    """Loads a record's reference images (RGB) under ``data_root``, with a small LRU cache of decoded files."""
+    """Loads a record's reference images (RGB, uint8) under ``data_root`` through :func:`psrl.images.load_image`,
+    with a small LRU cache of decoded files. ``background``: the colour transparent pixels are composited onto
+    (a PIL colour name or an RGB tuple)."""
 
-    def __init__(self, data_root: str | Path | None, *, max_references: int, max_cached: int = 64):
+    def __init__(self, data_root: str | Path | None, *, max_references: int, max_cached: int = 64,
+                 background: str | tuple = "white"):
         if max_references < 1:
             raise ValueError(f"max_references must be >= 1, got {max_references}")
         self.data_root = Path(data_root) if data_root is not None else Path(".")
         self.max_references = max_references
         self.max_cached = max_cached
+        self.background = background
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
 
     def paths(self, record: Record) -> list[str]:
@@ -109,18 +116,11 @@ class ReferenceLoader:
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        if not path.is_file():
-            raise RecordError(f"record {record.id!r}: reference image {rel!r} not found (looked at {path})")
         try:
-            with Image.open(path) as im:
-                im.load()
-                mode = im.mode
-                img = im.convert("RGB") if mode != "RGB" else im.copy()
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise RecordError(f"record {record.id!r}: reference image {rel!r} is unreadable "
-                              f"({type(e).__name__}: {e})") from e
-        if mode != "RGB":
-            logger.info("record %r: reference %s converted from %s to RGB", record.id, rel, mode)
+            img = load_image(path, background=self.background)
+        except ImageLoadError as e:
+            # the loader's message names the file and says what is wrong (not found, unreadable, too small, ...)
+            raise RecordError(f"record {record.id!r}: reference image {rel!r}: {e}") from e
         self._cache[key] = img
         if len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
@@ -143,4 +143,4 @@ def check_distinct_ids(records: Sequence[Record]) -> None:
             raise RecordError(f"two different records share the id {r.id!r}; record ids must be unique")
 
 
-__all__ = ["takes_data_root", "ReferenceLoader", "ReferenceResize", "check_distinct_ids", "pil_to_model_input"]
+__all__ = ["ReferenceLoader", "ReferenceResize", "check_distinct_ids", "pil_to_model_input", "takes_data_root"]

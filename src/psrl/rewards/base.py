@@ -1,13 +1,16 @@
 """The reward protocol, its output, the reward registry and the adapter for plain callables.
 
 A reward scores a batch of images against their records. An unscorable sample is ``NaN`` and ``failures[i]`` says
-why; a reward never invents a value.
+why; a reward never invents a value. One sample's failure never fails the batch: inputs are checked per sample
+(:func:`psrl.rewards.images.to_pil_images`, :class:`psrl.rewards.images.ReferenceImages`) and every model call runs
+through :func:`psrl.rewards.isolation.per_item`, which retries a batch that raises one item at a time.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor

@@ -7,8 +7,9 @@ Grounding DINO, which the PSRBench compat mode needs); :meth:`Detections.by_scor
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from PIL import Image
@@ -27,12 +28,12 @@ class Detections:
     def __len__(self) -> int:
         return int(self.scores.numel())
 
-    def by_score(self) -> "Detections":
+    def by_score(self) -> Detections:
         order = torch.argsort(self.scores, descending=True, stable=True)
         return Detections(self.boxes[order], self.scores[order])
 
     @staticmethod
-    def empty() -> "Detections":
+    def empty() -> Detections:
         return Detections(torch.zeros(0, 4), torch.zeros(0))
 
 
@@ -80,8 +81,9 @@ class GroundingDinoDetector:
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s:s + self.batch_size]
                 imgs = [images[i] for i in chunk]
-                inputs = self.processor(images=imgs, text=[grounding_caption(phrases[i]) for i in chunk],
-                                        return_tensors="pt", padding=True)
+                captions = [grounding_caption(phrases[i]) for i in chunk]
+                self._check_caption_lengths(captions)
+                inputs = self.processor(images=imgs, text=captions, return_tensors="pt", padding=True)
                 inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
                           for k, v in inputs.items()}
                 outputs = self.model(**inputs)
@@ -90,6 +92,17 @@ class GroundingDinoDetector:
                 for i, d in zip(chunk, dets):
                     out[i] = d
         return out
+
+    def _check_caption_lengths(self, captions: list[str]) -> None:
+        """The model's text branch holds ``max_text_len`` tokens; a longer caption fails deep inside the model with
+        a shape error, so say it plainly (the reward turns it into that sample's failure reason)."""
+        limit = getattr(self.model.config, "max_text_len", None)
+        if limit is None:
+            return
+        for c in captions:
+            n = len(self.processor.tokenizer(c)["input_ids"])
+            if n > limit:
+                raise ValueError(f"subject phrase {c[:40]!r}... is {n} tokens; grounding_dino reads at most {limit}")
 
 
 def grounding_boxes(logits: Tensor, pred_boxes: Tensor, sizes: list[tuple[int, int]], threshold: float

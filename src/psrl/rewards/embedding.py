@@ -9,7 +9,8 @@
 from __future__ import annotations
 
 import logging
-from typing import Protocol, Sequence, runtime_checkable
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F

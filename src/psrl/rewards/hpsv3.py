@@ -20,7 +20,7 @@ on real weights.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +29,7 @@ from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.images import to_pil_images
+from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -99,8 +100,8 @@ def _load_real(path: str, base_path: str, dtype):
     from transformers import AutoConfig, AutoTokenizer, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from psrl.rewards.preference import load_state_dict_file
     from psrl.models.qwen_processor import Qwen2VLImageOnlyProcessor
+    from psrl.rewards.preference import load_state_dict_file
 
     def _base(p):
         tok = AutoTokenizer.from_pretrained(p)
@@ -192,6 +193,12 @@ class HPSv3Reward:
         sigma = torch.full((len(records),), float("nan"))
         for s in range(0, len(idx), self.batch_size):
             chunk = idx[s:s + self.batch_size]
-            out = self._score([pils[b] for b in chunk], [records[b].prompt for b in chunk])
-            mu[chunk], sigma[chunk] = out[:, 0], out[:, 1]
+            # a sample the Qwen2-VL processor or the model rejects fails alone (psrl.rewards.isolation)
+            rows = per_item(lambda bs: self._score([pils[b] for b in bs], [records[b].prompt for b in bs]),
+                            chunk, "hpsv3 model")
+            for b, row in zip(chunk, rows):
+                if isinstance(row, Failed):
+                    failures[b] = row.reason
+                else:
+                    mu[b], sigma[b] = row[0], row[1]
         return RewardOutput(scores=mu, failures=failures, details={"sigma": sigma})

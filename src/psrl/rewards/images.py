@@ -2,25 +2,26 @@
 
 Rewards take ``images`` as a float tensor ``[B, 3, H, W]`` in [0, 1] (what policies produce) or, where sizes differ
 (CLI, reward server), a sequence of PIL images / ``[3, H, W]`` tensors. A batch of the wrong shape or range is a
-caller bug and raises; a single unusable sample (NaN pixels, too small) becomes a per-sample failure reason.
+caller bug and raises; a single unusable sample (NaN pixels, a side under :data:`psrl.images.MIN_SIDE`, an aspect
+ratio over :data:`psrl.images.MAX_ASPECT`) becomes a per-sample failure reason. Reference files are decoded by
+:func:`psrl.images.load_image`, the policies' loader, so a file the policy refuses the rewards refuse too.
 """
 from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import RecordError, resolve_under
+from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, load_image, size_problem, to_rgb
 
 logger = logging.getLogger(__name__)
-
-MIN_SIDE = 8  # below this no detector/embedder input makes sense
 
 
 def _tensor_to_pil(x: Tensor, where: str) -> tuple[Image.Image | None, str | None]:
@@ -37,9 +38,11 @@ def _tensor_to_pil(x: Tensor, where: str) -> tuple[Image.Image | None, str | Non
     return Image.fromarray(arr), None
 
 
-def to_pil_images(images: Tensor | Sequence) -> tuple[list[Image.Image | None], list[str | None]]:
-    """``(pil images, failure reasons)``. Unusable samples are ``None`` with a reason; PIL inputs of another mode
-    (L, RGBA, P) are converted to RGB (alpha dropped), which is what every model here expects."""
+def to_pil_images(images: Tensor | Sequence, *, background: str | tuple = "white"
+                  ) -> tuple[list[Image.Image | None], list[str | None]]:
+    """``(pil images, failure reasons)``. Unusable samples are ``None`` with a reason (NaN pixels, or the shared
+    size rule :func:`psrl.images.size_problem`); PIL inputs of another mode are converted to RGB as the loader
+    does (:func:`psrl.images.to_rgb`: 16-bit scaled, transparency composited onto ``background``)."""
     if isinstance(images, Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [B, 3, H, W] (RGB), got shape {tuple(images.shape)}")
@@ -50,13 +53,14 @@ def to_pil_images(images: Tensor | Sequence) -> tuple[list[Image.Image | None], 
     failures: list[str | None] = []
     for i, item in enumerate(items):
         if isinstance(item, Image.Image):
-            pil, why = (item if item.mode == "RGB" else item.convert("RGB")), None
+            pil, why = (item if item.mode == "RGB" else to_rgb(item, background=background)), None
         elif isinstance(item, Tensor):
             pil, why = _tensor_to_pil(item, f"images[{i}]")
         else:
             raise TypeError(f"images[{i}]: expected a PIL image or a tensor, got {type(item).__name__}")
-        if pil is not None and min(pil.size) < MIN_SIDE:
-            pil, why = None, f"image too small ({pil.size[0]}x{pil.size[1]}, min side {MIN_SIDE})"
+        problem = size_problem(*pil.size) if pil is not None else None
+        if problem:
+            pil, why = None, problem[1]
         pils.append(pil)
         failures.append(why)
     return pils, failures
@@ -69,15 +73,18 @@ def pil_to_tensor(img: Image.Image) -> Tensor:
 
 
 class ReferenceImageError(Exception):
-    """A reference image is missing or unreadable; the message is the failure reason."""
+    """A reference image is missing, unreadable or unusable; the message is the failure reason."""
 
 
 class ReferenceImages:
-    """Loads reference images under a data root (no escaping it), converted to RGB, with a small LRU cache."""
+    """Loads reference images under a data root (no escaping it) with :func:`psrl.images.load_image` (the
+    policies' loader: EXIF orientation, 16-bit scaling, transparency onto ``background``, the shared minimum side
+    and aspect limit), RGB uint8, with a small LRU cache."""
 
-    def __init__(self, data_root: str | Path | None, max_cached: int = 256):
+    def __init__(self, data_root: str | Path | None, max_cached: int = 256, background: str | tuple = "white"):
         self.data_root = Path(data_root) if data_root is not None else None
         self.max_cached = max_cached
+        self.background = background
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
 
     def path(self, rel: str | None) -> Path:
@@ -91,20 +98,17 @@ class ReferenceImages:
             raise ReferenceImageError(str(e)) from e
 
     def load(self, rel: str | None) -> Image.Image:
+        """The RGB image; raises :class:`ReferenceImageError` ("reference image <path>: <what is wrong>": file not
+        found, unreadable image, too small, too elongated, too many pixels)."""
         p = self.path(rel)
         key = str(p)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        if not p.is_file():
-            raise ReferenceImageError(f"reference image not found: {p}")
         try:
-            with Image.open(p) as im:
-                img = im.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError) as e:
-            raise ReferenceImageError(f"reference image unreadable: {p} ({type(e).__name__}: {e})") from e
-        if min(img.size) < MIN_SIDE:
-            raise ReferenceImageError(f"reference image too small: {p} ({img.size[0]}x{img.size[1]})")
+            img = load_image(p, background=self.background)
+        except ImageLoadError as e:
+            raise ReferenceImageError(f"reference image {e}") from e
         self._cache[key] = img
         if len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
@@ -123,5 +127,9 @@ def crop_box(img: Image.Image, box, *, truncate: bool = False) -> Image.Image | 
     y1, y2 = max(0.0, min(y1, h)), max(0.0, min(y2, h))
     if x2 - x1 < 1 or y2 - y1 < 1:
         return None
-    return img.crop((int(x1), int(y1), int(round(x2)) if not truncate else int(x2),
-                     int(round(y2)) if not truncate else int(y2)))
+    return img.crop((int(x1), int(y1), round(x2) if not truncate else int(x2),
+                     round(y2) if not truncate else int(y2)))
+
+
+__all__ = ["MAX_ASPECT", "MIN_SIDE", "ReferenceImageError", "ReferenceImages", "crop_box", "pil_to_tensor",
+           "to_pil_images"]

@@ -20,7 +20,7 @@ orderings. ``mode: psrbench_compat`` takes box 0 in detector order for both (equ
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -29,6 +29,7 @@ from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.detection import build_detector
 from psrl.rewards.images import to_pil_images
+from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,12 @@ class PositionReward:
                 failures[b] = "no spatial relation found in the instruction"
         pairs = [(b, p) for b in range(B) if not failures[b]
                  for p in dict.fromkeys(s.phrase.strip().lower() for s in records[b].subjects[:2])]
-        dets = self.detector.detect([pils[b] for b, _ in pairs], [p for _, p in pairs]) if pairs else []
+        dets = per_item(lambda ps: self.detector.detect([pils[b] for b, _ in ps], [p for _, p in ps]), pairs,
+                        "position detector")
         det_of = dict(zip(pairs, dets))
+        for (b, _), d in det_of.items():
+            if isinstance(d, Failed) and not failures[b]:
+                failures[b] = d.reason
         scores = torch.full((B,), float("nan"))
         missing: list[list[str]] = [[] for _ in range(B)]
         boxes_out: list[list | None] = [None] * B

@@ -14,7 +14,7 @@ truncated (77 tokens).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.embedding import _features, load_clip
 from psrl.rewards.images import to_pil_images
+from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -93,11 +94,19 @@ class _ClipRewardBase:
         idx = [b for b in range(len(records)) if not failures[b]]
         scores = torch.full((len(records),), float("nan"))
         cos = torch.full((len(records),), float("nan"))
-        if idx:
-            img, txt = self._embed([pils[b] for b in idx], [records[b].prompt for b in idx])
-            c = (img * txt).sum(-1)
-            cos[idx] = c
-            scores[idx] = score_fn(c)
+
+        def cosines(bs):
+            img, txt = self._embed([pils[b] for b in bs], [records[b].prompt for b in bs])
+            return (img * txt).sum(-1)
+
+        for b, c in zip(idx, per_item(cosines, idx, f"{name} model")):
+            if isinstance(c, Failed):
+                failures[b] = c.reason
+            else:
+                cos[b] = c
+        ok = [b for b in idx if not failures[b]]
+        if ok:
+            scores[ok] = score_fn(cos[ok])
         return RewardOutput(scores=scores, failures=failures, details={"cosine": cos})
 
 
@@ -170,7 +179,12 @@ class AestheticReward:
             raise ValueError(f"aesthetic: {len(pils)} images for {len(records)} records")
         idx = [b for b in range(len(records)) if not failures[b]]
         scores = torch.full((len(records),), float("nan"))
-        if idx:
-            feats = self.embedder.embed([pils[b] for b in idx]).to(self.device)
-            scores[idx] = self.head(feats).squeeze(-1).float().cpu()
+        feats = per_item(lambda bs: self.embedder.embed([pils[b] for b in bs]), idx, "aesthetic clip model")
+        for b, f in zip(idx, feats):
+            if isinstance(f, Failed):
+                failures[b] = f.reason
+        ok = [(b, f) for b, f in zip(idx, feats) if not isinstance(f, Failed)]
+        if ok:
+            x = torch.stack([f for _, f in ok]).to(self.device)
+            scores[[b for b, _ in ok]] = self.head(x).squeeze(-1).float().cpu()
         return RewardOutput(scores=scores, failures=failures)

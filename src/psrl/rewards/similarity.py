@@ -5,12 +5,13 @@ generated image and of each whole reference image, averaged over the record's su
 * ``clip_i``: CLIP image features (ViT-B/32 by default, as the DreamBench evaluation of UNO/OmniGen).
 
 Reference embeddings are cached by (file, mtime). ``scale`` multiplies the cosine (some papers report x100).
+``background``: the colour transparent reference pixels are composited onto (white, as the policies load them).
 """
 from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -19,6 +20,7 @@ from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+from psrl.rewards.isolation import Failed, per_item
 
 
 class ImageSimilarityReward:
@@ -27,11 +29,14 @@ class ImageSimilarityReward:
     default_path = "facebook/dino-vits16"
 
     def __init__(self, device="cpu", *, path: str | None = None, embedder=None, data_root: str | None = None,
-                 scale: float = 1.0, dtype=None, cache_size: int = 4096):
-        spec = dict(embedder or {"kind": self.default_kind})
-        spec.setdefault("path", path or self.default_path)
+                 scale: float = 1.0, dtype=None, cache_size: int = 4096, background: str | tuple = "white"):
+        if embedder is None or isinstance(embedder, (str, dict)):
+            spec = {"kind": embedder} if isinstance(embedder, str) else dict(embedder or {"kind": self.default_kind})
+            spec.setdefault("path", path or self.default_path)
+        else:
+            spec = embedder  # an already built Embedder (benchmarks, tests)
         self.embedder = build_embedder(spec, device=device, dtype=dtype)
-        self.refs = ReferenceImages(data_root)
+        self.refs = ReferenceImages(data_root, background=background)
         self.scale, self.cache_size = scale, cache_size
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
@@ -49,7 +54,11 @@ class ImageSimilarityReward:
             except ReferenceImageError as e:
                 out[rel] = str(e)
         if imgs:
-            for (rel, key), emb in zip(todo, self.embedder.embed(imgs)):
+            embs = per_item(self.embedder.embed, imgs, f"{self.name} embedder on the reference")
+            for (rel, key), emb in zip(todo, embs):
+                if isinstance(emb, Failed):
+                    out[rel] = emb.reason
+                    continue
                 out[rel] = emb
                 self._cache[key] = emb
                 if len(self._cache) > self.cache_size:
@@ -72,10 +81,12 @@ class ImageSimilarityReward:
         idx = [b for b in range(len(records)) if not failures[b]]
         scores = torch.full((len(records),), float("nan"))
         per_subject: list[list[float]] = [[] for _ in records]
-        if idx:
-            gen = self.embedder.embed([pils[b] for b in idx])
-            for row, b in enumerate(idx):
-                sims = [float(gen[row] @ refs[s.image]) * self.scale for s in records[b].subjects]
+        gen = per_item(lambda bs: self.embedder.embed([pils[b] for b in bs]), idx, f"{self.name} embedder")
+        for emb, b in zip(gen, idx):
+            if isinstance(emb, Failed):
+                failures[b] = emb.reason
+            else:
+                sims = [float(emb @ refs[s.image]) * self.scale for s in records[b].subjects]
                 per_subject[b] = sims
                 scores[b] = sum(sims) / len(sims)
         return RewardOutput(scores=scores, failures=failures, details={"per_subject": per_subject})

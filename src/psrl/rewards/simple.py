@@ -1,13 +1,14 @@
 """Rewards that need no model: useful on random weights, for demos, tests and sanity checks."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
+from psrl.rewards.images import pil_to_tensor, to_pil_images
 
 
 class MeanColorReward:
@@ -21,11 +22,19 @@ class MeanColorReward:
             raise ValueError(f"mean_color target must be 3 values in [0, 1], got {target!r}")
         self.target = torch.tensor([float(c) for c in target])
 
-    def __call__(self, images: Tensor, records: Sequence[Record]) -> RewardOutput:
-        if images.ndim != 4 or images.shape[1] != 3:
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        """``images``: ``[B, 3, H, W]`` in [0, 1], or a sequence of PIL images / ``[3, H, W]`` tensors of any
+        sizes. A sample with NaN pixels or outside the shared size rule is NaN with the reason, like every reward."""
+        if isinstance(images, Tensor) and (images.ndim != 4 or images.shape[1] != 3):
             raise ValueError(f"mean_color expects images [B, 3, H, W], got {tuple(images.shape)}")
-        means = images.detach().float().clamp(0, 1).mean(dim=(2, 3)).cpu()
+        pils, failures = to_pil_images(images)  # the shared per-sample validation (NaN, size, range)
+        if len(pils) != len(records):
+            raise ValueError(f"mean_color: {len(pils)} images for {len(records)} records")
+        means = torch.full((len(pils), 3), float("nan"))
+        for b, item in enumerate(images):
+            if failures[b] is None:
+                # tensors are averaged as given (no 8-bit rounding); PIL inputs as their RGB conversion
+                x = item if isinstance(item, Tensor) else pil_to_tensor(pils[b])
+                means[b] = x.detach().float().clamp(0, 1).mean(dim=(1, 2)).cpu()
         dist = (means - self.target).norm(dim=1) / (3**0.5)
-        scores = 1.0 - dist
-        failures = ["image contains NaN" if torch.isnan(s) else None for s in scores]
-        return RewardOutput(scores=scores, details={"mean_rgb": means}, failures=failures)
+        return RewardOutput(scores=1.0 - dist, details={"mean_rgb": means}, failures=failures)

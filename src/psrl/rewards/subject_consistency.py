@@ -28,7 +28,7 @@ import logging
 import math
 import os
 from collections import OrderedDict, defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from psrl.rewards.base import RewardOutput
 from psrl.rewards.detection import Detections, build_detector
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, to_pil_images
+from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
 
 logger = logging.getLogger(__name__)
@@ -49,8 +50,9 @@ MODES = ("honest", "psrbench_compat")
 
 
 def with_tiny_default(spec, path: str | None):
-    """Apply a reward-level ``path: tiny`` to a sub-model spec that does not name its own path."""
-    if path is None:
+    """Apply a reward-level ``path: tiny`` to a sub-model spec that does not name its own path (a built component,
+    such as a Detector or Embedder object, passes through)."""
+    if path is None or not (spec is None or isinstance(spec, (str, dict))):
         return spec
     spec = {"kind": spec} if isinstance(spec, str) else dict(spec or {})
     spec.setdefault("path", path)
@@ -62,7 +64,7 @@ class SubjectConsistencyReward:
 
     def __init__(self, device="cpu", *, detector=None, embedder=None, data_root: str | None = None,
                  mode: str = "honest", missing: str = "zero", extra_candidates: int = 0, path: str | None = None,
-                 dtype=None, cache_size: int = 4096):
+                 dtype=None, cache_size: int = 4096, background: str | tuple = "white"):
         if mode not in MODES:
             raise ValueError(f"subject_consistency: mode must be one of {MODES}, got {mode!r}")
         if missing not in ("zero", "nan"):
@@ -77,7 +79,7 @@ class SubjectConsistencyReward:
                                        device=device, dtype=dtype)
         self.embedder = build_embedder(with_tiny_default(embedder or {"kind": "dino_vit"}, path),
                                        device=device, dtype=dtype)
-        self.refs = ReferenceImages(data_root)
+        self.refs = ReferenceImages(data_root, background=background)
         self.cache_size = cache_size
         self._ref_cache: OrderedDict[tuple, tuple[Tensor, bool]] = OrderedDict()
         self.stats = {"reference_passes": 0, "reference_cache_hits": 0}
@@ -113,15 +115,23 @@ class SubjectConsistencyReward:
         if not todo_keys:
             return out
         self.stats["reference_passes"] += 1
-        dets = self.detector.detect(todo_imgs, todo_phrases)
+        n = range(len(todo_keys))
+        dets = per_item(lambda ix: self.detector.detect([todo_imgs[i] for i in ix], [todo_phrases[i] for i in ix]),
+                        n, "subject_consistency detector on the reference")
         crops, whole = [], []
         for img, det in zip(todo_imgs, dets):
-            crop = self._first_crop(img, det)
+            crop = None if isinstance(det, Failed) else self._first_crop(img, det)
             whole.append(crop is None)
             crops.append(img if crop is None else crop)
-        embs = self.embedder.embed(crops)
-        for key, emb, w in zip(todo_keys, embs, whole):
-            entry = (emb, w)
+        ok = [i for i in n if not isinstance(dets[i], Failed)]
+        embs = dict(zip(ok, per_item(lambda ix: self.embedder.embed([crops[i] for i in ix]), ok,
+                                     "subject_consistency embedder on the reference")))
+        for i, key, w in zip(n, todo_keys, whole):
+            got = dets[i] if isinstance(dets[i], Failed) else embs[i]
+            if isinstance(got, Failed):  # not cached: a transient failure (out of memory) may pass next time
+                out[key] = got.reason
+                continue
+            entry = (got, w)
             out[key] = entry
             self._ref_cache[key] = entry
             if len(self._ref_cache) > self.cache_size:
@@ -169,10 +179,15 @@ class SubjectConsistencyReward:
         # 2. one detection per (sample, distinct phrase), batched over the whole batch
         pairs = [(b, p) for b in range(B) if not failures[b]
                  for p in dict.fromkeys(s.phrase.strip().lower() for s in records[b].subjects)]
-        dets = self.detector.detect([pils[b] for b, _ in pairs], [p for _, p in pairs]) if pairs else []
+        dets = per_item(lambda ps: self.detector.detect([pils[b] for b, _ in ps], [p for _, p in ps]), pairs,
+                        "subject_consistency detector")
         det_of = {pair: d for pair, d in zip(pairs, dets)}
+        for (b, _), d in det_of.items():
+            if isinstance(d, Failed) and not failures[b]:
+                failures[b] = d.reason
         # 3. candidate crops per (sample, phrase), embedded in one pass
         cand_crops: list[Image.Image] = []
+        crop_owner: list[int] = []  # the sample each candidate crop belongs to
         cand_index: dict[tuple[int, str], list[int]] = {}
         compat_index: dict[tuple[int, int], int | None] = {}
         for b in range(B):
@@ -187,6 +202,7 @@ class SubjectConsistencyReward:
                     crop = self._first_crop(pils[b], det, index=i if same_pair else 0)
                     compat_index[(b, i)] = len(cand_crops)
                     cand_crops.append(pils[b] if crop is None else crop)
+                    crop_owner.append(b)
                 continue
             counts = defaultdict(int)
             for s in subjects:
@@ -199,8 +215,12 @@ class SubjectConsistencyReward:
                     if crop is not None:
                         idx.append(len(cand_crops))
                         cand_crops.append(crop)
+                        crop_owner.append(b)
                 cand_index[(b, p)] = idx
-        cand_embs = self.embedder.embed(cand_crops) if cand_crops else torch.zeros(0, 0)
+        cand_embs = per_item(self.embedder.embed, cand_crops, "subject_consistency embedder")
+        for b, emb in zip(crop_owner, cand_embs):  # a sample whose crop failed to embed fails alone
+            if isinstance(emb, Failed) and not failures[b]:
+                failures[b] = emb.reason
         # 4. similarities, assignment, aggregation
         scores = torch.full((B,), float("nan"))
         per_subject: list[list[float]] = [[] for _ in range(B)]
@@ -226,7 +246,8 @@ class SubjectConsistencyReward:
                     idx = cand_index[(b, p)]
                     if idx:
                         ref_mat = torch.stack([refs[i][0] for i in members])           # [k, d]
-                        sim = (ref_mat @ cand_embs[idx].T).numpy().astype(np.float64)  # [k, m]
+                        cands = torch.stack([cand_embs[i] for i in idx])                 # [m, d]
+                        sim = (ref_mat @ cands.T).numpy().astype(np.float64)             # [k, m]
                         rows, cols = linear_sum_assignment(sim, maximize=True)
                         for r, c in zip(rows, cols):
                             sims[members[r]] = float(sim[r, c])

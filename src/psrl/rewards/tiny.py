@@ -33,8 +33,13 @@ def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=("Yes", "No")):
 # ----------------------------------------------------------------------------- detectors
 def tiny_grounding_dino(words=DETECTOR_WORDS, image_size: int = 128):
     """(model, processor). 5 queries; the 4th feature level needs >= 128 px input (gotcha G3)."""
-    from transformers import BertTokenizer, GroundingDinoConfig, GroundingDinoForObjectDetection, SwinConfig
-    from transformers import GroundingDinoProcessor
+    from transformers import (
+        BertTokenizer,
+        GroundingDinoConfig,
+        GroundingDinoForObjectDetection,
+        GroundingDinoProcessor,
+        SwinConfig,
+    )
     from transformers.models.grounding_dino.image_processing_pil_grounding_dino import (
         GroundingDinoImageProcessorPil,
     )
@@ -166,7 +171,6 @@ def tiny_qwen2_vl_hps():
     from transformers import Qwen2VLForConditionalGeneration
 
     from psrl.models.tiny_more import tiny_qwen_vl_config
-
     from psrl.rewards.hpsv3 import HPSv3Head
 
     tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())

@@ -4,13 +4,17 @@ Every reward takes the judge options ``transport`` (``local`` | ``remote``; ``en
 ``transport: remote, url: URL``); for ``local``: ``path`` (a Qwen2.5-VL
 directory or hub id, or ``tiny``), ``adapter_path`` (peft LoRA, e.g. PaCo-Reward-7B-Lora), ``dtype``,
 ``batch_size``; for ``remote``: ``url`` (``http://host:port/v1``), ``model``, ``api_key`` / ``api_key_env``,
-``timeout``, ``retries``, ``backoff``, ``max_concurrency``, ``image_format``.
+``timeout``, ``retries``, ``backoff``, ``max_concurrency``, ``image_format``; for both: ``top_logprobs`` (20: how
+many most probable first tokens to request; lower it for servers that cap it). Rewards that read references take
+``background`` (the colour transparent reference pixels are composited onto; white).
 
 * ``vlm_consistency`` (p_yes, PaCo prompt): P(consistent) for each (reference_i, generated) pair, averaged
   (``pairs: all`` scores every unordered pair of {references..., generated}, PaCo's image-set rule).
 * ``semantic_alignment`` (rubric): the PSRBench prompt for ``tags["subset"]`` (attribute, action, background,
   complex, three, four; others use ``default_subset``), only the generated image is shown, score / 10 in [0, 1].
-  PSRBench's Position subset is scored by geometry: use the ``position`` reward.
+  ``mode: honest`` (default) reads the score with the tolerant parser (``**[Score]:** 8``, ``[score]: 6``,
+  ``[Score]：8``), ``mode: psrbench_compat`` with the released strict regex. PSRBench's Position subset is scored
+  by geometry: use the ``position`` reward.
 * ``edit_consistency`` (p_yes): ``sqrt(P(consistent) * P(follows instruction))`` for (original, edited), the original
   being the record's first subject image.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -31,7 +35,9 @@ from psrl.rewards.vlm.prompts import EDIT_CONSISTENCY_PROMPT, EDIT_FOLLOW_PROMPT
 from psrl.rewards.vlm.transports import JudgeRequest, build_transport
 
 JUDGE_KEYS = ("transport", "path", "adapter_path", "batch_size", "url", "model", "api_key", "api_key_env",
-              "timeout", "retries", "backoff", "max_concurrency", "image_format", "dtype")
+              "timeout", "retries", "backoff", "max_concurrency", "image_format", "dtype", "top_logprobs")
+# the rubric parser of each mode (the same mode names as subject_consistency and position)
+RUBRIC_PARSER_OF_MODE = {"honest": "tolerant", "psrbench_compat": "strict"}
 
 
 def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
@@ -46,9 +52,9 @@ def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
 
 
 class _PairwiseBase:
-    def __init__(self, device, data_root, canonicalize, judge_kwargs):
+    def __init__(self, device, data_root, canonicalize, judge_kwargs, background="white"):
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
-        self.refs = ReferenceImages(data_root)
+        self.refs = ReferenceImages(data_root, background=background)
 
     def _score_pairs(self, images, records, make_requests, combine):
         """``make_requests(b, generated, record) -> list[JudgeRequest]``; ``combine(list[p]) -> score``."""
@@ -86,10 +92,11 @@ class VlmConsistencyReward(_PairwiseBase):
     name = "vlm_consistency"
 
     def __init__(self, device="cpu", *, data_root: str | None = None, pairs: str = "references",
-                 template: str = "v1", canonicalize: bool = False, **judge_kwargs):
+                 template: str = "v1", canonicalize: bool = False, background: str | tuple = "white",
+                 **judge_kwargs):
         if pairs not in ("references", "all"):
             raise ValueError(f"vlm_consistency: pairs must be 'references' or 'all', got {pairs!r}")
-        super().__init__(device, data_root, canonicalize, judge_kwargs)
+        super().__init__(device, data_root, canonicalize, judge_kwargs, background)
         self.pairs, self.template = pairs, template
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
@@ -110,8 +117,9 @@ class VlmConsistencyReward(_PairwiseBase):
 class EditConsistencyReward(_PairwiseBase):
     name = "edit_consistency"
 
-    def __init__(self, device="cpu", *, data_root: str | None = None, canonicalize: bool = False, **judge_kwargs):
-        super().__init__(device, data_root, canonicalize, judge_kwargs)
+    def __init__(self, device="cpu", *, data_root: str | None = None, canonicalize: bool = False,
+                 background: str | tuple = "white", **judge_kwargs):
+        super().__init__(device, data_root, canonicalize, judge_kwargs, background)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
         def make(gen, rec: Record):
@@ -133,11 +141,16 @@ class SemanticAlignmentReward:
     name = "semantic_alignment"
 
     def __init__(self, device="cpu", *, default_subset: str = "complex", max_new_tokens: int = 512,
-                 temperature: float | None = None, data_root: str | None = None, **judge_kwargs):
+                 temperature: float | None = None, data_root: str | None = None, mode: str = "honest",
+                 **judge_kwargs):
         # data_root is accepted for a uniform call signature; the rubric shows only the generated image
+        if mode not in RUBRIC_PARSER_OF_MODE:
+            raise ValueError(f"semantic_alignment: mode must be one of {sorted(RUBRIC_PARSER_OF_MODE)}, got {mode!r}")
         if temperature is None and (judge_kwargs.get("transport") == "remote" or "endpoint" in judge_kwargs):
             temperature = 0.2  # the PSRBench request; local generation is greedy unless asked
-        self.judge = _judge(device, judge_kwargs, max_new_tokens=max_new_tokens, temperature=temperature)
+        self.mode = mode
+        self.judge = _judge(device, judge_kwargs, max_new_tokens=max_new_tokens, temperature=temperature,
+                            rubric_parser=RUBRIC_PARSER_OF_MODE[mode])
         self.default_subset = default_subset
         rubric_prompt(None, "", default_subset)  # validates the name early
 

@@ -17,11 +17,12 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
+from psrl.images import ImageLoadError, load_image
 from psrl.models.base import SamplingConfig
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
@@ -58,18 +59,19 @@ def sample_sigmas(n: int, scheme: str, generator: torch.Generator | None = None,
 
 
 def load_target(root: str | Path, record: Record, height: int, width: int) -> Tensor:
-    """The record's target as ``[3, height, width]`` in [0, 1]: RGB, resized so it covers the size (LANCZOS), then
-    centre-cropped. Errors name the record."""
+    """The record's target as ``[3, height, width]`` float32 in [0, 1]: decoded by :func:`psrl.images.load_image`
+    (EXIF orientation, 16-bit scaling, transparency onto white, the shared minimum side and aspect limit), resized
+    so it covers the size (LANCZOS), then centre-cropped. Errors are :class:`RecordError` naming the record."""
     if not record.target:
         raise RecordError(f"record {record.id!r} has no 'target' image; SFT needs one per record")
     path = resolve_under(root, record.target, what=f"record {record.id!r} target image")
     if not path.is_file():
         raise RecordError(f"record {record.id!r}: target image {record.target!r} not found (looked at {path})")
     try:
-        with Image.open(path) as im:
-            img = im.convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise RecordError(f"record {record.id!r}: target image {record.target!r} is unreadable ({e})") from e
+        img = load_image(path)
+    except ImageLoadError as e:
+        why = "is unreadable" if e.kind == "unreadable" else "is unusable"
+        raise RecordError(f"record {record.id!r}: target image {record.target!r} {why} ({e})") from e
     scale = max(width / img.width, height / img.height)
     rw, rh = max(width, round(img.width * scale)), max(height, round(img.height * scale))
     if (rw, rh) != img.size:

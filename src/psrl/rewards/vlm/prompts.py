@@ -75,8 +75,14 @@ RUBRIC_PROMPTS = {
 }
 RUBRIC_PROMPTS["three"] = RUBRIC_PROMPTS["four"] = RUBRIC_PROMPTS["complex"]
 
-# the PSRBench scorer's regex; the first match is the score
+# the PSRBench scorer's regex (wang-shulei/PSR @ 154df4e); the first match is the score
 SCORE_RE = re.compile(r"\[Score\]:\s*([\d.]+)")
+# what real judges write around it: markdown emphasis (``**[Score]:** 8``, ``[Score]: **8**``), any case, spaces
+# before the colon, a full-width colon or brackets (``[Score]：8``, ``【Score】: 8``); the number must end there
+# ("7.5.1" is not a score), "8." at the end of a sentence is 8
+TOLERANT_SCORE_RE = re.compile(r"[\[【]\s*score\s*[\]】][\s*_`]*[:：][\s*_`]*(\d+(?:\.\d+)?)(?!\.?\d)",
+                               re.IGNORECASE)
+RUBRIC_PARSERS = {"tolerant": TOLERANT_SCORE_RE, "strict": SCORE_RE}
 
 
 def rubric_prompt(subset: str | None, instruction: str, default_subset: str = "complex") -> tuple[str, str]:
@@ -87,10 +93,16 @@ def rubric_prompt(subset: str | None, instruction: str, default_subset: str = "c
     return RUBRIC_PROMPTS[key].format(instruction), key
 
 
-def parse_rubric_score(text: str, max_score: float = 10.0) -> float | None:
-    """Strict parser: the first ``[Score]: <number>`` in ``text``, which must be a number in [0, max_score];
-    ``None`` otherwise (the PSRBench scorer substitutes 5 here; we never invent a value)."""
-    m = SCORE_RE.search(text or "")
+def parse_rubric_score(text: str, max_score: float = 10.0, parser: str = "tolerant") -> float | None:
+    """The score of a rubric reply: the first match of the parser's pattern in ``text``, which must be a number in
+    [0, max_score]; ``None`` otherwise (the PSRBench scorer substitutes 5 here; we never invent a value).
+
+    ``parser``: ``"tolerant"`` (default; :data:`TOLERANT_SCORE_RE`: markdown emphasis, any case, spaces, full-width
+    colon) or ``"strict"`` (the released regex :data:`SCORE_RE`, for ``psrbench_compat``: ``**[Score]:** 8`` is
+    then unparsable, as it is for the released scorer)."""
+    if parser not in RUBRIC_PARSERS:
+        raise ValueError(f"rubric parser must be one of {sorted(RUBRIC_PARSERS)}, got {parser!r}")
+    m = RUBRIC_PARSERS[parser].search(text or "")
     if not m:
         return None
     raw = m.group(1).rstrip(".") if m.group(1).count(".") > 1 or m.group(1).endswith(".") else m.group(1)

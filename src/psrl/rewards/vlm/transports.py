@@ -1,12 +1,15 @@
 """How a judge request reaches a VLM: in-process transformers, or an OpenAI-compatible chat-completions endpoint
 (vLLM, sglang). Both answer two questions for a batch of requests (images + one text turn):
 
-* ``first_token_logprobs(requests, answer_tokens)`` -> per request ``{token: logprob}`` of the first answer token
-  (the top-k tokens, plus ``answer_tokens`` exactly where the transport can compute them);
+* ``first_token_logprobs(requests, answer_tokens)`` -> per request a :class:`FirstToken`: ``{token: logprob}`` of
+  the first answer token (the top-k tokens, plus ``answer_tokens`` exactly where the transport can compute them),
+  and whether the listing is a top-k list or only the sampled token;
 * ``generate(requests, max_new_tokens, temperature)`` -> per request the reply text.
 
 A request that cannot be answered yields :class:`Failed` with the reason instead of raising, so one bad sample or
-an unreachable endpoint becomes NaN + reason in the reward.
+an unreachable endpoint becomes NaN + reason in the reward. The local transport batches requests; a batch the
+processor or the model rejects (the Qwen2-VL processor refuses an image with an aspect ratio over 200 for the whole
+batch) is retried one request at a time (:func:`psrl.rewards.isolation.per_item`), so only the bad request fails.
 """
 from __future__ import annotations
 
@@ -17,14 +20,16 @@ import math
 import os
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import torch
 from PIL import Image
 
 from psrl.errors import ModelLoadError
+from psrl.rewards.isolation import Failed, describe, per_item
 from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -37,13 +42,18 @@ class JudgeRequest:
 
 
 @dataclass
-class Failed:
-    reason: str
+class FirstToken:
+    """Log-probabilities of the first answer token. ``top_k``: the listed tokens are the model's most probable
+    ones (so an unlisted token is at most as probable as the least probable listed one); ``False`` when only the
+    sampled token is known (a server that returns no ``top_logprobs``)."""
+
+    logprobs: dict[str, float]
+    top_k: bool = True
 
 
 class Transport(Protocol):
     def first_token_logprobs(self, requests: Sequence[JudgeRequest], answer_tokens: Sequence[str]
-                             ) -> list[dict[str, float] | Failed]: ...
+                             ) -> list[FirstToken | Failed]: ...
 
     def generate(self, requests: Sequence[JudgeRequest], max_new_tokens: int, temperature: float | None
                  ) -> list[str | Failed]: ...
@@ -110,11 +120,12 @@ def _merge_adapter(model, adapter_path: str):
 class LocalTransport:
     """transformers ``AutoModelForImageTextToText`` (Qwen2.5-VL family), optional peft LoRA adapter merged in."""
 
-    def __init__(self, path: str, *, device="cpu", dtype=None, adapter_path: str | None = None, batch_size: int = 4):
+    def __init__(self, path: str, *, device="cpu", dtype=None, adapter_path: str | None = None, batch_size: int = 4,
+                 top_logprobs: int = 20):
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
         self.model, self.processor = _load_local_vlm(path, adapter_path, self.device, self.dtype)
         self.tokenizer = self.processor.tokenizer
-        self.batch_size = batch_size
+        self.batch_size, self.top_logprobs = batch_size, top_logprobs
 
     def _token_id(self, token: str) -> int:
         ids = self.tokenizer.encode(token, add_special_tokens=False)
@@ -135,33 +146,59 @@ class LocalTransport:
                 for k, v in inputs.items()}
 
     @torch.no_grad()
-    def first_token_logprobs(self, requests, answer_tokens, top_k: int = 20):
+    def first_token_logprobs(self, requests, answer_tokens):
         ids = {t: self._token_id(t) for t in answer_tokens}
-        out: list[dict[str, float] | Failed] = []
-        for s in range(0, len(requests), self.batch_size):
-            logits = self.model(**self._inputs(requests[s:s + self.batch_size])).logits[:, -1].float()
-            logp = torch.log_softmax(logits, dim=-1).cpu()
-            for row in logp:
-                top = torch.topk(row, min(top_k, row.numel()))
+
+        def batch(reqs: list[JudgeRequest]) -> list[FirstToken]:
+            logits = self.model(**self._inputs(reqs)).logits[:, -1].float()
+            rows = []
+            for row in torch.log_softmax(logits, dim=-1).cpu():
+                top = torch.topk(row, min(self.top_logprobs, row.numel()))
                 d = {self.tokenizer.decode([int(i)]): float(v) for v, i in zip(top.values, top.indices)}
                 d.update({t: float(row[i]) for t, i in ids.items()})
-                out.append(d)
+                rows.append(FirstToken(d, top_k=True))
+            return rows
+
+        out: list[FirstToken | Failed] = []
+        for s in range(0, len(requests), self.batch_size):
+            out += per_item(batch, requests[s:s + self.batch_size], "vlm judge")
         return out
 
     @torch.no_grad()
     def generate(self, requests, max_new_tokens: int = 512, temperature: float | None = None):
-        out: list[str | Failed] = []
         sample = temperature is not None and temperature > 0
-        for s in range(0, len(requests), self.batch_size):
-            inputs = self._inputs(requests[s:s + self.batch_size])
-            kwargs = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
+        kwargs = {"do_sample": True, "temperature": temperature} if sample else {"do_sample": False}
+
+        def batch(reqs: list[JudgeRequest]) -> list[str]:
+            inputs = self._inputs(reqs)
             seq = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
-            new = seq[:, inputs["input_ids"].shape[1]:]
-            out += self.tokenizer.batch_decode(new, skip_special_tokens=True)
+            return self.tokenizer.batch_decode(seq[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+        out: list[str | Failed] = []
+        for s in range(0, len(requests), self.batch_size):
+            out += per_item(batch, requests[s:s + self.batch_size], "vlm judge")
         return out
 
 
 # ---------------------------------------------------------------------------------------------- remote
+def parse_first_token(data: dict) -> FirstToken | Failed:
+    """The first answer token of an OpenAI-compatible chat-completions reply (``logprobs: true``):
+    ``choices[0].logprobs.content[0]`` gives the sampled ``token`` / ``logprob`` and its ``top_logprobs`` list.
+    An empty or absent ``top_logprobs`` (a server that caps or ignores it) leaves only the sampled token:
+    ``FirstToken(top_k=False)``. A reply without them, or with a NaN or positive logprob, is :class:`Failed`."""
+    try:
+        first = data["choices"][0]["logprobs"]["content"][0]
+        tops = first.get("top_logprobs") or []
+        d = {str(t["token"]): float(t["logprob"]) for t in tops}
+        d.setdefault(str(first["token"]), float(first["logprob"]))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+        return Failed(f"judge reply has no first-token logprobs ({type(e).__name__}: {e}): {str(data)[:200]!r}")
+    # a log-probability is finite or -inf, and <= 0 (a little rounding above 0 is tolerated)
+    if not all((math.isfinite(v) or v == -math.inf) and v <= 1e-6 for v in d.values()):
+        return Failed(f"judge reply has invalid logprobs: {str(data)[:200]!r}")
+    return FirstToken(d, top_k=bool(tops))
+
+
 def image_data_url(img: Image.Image, fmt: str = "png") -> str:
     buf = io.BytesIO()
     img.convert("RGB").save(buf, format="JPEG" if fmt.lower() in ("jpg", "jpeg") else "PNG")
@@ -226,10 +263,16 @@ class RemoteTransport:
         return Failed(f"{last} (after {self.retries + 1} attempts)")
 
     def _map(self, fn, items):
+        def safe(x):  # a request that cannot even be built (an image that fails to encode) fails alone
+            try:
+                return fn(x)
+            except Exception as e:  # noqa: BLE001
+                return Failed(describe("vlm judge request", e))
+
         if len(items) <= 1 or self.max_concurrency <= 1:
-            return [fn(x) for x in items]
+            return [safe(x) for x in items]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(items))) as pool:
-            return list(pool.map(fn, items))
+            return list(pool.map(safe, items))
 
     def first_token_logprobs(self, requests, answer_tokens):
         def one(r: JudgeRequest):
@@ -237,16 +280,7 @@ class RemoteTransport:
                                "temperature": 0.0, "logprobs": True, "top_logprobs": self.top_logprobs})
             if isinstance(data, Failed):
                 return data
-            try:
-                first = data["choices"][0]["logprobs"]["content"][0]
-                d = {str(t["token"]): float(t["logprob"]) for t in first.get("top_logprobs") or []}
-                d.setdefault(str(first["token"]), float(first["logprob"]))
-            except (KeyError, IndexError, TypeError, ValueError) as e:
-                return Failed(f"judge reply has no first-token logprobs ({type(e).__name__}: {e}): "
-                              f"{str(data)[:200]!r}")
-            if not d or not all(math.isfinite(v) or v == -math.inf for v in d.values()):
-                return Failed(f"judge reply has invalid logprobs: {str(data)[:200]!r}")
-            return d
+            return parse_first_token(data)
 
         return self._map(one, list(requests))
 
@@ -273,12 +307,16 @@ def build_transport(*, transport: str = "local", device="cpu", dtype=None, path:
                     adapter_path: str | None = None, batch_size: int = 4, url: str | None = None,
                     model: str = "default", api_key: str | None = None, api_key_env: str | None = None,
                     timeout: float = 60.0, retries: int = 3, backoff: float = 1.0, max_concurrency: int = 8,
-                    image_format: str = "png") -> Transport:
+                    image_format: str = "png", top_logprobs: int = 20) -> Transport:
+    """A judge transport from its config keys. ``top_logprobs``: how many most probable first tokens to ask for
+    (remote: the request's ``top_logprobs``; some servers cap it, OpenAI at 20) or to keep (local)."""
+    if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or top_logprobs < 0:
+        raise ValueError(f"vlm judge: top_logprobs must be an integer >= 0, got {top_logprobs!r}")
     if transport == "local":
         return LocalTransport(path or "Qwen/Qwen2.5-VL-7B-Instruct", device=device, dtype=dtype,
-                              adapter_path=adapter_path, batch_size=batch_size)
+                              adapter_path=adapter_path, batch_size=batch_size, top_logprobs=top_logprobs)
     if transport == "remote":
         return RemoteTransport(url, model=model, api_key=api_key, api_key_env=api_key_env, timeout=timeout,
                                retries=retries, backoff=backoff, max_concurrency=max_concurrency,
-                               image_format=image_format)
+                               image_format=image_format, top_logprobs=top_logprobs)
     raise ValueError(f"vlm judge transport must be 'local' or 'remote', got {transport!r}")
