@@ -30,7 +30,7 @@ GOOD = {
                 ("The dog sits next to the calculator in a colorful playroom full of toys.", ["dog", "calculator"])],
     "Three": [("The ring and the car and the cat are in a desert.", ["ring", "car", "cat"]),
               ("The dog and the crab and the trolley on a beach.", ["dog", "crab", "trolley"])],
-    "Four": [("The helicopter and the ring and the car and the cat in a desert.", ["helicopter", "ring", "car", "cat"]),
+    "Four": [("The helicopter and the ring and the car and the cat in a desert.", ["helicopter", "ring", "car", "cat"]),  # noqa: E501
              ("The dog and the zebra and the airplane and the calculator at night.",
               ["dog", "zebra", "airplane", "calculator"])],
 }

@@ -53,7 +53,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
 
     # one process accumulating all 4 micro-batches of a step takes the same updates
     single = subprocess.run([sys.executable, "-m", "psrl", "train"] + ARGS +
-                            ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=sp", "--set", "train.max_steps=1",
+                            ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=sp", "--set", "train.max_steps=1",  # noqa: E501
                              "--set", "train.gradient_accumulation=4"],
                             capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]

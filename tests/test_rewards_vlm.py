@@ -43,7 +43,7 @@ def test_tolerant_rubric_parser_reads_real_reply_shapes(text, score):
     assert parse_rubric_score(text, parser="strict") is None
 
 
-@pytest.mark.parametrize("text", ["[Score]: 7.5.1", "[Score]: 11", "[Score]: -2", "Score: 8", "[Thought]: … [Score]: …",
+@pytest.mark.parametrize("text", ["[Score]: 7.5.1", "[Score]: 11", "[Score]: -2", "Score: 8", "[Thought]: … [Score]: …",  # noqa: E501
                                   "the score is 8", "[Score]: eight"])
 def test_tolerant_rubric_parser_still_refuses_non_scores(text):
     assert parse_rubric_score(text) is None

@@ -1,10 +1,10 @@
 """The VLM judge: two scoring modes over any transport.
 
-* ``p_yes``: P("Yes") / (P("Yes") + P("No")) of the first answer token (PaCo-Reward, X-GenGroup/PaCo-RL @ 08caac6,
-  research notes paco_flowgrpo.md §2.3; computed as ``sigmoid(logp("Yes") - logp("No"))``). With ``canonicalize`` the probabilities of every case/whitespace
-  variant of yes/no are summed. When a remote endpoint lists only one of the two answers, the other is bounded by
-  what the listing leaves (:func:`p_yes_from_logprobs`), ``details`` flags it; when the listing cannot tell the
-  answer, or lists neither, the sample is NaN with the reason (PaCo returns 0.0).
+* ``p_yes``: P("Yes") / (P("Yes") + P("No")) of the first answer token (PaCo-Reward, arXiv 2512.04784;
+  X-GenGroup/PaCo-RL@08caac6; computed as ``sigmoid(logp("Yes") - logp("No"))``). With ``canonicalize`` the
+  probabilities of every case/whitespace variant of yes/no are summed. When a remote endpoint lists only one of the
+  two answers, the other is bounded by what the listing leaves (:func:`p_yes_from_logprobs`), ``details`` flags it;
+  when the listing cannot tell the answer, or lists neither, the sample is NaN with the reason (PaCo returns 0.0).
 * ``rubric``: the reply text is parsed by :func:`psrl.rewards.vlm.prompts.parse_rubric_score` (the tolerant parser,
   or the released strict regex under ``psrbench_compat``); no parsable score -> NaN with the raw text kept (the
   PSRBench scorer substitutes 5).
