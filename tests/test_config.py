@@ -144,3 +144,22 @@ def test_print_config_shows_help_beside_each_value(capsys):
     import yaml
 
     assert yaml.safe_load(out)["train"]["lr"] == 0.03  # still valid YAML
+
+
+def test_set_gives_string_fields_the_text_as_typed():
+    from psrl.rl.run_config import load_run_config
+
+    cfg = load_run_config(None, ["model.path=0123", "run.name=007", "data.records=[a, b]"])
+    assert cfg.model.path == "0123" and cfg.run.name == "007"  # not YAML's 83 and 7
+    assert cfg.data.records == ["a", "b"]  # a list where the field takes one
+
+
+def test_set_secret_values_are_never_echoed():
+    from psrl.rl.run_config import load_run_config
+
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, ["rewards.0.args.api_key=hunter2", "train.lr=oops"])
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError) as info:
+        load_run_config(None, ["run.api_token=hunter2"])
+    assert "hunter2" not in str(info.value) and "api_token=***" in str(info.value)

@@ -413,3 +413,10 @@ def test_the_table_says_when_a_step_learned_nothing():
            "clipfrac": 0.0, "time/step": 0.1, "adv/num_trained_samples": 0.0}
     table = reward_table([row, dict(row, **{"adv/num_trained_samples": 4.0})], 0)
     assert table.count("no trainable group") == 2 and "1 of 2 step(s) had no trainable group" in table
+
+
+def test_failure_reasons_are_logged_whole(tmp_path, caplog):
+    t = GRPOTrainer(_cfg(tmp_path, "why", "train.max_steps=1", "train.max_invalid_steps=0"))
+    t.rewards[0] = type("R", (), {"name": "face", "__call__": staticmethod(_all_nan)})()
+    t.train()
+    assert "reward 'face' could not score 4 sample(s): 4 x no face found" in caplog.text

@@ -38,23 +38,37 @@ def _where(source: Source, key: str) -> str:
     return f" (in {source})"
 
 
+class _OverrideSource:
+    """Where each key came from: ``--set`` for the keys an override touched, ``base`` for the rest; also the raw
+    text of each override, so a string field gets what was typed (``--set model.path=0123`` is ``"0123"``, not
+    YAML's 83; ``--set host=::`` is ``"::"``)."""
+
+    def __init__(self, base: str, overrides: list[str] | None):
+        self.base = base
+        self.touched: list[tuple[str, str]] = []
+        self.raw: dict[str, str] = {}
+        for item in overrides or []:
+            key, _, value = item.partition("=")
+            key = key.strip()
+            shown = "***" if _SECRET.search(key.rsplit(".", 1)[-1]) else value
+            self.touched.append((key, f"{key}={shown}"))
+            self.raw[key] = value
+
+    def __call__(self, key: str) -> str:
+        for path, text in reversed(self.touched):
+            if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+                return f" (from --set {text})"
+        return f" (in {self.base})"
+
+
 def override_source(base: str, overrides: list[str] | None) -> Source:
     """A source that names ``--set`` for the keys an override touched and ``base`` for the rest. Values of keys
     that look secret (``*key*``, ``*token*``, ...) are shown as ``***``."""
-    touched = []
-    for item in overrides or []:
-        key, _, value = item.partition("=")
-        key = key.strip()
-        shown = "***" if _SECRET.search(key.rsplit(".", 1)[-1]) else value
-        touched.append((key, f"{key}={shown}"))
+    return _OverrideSource(base, overrides)
 
-    def describe(key: str) -> str:
-        for path, text in reversed(touched):
-            if path == key or path.startswith(key + ".") or key.startswith(path + "."):
-                return f" (from --set {text})"
-        return f" (in {base})"
 
-    return describe
+def _raw_override(source: Source, key: str) -> str | None:
+    return source.raw.get(key) if isinstance(source, _OverrideSource) else None
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -143,7 +157,7 @@ def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = Non
         raise ConfigError(f"{prefix or 'config'}: {e}{where}") from e
 
 
-def _convert(tp: Any, value: Any, key: str, source: Source) -> Any:
+def _convert(tp: Any, value: Any, key: str, source: Source, allow_raw: bool = True) -> Any:
     where = _where(source, key)
     origin = get_origin(tp)
     if tp is Any:
@@ -159,9 +173,12 @@ def _convert(tp: Any, value: Any, key: str, source: Source) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _convert(arg, value, key, source)
+                return _convert(arg, value, key, source, allow_raw=False)  # the parsed value first, every arm
             except ConfigError as e:
                 errors.append(str(e))
+        raw = _raw_override(source, key)
+        if raw is not None and str in args and not isinstance(value, str):
+            return raw  # a string field typed on the command line: the text as typed, not its YAML reading
         raise ConfigError(f"bad value for {key!r}: {value!r} does not match {_type_name(tp)}{where}")
     if origin is Literal:
         choices = get_args(tp)
@@ -212,6 +229,9 @@ def _convert(tp: Any, value: Any, key: str, source: Source) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        raw = _raw_override(source, key) if allow_raw else None
+        if raw is not None:
+            return raw
         raise ConfigError(f"bad value for {key!r}: expected a string, got {value!r}{where}")
     return value
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections import Counter
 import random
 import time
 from contextlib import contextmanager, nullcontext
@@ -76,6 +77,20 @@ def _call_reward(reward, rollout):
         got = scores.numel() if isinstance(scores, torch.Tensor) else type(scores).__name__
         return None, f"reward {name!r} returned {got} scores for {len(rollout)} images"
     return out, None
+
+
+def _log_failure_reasons(per_process: list[dict]) -> None:
+    """One warning per reward that could not score some samples this step, with the commonest reasons whole (a
+    failure rate alone does not say what to fix)."""
+    merged: dict[str, Counter] = {}
+    for reasons in per_process:
+        for name, counts in reasons.items():
+            merged.setdefault(name, Counter()).update(counts)
+    for name, counts in merged.items():
+        if counts:
+            top = "; ".join(f"{n} x {why}" for why, n in counts.most_common(3))
+            more = f"; and {len(counts) - 3} other reason(s)" if len(counts) > 3 else ""
+            logger.warning("reward %r could not score %d sample(s): %s%s", name, sum(counts.values()), top, more)
 
 
 def oom_advice(cfg: RunConfig, phase: str) -> str:
@@ -294,6 +309,7 @@ class GRPOTrainer(BaseTrainer):
         returns the wrong number of scores ends the run cleanly (the step is abandoned before any update, the
         checkpoint saved), naming the reward and what it did; all processes agree before anyone stops."""
         columns, failures, error = [], [], None
+        reasons: dict[str, Counter] = {}
         for reward in self.rewards:
             scores, failed = [], 0
             for r in rollouts:
@@ -301,14 +317,19 @@ class GRPOTrainer(BaseTrainer):
                 if error is not None:
                     break
                 scores.append(out.scores.float().cpu().reshape(-1))
-                failed += sum(f is not None for f in out.failures)
+                why = [f for f in out.failures if f is not None]
+                failed += len(why)
+                reasons.setdefault(reward.name, Counter()).update(str(f) for f in why)
             if error is not None:
                 break
             columns.append(torch.cat(scores))
             failures.append(failed)
-        errors = [e for e in dist.gather_objects(error) if e is not None]
+        gathered = dist.gather_objects((error, reasons))
+        errors = [e for e, _ in gathered if e is not None]
         if errors:
             raise StepAbandoned(errors[0], 1)
+        if self.is_main:
+            _log_failure_reasons([r for _, r in gathered])
         return torch.stack(columns, dim=1), torch.tensor(failures, dtype=torch.float32)
 
     def _reward_metrics(self, all_rewards, local_failures) -> dict:
