@@ -138,8 +138,7 @@ class SlowMeanColor:
             time.sleep(self.sleep)
         if self.log:
             with open(self.log, "a") as f:
-                for r, img in zip(records, images):
-                    f.write(f"{r.id} {float(img.float().mean()):.6f}\n")
+                f.writelines(f"{r.id} {float(img.float().mean()):.6f}\n" for r, img in zip(records, images))
         scores = images.float().mean(dim=(1, 2, 3))
         failures = [None] * len(records)
         for i, r in enumerate(records):
