@@ -86,5 +86,5 @@ def test_generate_reads_kontext_references_from_the_data_root(tmp_path, monkeypa
     configs = Path(__file__).resolve().parents[1] / "configs" / "tiny"
     monkeypatch.chdir(tmp_path)  # references must not be looked up in the working directory
     assert main(["generate", "--config", str(configs / "psr_kontext.yaml"), "--records",
-                 str(configs / "data" / "records.jsonl"), "--out", "imgs", "--steps", "2"]) == 0
-    assert (tmp_path / "imgs" / "tiny-2.png").is_file()
+                 str(configs / "data" / "psr" / "eval.jsonl"), "--out", "imgs", "--steps", "2"]) == 0
+    assert (tmp_path / "imgs" / "tiny-eval-1.png").is_file()
