@@ -160,6 +160,17 @@ class RaisingOnCrab:
         return RewardOutput(scores=torch.ones(len(records)))
 
 
+class WordyJudge:
+    """A judge that never writes a score: NaN for every sample, with a reason that holds colons (as real judge
+    replies do), to test that failure summaries keep reasons whole."""
+
+    name = "wordy_judge"
+
+    def __call__(self, images, records):
+        reason = "judge reply has no parsable '[Score]': I would rate it 8/10: the dog is clear"
+        return RewardOutput(scores=torch.full((len(records),), float("nan")), failures=[reason] * len(records))
+
+
 def metric_set_for_tests(log: str | None = None, sleep: float = 0.0) -> dict:
     """A plain-data metric set over test rewards (for ``parse_metrics`` / ``--metrics``)."""
     slow = {"reward": "fixtures_bench:SlowMeanColor", "args": {"sleep": sleep, "log": log}}

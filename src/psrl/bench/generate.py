@@ -64,7 +64,8 @@ def invalid_keys(data: LoadedSubsets) -> dict[str, str]:
     return {k: "; ".join(v) for k, v in out.items()}
 
 
-def plan_entries(data: LoadedSubsets, *, skip_invalid: bool = False) -> tuple[list[BenchItem], list[str]]:
+def plan_entries(data: LoadedSubsets, *, skip_invalid: bool = False,
+                 action: str = "generate") -> tuple[list[BenchItem], list[str]]:
     """``(entries to generate, keys of invalid entries skipped)``, checked before any model is built.
 
     Raises:
@@ -76,7 +77,7 @@ def plan_entries(data: LoadedSubsets, *, skip_invalid: bool = False) -> tuple[li
     if bad and not skip_invalid:
         lines = "\n  ".join(f"{k}: {v}" for k, v in bad.items())
         raise PsrlError(f"{len(bad)} invalid entr{'y' if len(bad) == 1 else 'ies'} (fix them or pass "
-                        f"--skip-invalid to generate the rest):\n  {lines}")
+                        f"--skip-invalid to {action} the rest):\n  {lines}")
     valid = [item for item in data.items if item.record is not None and item.key not in bad]
     skipped = [item.key for item in data.items if item.record is None or item.key in bad]
     if not valid:
@@ -84,7 +85,7 @@ def plan_entries(data: LoadedSubsets, *, skip_invalid: bool = False) -> tuple[li
         why = f"{len(data.items)} entr{'y' if len(data.items) == 1 else 'ies'} found, {len(skipped)} invalid"
         if file_issues:
             why += "; " + "; ".join(file_issues)
-        raise PsrlError(f"nothing to generate: no valid benchmark entry ({why})")
+        raise PsrlError(f"nothing to {action}: no valid benchmark entry ({why})")
     return valid, skipped
 
 

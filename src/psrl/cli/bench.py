@@ -159,7 +159,7 @@ def cmd_records(args) -> int:
     for issue in data.issues:
         if issue.index is None:
             print(f"warning: {issue}", file=sys.stderr)
-    valid, skipped = plan_entries(data, skip_invalid=args.skip_invalid)
+    valid, skipped = plan_entries(data, skip_invalid=args.skip_invalid, action="write")
     # the absolute data root is a tag for evaluation only; a records file is read against the recipe's data_root
     records = [dataclasses.replace(item.record, tags={k: v for k, v in item.record.tags.items() if k != "data_root"})
                for item in valid]
