@@ -82,7 +82,7 @@ def add_parser(sub) -> None:
     e.add_argument("--device")
     e.add_argument("--retry-failed", action="store_true", help="re-score samples that failed on some dimension")
     e.add_argument("--no-report", action="store_true")
-    e.add_argument("--max-failure-rate", type=_rate, default=1.0, metavar="F",
+    e.add_argument("--max-failure-rate", type=fraction_arg, default=1.0, metavar="F",
                    help="exit 1 when more than this fraction of the samples failed on some dimension (default 1.0: "
                         "only a dimension that scored no sample at all is an error)")
     _benchmark_args(e, default=None)
@@ -104,7 +104,8 @@ def add_parser(sub) -> None:
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
-def _rate(text: str) -> float:
+def fraction_arg(text: str) -> float:
+    """argparse type of ``--max-failure-rate`` (here and in ``psrl reward score``): a number in [0, 1]."""
     try:
         value = float(text)
     except ValueError:

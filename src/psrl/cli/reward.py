@@ -1,8 +1,10 @@
 """``psrl reward score``: score generated images against their records with any registered reward, write one JSON
 line per sample (score, failure, details) and print a summary. ``psrl reward list`` shows the reward names.
 
-Generated images are looked up as ``<images>/<record id>.{png,jpg,jpeg,webp}``; a missing or unreadable image is
-a counted failure of that sample, not an abort.
+Generated images are looked up as ``<images>/<record id>.{png,jpg,jpeg,webp}`` and decoded by
+:func:`psrl.images.load_image`; a missing or unreadable image is a counted failure of that sample, not an abort.
+The command exits 1 when no sample was scored, or more than ``--max-failure-rate`` of them failed, with the failure
+reasons printed whole.
 """
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ import math
 import os
 import sys
 from pathlib import Path
+
+from psrl.cli.bench import fraction_arg
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -27,25 +31,13 @@ def add_parser(subparsers) -> None:
     s.add_argument("--out", help="output JSONL (default: <images>/scores_<reward>.jsonl)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--batch-size", type=int, default=8)
-    s.add_argument("--max-failure-rate", type=_rate, default=1.0, metavar="F",
+    s.add_argument("--max-failure-rate", type=fraction_arg, default=1.0, metavar="F",
                    help="exit 1 when more than this fraction of the samples failed (default 1.0: only when no "
                         "sample was scored)")
     s.set_defaults(func=_score)
     ls = sub.add_parser("list", help="list registered reward names")
     ls.set_defaults(func=_list)
     p.set_defaults(func=lambda args: p.print_help() or 2)
-
-
-def _rate(text: str) -> float:
-    import argparse
-
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0.0 <= value <= 1.0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
-    return value
 
 
 def _list(args) -> int:
