@@ -272,7 +272,7 @@ def test_reward_server_example_config_and_the_readme_request(tmp_path):
 
 def test_data_pipeline_config_loads():
     from psrl.config import load_config
-    from psrl.data.pipeline.config import DataPipelineConfig, ExportConfig
+    from psrl.data.pipeline.config import DataPipelineConfig
 
     cfg = load_config(DataPipelineConfig, CONFIGS / "data_psr.yaml")
     assert cfg.export.heldout_fraction == 0.02 and cfg.render.model.name == "flux"
