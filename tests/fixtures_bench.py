@@ -138,8 +138,7 @@ class SlowMeanColor:
             time.sleep(self.sleep)
         if self.log:
             with open(self.log, "a") as f:
-                for r, img in zip(records, images):
-                    f.write(f"{r.id} {float(img.float().mean()):.6f}\n")
+                f.writelines(f"{r.id} {float(img.float().mean()):.6f}\n" for r, img in zip(records, images))
         scores = images.float().mean(dim=(1, 2, 3))
         failures = [None] * len(records)
         for i, r in enumerate(records):
@@ -159,6 +158,17 @@ class RaisingOnCrab:
         if any(s.phrase == "crab" for r in records for s in r.subjects):
             raise RuntimeError("detector crashed on crab")
         return RewardOutput(scores=torch.ones(len(records)))
+
+
+class WordyJudge:
+    """A judge that never writes a score: NaN for every sample, with a reason that holds colons (as real judge
+    replies do), to test that failure summaries keep reasons whole."""
+
+    name = "wordy_judge"
+
+    def __call__(self, images, records):
+        reason = "judge reply has no parsable '[Score]': I would rate it 8/10: the dog is clear"
+        return RewardOutput(scores=torch.full((len(records),), float("nan")), failures=[reason] * len(records))
 
 
 def metric_set_for_tests(log: str | None = None, sleep: float = 0.0) -> dict:

@@ -6,8 +6,8 @@ import subprocess
 
 import pytest
 import yaml
-
 from fixtures_bench import make_psrbench
+
 from psrl.cli.main import main
 
 KONTEXT = {
@@ -32,7 +32,7 @@ def run(tmp_path_factory):
 
 
 def test_generate_and_eval_from_the_cli(run, capsys):
-    base, root, out = run
+    _base, root, out = run
     manifest = json.loads((out / "bench.json").read_text())
     assert manifest["data_root"] == str(root.resolve()) and manifest["model"]["name"] == "flux_kontext"
     assert sorted(manifest["skipped_invalid"]) == ["Action/1", "Attribute/1", "Background/1", "Complex/1",
@@ -70,7 +70,7 @@ def test_generate_and_eval_from_the_cli(run, capsys):
 
 
 def test_compat_mode_report_and_compare(run, capsys):
-    base, root, out = run
+    base, _root, out = run
     assert main(["bench", "eval", "--results", str(out), "--tiny", "--psrbench-compat", "--subsets", "Position",
                  "Four"]) == 0
     compat = json.loads((out / "eval_compat" / "summary.json").read_text())
@@ -104,7 +104,7 @@ def test_html_report_renders_in_headless_chromium(run, tmp_path):
     cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
            "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
            f"--screenshot={shot}", "--window-size=1000,1400", (out / "eval" / "report.html").as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=90)
+    subprocess.run(cmd, capture_output=True, timeout=90, check=False)
     assert shot.is_file(), "chromium wrote no screenshot"
     with Image.open(shot) as im:
         im = im.convert("RGB")

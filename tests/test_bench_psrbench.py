@@ -2,11 +2,11 @@
 import json
 
 import pytest
-
 from fixtures_bench import GOOD, make_dreambench, make_psrbench
+
 from psrl.bench.dreambench import dreambench_prompts, dreambench_spec, load_dreambench
 from psrl.bench.psrbench import export_subset, load_psrbench, parse_entry
-from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, parse_metrics, psrbench_metrics, metrics_to_json
+from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, metrics_to_json, parse_metrics, psrbench_metrics
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +48,8 @@ def test_unknown_subset_name_and_missing_file(tmp_path):
     make_psrbench(tmp_path, bad=False)
     (tmp_path / "Four.json").unlink()
     data = load_psrbench(tmp_path, ["Attribute", "Nope"])
-    assert [str(i) for i in data.issues] == ["Nope.subset: unknown subset; known: Attribute, Action, Background, "
-                                             "Position, Complex, Three, Four"]
+    assert [str(i) for i in data.issues] == [("Nope.subset: unknown subset; known: Attribute, Action, Background, "
+                                              "Position, Complex, Three, Four")]
     data = load_psrbench(tmp_path)
     assert any(i.subset == "Four" and i.field == "file" for i in data.issues)
 

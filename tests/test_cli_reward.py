@@ -86,5 +86,27 @@ def test_generate_reads_kontext_references_from_the_data_root(tmp_path, monkeypa
     configs = Path(__file__).resolve().parents[1] / "configs" / "tiny"
     monkeypatch.chdir(tmp_path)  # references must not be looked up in the working directory
     assert main(["generate", "--config", str(configs / "psr_kontext.yaml"), "--records",
-                 str(configs / "data" / "records.jsonl"), "--out", "imgs", "--steps", "2"]) == 0
-    assert (tmp_path / "imgs" / "tiny-2.png").is_file()
+                 str(configs / "data" / "psr" / "eval.jsonl"), "--out", "imgs", "--steps", "2"]) == 0
+    assert (tmp_path / "imgs" / "tiny-eval-1.png").is_file()
+
+
+def test_reward_score_exit_codes_max_failure_rate_and_whole_reasons(workdir, capsys):
+    """2 of 6 samples have no usable image: fine by default, an error over --max-failure-rate; a reward that fails
+    every sample exits 1 with its reason printed whole (colons included)."""
+    base = ["reward", "score", "--records", str(workdir / "records.jsonl"), "--images", str(workdir / "images")]
+    assert main(base + ["--reward", "mean_color"]) == 0
+    out = capsys.readouterr().out
+    assert f"1 x generated image {workdir / 'images' / 's4.png'}: unreadable image" in out
+    assert f"1 x generated image not found: {workdir / 'images' / 's5.png'}" in out
+    assert main(base + ["--reward", "mean_color", "--max-failure-rate", "0.2"]) == 1
+    assert "error: mean_color: 2/6 samples failed (more than --max-failure-rate 0.2)" in capsys.readouterr().err
+    assert main(base + ["--reward", "mean_color", "--max-failure-rate", "0.5"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--reward", "fixtures_bench:WordyJudge"]) == 1
+    captured = capsys.readouterr()
+    whole = "judge reply has no parsable '[Score]': I would rate it 8/10: the dog is clear"
+    assert f"  4 x {whole}" in captured.out
+    assert "error: fixtures_bench:WordyJudge: 6/6 samples failed (every sample): 4 x " + whole in captured.err
+    rows = [json.loads(x) for x in (workdir / "images" / "scores_fixtures_bench_WordyJudge.jsonl").read_text()
+            .splitlines()]
+    assert len(rows) == 6 and all(r["score"] is None for r in rows) and rows[0]["failure"] == whole

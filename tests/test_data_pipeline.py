@@ -369,8 +369,8 @@ def test_export_writes_records_and_psrbench(tmp_path):
     mf.write_jsonl_atomic(tmp_path / "filter.jsonl", entries)
     cfg = cfg_with(export={"heldout_fraction": 0.4})
     stats = run_export(tmp_path, cfg)
-    train, held = read_records(tmp_path / "train.jsonl"), read_records(tmp_path / "heldout.jsonl")
-    assert len(train) + len(held) == 20 and stats.extra["heldout"] == len(held) > 0
+    train, held = read_records(tmp_path / "train.jsonl"), read_records(tmp_path / "eval.jsonl")
+    assert len(train) + len(held) == 20 and stats.extra["eval"] == len(held) > 0
     for r in train + held:
         assert resolve_under(tmp_path, r.target).is_file()
         assert all(resolve_under(tmp_path, s.image).is_file() for s in r.subjects)
@@ -462,7 +462,7 @@ def test_filter_stage_reasons_and_near_duplicates(tmp_path):
         return [scores[r.id][0] for r in records]
 
     order = iter(scores)
-    embed = lambda images: torch.tensor([scores[next(order)][1] for _ in images])  # noqa: E731
+    embed = lambda images: torch.tensor([scores[next(order)][1] for _ in images])
     stage = FilterScoresStage(cfg, tmp_path, score=score, embed=embed)
     run_stage(stage, tmp_path)
     entries = {e["id"]: e for e in dedup_pass(tmp_path, cfg)}

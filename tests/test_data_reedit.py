@@ -87,7 +87,7 @@ def test_stage_edits_eligible_targets_and_passes_the_rest(tmp_path):
         assert Image.open(tmp_path / e["target"]).getpixel((0, 0)) == (64, 64, 64)
         assert e["edit"].startswith(("Edit the image", "Change the setting")) and e["slots"] != _slots(e["task"])
     # the editor sees the target itself as its one input image, with the edit as the prompt
-    first = dict((sid, (prompt, images)) for sid, prompt, images in calls[0])
+    first = {sid: (prompt, images) for sid, prompt, images in calls[0]}
     assert first["s0"] == (out["s0"]["edit"], ["targets/s0.png"])
     assert stats.kept == 4 and stats.rejected_by_reason == {"reedit_error": 1} and stats.extra["edited"] == 2
 

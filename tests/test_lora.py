@@ -8,7 +8,11 @@ from psrl.models.base import SamplingConfig
 from psrl.models.config import LoraConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.lora import (
-    LORA_TARGET_PRESETS, LORA_WEIGHT_NAME, lora_parameters, read_lora_file, resolve_target_modules,
+    LORA_TARGET_PRESETS,
+    LORA_WEIGHT_NAME,
+    lora_parameters,
+    read_lora_file,
+    resolve_target_modules,
 )
 from psrl.models.tiny import tiny_flux_components, tiny_flux_transformer
 
@@ -68,7 +72,7 @@ def test_saved_lora_loads_in_flux_pipeline_and_round_trips(tmp_path):
     ours = policy.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
     pipe = FluxPipeline(**tiny_flux_components())
     pipe.set_progress_bar_config(disable=True)
-    call = lambda: pipe("a red dog", num_inference_steps=2, height=16, width=16, max_sequence_length=16,  # noqa
+    call = lambda: pipe("a red dog", num_inference_steps=2, height=16, width=16, max_sequence_length=16,
                         output_type="pt", guidance_scale=3.5, generator=torch.Generator().manual_seed(0)).images
     base = call()
     pipe.load_lora_weights(str(tmp_path))
@@ -148,7 +152,7 @@ def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_pat
     with rl.disable_lora():
         reference = rl.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
     assert (reference - sft_images).abs().max() < 1e-4
-    assert sorted(p.shape[0] for n, p in lora_parameters(rl.transformer) if "lora_A" in n)[-1] == 4
+    assert max(p.shape[0] for n, p in lora_parameters(rl.transformer) if "lora_A" in n) == 4
 
     # the RL adapter records what it was trained on; loading it on another base warns
     _perturb(rl, seed=1)
@@ -220,11 +224,18 @@ def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_pat
     assert meta["transformer.r"] == 12 and meta["transformer.lora_alpha"] == 12 and FUSED_METADATA_KEY not in meta
     assert {v.shape[0] for k, v in tensors.items() if ".lora_A." in k} == {12}
 
-    # combining the RL LoRA with anything but its SFT base keeps the record of what must be fused under it
+    # combining the RL LoRA with anything but its SFT base is refused, naming the recorded base; --force writes
+    # it and keeps the record of what must be fused under it
     _policy(rank=2).save_lora(tmp_path / "other")
-    combine_lora_files([tmp_path / "rl", tmp_path / "other"], tmp_path / "rl_other")
+    capsys.readouterr()
+    assert main(["lora", "combine", str(tmp_path / "other"), str(tmp_path / "rl"), "--out",
+                 str(tmp_path / "rl_other")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--force" in err
+    assert str(tmp_path / "sft" / LORA_WEIGHT_NAME) in err and not (tmp_path / "rl_other").exists()
+    combine_lora_files([tmp_path / "rl", tmp_path / "other"], tmp_path / "rl_other", force=True)
     fused = read_lora_file(tmp_path / "rl_other")[2][FUSED_METADATA_KEY]
-    assert [e["path"] for e in fused] == [str(tmp_path / "sft" / LORA_WEIGHT_NAME)]
+    assert [e["path"] for e in fused] == [str((tmp_path / "sft" / LORA_WEIGHT_NAME).resolve())]
 
     bare = FluxPolicy(tiny_flux_components(), lora=None, max_sequence_length=16)
     bare.load_lora(tmp_path / "both")

@@ -5,14 +5,14 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
-from psrl.fileio import write_json_atomic, write_text_atomic
 from psrl.bench.report import _fmt, radar_chart, series_of
 from psrl.bench.tasks import DIMENSION_LABELS
 from psrl.errors import PsrlError
+from psrl.fileio import write_json_atomic, write_text_atomic
 
 
 def load_published() -> dict:

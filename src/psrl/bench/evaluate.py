@@ -13,18 +13,20 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from psrl.fileio import write_json_atomic
 from psrl.bench.provenance import config_hash
 from psrl.bench.results import ResultSample
 from psrl.bench.sharding import Shard
 from psrl.bench.tasks import DimensionSpec, MetricSpec, metrics_to_json
 from psrl.errors import PsrlError
+from psrl.fileio import write_json_atomic
+from psrl.images import ImageLoadError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ class EvalStats:
     resumed: int = 0
     failures: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # rank 0, over every sample of the evaluation (resumed ones included): psrl.bench.summary.dimension_outcomes
+    outcomes: dict[str, dict] = field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:
@@ -79,7 +83,7 @@ class MetricSet:
         return self._rewards[cache_key]
 
     def build_all(self, subsets: Sequence[str]) -> None:
-        for dim, spec in self.metrics.items():
+        for spec in self.metrics.values():
             for subset in subsets:
                 metric = spec.metric_for(subset)
                 if metric is not None:
@@ -102,11 +106,13 @@ def _accepts(reward_name: str, param: str) -> bool:
 
 
 def load_image_tensor(path: Path) -> torch.Tensor:
-    from PIL import Image
+    """A result image as ``[3, H, W]`` float in [0, 1], decoded by psrl's one loader (:func:`psrl.images.load_image`:
+    EXIF orientation, 16-bit and alpha handled, the rewards' minimum side). Raises ``ImageLoadError``."""
+    from psrl.images import load_image
 
-    with Image.open(path) as im:
-        arr = torch.frombuffer(bytearray(im.convert("RGB").tobytes()), dtype=torch.uint8)
-        w, h = im.size
+    im = load_image(path)
+    arr = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    w, h = im.size
     return arr.view(h, w, 3).permute(2, 0, 1).float().div(255.0)
 
 
@@ -131,9 +137,7 @@ def _details_of(details: dict, i: int, n: int) -> dict:
     """The per-sample slice of a reward's details (entries that are not per-sample are left out)."""
     out = {}
     for name, value in (details or {}).items():
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
-            out[name] = to_jsonable(value[i])
-        elif isinstance(value, (list, tuple)) and len(value) == n:
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n or isinstance(value, (list, tuple)) and len(value) == n:
             out[name] = to_jsonable(value[i])
     return out
 
@@ -311,6 +315,8 @@ def _score_samples(batch: list[ResultSample], metrics: dict[str, DimensionSpec],
         if problems[i] is None:
             try:
                 images[i] = load_image_tensor(s.image)
+            except ImageLoadError as e:  # its message names the file and why
+                problems[i] = f"result image {e}"
             except Exception as e:  # noqa: BLE001 - an unreadable result image is a recorded failure
                 problems[i] = f"unreadable result image {s.image}: {type(e).__name__}: {e}"
     for dim, spec in metrics.items():

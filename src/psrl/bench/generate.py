@@ -10,18 +10,18 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 
 from psrl.bench.items import BenchItem
-from psrl.fileio import write_json_atomic
 from psrl.bench.psrbench import LoadedSubsets, export_subset
 from psrl.bench.results import MANIFEST, image_path, read_manifest, result_json_path
 from psrl.bench.sharding import Shard
 from psrl.errors import PsrlError
+from psrl.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,31 @@ def invalid_keys(data: LoadedSubsets) -> dict[str, str]:
     return {k: "; ".join(v) for k, v in out.items()}
 
 
+def plan_entries(data: LoadedSubsets, *, skip_invalid: bool = False,
+                 action: str = "generate") -> tuple[list[BenchItem], list[str]]:
+    """``(entries to generate, keys of invalid entries skipped)``, checked before any model is built.
+
+    Raises:
+        PsrlError: invalid entries without ``skip_invalid`` (each listed with its problems), or no valid entry at
+            all (an empty or wrong data root: the whole-file problems are listed), so a run that would generate
+            nothing never reports success.
+    """
+    bad = invalid_keys(data)
+    if bad and not skip_invalid:
+        lines = "\n  ".join(f"{k}: {v}" for k, v in bad.items())
+        raise PsrlError(f"{len(bad)} invalid entr{'y' if len(bad) == 1 else 'ies'} (fix them or pass "
+                        f"--skip-invalid to {action} the rest):\n  {lines}")
+    valid = [item for item in data.items if item.record is not None and item.key not in bad]
+    skipped = [item.key for item in data.items if item.record is None or item.key in bad]
+    if not valid:
+        file_issues = [str(i) for i in data.issues if i.index is None]
+        why = f"{len(data.items)} entr{'y' if len(data.items) == 1 else 'ies'} found, {len(skipped)} invalid"
+        if file_issues:
+            why += "; " + "; ".join(file_issues)
+        raise PsrlError(f"nothing to {action}: no valid benchmark entry ({why})")
+    return valid, skipped
+
+
 def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seeds: Sequence[int], sampling,
                        batch_size: int = 4, shard: Shard | None = None, skip_invalid: bool = False,
                        absolute_paths: bool = True, manifest: dict | None = None,
@@ -82,19 +107,12 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
     if not seeds:
         raise ValueError("at least one seed is needed")
     stats = GenerateStats()
+    valid, skipped = plan_entries(data, skip_invalid=skip_invalid)
     bad = invalid_keys(data)
-    if bad and not skip_invalid:
-        lines = "\n  ".join(f"{k}: {v}" for k, v in bad.items())
-        raise PsrlError(f"{len(bad)} invalid entr{'y' if len(bad) == 1 else 'ies'} (fix them or pass "
-                        f"--skip-invalid to generate the rest):\n  {lines}")
-    valid: list[BenchItem] = []
-    for item in data.items:
-        if item.record is None or item.key in bad:
-            stats.skipped_invalid.append(item.key)
-            if shard.is_main:
-                log.warning("skipping invalid entry %s: %s", item.key, bad.get(item.key, "unreadable entry"))
-        else:
-            valid.append(item)
+    for key in skipped:
+        stats.skipped_invalid.append(key)
+        if shard.is_main:
+            log.warning("skipping invalid entry %s: %s", key, bad.get(key, "unreadable entry"))
     work = [(seed, item) for seed in seeds for item in valid]
     todo = []
     for seed, item in shard.take(work):

@@ -45,14 +45,12 @@ def sample_key(subset: str, index: int, seed: int) -> str:
 
 
 def check_image(path: Path) -> str | None:
-    """``None`` when ``path`` is a readable image, else the reason."""
-    from PIL import Image, UnidentifiedImageError
+    """``None`` when ``path`` is an image psrl can use as a reference, else the reason (naming the file).
 
-    if not path.is_file():
-        return f"file not found: {path}"
-    try:
-        with Image.open(path) as im:
-            im.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        return f"unreadable image {path}: {type(e).__name__}: {e}"
-    return None
+    The file is decoded in full by psrl's one loader (:func:`psrl.images.check_image`), so a truncated JPEG fails
+    here rather than at evaluation, and a side below :data:`psrl.images.MIN_SIDE` (what the rewards refuse) is an
+    issue. A header check (``PIL.Image.verify``) accepts both."""
+    from psrl.images import MIN_SIDE
+    from psrl.images import check_image as decode_check
+
+    return decode_check(path, min_side=MIN_SIDE)

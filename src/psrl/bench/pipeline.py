@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from psrl.bench.evaluate import EVAL_CONFIG, EvalStats, evaluate_samples, read_sample_rows
 from psrl.bench.provenance import config_hash, package_versions
 from psrl.bench.report import write_report
-from psrl.bench.results import load_result_samples, read_manifest
+from psrl.bench.results import benchmark_subsets, load_result_samples, read_manifest
 from psrl.bench.sharding import Shard
-from psrl.bench.summary import summarize
-from psrl.bench.tasks import (DREAMBENCH_DIMENSIONS, PSRBENCH_DIMENSIONS, DimensionSpec, dreambench_metrics,
-                              psrbench_metrics)
-from psrl.bench.results import benchmark_subsets
+from psrl.bench.summary import dimension_outcomes, summarize
+from psrl.bench.tasks import (
+    DREAMBENCH_DIMENSIONS,
+    PSRBENCH_DIMENSIONS,
+    DimensionSpec,
+    dreambench_metrics,
+    psrbench_metrics,
+)
 from psrl.errors import PsrlError
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,10 @@ def eval_and_report(results_dir: str | Path, out_dir: str | Path, metrics: dict[
             log.warning("result file issue: %s", issue)
     stats = evaluate_samples(samples, out_dir, metrics, benchmark=benchmark, batch_size=batch_size, device=device,
                              shard=shard, retry_failed=retry_failed, progress=progress, data_root=data_root)
+    if shard.is_main:
+        keys = {s.key for s in samples}
+        rows = [r for k, r in read_sample_rows(Path(out_dir)).items() if k in keys]
+        stats.outcomes = dimension_outcomes(rows, list(metrics))
     summary = None
     if shard.is_main and report:
         summary = report_from_dir(out_dir, data_root=data_root, title=title or f"{benchmark}: {Path(results_dir)}",

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from psrl.bench.items import BenchItem, ValidationIssue, check_image
-from psrl.fileio import write_json_atomic
 from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
 from psrl.data.records import Record, RecordError, SubjectRef, resolve_under
+from psrl.fileio import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +104,9 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
             problem = check_image(full)
             if problem:
                 bad(f"input_path[{i}]", problem)
-    if spec is not None and spec.semantic == "position" and isinstance(instruction, str) and relation_parser:
-        if relation_parser(instruction) is None:
-            bad("instruction", f"no recognised spatial relation in {instruction!r}")
+    if (spec is not None and spec.semantic == "position" and isinstance(instruction, str) and relation_parser
+            and relation_parser(instruction) is None):
+        bad("instruction", f"no recognised spatial relation in {instruction!r}")
     if "result_path" in entry and not (isinstance(entry["result_path"], str) and entry["result_path"]):
         bad("result_path", f"must be a path string when present, got {entry['result_path']!r}")
     if fatal:

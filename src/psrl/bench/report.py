@@ -8,11 +8,11 @@ import html
 import io
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from psrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 from psrl.bench.tasks import DIMENSION_LABELS
+from psrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +36,8 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {subset} | " + " | ".join(cells) + f" | {total} |")
     overall = [_cell(summary["overall"][d]) for d in dims]
     lines.append("| **Overall** | " + " | ".join(overall) + f" | {summary['num_samples']} |")
-    notes = ["", f"Overall = mean of the subset means. Benchmark {summary['benchmark']}, seeds {summary['seeds']}, "
-                 f"config hash {summary.get('config_hash', 'n/a')}."]
+    notes = ["", (f"Overall = mean of the subset means. Benchmark {summary['benchmark']}, seeds {summary['seeds']}, "
+                  f"config hash {summary.get('config_hash', 'n/a')}.")]
     for dim, reasons in summary.get("failure_reasons", {}).items():
         notes.append(f"- {DIMENSION_LABELS.get(dim, dim)} failures: " +
                      ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
@@ -157,8 +157,8 @@ pre{white-space:pre-wrap;font-size:11px;max-width:900px} .score{font-size:13px;m
 def html_report(summary: dict, rows: Sequence[dict], radar_png: bytes | None, *, data_root: str | Path | None,
                 title: str, gallery_per_subset: int = 12) -> str:
     dims = summary["dimensions"]
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-           f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    out = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>")]
     out.append(f"<p>benchmark {html.escape(summary['benchmark'])} &middot; {summary['num_samples']} samples &middot; "
                f"seeds {summary['seeds']} &middot; config hash {html.escape(str(summary.get('config_hash')))}</p>")
     out.append("<table><tr><th>subset</th>" + "".join(f"<th>{DIMENSION_LABELS.get(d, d)}</th>" for d in dims) +

@@ -8,9 +8,72 @@ overall means and their standard deviation.
 from __future__ import annotations
 
 import math
+import re
 import statistics
 import time
-from typing import Sequence
+from collections.abc import Iterable, Sequence
+
+# a file path inside a failure reason: a token with a "/" that ends in a file extension ("8/10" or a URL is not)
+_PATH = re.compile(r"[^\s'\"()\[\],;]*/[^\s'\"()\[\],;]*\.[A-Za-z0-9]{2,5}(?![\w/])")
+
+
+def failure_groups(reasons: Iterable[str | None]) -> list[tuple[int, str]]:
+    """Group failure reasons for a summary: ``[(count, text)]``, most common first, ``None`` skipped.
+
+    Reasons are kept whole (a judge's reply after "no parsable '[Score]':" is the useful part). Reasons that differ
+    only in file paths (one missing image per sample) form one group, shown as its first reason followed by
+    ``(and N more with other paths)``. Pure function.
+    """
+    groups: dict[str, list] = {}  # template -> [count, first reason, distinct reasons]
+    for reason in reasons:
+        if reason is None:
+            continue
+        text = str(reason)
+        g = groups.setdefault(_PATH.sub("<path>", text), [0, text, set()])
+        g[0] += 1
+        g[2].add(text)
+    out = []
+    for count, first, distinct in groups.values():
+        more = len(distinct) - 1
+        out.append((count, first + (f" (and {more} more with other paths)" if more else "")))
+    return sorted(out, key=lambda cg: -cg[0])
+
+
+def _scored(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def dimension_outcomes(rows: Sequence[dict], dimensions: Sequence[str]) -> dict[str, dict]:
+    """Per dimension: ``{"failed", "total", "reasons": [(count, text)]}`` over ``rows`` (per-sample eval rows or
+    ``psrl reward score`` lines reshaped the same way); a sample failed a dimension when it has no finite score."""
+    out = {}
+    for dim in dimensions:
+        failed = [r for r in rows if not _scored((r.get("scores") or {}).get(dim))]
+        out[dim] = {"failed": len(failed), "total": len(rows),
+                    "reasons": failure_groups((r.get("failures") or {}).get(dim) or "unscorable (no reason given)"
+                                              for r in failed)}
+    return out
+
+
+def failure_problems(outcomes: dict[str, dict], max_failure_rate: float = 1.0, *, top: int = 3) -> list[str]:
+    """One line per dimension that makes the run a failure, with its most common reasons; empty when fine.
+
+    A dimension fails when no sample was scored on it (whatever ``max_failure_rate``: a run that scored nothing
+    did nothing) or when its failed fraction exceeds ``max_failure_rate`` (in [0, 1]; the default 1.0 tolerates
+    any partial failure). No sample at all is a failure too. Pure function.
+    """
+    if not outcomes or all(o["total"] == 0 for o in outcomes.values()):
+        return ["no sample to score"]
+    problems = []
+    for dim, o in outcomes.items():
+        failed, total = o["failed"], o["total"]
+        if total and (failed == total or failed / total > max_failure_rate):
+            limit = "every sample" if failed == total else f"more than --max-failure-rate {max_failure_rate:g}"
+            reasons = "; ".join(f"{n} x {text}" for n, text in o["reasons"][:top])
+            extra = len(o["reasons"]) - top
+            problems.append(f"{dim}: {failed}/{total} samples failed ({limit}): {reasons}"
+                            + (f"; and {extra} other reason(s)" if extra > 0 else ""))
+    return problems
 
 
 def _mean(xs: Sequence[float]) -> float | None:
@@ -56,12 +119,10 @@ def summarize(rows: Sequence[dict], *, benchmark: str, dimensions: Sequence[str]
             "seed_std": statistics.stdev(seed_vals) if len(seed_vals) > 1 else None,
         }
     failure_reasons: dict[str, dict[str, int]] = {}
-    for r in rows:
-        for dim, reason in (r.get("failures") or {}).items():
-            if reason is not None:
-                short = str(reason).split(":")[0][:80]
-                failure_reasons.setdefault(dim, {}).setdefault(short, 0)
-                failure_reasons[dim][short] += 1
+    for dim in dimensions:
+        groups = failure_groups((r.get("failures") or {}).get(dim) for r in rows)
+        if groups:
+            failure_reasons[dim] = {text: count for count, text in groups}
     return {
         "benchmark": benchmark,
         "dimensions": list(dimensions),

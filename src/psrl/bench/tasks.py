@@ -127,13 +127,15 @@ def parse_metrics(data: dict, *, where: str = "metrics") -> dict[str, DimensionS
           default: {reward: semantic_alignment}
           per_subset: {Position: {reward: position}}
         aesthetics: {reward: hpsv3, scale: 0.1}
+
+    Every problem raises ``ValueError`` (also for a wrong type), which the CLI reports as a one-line config error.
     """
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{where}: expected a non-empty mapping of dimension -> metric, got {data!r}")
     out = {}
     for dim, spec in data.items():
         if not isinstance(spec, dict):
-            raise ValueError(f"{where}.{dim}: expected a mapping, got {spec!r}")
+            raise ValueError(f"{where}.{dim}: expected a mapping, got {spec!r}")  # noqa: TRY004 - see parse_metrics
         if "default" in spec or "per_subset" in spec:
             unknown = set(spec) - {"default", "per_subset"}
             if unknown:
@@ -149,7 +151,7 @@ def parse_metrics(data: dict, *, where: str = "metrics") -> dict[str, DimensionS
 
 def _parse_metric(d, where: str) -> MetricSpec:
     if not isinstance(d, dict):
-        raise ValueError(f"{where}: expected a mapping with 'reward', got {d!r}")
+        raise ValueError(f"{where}: expected a mapping with 'reward', got {d!r}")  # noqa: TRY004 - see parse_metrics
     unknown = set(d) - {"reward", "args", "scale"}
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}")
@@ -157,7 +159,7 @@ def _parse_metric(d, where: str) -> MetricSpec:
         raise ValueError(f"{where}.reward: must name a reward, got {d.get('reward')!r}")
     args = d.get("args") or {}
     if not isinstance(args, dict):
-        raise ValueError(f"{where}.args: must be a mapping, got {args!r}")
+        raise ValueError(f"{where}.args: must be a mapping, got {args!r}")  # noqa: TRY004 - see parse_metrics
     try:
         scale = float(d.get("scale", 1.0))
     except (TypeError, ValueError) as e:

@@ -1,4 +1,4 @@
-"""``psrl bench``: PSRBench / DreamBench validate, generate, eval, report, compare.
+"""``psrl bench``: PSRBench / DreamBench validate, records, generate, eval, report, compare.
 
 Every step runs under ``accelerate launch -m psrl bench ...`` (or torchrun) too: samples are sharded across the
 processes and rank 0 merges the results.
@@ -11,6 +11,7 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   psrl bench validate --data-root PSRBench
+  psrl bench records --benchmark dreambench --data-root data/dreambench --out data/dreambench/eval.jsonl
   psrl bench generate --config configs/psr_kontext.yaml --data-root PSRBench --out runs/bench/psr --seeds 0 1
   psrl bench eval --results runs/bench/psr                      # honest scorer, local models
   psrl bench eval --results runs/bench/psr --psrbench-compat    # reproduces the released scorer
@@ -22,7 +23,7 @@ EXAMPLES = """examples:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("bench", help="PSRBench / DreamBench: validate, generate, eval, report, compare",
+    p = sub.add_parser("bench", help="PSRBench / DreamBench: validate, records, generate, eval, report, compare",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     bs = p.add_subparsers(dest="bench_command", metavar="STEP")
 
@@ -39,7 +40,9 @@ def add_parser(sub) -> None:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sampling.num_steps=28")
     g.add_argument("--data-root", required=True)
     g.add_argument("--out", required=True)
-    g.add_argument("--lora", help="LoRA checkpoint to load into the policy")
+    g.add_argument("--lora", help="LoRA to generate with: a file, a LoRA folder, a checkpoint "
+                                  "runs/<run>/checkpoints/step-N (lora_ema/ when kept, else lora/) or a run folder "
+                                  "(its newest complete checkpoint); the same rule as psrl generate --lora")
     g.add_argument("--seeds", type=int, nargs="+", default=[0])
     g.add_argument("--batch-size", type=int, default=4)
     g.add_argument("--device", help="default: cuda:<LOCAL_RANK> when available, else cpu")
@@ -49,6 +52,16 @@ def add_parser(sub) -> None:
     g.add_argument("--reference-index", type=_ref_index, default=0, help="DreamBench: image index or 'all'")
     _benchmark_args(g)
     g.set_defaults(func=cmd_generate)
+
+    rec = bs.add_parser("records", help="write the benchmark's entries as a records JSONL, e.g. a recipe's "
+                                        "eval.records (data/dreambench/eval.jsonl for configs/customized_grpo.yaml)")
+    rec.add_argument("--data-root", required=True)
+    rec.add_argument("--out", required=True, help="records JSONL to write (reference paths stay relative to the "
+                                                  "data root: set the recipe's eval.data_root to it)")
+    rec.add_argument("--skip-invalid", action="store_true", help="write the valid entries, list the invalid ones")
+    rec.add_argument("--reference-index", type=_ref_index, default=0, help="DreamBench: image index or 'all'")
+    _benchmark_args(rec)
+    rec.set_defaults(func=cmd_records)
 
     e = bs.add_parser("eval", help="score result images on every dimension (per-sample JSONL, resumable)")
     e.add_argument("--results", required=True, help="result folder (psrl generate output, or result JSON files)")
@@ -69,6 +82,9 @@ def add_parser(sub) -> None:
     e.add_argument("--device")
     e.add_argument("--retry-failed", action="store_true", help="re-score samples that failed on some dimension")
     e.add_argument("--no-report", action="store_true")
+    e.add_argument("--max-failure-rate", type=fraction_arg, default=1.0, metavar="F",
+                   help="exit 1 when more than this fraction of the samples failed on some dimension (default 1.0: "
+                        "only a dimension that scored no sample at all is an error)")
     _benchmark_args(e, default=None)
     e.set_defaults(func=cmd_eval)
 
@@ -86,6 +102,17 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compare)
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def fraction_arg(text: str) -> float:
+    """argparse type of ``--max-failure-rate`` (here and in ``psrl reward score``): a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= 1.0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def _ref_index(text: str):
@@ -108,6 +135,8 @@ def _load(args):
 
 
 def cmd_validate(args) -> int:
+    """Every entry and every reference image is checked: each image is decoded in full (a truncated file fails)
+    and must have a side of at least :data:`psrl.images.MIN_SIDE`, the limit the rewards apply."""
     data = _load(args)
     for note in data.notes:
         print(f"note: {note}")
@@ -115,7 +144,30 @@ def cmd_validate(args) -> int:
         print(f"invalid: {issue}")
     n_sub = len(data.raw)
     print(f"{len(data.items)} entries in {n_sub} subset(s); {len(data.issues)} issue(s)")
+    if not data.items and not data.issues:
+        print(f"error: {args.data_root} holds no benchmark entry", file=sys.stderr)
+        return 1
     return 1 if data.issues else 0
+
+
+def cmd_records(args) -> int:
+    import dataclasses
+
+    from psrl.bench.generate import plan_entries
+    from psrl.data.records import write_records
+
+    data = _load(args)
+    for issue in data.issues:
+        if issue.index is None:
+            print(f"warning: {issue}", file=sys.stderr)
+    valid, skipped = plan_entries(data, skip_invalid=args.skip_invalid, action="write")
+    # the absolute data root is a tag for evaluation only; a records file is read against the recipe's data_root
+    records = [dataclasses.replace(item.record, tags={k: v for k, v in item.record.tags.items() if k != "data_root"})
+               for item in valid]
+    write_records(records, args.out)
+    print(f"wrote {len(records)} record(s) to {args.out}" + (f"; skipped {len(skipped)} invalid" if skipped else "")
+          + f" (reference paths relative to {args.data_root})")
+    return 0
 
 
 def _generate_config(args):
@@ -134,16 +186,26 @@ def _generate_config(args):
 
 
 def cmd_generate(args) -> int:
-    from psrl.bench.generate import generate_benchmark
+    from psrl.bench.generate import generate_benchmark, plan_entries
     from psrl.bench.provenance import package_versions
     from psrl.bench.sharding import local_device, shard_from_env
     from psrl.config import to_dict
+    from psrl.models.lora import lora_config_for_file
 
     model_cfg, sampling = _generate_config(args)
     shard = shard_from_env()
     data = _load(args)
     for note in data.notes:
         print(f"note: {note}", file=sys.stderr)
+    if shard.is_main:
+        for issue in data.issues:
+            if issue.index is None:  # whole-file problems (entry problems are handled by plan_entries)
+                print(f"warning: {issue}", file=sys.stderr)
+    plan_entries(data, skip_invalid=args.skip_invalid)  # before any model loads: nothing to do is an error
+    lora = None
+    if args.lora:
+        # the one LoRA-path rule (psrl generate's): a checkpoint or run folder works, any rank loads
+        model_cfg.lora, lora = lora_config_for_file(model_cfg.lora, args.lora)
     device = local_device(args.device)
     from psrl.models.factory import build_policy
     from psrl.models.references import takes_data_root
@@ -151,10 +213,11 @@ def cmd_generate(args) -> int:
     policy = build_policy(model_cfg, device)
     if takes_data_root(policy, model_cfg):
         policy.data_root = Path(args.data_root).resolve()  # reference-conditioned policies read the references
-    if args.lora:
-        policy.load_lora(args.lora)
+    if lora is not None:
+        policy.load_lora(lora)
     manifest = {"benchmark": args.benchmark, "data_root": str(Path(args.data_root).resolve()),
-                "model": to_dict(model_cfg), "sampling": to_dict(sampling), "lora": args.lora,
+                "model": to_dict(model_cfg), "sampling": to_dict(sampling),
+                "lora": str(lora.resolve()) if lora is not None else None,
                 "reference_index": args.reference_index if args.benchmark == "dreambench" else None,
                 "versions": package_versions()}
     bar = _progress(shard, "generate")
@@ -217,15 +280,21 @@ def cmd_eval(args) -> int:
                                      batch_size=args.batch_size, device=local_device(args.device), shard=shard,
                                      retry_failed=args.retry_failed, report=not args.no_report,
                                      progress=_progress(shard, "eval"))
-    if shard.is_main:
-        failed = ", ".join(f"{d}: {n}" for d, n in stats.failures.items())
-        print(f"scored {stats.computed} sample(s) ({stats.resumed} resumed) in {stats.seconds:.1f}s; "
-              f"failures this run: {failed} -> {out}")
-        if summary:
-            from psrl.bench.report import markdown_table
+    if not shard.is_main:
+        return 0
+    from psrl.bench.summary import failure_problems
 
-            print(markdown_table(summary))
-    return 0
+    failed = ", ".join(f"{d}: {n}" for d, n in stats.failures.items())
+    print(f"scored {stats.computed} sample(s) ({stats.resumed} resumed) in {stats.seconds:.1f}s; "
+          f"failures this run: {failed} -> {out}")
+    if summary:
+        from psrl.bench.report import markdown_table
+
+        print(markdown_table(summary))
+    problems = failure_problems(stats.outcomes, args.max_failure_rate)
+    for problem in problems:  # the report is written anyway: it is where the failures are read
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def cmd_report(args) -> int:

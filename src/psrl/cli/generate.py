@@ -4,6 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+LORA_HELP = ("LoRA to generate with: a .safetensors file, a folder holding pytorch_lora_weights.safetensors (e.g. "
+             "`psrl lora combine` output), a checkpoint runs/<run>/checkpoints/step-N (its lora_ema/ when kept, else "
+             "lora/) or a run folder runs/<run> (its newest complete checkpoint). Its own rank and alpha are used; "
+             "model.lora.fuse must list what it was trained on (a mismatch is warned about)")
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -15,8 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--records", help="records JSONL (default: the config's eval.records, else data.records)")
     p.add_argument("--out", required=True, help="output folder; one <record id>.png per record")
-    p.add_argument("--lora", help="a diffusers LoRA file/folder, or a checkpoint step-N folder (uses its EMA LoRA "
-                                  "when present)")
+    p.add_argument("--lora", help=LORA_HELP)
     p.add_argument("--steps", type=int, help="denoising steps (default: eval.num_steps)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
@@ -25,24 +29,15 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def resolve_lora(path: str) -> Path:
-    """A checkpoint folder gives its ``lora_ema`` (what evaluation uses) or ``lora``; anything else as is."""
-    p = Path(path)
-    for sub in ("lora_ema", "lora"):
-        if (p / sub).is_dir():
-            return p / sub
-    return p
-
-
 def run(args) -> int:
     import dataclasses
 
     import torch
 
     from psrl.data.records import image_filenames
-    from psrl.models.references import takes_data_root
-
     from psrl.errors import PsrlError
+    from psrl.models.lora import lora_config_for_file
+    from psrl.models.references import takes_data_root
     from psrl.rl.distributed import make_accelerator
     from psrl.rl.run_config import load_run_config
     from psrl.rl.sampler import sample_seed
@@ -66,6 +61,9 @@ def run(args) -> int:
     device = make_accelerator(cfg.train.device).device
     from psrl.models.factory import build_policy
 
+    if args.lora:
+        # the adapter takes the file's own shape, so a combined or SFT LoRA loads whatever rank the config trains
+        cfg.model.lora, lora = lora_config_for_file(cfg.model.lora, args.lora)
     policy = build_policy(cfg.model, device)
     if takes_data_root(policy, cfg.model):
         # reference-conditioned policies read subject images as the trainer does: data.data_root, else the
@@ -75,7 +73,7 @@ def run(args) -> int:
         if root is not None:
             policy.data_root = Path(root)
     if args.lora:
-        policy.load_lora(resolve_lora(args.lora))
+        policy.load_lora(lora)
     policy.train(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

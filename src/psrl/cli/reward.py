@@ -1,16 +1,20 @@
 """``psrl reward score``: score generated images against their records with any registered reward, write one JSON
 line per sample (score, failure, details) and print a summary. ``psrl reward list`` shows the reward names.
 
-Generated images are looked up as ``<images>/<record id>.{png,jpg,jpeg,webp}``; a missing or unreadable image is
-a counted failure of that sample, not an abort.
+Generated images are looked up as ``<images>/<record id>.{png,jpg,jpeg,webp}`` and decoded by
+:func:`psrl.images.load_image`; a missing or unreadable image is a counted failure of that sample, not an abort.
+The command exits 1 when no sample was scored, or more than ``--max-failure-rate`` of them failed, with the failure
+reasons printed whole.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections import Counter
+import sys
 from pathlib import Path
+
+from psrl.cli.bench import fraction_arg
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -27,6 +31,9 @@ def add_parser(subparsers) -> None:
     s.add_argument("--out", help="output JSONL (default: <images>/scores_<reward>.jsonl)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--batch-size", type=int, default=8)
+    s.add_argument("--max-failure-rate", type=fraction_arg, default=1.0, metavar="F",
+                   help="exit 1 when more than this fraction of the samples failed (default 1.0: only when no "
+                        "sample was scored)")
     s.set_defaults(func=_score)
     ls = sub.add_parser("list", help="list registered reward names")
     ls.set_defaults(func=_list)
@@ -66,20 +73,18 @@ def _accepts(name: str, param: str) -> bool:
 
 
 def _load_image(images_dir: Path, rid: str):
-    from PIL import Image, UnidentifiedImageError
-
-    from psrl.rewards.images import pil_to_tensor
-
+    """``(image tensor [3, H, W] in [0, 1], None)`` or ``(None, reason)``, decoded by psrl's one loader."""
     from psrl.data.records import image_filename
+    from psrl.images import ImageLoadError, load_image
+    from psrl.rewards.images import pil_to_tensor
 
     for suffix in IMAGE_SUFFIXES:
         p = images_dir / image_filename(rid, suffix)  # the name psrl generate wrote; never outside images_dir
         if p.is_file():
             try:
-                with Image.open(p) as im:
-                    return pil_to_tensor(im.convert("RGB")), None
-            except (UnidentifiedImageError, OSError) as e:
-                return None, f"generated image unreadable: {p} ({type(e).__name__})"
+                return pil_to_tensor(load_image(p)), None
+            except ImageLoadError as e:
+                return None, f"generated image {e}"
     return None, f"generated image not found: {images_dir / image_filename(rid)}"
 
 
@@ -111,6 +116,7 @@ def score_records(reward, records, images_dir: Path, batch_size: int):
 
 
 def _score(args) -> int:
+    from psrl.bench.summary import dimension_outcomes, failure_problems
     from psrl.data.records import read_records
     from psrl.errors import PsrlError
     from psrl.rewards.base import build_reward
@@ -131,23 +137,26 @@ def _score(args) -> int:
     out_path = Path(args.out) if args.out else images_dir / f"scores_{args.reward.replace(':', '_')}.jsonl"
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_suffix(out_path.suffix + ".tmp")
-    scores, reasons = [], Counter()
+    scores, rows = [], []
     with tmp.open("w") as f:
         for rec, score, failure, details in score_records(reward, records, images_dir, args.batch_size):
-            ok = not math.isnan(score)
+            ok = math.isfinite(score)
             f.write(json.dumps({"id": rec.id, "score": score if ok else None, "failure": failure,
                                 "details": details}) + "\n")
             if ok:
                 scores.append(score)
-            else:
-                reasons[(failure or "unscorable").split(":")[0]] += 1
+            rows.append({"scores": {args.reward: score if ok else None}, "failures": {args.reward: failure}})
     os.replace(tmp, out_path)
     n, k = len(records), len(scores)
     mean = sum(scores) / k if k else float("nan")
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / k) if k else float("nan")
     print(f"{args.reward}: {k}/{n} scored, {n - k} failed; mean {mean:.4f} std {std:.4f}"
           + (f" min {min(scores):.4f} max {max(scores):.4f}" if k else ""))
-    for reason, count in reasons.most_common(5):
+    outcome = dimension_outcomes(rows, [args.reward])
+    for count, reason in outcome[args.reward]["reasons"][:5]:
         print(f"  {count} x {reason}")
     print(f"wrote {out_path}")
-    return 0 if k else 1
+    problems = failure_problems(outcome, args.max_failure_rate)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0

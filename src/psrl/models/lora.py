@@ -11,10 +11,11 @@ import fnmatch
 import json
 import logging
 import os
+import re
 import tempfile
 import types
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -153,9 +154,94 @@ def _adapter_metadata(module: nn.Module, prefix: str) -> dict:
 
 
 def lora_file(path: str | os.PathLike) -> Path:
-    """The weights file for ``path``: the file itself, or ``<dir>/pytorch_lora_weights.safetensors``."""
+    """Where to *write* a LoRA given ``path``: the file itself, or ``<dir>/pytorch_lora_weights.safetensors``.
+    To *read* one, use :func:`resolve_lora_path` (which also understands checkpoint and run folders)."""
     p = Path(path)
     return p / LORA_WEIGHT_NAME if p.is_dir() or not p.suffix else p
+
+
+#: inside a checkpoint ``step-N/``, the LoRA folders in the order a reader prefers them: the EMA weights are what
+#: evaluation during training used (and what a run reports), the raw weights when no EMA was kept
+CHECKPOINT_LORA_DIRS = ("lora_ema", "lora")
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _checkpoint_lora(step_dir: Path) -> Path | None:
+    """The preferred LoRA weights file of a checkpoint ``step-N/`` folder, or ``None``."""
+    for sub in CHECKPOINT_LORA_DIRS:
+        f = step_dir / sub / LORA_WEIGHT_NAME
+        if f.is_file():
+            return f
+    return None
+
+
+def _newest_checkpoint_lora(checkpoints: Path) -> Path | None:
+    """The LoRA of the newest *complete* ``step-N`` under ``checkpoints/`` (``state.json`` is written last, so a
+    folder without it, or without LoRA weights, was cut short by a crash or a prune); skipped ones are logged."""
+    steps = sorted(((int(m.group(1)), d) for d in checkpoints.iterdir()
+                    if d.is_dir() and (m := _STEP_DIR.match(d.name))), reverse=True)
+    for _, d in steps:
+        f = _checkpoint_lora(d)
+        if f is not None and (d / "state.json").is_file():
+            return f
+        logger.warning("skipping incomplete checkpoint %s (%s)", d,
+                       "no state.json" if f is not None else "no LoRA weights")
+    return None
+
+
+def resolve_lora_path(path: str | os.PathLike) -> Path:
+    """The one rule by which every command (``psrl generate``, ``psrl bench generate``, ``psrl lora``,
+    ``model.lora.path`` and ``model.lora.fuse``) turns a LoRA argument into its weights file, in this order:
+
+    1. a file: itself (``.../pytorch_lora_weights.safetensors`` or any diffusers-format ``.safetensors``);
+    2. a folder holding ``pytorch_lora_weights.safetensors`` (a checkpoint's ``lora/``, ``psrl lora combine``'s
+       output, a diffusers LoRA folder): that file;
+    3. a checkpoint folder ``runs/<run>/checkpoints/step-N``: its ``lora_ema/`` when the run kept an EMA (the
+       weights its evaluation used), else its ``lora/``;
+    4. a run folder ``runs/<run>`` or its ``checkpoints/`` folder: the newest complete checkpoint, as in 3.
+
+    Raises:
+        ModelLoadError: nothing above matches; the message names the path and what was looked for.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    if not p.exists():
+        raise ModelLoadError(f"cannot load LoRA: {str(path)!r} does not exist")
+    if not p.is_dir():
+        raise ModelLoadError(f"cannot load LoRA: {str(path)!r} is neither a file nor a folder")
+    if (p / LORA_WEIGHT_NAME).is_file():
+        return p / LORA_WEIGHT_NAME
+    found = _checkpoint_lora(p)
+    if found is not None:
+        return found
+    for checkpoints in (p / "checkpoints", p):
+        if checkpoints.is_dir() and any(_STEP_DIR.match(d.name) for d in checkpoints.iterdir()):
+            found = _newest_checkpoint_lora(checkpoints)
+            if found is None:
+                raise ModelLoadError(f"cannot load LoRA: {str(path)!r} has no complete checkpoint (step-N with "
+                                     f"state.json and {'/ or '.join(CHECKPOINT_LORA_DIRS)}/{LORA_WEIGHT_NAME})")
+            logger.info("LoRA %s -> %s", path, found)
+            return found
+    raise ModelLoadError(f"cannot load LoRA: folder {str(path)!r} has no {LORA_WEIGHT_NAME}, no "
+                         f"{'/ or '.join(CHECKPOINT_LORA_DIRS)}/ (a checkpoint step-N) and no checkpoints/step-N "
+                         f"(a run folder)")
+
+
+def lora_fingerprint(file: str | os.PathLike) -> str:
+    """SHA-256 of a LoRA file's bytes: the identity under which a fused LoRA is recorded, so a copied or moved
+    file is still recognised and another file with the same name is not (streamed; ~1 s per GB)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_fused(entries: list[dict]) -> str:
+    return ", ".join(f"{e['path']} (scale {e.get('scale', 1.0):g})" for e in entries) if entries else "nothing"
 
 
 def save_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer") -> Path:
@@ -192,24 +278,63 @@ def write_lora_file(tensors: dict[str, torch.Tensor], header: dict[str, str], pa
 
 
 def read_lora_file(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor], dict]:
-    """``(file, tensors, adapter metadata)`` of a diffusers-format LoRA file or a directory holding one."""
+    """``(file, tensors, adapter metadata)`` of the LoRA that ``path`` names (see :func:`resolve_lora_path`)."""
     from safetensors import safe_open
 
-    file = lora_file(path)
-    if not file.is_file():
-        where = f"directory {str(path)!r} has no {LORA_WEIGHT_NAME}" if Path(path).is_dir() else \
-            f"LoRA file {str(file)!r} does not exist"
-        raise ModelLoadError(f"cannot load LoRA: {where}")
+    file = resolve_lora_path(path)
     try:
         with safe_open(str(file), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise ModelLoadError(f"cannot read LoRA file {str(file)!r}: {exc}") from exc
     meta = json.loads(header[LORA_METADATA_KEY]) if LORA_METADATA_KEY in header else {}
     if FUSED_METADATA_KEY in header:
         meta[FUSED_METADATA_KEY] = json.loads(header[FUSED_METADATA_KEY])
     return file, tensors, meta
+
+
+def lora_config_for_file(base: LoraConfig, path: str | os.PathLike, *,
+                         prefix: str = "transformer") -> tuple[LoraConfig, Path]:
+    """``(adapter config, weights file)`` that load the LoRA ``path`` names exactly, for commands that only
+    generate with it (``psrl generate --lora``, ``psrl bench generate --lora``): whatever rank the run config says,
+    a checkpoint of that run, an SFT LoRA or a ``psrl lora combine`` result (ranks stacked) all load. Rank and alpha
+    come from the file's peft header (header-less files: rank from the shapes, alpha = rank, as diffusers loads
+    them), the adapted layers from its keys; ``fuse`` is kept from ``base`` and ``path`` cleared (the caller loads
+    the file). Only the header is read.
+
+    Raises:
+        ModelLoadError: no LoRA at ``path``, no ``prefix`` weights, per-layer ranks, or a DoRA/rsLoRA adapter (which
+            :class:`~psrl.models.config.LoraConfig` cannot express).
+    """
+    import dataclasses
+
+    from safetensors import safe_open
+
+    file = resolve_lora_path(path)
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            header = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise ModelLoadError(f"cannot read LoRA file {str(file)!r}: {exc}") from exc
+    head, tail = prefix + ".", ".lora_A.weight"
+    ranks = {k[len(head):-len(tail)]: shape[0] for k, shape in shapes.items()
+             if k.startswith(head) and k.endswith(tail)}
+    if not ranks:
+        raise ModelLoadError(f"LoRA file {str(file)!r} has no {prefix!r} LoRA weights")
+    meta = json.loads(header[LORA_METADATA_KEY]) if LORA_METADATA_KEY in header else {}
+    own = {k[len(head):]: v for k, v in meta.items() if k.startswith(head)}
+    for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern"):
+        if own.get(key):
+            raise ModelLoadError(f"LoRA file {str(file)!r} uses {key}, which psrl's model.lora cannot express")
+    if len(set(ranks.values())) != 1:
+        raise ModelLoadError(f"LoRA file {str(file)!r} has per-layer ranks {sorted(set(ranks.values()))}; only one "
+                             f"rank per file is supported")
+    rank = int(own.get("r", next(iter(ranks.values()))))
+    alpha = float(own.get("lora_alpha", rank))
+    cfg = dataclasses.replace(base, rank=rank, alpha=alpha, targets=sorted(ranks), path=None)
+    return cfg, file
 
 
 def _peft_config_from_metadata(meta: dict, prefix: str, tensors: dict[str, torch.Tensor]):
@@ -237,14 +362,30 @@ def _check_scale(module: nn.Module, meta: dict, prefix: str, file: Path) -> None
                                  f"model.lora.fuse to train a new adapter on top of it")
 
 
+def same_lora_entry(a: dict, b: dict) -> bool:
+    """Whether two fused-LoRA records name the same file at the same scale: by SHA-256 when both carry one, else by
+    real path (records written before fingerprints existed)."""
+    if float(a.get("scale", 1.0)) != float(b.get("scale", 1.0)):
+        return False
+    if a.get("sha256") and b.get("sha256"):
+        return a["sha256"] == b["sha256"]
+    return os.path.realpath(a["path"]) == os.path.realpath(b["path"])
+
+
+def fused_lists_match(theirs: list[dict], ours: list[dict]) -> bool:
+    return len(theirs) == len(ours) and all(same_lora_entry(a, b) for a, b in zip(theirs, ours))
+
+
 def _check_fused(module: nn.Module, meta: dict, file: Path) -> None:
     """An adapter trained on a base with LoRAs fused in only reproduces its policy on that same base."""
-    theirs = [os.path.realpath(lora_file(e["path"])) for e in meta.get(FUSED_METADATA_KEY, [])]
-    ours = [os.path.realpath(lora_file(e["path"])) for e in getattr(module, "_psrl_fused_loras", [])]
-    if theirs != ours:
-        logger.warning("LoRA file %s was trained on a base with %s fused in, but this policy fuses %s; set "
-                       "model.lora.fuse to the same LoRAs to reproduce it", file, theirs or "nothing",
-                       ours or "nothing")
+    theirs = meta.get(FUSED_METADATA_KEY, [])
+    ours = getattr(module, "_psrl_fused_loras", [])
+    if not fused_lists_match(theirs, ours):
+        hint = ("--set 'model.lora.fuse=[" + ", ".join(e["path"] for e in theirs) + "]'") if theirs else \
+            "model.lora.fuse: []"
+        logger.warning("LoRA file %s was trained on a base with %s fused in, but this policy fuses %s; its images "
+                       "will not be the trained policy's (use %s)", file, describe_fused(theirs),
+                       describe_fused(ours), hint)
 
 
 def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str = "transformer") -> Path:
@@ -305,20 +446,27 @@ def lora_parameters(module: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
 
 
 __all__ = [
+    "CHECKPOINT_LORA_DIRS",
     "FUSED_METADATA_KEY",
     "LORA_METADATA_KEY",
     "LORA_TARGET_PRESETS",
     "LORA_WEIGHT_NAME",
     "add_lora",
     "compute_lora_in_input_dtype",
+    "describe_fused",
+    "fused_lists_match",
     "has_lora",
     "load_lora_weights",
-    "prepare_lora",
+    "lora_config_for_file",
     "lora_file",
+    "lora_fingerprint",
     "lora_parameters",
     "lora_state_dict",
+    "prepare_lora",
     "read_lora_file",
+    "resolve_lora_path",
     "resolve_target_modules",
+    "same_lora_entry",
     "save_lora_weights",
     "write_lora_file",
 ]

@@ -18,8 +18,16 @@ import torch
 from torch import nn
 
 from psrl.errors import ModelLoadError
-from psrl.models.lora import (FUSED_METADATA_KEY, LORA_METADATA_KEY, has_lora, lora_file, read_lora_file,
-                              write_lora_file)
+from psrl.models.lora import (
+    FUSED_METADATA_KEY,
+    LORA_METADATA_KEY,
+    describe_fused,
+    has_lora,
+    lora_fingerprint,
+    read_lora_file,
+    same_lora_entry,
+    write_lora_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +84,10 @@ def fuse_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
         delta = lora_delta(a.to(weight.device), b.to(weight.device), s)
         weight.copy_((weight.float() + delta).to(weight.dtype))
     fused = getattr(module, "_psrl_fused_loras", [])
-    module._psrl_fused_loras = fused + [{"path": str(file), "scale": scale}]
+    # recorded by content (and real path, for people): `psrl lora combine` and `psrl generate` recognise the file
+    # after a move or copy, and tell another SFT checkpoint of the same name apart
+    module._psrl_fused_loras = fused + [{"path": os.path.realpath(file), "scale": scale,
+                                         "sha256": lora_fingerprint(file)}]
     logger.info("fused LoRA %s into %d layers (scale %g)", file, len(pairs), scale)
     return file
 
@@ -87,15 +98,15 @@ def _plain_lora_pairs(file: Path, tensors: dict[str, torch.Tensor], prefix: str)
     own = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
     if not own:
         raise ModelLoadError(f"LoRA file {str(file)!r} has no {prefix!r} weights")
-    bad = sorted(k for k in own if not (k.endswith(".lora_A.weight") or k.endswith(".lora_B.weight")))
+    bad = sorted(k for k in own if not k.endswith((".lora_A.weight", ".lora_B.weight")))
     if bad:
         raise ModelLoadError(f"LoRA file {str(file)!r}: {len(bad)} tensors are not plain LoRA A/B weights "
                              f"(e.g. {bad[0]})")
     pairs = {}
-    for key in own:
+    for key, a in own.items():
         if key.endswith(".lora_A.weight"):
             name = key[: -len(".lora_A.weight")]
-            a, b = own[key], own.get(f"{name}.lora_B.weight")
+            b = own.get(f"{name}.lora_B.weight")
             if b is None or a.shape[0] != b.shape[1]:
                 raise ModelLoadError(f"LoRA file {str(file)!r}: {name} has A {tuple(a.shape)} and B "
                                      f"{None if b is None else tuple(b.shape)}")
@@ -103,9 +114,33 @@ def _plain_lora_pairs(file: Path, tensors: dict[str, torch.Tensor], prefix: str)
     return pairs
 
 
+def fused_mismatch(inputs: list[dict], recorded: list[list[dict]]) -> str | None:
+    """Why the LoRAs described by ``inputs`` (``{path, scale, sha256}`` each) cannot be summed, or ``None``.
+
+    ``recorded[i]`` is what input ``i`` was trained on (its ``psrl_fused_loras``). A sum is one policy only when
+    every input sits on the same base once the inputs themselves are accounted for: what input ``i`` records minus
+    the other inputs must be the same for all (SFT + the RL LoRA trained on it leaves nothing; two RL LoRAs trained
+    on one SFT LoRA leave that SFT LoRA). Pure function.
+    """
+    def rest(i: int) -> list[dict]:
+        others = [inp for j, inp in enumerate(inputs) if j != i]
+        return [e for e in recorded[i] if not any(same_lora_entry(e, o) for o in others)]
+
+    leftovers = [rest(i) for i in range(len(inputs))]
+    first = leftovers[0]
+    if all(len(left) == len(first) and all(same_lora_entry(a, b) for a, b in zip(left, first))
+           for left in leftovers[1:]):
+        return None
+    trained_on = "; ".join(f"{inp['path']} was trained with {describe_fused(left)} fused into its base"
+                           for inp, left in zip(inputs, leftovers) if left)
+    return (f"{trained_on}, which is not among the inputs ({', '.join(i['path'] for i in inputs)}), so their sum is "
+            f"not the trained policy; combine it with the LoRA it was trained on, or pass --force")
+
+
 def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transformer",
-                       scales=None) -> Path:
-    """Write one LoRA equal to the sum of the LoRAs at ``paths`` (each times ``scales[i]``, default 1).
+                       scales=None, force: bool = False) -> Path:
+    """Write one LoRA equal to the sum of the LoRAs at ``paths`` (each times ``scales[i]``, default 1); each path
+    is resolved by :func:`psrl.models.lora.resolve_lora_path` (a file, a LoRA folder, a checkpoint or run folder).
 
     Ranks stack (``r = sum r_i``); a layer missing from a file gets zero rows there. ``A = [A_1; ...; A_k]`` and
     ``B = [s_1 B_1, ..., s_k B_k]`` with ``s_i = scales[i] * alpha_i / r_i``, saved with ``lora_alpha = r`` (scale
@@ -114,7 +149,9 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
     leaves nothing fused). ``out`` is a directory or a ``.safetensors`` path.
 
     Raises:
-        ModelLoadError: an unreadable file, non-LoRA tensors, or a layer whose shapes differ between files.
+        ModelLoadError: an unreadable file, non-LoRA tensors, a layer whose shapes differ between files, or (unless
+            ``force``) inputs trained on different fused bases (:func:`fused_mismatch`: e.g. an RL LoRA with an SFT
+            LoRA it was not trained on), naming the recorded bases.
     """
     from peft import LoraConfig as PeftLoraConfig
 
@@ -130,6 +167,16 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
         pairs = _plain_lora_pairs(file, tensors, prefix)
         rank = max(a.shape[0] for a, _ in pairs.values())
         loaded.append((file, pairs, rank, scale * file_scale(meta, prefix, file, rank), meta))
+    recorded = [meta.get(FUSED_METADATA_KEY, []) for *_, meta in loaded]
+    # an input's own identity is only needed when some input records what it was trained on (hashing costs ~1 s/GB)
+    inputs = [{"path": os.path.realpath(file), "scale": scale,
+               **({"sha256": lora_fingerprint(file)} if any(recorded) else {})}
+              for (file, *_), scale in zip(loaded, scales)]
+    problem = fused_mismatch(inputs, recorded) if any(recorded) else None
+    if problem and not force:
+        raise ModelLoadError(f"refusing to combine: {problem}")
+    if problem:
+        logger.warning("combining anyway (--force): %s", problem)
     names = sorted(set().union(*(pairs for _, pairs, _, _, _ in loaded)))
     total = sum(rank for _, _, rank, _, _ in loaded)
     tensors = {}
@@ -157,9 +204,10 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
     config = PeftLoraConfig(r=total, lora_alpha=total, target_modules=names).to_dict()
     header_meta = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
     header = {"format": "pt", LORA_METADATA_KEY: json.dumps(header_meta, indent=2, sort_keys=True, default=str)}
-    inputs = {os.path.realpath(file) for file, *_ in loaded}
-    fused = [e for _, _, _, _, meta in loaded for e in meta.get(FUSED_METADATA_KEY, [])
-             if os.path.realpath(lora_file(e["path"])) not in inputs]
+    fused: list[dict] = []
+    for entry in (e for rec in recorded for e in rec):
+        if not any(same_lora_entry(entry, i) for i in inputs) and not any(same_lora_entry(entry, f) for f in fused):
+            fused.append(entry)
     if fused:
         header[FUSED_METADATA_KEY] = json.dumps(fused)
     target = write_lora_file(tensors, header, out)
@@ -167,4 +215,4 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
     return target
 
 
-__all__ = ["combine_lora_files", "file_scale", "fuse_lora_weights", "lora_delta"]
+__all__ = ["combine_lora_files", "file_scale", "fuse_lora_weights", "fused_mismatch", "lora_delta"]

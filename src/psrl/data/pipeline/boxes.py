@@ -1,7 +1,7 @@
 """Pure box geometry for grounding and Position instructions. Boxes are ``[x1, y1, x2, y2]`` in pixels, y down."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 Box = Sequence[float]
 
@@ -27,7 +27,8 @@ def padded_crop_box(b: Box, width: int, height: int, padding: float) -> tuple[in
     """Integer crop rectangle: ``b`` grown by ``padding`` x its size on each side, clamped to the image."""
     w, h = b[2] - b[0], b[3] - b[1]
     x1, y1 = max(0, int(b[0] - padding * w)), max(0, int(b[1] - padding * h))
-    x2, y2 = min(width, int(round(b[2] + padding * w))), min(height, int(round(b[3] + padding * h)))
+    # int(): boxes may hold numpy floats, whose round() stays a numpy float
+    x2, y2 = min(width, int(round(b[2] + padding * w))), min(height, int(round(b[3] + padding * h)))  # noqa: RUF046
     return x1, y1, max(x2, x1 + 1), max(y2, y1 + 1)
 
 

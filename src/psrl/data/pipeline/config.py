@@ -204,7 +204,8 @@ class FilterConfig:
 @dataclass
 class ExportConfig:
     """``heldout_fraction`` of the kept samples (chosen with ``seed``) go to the held-out split, exported as
-    records and as PSRBench JSON per task; the rest are training records."""
+    ``eval.jsonl`` records (what recipes' ``eval.records`` read) and as PSRBench JSON per task (``psrbench/``);
+    the rest are ``train.jsonl`` training records."""
 
     heldout_fraction: float = 0.02
     seed: int = 0

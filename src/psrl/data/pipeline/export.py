@@ -2,7 +2,8 @@
 
 Outputs (all rewritten atomically on every run, so export is idempotent):
 
-- ``train.jsonl`` / ``heldout.jsonl``: :class:`psrl.data.records.Record` JSONL with ``prompt`` = the instruction,
+- ``train.jsonl`` / ``eval.jsonl`` (the held-out split; the name every shipped recipe's ``eval.records`` reads, e.g.
+  ``data/psr/eval.jsonl``): :class:`psrl.data.records.Record` JSONL with ``prompt`` = the instruction,
   ``subjects`` = (reference image, category phrase) in subject order, ``target`` = the target image, and
   ``tags`` = ``{task, subset, categories, source}``. Paths are relative to the dataset directory, which is the data
   root for ``psrl sft`` / ``psrl train``.
@@ -12,10 +13,12 @@ Outputs (all rewritten atomically on every run, so export is idempotent):
   for ``psrl bench``.
 
 A sample is held out when ``sample_seed(export.seed, id) / 2^31 < export.heldout_fraction``: the split of a sample
-never changes when the dataset grows.
+never changes when the dataset grows. An empty split is written (so the folder is complete) and warned about: a
+recipe's ``eval.records`` cannot read an empty file.
 """
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from collections import Counter
@@ -23,11 +26,16 @@ from pathlib import Path
 
 from psrl.data.pipeline.config import TASKS, DataPipelineConfig
 from psrl.data.pipeline.manifest import read_kept, write_jsonl_atomic
-from psrl.fileio import write_json_atomic
 from psrl.data.pipeline.stats import StageStats, write_stage_stats
 from psrl.data.pipeline.subjects import sample_seed
 from psrl.data.records import Record, SubjectRef
+from psrl.fileio import write_json_atomic
 
+log = logging.getLogger(__name__)
+
+#: the files export writes into the dataset directory; recipes name them as ``<dataset>/<file>``
+TRAIN_RECORDS = "train.jsonl"
+EVAL_RECORDS = "eval.jsonl"  # the held-out split: one name for it everywhere (recipes' eval.records)
 BENCH_DIR = "psrbench"
 
 
@@ -64,8 +72,13 @@ def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:
     entries = read_kept(dataset, "filter")
     train = [e for e in entries if not is_heldout(e["id"], cfg)]
     heldout = [e for e in entries if is_heldout(e["id"], cfg)]
-    write_jsonl_atomic(dataset / "train.jsonl", [to_record(e).to_json() for e in train])
-    write_jsonl_atomic(dataset / "heldout.jsonl", [to_record(e).to_json() for e in heldout])
+    write_jsonl_atomic(dataset / TRAIN_RECORDS, [to_record(e).to_json() for e in train])
+    write_jsonl_atomic(dataset / EVAL_RECORDS, [to_record(e).to_json() for e in heldout])
+    for name, split, fix in ((TRAIN_RECORDS, train, "lower export.heldout_fraction"),
+                             (EVAL_RECORDS, heldout, "raise export.heldout_fraction or make more samples")):
+        if entries and not split:
+            log.warning("export: %s is empty (%d kept samples, heldout_fraction %g); a recipe reading it stops with "
+                        "'no records': %s", dataset / name, len(entries), cfg.export.heldout_fraction, fix)
 
     bench = dataset / BENCH_DIR
     by_task: dict[str, list[dict]] = {t: [] for t in TASKS}
@@ -82,7 +95,7 @@ def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:
         write_json_atomic(bench / f"{task}.json", items)
         written[task] = len(items)
     stats = StageStats(stage="export", inputs=len(entries), kept=len(entries), rejected=0, new=len(entries),
-                       extra={"train": len(train), "heldout": len(heldout),
+                       extra={"train": len(train), "eval": len(heldout),
                               "train_tasks": dict(sorted(Counter(e["task"] for e in train).items())),
                               "psrbench_items": written})
     write_stage_stats(dataset, stats)

@@ -6,8 +6,8 @@ own CPU generator seeded with its sample's seed, so an image does not depend on 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch

@@ -7,8 +7,8 @@ assignment problem); boxes are clamped to the image before any test.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image
 

@@ -93,7 +93,7 @@ def parse_tagged(reply: str, tag: str) -> str | None:
     """The text after ``[tag]:`` up to the next ``[Word]:`` tag or the end, whitespace-collapsed; ``None`` when the
     tag is absent or empty. Markdown emphasis around the tag (``**[Prompt]:**``) is tolerated."""
     m = re.search(rf"\[{re.escape(tag)}\]\s*\**\s*:\s*\**(.*?)(?=\n\s*\**\[[A-Za-z ]+\]\s*\**\s*:|\Z)", reply,
-                  flags=re.S | re.I)
+                  flags=re.DOTALL | re.IGNORECASE)
     if not m:
         return None
     text = " ".join(m.group(1).split()).strip().strip('"').strip()

@@ -17,8 +17,8 @@ import io
 import json
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from psrl.errors import PsrlError
 
@@ -134,7 +134,7 @@ class ManifestWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "ManifestWriter":
+    def __enter__(self) -> ManifestWriter:  # noqa: PYI034 - typing.Self needs Python 3.11; 3.10 is supported
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,11 +8,20 @@ entries`` returning one kept or rejected entry per input sample.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from psrl.data.pipeline.manifest import (
-    KEPT, REJECTED, ManifestWriter, done_ids, iter_manifest, manifest_path, merge_parts, part_path, read_kept,
+    KEPT,
+    REJECTED,
+    ManifestWriter,
+    done_ids,
+    iter_manifest,
+    manifest_path,
+    merge_parts,
+    part_path,
+    read_kept,
     read_manifest,
 )
 from psrl.data.pipeline.sharding import Shard
@@ -70,7 +79,7 @@ def rejected(entry: dict, reason: str, detail: str = "", **fields) -> dict:
     return out
 
 
-def run_stage(stage: Stage, dataset: str | Path, shard: Shard = Shard(), *,
+def run_stage(stage: Stage, dataset: str | Path, shard: Shard = Shard(), *,  # noqa: B008 - frozen
               progress: ProgressFactory | None = None) -> StageStats | None:
     """Run (or finish) ``stage`` on ``dataset``. Returns the stage's statistics on the main process (written to
     ``stats.json`` too), ``None`` on the other ranks."""

@@ -34,7 +34,7 @@ def build_stage(name: str, cfg: DataPipelineConfig, dataset: Path, device, **inj
     return getattr(importlib.import_module(module), cls)(cfg, dataset, device, **injected)
 
 
-def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, shard: Shard = Shard(), *,
+def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, shard: Shard = Shard(), *,  # noqa: B008 - frozen
                     progress: ProgressFactory | None = None, **injected) -> StageStats | None:
     """Run one stage (sharded over ``shard``). Returns its statistics on the main process, else ``None``."""
     dataset = Path(dataset)
@@ -66,8 +66,8 @@ def reset_from(dataset: str | Path, name: str) -> list[Path]:
     """Forget stage ``name`` and every stage after it: their manifests (and part files) and statistics are removed,
     so they run again from scratch (images are overwritten as they are remade). Returns the removed files."""
     from psrl.data.pipeline.manifest import manifest_path
-    from psrl.fileio import write_json_atomic
     from psrl.data.pipeline.stats import STATS_FILE, read_stats
+    from psrl.fileio import write_json_atomic
 
     dataset = Path(dataset)
     later = list(STAGES[STAGES.index(name):])

@@ -29,7 +29,7 @@ class StageStats:
 
     @classmethod
     def from_entries(cls, stage: str, inputs: int, entries: list[dict], *, new: int = 0,
-                     extra: dict | None = None) -> "StageStats":
+                     extra: dict | None = None) -> StageStats:
         kept = sum(e["status"] == KEPT for e in entries)
         reasons = Counter(e.get("reason", "unknown") for e in entries if e["status"] == REJECTED)
         return cls(stage=stage, inputs=inputs, kept=kept, rejected=sum(reasons.values()),
