@@ -79,10 +79,38 @@ def test_one_bad_request_in_a_batch_fails_alone(data_root):
     expected = local(_tensor(mixed["images"][0]), [_rec(10)]).scores
     assert mixed_reply["scores"][0] == pytest.approx(float(expected[0]), abs=1e-5)
     assert mixed_reply["scores"][1] is None and mixed_reply["failures"][0] is None
-    assert "failed on this sample" in mixed_reply["failures"][1] and "RuntimeError" in mixed_reply["failures"][1]
-    assert replies[-1].status_code == 500 and "RuntimeError" in replies[-1].json()["detail"]
-    assert health["isolated_failures"]["sc"] >= 1
-    assert health["requests"]["sc"] == len(good) + 1
+    # the reward itself isolates the bad sample (the detector names the over-long phrase) ...
+    assert "failed on this sample" in mixed_reply["failures"][1] and "5003 tokens" in mixed_reply["failures"][1]
+    # ... so a request of only bad samples is answered too: every score null, each with its reason
+    lone = replies[-1].json()
+    assert replies[-1].status_code == 200 and lone["scores"] == [None] and "5003 tokens" in lone["failures"][0]
+    assert health["requests"]["sc"] == len(good) + 2  # the lone bad request is answered too
+
+
+def boom_reward(images, records):
+    """A user's ``module:attr`` reward that raises for a whole batch when any record says "boom"."""
+    from psrl.rewards.base import RewardOutput
+
+    if any("boom" in r.prompt for r in records):
+        raise RuntimeError("boom in the batch")
+    return RewardOutput(scores=torch.full((len(records),), 0.5), failures=[None] * len(records))
+
+
+def test_a_reward_that_raises_is_bisected_so_batch_mates_get_scores(data_root):
+    cfg = from_dict(ServerConfig, {"rewards": [{"name": "b", "reward": "test_reward_server_limits:boom_reward"}],
+                                   "data_root": str(data_root), "batch_window_ms": 400})
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/score/b"
+    bad = Record(id="bad", prompt="boom")
+    bodies = [_body([_png_b64(s)], [_rec(s)]) for s in range(4)] + [_body([_png_b64(9)], [bad])]
+    with ServerThread(create_app(cfg), port):
+        with ThreadPoolExecutor(len(bodies)) as pool:
+            replies = list(pool.map(lambda b: httpx.post(url, json=b, timeout=120), bodies))
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+    assert [r.status_code for r in replies[:4]] == [200] * 4
+    assert all(r.json()["scores"] == [0.5] for r in replies[:4])
+    assert replies[4].status_code == 500 and "boom in the batch" in replies[4].json()["detail"]
+    assert health["isolated_failures"]["b"] >= 1
 
 
 def test_overlong_text_gets_422_while_its_batch_mates_are_scored(data_root):
