@@ -92,7 +92,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from psrl.models.config import LoraConfig
+    from psrl.models.config import LoraConfig, ModelConfig
     from psrl.models.flux import FluxPolicy
     from psrl.rl.run_config import load_run_config
     from psrl.rl.grpo_trainer import GRPOTrainer
@@ -108,8 +108,9 @@ def main(argv=None) -> None:
         "eval.every=0", f"train.save_every={10**6}",
         f"train.mixed_precision={'bf16' if args.dtype == 'bfloat16' else 'no'}"])
     lora = LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, targets="attn", init="gaussian")
-    policy = FluxPolicy(small_flux_components(), lora=lora, dtype=args.dtype, device=device, max_sequence_length=64,
-                        gradient_checkpointing=args.gradient_checkpointing)
+    model_cfg = ModelConfig(lora=lora, dtype=args.dtype, max_sequence_length=64,
+                            gradient_checkpointing=args.gradient_checkpointing)
+    policy = FluxPolicy(small_flux_components(), model_cfg, device)
     trainer = GRPOTrainer(cfg, policy=policy)
     trainer.save = lambda step: None  # measure the iteration, not checkpoint I/O
     results: dict = {}

@@ -138,14 +138,13 @@ def main(argv=None) -> None:
         count_only(args.lora_rank)
         return
 
-    from psrl.models.config import LoraConfig
+    from psrl.models.config import LoraConfig, ModelConfig
     from psrl.models.flux_kontext import FluxKontextPolicy
-    from psrl.models.references import ReferenceResize
     from psrl.rl.run_config import load_run_config
     from psrl.rl.grpo_trainer import GRPOTrainer
 
     device = torch.device(args.device)
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32  # of the hand-built flux12b weights
     if device.type == "cuda":
         # cuDNN's SDPA backward crashed on long joint sequences on our H100 image; flash/efficient kernels are fine
         torch.backends.cuda.enable_cudnn_sdp(False)
@@ -161,14 +160,16 @@ def main(argv=None) -> None:
         "rewards=[{name: mean_color, weight: 1.0}]"])
     if args.shape == "flux12b":
         components = flux12b_components(device, dtype)
-        resize = ReferenceResize()
+        resize = {}  # UNO's 512 / 320
     else:
         components = small_flux_components()
-        resize = ReferenceResize(long_side_single=args.size, long_side_multi=args.size * 5 // 8 // 16 * 16)
+        resize = {"reference_long_side_single": args.size,
+                  "reference_long_side_multi": args.size * 5 // 8 // 16 * 16}
     lora = LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, targets=PSR_TARGETS, init="gaussian")
-    policy = FluxKontextPolicy(components, resize=resize, data_root=root, lora=lora, dtype=dtype, device=device,
-                               max_sequence_length=args.max_sequence_length,
-                               gradient_checkpointing=args.gradient_checkpointing, offload_frozen=args.offload_frozen)
+    model_cfg = ModelConfig(name="flux_kontext", lora=lora, dtype=args.dtype, args=resize,
+                            max_sequence_length=args.max_sequence_length,
+                            gradient_checkpointing=args.gradient_checkpointing, offload_frozen=args.offload_frozen)
+    policy = FluxKontextPolicy(components, model_cfg, device)
     trainer = GRPOTrainer(cfg, policy=policy)
     trainer.save = lambda step: None  # measure the iteration, not checkpoint I/O
     results: dict = {}

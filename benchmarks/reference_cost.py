@@ -55,24 +55,23 @@ def make_references(root: Path, n: int) -> list[str]:
     return names
 
 
-def kontext_policy(model: str, device: str, root: Path, size: int, rank: int):
-    from psrl.models.config import LoraConfig
+def kontext_policy(model: str, device: str, size: int, rank: int):
+    from psrl.models.config import LoraConfig, ModelConfig
     from psrl.models.flux_kontext import FluxKontextPolicy
-    from psrl.models.references import ReferenceResize
 
     multiple = 2  # tiny VAE: scale 1 x 2x2 packing
-    resize = ReferenceResize(long_side_single=size, long_side_multi=max(multiple, int(size * 0.625) // 2 * 2),
-                             multiple=multiple)
-    return FluxKontextPolicy(build_components(model), resize=resize, data_root=root,
-                             lora=LoraConfig(rank=rank, alpha=rank), device=device, max_sequence_length=32)
+    args = {"reference_long_side_single": size, "reference_multiple": multiple,
+            "reference_long_side_multi": max(multiple, int(size * 0.625) // 2 * 2)}
+    cfg = ModelConfig(name="flux_kontext", lora=LoraConfig(rank=rank, alpha=rank), max_sequence_length=32, args=args)
+    return FluxKontextPolicy(build_components(model), cfg, device)
 
 
 def flux_policy(model: str, device: str, rank: int):
-    from psrl.models.config import LoraConfig
+    from psrl.models.config import LoraConfig, ModelConfig
     from psrl.models.flux import FluxPolicy
 
-    return FluxPolicy(build_components(model), lora=LoraConfig(rank=rank, alpha=rank), device=device,
-                      max_sequence_length=32)
+    return FluxPolicy(build_components(model), ModelConfig(lora=LoraConfig(rank=rank, alpha=rank),
+                                                           max_sequence_length=32), device)
 
 
 def _sync(device: str) -> None:
@@ -120,7 +119,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from psrl.data.records import Record, SubjectRef
+    from psrl.data.records import Record, SubjectRef, resolve_records
     from psrl.models.base import SamplingConfig
 
     print(f"device {args.device}, model {args.model}, {args.size}x{args.size}, {args.steps} steps, group "
@@ -134,9 +133,10 @@ def main(argv=None) -> int:
         print("\n1. seconds per rollout step vs number of references")
         base = flux_policy(args.model, args.device, args.rank)
         per_step = {0: time_rollout(base, [Record(id="r0", prompt=prompt)] * args.group, sampling, args.device)}
-        kontext = kontext_policy(args.model, args.device, root, args.size, args.rank)
+        kontext = kontext_policy(args.model, args.device, args.size, args.rank)
         for n in range(1, 5):
-            rec = Record(id=f"r{n}", prompt=prompt, subjects=tuple(SubjectRef(image=x, phrase="s") for x in names[:n]))
+            subjects = tuple(SubjectRef(image=x, phrase="s") for x in names[:n])
+            rec = resolve_records([Record(id=f"r{n}", prompt=prompt, subjects=subjects)], root)[0]
             tokens = int(kontext.encode_conditions([rec], sampling)["ref_len"][0])
             per_step[n] = time_rollout(kontext, [rec] * args.group, sampling, args.device)
             per_step[f"tokens{n}"] = tokens
@@ -147,10 +147,11 @@ def main(argv=None) -> int:
             print(f"  {n:>4}  {tok:>10}  {per_step[n]:.4f}  {per_step[n] / per_step[0]:>11.2f}")
 
         print("\n2. one training iteration, half vs full resolution (1 reference, scaled with the size)")
-        rec = Record(id="r1", prompt=prompt, subjects=(SubjectRef(image=names[0], phrase="s"),))
+        rec = resolve_records([Record(id="r1", prompt=prompt, subjects=(SubjectRef(image=names[0], phrase="s"),))],
+                              root)[0]
         times = {}
         for size in (args.size, args.size // 2):
-            pol = kontext_policy(args.model, args.device, root, size, args.rank)
+            pol = kontext_policy(args.model, args.device, size, args.rank)
             s = SamplingConfig(num_steps=args.steps, height=size, width=size, guidance_scale=2.5, noise_level=0.9)
             times[size] = time_iteration(pol, [rec] * args.group, s, args.device)
             print(f"  {size}x{size}: {times[size]:.3f} s per iteration")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.rewards.detection import GroundingDinoDetector, build_detector
 from psrl.rewards.embedding import HFImageEmbedder, build_embedder
 from psrl.rewards.images import crop_box
@@ -118,8 +118,8 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="psrl_bench_"))
     for ph in PHRASES:
         Image.fromarray((rng.random((256, 256, 3)) * 255).astype(np.uint8)).save(tmp / f"{ph}.png")
-    record = Record(id="bench", prompt="a cat, a dog and a car", subjects=tuple(SubjectRef(f"{ph}.png", ph)
-                                                                               for ph in PHRASES))
+    record = resolve_records([Record(id="bench", prompt="a cat, a dog and a car",
+                                     subjects=tuple(SubjectRef(f"{ph}.png", ph) for ph in PHRASES))], tmp)[0]
     r = args.resolution
     images = [Image.fromarray((rng.random((r, r, 3)) * 255).astype(np.uint8)) for _ in range(args.group)]
 
@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     build_s = time.perf_counter() - t0
 
     def fresh_reward():
-        return SubjectConsistencyReward(detector=detector, embedder=embedder, data_root=str(tmp))
+        return SubjectConsistencyReward(detector=detector, embedder=embedder)
 
     # warm-up (kernels, allocator, lazy inits), not timed
     fresh_reward()(images[:2], [record] * 2)

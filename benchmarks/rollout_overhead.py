@@ -68,13 +68,14 @@ def main(argv=None) -> None:
 
     from psrl.data.records import Record
     from psrl.models.base import SamplingConfig
+    from psrl.models.config import ModelConfig
     from psrl.models.flux import FluxPolicy
 
     device = torch.device(args.device)
     components = small_flux_components(double=args.double, single=args.single)
     # the policy converts and moves the shared modules; the pipeline then runs the very same weights
-    policy = FluxPolicy(components, lora=None, dtype=args.dtype, device=device,
-                        max_sequence_length=args.max_sequence_length)
+    policy = FluxPolicy(components, ModelConfig(lora=None, dtype=args.dtype,
+                                                max_sequence_length=args.max_sequence_length), device)
     pipe = FluxPipeline(**components)
     pipe.set_progress_bar_config(disable=True)
     prompts = [f"a photo of object {i}" for i in range(args.batch)]

@@ -71,13 +71,15 @@ def test_eval_counts_failures_and_retries_failing_batches_per_sample(generated, 
     samples, _ = load_result_samples(out, root)
     assert len(samples) == 2 * 19
     metrics = parse_metrics(metric_set_for_tests())
-    stats = evaluate_samples(samples, tmp_path, metrics, benchmark="psrbench", batch_size=4, data_root=root)
+    stats = evaluate_samples(samples, tmp_path, metrics, benchmark="psrbench", batch_size=4)
     rows = read_sample_rows(tmp_path)
     assert len(rows) == 38 == stats.computed
     assert not list(tmp_path.glob("samples.part*"))  # merged
     # subject_consistency raises on any batch with a crab: the batch is retried per sample, only crab samples fail
     crab = [r for r in rows.values() if r["phrases"] and "crab" in r["phrases"]]
     assert crab and all(r["failures"]["subject_consistency"].startswith("RuntimeError") for r in crab)
+    # the rows keep reference paths as the benchmark writes them (relative to its root), not the resolved ones
+    assert rows["seed0/Four/0"]["references"][3] == "animals/cat.png"
     others = [r for r in rows.values() if r["phrases"] and "crab" not in r["phrases"] and r["image"]
               and r["failures"]["subject_consistency"] is None]
     assert others and all(r["scores"]["subject_consistency"] == 1.0 for r in others)
@@ -236,7 +238,7 @@ def test_remote_judge_endpoint_rubric_per_subset(generated, tmp_path):
         samples, _ = load_result_samples(out, root, subsets=["Attribute", "Background"])
         samples = [s for s in samples if s.seed == 0]
         stats = evaluate_samples(samples, tmp_path, parse_metrics({"semantic_alignment": sa}), benchmark="psrbench",
-                                 batch_size=4, data_root=root)
+                                 batch_size=4)
     finally:
         server.shutdown()
     rows = read_sample_rows(tmp_path)

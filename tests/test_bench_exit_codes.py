@@ -63,14 +63,14 @@ def test_validate_decodes_every_reference(tmp_path, capsys):
     with Image.open(truncated) as im:
         im.verify()  # the old check: the header is fine
     Image.new("RGB", (1, 1)).save(root / "subjects" / "ring.png")
-    for subset in ("Attribute", "Three"):
+    for subset in ("Attribute", "Action", "Three", "Four"):  # every first entry with a cat
         data = json.loads((root / f"{subset}.json").read_text())
         for e in data:
             e["input_path"] = [p.replace("animals/cat.png", "animals/cat.jpg") for p in e["input_path"]]
         (root / f"{subset}.json").write_text(json.dumps(data))
     assert main(["bench", "validate", "--data-root", str(root)]) == 1
     out = capsys.readouterr().out
-    assert "cat.jpg: unreadable image" in out and "1x1, smaller than the minimum side 8" in out
+    assert "cat.jpg: unreadable image" in out and "1x1, too small (smaller than the minimum side 8)" in out
     assert "0 issue(s)" not in out
 
 

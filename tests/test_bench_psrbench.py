@@ -24,8 +24,9 @@ def test_good_entries_become_records(tmp_path):
     rec = item.record
     assert rec.id == "Four/0" and rec.prompt == GOOD["Four"][0][0]
     assert [s.phrase for s in rec.subjects] == ["helicopter", "ring", "car", "cat"]
-    assert rec.subjects[3].image == "animals/cat.png"
-    assert rec.tags["subset"] == "Four" and rec.tags["index"] == 0
+    assert rec.subjects[3].image == str(root.resolve() / "animals" / "cat.png")  # resolved once, here
+    assert rec.relative().subjects[3].image == "animals/cat.png"  # the entry's input_path again
+    assert rec.tags["subset"] == "Four" and rec.tags["index"] == 0 and "data_root" not in rec.tags
 
 
 def test_every_bad_entry_is_reported_with_subset_index_and_field(data_root):
@@ -107,7 +108,8 @@ def test_dreambench_spec_and_import(tmp_path):
     assert data.issues == []
     assert len(data.raw["object"]) == 25 and len(data.raw["live"]) == 50
     rec = data.items[0].record
-    assert rec.subjects[0].image == "backpack/01.jpg" and rec.subjects[0].phrase == "backpack"
+    assert rec.relative().subjects[0].image == "backpack/01.jpg" and rec.subjects[0].phrase == "backpack"
+    assert rec.root == str(root.resolve())
     assert rec.tags["benchmark"] == "dreambench" and rec.tags["subject"] == "backpack"
     full = load_dreambench(root)  # all 30 expected: the 27 absent subjects are reported, not dropped
     assert sum(i.field == "folder" for i in full.issues) == 27
@@ -125,3 +127,5 @@ def test_metric_sets_parse_and_reject_bad_keys():
         parse_metrics({"aesthetics": {"reward": "hpsv3", "scael": 0.1}})
     with pytest.raises(ValueError, match="reward"):
         parse_metrics({"aesthetics": {"args": {}}})
+    with pytest.raises(ValueError, match=r"metrics\.dino\.args\.data_root: not read here.*--data-root"):
+        parse_metrics({"dino": {"reward": "dino", "args": {"data_root": "/refs"}}})  # the loader resolves them

@@ -35,8 +35,8 @@ LAUNCHERS = {
 
 def _bench(args, env, launcher):
     launcher = LAUNCHERS[launcher]
-    done = subprocess.run([*launcher, "-m", "psrl", "bench", *args], env=env, capture_output=True, text=True, check=False,
-                          timeout=240)
+    done = subprocess.run([*launcher, "-m", "psrl", "bench", *args], env=env, capture_output=True, text=True,
+                          check=False, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -68,5 +68,7 @@ def test_two_processes_match_one(tmp_path):
     rows1 = [json.loads(x) for x in (one / "eval" / "samples.jsonl").read_text().splitlines()]
     rows2 = [json.loads(x) for x in (two / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows1) == len(rows2) == 14 and not list((two / "eval").glob("samples.part*"))
-    strip = lambda r: {k: v for k, v in r.items() if k != "image"}
+    def strip(r):
+        return {k: v for k, v in r.items() if k != "image"}
+
     assert [strip(r) for r in rows1] == [strip(r) for r in rows2]

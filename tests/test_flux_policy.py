@@ -19,7 +19,8 @@ LORA = LoraConfig(rank=4, alpha=8)
 
 def _policy(guidance_embeds=True, **kw):
     kw.setdefault("lora", LORA)
-    return FluxPolicy(tiny_flux_components(guidance_embeds=guidance_embeds), max_sequence_length=SEQ, **kw)
+    return FluxPolicy(tiny_flux_components(guidance_embeds=guidance_embeds),
+                      ModelConfig(max_sequence_length=SEQ, **kw))
 
 
 def _gens(*seeds):

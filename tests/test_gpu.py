@@ -9,7 +9,7 @@ import torch
 
 from psrl.data.records import Record
 from psrl.models.base import SamplingConfig
-from psrl.models.config import LoraConfig
+from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.tiny import tiny_flux_components
 
@@ -30,16 +30,16 @@ def test_ode_generation_equals_flux_pipeline_on_the_gpu():
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(["a red dog", "a cat"], num_inference_steps=3, height=16, width=24, guidance_scale=4.0,
                     max_sequence_length=SEQ, output_type="pt", generator=_gens(0, 1)).images
-    policy = FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8), device="cuda",
-                        max_sequence_length=SEQ)
+    policy = FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(rank=4, alpha=8), max_sequence_length=SEQ),
+                        "cuda")
     got = policy.generate([Record(id="0", prompt="a red dog"), Record(id="1", prompt="a cat")],
                           SamplingConfig(num_steps=3, height=16, width=24, guidance_scale=4.0), _gens(0, 1))
     assert got.device.type == "cuda" and (got - expected.to(got.device)).abs().max() < 1e-4
 
 
 def test_bf16_log_prob_recompute_on_the_gpu():
-    policy = FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8), dtype="bfloat16", device="cuda",
-                        max_sequence_length=SEQ)
+    policy = FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(rank=4, alpha=8), dtype="bfloat16",
+                                                            max_sequence_length=SEQ), "cuda")
     ro = policy.rollout([Record(id="a", prompt="a dog")] * 2, SamplingConfig(num_steps=3, height=16, width=16),
                         torch.Generator().manual_seed(0))
     assert ro.latents.dtype == torch.float32

@@ -7,23 +7,25 @@ import pytest
 import torch
 from PIL import Image
 
-from psrl.data.records import Record, RecordError, SubjectRef
+from psrl.data.records import Record, RecordError, SubjectRef, resolve_records
 from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, check_image, load_image, size_problem
 from psrl.models.references import ReferenceLoader
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
 from psrl.rl.sft import load_target
 
 
-def _rec(*images, rid="r"):
-    return Record(id=rid, prompt="p", subjects=tuple(SubjectRef(im, "cat") for im in images))
+def _rec(*images, rid="r", root=None, target=None):
+    """A record; with ``root``, resolved there as a loader hands it over."""
+    rec = Record(id=rid, prompt="p", subjects=tuple(SubjectRef(im, "cat") for im in images), target=target)
+    return resolve_records([rec], root)[0] if root is not None else rec
 
 
 def _policy_load(root, name):
-    return ReferenceLoader(root, max_references=4).load(_rec(name))[0]
+    return ReferenceLoader(max_references=4).load(_rec(name, root=root))[0]
 
 
 def _reward_load(root, name):
-    return ReferenceImages(root).load(name)
+    return ReferenceImages().load(_rec(name, root=root).subjects[0].image)
 
 
 LOADERS = {"psrl.images": lambda root, name: load_image(root / name), "policy": _policy_load,
@@ -87,19 +89,19 @@ def test_transparency_is_composited_onto_white(files, loader):
 
 def test_background_is_configurable_in_both_reference_loaders(files):
     black = (0, 0, 0)
-    policy = ReferenceLoader(files, max_references=1, background=black).load(_rec("clear.png"))[0]
-    reward = ReferenceImages(files, background=black).load("clear.png")
+    policy = ReferenceLoader(max_references=1, background=black).load(_rec("clear.png", root=files))[0]
+    reward = ReferenceImages(background=black).load(str(files / "clear.png"))
     assert np.asarray(policy).max() == 0 and np.asarray(reward).max() == 0
 
 
 def test_sft_target_goes_through_the_same_loader(files):
-    x = load_target(files, Record(id="t", prompt="p", target="phone.jpg"), 32, 16)   # H=32, W=16: portrait
+    x = load_target(_rec(rid="t", target="phone.jpg", root=files), 32, 16)   # H=32, W=16: portrait
     assert x.shape == (3, 32, 16) and x.dtype == torch.float32
     assert x[0, 2, 8] > 0.8 and x[2, 2, 8] < 0.2 and x[2, 29, 8] > 0.8     # upright: red on top, blue below
-    assert torch.allclose(load_target(files, Record(id="g", prompt="p", target="grey16.png"), 8, 8),
+    assert torch.allclose(load_target(_rec(rid="g", target="grey16.png", root=files), 8, 8),
                           torch.full((3, 8, 8), 128 / 255))
     with pytest.raises(RecordError, match="'d'.*dot.png.*1x1.*too small"):
-        load_target(files, Record(id="d", prompt="p", target="dot.png"), 8, 8)
+        load_target(_rec(rid="d", target="dot.png", root=files), 8, 8)
 
 
 # ------------------------------------------------------------------ the same files refused, each with its error type
@@ -119,8 +121,9 @@ def test_a_refused_reference_is_nan_for_its_sample_only(files):
     from psrl.rewards import build_reward
 
     Image.new("RGB", (32, 32), (200, 30, 30)).save(files / "ok.png")
-    reward = build_reward("dino", {"path": "tiny", "data_root": str(files)})
-    out = reward(torch.rand(4, 3, 32, 32), [_rec("ok.png"), _rec("dot.png"), _rec("ok.png"), _rec("strip.png")])
+    reward = build_reward("dino", {"path": "tiny"})
+    out = reward(torch.rand(4, 3, 32, 32), [_rec(name, root=files) for name in ("ok.png", "dot.png", "ok.png",
+                                                                                 "strip.png")])
     assert torch.isfinite(out.scores[[0, 2]]).all() and out.scores[[1, 3]].isnan().all()
     assert "1x1" in out.failures[1] and "too small" in out.failures[1]
     assert "too elongated" in out.failures[3] and out.failures[0] is None and out.failures[2] is None
@@ -138,5 +141,5 @@ def test_in_memory_inputs_follow_the_loader_rules():
 def test_every_reward_that_reads_references_takes_the_background(files, name):
     from psrl.rewards import build_reward
 
-    reward = build_reward(name, {"path": "tiny", "data_root": str(files), "background": (0, 0, 0)})
-    assert np.asarray(reward.refs.load("clear.png")).max() == 0
+    reward = build_reward(name, {"path": "tiny", "background": (0, 0, 0)})
+    assert np.asarray(reward.refs.load(str(files / "clear.png"))).max() == 0

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psrl.data.records import Record, RecordError, SubjectRef
+from psrl.data.records import Record, RecordError, SubjectRef, resolve_records
 from psrl.models.base import Policy, Rollout, SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 
@@ -18,13 +18,13 @@ def _png(root, name, size, mode="RGB", seed=0):
     img = Image.fromarray(arr, "RGBA")
     img = img.convert(mode) if mode != "RGBA" else img
     img.save(root / name)
-    return name
+    return str(root / name)  # a resolved path, as records reach the policy
 
 
 def _policy(root, **args):
     from psrl.models.flux_kontext import FluxKontextPolicy
 
-    args = {"data_root": str(root), "reference_long_side_single": 16, "reference_long_side_multi": 8, **args}
+    args = {"reference_long_side_single": 16, "reference_long_side_multi": 8, **args}
     cfg = ModelConfig(name="flux_kontext", path="tiny", max_sequence_length=32, lora=LoraConfig(rank=4, alpha=4),
                       args=args)
     return FluxKontextPolicy.from_config(cfg, "cpu")
@@ -137,15 +137,17 @@ def test_bad_inputs_name_the_record_and_value(tmp_path):
     with pytest.raises(RecordError, match="'none'.*no reference"):
         policy.generate([_rec("none")], s)
     with pytest.raises(RecordError, match="'gone'.*missing.png.*not found"):
-        policy.generate([_rec("gone", "missing.png")], s)
+        policy.generate([_rec("gone", str(tmp_path / "missing.png"))], s)
     (tmp_path / "junk.png").write_bytes(b"not an image")
     with pytest.raises(RecordError, match="'junk'.*unreadable"):
-        policy.generate([_rec("junk", "junk.png")], s)
+        policy.generate([_rec("junk", str(tmp_path / "junk.png"))], s)
     thin = _png(tmp_path, "thin.png", (64, 2))
     with pytest.raises(RecordError, match="'thin'.*64x2.*too small"):
         policy.generate([_rec("thin", thin)], s)
+    with pytest.raises(RecordError, match="'rel'.*'a.png' is not resolved against a data root"):
+        policy.generate([_rec("rel", "a.png")], s)  # nobody resolved it: refused, never read from the cwd
     with pytest.raises(RecordError, match="escapes"):
-        policy.generate([_rec("esc", "../x.png")], s)
+        resolve_records([_rec("esc", "../x.png")], tmp_path)  # escapes are refused where records are resolved
     from psrl.config import ConfigError
 
     with pytest.raises(ConfigError, match="position_ids"):
@@ -160,6 +162,21 @@ def test_mismatched_lora_file_is_a_clear_error(tmp_path):
 
     _policy(tmp_path).save_lora(tmp_path / "r4")
     cfg = ModelConfig(name="flux_kontext", path="tiny", max_sequence_length=32,
-                      lora=LoraConfig(rank=8, alpha=8, path=str(tmp_path / "r4")), args={"data_root": str(tmp_path)})
+                      lora=LoraConfig(rank=8, alpha=8, path=str(tmp_path / "r4")))
     with pytest.raises(ModelLoadError, match=r"r4.*rank"):
         FluxKontextPolicy.from_config(cfg, "cpu")
+
+
+def test_resolved_and_legacy_root_records_give_the_same_image(tmp_path):
+    """Records resolved where they are loaded, and the data pipeline's legacy ``model.args.data_root`` (relative
+    paths resolved by the policy, escapes refused), read the same file."""
+    _png(tmp_path, "a.png", (16, 16))
+    s = SamplingConfig(num_steps=2, height=16, width=16)
+    resolved = resolve_records([_rec("r", "a.png")], tmp_path)
+    assert resolved[0].subjects[0].image == str(tmp_path.resolve() / "a.png")
+    assert resolved[0].to_json()["subjects"][0]["image"] == "a.png"  # the file's form again
+    via_records = _policy(tmp_path).generate(resolved, s, _gen())
+    legacy = _policy(tmp_path, data_root=str(tmp_path))
+    assert torch.equal(legacy.generate([_rec("r", "a.png")], s, _gen()), via_records)
+    with pytest.raises(RecordError, match="escapes"):
+        legacy.generate([_rec("esc", "../x.png")], s)

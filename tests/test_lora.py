@@ -5,7 +5,7 @@ import torch
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.models.base import SamplingConfig
-from psrl.models.config import LoraConfig
+from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.lora import (
     LORA_TARGET_PRESETS,
@@ -21,8 +21,8 @@ RECORDS = [Record(id="a", prompt="a red dog")]
 
 
 def _policy(rank=4, targets="attn"):
-    return FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=rank, alpha=2 * rank, targets=targets),
-                      max_sequence_length=16)
+    return FluxPolicy(tiny_flux_components(),
+                      ModelConfig(lora=LoraConfig(rank=rank, alpha=2 * rank, targets=targets), max_sequence_length=16))
 
 
 def _perturb(policy, seed=0, std=0.5):
@@ -50,8 +50,8 @@ def test_presets_resolve_to_the_documented_layers():
 
 
 def test_only_lora_parameters_are_trainable_and_fp32_in_bf16():
-    policy = FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8), dtype="bfloat16",
-                        max_sequence_length=16)
+    policy = FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(rank=4, alpha=8), dtype="bfloat16",
+                                                            max_sequence_length=16))
     names = [n for n, p in policy.transformer.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
     assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())
@@ -84,7 +84,7 @@ def test_saved_lora_loads_in_flux_pipeline_and_round_trips(tmp_path):
     fresh.load_lora(tmp_path / LORA_WEIGHT_NAME)
     assert (fresh.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0)) - ours).abs().max() == 0
     # a policy built without an adapter takes the adapter config from the file's header
-    bare = FluxPolicy(tiny_flux_components(), lora=None, max_sequence_length=16)
+    bare = FluxPolicy(tiny_flux_components(), ModelConfig(lora=None, max_sequence_length=16))
     bare.load_lora(tmp_path)
     assert (bare.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0)) - ours).abs().max() == 0
 
@@ -94,7 +94,7 @@ def test_lora_path_in_config_initialises_the_adapter(tmp_path):
     _perturb(src)
     src.save_lora(tmp_path / "sft.safetensors")
     cfg = LoraConfig(rank=4, alpha=8, path=str(tmp_path / "sft.safetensors"))
-    policy = FluxPolicy(tiny_flux_components(), lora=cfg, max_sequence_length=16)
+    policy = FluxPolicy(tiny_flux_components(), ModelConfig(lora=cfg, max_sequence_length=16))
     a = dict(lora_parameters(src.transformer))
     assert all(torch.equal(p, a[n]) for n, p in lora_parameters(policy.transformer))
 
@@ -119,7 +119,8 @@ def test_mismatched_lora_file_is_a_clear_error(tmp_path):
 
 
 def test_lora_file_with_another_alpha_is_an_error(tmp_path):
-    FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=16), max_sequence_length=16).save_lora(tmp_path)
+    FluxPolicy(tiny_flux_components(),
+               ModelConfig(lora=LoraConfig(rank=4, alpha=16), max_sequence_length=16)).save_lora(tmp_path)
     with pytest.raises(ModelLoadError, match=r"alpha 16.*alpha 8.*model.lora.alpha"):
         _policy(rank=4).load_lora(tmp_path)
 
@@ -148,7 +149,7 @@ def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_pat
 
     # a policy with the SFT LoRA fused and a new rank-4 adapter: with LoRA off it is the SFT policy (KL reference)
     cfg = LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "sft")])
-    rl = FluxPolicy(tiny_flux_components(), lora=cfg, max_sequence_length=16)
+    rl = FluxPolicy(tiny_flux_components(), ModelConfig(lora=cfg, max_sequence_length=16))
     with rl.disable_lora():
         reference = rl.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
     assert (reference - sft_images).abs().max() < 1e-4
@@ -166,12 +167,13 @@ def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_pat
     _policy(rank=8, targets="attn_ff").save_lora(tmp_path / "other_sft")
     caplog.clear()
     with caplog.at_level("WARNING"):
-        FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "other_sft")]),
-                   max_sequence_length=16).load_lora(tmp_path / "rl")
+        FluxPolicy(tiny_flux_components(),
+                   ModelConfig(lora=LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "other_sft")]),
+                               max_sequence_length=16)).load_lora(tmp_path / "rl")
     assert "model.lora.fuse" in caplog.text
     caplog.clear()
     with caplog.at_level("WARNING"):
-        FluxPolicy(tiny_flux_components(), lora=cfg, max_sequence_length=16).load_lora(tmp_path / "rl")
+        FluxPolicy(tiny_flux_components(), ModelConfig(lora=cfg, max_sequence_length=16)).load_lora(tmp_path / "rl")
     assert "model.lora.fuse" not in caplog.text
     # ... and diffusers reproduces the two-stage policy with both adapters active
     pipe = FluxPipeline(**tiny_flux_components())
@@ -195,7 +197,7 @@ def test_fuse_errors_name_the_file_and_the_entry(tmp_path):
     with pytest.raises(ModelLoadError, match=r"ff.*layers this model does not have.*another model"):
         fuse_lora_weights(tiny_sd3_components()["transformer"], tmp_path / "ff")
     with pytest.raises(ModelLoadError, match="has no pytorch_lora_weights"):
-        FluxPolicy(tiny_flux_components(), lora=LoraConfig(fuse=[str(tmp_path)]), max_sequence_length=16)
+        FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(fuse=[str(tmp_path)]), max_sequence_length=16))
     with pytest.raises(ValueError, match=r"lora.fuse\[1\]"):
         LoraConfig(fuse=["a", {"path": "b", "weight": 2}])
     with pytest.raises(ValueError, match=r"lora.fuse\[0\].scale"):
@@ -213,8 +215,8 @@ def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_pat
     sft = _policy(rank=8, targets="attn_ff")
     _perturb(sft, std=0.3)
     sft.save_lora(tmp_path / "sft")
-    rl = FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "sft")]),
-                    max_sequence_length=16)
+    rl = FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(rank=4, alpha=8, fuse=[str(tmp_path / "sft")]),
+                                                        max_sequence_length=16))
     _perturb(rl, seed=1)
     rl.save_lora(tmp_path / "rl")
     expected = rl.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
@@ -237,7 +239,7 @@ def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_pat
     fused = read_lora_file(tmp_path / "rl_other")[2][FUSED_METADATA_KEY]
     assert [e["path"] for e in fused] == [str((tmp_path / "sft" / LORA_WEIGHT_NAME).resolve())]
 
-    bare = FluxPolicy(tiny_flux_components(), lora=None, max_sequence_length=16)
+    bare = FluxPolicy(tiny_flux_components(), ModelConfig(lora=None, max_sequence_length=16))
     bare.load_lora(tmp_path / "both")
     assert (bare.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0)) - expected).abs().max() < 1e-4
     pipe = FluxPipeline(**tiny_flux_components())

@@ -10,7 +10,7 @@ import yaml
 from psrl.cli.main import main
 from psrl.data.records import Record, write_records
 from psrl.errors import ModelLoadError
-from psrl.models.config import LoraConfig
+from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.lora import LORA_WEIGHT_NAME, lora_fingerprint, lora_parameters, resolve_lora_path
 from psrl.models.lora_merge import fused_mismatch
@@ -18,8 +18,8 @@ from psrl.models.tiny import tiny_flux_components
 
 
 def _policy(rank=4, alpha=4.0, fuse=()):
-    return FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=rank, alpha=alpha, targets="attn",
-                                                              fuse=list(fuse)), max_sequence_length=16)
+    return FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(rank=rank, alpha=alpha, targets="attn",
+                                                                          fuse=list(fuse)), max_sequence_length=16))
 
 
 def _perturb(policy, seed, std=0.5):
@@ -69,8 +69,9 @@ def test_every_form_of_a_lora_argument_resolves_by_one_rule(tmp_path, caplog):
     with pytest.raises(ModelLoadError, match="has no complete checkpoint"):
         resolve_lora_path(broken)
     # the same rule where a config names a LoRA: model.lora.path and model.lora.fuse take a run folder too
-    loaded = FluxPolicy(tiny_flux_components(), lora=LoraConfig(rank=4, alpha=4.0, targets="attn", path=str(run)),
-                        max_sequence_length=16)
+    loaded = FluxPolicy(tiny_flux_components(),
+                        ModelConfig(lora=LoraConfig(rank=4, alpha=4.0, targets="attn", path=str(run)),
+                                    max_sequence_length=16))
     assert all(torch.equal(p, dict(lora_parameters(a.transformer))[n])
                for n, p in lora_parameters(loaded.transformer))
     fused = _policy(rank=2, alpha=2.0, fuse=[str(run)])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.models.base import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import tokens_dropped, warn_truncated_prompts
@@ -75,9 +75,9 @@ def test_flux_kontext_warns_once_per_record(tmp_path, caplog):
 
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "a.png")
     cfg = ModelConfig(name="flux_kontext", path="tiny", max_sequence_length=16,
-                      args={"data_root": str(tmp_path), "reference_long_side_single": 16})
+                      args={"reference_long_side_single": 16})
     policy = FluxKontextPolicy.from_config(cfg, "cpu")
-    records = [Record(id="long-k", prompt=LONG, subjects=(SubjectRef("a.png", "cat"),))]
+    records = resolve_records([Record(id="long-k", prompt=LONG, subjects=(SubjectRef("a.png", "cat"),))], tmp_path)
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
             policy.encode(records, SAMPLING)
@@ -106,9 +106,9 @@ def test_qwen_edit_plus_keeps_the_whole_prompt(tmp_path, caplog):
 
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(tmp_path / "a.png")
     cfg = ModelConfig(name="qwen_image_edit_plus", path="tiny", max_sequence_length=16,
-                      args={"data_root": str(tmp_path), "condition_area": 32 * 32, "vae_area": 32 * 32})
+                      args={"condition_area": 32 * 32, "vae_area": 32 * 32})
     policy = QwenImageEditPlusPolicy.from_config(cfg, "cpu")
-    sub = (SubjectRef("a.png", "cat"),)
+    sub = (SubjectRef(str(tmp_path / "a.png"), "cat"),)  # a resolved path, as records reach the policy
     with caplog.at_level(logging.WARNING):
         cond, _ = policy.encode([Record(id="q-long", prompt=LONG * 3, subjects=sub),
                                  Record(id="q-short", prompt=SHORT, subjects=sub)], SAMPLING)

@@ -17,14 +17,14 @@ AREAS = {"condition_area": 32 * 32, "vae_area": 32 * 32}
 def _png(root, name, size, seed):
     arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     Image.fromarray(arr).save(root / name)
-    return name
+    return str(root / name)  # a resolved path, as records reach the policy
 
 
 def _policy(root, **args):
     from psrl.models.qwen_edit_plus import QwenImageEditPlusPolicy
 
     cfg = ModelConfig(name="qwen_image_edit_plus", path="tiny", lora=LoraConfig(rank=4, alpha=4),
-                      args={"data_root": str(root), **AREAS, **args})
+                      args={**AREAS, **args})
     return QwenImageEditPlusPolicy.from_config(cfg, "cpu")
 
 

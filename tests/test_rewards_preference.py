@@ -7,29 +7,29 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.errors import ModelLoadError
 from psrl.rewards import build_reward
 from psrl.rewards.images import pil_to_tensor
 
 
 @pytest.fixture
-def ref_dir(tmp_path):
+def ref_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # _recs resolves reference paths under the working directory
     g = torch.Generator().manual_seed(0)
     Image.fromarray((torch.rand(40, 40, 3, generator=g) * 255).byte().numpy()).save(tmp_path / "a.png")
     return tmp_path
 
 
 def _recs(n=2, prompt="a red cat"):
-    return [Record(id=f"r{i}", prompt=prompt, subjects=(SubjectRef("a.png", "cat"),)) for i in range(n)]
+    """Records as a loader hands them over: reference paths resolved (here under the working directory)."""
+    return resolve_records([Record(id=f"r{i}", prompt=prompt, subjects=(SubjectRef("a.png", "cat"),))
+                            for i in range(n)], ".")
 
 
 @pytest.mark.parametrize("name", ["hpsv3", "pickscore", "clip_t", "aesthetic", "clip_i", "dino"])
 def test_each_reward_runs_on_tiny_models(name, ref_dir):
-    args = {"path": "tiny"}
-    if name in ("clip_i", "dino"):
-        args["data_root"] = str(ref_dir)
-    reward = build_reward(name, args)
+    reward = build_reward(name, {"path": "tiny"})
     images = torch.stack([torch.zeros(3, 32, 32), torch.rand(3, 32, 32), torch.ones(3, 32, 32)])
     out = reward(images, _recs(3))
     assert out.scores.shape == (3,) and torch.isfinite(out.scores).all()
@@ -62,13 +62,13 @@ def test_clip_t_and_pickscore_match_direct_computation():
 def test_image_similarity_is_one_for_the_reference_itself(ref_dir):
     ref = pil_to_tensor(Image.open(ref_dir / "a.png"))[None]
     for name in ("dino", "clip_i"):
-        reward = build_reward(name, {"path": "tiny", "data_root": str(ref_dir)})
+        reward = build_reward(name, {"path": "tiny"})
         out = reward(ref, _recs(1))
         assert out.scores.item() == pytest.approx(1.0, abs=1e-5)
-        missing = reward(ref, [Record(id="m", prompt="p", subjects=(SubjectRef("nope.png", "cat"),))])
+        missing = reward(ref, resolve_records([Record(id="m", prompt="p", subjects=(SubjectRef("nope.png", "cat"),))],
+                                              ref_dir))
         assert math.isnan(missing.scores.item()) and "not found" in missing.failures[0]
-    dinov2 = build_reward("dino", {"embedder": {"kind": "dinov2", "path": "tiny"}, "data_root": str(ref_dir),
-                                   "scale": 100.0})
+    dinov2 = build_reward("dino", {"embedder": {"kind": "dinov2", "path": "tiny"}, "scale": 100.0})
     assert dinov2(ref, _recs(1)).scores.item() == pytest.approx(100.0, abs=1e-3)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.rewards import REWARDS, build_reward
 from psrl.rewards.base import _ensure_builtin_rewards
 from psrl.rewards.embedding import build_embedder
@@ -30,14 +30,15 @@ def root(tmp_path_factory):
     return d
 
 
-def _recs(n=4, *, strip_ref_at=None, prompt_at=None, extra=""):
+def _recs(root, n=4, *, strip_ref_at=None, prompt_at=None, extra=""):
+    """Records as a loader hands them over: reference paths resolved under ``root``."""
     out = []
     for i in range(n):
         first = "strip.png" if i == strip_ref_at else "a.png"
         prompt = PROMPT + (f" {extra}" if i == prompt_at else "")
         out.append(Record(id=f"r{i}", prompt=prompt, tags={"subset": "Action"},
                           subjects=(SubjectRef(first, "cat"), SubjectRef("b.png", "dog"))))
-    return out
+    return resolve_records(out, root)
 
 
 def _images(n=4, seed=0):
@@ -48,27 +49,24 @@ def _images(n=4, seed=0):
 DETECTOR = {"kind": "grounding_dino", "box_threshold": 0.0}  # random weights: every box passes, crops exist
 ARGS = {
     "mean_color": {},
-    "subject_consistency": {"path": "tiny", "detector": DETECTOR, "data_root": True},
+    "subject_consistency": {"path": "tiny", "detector": DETECTOR},
     "position": {"path": "tiny", "detector": DETECTOR},
-    "vlm_consistency": {"path": "tiny", "data_root": True},
+    "vlm_consistency": {"path": "tiny"},
     "semantic_alignment": {"path": "tiny", "max_new_tokens": 4},
-    "edit_consistency": {"path": "tiny", "data_root": True},
+    "edit_consistency": {"path": "tiny"},
     "hpsv3": {"path": "tiny"},
     "pickscore": {"path": "tiny"},
     "clip_t": {"path": "tiny"},
     "aesthetic": {"path": "tiny"},
-    "clip_i": {"path": "tiny", "data_root": True},
-    "dino": {"path": "tiny", "data_root": True},
+    "clip_i": {"path": "tiny"},
+    "dino": {"path": "tiny"},
 }
 QWEN_REWARDS = ["vlm_consistency", "semantic_alignment", "edit_consistency", "hpsv3"]
-READS_REFERENCES = [name for name, a in ARGS.items() if a.get("data_root")]
+READS_REFERENCES = ["subject_consistency", "vlm_consistency", "edit_consistency", "clip_i", "dino"]
 
 
-def _build(name, root):
-    args = dict(ARGS[name])
-    if args.pop("data_root", False):
-        args["data_root"] = str(root)
-    return build_reward(name, args)
+def _build(name):
+    return build_reward(name, dict(ARGS[name]))
 
 
 def _assert_only(out, bad: int, why: str, name: str):
@@ -136,19 +134,19 @@ def test_every_registered_reward_is_covered():
 # ------------------------------------------------------------------ 1 bad sample in a batch of 4, every reward
 @pytest.mark.parametrize("name", sorted(ARGS))
 def test_a_generated_image_the_qwen_processor_refuses_fails_alone(name, root):
-    reward = _build(name, root)
+    reward = _build(name)
     images = _images()
     images[1] = Image.new("RGB", (1800, 8), (10, 200, 10))
-    out = reward(images, _recs())
+    out = reward(images, _recs(root))
     _assert_only(out, 1, "too elongated", name)
     if name != "semantic_alignment":  # the others score exactly as they do without the bad sample
-        alone = reward([images[0], images[2], images[3]], [_recs()[b] for b in (0, 2, 3)])
+        alone = reward([images[0], images[2], images[3]], [_recs(root)[b] for b in (0, 2, 3)])
         assert torch.allclose(out.scores[[0, 2, 3]], alone.scores, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", READS_REFERENCES)
 def test_a_reference_the_qwen_processor_refuses_fails_alone(name, root):
-    out = _build(name, root)(_images(), _recs(strip_ref_at=2))
+    out = _build(name)(_images(), _recs(root, strip_ref_at=2))
     _assert_only(out, 2, "too elongated", name)
     assert "strip.png" in out.failures[2]
 
@@ -157,13 +155,13 @@ def test_a_reference_the_qwen_processor_refuses_fails_alone(name, root):
 def test_a_sample_the_model_batch_rejects_is_retried_alone(name, root):
     """Nothing in the inputs is out of range, but the prompt carries a Qwen image placeholder: the processor
     rejects the whole batch; retried one by one, only that sample fails, the others match a clean batch."""
-    reward = _build(name, root)
+    reward = _build(name)
     images = _images()
-    out = reward(images, _recs(prompt_at=3, extra=QWEN_PLACEHOLDER))
+    out = reward(images, _recs(root, prompt_at=3, extra=QWEN_PLACEHOLDER))
     _assert_only(out, 3, "failed on this sample (ValueError", name)
     assert "image_pad" in out.failures[3]
     if name != "semantic_alignment":
-        clean = reward(images[:3], _recs(3))
+        clean = reward(images[:3], _recs(root, 3))
         assert torch.allclose(out.scores[:3], clean.scores, atol=1e-5)
 
 
@@ -192,14 +190,13 @@ class _Fussy:
 
 def _component_cases(root, fussy_embedder, fussy_detector):
     real_detector = dict(DETECTOR, path="tiny")
-    refs = {"data_root": str(root)}
     return {
         "subject_consistency/embedder": ("subject_consistency",
-                                         {"detector": real_detector, "embedder": fussy_embedder, **refs}),
+                                         {"detector": real_detector, "embedder": fussy_embedder}),
         "subject_consistency/detector": ("subject_consistency",
-                                         {"detector": fussy_detector, "embedder": "dino_vit", "path": "tiny", **refs}),
+                                         {"detector": fussy_detector, "embedder": "dino_vit", "path": "tiny"}),
         "position/detector": ("position", {"detector": fussy_detector}),
-        "dino/embedder": ("dino", {"embedder": fussy_embedder, **refs}),
+        "dino/embedder": ("dino", {"embedder": fussy_embedder}),
     }
 
 
@@ -214,7 +211,7 @@ def test_a_component_that_raises_for_one_image_fails_that_sample_only(case, root
     reward = build_reward(name, args)
     images = _images()
     images[0] = Image.new("RGB", (32, 32), (0, 255, 0))
-    out = reward(images, _recs())
+    out = reward(images, _recs(root))
     _assert_only(out, 0, "RuntimeError: cannot process a pure green image", name)
 
 
@@ -228,8 +225,8 @@ def test_remote_reward_keeps_per_sample_failures(root):
         client = build_reward("remote", {"url": f"http://127.0.0.1:{srv.port}", "reward": "hpsv3", "retries": 0})
         images = _images()
         images[1] = Image.new("RGB", (1800, 8))
-        _assert_only(client(images, _recs()), 1, "too elongated", "remote")         # refused before sending
-        out = client(_images(), _recs(prompt_at=2, extra=QWEN_PLACEHOLDER))
+        _assert_only(client(images, _recs(root)), 1, "too elongated", "remote")         # refused before sending
+        out = client(_images(), _recs(root, prompt_at=2, extra=QWEN_PLACEHOLDER))
         _assert_only(out, 2, "failed on this sample", "remote")                     # isolated by the server's reward
 
 
@@ -262,9 +259,10 @@ def test_trainer_step_survives_a_sample_the_reward_cannot_score(tmp_path):
 
 def test_an_overlong_subject_phrase_fails_its_sample_with_a_plain_reason(root):
     """A 5,000-word phrase (issue #10 §7) used to fail every sample batched with it, with a tensor shape error."""
-    reward = _build("subject_consistency", root)
-    recs = _recs()
+    reward = _build("subject_consistency")
+    recs = _recs(root)
     long_phrase = " ".join(["cat"] * 5000)
-    recs[1] = Record(id="long", prompt=PROMPT, subjects=(SubjectRef("a.png", long_phrase), SubjectRef("b.png", "dog")))
+    recs[1] = resolve_records([Record(id="long", prompt=PROMPT, subjects=(SubjectRef("a.png", long_phrase),
+                                                                           SubjectRef("b.png", "dog")))], root)[0]
     out = reward(_images(), recs)
     _assert_only(out, 1, "tokens; grounding_dino reads at most", "subject_consistency")

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.errors import ModelLoadError
 from psrl.rewards import build_reward
 from psrl.rewards.detection import Detections
@@ -37,7 +37,8 @@ class StubDetector:
 
 
 @pytest.fixture
-def scene(tmp_path):
+def scene(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # _rec resolves reference paths under the working directory
     rng = np.random.default_rng(0)
     left = (rng.random((64, 32, 3)) * 255).astype(np.uint8)
     right = (np.stack([np.linspace(0, 255, 32)] * 64)[:, :, None].repeat(3, 2) * [1, 0.2, 0.5]).astype(np.uint8)
@@ -49,12 +50,13 @@ def scene(tmp_path):
 
 
 def _reward(root, table, **kw):
-    return SubjectConsistencyReward(detector=StubDetector(table), embedder={"kind": "dinov2", "path": "tiny"},
-                                    data_root=str(root), **kw)
+    return SubjectConsistencyReward(detector=StubDetector(table), embedder={"kind": "dinov2", "path": "tiny"}, **kw)
 
 
 def _rec(subjects, rid="r1", prompt="a cat and a dog"):
-    return Record(id=rid, prompt=prompt, subjects=tuple(SubjectRef(i, p) for i, p in subjects))
+    """A record as a loader hands it over: reference paths resolved (here under the working directory)."""
+    return resolve_records([Record(id=rid, prompt=prompt, subjects=tuple(SubjectRef(i, p) for i, p in subjects))],
+                           ".")[0]
 
 
 def test_two_subjects_identical_crops_score_one(scene):
@@ -119,15 +121,16 @@ def test_bad_inputs_are_nan_with_reason(scene):
     nan_img = gen.clone()
     nan_img[0, 0, 0, 0] = float("nan")
     images = torch.cat([gen, gen, gen, nan_img, gen])
+    unresolved = Record(id="u", prompt="a cat", subjects=(SubjectRef("left.png", "cat"),))
     recs = [_rec([("missing.png", "cat")]), _rec([("corrupt.png", "cat")]), _rec([("left.png", " ")]),
-            _rec([("left.png", "cat")]), _rec([("../outside.png", "cat")])]
+            _rec([("left.png", "cat")]), unresolved]
     out = reward(images, recs)
     assert torch.isnan(out.scores).all()
     assert "not found" in out.failures[0]
     assert "unreadable" in out.failures[1]
     assert "empty phrase" in out.failures[2]
     assert "NaN" in out.failures[3]
-    assert "escapes the data root" in out.failures[4]
+    assert "'left.png' is not resolved against a data root" in out.failures[4]  # never read from the cwd
     assert out.failure_rate == 1.0
     with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
         reward(torch.rand(1, 4, 64, 64), recs[:1])
@@ -154,14 +157,14 @@ def test_reference_cache_one_pass_per_group(scene):
 
 def test_real_tiny_models_end_to_end(scene):
     root, gen = scene
-    reward = build_reward("subject_consistency", {"path": "tiny", "data_root": str(root),
+    reward = build_reward("subject_consistency", {"path": "tiny",
                                                   "detector": {"kind": "grounding_dino", "box_threshold": 0.0}})
     recs = [_rec([("left.png", "cat"), ("right.png", "dog")])] * 2
     out = reward(gen.repeat(2, 1, 1, 1), recs)
     assert torch.isfinite(out.scores).all() and out.scores.abs().max() <= 1.0 + 1e-5
     assert torch.allclose(out.scores[0], out.scores[1])
     assert len(out.details["per_subject"][0]) == 2
-    owl = build_reward("subject_consistency", {"path": "tiny", "data_root": str(root), "mode": "psrbench_compat",
+    owl = build_reward("subject_consistency", {"path": "tiny", "mode": "psrbench_compat",
                                                "detector": {"kind": "owlv2", "box_threshold": 0.0}})
     assert torch.isfinite(owl(gen, recs[:1]).scores).all()
 

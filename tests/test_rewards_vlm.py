@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.errors import ModelLoadError
 from psrl.rewards import build_reward
 from psrl.rewards.vlm.judge import p_yes_from_logprobs
@@ -79,33 +79,35 @@ def test_p_yes_from_logprobs():
 
 # ------------------------------------------------------------------ local tiny transport
 @pytest.fixture
-def refs(tmp_path):
+def refs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # _rec resolves reference paths under the working directory
     Image.new("RGB", (40, 40), (250, 10, 10)).save(tmp_path / "a.png")
     Image.new("RGB", (48, 40), (10, 10, 250)).save(tmp_path / "b.png")
     return tmp_path
 
 
 def _rec(rid="r", subset="Action", subjects=(("a.png", "cat"), ("b.png", "dog"))):
-    return Record(id=rid, prompt="The cat runs and the dog sits.", tags={"subset": subset},
-                  subjects=tuple(SubjectRef(i, p) for i, p in subjects))
+    """A record as a loader hands it over: reference paths resolved (here under the working directory)."""
+    return resolve_records([Record(id=rid, prompt="The cat runs and the dog sits.", tags={"subset": subset},
+                                   subjects=tuple(SubjectRef(i, p) for i, p in subjects))], ".")[0]
 
 
 def test_local_tiny_p_yes_batched_equals_single(refs):
-    reward = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs), "batch_size": 8})
+    reward = build_reward("vlm_consistency", {"path": "tiny", "batch_size": 8})
     imgs = torch.rand(3, 3, 32, 32)
     recs = [_rec(), _rec(subjects=(("a.png", "cat"),)), _rec()]
     out = reward(imgs, recs)
     assert torch.isfinite(out.scores).all() and ((out.scores > 0) & (out.scores < 1)).all()
     assert [len(p) for p in out.details["p_yes_pairs"]] == [2, 1, 2]
     assert out.scores[0].item() == pytest.approx(sum(out.details["p_yes_pairs"][0]) / 2)
-    single = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs), "batch_size": 1})
+    single = build_reward("vlm_consistency", {"path": "tiny", "batch_size": 1})
     assert torch.allclose(single(imgs, recs).scores, out.scores, atol=1e-5)  # left padding is handled
-    all_pairs = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs), "pairs": "all"})
+    all_pairs = build_reward("vlm_consistency", {"path": "tiny", "pairs": "all"})
     assert len(all_pairs(imgs[:1], recs[:1]).details["p_yes_pairs"][0]) == 3  # C(3, 2)
 
 
 def test_local_tiny_edit_and_rubric_and_bad_input(refs):
-    edit = build_reward("edit_consistency", {"path": "tiny", "data_root": str(refs)})
+    edit = build_reward("edit_consistency", {"path": "tiny"})
     out = edit(torch.rand(2, 3, 32, 32), [_rec(), _rec(subjects=(("missing.png", "x"),))])
     pc, pf = out.details["p_consistent"][0].item(), out.details["p_follow"][0].item()
     assert out.scores[0].item() == pytest.approx(math.sqrt(pc * pf), rel=1e-6)
@@ -125,8 +127,8 @@ def test_local_lora_adapter_is_loaded(refs, tmp_path):
     model, _ = tiny_qwen2_5_vl()
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
-    base = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs)})
-    lora = build_reward("vlm_consistency", {"path": "tiny", "data_root": str(refs),
+    base = build_reward("vlm_consistency", {"path": "tiny"})
+    lora = build_reward("vlm_consistency", {"path": "tiny",
                                             "adapter_path": str(tmp_path / "adapter")})
     imgs = torch.rand(1, 3, 32, 32)
     assert not torch.allclose(base(imgs, [_rec()]).scores, lora(imgs, [_rec()]).scores)
@@ -198,17 +200,15 @@ def fake():
     server.server_close()
 
 
-def _remote(name, fake, refs=None, **kw):
+def _remote(name, fake, **kw):
     args = {"transport": "remote", "url": fake.url, "model": "judge-7b", "retries": 1, "backoff": 0.01,
             "timeout": 5.0, **kw}
-    if refs is not None:
-        args["data_root"] = str(refs)
     return build_reward(name, args)
 
 
 def test_remote_p_yes_request_and_score(fake, refs, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "s3cret")
-    reward = _remote("vlm_consistency", fake, refs, api_key_env="JUDGE_KEY")
+    reward = _remote("vlm_consistency", fake, api_key_env="JUDGE_KEY")
     out = reward(torch.rand(2, 3, 32, 24), [_rec(), _rec()])
     assert out.scores.tolist() == pytest.approx([0.8, 0.8])
     assert len(fake.requests) == 4  # 2 samples x 2 references
@@ -231,12 +231,12 @@ def test_remote_rubric_and_edit(fake, refs):
     assert out.scores.item() == pytest.approx(0.7) and out.details["raw_score"][0].item() == 7.0
     assert fake.requests[-1]["temperature"] == 0.2
     assert "[attribute description]: The cat runs" in fake.requests[-1]["messages"][0]["content"][-1]["text"]
-    edit = _remote("edit_consistency", fake, refs)
+    edit = _remote("edit_consistency", fake)
     assert edit(torch.rand(1, 3, 32, 32), [_rec()]).scores.item() == pytest.approx(0.8)  # sqrt(0.8 * 0.8)
 
 
 def test_remote_failures_are_nan_with_reason(fake, refs):
-    reward = _remote("vlm_consistency", fake, refs)
+    reward = _remote("vlm_consistency", fake)
     img, rec = torch.rand(1, 3, 32, 32), [_rec()]
     fake.mode = "garbage"
     out = reward(img, rec)
@@ -261,7 +261,7 @@ def test_remote_endpoint_down(refs):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     reward = build_reward("vlm_consistency", {"transport": "remote", "url": f"http://127.0.0.1:{port}/v1",
-                                              "retries": 1, "backoff": 0.01, "timeout": 2, "data_root": str(refs)})
+                                              "retries": 1, "backoff": 0.01, "timeout": 2})
     out = reward(torch.rand(2, 3, 32, 32), [_rec(), _rec()])
     assert torch.isnan(out.scores).all() and out.failure_rate == 1.0
     assert "unreachable" in out.failures[0]
@@ -374,7 +374,7 @@ def test_server_replies_that_cannot_tell_the_answer_are_nan_with_a_reason(reply,
 
 
 def test_top_logprobs_is_a_judge_key_and_a_sampled_only_server_is_scored(fake, refs):
-    reward = _remote("vlm_consistency", fake, refs, top_logprobs=5)
+    reward = _remote("vlm_consistency", fake, top_logprobs=5)
     fake.mode = "sampled_yes"
     out = reward(torch.rand(1, 3, 32, 32), [_rec(subjects=(("a.png", "cat"),))])
     assert fake.requests[-1]["top_logprobs"] == 5
@@ -383,7 +383,7 @@ def test_top_logprobs_is_a_judge_key_and_a_sampled_only_server_is_scored(fake, r
     assert reward(torch.rand(1, 3, 32, 32), [_rec(subjects=(("a.png", "cat"),))]).scores.item() == \
         pytest.approx(0.03)
     with pytest.raises(ValueError, match="top_logprobs"):
-        _remote("vlm_consistency", fake, refs, top_logprobs=-1)
+        _remote("vlm_consistency", fake, top_logprobs=-1)
 
 
 def test_semantic_alignment_reads_markdown_scores_except_in_compat_mode(fake):

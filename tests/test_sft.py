@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image
 
-from psrl.data.records import Record, RecordError, SubjectRef, write_records
+from psrl.data.records import Record, RecordError, SubjectRef, resolve_records, write_records
 
 
 def _dataset(root, n=3):
@@ -64,12 +64,16 @@ def test_load_target_resizes_and_names_the_record(tmp_path):
     from psrl.rl.sft_trainer import load_target
 
     Image.new("RGBA", (40, 20), (255, 0, 0, 128)).save(tmp_path / "t.png")
-    x = load_target(tmp_path, Record(id="a", prompt="p", target="t.png"), 16, 16)
+    a, b, c = resolve_records([Record(id="a", prompt="p", target="t.png"), Record(id="b", prompt="p"),
+                               Record(id="c", prompt="p", target="nope.png")], tmp_path)
+    x = load_target(a, 16, 16)
     assert x.shape == (3, 16, 16) and torch.allclose(x[0], torch.ones(16, 16))
     with pytest.raises(RecordError, match="'b'.*no 'target'"):
-        load_target(tmp_path, Record(id="b", prompt="p"), 16, 16)
-    with pytest.raises(RecordError, match="'c'.*nope.png.*not found"):
-        load_target(tmp_path, Record(id="c", prompt="p", target="nope.png"), 16, 16)
+        load_target(b, 16, 16)
+    with pytest.raises(RecordError, match="'c': target image 'nope.png' not found"):
+        load_target(c, 16, 16)
+    with pytest.raises(RecordError, match="'a': target image 't.png' is not resolved"):
+        load_target(Record(id="a", prompt="p", target="t.png"), 16, 16)  # never read from the cwd
 
 
 def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
@@ -105,14 +109,14 @@ def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
     saved = load_file(lora_dir / "pytorch_lora_weights.safetensors")
     policy = build_policy(ModelConfig(name="flux_kontext", path="tiny", max_sequence_length=16,
                                       lora=LoraConfig(rank=4, alpha=4.0, path=str(lora_dir)),
-                                      args={"data_root": str(tmp_path), "reference_long_side_single": 16,
-                                            "reference_long_side_multi": 8}))
+                                      args={"reference_long_side_single": 16, "reference_long_side_multi": 8}))
     state = {f"transformer.{k}": v for k, v in lora_state_dict(policy.transformer).items()}
     assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)   # SFT moved the zero-init B
     from psrl.models.base import SamplingConfig
 
-    ro = policy.rollout(records[:1] * 2, SamplingConfig(num_steps=2, height=16, width=16, noise_level=0.7),
+    ro = policy.rollout(resolve_records(records[:1], tmp_path) * 2,
+                        SamplingConfig(num_steps=2, height=16, width=16, noise_level=0.7),
                         torch.Generator().manual_seed(0))
     assert ro.images.shape == (2, 3, 16, 16)
 

@@ -134,12 +134,15 @@ def test_metrics_file_has_the_promised_keys(tmp_path):
     assert env["torch"] and env["diffusers"] and env["peft"]
 
 
-def test_data_root_reaches_rewards_that_take_it():
-    from psrl.rl.grpo_trainer import _accepts
+def test_a_data_root_in_reward_or_model_args_is_a_config_error_naming_its_place(tmp_path):
+    """Records arrive resolved, so rewards and policies take no root: a config that still gives one is refused at
+    load time, naming the key, the value and where the root belongs now."""
+    from psrl.config import ConfigError
 
-    assert _accepts("subject_consistency", "data_root")
-    assert not _accepts("mean_color", "data_root")
-    assert not _accepts("no_such_reward", "data_root")
+    with pytest.raises(ConfigError, match=r"rewards\.0\.args\.data_root: not read here.*data\.data_root.*'/d'"):
+        load_run_config(None, ["rewards=[{name: mean_color, weight: 1.0, args: {data_root: /d}}]"])
+    with pytest.raises(ConfigError, match=r"model\.args\.data_root: not read here.*data\.data_root"):
+        load_run_config(None, ["model.args={data_root: /d}"])
 
 
 def test_same_noise_groups_span_batches_and_differ_between_groups(tmp_path):
@@ -189,4 +192,7 @@ def test_eval_reads_references_from_eval_data_root(tmp_path):
     trainer = GRPOTrainer(cfg)
     metrics = trainer.train()
     assert metrics[-1]["eval/subject_consistency/mean"] == metrics[-1]["eval/subject_consistency/mean"]  # not NaN
-    assert trainer.policy.data_root == trainer.data_root  # restored after evaluating
+    # resolved once, at start-up, each set under its own root
+    assert all(s.image.startswith(str(evaldata.resolve())) for r in trainer.eval_records for s in r.subjects)
+    train_root = str(Path(cfg.data.data_root).resolve())
+    assert all(s.image.startswith(train_root) for r in trainer.records for s in r.subjects)

@@ -59,12 +59,12 @@ def eval_config(benchmark: str, metrics: dict[str, DimensionSpec], extra: dict |
 
 
 class MetricSet:
-    """Builds each reward once (shared between dimensions and subsets using the same reward and args)."""
+    """Builds each reward once (shared between dimensions and subsets using the same reward and args). The records
+    they score come resolved from the benchmark loader, so no reward needs to know the benchmark's root."""
 
-    def __init__(self, metrics: dict[str, DimensionSpec], device: str = "cpu", data_root: str | Path | None = None):
+    def __init__(self, metrics: dict[str, DimensionSpec], device: str = "cpu"):
         self.metrics = metrics
         self.device = device
-        self.data_root = data_root
         self._rewards: dict[str, Any] = {}
 
     def reward(self, spec: MetricSpec):
@@ -72,11 +72,8 @@ class MetricSet:
         if cache_key not in self._rewards:
             from psrl.rewards.base import build_reward
 
-            args = dict(spec.args)
-            if self.data_root is not None and "data_root" not in args and _accepts(spec.reward, "data_root"):
-                args["data_root"] = str(self.data_root)  # where records' reference paths live (not hashed)
             try:
-                self._rewards[cache_key] = build_reward(spec.reward, args, device=self.device)
+                self._rewards[cache_key] = build_reward(spec.reward, dict(spec.args), device=self.device)
             except Exception as e:  # a metric that cannot load is a setup error, not a per-sample failure
                 raise PsrlError(f"cannot build metric reward {spec.reward!r} with args {spec.args}: "
                                 f"{type(e).__name__}: {e}") from e
@@ -88,21 +85,6 @@ class MetricSet:
                 metric = spec.metric_for(subset)
                 if metric is not None:
                     self.reward(metric)
-
-
-def _accepts(reward_name: str, param: str) -> bool:
-    """Whether the reward class behind ``reward_name`` takes a ``param`` keyword."""
-    import inspect
-
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
-
-    _ensure_builtin_rewards()
-    try:
-        target = REWARDS.get(reward_name)
-        params = inspect.signature(target).parameters
-    except (KeyError, TypeError, ValueError):
-        return False
-    return param in params  # explicit only: a **kwargs catch-all may forward it somewhere that rejects it
 
 
 def load_image_tensor(path: Path) -> torch.Tensor:
@@ -137,7 +119,8 @@ def _details_of(details: dict, i: int, n: int) -> dict:
     """The per-sample slice of a reward's details (entries that are not per-sample are left out)."""
     out = {}
     for name, value in (details or {}).items():
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n or isinstance(value, (list, tuple)) and len(value) == n:
+        if (isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n
+                or isinstance(value, (list, tuple)) and len(value) == n):
             out[name] = to_jsonable(value[i])
     return out
 
@@ -227,7 +210,7 @@ def _base_row(sample: ResultSample) -> dict:
         "key": sample.key, "seed": sample.seed, "subset": sample.item.subset, "index": sample.item.index,
         "image": str(sample.image) if sample.image else None,
         "prompt": rec.prompt if rec else sample.item.entry.get("instruction"),
-        "references": [s.image for s in rec.subjects] if rec else sample.item.entry.get("input_path"),
+        "references": [s.image for s in rec.relative().subjects] if rec else sample.item.entry.get("input_path"),
         "phrases": [s.phrase for s in rec.subjects] if rec else None,
     }
 
@@ -236,7 +219,7 @@ def evaluate_samples(samples: Sequence[ResultSample], out_dir: str | Path, metri
                      benchmark: str, batch_size: int = 8, device: str = "cpu", shard: Shard | None = None,
                      retry_failed: bool = False, config_extra: dict | None = None,
                      progress: Callable[[int, int], None] | None = None,
-                     metric_set: MetricSet | None = None, data_root: str | Path | None = None) -> EvalStats:
+                     metric_set: MetricSet | None = None) -> EvalStats:
     """Score every sample not yet in ``out_dir`` on every dimension and merge the per-sample file."""
     shard = shard or Shard()
     out_dir = Path(out_dir)
@@ -258,7 +241,7 @@ def evaluate_samples(samples: Sequence[ResultSample], out_dir: str | Path, metri
     stats.resumed = len(mine) - len(todo)
     if stats.resumed:
         log.info("resuming: %d sample(s) already scored, %d to go", stats.resumed, len(todo))
-    metric_set = metric_set or MetricSet(metrics, device, data_root)
+    metric_set = metric_set or MetricSet(metrics, device)
     metric_set.build_all(sorted({s.item.subset for s in todo}))
     start = time.perf_counter()
     with _open_part(out_dir / f"samples.part{shard.rank}.jsonl") as sink:

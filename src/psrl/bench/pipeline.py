@@ -58,7 +58,7 @@ def eval_and_report(results_dir: str | Path, out_dir: str | Path, metrics: dict[
         for issue in issues:
             log.warning("result file issue: %s", issue)
     stats = evaluate_samples(samples, out_dir, metrics, benchmark=benchmark, batch_size=batch_size, device=device,
-                             shard=shard, retry_failed=retry_failed, progress=progress, data_root=data_root)
+                             shard=shard, retry_failed=retry_failed, progress=progress)
     if shard.is_main:
         keys = {s.key for s in samples}
         rows = [r for k, r in read_sample_rows(Path(out_dir)).items() if k in keys]

@@ -56,8 +56,9 @@ def _relation_parser():
 
 def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files: bool = True,
                 relation_parser=None, benchmark: str = "psrbench") -> tuple[Record | None, list[ValidationIssue]]:
-    """Validate one entry and build its record. The record is ``None`` when the entry cannot describe a sample
-    (not an object, no instruction, bad or escaping reference paths, reference/category counts disagree)."""
+    """Validate one entry and build its record, reference paths resolved under ``data_root`` (absolute; the entry's
+    ``input_path`` stays relative). The record is ``None`` when the entry cannot describe a sample (not an object,
+    no instruction, bad or escaping reference paths, reference/category counts disagree)."""
     issues: list[ValidationIssue] = []
 
     def bad(fieldname: str, message: str) -> None:
@@ -93,6 +94,7 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
     if spec is not None and len(paths) != spec.num_refs:
         bad("input_path", f"subset {subset} has {spec.num_refs} references per entry, this entry has {len(paths)}")
         fatal = True
+    resolved = []
     for i, p in enumerate(paths):
         try:
             full = resolve_under(data_root, p, what=f"input_path[{i}]")
@@ -100,6 +102,7 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
             bad(f"input_path[{i}]", str(e))
             fatal = True
             continue
+        resolved.append(str(full))
         if check_files:
             problem = check_image(full)
             if problem:
@@ -111,9 +114,10 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
         bad("result_path", f"must be a path string when present, got {entry['result_path']!r}")
     if fatal:
         return None, issues
-    subjects = tuple(SubjectRef(image=p, phrase=entry[f"category{i + 1}"].strip()) for i, p in enumerate(paths))
+    subjects = tuple(SubjectRef(image=p, phrase=entry[f"category{i + 1}"].strip()) for i, p in enumerate(resolved))
     record = Record(id=f"{subset}/{index}", prompt=instruction, subjects=subjects,
-                    tags={"benchmark": benchmark, "subset": subset, "index": index, "data_root": str(data_root)})
+                    tags={"benchmark": benchmark, "subset": subset, "index": index},
+                    root=str(Path(data_root).resolve()))
     if isinstance(entry.get("subject"), str):
         record.tags["subject"] = entry["subject"]
     return record, issues
@@ -201,10 +205,11 @@ def export_subset(raw_entries: list, result_paths: dict[int, str], path: str | P
 
 
 def records_to_psrbench_entry(record: Record) -> dict:
-    """A record as a PSRBench entry (for datasets made by psrl's data pipeline)."""
+    """A record as a PSRBench entry (for datasets made by psrl's data pipeline); reference paths relative to the
+    record's data root, as the benchmark's ``input_path`` holds them."""
     if not record.subjects or any(s.image is None for s in record.subjects):
         raise RecordError(f"record {record.id!r}: every subject needs a reference image to be a PSRBench entry")
-    entry = {"instruction": record.prompt, "input_path": [s.image for s in record.subjects]}
+    entry = {"instruction": record.prompt, "input_path": [s.image for s in record.relative().subjects]}
     for i, s in enumerate(record.subjects, 1):
         entry[f"category{i}"] = s.phrase
     return entry

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from psrl.data.records import misplaced_data_root
+
 
 @dataclass(frozen=True)
 class Subset:
@@ -160,6 +162,8 @@ def _parse_metric(d, where: str) -> MetricSpec:
     args = d.get("args") or {}
     if not isinstance(args, dict):
         raise ValueError(f"{where}.args: must be a mapping, got {args!r}")  # noqa: TRY004 - see parse_metrics
+    if why := misplaced_data_root(args, f"{where}.args"):  # the benchmark root is --data-root
+        raise ValueError(why)
     try:
         scale = float(d.get("scale", 1.0))
     except (TypeError, ValueError) as e:

@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     g = bs.add_parser("generate", help="generate the benchmark's images with a psrl policy (resumable)")
     g.add_argument("--config", help="YAML with `model:` (ModelConfig) and `sampling:` (SamplingConfig) sections; "
                                     "other top-level sections (e.g. of a training config) are ignored")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sampling.num_steps=28")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. sampling.num_steps=28")
     g.add_argument("--data-root", required=True)
     g.add_argument("--out", required=True)
     g.add_argument("--lora", help="LoRA to generate with: a file, a LoRA folder, a checkpoint "
@@ -151,8 +152,6 @@ def cmd_validate(args) -> int:
 
 
 def cmd_records(args) -> int:
-    import dataclasses
-
     from psrl.bench.generate import plan_entries
     from psrl.data.records import write_records
 
@@ -161,10 +160,8 @@ def cmd_records(args) -> int:
         if issue.index is None:
             print(f"warning: {issue}", file=sys.stderr)
     valid, skipped = plan_entries(data, skip_invalid=args.skip_invalid, action="write")
-    # the absolute data root is a tag for evaluation only; a records file is read against the recipe's data_root
-    records = [dataclasses.replace(item.record, tags={k: v for k, v in item.record.tags.items() if k != "data_root"})
-               for item in valid]
-    write_records(records, args.out)
+    records = [item.record for item in valid]
+    write_records(records, args.out)  # reference paths written relative to the root they were resolved against
     print(f"wrote {len(records)} record(s) to {args.out}" + (f"; skipped {len(skipped)} invalid" if skipped else "")
           + f" (reference paths relative to {args.data_root})")
     return 0
@@ -172,6 +169,7 @@ def cmd_records(args) -> int:
 
 def _generate_config(args):
     from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
+    from psrl.data.records import misplaced_data_root
     from psrl.models.base import SamplingConfig
     from psrl.models.config import ModelConfig
 
@@ -181,6 +179,8 @@ def _generate_config(args):
         if key in raw and not isinstance(raw[key], dict):
             raise ConfigError(f"{args.config}: `{key}` must be a mapping")
     model = from_dict(ModelConfig, raw.get("model") or {}, prefix="model", source=args.config)
+    if why := misplaced_data_root(model.args, "model.args"):  # references come resolved under --data-root
+        raise ConfigError(why)
     sampling = from_dict(SamplingConfig, raw.get("sampling") or {}, prefix="sampling", source=args.config)
     return model, sampling
 
@@ -208,11 +208,8 @@ def cmd_generate(args) -> int:
         model_cfg.lora, lora = lora_config_for_file(model_cfg.lora, args.lora)
     device = local_device(args.device)
     from psrl.models.factory import build_policy
-    from psrl.models.references import takes_data_root
 
-    policy = build_policy(model_cfg, device)
-    if takes_data_root(policy, model_cfg):
-        policy.data_root = Path(args.data_root).resolve()  # reference-conditioned policies read the references
+    policy = build_policy(model_cfg, device)  # the entries' reference paths come resolved by the loader
     if lora is not None:
         policy.load_lora(lora)
     manifest = {"benchmark": args.benchmark, "data_root": str(Path(args.data_root).resolve()),

@@ -14,11 +14,13 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="generate images for records (ODE sampling) with a config's policy and an optional LoRA",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  psrl generate --records prompts.jsonl --out out/ --lora runs/tiny_flux/checkpoints/step-12\n"
+        epilog="examples:\n"
+               "  psrl generate --records prompts.jsonl --out out/ --lora runs/tiny_flux/checkpoints/step-12\n"
                "  psrl generate --config configs/flux_grpo.yaml --records bench.jsonl --out imgs --steps 28")
     p.add_argument("--config", help="run config YAML whose model and sampling sections are used (default: embedded)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--records", help="records JSONL (default: the config's eval.records, else data.records)")
+    p.add_argument("--records", help="records JSONL, image paths under the config's data.data_root, else its folder "
+                                     "(default: the config's eval.records, else data.records, with their roots)")
     p.add_argument("--out", required=True, help="output folder; one <record id>.png per record")
     p.add_argument("--lora", help=LORA_HELP)
     p.add_argument("--steps", type=int, help="denoising steps (default: eval.num_steps)")
@@ -34,21 +36,19 @@ def run(args) -> int:
 
     import torch
 
-    from psrl.data.records import image_filenames
+    from psrl.data.records import image_filenames, load_records
     from psrl.errors import PsrlError
     from psrl.models.lora import lora_config_for_file
-    from psrl.models.references import takes_data_root
     from psrl.rl.distributed import make_accelerator
-    from psrl.rl.run_config import load_run_config
+    from psrl.rl.run_config import load_run_config, run_records
     from psrl.rl.sampler import sample_seed
     from psrl.rl.tracking import save_image
-    from psrl.rl.trainer import load_prompt_records
 
     cfg = load_run_config(args.config, args.overrides)
     if args.records:
-        records = load_prompt_records(args.records, "--records")
-    else:
-        records = load_prompt_records(cfg.eval.records or cfg.data.records, "eval.records")
+        records = load_records(args.records, cfg.data.data_root, what="--records")
+    else:  # resolved as the trainer resolves them (eval.data_root for eval records)
+        records = run_records(cfg, "eval" if cfg.eval.records else "data")
     if args.batch_size < 1:
         raise PsrlError(f"--batch-size must be >= 1, got {args.batch_size}")
     names = image_filenames(records)  # before any model loads: colliding ids are an error, not an overwrite
@@ -65,13 +65,6 @@ def run(args) -> int:
         # the adapter takes the file's own shape, so a combined or SFT LoRA loads whatever rank the config trains
         cfg.model.lora, lora = lora_config_for_file(cfg.model.lora, args.lora)
     policy = build_policy(cfg.model, device)
-    if takes_data_root(policy, cfg.model):
-        # reference-conditioned policies read subject images as the trainer does: data.data_root, else the
-        # records file's folder
-        records_file = args.records or cfg.eval.records or cfg.data.records
-        root = cfg.data.data_root or (Path(records_file).resolve().parent if isinstance(records_file, str) else None)
-        if root is not None:
-            policy.data_root = Path(root)
     if args.lora:
         policy.load_lora(lora)
     policy.train(False)

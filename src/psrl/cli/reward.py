@@ -60,18 +60,6 @@ def _parse_args_json(text: str) -> dict:
     return value
 
 
-def _accepts(name: str, param: str) -> bool:
-    import inspect
-
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
-
-    _ensure_builtin_rewards()
-    try:
-        return param in inspect.signature(REWARDS.get(name)).parameters
-    except (KeyError, TypeError, ValueError):
-        return False
-
-
 def _load_image(images_dir: Path, rid: str):
     """``(image tensor [3, H, W] in [0, 1], None)`` or ``(None, reason)``, decoded by psrl's one loader."""
     from psrl.data.records import image_filename
@@ -117,19 +105,20 @@ def score_records(reward, records, images_dir: Path, batch_size: int):
 
 def _score(args) -> int:
     from psrl.bench.summary import dimension_outcomes, failure_problems
-    from psrl.data.records import read_records
+    from psrl.config import ConfigError
+    from psrl.data.records import load_records, misplaced_data_root
     from psrl.errors import PsrlError
     from psrl.rewards.base import build_reward
 
     reward_args = _parse_args_json(args.args)
-    records = read_records(args.records)
+    if why := misplaced_data_root(reward_args, "--args"):
+        raise ConfigError(why)
+    records = load_records(args.records, args.data_root)  # reference paths resolved once, here
     images_dir = Path(args.images)
     if not images_dir.is_dir():
         raise PsrlError(f"--images: not a directory: {images_dir}")
     if args.batch_size < 1:
         raise PsrlError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if "data_root" not in reward_args and _accepts(args.reward, "data_root"):
-        reward_args["data_root"] = str(args.data_root or Path(args.records).resolve().parent)
     try:
         reward = build_reward(args.reward, reward_args, device=args.device)
     except (KeyError, TypeError, ValueError) as e:  # unknown name, unknown or bad arg: a user error, no traceback

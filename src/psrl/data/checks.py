@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from psrl.data.records import Record, RecordError, resolve_under
+from psrl.data.records import Record, RecordError
 from psrl.images import MIN_SIDE, check_image
 
 logger = logging.getLogger(__name__)
@@ -31,18 +31,18 @@ class RecordProblem:
         return f"{self.record_id!r}" + (f" {self.file}" if self.file else "") + f": {self.reason}"
 
 
-def check_records(records: Sequence[Record], data_root: str | Path | None, *, max_subjects: int | None = None,
-                  needs_references: bool = False, needs_target: bool = False, min_side: int = MIN_SIDE,
+def check_records(records: Sequence[Record], *, max_subjects: int | None = None, needs_references: bool = False,
+                  needs_target: bool = False, open_images: bool = True, min_side: int = MIN_SIDE,
                   workers: int = 8) -> list[RecordProblem]:
     """Every fault of ``records`` (in record order).
 
     Args:
-        records: the records to check.
-        data_root: folder their image paths are relative to (``None``: records must have no image paths).
+        records: resolved records (:func:`psrl.data.records.load_records`): their image paths are absolute.
         max_subjects: the policy's limit on references per record (``None``: no limit).
         needs_references: the policy is reference-conditioned: a record without subjects, or a subject without an
             image, is a fault.
         needs_target: SFT: every record needs a ``target`` image.
+        open_images: decode every image (``False``: a text-only policy that never opens the references).
         min_side: smallest image side in pixels (:data:`psrl.images.MIN_SIDE`, what the rewards refuse below).
         workers: threads decoding images (PIL releases the GIL while decoding).
 
@@ -50,34 +50,30 @@ def check_records(records: Sequence[Record], data_root: str | Path | None, *, ma
         ``[]`` when every record is usable.
     """
     problems: list[RecordProblem] = []
-    files: dict[Path, list[tuple[str, str]]] = {}  # resolved path -> [(record id, relative path)]
+    files: dict[Path, list[tuple[str, str]]] = {}  # path -> [(record id, path as its records file holds it)]
     for r in records:
         if max_subjects is not None and len(r.subjects) > max_subjects:
             problems.append(RecordProblem(r.id, None, f"{len(r.subjects)} subjects; the policy supports at most "
                                                       f"{max_subjects} (model.args.max_references)"))
         if needs_references and not r.subjects:
             problems.append(RecordProblem(r.id, None, "no subjects; this policy needs reference images"))
-        rels = []
+        images = []
         for i, s in enumerate(r.subjects):
             if s.image:
-                rels.append(s.image)
+                images.append(s.image)
             elif needs_references:
                 problems.append(RecordProblem(r.id, None, f"subject {i} ({s.phrase!r}) has no reference image"))
         if needs_target:
             if r.target:
-                rels.append(r.target)
+                images.append(r.target)
             else:
                 problems.append(RecordProblem(r.id, None, "no 'target' image (SFT needs one per record)"))
-        for rel in rels:
-            if data_root is None:
-                problems.append(RecordProblem(r.id, rel, "image path given but the records have no data root"))
+        for image in images if open_images else ():
+            if not Path(image).is_absolute():
+                problems.append(RecordProblem(r.id, image, "not resolved against a data root (load records with "
+                                                           "psrl.data.records.load_records / resolve_records)"))
                 continue
-            try:
-                path = resolve_under(data_root, rel, what="image")
-            except RecordError as e:
-                problems.append(RecordProblem(r.id, rel, str(e)))
-                continue
-            files.setdefault(path, []).append((r.id, rel))
+            files.setdefault(Path(image), []).append((r.id, r.relative_path(image)))
     if files:
         paths = list(files)
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:
@@ -86,7 +82,7 @@ def check_records(records: Sequence[Record], data_root: str | Path | None, *, ma
         for path, why in zip(paths, reasons):
             if why is not None:
                 why = why.removeprefix(f"{path}: ")
-                problems.extend(RecordProblem(rid, rel, why) for rid, rel in files[path])
+                problems.extend(RecordProblem(rid, shown, why) for rid, shown in files[path])
         problems.sort(key=lambda p: order.get(p.record_id, 0))
     return problems
 

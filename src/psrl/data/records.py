@@ -1,15 +1,18 @@
 """Records: a prompt (or instruction) plus the reference images of its subjects, and their JSONL I/O.
 
-Paths inside a record are relative to a data root and may not escape it (:func:`resolve_under`).
+Image paths are resolved once, where records are loaded: in a records file (and in a reward-server request) they
+are relative to a data root and may not escape it (:func:`resolve_under`); :func:`resolve_records` turns them into
+absolute paths and remembers the root (``Record.root``), so policies, rewards, the benchmark and the CLI open the
+files they are given and never see a root. :meth:`Record.to_json` writes them relative to that root again.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 
 class RecordError(ValueError):
@@ -18,7 +21,8 @@ class RecordError(ValueError):
 
 @dataclass(frozen=True)
 class SubjectRef:
-    """One subject: its reference image (relative to the data root) and the phrase that names it (``"dog"``)."""
+    """One subject: its reference image and the phrase that names it (``"dog"``). The image path is relative to the
+    data root in a records file and absolute once the record is resolved (:func:`resolve_records`)."""
 
     image: str | None
     phrase: str
@@ -27,17 +31,41 @@ class SubjectRef:
 @dataclass(frozen=True)
 class Record:
     """One generation task. ``prompt`` is the text prompt or editing instruction. ``target`` is an optional
-    ground-truth image (SFT data). ``tags`` hold subset, relation and anything else a consumer needs."""
+    ground-truth image (SFT data). ``tags`` hold subset, relation and anything else a consumer needs. ``root`` is
+    the data root the image paths were resolved against (set by :func:`resolve_records`; ``None``: not resolved).
+    It is not part of the record's JSON: a file or a request never chooses its own root."""
 
     id: str
     prompt: str
     subjects: tuple[SubjectRef, ...] = ()
     tags: dict = field(default_factory=dict, hash=False, compare=True)
     target: str | None = None
+    root: str | None = field(default=None, compare=False)
+
+    def relative_path(self, path: str) -> str:
+        """``path`` (one of this record's images) relative to ``root``, as the records file holds it; unchanged
+        when the record was never resolved."""
+        return path if self.root is None else Path(os.path.relpath(path, self.root)).as_posix()
+
+    def relative(self) -> "Record":
+        """This record with its image paths relative to ``root`` again (as its records file holds them), ``root``
+        cleared; the record itself when it was never resolved."""
+        if self.root is None:
+            return self
+
+        def rel(path: str | None) -> str | None:
+            return None if path is None else self.relative_path(path)
+
+        return replace(self, subjects=tuple(replace(s, image=rel(s.image)) for s in self.subjects),
+                       target=rel(self.target), root=None)
 
     def to_json(self) -> dict:
-        d = asdict(self)
-        d["subjects"] = [asdict(s) for s in self.subjects]
+        """The record as a JSON object; image paths relative to the data root they were resolved against (the
+        form of a records file and of a reward-server request, see :meth:`relative`)."""
+        r = self.relative()
+        d = asdict(r)
+        d.pop("root")
+        d["subjects"] = [asdict(s) for s in r.subjects]
         return d
 
     @classmethod
@@ -76,6 +104,80 @@ def resolve_under(root: str | Path, relative: str, *, what: str = "path") -> Pat
     if full != root_r and root_r not in full.parents:
         raise RecordError(f"{what} {relative!r} escapes the data root {root_r}")
     return full
+
+
+def resolve_records(records: Iterable[Record], root: str | Path, *, source: str = "records") -> list[Record]:
+    """``records`` with every subject image and target resolved under ``root`` (absolute paths, ``Record.root`` set):
+    the one place image paths meet their data root. Records already resolved (``root`` set) are kept as they are.
+
+    Raises:
+        RecordError: one message naming ``source`` and every path that is absolute or escapes ``root`` (the first
+            20, then a count). A path like that is a fault of the file itself, as bad JSON is, so
+            ``data.skip_invalid`` does not skip it.
+    """
+    root_r = Path(root).resolve()
+    out, bad = [], []
+
+    def resolve(record: Record, path: str | None, what: str) -> str | None:
+        if path is None:
+            return None
+        try:
+            return str(resolve_under(root_r, path, what=what))
+        except RecordError as e:
+            bad.append(f"{record.id!r}: {e}")
+            return path
+
+    for r in records:
+        if r.root is not None:
+            out.append(r)
+            continue
+        subjects = tuple(replace(s, image=resolve(r, s.image, f"subjects[{i}].image"))
+                         for i, s in enumerate(r.subjects))
+        out.append(replace(r, subjects=subjects, target=resolve(r, r.target, "target"), root=str(root_r)))
+    if bad:
+        more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+        raise RecordError(f"{source}: {len(bad)} image path(s) cannot be read under the data root: "
+                          f"{'; '.join(bad[:20])}{more}")
+    return out
+
+
+def records_root(source: str | Path | Sequence[str] | None, data_root: str | Path | None = None) -> Path | None:
+    """The folder a records source's image paths are relative to: ``data_root`` when given, else the records
+    file's folder; ``None`` for inline prompts (they have no images)."""
+    if data_root:
+        return Path(data_root)
+    if isinstance(source, (str, Path)):
+        return Path(source).resolve().parent
+    return None
+
+
+def load_records(source: str | Path | Sequence[str] | None, data_root: str | Path | None = None, *,
+                 what: str = "data.records") -> list[Record]:
+    """Records ready for every consumer: a JSONL file read with :func:`read_records` and resolved under
+    :func:`records_root` (``data_root``, else the file's folder), or a list of inline prompts (ids ``prompt-<i>``,
+    no images).
+
+    Raises:
+        RecordError: an unreadable or invalid file, an image path outside the root (see :func:`resolve_records`),
+            or no records at all (``what`` names the setting).
+    """
+    if isinstance(source, (str, Path)):
+        return resolve_records(read_records(source), records_root(source, data_root), source=str(source))
+    if not source:
+        raise RecordError(f"{what} is empty")
+    return [Record(id=f"prompt-{i}", prompt=p) for i, p in enumerate(source)]
+
+
+def misplaced_data_root(args: dict | None, key: str) -> str | None:
+    """The error message when the ``args`` of a reward or a policy (config key ``key``) hold ``data_root``, else
+    ``None``: records reach rewards and policies with their image paths resolved, so a root belongs where the
+    records are loaded. Callers raise it as their config error (a ``__post_init__``'s ``ValueError`` gets the file
+    name from :func:`psrl.config.from_dict`)."""
+    if "data_root" not in (args or {}):
+        return None
+    return (f"{key}.data_root: not read here any more; image paths are resolved where the records are loaded: "
+            "data.data_root / eval.data_root (psrl train, sft, generate), --data-root (psrl reward score, psrl "
+            f"bench), data_root at the top of the server config (psrl serve rewards); got {args['data_root']!r}")
 
 
 def image_filename(record_id: str, suffix: str = ".png") -> str:

@@ -3,11 +3,7 @@ that generates (``psrl train``, ``sft``, ``generate``, ``bench generate``) runs 
 bad record or size is reported at once, all of them in one message, and never at step 18."""
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
 from typing import Sequence
-
-import torch
 
 from psrl.config import ConfigError
 from psrl.data.checks import apply_record_checks, check_records
@@ -23,34 +19,29 @@ def policy_input_limits(policy) -> tuple[bool, int | None]:
 
 
 def check_sampling_size(policy, sampling, key: str) -> None:
-    """Raise :class:`ConfigError` naming ``key`` when ``policy`` cannot generate at ``sampling``'s size (the
-    VAE scale x packing multiple): checked by drawing one initial noise, the cheapest call that runs the policy's
-    own size rule."""
-    initial_noise = getattr(policy, "initial_noise", None)
-    if initial_noise is None:
+    """Raise :class:`ConfigError` naming ``key`` when ``policy`` cannot generate at ``sampling``'s size: the
+    policy's one size rule, ``latent_size(height, width)`` (a multiple of the VAE scale x the patch size)."""
+    latent_size = getattr(policy, "latent_size", None)
+    if latent_size is None:
         return
     try:
-        initial_noise(1, dataclasses.replace(sampling), torch.Generator().manual_seed(0))
+        latent_size(sampling.height, sampling.width)
     except ValueError as e:
         raise ConfigError(f"{key}: {e}") from None
 
 
-def validate_records(records: Sequence[Record], data_root: str | Path | None, policy, source, *,
-                     skip_invalid: bool = False, needs_target: bool = False) -> list[Record]:
-    """Check ``records`` for ``policy`` (subject count against its limit, every reference and target decodes and
-    is large enough); return them, or without the bad ones when ``skip_invalid``.
+def validate_records(records: Sequence[Record], policy, source, *, skip_invalid: bool = False,
+                     needs_target: bool = False) -> list[Record]:
+    """Check resolved ``records`` (:func:`psrl.data.records.load_records`) for ``policy``: subject count against
+    its limit, every reference and target decodes and is large enough. Returns them, or without the bad ones when
+    ``skip_invalid``.
 
     Raises:
         RecordError: one message naming ``source`` and listing every bad record (id, file, reason).
     """
     needs_refs, max_refs = policy_input_limits(policy)
-    root = data_root
-    if root is None and any(s.image for r in records for s in r.subjects):
-        root = Path(".")
-    problems = check_records(records, root if (needs_refs or needs_target) else None, max_subjects=max_refs,
-                             needs_references=needs_refs, needs_target=needs_target)
-    if not needs_refs and not needs_target:
-        problems = [p for p in problems if p.file is None]  # text-only policies never open the references
+    problems = check_records(records, max_subjects=max_refs, needs_references=needs_refs, needs_target=needs_target,
+                             open_images=needs_refs or needs_target)
     where = source if isinstance(source, str) else "inline prompts"
     return apply_record_checks(records, problems, source=where, skip_invalid=skip_invalid)
 

@@ -60,7 +60,7 @@ class ModelConfig:
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         max_sequence_length: T5/text-encoder token budget.
         offload_frozen: move text encoders and VAE off the accelerator after use (saves memory on big models).
-        lora: the adapter.
+        lora: the adapter (``null``: none, the base model stays frozen: generation and benchmarks only).
         args: policy-specific options (reference resizing, position-id scheme, ...), validated by the policy.
     """
 
@@ -71,5 +71,5 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     max_sequence_length: int = 512
     offload_frozen: bool = False
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig | None = field(default_factory=LoraConfig)
     args: dict = field(default_factory=dict)

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from psrl.data.records import Record
 from psrl.models.base import Rollout, SamplingConfig, StepLogProb
+from psrl.models.config import ModelConfig
 from psrl.sampling import plan_steps, sde_step_with_logprob
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,20 @@ def unique_records(records: Sequence[Record]) -> tuple[list[Record], list[int]]:
 
 
 class FlowPolicyBase:
-    """Rollout / log-prob / generate / SFT loss over abstract model hooks. Subclasses implement:
+    """Rollout / log-prob / generate / SFT loss over abstract model hooks, and the one way every policy is built.
 
+    Construction (the same for every policy): ``Policy(components, cfg, device)`` takes the pipeline's components
+    (``COMPONENT_SPEC``'s names) and a :class:`~psrl.models.config.ModelConfig`; ``Policy.from_config(cfg,
+    device)`` loads the components first (tiny random ones for ``path: tiny``, else ``from_pretrained``). The
+    constructor checks ``cfg.args`` against ``ARGS`` / ``TINY_ARGS``, calls :meth:`init_components` (the subclass
+    keeps its components and reads its args) and then the shared setup (dtype, device, LoRA, checkpointing, frozen
+    encoders).
+
+    Subclasses implement:
+
+    * ``init_components(components) -> frozen modules``: attributes from the components and ``self.cfg.args``;
+      sets ``transformer``, ``vae_scale_factor`` and ``patch_size`` (sizes must be multiples of their product);
+    * ``tiny_components(cfg) -> components`` (classmethod): the offline tiny set;
     * ``encode(records, sampling) -> (cond, meta)``: batch-first conditioning and shared metadata;
     * ``initial_noise(n, sampling, generator) -> Tensor`` in the latent layout the denoiser takes, fp32;
     * ``schedule(sampling) -> (sigmas [T + 1], timesteps [T])``;
@@ -107,15 +120,135 @@ class FlowPolicyBase:
     * ``decode(latents, meta) -> [B, 3, H, W]`` in [0, 1];
     * ``encode_targets(images [B, 3, H, W] in [0, 1], meta) -> clean latents`` (SFT).
 
-    Attributes the subclass sets: ``transformer`` (the unwrapped denoiser), ``module`` (what forward calls; the
-    trainer may replace it with a wrapped copy through :meth:`set_module`), ``device``, ``dtype``.
+    ``module`` is what forward calls (the trainer may replace it with a wrapped copy through :meth:`set_module`).
     """
+
+    #: the ``POLICIES`` name (messages, the default config)
+    name = ""
+    #: what ``from_pretrained`` loads: component (= subfolder) -> ``(library, class)``
+    COMPONENT_SPEC: dict[str, tuple[str, str]] = {}
+    #: components a pipeline may lack (SD3's T5)
+    OPTIONAL_COMPONENTS: tuple[str, ...] = ()
+    #: the ``model.args`` this policy reads; ``TINY_ARGS`` are read only with ``path: tiny``
+    ARGS: tuple[str, ...] = ()
+    TINY_ARGS: tuple[str, ...] = ()
+    #: accepted, not advertised: the root only the data pipeline still gives reference policies
+    LEGACY_ARGS: tuple[str, ...] = ()
+    #: frozen modules (attribute names) kept in fp32 whatever ``model.dtype``
+    KEEP_FP32: tuple[str, ...] = ()
 
     transformer: nn.Module
     module: nn.Module
     device: torch.device
     dtype: torch.dtype
+    vae_scale_factor: int
+    patch_size: int
     lora_prefix = "transformer"
+
+    # ------------------------------------------------------------------ construction (the same for every policy)
+    def __init__(self, components: dict, cfg: ModelConfig | None = None, device: Any = "cpu"):
+        """``components``: the diffusers pipeline's kwargs; ``cfg``: dtype, LoRA, memory options and ``args``
+        (default: ``ModelConfig(name=self.name)``); ``device``: where the denoiser runs.
+
+        Raises:
+            ConfigError: an unknown ``model.args`` key, or a tiny-only one with a loaded model.
+            ValueError: a required component is missing.
+        """
+        cfg = cfg if cfg is not None else ModelConfig(name=self.name)
+        self.check_args(cfg)
+        missing = [k for k in self.COMPONENT_SPEC if components.get(k) is None and k not in self.OPTIONAL_COMPONENTS]
+        if missing:
+            raise ValueError(f"{type(self).__name__} components are missing {missing}")
+        self.cfg = cfg
+        self._frozen = list(self.init_components(components))
+        self._setup(device)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, device: Any = "cpu"):
+        """Build from a :class:`ModelConfig`: ``path: tiny`` gives the offline tiny components
+        (:meth:`tiny_components`, seeded by ``tiny_seed``), anything else is loaded with ``from_pretrained`` (hub id
+        or local pipeline folder, ``COMPONENT_SPEC``, in ``cfg.dtype``).
+
+        Raises:
+            ConfigError: a bad ``model.args`` key (checked before any weight loads).
+            ModelLoadError: the weights cannot be loaded (the message names the path and component).
+        """
+        from psrl.models.loading import load_components, torch_dtype_from_name
+
+        cls.check_args(cfg)
+        if cfg.path == "tiny":
+            components = cls.tiny_components(cfg)
+        else:
+            components = load_components(cfg.path, cls.COMPONENT_SPEC, torch_dtype=torch_dtype_from_name(cfg.dtype))
+        return cls(components, cfg, device)
+
+    @classmethod
+    def check_args(cls, cfg: ModelConfig) -> None:
+        """Raise :class:`ConfigError` for a ``model.args`` key this policy does not read."""
+        from psrl.config import ConfigError
+
+        known = (*cls.ARGS, *cls.TINY_ARGS)
+        unknown = sorted(set(cfg.args) - set(known) - set(cls.LEGACY_ARGS))
+        if unknown:
+            raise ConfigError(f"model.args.{unknown[0]}: unknown option for {cls.name or cls.__name__} "
+                              f"(known: {', '.join(known) or 'none'})")
+        tiny_only = sorted(set(cfg.args) & set(cls.TINY_ARGS))
+        if tiny_only and cfg.path != "tiny":
+            raise ConfigError(f"model.args.{tiny_only[0]} only applies to model.path: tiny (a loaded model's "
+                              "transformer config decides)")
+
+    @classmethod
+    def tiny_components(cls, cfg: ModelConfig) -> dict:
+        raise NotImplementedError
+
+    def init_components(self, components: dict) -> Sequence[nn.Module]:
+        raise NotImplementedError
+
+    def _setup(self, device: Any) -> None:
+        """Apply ``self.cfg`` to the modules: every weight in ``cfg.dtype`` (a no-op for weights loaded in it; the
+        modules named in ``KEEP_FP32`` in fp32), the
+        frozen modules without gradients in eval mode and, unless ``offload_frozen``, on ``device``; the denoiser on
+        ``device`` with the LoRA (``lora.fuse``, then the adapter, then ``lora.path``, see
+        :func:`psrl.models.lora.prepare_lora`; ``lora: null`` leaves it frozen) and gradient checkpointing."""
+        from psrl.models.loading import torch_dtype_from_name
+        from psrl.models.lora import prepare_lora
+
+        cfg = self.cfg
+        self.device = torch.device(device)
+        self.dtype = torch_dtype_from_name(cfg.dtype)
+        self.offload_frozen = bool(cfg.offload_frozen)
+        fp32 = [getattr(self, name) for name in self.KEEP_FP32]
+        for m in (*self._frozen, self.transformer):
+            m.requires_grad_(False)
+            m.eval()
+            dtype = torch.float32 if any(m is k for k in fp32) else self.dtype
+            if next(m.parameters()).dtype != dtype:  # diffusers warns on every .to(dtype), even a no-op
+                m.to(dtype)
+        self.transformer.to(self.device)
+        if cfg.lora is not None:
+            prepare_lora(self.transformer, cfg.lora, prefix=self.lora_prefix)
+        if cfg.gradient_checkpointing:
+            self.transformer.enable_gradient_checkpointing()
+        for m in self._frozen:
+            m.to("cpu" if self.offload_frozen else self.device)
+        self.module = self.transformer
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The text encoders and the VAE (never trained)."""
+        return list(self._frozen)
+
+    # ------------------------------------------------------------------ geometry (the one size rule)
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """The latent grid ``(h, w)`` of a ``height x width`` image.
+
+        Raises:
+            ValueError: a side is not a multiple of ``vae_scale_factor * patch_size`` (the message names both).
+        """
+        multiple = self.vae_scale_factor * self.patch_size
+        if height % multiple or width % multiple:
+            raise ValueError(f"height and width must be multiples of {multiple} for this model (VAE scale "
+                             f"{self.vae_scale_factor} x patch {self.patch_size}), got {height}x{width}")
+        return height // self.vae_scale_factor, width // self.vae_scale_factor
 
     # ------------------------------------------------------------------ hooks (subclasses)
     def encode(self, records: Sequence[Record], sampling: SamplingConfig) -> tuple[dict[str, Tensor], dict]:
@@ -278,30 +411,7 @@ class FlowPolicyBase:
         pred = self.predict(x_s, (sigmas.to(self.device, torch.float32) * 1000), cond, meta, guidance=False)
         return torch.nn.functional.mse_loss(pred.float(), (noise - x0).float())
 
-    # ------------------------------------------------------------------ setup shared by the concrete policies
-    def _setup_denoiser(self, cfg, frozen: Sequence[nn.Module], device) -> None:
-        """Apply a :class:`psrl.models.config.ModelConfig` to ``self.transformer``: dtype, LoRA (``lora.fuse`` and
-        ``lora.path``, see :func:`psrl.models.lora.prepare_lora`), gradient checkpointing; frozen modules go to eval
-        mode and, unless ``offload_frozen``, to ``device``."""
-        from psrl.models.loading import torch_dtype_from_name
-        from psrl.models.lora import prepare_lora
-
-        self.device = torch.device(device)
-        self.dtype = torch_dtype_from_name(cfg.dtype)
-        self.offload_frozen = bool(cfg.offload_frozen)
-        if next(self.transformer.parameters()).dtype != self.dtype:
-            self.transformer.to(self.dtype)
-        self.transformer.to(self.device)
-        self.transformer.eval()
-        prepare_lora(self.transformer, cfg.lora, prefix=self.lora_prefix)
-        if cfg.gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        for m in frozen:
-            m.requires_grad_(False)
-            m.eval()
-            m.to("cpu" if self.offload_frozen else self.device)
-        self.module = self.transformer
-
+    # ------------------------------------------------------------------ frozen modules
     @contextlib.contextmanager
     def _frozen_on_device(self, *modules: nn.Module):
         """With ``offload_frozen``, frozen encoders live on the CPU and visit the accelerator only while used.
@@ -363,12 +473,10 @@ class FlowPolicyBase:
 
     def to(self, device) -> "FlowPolicyBase":
         self.device = torch.device(device)
-        for comp in self._modules_to_move():
-            comp.to(self.device)
+        self.module.to(self.device)
+        for m in self._frozen:
+            m.to("cpu" if self.offload_frozen else self.device)
         return self
-
-    def _modules_to_move(self) -> list[nn.Module]:
-        return [self.transformer]
 
     def _forward(self, **kwargs) -> Tensor:
         """Call the (possibly wrapped) denoiser."""

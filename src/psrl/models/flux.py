@@ -14,7 +14,7 @@ per-sample tensors in ``cond``) and :meth:`velocity` (e.g. appending reference t
 from __future__ import annotations
 
 import logging
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,9 +22,9 @@ from torch import Tensor, nn
 
 from psrl.data.records import Record
 from psrl.models.base import SamplingConfig
-from psrl.models.config import LoraConfig, ModelConfig
+from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unwrap_module, window_rng
-from psrl.models.lora import prepare_lora
+from psrl.models.loading import FLUX_COMPONENT_SPEC
 from psrl.sampling import resolution_shift_mu
 
 logger = logging.getLogger(__name__)
@@ -60,16 +60,14 @@ def latent_image_ids(packed_h: int, packed_w: int, *, first: float = 0.0, device
 class FluxPolicy(FlowPolicyBase):
     """FLUX.1 text-to-image policy with a LoRA on the transformer.
 
-    Args:
-        components: ``FluxPipeline`` kwargs: ``transformer``, ``vae``, ``text_encoder`` (CLIP), ``text_encoder_2``
-            (T5), ``tokenizer``, ``tokenizer_2``, ``scheduler`` (a ``FlowMatchEulerDiscreteScheduler``).
-        lora: adapter added to the transformer (``None``: no adapter, all weights frozen).
-        dtype: dtype of the frozen weights (``torch.dtype`` or ``"float32" | "bfloat16" | "float16"``); LoRA weights
-            and all SDE / log-prob math stay fp32.
-        device: where the transformer runs (and the encoders/VAE unless ``offload_frozen``).
-        max_sequence_length: T5 token budget (FLUX.1-dev: 512; the pipeline caps it at 512).
-        gradient_checkpointing: recompute transformer activations in the backward pass.
-        offload_frozen: keep text encoders and VAE on the CPU, moving each to ``device`` only while it runs.
+    Built like every policy (:class:`FlowPolicyBase`): ``FluxPolicy(components, cfg, device)`` with the
+    ``FluxPipeline`` kwargs (``transformer``, ``vae``, ``text_encoder`` (CLIP), ``text_encoder_2`` (T5),
+    ``tokenizer``, ``tokenizer_2``, ``scheduler``, a ``FlowMatchEulerDiscreteScheduler``) and a
+    :class:`ModelConfig`: ``dtype`` of the frozen weights (LoRA weights and all SDE / log-prob math stay fp32),
+    ``lora`` (``None``: no adapter), ``max_sequence_length`` (the T5 budget, 1..512: FLUX.1-dev's 512),
+    ``gradient_checkpointing``, ``offload_frozen`` (text encoders and VAE on the CPU, visiting ``device`` only
+    while they run). ``model.args``: ``guidance_embeds`` (``path: tiny`` only: dev-like, the default, or
+    schnell-like).
 
     The rollout, log-prob recompute, generation and SFT loss are :class:`FlowPolicyBase`'s; this class supplies
     FLUX's hooks. Rollout layout: ``latents [B, T + 1, N, C]`` fp32 packed (``N = (H/16)(W/16)`` tokens for FLUX.1,
@@ -79,22 +77,21 @@ class FluxPolicy(FlowPolicyBase):
     (float, or ``None`` when the transformer has no guidance embedding) and the ``sampling`` config.
     """
 
-    def __init__(self, components: dict, *, lora: LoraConfig | None = None, dtype: Any = torch.float32,
-                 device: Any = "cpu", max_sequence_length: int = 512, gradient_checkpointing: bool = False,
-                 offload_frozen: bool = False):
-        missing = [k for k in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
-                               "scheduler") if components.get(k) is None]
-        if missing:
-            raise ValueError(f"FluxPolicy components are missing {missing}")
-        if isinstance(dtype, str):
-            from psrl.models.loading import torch_dtype_from_name
-            dtype = torch_dtype_from_name(dtype)
-        if not 1 <= max_sequence_length <= 512:
-            raise ValueError(f"max_sequence_length must be in [1, 512] (FLUX's T5 budget), got {max_sequence_length}")
-        self.dtype = dtype
-        self.device = torch.device(device)
-        self.max_sequence_length = max_sequence_length
-        self.offload_frozen = offload_frozen
+    name = "flux"
+    COMPONENT_SPEC = FLUX_COMPONENT_SPEC
+    TINY_ARGS = ("guidance_embeds",)
+
+    @classmethod
+    def tiny_components(cls, cfg: ModelConfig) -> dict:
+        from psrl.models.tiny import tiny_flux_components
+
+        return tiny_flux_components(seed=cfg.tiny_seed, guidance_embeds=bool(cfg.args.get("guidance_embeds", True)))
+
+    def init_components(self, components: dict) -> list[nn.Module]:
+        self.max_sequence_length = self.cfg.max_sequence_length
+        if not 1 <= self.max_sequence_length <= 512:
+            raise ValueError(f"max_sequence_length must be in [1, 512] (FLUX's T5 budget), got "
+                             f"{self.max_sequence_length}")
         self.transformer: nn.Module = components["transformer"]
         self.vae: nn.Module = components["vae"]
         self.text_encoder: nn.Module = components["text_encoder"]
@@ -102,58 +99,11 @@ class FluxPolicy(FlowPolicyBase):
         self.tokenizer = components["tokenizer"]
         self.tokenizer_2 = components["tokenizer_2"]
         self.scheduler = components["scheduler"]
-        for module in (*self.frozen_modules(), self.transformer):
-            module.requires_grad_(False)
-            module.eval()
-            if next(module.parameters()).dtype != dtype:  # diffusers warns on every .to(dtype), even a no-op
-                module.to(dtype=dtype)
-        self.lora_config = lora
-        if lora is not None:
-            prepare_lora(self.transformer, lora, prefix=self.lora_prefix)
-        if gradient_checkpointing:
-            self.transformer.enable_gradient_checkpointing()
-        self.module: nn.Module = self.transformer
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.patch_size = 2  # FLUX packs 2x2 latent patches into one token
         self.latent_channels = self.transformer.config.in_channels // 4
         self.guidance_embeds = bool(getattr(self.transformer.config, "guidance_embeds", False))
-        self.to(self.device)
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_config(cls, model_cfg: ModelConfig, device: Any = "cpu") -> "FluxPolicy":
-        """Build from a :class:`ModelConfig`: ``path: tiny`` gives the offline tiny components (seed ``tiny_seed``;
-        ``args.guidance_embeds`` picks dev-like (default) or schnell-like), anything else is loaded with
-        ``from_pretrained`` (hub id or local pipeline folder). ``args`` may only hold ``guidance_embeds`` (tiny)."""
-        from psrl.config import ConfigError
-        from psrl.models.loading import load_flux_components, torch_dtype_from_name
-
-        unknown = sorted(set(model_cfg.args) - {"guidance_embeds"})
-        if unknown:
-            raise ConfigError(f"model.args.{unknown[0]}: unknown option for the flux policy (known: guidance_embeds)")
-        dtype = torch_dtype_from_name(model_cfg.dtype)
-        if model_cfg.path == "tiny":
-            from psrl.models.tiny import tiny_flux_components
-            components = tiny_flux_components(seed=model_cfg.tiny_seed,
-                                              guidance_embeds=bool(model_cfg.args.get("guidance_embeds", True)))
-        else:
-            if "guidance_embeds" in model_cfg.args:
-                raise ConfigError("model.args.guidance_embeds only applies to model.path: tiny (a loaded model's "
-                                  "transformer config decides)")
-            components = load_flux_components(model_cfg.path, torch_dtype=dtype)
-        return cls(components, lora=model_cfg.lora, dtype=dtype, device=device,
-                   max_sequence_length=model_cfg.max_sequence_length,
-                   gradient_checkpointing=model_cfg.gradient_checkpointing, offload_frozen=model_cfg.offload_frozen)
-
-    def frozen_modules(self) -> list[nn.Module]:
         return [self.text_encoder, self.text_encoder_2, self.vae]
-
-    def to(self, device) -> "FluxPolicy":
-        self.device = torch.device(device)
-        self.module.to(self.device)
-        frozen_device = "cpu" if self.offload_frozen else self.device
-        for m in self.frozen_modules():
-            m.to(frozen_device)
-        return self
 
     # ------------------------------------------------------------------ conditioning
     @torch.no_grad()
@@ -190,15 +140,7 @@ class FluxPolicy(FlowPolicyBase):
                 "guidance": float(sampling.guidance_scale) if self.guidance_embeds else None}
         return self.encode_conditions(records, sampling), meta
 
-    # ------------------------------------------------------------------ geometry and schedule
-    def latent_size(self, height: int, width: int) -> tuple[int, int]:
-        """Unpacked latent ``(h, w)``; raises for a size FLUX cannot pack."""
-        multiple = self.vae_scale_factor * 2
-        if height % multiple or width % multiple:
-            raise ValueError(f"height and width must be multiples of {multiple} for this model "
-                             f"(VAE scale {self.vae_scale_factor} x 2x2 packing), got {height}x{width}")
-        return height // self.vae_scale_factor, width // self.vae_scale_factor
-
+    # ------------------------------------------------------------------ schedule
     def sigma_schedule(self, num_steps: int, image_seq_len: int) -> tuple[Tensor, Tensor]:
         """``(sigmas [T + 1], timesteps [T])`` float32 on the CPU, computed by the scheduler itself as
         ``FluxPipeline`` does: ``set_timesteps(sigmas=linspace(1, 1/T, T), mu=calculate_shift(seq_len))``."""

@@ -1,6 +1,6 @@
 """``FluxKontextPolicy``: FLUX.1-Kontext with 1..n reference images per record (PSR's base model).
 
-Each reference is loaded under the data root, resized by the UNO rule (:class:`~psrl.models.references.
+Each reference (a resolved path of the record) is loaded, resized by the UNO rule (:class:`~psrl.models.references.
 ReferenceResize`), VAE-encoded once per record (``argmax`` latents as ``FluxKontextPipeline``), 2x2-packed and
 appended after the target tokens; the transformer output is sliced back to the target tokens. The reference tokens
 live in ``Rollout.cond`` so the group and every recomputed step reuse them; a bounded cache also keeps them across
@@ -35,8 +35,6 @@ from psrl.models.references import ReferenceLoader, ReferenceResize, check_disti
 logger = logging.getLogger(__name__)
 
 POSITION_SCHEMES = ("psr", "uno", "uno_h", "uno_w")
-_ARGS = ("position_ids", "max_references", "reference_long_side_single", "reference_long_side_multi",
-         "reference_multiple", "data_root", "guidance_embeds", "reference_cache_size")
 
 
 def reference_position_ids(shapes: Sequence[tuple[int, int]], target_hw: tuple[int, int], scheme: str) -> Tensor:
@@ -63,85 +61,57 @@ def reference_position_ids(shapes: Sequence[tuple[int, int]], target_hw: tuple[i
 class FluxKontextPolicy(FluxPolicy):
     """FLUX.1-Kontext policy with up to ``max_references`` references per record.
 
-    Args:
-        components: ``FluxKontextPipeline`` kwargs (the FLUX set).
-        position_ids: ``psr`` | ``uno`` | ``uno_h`` | ``uno_w``.
-        max_references: records with more references are an error naming the record.
-        resize: the reference resize rule; ``multiple`` defaults to the VAE scale times 2.
-        data_root: folder the records' reference paths are relative to.
-        reference_cache_size: encoded reference sets kept across calls (0 disables the cache).
-        **flux_kwargs: as :class:`FluxPolicy` (lora, dtype, device, ...).
+    Built like every policy: ``FluxKontextPolicy(components, cfg, device)`` with the ``FluxKontextPipeline``
+    kwargs (the FLUX set). ``model.args``: ``position_ids`` (``psr`` | ``uno`` | ``uno_h`` | ``uno_w``; psr),
+    ``max_references`` (4; a record with more is an error naming it), ``reference_long_side_single`` (512),
+    ``reference_long_side_multi`` (320), ``reference_multiple`` (the VAE scale x 2), ``reference_cache_size``
+    (encoded reference sets kept across calls, 256; 0 disables) and, for ``path: tiny`` only, ``guidance_embeds``
+    (true: Kontext-dev is guidance-distilled). Records reach the policy with their reference paths resolved (a
+    root in the args is read only for the data pipeline's renderers, see
+    :class:`psrl.models.references.ReferenceLoader`).
 
     Extra rollout ``cond``: ``ref_latents [B, L_max, 4C]`` (zero-padded), ``ref_ids [B, L_max, 3]``, ``ref_len [B]``.
     """
 
-    def __init__(self, components: dict, *, position_ids: str = "psr", max_references: int = 4,
-                 resize: ReferenceResize | None = None, data_root=None, reference_cache_size: int = 256,
-                 **flux_kwargs):
-        if position_ids not in POSITION_SCHEMES:
+    name = "flux_kontext"
+    ARGS = ("position_ids", "max_references", "reference_long_side_single", "reference_long_side_multi",
+            "reference_multiple", "reference_cache_size")
+    LEGACY_ARGS = ("data_root",)
+
+    @classmethod
+    def tiny_components(cls, cfg: ModelConfig) -> dict:
+        from psrl.models.tiny_more import tiny_kontext_components
+
+        return tiny_kontext_components(cfg.tiny_seed, bool(cfg.args.get("guidance_embeds", True)))
+
+    def init_components(self, components: dict) -> list:
+        frozen = super().init_components(components)
+        args = self.cfg.args
+        self.position_ids = str(args.get("position_ids", "psr"))
+        if self.position_ids not in POSITION_SCHEMES:
             raise ConfigError(f"model.args.position_ids: must be one of {', '.join(POSITION_SCHEMES)}, "
-                              f"got {position_ids!r}")
-        super().__init__(components, **flux_kwargs)
-        self.position_ids = position_ids
+                              f"got {self.position_ids!r}")
         multiple = self.vae_scale_factor * 2
-        self.resize = resize if resize is not None else ReferenceResize(multiple=multiple)
+        try:
+            self.resize = ReferenceResize(long_side_single=args.get("reference_long_side_single", 512),
+                                          long_side_multi=args.get("reference_long_side_multi", 320),
+                                          multiple=int(args.get("reference_multiple", multiple)))
+        except ValueError as e:
+            raise ConfigError(f"model.args: {e}") from e
         if self.resize.multiple % multiple:
             raise ConfigError(f"model.args.reference_multiple: must be a multiple of {multiple} (VAE scale x 2x2 "
                               f"packing), got {self.resize.multiple}")
-        self.references = ReferenceLoader(data_root, max_references=max_references)
-        self.reference_cache_size = reference_cache_size
+        self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)),
+                                          legacy_root=args.get("data_root"))
+        self.reference_cache_size = int(args.get("reference_cache_size", 256))
         self._ref_cache: OrderedDict[Any, tuple[Tensor, list[tuple[int, int]]]] = OrderedDict()
-
-    @property
-    def data_root(self):
-        return self.references.data_root
-
-    @data_root.setter
-    def data_root(self, value):
-        from pathlib import Path
-
-        self.references.data_root = Path(value)
-        self._ref_cache.clear()
-
-    @classmethod
-    def from_config(cls, model_cfg: ModelConfig, device: Any = "cpu") -> "FluxKontextPolicy":
-        """``model.args``: ``position_ids`` (psr), ``max_references`` (4), ``reference_long_side_single`` (512),
-        ``reference_long_side_multi`` (320), ``reference_multiple`` (VAE scale x 2), ``data_root`` (.),
-        ``reference_cache_size`` (256) and, for ``path: tiny`` only, ``guidance_embeds`` (true: Kontext-dev is
-        guidance-distilled)."""
-        from psrl.models.loading import load_flux_components, torch_dtype_from_name
-
-        args = dict(model_cfg.args)
-        unknown = sorted(set(args) - set(_ARGS))
-        if unknown:
-            raise ConfigError(f"model.args.{unknown[0]}: unknown option for flux_kontext (known: {', '.join(_ARGS)})")
-        dtype = torch_dtype_from_name(model_cfg.dtype)
-        if model_cfg.path == "tiny":
-            from psrl.models.tiny_more import tiny_kontext_components
-
-            components = tiny_kontext_components(model_cfg.tiny_seed, bool(args.get("guidance_embeds", True)))
-        else:
-            if "guidance_embeds" in args:
-                raise ConfigError("model.args.guidance_embeds only applies to model.path: tiny")
-            components = load_flux_components(model_cfg.path, torch_dtype=dtype)
-        vae_scale = 2 ** (len(components["vae"].config.block_out_channels) - 1)
-        try:
-            resize = ReferenceResize(long_side_single=args.get("reference_long_side_single", 512),
-                                     long_side_multi=args.get("reference_long_side_multi", 320),
-                                     multiple=int(args.get("reference_multiple", vae_scale * 2)))
-        except ValueError as e:
-            raise ConfigError(f"model.args: {e}") from e
-        return cls(components, position_ids=str(args.get("position_ids", "psr")),
-                   max_references=int(args.get("max_references", 4)), resize=resize,
-                   data_root=args.get("data_root"), reference_cache_size=int(args.get("reference_cache_size", 256)),
-                   lora=model_cfg.lora, dtype=dtype, device=device, max_sequence_length=model_cfg.max_sequence_length,
-                   gradient_checkpointing=model_cfg.gradient_checkpointing, offload_frozen=model_cfg.offload_frozen)
+        return frozen
 
     # ------------------------------------------------------------------ references
     @torch.no_grad()
     def encode_references(self, record: Record) -> tuple[Tensor, list[tuple[int, int]]]:
         """``(packed tokens [L, 4C] fp32, packed (h, w) per reference)`` for one record, VAE-encoded once."""
-        key = (record.id, tuple(s.image for s in record.subjects), self.resize, str(self.references.data_root))
+        key = (record.id, tuple(s.image for s in record.subjects), self.resize)
         if key in self._ref_cache:
             self._ref_cache.move_to_end(key)
             return self._ref_cache[key]

@@ -42,32 +42,37 @@ QWEN_EDIT_PLUS_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
 }
 
-_ARGS = ("condition_area", "vae_area", "negative_prompt", "max_references", "data_root")
-
-
 class QwenImageEditPlusPolicy(FlowPolicyBase):
     """Qwen-Image-Edit-Plus behind the :class:`psrl.models.base.Policy` protocol.
 
-    ``model.args``: ``condition_area`` (384*384), ``vae_area`` (1024*1024), ``negative_prompt`` (``" "``: the
-    pipeline enables true CFG only with a negative prompt; ``null`` turns CFG off whatever the scale, which is what
-    PaCo's released Qwen config effectively ran), ``max_references`` (4; the model card recommends 1-3),
-    ``data_root`` (where reference paths resolve; also settable as ``policy.data_root``).
+    Built like every policy (:class:`FlowPolicyBase`): ``QwenImageEditPlusPolicy(components, cfg, device)`` with
+    the ``QwenImageEditPlusPipeline`` kwargs. ``model.args``: ``condition_area`` (384*384), ``vae_area``
+    (1024*1024), ``negative_prompt`` (``" "``: the pipeline enables true CFG only with a negative prompt; ``null``
+    turns CFG off whatever the scale, which is what PaCo's released Qwen config effectively ran),
+    ``max_references`` (4; the model card recommends 1-3). Records reach the policy with their reference paths
+    resolved (a root in the args is read only for the data pipeline's renderers, see
+    :class:`psrl.models.references.ReferenceLoader`).
 
     Rollout ``cond`` (batch-first, zero-padded, true lengths alongside): ``prompt_embeds``/``prompt_len``,
     ``negative_embeds``/``negative_len`` (when CFG can run), ``ref_latents``/``ref_len`` and ``ref_shapes
     [B, max_references, 2]`` (packed h, w of each reference; 0 = absent).
     """
 
-    def __init__(self, components: dict, cfg: ModelConfig | None = None, device="cpu"):
+    name = "qwen_image_edit_plus"
+    COMPONENT_SPEC = QWEN_EDIT_PLUS_COMPONENT_SPEC
+    ARGS = ("condition_area", "vae_area", "negative_prompt", "max_references")
+    LEGACY_ARGS = ("data_root",)
+
+    @classmethod
+    def tiny_components(cls, cfg: ModelConfig) -> dict:
+        from psrl.models.tiny_more import tiny_qwen_image_edit_plus_components
+
+        return tiny_qwen_image_edit_plus_components(cfg.tiny_seed)
+
+    def init_components(self, components: dict) -> list:
         from diffusers import QwenImageEditPlusPipeline
 
-        cfg = cfg or ModelConfig(name="qwen_image_edit_plus")
-        args = dict(cfg.args)
-        unknown = sorted(set(args) - set(_ARGS))
-        if unknown:
-            raise ConfigError(f"model.args.{unknown[0]}: unknown option for qwen_image_edit_plus "
-                              f"(known: {', '.join(_ARGS)})")
-        self.cfg = cfg
+        args = self.cfg.args
         self.condition_area = int(args.get("condition_area", 384 * 384))
         self.vae_area = int(args.get("vae_area", 1024 * 1024))
         for key in ("condition_area", "vae_area"):
@@ -75,7 +80,8 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
                 raise ConfigError(f"model.args.{key}: must be >= {32 * 32} (sides are multiples of 32), "
                                   f"got {getattr(self, key)}")
         self.negative_prompt = args.get("negative_prompt", " ")
-        self.references = ReferenceLoader(args.get("data_root"), max_references=int(args.get("max_references", 4)))
+        self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)),
+                                          legacy_root=args.get("data_root"))
         self.pipe = QwenImageEditPlusPipeline(**components)
         self.pipe.set_progress_bar_config(disable=True)
         self.transformer = self.pipe.transformer
@@ -84,45 +90,10 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
                               "supported; use a true-CFG checkpoint")
         self.vae = self.pipe.vae
         self.text_encoder = self.pipe.text_encoder
-        self._setup_denoiser(cfg, [self.text_encoder, self.vae], device)
         self.vae_scale_factor = self.pipe.vae_scale_factor
+        self.patch_size = 2  # 2x2 latent patches per token
         self.latent_channels = self.pipe.latent_channels
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, device="cpu") -> "QwenImageEditPlusPolicy":
-        """``path: tiny``: tiny random components; otherwise a local pipeline folder or hub id
-        (``Qwen/Qwen-Image-Edit-2509``) loaded with ``from_pretrained``."""
-        if cfg.path == "tiny":
-            from psrl.models.tiny_more import tiny_qwen_image_edit_plus_components
-
-            components = tiny_qwen_image_edit_plus_components(cfg.tiny_seed)
-        else:
-            from psrl.models.loading import load_components, torch_dtype_from_name
-
-            components = load_components(cfg.path, QWEN_EDIT_PLUS_COMPONENT_SPEC,
-                                         torch_dtype=torch_dtype_from_name(cfg.dtype))
-        return cls(components, cfg, device)
-
-    @property
-    def data_root(self):
-        return self.references.data_root
-
-    @data_root.setter
-    def data_root(self, value):
-        from pathlib import Path
-
-        self.references.data_root = Path(value)
-
-    def _modules_to_move(self):
-        return [self.transformer] + ([] if self.offload_frozen else [self.text_encoder, self.vae])
-
-    # ------------------------------------------------------------------ geometry
-    def latent_size(self, sampling: SamplingConfig) -> tuple[int, int]:
-        mult = self.vae_scale_factor * 2
-        if sampling.height % mult or sampling.width % mult:
-            raise ValueError(f"height and width must be multiples of {mult} for this model (VAE scale "
-                             f"{self.vae_scale_factor} x 2x2 packing), got {sampling.height}x{sampling.width}")
-        return sampling.height // self.vae_scale_factor, sampling.width // self.vae_scale_factor
+        return [self.text_encoder, self.vae]
 
     def use_cfg(self, sampling: SamplingConfig) -> bool:
         return self.negative_prompt is not None and float(sampling.guidance_scale) > 1
@@ -163,7 +134,7 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
     def encode(self, records: Sequence[Record], sampling: SamplingConfig):
         records = list(records)
         check_distinct_ids(records)
-        self.latent_size(sampling)
+        self.latent_size(sampling.height, sampling.width)
         cfg_on = self.use_cfg(sampling)
         uniq, where = unique_records(records)
         enc = [self._encode_record(r, cfg_on) for r in uniq]
@@ -187,7 +158,7 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
         """Packed noise drawn as ``prepare_latents`` does (``randn_tensor`` on ``[B, 1, z, h, w]``)."""
         from diffusers.utils.torch_utils import randn_tensor
 
-        h, w = self.latent_size(sampling)
+        h, w = self.latent_size(sampling.height, sampling.width)
         noise = randn_tensor((n, 1, self.latent_channels, h, w), generator=generator, device=self.device,
                              dtype=torch.float32)
         return self.pipe._pack_latents(noise, n, self.latent_channels, h, w)
@@ -196,7 +167,7 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
         """``set_timesteps(sigmas=linspace(1, 1/T, T), mu=calculate_shift(target tokens))`` as the pipeline."""
         from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
 
-        h, w = self.latent_size(sampling)
+        h, w = self.latent_size(sampling.height, sampling.width)
         c = self.pipe.scheduler.config
         mu = calculate_shift((h // 2) * (w // 2), c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
                              c.get("base_shift", 0.5), c.get("max_shift", 1.15))
@@ -207,7 +178,7 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
                 guidance: bool = True) -> Tensor:
         sampling: SamplingConfig = meta["sampling"]
         cfg_on = guidance and self.use_cfg(sampling) and "negative_embeds" in cond
-        h, w = self.latent_size(sampling)
+        h, w = self.latent_size(sampling.height, sampling.width)
         b, n = latents.shape[:2]
         lengths = {k: cond[k].tolist() for k in ("prompt_len", "ref_len", "negative_len") if k in cond}
         shapes = cond["ref_shapes"].tolist()

@@ -1,5 +1,6 @@
-"""Reference images for reference-conditioned policies (FLUX.1-Kontext, Qwen-Image-Edit-Plus): loading under the
-data root, mode conversion, the UNO-style resize rule and conversion to model input tensors.
+"""Reference images for reference-conditioned policies (FLUX.1-Kontext, Qwen-Image-Edit-Plus): loading the resolved
+paths of a record (:func:`psrl.data.records.resolve_records` ran where the records were loaded), mode conversion,
+the UNO-style resize rule and conversion to model input tensors.
 
 Every bad input is a :class:`psrl.data.records.RecordError` naming the record and the value: a record without
 references, more references than the policy supports, a missing or unreadable file, an image under
@@ -25,12 +26,6 @@ from psrl.data.records import Record, RecordError, resolve_under
 from psrl.images import ImageLoadError, load_image
 
 logger = logging.getLogger(__name__)
-
-
-def takes_data_root(policy, model_cfg) -> bool:
-    """Whether a run should point ``policy`` at its data root: the policy reads reference images
-    (``policy.data_root`` exists) and the model config does not pin its own ``args.data_root``."""
-    return hasattr(policy, "data_root") and not model_cfg.args.get("data_root")
 
 
 @dataclass(frozen=True)
@@ -77,18 +72,24 @@ class ReferenceResize:
 
 
 class ReferenceLoader:
-    """Loads a record's reference images (RGB, uint8) under ``data_root`` through :func:`psrl.images.load_image`,
-    with a small LRU cache of decoded files. ``background``: the colour transparent pixels are composited onto
-    (a PIL colour name or an RGB tuple)."""
+    """Loads a record's reference images (RGB, uint8) through :func:`psrl.images.load_image`, with a small LRU cache
+    of decoded files. ``background``: the colour transparent pixels are composited onto (a PIL colour name or an
+    RGB tuple). Paths are the record's resolved (absolute) ones; a relative path belongs to a record nobody
+    resolved and is an error naming it.
 
-    def __init__(self, data_root: str | Path | None, *, max_references: int, max_cached: int = 64,
-                 background: str | tuple = "white"):
+    ``legacy_root`` keeps the data pipeline's renderers working until they resolve their records themselves
+    (``src/psrl/data/pipeline/generation.py`` still gives the policy a root in ``model.args``): relative paths
+    resolve under it, escapes refused. Nothing else sets it: a train, sft or bench config that does is refused
+    (:func:`psrl.data.records.misplaced_data_root`)."""
+
+    def __init__(self, *, max_references: int, max_cached: int = 64, background: str | tuple = "white",
+                 legacy_root: str | Path | None = None):
         if max_references < 1:
             raise ValueError(f"max_references must be >= 1, got {max_references}")
-        self.data_root = Path(data_root) if data_root is not None else Path(".")
         self.max_references = max_references
         self.max_cached = max_cached
         self.background = background
+        self.legacy_root = Path(legacy_root) if legacy_root is not None else None
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
 
     def paths(self, record: Record) -> list[str]:
@@ -108,10 +109,18 @@ class ReferenceLoader:
         return out
 
     def load(self, record: Record) -> list[Image.Image]:
-        return [self._load_one(record, rel) for rel in self.paths(record)]
+        return [self._load_one(record, image) for image in self.paths(record)]
 
-    def _load_one(self, record: Record, rel: str) -> Image.Image:
-        path = resolve_under(self.data_root, rel, what=f"record {record.id!r} reference image")
+    def _path(self, record: Record, image: str) -> Path:
+        if Path(image).is_absolute():
+            return Path(image)
+        if self.legacy_root is None:
+            raise RecordError(f"record {record.id!r}: reference image {image!r} is not resolved against a data root "
+                              "(records reach policies resolved: psrl.data.records.load_records / resolve_records)")
+        return resolve_under(self.legacy_root, image, what=f"record {record.id!r} reference image")
+
+    def _load_one(self, record: Record, image: str) -> Image.Image:
+        path = self._path(record, image)
         key = str(path)
         if key in self._cache:
             self._cache.move_to_end(key)
@@ -120,7 +129,7 @@ class ReferenceLoader:
             img = load_image(path, background=self.background)
         except ImageLoadError as e:
             # the loader's message names the file and says what is wrong (not found, unreadable, too small, ...)
-            raise RecordError(f"record {record.id!r}: reference image {rel!r}: {e}") from e
+            raise RecordError(f"record {record.id!r}: reference image {record.relative_path(image)!r}: {e}") from e
         self._cache[key] = img
         if len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
@@ -143,4 +152,4 @@ def check_distinct_ids(records: Sequence[Record]) -> None:
             raise RecordError(f"two different records share the id {r.id!r}; record ids must be unique")
 
 
-__all__ = ["ReferenceLoader", "ReferenceResize", "check_distinct_ids", "pil_to_model_input", "takes_data_root"]
+__all__ = ["ReferenceLoader", "ReferenceResize", "check_distinct_ids", "pil_to_model_input"]

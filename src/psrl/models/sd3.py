@@ -36,60 +36,45 @@ SD3_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
 }
 
-_ARGS = {"negative_prompt"}
-
 
 class SD3Policy(FlowPolicyBase):
     """SD3 behind the :class:`psrl.models.base.Policy` protocol.
 
-    Args:
-        components: kwargs of ``StableDiffusion3Pipeline`` (transformer, vae, three text encoders and tokenizers,
-            scheduler).
-        cfg: the model config (dtype, LoRA, memory options); ``cfg.args.negative_prompt`` (default ``""``).
-        device: where the denoiser runs.
+    Built like every policy (:class:`FlowPolicyBase`): ``SD3Policy(components, cfg, device)`` with the kwargs of
+    ``StableDiffusion3Pipeline`` (transformer, vae, three text encoders and tokenizers, scheduler; the T5 pair may
+    be ``None``) and the model config (dtype, LoRA, memory options); ``model.args.negative_prompt`` (``""``). The
+    VAE stays fp32 whatever the dtype (``KEEP_FP32``).
     """
 
-    def __init__(self, components: dict, cfg: ModelConfig | None = None, device="cpu"):
+    name = "sd3"
+    COMPONENT_SPEC = SD3_COMPONENT_SPEC
+    OPTIONAL_COMPONENTS = ("text_encoder_3", "tokenizer_3")
+    ARGS = ("negative_prompt",)
+    KEEP_FP32 = ("vae",)  # decodes in fp32 whatever the dtype (Flow-GRPO keeps the VAE in fp32)
+
+    @classmethod
+    def tiny_components(cls, cfg: ModelConfig) -> dict:
+        from psrl.models.tiny_more import tiny_sd3_components
+
+        return tiny_sd3_components(cfg.tiny_seed)
+
+    def init_components(self, components: dict) -> list:
         from diffusers import StableDiffusion3Pipeline
 
-        cfg = cfg or ModelConfig(name="sd3")
-        unknown = sorted(set(cfg.args) - _ARGS)
-        if unknown:
-            from psrl.config import ConfigError
-
-            raise ConfigError(f"model.args.{unknown[0]}: unknown option for sd3 (known: {', '.join(sorted(_ARGS))})")
-        self.cfg = cfg
-        self.negative_prompt = str(cfg.args.get("negative_prompt", ""))
+        self.negative_prompt = str(self.cfg.args.get("negative_prompt", ""))
         self.pipe = StableDiffusion3Pipeline(**{k: v for k, v in components.items()
                                                 if k not in ("image_encoder", "feature_extractor")})
         self.pipe.set_progress_bar_config(disable=True)
         self.transformer = self.pipe.transformer
         self.vae = self.pipe.vae
+        self.vae_scale_factor = self.pipe.vae_scale_factor
+        self.patch_size = self.transformer.config.patch_size
         self.text_encoders = [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3)
                               if m is not None]
-        self._setup_denoiser(cfg, [*self.text_encoders, self.vae], device)
-        if self.vae.dtype != torch.float32:
-            self.vae.to(torch.float32)  # decode in fp32 (Flow-GRPO keeps the VAE in fp32)
         self._negative: dict[str, Tensor] | None = None
-
-    @classmethod
-    def from_config(cls, cfg: ModelConfig, device="cpu") -> "SD3Policy":
-        """``cfg.path == "tiny"``: tiny random components (``cfg.tiny_seed``); otherwise a local pipeline folder or
-        hub id (``stabilityai/stable-diffusion-3.5-medium``) loaded with ``from_pretrained``."""
-        if cfg.path == "tiny":
-            from psrl.models.tiny_more import tiny_sd3_components
-
-            components = tiny_sd3_components(cfg.tiny_seed)
-        else:
-            from psrl.models.loading import load_components, torch_dtype_from_name
-
-            components = load_components(cfg.path, SD3_COMPONENT_SPEC, torch_dtype=torch_dtype_from_name(cfg.dtype))
-        return cls(components, cfg, device)
+        return [*self.text_encoders, self.vae]
 
     # ------------------------------------------------------------------ hooks
-    def _modules_to_move(self):
-        return [self.transformer] + ([] if self.offload_frozen else [*self.text_encoders, self.vae])
-
     def _encode_prompts(self, prompts: list[str]) -> tuple[Tensor, Tensor]:
         with torch.no_grad(), self._frozen_on_device(*self.text_encoders):
             embeds, _, pooled, _ = self.pipe.encode_prompt(
@@ -121,16 +106,10 @@ class SD3Policy(FlowPolicyBase):
             self._negative = {"prompt_embeds": e, "pooled_prompt_embeds": p}
         return self._negative
 
-    def _check_size(self, sampling: SamplingConfig) -> tuple[int, int]:
-        mult = self.pipe.vae_scale_factor * self.transformer.config.patch_size
-        if sampling.height % mult or sampling.width % mult:
-            raise ValueError(f"SD3 needs height/width divisible by {mult}, got {sampling.height}x{sampling.width}")
-        return sampling.height // self.pipe.vae_scale_factor, sampling.width // self.pipe.vae_scale_factor
-
     def initial_noise(self, n: int, sampling: SamplingConfig, generator) -> Tensor:
         from diffusers.utils.torch_utils import randn_tensor
 
-        h, w = self._check_size(sampling)
+        h, w = self.latent_size(sampling.height, sampling.width)
         shape = (n, self.transformer.config.in_channels, h, w)
         return randn_tensor(shape, generator=generator, device=self.device, dtype=torch.float32)
 
@@ -142,8 +121,8 @@ class SD3Policy(FlowPolicyBase):
         if sched_cfg.get("use_dynamic_shifting", False):
             from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
-            h, w = self._check_size(sampling)
-            p = self.transformer.config.patch_size
+            h, w = self.latent_size(sampling.height, sampling.width)
+            p = self.patch_size
             mu = calculate_shift((h // p) * (w // p), sched_cfg.get("base_image_seq_len", 256),
                                  sched_cfg.get("max_image_seq_len", 4096), sched_cfg.get("base_shift", 0.5),
                                  sched_cfg.get("max_shift", 1.16))

@@ -77,30 +77,40 @@ class ReferenceImageError(Exception):
 
 
 class ReferenceImages:
-    """Loads reference images under a data root (no escaping it) with :func:`psrl.images.load_image` (the
-    policies' loader: EXIF orientation, 16-bit scaling, transparency onto ``background``, the shared minimum side
-    and aspect limit), RGB uint8, with a small LRU cache."""
+    """Loads the reference images of resolved records (absolute paths: :func:`psrl.data.records.resolve_records`
+    ran where the records were loaded) with :func:`psrl.images.load_image` (the policies' loader: EXIF orientation,
+    16-bit scaling, transparency onto ``background``, the shared minimum side and aspect limit), RGB uint8, with a
+    small LRU cache. A relative path belongs to a record nobody resolved and is that sample's failure.
 
-    def __init__(self, data_root: str | Path | None, max_cached: int = 256, background: str | tuple = "white"):
-        self.data_root = Path(data_root) if data_root is not None else None
+    ``legacy_root`` keeps the data pipeline's filter stage working until it resolves its records itself
+    (``src/psrl/data/pipeline/filter.py`` still gives its reward a root): relative paths resolve under it, escapes
+    refused. Nothing else sets it: a train, bench, score or server config that gives a reward a root is refused
+    (:func:`psrl.data.records.misplaced_data_root`)."""
+
+    def __init__(self, max_cached: int = 256, background: str | tuple = "white", *,
+                 legacy_root: str | Path | None = None):
         self.max_cached = max_cached
         self.background = background
+        self.legacy_root = Path(legacy_root) if legacy_root is not None else None
         self._cache: OrderedDict[str, Image.Image] = OrderedDict()
 
-    def path(self, rel: str | None) -> Path:
-        if not rel:
+    def path(self, image: str | None) -> Path:
+        if not image:
             raise ReferenceImageError("subject has no reference image")
-        if self.data_root is None:
-            raise ReferenceImageError(f"reference {rel!r} given but the reward has no data_root")
+        if Path(image).is_absolute():
+            return Path(image)
+        if self.legacy_root is None:
+            raise ReferenceImageError(f"reference {image!r} is not resolved against a data root (records reach "
+                                      "rewards resolved: psrl.data.records.load_records / resolve_records)")
         try:
-            return resolve_under(self.data_root, rel, what="reference image")
+            return resolve_under(self.legacy_root, image, what="reference image")
         except RecordError as e:
             raise ReferenceImageError(str(e)) from e
 
-    def load(self, rel: str | None) -> Image.Image:
+    def load(self, image: str | None) -> Image.Image:
         """The RGB image; raises :class:`ReferenceImageError` ("reference image <path>: <what is wrong>": file not
-        found, unreadable image, too small, too elongated, too many pixels)."""
-        p = self.path(rel)
+        found, unreadable image, too small, too elongated, too many pixels; or the path is not resolved)."""
+        p = self.path(image)
         key = str(p)
         if key in self._cache:
             self._cache.move_to_end(key)

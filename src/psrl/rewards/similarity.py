@@ -24,6 +24,9 @@ from psrl.rewards.isolation import Failed, per_item
 
 
 class ImageSimilarityReward:
+    """Records arrive resolved (absolute reference paths); the root argument is the data pipeline's alone (see
+    :class:`psrl.rewards.images.ReferenceImages`)."""
+
     name = "image_similarity"
     default_kind = "dino_vit"
     default_path = "facebook/dino-vits16"
@@ -36,30 +39,30 @@ class ImageSimilarityReward:
         else:
             spec = embedder  # an already built Embedder (benchmarks, tests)
         self.embedder = build_embedder(spec, device=device, dtype=dtype)
-        self.refs = ReferenceImages(data_root, background=background)
+        self.refs = ReferenceImages(background=background, legacy_root=data_root)
         self.scale, self.cache_size = scale, cache_size
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 
-    def _ref_embeddings(self, rels: list[str]) -> dict[str, Tensor | str]:
+    def _ref_embeddings(self, paths: list[str]) -> dict[str, Tensor | str]:
         out, todo, imgs = {}, [], []
-        for rel in dict.fromkeys(rels):
+        for image in dict.fromkeys(paths):
             try:
-                p = self.refs.path(rel)
+                p = self.refs.path(image)
                 key = (str(p), os.stat(p).st_mtime_ns) if p.is_file() else None
                 if key is not None and key in self._cache:
-                    out[rel] = self._cache[key]
+                    out[image] = self._cache[key]
                     continue
-                imgs.append(self.refs.load(rel))
-                todo.append((rel, key))
+                imgs.append(self.refs.load(image))
+                todo.append((image, key))
             except ReferenceImageError as e:
-                out[rel] = str(e)
+                out[image] = str(e)
         if imgs:
             embs = per_item(self.embedder.embed, imgs, f"{self.name} embedder on the reference")
-            for (rel, key), emb in zip(todo, embs):
+            for (image, key), emb in zip(todo, embs):
                 if isinstance(emb, Failed):
-                    out[rel] = emb.reason
+                    out[image] = emb.reason
                     continue
-                out[rel] = emb
+                out[image] = emb
                 self._cache[key] = emb
                 if len(self._cache) > self.cache_size:
                     self._cache.popitem(last=False)

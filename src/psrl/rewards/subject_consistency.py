@@ -60,6 +60,9 @@ def with_tiny_default(spec, path: str | None):
 
 
 class SubjectConsistencyReward:
+    """See the module docstring. Records arrive resolved (absolute reference paths); the root argument is the data
+    pipeline's alone (see :class:`psrl.rewards.images.ReferenceImages`)."""
+
     name = "subject_consistency"
 
     def __init__(self, device="cpu", *, detector=None, embedder=None, data_root: str | None = None,
@@ -79,14 +82,14 @@ class SubjectConsistencyReward:
                                        device=device, dtype=dtype)
         self.embedder = build_embedder(with_tiny_default(embedder or {"kind": "dino_vit"}, path),
                                        device=device, dtype=dtype)
-        self.refs = ReferenceImages(data_root, background=background)
+        self.refs = ReferenceImages(background=background, legacy_root=data_root)
         self.cache_size = cache_size
         self._ref_cache: OrderedDict[tuple, tuple[Tensor, bool]] = OrderedDict()
         self.stats = {"reference_passes": 0, "reference_cache_hits": 0}
 
     # ------------------------------------------------------------------ references
-    def _ref_key(self, rel: str | None, phrase: str) -> tuple:
-        p = self.refs.path(rel)
+    def _ref_key(self, image: str | None, phrase: str) -> tuple:
+        p = self.refs.path(image)
         try:
             mtime = os.stat(p).st_mtime_ns
         except OSError as e:
@@ -94,18 +97,18 @@ class SubjectConsistencyReward:
         return (str(p), mtime, phrase.lower(), self.mode)
 
     def reference_embeddings(self, wanted: dict[tuple, tuple[str, str]]) -> dict[tuple, tuple[Tensor, bool] | str]:
-        """``{key: (rel path, phrase)}`` -> ``{key: (embedding, whole_image_used) | failure reason}``; one batched
+        """``{key: (image path, phrase)}`` -> ``{key: (embedding, whole_image_used) | failure reason}``; one batched
         detection and one batched embedding pass over the uncached references."""
         out: dict[tuple, tuple[Tensor, bool] | str] = {}
         todo_keys, todo_imgs, todo_phrases = [], [], []
-        for key, (rel, phrase) in wanted.items():
+        for key, (image, phrase) in wanted.items():
             if key in self._ref_cache:
                 self._ref_cache.move_to_end(key)
                 out[key] = self._ref_cache[key]
                 self.stats["reference_cache_hits"] += 1
                 continue
             try:
-                img = self.refs.load(rel)
+                img = self.refs.load(image)
             except ReferenceImageError as e:
                 out[key] = str(e)
                 continue

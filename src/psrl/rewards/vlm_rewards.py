@@ -6,7 +6,9 @@ directory or hub id, or ``tiny``), ``adapter_path`` (peft LoRA, e.g. PaCo-Reward
 ``batch_size``; for ``remote``: ``url`` (``http://host:port/v1``), ``model``, ``api_key`` / ``api_key_env``,
 ``timeout``, ``retries``, ``backoff``, ``max_concurrency``, ``image_format``; for both: ``top_logprobs`` (20: how
 many most probable first tokens to request; lower it for servers that cap it). Rewards that read references take
-``background`` (the colour transparent reference pixels are composited onto; white).
+``background`` (the colour transparent reference pixels are composited onto; white) and get records whose
+reference paths are resolved (their root argument is the data pipeline's alone, see
+:class:`psrl.rewards.images.ReferenceImages`).
 
 * ``vlm_consistency`` (p_yes, PaCo prompt): P(consistent) for each (reference_i, generated) pair, averaged
   (``pairs: all`` scores every unordered pair of {references..., generated}, PaCo's image-set rule).
@@ -54,7 +56,7 @@ def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
 class _PairwiseBase:
     def __init__(self, device, data_root, canonicalize, judge_kwargs, background="white"):
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
-        self.refs = ReferenceImages(data_root, background=background)
+        self.refs = ReferenceImages(background=background, legacy_root=data_root)
 
     def _score_pairs(self, images, records, make_requests, combine):
         """``make_requests(b, generated, record) -> list[JudgeRequest]``; ``combine(list[p]) -> score``."""
@@ -141,9 +143,7 @@ class SemanticAlignmentReward:
     name = "semantic_alignment"
 
     def __init__(self, device="cpu", *, default_subset: str = "complex", max_new_tokens: int = 512,
-                 temperature: float | None = None, data_root: str | None = None, mode: str = "honest",
-                 **judge_kwargs):
-        # data_root is accepted for a uniform call signature; the rubric shows only the generated image
+                 temperature: float | None = None, mode: str = "honest", **judge_kwargs):
         if mode not in RUBRIC_PARSER_OF_MODE:
             raise ValueError(f"semantic_alignment: mode must be one of {sorted(RUBRIC_PARSER_OF_MODE)}, got {mode!r}")
         if temperature is None and (judge_kwargs.get("transport") == "remote" or "endpoint" in judge_kwargs):

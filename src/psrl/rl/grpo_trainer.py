@@ -13,15 +13,12 @@ import logging
 from collections import Counter
 import random
 import time
-from contextlib import contextmanager, nullcontext
-from pathlib import Path
+from contextlib import nullcontext
 
 import torch
 
-from psrl.data.records import Record, read_records
 from psrl.errors import PsrlError
 from psrl.models.checks import check_sampling_size, validate_records
-from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
 from psrl.rl.advantages import compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
@@ -29,7 +26,7 @@ from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
 from psrl.rl.optim import clip_gradients
-from psrl.rl.run_config import RunConfig, derive_sizes
+from psrl.rl.run_config import RunConfig, derive_sizes, run_records
 from psrl.rl.sampler import GroupSampler, sample_seed
 from psrl.rl.tracking import image_grid, save_image
 from psrl.sampling import plan_steps
@@ -38,29 +35,6 @@ logger = logging.getLogger(__name__)
 
 # stats reduced over processes with min / max instead of the mean
 _MIN_STATS, _MAX_STATS = ("ratio_min",), ("ratio_max", "grad_norm_max")
-
-
-def load_prompt_records(records, what: str = "data.records") -> list[Record]:
-    """A records JSONL path, or inline prompts (ids ``prompt-<i>``)."""
-    if isinstance(records, str):
-        return read_records(records)
-    if not records:
-        raise PsrlError(f"{what} is empty")
-    return [Record(id=f"prompt-{i}", prompt=p) for i, p in enumerate(records)]
-
-
-def _accepts(reward_name: str, arg: str) -> bool:
-    """Whether the registered reward class takes keyword ``arg``."""
-    import inspect
-
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
-
-    _ensure_builtin_rewards()
-    try:
-        target = REWARDS.get(reward_name)
-        return isinstance(target, type) and arg in inspect.signature(target).parameters
-    except (KeyError, ImportError, AttributeError, TypeError, ValueError):
-        return False
 
 
 def _call_reward(reward, rollout):
@@ -128,22 +102,17 @@ class GRPOTrainer(BaseTrainer):
         cfg = self.cfg
         self.sizes = derive_sizes(cfg.train, self.accelerator.num_processes)
         self.advantage_mode = get_advantage_mode(cfg.advantage.mode)
-        self.records = load_prompt_records(cfg.data.records)
-        self.eval_records = load_prompt_records(cfg.eval.records, "eval.records") if cfg.eval.every else []
-        self.data_root = self._data_root()
-        self.eval_data_root = Path(cfg.eval.data_root) if cfg.eval.data_root else self.data_root
+        self.records = run_records(cfg, "data")
+        self.eval_records = run_records(cfg, "eval") if cfg.eval.every else []
 
     def setup_policy(self) -> None:
         cfg, policy = self.cfg, self.policy
-        if self.data_root is not None and takes_data_root(policy, cfg.model):
-            policy.data_root = self.data_root  # reference-conditioned policies read subject images from here
         check_sampling_size(policy, cfg.sampling, "sampling.height/width")
         if self.eval_records:
             check_sampling_size(policy, self._eval_sampling(), "eval.height/width/resolution")
-        self.records = validate_records(self.records, self.data_root, policy, cfg.data.records,
-                                        skip_invalid=cfg.data.skip_invalid)
+        self.records = validate_records(self.records, policy, cfg.data.records, skip_invalid=cfg.data.skip_invalid)
         if self.eval_records:
-            self.eval_records = validate_records(self.eval_records, self.eval_data_root, policy, cfg.eval.records,
+            self.eval_records = validate_records(self.eval_records, policy, cfg.eval.records,
                                                  skip_invalid=cfg.data.skip_invalid)
 
     def setup_training(self) -> None:
@@ -161,24 +130,13 @@ class GRPOTrainer(BaseTrainer):
                                     self.accelerator.num_processes, self.accelerator.process_index)
         self._invalid_steps = 0
 
-    def _data_root(self) -> Path | None:
-        """``data.data_root``, else the records file's folder (inline prompts have no subject images)."""
-        if self.cfg.data.data_root:
-            return Path(self.cfg.data.data_root)
-        if isinstance(self.cfg.data.records, str):
-            return Path(self.cfg.data.records).resolve().parent
-        return None
-
     def _build_rewards(self):
         from psrl.rewards import build_reward
 
         built = []
         for spec in self.cfg.rewards:
-            args = dict(spec.args)
-            if self.data_root is not None and "data_root" not in args and _accepts(spec.name, "data_root"):
-                args["data_root"] = str(self.data_root)  # rewards that compare with the records' subject images
             try:
-                built.append(build_reward(spec.name, args, device=self.accelerator.device))
+                built.append(build_reward(spec.name, dict(spec.args), device=self.accelerator.device))
             except KeyError as e:
                 raise PsrlError(f"rewards: {e.args[0] if e.args else e}") from e
             except (TypeError, ValueError) as e:
@@ -466,38 +424,16 @@ class GRPOTrainer(BaseTrainer):
             gens = [torch.Generator().manual_seed(sample_seed(e.seed, 0, i, salt="eval"))
                     for i in range(len(self.eval_records))]
             self.policy.train(False)
-            with self._eval_data_root():
-                with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self.autocast():
-                    images = self.policy.generate(self.eval_records, sampling, generator=gens)
-                images = images.float().cpu()
-                save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
-                for reward in self.rewards:
-                    scores = reward(images, self.eval_records).scores
-                    ok = scores[torch.isfinite(scores)]
-                    out[f"eval/{reward.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+            with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self.autocast():
+                images = self.policy.generate(self.eval_records, sampling, generator=gens)
+            images = images.float().cpu()
+            save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
+            for reward in self.rewards:
+                scores = reward(images, self.eval_records).scores
+                ok = scores[torch.isfinite(scores)]
+                out[f"eval/{reward.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
         dist.barrier()
         return out
-
-    @contextmanager
-    def _eval_data_root(self):
-        """Point the policy's and the local rewards' reference loaders at ``eval.data_root`` while evaluating (their
-        caches are keyed by absolute path, so nothing mixes)."""
-        root = self.eval_data_root
-        if root is None or root == self.data_root:
-            yield
-            return
-        from psrl.rewards.images import ReferenceImages
-
-        holders = [self.policy] if takes_data_root(self.policy, self.cfg.model) else []
-        holders += [r.refs for r in self.rewards if isinstance(getattr(r, "refs", None), ReferenceImages)]
-        before = [h.data_root for h in holders]
-        for h in holders:
-            h.data_root = Path(root)
-        try:
-            yield
-        finally:
-            for h, old in zip(holders, before):
-                h.data_root = old
 
     def _dump_rank_data(self, step, assignment, all_rewards, result) -> None:
         import json

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
+from psrl.data.records import Record, load_records, misplaced_data_root, records_root
 from psrl.models.base import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
@@ -163,6 +164,26 @@ class RunConfig:
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: names must be unique, got {names}")
+        for args, key in [(self.model.args, "model.args"), *((r.args, f"rewards.{i}.args")
+                                                               for i, r in enumerate(self.rewards))]:
+            if why := misplaced_data_root(args, key):
+                raise ValueError(why)
+
+
+def run_records(cfg, which: str = "data") -> list[Record]:
+    """A run's training (``which="data"``) or evaluation (``"eval"``) records, resolved (a JSONL path, or inline
+    prompts with ids ``prompt-<i>``): the one place a run's records meet their data roots. Training images resolve
+    under ``data.data_root``, else the records file's folder; eval images under ``eval.data_root``, else that
+    training root (Customized-GRPO evaluates on DreamBench while training on SynCD: its own root). ``cfg``: a
+    :class:`RunConfig` or an SFT config (``data`` only).
+
+    Raises:
+        RecordError: an unreadable file, an image path outside its root, or no records.
+    """
+    train_root = records_root(cfg.data.records, cfg.data.data_root)
+    if which == "data":
+        return load_records(cfg.data.records, train_root, what="data.records")
+    return load_records(cfg.eval.records, cfg.eval.data_root or train_root, what="eval.records")
 
 
 def default_config_text() -> str:

@@ -17,6 +17,7 @@ from typing import Literal
 from pathlib import Path
 
 from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
+from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
 from psrl.rl.run_config import DataConfig, RunSection
 
@@ -96,6 +97,8 @@ class SFTRunConfig:
     def __post_init__(self):
         if not isinstance(self.data.records, str):
             raise ValueError("data.records must be a records JSONL path whose records carry a 'target' image")
+        if why := misplaced_data_root(self.model.args, "model.args"):
+            raise ValueError(why)
 
 
 def load_sft_config(path: str | Path, overrides: list[str] | None = None) -> SFTRunConfig:

@@ -20,16 +20,16 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from psrl.data.records import Record, RecordError, read_records, resolve_under
+from psrl.data.records import Record, RecordError
 from psrl.errors import PsrlError
 from psrl.images import ImageLoadError, load_image
 from psrl.models.base import SamplingConfig
 from psrl.models.checks import check_sampling_size, validate_records
-from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
 from psrl.rl.base_trainer import BaseTrainer
 from psrl.rl.optim import clip_gradients
 from psrl.rl.sampler import sample_seed
+from psrl.rl.run_config import run_records
 from psrl.rl.sft_config import SFTRunConfig
 
 logger = logging.getLogger(__name__)
@@ -58,20 +58,25 @@ def sample_sigmas(n: int, scheme: str, generator: torch.Generator | None = None,
     return s.clamp(1e-4, 1.0).float()
 
 
-def load_target(root: str | Path, record: Record, height: int, width: int) -> Tensor:
-    """The record's target as ``[3, height, width]`` float32 in [0, 1]: decoded by :func:`psrl.images.load_image`
-    (EXIF orientation, 16-bit scaling, transparency onto white, the shared minimum side and aspect limit), resized
-    so it covers the size (LANCZOS), then centre-cropped. Errors are :class:`RecordError` naming the record."""
+def load_target(record: Record, height: int, width: int) -> Tensor:
+    """The target of a resolved record (:func:`psrl.data.records.load_records`) as ``[3, height, width]`` float32
+    in [0, 1]: decoded by :func:`psrl.images.load_image` (EXIF orientation, 16-bit scaling, transparency onto
+    white, the shared minimum side and aspect limit), resized so it covers the size (LANCZOS), then centre-cropped.
+    Errors are :class:`RecordError` naming the record and the path as its records file holds it."""
     if not record.target:
         raise RecordError(f"record {record.id!r} has no 'target' image; SFT needs one per record")
-    path = resolve_under(root, record.target, what=f"record {record.id!r} target image")
+    shown = record.relative_path(record.target)
+    path = Path(record.target)
+    if not path.is_absolute():
+        raise RecordError(f"record {record.id!r}: target image {shown!r} is not resolved against a data root (load "
+                          "records with psrl.data.records.load_records / resolve_records)")
     if not path.is_file():
-        raise RecordError(f"record {record.id!r}: target image {record.target!r} not found (looked at {path})")
+        raise RecordError(f"record {record.id!r}: target image {shown!r} not found (looked at {path})")
     try:
         img = load_image(path)
     except ImageLoadError as e:
         why = "is unreadable" if e.kind == "unreadable" else "is unusable"
-        raise RecordError(f"record {record.id!r}: target image {record.target!r} {why} ({e})") from e
+        raise RecordError(f"record {record.id!r}: target image {shown!r} {why} ({e})") from e
     scale = max(width / img.width, height / img.height)
     rw, rh = max(width, round(img.width * scale)), max(height, round(img.height * scale))
     if (rw, rh) != img.size:
@@ -105,15 +110,12 @@ class SFTTrainer(BaseTrainer):
 
     def setup_data(self) -> None:
         cfg = self.cfg
-        self.records = read_records(cfg.data.records)
-        self.data_root = Path(cfg.data.data_root) if cfg.data.data_root else Path(cfg.data.records).parent
+        self.records = run_records(cfg)  # targets and references resolved
 
     def setup_policy(self) -> None:
         cfg, t = self.cfg, self.cfg.sft
-        if takes_data_root(self.policy, cfg.model):
-            self.policy.data_root = self.data_root  # reference-conditioned policies read references from here
         check_sampling_size(self.policy, SamplingConfig(height=t.height, width=t.width), "sft.height/width")
-        self.records = validate_records(self.records, self.data_root, self.policy, cfg.data.records,
+        self.records = validate_records(self.records, self.policy, cfg.data.records,
                                         skip_invalid=cfg.data.skip_invalid, needs_target=True)
 
     def describe(self) -> str:
@@ -146,7 +148,7 @@ class SFTTrainer(BaseTrainer):
 
     def _targets(self, records: Sequence[Record]) -> Tensor:
         t = self.cfg.sft
-        return torch.stack([load_target(self.data_root, r, t.height, t.width) for r in records])
+        return torch.stack([load_target(r, t.height, t.width) for r in records])
 
     def _loss(self, records, targets, sigmas, generator) -> Tensor:
         with self.autocast():

@@ -8,6 +8,12 @@ are retried, so a server restarted mid-run is picked up again), ``on_error`` (``
 unreachable server is an infrastructure failure and stops training loudly; ``nan``: every sample NaN with the
 reason). A wrong key (401/403), an unknown reward (404) or rejected input (422) raise at once with the server's
 message. Images travel as PNG.
+
+Records travel as their JSON (:meth:`psrl.data.records.Record.to_json`): reference paths relative to the data root
+the records were resolved against where they were loaded, never absolute. The server resolves them under its own
+``data_root`` (:class:`psrl.serve.config.ServerConfig`), so the same files must sit under both roots (the same
+dataset copied, or one shared folder); the client never sends a root, and the server never opens a path outside
+its own.
 """
 from __future__ import annotations
 

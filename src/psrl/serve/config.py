@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, parse_override
+from psrl.data.records import misplaced_data_root
 from psrl.errors import PsrlError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +40,12 @@ class ServedReward:
 class ServerConfig:
     """``psrl serve rewards`` config.
 
+    ``data_root``: the folder the records of requests are resolved against. A client sends reference paths relative
+    to the root its records were resolved against (:meth:`psrl.data.records.Record.to_json`); the server resolves
+    them under its own root (escapes refused: 422), so both sides must hold the same files under their roots.
+    Without it, reference paths stay unresolved and only rewards that read no reference can score them (the others
+    give those samples NaN with the reason); an absolute path is refused either way.
+
     Limits (each answered before the work it guards; all positive integers):
         max_body_bytes: request body size in bytes (413 from the ``Content-Length`` header, or as soon as the
             streamed body passes it); default 256 MiB.
@@ -58,7 +65,7 @@ class ServerConfig:
     api_key_env: str | None = DEFAULT_API_KEY_ENV
     api_key_file: str | None = None
     device: str = "cpu"
-    data_root: str | None = None  # given to rewards that take data_root and do not set it
+    data_root: str | None = None  # what request records are resolved against (see above)
     batch_window_ms: float = 10.0
     max_batch: int = 64
     max_body_bytes: int = 256 * 2**20
@@ -72,6 +79,9 @@ class ServerConfig:
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: duplicate names in {names}")
+        for i, r in enumerate(self.rewards):
+            if why := misplaced_data_root(r.args, f"rewards.{i}.args"):
+                raise ValueError(why)
         if self.batch_window_ms < 0 or self.max_batch < 1:
             raise ValueError("batch_window_ms must be >= 0 and max_batch >= 1")
         for key in ("max_body_bytes", "max_images", "max_pixels", "max_text_chars"):
