@@ -44,6 +44,21 @@ def test_reward_score_writes_jsonl_and_summary(workdir, capsys):
     assert "subject_consistency: 4/6 scored, 2 failed" in text and "wrote" in text
 
 
+def test_reward_score_resolves_references_under_data_root_once(workdir, capsys):
+    """References resolve under --data-root (default: the records file's folder) when the records are read; a path
+    that escapes the root stops the command before any model loads."""
+    base = ["reward", "score", "--reward", "dino", "--args", '{"path": "tiny"}', "--images", str(workdir / "images"),
+            "--records", str(workdir / "records.jsonl")]
+    assert main(base + ["--out", str(workdir / "a.jsonl")]) == 0  # refs/cat.png under the records' folder
+    assert "dino: 4/6 scored" in capsys.readouterr().out
+    assert main(base + ["--data-root", str(workdir / "refs"), "--out", str(workdir / "b.jsonl")]) == 1
+    rows = [json.loads(x) for x in (workdir / "b.jsonl").read_text().splitlines()]
+    assert "refs/refs/cat.png: file not found" in rows[0]["failure"]  # looked up under the given root
+    write_records([Record(id="e", prompt="p", subjects=(SubjectRef("../cat.png", "cat"),))], workdir / "esc.jsonl")
+    assert main(base[:-1] + [str(workdir / "esc.jsonl")]) == 2
+    assert "'e': subjects[0].image '../cat.png' escapes the data root" in capsys.readouterr().err
+
+
 def test_reward_score_bad_arguments(workdir, capsys):
     base = ["reward", "score", "--records", str(workdir / "records.jsonl"), "--images", str(workdir / "images")]
     assert main(base + ["--reward", "mean_color", "--args", "{not json"]) == 2
@@ -52,6 +67,8 @@ def test_reward_score_bad_arguments(workdir, capsys):
     assert "unknown reward 'no_such_reward'" in capsys.readouterr().err
     assert main(base + ["--reward", "subject_consistency", "--args", '{"path": "tiny", "mode": "fast"}']) == 2
     assert "mode must be one of" in capsys.readouterr().err
+    assert main(base + ["--reward", "dino", "--args", json.dumps({"path": "tiny", "data_root": "refs"})]) == 2
+    assert "--args.data_root: not read here" in capsys.readouterr().err  # the root is --data-root now
     assert main(["reward", "score", "--reward", "mean_color", "--records", str(workdir / "nope.jsonl"),
                  "--images", str(workdir / "images")]) == 2
     assert "records file not found" in capsys.readouterr().err

@@ -343,10 +343,10 @@ def test_record_problems_listing_is_complete_and_skip_counts(tmp_path):
     from psrl.data.checks import apply_record_checks, check_records
 
     path = _kontext_records(tmp_path)
-    from psrl.data.records import read_records
+    from psrl.data.records import load_records
 
-    records = read_records(path)
-    problems = check_records(records, tmp_path, max_subjects=4, needs_references=True)
+    records = load_records(path, tmp_path)
+    problems = check_records(records, max_subjects=4, needs_references=True)
     assert {p.record_id for p in problems} == {"five", "gone", "small", "broken"}
     with pytest.raises(RecordError, match="4 of 5 record"):
         apply_record_checks(records, problems, source=str(path))

@@ -1,5 +1,8 @@
 """Reward server on loopback with tiny models: concurrent clients get the in-process scores, requests are
 batched, a wrong key is refused, a server restarted mid-run is retried, bad requests are rejected clearly."""
+import base64
+import io
+import shutil
 import socket
 import threading
 import time
@@ -10,7 +13,7 @@ import torch
 from PIL import Image
 
 from psrl.config import ConfigError, from_dict
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.errors import PsrlError
 from psrl.rewards import build_reward
 from psrl.serve.client import RemoteRewardError
@@ -59,8 +62,16 @@ def _cfg(data_root, **kw):
         "data_root": str(data_root), "batch_window_ms": 200, **kw})
 
 
-def _recs(n):
-    return [Record(id=f"r{i}", prompt=f"a cat number {i}", subjects=(SubjectRef("a.png", "cat"),)) for i in range(n)]
+def _recs(n, root=None):
+    """Records, resolved under ``root`` when given (as a loader hands them over)."""
+    recs = [Record(id=f"r{i}", prompt=f"a cat number {i}", subjects=(SubjectRef("a.png", "cat"),)) for i in range(n)]
+    return resolve_records(recs, root) if root is not None else recs
+
+
+def _png_bytes():
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), (10, 200, 10)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def _images(n, seed):
@@ -69,18 +80,23 @@ def _images(n, seed):
 
 
 def test_concurrent_clients_match_in_process_and_are_batched(data_root):
+    """The client's records are resolved under its own copy of the data; they travel relative to that root and
+    the server resolves them under its data_root: the same file content, scored the same."""
     cfg = _cfg(data_root)
+    client_root = data_root / "client_copy"
+    client_root.mkdir()
+    shutil.copy(data_root / "a.png", client_root / "a.png")
     port = _free_port()
     with ServerThread(create_app(cfg), port):
         import httpx
 
         assert httpx.get(f"http://127.0.0.1:{port}/health").json()["rewards"] == ["clip_t", "mean_color", "sc"]
         for served, local_name, local_args in [
-                ("sc", "subject_consistency", dict(cfg.rewards[0].args, data_root=str(data_root))),
+                ("sc", "subject_consistency", dict(cfg.rewards[0].args)),
                 ("mean_color", "mean_color", {}), ("clip_t", "clip_t", {"path": "tiny"})]:
             local = build_reward(local_name, local_args)
             client = build_reward("remote", {"url": f"http://127.0.0.1:{port}", "reward": served, "retries": 0})
-            jobs = [(_images(2, s), _recs(2)) for s in range(4)]
+            jobs = [(_images(2, s), _recs(2, client_root)) for s in range(4)]
             with ThreadPoolExecutor(4) as pool:
                 remote_outs = list(pool.map(lambda j, c=client: c(*j), jobs))
             for (imgs, recs), out in zip(jobs, remote_outs):
@@ -161,6 +177,18 @@ def test_bad_requests_are_rejected_clearly(data_root):
         assert r.status_code == 422
         r = httpx.post(url, json={"images": ["aGk="], "records": [{"id": "x"}]})
         assert r.status_code == 422
+        img = base64.b64encode(_png_bytes()).decode()
+        absolute = dict(_recs(1)[0].to_json(), subjects=[{"image": str(data_root / "a.png"), "phrase": "cat"}])
+        r = httpx.post(url, json={"images": [img], "records": [absolute]})  # a client never picks server files
+        assert r.status_code == 422 and "is absolute; send paths relative to the data root" in r.json()["detail"]
+        r = httpx.post(url, json={"images": [img], "records": [_recs(1)[0].to_json()]})  # relative, unused here
+        assert r.status_code == 200
+    rooted = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "data_root": str(data_root)})
+    port = _free_port()
+    with ServerThread(create_app(rooted), port):
+        escaping = dict(_recs(1)[0].to_json(), subjects=[{"image": "../a.png", "phrase": "cat"}])
+        r = httpx.post(f"http://127.0.0.1:{port}/score/mean_color", json={"images": [img], "records": [escaping]})
+        assert r.status_code == 422 and "'../a.png' escapes the data root" in r.json()["detail"]
     with pytest.raises(ConfigError, match="at least one reward"):
         from_dict(ServerConfig, {"rewards": []})
     with pytest.raises(ConfigError, match="unknown config key"):

@@ -13,7 +13,7 @@ from PIL import Image
 from test_reward_server import ServerThread, _free_port  # skips this module too when uvicorn is missing
 
 from psrl.config import ConfigError, from_dict
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.errors import PsrlError
 from psrl.rewards import build_reward
 from psrl.serve.server import ServerConfig, create_app, load_server_config
@@ -59,7 +59,7 @@ def test_one_bad_request_in_a_batch_fails_alone(data_root):
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "sc", "reward": "subject_consistency", "args": SC_ARGS}],
                                    "data_root": str(data_root), "batch_window_ms": 400,
                                    "max_text_chars": 10**6})  # let the long phrase reach the reward
-    local = build_reward("subject_consistency", dict(SC_ARGS, data_root=str(data_root)))
+    local = build_reward("subject_consistency", dict(SC_ARGS))  # scores records resolved here, under data_root
     port = _free_port()
     url = f"http://127.0.0.1:{port}/score/sc"
     good = [(_png_b64(s), _rec(s)) for s in range(6)]
@@ -72,11 +72,11 @@ def test_one_bad_request_in_a_batch_fails_alone(data_root):
         health = httpx.get(f"http://127.0.0.1:{port}/health").json()
     for (png, rec), reply in zip(good, replies):
         assert reply.status_code == 200, reply.text
-        expected = local(_tensor(png), [rec]).scores
+        expected = local(_tensor(png), resolve_records([rec], data_root)).scores
         assert reply.json()["scores"][0] == pytest.approx(float(expected[0]), abs=1e-5)
     mixed_reply = replies[len(good)].json()
     assert replies[len(good)].status_code == 200
-    expected = local(_tensor(mixed["images"][0]), [_rec(10)]).scores
+    expected = local(_tensor(mixed["images"][0]), resolve_records([_rec(10)], data_root)).scores
     assert mixed_reply["scores"][0] == pytest.approx(float(expected[0]), abs=1e-5)
     assert mixed_reply["scores"][1] is None and mixed_reply["failures"][0] is None
     # the reward itself isolates the bad sample (the detector names the over-long phrase) ...
