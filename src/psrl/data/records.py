@@ -54,7 +54,7 @@ class Record:
             return self
 
         def rel(path: str | None) -> str | None:
-            return None if path is None else self.relative_path(path)
+            return self.relative_path(path) if path else path
 
         return replace(self, subjects=tuple(replace(s, image=rel(s.image)) for s in self.subjects),
                        target=rel(self.target), root=None)
@@ -119,8 +119,8 @@ def resolve_records(records: Iterable[Record], root: str | Path, *, source: str 
     out, bad = [], []
 
     def resolve(record: Record, path: str | None, what: str) -> str | None:
-        if path is None:
-            return None
+        if not path:
+            return path  # no image: the consumer says so for that record
         try:
             return str(resolve_under(root_r, path, what=what))
         except RecordError as e:
