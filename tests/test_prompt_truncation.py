@@ -10,7 +10,7 @@ from PIL import Image
 from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.models.base import SamplingConfig
 from psrl.models.config import ModelConfig
-from psrl.models.flow_policy import tokens_dropped, warn_truncated_prompts
+from psrl.models.truncation import tokens_dropped, warn_truncated_prompts
 
 pytest.importorskip("diffusers")
 

@@ -24,7 +24,10 @@ from torch import Tensor, nn
 
 from psrl.data.records import Record
 from psrl.models.base import Rollout, SamplingConfig, StepLogProb
+from psrl.config import ConfigError
 from psrl.models.config import ModelConfig
+from psrl.models.loading import load_components, torch_dtype_from_name
+from psrl.models.truncation import warn_truncated_prompts
 from psrl.sampling import plan_steps, sde_step_with_logprob
 
 logger = logging.getLogger(__name__)
@@ -99,16 +102,8 @@ def unique_records(records: Sequence[Record]) -> tuple[list[Record], list[int]]:
 
 
 class FlowPolicyBase:
-    """Rollout / log-prob / generate / SFT loss over abstract model hooks, and the one way every policy is built.
-
-    Construction (the same for every policy): ``Policy(components, cfg, device)`` takes the pipeline's components
-    (``COMPONENT_SPEC``'s names) and a :class:`~psrl.models.config.ModelConfig`; ``Policy.from_config(cfg,
-    device)`` loads the components first (tiny random ones for ``path: tiny``, else ``from_pretrained``). The
-    constructor checks ``cfg.args`` against ``ARGS`` / ``TINY_ARGS``, calls :meth:`init_components` (the subclass
-    keeps its components and reads its args) and then the shared setup (dtype, device, LoRA, checkpointing, frozen
-    encoders).
-
-    Subclasses implement:
+    """Rollout / log-prob / generate / SFT loss over abstract model hooks, and the one way every policy is built:
+    ``Policy(components, cfg, device)``, or :meth:`from_config` to load the components first. Subclasses implement:
 
     * ``init_components(components) -> frozen modules``: attributes from the components and ``self.cfg.args``;
       sets ``transformer``, ``vae_scale_factor`` and ``patch_size`` (sizes must be multiples of their product);
@@ -147,8 +142,9 @@ class FlowPolicyBase:
 
     # ------------------------------------------------------------------ construction (the same for every policy)
     def __init__(self, components: dict, cfg: ModelConfig | None = None, device: Any = "cpu"):
-        """``components``: the diffusers pipeline's kwargs; ``cfg``: dtype, LoRA, memory options and ``args``
-        (default: ``ModelConfig(name=self.name)``); ``device``: where the denoiser runs.
+        """``components``: the diffusers pipeline's kwargs (``COMPONENT_SPEC``'s names); ``cfg``: dtype, LoRA,
+        memory options and ``args`` (default ``ModelConfig(name=self.name)``); ``device``: where the denoiser runs.
+        Checks the args, calls :meth:`init_components`, then the shared :meth:`_setup`.
 
         Raises:
             ConfigError: an unknown ``model.args`` key, or a tiny-only one with a loaded model.
@@ -173,8 +169,6 @@ class FlowPolicyBase:
             ConfigError: a bad ``model.args`` key (checked before any weight loads).
             ModelLoadError: the weights cannot be loaded (the message names the path and component).
         """
-        from psrl.models.loading import load_components, torch_dtype_from_name
-
         cls.check_args(cfg)
         if cfg.path == "tiny":
             components = cls.tiny_components(cfg)
@@ -185,8 +179,6 @@ class FlowPolicyBase:
     @classmethod
     def check_args(cls, cfg: ModelConfig) -> None:
         """Raise :class:`ConfigError` for a ``model.args`` key this policy does not read."""
-        from psrl.config import ConfigError
-
         known = (*cls.ARGS, *cls.TINY_ARGS)
         unknown = sorted(set(cfg.args) - set(known) - set(cls.LEGACY_ARGS))
         if unknown:
@@ -205,12 +197,10 @@ class FlowPolicyBase:
         raise NotImplementedError
 
     def _setup(self, device: Any) -> None:
-        """Apply ``self.cfg`` to the modules: every weight in ``cfg.dtype`` (a no-op for weights loaded in it; the
-        modules named in ``KEEP_FP32`` in fp32), the
-        frozen modules without gradients in eval mode and, unless ``offload_frozen``, on ``device``; the denoiser on
-        ``device`` with the LoRA (``lora.fuse``, then the adapter, then ``lora.path``, see
+        """Apply ``self.cfg``: every weight in ``cfg.dtype`` (a no-op for weights loaded in it; ``KEEP_FP32``
+        modules in fp32), frozen modules without gradients, in eval mode and, unless ``offload_frozen``, on
+        ``device``; the denoiser on ``device`` with the LoRA (``lora.fuse``, the adapter, ``lora.path``: see
         :func:`psrl.models.lora.prepare_lora`; ``lora: null`` leaves it frozen) and gradient checkpointing."""
-        from psrl.models.loading import torch_dtype_from_name
         from psrl.models.lora import prepare_lora
 
         cfg = self.cfg
@@ -490,54 +480,6 @@ class FlowPolicyBase:
         warn_truncated_prompts(records, tokenizer, max_length, encoder, budget, seen)
 
 
-def tokens_dropped(tokenizer, prompts: Sequence[str], max_length: int) -> list[int]:
-    """Per prompt, how many tokens an encoder that reads ``max_length`` tokens (special tokens included, as
-    ``tokenizer(..., max_length=max_length, truncation=True)`` gives them) cuts off; 0 when the prompt fits."""
-    if not prompts:
-        return []
-    # verbose=False: the tokenizer's own "longer than the specified maximum" notice is what this replaces
-    ids = tokenizer(list(prompts), padding=False, truncation=False, verbose=False)["input_ids"]
-    return [max(0, len(row) - max_length) for row in ids]
-
-
-def warn_truncated_prompts(records: Sequence[Record], tokenizer, max_length: int, encoder: str, budget: str,
-                           seen: set) -> list[tuple[str, int]]:
-    """Log a warning for each record whose prompt ``encoder`` truncates, naming the record id and the tokens
-    dropped; records (id, encoder) already in ``seen`` are skipped and the checked ones added, so a record is
-    tokenized and warned about once, not at every step. ``budget`` names what sets ``max_length``
-    (``model.max_sequence_length``). Returns the ``(id, dropped)`` pairs warned about."""
-    todo: dict[str, Record] = {}
-    for r in records:
-        if (r.id, encoder) not in seen:
-            todo.setdefault(r.id, r)
-    warned = []
-    for r, dropped in zip(todo.values(), tokens_dropped(tokenizer, [r.prompt for r in todo.values()], max_length)):
-        seen.add((r.id, encoder))
-        if dropped:
-            logger.warning("record %r: its prompt is %d %s tokens and %s keeps %d: the last %d token(s) are dropped "
-                           "(warned once per record)", r.id, max_length + dropped, encoder, budget, max_length,
-                           dropped)
-            warned.append((r.id, dropped))
-    return warned
-
-
-@contextlib.contextmanager
-def quiet_logger(name: str, starts_with: str):
-    """Drop the records of logger ``name`` whose message starts with ``starts_with`` inside the block (an upstream
-    warning that :func:`warn_truncated_prompts` replaces with one per record)."""
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not str(record.msg).startswith(starts_with)
-
-    target = logging.getLogger(name)
-    drop = _Drop()
-    target.addFilter(drop)
-    try:
-        yield
-    finally:
-        target.removeFilter(drop)
-
-
 def pad_rows(tensors: Sequence[Tensor], width: int, what: str) -> tuple[Tensor, Tensor]:
     """Stack ``[L_i, ...]`` tensors zero-padded to ``width`` rows; returns ``(stacked [N, width, ...], lengths [N])``.
 
@@ -562,5 +504,5 @@ def reorder(parts: list[tuple[list[int], Tensor]], n: int) -> Tensor:
     return out
 
 
-__all__ = ["FlowPolicyBase", "group_by_key", "pad_rows", "quiet_logger", "reorder", "scheduler_schedule",
-           "tokens_dropped", "unique_records", "unwrap_module", "warn_truncated_prompts", "window_rng"]
+__all__ = ["FlowPolicyBase", "group_by_key", "pad_rows", "reorder", "scheduler_schedule", "unique_records",
+           "unwrap_module", "window_rng"]

@@ -17,7 +17,8 @@ from torch import Tensor
 from psrl.data.records import Record
 from psrl.models.base import SamplingConfig
 from psrl.models.config import ModelConfig
-from psrl.models.flow_policy import FlowPolicyBase, quiet_logger, scheduler_schedule, unique_records
+from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unique_records
+from psrl.models.truncation import quiet_logger
 
 logger = logging.getLogger(__name__)
 
