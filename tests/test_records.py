@@ -74,3 +74,24 @@ def test_a_data_root_in_reward_or_policy_args_names_where_it_belongs():
     why = misplaced_data_root({"data_root": "/d"}, "rewards.0.args")
     assert why.startswith("rewards.0.args.data_root: not read here") and "'/d'" in why
     assert "data.data_root" in why and "--data-root" in why and "server config" in why
+
+
+def test_links_that_leave_the_root_are_refused_like_resolve_under(tmp_path):
+    """Folders are resolved once for all their files; a linked file or folder that points outside the root is still
+    refused, and every resolved path is what resolve_under gives for it."""
+    from psrl.data.records import resolve_under
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "refs").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "x.png").write_bytes(b"")
+    (root / "refs" / "leak.png").symlink_to(outside / "x.png")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    (root / "refs" / "alias.png").symlink_to(root / "refs" / "a.png")
+    ok = resolve_records([_rec("refs/a.png", "refs/alias.png", "./refs/b.png", "refs/../c.png")], root)[0]
+    assert [s.image for s in ok.subjects] == [str(resolve_under(root, s.image))
+                                             for s in _rec("refs/a.png", "refs/alias.png", "./refs/b.png",
+                                                           "refs/../c.png").subjects]
+    for path in ("refs/leak.png", "linked/x.png"):
+        with pytest.raises(RecordError, match=f"'{path}' escapes the data root"):
+            resolve_records([_rec(path)], root)

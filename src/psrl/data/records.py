@@ -117,12 +117,26 @@ def resolve_records(records: Iterable[Record], root: str | Path, *, source: str 
     """
     root_r = Path(root).resolve()
     out, bad = [], []
+    folders: dict[str, str] = {}  # a file's folder, resolved once: thousands of files share a few folders
+
+    def resolve_one(path: str, what: str) -> str:
+        head, name = os.path.split(path)
+        if os.path.isabs(path) or name in ("", ".", ".."):
+            return str(resolve_under(root_r, path, what=what))
+        if head not in folders:
+            try:
+                folders[head] = str(resolve_under(root_r, head or ".", what=what))
+            except RecordError:
+                return str(resolve_under(root_r, path, what=what))  # the same refusal, naming the whole path
+        full = os.path.join(folders[head], name)
+        # a plain name in a folder inside the root stays inside it, unless the file itself is a link
+        return str(resolve_under(root_r, path, what=what)) if os.path.islink(full) else full
 
     def resolve(record: Record, path: str | None, what: str) -> str | None:
         if not path:
             return path  # no image: the consumer says so for that record
         try:
-            return str(resolve_under(root_r, path, what=what))
+            return resolve_one(path, what)
         except RecordError as e:
             bad.append(f"{record.id!r}: {e}")
             return path
