@@ -5,7 +5,7 @@ every process, each process taking its slice), loads their target images (and, f
 policies, their references, through the policy), draws one noise level per sample from the configured density and
 minimises :meth:`Policy.flow_matching_loss`. Checkpoints, resume, tracking and distribution reuse the GRPO
 machinery (:mod:`psrl.rl.checkpoint`, :mod:`psrl.rl.tracking`, :mod:`psrl.rl.distributed`), so an SFT
-checkpoint's ``lora/`` folder is a valid ``model.lora.path`` for a GRPO run.
+checkpoint's ``lora/`` folder is what PSR's stage 2 fuses under its GRPO LoRA (``model.lora.fuse``).
 """
 from __future__ import annotations
 
