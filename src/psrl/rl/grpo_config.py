@@ -89,6 +89,8 @@ class TrainConfig:
             2509.16117; no log-probs, any sampler); see psrl.rl.loss_types.
         nft_beta: DiffusionNFT's beta, the step of the implicit positive/negative policies (PaCo default 1).
         old_policy: PaCo-GRPO's decoupled old policy.
+        async_rewards: score each rollout batch on a worker thread while the next batch is generated (the same
+            scores as sequential order; the step's reward phase then costs only what does not overlap).
         param_noise_std: Gaussian noise added to the trained weights before each step's updates (PaCo; 0 = off;
             its authors found < 0.01 harmless, larger collapses).
     """
@@ -123,6 +125,7 @@ class TrainConfig:
     nft_beta: float = 1.0
     old_policy: OldPolicyConfig = field(default_factory=OldPolicyConfig)
     param_noise_std: float = 0.0
+    async_rewards: bool = True
 
     def __post_init__(self):
         if self.nft_beta <= 0 or self.param_noise_std < 0:
