@@ -326,20 +326,24 @@ class FlowPolicyBase:
 
     @contextlib.contextmanager
     def disable_lora(self):
-        """The base model (LoRA off), e.g. for the KL reference; LoRA gradient flags are restored on exit."""
-        from psrl.models.lora import has_lora
+        """The base model (LoRA off), e.g. for the KL reference. Trainable flags are untouched.
 
-        if not has_lora(self.transformer):
+        Flips the peft tuner layers' ``disable_adapters`` switch directly: diffusers' ``disable_adapters()`` does the
+        same plus a peft version check that reads package metadata on every call, and peft's per-layer
+        ``enable_adapters`` also rewrites every LoRA tensor's ``requires_grad``; together that made a switch cost
+        milliseconds, and the trainer switches around every reference pass."""
+        layers = tuner_layers(self.transformer)
+        if not layers:
             yield
             return
-        flags = [(p, p.requires_grad) for p in self.transformer.parameters()]
-        self.transformer.disable_adapters()
+        before = [layer._disable_adapters for layer in layers]
+        for layer in layers:
+            layer._disable_adapters = True
         try:
             yield
         finally:
-            self.transformer.enable_adapters()
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            for layer, flag in zip(layers, before):
+                layer._disable_adapters = flag
 
     def save_lora(self, path) -> None:
         from psrl.models.lora import save_lora_weights
@@ -428,6 +432,20 @@ def quiet_logger(name: str, starts_with: str):
         yield
     finally:
         target.removeFilter(drop)
+
+
+def tuner_layers(module: nn.Module) -> list[nn.Module]:
+    """The peft tuner (LoRA) layers inside ``module``, found at first use and cached on it: policies add their LoRA
+    layers during set-up only, before the first reference pass."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    cached = module.__dict__.get("_psrl_tuner_layers")
+    if cached is None:
+        cached = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+        if any(not hasattr(m, "_disable_adapters") for m in cached):
+            raise RuntimeError("this peft version's tuner layers have no _disable_adapters switch; pin peft>=0.17")
+        module.__dict__["_psrl_tuner_layers"] = cached
+    return cached
 
 
 def pad_rows(tensors: Sequence[Tensor], width: int, what: str) -> tuple[Tensor, Tensor]:
