@@ -20,6 +20,7 @@ COMMANDS = {
     "bench": "psrl.cli.bench",
     "data": "psrl.cli.data",
     "lora": "psrl.cli.lora",
+    "push": "psrl.cli.push",
     "serve": "psrl.cli.serve",
     "env": "psrl.cli.env",
 }

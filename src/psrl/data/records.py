@@ -103,7 +103,20 @@ def image_filenames(records: Iterable[Record], suffix: str = ".png") -> list[str
 
 
 def read_records(path: str | Path) -> list[Record]:
-    """Read a JSONL file of records. Errors name the file and line; duplicate ids are errors."""
+    """Read a JSONL file of records. Errors name the file and line; duplicate ids are errors.
+
+    Two more sources, by their form: ``hf://[datasets/]<org>/<name>[@revision][/file]`` is fetched from the Hub
+    once per commit, with the images its records name (:func:`psrl.hub.hub_records_file`), and a ``.txt`` file is
+    read as Flow-GRPO prompts, one per line (:func:`read_prompt_file`)."""
+    if isinstance(path, str) and path.startswith("hf://"):
+        from psrl.hub import HubError, hub_records_file
+
+        try:
+            path = hub_records_file(path)
+        except HubError as e:
+            raise RecordError(str(e)) from None
+    if Path(path).suffix.lower() == ".txt":
+        return read_prompt_file(path)
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"records file not found: {path}")
@@ -123,6 +136,28 @@ def read_records(path: str | Path) -> list[Record]:
         out.append(rec)
     if not out:
         raise RecordError(f"{path}: no records")
+    return out
+
+
+def read_prompt_file(path: str | Path) -> list[Record]:
+    """Read a prompt file as Flow-GRPO ships them (``dataset/<name>/train.txt``: one prompt per line, stripped;
+    ``TextPromptDataset`` in yifan123/flow_grpo@74db691 scripts/train_flux.py). Each prompt becomes a record with
+    id ``line-<n>`` (its 1-based line number, so an id says which line to look at); blank lines are skipped.
+
+    Raises:
+        RecordError: the file is missing, not UTF-8, or holds no prompt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"prompt file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    out = [Record(id=f"line-{n}", prompt=line.strip()) for n, line in enumerate(text.splitlines(), 1)
+           if line.strip()]
+    if not out:
+        raise RecordError(f"{path}: no prompts (expected one prompt per line)")
     return out
 
 
