@@ -217,6 +217,23 @@ def test_model_card_for_an_editing_model_with_a_fused_sft_stage():
     assert "No evaluation ran" in text and "psrl generate" in text
 
 
+@pytest.mark.unit
+def test_model_card_of_an_sft_run_states_its_recipe_and_loss():
+    config = {"model": {"name": "flux_kontext", "path": "black-forest-labs/FLUX.1-Kontext-dev",
+                        "lora": {"rank": 512, "alpha": 512, "targets": "attn_ff"}},
+              "sft": {"max_steps": 1000, "batch_size": 2, "gradient_accumulation": 4, "lr": 1e-4, "height": 512,
+                      "width": 512, "seed": 0},
+              "data": {"records": "data/psr/train.jsonl"}}
+    s = _summary(kind="sft", config=config, step=1000, ema=False, images=[],
+                 metrics=[{"step": 1, "loss": 0.9}, {"step": 1000, "loss": 0.31}])
+    text = render_model_card(s, "me/psr-sft")
+    meta = _card_meta(text)
+    assert "sft" in meta["tags"] and "flow-grpo" not in meta["tags"] and meta["pipeline_tag"] == "image-to-image"
+    assert "PSR stage 1, arXiv 2512.01236" in text and "| batch size x accumulation | 2 x 4 |" in text
+    assert "| training records | data/psr/train.jsonl |" in text and "`psrl sft --config psrl_config.yaml`" in text
+    assert "`loss`: 0.9 at step 1 -> 0.31 at step 1000" in text and "No evaluation ran" in text
+
+
 # ---------------------------------------------------------------------------------------------------------- records
 @pytest.mark.component
 def test_hf_records_are_fetched_with_their_images_pinned_and_read_offline(fake_hub, monkeypatch):
@@ -505,7 +522,9 @@ def test_train_on_hub_prompts_then_push_from_the_cli(tmp_path, monkeypatch, caps
     assert main(["push", str(run), "--repo-id", "me/tiny", "--out", str(tmp_path / "folder")]) == 0
     assert (tmp_path / "folder" / "README.md").read_text().startswith("---\n")
     assert main(["push", str(run), "--repo-id", "me/tiny", "--out", str(tmp_path / "folder")]) == 2
+    assert main(["push", str(run), "--repo-id", "me/ti ny", "--out", str(tmp_path / "folder2")]) == 2
     assert main(["push", str(run), "--repo-id", "me/x"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-2].startswith("error: --out") and "not an empty folder" in err[-2]
+    assert err[-3].startswith("error: --out") and "not an empty folder" in err[-3]
+    assert err[-2].startswith("error: --repo-id: 'me/ti ny' is not a valid Hub repository id")
     assert err[-1].startswith("error: cannot push to me/x: the Hub is offline (HF_HUB_OFFLINE is set)")

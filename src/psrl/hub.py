@@ -340,14 +340,9 @@ def snapshot_commit(path: str | os.PathLike) -> str | None:
     return None
 
 
-def check_can_push(repo_id: str) -> None:
-    """Fail early, before any run or upload, when pushing to ``repo_id`` cannot work: a bad repository id, the Hub
-    offline, or no token (``HF_TOKEN`` or ``hf auth login``). The token itself is never shown.
-
-    Raises:
-        HubError: one line naming the problem and the fix.
-    """
-    from huggingface_hub import get_token
+def check_repo_id(repo_id: str) -> None:
+    """Raise :class:`HubError` (one line) unless ``repo_id`` is a valid model repository id (``org/name``, or a
+    bare ``name`` for the token's own namespace)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
@@ -357,6 +352,18 @@ def check_can_push(repo_id: str) -> None:
         validate_repo_id(repo_id)
     except HFValidationError as e:
         raise HubError(f"{repo_id!r} is not a valid Hub repository id ({str(e).splitlines()[0]})") from None
+
+
+def check_can_push(repo_id: str) -> None:
+    """Fail early, before any run or upload, when pushing to ``repo_id`` cannot work: a bad repository id, the Hub
+    offline, or no token (``HF_TOKEN`` or ``hf auth login``). The token itself is never shown.
+
+    Raises:
+        HubError: one line naming the problem and the fix.
+    """
+    from huggingface_hub import get_token
+
+    check_repo_id(repo_id)
     if hub_offline():
         raise HubError(f"cannot push to {repo_id}: the Hub is offline (HF_HUB_OFFLINE is set); unset it, or push "
                        "later with `psrl push`")
@@ -400,6 +407,7 @@ __all__ = [
     "HubError",
     "HubPath",
     "check_can_push",
+    "check_repo_id",
     "dataset_home",
     "hub_folder",
     "hub_offline",

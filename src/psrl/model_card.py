@@ -1,6 +1,6 @@
 """The model card of a pushed run, in the diffusers LoRA style: YAML metadata (``huggingface_hub.ModelCardData``:
 ``base_model``, ``library_name: diffusers``, ``widget`` sample images, ``tags`` with ``template:sd-lora``) and the
-sections of the cards diffusers' LoRA training scripts write (huggingface/diffusers@v0.35.0
+sections of the cards diffusers' LoRA training scripts write (huggingface/diffusers@5700e52
 examples/dreambooth/train_dreambooth_lora_flux.py ``save_model_card``: title, ``<Gallery />``, model description,
 trigger words, download, the ``load_lora_weights`` snippet), plus what an RL run adds: the recipe, the rewards, the
 steps and the evaluation metrics from ``metrics.jsonl``.

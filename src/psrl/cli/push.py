@@ -20,7 +20,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="the run folder, runs/<name>")
     p.add_argument("--repo-id", required=True,
                    help="the model repository, <user or org>/<name> (a bare name: your namespace); created if missing")
-    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--private", action="store_true",
+                   help="create the repository private (an existing one keeps its visibility)")
     p.add_argument("--license", help="license id for the card's metadata, e.g. other, apache-2.0 (default: none)")
     p.add_argument("--fused-lora", action="append", metavar="PATH",
                    help="where a LoRA fused under the run's LoRA is now, once per fused LoRA in order, when it "
@@ -35,9 +36,14 @@ def run(args) -> int:
     from pathlib import Path
 
     from psrl.errors import PsrlError
+    from psrl.hub import HubError, check_repo_id
     from psrl.push import push_run, summarize_run, write_repo_folder
 
     if args.out:
+        try:
+            check_repo_id(args.repo_id)  # it goes into the card's snippet
+        except HubError as e:
+            raise PsrlError(f"--repo-id: {e}") from None
         out = Path(args.out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise PsrlError(f"--out {out} exists and is not an empty folder; give a new folder")
