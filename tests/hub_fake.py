@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
+import pytest
 import yaml
 
 USER = "psrl-tester"
@@ -243,3 +244,29 @@ def _handler(hub: FakeHub):
                                    "Content-Type": "application/octet-stream"}, head=head)
 
     return Handler
+
+
+@pytest.fixture
+def fake_hub(tmp_path, monkeypatch):  # a test module takes it with `fake_hub = hub_fake.fake_hub`
+    """huggingface_hub pointed at a FakeHub on 127.0.0.1, online, with a token and a private HF_HOME."""
+    from huggingface_hub import constants
+
+    with FakeHub() as hub:
+        monkeypatch.setattr(constants, "ENDPOINT", hub.url)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf"))
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+            monkeypatch.delenv(var, raising=False)
+        monkeypatch.setenv("HF_TOKEN", hub.token)
+        yield hub
+
+
+def go_offline(monkeypatch):
+    """What HF_HUB_OFFLINE=1 does, for the rest of a test."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
