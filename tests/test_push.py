@@ -315,3 +315,34 @@ def test_train_on_hub_prompts_then_push_from_the_cli(tmp_path, monkeypatch, caps
     assert err[-3].startswith("error: --out") and "not an empty folder" in err[-3]
     assert err[-2].startswith("error: --repo-id: 'me/ti ny' is not a valid Hub repository id")
     assert err[-1].startswith("error: cannot push to me/x: the Hub is offline (HF_HUB_OFFLINE is set)")
+
+
+@pytest.mark.component
+def test_run_push_to_hub_uploads_when_training_finishes(tmp_path, fake_hub):
+    from psrl.rl.grpo_trainer import GRPOTrainer
+    from psrl.rl.run_config import load_run_config
+
+    cfg = load_run_config(None, [f"run.output_dir={tmp_path}", "run.name=pushed", "train.max_steps=1",
+                                 "train.groups_per_step=2", "train.group_size=2", "train.sample_batch_size=4",
+                                 "train.train_batch_size=4", "sampling.num_steps=2", "eval.every=0",
+                                 "run.push_to_hub=true", "run.hub_model_id=auto-push", "run.hub_private_repo=true"])
+    GRPOTrainer(cfg).train()
+    repo = fake_hub.repos[("model", f"{USER}/auto-push")]
+    assert repo.private and "pytorch_lora_weights.safetensors" in repo.files("main")[1]
+    env = json.loads((tmp_path / "pushed" / "env.json").read_text())
+    assert env["model"] == {"path": "tiny", "revision": None, "variant": None, "commit": None}
+
+
+@pytest.mark.component
+def test_push_to_hub_without_a_token_fails_before_the_run_folder(tmp_path, fake_hub, monkeypatch):
+    from psrl.config import ConfigError
+    from psrl.rl.grpo_trainer import GRPOTrainer
+    from psrl.rl.run_config import load_run_config
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    cfg = load_run_config(None, [f"run.output_dir={tmp_path}/runs", "run.push_to_hub=true",
+                                 "run.hub_model_id=x/y"])
+    with pytest.raises(ConfigError, match="run.push_to_hub"):
+        GRPOTrainer(cfg)
+    assert not (tmp_path / "runs").exists()
