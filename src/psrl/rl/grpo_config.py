@@ -91,6 +91,10 @@ class TrainConfig:
         old_policy: PaCo-GRPO's decoupled old policy.
         param_noise_std: Gaussian noise added to the trained weights before each step's updates (PaCo; 0 = off;
             its authors found < 0.01 harmless, larger collapses).
+        cfg_grad: gradient through true classifier-free guidance ``v_u + w (v_c - v_u)`` in the update: ``both``
+            (the true gradient of the sampling policy, psrl's default) or ``cond_only`` (the unconditional branch
+            detached, as Flow-GRPO's train_sd3.py). SD3 and Qwen-Image-Edit-Plus only; no effect on FLUX and
+            Kontext, whose guidance is distilled into one forward pass.
     """
 
     max_steps: int = 100
@@ -123,6 +127,7 @@ class TrainConfig:
     nft_beta: float = 1.0
     old_policy: OldPolicyConfig = field(default_factory=OldPolicyConfig)
     param_noise_std: float = 0.0
+    cfg_grad: Literal["both", "cond_only"] = "both"
 
     def __post_init__(self):
         if self.nft_beta <= 0 or self.param_noise_std < 0:
