@@ -27,10 +27,10 @@ PaCo-GRPO's aggregations (X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/paco_grpo/stat_tr
     (``global``, PaCo's default) population std of reward k. ``eps`` (std floor, default 1e-6 as PaCo).
 ``geometric_mean`` / ``harmonic_mean``
     the weighted geometric / harmonic mean across rewards (scipy ``gmean`` / ``hmean`` with the reward weights;
-    weights must be >= 0), then group-normalised exactly as ``weighted`` (``std_mode``, ``eps``). PaCo's released
-    functions return the mean itself as the advantage (not group-relative, every advantage >= 0); psrl centres and
-    scales it like every other mode. A sample with a negative reward has no mean: it leaves its group with the
-    reason logged (the mode's ``unscorable``), like a NaN reward. No options.
+    weights must be >= 0), then group-normalised exactly as ``weighted`` (``std_mode``, ``eps``). ``normalize``:
+    ``group`` (default) or ``raw`` (compat: PaCo's released functions return the mean itself as the advantage, not
+    group-relative and never negative, so a zero-std group still moves the policy). A sample with a negative reward
+    has no mean: it leaves its group with the reason logged (the mode's ``unscorable``), like a NaN reward.
 """
 from __future__ import annotations
 
@@ -113,18 +113,25 @@ def per_reward_normalized_advantages(rewards: Tensor, weights: Tensor, group_ids
     return _per_step(adv, trained_steps)
 
 
+def _mean_advantages(mean, rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg, trained_steps: tuple[int, ...],
+                     mode: str) -> Tensor:
+    normalize = _args(cfg, {"normalize"}, mode).get("normalize", "group")
+    if normalize not in ("group", "raw"):
+        raise ValueError(f"advantage.args.normalize for mode {mode!r} must be 'group' or 'raw', got {normalize!r}")
+    m = mean(rewards, weights)
+    return _per_step(m if normalize == "raw" else group_normalize(m, group_ids, cfg.std_mode, cfg.eps), trained_steps)
+
+
 def geometric_mean_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
                               trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
-    _args(cfg, set(), "geometric_mean")
-    g = aggregate.geometric_mean(rewards, weights)
-    return _per_step(group_normalize(g, group_ids, cfg.std_mode, cfg.eps), trained_steps)
+    return _mean_advantages(aggregate.geometric_mean, rewards, weights, group_ids, cfg, trained_steps,
+                            "geometric_mean")
 
 
 def harmonic_mean_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
                              trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
-    _args(cfg, set(), "harmonic_mean")
-    h = aggregate.harmonic_mean(rewards, weights)
-    return _per_step(group_normalize(h, group_ids, cfg.std_mode, cfg.eps), trained_steps)
+    return _mean_advantages(aggregate.harmonic_mean, rewards, weights, group_ids, cfg, trained_steps,
+                            "harmonic_mean")
 
 
 # the samples these modes cannot score (a negative reward has no geometric/harmonic mean); see compute_advantages
