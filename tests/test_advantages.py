@@ -243,8 +243,10 @@ def test_mean_modes_group_normalise_the_scipy_mean(kind, std_mode):
     assert adv[:, 0].tolist() == pytest.approx(_norm(m, G, std_mode, 1e-4), abs=1e-5)
     assert torch.equal(adv[:, 0], adv[:, 1])
     # PaCo's released behaviour: the mean itself is the advantage
-    raw = AdvantageConfig(mode=kind, std_mode=std_mode, clip=100.0, args={"normalize": "raw"})
+    raw = AdvantageConfig(mode=kind, clip=100.0, args={"normalize": "raw"})
     assert compute_advantages(R, W, G, raw, (1,), 4).advantages[:, 0].tolist() == pytest.approx(m.tolist(), rel=1e-6)
+    with pytest.raises(ConfigError, match="std_mode: global has no effect .* normalize: raw"):
+        check_advantage_config(AdvantageConfig(mode=kind, std_mode="global", args={"normalize": "raw"}), [1.0])
     with pytest.raises(ValueError, match="normalize.*'group' or 'raw'"):
         compute_advantages(R, W, G, AdvantageConfig(mode=kind, args={"normalize": "global"}), (1,), 4)
 

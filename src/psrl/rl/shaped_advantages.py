@@ -118,6 +118,9 @@ def _mean_advantages(mean, rewards: Tensor, weights: Tensor, group_ids: Tensor, 
     normalize = _args(cfg, {"normalize"}, mode).get("normalize", "group")
     if normalize not in ("group", "raw"):
         raise ValueError(f"advantage.args.normalize for mode {mode!r} must be 'group' or 'raw', got {normalize!r}")
+    if normalize == "raw" and cfg.std_mode == "global":
+        raise ValueError(f"advantage.std_mode: global has no effect with mode {mode!r} and normalize: raw (the mean "
+                         f"itself is the advantage); set std_mode: group")
     m = mean(rewards, weights)
     return _per_step(m if normalize == "raw" else group_normalize(m, group_ids, cfg.std_mode, cfg.eps), trained_steps)
 
