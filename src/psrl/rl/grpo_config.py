@@ -91,10 +91,10 @@ class TrainConfig:
         old_policy: PaCo-GRPO's decoupled old policy.
         param_noise_std: Gaussian noise added to the trained weights before each step's updates (PaCo; 0 = off;
             its authors found < 0.01 harmless, larger collapses).
-        cfg_grad: gradient through true classifier-free guidance ``v_u + w (v_c - v_u)`` in the update: ``both``
-            (the true gradient of the sampling policy, psrl's default) or ``cond_only`` (the unconditional branch
-            detached, as Flow-GRPO's train_sd3.py). SD3 and Qwen-Image-Edit-Plus only; no effect on FLUX and
-            Kontext, whose guidance is distilled into one forward pass.
+        cfg_grad: the update's gradient through true CFG ``v_u + w (v_c - v_u)`` (SD3, Qwen-Image-Edit-Plus; no
+            effect on FLUX and Kontext, whose guidance is distilled): ``both`` (the true gradient of the sampling
+            policy, psrl's default) or ``cond_only`` (the unconditional branch detached, as Flow-GRPO's
+            train_sd3.py).
     """
 
     max_steps: int = 100
