@@ -20,6 +20,8 @@ SCRIPTS = {
     "kontext_memory.py": (["--shape", "small", "--dtype", "float32", "--size", "64", "--steps", "2", "--refs", "2",
                            "--group-size", "2", "--batch", "2", "--lora-rank", "4", "--max-sequence-length", "16"],
                           "peak RSS added"),
+    "time_to_reward.py": (["--seeds", "1", "--max-steps", "1", "--variants", "ppo,nft", "--eval-repeats", "1"],
+                          "ratio to ppo"),
 }
 
 

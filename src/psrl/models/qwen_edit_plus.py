@@ -11,7 +11,8 @@ Reproduces the pipeline (research note customized_uno_rewards.md §2.6, tiny_mod
   the prediction is sliced back to the target tokens;
 * true CFG: a second transformer call with the negative prompt (encoded with the same images), combined as
   ``v_n + w (v_c - v_n)`` and rescaled per token to the conditional prediction's norm, when ``guidance_scale > 1``
-  and ``negative_prompt`` is not ``null``;
+  and ``negative_prompt`` is not ``null``; ``cfg_grad`` (``train.cfg_grad``): ``cond_only`` detaches the negative
+  branch in the update as Flow-GRPO does, ``both`` (default) keeps the true gradient;
 * the pipeline takes one prompt per call (it raises for batches, gotcha Q5); here prompt encodings are computed per
   record and samples sharing a layout run through the transformer as one batch.
 """
@@ -75,6 +76,7 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
                 raise ConfigError(f"model.args.{key}: must be >= {32 * 32} (sides are multiples of 32), "
                                   f"got {getattr(self, key)}")
         self.negative_prompt = args.get("negative_prompt", " ")
+        self.cfg_grad = "both"  # the trainer sets train.cfg_grad
         self.references = ReferenceLoader(args.get("data_root"), max_references=int(args.get("max_references", 4)))
         self.pipe = QwenImageEditPlusPipeline(**components)
         self.pipe.set_progress_bar_config(disable=True)
@@ -231,6 +233,8 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
             v = run("prompt_embeds", "prompt_len")
             if cfg_on:
                 v_neg = run("negative_embeds", "negative_len")
+                if self.cfg_grad == "cond_only":
+                    v_neg = v_neg.detach()  # Flow-GRPO: the update moves the conditional branch only
                 comb = v_neg + float(sampling.guidance_scale) * (v - v_neg)
                 # the pipeline rescales the guided prediction to the conditional one's per-token norm
                 v = comb * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))

@@ -5,6 +5,10 @@ setting, research note paco_flowgrpo.md §1.7), unpacked ``[B, C, h, w]`` latent
 With ``guidance_scale > 1`` the rollout, the log-prob recompute and generation all use the CFG-combined velocity
 ``v_u + w (v_c - v_u)`` (Flow-GRPO's ``train.cfg=True``); ``guidance_scale <= 1`` is the no-CFG setting of the
 ``*_nocfg`` recipes. SFT (:meth:`flow_matching_loss`) uses the conditional branch only.
+
+``cfg_grad`` (set by the trainer from ``train.cfg_grad``): ``both`` back-propagates through both CFG branches, the
+true gradient of the policy that sampled; ``cond_only`` detaches the unconditional prediction, as Flow-GRPO does
+(yifan123/flow_grpo@ac4c86e scripts/train_sd3.py ``compute_log_prob``). The forward value is the same either way.
 """
 from __future__ import annotations
 
@@ -71,6 +75,7 @@ class SD3Policy(FlowPolicyBase):
         if self.vae.dtype != torch.float32:
             self.vae.to(torch.float32)  # decode in fp32 (Flow-GRPO keeps the VAE in fp32)
         self._negative: dict[str, Tensor] | None = None
+        self.cfg_grad = "both"
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, device="cpu") -> "SD3Policy":
@@ -163,6 +168,8 @@ class SD3Policy(FlowPolicyBase):
             out = self._forward(hidden_states=torch.cat([x, x]), timestep=torch.cat([t, t]),
                                 encoder_hidden_states=embeds, pooled_projections=pooled).float()
             uncond, text = out.chunk(2)
+            if self.cfg_grad == "cond_only":
+                uncond = uncond.detach()  # Flow-GRPO: the update moves the conditional branch only
             return uncond + scale * (text - uncond)
         return self._forward(hidden_states=x, timestep=t, encoder_hidden_states=embeds,
                              pooled_projections=pooled).float()

@@ -93,6 +93,10 @@ class TrainConfig:
             scores as sequential order; the step's reward phase then costs only what does not overlap).
         param_noise_std: Gaussian noise added to the trained weights before each step's updates (PaCo; 0 = off;
             its authors found < 0.01 harmless, larger collapses).
+        cfg_grad: the update's gradient through true CFG ``v_u + w (v_c - v_u)`` (SD3, Qwen-Image-Edit-Plus; no
+            effect on FLUX and Kontext, whose guidance is distilled): ``both`` (the true gradient of the sampling
+            policy, psrl's default) or ``cond_only`` (the unconditional branch detached, as Flow-GRPO's
+            train_sd3.py).
     """
 
     max_steps: int = 100
@@ -126,6 +130,7 @@ class TrainConfig:
     old_policy: OldPolicyConfig = field(default_factory=OldPolicyConfig)
     param_noise_std: float = 0.0
     async_rewards: bool = True
+    cfg_grad: Literal["both", "cond_only"] = "both"
 
     def __post_init__(self):
         if self.nft_beta <= 0 or self.param_noise_std < 0:

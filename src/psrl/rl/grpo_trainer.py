@@ -138,6 +138,7 @@ class GRPOTrainer(BaseTrainer):
         cfg, policy = self.cfg, self.policy
         if self.data_root is not None and takes_data_root(policy, cfg.model):
             policy.data_root = self.data_root  # reference-conditioned policies read subject images from here
+        policy.cfg_grad = cfg.train.cfg_grad  # read by the true-CFG policies (SD3, Qwen-Image-Edit-Plus) only
         check_sampling_size(policy, cfg.sampling, "sampling.height/width")
         if self.eval_records:
             check_sampling_size(policy, self._eval_sampling(), "eval.height/width/resolution")
