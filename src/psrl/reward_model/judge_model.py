@@ -86,10 +86,13 @@ class PairwiseJudgeModel:
 
     Args:
         cfg: :class:`psrl.reward_model.reward_model_config.JudgeModelConfig`.
+        components: ``(model, processor)`` already built (benchmarks with random real-size weights); they replace
+            loading ``cfg.path`` and are moved to the device and dtype.
     """
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, components=None):
         self.cfg = cfg
+        self.components = components
         self.module = None
         self.processor = None
         self.yes_id = self.no_id = None
@@ -113,7 +116,12 @@ class PairwiseJudgeModel:
 
         cfg = self.cfg
         dtype = self.dtype = resolve_dtype(cfg.dtype, device)
-        model, processor = load_base(cfg.path, device, dtype)
+        if self.components is not None:
+            model, processor = self.components
+            model = model.to(device, dtype).eval()
+            self.components = None
+        else:
+            model, processor = load_base(cfg.path, device, dtype)
         tok = processor.tokenizer
         self.yes_id = single_token_id(tok, "Yes", f"reward model {cfg.path!r}")
         self.no_id = single_token_id(tok, "No", f"reward model {cfg.path!r}")
