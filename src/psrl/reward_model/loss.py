@@ -4,8 +4,11 @@ The judge's score is read from the first answer token alone (P(Yes) / (P(Yes) + 
 the whole reply, the answer followed by its reasons. PaCo-Reward (arXiv 2512.04784) weights the cross-entropy of a
 sequence's ``n`` supervised tokens so that the first one (the answer) gets weight ``alpha`` and each of the other
 ``n - 1`` (the reasons, the end-of-turn tokens) gets ``n (1 - alpha) / (n - 1)``; a sequence with a single
-supervised token gives it weight ``alpha``. The batch loss is the weighted sum over all supervised tokens divided by
-their count (not per sequence). Released as ``first_token_weight`` (0.1, "tested the best") in
+supervised token gives it weight ``alpha`` (the released float32 expression ``w_other + (alpha - w_other)`` with
+``w_other = (1 - alpha) / 1e-8`` cancels to 0 there; psrl's replies always end with the end-of-turn tokens, so
+``n >= 3`` in training and the two agree). The batch loss is the weighted sum over all supervised tokens divided by
+their count (not per sequence). Released as ``first_token_weight`` (0.1; "0.1 is tested the best",
+``PaCo-Reward/README.md``) in
 X-GenGroup/PaCo-RL@08caac6 ``PaCo-Reward/LLaMA-Factory/src/llamafactory/train/sft/trainer.py``
 (``CustomSeq2SeqTrainer.compute_loss``) with ``PaCo-Reward/config/paco_reward_lora.yaml``; the same file's labels
 are shifted by one as for any causal LM (logits at position ``t`` predict the token at ``t + 1``).
