@@ -168,7 +168,7 @@ def main() -> int:
             items = trainer.train_items[s * args.batch:(s + 1) * args.batch]
             name = "transformers" if s else "transformers warm-up"
             with measure(name, device, results):
-                enc = trainer._encode(items)
+                enc = trainer._encode(items).to(trainer.accelerator.device, trainer.policy.dtype)
                 opt.zero_grad(set_to_none=True)
                 with trainer.autocast():
                     loss = module(**enc.inputs, labels=enc.labels, use_cache=False).loss

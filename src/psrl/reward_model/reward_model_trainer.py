@@ -30,7 +30,7 @@ import math
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,6 +110,8 @@ class RewardModelTrainer(BaseTrainer):
                  progress: bool = False):
         self.problems: list[str] = []
         self._perms: dict[int, list[int]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._prefetched: dict[int, Future] = {}
         super().__init__(cfg, cfg.train, policy=model if model is not None else PairwiseJudgeModel(cfg.model),
                          resume=resume, progress=progress)
 
@@ -213,7 +215,20 @@ class RewardModelTrainer(BaseTrainer):
             out.append(self._perms[epoch][q % n])
         return out
 
+    def _micro_batches(self, step: int) -> list[list[Item]]:
+        b, idx = self.cfg.train.batch_size, self._indices(step)
+        return [[self.train_items[i] for i in idx[k:k + b]] for k in range(0, len(idx), b)]
+
+    def _load(self, items: list[Item]) -> Future:
+        """Encode ``items`` on the loader thread. Every use of the processor after start-up runs on that one
+        thread (tokenizers are not safe to share), and the next micro-batch's images are decoded while the
+        accelerator works on this one."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-model-loader")
+        return self._pool.submit(self._encode, items)
+
     def _encode(self, items: list[Item]):
+        """``items`` -> :class:`psrl.reward_model.encoding.Encoded` on the CPU (images decoded and prepared)."""
         m, proc = self.cfg.model, self.policy.processor
         rows = []
         for it in items:
@@ -225,10 +240,10 @@ class RewardModelTrainer(BaseTrainer):
                     raise PsrlError(f"{ex.where}: image {k + 1} can no longer be read ({e})") from e
                 images.append(prepare_image(img, m.image_max_pixels, m.image_min_pixels))
             rows.append((images, *chat_texts(proc, ex.prompt, ex.response)))
-        return encode_batch(proc, rows).to(self.accelerator.device, self.policy.dtype)
+        return encode_batch(proc, rows)
 
-    def _forward(self, items: list[Item]):
-        enc = self._encode(items)
+    def _forward(self, encoded):
+        enc = encoded.to(self.accelerator.device, self.policy.dtype)
         with self.autocast():
             logits = self.policy.logits(enc)
         labels = enc.labels[:, enc.lo:enc.hi + 1]
@@ -239,14 +254,20 @@ class RewardModelTrainer(BaseTrainer):
     def run_step(self, step: int) -> dict:
         t, p = self.cfg.train, self.policy
         t0 = time.perf_counter()
-        indices = self._indices(step)
+        batches = self._micro_batches(step)
+        pending = self._prefetched.pop(step, None) or self._load(batches[0])
+        self._prefetched.clear()
         p.train(True)
         self.optimizer.zero_grad(set_to_none=True)
         sums = torch.zeros(4, dtype=torch.float64)  # loss, first-token correct, rows, tokens
-        for k in range(t.gradient_accumulation):
+        for k, items in enumerate(batches):
             self.stop_point()
-            items = [self.train_items[i] for i in indices[k * t.batch_size:(k + 1) * t.batch_size]]
-            enc, logits, labels, loss = self._forward(items)
+            encoded = pending.result()
+            if k + 1 < len(batches):
+                pending = self._load(batches[k + 1])
+            elif step + 1 < t.max_steps:  # the next step's first micro-batch, while this one trains
+                self._prefetched[step + 1] = self._load(self._micro_batches(step + 1)[0])
+            enc, logits, labels, loss = self._forward(encoded)
             if not torch.isfinite(loss):
                 raise PsrlError(f"reward-model loss is {float(loss)} at step {step} (pairs "
                                 f"{[it.example.id for it in items]}); lower train.lr or check the data")
@@ -286,9 +307,13 @@ class RewardModelTrainer(BaseTrainer):
         was_training = p.module.training
         p.train(False)
         loss_sum, tokens, rows = 0.0, 0, {"correct": [], "yes_no_correct": [], "p_yes": [], "is_yes": []}
-        for s in range(0, len(self.eval_items), t.eval_batch_size):
-            items = self.eval_items[s:s + t.eval_batch_size]
-            enc, logits, labels, loss = self._forward(items)
+        chunks = [self.eval_items[s:s + t.eval_batch_size] for s in range(0, len(self.eval_items), t.eval_batch_size)]
+        pending = self._load(chunks[0])
+        for k in range(len(chunks)):
+            encoded = pending.result()
+            if k + 1 < len(chunks):
+                pending = self._load(chunks[k + 1])
+            enc, logits, labels, loss = self._forward(encoded)
             n = int((labels[:, 1:] != -100).sum())
             loss_sum, tokens = loss_sum + float(loss) * n, tokens + n
             for key, v in first_token_metrics(logits, labels, p.yes_id, p.no_id).items():
@@ -299,6 +324,15 @@ class RewardModelTrainer(BaseTrainer):
         return {"eval/loss": loss_sum / tokens, "eval/first_token_accuracy": float(got["correct"].mean()),
                 "eval/yes_no_accuracy": float(got["yes_no_correct"].mean()),
                 "eval/p_correct": float(p_right.mean()), "eval/examples": len(self.eval_items)}
+
+    def train(self) -> list[dict]:
+        try:
+            return super().train()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                self._pool = None
+            self._prefetched.clear()
 
     def before_loop(self) -> None:
         if not self.is_main:
