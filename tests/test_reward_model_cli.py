@@ -76,6 +76,23 @@ def test_recipe_is_the_released_one_and_the_twin_keeps_its_loss():
     assert "paco_reward_lora.yaml" in (CONFIGS / "paco_reward.yaml").read_text()
 
 
+@pytest.mark.unit
+def test_config_errors_name_the_key(tmp_path):
+    from psrl.config import ConfigError
+    from psrl.reward_model.reward_model_config import load_reward_model_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {path: tiny}\n")
+    with pytest.raises(ConfigError, match="data.train is required"):
+        load_reward_model_config(cfg)
+    cfg.write_text("data: {train: x.jsonl}\ntrain: {first_token_weight: 1.5}\n")
+    with pytest.raises(ConfigError, match=r"first_token_weight must be in \[0, 1\], got 1.5"):
+        load_reward_model_config(cfg)
+    cfg.write_text("data: {train: x.jsonl}\ntrain: {lr_schedule: cosine}\n")
+    with pytest.raises(ConfigError, match="unknown config key 'train.lr_schedule'"):
+        load_reward_model_config(cfg)
+
+
 # ---------------------------------------------------------------------------------------------- eval
 def _colour(path, rgb):
     Image.new("RGB", (40, 40), rgb).save(path)

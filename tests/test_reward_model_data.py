@@ -294,6 +294,24 @@ def test_pairs_command_with_human_labels(tmp_path, capsys):
     assert [r["id"] for r in csv.DictReader((out / "to_label.csv").open())] == ["g1:0-2"]
 
 
+@pytest.mark.e2e
+def test_a_local_teacher_whose_replies_are_never_yes_or_no_labels_nothing(tmp_path, capsys):
+    """The local transport (transformers) as teacher: psrl's random tiny judge never starts a reply with Yes or
+    No, so every pair is rejected with its raw reply kept, and the command exits 1 (nothing usable came out)."""
+    from psrl.cli.main import main
+    from psrl.data.pipeline.manifest import read_manifest
+
+    _grid([RED, BLUE], 1, 2).save(tmp_path / "g.png")
+    (tmp_path / "grids.jsonl").write_text(json.dumps({"id": "g", "image": "g.png", "prompt": "a 1x2 grid"}) + "\n")
+    out = tmp_path / "ds"
+    assert main(["reward-model", "pairs", "--dir", str(out), "--grids", str(tmp_path / "grids.jsonl"),
+                 "--no-progress", "--set", "teacher.transport=local", "--set", "teacher.path=tiny",
+                 "--set", "teacher.max_new_tokens=3"]) == 1
+    entry = read_manifest(out, "pair_labels")[0]
+    assert entry["status"] == "rejected" and entry["reason"] == "unparsable_reply" and isinstance(entry["raw"], str)
+    assert "pair_labels: 1 in, 0 kept, 1 rejected (unparsable_reply 1)" in capsys.readouterr().out
+
+
 @pytest.mark.component
 def test_cells_stage_sharded_over_two_ranks_equals_one_process(tmp_path):
     from psrl.data.pipeline.manifest import read_manifest

@@ -178,8 +178,6 @@ class PairDataConfig:
     num_workers: int = 4
 
     def __post_init__(self):
-        if not self.train:
-            raise ValueError("data.train is required: a pairs JSONL or ShareGPT JSON file (or a list of them)")
         if self.num_workers < 1:
             raise ValueError(f"data.num_workers must be >= 1, got {self.num_workers}")
 
@@ -201,8 +199,12 @@ class RewardModelRunConfig:
 
     model: JudgeModelConfig = field(default_factory=JudgeModelConfig)
     train: RewardModelConfig = field(default_factory=RewardModelConfig)
-    data: PairDataConfig = field(default_factory=lambda: PairDataConfig(train="train.jsonl"))
+    data: PairDataConfig = field(default_factory=PairDataConfig)
     run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self):
+        if not self.data.train:
+            raise ValueError("data.train is required: a pairs JSONL or ShareGPT JSON file (or a list of them)")
 
 
 def load_reward_model_config(path: str | Path, overrides: list[str] | None = None) -> RewardModelRunConfig:
