@@ -355,3 +355,28 @@ def test_sharegpt_import_command(tmp_path, capsys):
     assert main(["reward-model", "pairs", "--dir", str(tmp_path / "elsewhere"), "--sharegpt",
                  str(data / "train.json")]) == 2
     assert "is outside" in capsys.readouterr().err
+
+
+@pytest.mark.e2e
+def test_from_grids_to_a_trained_and_evaluated_reward_model(tmp_path, teacher, capsys):
+    """The whole path through the CLI: grids -> teacher-labelled pairs -> LoRA training -> ranking evaluation."""
+    from pathlib import Path
+
+    from psrl.cli.main import main
+
+    out = tmp_path / "ds"
+    assert main(["reward-model", "pairs", "--dir", str(out), "--grids", str(_grids(tmp_path)), "--teacher-url",
+                 teacher.url, "--heldout", "0.34", "--no-progress"]) == 0
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "paco_reward.yaml"
+    assert main(["reward-model", "train", "--config", str(config), "--set", f"data.train={out / 'train.jsonl'}",
+                 "--set", f"data.eval={out / 'heldout.jsonl'}", "--set", "train.max_steps=2",
+                 "--set", "train.save_merged=false", "--set", f"run.output_dir={tmp_path / 'runs'}"]) == 0
+    adapter = tmp_path / "runs" / "tiny_paco_reward" / "adapter"
+    bench = out / "rank.jsonl"
+    bench.write_text(json.dumps({"id": "g1", "reference": "cells/g1/0.png", "prompt": "a dog",
+                                 "candidates": ["cells/g1/1.png", "cells/g1/2.png", "cells/g1/3.png"],
+                                 "human_rank": [0, 2, 1]}) + "\n")
+    capsys.readouterr()
+    assert main(["reward-model", "eval", "--bench", str(bench), "--reward", "vlm_consistency", "--args",
+                 json.dumps({"path": "tiny", "adapter_path": str(adapter)}), "--out", str(tmp_path / "ev")]) == 0
+    assert "1/1 items scored" in capsys.readouterr().out
