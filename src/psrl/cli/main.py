@@ -17,6 +17,7 @@ COMMANDS = {
     "sft": "psrl.cli.sft",
     "generate": "psrl.cli.generate",
     "reward": "psrl.cli.reward",
+    "reward-model": "psrl.cli.reward_model",
     "bench": "psrl.cli.bench",
     "data": "psrl.cli.data",
     "lora": "psrl.cli.lora",
