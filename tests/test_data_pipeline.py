@@ -9,17 +9,17 @@ import pytest
 from PIL import Image
 
 from psrl.config import ConfigError, load_config
-from psrl.data.pipeline import manifest as mf
-from psrl.data.pipeline.boxes import box_iou, relation_from_boxes
-from psrl.data.pipeline.config import TASKS, DataPipelineConfig, GroundConfig
-from psrl.data.pipeline.export import run_export
-from psrl.data.pipeline.filter import near_duplicates
-from psrl.data.pipeline.ground import choose_boxes
-from psrl.data.pipeline.instructions import appearance_violations, template_instruction
-from psrl.data.pipeline.llm import mentions, parse_tagged
-from psrl.data.pipeline.runner import BaseStage, kept, rejected, run_stage
-from psrl.data.pipeline.stages import run_named_stage
-from psrl.data.pipeline.subjects import load_vocabulary, phrase_of, plan_sample
+from psrl.datagen import manifest as mf
+from psrl.datagen.boxes import box_iou, relation_from_boxes
+from psrl.datagen.config import TASKS, DataPipelineConfig, GroundConfig
+from psrl.datagen.export import run_export
+from psrl.datagen.filter import near_duplicates
+from psrl.datagen.ground import choose_boxes
+from psrl.datagen.instructions import appearance_violations, template_instruction
+from psrl.datagen.llm import mentions, parse_tagged
+from psrl.datagen.runner import BaseStage, kept, rejected, run_stage
+from psrl.datagen.stages import run_named_stage
+from psrl.datagen.subjects import load_vocabulary, phrase_of, plan_sample
 from psrl.data.records import read_records, resolve_under
 
 
@@ -229,8 +229,8 @@ def test_llm_endpoint_down_rejects_with_reason(tmp_path):
     cfg = cfg_with(subjects={"num_samples": 2},
                    prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout_s": 1}})
     run_named_stage("subjects", cfg, tmp_path)
-    from psrl.data.pipeline.llm import ChatClient
-    from psrl.data.pipeline.prompts import PromptsStage
+    from psrl.datagen.llm import ChatClient
+    from psrl.datagen.prompts import PromptsStage
     stage = PromptsStage(cfg, client=ChatClient(cfg.prompts.llm, backoff_s=0.01))
     stats = run_stage(stage, tmp_path)
     assert stats.rejected_by_reason == {"llm_error": 2}
@@ -268,7 +268,7 @@ def test_relation_from_boxes_follows_the_position_metric():
 def _entry(task: str, phrases: list[str], **extra) -> dict:
     import random
 
-    from psrl.data.pipeline import templates
+    from psrl.datagen import templates
     slots = templates.draw_slots(task, phrases, random.Random(0))
     return {"id": "x", "task": task, "phrases": phrases, "slots": slots, "prompt": "p",
             "boxes": [[0, 40, 20, 60], [60, 40, 80, 60], [0, 0, 10, 10], [90, 90, 99, 99]][: len(phrases)], **extra}
@@ -287,7 +287,7 @@ def test_template_instruction_per_task_names_subjects_without_appearance(task):
 
 
 def test_templates_agree_in_number_with_plural_categories():
-    from psrl.data.pipeline import templates
+    from psrl.datagen import templates
 
     assert [templates.is_plural(p) for p in ("green beans", "scissors", "bus", "wine glass", "tennis", "billiards",
                                              "asparagus", "cat")] == [True, True] + [False] * 6
@@ -435,7 +435,7 @@ def test_filter_stage_reasons_and_near_duplicates(tmp_path):
     """The filter's decisions with injected scores and embeddings (the reward itself is tested in the rewards)."""
     import torch
 
-    from psrl.data.pipeline.filter import FilterScoresStage, dedup_pass
+    from psrl.datagen.filter import FilterScoresStage, dedup_pass
 
     Image.new("RGB", (8, 8)).save(tmp_path / "t.png")
     scores = {  # id -> (reward result, embedding)

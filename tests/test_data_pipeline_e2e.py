@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from psrl.config import load_config
-from psrl.data.pipeline import manifest as mf
-from psrl.data.pipeline.config import TINY_PRESET, DataPipelineConfig
-from psrl.data.pipeline.stages import STAGES, run_named_stage
+from psrl.datagen import manifest as mf
+from psrl.datagen.config import TINY_PRESET, DataPipelineConfig
+from psrl.datagen.stages import STAGES, run_named_stage
 from psrl.data.records import read_records, resolve_under
 
 ROOT = Path(__file__).resolve().parents[1]

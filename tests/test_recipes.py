@@ -168,9 +168,9 @@ def _export_tiny_dataset(dataset: Path) -> None:
     """What `psrl data export` writes into data/psr, from a hand-made filter manifest (both splits non-empty)."""
     from PIL import Image
 
-    from psrl.data.pipeline import manifest as mf
-    from psrl.data.pipeline.config import DataPipelineConfig, ExportConfig
-    from psrl.data.pipeline.export import run_export
+    from psrl.datagen import manifest as mf
+    from psrl.datagen.config import DataPipelineConfig, ExportConfig
+    from psrl.datagen.export import run_export
 
     dataset.mkdir(parents=True)
     entries = []
@@ -196,7 +196,7 @@ def test_every_recipe_reads_what_the_pipeline_writes_or_the_readme_documents(tmp
     """The held-out split has one name: `psrl data export` writes data/psr/{train,eval}.jsonl and every recipe that
     trains on the pipeline's data reads exactly those (from the working directory, no fallback to configs/); every
     other data path is one the README's "Data for the recipes" table tells the user how to make."""
-    from psrl.data.pipeline.export import EVAL_RECORDS, TRAIN_RECORDS
+    from psrl.datagen.export import EVAL_RECORDS, TRAIN_RECORDS
 
     assert {p.name for p in FULL_RECIPES} >= {f"{n}.yaml" for n in GRPO_RECIPES + SFT_RECIPES + ["flux_grpo"]}
     _export_tiny_dataset(tmp_path / "data" / "psr")
@@ -272,7 +272,7 @@ def test_reward_server_example_config_and_the_readme_request(tmp_path):
 
 def test_data_pipeline_config_loads():
     from psrl.config import load_config
-    from psrl.data.pipeline.config import DataPipelineConfig
+    from psrl.datagen.config import DataPipelineConfig
 
     cfg = load_config(DataPipelineConfig, CONFIGS / "data_psr.yaml")
     assert cfg.export.heldout_fraction == 0.02 and cfg.render.model.name == "flux"

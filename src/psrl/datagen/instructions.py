@@ -23,11 +23,11 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.boxes import relation_from_boxes
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.llm import ChatClient, EndpointError, image_part, missing_phrases, parse_tagged
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.datagen import templates
+from psrl.datagen.boxes import relation_from_boxes
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.llm import ChatClient, EndpointError, image_part, missing_phrases, parse_tagged
+from psrl.datagen.runner import BaseStage, kept, rejected
 
 APPEARANCE_WORDS = frozenset("""
 red orange yellow green blue purple violet pink brown black white gray grey golden gold silver beige turquoise teal

@@ -1,6 +1,6 @@
 """Stage 2, ``prompts``: a multi-subject text-to-image prompt per sample.
 
-Templates (default) fill a per-task sentence from :mod:`psrl.data.pipeline.templates` and record the slots (scene,
+Templates (default) fill a per-task sentence from :mod:`psrl.datagen.templates` and record the slots (scene,
 attributes, actions, relation) so the instruction stage can reuse them. With ``prompts.llm.url`` an
 OpenAI-compatible LLM writes the prompt instead; its reply must contain ``[Prompt]: ...`` naming every subject, or
 the sample is rejected (``llm_unparsable``, ``llm_missing_subject``, ``llm_error``) with the raw reply kept.
@@ -10,11 +10,11 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.llm import ChatClient, EndpointError, missing_phrases, parse_tagged
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
-from psrl.data.pipeline.subjects import sample_seed
+from psrl.datagen import templates
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.llm import ChatClient, EndpointError, missing_phrases, parse_tagged
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.datagen.subjects import sample_seed
 
 TASK_GUIDANCE = {
     "Attribute": "give each subject a distinct accessory or attribute (what it wears or carries)",

@@ -15,7 +15,7 @@ import re
 import time
 from pathlib import Path
 
-from psrl.data.pipeline.config import EndpointConfig
+from psrl.datagen.config import EndpointConfig
 from psrl.errors import PsrlError
 
 log = logging.getLogger(__name__)

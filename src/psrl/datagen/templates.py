@@ -70,7 +70,7 @@ def join_the(phrases: list[str]) -> str:
 
 def _without(options: tuple[str, ...], phrases: list[str]) -> list[str]:
     """Options that do not name one of the sample's subjects (no "wearing a tiny backpack" next to a backpack)."""
-    from psrl.data.pipeline.llm import mentions
+    from psrl.datagen.llm import mentions
 
     return [o for o in options if not any(mentions(o, p) for p in phrases)]
 

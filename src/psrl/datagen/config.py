@@ -136,7 +136,7 @@ class ReferencesConfig(GenerationConfig):
 @dataclass
 class ReeditConfig(GenerationConfig):
     """PSR's re-editing step (research/psr.md 6.2, step 8): an image-editing model edits each eligible target after
-    its references were made (see :mod:`psrl.data.pipeline.reedit`).
+    its references were made (see :mod:`psrl.datagen.reedit`).
 
     Attributes:
         enabled: edit (``false``: every sample passes through unchanged).
@@ -167,7 +167,7 @@ class ReeditConfig(GenerationConfig):
 class InstructionsConfig:
     """``vlm.url`` unset: template instructions; set: a VLM sees the target and references and writes it.
     ``appearance_words``: extra words an instruction may not use to describe a subject (added to the built-in
-    list, see :mod:`psrl.data.pipeline.instructions`)."""
+    list, see :mod:`psrl.datagen.instructions`)."""
 
     vlm: EndpointConfig = field(default_factory=EndpointConfig)
     appearance_words: list[str] = field(default_factory=list)

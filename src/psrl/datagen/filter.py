@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.manifest import KEPT, read_manifest, write_jsonl_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.manifest import KEPT, read_manifest, write_jsonl_atomic
+from psrl.datagen.runner import BaseStage, kept, rejected
 from psrl.data.records import Record, SubjectRef
 
 EMBED_DIR = "embeddings"

@@ -11,8 +11,8 @@ import random
 from importlib import resources
 from pathlib import Path
 
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.runner import BaseStage, kept
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.runner import BaseStage, kept
 from psrl.errors import PsrlError
 
 ID_WIDTH = 7
@@ -38,7 +38,7 @@ def load_vocabulary(path: str | Path | None = None) -> list[str]:
     """Category names, one per line (blank lines and ``#`` comments skipped); ``None`` = shipped Objects365.
     Names whose phrases coincide are merged (first one kept): a sample's subjects must be distinguishable."""
     if path is None:
-        text = resources.files("psrl.data").joinpath("assets/objects365.txt").read_text()
+        text = resources.files("psrl.datagen").joinpath("assets/objects365.txt").read_text()
         where = "objects365.txt"
     else:
         p = Path(path)

@@ -15,12 +15,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.generation import Renderer, policy_renderer, to_pil
-from psrl.data.pipeline.manifest import save_image_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
-from psrl.data.pipeline.subjects import sample_seed
+from psrl.datagen import templates
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.generation import Renderer, policy_renderer, to_pil
+from psrl.datagen.manifest import save_image_atomic
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.datagen.subjects import sample_seed
 from psrl.data.records import Record, RecordError, SubjectRef
 
 EDITED_DIR = "edited"

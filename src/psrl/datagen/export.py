@@ -24,10 +24,10 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from psrl.data.pipeline.config import TASKS, DataPipelineConfig
-from psrl.data.pipeline.manifest import read_kept, write_jsonl_atomic
-from psrl.data.pipeline.stats import StageStats, write_stage_stats
-from psrl.data.pipeline.subjects import sample_seed
+from psrl.datagen.config import TASKS, DataPipelineConfig
+from psrl.datagen.manifest import read_kept, write_jsonl_atomic
+from psrl.datagen.stats import StageStats, write_stage_stats
+from psrl.datagen.subjects import sample_seed
 from psrl.data.records import Record, SubjectRef
 from psrl.fileio import write_json_atomic
 

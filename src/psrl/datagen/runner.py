@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from psrl.data.pipeline.manifest import (
+from psrl.datagen.manifest import (
     KEPT,
     REJECTED,
     ManifestWriter,
@@ -24,8 +24,8 @@ from psrl.data.pipeline.manifest import (
     read_kept,
     read_manifest,
 )
-from psrl.data.pipeline.sharding import Shard
-from psrl.data.pipeline.stats import StageStats, write_stage_stats
+from psrl.datagen.sharding import Shard
+from psrl.datagen.stats import StageStats, write_stage_stats
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from psrl.data.pipeline.boxes import box_area, box_iou, clamp_box, padded_crop_box
-from psrl.data.pipeline.config import DataPipelineConfig, GroundConfig
-from psrl.data.pipeline.manifest import save_image_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.datagen.boxes import box_area, box_iou, clamp_box, padded_crop_box
+from psrl.datagen.config import DataPipelineConfig, GroundConfig
+from psrl.datagen.manifest import save_image_atomic
+from psrl.datagen.runner import BaseStage, kept, rejected
 
 CROP_DIR = "crops"
 

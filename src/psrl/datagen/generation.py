@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from psrl.data.pipeline.config import GenerationConfig
+from psrl.datagen.config import GenerationConfig
 from psrl.data.records import Record
 
 log = logging.getLogger(__name__)

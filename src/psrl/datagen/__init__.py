@@ -4,7 +4,7 @@
 previous stage's JSONL manifest in one dataset directory and writing its own (see :mod:`.manifest`), with
 statistics in ``stats.json``. Run them with ``psrl data <stage> --dir DATASET`` or :func:`run_named_stage`.
 """
-from psrl.data.pipeline.config import TASKS, DataPipelineConfig
-from psrl.data.pipeline.stages import STAGES, build_stage, run_named_stage
+from psrl.datagen.config import TASKS, DataPipelineConfig
+from psrl.datagen.stages import STAGES, build_stage, run_named_stage
 
 __all__ = ["STAGES", "TASKS", "DataPipelineConfig", "build_stage", "run_named_stage"]
