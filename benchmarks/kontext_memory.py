@@ -194,7 +194,7 @@ def main(argv=None) -> None:
 
 
 def policy_sampling(trainer):
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
 
     s = trainer.cfg.sampling
     return SamplingConfig(num_steps=s.num_steps, height=s.height, width=s.width)

@@ -19,7 +19,7 @@ from psrl.bench.results import load_result_samples
 from psrl.bench.summary import summarize
 from psrl.bench.tasks import parse_metrics
 from psrl.errors import PsrlError
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"

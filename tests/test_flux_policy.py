@@ -6,7 +6,8 @@ import torch
 
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
-from psrl.models.base import Policy, SamplingConfig
+from psrl.models.base import Policy
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.factory import build_policy
 from psrl.models.flux import FluxPolicy

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.tiny import tiny_flux_components

@@ -4,7 +4,7 @@ import torch
 
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.lora import (

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from psrl.data.records import Record, RecordError, SubjectRef
-from psrl.models.base import Policy, SamplingConfig
+from psrl.models.base import Policy
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 
 pytest.importorskip("diffusers")

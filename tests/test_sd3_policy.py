@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from psrl.data.records import Record
-from psrl.models.base import Policy, SamplingConfig
+from psrl.models.base import Policy
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 
 pytest.importorskip("diffusers")

@@ -110,7 +110,7 @@ def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
     state = {f"transformer.{k}": v for k, v in lora_state_dict(policy.transformer).items()}
     assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)   # SFT moved the zero-init B
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
 
     ro = policy.rollout(records[:1] * 2, SamplingConfig(num_steps=2, height=16, width=16, noise_level=0.7),
                         torch.Generator().manual_seed(0))

@@ -172,7 +172,7 @@ def cmd_records(args) -> int:
 
 def _generate_config(args):
     from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
     from psrl.models.config import ModelConfig
 
     raw = load_yaml(args.config) if args.config else {}

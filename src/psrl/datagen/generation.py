@@ -31,7 +31,7 @@ def policy_renderer(gen: GenerationConfig, device: torch.device | str, *, data_r
     """
     from dataclasses import replace
 
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
     from psrl.models.factory import build_policy
 
     model_cfg = gen.model

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from psrl.data.records import Record
-from psrl.models.base import Rollout, SamplingConfig, StepLogProb
-from psrl.sampling import plan_steps, sde_step_with_logprob
+from psrl.models.base import Rollout, StepLogProb
+from psrl.sampling import SamplingConfig, plan_steps, sde_step_with_logprob
 
 logger = logging.getLogger(__name__)
 

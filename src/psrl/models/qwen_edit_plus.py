@@ -26,7 +26,7 @@ from torch import Tensor
 
 from psrl.config import ConfigError
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, group_by_key, pad_rows, reorder, scheduler_schedule, unique_records
 from psrl.models.references import ReferenceLoader, check_distinct_ids

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, quiet_logger, scheduler_schedule, unique_records
 

@@ -23,7 +23,7 @@ from torch import Tensor
 from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
 from psrl.images import ImageLoadError, load_image
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
