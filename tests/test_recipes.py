@@ -18,7 +18,6 @@ QWEN_ARGS = "model.args={condition_area: 1024, vae_area: 1024, max_references: 4
 
 @pytest.mark.parametrize("name", GRPO_RECIPES)
 def test_recipe_and_twin_load_and_agree(name):
-    import psrl.rewards.builtin  # noqa: F401  (registers the reward names)
     from psrl.models import POLICIES
     from psrl.rewards import REWARDS
     from psrl.rl.run_config import load_run_config
@@ -243,7 +242,6 @@ def test_reward_server_example_config_and_the_readme_request(tmp_path):
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    import psrl.rewards.builtin  # noqa: F401  (registers the reward names)
     from psrl.config import load_config
     from psrl.rewards import REWARDS
     from psrl.serve.server import ServerConfig, create_app

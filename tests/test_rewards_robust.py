@@ -12,7 +12,6 @@ from PIL import Image
 
 from psrl.data.records import Record, SubjectRef
 from psrl.rewards import REWARDS, build_reward
-from psrl.rewards.base import _ensure_builtin_rewards
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.isolation import Failed, per_item
 
@@ -129,7 +128,6 @@ def test_per_item_batches_first_then_isolates_only_what_fails():
 
 
 def test_every_registered_reward_is_covered():
-    _ensure_builtin_rewards()
     assert set(REWARDS.names()) == set(ARGS) | {"remote"}
 
 

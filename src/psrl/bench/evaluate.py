@@ -94,9 +94,8 @@ def _accepts(reward_name: str, param: str) -> bool:
     """Whether the reward class behind ``reward_name`` takes a ``param`` keyword."""
     import inspect
 
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+    from psrl.rewards.base import REWARDS
 
-    _ensure_builtin_rewards()
     try:
         target = REWARDS.get(reward_name)
         params = inspect.signature(target).parameters

@@ -41,9 +41,8 @@ def add_parser(subparsers) -> None:
 
 
 def _list(args) -> int:
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+    from psrl.rewards.base import REWARDS
 
-    _ensure_builtin_rewards()
     print("\n".join(REWARDS.names()))
     return 0
 
@@ -63,9 +62,8 @@ def _parse_args_json(text: str) -> dict:
 def _accepts(name: str, param: str) -> bool:
     import inspect
 
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+    from psrl.rewards.base import REWARDS
 
-    _ensure_builtin_rewards()
     try:
         return param in inspect.signature(REWARDS.get(name)).parameters
     except (KeyError, TypeError, ValueError):

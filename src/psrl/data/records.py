@@ -11,9 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-
-class RecordError(ValueError):
-    """A record file or field is invalid; the message names the file, line and field."""
+from psrl.errors import RecordError
 
 
 @dataclass(frozen=True)

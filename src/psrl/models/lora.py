@@ -427,19 +427,6 @@ def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
     return file
 
 
-def prepare_lora(module: nn.Module, cfg: LoraConfig, *, prefix: str = "transformer") -> list[str]:
-    """Everything ``model.lora`` asks for, in order: fuse ``cfg.fuse`` into the base weights, add the trainable
-    adapter, then load ``cfg.path`` into it. Returns the adapted module names."""
-    from psrl.models.lora_merge import fuse_lora_weights
-
-    for entry in cfg.fuse:
-        fuse_lora_weights(module, entry["path"], prefix=prefix, scale=float(entry.get("scale", 1.0)))
-    targets = add_lora(module, cfg)
-    if cfg.path:
-        load_lora_weights(module, cfg.path, prefix=prefix)
-    return targets
-
-
 def lora_parameters(module: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` of the LoRA weights."""
     return ((n, p) for n, p in module.named_parameters() if "lora_" in n)
@@ -462,7 +449,6 @@ __all__ = [
     "lora_fingerprint",
     "lora_parameters",
     "lora_state_dict",
-    "prepare_lora",
     "read_lora_file",
     "resolve_lora_path",
     "resolve_target_modules",

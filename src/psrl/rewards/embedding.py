@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from psrl.rewards.components import imagenet_bit_processor
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
@@ -60,9 +61,7 @@ class HFImageEmbedder:
 
 
 def _bit(shortest_edge: int = 256, crop: int = 224):
-    from psrl.rewards.tiny import _imagenet_bit_processor
-
-    return _imagenet_bit_processor(shortest_edge, crop)
+    return imagenet_bit_processor(shortest_edge, crop)
 
 
 def _load_dinov2(path):

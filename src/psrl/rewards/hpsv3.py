@@ -23,11 +23,12 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
+from psrl.rewards.components import HPSv3Head
 from psrl.rewards.images import to_pil_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
@@ -62,18 +63,6 @@ HPS_INSTRUCTION = (
     "the prompt are captured in the image. The generated content should not introduce elements that conflict with or "
     "distort the original description.\nTextual prompt - {text_prompt}\n\n\n")
 REWARD_SUFFIX = "\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
-
-
-class HPSv3Head(nn.Module):
-    """``rm_head``: hidden -> 1024 -> 16 -> 2 (mu, sigma); the layer indices match the checkpoint keys."""
-
-    def __init__(self, hidden_size: int = 3584, hidden: tuple[int, int] = (1024, 16), dropout: float = 0.05):
-        super().__init__()
-        self.rm_head = nn.Sequential(nn.Linear(hidden_size, hidden[0]), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Linear(hidden[1], 2))
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.rm_head(h)
 
 
 def remap_hpsv3_key(key: str) -> str:

@@ -12,6 +12,8 @@ import string
 
 import torch
 
+from psrl.rewards.components import imagenet_bit_processor
+
 DETECTOR_WORDS = ("a", "the", "cat", "dog", "person", "red", "blue", "car", "ball", "box", "toy", "bird", ".")
 
 
@@ -87,21 +89,13 @@ def tiny_owlv2(image_size: int = 32, patch_size: int = 8):
 
 
 # ----------------------------------------------------------------------------- embedders
-def _imagenet_bit_processor(shortest_edge: int, crop: int):
-    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
-
-    # resample 3 = PIL bicubic: the PSRBench/DreamBench DINO preprocessing (resize shorter side, centre crop)
-    return BitImageProcessorPil(size={"shortest_edge": shortest_edge}, crop_size={"height": crop, "width": crop},
-                                resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-
-
 def tiny_dinov2():
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
     model = Dinov2Model(Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=37)).eval()
-    return model, _imagenet_bit_processor(32, 28)
+    return model, imagenet_bit_processor(32, 28)
 
 
 def tiny_dino_vit():
@@ -111,7 +105,7 @@ def tiny_dino_vit():
     torch.manual_seed(0)
     model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                                image_size=32, patch_size=16), add_pooling_layer=False).eval()
-    return model, _imagenet_bit_processor(36, 32)
+    return model, imagenet_bit_processor(36, 32)
 
 
 def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 16):
@@ -139,7 +133,7 @@ def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 1
 
 def tiny_aesthetic_head(dim: int = 16):
     """LAION aesthetic MLP with the same layer layout (and state-dict keys) as the released head, shrunk."""
-    from psrl.rewards.preference import LaionAestheticHead
+    from psrl.rewards.components import LaionAestheticHead
 
     torch.manual_seed(0)
     return LaionAestheticHead(dim, hidden=(8, 8, 8, 4)).eval()
@@ -171,7 +165,7 @@ def tiny_qwen2_vl_hps():
     from transformers import Qwen2VLForConditionalGeneration
 
     from psrl.models.tiny_more import tiny_qwen_vl_config
-    from psrl.rewards.hpsv3 import HPSv3Head
+    from psrl.rewards.components import HPSv3Head
 
     tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())
     config = tiny_qwen_vl_config(tokenizer, "qwen2_vl")

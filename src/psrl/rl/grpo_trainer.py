@@ -53,9 +53,8 @@ def _accepts(reward_name: str, arg: str) -> bool:
     """Whether the registered reward class takes keyword ``arg``."""
     import inspect
 
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+    from psrl.rewards.base import REWARDS
 
-    _ensure_builtin_rewards()
     try:
         target = REWARDS.get(reward_name)
         return isinstance(target, type) and arg in inspect.signature(target).parameters

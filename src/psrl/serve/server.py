@@ -134,9 +134,8 @@ def _reward_args(spec: ServedReward, cfg: ServerConfig) -> dict:
     if cfg.data_root and "data_root" not in args:
         import inspect
 
-        from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+        from psrl.rewards.base import REWARDS
 
-        _ensure_builtin_rewards()
         target = REWARDS.get(spec.reward or spec.name)
         try:
             params = inspect.signature(target).parameters
