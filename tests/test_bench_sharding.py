@@ -9,7 +9,7 @@ import pytest
 import yaml
 from fixtures_bench import make_psrbench, metric_set_for_tests
 
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"

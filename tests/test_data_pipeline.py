@@ -229,9 +229,9 @@ def test_llm_endpoint_down_rejects_with_reason(tmp_path):
     cfg = cfg_with(subjects={"num_samples": 2},
                    prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout_s": 1}})
     run_named_stage("subjects", cfg, tmp_path)
-    from psrl.datagen.llm import ChatClient
+    from psrl.datagen.llm import endpoint_client
     from psrl.datagen.prompts import PromptsStage
-    stage = PromptsStage(cfg, client=ChatClient(cfg.prompts.llm, backoff_s=0.01))
+    stage = PromptsStage(cfg, client=endpoint_client(cfg.prompts.llm, backoff=0.01))
     stats = run_stage(stage, tmp_path)
     assert stats.rejected_by_reason == {"llm_error": 2}
     assert "failed after 2 attempts" in mf.read_manifest(tmp_path, "prompts")[0]["detail"]

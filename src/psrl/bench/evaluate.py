@@ -22,7 +22,7 @@ import torch
 
 from psrl.bench.provenance import config_hash
 from psrl.bench.results import ResultSample
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 from psrl.bench.tasks import DimensionSpec, MetricSpec, metrics_to_json
 from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic

@@ -6,7 +6,6 @@ result JSON files (released format, ``result_path`` set) once every rank is done
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -19,9 +18,10 @@ import torch
 from psrl.bench.items import BenchItem
 from psrl.bench.psrbench import LoadedSubsets, export_subset
 from psrl.bench.results import MANIFEST, image_path, read_manifest, result_json_path
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic
+from psrl.seeding import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,6 @@ class GenerateStats:
     skipped_existing: int = 0
     skipped_invalid: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def sample_seed(seed: int, subset: str, index: int) -> int:
-    """A 63-bit generator seed derived from the run seed and the entry (stable across batching and sharding)."""
-    digest = hashlib.sha256(f"{seed}/{subset}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -123,7 +117,9 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
     start = time.perf_counter()
     for batch in _batches(todo, batch_size):
         records = [item.record for _, item in batch]
-        generators = [torch.Generator().manual_seed(sample_seed(s, it.subset, it.index)) for s, it in batch]
+        # one seed per (run seed, entry), stable across batching and sharding; "/"-joined as in every earlier
+        # release, so a resumed run draws the images it drew before
+        generators = [torch.Generator().manual_seed(stable_seed(f"{s}/{it.subset}/{it.index}")) for s, it in batch]
         with torch.no_grad():
             images = policy.generate(records, sampling, generators)
         if images.shape[0] != len(batch):

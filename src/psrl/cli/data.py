@@ -125,12 +125,12 @@ def _progress_factory(shard, enabled: bool):
 
 
 def cmd_stage(args) -> int:
-    from psrl.datagen.sharding import current_shard, shutdown
+    from psrl.sharding import shard_from_env, shutdown
     from psrl.datagen.stages import STAGES, reset_from, run_named_stage
 
     cfg = resolve_config(args)
     dataset = Path(args.dir)
-    shard = current_shard()
+    shard = shard_from_env()
     try:
         shard.barrier()  # every rank has read <dir>/config.yaml before rank 0 replaces it
         if shard.is_main:

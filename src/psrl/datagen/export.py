@@ -12,9 +12,9 @@ Outputs (all rewritten atomically on every run, so export is idempotent):
   (hard-linked when possible) under ``psrbench/references/`` so ``psrbench/`` is a self-contained benchmark root
   for ``psrl bench``.
 
-A sample is held out when ``sample_seed(export.seed, id) / 2^31 < export.heldout_fraction``: the split of a sample
-never changes when the dataset grows. An empty split is written (so the folder is complete) and warned about: a
-recipe's ``eval.records`` cannot read an empty file.
+A sample is held out when ``stable_seed(export.seed, "heldout", id, bits=31) / 2^31 < export.heldout_fraction``:
+the split of a sample never changes when the dataset grows. An empty split is written (so the folder is complete)
+and warned about: a recipe's ``eval.records`` cannot read an empty file.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pathlib import Path
 from psrl.datagen.config import TASKS, DataPipelineConfig
 from psrl.datagen.manifest import read_kept, write_jsonl_atomic
 from psrl.datagen.stats import StageStats, write_stage_stats
-from psrl.datagen.subjects import sample_seed
+from psrl.seeding import stable_seed
 from psrl.data.records import Record, SubjectRef
 from psrl.fileio import write_json_atomic
 
@@ -54,7 +54,7 @@ def to_psrbench_entry(e: dict, input_paths: list[str]) -> dict:
 
 
 def is_heldout(sample_id: str, cfg: DataPipelineConfig) -> bool:
-    return sample_seed(cfg.export.seed, "heldout", sample_id) / 2 ** 31 < cfg.export.heldout_fraction
+    return stable_seed(cfg.export.seed, "heldout", sample_id, bits=31) / 2 ** 31 < cfg.export.heldout_fraction
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

@@ -23,10 +23,11 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from psrl.chat import ChatClient, ChatError
 from psrl.datagen import templates
 from psrl.datagen.boxes import relation_from_boxes
 from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.llm import ChatClient, EndpointError, image_part, missing_phrases, parse_tagged
+from psrl.datagen.llm import endpoint_client, image_part, missing_phrases, parse_tagged
 from psrl.datagen.runner import BaseStage, kept, rejected
 
 APPEARANCE_WORDS = frozenset("""
@@ -107,7 +108,7 @@ class InstructionsStage(BaseStage):
 
     def setup(self) -> None:
         if self.vlm_cfg.url and self.client is None:
-            self.client = ChatClient(self.vlm_cfg)
+            self.client = endpoint_client(self.vlm_cfg)
 
     def process(self, batch: list[dict]) -> list[dict]:
         if not self.vlm_cfg.url:
@@ -126,7 +127,7 @@ class InstructionsStage(BaseStage):
         content.append({"type": "text", "text": vlm_request(e, relation)})
         try:
             reply = self.client.complete(content)
-        except EndpointError as err:
+        except ChatError as err:
             return rejected(e, "vlm_error", str(err))
         text = parse_tagged(reply, "Instruction")
         if text is None:

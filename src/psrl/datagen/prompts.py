@@ -10,11 +10,12 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+from psrl.chat import ChatClient, ChatError
 from psrl.datagen import templates
 from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.llm import ChatClient, EndpointError, missing_phrases, parse_tagged
+from psrl.datagen.llm import endpoint_client, missing_phrases, parse_tagged
 from psrl.datagen.runner import BaseStage, kept, rejected
-from psrl.datagen.subjects import sample_seed
+from psrl.seeding import stable_seed
 
 TASK_GUIDANCE = {
     "Attribute": "give each subject a distinct accessory or attribute (what it wears or carries)",
@@ -59,7 +60,7 @@ class PromptsStage(BaseStage):
 
     def setup(self) -> None:
         if self.llm_cfg.url and self.client is None:
-            self.client = ChatClient(self.llm_cfg)
+            self.client = endpoint_client(self.llm_cfg)
 
     def process(self, batch: list[dict]) -> list[dict]:
         if not self.llm_cfg.url:
@@ -68,7 +69,7 @@ class PromptsStage(BaseStage):
             return list(pool.map(self._llm, batch))
 
     def _template(self, e: dict) -> dict:
-        rng = random.Random(sample_seed(e["seed"], "prompts"))
+        rng = random.Random(stable_seed(e["seed"], "prompts", bits=31))
         slots = templates.draw_slots(e["task"], e["phrases"], rng)
         return kept(e, prompt=templates.t2i_prompt(e["task"], e["phrases"], slots), prompt_source="template",
                     slots=slots)
@@ -76,7 +77,7 @@ class PromptsStage(BaseStage):
     def _llm(self, e: dict) -> dict:
         try:
             reply = self.client.complete(llm_request(e["task"], e["phrases"]))
-        except EndpointError as err:
+        except ChatError as err:
             return rejected(e, "llm_error", str(err))
         prompt, reason, detail = parse_llm_prompt(reply, e["phrases"])
         if reason:

@@ -20,7 +20,7 @@ from psrl.datagen.config import DataPipelineConfig
 from psrl.datagen.generation import Renderer, policy_renderer, to_pil
 from psrl.datagen.manifest import save_image_atomic
 from psrl.datagen.runner import BaseStage, kept, rejected
-from psrl.datagen.subjects import sample_seed
+from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
 
 EDITED_DIR = "edited"
@@ -42,7 +42,7 @@ class ReeditStage(BaseStage):
             return None
         if not e.get("slots") and not self.cfg.instructions.vlm.url:
             return None  # the template instruction of a slot-less sample is its prompt: it could not say the edit
-        rng = random.Random(sample_seed(e["seed"], "reedit"))
+        rng = random.Random(stable_seed(e["seed"], "reedit", bits=31))
         if rng.random() >= r.prob:
             return None
         return templates.draw_edit(e["task"], e["phrases"], e.get("slots") or {}, rng)
@@ -82,6 +82,6 @@ class ReeditStage(BaseStage):
             self.renderer = policy_renderer(self.cfg.reedit, self.device, data_root=self.dataset)
         records = [Record(id=e["id"], prompt=text, subjects=(SubjectRef(image=e["target"], phrase="image"),))
                    for e, text, _ in jobs]
-        images = self.renderer(records, [sample_seed(e["seed"], "reedit_image") for e, _, _ in jobs])
+        images = self.renderer(records, [stable_seed(e["seed"], "reedit_image", bits=31) for e, _, _ in jobs])
         for (e, _, _), image in zip(jobs, images):
             save_image_atomic(to_pil(image), self.dataset / self._path(e))

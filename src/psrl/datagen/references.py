@@ -16,7 +16,7 @@ from psrl.datagen.config import DataPipelineConfig
 from psrl.datagen.generation import Renderer, policy_renderer, to_pil
 from psrl.datagen.manifest import save_image_atomic
 from psrl.datagen.runner import BaseStage, kept, rejected
-from psrl.datagen.subjects import sample_seed
+from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
 
 REFERENCE_DIR = "references"
@@ -38,13 +38,13 @@ class ReferencesStage(BaseStage):
 
     def jobs(self, e: dict) -> list[tuple[Record, int, str]]:
         """One (record, seed, output path) per subject of sample ``e``."""
-        rng = random.Random(sample_seed(e["seed"], "references"))
+        rng = random.Random(stable_seed(e["seed"], "references", bits=31))
         scene = (e.get("slots") or {}).get("scene")
         out = []
         for i, (phrase, crop) in enumerate(zip(e["phrases"], e["crops"])):
             text = templates.reference_instruction(phrase, rng, self.cfg.references.white_background_prob, scene)
             record = Record(id=f"{e['id']}_{i}", prompt=text, subjects=(SubjectRef(image=crop, phrase=phrase),))
-            out.append((record, sample_seed(e["seed"], "reference", i), f"{REFERENCE_DIR}/{e['id']}_{i}.png"))
+            out.append((record, stable_seed(e["seed"], "reference", i, bits=31), f"{REFERENCE_DIR}/{e['id']}_{i}.png"))
         return out
 
     def process(self, batch: list[dict]) -> list[dict]:

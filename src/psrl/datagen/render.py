@@ -7,7 +7,7 @@ from psrl.datagen.config import DataPipelineConfig
 from psrl.datagen.generation import Renderer, policy_renderer, to_pil
 from psrl.datagen.manifest import save_image_atomic
 from psrl.datagen.runner import BaseStage, kept
-from psrl.datagen.subjects import sample_seed
+from psrl.seeding import stable_seed
 from psrl.data.records import Record
 
 TARGET_DIR = "targets"
@@ -28,7 +28,7 @@ class RenderStage(BaseStage):
 
     def process(self, batch: list[dict]) -> list[dict]:
         records = [Record(id=e["id"], prompt=e["prompt"]) for e in batch]
-        seeds = [sample_seed(e["seed"], "render") for e in batch]
+        seeds = [stable_seed(e["seed"], "render", bits=31) for e in batch]
         images = self.renderer(records, seeds)
         out = []
         for e, image, seed in zip(batch, images, seeds):

@@ -24,7 +24,7 @@ from psrl.datagen.manifest import (
     read_kept,
     read_manifest,
 )
-from psrl.datagen.sharding import Shard
+from psrl.sharding import Shard
 from psrl.datagen.stats import StageStats, write_stage_stats
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from pathlib import Path
 from psrl.datagen.config import DataPipelineConfig
 from psrl.datagen.manifest import part_paths
 from psrl.datagen.runner import ProgressFactory, run_stage
-from psrl.datagen.sharding import Shard
+from psrl.sharding import Shard
 from psrl.datagen.stats import StageStats, write_stage_stats
 
 STAGES = ("subjects", "prompts", "render", "ground", "references", "reedit", "instructions", "filter", "export")
