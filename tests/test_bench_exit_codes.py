@@ -70,7 +70,7 @@ def test_validate_decodes_every_reference(tmp_path, capsys):
         (root / f"{subset}.json").write_text(json.dumps(data))
     assert main(["bench", "validate", "--data-root", str(root)]) == 1
     out = capsys.readouterr().out
-    assert "cat.jpg: unreadable image" in out and "1x1, smaller than the minimum side 8" in out
+    assert "cat.jpg: unreadable image" in out and "1x1, too small (smaller than the minimum side 8)" in out
     assert "0 issue(s)" not in out
 
 

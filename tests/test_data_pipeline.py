@@ -20,6 +20,7 @@ from psrl.datagen.llm import mentions, parse_tagged
 from psrl.datagen.runner import BaseStage, kept, rejected, run_stage
 from psrl.datagen.stages import run_named_stage
 from psrl.datagen.subjects import load_vocabulary, phrase_of, plan_sample
+from psrl.fileio import write_jsonl_atomic
 from psrl.data.records import read_records, resolve_under
 
 
@@ -366,7 +367,7 @@ def test_export_writes_records_and_psrbench(tmp_path):
                         "categories": [f"Thing{k}" for k in range(n)],
                         "instruction": f"instruction {i}: the thing0 is to the left of the thing1.",
                         "references": refs, "target": f"t{i}.png", "status": "kept"})
-    mf.write_jsonl_atomic(tmp_path / "filter.jsonl", entries)
+    write_jsonl_atomic(tmp_path / "filter.jsonl", entries)
     cfg = cfg_with(export={"heldout_fraction": 0.4})
     stats = run_export(tmp_path, cfg)
     train, held = read_records(tmp_path / "train.jsonl"), read_records(tmp_path / "eval.jsonl")
@@ -483,6 +484,6 @@ def test_a_stage_that_keeps_nothing_lets_the_next_run(tmp_path):
     assert run_stage(RejectAll(3), tmp_path).kept == 0
     stats = run_named_stage("render", cfg_with(), tmp_path)  # nothing to render: no model is loaded
     assert (stats.inputs, stats.kept) == (0, 0) and (tmp_path / "render.jsonl").is_file()
-    mf.write_jsonl_atomic(tmp_path / "filter.jsonl", [])
+    write_jsonl_atomic(tmp_path / "filter.jsonl", [])
     stats = run_export(tmp_path, cfg_with())
     assert stats.kept == 0 and (tmp_path / "train.jsonl").read_text() == ""

@@ -5,8 +5,8 @@ dependency). Run as a script to print the graph's cycles and upward edges:
 
 The layers, lowest first, as the code stands (a package may import its own modules and any lower layer):
 
-0. ``core``: ``errors`` (imports nothing of psrl), ``registry``, ``fileio``, ``images``, ``seeding``, ``sharding``, ``chat``,
-   ``config``;
+0. ``core``: ``errors`` (imports nothing of psrl), ``registry``, ``fileio``, ``images``, ``seeding``, ``sharding``,
+   ``chat``, ``config``;
 1. ``data``: ``Record`` and its JSONL I/O;
 2. ``sampling``: ``SamplingConfig`` and the pure sampling math;
 3. ``models``: policies, LoRA, loaders, tiny components;

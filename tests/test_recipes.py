@@ -167,9 +167,9 @@ def _export_tiny_dataset(dataset: Path) -> None:
     """What `psrl data export` writes into data/psr, from a hand-made filter manifest (both splits non-empty)."""
     from PIL import Image
 
-    from psrl.datagen import manifest as mf
     from psrl.datagen.config import DataPipelineConfig, ExportConfig
     from psrl.datagen.export import run_export
+    from psrl.fileio import write_jsonl_atomic
 
     dataset.mkdir(parents=True)
     entries = []
@@ -182,7 +182,7 @@ def _export_tiny_dataset(dataset: Path) -> None:
         entries.append({"id": f"{i:03d}", "task": "Action", "phrases": ["cat", "dog"], "categories": ["Cat", "Dog"],
                         "instruction": f"the cat and the dog, take {i}", "references": refs, "target": f"t{i}.png",
                         "status": "kept"})
-    mf.write_jsonl_atomic(dataset / "filter.jsonl", entries)
+    write_jsonl_atomic(dataset / "filter.jsonl", entries)
     stats = run_export(dataset, DataPipelineConfig(export=ExportConfig(heldout_fraction=0.5)))
     assert stats.extra["train"] and stats.extra["eval"]
 

@@ -10,7 +10,7 @@ from PIL import Image
 from psrl.data.records import Record, SubjectRef
 from psrl.errors import ModelLoadError
 from psrl.rewards import build_reward
-from psrl.rewards.images import pil_to_tensor
+from psrl.images import pil_to_tensor
 
 
 @pytest.fixture

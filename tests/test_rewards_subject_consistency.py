@@ -11,7 +11,7 @@ from psrl.data.records import Record, SubjectRef
 from psrl.errors import ModelLoadError
 from psrl.rewards import build_reward
 from psrl.rewards.detection import Detections
-from psrl.rewards.images import pil_to_tensor
+from psrl.images import pil_to_tensor
 from psrl.rewards.subject_consistency import SubjectConsistencyReward
 
 LEFT, RIGHT = [0, 0, 32, 64], [32, 0, 64, 64]

@@ -110,7 +110,7 @@ def shard_from_env(*, init: bool = True) -> Shard:
 
         if not dist.is_initialized():
             dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
-        log.info("shard: rank %d of %d (gloo process group)", rank, world)
+        log.info("shard %d/%d (gloo process group)", rank, world)
     return shard
 
 

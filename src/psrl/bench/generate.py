@@ -21,6 +21,7 @@ from psrl.bench.results import MANIFEST, image_path, read_manifest, result_json_
 from psrl.sharding import Shard
 from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic
+from psrl.images import save_image
 from psrl.seeding import stable_seed
 
 log = logging.getLogger(__name__)
@@ -34,19 +35,6 @@ class GenerateStats:
     skipped_existing: int = 0
     skipped_invalid: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """``[3, H, W]`` in [0, 1] -> PNG, written atomically (a killed run never leaves a truncated image)."""
-    from PIL import Image
-
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected an image [3, H, W], got {tuple(image.shape)}")
-    arr = (image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def invalid_keys(data: LoadedSubsets) -> dict[str, str]:
@@ -125,7 +113,7 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
         if images.shape[0] != len(batch):
             raise PsrlError(f"policy returned {images.shape[0]} images for a batch of {len(batch)}")
         for (seed, item), image in zip(batch, images):
-            save_png(image, image_path(out_dir, seed, item.subset, item.index))
+            save_image(image, image_path(out_dir, seed, item.subset, item.index))
         stats.generated += len(batch)
         if progress:
             progress(stats.generated, len(todo))

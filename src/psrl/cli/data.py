@@ -104,16 +104,12 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 def save_config(cfg, path: Path) -> None:
     """The resolved config as YAML, written atomically (other ranks may be reading the previous one)."""
-    import os
-
     import yaml
 
     from psrl.config import to_dict
+    from psrl.fileio import write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _progress_factory(shard, enabled: bool):

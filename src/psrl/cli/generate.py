@@ -41,7 +41,7 @@ def run(args) -> int:
     from psrl.rl.distributed import make_accelerator
     from psrl.rl.run_config import load_run_config
     from psrl.rl.sampler import sample_seed
-    from psrl.rl.tracking import save_image
+    from psrl.images import save_image
     from psrl.rl.trainer import load_prompt_records
 
     cfg = load_run_config(args.config, args.overrides)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from psrl.errors import RecordError
+from psrl.fileio import write_jsonl_atomic
 
 
 @dataclass(frozen=True)
@@ -126,13 +127,7 @@ def read_records(path: str | Path) -> list[Record]:
 
 def write_records(records: Iterable[Record], path: str | Path) -> None:
     """Write records as JSONL atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json()) + "\n")
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, (r.to_json() for r in records))
 
 
 def iter_prompts(records: Iterable[Record]) -> Iterator[str]:

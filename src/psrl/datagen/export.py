@@ -25,11 +25,11 @@ from collections import Counter
 from pathlib import Path
 
 from psrl.datagen.config import TASKS, DataPipelineConfig
-from psrl.datagen.manifest import read_kept, write_jsonl_atomic
+from psrl.datagen.manifest import read_kept
 from psrl.datagen.stats import StageStats, write_stage_stats
 from psrl.seeding import stable_seed
 from psrl.data.records import Record, SubjectRef
-from psrl.fileio import write_json_atomic
+from psrl.fileio import atomic_path, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +58,11 @@ def is_heldout(sample_id: str, cfg: DataPipelineConfig) -> bool:
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:

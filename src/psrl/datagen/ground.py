@@ -14,8 +14,8 @@ from PIL import Image
 
 from psrl.datagen.boxes import box_area, box_iou, clamp_box, padded_crop_box
 from psrl.datagen.config import DataPipelineConfig, GroundConfig
-from psrl.datagen.manifest import save_image_atomic
 from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.images import load_image, save_image
 
 CROP_DIR = "crops"
 
@@ -73,7 +73,7 @@ class GroundStage(BaseStage):
             self.detect = detector_fn(self.cfg.ground.detector, self.device)
 
     def process(self, batch: list[dict]) -> list[dict]:
-        images = {e["id"]: Image.open(self.dataset / e["target"]).convert("RGB") for e in batch}
+        images = {e["id"]: load_image(self.dataset / e["target"]) for e in batch}
         pairs = [(e["id"], p) for e in batch for p in e["phrases"]]
         found = self.detect([images[i] for i, _ in pairs], [p for _, p in pairs])
         if len(found) != len(pairs):
@@ -90,7 +90,7 @@ class GroundStage(BaseStage):
             crops = []
             for i, box in enumerate(boxes):
                 rel = f"{CROP_DIR}/{e['id']}_{i}.png"
-                save_image_atomic(img.crop(padded_crop_box(box, img.width, img.height, self.cfg.ground.crop_padding)),
+                save_image(img.crop(padded_crop_box(box, img.width, img.height, self.cfg.ground.crop_padding)),
                                   self.dataset / rel)
                 crops.append(rel)
             out.append(kept(e, boxes=[[round(v, 2) for v in b] for b in boxes],

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from psrl.datagen import templates
 from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.generation import Renderer, policy_renderer, to_pil
-from psrl.datagen.manifest import save_image_atomic
+from psrl.datagen.generation import Renderer, policy_renderer
 from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.images import save_image
 from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
 
@@ -84,4 +84,4 @@ class ReeditStage(BaseStage):
                    for e, text, _ in jobs]
         images = self.renderer(records, [stable_seed(e["seed"], "reedit_image", bits=31) for e, _, _ in jobs])
         for (e, _, _), image in zip(jobs, images):
-            save_image_atomic(to_pil(image), self.dataset / self._path(e))
+            save_image(image, self.dataset / self._path(e))

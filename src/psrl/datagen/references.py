@@ -13,9 +13,9 @@ from pathlib import Path
 
 from psrl.datagen import templates
 from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.generation import Renderer, policy_renderer, to_pil
-from psrl.datagen.manifest import save_image_atomic
+from psrl.datagen.generation import Renderer, policy_renderer
 from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.images import save_image
 from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
 
@@ -75,4 +75,4 @@ class ReferencesStage(BaseStage):
     def _render(self, jobs: list[tuple[Record, int, str]]) -> None:
         images = self.renderer([r for r, _, _ in jobs], [s for _, s, _ in jobs])
         for (_, _, rel), image in zip(jobs, images):
-            save_image_atomic(to_pil(image), self.dataset / rel)
+            save_image(image, self.dataset / rel)

@@ -4,9 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.generation import Renderer, policy_renderer, to_pil
-from psrl.datagen.manifest import save_image_atomic
+from psrl.datagen.generation import Renderer, policy_renderer
 from psrl.datagen.runner import BaseStage, kept
+from psrl.images import save_image
 from psrl.seeding import stable_seed
 from psrl.data.records import Record
 
@@ -33,7 +33,7 @@ class RenderStage(BaseStage):
         out = []
         for e, image, seed in zip(batch, images, seeds):
             rel = f"{TARGET_DIR}/{e['id']}.png"
-            save_image_atomic(to_pil(image), self.dataset / rel)
+            save_image(image, self.dataset / rel)
             out.append(kept(e, target=rel, render_seed=seed,
                             target_size=[int(image.shape[-1]), int(image.shape[-2])]))
         return out

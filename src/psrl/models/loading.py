@@ -191,17 +191,27 @@ def load_flux_components(path: str | os.PathLike, *, torch_dtype=None, **kwargs)
     return load_components(path, FLUX_COMPONENT_SPEC, torch_dtype=torch_dtype, **kwargs)
 
 
+# psrl's one dtype vocabulary: the torch names, plus the short forms accelerate's --mixed_precision uses
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+
+
 def torch_dtype_from_name(name: str):
-    """``"float32" | "bfloat16" | "float16"`` -> ``torch.dtype``."""
+    """A name of :data:`DTYPE_NAMES` (``"float32" | "bfloat16" | "float16"`` or ``fp32 | bf16 | fp16``) ->
+    ``torch.dtype``.
+
+    Raises:
+        ValueError: any other name, listing the accepted ones.
+    """
     import torch
 
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 __all__ = [
+    "DTYPE_NAMES",
     "FLUX_COMPONENT_SPEC",
     "check_tokenizer",
     "hub_offline",

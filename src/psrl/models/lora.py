@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import types
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from psrl.errors import ModelLoadError
+from psrl.fileio import atomic_path
 from psrl.models.config import LoraConfig
 
 logger = logging.getLogger(__name__)
@@ -265,15 +265,8 @@ def write_lora_file(tensors: dict[str, torch.Tensor], header: dict[str, str], pa
     from safetensors.torch import save_file
 
     target = lora_file(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-lora-", suffix=".safetensors", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return target
 
 

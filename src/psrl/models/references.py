@@ -16,13 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import Record, RecordError, resolve_under
-from psrl.images import ImageLoadError, load_image
+from psrl.images import ImageLoadError, load_image, pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -130,8 +128,7 @@ class ReferenceLoader:
 def pil_to_model_input(img: Image.Image) -> Tensor:
     """``[1, 3, H, W]`` float32 in [-1, 1], exactly as diffusers' ``VaeImageProcessor.preprocess`` for a PIL
     image already at its final size."""
-    arr = np.array(img.convert("RGB")).astype(np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
+    return pil_to_tensor(img).unsqueeze(0) * 2.0 - 1.0
 
 
 def check_distinct_ids(records: Sequence[Record]) -> None:

@@ -18,7 +18,7 @@ from PIL import Image
 from torch import Tensor
 
 from psrl.rewards.components import imagenet_bit_processor
-from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -87,10 +87,10 @@ def load_clip(path: str, what: str = "clip"):
         from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        from psrl.rewards.loading import check_tokenizer
+        from psrl.models.loading import check_tokenizer
 
         tok = AutoTokenizer.from_pretrained(p)
-        check_tokenizer(tok, p, what)
+        check_tokenizer(tok, f"{p} ({what})")
         return CLIPModel.from_pretrained(p), CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(p),
                                                            tokenizer=tok)
 
@@ -99,16 +99,9 @@ def load_clip(path: str, what: str = "clip"):
 
 def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=None) -> Embedder:
     """``{"kind": "dinov2"|"dino_vit"|"clip", "path": ..., "batch_size": ...}``, a kind name, or an Embedder."""
-    if spec is None:
-        spec = {"kind": "dinov2"}
-    if isinstance(spec, str):
-        spec = {"kind": spec}
-    if not isinstance(spec, dict):
-        if isinstance(spec, Embedder):
-            return spec
-        raise TypeError(f"embedder must be a mapping with 'kind' or an Embedder, got {type(spec).__name__}")
-    spec = dict(spec)
-    kind = spec.pop("kind", "dinov2")
+    if isinstance(spec, Embedder):
+        return spec
+    kind, spec = component_spec(spec, "dinov2", "embedder")
     dtype = spec.pop("dtype", dtype)
     batch_size = spec.pop("batch_size", 32)
     defaults = {"dinov2": "facebook/dinov2-base", "dino_vit": "facebook/dino-vits16",

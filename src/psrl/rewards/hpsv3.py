@@ -31,7 +31,8 @@ from psrl.rewards.base import RewardOutput
 from psrl.rewards.components import HPSv3Head
 from psrl.rewards.images import to_pil_images
 from psrl.rewards.isolation import Failed, per_item
-from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
+from psrl.models.loading import check_tokenizer
+from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def _load_real(path: str, base_path: str, dtype):
 
     def _base(p):
         tok = AutoTokenizer.from_pretrained(p)
-        check_tokenizer(tok, p, "hpsv3 base tokenizer")
+        check_tokenizer(tok, f"{p} (hpsv3 base tokenizer)")
         return AutoConfig.from_pretrained(p), tok, Qwen2VLImageProcessorPil.from_pretrained(p)
 
     config, tokenizer, image_processor = load_pretrained("hpsv3 base model", base_path, _base)

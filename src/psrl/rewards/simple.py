@@ -8,7 +8,8 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.images import pil_to_tensor, to_pil_images
+from psrl.images import pil_to_tensor
+from psrl.rewards.images import to_pil_images
 
 
 class MeanColorReward:

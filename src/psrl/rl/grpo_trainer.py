@@ -31,7 +31,8 @@ from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
 from psrl.rl.optim import clip_gradients
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
-from psrl.rl.tracking import image_grid, save_image
+from psrl.images import save_image
+from psrl.rl.tracking import image_grid
 from psrl.sampling import plan_steps
 
 logger = logging.getLogger(__name__)

@@ -28,7 +28,8 @@ from PIL import Image
 from psrl.chat import ChatClient, ChatError, image_data_url, message_text
 from psrl.errors import ModelLoadError
 from psrl.rewards.isolation import Failed, describe, per_item
-from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
+from psrl.models.loading import check_tokenizer
+from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _load_hf_vlm(path: str, dtype):
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    check_tokenizer(tokenizer, path, "vlm judge")
+    check_tokenizer(tokenizer, f"{path} (vlm judge)")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     try:
         from transformers import AutoProcessor
