@@ -49,7 +49,7 @@ def test_position_rule_iou_term_and_degenerate():
 
 
 class StubDetector:
-    """Test fixture: fixed boxes per phrase (random-weight detectors cannot give meaningful boxes, gotcha G8)."""
+    """Test fixture: fixed boxes per phrase (random-weight detectors cannot give meaningful boxes)."""
 
     def __init__(self, boxes: dict):
         self.boxes = boxes

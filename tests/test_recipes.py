@@ -1,7 +1,9 @@
 """The paper recipes in configs/ load with the trainer's config classes and name registered rewards and policies;
 each has a tiny twin in configs/tiny/ that runs 2 steps through the CLI (GRPO: psrl train, SFT: psrl sft). Qwen-
 Image-Edit-Plus and SD3 also run both stages from the CLI through overrides of the twins."""
+import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -35,8 +37,18 @@ def test_recipe_and_twin_load_and_agree(name):
         assert getattr(twin.sampling, key) == getattr(full.sampling, key), key
     assert twin.advantage.mode == full.advantage.mode
     assert twin.model.args.get("position_ids") == full.model.args.get("position_ids")
-    text = (CONFIGS / f"{name}.yaml").read_text()
-    assert "research" in text and "our choice" in text     # traced to the notes, free values marked
+    _assert_sources_can_be_opened((CONFIGS / f"{name}.yaml").read_text())
+
+
+def _assert_sources_can_be_opened(text: str) -> None:
+    """A recipe names its sources as a reader can open them (a paper by arXiv id, an upstream file at a commit),
+    every ``[tag]`` its comments use is defined in its header, and free values say "our choice"."""
+    assert re.search(r"arXiv \d{4}\.\d{4,5}", text) and re.search(r"[\w-]+/[\w.-]+@[0-9a-f]{7}", text)
+    assert "our choice" in text
+    header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines()))
+    body_tags = {t for line in text.splitlines()[header.count("\n") + 1:] if "#" in line
+                 for t in re.findall(r"(?<!\w)\[([A-Za-z][\w-]*)\]", line.split("#", 1)[1])}
+    assert body_tags <= set(re.findall(r"(?<!\w)\[([A-Za-z][\w-]*)\]", header)), body_tags
 
 
 def test_sft_recipe_and_twin_load():
@@ -44,7 +56,8 @@ def test_sft_recipe_and_twin_load():
 
     full = load_sft_config(CONFIGS / "psr_kontext_sft.yaml")
     twin = load_sft_config(CONFIGS / "tiny" / "psr_kontext_sft.yaml")
-    assert (full.model.lora.rank, full.sft.lr, full.sft.height) == (512, 1e-4, 512)   # psr.md §6.4
+    assert (full.model.lora.rank, full.sft.lr, full.sft.height) == (512, 1e-4, 512)   # PSR's stage-1 SFT
+    _assert_sources_can_be_opened((CONFIGS / "psr_kontext_sft.yaml").read_text())
     assert twin.model.name == full.model.name and twin.model.path == "tiny"
     assert twin.sft.sigma_sampling == full.sft.sigma_sampling
 

@@ -1,5 +1,5 @@
 """Subject consistency (PSR): crop/assignment logic with stubbed detections (random-weight detectors give no
-meaningful boxes, gotcha G8), one real tiny end-to-end run, bad inputs and the reference cache."""
+meaningful boxes), one real tiny end-to-end run, bad inputs and the reference cache."""
 import math
 
 import numpy as np

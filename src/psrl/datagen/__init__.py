@@ -1,4 +1,4 @@
-"""The multi-subject data generation pipeline (PSR, research/psr.md 6.2) as nine resumable, shardable stages.
+"""The multi-subject data generation pipeline of PSR (arXiv 2512.01236) as nine resumable, shardable stages.
 
 ``subjects -> prompts -> render -> ground -> references -> instructions -> filter -> export``, each reading the
 previous stage's JSONL manifest in one dataset directory and writing its own (see :mod:`.manifest`), with

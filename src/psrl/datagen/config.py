@@ -1,6 +1,7 @@
 """The data pipeline's config: one typed dataclass per stage, loaded from YAML with ``--set`` overrides.
 
-Defaults follow PSR's pipeline (research/psr.md section 6.2) where the paper pins something (Objects365 categories,
+Defaults follow the data pipeline of PSR (arXiv 2512.01236; the figure ``assets/dataconstruction.jpeg`` of
+wang-shulei/PSR@c719168) where the paper pins something (Objects365 categories,
 2/3/4 subjects at 0.9/0.05/0.05, a FLUX text-to-image renderer, a Kontext single-subject reference model, 512 px
 training resolution); everything else is our choice and says so.
 """
@@ -135,7 +136,7 @@ class ReferencesConfig(GenerationConfig):
 
 @dataclass
 class ReeditConfig(GenerationConfig):
-    """PSR's re-editing step (research/psr.md 6.2, step 8): an image-editing model edits each eligible target after
+    """PSR's re-editing step (arXiv 2512.01236, data pipeline): an image-editing model edits each eligible target after
     its references were made (see :mod:`psrl.datagen.reedit`).
 
     Attributes:

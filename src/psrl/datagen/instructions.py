@@ -4,7 +4,7 @@
 **The appearance rule.** An instruction names each subject by its category and may say what it wears, does, where it
 is and how subjects relate; it may not describe how a subject looks (colour, material, texture, pattern, size,
 shape), because the reference images carry that and a description would leak it through the text (PSR's reason,
-research/psr.md 6.2). :func:`appearance_violations` enforces it: no appearance word among the three words before a
+arXiv 2512.01236). :func:`appearance_violations` enforces it: no appearance word among the three words before a
 subject's name in the same clause, and no ``<subject> is|are|looks|appears [very] <appearance word>``. Every
 instruction, template or VLM, must pass, or the sample is rejected (``appearance_in_instruction``).
 

@@ -1,6 +1,6 @@
-"""Stage 6, ``reedit``: PSR's re-editing step (research/psr.md 6.2, step 8). After the references were made from
-the target's crops, an image-editing model (FLUX.1 Kontext by default) edits the target: one subject gets a new
-accessory (Attribute), a new action (Action), or the scene changes (Background). The instruction stage then
+"""Stage 6, ``reedit``: the re-editing step of PSR's data pipeline (arXiv 2512.01236). After the references were
+made from the target's crops, an image-editing model (FLUX.1 Kontext by default) edits the target: one subject gets
+a new accessory (Attribute), a new action (Action), or the scene changes (Background). The instruction stage then
 describes the edited target, so the instruction asks for something the references do not show and a model cannot
 satisfy it by copying them.
 

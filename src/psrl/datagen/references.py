@@ -1,6 +1,6 @@
 """Stage 5, ``references``: re-render every subject crop in a new context with a single-subject reference model
 (FLUX.1 Kontext), so that training references are not pixel copies of the target (PSR's guard against the
-copy-paste shortcut, research/psr.md 6.2).
+copy-paste shortcut, arXiv 2512.01236).
 
 Each crop gets the instruction "The same <subject> on a plain white background." or "The same <subject> <a scene
 other than the target's>." (``references.white_background_prob``), and its own seed. A crop the model refuses

@@ -37,7 +37,8 @@ DETAILS = (
     "colourful bokeh lights fill the background",
 )
 
-# the PSRBench position vocabulary's canonical forms (research/psr.md 4.1); a Position instruction uses exactly one
+# the canonical forms of the PSRBench position vocabulary (wang-shulei/PSR@c719168
+# eval/semantic-alignment/position-alignment.py); a Position instruction uses exactly one
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 
 WHITE_BACKGROUND = "on a plain white background"

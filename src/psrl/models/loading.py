@@ -8,7 +8,7 @@ the fix. Two traps are handled on purpose:
 * a hub id while ``HF_HUB_OFFLINE`` is set fails up front with a message suggesting a local directory, instead of a
   deep ``OSError`` from the hub client;
 * transformers 5 tokenizer classes (``CLIPTokenizer``, ``T5Tokenizer``, ...) "load" a missing or empty folder as an
-  almost empty tokenizer without any error (research note gotcha G1), so tokenizers are loaded through
+  almost empty tokenizer without any error, so tokenizers are loaded through
   ``AutoTokenizer`` and then probed: a tokenizer that cannot tokenize plain text into known tokens is rejected.
 
 Reused by every policy: pass a spec mapping component names to the class that loads them.
@@ -132,7 +132,7 @@ def _import_class(library: str, name: str):
 
 
 def check_tokenizer(tokenizer, where: str) -> None:
-    """Reject the silently empty tokenizers transformers 5 returns for a missing vocabulary (gotcha G1)."""
+    """Reject the silently empty tokenizers transformers 5 returns for a missing vocabulary."""
     vocab_size = len(tokenizer)
     ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
     unk = tokenizer.unk_token_id

@@ -1,6 +1,7 @@
 """Qwen-Image-Edit-Plus (2509) policy over the components of diffusers' ``QwenImageEditPlusPipeline``.
 
-Reproduces the pipeline (research note customized_uno_rewards.md §2.6, tiny_models_more.md Q1-Q6):
+Reproduces the pipeline (huggingface/diffusers@v0.42.1
+``src/diffusers/pipelines/qwenimage/pipeline_qwenimage_edit_plus.py``):
 
 * every reference image is resized to two fixed areas whatever the output size: ``condition_area`` (384^2) for the
   VLM prompt ("Picture i: <vision tokens>" under the edit template) and ``vae_area`` (1024^2) for the reference
@@ -12,7 +13,7 @@ Reproduces the pipeline (research note customized_uno_rewards.md §2.6, tiny_mod
 * true CFG: a second transformer call with the negative prompt (encoded with the same images), combined as
   ``v_n + w (v_c - v_n)`` and rescaled per token to the conditional prediction's norm, when ``guidance_scale > 1``
   and ``negative_prompt`` is not ``null``;
-* the pipeline takes one prompt per call (it raises for batches, gotcha Q5); here prompt encodings are computed per
+* the pipeline takes one prompt per call (it raises for batches); here prompt encodings are computed per
   record and samples sharing a layout run through the transformer as one batch.
 """
 from __future__ import annotations

@@ -33,7 +33,8 @@ def takes_data_root(policy, model_cfg) -> bool:
 
 @dataclass(frozen=True)
 class ReferenceResize:
-    """How references are sized before VAE encoding (UNO's rule, research note customized_uno_rewards.md §2.1):
+    """How references are sized before VAE encoding (UNO's rule, bytedance/UNO@d305981
+    ``uno/flux/pipeline.py``):
     the long side is scaled to ``long_side_single`` when the record has one reference and to ``long_side_multi``
     when it has several (LANCZOS), then the image is centre-cropped to multiples of ``multiple`` (the VAE scale
     times the 2x2 packing: 16 for FLUX). ``long_side_*: null`` keeps the original size (only cropped)."""

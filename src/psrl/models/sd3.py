@@ -1,6 +1,7 @@
 """Stable Diffusion 3 / 3.5 policy (Flow-GRPO's main model) over the components of diffusers'
 ``StableDiffusion3Pipeline``: real classifier-free guidance with the negative prompt ``""`` (Flow-GRPO's SD3
-setting, research note paco_flowgrpo.md §1.7), unpacked ``[B, C, h, w]`` latents, the scheduler's own schedule.
+setting, yifan123/flow_grpo@ac4c86e ``scripts/train_sd3.py``), unpacked ``[B, C, h, w]`` latents, the scheduler's
+own schedule.
 
 With ``guidance_scale > 1`` the rollout, the log-prob recompute and generation all use the CFG-combined velocity
 ``v_u + w (v_c - v_u)`` (Flow-GRPO's ``train.cfg=True``); ``guidance_scale <= 1`` is the no-CFG setting of the

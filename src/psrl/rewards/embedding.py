@@ -29,7 +29,7 @@ class Embedder(Protocol):
 
 
 def _features(out) -> Tensor:
-    return out if torch.is_tensor(out) else out.pooler_output  # transformers 5 returns a ModelOutput (gotcha C1)
+    return out if torch.is_tensor(out) else out.pooler_output  # transformers 5 returns a ModelOutput
 
 
 class HFImageEmbedder:

@@ -1,4 +1,5 @@
-"""Position reward: the PSRBench / T2I-CompBench box-centre rule (research/psr.md §4.1).
+"""Position reward: the PSRBench / T2I-CompBench (arXiv 2307.06350) box-centre rule, as in
+wang-shulei/PSR@c719168 ``eval/semantic-alignment/position-alignment.py``.
 
 ``parse_relation`` takes the first phrase of the fixed vocabulary found in the instruction (list order matters:
 "to the left of" before "above", ...). ``position_score(box_a, box_b, relation)`` scores "subject A <relation>

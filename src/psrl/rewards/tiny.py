@@ -1,6 +1,6 @@
 """Tiny, random-weight, fully offline reward models, built in code (``path: tiny`` in reward args).
 
-Shapes follow the recipes in research/style_and_tiny_models.md §7 and tiny_models_more.md, with their fixes:
+Shapes follow the tiny test configurations of diffusers and transformers, with these fixes:
 eval mode on everything (dropout), ``initializer_range`` for OWLv2's heads, EOS-last CLIP tokenizers for OWL
 pooling, image-only Qwen processors (no torchvision), ``*ImageProcessorPil`` classes. Scores from these models are
 meaningless numbers; they exist so that every reward, the server and the CLI run end to end in tests and tiny
@@ -34,7 +34,7 @@ def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=("Yes", "No")):
 
 # ----------------------------------------------------------------------------- detectors
 def tiny_grounding_dino(words=DETECTOR_WORDS, image_size: int = 128):
-    """(model, processor). 5 queries; the 4th feature level needs >= 128 px input (gotcha G3)."""
+    """(model, processor). 5 queries; the 4th feature level needs >= 128 px input."""
     from transformers import (
         BertTokenizer,
         GroundingDinoConfig,

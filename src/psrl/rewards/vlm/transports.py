@@ -95,7 +95,7 @@ def _load_hf_vlm(path: str, dtype):
 
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError, AttributeError, ImportError, TypeError) as e:
-        # Qwen2(.5)-VL processors need torchvision for their video processor (research gotcha Q2)
+        # Qwen2(.5)-VL processors need torchvision for their video processor
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         from psrl.models.qwen_processor import image_only_processor_class
