@@ -11,6 +11,8 @@ from psrl.rl.advantages import (ADVANTAGE_MODES, compute_advantages, get_advanta
 from psrl.rl.grpo_config import AdvantageConfig
 from psrl.rl.sampler import GroupSampler, sample_seed
 
+pytestmark = pytest.mark.unit
+
 
 def test_group_normalize_group_and_global_std():
     v = torch.tensor([1.0, 2.0, 3.0, 4.0])

@@ -16,6 +16,8 @@ from psrl.datagen.instructions import appearance_violations, template_instructio
 from psrl.datagen.stages import run_named_stage
 from psrl.data.records import RecordError
 
+pytestmark = pytest.mark.unit
+
 PHRASES = ["cat", "calculator"]
 
 

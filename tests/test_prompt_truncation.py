@@ -12,6 +12,8 @@ from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import tokens_dropped, warn_truncated_prompts
 
+pytestmark = pytest.mark.component
+
 pytest.importorskip("diffusers")
 
 LONG = "a red cat and a dog on a sofa, " * 4  # 124 characters, ~90 tiny CLIP tokens (character-level)

@@ -10,6 +10,8 @@ from psrl.models.base import Policy
 from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 
+pytestmark = pytest.mark.component
+
 pytest.importorskip("diffusers")
 
 AREAS = {"condition_area": 32 * 32, "vae_area": 32 * 32}

@@ -18,6 +18,7 @@ TWIN_STAND_INS = {("psr_kontext", "semantic_alignment"): "vlm_consistency"}
 QWEN_ARGS = "model.args={condition_area: 1024, vae_area: 1024, max_references: 4}"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", GRPO_RECIPES)
 def test_recipe_and_twin_load_and_agree(name):
     from psrl.models import POLICIES
@@ -51,6 +52,7 @@ def _assert_sources_can_be_opened(text: str) -> None:
     assert body_tags <= set(re.findall(r"(?<!\w)\[([A-Za-z][\w-]*)\]", header)), body_tags
 
 
+@pytest.mark.unit
 def test_sft_recipe_and_twin_load():
     from psrl.rl.sft_config import load_sft_config
 
@@ -70,6 +72,7 @@ def _train(config, tmp_path, *extra):
     return run, read_metrics(run / "metrics.jsonl")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", GRPO_RECIPES)
 def test_tiny_twin_trains_two_steps(name, tmp_path):
     run, metrics = _train(CONFIGS / "tiny" / f"{name}.yaml", tmp_path)
@@ -91,6 +94,7 @@ def _sft(config, tmp_path, *extra):
     return lora
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", ["flux_kontext", "qwen_image_edit_plus", "sd3"])
 def test_sft_then_grpo_from_the_cli(model, tmp_path):
     """Every policy: SFT from the CLI, then a GRPO run (1 step) initialised from the SFT LoRA (model.lora.path)."""
@@ -120,6 +124,7 @@ def test_sft_then_grpo_from_the_cli(model, tmp_path):
     assert metrics[-1]["reward/total/mean"] is not None
 
 
+@pytest.mark.e2e
 def test_psr_two_stages_sft_rank_8_fused_under_a_rank_4_grpo_lora(tmp_path):
     """PSR's hand-over (rank-512 SFT -> rank-64 RL), shrunk: the SFT LoRA is fused (model.lora.fuse), a fresh
     smaller adapter trains on top, and its saved file records the fused LoRA."""
@@ -204,6 +209,7 @@ FULL_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if _kind(p) in ("run", "
 TWINS = sorted(p for p in (CONFIGS / "tiny").glob("*.yaml") if _kind(p) in ("run", "sft"))
 
 
+@pytest.mark.unit
 def test_every_recipe_reads_what_the_pipeline_writes_or_the_readme_documents(tmp_path, monkeypatch):
     """The held-out split has one name: `psrl data export` writes data/psr/{train,eval}.jsonl and every recipe that
     trains on the pipeline's data reads exactly those (from the working directory, no fallback to configs/); every
@@ -230,6 +236,7 @@ def test_every_recipe_reads_what_the_pipeline_writes_or_the_readme_documents(tmp
                     f"{recipe.name}: {key} = {rel} is not in README's 'Data for the recipes'"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("twin", TWINS, ids=lambda p: p.name)
 def test_tiny_twins_read_the_recipes_paths_and_run_from_anywhere(twin, tmp_path, monkeypatch):
     """A twin of a recipe that reads the pipeline's data names the same relative paths; from a working directory
@@ -247,6 +254,7 @@ def test_tiny_twins_read_the_recipes_paths_and_run_from_anywhere(twin, tmp_path,
         assert CONFIGS / "tiny" in resolved.parents
 
 
+@pytest.mark.component
 def test_reward_server_example_config_and_the_readme_request(tmp_path):
     """configs/serve_rewards.yaml loads; its tiny twin serves the request exactly as the README writes it."""
     import base64
@@ -281,6 +289,7 @@ def test_reward_server_example_config_and_the_readme_request(tmp_path):
             assert out["scores"][0] is not None or out["failures"][0]
 
 
+@pytest.mark.unit
 def test_data_pipeline_config_loads():
     from psrl.config import load_config
     from psrl.datagen.config import DataPipelineConfig

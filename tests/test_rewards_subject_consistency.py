@@ -14,6 +14,8 @@ from psrl.rewards.detection import Detections
 from psrl.images import pil_to_tensor
 from psrl.rewards.subject_consistency import SubjectConsistencyReward
 
+pytestmark = pytest.mark.component
+
 LEFT, RIGHT = [0, 0, 32, 64], [32, 0, 64, 64]
 
 

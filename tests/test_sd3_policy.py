@@ -7,6 +7,8 @@ from psrl.models.base import Policy
 from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 
+pytestmark = pytest.mark.component
+
 pytest.importorskip("diffusers")
 
 

@@ -133,7 +133,8 @@ def _details_of(details: dict, i: int, n: int) -> dict:
     """The per-sample slice of a reward's details (entries that are not per-sample are left out)."""
     out = {}
     for name, value in (details or {}).items():
-        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n or isinstance(value, (list, tuple)) and len(value) == n:
+        per_sample_tensor = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n
+        if per_sample_tensor or isinstance(value, (list, tuple)) and len(value) == n:
             out[name] = to_jsonable(value[i])
     return out
 

@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     g = bs.add_parser("generate", help="generate the benchmark's images with a psrl policy (resumable)")
     g.add_argument("--config", help="YAML with `model:` (ModelConfig) and `sampling:` (SamplingConfig) sections; "
                                     "other top-level sections (e.g. of a training config) are ignored")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sampling.num_steps=28")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. sampling.num_steps=28")
     g.add_argument("--data-root", required=True)
     g.add_argument("--out", required=True)
     g.add_argument("--lora", help="LoRA to generate with: a file, a LoRA folder, a checkpoint "

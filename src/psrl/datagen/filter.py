@@ -90,7 +90,7 @@ class FilterScoresStage(BaseStage):
 
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", score: ScoreFn | None = None,
                  embed: EmbedFn | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.score, self.embed = score, embed
         self.batch_size = cfg.filter.batch_size
 

@@ -64,7 +64,7 @@ class GroundStage(BaseStage):
     input_stage = "render"
 
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", detect: DetectFn | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.detect = detect
         self.batch_size = cfg.ground.batch_size
 

@@ -101,7 +101,7 @@ class InstructionsStage(BaseStage):
     input_stage = "reedit"
 
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device=None, client: ChatClient | None = None):
-        self.cfg, self.dataset = cfg, Path(dataset)
+        super().__init__(cfg, dataset, device)
         self.vlm_cfg = cfg.instructions.vlm
         self.client = client
         self.batch_size = self.vlm_cfg.concurrency if self.vlm_cfg.url else 256

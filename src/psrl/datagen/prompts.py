@@ -53,7 +53,7 @@ class PromptsStage(BaseStage):
     input_stage = "subjects"
 
     def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None, client: ChatClient | None = None):
-        self.cfg = cfg
+        super().__init__(cfg, dataset, device)
         self.llm_cfg = cfg.prompts.llm
         self.client = client
         self.batch_size = self.llm_cfg.concurrency if self.llm_cfg.url else 256

@@ -31,7 +31,7 @@ class ReeditStage(BaseStage):
     input_stage = "references"
 
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.renderer = renderer
         self.batch_size = cfg.reedit.batch_size
 

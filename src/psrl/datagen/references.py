@@ -27,7 +27,7 @@ class ReferencesStage(BaseStage):
     input_stage = "ground"
 
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.renderer = renderer
         # a batch of samples holds 2-4 references each; the renderer gets references.batch_size at a time
         self.batch_size = max(1, cfg.references.batch_size // 2)

@@ -18,7 +18,7 @@ class RenderStage(BaseStage):
     input_stage = "prompts"
 
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.renderer = renderer
         self.batch_size = cfg.render.batch_size
 

@@ -69,7 +69,7 @@ class SubjectsStage(BaseStage):
     batch_size = 256
 
     def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None):  # plans need no files or models
-        self.cfg = cfg
+        super().__init__(cfg, dataset, device)
         self.vocab = load_vocabulary(cfg.subjects.vocab)
 
     def inputs(self, dataset: Path) -> list[dict]:

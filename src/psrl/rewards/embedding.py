@@ -97,6 +97,14 @@ def load_clip(path: str, what: str = "clip"):
     return load_pretrained(what, path, _load)
 
 
+# kind -> (default path, loader of real weights, tiny builder in psrl.rewards.tiny, pooling); clip loads its own way
+EMBEDDERS = {
+    "dinov2": ("facebook/dinov2-base", _load_dinov2, "tiny_dinov2", "pooler"),
+    "dino_vit": ("facebook/dino-vits16", _load_dino_vit, "tiny_dino_vit", "cls"),
+    "clip": ("openai/clip-vit-base-patch32", None, None, "clip"),
+}
+
+
 def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=None) -> Embedder:
     """``{"kind": "dinov2"|"dino_vit"|"clip", "path": ..., "batch_size": ...}``, a kind name, or an Embedder."""
     if isinstance(spec, Embedder):
@@ -104,30 +112,19 @@ def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=No
     kind, spec = component_spec(spec, "dinov2", "embedder")
     dtype = spec.pop("dtype", dtype)
     batch_size = spec.pop("batch_size", 32)
-    defaults = {"dinov2": "facebook/dinov2-base", "dino_vit": "facebook/dino-vits16",
-                "clip": "openai/clip-vit-base-patch32"}
-    if kind not in defaults:
-        raise ValueError(f"unknown embedder kind {kind!r}; use one of {sorted(defaults)}")
-    path = spec.pop("path", defaults[kind])
+    if kind not in EMBEDDERS:
+        raise ValueError(f"unknown embedder kind {kind!r}; use one of {sorted(EMBEDDERS)}")
+    default_path, loader, tiny_builder, pool = EMBEDDERS[kind]
+    path = spec.pop("path", default_path)
     if spec:
         raise ValueError(f"embedder {kind!r}: unknown option(s) {sorted(spec)}")
-    if kind == "dinov2":
-        if path == TINY:
-            from psrl.rewards.tiny import tiny_dinov2
-
-            model, proc = tiny_dinov2()
-        else:
-            model, proc = load_pretrained("dinov2 embedder", path, _load_dinov2), _bit()
-        pool = "pooler"
-    elif kind == "dino_vit":
-        if path == TINY:
-            from psrl.rewards.tiny import tiny_dino_vit
-
-            model, proc = tiny_dino_vit()
-        else:
-            model, proc = load_pretrained("dino_vit embedder", path, _load_dino_vit), _bit()
-        pool = "cls"
-    else:
+    if loader is None:
         model, processor = load_clip(path, "clip embedder")
-        proc, pool = processor.image_processor, "clip"
+        proc = processor.image_processor
+    elif path == TINY:
+        from psrl.rewards import tiny
+
+        model, proc = getattr(tiny, tiny_builder)()
+    else:
+        model, proc = load_pretrained(f"{kind} embedder", path, loader), _bit()
     return HFImageEmbedder(model, proc, pool, device=device, dtype=dtype, batch_size=batch_size)

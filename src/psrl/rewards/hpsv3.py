@@ -29,7 +29,7 @@ from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.components import HPSv3Head
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
@@ -175,10 +175,7 @@ class HPSv3Reward:
         return self.head(h).float().cpu()
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"hpsv3: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, "hpsv3")
         mu = torch.full((len(records),), float("nan"))
         sigma = torch.full((len(records),), float("nan"))
         for s in range(0, len(idx), self.batch_size):

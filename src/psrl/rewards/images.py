@@ -65,6 +65,19 @@ def to_pil_images(images: Tensor | Sequence, *, background: str | tuple = "white
     return pils, failures
 
 
+def scorable_images(images: Tensor | Sequence, records: Sequence, name: str
+                    ) -> tuple[list[Image.Image | None], list[str | None], list[int]]:
+    """:func:`to_pil_images` for a reward's batch: ``(pil images, failure reasons, indices of the scorable samples)``.
+
+    Raises:
+        ValueError: the number of images is not the number of records (a caller bug), naming the reward.
+    """
+    pils, failures = to_pil_images(images)
+    if len(pils) != len(records):
+        raise ValueError(f"{name}: {len(pils)} images for {len(records)} records")
+    return pils, failures, [b for b in range(len(records)) if not failures[b]]
+
+
 class ReferenceImageError(Exception):
     """A reference image is missing, unreadable or unusable; the message is the failure reason."""
 
@@ -124,4 +137,5 @@ def crop_box(img: Image.Image, box, *, truncate: bool = False) -> Image.Image | 
                      round(y2) if not truncate else int(y2)))
 
 
-__all__ = ["MAX_ASPECT", "MIN_SIDE", "ReferenceImageError", "ReferenceImages", "crop_box", "to_pil_images"]
+__all__ = ["MAX_ASPECT", "MIN_SIDE", "ReferenceImageError", "ReferenceImages", "crop_box", "scorable_images",
+           "to_pil_images"]

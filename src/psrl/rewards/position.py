@@ -29,7 +29,7 @@ from torch import Tensor
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.detection import build_detector
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
 
@@ -104,9 +104,7 @@ class PositionReward:
                                        device=device, dtype=dtype)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"position: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, "position")
         B = len(records)
         relations: list[str | None] = [None] * B
         for b, rec in enumerate(records):

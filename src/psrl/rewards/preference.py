@@ -25,7 +25,7 @@ from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.components import LaionAestheticHead
 from psrl.rewards.embedding import _features, load_clip
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
@@ -74,10 +74,7 @@ class _ClipRewardBase:
         return F.normalize(torch.cat(imgs), dim=-1).cpu(), F.normalize(torch.cat(txts), dim=-1).cpu()
 
     def _run(self, images, records, score_fn, name) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{name}: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, name)
         scores = torch.full((len(records),), float("nan"))
         cos = torch.full((len(records),), float("nan"))
 
@@ -160,10 +157,7 @@ class AestheticReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"aesthetic: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, "aesthetic")
         scores = torch.full((len(records),), float("nan"))
         feats = per_item(lambda bs: self.embedder.embed([pils[b] for b in bs]), idx, "aesthetic clip model")
         for b, f in zip(idx, feats):

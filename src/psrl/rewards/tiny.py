@@ -66,6 +66,15 @@ def tiny_grounding_dino(words=DETECTOR_WORDS, image_size: int = 128):
     return GroundingDinoForObjectDetection(config).eval(), processor
 
 
+def _clip_towers(tokenizer, image_size: int, patch_size: int, max_positions: int) -> dict:
+    """The text and vision tower configs of the CLIP family (CLIP, OWLv2): 2 layers, width 32, 4 heads."""
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    return {"text_config": {**tower, "vocab_size": len(tokenizer), "max_position_embeddings": max_positions,
+                            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                            "pad_token_id": tokenizer.pad_token_id},
+            "vision_config": {**tower, "image_size": image_size, "patch_size": patch_size}}
+
+
 def tiny_owlv2(image_size: int = 32, patch_size: int = 8):
     """(model, processor); (image_size // patch_size)**2 = 16 candidate boxes per image."""
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
@@ -75,15 +84,8 @@ def tiny_owlv2(image_size: int = 32, patch_size: int = 8):
     processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": image_size,
                                                                              "width": image_size}),
                                tokenizer=tokenizer)
-    config = Owlv2Config(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 16,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": image_size, "patch_size": patch_size, "hidden_size": 32,
-                       "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
-        projection_dim=32, initializer_range=0.02,
-    )
+    config = Owlv2Config(**_clip_towers(tokenizer, image_size, patch_size, 16), projection_dim=32,
+                         initializer_range=0.02)
     torch.manual_seed(0)
     return Owlv2ForObjectDetection(config).eval(), processor
 
@@ -118,15 +120,7 @@ def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 1
                                               crop_size={"height": image_size, "width": image_size}),
         tokenizer=tokenizer,
     )
-    config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": image_size, "patch_size": patch_size, "hidden_size": 32,
-                       "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
-        projection_dim=projection_dim,
-    )
+    config = CLIPConfig(**_clip_towers(tokenizer, image_size, patch_size, 77), projection_dim=projection_dim)
     torch.manual_seed(0)
     return CLIPModel(config).eval(), processor
 
