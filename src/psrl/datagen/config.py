@@ -16,6 +16,7 @@ TWO_SUBJECT_TASKS = ("Attribute", "Action", "Background", "Position", "Complex")
 REEDITABLE_TASKS = ("Attribute", "Action", "Background")
 
 
+# alike on purpose: typed field lists, one per stage section
 @dataclass
 class EndpointConfig:
     """An OpenAI-compatible chat-completions server (vLLM, sglang, llama.cpp, OpenAI).

@@ -63,6 +63,7 @@ class GroundStage(BaseStage):
     name = "ground"
     input_stage = "render"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", detect: DetectFn | None = None):
         super().__init__(cfg, dataset, device)
         self.detect = detect

@@ -100,6 +100,7 @@ class InstructionsStage(BaseStage):
     name = "instructions"
     input_stage = "reedit"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device=None, client: ChatClient | None = None):
         super().__init__(cfg, dataset, device)
         self.vlm_cfg = cfg.instructions.vlm

@@ -52,6 +52,7 @@ class PromptsStage(BaseStage):
     name = "prompts"
     input_stage = "subjects"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None, client: ChatClient | None = None):
         super().__init__(cfg, dataset, device)
         self.llm_cfg = cfg.prompts.llm

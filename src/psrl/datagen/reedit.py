@@ -30,6 +30,7 @@ class ReeditStage(BaseStage):
     name = "reedit"
     input_stage = "references"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
         super().__init__(cfg, dataset, device)
         self.renderer = renderer

@@ -11,6 +11,7 @@ from psrl.datagen.stats import StageStats, write_stage_stats
 
 STAGES = ("subjects", "prompts", "render", "ground", "references", "reedit", "instructions", "filter", "export")
 
+# alike on purpose: a (module, class) table, like the component tables of psrl.models
 # name -> (module, class) of the per-sample stages; export is a whole-dataset step (run_export)
 STAGE_CLASSES: dict[str, tuple[str, str]] = {
     "subjects": ("psrl.datagen.subjects", "SubjectsStage"),

@@ -110,6 +110,8 @@ def t2i_prompt(task: str, phrases: list[str], slots: dict) -> str:
     return f"A photo of {listed} together {scene}."
 
 
+# alike on purpose: t2i_prompt and instruction phrase the same slots per task, once for the renderer and once
+# for the instruction the references must satisfy
 def instruction(task: str, phrases: list[str], slots: dict, relation: str | None = None) -> str:
     """The instruction that turns the references into the target: names subjects only by category, says what they
     wear / do / where they are; ``relation`` (Position) is the one measured on the target's boxes."""

@@ -25,6 +25,7 @@ from psrl.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
+# alike on purpose: a (library, class) table per pipeline, as sd3.py and qwen_edit_plus.py have theirs
 # What FLUX.1-dev / FLUX.1-schnell ship, as (library, class) per subfolder. "tokenizer" means AutoTokenizer.
 FLUX_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "FluxTransformer2DModel"),

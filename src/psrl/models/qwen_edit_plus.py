@@ -34,6 +34,7 @@ from psrl.models.references import ReferenceLoader, check_distinct_ids
 
 logger = logging.getLogger(__name__)
 
+# alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for Qwen-Image-Edit
 QWEN_EDIT_PLUS_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "QwenImageTransformer2DModel"),
     "vae": ("diffusers", "AutoencoderKLQwenImage"),

@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 # diffusers logs "The following part of your input was truncated ..." here at every encode_prompt call
 _PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3"
 
+# alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for SD3
 SD3_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "SD3Transformer2DModel"),
     "vae": ("diffusers", "AutoencoderKL"),

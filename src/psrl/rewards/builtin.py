@@ -5,6 +5,8 @@ from psrl.registry import Registry
 
 REWARDS = Registry("reward")
 
+# alike on purpose: one registration per built-in name
+
 REWARDS.register("mean_color", "psrl.rewards.simple:MeanColorReward")
 REWARDS.register("subject_consistency", "psrl.rewards.subject_consistency:SubjectConsistencyReward")
 REWARDS.register("position", "psrl.rewards.position:PositionReward")

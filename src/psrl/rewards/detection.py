@@ -139,6 +139,8 @@ class Owlv2Detector:
     """OWLv2 text-query detection; the query is ``query_template.format(phrase)``. OWLv2 pads to a square, so boxes
     are scaled to ``max(H, W)`` and clipped to the image (huggingface/transformers#27205)."""
 
+    # alike on purpose: every model-backed component loads this way (tiny in code, or real weights through
+    # load_pretrained), as GroundingDinoDetector does
     def __init__(self, path: str = "google/owlv2-base-patch16-ensemble", *, device="cpu", dtype=None,
                  box_threshold: float = 0.1, query_template: str = "a photo of a {}", batch_size: int = 16):
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)

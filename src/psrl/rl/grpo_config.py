@@ -52,6 +52,7 @@ class OldPolicyConfig:
     decay_type: Literal[0, 1, 2] | None = None
 
 
+# alike on purpose: typed field lists (here and in SFTTrainConfig, SamplingConfig) look alike to a scanner
 @dataclass
 class TrainConfig:
     """Optimisation and the shape of one GRPO step.

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 
+# alike on purpose: a typed field list, the shape of every config section
 @dataclass
 class SamplingConfig:
     """How a rollout or a generation is sampled.
