@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     from diffusers import FluxPipeline
 
     from psrl.data.records import Record
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
     from psrl.models.flux import FluxPolicy
 
     device = torch.device(args.device)

@@ -7,6 +7,8 @@ import torch
 
 from psrl.rewards import aggregate as ag
 
+pytestmark = pytest.mark.unit
+
 
 def test_weighted_sum_numbers_and_nan():
     r = torch.tensor([[1.0, 2.0], [0.5, float("nan")]])

@@ -9,12 +9,13 @@ import pytest
 import yaml
 from fixtures_bench import make_psrbench, metric_set_for_tests
 
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 
 
+@pytest.mark.unit
 def test_shard_take_partitions_items():
     items = list(range(11))
     parts = [Shard(r, 3).take(items) for r in range(3)]
@@ -35,12 +36,13 @@ LAUNCHERS = {
 
 def _bench(args, env, launcher):
     launcher = LAUNCHERS[launcher]
-    done = subprocess.run([*launcher, "-m", "psrl", "bench", *args], env=env, capture_output=True, text=True, check=False,
-                          timeout=240)
+    done = subprocess.run([*launcher, "-m", "psrl", "bench", *args], env=env, capture_output=True, text=True,
+                          check=False, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
 
+@pytest.mark.e2e
 def test_two_processes_match_one(tmp_path):
     root = make_psrbench(tmp_path / "data", bad=False, per_subset=1)
     cfg = tmp_path / "policy.yaml"
@@ -68,5 +70,7 @@ def test_two_processes_match_one(tmp_path):
     rows1 = [json.loads(x) for x in (one / "eval" / "samples.jsonl").read_text().splitlines()]
     rows2 = [json.loads(x) for x in (two / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows1) == len(rows2) == 14 and not list((two / "eval").glob("samples.part*"))
-    strip = lambda r: {k: v for k, v in r.items() if k != "image"}
+    def strip(r):
+        return {k: v for k, v in r.items() if k != "image"}
+
     assert [strip(r) for r in rows1] == [strip(r) for r in rows2]

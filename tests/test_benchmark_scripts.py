@@ -25,10 +25,12 @@ SCRIPTS = {
 }
 
 
+@pytest.mark.unit
 def test_every_benchmark_script_is_covered():
     assert {p.name for p in BENCHMARKS.glob("*.py")} == set(SCRIPTS)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_benchmark_script_runs(script, monkeypatch, capsys):
     args, expected = SCRIPTS[script]

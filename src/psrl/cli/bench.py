@@ -37,7 +37,8 @@ def add_parser(sub) -> None:
     g = bs.add_parser("generate", help="generate the benchmark's images with a psrl policy (resumable)")
     g.add_argument("--config", help="YAML with `model:` (ModelConfig) and `sampling:` (SamplingConfig) sections; "
                                     "other top-level sections (e.g. of a training config) are ignored")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. sampling.num_steps=28")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override, e.g. sampling.num_steps=28")
     g.add_argument("--data-root", required=True)
     g.add_argument("--out", required=True)
     g.add_argument("--lora", help="LoRA to generate with: a file, a LoRA folder, a checkpoint "
@@ -172,7 +173,7 @@ def cmd_records(args) -> int:
 
 def _generate_config(args):
     from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
     from psrl.models.config import ModelConfig
 
     raw = load_yaml(args.config) if args.config else {}
@@ -188,7 +189,7 @@ def _generate_config(args):
 def cmd_generate(args) -> int:
     from psrl.bench.generate import generate_benchmark, plan_entries
     from psrl.bench.provenance import package_versions
-    from psrl.bench.sharding import local_device, shard_from_env
+    from psrl.sharding import shard_from_env
     from psrl.config import to_dict
     from psrl.models.lora import lora_config_for_file
 
@@ -206,7 +207,7 @@ def cmd_generate(args) -> int:
     if args.lora:
         # the one LoRA-path rule (psrl generate's): a checkpoint or run folder works, any rank loads
         model_cfg.lora, lora = lora_config_for_file(model_cfg.lora, args.lora)
-    device = local_device(args.device)
+    device = shard.device(args.device)
     from psrl.models.factory import build_policy
     from psrl.models.references import takes_data_root
 
@@ -269,7 +270,7 @@ def _metrics(args, benchmark: str):
 
 def cmd_eval(args) -> int:
     from psrl.bench.pipeline import eval_and_report, resolve_benchmark_and_root
-    from psrl.bench.sharding import local_device, shard_from_env
+    from psrl.sharding import shard_from_env
 
     benchmark, data_root = resolve_benchmark_and_root(args.results, args.benchmark, args.data_root)
     metrics = _metrics(args, benchmark)
@@ -277,7 +278,7 @@ def cmd_eval(args) -> int:
     shard = shard_from_env()
     stats, summary = eval_and_report(args.results, out, metrics, benchmark=benchmark, data_root=data_root,
                                      subsets=args.subsets if benchmark == "psrbench" else None,
-                                     batch_size=args.batch_size, device=local_device(args.device), shard=shard,
+                                     batch_size=args.batch_size, device=shard.device(args.device), shard=shard,
                                      retry_failed=args.retry_failed, report=not args.no_report,
                                      progress=_progress(shard, "eval"))
     if not shard.is_main:

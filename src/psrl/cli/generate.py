@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "generate", help="generate images for records (ODE sampling) with a config's policy and an optional LoRA",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n  psrl generate --records prompts.jsonl --out out/ --lora runs/tiny_flux/checkpoints/step-12\n"
+        epilog="examples:\n"
+               "  psrl generate --records prompts.jsonl --out out/ --lora runs/tiny_flux/checkpoints/step-12\n"
                "  psrl generate --config configs/flux_grpo.yaml --records bench.jsonl --out imgs --steps 28")
     p.add_argument("--config", help="run config YAML whose model and sampling sections are used (default: embedded)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -41,7 +42,7 @@ def run(args) -> int:
     from psrl.rl.distributed import make_accelerator
     from psrl.rl.run_config import load_run_config
     from psrl.rl.sampler import sample_seed
-    from psrl.rl.tracking import save_image
+    from psrl.images import save_image
     from psrl.rl.trainer import load_prompt_records
 
     cfg = load_run_config(args.config, args.overrides)

@@ -1,4 +1,5 @@
-"""Records, their I/O, datasets and samplers, and the multi-subject data generation pipeline."""
+"""Records and their JSONL I/O: the bottom layer every other package reads data through (the generation
+pipeline that writes records is :mod:`psrl.datagen`)."""
 from psrl.data.records import Record, RecordError, SubjectRef, read_records, resolve_under, write_records
 
 __all__ = ["Record", "RecordError", "SubjectRef", "read_records", "resolve_under", "write_records"]

@@ -11,9 +11,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-
-class RecordError(ValueError):
-    """A record file or field is invalid; the message names the file, line and field."""
+from psrl.errors import RecordError
+from psrl.fileio import write_jsonl_atomic
 
 
 @dataclass(frozen=True)
@@ -163,13 +162,7 @@ def read_prompt_file(path: str | Path) -> list[Record]:
 
 def write_records(records: Iterable[Record], path: str | Path) -> None:
     """Write records as JSONL atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json()) + "\n")
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, (r.to_json() for r in records))
 
 
 def iter_prompts(records: Iterable[Record]) -> Iterator[str]:

@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from psrl.data.records import Record
-from psrl.models.base import Rollout, SamplingConfig, StepLogProb
-from psrl.sampling import plan_steps, sde_step_with_logprob
+from psrl.models.base import Rollout, StepLogProb
+from psrl.sampling import SamplingConfig, plan_steps, sde_step_with_logprob
 
 logger = logging.getLogger(__name__)
 
@@ -281,10 +281,10 @@ class FlowPolicyBase:
     # ------------------------------------------------------------------ setup shared by the concrete policies
     def _setup_denoiser(self, cfg, frozen: Sequence[nn.Module], device) -> None:
         """Apply a :class:`psrl.models.config.ModelConfig` to ``self.transformer``: dtype, LoRA (``lora.fuse`` and
-        ``lora.path``, see :func:`psrl.models.lora.prepare_lora`), gradient checkpointing; frozen modules go to eval
-        mode and, unless ``offload_frozen``, to ``device``."""
+        ``lora.path``, see :func:`psrl.models.lora_merge.prepare_lora`), gradient checkpointing; frozen modules go to
+        eval mode and, unless ``offload_frozen``, to ``device``."""
         from psrl.models.loading import torch_dtype_from_name
-        from psrl.models.lora import prepare_lora
+        from psrl.models.lora_merge import prepare_lora
 
         self.device = torch.device(device)
         self.dtype = torch_dtype_from_name(cfg.dtype)

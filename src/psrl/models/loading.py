@@ -8,7 +8,7 @@ the fix. Two traps are handled on purpose:
 * a hub id while ``HF_HUB_OFFLINE`` is set fails up front with a message suggesting a local directory, instead of a
   deep ``OSError`` from the hub client;
 * transformers 5 tokenizer classes (``CLIPTokenizer``, ``T5Tokenizer``, ...) "load" a missing or empty folder as an
-  almost empty tokenizer without any error (research note gotcha G1), so tokenizers are loaded through
+  almost empty tokenizer without any error, so tokenizers are loaded through
   ``AutoTokenizer`` and then probed: a tokenizer that cannot tokenize plain text into known tokens is rejected.
 
 Reused by every policy: pass a spec mapping component names to the class that loads them.
@@ -25,6 +25,7 @@ from psrl.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
+# alike on purpose: a (library, class) table per pipeline, as sd3.py and qwen_edit_plus.py have theirs
 # What FLUX.1-dev / FLUX.1-schnell ship, as (library, class) per subfolder. "tokenizer" means AutoTokenizer.
 FLUX_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "FluxTransformer2DModel"),
@@ -141,7 +142,7 @@ def _import_class(library: str, name: str):
 
 
 def check_tokenizer(tokenizer, where: str) -> None:
-    """Reject the silently empty tokenizers transformers 5 returns for a missing vocabulary (gotcha G1)."""
+    """Reject the silently empty tokenizers transformers 5 returns for a missing vocabulary."""
     vocab_size = len(tokenizer)
     ids = tokenizer(_PROBE_TEXT, add_special_tokens=False)["input_ids"]
     unk = tokenizer.unk_token_id
@@ -232,17 +233,27 @@ def model_source(model_cfg) -> dict:
     return out
 
 
+# psrl's one dtype vocabulary: the torch names, plus the short forms accelerate's --mixed_precision uses
+DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+               "float16": "float16", "fp16": "float16"}
+
+
 def torch_dtype_from_name(name: str):
-    """``"float32" | "bfloat16" | "float16"`` -> ``torch.dtype``."""
+    """A name of :data:`DTYPE_NAMES` (``"float32" | "bfloat16" | "float16"`` or ``fp32 | bf16 | fp16``) ->
+    ``torch.dtype``.
+
+    Raises:
+        ValueError: any other name, listing the accepted ones.
+    """
     import torch
 
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if name not in table:
-        raise ValueError(f"dtype must be one of {sorted(table)}, got {name!r}")
-    return table[name]
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(DTYPE_NAMES)}")
+    return getattr(torch, DTYPE_NAMES[name])
 
 
 __all__ = [
+    "DTYPE_NAMES",
     "FLUX_COMPONENT_SPEC",
     "check_tokenizer",
     "hub_offline",

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import types
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from psrl.errors import ModelLoadError
+from psrl.fileio import atomic_path
 from psrl.models.config import LoraConfig
 
 logger = logging.getLogger(__name__)
@@ -265,15 +265,8 @@ def write_lora_file(tensors: dict[str, torch.Tensor], header: dict[str, str], pa
     from safetensors.torch import save_file
 
     target = lora_file(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-lora-", suffix=".safetensors", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return target
 
 
@@ -427,19 +420,6 @@ def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
     return file
 
 
-def prepare_lora(module: nn.Module, cfg: LoraConfig, *, prefix: str = "transformer") -> list[str]:
-    """Everything ``model.lora`` asks for, in order: fuse ``cfg.fuse`` into the base weights, add the trainable
-    adapter, then load ``cfg.path`` into it. Returns the adapted module names."""
-    from psrl.models.lora_merge import fuse_lora_weights
-
-    for entry in cfg.fuse:
-        fuse_lora_weights(module, entry["path"], prefix=prefix, scale=float(entry.get("scale", 1.0)))
-    targets = add_lora(module, cfg)
-    if cfg.path:
-        load_lora_weights(module, cfg.path, prefix=prefix)
-    return targets
-
-
 def lora_parameters(module: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` of the LoRA weights."""
     return ((n, p) for n, p in module.named_parameters() if "lora_" in n)
@@ -462,7 +442,6 @@ __all__ = [
     "lora_fingerprint",
     "lora_parameters",
     "lora_state_dict",
-    "prepare_lora",
     "read_lora_file",
     "resolve_lora_path",
     "resolve_target_modules",

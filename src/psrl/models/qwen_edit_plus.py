@@ -1,6 +1,7 @@
 """Qwen-Image-Edit-Plus (2509) policy over the components of diffusers' ``QwenImageEditPlusPipeline``.
 
-Reproduces the pipeline (research note customized_uno_rewards.md §2.6, tiny_models_more.md Q1-Q6):
+Reproduces the pipeline (huggingface/diffusers@v0.42.1
+``src/diffusers/pipelines/qwenimage/pipeline_qwenimage_edit_plus.py``):
 
 * every reference image is resized to two fixed areas whatever the output size: ``condition_area`` (384^2) for the
   VLM prompt ("Picture i: <vision tokens>" under the edit template) and ``vae_area`` (1024^2) for the reference
@@ -13,7 +14,7 @@ Reproduces the pipeline (research note customized_uno_rewards.md §2.6, tiny_mod
   ``v_n + w (v_c - v_n)`` and rescaled per token to the conditional prediction's norm, when ``guidance_scale > 1``
   and ``negative_prompt`` is not ``null``; ``cfg_grad`` (``train.cfg_grad``): ``cond_only`` detaches the negative
   branch in the update as Flow-GRPO does, ``both`` (default) keeps the true gradient;
-* the pipeline takes one prompt per call (it raises for batches, gotcha Q5); here prompt encodings are computed per
+* the pipeline takes one prompt per call (it raises for batches); here prompt encodings are computed per
   record and samples sharing a layout run through the transformer as one batch.
 """
 from __future__ import annotations
@@ -27,13 +28,14 @@ from torch import Tensor
 
 from psrl.config import ConfigError
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, group_by_key, pad_rows, reorder, scheduler_schedule, unique_records
 from psrl.models.references import ReferenceLoader, check_distinct_ids
 
 logger = logging.getLogger(__name__)
 
+# alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for Qwen-Image-Edit
 QWEN_EDIT_PLUS_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "QwenImageTransformer2DModel"),
     "vae": ("diffusers", "AutoencoderKLQwenImage"),

@@ -1,6 +1,7 @@
 """Stable Diffusion 3 / 3.5 policy (Flow-GRPO's main model) over the components of diffusers'
 ``StableDiffusion3Pipeline``: real classifier-free guidance with the negative prompt ``""`` (Flow-GRPO's SD3
-setting, research note paco_flowgrpo.md §1.7), unpacked ``[B, C, h, w]`` latents, the scheduler's own schedule.
+setting, yifan123/flow_grpo@ac4c86e ``scripts/train_sd3.py``), unpacked ``[B, C, h, w]`` latents, the scheduler's
+own schedule.
 
 With ``guidance_scale > 1`` the rollout, the log-prob recompute and generation all use the CFG-combined velocity
 ``v_u + w (v_c - v_u)`` (Flow-GRPO's ``train.cfg=True``); ``guidance_scale <= 1`` is the no-CFG setting of the
@@ -19,7 +20,7 @@ import torch
 from torch import Tensor
 
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, quiet_logger, scheduler_schedule, unique_records
 
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 # diffusers logs "The following part of your input was truncated ..." here at every encode_prompt call
 _PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3"
 
+# alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for SD3
 SD3_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "SD3Transformer2DModel"),
     "vae": ("diffusers", "AutoencoderKL"),

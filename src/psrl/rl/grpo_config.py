@@ -1,8 +1,9 @@
 """The GRPO part of a run config: optimisation, batch sizes, clipping, EMA and advantages.
 
-Every field's default follows Flow-GRPO's released configs (research notes paco_flowgrpo.md §1.4-1.9) unless the
-docstring says otherwise. Values are validated in ``__post_init__``; :func:`psrl.config.from_dict` turns the
-``ValueError`` into a :class:`~psrl.config.ConfigError` that names the section.
+Every field's default follows Flow-GRPO's released configs (arXiv 2505.05470; yifan123/flow_grpo@ac4c86e
+``config/base.py`` and ``config/grpo.py``) unless the docstring says otherwise. Values are validated in
+``__post_init__``; :func:`psrl.config.from_dict` turns the ``ValueError`` into a :class:`~psrl.config.ConfigError`
+that names the section.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class OldPolicyConfig:
     decay_type: Literal[0, 1, 2] | None = None
 
 
+# alike on purpose: typed field lists (here and in SFTTrainConfig, SamplingConfig) look alike to a scanner
 @dataclass
 class TrainConfig:
     """Optimisation and the shape of one GRPO step.

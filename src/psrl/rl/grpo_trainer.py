@@ -32,7 +32,8 @@ from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
 from psrl.rl.optim import clip_gradients
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
-from psrl.rl.tracking import image_grid, save_image
+from psrl.images import save_image
+from psrl.rl.tracking import image_grid
 from psrl.sampling import plan_steps
 
 logger = logging.getLogger(__name__)
@@ -54,9 +55,8 @@ def _accepts(reward_name: str, arg: str) -> bool:
     """Whether the registered reward class takes keyword ``arg``."""
     import inspect
 
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+    from psrl.rewards.base import REWARDS
 
-    _ensure_builtin_rewards()
     try:
         target = REWARDS.get(reward_name)
         return isinstance(target, type) and arg in inspect.signature(target).parameters

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import yaml
 
 from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
 

@@ -23,6 +23,8 @@ from psrl.rl.run_config import DataConfig, RunSection
 
 
 
+# alike on purpose: the knobs BaseTrainer reads keep the names of TrainConfig's (one vocabulary in train: and sft:),
+# with this stage's own defaults and docs
 @dataclass
 class SFTTrainConfig:
     """Optimisation of the SFT stage.

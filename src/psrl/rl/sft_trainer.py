@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import Record, RecordError, read_records, resolve_under
 from psrl.errors import PsrlError
-from psrl.images import ImageLoadError, load_image
-from psrl.models.base import SamplingConfig
+from psrl.images import ImageLoadError, load_image, pil_to_tensor
+from psrl.sampling import SamplingConfig
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
@@ -78,8 +77,7 @@ def load_target(root: str | Path, record: Record, height: int, width: int) -> Te
         img = img.resize((rw, rh), resample=Image.LANCZOS)
     left, top = (rw - width) // 2, (rh - height) // 2
     img = img.crop((left, top, left + width, top + height))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return pil_to_tensor(img)
 
 
 # ----------------------------------------------------------------------------- trainer

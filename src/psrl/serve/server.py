@@ -25,7 +25,7 @@ from fastapi import Request  # module level: FastAPI resolves the (postponed) an
 
 from psrl.data.records import Record, RecordError
 from psrl.rewards.base import RewardOutput, build_reward
-from psrl.rewards.images import pil_to_tensor
+from psrl.images import pil_to_tensor
 from psrl.serve.config import ServedReward, ServerConfig, check_bind, is_loopback, load_server_config, url_host
 from psrl.serve.wire import TooLarge, decode_png, join_outputs, output_to_json, slice_output
 
@@ -134,9 +134,8 @@ def _reward_args(spec: ServedReward, cfg: ServerConfig) -> dict:
     if cfg.data_root and "data_root" not in args:
         import inspect
 
-        from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+        from psrl.rewards.base import REWARDS
 
-        _ensure_builtin_rewards()
         target = REWARDS.get(spec.reward or spec.name)
         try:
             params = inspect.signature(target).parameters

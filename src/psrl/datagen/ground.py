@@ -12,10 +12,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from psrl.data.pipeline.boxes import box_area, box_iou, clamp_box, padded_crop_box
-from psrl.data.pipeline.config import DataPipelineConfig, GroundConfig
-from psrl.data.pipeline.manifest import save_image_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.datagen.boxes import box_area, box_iou, clamp_box, padded_crop_box
+from psrl.datagen.config import DataPipelineConfig, GroundConfig
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.images import load_image, save_image
 
 CROP_DIR = "crops"
 
@@ -63,8 +63,9 @@ class GroundStage(BaseStage):
     name = "ground"
     input_stage = "render"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", detect: DetectFn | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.detect = detect
         self.batch_size = cfg.ground.batch_size
 
@@ -73,7 +74,7 @@ class GroundStage(BaseStage):
             self.detect = detector_fn(self.cfg.ground.detector, self.device)
 
     def process(self, batch: list[dict]) -> list[dict]:
-        images = {e["id"]: Image.open(self.dataset / e["target"]).convert("RGB") for e in batch}
+        images = {e["id"]: load_image(self.dataset / e["target"]) for e in batch}
         pairs = [(e["id"], p) for e in batch for p in e["phrases"]]
         found = self.detect([images[i] for i, _ in pairs], [p for _, p in pairs])
         if len(found) != len(pairs):
@@ -90,7 +91,7 @@ class GroundStage(BaseStage):
             crops = []
             for i, box in enumerate(boxes):
                 rel = f"{CROP_DIR}/{e['id']}_{i}.png"
-                save_image_atomic(img.crop(padded_crop_box(box, img.width, img.height, self.cfg.ground.crop_padding)),
+                save_image(img.crop(padded_crop_box(box, img.width, img.height, self.cfg.ground.crop_padding)),
                                   self.dataset / rel)
                 crops.append(rel)
             out.append(kept(e, boxes=[[round(v, 2) for v in b] for b in boxes],

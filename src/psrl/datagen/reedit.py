@@ -1,6 +1,6 @@
-"""Stage 6, ``reedit``: PSR's re-editing step (research/psr.md 6.2, step 8). After the references were made from
-the target's crops, an image-editing model (FLUX.1 Kontext by default) edits the target: one subject gets a new
-accessory (Attribute), a new action (Action), or the scene changes (Background). The instruction stage then
+"""Stage 6, ``reedit``: the re-editing step of PSR's data pipeline (arXiv 2512.01236). After the references were
+made from the target's crops, an image-editing model (FLUX.1 Kontext by default) edits the target: one subject gets
+a new accessory (Attribute), a new action (Action), or the scene changes (Background). The instruction stage then
 describes the edited target, so the instruction asks for something the references do not show and a model cannot
 satisfy it by copying them.
 
@@ -15,12 +15,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.generation import Renderer, policy_renderer, to_pil
-from psrl.data.pipeline.manifest import save_image_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
-from psrl.data.pipeline.subjects import sample_seed
+from psrl.datagen import templates
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.generation import Renderer, policy_renderer
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.images import save_image
+from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
 
 EDITED_DIR = "edited"
@@ -30,8 +30,9 @@ class ReeditStage(BaseStage):
     name = "reedit"
     input_stage = "references"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.renderer = renderer
         self.batch_size = cfg.reedit.batch_size
 
@@ -42,7 +43,7 @@ class ReeditStage(BaseStage):
             return None
         if not e.get("slots") and not self.cfg.instructions.vlm.url:
             return None  # the template instruction of a slot-less sample is its prompt: it could not say the edit
-        rng = random.Random(sample_seed(e["seed"], "reedit"))
+        rng = random.Random(stable_seed(e["seed"], "reedit", bits=31))
         if rng.random() >= r.prob:
             return None
         return templates.draw_edit(e["task"], e["phrases"], e.get("slots") or {}, rng)
@@ -82,6 +83,6 @@ class ReeditStage(BaseStage):
             self.renderer = policy_renderer(self.cfg.reedit, self.device, data_root=self.dataset)
         records = [Record(id=e["id"], prompt=text, subjects=(SubjectRef(image=e["target"], phrase="image"),))
                    for e, text, _ in jobs]
-        images = self.renderer(records, [sample_seed(e["seed"], "reedit_image") for e, _, _ in jobs])
+        images = self.renderer(records, [stable_seed(e["seed"], "reedit_image", bits=31) for e, _, _ in jobs])
         for (e, _, _), image in zip(jobs, images):
-            save_image_atomic(to_pil(image), self.dataset / self._path(e))
+            save_image(image, self.dataset / self._path(e))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from psrl.data.pipeline.manifest import (
+from psrl.datagen.manifest import (
     KEPT,
     REJECTED,
     ManifestWriter,
@@ -24,8 +24,8 @@ from psrl.data.pipeline.manifest import (
     read_kept,
     read_manifest,
 )
-from psrl.data.pipeline.sharding import Shard
-from psrl.data.pipeline.stats import StageStats, write_stage_stats
+from psrl.sharding import Shard
+from psrl.datagen.stats import StageStats, write_stage_stats
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +47,17 @@ class Stage(Protocol):
 
 
 class BaseStage:
-    """Defaults for the optional parts of :class:`Stage`."""
+    """Defaults for the optional parts of :class:`Stage`, and what every stage keeps: its config, the dataset
+    directory and the device its models go to. A stage that needs a model or a client takes it as an argument (tests
+    inject stand-ins) and otherwise builds it in :meth:`setup`, so listing or resuming a stage loads nothing."""
 
     name = "stage"
     input_stage: str | None = None
     batch_size = 1
+
+    def __init__(self, cfg, dataset: str | Path | None = None, device="cpu"):
+        self.cfg, self.device = cfg, device
+        self.dataset = Path(dataset) if dataset is not None else None
 
     def inputs(self, dataset: Path) -> list[dict]:
         return read_kept(dataset, self.input_stage)

@@ -6,22 +6,16 @@ derive their randomness from it, so a sample's content does not depend on batchi
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from importlib import resources
 from pathlib import Path
 
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.runner import BaseStage, kept
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.runner import BaseStage, kept
 from psrl.errors import PsrlError
+from psrl.seeding import stable_seed
 
 ID_WIDTH = 7
-
-
-def sample_seed(*parts) -> int:
-    """A stable 31-bit seed from any parts (Python's ``hash`` is salted per process, so it is not used)."""
-    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
 
 def sample_id(index: int) -> str:
@@ -38,7 +32,7 @@ def load_vocabulary(path: str | Path | None = None) -> list[str]:
     """Category names, one per line (blank lines and ``#`` comments skipped); ``None`` = shipped Objects365.
     Names whose phrases coincide are merged (first one kept): a sample's subjects must be distinguishable."""
     if path is None:
-        text = resources.files("psrl.data").joinpath("assets/objects365.txt").read_text()
+        text = resources.files("psrl.datagen").joinpath("assets/objects365.txt").read_text()
         where = "objects365.txt"
     else:
         p = Path(path)
@@ -60,7 +54,7 @@ def load_vocabulary(path: str | Path | None = None) -> list[str]:
 
 def plan_sample(index: int, vocab: list[str], cfg: DataPipelineConfig) -> dict:
     """The subjects and task of sample ``index`` (pure: same inputs, same plan)."""
-    seed = sample_seed(cfg.seed, "sample", index)
+    seed = stable_seed(cfg.seed, "sample", index, bits=31)
     rng = random.Random(seed)
     n = rng.choices(cfg.subjects.counts, weights=cfg.subjects.count_weights)[0]
     categories = rng.sample(vocab, n)
@@ -75,7 +69,7 @@ class SubjectsStage(BaseStage):
     batch_size = 256
 
     def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None):  # plans need no files or models
-        self.cfg = cfg
+        super().__init__(cfg, dataset, device)
         self.vocab = load_vocabulary(cfg.subjects.vocab)
 
     def inputs(self, dataset: Path) -> list[dict]:

@@ -4,7 +4,7 @@
 **The appearance rule.** An instruction names each subject by its category and may say what it wears, does, where it
 is and how subjects relate; it may not describe how a subject looks (colour, material, texture, pattern, size,
 shape), because the reference images carry that and a description would leak it through the text (PSR's reason,
-research/psr.md 6.2). :func:`appearance_violations` enforces it: no appearance word among the three words before a
+arXiv 2512.01236). :func:`appearance_violations` enforces it: no appearance word among the three words before a
 subject's name in the same clause, and no ``<subject> is|are|looks|appears [very] <appearance word>``. Every
 instruction, template or VLM, must pass, or the sample is rejected (``appearance_in_instruction``).
 
@@ -23,11 +23,12 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.boxes import relation_from_boxes
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.llm import ChatClient, EndpointError, image_part, missing_phrases, parse_tagged
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.chat import ChatClient, ChatError
+from psrl.datagen import templates
+from psrl.datagen.boxes import relation_from_boxes
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.llm import endpoint_client, image_part, missing_phrases, parse_tagged
+from psrl.datagen.runner import BaseStage, kept, rejected
 
 APPEARANCE_WORDS = frozenset("""
 red orange yellow green blue purple violet pink brown black white gray grey golden gold silver beige turquoise teal
@@ -99,15 +100,16 @@ class InstructionsStage(BaseStage):
     name = "instructions"
     input_stage = "reedit"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device=None, client: ChatClient | None = None):
-        self.cfg, self.dataset = cfg, Path(dataset)
+        super().__init__(cfg, dataset, device)
         self.vlm_cfg = cfg.instructions.vlm
         self.client = client
         self.batch_size = self.vlm_cfg.concurrency if self.vlm_cfg.url else 256
 
     def setup(self) -> None:
         if self.vlm_cfg.url and self.client is None:
-            self.client = ChatClient(self.vlm_cfg)
+            self.client = endpoint_client(self.vlm_cfg)
 
     def process(self, batch: list[dict]) -> list[dict]:
         if not self.vlm_cfg.url:
@@ -126,7 +128,7 @@ class InstructionsStage(BaseStage):
         content.append({"type": "text", "text": vlm_request(e, relation)})
         try:
             reply = self.client.complete(content)
-        except EndpointError as err:
+        except ChatError as err:
             return rejected(e, "vlm_error", str(err))
         text = parse_tagged(reply, "Instruction")
         if text is None:

@@ -9,12 +9,10 @@ import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
-from psrl.data.pipeline.config import GenerationConfig
+from psrl.datagen.config import GenerationConfig
 from psrl.data.records import Record
 
 log = logging.getLogger(__name__)
@@ -31,7 +29,7 @@ def policy_renderer(gen: GenerationConfig, device: torch.device | str, *, data_r
     """
     from dataclasses import replace
 
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
     from psrl.models.factory import build_policy
 
     model_cfg = gen.model
@@ -48,11 +46,3 @@ def policy_renderer(gen: GenerationConfig, device: torch.device | str, *, data_r
         return policy.generate(list(records), sampling, generators)
 
     return render
-
-
-def to_pil(image: Tensor) -> Image.Image:
-    """``[3, H, W]`` in [0, 1] -> RGB PIL image."""
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected an image tensor [3, H, W], got {tuple(image.shape)}")
-    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
-    return Image.fromarray(arr, mode="RGB")

@@ -34,8 +34,9 @@ def padded_crop_box(b: Box, width: int, height: int, padding: float) -> tuple[in
 
 def relation_from_boxes(a: Box, b: Box, *, max_iou: float = 0.1) -> str | None:
     """The PSRBench relation that holds between subject ``a`` and subject ``b`` by the position metric's own rule
-    (research/psr.md 4.1): along the dominant axis of the centre offset, and only when the boxes overlap less than
-    ``max_iou`` (the metric scores 1 then). ``None``: ambiguous (overlapping boxes or identical centres)."""
+    (wang-shulei/PSR@c719168 ``eval/semantic-alignment/position-alignment.py``): along the dominant axis of the
+    centre offset, and only when the boxes overlap less than ``max_iou`` (the metric scores 1 then). ``None``:
+    ambiguous (overlapping boxes or identical centres)."""
     if box_iou(a, b) >= max_iou:
         return None
     dx = (b[0] + b[2]) / 2 - (a[0] + a[2]) / 2

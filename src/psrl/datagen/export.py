@@ -12,9 +12,9 @@ Outputs (all rewritten atomically on every run, so export is idempotent):
   (hard-linked when possible) under ``psrbench/references/`` so ``psrbench/`` is a self-contained benchmark root
   for ``psrl bench``.
 
-A sample is held out when ``sample_seed(export.seed, id) / 2^31 < export.heldout_fraction``: the split of a sample
-never changes when the dataset grows. An empty split is written (so the folder is complete) and warned about: a
-recipe's ``eval.records`` cannot read an empty file.
+A sample is held out when ``stable_seed(export.seed, "heldout", id, bits=31) / 2^31 < export.heldout_fraction``:
+the split of a sample never changes when the dataset grows. An empty split is written (so the folder is complete)
+and warned about: a recipe's ``eval.records`` cannot read an empty file.
 """
 from __future__ import annotations
 
@@ -24,12 +24,12 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from psrl.data.pipeline.config import TASKS, DataPipelineConfig
-from psrl.data.pipeline.manifest import read_kept, write_jsonl_atomic
-from psrl.data.pipeline.stats import StageStats, write_stage_stats
-from psrl.data.pipeline.subjects import sample_seed
+from psrl.datagen.config import TASKS, DataPipelineConfig
+from psrl.datagen.manifest import read_kept
+from psrl.datagen.stats import StageStats, write_stage_stats
+from psrl.seeding import stable_seed
 from psrl.data.records import Record, SubjectRef
-from psrl.fileio import write_json_atomic
+from psrl.fileio import atomic_path, write_json_atomic, write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,15 @@ def to_psrbench_entry(e: dict, input_paths: list[str]) -> dict:
 
 
 def is_heldout(sample_id: str, cfg: DataPipelineConfig) -> bool:
-    return sample_seed(cfg.export.seed, "heldout", sample_id) / 2 ** 31 < cfg.export.heldout_fraction
+    return stable_seed(cfg.export.seed, "heldout", sample_id, bits=31) / 2 ** 31 < cfg.export.heldout_fraction
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    with atomic_path(dst) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
 
 
 def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:

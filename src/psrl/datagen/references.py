@@ -1,6 +1,6 @@
 """Stage 5, ``references``: re-render every subject crop in a new context with a single-subject reference model
 (FLUX.1 Kontext), so that training references are not pixel copies of the target (PSR's guard against the
-copy-paste shortcut, research/psr.md 6.2).
+copy-paste shortcut, arXiv 2512.01236).
 
 Each crop gets the instruction "The same <subject> on a plain white background." or "The same <subject> <a scene
 other than the target's>." (``references.white_background_prob``), and its own seed. A crop the model refuses
@@ -11,12 +11,12 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.generation import Renderer, policy_renderer, to_pil
-from psrl.data.pipeline.manifest import save_image_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
-from psrl.data.pipeline.subjects import sample_seed
+from psrl.datagen import templates
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.generation import Renderer, policy_renderer
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.images import save_image
+from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
 
 REFERENCE_DIR = "references"
@@ -26,8 +26,9 @@ class ReferencesStage(BaseStage):
     name = "references"
     input_stage = "ground"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.renderer = renderer
         # a batch of samples holds 2-4 references each; the renderer gets references.batch_size at a time
         self.batch_size = max(1, cfg.references.batch_size // 2)
@@ -38,13 +39,13 @@ class ReferencesStage(BaseStage):
 
     def jobs(self, e: dict) -> list[tuple[Record, int, str]]:
         """One (record, seed, output path) per subject of sample ``e``."""
-        rng = random.Random(sample_seed(e["seed"], "references"))
+        rng = random.Random(stable_seed(e["seed"], "references", bits=31))
         scene = (e.get("slots") or {}).get("scene")
         out = []
         for i, (phrase, crop) in enumerate(zip(e["phrases"], e["crops"])):
             text = templates.reference_instruction(phrase, rng, self.cfg.references.white_background_prob, scene)
             record = Record(id=f"{e['id']}_{i}", prompt=text, subjects=(SubjectRef(image=crop, phrase=phrase),))
-            out.append((record, sample_seed(e["seed"], "reference", i), f"{REFERENCE_DIR}/{e['id']}_{i}.png"))
+            out.append((record, stable_seed(e["seed"], "reference", i, bits=31), f"{REFERENCE_DIR}/{e['id']}_{i}.png"))
         return out
 
     def process(self, batch: list[dict]) -> list[dict]:
@@ -75,4 +76,4 @@ class ReferencesStage(BaseStage):
     def _render(self, jobs: list[tuple[Record, int, str]]) -> None:
         images = self.renderer([r for r, _, _ in jobs], [s for _, s, _ in jobs])
         for (_, _, rel), image in zip(jobs, images):
-            save_image_atomic(to_pil(image), self.dataset / rel)
+            save_image(image, self.dataset / rel)

@@ -37,7 +37,8 @@ DETAILS = (
     "colourful bokeh lights fill the background",
 )
 
-# the PSRBench position vocabulary's canonical forms (research/psr.md 4.1); a Position instruction uses exactly one
+# the canonical forms of the PSRBench position vocabulary (wang-shulei/PSR@c719168
+# eval/semantic-alignment/position-alignment.py); a Position instruction uses exactly one
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 
 WHITE_BACKGROUND = "on a plain white background"
@@ -70,7 +71,7 @@ def join_the(phrases: list[str]) -> str:
 
 def _without(options: tuple[str, ...], phrases: list[str]) -> list[str]:
     """Options that do not name one of the sample's subjects (no "wearing a tiny backpack" next to a backpack)."""
-    from psrl.data.pipeline.llm import mentions
+    from psrl.datagen.llm import mentions
 
     return [o for o in options if not any(mentions(o, p) for p in phrases)]
 
@@ -109,6 +110,8 @@ def t2i_prompt(task: str, phrases: list[str], slots: dict) -> str:
     return f"A photo of {listed} together {scene}."
 
 
+# alike on purpose: t2i_prompt and instruction phrase the same slots per task, once for the renderer and once
+# for the instruction the references must satisfy
 def instruction(task: str, phrases: list[str], slots: dict, relation: str | None = None) -> str:
     """The instruction that turns the references into the target: names subjects only by category, says what they
     wear / do / where they are; ``relation`` (Position) is the one measured on the target's boxes."""

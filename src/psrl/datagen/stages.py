@@ -3,24 +3,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.manifest import part_paths
-from psrl.data.pipeline.runner import ProgressFactory, run_stage
-from psrl.data.pipeline.sharding import Shard
-from psrl.data.pipeline.stats import StageStats, write_stage_stats
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.manifest import part_paths
+from psrl.datagen.runner import ProgressFactory, run_stage
+from psrl.sharding import Shard
+from psrl.datagen.stats import StageStats, write_stage_stats
 
 STAGES = ("subjects", "prompts", "render", "ground", "references", "reedit", "instructions", "filter", "export")
 
+# alike on purpose: a (module, class) table, like the component tables of psrl.models
 # name -> (module, class) of the per-sample stages; export is a whole-dataset step (run_export)
 STAGE_CLASSES: dict[str, tuple[str, str]] = {
-    "subjects": ("psrl.data.pipeline.subjects", "SubjectsStage"),
-    "prompts": ("psrl.data.pipeline.prompts", "PromptsStage"),
-    "render": ("psrl.data.pipeline.render", "RenderStage"),
-    "ground": ("psrl.data.pipeline.ground", "GroundStage"),
-    "references": ("psrl.data.pipeline.references", "ReferencesStage"),
-    "reedit": ("psrl.data.pipeline.reedit", "ReeditStage"),
-    "instructions": ("psrl.data.pipeline.instructions", "InstructionsStage"),
-    "filter": ("psrl.data.pipeline.filter", "FilterScoresStage"),
+    "subjects": ("psrl.datagen.subjects", "SubjectsStage"),
+    "prompts": ("psrl.datagen.prompts", "PromptsStage"),
+    "render": ("psrl.datagen.render", "RenderStage"),
+    "ground": ("psrl.datagen.ground", "GroundStage"),
+    "references": ("psrl.datagen.references", "ReferencesStage"),
+    "reedit": ("psrl.datagen.reedit", "ReeditStage"),
+    "instructions": ("psrl.datagen.instructions", "InstructionsStage"),
+    "filter": ("psrl.datagen.filter", "FilterScoresStage"),
 }
 
 
@@ -43,7 +44,7 @@ def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, sha
         if not shard.is_main:  # a whole-dataset step: rank 0 does it, the others wait
             shard.barrier()
             return None
-        from psrl.data.pipeline.export import run_export
+        from psrl.datagen.export import run_export
         stats = run_export(dataset, cfg)
         shard.barrier()
         return stats
@@ -54,7 +55,7 @@ def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, sha
         return stats
     stats_final = None
     if shard.is_main:
-        from psrl.data.pipeline.filter import dedup_pass
+        from psrl.datagen.filter import dedup_pass
         entries = dedup_pass(dataset, cfg)
         stats_final = StageStats.from_entries("filter", stats.inputs, entries, new=stats.new, extra=stats.extra)
         write_stage_stats(dataset, stats_final)
@@ -65,8 +66,8 @@ def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, sha
 def reset_from(dataset: str | Path, name: str) -> list[Path]:
     """Forget stage ``name`` and every stage after it: their manifests (and part files) and statistics are removed,
     so they run again from scratch (images are overwritten as they are remade). Returns the removed files."""
-    from psrl.data.pipeline.manifest import manifest_path
-    from psrl.data.pipeline.stats import STATS_FILE, read_stats
+    from psrl.datagen.manifest import manifest_path
+    from psrl.datagen.stats import STATS_FILE, read_stats
     from psrl.fileio import write_json_atomic
 
     dataset = Path(dataset)

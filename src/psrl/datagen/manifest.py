@@ -17,10 +17,11 @@ import io
 import json
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from psrl.errors import PsrlError
+from psrl.fileio import write_jsonl_atomic
 
 log = logging.getLogger(__name__)
 
@@ -141,18 +142,6 @@ class ManifestWriter:
         self.close()
 
 
-def write_jsonl_atomic(path: str | Path, entries: Iterable[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w") as f:
-        for e in entries:
-            f.write(json.dumps(e) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def merge_parts(dataset: str | Path, stage: str, order: list[str]) -> int:
     """Fold the per-rank part files of ``stage`` into its main manifest (deduplicated by id, sorted by the position
     of each id in ``order``, unknown ids last) with one atomic write, then delete the parts. Returns the entry count.
@@ -167,12 +156,3 @@ def merge_parts(dataset: str | Path, stage: str, order: list[str]) -> int:
     for p in parts:
         p.unlink()
     return len(entries)
-
-
-def save_image_atomic(image, path: str | Path) -> None:
-    """Save a PIL image (format from the suffix) through a temp file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    image.save(tmp)
-    os.replace(tmp, path)

@@ -1,6 +1,6 @@
 """Stage 2, ``prompts``: a multi-subject text-to-image prompt per sample.
 
-Templates (default) fill a per-task sentence from :mod:`psrl.data.pipeline.templates` and record the slots (scene,
+Templates (default) fill a per-task sentence from :mod:`psrl.datagen.templates` and record the slots (scene,
 attributes, actions, relation) so the instruction stage can reuse them. With ``prompts.llm.url`` an
 OpenAI-compatible LLM writes the prompt instead; its reply must contain ``[Prompt]: ...`` naming every subject, or
 the sample is rejected (``llm_unparsable``, ``llm_missing_subject``, ``llm_error``) with the raw reply kept.
@@ -10,11 +10,12 @@ from __future__ import annotations
 import random
 from concurrent.futures import ThreadPoolExecutor
 
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.llm import ChatClient, EndpointError, missing_phrases, parse_tagged
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
-from psrl.data.pipeline.subjects import sample_seed
+from psrl.chat import ChatClient, ChatError
+from psrl.datagen import templates
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.llm import endpoint_client, missing_phrases, parse_tagged
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.seeding import stable_seed
 
 TASK_GUIDANCE = {
     "Attribute": "give each subject a distinct accessory or attribute (what it wears or carries)",
@@ -51,15 +52,16 @@ class PromptsStage(BaseStage):
     name = "prompts"
     input_stage = "subjects"
 
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None, client: ChatClient | None = None):
-        self.cfg = cfg
+        super().__init__(cfg, dataset, device)
         self.llm_cfg = cfg.prompts.llm
         self.client = client
         self.batch_size = self.llm_cfg.concurrency if self.llm_cfg.url else 256
 
     def setup(self) -> None:
         if self.llm_cfg.url and self.client is None:
-            self.client = ChatClient(self.llm_cfg)
+            self.client = endpoint_client(self.llm_cfg)
 
     def process(self, batch: list[dict]) -> list[dict]:
         if not self.llm_cfg.url:
@@ -68,7 +70,7 @@ class PromptsStage(BaseStage):
             return list(pool.map(self._llm, batch))
 
     def _template(self, e: dict) -> dict:
-        rng = random.Random(sample_seed(e["seed"], "prompts"))
+        rng = random.Random(stable_seed(e["seed"], "prompts", bits=31))
         slots = templates.draw_slots(e["task"], e["phrases"], rng)
         return kept(e, prompt=templates.t2i_prompt(e["task"], e["phrases"], slots), prompt_source="template",
                     slots=slots)
@@ -76,7 +78,7 @@ class PromptsStage(BaseStage):
     def _llm(self, e: dict) -> dict:
         try:
             reply = self.client.complete(llm_request(e["task"], e["phrases"]))
-        except EndpointError as err:
+        except ChatError as err:
             return rejected(e, "llm_error", str(err))
         prompt, reason, detail = parse_llm_prompt(reply, e["phrases"])
         if reason:

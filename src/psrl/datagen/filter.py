@@ -15,7 +15,6 @@ Pass 2 is a pure function of pass 1's results, recomputed and written atomically
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,9 +22,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.manifest import KEPT, read_manifest, write_jsonl_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.manifest import KEPT, read_manifest
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.fileio import atomic_path, write_jsonl_atomic
+from psrl.images import load_image, pil_to_tensor
 from psrl.data.records import Record, SubjectRef
 
 EMBED_DIR = "embeddings"
@@ -39,7 +40,6 @@ EmbedFn = Callable[[Sequence[Image.Image]], torch.Tensor]
 def consistency_fn(cfg: DataPipelineConfig, dataset: Path, device) -> ScoreFn:
     """The configured subject-consistency reward as a :data:`ScoreFn` (references resolved under ``dataset``)."""
     from psrl.rewards.base import build_reward
-    from psrl.rewards.images import pil_to_tensor
 
     reward = build_reward(cfg.filter.reward, {**cfg.filter.reward_args, "data_root": str(dataset)}, device=device)
 
@@ -61,10 +61,8 @@ def embedder_fn(spec: dict, device) -> EmbedFn:
 
 
 def save_array_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
 
 
 def near_duplicates(embeddings: np.ndarray, max_cosine: float) -> list[int | None]:
@@ -92,7 +90,7 @@ class FilterScoresStage(BaseStage):
 
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", score: ScoreFn | None = None,
                  embed: EmbedFn | None = None):
-        self.cfg, self.dataset, self.device = cfg, Path(dataset), device
+        super().__init__(cfg, dataset, device)
         self.score, self.embed = score, embed
         self.batch_size = cfg.filter.batch_size
 
@@ -103,7 +101,7 @@ class FilterScoresStage(BaseStage):
             self.embed = embedder_fn(self.cfg.filter.embedder, self.device)
 
     def process(self, batch: list[dict]) -> list[dict]:
-        images = [Image.open(self.dataset / e["target"]).convert("RGB") for e in batch]
+        images = [load_image(self.dataset / e["target"]) for e in batch]
         records = [Record(id=e["id"], prompt=e["instruction"],
                           subjects=tuple(SubjectRef(image=r, phrase=p) for r, p in zip(e["references"], e["phrases"])))
                    for e in batch]

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from psrl.data.pipeline.manifest import KEPT, REJECTED
+from psrl.datagen.manifest import KEPT, REJECTED
 from psrl.fileio import write_json_atomic
 
 STATS_FILE = "stats.json"

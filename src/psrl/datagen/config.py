@@ -1,6 +1,7 @@
 """The data pipeline's config: one typed dataclass per stage, loaded from YAML with ``--set`` overrides.
 
-Defaults follow PSR's pipeline (research/psr.md section 6.2) where the paper pins something (Objects365 categories,
+Defaults follow the data pipeline of PSR (arXiv 2512.01236; the figure ``assets/dataconstruction.jpeg`` of
+wang-shulei/PSR@c719168) where the paper pins something (Objects365 categories,
 2/3/4 subjects at 0.9/0.05/0.05, a FLUX text-to-image renderer, a Kontext single-subject reference model, 512 px
 training resolution); everything else is our choice and says so.
 """
@@ -15,6 +16,7 @@ TWO_SUBJECT_TASKS = ("Attribute", "Action", "Background", "Position", "Complex")
 REEDITABLE_TASKS = ("Attribute", "Action", "Background")
 
 
+# alike on purpose: typed field lists, one per stage section
 @dataclass
 class EndpointConfig:
     """An OpenAI-compatible chat-completions server (vLLM, sglang, llama.cpp, OpenAI).
@@ -135,8 +137,8 @@ class ReferencesConfig(GenerationConfig):
 
 @dataclass
 class ReeditConfig(GenerationConfig):
-    """PSR's re-editing step (research/psr.md 6.2, step 8): an image-editing model edits each eligible target after
-    its references were made (see :mod:`psrl.data.pipeline.reedit`).
+    """PSR's re-editing step (arXiv 2512.01236, data pipeline): an image-editing model edits each eligible target after
+    its references were made (see :mod:`psrl.datagen.reedit`).
 
     Attributes:
         enabled: edit (``false``: every sample passes through unchanged).
@@ -167,7 +169,7 @@ class ReeditConfig(GenerationConfig):
 class InstructionsConfig:
     """``vlm.url`` unset: template instructions; set: a VLM sees the target and references and writes it.
     ``appearance_words``: extra words an instruction may not use to describe a subject (added to the built-in
-    list, see :mod:`psrl.data.pipeline.instructions`)."""
+    list, see :mod:`psrl.datagen.instructions`)."""
 
     vlm: EndpointConfig = field(default_factory=EndpointConfig)
     appearance_words: list[str] = field(default_factory=list)
