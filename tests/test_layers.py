@@ -29,13 +29,15 @@ pytestmark = pytest.mark.unit
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[set[str]] = [
-    {"errors", "registry", "fileio", "images", "config", "seeding", "sharding", "chat", "__init__"},
+    {"errors", "registry", "fileio", "images", "config", "seeding", "sharding", "chat", "hub", "model_card",
+     "__init__"},
     {"data"},
     {"sampling"},
     {"models"},
     {"rewards"},
     {"rl"},
-    {"bench", "datagen", "serve"},
+    {"bench", "datagen", "serve", "push"},
+    {"reward_model"},  # builds on datagen's resumable stages
     {"cli"},
     {"__main__"},
 ]

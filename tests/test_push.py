@@ -21,7 +21,8 @@ from psrl.models.config import LoraConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.lora import LORA_WEIGHT_NAME, lora_parameters, read_lora_file
 from psrl.models.tiny import tiny_flux_components
-from psrl.rl.tracking import image_grid, save_image
+from psrl.images import save_image
+from psrl.rl.tracking import image_grid
 
 SECRET = "sk-do-not-leak-1234"
 fake_hub = hub_fake.fake_hub  # the fixture
@@ -319,14 +320,12 @@ def test_train_on_hub_prompts_then_push_from_the_cli(tmp_path, monkeypatch, caps
 
 @pytest.mark.component
 def test_run_push_to_hub_uploads_when_training_finishes(tmp_path, fake_hub):
-    from psrl.rl.grpo_trainer import GRPOTrainer
-    from psrl.rl.run_config import load_run_config
+    from psrl.cli.main import main
 
-    cfg = load_run_config(None, [f"run.output_dir={tmp_path}", "run.name=pushed", "train.max_steps=1",
-                                 "train.groups_per_step=2", "train.group_size=2", "train.sample_batch_size=4",
-                                 "train.train_batch_size=4", "sampling.num_steps=2", "eval.every=0",
-                                 "run.push_to_hub=true", "run.hub_model_id=auto-push", "run.hub_private_repo=true"])
-    GRPOTrainer(cfg).train()
+    args = [f"run.output_dir={tmp_path}", "run.name=pushed", "train.max_steps=1", "train.groups_per_step=2",
+            "train.group_size=2", "train.sample_batch_size=4", "train.train_batch_size=4", "sampling.num_steps=2",
+            "eval.every=0", "run.push_to_hub=true", "run.hub_model_id=auto-push", "run.hub_private_repo=true"]
+    assert main(["train", *[x for a in args for x in ("--set", a)]]) == 0
     repo = fake_hub.repos[("model", f"{USER}/auto-push")]
     assert repo.private and "pytorch_lora_weights.safetensors" in repo.files("main")[1]
     env = json.loads((tmp_path / "pushed" / "env.json").read_text())

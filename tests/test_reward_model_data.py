@@ -299,7 +299,7 @@ def test_a_local_teacher_whose_replies_are_never_yes_or_no_labels_nothing(tmp_pa
     """The local transport (transformers) as teacher: psrl's random tiny judge never starts a reply with Yes or
     No, so every pair is rejected with its raw reply kept, and the command exits 1 (nothing usable came out)."""
     from psrl.cli.main import main
-    from psrl.data.pipeline.manifest import read_manifest
+    from psrl.datagen.manifest import read_manifest
 
     _grid([RED, BLUE], 1, 2).save(tmp_path / "g.png")
     (tmp_path / "grids.jsonl").write_text(json.dumps({"id": "g", "image": "g.png", "prompt": "a 1x2 grid"}) + "\n")
@@ -314,9 +314,9 @@ def test_a_local_teacher_whose_replies_are_never_yes_or_no_labels_nothing(tmp_pa
 
 @pytest.mark.component
 def test_cells_stage_sharded_over_two_ranks_equals_one_process(tmp_path):
-    from psrl.data.pipeline.manifest import read_manifest
-    from psrl.data.pipeline.runner import run_stage
-    from psrl.data.pipeline.sharding import Shard
+    from psrl.datagen.manifest import read_manifest
+    from psrl.datagen.runner import run_stage
+    from psrl.sharding import Shard
     from psrl.reward_model.pair_stages import CELLS_STAGE, CellsStage, PairsConfig
 
     cfg = PairsConfig(grids=str(_grids(tmp_path)))

@@ -200,3 +200,29 @@ def push_run(run_dir: str | Path, repo_id: str, *, private: bool = False, licens
 
 __all__ = ["RunFiles", "STAGE_WEIGHT_NAMES", "WEIGHT_NAME", "pick_samples", "push_run", "summarize_run",
            "write_card", "write_repo_folder"]
+
+
+def push_finished_run(trainer) -> None:
+    """``run.push_to_hub``: upload a trainer's finished run (main process; the others wait). Called by ``psrl train``
+    and ``psrl sft`` after training, so the trainers stay below the Hub layer.
+
+    Raises:
+        PsrlError: the push failed; the message says the training itself is saved and how to retry.
+    """
+    from psrl.rl import distributed as dist
+
+    run = trainer.cfg.run
+    if not getattr(run, "push_to_hub", False):
+        return
+    failure = None
+    if trainer.is_main:
+        repo = run.hub_model_id or trainer.run_dir.name
+        try:
+            repo_id, url, _ = push_run(trainer.run_dir, repo, private=run.hub_private_repo)
+            logger.info("pushed %s to %s (%s)", trainer.run_dir, repo_id, url)
+        except PsrlError as e:
+            failure = (f"training finished and is saved in {trainer.run_dir}, but the push failed: {e}; retry with "
+                       f"psrl push {trainer.run_dir} --repo-id {repo}")
+    failure = dist.broadcast_object(failure)
+    if failure is not None:
+        raise PsrlError(failure)

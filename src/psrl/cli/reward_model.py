@@ -132,9 +132,9 @@ def cmd_pairs(args) -> int:
     if args.sharegpt:
         return _import_sharegpt(args, dataset)
     from psrl.config import to_dict
-    from psrl.data.pipeline.manifest import manifest_path, part_paths
-    from psrl.data.pipeline.runner import run_stage
-    from psrl.data.pipeline.sharding import current_shard, shutdown
+    from psrl.datagen.manifest import manifest_path, part_paths
+    from psrl.datagen.runner import run_stage
+    from psrl.sharding import shard_from_env, shutdown
     from psrl.fileio import write_json_atomic
     from psrl.reward_model.pair_stages import CELLS_STAGE, LABELS_STAGE, CellsStage, LabelsStage, export_pairs
 
@@ -142,7 +142,7 @@ def cmd_pairs(args) -> int:
     if not cfg.grids:
         raise PsrlError("pairs: give --grids (grid images with prompts) or --sharegpt (pairwise JSON) on the first "
                         f"run in {dataset}")
-    shard = current_shard()
+    shard = shard_from_env()
     try:
         if shard.is_main:
             dataset.mkdir(parents=True, exist_ok=True)
@@ -183,7 +183,7 @@ def cmd_pairs(args) -> int:
 
 
 def _rejections(dataset: Path, stage: str, limit: int = 10) -> list[str]:
-    from psrl.data.pipeline.manifest import read_manifest
+    from psrl.datagen.manifest import read_manifest
 
     bad = [e for e in read_manifest(dataset, stage) if e["status"] == "rejected"]
     lines = [f"{e['reason']}: {e.get('detail', '')}" for e in bad[:limit]]

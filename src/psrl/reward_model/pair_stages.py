@@ -1,5 +1,5 @@
 """``psrl reward-model pairs``: grids -> cells -> labelled pairs, as resumable, shardable stages of the data
-pipeline's machinery (:func:`psrl.data.pipeline.runner.run_stage`: one manifest line per sample, finished samples
+pipeline's machinery (:func:`psrl.datagen.runner.run_stage`: one manifest line per sample, finished samples
 skipped on the next run, ranks of ``accelerate launch`` / ``torchrun`` each take a share and rank 0 merges).
 
 Stages, in one dataset folder:
@@ -22,10 +22,10 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from psrl.data.pipeline.manifest import read_kept, save_image_atomic
-from psrl.data.pipeline.runner import BaseStage, kept, rejected
+from psrl.datagen.manifest import read_kept
+from psrl.datagen.runner import BaseStage, kept, rejected
 from psrl.data.records import RecordError, image_filename, resolve_under
-from psrl.images import ImageLoadError, load_image
+from psrl.images import ImageLoadError, load_image, save_image
 from psrl.reward_model.grids import GridError, cell_boxes, cell_pairs, parse_grid_size, parse_grid_spec
 from psrl.reward_model.pairs import (PairExample, parse_judge_reply, read_labels, response_from_label,
                                      split_heldout, write_pairs)
@@ -206,7 +206,7 @@ class CellsStage(BaseStage):
         cells = []
         for k, box in enumerate(boxes):
             rel = (folder / f"{k}.png").as_posix()
-            save_image_atomic(image.crop(box), self.dataset / rel)
+            save_image(image.crop(box), self.dataset / rel)
             cells.append(rel)
         return kept(item, cells=cells, grid=f"{rows}x{cols}")
 
@@ -290,8 +290,8 @@ def export_pairs(dataset: str | Path, cfg: PairsConfig) -> dict:
     import csv
     import io
 
-    from psrl.data.pipeline.manifest import manifest_path
-    from psrl.data.pipeline.manifest import read_manifest
+    from psrl.datagen.manifest import manifest_path
+    from psrl.datagen.manifest import read_manifest
     from psrl.fileio import write_text_atomic
 
     dataset = Path(dataset)

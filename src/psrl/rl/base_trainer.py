@@ -270,27 +270,7 @@ class BaseTrainer:
                 bar.close()
             if self.tracker is not None:
                 self.tracker.close()
-        if getattr(self.cfg.run, "push_to_hub", False):
-            self._push()
         return self.history
-
-    def _push(self) -> None:
-        """``run.push_to_hub``: upload the finished run (main process; the others wait). A failed upload is an error
-        that says the training itself is saved."""
-        failure = None
-        if self.is_main:
-            from psrl.push import push_run
-
-            repo = self.cfg.run.hub_model_id or self.run_dir.name
-            try:
-                repo_id, url, _ = push_run(self.run_dir, repo, private=self.cfg.run.hub_private_repo)
-                logger.info("pushed %s to %s (%s)", self.run_dir, repo_id, url)
-            except PsrlError as e:
-                failure = (f"training finished and is saved in {self.run_dir}, but the push failed: {e}; retry with "
-                           f"psrl push {self.run_dir} --repo-id {repo}")
-        failure = dist.broadcast_object(failure)
-        if failure is not None:
-            raise PsrlError(failure)
 
     def check_health(self, done: int, metrics: dict) -> None:
         """Called after each step is logged and saved when due; raise :class:`StepAbandoned` to end the run (the
