@@ -221,12 +221,13 @@ def model_source(model_cfg) -> dict:
     from psrl.hub import resolved_commit, snapshot_commit
 
     path = str(model_cfg.path)
-    out = {"path": path, "revision": model_cfg.revision, "variant": model_cfg.variant, "commit": None}
+    revision = getattr(model_cfg, "revision", None)  # a reward-model config has no pins
+    out = {"path": path, "revision": revision, "variant": getattr(model_cfg, "variant", None), "commit": None}
     if path == "tiny":
         return out
     text = os.path.expanduser(path)
     if looks_like_hub_id(text):
-        out["commit"] = resolved_commit(text, model_cfg.revision)
+        out["commit"] = resolved_commit(text, revision)
     elif os.path.isdir(text):
         out["path"] = os.path.abspath(text)
         out["commit"] = snapshot_commit(os.path.realpath(text)) or snapshot_commit(text)

@@ -169,8 +169,9 @@ class AdvantageConfig:
 
     Attributes:
         mode: a name in ``psrl.rl.advantages.ADVANTAGE_MODES`` (``weighted`` = weighted reward sum, then group
-            normalisation; ``group_zscore``, ``log_tamed``, ``sars`` live in ``psrl.rl.shaped_advantages``) or a
-            dotted ``module:function`` with the same signature.
+            normalisation; ``group_zscore``, ``log_tamed``, ``sars``, ``rank``, ``per_reward_normalized``,
+            ``geometric_mean``, ``harmonic_mean`` live in ``psrl.rl.shaped_advantages``) or a dotted
+            ``module:function`` with the same signature.
         std_mode: ``group`` (divide by each prompt group's std) or ``global`` (by the std of all gathered rewards,
             Flow-GRPO's ``global_std``). ``group_zscore`` and ``sars`` always z-score each reward within its group
             (as Customized-GRPO), so they require ``group``; ``log_tamed`` takes it as its default ``normalize``.

@@ -24,7 +24,7 @@ from psrl.errors import PsrlError
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
-from psrl.rl.advantages import compute_advantages, get_advantage_mode
+from psrl.rl.advantages import check_advantage_config, compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
 from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
@@ -129,6 +129,7 @@ class GRPOTrainer(BaseTrainer):
         cfg = self.cfg
         self.sizes = derive_sizes(cfg.train, self.accelerator.num_processes)
         self.advantage_mode = get_advantage_mode(cfg.advantage.mode)
+        check_advantage_config(cfg.advantage, [r.weight for r in cfg.rewards], cfg.sampling.num_steps)
         self.records = load_prompt_records(cfg.data.records)
         self.eval_records = load_prompt_records(cfg.eval.records, "eval.records") if cfg.eval.every else []
         self.data_root = self._data_root()
