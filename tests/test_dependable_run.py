@@ -435,3 +435,12 @@ def test_failure_reasons_are_logged_whole(tmp_path, caplog):
     t.rewards[0] = type("R", (), {"name": "face", "__call__": staticmethod(_all_nan)})()
     t.train()
     assert "reward 'face' could not score 4 sample(s): 4 x no face found" in caplog.text
+
+
+@pytest.mark.e2e
+def test_generate_checks_every_record_before_the_first_image(tmp_path):
+    _kontext_records(tmp_path)
+    out = _psrl("generate", "--config", str(_tiny_config("psr_kontext")), "--records", str(tmp_path / "train.jsonl"),
+                "--set", f"data.data_root={tmp_path}", "--out", str(tmp_path / "imgs"), "--steps", "1", cwd=tmp_path)
+    assert out.returncode == 2 and "4 of 5 record(s) are invalid" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "imgs").exists()

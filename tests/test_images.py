@@ -11,7 +11,7 @@ from psrl.data.records import Record, RecordError, SubjectRef
 from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, check_image, load_image, size_problem
 from psrl.models.references import ReferenceLoader
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
-from psrl.rl.sft import load_target
+from psrl.rl.sft_trainer import load_target
 
 
 def _rec(*images, rid="r"):

@@ -245,7 +245,7 @@ def test_trainer_step_survives_a_sample_the_reward_cannot_score(tmp_path):
     rollout batch holding its group is rejected by the HPSv3 processor. The step completes: that group is NaN
     with a reason and skipped, the other group trains."""
     from psrl.rl.run_config import load_run_config
-    from psrl.rl.trainer import GRPOTrainer
+    from psrl.rl.grpo_trainer import GRPOTrainer
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)

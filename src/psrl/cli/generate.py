@@ -43,7 +43,7 @@ def run(args) -> int:
     from psrl.rl.run_config import load_run_config
     from psrl.rl.sampler import sample_seed
     from psrl.images import save_image
-    from psrl.rl.trainer import load_prompt_records
+    from psrl.rl.grpo_trainer import load_prompt_records
 
     cfg = load_run_config(args.config, args.overrides)
     if args.records:
@@ -73,6 +73,13 @@ def run(args) -> int:
         root = cfg.data.data_root or (Path(records_file).resolve().parent if isinstance(records_file, str) else None)
         if root is not None:
             policy.data_root = Path(root)
+    from psrl.models.checks import check_sampling_size, validate_records
+
+    # every record checked before the first image (subject count, references decode), as psrl train does
+    check_sampling_size(policy, sampling, "--height/--width (or the config's sampling size)")
+    root = getattr(policy, "data_root", None)
+    records = validate_records(records, root, policy, args.records or "eval.records")
+    names = image_filenames(records)
     if args.lora:
         policy.load_lora(lora)
     policy.train(False)

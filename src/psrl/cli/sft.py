@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_sft(args) -> int:
-    from psrl.rl.sft import SFTTrainer
+    from psrl.rl.sft_trainer import SFTTrainer
     from psrl.rl.sft_config import load_sft_config
 
     overrides = list(args.set)
