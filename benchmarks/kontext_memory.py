@@ -185,9 +185,9 @@ def main(argv=None) -> None:
           f"LoRA r{args.lora_rank} ({n_lora / 1e6:.1f} M) grad-ckpt={args.gradient_checkpointing} "
           f"offload_frozen={args.offload_frozen}")
     memory = "peak CUDA allocated" if device.type == "cuda" else "peak RSS added"
-    for phase in ("rollout", "reward", "train"):
+    for phase in ("rollout+reward", "train"):
         sec, mem = results[phase][-1]
-        print(f"{phase:>8}: {sec:8.2f} s   {memory} {mem / 2**30:8.2f} GiB")
+        print(f"{phase:>15}: {sec:8.2f} s   {memory} {mem / 2**30:8.2f} GiB")
     if device.type == "cuda":
         print(f"iteration peak: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB allocated "
               f"({torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB reserved); add "

@@ -157,6 +157,9 @@ def _kind(path: Path) -> str:
         return "server"
     if {"subjects", "render", "export"} & top:
         return "data"
+    data = yaml.safe_load(path.read_text())
+    if "image_max_pixels" in (data.get("model") or {}) or "train" in (data.get("data") or {}):
+        return "reward_model"  # psrl reward-model train; tested in tests/test_reward_model_train.py
     return "sft" if "sft" in top else "run"
 
 

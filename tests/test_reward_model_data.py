@@ -313,10 +313,13 @@ def test_a_local_teacher_whose_replies_are_never_yes_or_no_labels_nothing(tmp_pa
 
 
 @pytest.mark.component
-def test_cells_stage_sharded_over_two_ranks_equals_one_process(tmp_path):
+def test_cells_stage_sharded_over_two_ranks_equals_one_process(tmp_path, monkeypatch):
     from psrl.datagen.manifest import read_manifest
     from psrl.datagen.runner import run_stage
     from psrl.sharding import Shard
+
+    # the two ranks run one after the other in this process: nothing to wait for (a real launch has a process group)
+    monkeypatch.setattr(Shard, "barrier", lambda self: None)
     from psrl.reward_model.pair_stages import CELLS_STAGE, CellsStage, PairsConfig
 
     cfg = PairsConfig(grids=str(_grids(tmp_path)))

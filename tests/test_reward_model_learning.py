@@ -24,7 +24,7 @@ def test_tiny_judge_learns_same_colour_and_scores_through_vlm_consistency(tmp_pa
     from psrl.reward_model.reward_model_trainer import RewardModelTrainer
     from psrl.reward_model.tiny import save_tiny_judge
     from psrl.rewards.base import build_reward
-    from psrl.rewards.images import pil_to_tensor
+    from psrl.images import pil_to_tensor
     from PIL import Image
 
     base = save_tiny_judge(tmp_path / "judge")     # loaded with from_pretrained, as a real checkpoint

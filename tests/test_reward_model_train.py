@@ -192,7 +192,7 @@ def test_outputs_load_into_the_vlm_consistency_reward(tmp_path, data):
     from psrl.reward_model.encoding import chat_texts, encode_batch
     from psrl.reward_model.reward_model_trainer import RewardModelTrainer
     from psrl.rewards.base import build_reward
-    from psrl.rewards.images import pil_to_tensor
+    from psrl.images import pil_to_tensor
 
     train, held = data
     trainer = RewardModelTrainer(make_cfg(tmp_path, train, held, lr=0.05, save_merged=True))

@@ -240,10 +240,12 @@ class DataPipelineConfig:
 # are noise, so the thresholds only exercise the plumbing (manifests, resume, sharding, statistics).
 TINY_PRESET = {
     "subjects": {"num_samples": 8, "count_weights": [0.6, 0.2, 0.2]},
+    # 96 px targets: the tiny detector's boxes are ~10% of the side, so crops reach psrl.images.MIN_SIDE (8 px), the
+    # smallest reference the policies and rewards accept
     "render": {"model": {"name": "flux", "path": "tiny", "max_sequence_length": 32}, "num_steps": 2,
-               "height": 32, "width": 32, "batch_size": 4},
+               "height": 96, "width": 96, "batch_size": 4},
     "ground": {"detector": {"kind": "grounding_dino", "path": "tiny", "box_threshold": 0.0},
-               "min_box_area": 0.0, "min_box_side": 2, "max_pair_iou": 1.0},
+               "min_box_area": 0.0, "min_box_side": 8, "max_pair_iou": 1.0},
     "references": {"model": {"name": "flux_kontext", "path": "tiny", "max_sequence_length": 32,
                              "args": {"reference_long_side_single": 32, "reference_long_side_multi": 32}},
                    "num_steps": 2, "height": 32, "width": 32, "batch_size": 4},

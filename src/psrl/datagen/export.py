@@ -70,6 +70,18 @@ def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:
     entries = read_kept(dataset, "filter")
     train = [e for e in entries if not is_heldout(e["id"], cfg)]
     heldout = [e for e in entries if is_heldout(e["id"], cfg)]
+    # a small dataset whose hash draw left one split empty would give a recipe nothing to read: with two or more
+    # samples, each split keeps at least one (the sample whose draw is nearest the threshold moves), deterministically
+    def draw(e):
+        return stable_seed(cfg.export.seed, "heldout", e["id"], bits=31)
+
+    if len(entries) >= 2 and cfg.export.heldout_fraction > 0:
+        if not heldout:
+            moved = min(train, key=draw)
+            train, heldout = [e for e in train if e is not moved], [moved]
+        elif not train:
+            moved = max(heldout, key=draw)
+            heldout, train = [e for e in heldout if e is not moved], [moved]
     write_jsonl_atomic(dataset / TRAIN_RECORDS, [to_record(e).to_json() for e in train])
     write_jsonl_atomic(dataset / EVAL_RECORDS, [to_record(e).to_json() for e in heldout])
     for name, split, fix in ((TRAIN_RECORDS, train, "lower export.heldout_fraction"),
