@@ -194,7 +194,7 @@ def _rejections(dataset: Path, stage: str, limit: int = 10) -> list[str]:
 def _import_sharegpt(args, dataset: Path) -> int:
     from dataclasses import replace
 
-    from psrl.errors import PsrlError
+    from psrl.errors import PsrlError, RecordError
     from psrl.reward_model.pairs import relative_to, split_heldout, write_pairs
     from psrl.reward_model.sharegpt import read_sharegpt
 
@@ -204,7 +204,7 @@ def _import_sharegpt(args, dataset: Path) -> int:
     for e in examples:
         try:
             images = tuple(relative_to(source.parent / p, dataset) for p in e.images)
-        except Exception as err:  # noqa: BLE001 - RecordError: an image outside --dir
+        except RecordError as err:  # an image outside --dir
             raise PsrlError(f"{e.where}: {err} (pass the folder that holds the images as --dir)") from err
         out.append(replace(e, images=images))
     for line in problems[:20]:
