@@ -217,3 +217,17 @@ def test_chat_reply_without_text_is_an_error():
         message_text({"choices": [{"message": {"content": None}}]})
     assert image_data_url(Image.new("RGB", (2, 2))).startswith("data:image/png;base64,")
     assert image_data_url(Image.new("RGB", (2, 2)), "jpg").startswith("data:image/jpeg;base64,")
+
+
+# ----------------------------------------------------------------------------- a reward's batch
+def test_scorable_images_keeps_failures_per_sample_and_checks_the_count():
+    from psrl.data.records import Record
+    from psrl.rewards.images import scorable_images
+
+    images = torch.rand(3, 3, 16, 16)
+    images[1, 0, 0, 0] = float("nan")
+    records = [Record(id=str(i), prompt="p") for i in range(3)]
+    pils, failures, idx = scorable_images(images, records, "demo")
+    assert idx == [0, 2] and pils[1] is None and "NaN" in failures[1]
+    with pytest.raises(ValueError, match="demo: 3 images for 2 records"):
+        scorable_images(images, records[:2], "demo")
