@@ -1,5 +1,5 @@
-"""Reward shaping formulas checked against hand-computed numbers (research: customized_uno_rewards.md §1.5-1.6,
-paco_flowgrpo.md §3.3)."""
+"""Reward shaping formulas checked against hand-computed numbers (Customized-GRPO, arXiv 2510.18263; PaCo-RL,
+arXiv 2512.04784)."""
 import math
 
 import pytest
@@ -72,8 +72,8 @@ def test_log_tamed_rejects_values_at_or_below_minus_one():
 
 
 @pytest.mark.parametrize("a_id,a_p,gamma,expected", [
-    (-0.5, -0.67, 1.0, 0.5 * (-1.17) - math.tanh(0.335)),     # joint failure: research figure -0.908
-    (-0.4, 0.56, 1.0, 0.5 * 0.16 + math.tanh(-0.224)),        # identity failure: research figure -0.14
+    (-0.5, -0.67, 1.0, 0.5 * (-1.17) - math.tanh(0.335)),     # joint failure: the paper's figure, -0.908
+    (-0.4, 0.56, 1.0, 0.5 * 0.16 + math.tanh(-0.224)),        # identity failure: the paper's figure, -0.14
     (0.7, 0.95, 0.4, 0.5 * 1.65 + 0.4 * math.tanh(0.665)),    # both positive: amplified
     (0.0, -2.0, 0.4, -1.0 - 0.4 * math.tanh(0.0)),            # exactly zero product: no bonus
 ])

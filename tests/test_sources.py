@@ -23,14 +23,6 @@ UNOPENABLE = [
     re.compile(r"(?<![\w.])/work/"),                                      # a path on one machine
 ]
 
-# files owned by a parallel change (issue #11, developer D) that still cite the notes; each entry must still need
-# its exemption, so the list only shrinks
-PENDING = {
-    "src/psrl/rewards/aggregate.py": "reward shaping docstring, owned by the advantages rework",
-    "tests/test_aggregate.py": "the shaping tests' docstring and comments, owned by the advantages rework",
-}
-
-
 def scanned_files():
     for top in SCANNED:
         for path in sorted((ROOT / top).rglob("*")):
@@ -46,15 +38,10 @@ def unopenable(text: str) -> list[tuple[int, str]]:
 
 
 def test_every_cited_source_can_be_opened():
-    found = [f"{rel}:{n}: {line}" for rel, path in scanned_files() if rel not in PENDING
+    found = [f"{rel}:{n}: {line}" for rel, path in scanned_files()
              for n, line in unopenable(path.read_text(encoding="utf-8", errors="replace"))]
     assert not found, "sources outside the repository (cite the arXiv id or the upstream file at a commit):\n" + \
         "\n".join(found)
-
-
-@pytest.mark.parametrize("rel", sorted(PENDING))
-def test_pending_exemptions_are_still_needed(rel):
-    assert unopenable((ROOT / rel).read_text()), f"{rel} is clean now: remove it from PENDING"
 
 
 @pytest.mark.parametrize("line", [

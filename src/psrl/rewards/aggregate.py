@@ -1,5 +1,7 @@
-"""Reward shaping: pure tensor functions that turn per-reward scores into one advantage (research notes:
-customized_uno_rewards.md §1.5-1.6, paco_flowgrpo.md §3.3).
+"""Reward shaping: pure tensor functions that turn per-reward scores into one advantage: Customized-GRPO's
+group z-score, SARS and time-aware weighting (arXiv 2510.18263; Safeoffellow/Customized-GRPO@a431775
+train/train_customized_grpo.py) and PaCo-RL's log-tamed, rank, per-reward-normalised and mean aggregations
+(arXiv 2512.04784; X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/paco_grpo/stat_tracking.py).
 
 Shapes: ``rewards [N, K]`` (one column per reward), ``weights [K]``, ``group_ids [N]`` (prompt group of each
 sample). NaN marks an unscorable sample: group statistics ignore it and its per-reward advantage is 0 (it carries
