@@ -30,6 +30,7 @@ from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
 from psrl.rl.optim import clip_gradients
+from psrl.rl.reward_calls import call_reward, log_failure_reasons
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
 from psrl.images import save_image
@@ -39,7 +40,6 @@ from psrl.sampling import plan_steps
 logger = logging.getLogger(__name__)
 
 # stats reduced over processes with min / max instead of the mean
-_MIN_STATS, _MAX_STATS = ("ratio_min",), ("ratio_max", "grad_norm_max")
 
 
 def load_prompt_records(records, what: str = "data.records") -> list[Record]:
@@ -62,36 +62,6 @@ def _accepts(reward_name: str, arg: str) -> bool:
         return isinstance(target, type) and arg in inspect.signature(target).parameters
     except (KeyError, ImportError, AttributeError, TypeError, ValueError):
         return False
-
-
-def _call_reward(reward, rollout):
-    """``(RewardOutput, None)``, or ``(None, why)`` when the reward raised or returned the wrong shape."""
-    name = getattr(reward, "name", type(reward).__name__)
-    try:
-        out = reward(rollout.images, rollout.records)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any reward bug must end the run with its name, not a traceback
-        return None, f"reward {name!r} raised {type(e).__name__}: {e}"
-    scores = getattr(out, "scores", None)
-    if not isinstance(scores, torch.Tensor) or scores.numel() != len(rollout):
-        got = scores.numel() if isinstance(scores, torch.Tensor) else type(scores).__name__
-        return None, f"reward {name!r} returned {got} scores for {len(rollout)} images"
-    return out, None
-
-
-def _log_failure_reasons(per_process: list[dict]) -> None:
-    """One warning per reward that could not score some samples this step, with the commonest reasons whole (a
-    failure rate alone does not say what to fix)."""
-    merged: dict[str, Counter] = {}
-    for reasons in per_process:
-        for name, counts in reasons.items():
-            merged.setdefault(name, Counter()).update(counts)
-    for name, counts in merged.items():
-        if counts:
-            top = "; ".join(f"{n} x {why}" for why, n in counts.most_common(3))
-            more = f"; and {len(counts) - 3} other reason(s)" if len(counts) > 3 else ""
-            logger.warning("reward %r could not score %d sample(s): %s%s", name, sum(counts.values()), top, more)
 
 
 def oom_advice(cfg: RunConfig, phase: str) -> str:
@@ -335,7 +305,7 @@ class GRPOTrainer(BaseTrainer):
         t0 = time.perf_counter()
         out = {"scores": [], "failed": [], "reasons": {}, "error": None}
         for reward in self.rewards:
-            result, error = _call_reward(reward, rollout)
+            result, error = call_reward(reward, rollout)
             if error is not None:
                 out["error"] = error
                 break
@@ -360,7 +330,7 @@ class GRPOTrainer(BaseTrainer):
         if errors:
             raise StepAbandoned(errors[0], 1)
         if self.is_main:
-            _log_failure_reasons([r for _, r in gathered])
+            log_failure_reasons([r for _, r in gathered])
         columns = [torch.cat([r["scores"][k] for r in results]) for k in range(len(self.rewards))]
         failures = [sum(r["failed"][k] for r in results) for k in range(len(self.rewards))]
         return torch.stack(columns, dim=1), torch.tensor(failures, dtype=torch.float32)
