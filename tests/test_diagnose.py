@@ -243,9 +243,14 @@ def test_diagnose_reports_rewards_that_teach_nothing(tmp_path, capsys):
     assert "verdict: no signal: every group's rewards were equal" in out
     assert "100% of groups have equal rewards" in out
     # nothing scorable: nothing measured, exit 1
-    assert main(["diagnose", *base, "--set", "rewards=[{name: test_diagnose:unscorable_reward}]"]) == 1
+    name = "test_diagnose:unscorable_reward"
+    json_path = str(tmp_path / "nan.json")
+    assert main(["diagnose", *base, "--set", f"rewards=[{{name: '{name}'}}]", "--json", json_path]) == 1
     out = capsys.readouterr().out
     assert "verdict: no signal: no group had two scorable samples" in out
+    d = json.loads((tmp_path / "nan.json").read_text())  # strict JSON: NaN written as null
+    assert d["rewards"][name]["mean"] is None and d["rewards"][name]["unscorable"] == 1
+    (tmp_path / "nan.json").unlink()
     assert main(["diagnose", "--batches", "1"]) == 2
     assert "error: --batches must be at least 2" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []

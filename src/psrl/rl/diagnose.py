@@ -118,7 +118,18 @@ class Diagnosis:
         return self.trained_fraction > 0
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """JSON-able: nested dataclasses as dicts, NaN and inf as ``null`` (JSON has neither)."""
+        return _json_safe(dataclasses.asdict(self))
+
+
+def _json_safe(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 @contextmanager

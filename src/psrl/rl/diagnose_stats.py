@@ -1,24 +1,26 @@
 """The statistics of ``psrl diagnose`` as pure functions: reward spread per reward, the gradient signal test (cosine
 between the policy gradients of independent rollout batches against a shuffled-advantage control), and the
-time extrapolation. No model, no trainer; :mod:`psrl.rl.diagnose` feeds them.
+median phase time. No model, no trainer; :mod:`psrl.rl.diagnose` feeds them.
 
 The gradient signal test. For each rollout batch ``b`` the diagnosis computes the policy gradient twice: ``r_b`` with
 the batch's advantages, ``c_b`` with the advantages shuffled within each group (the control: the same images and
 log-probs, the link between a sample and its reward cut). The statistic is the mean cosine over pairs of batches,
 :func:`mean_pairwise_cosine`. If the rewards carry a direction the policy can follow, the ``r_b`` share it and their
-mean cosine is positive; the ``c_b`` never do. For a gradient ``g = mu + noise`` whose noise has total variance
-``tr(S)``, the expected cosine of two independent batches is about ``|mu|^2 / (|mu|^2 + tr(S))``: the gradient
-signal-to-noise ratio of one batch, the quantity "raise group_size or groups_per_step" moves (``tr(S)`` falls as
-``1 / images``).
+mean cosine is positive; the ``c_b`` never do. For a batch of ``B`` images whose per-image gradients have mean
+``mu`` and covariance ``S``, the expected cosine of two independent batches is about
+``|mu|^2 / (|mu|^2 + tr(S) / B) = B / (B + B_simple)``, with ``B_simple = tr(S) / |mu|^2`` the simple noise scale of
+McCandlish et al. (arXiv 1812.06162, section 2.2): the cosine is the quantity "raise group_size or groups_per_step"
+moves, and it is 0.5 at ``B = B_simple`` (:func:`images_for_cosine`).
 
 Whether the observed cosine is above noise is decided by an exact test, not a normal approximation: with few
 batches and LoRA gradients that live in few effective dimensions, pair cosines of pure noise reach +-0.5 and a z-score
-is badly calibrated (measured on the tiny model: a random reward reached z = 3.7 with 8 batches). Under the null
+is badly calibrated (measured on the tiny model: a random reward's z-score reached 2.6 in one of four sets of 8
+batches, a rate a normal null puts at 1 in 200). Under the null
 hypothesis "the rewards are independent of the samples within a group" (a reward that returns random numbers), each
 batch's pair ``(r_b, c_b)`` is exchangeable: both are the gradient under a uniformly random assignment of the
 group's reward values to its samples. So swapping ``r_b`` with ``c_b`` in any set of batches leaves the statistic's
 distribution unchanged, and the share of the ``2^K`` swap patterns whose statistic reaches the observed one is an
-exact p-value (:func:`swap_test`; a Monte-Carlo permutation test, Good, *Permutation Tests*, 2nd ed., section 3).
+exact p-value (:func:`swap_test`; a randomization test in Fisher's sense, *The Design of Experiments*, 1935).
 The verdict says ``signal`` when ``p <= SIGNAL_ALPHA``: a reward that returns random numbers is called ``signal``
 with probability ``SIGNAL_ALPHA`` at most, whatever the model, batch size or number of batches.
 """
@@ -141,10 +143,10 @@ def swap_test(real: Tensor, control: Tensor, *, alpha: float = SIGNAL_ALPHA, sam
 
 
 def images_for_cosine(cosine: float, images_per_step: int, target: float = TARGET_COSINE) -> int | None:
-    """Images per step at which two steps' gradients would reach cosine ``target``, from the ``cosine`` measured at
-    ``images_per_step``: the noise variance falls as ``1 / images``, so with ``snr = c / (1 - c)`` per step the
-    cosine ``n snr' / (1 + n snr')`` reaches ``target`` at ``images * target / (1 - target) / snr``. ``None`` when
-    ``cosine <= 0`` (no signal to scale)."""
+    """Images per step at which two steps' gradients would reach cosine ``target``, from the ``cosine`` ``c``
+    measured at ``images_per_step`` ``B``: with ``c = B / (B + B_simple)`` (module docstring), ``B_simple =
+    B (1 - c) / c`` and the cosine reaches ``target`` at ``B_simple * target / (1 - target)`` images (``B_simple``
+    itself for 0.5). ``images_per_step`` when already there; ``None`` when ``cosine <= 0`` (no signal to scale)."""
     if not cosine > 0:
         return None
     if cosine >= target:
