@@ -154,6 +154,8 @@ def test_verdict_lines():
     line, notes = verdict(weak)
     assert "noise" in line and "group_size" in line and "groups_per_step" in line
     assert any("75% of groups" in n for n in notes)
+    few = _diagnosis(SignalTest(0.4, 0.0, 0.125, 3, 8, False))  # 3 batches can never reach p <= 0.01
+    assert verdict(few)[0].startswith("too few batches to tell signal from noise: with 3 the smallest possible p")
     flat = _diagnosis(SignalTest(0.0, 0.0, 1.0, 12, 0, False), zero_std=1.0)
     assert verdict(flat)[0].startswith("no signal: every group's rewards were equal")
     none = _diagnosis(SignalTest(0.0, 0.0, 1.0, 12, 0, False), trained=0.0)

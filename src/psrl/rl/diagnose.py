@@ -39,6 +39,7 @@ import torch
 
 from psrl.errors import ConfigError, PsrlError
 from psrl.rl.diagnose_stats import (
+    SIGNAL_ALPHA,
     RewardSpread,
     SignalTest,
     images_for_cosine,
@@ -370,6 +371,9 @@ def verdict(d: Diagnosis) -> tuple[str, list[str]]:
         if d.images_for_target is not None and d.images_for_target > d.images_per_batch:
             notes.append(f"the signal is weak per step: about {d.images_for_target} images per step (now "
                          f"{d.images_per_batch}) would bring the cosine to 0.5")
+    elif 2.0 ** -s.batches > SIGNAL_ALPHA:
+        line = (f"too few batches to tell signal from noise: with {s.batches} the smallest possible p-value is "
+                f"{2.0 ** -s.batches:.3g} > {SIGNAL_ALPHA:g}; use --batches 7 or more ({odds})")
     else:
         line = (f"the signal is at noise level ({odds}): raise train.group_size or train.groups_per_step, or use a "
                 "denser reward; a weak signal may need more batches to show (--batches)")
