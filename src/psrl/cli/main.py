@@ -14,6 +14,7 @@ USER_ERRORS = (ConfigError, RecordError, PsrlError)
 # subcommand -> module; the order is the order shown in --help
 COMMANDS = {
     "train": "psrl.cli.train",
+    "diagnose": "psrl.cli.diagnose",
     "sft": "psrl.cli.sft",
     "generate": "psrl.cli.generate",
     "reward": "psrl.cli.reward",
