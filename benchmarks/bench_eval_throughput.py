@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from psrl.bench.evaluate import MetricSet, evaluate_samples
-from psrl.bench.generate import save_png
+from psrl.images import save_image
 from psrl.bench.results import load_result_samples
 from psrl.bench.tasks import PSRBENCH_SUBSETS, psrbench_metrics
 
@@ -46,7 +46,7 @@ def build_fixture(base: Path, n: int, size: int) -> tuple[Path, Path]:
         entry.update({f"category{j + 1}": c for j, c in enumerate(cats)})
         index = len(per_subset[spec.name])
         image = results / spec.name / f"{index}.png"
-        save_png(torch.rand(3, size, size, generator=g), image)
+        save_image(torch.rand(3, size, size, generator=g), image)
         entry["result_path"] = str(image)
         per_subset[spec.name].append(entry)
     for name, entries in per_subset.items():

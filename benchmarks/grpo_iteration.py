@@ -3,9 +3,15 @@
 The policy is the random "small" FLUX of ``rollout_overhead.py`` (256 px) with a LoRA, driven by the real
 ``GRPOTrainer`` and the ``mean_color`` reward. The first iteration warms up; the next ones are measured.
 Peak memory: CUDA ``max_memory_allocated`` per phase on a GPU; on the CPU the peak resident set size sampled
-during the phase (minus the RSS before it, i.e. what the phase added).
+during the phase (minus the RSS before it, i.e. what the phase added). Phase times come from the trainer's own
+metrics (``time/rollout``, ``time/reward``: the reward time that did not overlap a rollout, ``time/train``).
+
+``--overlap`` adds a stand-in reward that costs about as much as the rollout (matrix products on the device,
+no sleeping, calibrated on the warm-up), and runs the iteration with ``train.async_rewards`` off and on: the step
+times and their ratio (sequential / overlapped) are printed.
 
     python benchmarks/grpo_iteration.py                               # CPU, fp32
+    python benchmarks/grpo_iteration.py --threads 1 --overlap         # rewards overlapping rollouts
     python benchmarks/grpo_iteration.py --device cuda --dtype bfloat16 --group-size 8 --groups 4 --batch 8
 """
 from __future__ import annotations
@@ -64,8 +70,9 @@ def measure(name: str, device: torch.device, results: dict):
 
 
 def instrument(trainer, device, results) -> None:
-    """Wrap the trainer's three phases with :func:`measure` (no change to what they do)."""
-    for phase, attr in (("rollout", "_rollout"), ("reward", "_score"), ("train", "_update")):
+    """Wrap the trainer's two phases with :func:`measure` (no change to what they do): rollout with its rewards
+    (which may overlap), and the update."""
+    for phase, attr in (("rollout+reward", "_rollout_and_score"), ("train", "_update")):
         original = getattr(trainer, attr)
 
         def wrapped(*a, _orig=original, _phase=phase, **k):
@@ -73,6 +80,68 @@ def instrument(trainer, device, results) -> None:
                 return _orig(*a, **k)
 
         setattr(trainer, attr, wrapped)
+
+
+class BusyReward:
+    """A CPU/GPU-bound stand-in for a heavy reward model: ``iters`` products of a 256x256 matrix per image batch,
+    then the mean blue channel as the score (no sleeping: it competes for the device like a real model)."""
+
+    name = "busy"
+
+    def __init__(self, device, iters: int):
+        self.iters = iters
+        self.m = torch.randn(256, 256, device=device) / 16
+
+    @torch.no_grad()
+    def __call__(self, images, records):
+        from psrl.rewards.base import RewardOutput
+
+        x = self.m
+        for _ in range(self.iters):
+            x = torch.tanh(x @ self.m)
+        scores = images[:, 2].float().mean(dim=(1, 2)).cpu() + 0 * float(x[0, 0])
+        return RewardOutput(scores=scores, failures=[None] * len(records))
+
+
+def _calibrate(device, seconds: float) -> int:
+    """Matrix-product iterations that take about ``seconds`` on ``device``."""
+    r = BusyReward(device, 50)
+    images = torch.rand(1, 3, 8, 8)
+    t0 = time.perf_counter()
+    r(images, [None])
+    per = (time.perf_counter() - t0) / 50
+    return max(1, int(seconds / per))
+
+
+def build(args, device, async_rewards: bool, extra_reward=None):
+    from psrl.models.config import LoraConfig, ModelConfig
+    from psrl.models.flux import FluxPolicy
+    from psrl.rl.grpo_trainer import GRPOTrainer
+    from psrl.rl.run_config import load_run_config
+
+    out = tempfile.mkdtemp(prefix="psrl-bench-")
+    cfg = load_run_config(None, [
+        f"run.output_dir={out}", "run.name=bench", f"train.max_steps={args.iterations + 1}",
+        f"train.groups_per_step={args.groups}", f"train.group_size={args.group_size}",
+        f"train.sample_batch_size={args.batch}", f"train.train_batch_size={args.batch}", "train.lr=1e-4",
+        "train.clip_range=1e-4", f"train.device={device.type}", f"sampling.num_steps={args.steps}",
+        f"sampling.height={args.size}", f"sampling.width={args.size}", "sampling.noise_level=0.7",
+        "eval.every=0", f"train.save_every={10**6}", f"train.async_rewards={str(async_rewards).lower()}",
+        f"train.mixed_precision={'bf16' if args.dtype == 'bfloat16' else 'no'}"])
+    lora = LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, targets="attn", init="gaussian")
+    model_cfg = ModelConfig(lora=lora, dtype=args.dtype, max_sequence_length=64,
+                            gradient_checkpointing=args.gradient_checkpointing)
+    policy = FluxPolicy(small_flux_components(), model_cfg, device)
+    trainer = GRPOTrainer(cfg, policy=policy)
+    trainer.save = lambda step, **k: None  # measure the iteration, not checkpoint I/O
+    if extra_reward is not None:
+        trainer.rewards[0] = extra_reward
+    return trainer
+
+
+def _mean(history, key):
+    measured = history[1:]  # drop the warm-up iteration
+    return sum(m[key] for m in measured) / len(measured)
 
 
 def main(argv=None) -> None:
@@ -88,47 +157,40 @@ def main(argv=None) -> None:
     p.add_argument("--iterations", type=int, default=2, help="measured iterations after one warm-up")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--overlap", action="store_true",
+                   help="compare train.async_rewards off and on with a reward as costly as the rollout")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from psrl.models.config import LoraConfig, ModelConfig
-    from psrl.models.flux import FluxPolicy
-    from psrl.rl.run_config import load_run_config
-    from psrl.rl.grpo_trainer import GRPOTrainer
-
     device = torch.device(args.device)
-    out = tempfile.mkdtemp(prefix="psrl-bench-")
-    cfg = load_run_config(None, [
-        f"run.output_dir={out}", "run.name=bench", f"train.max_steps={args.iterations + 1}",
-        f"train.groups_per_step={args.groups}", f"train.group_size={args.group_size}",
-        f"train.sample_batch_size={args.batch}", f"train.train_batch_size={args.batch}", "train.lr=1e-4",
-        "train.clip_range=1e-4", f"train.device={device.type}", f"sampling.num_steps={args.steps}",
-        f"sampling.height={args.size}", f"sampling.width={args.size}", "sampling.noise_level=0.7",
-        "eval.every=0", f"train.save_every={10**6}",
-        f"train.mixed_precision={'bf16' if args.dtype == 'bfloat16' else 'no'}"])
-    lora = LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, targets="attn", init="gaussian")
-    model_cfg = ModelConfig(lora=lora, dtype=args.dtype, max_sequence_length=64,
-                            gradient_checkpointing=args.gradient_checkpointing)
-    policy = FluxPolicy(small_flux_components(), model_cfg, device)
-    trainer = GRPOTrainer(cfg, policy=policy)
-    trainer.save = lambda step: None  # measure the iteration, not checkpoint I/O
+
+    trainer = build(args, device, async_rewards=False)
     results: dict = {}
     instrument(trainer, device, results)
-    trainer.train()
+    history = trainer.train()
     n_lora = sum(p.numel() for p in trainer.params)
     print(f"device={device} dtype={args.dtype} images/iteration={args.groups * args.group_size} batch={args.batch} "
           f"steps={args.steps} (trained {args.steps - 1}) size={args.size} LoRA rank {args.lora_rank} "
           f"({n_lora / 1e6:.2f}M params) measured iterations={args.iterations}")
     memory = "peak CUDA allocated" if device.type == "cuda" else "peak RSS added"
-    total = 0.0
-    for phase in ("rollout", "reward", "train"):
-        measured = results[phase][1:]  # drop the warm-up iteration
-        sec = sum(s for s, _ in measured) / len(measured)
-        mem = max(m for _, m in measured)
-        total += sec
-        print(f"{phase:>8}: {sec:8.3f} s   {memory} {mem / 2**20:9.1f} MiB")
-    print(f"   total: {total:8.3f} s per iteration")
+    for phase, key in (("rollout", "time/rollout"), ("reward", "time/reward"), ("train", "time/train")):
+        print(f"{phase:>8}: {_mean(history, key):8.3f} s")
+    for phase in ("rollout+reward", "train"):
+        print(f"{phase:>15} {memory} {max(m for _, m in results[phase][1:]) / 2**20:9.1f} MiB")
+    print(f"   total: {_mean(history, 'time/step'):8.3f} s per iteration")
+    if args.overlap:
+        rollout_s = _mean(history, "time/rollout")
+        batches = args.groups * args.group_size // args.batch
+        iters = _calibrate(device, rollout_s / batches)
+        steps = {}
+        for mode in (False, True):
+            t = build(args, device, async_rewards=mode, extra_reward=BusyReward(device, iters))
+            h = t.train()
+            steps[mode] = _mean(h, "time/step")
+            print(f"async_rewards={str(mode).lower():5}: step {steps[mode]:7.3f} s  (rollout "
+                  f"{_mean(h, 'time/rollout'):.3f} s, reward not overlapped {_mean(h, 'time/reward'):.3f} s, "
+                  f"reward busy {_mean(h, 'time/reward_busy'):.3f} s, train {_mean(h, 'time/train'):.3f} s)")
+        print(f"overlap speed-up (sequential / async step time): {steps[False] / steps[True]:.2f}x")
 
 
 if __name__ == "__main__":

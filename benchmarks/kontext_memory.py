@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from grpo_iteration import instrument  # noqa: E402
 from rollout_overhead import small_flux_components  # noqa: E402
 
-# Flow-GRPO's Kontext LoRA targets, which configs/psr_kontext.yaml uses (psr.md §6.6)
+# Flow-GRPO's Kontext LoRA targets (yifan123/flow_grpo@74db691 scripts/train_flux_kontext.py), which
+# configs/psr_kontext.yaml uses
 PSR_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
                "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp"]
 T5_XXL_CLIP_L_BF16_GB = (4.76e9 + 0.123e9) * 2 / 1e9  # frozen text encoders the script does not allocate
@@ -185,9 +186,9 @@ def main(argv=None) -> None:
           f"LoRA r{args.lora_rank} ({n_lora / 1e6:.1f} M) grad-ckpt={args.gradient_checkpointing} "
           f"offload_frozen={args.offload_frozen}")
     memory = "peak CUDA allocated" if device.type == "cuda" else "peak RSS added"
-    for phase in ("rollout", "reward", "train"):
+    for phase in ("rollout+reward", "train"):
         sec, mem = results[phase][-1]
-        print(f"{phase:>8}: {sec:8.2f} s   {memory} {mem / 2**30:8.2f} GiB")
+        print(f"{phase:>15}: {sec:8.2f} s   {memory} {mem / 2**30:8.2f} GiB")
     if device.type == "cuda":
         print(f"iteration peak: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB allocated "
               f"({torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB reserved); add "
@@ -195,7 +196,7 @@ def main(argv=None) -> None:
 
 
 def policy_sampling(trainer):
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
 
     s = trainer.cfg.sampling
     return SamplingConfig(num_steps=s.num_steps, height=s.height, width=s.width)

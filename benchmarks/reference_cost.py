@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     from psrl.data.records import Record, SubjectRef, resolve_records
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
 
     print(f"device {args.device}, model {args.model}, {args.size}x{args.size}, {args.steps} steps, group "
           f"{args.group}, LoRA r{args.rank}, torch threads {torch.get_num_threads()}")

@@ -44,7 +44,7 @@ def base_components(device, dtype):
         GroundingDinoImageProcessorPil,
     )
 
-    from psrl.rewards.tiny import _imagenet_bit_processor
+    from psrl.rewards.components import imagenet_bit_processor
 
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", *PHRASES, *string.ascii_lowercase]
     tokenizer = BertTokenizer(vocab={t: i for i, t in enumerate(dict.fromkeys(vocab))})
@@ -56,7 +56,7 @@ def base_components(device, dtype):
     torch.manual_seed(0)
     vit = ViTModel(ViTConfig(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
                              image_size=224, patch_size=16), add_pooling_layer=False).eval()
-    embedder = HFImageEmbedder(vit, _imagenet_bit_processor(256, 224), "cls", device=device, dtype=dtype,
+    embedder = HFImageEmbedder(vit, imagenet_bit_processor(256, 224), "cls", device=device, dtype=dtype,
                                batch_size=64)
     return detector, embedder
 

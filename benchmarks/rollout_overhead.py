@@ -67,8 +67,8 @@ def main(argv=None) -> None:
     from diffusers import FluxPipeline
 
     from psrl.data.records import Record
-    from psrl.models.base import SamplingConfig
     from psrl.models.config import ModelConfig
+    from psrl.sampling import SamplingConfig
     from psrl.models.flux import FluxPolicy
 
     device = torch.device(args.device)

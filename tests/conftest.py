@@ -16,11 +16,27 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+# every test carries exactly one tier (module-level ``pytestmark`` or per test), so -m unit / component / e2e select
+# all of them between them; pytest.ini_options in pyproject.toml registers and describes the markers
+TIERS = ("unit", "component", "e2e")
+
+def tier_problems(items) -> list[str]:
+    """``"<node id>: <tiers found>"`` for every test with no tier or with more than one."""
+    problems = []
+    for item in items:
+        tiers = [t for t in TIERS if item.get_closest_marker(t) is not None]
+        if len(tiers) != 1:
+            problems.append(f"{item.nodeid}: {' + '.join(tiers) or 'no tier'}")
+    return problems
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects anything: a deselected test must be tiered too
 def pytest_collection_modifyitems(config, items):
+    problems = tier_problems(items)
+    if problems:
+        raise pytest.UsageError("every test needs exactly one tier marker (@pytest.mark.unit, component or e2e, or a "
+                                "module-level pytestmark):\n  " + "\n  ".join(problems))
     has_gpu = torch.cuda.is_available()
-    run_slow = "slow" in (config.getoption("-m") or "")
     for item in items:
         if "gpu" in item.keywords and not has_gpu:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
-        if "slow" in item.keywords and not run_slow:
-            item.add_marker(pytest.mark.skip(reason="slow: run with -m slow"))

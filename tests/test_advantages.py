@@ -6,10 +6,12 @@ import pytest
 import torch
 
 from psrl.config import ConfigError
-from psrl.rl.advantages import (ADVANTAGE_MODES, compute_advantages, get_advantage_mode, group_normalize,
-                                weighted_advantages)
+from psrl.rl.advantages import (ADVANTAGE_MODES, check_advantage_config, compute_advantages, get_advantage_mode,
+                                group_normalize, weighted_advantages)
 from psrl.rl.grpo_config import AdvantageConfig
 from psrl.rl.sampler import GroupSampler, sample_seed
+
+pytestmark = pytest.mark.unit
 
 
 def test_group_normalize_group_and_global_std():
@@ -138,7 +140,10 @@ def _next_up(x: float) -> float:
     ("weighted", {}, "group"), ("weighted", {}, "global"), ("group_zscore", {}, "group"),
     ("sars", {"identity": 0, "prompt": 1, "tdw": True}, "group"),
     ("sars", {"identity": 0, "prompt": 1, "tdw": False}, "group"),
-    ("log_tamed", {}, "group"), ("log_tamed", {}, "global"), ("log_tamed", {"normalize": "global_std"}, "group")])
+    ("log_tamed", {}, "group"), ("log_tamed", {}, "global"), ("log_tamed", {"normalize": "global_std"}, "group"),
+    ("rank", {}, "group"), ("rank", {}, "global"), ("per_reward_normalized", {}, "group"),
+    ("per_reward_normalized", {}, "global"), ("geometric_mean", {}, "group"), ("geometric_mean", {}, "global"),
+    ("harmonic_mean", {}, "group"), ("harmonic_mean", {}, "global")])
 @pytest.mark.parametrize("equal_totals", [True, False])
 def test_rounding_level_group_gets_zero_and_is_counted_zero_std_in_every_mode(mode, args, std_mode, equal_totals):
     # group 0: the Customized-GRPO example, rewards 1 ulp (5.96e-8) apart. With advantage.eps 1e-8 it got
@@ -175,3 +180,114 @@ def test_weighted_mode_formula_beside_a_rounding_level_group():
     assert res.advantages[:, 0].tolist() == [0.0, 0.0, -1.0, 1.0]  # was 0/0 = NaN with eps 0
     with pytest.raises(ValueError, match="std_mode"):
         group_normalize(r[:, 0], g, "per_group")
+
+
+# ----------------------------------------------------------------------------- PaCo-GRPO's modes
+PACO_MODES = ("rank", "per_reward_normalized", "geometric_mean", "harmonic_mean")
+R = torch.tensor([[0.2, 3.0], [0.9, 1.0], [0.5, 2.0], [0.4, 8.0], [0.1, 4.0], [0.7, 6.0], [0.3, 5.0]])
+G = torch.tensor([0, 0, 0, 1, 1, 1, 1])
+W = torch.tensor([1.0, 0.25])
+
+
+def _norm(v: torch.Tensor, g: torch.Tensor, std_mode: str, eps: float) -> list[float]:
+    """``(v - mean_group) / (std + eps)`` with the population std of the group or of all values."""
+    out = torch.empty_like(v, dtype=torch.float64)
+    v = v.double()
+    for gid in torch.unique(g):
+        m = g == gid
+        std = v.std(unbiased=False) if std_mode == "global" else v[m].std(unbiased=False)
+        out[m] = (v[m] - v[m].mean()) / (std + eps)
+    return out.tolist()
+
+
+def test_paco_modes_are_registered():
+    for name in PACO_MODES:
+        assert callable(get_advantage_mode(name))
+    assert get_advantage_mode("geometric_mean").unscorable is not None
+
+
+@pytest.mark.parametrize("std_mode", ["group", "global"])
+def test_rank_mode_is_weighted_on_within_group_ranks(std_mode):
+    # group 0: col 0 [0.2, 0.9, 0.5] -> ranks [0, 1, 0.5]; col 1 [3, 1, 2] -> [1, 0, 0.5]
+    # group 1: col 0 [0.4, 0.1, 0.7, 0.3] -> [2, 0, 3, 1] / 3; col 1 [8, 4, 6, 5] -> [3, 0, 2, 1] / 3
+    ranks = torch.tensor([[0, 1], [1, 0], [0.5, 0.5], [2 / 3, 1], [0, 0], [1, 2 / 3], [1 / 3, 1 / 3]])
+    cfg = AdvantageConfig(mode="rank", std_mode=std_mode, eps=1e-4)
+    adv = compute_advantages(R, W, G, cfg, (0, 2), 4).advantages
+    assert adv[:, 0].tolist() == pytest.approx(_norm(ranks @ W, G, std_mode, 1e-4), abs=1e-6)
+    assert torch.equal(adv[:, 0], adv[:, 1])
+
+
+@pytest.mark.parametrize("std_mode", ["group", "global"])
+def test_per_reward_normalized_mode_formula_and_std_mode(std_mode):
+    cfg = AdvantageConfig(mode="per_reward_normalized", std_mode=std_mode)
+    adv = compute_advantages(R, W, G, cfg, (0,), 4).advantages[:, 0]
+    cols = [torch.tensor(_norm(R[:, k], G, std_mode, 0.0)) for k in range(2)]  # stds are >> the 1e-6 floor
+    assert adv.tolist() == pytest.approx((torch.stack(cols, 1).float() @ W).tolist(), abs=1e-5)
+    floored = AdvantageConfig(mode="per_reward_normalized", std_mode=std_mode, args={"eps": 10.0})
+    adv10 = compute_advantages(R, W, G, floored, (0,), 4).advantages[:, 0]
+    means = torch.stack([R[G == g].mean(0) for g in G.tolist()])
+    assert adv10.tolist() == pytest.approx((((R - means) / 10.0) @ W).tolist(), abs=1e-6)  # max(std, 10) = 10
+    with pytest.raises(ValueError, match="unknown option.*'nope'"):
+        compute_advantages(R, W, G, AdvantageConfig(mode="per_reward_normalized", args={"nope": 1}), (0,), 4)
+
+
+@pytest.mark.parametrize("kind", ["geometric_mean", "harmonic_mean"])
+@pytest.mark.parametrize("std_mode", ["group", "global"])
+def test_mean_modes_group_normalise_the_scipy_mean(kind, std_mode):
+    from scipy.stats import gmean, hmean
+
+    oracle = gmean if kind == "geometric_mean" else hmean
+    m = torch.tensor(oracle(R.double().numpy(), axis=1, weights=W.double().numpy()))
+    cfg = AdvantageConfig(mode=kind, std_mode=std_mode, eps=1e-4)
+    adv = compute_advantages(R, W, G, cfg, (1, 3), 4).advantages
+    assert adv[:, 0].tolist() == pytest.approx(_norm(m, G, std_mode, 1e-4), abs=1e-5)
+    assert torch.equal(adv[:, 0], adv[:, 1])
+    # PaCo's released behaviour: the mean itself is the advantage
+    raw = AdvantageConfig(mode=kind, clip=100.0, args={"normalize": "raw"})
+    assert compute_advantages(R, W, G, raw, (1,), 4).advantages[:, 0].tolist() == pytest.approx(m.tolist(), rel=1e-6)
+    with pytest.raises(ConfigError, match="std_mode: global has no effect .* normalize: raw"):
+        check_advantage_config(AdvantageConfig(mode=kind, std_mode="global", args={"normalize": "raw"}), [1.0])
+    with pytest.raises(ValueError, match="normalize.*'group' or 'raw'"):
+        compute_advantages(R, W, G, AdvantageConfig(mode=kind, args={"normalize": "global"}), (1,), 4)
+
+
+@pytest.mark.parametrize("kind", ["geometric_mean", "harmonic_mean"])
+def test_negative_reward_under_a_mean_leaves_its_group_with_a_reason(kind, caplog):
+    r = R.clone()
+    r[1, 1] = -1.0  # group 0 keeps samples 0 and 2
+    r[3:5, 0] = -0.5  # group 1 keeps samples 5 and 6
+    cfg = AdvantageConfig(mode=kind, eps=1e-4)
+    with caplog.at_level(logging.WARNING, logger="psrl.rl.advantages"):
+        res = compute_advantages(r, W, G, cfg, (0,), 4)
+    assert res.trained.tolist() == [True, False, True, False, False, True, True]
+    assert res.stats["nan_samples"] == 3 and res.stats["mode_nan_samples"] == 3
+    assert f"3 of 7 samples cannot be scored by advantage mode '{kind}'" in caplog.text
+    assert "sample 1: reward column 1 is -1" in caplog.text
+    # the remaining members are normalised among themselves, exactly as if the others were never there
+    keep = res.trained
+    alone = compute_advantages(r[keep], W, G[keep], cfg, (0,), 4)
+    assert torch.equal(res.advantages[keep], alone.advantages)
+    assert res.advantages[~keep].abs().sum() == 0
+    # a negative reward is fine where no mean is taken
+    assert compute_advantages(r, W, G, AdvantageConfig(), (0,), 4).trained.all()
+
+
+def test_every_sample_unscorable_counts_as_an_unscored_step():
+    r = -R
+    res = compute_advantages(r, W, G, AdvantageConfig(mode="geometric_mean"), (0,), 4)
+    assert not res.trained.any() and res.stats["nan_samples"] == 7  # what check_health's max_invalid_steps counts
+
+
+def test_check_advantage_config_fails_before_a_run_on_what_a_mode_rejects():
+    for name in ("weighted", "group_zscore", "log_tamed", *PACO_MODES):
+        check_advantage_config(AdvantageConfig(mode=name), [1.0, 0.5], num_steps=4)
+    check_advantage_config(AdvantageConfig(mode="sars"), [1.0, 0.5], num_steps=4)
+    with pytest.raises(ConfigError, match="advantage \\(mode 'geometric_mean'\\): the geometric mean of the rewards "
+                                          "needs reward weights >= 0"):
+        check_advantage_config(AdvantageConfig(mode="geometric_mean"), [1.0, -0.5])
+    with pytest.raises(ConfigError, match="advantage \\(mode 'rank'\\): advantage.args: unknown option"):
+        check_advantage_config(AdvantageConfig(mode="rank", args={"eps": 1e-6}), [1.0])
+    with pytest.raises(ConfigError, match="sars needs distinct 'identity' and 'prompt' reward columns"):
+        check_advantage_config(AdvantageConfig(mode="sars"), [1.0])
+    with pytest.raises(ConfigError, match="registered modes"):
+        check_advantage_config(AdvantageConfig(mode="nope"), [1.0])

@@ -1,11 +1,13 @@
-"""Reward shaping formulas checked against hand-computed numbers (research: customized_uno_rewards.md §1.5-1.6,
-paco_flowgrpo.md §3.3)."""
+"""Reward shaping formulas checked against hand-computed numbers (Customized-GRPO, arXiv 2510.18263; PaCo-RL,
+arXiv 2512.04784)."""
 import math
 
 import pytest
 import torch
 
 from psrl.rewards import aggregate as ag
+
+pytestmark = pytest.mark.unit
 
 
 def test_weighted_sum_numbers_and_nan():
@@ -70,8 +72,8 @@ def test_log_tamed_rejects_values_at_or_below_minus_one():
 
 
 @pytest.mark.parametrize("a_id,a_p,gamma,expected", [
-    (-0.5, -0.67, 1.0, 0.5 * (-1.17) - math.tanh(0.335)),     # joint failure: research figure -0.908
-    (-0.4, 0.56, 1.0, 0.5 * 0.16 + math.tanh(-0.224)),        # identity failure: research figure -0.14
+    (-0.5, -0.67, 1.0, 0.5 * (-1.17) - math.tanh(0.335)),     # joint failure: the paper's figure, -0.908
+    (-0.4, 0.56, 1.0, 0.5 * 0.16 + math.tanh(-0.224)),        # identity failure: the paper's figure, -0.14
     (0.7, 0.95, 0.4, 0.5 * 1.65 + 0.4 * math.tanh(0.665)),    # both positive: amplified
     (0.0, -2.0, 0.4, -1.0 - 0.4 * math.tanh(0.0)),            # exactly zero product: no bonus
 ])
@@ -209,3 +211,94 @@ def test_rounding_level_groups_get_zero_in_every_normalisation():
         assert adv[4:].abs().max() > 0.5
     # the raw compat normalisation is not group-relative: R itself, flat group or not
     assert ag.log_tamed(r, w, g, normalize="raw")[:4].abs().min() > 0
+
+
+# ----------------------------------------------------------------------------- PaCo-GRPO's aggregations
+def test_group_rank_matches_scipy_rankdata_with_average_ties():
+    from scipy.stats import rankdata
+
+    g = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    r = torch.tensor([[0.3, 5.0], [0.1, 5.0], [0.3, 2.0], [0.9, 7.0], [4.0, 1.0], [-2.0, 1.0], [1.0, 1.0]])
+    out = ag.group_rank(r, g)
+    for gid in (0, 1):
+        rows = (g == gid).numpy()
+        n = int(rows.sum())
+        for k in range(2):
+            expected = (rankdata(r[rows, k].numpy(), method="average") - 1) / (n - 1)
+            assert out[rows, k].tolist() == pytest.approx(expected.tolist())
+    assert out[:4, 0].tolist() == pytest.approx([2 / 3 * 0.75, 0.0, 0.5, 1.0])  # ranks 1.5, 0, 1.5, 3 over 3
+    assert out[4:, 1].tolist() == [0.5, 0.5, 0.5]  # all tied: the middle
+
+
+def test_group_rank_rounding_differences_are_ties_and_nan_stays_nan():
+    hi = _next_up(0.8)
+    r = torch.tensor([[0.8], [hi], [0.3], [0.8], [_next_up(0.8, 3)], [float("nan")], [0.2]])
+    g = torch.tensor([0, 0, 0, 1, 1, 1, 2])
+    out = ag.group_rank(r, g)[:, 0]
+    # group 0: 0.8 and 0.8+1ulp tie (ranks 1, 2 -> 1.5) above 0.3 (rank 0), over n - 1 = 2
+    assert out[:3].tolist() == pytest.approx([0.75, 0.75, 0.0])
+    # group 1: a rounding-level spread is one tie (0.5 each); the NaN stays NaN; a lone value ranks 0.5
+    assert out[3:5].tolist() == [0.5, 0.5] and math.isnan(out[5].item()) and out[6].item() == 0.5
+    # a spread of real signal is not a tie, however small the values
+    assert ag.group_rank(torch.tensor([[1e-3], [1.0001e-3]]), torch.tensor([0, 0]))[:, 0].tolist() == [0.0, 1.0]
+
+
+def test_per_reward_normalized_formula_group_and_global_std():
+    r = torch.tensor([[1.0, 10.0], [2.0, 10.0], [3.0, 13.0], [5.0, 1.0], [7.0, 3.0]])
+    g = torch.tensor([0, 0, 0, 1, 1])
+    w = torch.tensor([0.5, 2.0])
+    out = ag.per_reward_normalized(r, w, g)
+    # population std: group 0 col 0 [1,2,3] -> sqrt(2/3); col 1 [10,10,13] -> sqrt(2); group 1: |a-b|/2
+    s0, s1 = math.sqrt(2 / 3), math.sqrt(2.0)
+    expected = [0.5 * -1 / s0 + 2 * -1 / s1, 0.0 + 2 * -1 / s1, 0.5 * 1 / s0 + 2 * 2 / s1, -0.5 - 2, 0.5 + 2]
+    assert out.tolist() == pytest.approx(expected, abs=1e-6)
+    # global std: each column's population std over all 5 samples, means still per group
+    glob = ag.per_reward_normalized(r, w, g, global_std=True)
+    sd = r.std(dim=0, unbiased=False)
+    mean = torch.stack([r[:3].mean(0), r[:3].mean(0), r[:3].mean(0), r[3:].mean(0), r[3:].mean(0)])
+    assert glob.tolist() == pytest.approx((((r - mean) / sd) @ w).tolist(), abs=1e-6)
+    # the std floor (PaCo's max(std, 1e-6)): a spread of 1e-7 at magnitude 1e-3 is signal, divided by the floor
+    v = torch.tensor([1e-3, 1e-3 + 1e-7])
+    tiny = ag.per_reward_normalized(v[:, None], torch.ones(1), torch.tensor([0, 0]))
+    assert tiny.tolist() == pytest.approx(((v - v.mean()) / 1e-6).tolist(), rel=1e-5)  # ~ -+0.05
+    assert not ag.spread_is_rounding(v)
+
+
+@pytest.mark.parametrize("kind", ["geometric", "harmonic"])
+def test_geometric_and_harmonic_means_match_scipy(kind):
+    from scipy.stats import gmean, hmean
+
+    oracle = gmean if kind == "geometric" else hmean
+    fn = ag.geometric_mean if kind == "geometric" else ag.harmonic_mean
+    gen = torch.Generator().manual_seed(0)
+    r = torch.rand(6, 3, generator=gen, dtype=torch.float64).float() * 4 + 0.01
+    w = torch.tensor([0.2, 1.0, 0.5])
+    out = fn(r, w)
+    assert out.dtype == torch.float32
+    assert out.tolist() == pytest.approx(oracle(r.double().numpy(), axis=1, weights=w.double().numpy()).tolist(),
+                                         rel=1e-6)
+    # equal weights are PaCo's unweighted mean; a zero reward zeroes the sample, as scipy
+    assert fn(r, torch.ones(3)).tolist() == pytest.approx(oracle(r.double().numpy(), axis=1).tolist(), rel=1e-6)
+    z = r.clone()
+    z[2, 1] = 0.0
+    assert fn(z, w)[2].item() == 0.0
+    # a zero weight leaves its reward out (even a negative one)
+    z[4, 0] = -1.0
+    expected = oracle(z[:, 1:].double().numpy(), axis=1, weights=[1.0, 0.5])
+    assert fn(z, torch.tensor([0.0, 1.0, 0.5]))[4].item() == pytest.approx(float(expected[4]), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["geometric", "harmonic"])
+def test_means_of_negative_rewards_are_nan_with_a_reason(kind):
+    fn = ag.geometric_mean if kind == "geometric" else ag.harmonic_mean
+    r = torch.tensor([[0.5, 0.8], [-0.2, 0.8], [0.5, float("nan")], [0.0, 0.3]])
+    out = fn(r, torch.ones(2))
+    assert math.isnan(out[1].item()) and math.isnan(out[2].item())
+    assert out[0].item() > 0 and out[3].item() == 0.0
+    reasons = ag.mean_failures(r, torch.ones(2), kind)
+    assert reasons[0] is None and reasons[3] is None
+    assert reasons[1] == f"reward column 0 is -0.2: the {kind} mean is defined for rewards >= 0 only"
+    assert reasons[2] == "reward column 1 is NaN"
+    for bad in ([1.0, -0.5], [0.0, 0.0]):
+        with pytest.raises(ValueError, match=f"the {kind} mean of the rewards needs reward weights >= 0"):
+            fn(r, torch.tensor(bad))

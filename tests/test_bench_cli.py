@@ -10,6 +10,8 @@ from fixtures_bench import make_psrbench
 
 from psrl.cli.main import main
 
+pytestmark = pytest.mark.e2e
+
 KONTEXT = {
     "model": {"name": "flux_kontext", "path": "tiny", "max_sequence_length": 16,
               "args": {"reference_long_side_single": 32, "reference_long_side_multi": 16}},

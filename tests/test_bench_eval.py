@@ -19,7 +19,7 @@ from psrl.bench.results import load_result_samples
 from psrl.bench.summary import summarize
 from psrl.bench.tasks import parse_metrics
 from psrl.errors import PsrlError
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
@@ -37,6 +37,7 @@ def generated(tmp_path_factory):
     return root, out, stats
 
 
+@pytest.mark.component
 def test_generate_writes_released_format_and_resumes(generated, tmp_path):
     root, out, stats = generated
     assert stats.generated == 2 * 14 and sorted(stats.skipped_invalid) == sorted(
@@ -57,6 +58,7 @@ def test_generate_writes_released_format_and_resumes(generated, tmp_path):
         generate_benchmark(ColorPolicy(), load_psrbench(root), tmp_path / "x", seeds=[0], sampling=SamplingConfig())
 
 
+@pytest.mark.component
 def test_images_do_not_depend_on_batching(generated, tmp_path):
     root, out, _ = generated
     generate_benchmark(ColorPolicy(), load_psrbench(root, ["Four"]), tmp_path, seeds=[1],
@@ -66,6 +68,7 @@ def test_images_do_not_depend_on_batching(generated, tmp_path):
     assert a != (out / "seed0" / "Four" / "1.png").read_bytes()
 
 
+@pytest.mark.component
 def test_eval_counts_failures_and_retries_failing_batches_per_sample(generated, tmp_path):
     root, out, _ = generated
     samples, _ = load_result_samples(out, root)
@@ -109,6 +112,7 @@ def test_eval_counts_failures_and_retries_failing_batches_per_sample(generated, 
     assert set(summary["overall"]["aesthetics"]["per_seed"]) == {"0", "1"}
 
 
+@pytest.mark.component
 def test_eval_refuses_to_mix_metric_configs(generated, tmp_path):
     root, out, _ = generated
     samples, _ = load_result_samples(out, root, subsets=["Four"])
@@ -118,6 +122,7 @@ def test_eval_refuses_to_mix_metric_configs(generated, tmp_path):
                          benchmark="psrbench")
 
 
+@pytest.mark.component
 def test_results_of_another_model_with_relative_paths(generated, tmp_path):
     """Only result JSON files, directly in the folder, result_path relative to the JSON file."""
     root, out, _ = generated
@@ -146,6 +151,7 @@ def _eval_cmd(results, out, metrics_file):
             "--metrics", str(metrics_file), "--batch-size", "1", "--no-report"]
 
 
+@pytest.mark.e2e
 def test_killed_eval_resumes_without_loss_or_recompute(generated, tmp_path):
     _root, out, _ = generated
     log = tmp_path / "calls.log"
@@ -193,6 +199,7 @@ def test_killed_eval_resumes_without_loss_or_recompute(generated, tmp_path):
     assert len(after) > 0
 
 
+@pytest.mark.component
 def test_tensor_roundtrip_of_saved_images(generated):
     from psrl.bench.evaluate import load_image_tensor
 
@@ -202,6 +209,7 @@ def test_tensor_roundtrip_of_saved_images(generated):
     assert float(img[:, 0, 0].mean()) == pytest.approx(0.5, abs=1 / 255)
 
 
+@pytest.mark.component
 def test_remote_judge_endpoint_rubric_per_subset(generated, tmp_path):
     """--judge-endpoint: an OpenAI-compatible server gets the subset's rubric with the instruction; 0-10 -> [0, 1];
     a reply the strict parser rejects is a counted failure with the reply kept."""
@@ -253,6 +261,7 @@ def test_remote_judge_endpoint_rubric_per_subset(generated, tmp_path):
     assert any("[attribute description]: The cat is wearing a cape" in text for text, _ in seen)
 
 
+@pytest.mark.unit
 def test_out_of_memory_and_broken_metrics_stop_the_evaluation():
     from psrl.bench.evaluate import score_batch
     from psrl.data.records import Record

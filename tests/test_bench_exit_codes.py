@@ -30,6 +30,7 @@ def _metrics(path, **dims):
     return str(path)
 
 
+@pytest.mark.unit
 def test_failure_groups_keep_reasons_whole_and_group_paths():
     reasons = ["judge reply has no parsable '[Score]': I rate it 8/10: nice", None,
                "judge reply has no parsable '[Score]': I rate it 8/10: nice",
@@ -50,6 +51,7 @@ def test_failure_groups_keep_reasons_whole_and_group_paths():
         "no sample to score"]
 
 
+@pytest.mark.e2e
 def test_validate_decodes_every_reference(tmp_path, capsys):
     """A truncated JPEG and a 1x1 reference pass a header check; validate decodes them like the rewards do."""
     root = make_psrbench(tmp_path / "data", bad=False, per_subset=1)
@@ -74,6 +76,7 @@ def test_validate_decodes_every_reference(tmp_path, capsys):
     assert "0 issue(s)" not in out
 
 
+@pytest.mark.e2e
 def test_generate_with_no_entry_fails_before_loading_a_model(tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": {"name": "flux", "path": str(tmp_path / "no_such_model")}}))
@@ -91,6 +94,7 @@ def test_generate_with_no_entry_fails_before_loading_a_model(tmp_path, capsys):
     assert "holds no benchmark entry" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_eval_with_a_wrong_data_root_exits_1_after_writing_the_report(results, tmp_path, capsys):
     _, _, out = results
     metrics = _metrics(tmp_path / "m.yaml", subject_consistency={"reward": "subject_consistency",
@@ -108,6 +112,7 @@ def test_eval_with_a_wrong_data_root_exits_1_after_writing_the_report(results, t
     assert main(["bench", "eval", "--results", str(out), "--metrics", metrics, "--out", str(tmp_path / "right")]) == 0
 
 
+@pytest.mark.e2e
 def test_eval_max_failure_rate_and_whole_reasons(results, tmp_path, capsys):
     """One sample of 14 fails (the test metric's 'no score' prompt); a judge failing all with a reason that holds
     colons is printed whole, in the error line and in the summary."""
@@ -137,6 +142,7 @@ def test_eval_max_failure_rate_and_whole_reasons(results, tmp_path, capsys):
     assert summary["failure_reasons"]["semantic_alignment"] == {whole: 14}
 
 
+@pytest.mark.e2e
 def test_records_write_a_recipes_eval_records(tmp_path, monkeypatch, capsys):
     """`psrl bench records` makes configs/customized_grpo.yaml's data/dreambench/eval.jsonl from the DreamBooth
     folder: records whose references resolve under the recipe's eval.data_root."""

@@ -14,6 +14,7 @@ def data_root(tmp_path_factory):
     return make_psrbench(tmp_path_factory.mktemp("psrbench"))
 
 
+@pytest.mark.unit
 def test_good_entries_become_records(tmp_path):
     root = make_psrbench(tmp_path, bad=False)
     data = load_psrbench(root)
@@ -29,6 +30,7 @@ def test_good_entries_become_records(tmp_path):
     assert rec.tags["subset"] == "Four" and rec.tags["index"] == 0 and "data_root" not in rec.tags
 
 
+@pytest.mark.unit
 def test_every_bad_entry_is_reported_with_subset_index_and_field(data_root):
     data = load_psrbench(data_root)
     found = {(i.subset, i.index, i.field.split("[")[0]) for i in data.issues}
@@ -45,6 +47,7 @@ def test_every_bad_entry_is_reported_with_subset_index_and_field(data_root):
     assert {i.key for i in data.items if i.record is None} == {"Action/2", "Background/2"}
 
 
+@pytest.mark.unit
 def test_unknown_subset_name_and_missing_file(tmp_path):
     make_psrbench(tmp_path, bad=False)
     (tmp_path / "Four.json").unlink()
@@ -55,6 +58,7 @@ def test_unknown_subset_name_and_missing_file(tmp_path):
     assert any(i.subset == "Four" and i.field == "file" for i in data.issues)
 
 
+@pytest.mark.unit
 def test_entry_rules(tmp_path):
     make_psrbench(tmp_path, bad=False)
     ok = {"instruction": "The cat is above the dog.", "input_path": ["animals/cat.png", "animals/dog.png"],
@@ -74,6 +78,7 @@ def test_entry_rules(tmp_path):
     assert rec is None and issues[0].field == "entry"
 
 
+@pytest.mark.unit
 def test_export_roundtrip_keeps_entries_and_adds_result_path(data_root, tmp_path):
     data = load_psrbench(data_root, ["Position"])
     raw = data.raw["Position"]
@@ -86,6 +91,7 @@ def test_export_roundtrip_keeps_entries_and_adds_result_path(data_root, tmp_path
     assert back[2]["result_path"] == "rel/2.png"
 
 
+@pytest.mark.e2e
 def test_cli_validate_exit_codes(data_root, tmp_path, capsys):
     from psrl.cli.main import main
 
@@ -96,6 +102,7 @@ def test_cli_validate_exit_codes(data_root, tmp_path, capsys):
     assert main(["bench", "validate", "--data-root", str(clean)]) == 0
 
 
+@pytest.mark.unit
 def test_dreambench_spec_and_import(tmp_path):
     spec = dreambench_spec()
     assert len(spec["classes"]) == 30 and len(spec["live_subjects"]) == 9
@@ -116,6 +123,7 @@ def test_dreambench_spec_and_import(tmp_path):
     assert len(full.items) == 750
 
 
+@pytest.mark.unit
 def test_metric_sets_parse_and_reject_bad_keys():
     m = psrbench_metrics(compat=True, tiny=True)
     assert m["subject_consistency"].default.args["mode"] == "psrbench_compat"

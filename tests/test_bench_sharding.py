@@ -9,12 +9,13 @@ import pytest
 import yaml
 from fixtures_bench import make_psrbench, metric_set_for_tests
 
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 
 TESTS = Path(__file__).parent
 SRC = TESTS.parent / "src"
 
 
+@pytest.mark.unit
 def test_shard_take_partitions_items():
     items = list(range(11))
     parts = [Shard(r, 3).take(items) for r in range(3)]
@@ -41,6 +42,7 @@ def _bench(args, env, launcher):
     return done
 
 
+@pytest.mark.e2e
 def test_two_processes_match_one(tmp_path):
     root = make_psrbench(tmp_path / "data", bad=False, per_subset=1)
     cfg = tmp_path / "policy.yaml"

@@ -17,16 +17,22 @@ SCRIPTS = {
     "reference_cost.py": (["--steps", "2", "--group", "2", "--size", "32"], "speedup of half resolution"),
     "reward_throughput.py": (["--size", "tiny", "--group", "2"], "max |score difference|"),
     "bench_eval_throughput.py": (["--samples", "4", "--batch-size", "2", "--size", "32"], "ratio batched"),
+    "reward_model_throughput.py": (["--shape", "small", "--steps", "1", "--image-size", "64", "--reply-tokens", "8",
+                                    "--batch", "1", "--lora-rank", "4"], "ratio psrl/transformers"),
     "kontext_memory.py": (["--shape", "small", "--dtype", "float32", "--size", "64", "--steps", "2", "--refs", "2",
                            "--group-size", "2", "--batch", "2", "--lora-rank", "4", "--max-sequence-length", "16"],
                           "peak RSS added"),
+    "time_to_reward.py": (["--seeds", "1", "--max-steps", "1", "--variants", "ppo,nft", "--eval-repeats", "1"],
+                          "ratio to ppo"),
 }
 
 
+@pytest.mark.unit
 def test_every_benchmark_script_is_covered():
     assert {p.name for p in BENCHMARKS.glob("*.py")} == set(SCRIPTS)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_benchmark_script_runs(script, monkeypatch, capsys):
     args, expected = SCRIPTS[script]

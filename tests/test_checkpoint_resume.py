@@ -9,6 +9,8 @@ from psrl.rl.run_config import load_run_config
 from psrl.rl.tracking import read_metrics
 from psrl.rl.grpo_trainer import GRPOTrainer
 
+pytestmark = pytest.mark.component
+
 BASE = ["train.groups_per_step=2", "train.group_size=4", "train.sample_batch_size=4", "train.train_batch_size=2",
         "train.gradient_accumulation=2", "sampling.num_steps=3", "eval.every=0", "train.ema.enabled=true",
         "train.ema.every=1", "train.lr_warmup_steps=3"]

@@ -27,6 +27,7 @@ def workdir(tmp_path):
     return tmp_path
 
 
+@pytest.mark.e2e
 def test_reward_score_writes_jsonl_and_summary(workdir, capsys):
     out = workdir / "out.jsonl"
     rc = main(["reward", "score", "--reward", "subject_consistency", "--args",
@@ -44,6 +45,7 @@ def test_reward_score_writes_jsonl_and_summary(workdir, capsys):
     assert "subject_consistency: 4/6 scored, 2 failed" in text and "wrote" in text
 
 
+@pytest.mark.e2e
 def test_reward_score_resolves_references_under_data_root_once(workdir, capsys):
     """References resolve under --data-root (default: the records file's folder) when the records are read; a path
     that escapes the root stops the command before any model loads."""
@@ -59,6 +61,7 @@ def test_reward_score_resolves_references_under_data_root_once(workdir, capsys):
     assert "'e': subjects[0].image '../cat.png' escapes the data root" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_reward_score_bad_arguments(workdir, capsys):
     base = ["reward", "score", "--records", str(workdir / "records.jsonl"), "--images", str(workdir / "images")]
     assert main(base + ["--reward", "mean_color", "--args", "{not json"]) == 2
@@ -79,6 +82,7 @@ def test_reward_score_bad_arguments(workdir, capsys):
         assert name in names
 
 
+@pytest.mark.unit
 def test_generated_image_names_are_shared_with_generate_and_stay_inside(tmp_path):
     from psrl.cli.reward import _load_image
     from psrl.data.records import RecordError, image_filename, image_filenames
@@ -96,6 +100,7 @@ def test_generated_image_names_are_shared_with_generate_and_stay_inside(tmp_path
     assert img is None and "not found" in why and str(images) in why
 
 
+@pytest.mark.e2e
 def test_generate_reads_kontext_references_from_the_data_root(tmp_path, monkeypatch):
     """psrl generate with a reference-conditioned policy resolves subject images like the trainer does."""
     from pathlib import Path
@@ -107,6 +112,7 @@ def test_generate_reads_kontext_references_from_the_data_root(tmp_path, monkeypa
     assert (tmp_path / "imgs" / "tiny-eval-1.png").is_file()
 
 
+@pytest.mark.unit
 def test_reward_score_exit_codes_max_failure_rate_and_whole_reasons(workdir, capsys):
     """2 of 6 samples have no usable image: fine by default, an error over --max-failure-rate; a reward that fails
     every sample exits 1 with its reason printed whole (colons included)."""

@@ -3,7 +3,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from psrl.rl.tracking import read_metrics
+
+pytestmark = pytest.mark.e2e
 
 
 def _psrl(*args, cwd):

@@ -7,6 +7,7 @@ from psrl.rl.grpo_config import TrainConfig
 from psrl.rl.run_config import RunConfig, derive_sizes, load_run_config
 
 
+@pytest.mark.unit
 def test_embedded_default_loads_and_round_trips():
     cfg = load_run_config()
     assert isinstance(cfg, RunConfig)
@@ -17,6 +18,7 @@ def test_embedded_default_loads_and_round_trips():
     assert to_dict(from_dict(RunConfig, to_dict(cfg))) == to_dict(cfg)
 
 
+@pytest.mark.unit
 def test_overrides_apply():
     cfg = load_run_config(None, ["train.lr=1e-5", "rewards.0.weight=2", "advantage.std_mode=global",
                                  "sampling.num_steps=6", "run.name=abc"])
@@ -24,6 +26,7 @@ def test_overrides_apply():
     assert cfg.advantage.std_mode == "global" and cfg.sampling.num_steps == 6 and cfg.run.name == "abc"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("override, expected", [
     ("train.lrr=1", "train.lrr"),
     ("advantage.foo=1", "advantage.foo"),
@@ -34,6 +37,7 @@ def test_unknown_key_is_named(override, expected):
         load_run_config(None, [override])
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("override, words", [
     ("train.lr=abc", ["train.lr", "abc"]),
     ("train.group_size=0", ["group_size", "0"]),
@@ -50,6 +54,7 @@ def test_bad_value_is_named(override, words):
         assert w in str(err.value)
 
 
+@pytest.mark.unit
 def test_missing_rewards_and_data_are_errors(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {records: [a cat]}\n")
@@ -60,6 +65,7 @@ def test_missing_rewards_and_data_are_errors(tmp_path):
         load_run_config(path)
 
 
+@pytest.mark.unit
 def test_relative_records_resolve_against_the_config_file(tmp_path):
     (tmp_path / "prompts.jsonl").write_text('{"id": "a", "prompt": "a cat"}\n')
     path = tmp_path / "c.yaml"
@@ -68,6 +74,7 @@ def test_relative_records_resolve_against_the_config_file(tmp_path):
     assert cfg.data.records == str(tmp_path / "prompts.jsonl")
 
 
+@pytest.mark.unit
 def test_derived_sizes_and_divisibility_errors():
     t = TrainConfig(groups_per_step=4, group_size=6, sample_batch_size=6, train_batch_size=3, gradient_accumulation=2,
                     num_inner_epochs=2)
@@ -84,6 +91,7 @@ def test_derived_sizes_and_divisibility_errors():
                                  gradient_accumulation=3), 1)
 
 
+@pytest.mark.e2e
 def test_cli_reports_config_errors(capsys):
     assert main(["train", "--set", "train.lrr=1"]) == 2
     assert "error: unknown config key 'train.lrr'" in capsys.readouterr().err
@@ -93,12 +101,14 @@ def test_cli_reports_config_errors(capsys):
     assert "advantage.mode" in capsys.readouterr().err
 
 
+@pytest.mark.e2e
 def test_print_config(capsys):
     assert main(["train", "--print-config", "--set", "train.lr=0.5"]) == 0
     out = capsys.readouterr().out
     assert "lr: 0.5" in out and "mean_color" in out
 
 
+@pytest.mark.unit
 def test_shipped_configs():
     from pathlib import Path
 
@@ -112,6 +122,7 @@ def test_shipped_configs():
     assert (s.images_per_step, s.updates_per_step) == (48 * 24, 2)
 
 
+@pytest.mark.unit
 def test_enum_fields_are_literals_and_keep_the_registries_in_step():
     import typing
 
@@ -124,6 +135,7 @@ def test_enum_fields_are_literals_and_keep_the_registries_in_step():
     assert set(typing.get_args(typing.get_type_hints(SFTTrainConfig)["optimizer"])) == set(OPTIMIZERS)
 
 
+@pytest.mark.unit
 def test_literal_errors_name_the_choices_and_yaml_no_is_no():
     from psrl.config import ConfigError
     from psrl.rl.run_config import load_run_config
@@ -133,6 +145,7 @@ def test_literal_errors_name_the_choices_and_yaml_no_is_no():
     assert load_run_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"  # YAML reads False
 
 
+@pytest.mark.e2e
 def test_print_config_shows_help_beside_each_value(capsys):
     from psrl.cli.main import main
 
@@ -146,6 +159,7 @@ def test_print_config_shows_help_beside_each_value(capsys):
     assert yaml.safe_load(out)["train"]["lr"] == 0.03  # still valid YAML
 
 
+@pytest.mark.unit
 def test_set_gives_string_fields_the_text_as_typed():
     from psrl.rl.run_config import load_run_config
 
@@ -154,6 +168,7 @@ def test_set_gives_string_fields_the_text_as_typed():
     assert cfg.data.records == ["a", "b"]  # a list where the field takes one
 
 
+@pytest.mark.unit
 def test_set_secret_values_are_never_echoed():
     from psrl.rl.run_config import load_run_config
 

@@ -9,17 +9,18 @@ import pytest
 from PIL import Image
 
 from psrl.config import ConfigError, load_config
-from psrl.data.pipeline import manifest as mf
-from psrl.data.pipeline.boxes import box_iou, relation_from_boxes
-from psrl.data.pipeline.config import TASKS, DataPipelineConfig, GroundConfig
-from psrl.data.pipeline.export import run_export
-from psrl.data.pipeline.filter import near_duplicates
-from psrl.data.pipeline.ground import choose_boxes
-from psrl.data.pipeline.instructions import appearance_violations, template_instruction
-from psrl.data.pipeline.llm import mentions, parse_tagged
-from psrl.data.pipeline.runner import BaseStage, kept, rejected, run_stage
-from psrl.data.pipeline.stages import run_named_stage
-from psrl.data.pipeline.subjects import load_vocabulary, phrase_of, plan_sample
+from psrl.datagen import manifest as mf
+from psrl.datagen.boxes import box_iou, relation_from_boxes
+from psrl.datagen.config import TASKS, DataPipelineConfig, GroundConfig
+from psrl.datagen.export import run_export
+from psrl.datagen.filter import near_duplicates
+from psrl.datagen.ground import choose_boxes
+from psrl.datagen.instructions import appearance_violations, template_instruction
+from psrl.datagen.llm import mentions, parse_tagged
+from psrl.datagen.runner import BaseStage, kept, rejected, run_stage
+from psrl.datagen.stages import run_named_stage
+from psrl.datagen.subjects import load_vocabulary, phrase_of, plan_sample
+from psrl.fileio import write_jsonl_atomic
 from psrl.data.records import read_records, resolve_under
 
 
@@ -69,6 +70,7 @@ def cfg_with(**sections) -> DataPipelineConfig:
 
 
 # ---------------------------------------------------------------- vocabulary and planning
+@pytest.mark.unit
 def test_objects365_vocabulary_has_365_distinct_categories():
     vocab = load_vocabulary()
     assert len(vocab) == 365
@@ -77,6 +79,7 @@ def test_objects365_vocabulary_has_365_distinct_categories():
     assert phrase_of("Cabinet/Shelf") == "cabinet"
 
 
+@pytest.mark.unit
 def test_user_vocabulary_replaces_objects365(tmp_path):
     f = tmp_path / "v.txt"
     f.write_text("# mine\ncat\ndog\nDog\nteapot\nrobot\n\n")
@@ -86,6 +89,7 @@ def test_user_vocabulary_replaces_objects365(tmp_path):
         load_vocabulary(tmp_path / "small.txt")
 
 
+@pytest.mark.unit
 def test_plan_is_deterministic_and_maps_counts_to_tasks():
     cfg = cfg_with(subjects={"count_weights": [1, 1, 1]})
     vocab = load_vocabulary()
@@ -102,6 +106,7 @@ def test_plan_is_deterministic_and_maps_counts_to_tasks():
 
 
 # ---------------------------------------------------------------- manifests and resume
+@pytest.mark.unit
 def test_truncated_last_line_is_ignored_and_cut_before_appending(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text('{"id": "a", "status": "kept"}\n{"id": "b", "sta')
@@ -111,6 +116,7 @@ def test_truncated_last_line_is_ignored_and_cut_before_appending(tmp_path):
     assert path.read_text() == '{"id": "a", "status": "kept"}\n{"id": "b", "status": "kept"}\n'
 
 
+@pytest.mark.unit
 def test_malformed_manifest_line_names_file_and_line(tmp_path):
     path = tmp_path / "s.jsonl"
     path.write_text('{"id": "a", "status": "kept"}\n{"id": "b"}\n')
@@ -118,11 +124,13 @@ def test_malformed_manifest_line_names_file_and_line(tmp_path):
         list(mf.iter_manifest(path))
 
 
+@pytest.mark.unit
 def test_missing_input_stage_names_the_command(tmp_path):
     with pytest.raises(mf.ManifestError, match="psrl data prompts"):
         mf.read_kept(tmp_path, "prompts")
 
 
+@pytest.mark.unit
 def test_merge_parts_orders_by_input_and_deduplicates(tmp_path):
     for rank, ids in ((0, ["c", "a"]), (1, ["b", "a"])):
         with mf.ManifestWriter(mf.part_path(tmp_path, "x", rank)) as w:
@@ -156,6 +164,7 @@ class CountingStage(BaseStage):
         return out
 
 
+@pytest.mark.unit
 def test_stage_killed_midway_resumes_without_duplicates(tmp_path):
     with pytest.raises(RuntimeError, match="injected crash"):
         run_stage(CountingStage(10, fail_after=7), tmp_path)  # batches of 3: 6 samples written, the 3rd batch dies
@@ -173,6 +182,7 @@ def test_stage_killed_midway_resumes_without_duplicates(tmp_path):
 
 
 # ---------------------------------------------------------------- prompts
+@pytest.mark.unit
 def test_template_prompts_name_every_subject(tmp_path):
     cfg = cfg_with(subjects={"num_samples": 40, "count_weights": [1, 1, 1]})
     run_named_stage("subjects", cfg, tmp_path)
@@ -183,6 +193,7 @@ def test_template_prompts_name_every_subject(tmp_path):
         assert e["prompt_source"] == "template" and "scene" in e["slots"]
 
 
+@pytest.mark.unit
 def test_parse_tagged_and_mentions():
     assert parse_tagged("blah\n[Prompt]: A cat and a dog.\n", "Prompt") == "A cat and a dog."
     assert parse_tagged("**[Prompt]:** \"A cat\"", "Prompt") == "A cat"
@@ -202,6 +213,7 @@ def _llm_reply(request: dict) -> tuple[int, str]:
     return 200, "[Thought]: easy\n[Prompt]: A photo of " + " and ".join(f"a {s}" for s in subjects) + " in a park."
 
 
+@pytest.mark.unit
 def test_llm_prompts_are_strictly_parsed_and_retried(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("flaky thing\npartial thing\ncat\ndog\nteapot\nrobot\n")
@@ -225,19 +237,21 @@ def test_llm_prompts_are_strictly_parsed_and_retried(tmp_path):
     assert stats.kept == sum(e["status"] == "kept" for e in entries) > 0
 
 
+@pytest.mark.unit
 def test_llm_endpoint_down_rejects_with_reason(tmp_path):
     cfg = cfg_with(subjects={"num_samples": 2},
                    prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout_s": 1}})
     run_named_stage("subjects", cfg, tmp_path)
-    from psrl.data.pipeline.llm import ChatClient
-    from psrl.data.pipeline.prompts import PromptsStage
-    stage = PromptsStage(cfg, client=ChatClient(cfg.prompts.llm, backoff_s=0.01))
+    from psrl.datagen.llm import endpoint_client
+    from psrl.datagen.prompts import PromptsStage
+    stage = PromptsStage(cfg, client=endpoint_client(cfg.prompts.llm, backoff=0.01))
     stats = run_stage(stage, tmp_path)
     assert stats.rejected_by_reason == {"llm_error": 2}
     assert "failed after 2 attempts" in mf.read_manifest(tmp_path, "prompts")[0]["detail"]
 
 
 # ---------------------------------------------------------------- grounding and positions
+@pytest.mark.unit
 def test_choose_boxes_rejections():
     cfg = GroundConfig(min_box_area=0.01, min_box_side=8, max_pair_iou=0.5)
     a = ([[0, 0, 40, 40], [50, 50, 60, 60]], [0.9, 0.95])
@@ -253,6 +267,7 @@ def test_choose_boxes_rejections():
     assert choose_boxes([([[-20, -20, 40, 40]], [0.9]), b], ["a", "b"], 100, 100, cfg)[0][0] == [0, 0, 40, 40]
 
 
+@pytest.mark.unit
 def test_relation_from_boxes_follows_the_position_metric():
     left, right = [0, 40, 20, 60], [60, 40, 80, 60]
     top, bottom = [40, 0, 60, 20], [40, 60, 60, 80]
@@ -268,12 +283,13 @@ def test_relation_from_boxes_follows_the_position_metric():
 def _entry(task: str, phrases: list[str], **extra) -> dict:
     import random
 
-    from psrl.data.pipeline import templates
+    from psrl.datagen import templates
     slots = templates.draw_slots(task, phrases, random.Random(0))
     return {"id": "x", "task": task, "phrases": phrases, "slots": slots, "prompt": "p",
             "boxes": [[0, 40, 20, 60], [60, 40, 80, 60], [0, 0, 10, 10], [90, 90, 99, 99]][: len(phrases)], **extra}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("task", TASKS)
 def test_template_instruction_per_task_names_subjects_without_appearance(task):
     n = {"Three": 3, "Four": 4}.get(task, 2)
@@ -286,8 +302,9 @@ def test_template_instruction_per_task_names_subjects_without_appearance(task):
         assert text.startswith("The cat is to the left of the calculator")
 
 
+@pytest.mark.unit
 def test_templates_agree_in_number_with_plural_categories():
-    from psrl.data.pipeline import templates
+    from psrl.datagen import templates
 
     assert [templates.is_plural(p) for p in ("green beans", "scissors", "bus", "wine glass", "tennis", "billiards",
                                              "asparagus", "cat")] == [True, True] + [False] * 6
@@ -299,12 +316,14 @@ def test_templates_agree_in_number_with_plural_categories():
                                  "boxes": [[0, 0, 10, 10], [50, 0, 60, 10]]})[0].startswith("The nuts are ")
 
 
+@pytest.mark.unit
 def test_position_instruction_rejects_overlapping_boxes():
     e = _entry("Position", ["cat", "dog"])
     e["boxes"] = [[0, 0, 50, 50], [5, 5, 55, 55]]
     assert template_instruction(e)[1] == "ambiguous_position"
 
 
+@pytest.mark.unit
 def test_appearance_rule():
     phrases = ["cat", "egg tart"]
     assert appearance_violations("The fluffy orange cat sits by the egg tart.", phrases) == ["fluffy cat",
@@ -317,6 +336,7 @@ def test_appearance_rule():
     assert appearance_violations("The tabby cat", phrases, extra_words=["tabby"]) == ["tabby cat"]
 
 
+@pytest.mark.unit
 def test_vlm_instructions_get_images_and_are_checked(tmp_path):
     Image.new("RGB", (8, 8), "red").save(tmp_path / "t.png")
     Image.new("RGB", (8, 8), "blue").save(tmp_path / "r0.png")
@@ -346,12 +366,14 @@ def test_vlm_instructions_get_images_and_are_checked(tmp_path):
 
 
 # ---------------------------------------------------------------- filter and export
+@pytest.mark.unit
 def test_near_duplicates_greedy_in_order():
     e = np.array([[1, 0], [0.999, 0.01], [0, 1], [0.01, 1], [1, 0.0001]])
     assert near_duplicates(e, 0.99) == [None, 0, None, 2, 0]
     assert near_duplicates(e, 1.0) == [None] * 5
 
 
+@pytest.mark.unit
 def test_export_writes_records_and_psrbench(tmp_path):
     entries = []
     for i in range(20):
@@ -366,7 +388,7 @@ def test_export_writes_records_and_psrbench(tmp_path):
                         "categories": [f"Thing{k}" for k in range(n)],
                         "instruction": f"instruction {i}: the thing0 is to the left of the thing1.",
                         "references": refs, "target": f"t{i}.png", "status": "kept"})
-    mf.write_jsonl_atomic(tmp_path / "filter.jsonl", entries)
+    write_jsonl_atomic(tmp_path / "filter.jsonl", entries)
     cfg = cfg_with(export={"heldout_fraction": 0.4})
     stats = run_export(tmp_path, cfg)
     train, held = read_records(tmp_path / "train.jsonl"), read_records(tmp_path / "eval.jsonl")
@@ -396,6 +418,7 @@ def test_export_writes_records_and_psrbench(tmp_path):
 
 
 # ---------------------------------------------------------------- config
+@pytest.mark.unit
 def test_config_overrides_and_unknown_keys(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("render:\n  num_steps: 4\n  model: {name: flux, path: tiny}\nground:\n  max_pair_iou: 0.3\n")
@@ -409,6 +432,7 @@ def test_config_overrides_and_unknown_keys(tmp_path):
 
 
 # ---------------------------------------------------------------- CLI
+@pytest.mark.e2e
 def test_cli_vocab_stats_and_redo(tmp_path, capsys):
     from psrl.cli.main import main
 
@@ -431,11 +455,12 @@ def test_cli_vocab_stats_and_redo(tmp_path, capsys):
     assert "psrl data prompts" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_filter_stage_reasons_and_near_duplicates(tmp_path):
     """The filter's decisions with injected scores and embeddings (the reward itself is tested in the rewards)."""
     import torch
 
-    from psrl.data.pipeline.filter import FilterScoresStage, dedup_pass
+    from psrl.datagen.filter import FilterScoresStage, dedup_pass
 
     Image.new("RGB", (8, 8)).save(tmp_path / "t.png")
     scores = {  # id -> (reward result, embedding)
@@ -462,7 +487,9 @@ def test_filter_stage_reasons_and_near_duplicates(tmp_path):
         return [scores[r.id][0] for r in records]
 
     order = iter(scores)
-    embed = lambda images: torch.tensor([scores[next(order)][1] for _ in images])
+    def embed(images):
+        return torch.tensor([scores[next(order)][1] for _ in images])
+
     stage = FilterScoresStage(cfg, tmp_path, score=score, embed=embed)
     run_stage(stage, tmp_path)
     entries = {e["id"]: e for e in dedup_pass(tmp_path, cfg)}
@@ -473,6 +500,7 @@ def test_filter_stage_reasons_and_near_duplicates(tmp_path):
     assert calls == [["a", "b", "c"], ["d", "e", "f"], ["g"]]
 
 
+@pytest.mark.unit
 def test_a_stage_that_keeps_nothing_lets_the_next_run(tmp_path):
     class RejectAll(CountingStage):
         name = "prompts"
@@ -483,6 +511,6 @@ def test_a_stage_that_keeps_nothing_lets_the_next_run(tmp_path):
     assert run_stage(RejectAll(3), tmp_path).kept == 0
     stats = run_named_stage("render", cfg_with(), tmp_path)  # nothing to render: no model is loaded
     assert (stats.inputs, stats.kept) == (0, 0) and (tmp_path / "render.jsonl").is_file()
-    mf.write_jsonl_atomic(tmp_path / "filter.jsonl", [])
+    write_jsonl_atomic(tmp_path / "filter.jsonl", [])
     stats = run_export(tmp_path, cfg_with())
     assert stats.kept == 0 and (tmp_path / "train.jsonl").read_text() == ""

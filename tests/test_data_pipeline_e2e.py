@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from psrl.config import load_config
-from psrl.data.pipeline import manifest as mf
-from psrl.data.pipeline.config import TINY_PRESET, DataPipelineConfig
-from psrl.data.pipeline.stages import STAGES, run_named_stage
+from psrl.datagen import manifest as mf
+from psrl.datagen.config import TINY_PRESET, DataPipelineConfig
+from psrl.datagen.stages import STAGES, run_named_stage
 from psrl.data.records import read_records, resolve_under
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,6 +58,7 @@ def tiny_dataset(tmp_path_factory) -> tuple[Path, dict]:
     return dataset, stats
 
 
+@pytest.mark.component
 def test_all_stages_end_to_end(tiny_dataset):
     dataset, stats = tiny_dataset
     # every stage consumed exactly what the previous one kept
@@ -99,6 +100,7 @@ def test_all_stages_end_to_end(tiny_dataset):
         == len(held)
 
 
+@pytest.mark.component
 def test_rerun_is_idempotent_and_loads_no_model(tiny_dataset, monkeypatch):
     dataset, stats = tiny_dataset
     before = {name: mf.manifest_path(dataset, name).read_text() for name in STAGES[:-1]}
@@ -115,6 +117,7 @@ def test_rerun_is_idempotent_and_loads_no_model(tiny_dataset, monkeypatch):
         assert mf.manifest_path(dataset, name).read_text() == before[name], name
 
 
+@pytest.mark.component
 def test_more_samples_extend_the_dataset(tiny_dataset, tmp_path):
     """Raising num_samples adds samples; the first ones keep their plans."""
     dataset, _ = tiny_dataset
@@ -131,6 +134,7 @@ def _slow_llm(request):
     return 200, "[Prompt]: " + " and ".join(f"a {s}" for s in subjects) + " on a table."
 
 
+@pytest.mark.e2e
 def test_killed_stage_resumes_without_duplicates(tmp_path):
     """SIGKILL a running `psrl data prompts` (slow LLM), run it again: every sample exactly once."""
     from test_data_pipeline import FakeChatServer
@@ -159,6 +163,7 @@ def test_killed_stage_resumes_without_duplicates(tmp_path):
     assert json.loads((tmp_path / "stats.json").read_text())["prompts"]["new"] == 40 - first
 
 
+@pytest.mark.e2e
 def test_render_sharded_over_two_processes(tiny_dataset, tmp_path):
     """`accelerate launch --multi_gpu --num_processes 2 -m psrl data render` (gloo on CPU): every sample rendered
     once, part files merged in input order, images identical to the single-process run (per-sample seeds)."""
@@ -186,6 +191,7 @@ def test_render_sharded_over_two_processes(tiny_dataset, tmp_path):
     assert json.loads((tmp_path / "stats.json").read_text())["render"]["kept"] == 4
 
 
+@pytest.mark.e2e
 def test_exported_records_train_with_psrl_sft(tiny_dataset, tmp_path):
     """`psrl sft` runs 2 steps of Kontext LoRA SFT on the exported records (targets + references)."""
     pytest.importorskip("psrl.cli.sft")

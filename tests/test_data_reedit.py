@@ -9,12 +9,14 @@ import torch
 from PIL import Image
 
 from psrl.config import ConfigError, load_config
-from psrl.data.pipeline import manifest as mf
-from psrl.data.pipeline import templates
-from psrl.data.pipeline.config import DataPipelineConfig
-from psrl.data.pipeline.instructions import appearance_violations, template_instruction
-from psrl.data.pipeline.stages import run_named_stage
+from psrl.datagen import manifest as mf
+from psrl.datagen import templates
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.instructions import appearance_violations, template_instruction
+from psrl.datagen.stages import run_named_stage
 from psrl.data.records import RecordError
+
+pytestmark = pytest.mark.unit
 
 PHRASES = ["cat", "calculator"]
 

@@ -24,8 +24,6 @@ from psrl.rl.run_config import load_run_config
 from psrl.rl.signals import TrainingStopped
 from psrl.rl.tracking import read_metrics, repair_metrics
 
-pytestmark = pytest.mark.component
-
 BASE = ["train.groups_per_step=2", "train.group_size=2", "train.sample_batch_size=4", "train.train_batch_size=4",
         "sampling.num_steps=3", "eval.every=0", "train.keep_last=0"]
 
@@ -62,6 +60,7 @@ class _SignalAt:
         return self.reward(images, records)
 
 
+@pytest.mark.component
 def test_signal_mid_step_abandons_it_saves_and_resume_is_exact(tmp_path):
     full = GRPOTrainer(_cfg(tmp_path, "full", "train.max_steps=4"))
     full.train()
@@ -80,6 +79,7 @@ def test_signal_mid_step_abandons_it_saves_and_resume_is_exact(tmp_path):
     assert [m["step"] for m in read_metrics(tmp_path / "cut" / "metrics.jsonl")] == [1, 2, 3, 4]
 
 
+@pytest.mark.e2e
 def test_sigint_from_the_shell_saves_and_exits_130_then_resumes(tmp_path):
     args = ["train", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=sig", "--set", "train.max_steps=400",
             *[x for kv in BASE for x in ("--set", kv)]]
@@ -105,6 +105,7 @@ def test_sigint_from_the_shell_saves_and_exits_130_then_resumes(tmp_path):
 
 
 # ----------------------------------------------------------------------------- metrics log
+@pytest.mark.unit
 def test_metrics_resume_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     rows = [{"step": s, "x": s} for s in (0, 1, 2, 3, 4)]
@@ -115,6 +116,7 @@ def test_metrics_resume_drops_rows_past_the_checkpoint_and_a_torn_line(tmp_path)
     assert path.read_text().endswith("\n")
 
 
+@pytest.mark.component
 def test_resume_after_a_crash_past_the_checkpoint_logs_each_step_once(tmp_path):
     GRPOTrainer(_cfg(tmp_path, "r", "train.max_steps=2")).train()
     with (tmp_path / "r" / "metrics.jsonl").open("a") as f:  # steps 3 and 4 ran, then a crash before a save
@@ -123,6 +125,7 @@ def test_resume_after_a_crash_past_the_checkpoint_logs_each_step_once(tmp_path):
     assert [m["step"] for m in read_metrics(tmp_path / "r" / "metrics.jsonl")] == [1, 2, 3]
 
 
+@pytest.mark.component
 def test_save_every_minutes(tmp_path, monkeypatch):
     clock = [1000.0]
     monkeypatch.setattr("psrl.rl.base_trainer.time.monotonic", lambda: clock[0])
@@ -139,6 +142,7 @@ def test_save_every_minutes(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+@pytest.mark.component
 def test_resume_skips_an_incomplete_checkpoint_and_names_it(tmp_path, caplog):
     GRPOTrainer(_cfg(tmp_path, "c", "train.max_steps=2", "train.save_every=1")).train()
     newest = tmp_path / "c" / "checkpoints" / "step-2"
@@ -151,6 +155,7 @@ def test_resume_skips_an_incomplete_checkpoint_and_names_it(tmp_path, caplog):
     assert "optimizer.pt has 1 bytes" in ckpt.verify_checkpoint(tmp_path / "c" / "checkpoints" / "step-1")
 
 
+@pytest.mark.component
 def test_pruning_never_leaves_a_complete_looking_shell(tmp_path, monkeypatch):
     GRPOTrainer(_cfg(tmp_path, "p", "train.max_steps=2", "train.save_every=1")).train()
     seen = []
@@ -166,6 +171,7 @@ def test_pruning_never_leaves_a_complete_looking_shell(tmp_path, monkeypatch):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "p")] == [2]
 
 
+@pytest.mark.component
 def test_disk_full_is_one_line_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
     t = GRPOTrainer(_cfg(tmp_path, "d", "train.max_steps=2", "train.save_every=1"))
     t.train()
@@ -186,6 +192,7 @@ def test_disk_full_is_one_line_and_keeps_earlier_checkpoints(tmp_path, monkeypat
     assert ckpt.verify_checkpoint(tmp_path / "d" / "checkpoints" / "step-2") is None
 
 
+@pytest.mark.component
 def test_non_finite_weights_are_never_saved(tmp_path):
     t = GRPOTrainer(_cfg(tmp_path, "n", "train.max_steps=1"))
     name, p = next(iter(t.named_params.items()))
@@ -197,6 +204,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
 
 
 # ----------------------------------------------------------------------------- run folders
+@pytest.mark.unit
 def test_concurrent_starts_claim_distinct_folders(tmp_path):
     barrier, names = threading.Barrier(4), []
 
@@ -290,6 +298,7 @@ def test_bad_settings_fail_in_one_line_and_leave_no_folder(tmp_path, override, n
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.unit
 def test_offline_hub_typo_is_named_quickly(monkeypatch):
     import huggingface_hub.constants
 
@@ -317,6 +326,7 @@ def _short(images, records):
     return RewardOutput(scores=torch.zeros(len(records) - 1), failures=[None] * (len(records) - 1))
 
 
+@pytest.mark.component
 def test_a_reward_that_never_scores_stops_the_run_non_zero(tmp_path):
     t = GRPOTrainer(_cfg(tmp_path, "nan", "train.max_steps=10", "train.max_invalid_steps=2"))
     t.rewards[0] = type("R", (), {"name": "face", "__call__": staticmethod(_all_nan)})()
@@ -328,6 +338,7 @@ def test_a_reward_that_never_scores_stops_the_run_non_zero(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "nan")] == [2]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("fn, needle", [(_raises, "raised ValueError: detector weights are corrupt"),
                                         (_short, "returned 3 scores for 4 images")])
 def test_a_broken_reward_ends_the_run_cleanly_naming_it(tmp_path, fn, needle):
@@ -339,6 +350,7 @@ def test_a_broken_reward_ends_the_run_cleanly_naming_it(tmp_path, fn, needle):
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "b")] == [0]  # the state before the failed step
 
 
+@pytest.mark.unit
 def test_record_problems_listing_is_complete_and_skip_counts(tmp_path):
     from psrl.data.checks import apply_record_checks, check_records
 
@@ -354,6 +366,7 @@ def test_record_problems_listing_is_complete_and_skip_counts(tmp_path):
     assert [r.id for r in kept] == ["good"]
 
 
+@pytest.mark.unit
 def test_config_rejects_non_finite_numbers_everywhere():
     for key in ("train.lr", "train.weight_decay", "train.adam_eps", "advantage.eps", "sampling.noise_level"):
         with pytest.raises(ConfigError, match=f"'{key}': nan is not a finite number"):
@@ -406,6 +419,7 @@ def test_resuming_a_finished_run_does_nothing_and_says_so(tmp_path):
     assert again.returncode == 1 and "nothing to do: the run is already at step 1 of 1" in again.stderr
 
 
+@pytest.mark.unit
 def test_the_table_says_when_a_step_learned_nothing():
     from psrl.cli.train import reward_table
 
@@ -415,8 +429,18 @@ def test_the_table_says_when_a_step_learned_nothing():
     assert table.count("no trainable group") == 2 and "1 of 2 step(s) had no trainable group" in table
 
 
+@pytest.mark.component
 def test_failure_reasons_are_logged_whole(tmp_path, caplog):
     t = GRPOTrainer(_cfg(tmp_path, "why", "train.max_steps=1", "train.max_invalid_steps=0"))
     t.rewards[0] = type("R", (), {"name": "face", "__call__": staticmethod(_all_nan)})()
     t.train()
     assert "reward 'face' could not score 4 sample(s): 4 x no face found" in caplog.text
+
+
+@pytest.mark.e2e
+def test_generate_checks_every_record_before_the_first_image(tmp_path):
+    _kontext_records(tmp_path)
+    out = _psrl("generate", "--config", str(_tiny_config("psr_kontext")), "--records", str(tmp_path / "train.jsonl"),
+                "--set", f"data.data_root={tmp_path}", "--out", str(tmp_path / "imgs"), "--steps", "1", cwd=tmp_path)
+    assert out.returncode == 2 and "4 of 5 record(s) are invalid" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "imgs").exists()

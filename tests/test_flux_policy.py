@@ -6,7 +6,8 @@ import torch
 
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
-from psrl.models.base import Policy, SamplingConfig
+from psrl.models.base import Policy
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.factory import build_policy
 from psrl.models.flux import FluxPolicy
@@ -34,6 +35,7 @@ def _perturb(policy, std=0.3):
             p.data.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("guidance_embeds", [True, False])
 def test_ode_generation_equals_flux_pipeline(guidance_embeds):
     from diffusers import FluxPipeline
@@ -57,6 +59,7 @@ def test_ode_generation_equals_flux_pipeline(guidance_embeds):
     assert ro.meta["guidance"] == (4.0 if guidance_embeds else None)
 
 
+@pytest.mark.component
 def test_schedule_is_the_schedulers_own_with_resolution_shift():
     policy = _policy()
     sigmas, timesteps = policy.sigma_schedule(4, image_seq_len=64)
@@ -66,6 +69,7 @@ def test_schedule_is_the_schedulers_own_with_resolution_shift():
     assert (sigmas[1:-1] > unshifted[1:]).all(), "mu shift pushes sigmas up (FLUX-like scheduler)"
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("kind,mode,extra", [
     ("sde", "all_but_last", {}),
     ("cps", "all_but_last", {}),
@@ -97,6 +101,7 @@ def test_recompute_reproduces_rollout_log_probs(kind, mode, extra):
         assert torch.equal(again.latents, ro.latents)
 
 
+@pytest.mark.component
 def test_group_shares_prompt_encoding_and_optionally_noise():
     policy = _policy()
     calls = []
@@ -111,6 +116,7 @@ def test_group_shares_prompt_encoding_and_optionally_noise():
     assert not torch.equal(ro.latents[0, -1], ro.latents[1, -1]), "SDE noise still differs within a group"
 
 
+@pytest.mark.component
 def test_per_sample_generators_make_samples_independent_of_the_batch():
     policy = _policy()
     sampling = SamplingConfig(num_steps=3, height=16, width=16, noise_level=0.7)
@@ -119,6 +125,7 @@ def test_per_sample_generators_make_samples_independent_of_the_batch():
     assert torch.allclose(pair.latents[1], single.latents[0], atol=1e-5)
 
 
+@pytest.mark.component
 def test_backward_through_log_prob_reaches_only_lora_and_disable_lora_gives_base():
     policy = _policy()
     _perturb(policy)
@@ -141,6 +148,7 @@ def test_backward_through_log_prob_reaches_only_lora_and_disable_lora_gives_base
         assert torch.allclose(base.log_prob(ro, 0).mean, ref.mean, atol=1e-6)
 
 
+@pytest.mark.component
 def test_flow_matching_loss_is_finite_and_differentiable():
     policy = _policy()
     targets = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
@@ -151,6 +159,7 @@ def test_flow_matching_loss_is_finite_and_differentiable():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.trainable_parameters())
 
 
+@pytest.mark.component
 def test_from_config_loads_a_saved_pipeline_folder_like_a_user(tmp_path):
     from diffusers import FluxPipeline
 
@@ -165,6 +174,7 @@ def test_from_config_loads_a_saved_pipeline_folder_like_a_user(tmp_path):
     assert (a - b).abs().max() < 1e-6
 
 
+@pytest.mark.component
 def test_load_errors_are_clear(tmp_path, monkeypatch):
     from diffusers import FluxPipeline
 
@@ -183,6 +193,7 @@ def test_load_errors_are_clear(tmp_path, monkeypatch):
         FluxPolicy.from_config(ModelConfig(path=str(tmp_path / "m"), max_sequence_length=SEQ))
 
 
+@pytest.mark.unit
 def test_silently_empty_tokenizer_is_rejected():
     from transformers import CLIPTokenizer
 
@@ -193,6 +204,7 @@ def test_silently_empty_tokenizer_is_rejected():
         check_tokenizer(empty, "somewhere/tokenizer")
 
 
+@pytest.mark.component
 def test_bad_size_and_unknown_args_are_errors():
     from psrl.config import ConfigError
 
@@ -203,6 +215,7 @@ def test_bad_size_and_unknown_args_are_errors():
         FluxPolicy.from_config(ModelConfig(path="tiny", args={"foo": 1}))
 
 
+@pytest.mark.component
 @pytest.mark.skipif(not os.environ.get("PSRL_TEST_BF16"), reason="bf16 CPU check is opt-in")
 def test_bf16_rollout_ratio_is_one():
     policy = _policy(dtype="bfloat16")
@@ -211,6 +224,7 @@ def test_bf16_rollout_ratio_is_one():
     assert (policy.log_prob(ro, 0).log_prob - ro.log_probs[:, 0]).abs().max() < 1e-5
 
 
+@pytest.mark.component
 def test_gradient_checkpointing_gives_the_same_gradients():
     grads = []
     for ckpt in (False, True):
@@ -225,6 +239,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
 
 
+@pytest.mark.component
 def test_build_policy_unknown_name_is_a_config_error():
     from psrl.config import ConfigError
 

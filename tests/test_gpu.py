@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.tiny import tiny_flux_components
@@ -23,6 +23,7 @@ def _gens(*seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
+@pytest.mark.component
 def test_ode_generation_equals_flux_pipeline_on_the_gpu():
     from diffusers import FluxPipeline
 
@@ -37,6 +38,7 @@ def test_ode_generation_equals_flux_pipeline_on_the_gpu():
     assert got.device.type == "cuda" and (got - expected.to(got.device)).abs().max() < 1e-4
 
 
+@pytest.mark.component
 def test_bf16_log_prob_recompute_on_the_gpu():
     policy = FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(rank=4, alpha=8), dtype="bfloat16",
                                                             max_sequence_length=SEQ), "cuda")
@@ -47,6 +49,7 @@ def test_bf16_log_prob_recompute_on_the_gpu():
         assert (policy.log_prob(ro, step).log_prob - ro.log_probs[:, step].to("cuda")).abs().max() < 1e-3
 
 
+@pytest.mark.e2e
 def test_grpo_cli_run_on_the_gpu(tmp_path):
     from psrl.cli.main import main
     from psrl.rl.tracking import read_metrics
@@ -56,6 +59,7 @@ def test_grpo_cli_run_on_the_gpu(tmp_path):
     assert [m["step"] for m in read_metrics(tmp_path / "tiny_flux" / "metrics.jsonl")] == [1, 2]
 
 
+@pytest.mark.e2e
 def test_kontext_memory_script_measures_cuda_peaks(monkeypatch, capsys):
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     monkeypatch.setattr(sys, "argv", ["kontext_memory.py", "--device", "cuda", "--shape", "small", "--size", "64",

@@ -11,7 +11,7 @@ from psrl.data.records import Record, RecordError, SubjectRef, resolve_records
 from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, check_image, load_image, size_problem
 from psrl.models.references import ReferenceLoader
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
-from psrl.rl.sft import load_target
+from psrl.rl.sft_trainer import load_target
 
 
 def _rec(*images, rid="r", root=None, target=None):
@@ -51,6 +51,7 @@ def files(tmp_path):
 
 
 # ------------------------------------------------------------------ the rule itself (pure)
+@pytest.mark.unit
 def test_size_problem_is_the_one_rule():
     assert size_problem(8, 8) is None and size_problem(1600, 8) is None      # exactly 200:1 is allowed (Qwen's rule)
     kind, why = size_problem(1, 1)
@@ -61,6 +62,7 @@ def test_size_problem_is_the_one_rule():
 
 
 # ------------------------------------------------------------------ the same pixels through every loader
+@pytest.mark.unit
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_exif_orientation_is_applied_like_diffusers(files, loader):
     from diffusers.utils import load_image as diffusers_load_image
@@ -73,6 +75,7 @@ def test_exif_orientation_is_applied_like_diffusers(files, loader):
     assert top[0] > 200 and top[2] < 50 and bottom[2] > 200 and bottom[0] < 50  # red on top, blue below
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_16bit_grey_is_scaled_not_clipped(files, loader):
     img = LOADERS[loader](files, "grey16.png")
@@ -80,6 +83,7 @@ def test_16bit_grey_is_scaled_not_clipped(files, loader):
     assert np.unique(np.asarray(img)).tolist() == [128]                      # 32768 / 65535 of full scale, not 255
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("loader", sorted(LOADERS))
 def test_transparency_is_composited_onto_white(files, loader):
     assert np.unique(np.asarray(LOADERS[loader](files, "clear.png"))).tolist() == [255]   # not red, not black
@@ -87,6 +91,7 @@ def test_transparency_is_composited_onto_white(files, loader):
     assert np.unique(la).tolist() == [127]                                   # half black over white
 
 
+@pytest.mark.unit
 def test_background_is_configurable_in_both_reference_loaders(files):
     black = (0, 0, 0)
     policy = ReferenceLoader(max_references=1, background=black).load(_rec("clear.png", root=files))[0]
@@ -94,6 +99,7 @@ def test_background_is_configurable_in_both_reference_loaders(files):
     assert np.asarray(policy).max() == 0 and np.asarray(reward).max() == 0
 
 
+@pytest.mark.unit
 def test_sft_target_goes_through_the_same_loader(files):
     x = load_target(_rec(rid="t", target="phone.jpg", root=files), 32, 16)   # H=32, W=16: portrait
     assert x.shape == (3, 32, 16) and x.dtype == torch.float32
@@ -105,6 +111,7 @@ def test_sft_target_goes_through_the_same_loader(files):
 
 
 # ------------------------------------------------------------------ the same files refused, each with its error type
+@pytest.mark.unit
 @pytest.mark.parametrize("name,why", [("dot.png", "1x1.*too small"), ("strip.png", "1800x8.*too elongated")])
 def test_policy_and_rewards_refuse_the_same_files(files, name, why):
     with pytest.raises(RecordError, match=f"record 'r': reference image '{name}'.*{why}"):
@@ -117,6 +124,7 @@ def test_policy_and_rewards_refuse_the_same_files(files, name, why):
     assert check_image(files / name) is not None
 
 
+@pytest.mark.component
 def test_a_refused_reference_is_nan_for_its_sample_only(files):
     from psrl.rewards import build_reward
 
@@ -129,6 +137,7 @@ def test_a_refused_reference_is_nan_for_its_sample_only(files):
     assert "too elongated" in out.failures[3] and out.failures[0] is None and out.failures[2] is None
 
 
+@pytest.mark.unit
 def test_in_memory_inputs_follow_the_loader_rules():
     rgba = Image.new("RGBA", (16, 16), (0, 0, 255, 0))
     pils, failures = to_pil_images([rgba, Image.new("RGB", (1800, 8)), torch.rand(3, 4, 4)])
@@ -137,6 +146,7 @@ def test_in_memory_inputs_follow_the_loader_rules():
     assert pils[2] is None and "too small" in failures[2]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("name", ["subject_consistency", "vlm_consistency", "edit_consistency", "dino", "clip_i"])
 def test_every_reward_that_reads_references_takes_the_background(files, name):
     from psrl.rewards import build_reward

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from psrl.data.records import Record, RecordError, SubjectRef, resolve_records
-from psrl.models.base import Policy, Rollout, SamplingConfig
+from psrl.models.base import Policy, Rollout
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 
 pytest.importorskip("diffusers")
@@ -39,6 +40,7 @@ def _gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+@pytest.mark.component
 def test_one_reference_ode_matches_flux_kontext_pipeline(tmp_path):
     from diffusers import FluxKontextPipeline
 
@@ -58,6 +60,7 @@ def test_one_reference_ode_matches_flux_kontext_pipeline(tmp_path):
     assert (out - ref).abs().max().item() < 1e-4
 
 
+@pytest.mark.unit
 def test_position_id_schemes():
     from psrl.models.flux_kontext import reference_position_ids
 
@@ -74,6 +77,7 @@ def test_position_id_schemes():
     assert reference_position_ids(shapes, target, "uno_w")[6, 1:].tolist() == [0, 7]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("scheme", ["psr", "uno"])
 def test_several_references_rollout_and_recompute(tmp_path, scheme):
     a = _png(tmp_path, "a.png", (20, 12), seed=1)
@@ -91,6 +95,7 @@ def test_several_references_rollout_and_recompute(tmp_path, scheme):
         assert torch.allclose(lp, ro.log_probs[[4, 1, 2], step], atol=1e-5, rtol=0)
 
 
+@pytest.mark.component
 def test_rollouts_with_different_reference_widths_concatenate(tmp_path):
     a, c = _png(tmp_path, "a.png", (16, 16), seed=1), _png(tmp_path, "c.png", (16, 16), seed=3)
     policy = _policy(tmp_path)
@@ -115,6 +120,7 @@ def _rollout_without_refs(ro):
     return replace(ro, cond={k: v for k, v in ro.cond.items() if not k.startswith("ref_")})
 
 
+@pytest.mark.component
 def test_references_are_encoded_once_per_record(tmp_path, monkeypatch):
     a = _png(tmp_path, "a.png", (16, 16))
     policy = _policy(tmp_path)
@@ -128,6 +134,7 @@ def test_references_are_encoded_once_per_record(tmp_path, monkeypatch):
     assert len(calls) == 1
 
 
+@pytest.mark.component
 def test_bad_inputs_name_the_record_and_value(tmp_path):
     a = _png(tmp_path, "a.png", (16, 16))
     policy = _policy(tmp_path, max_references=2)
@@ -156,6 +163,7 @@ def test_bad_inputs_name_the_record_and_value(tmp_path):
         _policy(tmp_path, bogus=1)
 
 
+@pytest.mark.component
 def test_mismatched_lora_file_is_a_clear_error(tmp_path):
     from psrl.errors import ModelLoadError
     from psrl.models.flux_kontext import FluxKontextPolicy
@@ -167,6 +175,7 @@ def test_mismatched_lora_file_is_a_clear_error(tmp_path):
         FluxKontextPolicy.from_config(cfg, "cpu")
 
 
+@pytest.mark.component
 def test_resolved_and_legacy_root_records_give_the_same_image(tmp_path):
     """Records resolved where they are loaded, and the data pipeline's legacy ``model.args.data_root`` (relative
     paths resolved by the policy, escapes refused), read the same file."""

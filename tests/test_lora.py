@@ -4,7 +4,7 @@ import torch
 
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.lora import (
@@ -32,6 +32,7 @@ def _perturb(policy, seed=0, std=0.5):
             p.data.copy_(torch.randn(p.shape, generator=g) * std)
 
 
+@pytest.mark.component
 def test_presets_resolve_to_the_documented_layers():
     tr = tiny_flux_transformer()
     attn = resolve_target_modules(tr, "attn")
@@ -49,6 +50,7 @@ def test_presets_resolve_to_the_documented_layers():
         resolve_target_modules(tr, ["to_q", "to_qq"])
 
 
+@pytest.mark.component
 def test_only_lora_parameters_are_trainable_and_fp32_in_bf16():
     policy = FluxPolicy(tiny_flux_components(), ModelConfig(lora=LoraConfig(rank=4, alpha=8), dtype="bfloat16",
                                                             max_sequence_length=16))
@@ -59,6 +61,7 @@ def test_only_lora_parameters_are_trainable_and_fp32_in_bf16():
     assert not any(p.requires_grad for m in policy.frozen_modules() for p in m.parameters())
 
 
+@pytest.mark.component
 def test_saved_lora_loads_in_flux_pipeline_and_round_trips(tmp_path):
     from diffusers import FluxPipeline
 
@@ -72,8 +75,10 @@ def test_saved_lora_loads_in_flux_pipeline_and_round_trips(tmp_path):
     ours = policy.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))
     pipe = FluxPipeline(**tiny_flux_components())
     pipe.set_progress_bar_config(disable=True)
-    call = lambda: pipe("a red dog", num_inference_steps=2, height=16, width=16, max_sequence_length=16,
-                        output_type="pt", guidance_scale=3.5, generator=torch.Generator().manual_seed(0)).images
+    def call():
+        return pipe("a red dog", num_inference_steps=2, height=16, width=16, max_sequence_length=16,
+                    output_type="pt", guidance_scale=3.5, generator=torch.Generator().manual_seed(0)).images
+
     base = call()
     pipe.load_lora_weights(str(tmp_path))
     with_lora = call()
@@ -89,6 +94,7 @@ def test_saved_lora_loads_in_flux_pipeline_and_round_trips(tmp_path):
     assert (bare.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0)) - ours).abs().max() == 0
 
 
+@pytest.mark.component
 def test_lora_path_in_config_initialises_the_adapter(tmp_path):
     src = _policy()
     _perturb(src)
@@ -99,6 +105,7 @@ def test_lora_path_in_config_initialises_the_adapter(tmp_path):
     assert all(torch.equal(p, a[n]) for n, p in lora_parameters(policy.transformer))
 
 
+@pytest.mark.component
 def test_mismatched_lora_file_is_a_clear_error(tmp_path):
     _policy(rank=8).save_lora(tmp_path / "r8")
     with pytest.raises(ModelLoadError, match=r"r8.*saved with rank 8.*has rank 4.*model.lora.rank"):
@@ -118,6 +125,7 @@ def test_mismatched_lora_file_is_a_clear_error(tmp_path):
         _policy().load_lora(tmp_path / "junk.safetensors")
 
 
+@pytest.mark.component
 def test_lora_file_with_another_alpha_is_an_error(tmp_path):
     FluxPolicy(tiny_flux_components(),
                ModelConfig(lora=LoraConfig(rank=4, alpha=16), max_sequence_length=16)).save_lora(tmp_path)
@@ -125,6 +133,7 @@ def test_lora_file_with_another_alpha_is_an_error(tmp_path):
         _policy(rank=4).load_lora(tmp_path)
 
 
+@pytest.mark.component
 def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_path, caplog):
     """lora.fuse: PSR's rank-512 SFT LoRA under a fresh rank-64 RL LoRA, here rank 8 under rank 4."""
     from diffusers import FluxPipeline
@@ -186,6 +195,7 @@ def test_fused_lora_equals_diffusers_fuse_lora_and_becomes_the_reference(tmp_pat
     assert (both - rl.generate(RECORDS, SAMPLING, torch.Generator().manual_seed(0))).abs().max() < 1e-4
 
 
+@pytest.mark.component
 def test_fuse_errors_name_the_file_and_the_entry(tmp_path):
     from psrl.models.lora_merge import fuse_lora_weights
 
@@ -205,6 +215,7 @@ def test_fuse_errors_name_the_file_and_the_entry(tmp_path):
     assert LoraConfig(fuse="x").fuse == [{"path": "x", "scale": 1.0}]
 
 
+@pytest.mark.e2e
 def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_path, capsys):
     from diffusers import FluxPipeline
 
@@ -261,6 +272,7 @@ def test_combined_lora_is_both_stages_in_one_file_for_diffusers_and_psrl(tmp_pat
     assert "once per input" in capsys.readouterr().err
 
 
+@pytest.mark.component
 def test_combine_with_scales_equals_fusing_each(tmp_path):
     from psrl.models.lora_merge import combine_lora_files, fuse_lora_weights
 

@@ -42,6 +42,7 @@ def _checkpoint(run, step, *, lora=None, ema=None, state=True):
     return d
 
 
+@pytest.mark.component
 def test_every_form_of_a_lora_argument_resolves_by_one_rule(tmp_path, caplog):
     a, b = _perturb(_policy(), 0), _perturb(_policy(), 1)
     run = tmp_path / "runs" / "demo"
@@ -88,6 +89,7 @@ def _write_cfg(path, **sampling):
     return path
 
 
+@pytest.mark.e2e
 def test_generate_and_bench_generate_take_the_same_lora_paths(tmp_path, capsys):
     """`psrl bench generate --lora runs/<run>/checkpoints/step-N` failed where `psrl generate --lora` worked; a
     combined LoRA (another rank than the config's adapter) loads in both."""
@@ -130,6 +132,7 @@ def test_generate_and_bench_generate_take_the_same_lora_paths(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_fused_mismatch_rule():
     sft, sft2, other = ({"path": f"/r/{n}", "scale": 1.0, "sha256": n * 4} for n in ("s", "t", "o"))
     rl = {"path": "/r/rl", "scale": 1.0, "sha256": "rlrl"}
@@ -146,6 +149,7 @@ def test_fused_mismatch_rule():
     assert fused_mismatch([sft, rl], [[], [old]]) is None
 
 
+@pytest.mark.e2e
 def test_combine_refuses_an_sft_lora_the_rl_lora_was_not_trained_on(tmp_path, capsys):
     sft = _perturb(_policy(rank=8, alpha=8.0), 0)
     sft.save_lora(tmp_path / "sft")

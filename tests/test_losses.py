@@ -6,6 +6,8 @@ import torch
 
 from psrl.rl.losses import grpo_loss, ppo_clip_loss, ratio_stats
 
+pytestmark = pytest.mark.unit
+
 
 def _batch():
     # ratios 1.2 (A=+1, clipped), 0.5 (A=-1, clipped), 1.05 (A=+1, inside), 1.2 (A=-1, unclipped side)

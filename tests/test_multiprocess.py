@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.e2e
+
 ARGS = ["--set", "train.max_steps=2", "--set", "train.groups_per_step=3", "--set", "train.group_size=4",
         "--set", "train.sample_batch_size=3", "--set", "train.train_batch_size=3", "--set", "sampling.num_steps=3",
         "--set", "eval.every=0", "--set", "run.dump_rank_data=true",

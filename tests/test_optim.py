@@ -9,6 +9,8 @@ from psrl.errors import PsrlError
 from psrl.rl.optim import make_optimizer
 from psrl.rl.run_config import load_run_config
 
+pytestmark = pytest.mark.unit
+
 
 def test_adamw_is_built_with_the_given_hyperparameters():
     p = torch.nn.Parameter(torch.zeros(3))

@@ -200,7 +200,7 @@ def test_guard_and_nft_train_every_policy(tmp_path, model, loss):
 @pytest.mark.component
 def test_nft_learns_the_colour_reward_on_the_tiny_model(tmp_path):
     """DiffusionNFT raises the built-in colour reward of the embedded default. On this tiny model nft_beta=1 (PaCo's
-    default) barely moves in 24 steps; 0.1 learns about as fast as PPO (benchmarks/time_to_reward.py)."""
+    default) barely moves in 40 steps; 0.1 learns with 1.5-1.8x PPO's images (benchmarks/README.md)."""
     t = GRPOTrainer(load_run_config(None, [f"run.output_dir={tmp_path}", "run.name=nft", "train.loss=nft",
                                            "train.nft_beta=0.1", "train.old_policy.decay_type=0",
                                            "train.max_steps=16", "eval.every=0"]))

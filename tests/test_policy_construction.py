@@ -7,7 +7,7 @@ import torch
 
 from psrl.config import ConfigError
 from psrl.models import POLICIES
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.checks import check_sampling_size
 from psrl.models.config import LoraConfig, ModelConfig
 

@@ -7,6 +7,7 @@ from psrl.rewards.detection import Detections
 from psrl.rewards.position import PositionReward, parse_relation, position_score
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text,rel", [
     ("The airplane is above the trolley, near a runway.", "above"),
     ("A cat to the left of a dog", "to the left of"),
@@ -24,6 +25,7 @@ B_RIGHT = [40, 0, 50, 10]   # centre (45, 5)
 B_BELOW = [0, 40, 10, 50]   # centre (5, 45)
 
 
+@pytest.mark.unit
 def test_position_rule_directions():
     assert position_score(A_LEFT, B_RIGHT, "to the left of") == 1.0
     assert position_score(A_LEFT, B_RIGHT, "on the right of") == 0.0
@@ -39,6 +41,7 @@ def test_position_rule_directions():
     assert position_score(A_LEFT, B_RIGHT, "dancing with") == 0.0
 
 
+@pytest.mark.unit
 def test_position_rule_iou_term_and_degenerate():
     a, b = [0, 0, 10, 10], [5, 0, 15, 10]  # IoU = 50 / 150 = 1/3, dx = 5 > 0
     assert position_score(a, b, "to the left of") == pytest.approx(0.1 / (1 / 3))
@@ -49,7 +52,7 @@ def test_position_rule_iou_term_and_degenerate():
 
 
 class StubDetector:
-    """Test fixture: fixed boxes per phrase (random-weight detectors cannot give meaningful boxes, gotcha G8)."""
+    """Test fixture: fixed boxes per phrase (random-weight detectors cannot give meaningful boxes)."""
 
     def __init__(self, boxes: dict):
         self.boxes = boxes
@@ -67,6 +70,7 @@ def _rec(prompt, a="cat", b="dog", **tags):
     return Record(id="r", prompt=prompt, subjects=(SubjectRef(None, a), SubjectRef(None, b)), tags=tags)
 
 
+@pytest.mark.component
 def test_position_reward_with_stub_detector():
     img = torch.rand(1, 3, 64, 64)
     reward = PositionReward(detector=StubDetector({"cat": [A_LEFT], "dog": [B_RIGHT]}))
@@ -80,6 +84,7 @@ def test_position_reward_with_stub_detector():
     assert out.details["relation"][0] == "to the left of"
 
 
+@pytest.mark.component
 def test_position_same_phrase_honest_vs_compat():
     det = StubDetector({"cat": [B_RIGHT, A_LEFT]})
     img = torch.rand(1, 3, 64, 64)
@@ -88,6 +93,7 @@ def test_position_same_phrase_honest_vs_compat():
     assert PositionReward(detector=det, mode="psrbench_compat")(img, rec).scores.item() == 0.0
 
 
+@pytest.mark.component
 def test_position_reward_tiny_detector_end_to_end():
     reward = PositionReward(path="tiny", detector={"kind": "grounding_dino", "box_threshold": 0.0})
     out = reward(torch.rand(2, 3, 64, 64), [_rec("a cat above a dog")] * 2)

@@ -8,9 +8,11 @@ import pytest
 from PIL import Image
 
 from psrl.data.records import Record, SubjectRef, resolve_records
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.truncation import tokens_dropped, warn_truncated_prompts
+
+pytestmark = pytest.mark.component
 
 pytest.importorskip("diffusers")
 

@@ -6,8 +6,11 @@ import torch
 from PIL import Image
 
 from psrl.data.records import Record, RecordError, SubjectRef
-from psrl.models.base import Policy, SamplingConfig
+from psrl.models.base import Policy
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
+
+pytestmark = pytest.mark.component
 
 pytest.importorskip("diffusers")
 

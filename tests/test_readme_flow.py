@@ -19,6 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[1]
 # what the tiny twins' semantic-alignment term is (configs/tiny/psr_kontext.yaml): a random-weight VLM never writes a
 # rubric score, so the rubric judge would fail every sample and `psrl bench eval` would rightly exit 1

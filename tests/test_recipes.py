@@ -1,7 +1,9 @@
 """The paper recipes in configs/ load with the trainer's config classes and name registered rewards and policies;
 each has a tiny twin in configs/tiny/ that runs 2 steps through the CLI (GRPO: psrl train, SFT: psrl sft). Qwen-
 Image-Edit-Plus and SD3 also run both stages from the CLI through overrides of the twins."""
+import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,9 @@ TWIN_STAND_INS = {("psr_kontext", "semantic_alignment"): "vlm_consistency"}
 QWEN_ARGS = "model.args={condition_area: 1024, vae_area: 1024, max_references: 4}"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("name", GRPO_RECIPES)
 def test_recipe_and_twin_load_and_agree(name):
-    import psrl.rewards.builtin  # noqa: F401  (registers the reward names)
     from psrl.models import POLICIES
     from psrl.rewards import REWARDS
     from psrl.rl.run_config import load_run_config
@@ -36,16 +38,28 @@ def test_recipe_and_twin_load_and_agree(name):
         assert getattr(twin.sampling, key) == getattr(full.sampling, key), key
     assert twin.advantage.mode == full.advantage.mode
     assert twin.model.args.get("position_ids") == full.model.args.get("position_ids")
-    text = (CONFIGS / f"{name}.yaml").read_text()
-    assert "research" in text and "our choice" in text     # traced to the notes, free values marked
+    _assert_sources_can_be_opened((CONFIGS / f"{name}.yaml").read_text())
 
 
+def _assert_sources_can_be_opened(text: str) -> None:
+    """A recipe names its sources as a reader can open them (a paper by arXiv id, an upstream file at a commit),
+    every ``[tag]`` its comments use is defined in its header, and free values say "our choice"."""
+    assert re.search(r"arXiv \d{4}\.\d{4,5}", text) and re.search(r"[\w-]+/[\w.-]+@[0-9a-f]{7}", text)
+    assert "our choice" in text
+    header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), text.splitlines()))
+    body_tags = {t for line in text.splitlines()[header.count("\n") + 1:] if "#" in line
+                 for t in re.findall(r"(?<!\w)\[([A-Za-z][\w-]*)\]", line.split("#", 1)[1])}
+    assert body_tags <= set(re.findall(r"(?<!\w)\[([A-Za-z][\w-]*)\]", header)), body_tags
+
+
+@pytest.mark.unit
 def test_sft_recipe_and_twin_load():
     from psrl.rl.sft_config import load_sft_config
 
     full = load_sft_config(CONFIGS / "psr_kontext_sft.yaml")
     twin = load_sft_config(CONFIGS / "tiny" / "psr_kontext_sft.yaml")
-    assert (full.model.lora.rank, full.sft.lr, full.sft.height) == (512, 1e-4, 512)   # psr.md §6.4
+    assert (full.model.lora.rank, full.sft.lr, full.sft.height) == (512, 1e-4, 512)   # PSR's stage-1 SFT
+    _assert_sources_can_be_opened((CONFIGS / "psr_kontext_sft.yaml").read_text())
     assert twin.model.name == full.model.name and twin.model.path == "tiny"
     assert twin.sft.sigma_sampling == full.sft.sigma_sampling
 
@@ -58,6 +72,7 @@ def _train(config, tmp_path, *extra):
     return run, read_metrics(run / "metrics.jsonl")
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("name", GRPO_RECIPES)
 def test_tiny_twin_trains_two_steps(name, tmp_path):
     run, metrics = _train(CONFIGS / "tiny" / f"{name}.yaml", tmp_path)
@@ -79,6 +94,7 @@ def _sft(config, tmp_path, *extra):
     return lora
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("model", ["flux_kontext", "qwen_image_edit_plus", "sd3"])
 def test_sft_then_grpo_from_the_cli(model, tmp_path):
     """Every policy: SFT from the CLI, then a GRPO run (1 step) initialised from the SFT LoRA (model.lora.path)."""
@@ -108,6 +124,7 @@ def test_sft_then_grpo_from_the_cli(model, tmp_path):
     assert metrics[-1]["reward/total/mean"] is not None
 
 
+@pytest.mark.e2e
 def test_psr_two_stages_sft_rank_8_fused_under_a_rank_4_grpo_lora(tmp_path):
     """PSR's hand-over (rank-512 SFT -> rank-64 RL), shrunk: the SFT LoRA is fused (model.lora.fuse), a fresh
     smaller adapter trains on top, and its saved file records the fused LoRA."""
@@ -140,6 +157,9 @@ def _kind(path: Path) -> str:
         return "server"
     if {"subjects", "render", "export"} & top:
         return "data"
+    data = yaml.safe_load(path.read_text())
+    if "image_max_pixels" in (data.get("model") or {}) or "train" in (data.get("data") or {}):
+        return "reward_model"  # psrl reward-model train; tested in tests/test_reward_model_train.py
     return "sft" if "sft" in top else "run"
 
 
@@ -168,9 +188,9 @@ def _export_tiny_dataset(dataset: Path) -> None:
     """What `psrl data export` writes into data/psr, from a hand-made filter manifest (both splits non-empty)."""
     from PIL import Image
 
-    from psrl.data.pipeline import manifest as mf
-    from psrl.data.pipeline.config import DataPipelineConfig, ExportConfig
-    from psrl.data.pipeline.export import run_export
+    from psrl.datagen.config import DataPipelineConfig, ExportConfig
+    from psrl.datagen.export import run_export
+    from psrl.fileio import write_jsonl_atomic
 
     dataset.mkdir(parents=True)
     entries = []
@@ -183,7 +203,7 @@ def _export_tiny_dataset(dataset: Path) -> None:
         entries.append({"id": f"{i:03d}", "task": "Action", "phrases": ["cat", "dog"], "categories": ["Cat", "Dog"],
                         "instruction": f"the cat and the dog, take {i}", "references": refs, "target": f"t{i}.png",
                         "status": "kept"})
-    mf.write_jsonl_atomic(dataset / "filter.jsonl", entries)
+    write_jsonl_atomic(dataset / "filter.jsonl", entries)
     stats = run_export(dataset, DataPipelineConfig(export=ExportConfig(heldout_fraction=0.5)))
     assert stats.extra["train"] and stats.extra["eval"]
 
@@ -192,11 +212,12 @@ FULL_RECIPES = sorted(p for p in CONFIGS.glob("*.yaml") if _kind(p) in ("run", "
 TWINS = sorted(p for p in (CONFIGS / "tiny").glob("*.yaml") if _kind(p) in ("run", "sft"))
 
 
+@pytest.mark.unit
 def test_every_recipe_reads_what_the_pipeline_writes_or_the_readme_documents(tmp_path, monkeypatch):
     """The held-out split has one name: `psrl data export` writes data/psr/{train,eval}.jsonl and every recipe that
     trains on the pipeline's data reads exactly those (from the working directory, no fallback to configs/); every
     other data path is one the README's "Data for the recipes" table tells the user how to make."""
-    from psrl.data.pipeline.export import EVAL_RECORDS, TRAIN_RECORDS
+    from psrl.datagen.export import EVAL_RECORDS, TRAIN_RECORDS
 
     assert {p.name for p in FULL_RECIPES} >= {f"{n}.yaml" for n in GRPO_RECIPES + SFT_RECIPES + ["flux_grpo"]}
     _export_tiny_dataset(tmp_path / "data" / "psr")
@@ -218,6 +239,7 @@ def test_every_recipe_reads_what_the_pipeline_writes_or_the_readme_documents(tmp
                     f"{recipe.name}: {key} = {rel} is not in README's 'Data for the recipes'"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("twin", TWINS, ids=lambda p: p.name)
 def test_tiny_twins_read_the_recipes_paths_and_run_from_anywhere(twin, tmp_path, monkeypatch):
     """A twin of a recipe that reads the pipeline's data names the same relative paths; from a working directory
@@ -235,6 +257,7 @@ def test_tiny_twins_read_the_recipes_paths_and_run_from_anywhere(twin, tmp_path,
         assert CONFIGS / "tiny" in resolved.parents
 
 
+@pytest.mark.component
 def test_reward_server_example_config_and_the_readme_request(tmp_path):
     """configs/serve_rewards.yaml loads; its tiny twin serves the request exactly as the README writes it."""
     import base64
@@ -243,7 +266,6 @@ def test_reward_server_example_config_and_the_readme_request(tmp_path):
     from fastapi.testclient import TestClient
     from PIL import Image
 
-    import psrl.rewards.builtin  # noqa: F401  (registers the reward names)
     from psrl.config import load_config
     from psrl.rewards import REWARDS
     from psrl.serve.server import ServerConfig, create_app
@@ -270,9 +292,10 @@ def test_reward_server_example_config_and_the_readme_request(tmp_path):
             assert out["scores"][0] is not None or out["failures"][0]
 
 
+@pytest.mark.unit
 def test_data_pipeline_config_loads():
     from psrl.config import load_config
-    from psrl.data.pipeline.config import DataPipelineConfig
+    from psrl.datagen.config import DataPipelineConfig
 
     cfg = load_config(DataPipelineConfig, CONFIGS / "data_psr.yaml")
     assert cfg.export.heldout_fraction == 0.02 and cfg.render.model.name == "flux"

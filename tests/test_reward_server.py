@@ -79,6 +79,7 @@ def _images(n, seed):
     return (torch.rand(n, 3, 32, 32, generator=g) * 255).round() / 255  # exact through PNG
 
 
+@pytest.mark.component
 def test_concurrent_clients_match_in_process_and_are_batched(data_root):
     """The client's records are resolved under its own copy of the data; they travel relative to that root and
     the server resolves them under its data_root: the same file content, scored the same."""
@@ -109,6 +110,7 @@ def test_concurrent_clients_match_in_process_and_are_batched(data_root):
         assert health["requests"]["sc"] == 4 and health["batches"]["sc"] < 4  # concurrent requests shared batches
 
 
+@pytest.mark.component
 def test_api_key_required_off_loopback_and_wrong_key_refused(data_root, monkeypatch):
     with pytest.raises(PsrlError, match="without an API key"):
         check_bind("0.0.0.0", None)
@@ -131,6 +133,7 @@ def test_api_key_required_off_loopback_and_wrong_key_refused(data_root, monkeypa
             unknown(_images(1, 0), _recs(1))
 
 
+@pytest.mark.component
 def test_server_restarted_mid_run_is_retried(data_root):
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}]})
     port = _free_port()
@@ -164,6 +167,7 @@ def test_server_restarted_mid_run_is_retried(data_root):
     assert torch.isnan(out.scores).all() and "unreachable" in out.failures[0]
 
 
+@pytest.mark.component
 def test_bad_requests_are_rejected_clearly(data_root):
     import httpx
 
@@ -195,6 +199,7 @@ def test_bad_requests_are_rejected_clearly(data_root):
         from_dict(ServerConfig, {"rewards": [{"name": "x"}], "hosst": "0.0.0.0"})
 
 
+@pytest.mark.e2e
 def test_cli_serve_rewards(tmp_path, capsys, monkeypatch):
     import subprocess
     import sys

@@ -54,6 +54,7 @@ def _body(pngs, recs):
 SC_ARGS = {"path": "tiny", "detector": {"kind": "grounding_dino", "box_threshold": 0.0}}
 
 
+@pytest.mark.component
 def test_one_bad_request_in_a_batch_fails_alone(data_root):
     # The tiny grounding detector raises on a 5,000-word phrase (its text positions run out): the real failure.
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "sc", "reward": "subject_consistency", "args": SC_ARGS}],
@@ -96,6 +97,7 @@ def boom_reward(images, records):
     return RewardOutput(scores=torch.full((len(records),), 0.5), failures=[None] * len(records))
 
 
+@pytest.mark.component
 def test_a_reward_that_raises_is_bisected_so_batch_mates_get_scores(data_root):
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "b", "reward": "test_reward_server_limits:boom_reward"}],
                                    "data_root": str(data_root), "batch_window_ms": 400})
@@ -113,6 +115,7 @@ def test_a_reward_that_raises_is_bisected_so_batch_mates_get_scores(data_root):
     assert health["isolated_failures"]["b"] >= 1
 
 
+@pytest.mark.component
 def test_overlong_text_gets_422_while_its_batch_mates_are_scored(data_root):
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "batch_window_ms": 300})
     assert cfg.max_text_chars == 4096
@@ -136,6 +139,7 @@ def _big_png_b64(side):
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+@pytest.mark.component
 def test_pixel_body_and_image_count_limits_are_answered_before_decoding():
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "max_body_bytes": 200_000, "max_images": 3})
     lax = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "max_pixels": 10**9})
@@ -185,6 +189,7 @@ def _cfg_file(tmp_path, extra=""):
     return path
 
 
+@pytest.mark.e2e
 def test_host_is_taken_literally(tmp_path, capsys, monkeypatch):
     from psrl.cli.main import main
 
@@ -209,6 +214,7 @@ def test_host_is_taken_literally(tmp_path, capsys, monkeypatch):
         assert httpx.get(f"http://[::1]:{port}/health").json()["rewards"] == ["mean_color"]
 
 
+@pytest.mark.e2e
 def test_api_key_is_never_echoed_nor_taken_from_the_command_line(tmp_path, capsys, monkeypatch, caplog):
     from psrl.cli.main import main
 

@@ -10,7 +10,7 @@ from PIL import Image
 from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.errors import ModelLoadError
 from psrl.rewards import build_reward
-from psrl.rewards.images import pil_to_tensor
+from psrl.images import pil_to_tensor
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def _recs(n=2, prompt="a red cat"):
                             for i in range(n)], ".")
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("name", ["hpsv3", "pickscore", "clip_t", "aesthetic", "clip_i", "dino"])
 def test_each_reward_runs_on_tiny_models(name, ref_dir):
     reward = build_reward(name, {"path": "tiny"})
@@ -40,6 +41,7 @@ def test_each_reward_runs_on_tiny_models(name, ref_dir):
     assert math.isnan(out.scores[1].item()) and "NaN" in out.failures[1] and out.failures[0] is None
 
 
+@pytest.mark.component
 def test_clip_t_and_pickscore_match_direct_computation():
     from psrl.rewards.tiny import tiny_clip
 
@@ -59,6 +61,7 @@ def test_clip_t_and_pickscore_match_direct_computation():
     assert clamped.scores.item() == pytest.approx(max(cos, 0.0), rel=1e-4, abs=1e-7)
 
 
+@pytest.mark.component
 def test_image_similarity_is_one_for_the_reference_itself(ref_dir):
     ref = pil_to_tensor(Image.open(ref_dir / "a.png"))[None]
     for name in ("dino", "clip_i"):
@@ -72,6 +75,7 @@ def test_image_similarity_is_one_for_the_reference_itself(ref_dir):
     assert dinov2(ref, _recs(1)).scores.item() == pytest.approx(100.0, abs=1e-3)
 
 
+@pytest.mark.component
 def test_aesthetic_head_loads_from_file(tmp_path):
     from safetensors.torch import save_file
 
@@ -88,6 +92,7 @@ def test_aesthetic_head_loads_from_file(tmp_path):
         build_reward("aesthetic", {"clip_path": "tiny", "head_path": str(tmp_path / "bad.pth")})
 
 
+@pytest.mark.component
 def test_hpsv3_batched_equals_single_and_checkpoint_remap(tmp_path):
     from safetensors.torch import save_file
 
@@ -126,6 +131,7 @@ def test_hpsv3_batched_equals_single_and_checkpoint_remap(tmp_path):
         build_reward("hpsv3", {"path": str(tmp_path / "broken.safetensors"), "base_path": str(base)})
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("name,args", [
     ("hpsv3", {"path": "/nonexistent/HPSv3.safetensors", "base_path": "/nonexistent/base"}),
     ("pickscore", {"path": "/nonexistent/pick", "processor_path": "/nonexistent/proc"}),
@@ -139,6 +145,7 @@ def test_nonexistent_model_paths(name, args):
         build_reward(name, args)
 
 
+@pytest.mark.unit
 def test_hpsv3_prompt_is_the_training_collators_text_exactly():
     """INSTRUCTION and the reward-token suffix of the hpsv3 package's Qwen2-VL collator, compared character for
     character, then pinned by SHA-256 (a reward model reads its own training format)."""

@@ -12,7 +12,6 @@ from PIL import Image
 
 from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.rewards import REWARDS, build_reward
-from psrl.rewards.base import _ensure_builtin_rewards
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.isolation import Failed, per_item
 
@@ -106,6 +105,7 @@ class _ServerThread:
 
 
 # ------------------------------------------------------------------ the isolation rule (pure)
+@pytest.mark.unit
 def test_per_item_batches_first_then_isolates_only_what_fails():
     calls = []
 
@@ -126,12 +126,13 @@ def test_per_item_batches_first_then_isolates_only_what_fails():
         per_item(lambda xs: [0], [1, 2], "bug")
 
 
+@pytest.mark.unit
 def test_every_registered_reward_is_covered():
-    _ensure_builtin_rewards()
     assert set(REWARDS.names()) == set(ARGS) | {"remote"}
 
 
 # ------------------------------------------------------------------ 1 bad sample in a batch of 4, every reward
+@pytest.mark.component
 @pytest.mark.parametrize("name", sorted(ARGS))
 def test_a_generated_image_the_qwen_processor_refuses_fails_alone(name, root):
     reward = _build(name)
@@ -144,6 +145,7 @@ def test_a_generated_image_the_qwen_processor_refuses_fails_alone(name, root):
         assert torch.allclose(out.scores[[0, 2, 3]], alone.scores, atol=1e-5)
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("name", READS_REFERENCES)
 def test_a_reference_the_qwen_processor_refuses_fails_alone(name, root):
     out = _build(name)(_images(), _recs(root, strip_ref_at=2))
@@ -151,6 +153,7 @@ def test_a_reference_the_qwen_processor_refuses_fails_alone(name, root):
     assert "strip.png" in out.failures[2]
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("name", QWEN_REWARDS)
 def test_a_sample_the_model_batch_rejects_is_retried_alone(name, root):
     """Nothing in the inputs is out of range, but the prompt carries a Qwen image placeholder: the processor
@@ -200,6 +203,7 @@ def _component_cases(root, fussy_embedder, fussy_detector):
     }
 
 
+@pytest.mark.component
 @pytest.mark.parametrize("case", ["subject_consistency/embedder", "subject_consistency/detector",
                                   "position/detector", "dino/embedder"])
 def test_a_component_that_raises_for_one_image_fails_that_sample_only(case, root):
@@ -215,6 +219,7 @@ def test_a_component_that_raises_for_one_image_fails_that_sample_only(case, root
     _assert_only(out, 0, "RuntimeError: cannot process a pure green image", name)
 
 
+@pytest.mark.component
 def test_remote_reward_keeps_per_sample_failures(root):
     pytest.importorskip("uvicorn")
     from psrl.config import from_dict
@@ -231,12 +236,13 @@ def test_remote_reward_keeps_per_sample_failures(root):
 
 
 # ------------------------------------------------------------------ the trainer carries on
+@pytest.mark.component
 def test_trainer_step_survives_a_sample_the_reward_cannot_score(tmp_path):
     """tiny FLUX + tiny HPSv3; one of the two records carries a Qwen image placeholder in its prompt, so every
     rollout batch holding its group is rejected by the HPSv3 processor. The step completes: that group is NaN
     with a reason and skipped, the other group trains."""
     from psrl.rl.run_config import load_run_config
-    from psrl.rl.trainer import GRPOTrainer
+    from psrl.rl.grpo_trainer import GRPOTrainer
 
     n = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -257,6 +263,7 @@ def test_trainer_step_survives_a_sample_the_reward_cannot_score(tmp_path):
     assert math.isfinite(m["reward/hpsv3/mean"])
 
 
+@pytest.mark.component
 def test_an_overlong_subject_phrase_fails_its_sample_with_a_plain_reason(root):
     """A 5,000-word phrase (issue #10 §7) used to fail every sample batched with it, with a tensor shape error."""
     reward = _build("subject_consistency")

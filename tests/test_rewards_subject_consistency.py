@@ -1,5 +1,5 @@
 """Subject consistency (PSR): crop/assignment logic with stubbed detections (random-weight detectors give no
-meaningful boxes, gotcha G8), one real tiny end-to-end run, bad inputs and the reference cache."""
+meaningful boxes), one real tiny end-to-end run, bad inputs and the reference cache."""
 import math
 
 import numpy as np
@@ -11,8 +11,10 @@ from psrl.data.records import Record, SubjectRef, resolve_records
 from psrl.errors import ModelLoadError
 from psrl.rewards import build_reward
 from psrl.rewards.detection import Detections
-from psrl.rewards.images import pil_to_tensor
+from psrl.images import pil_to_tensor
 from psrl.rewards.subject_consistency import SubjectConsistencyReward
+
+pytestmark = pytest.mark.component
 
 LEFT, RIGHT = [0, 0, 32, 64], [32, 0, 64, 64]
 

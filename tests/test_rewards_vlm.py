@@ -20,6 +20,7 @@ from psrl.rewards.vlm.prompts import RUBRIC_PROMPTS, parse_rubric_score, rubric_
 
 
 # ------------------------------------------------------------------ pure parts
+@pytest.mark.unit
 @pytest.mark.parametrize("text,score", [
     ("[Thought]: good. [Score]: 8", 8.0), ("[Score]:7.5 and [Score]: 2", 7.5), ("[Score]: 10", 10.0),
     ("[Score]: 8.", 8.0), ("**[Score]:** 8", None), ("Score: 8", None), ("[Score]: 11", None),
@@ -37,24 +38,28 @@ REPLY_SHAPES = [("**[Score]:** 8", 8.0), ("[Score]: **8**", 8.0), ("[score]: 6",
                 ("[SCORE]: __4__ / 10", 4.0)]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text,score", REPLY_SHAPES)
 def test_tolerant_rubric_parser_reads_real_reply_shapes(text, score):
     assert parse_rubric_score(text) == score
     assert parse_rubric_score(text, parser="strict") is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("text", ["[Score]: 7.5.1", "[Score]: 11", "[Score]: -2", "Score: 8", "[Thought]: … [Score]: …",  # noqa: E501
                                   "the score is 8", "[Score]: eight"])
 def test_tolerant_rubric_parser_still_refuses_non_scores(text):
     assert parse_rubric_score(text) is None
 
 
+@pytest.mark.unit
 def test_tolerant_parser_takes_the_first_score_and_unknown_parser_is_an_error():
     assert parse_rubric_score("[Thought]: format is [Score]: …\n[Score]: 7 and later [score]: 2") == 7.0
     with pytest.raises(ValueError, match="rubric parser"):
         parse_rubric_score("[Score]: 8", parser="lenient")
 
 
+@pytest.mark.unit
 def test_rubric_prompts_layout():
     p, subset = rubric_prompt("Background", "A dog on a beach.")
     assert subset == "background" and p.startswith("\n        Your role is to evaluate whether the background")
@@ -65,6 +70,7 @@ def test_rubric_prompts_layout():
     assert "low consistency. \n" in RUBRIC_PROMPTS["complex"]
 
 
+@pytest.mark.unit
 def test_p_yes_from_logprobs():
     p, why, bounded = p_yes_from_logprobs({"Yes": math.log(0.6), "No": math.log(0.2)})
     assert p == pytest.approx(0.75) and why is None and not bounded
@@ -92,6 +98,7 @@ def _rec(rid="r", subset="Action", subjects=(("a.png", "cat"), ("b.png", "dog"))
                                    subjects=tuple(SubjectRef(i, p) for i, p in subjects))], ".")[0]
 
 
+@pytest.mark.component
 def test_local_tiny_p_yes_batched_equals_single(refs):
     reward = build_reward("vlm_consistency", {"path": "tiny", "batch_size": 8})
     imgs = torch.rand(3, 3, 32, 32)
@@ -106,6 +113,7 @@ def test_local_tiny_p_yes_batched_equals_single(refs):
     assert len(all_pairs(imgs[:1], recs[:1]).details["p_yes_pairs"][0]) == 3  # C(3, 2)
 
 
+@pytest.mark.component
 def test_local_tiny_edit_and_rubric_and_bad_input(refs):
     edit = build_reward("edit_consistency", {"path": "tiny"})
     out = edit(torch.rand(2, 3, 32, 32), [_rec(), _rec(subjects=(("missing.png", "x"),))])
@@ -119,6 +127,7 @@ def test_local_tiny_edit_and_rubric_and_bad_input(refs):
     assert isinstance(out.details["raw_text"][0], str) and out.details["subset"] == ["action"]
 
 
+@pytest.mark.component
 def test_local_lora_adapter_is_loaded(refs, tmp_path):
     from peft import LoraConfig, get_peft_model
 
@@ -206,6 +215,7 @@ def _remote(name, fake, **kw):
     return build_reward(name, args)
 
 
+@pytest.mark.component
 def test_remote_p_yes_request_and_score(fake, refs, monkeypatch):
     monkeypatch.setenv("JUDGE_KEY", "s3cret")
     reward = _remote("vlm_consistency", fake, api_key_env="JUDGE_KEY")
@@ -225,6 +235,7 @@ def test_remote_p_yes_request_and_score(fake, refs, monkeypatch):
     assert fake.headers[0]["Authorization"] == "Bearer s3cret"
 
 
+@pytest.mark.component
 def test_remote_rubric_and_edit(fake, refs):
     sa = _remote("semantic_alignment", fake)
     out = sa(torch.rand(1, 3, 32, 32), [_rec(subset="Attribute")])
@@ -235,6 +246,7 @@ def test_remote_rubric_and_edit(fake, refs):
     assert edit(torch.rand(1, 3, 32, 32), [_rec()]).scores.item() == pytest.approx(0.8)  # sqrt(0.8 * 0.8)
 
 
+@pytest.mark.component
 def test_remote_failures_are_nan_with_reason(fake, refs):
     reward = _remote("vlm_consistency", fake)
     img, rec = torch.rand(1, 3, 32, 32), [_rec()]
@@ -256,6 +268,7 @@ def test_remote_failures_are_nan_with_reason(fake, refs):
     assert "HTTP 503" in out.failures[0] and "after 2 attempts" in out.failures[0]
 
 
+@pytest.mark.component
 def test_remote_endpoint_down(refs):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -283,6 +296,7 @@ RELEASED_PROMPT_SHA256 = {
 }
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("subset", sorted(RELEASED_PROMPT_SHA256))
 def test_rubric_prompts_are_the_released_text_exactly(subset):
     import hashlib
@@ -294,6 +308,7 @@ def test_rubric_prompts_are_the_released_text_exactly(subset):
     assert hashlib.sha256(prompt.encode()).hexdigest() == RELEASED_PROMPT_SHA256[subset]
 
 
+@pytest.mark.unit
 def test_paco_prompts_are_the_released_text_exactly():
     """PaCo-GRPO's consistency_scorer.py template 1 and PaCo-Reward's ConsistencyRank template 3 (X-GenGroup/PaCo-RL
     @ 08caac6), compared character for character, then pinned by SHA-256."""
@@ -306,6 +321,7 @@ def test_paco_prompts_are_the_released_text_exactly():
                       "v3": "ffff174c596e6f85d7a3aa4d668e6e50ab2463bfda20d165d1ea6508eb9ec301"}
 
 
+@pytest.mark.unit
 def test_p_yes_is_nan_with_a_reason_when_both_answers_have_no_mass():
     import math
 
@@ -317,6 +333,7 @@ def test_p_yes_is_nan_with_a_reason_when_both_answers_have_no_mass():
 
 
 # ------------------------------------------------------------------ P(Yes) when the listing is short (issue #10 §6b)
+@pytest.mark.unit
 def test_p_yes_bounds_the_unlisted_answer_by_what_the_listing_leaves():
     lg = math.log
     # only the sampled token known: the other answer holds at most 1 - p
@@ -340,6 +357,7 @@ def _reply(token, logprob, tops):
     return {"choices": [{"message": {"content": token}, "logprobs": {"content": content}}]}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("reply,expected", [
     (_reply("Yes", math.log(0.99), []), 0.99),                                      # no top list at all
     (_reply("No", math.log(0.97), None), 0.03),                                     # top list null
@@ -357,6 +375,7 @@ def test_server_replies_with_a_short_listing_score_by_their_answer(reply, expect
     assert why is None and p == pytest.approx(expected)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("reply,why", [
     (_reply("The", -0.05, []), "neither 'Yes' nor 'No'"),
     (_reply("Yes", math.log(0.3), []), "undetermined"),
@@ -373,6 +392,7 @@ def test_server_replies_that_cannot_tell_the_answer_are_nan_with_a_reason(reply,
     assert why in reason
 
 
+@pytest.mark.component
 def test_top_logprobs_is_a_judge_key_and_a_sampled_only_server_is_scored(fake, refs):
     reward = _remote("vlm_consistency", fake, top_logprobs=5)
     fake.mode = "sampled_yes"
@@ -386,6 +406,7 @@ def test_top_logprobs_is_a_judge_key_and_a_sampled_only_server_is_scored(fake, r
         _remote("vlm_consistency", fake, top_logprobs=-1)
 
 
+@pytest.mark.component
 def test_semantic_alignment_reads_markdown_scores_except_in_compat_mode(fake):
     fake.mode = "markdown"
     img, rec = torch.rand(1, 3, 32, 32), [_rec(subset="Attribute")]

@@ -15,6 +15,8 @@ from psrl.sampling import (
     sde_step_with_logprob,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def _inputs(b=3, shape=(16, 4), dtype=torch.float32, seed=0):
     g = torch.Generator().manual_seed(seed)

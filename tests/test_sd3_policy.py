@@ -3,8 +3,11 @@ import pytest
 import torch
 
 from psrl.data.records import Record
-from psrl.models.base import Policy, SamplingConfig
+from psrl.models.base import Policy
+from psrl.sampling import SamplingConfig
 from psrl.models.config import LoraConfig, ModelConfig
+
+pytestmark = pytest.mark.component
 
 pytest.importorskip("diffusers")
 

@@ -45,6 +45,7 @@ def _config(root, **sft):
     return path
 
 
+@pytest.mark.unit
 def test_sample_sigmas_schemes():
     from psrl.rl.sft_trainer import sample_sigmas
 
@@ -60,6 +61,7 @@ def test_sample_sigmas_schemes():
     assert 0 < mode.min() and mode.max() <= 1
 
 
+@pytest.mark.unit
 def test_load_target_resizes_and_names_the_record(tmp_path):
     from psrl.rl.sft_trainer import load_target
 
@@ -76,6 +78,7 @@ def test_load_target_resizes_and_names_the_record(tmp_path):
         load_target(Record(id="a", prompt="p", target="t.png"), 16, 16)  # never read from the cwd
 
 
+@pytest.mark.e2e
 def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
     from psrl.cli.main import main
     from psrl.rl.tracking import read_metrics
@@ -113,7 +116,7 @@ def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
     state = {f"transformer.{k}": v for k, v in lora_state_dict(policy.transformer).items()}
     assert set(state) == set(saved) and all(torch.equal(state[k], saved[k]) for k in saved)
     assert any(v.abs().sum() > 0 for k, v in saved.items() if "lora_B" in k)   # SFT moved the zero-init B
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
 
     ro = policy.rollout(resolve_records(records[:1], tmp_path) * 2,
                         SamplingConfig(num_steps=2, height=16, width=16, noise_level=0.7),
@@ -121,6 +124,7 @@ def test_sft_cli_loss_falls_resumes_and_initialises_grpo(tmp_path):
     assert ro.images.shape == (2, 3, 16, 16)
 
 
+@pytest.mark.component
 def test_sft_rejects_records_without_targets(tmp_path):
     from psrl.rl.sft_trainer import SFTTrainer
     from psrl.rl.sft_config import load_sft_config

@@ -1,9 +1,12 @@
 """Tiny offline FLUX components: deterministic from a seed, eval mode, usable tokenizers, runnable pipeline."""
+import pytest
 import torch
 
 from psrl.models.tiny import (
     tiny_clip_tokenizer, tiny_clip_tokenizer_eos_last, tiny_flux_components, tiny_t5_tokenizer,
 )
+
+pytestmark = pytest.mark.component
 
 
 def _state(c):

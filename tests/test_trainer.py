@@ -31,6 +31,7 @@ def _state(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
+@pytest.mark.component
 def test_one_update_changes_only_lora(tmp_path):
     trainer = GRPOTrainer(_cfg(tmp_path, "train.max_steps=1"))
     policy = trainer.policy
@@ -52,6 +53,7 @@ def test_one_update_changes_only_lora(tmp_path):
     assert history[0]["ratio_min"] <= 1.0 <= history[0]["ratio_max"]
 
 
+@pytest.mark.component
 def test_learning_mean_color_rises(tmp_path):
     """Margin: the mean reward of the last 3 of 12 steps exceeds the first 2 steps' by >= 0.003 (the tiny random
     VAE caps mean_color near 0.6; the within-group reward spread is ~0.001, so 0.003 is several times the noise)."""
@@ -70,6 +72,7 @@ def nan_for_first(images, records):
     return scores
 
 
+@pytest.mark.component
 def test_nan_rewards_are_counted_and_skipped(tmp_path):
     cfg = _cfg(tmp_path, "train.max_steps=2", "train.sample_batch_size=2", "train.train_batch_size=2",
                "rewards=[{name: 'test_trainer:nan_for_first', weight: 1.0}, {name: mean_color, weight: 0.0}]")
@@ -84,6 +87,7 @@ def test_nan_rewards_are_counted_and_skipped(tmp_path):
     assert line["adv/nan_samples"] == 4
 
 
+@pytest.mark.component
 def test_fast_window_kl_ema_and_eval(tmp_path):
     cfg = _cfg(tmp_path, "train.max_steps=2", "sampling.num_steps=4", "sampling.train_steps=fast_window",
                "sampling.train_k=2", "train.beta=0.05", "train.ema.enabled=true", "train.ema.every=1",
@@ -106,6 +110,7 @@ def test_fast_window_kl_ema_and_eval(tmp_path):
     assert s0.train_steps == "list" and len(steps0) == 2 and trainer._step_sampling(0)[1] == steps0
 
 
+@pytest.mark.component
 def test_out_of_memory_message_lists_memory_settings(tmp_path, monkeypatch):
     trainer = GRPOTrainer(_cfg(tmp_path, "train.max_steps=1"))
 
@@ -122,6 +127,7 @@ def test_out_of_memory_message_lists_memory_settings(tmp_path, monkeypatch):
         assert setting in msg
 
 
+@pytest.mark.component
 def test_metrics_file_has_the_promised_keys(tmp_path):
     GRPOTrainer(_cfg(tmp_path, "train.max_steps=1")).train()
     (m,) = read_metrics(tmp_path / "t" / "metrics.jsonl")
@@ -134,6 +140,7 @@ def test_metrics_file_has_the_promised_keys(tmp_path):
     assert env["torch"] and env["diffusers"] and env["peft"]
 
 
+@pytest.mark.unit
 def test_a_data_root_in_reward_or_model_args_is_a_config_error_naming_its_place(tmp_path):
     """Records arrive resolved, so rewards and policies take no root: a config that still gives one is refused at
     load time, naming the key, the value and where the root belongs now."""
@@ -145,6 +152,7 @@ def test_a_data_root_in_reward_or_model_args_is_a_config_error_naming_its_place(
         load_run_config(None, ["model.args={data_root: /d}"])
 
 
+@pytest.mark.component
 def test_same_noise_groups_span_batches_and_differ_between_groups(tmp_path):
     """Group members share the initial noise even when a group spans rollout batches; two groups drawn from the
     same record do not share it; the SDE noise still differs inside a group."""
@@ -165,6 +173,7 @@ def test_same_noise_groups_span_batches_and_differ_between_groups(tmp_path):
     assert not torch.equal(starts[0], starts[3])
 
 
+@pytest.mark.component
 def test_eval_reads_references_from_eval_data_root(tmp_path):
     """Evaluation records whose subject images live outside the training data root (Customized-GRPO evaluates on
     DreamBench while training on SynCD) are read from eval.data_root, for the policy and the rewards."""

@@ -17,11 +17,9 @@ from collections.abc import Callable
 
 import yaml
 
+from psrl.errors import ConfigError
+
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A config key or value is wrong. The message names the key (dotted), the value and the source file."""
 
 
 Source = Union[str, Callable[[str], str], None]

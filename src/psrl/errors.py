@@ -1,6 +1,16 @@
-"""Exceptions users see. Each message names the file, field or value at fault and, where possible, the fix."""
-from psrl.config import ConfigError
-from psrl.data.records import RecordError
+"""Exceptions users see. Each message names the file, field or value at fault and, where possible, the fix.
+
+The bottom of the import graph: it imports nothing of psrl, so every layer can raise these. ``ConfigError`` and
+``RecordError`` are also importable from :mod:`psrl.config` and :mod:`psrl.data.records`, the modules that raise
+them most."""
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong. The message names the key (dotted), the value and the source file."""
+
+
+class RecordError(ValueError):
+    """A record file or field is invalid; the message names the file, line and field."""
 
 
 class PsrlError(Exception):

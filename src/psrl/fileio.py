@@ -1,23 +1,36 @@
 """Atomic file writes: a temp file in the same folder, then ``os.replace``, so a crash leaves the old file or the
-new one, never half of one."""
+new one, never half of one. Every atomic write of psrl goes through :func:`atomic_path` (images through
+:func:`psrl.images.save_image`); checkpoints, which are whole directories, are assembled and renamed by
+:mod:`psrl.rl.checkpoint`."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temp path to write instead of ``path``: ``.<name>.<pid>.tmp<suffix>`` in the same folder (so the rename
+    is atomic, and the suffix still tells tools like ``np.save`` or PIL the format). On a clean exit of the block
+    it replaces ``path``; on an error it is removed and ``path`` is left as it was. Parent folders are created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp{path.suffix}")
     try:
-        tmp.write_bytes(data)
+        yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-    return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -28,4 +41,14 @@ def write_json_atomic(path: str | os.PathLike, data, *, indent: int | None = 2) 
     return write_text_atomic(path, json.dumps(data, indent=indent, ensure_ascii=False) + "\n")
 
 
-__all__ = ["write_bytes_atomic", "write_json_atomic", "write_text_atomic"]
+def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """One JSON object per line (UTF-8 kept as is), flushed to disk before the rename."""
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return Path(path)
+
+
+__all__ = ["atomic_path", "write_bytes_atomic", "write_json_atomic", "write_jsonl_atomic", "write_text_atomic"]

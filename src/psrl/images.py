@@ -16,15 +16,23 @@ What it does to a file, in order (each step matches what users' files really hol
 generated image may have; policies and rewards agree on both (:func:`size_problem` is the one rule). 200 is the
 limit of the Qwen2-VL image processor (``smart_resize`` raises beyond it), which the VLM judges, HPSv3 and the
 Qwen-Image-Edit policy share; applying it to every model keeps "scorable" the same for every reward.
+
+The other direction lives here too: :func:`tensor_to_pil` / :func:`pil_to_tensor` are the one conversion between
+psrl's image tensors (``[3, H, W]`` float in [0, 1]) and PIL images, and :func:`save_image` the one atomic image
+writer (benchmark images, data-pipeline images, training samples, ``psrl generate``).
 """
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from psrl.fileio import write_bytes_atomic
 
 MIN_SIDE = 8  # pixels; below this no detector, embedder or VAE input makes sense
 MAX_ASPECT = 200.0  # long side / short side; the Qwen2-VL processor refuses anything more elongated
@@ -58,10 +66,21 @@ def size_problem(width: int, height: int, *, min_side: int = MIN_SIDE,
     return None
 
 
-def _open(source: ImageSource) -> Image.Image:
-    if isinstance(source, (bytes, bytearray)):
-        return Image.open(io.BytesIO(source))
-    return Image.open(source)
+@contextlib.contextmanager
+def _opened(source: ImageSource) -> Iterator[tuple[Image.Image, str]]:
+    """``(lazily opened image, how messages name it)``; every failure, in the block too, is an ImageLoadError."""
+    where = str(source) if isinstance(source, (str, Path)) else "image data"
+    if isinstance(source, (str, Path)) and not Path(source).is_file():
+        raise ImageLoadError(f"{where}: file not found", "missing")
+    try:
+        with Image.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else source) as im:
+            yield im, where
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{where}: too many pixels ({e})", "too_large") from e
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise ImageLoadError(f"{where}: unreadable image ({type(e).__name__}: {e})") from e
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -112,28 +131,29 @@ def load_image(source: ImageSource, *, background: _Color = "white", min_side: i
             elongated than ``max_aspect`` or larger than ``max_pixels`` (the message names the file and the
             reason; ``kind`` classifies it).
     """
-    where = str(source) if isinstance(source, (str, Path)) else "image data"
-    if isinstance(source, (str, Path)) and not Path(source).is_file():
-        raise ImageLoadError(f"{where}: file not found", "missing")
-    try:
-        with _open(source) as im:
-            w, h = im.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise ImageLoadError(f"{where}: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}",
-                                     "too_large")
-            im.load()
-            img = ImageOps.exif_transpose(im)
-            img = to_rgb(img, background=background)
-    except ImageLoadError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"{where}: too many pixels ({e})", "too_large") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-        raise ImageLoadError(f"{where}: unreadable image ({type(e).__name__}: {e})") from e
+    with _opened(source) as (im, where):
+        w, h = im.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise ImageLoadError(f"{where}: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}", "too_large")
+        im.load()
+        img = to_rgb(ImageOps.exif_transpose(im), background=background)
     problem = size_problem(*img.size, min_side=min_side, max_aspect=max_aspect)
     if problem:
         raise ImageLoadError(f"{where}: {problem[1]}", problem[0])
     return img
+
+
+def image_size(source: ImageSource) -> tuple[int, int]:
+    """``(width, height)`` of an image as :func:`load_image` will return it (EXIF orientation applied), read from
+    the header without decoding the pixels.
+
+    Raises:
+        ImageLoadError: missing file or not an image.
+    """
+    with _opened(source) as (im, _):
+        w, h = im.size
+        orientation = im.getexif().get(0x0112, 1)  # EXIF Orientation; 5-8 turn the image by 90 degrees
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
 
 def check_image(path: str | Path, *, min_side: int = MIN_SIDE, max_aspect: float | None = MAX_ASPECT) -> str | None:
@@ -145,4 +165,42 @@ def check_image(path: str | Path, *, min_side: int = MIN_SIDE, max_aspect: float
     return None
 
 
-__all__ = ["MAX_ASPECT", "MIN_SIDE", "ImageLoadError", "check_image", "load_image", "size_problem", "to_rgb"]
+def tensor_to_pil(image) -> Image.Image:
+    """``[3, H, W]`` float tensor in [0, 1] (any device or dtype) -> RGB ``PIL.Image``: clamped to [0, 1], scaled by
+    255 and rounded half to even to uint8. Values are not range-checked here (a reward that must refuse [-1, 1]
+    or [0, 255] input checks before converting).
+
+    Raises:
+        ValueError: not a ``[3, H, W]`` tensor.
+    """
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected an RGB image tensor [3, H, W], got shape {tuple(image.shape)}")
+    arr = (image.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def pil_to_tensor(img: Image.Image):
+    """A PIL image (converted to RGB with :func:`to_rgb`) -> ``[3, H, W]`` float32 tensor in [0, 1] on the CPU."""
+    import torch
+
+    arr = np.asarray(to_rgb(img), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def save_image(image, path: str | Path) -> Path:
+    """Write a PIL image or a ``[3, H, W]`` tensor in [0, 1] (:func:`tensor_to_pil`) atomically
+    (:func:`psrl.fileio.write_bytes_atomic`: a killed run never leaves a truncated image). The format follows the
+    suffix (``.png``, ``.jpg``, ``.webp``, ...; PNG when PIL does not know it). Returns ``path``.
+
+    Raises:
+        ValueError: a tensor that is not ``[3, H, W]``.
+    """
+    pil = image if isinstance(image, Image.Image) else tensor_to_pil(image)
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+    buf = io.BytesIO()
+    pil.save(buf, format=fmt)
+    return write_bytes_atomic(path, buf.getvalue())
+
+
+__all__ = ["MAX_ASPECT", "MIN_SIDE", "ImageLoadError", "check_image", "image_size", "load_image", "pil_to_tensor",
+           "save_image", "size_problem", "tensor_to_pil", "to_rgb"]

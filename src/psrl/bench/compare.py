@@ -100,7 +100,8 @@ def markdown(result: dict) -> str:
             vals = [_fmt(r["subsets"].get(d, {}).get(s)) for s in subsets]
             lines.append(f"| {r['label']} | " + " | ".join(vals) + " |")
     if any(r["kind"] == "reported" for r in result["rows"]):
-        lines += ["", "Rows marked *reported* are the published numbers (research notes), not measured by psrl."]
+        lines += ["", "Rows marked *reported* are published numbers (their source is in compare.json), not measured "
+                      "by psrl."]
     return "\n".join(lines) + "\n"
 
 

@@ -22,11 +22,11 @@ import torch
 
 from psrl.bench.provenance import config_hash
 from psrl.bench.results import ResultSample
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 from psrl.bench.tasks import DimensionSpec, MetricSpec, metrics_to_json
 from psrl.errors import PsrlError
-from psrl.fileio import write_json_atomic
-from psrl.images import ImageLoadError
+from psrl.fileio import write_json_atomic, write_jsonl_atomic
+from psrl.images import ImageLoadError, image_size
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,9 @@ class MetricSet:
 def load_image_tensor(path: Path) -> torch.Tensor:
     """A result image as ``[3, H, W]`` float in [0, 1], decoded by psrl's one loader (:func:`psrl.images.load_image`:
     EXIF orientation, 16-bit and alpha handled, the rewards' minimum side). Raises ``ImageLoadError``."""
-    from psrl.images import load_image
+    from psrl.images import load_image, pil_to_tensor
 
-    im = load_image(path)
-    arr = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    w, h = im.size
-    return arr.view(h, w, 3).permute(2, 0, 1).float().div(255.0)
+    return pil_to_tensor(load_image(path))
 
 
 def to_jsonable(v: Any) -> Any:
@@ -119,8 +116,8 @@ def _details_of(details: dict, i: int, n: int) -> dict:
     """The per-sample slice of a reward's details (entries that are not per-sample are left out)."""
     out = {}
     for name, value in (details or {}).items():
-        if (isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n
-                or isinstance(value, (list, tuple)) and len(value) == n):
+        per_sample_tensor = isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n
+        if per_sample_tensor or isinstance(value, (list, tuple)) and len(value) == n:
             out[name] = to_jsonable(value[i])
     return out
 
@@ -270,17 +267,14 @@ def evaluate_samples(samples: Sequence[ResultSample], out_dir: str | Path, metri
 def _eval_batches(todo: list[ResultSample], batch_size: int):
     """Unscorable samples alone; scorable ones in chunks of one image size (subsets mixed: each dimension splits
     a chunk by the metric its subsets use, so a metric shared by all subsets sees the whole chunk)."""
-    from PIL import Image
-
     groups: dict[tuple | None, list[ResultSample]] = {}
     for s in todo:
         if s.problem is not None:
             yield [s]
             continue
         try:
-            with Image.open(s.image) as im:
-                size = im.size
-        except Exception:  # noqa: BLE001 - reported when the batch loads it
+            size = image_size(s.image)  # the size load_image will return (EXIF orientation), from the header
+        except ImageLoadError:  # reported when the batch loads it
             size = None
         groups.setdefault(size, []).append(s)
         if len(groups[size]) == batch_size:
@@ -339,11 +333,7 @@ def merge_parts(out_dir: Path, order: Sequence[str]) -> list[dict]:
     rows = read_sample_rows(out_dir)
     position = {k: i for i, k in enumerate(order)}
     merged = sorted(rows.values(), key=lambda r: (position.get(r["key"], len(position)), r["key"]))
-    tmp = out_dir / f".{SAMPLES}.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in merged:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out_dir / SAMPLES)
+    write_jsonl_atomic(out_dir / SAMPLES, merged)
     for part in out_dir.glob("samples.part*.jsonl"):
         part.unlink()
     return merged

@@ -6,7 +6,6 @@ result JSON files (released format, ``result_path`` set) once every rank is done
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -19,9 +18,11 @@ import torch
 from psrl.bench.items import BenchItem
 from psrl.bench.psrbench import LoadedSubsets, export_subset
 from psrl.bench.results import MANIFEST, image_path, read_manifest, result_json_path
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic
+from psrl.images import save_image
+from psrl.seeding import stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -34,25 +35,6 @@ class GenerateStats:
     skipped_existing: int = 0
     skipped_invalid: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def sample_seed(seed: int, subset: str, index: int) -> int:
-    """A 63-bit generator seed derived from the run seed and the entry (stable across batching and sharding)."""
-    digest = hashlib.sha256(f"{seed}/{subset}/{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
-
-
-def save_png(image: torch.Tensor, path: Path) -> None:
-    """``[3, H, W]`` in [0, 1] -> PNG, written atomically (a killed run never leaves a truncated image)."""
-    from PIL import Image
-
-    if image.ndim != 3 or image.shape[0] != 3:
-        raise ValueError(f"expected an image [3, H, W], got {tuple(image.shape)}")
-    arr = (image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def invalid_keys(data: LoadedSubsets) -> dict[str, str]:
@@ -123,13 +105,15 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
     start = time.perf_counter()
     for batch in _batches(todo, batch_size):
         records = [item.record for _, item in batch]
-        generators = [torch.Generator().manual_seed(sample_seed(s, it.subset, it.index)) for s, it in batch]
+        # one seed per (run seed, entry), stable across batching and sharding; "/"-joined as in every earlier
+        # release, so a resumed run draws the images it drew before
+        generators = [torch.Generator().manual_seed(stable_seed(f"{s}/{it.subset}/{it.index}")) for s, it in batch]
         with torch.no_grad():
             images = policy.generate(records, sampling, generators)
         if images.shape[0] != len(batch):
             raise PsrlError(f"policy returned {images.shape[0]} images for a batch of {len(batch)}")
         for (seed, item), image in zip(batch, images):
-            save_png(image, image_path(out_dir, seed, item.subset, item.index))
+            save_image(image, image_path(out_dir, seed, item.subset, item.index))
         stats.generated += len(batch)
         if progress:
             progress(stats.generated, len(todo))

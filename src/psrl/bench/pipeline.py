@@ -10,7 +10,7 @@ from psrl.bench.evaluate import EVAL_CONFIG, EvalStats, evaluate_samples, read_s
 from psrl.bench.provenance import config_hash, package_versions
 from psrl.bench.report import write_report
 from psrl.bench.results import benchmark_subsets, load_result_samples, read_manifest
-from psrl.bench.sharding import Shard
+from psrl.sharding import Shard
 from psrl.bench.summary import dimension_outcomes, summarize
 from psrl.bench.tasks import (
     DREAMBENCH_DIMENSIONS,

@@ -1,6 +1,6 @@
 """PSRBench in its released layout: import into records, validate, export result files.
 
-Layout (research notes, psr.md §1.2 and §2.1)::
+Layout (the README and the ``eval/`` scripts of wang-shulei/PSR@c719168)::
 
     PSRBench/
       Attribute.json Action.json Background.json Position.json Complex.json Three.json Four.json

@@ -105,17 +105,16 @@ def series_of(summary: dict) -> dict:
 def _thumb_b64(path: str | Path | None, size: int = 192) -> str | None:
     if not path:
         return None
-    from PIL import Image
+    from psrl.images import ImageLoadError, load_image
 
     try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            im.thumbnail((size, size))
-            buf = io.BytesIO()
-            im.save(buf, format="PNG")
-    except Exception as e:  # noqa: BLE001 - a missing image is shown as missing in the gallery
+        im = load_image(path)
+    except ImageLoadError as e:  # a missing or unreadable image is shown as missing in the gallery
         log.debug("gallery: cannot read %s: %s", path, e)
         return None
+    im.thumbnail((size, size))
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

@@ -1,9 +1,9 @@
 """Per-subset x dimension means from the per-sample rows, with counts of scored and failed samples.
 
 Subset mean = mean over the samples scored on that dimension (all seeds pooled); failures are counted next to it,
-never hidden. Overall = mean of the subset means (the PSR paper's "Overall" is taken to be the mean over its seven
-subsets, research notes psr.md §4.3/§9.1), plus the pooled per-sample mean and, with several seeds, the per-seed
-overall means and their standard deviation.
+never hidden. Overall = mean of the subset means (the "Overall" of PSR's tables, arXiv 2512.01236, is taken to be
+the mean over its seven subsets: inferred, the paper's evaluation code does not compute it), plus the pooled
+per-sample mean and, with several seeds, the per-seed overall means and their standard deviation.
 """
 from __future__ import annotations
 

@@ -89,9 +89,9 @@ def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None,
     order), the ``semantic_alignment`` rubric elsewhere (the reward reads the subset from ``record.tags["subset"]``
     and scales 0-10 to [0, 1]; a reply without a parsable score is a failure, where the released parser says 5),
     judged locally by Qwen2.5-VL-32B-Instruct or by the OpenAI-compatible server at ``judge_endpoint`` (the released
-    setup: sglang, temperature 0.2). Aesthetics: ``hpsv3`` mu, reported / 10 as the paper does (research notes
-    psr.md §5, inferred from the table's range). ``tiny=True`` builds every reward on tiny random-weight models
-    (tests, CPU demos). Models and thresholds can be changed with ``--metrics``/``--set``.
+    setup: sglang, temperature 0.2). Aesthetics: ``hpsv3`` mu (HPSv3, arXiv 2508.03789), reported / 10 as the PSR
+    paper does (arXiv 2512.01236; inferred from its tables' range). ``tiny=True`` builds every reward on tiny
+    random-weight models (tests, CPU demos). Models and thresholds can be changed with ``--metrics``/``--set``.
     """
     tiny_args = {"path": "tiny"} if tiny else {}
     sc_args = {"mode": "psrbench_compat" if compat else "honest", **tiny_args}
@@ -111,7 +111,8 @@ def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None,
 
 def dreambench_metrics(*, tiny: bool = False) -> dict[str, DimensionSpec]:
     """DreamBench: DINO ViT-S/16 and CLIP-I (image-image cosine to the reference image(s), averaged over them),
-    CLIP-T (text-image cosine with the prompt), CLIP ViT-B/32 (research notes customized_uno_rewards.md §3.10).
+    CLIP-T (text-image cosine with the prompt), CLIP ViT-B/32 (DreamBooth's protocol, arXiv 2208.12242 and
+    google/dreambooth ``dataset/prompts_and_classes.txt``).
     ``tiny=True`` uses tiny random-weight models."""
     args = {"path": "tiny"} if tiny else {}
     return {

@@ -170,7 +170,7 @@ def cmd_records(args) -> int:
 def _generate_config(args):
     from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml
     from psrl.data.records import misplaced_data_root
-    from psrl.models.base import SamplingConfig
+    from psrl.sampling import SamplingConfig
     from psrl.models.config import ModelConfig
 
     raw = load_yaml(args.config) if args.config else {}
@@ -188,7 +188,7 @@ def _generate_config(args):
 def cmd_generate(args) -> int:
     from psrl.bench.generate import generate_benchmark, plan_entries
     from psrl.bench.provenance import package_versions
-    from psrl.bench.sharding import local_device, shard_from_env
+    from psrl.sharding import shard_from_env
     from psrl.config import to_dict
     from psrl.models.lora import lora_config_for_file
 
@@ -206,7 +206,7 @@ def cmd_generate(args) -> int:
     if args.lora:
         # the one LoRA-path rule (psrl generate's): a checkpoint or run folder works, any rank loads
         model_cfg.lora, lora = lora_config_for_file(model_cfg.lora, args.lora)
-    device = local_device(args.device)
+    device = shard.device(args.device)
     from psrl.models.factory import build_policy
 
     policy = build_policy(model_cfg, device)  # the entries' reference paths come resolved by the loader
@@ -266,7 +266,7 @@ def _metrics(args, benchmark: str):
 
 def cmd_eval(args) -> int:
     from psrl.bench.pipeline import eval_and_report, resolve_benchmark_and_root
-    from psrl.bench.sharding import local_device, shard_from_env
+    from psrl.sharding import shard_from_env
 
     benchmark, data_root = resolve_benchmark_and_root(args.results, args.benchmark, args.data_root)
     metrics = _metrics(args, benchmark)
@@ -274,7 +274,7 @@ def cmd_eval(args) -> int:
     shard = shard_from_env()
     stats, summary = eval_and_report(args.results, out, metrics, benchmark=benchmark, data_root=data_root,
                                      subsets=args.subsets if benchmark == "psrbench" else None,
-                                     batch_size=args.batch_size, device=local_device(args.device), shard=shard,
+                                     batch_size=args.batch_size, device=shard.device(args.device), shard=shard,
                                      retry_failed=args.retry_failed, report=not args.no_report,
                                      progress=_progress(shard, "eval"))
     if not shard.is_main:

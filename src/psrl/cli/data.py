@@ -41,7 +41,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("data", help="multi-subject data generation pipeline (9 resumable, shardable stages)",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ds = p.add_subparsers(dest="data_command", metavar="STAGE")
-    from psrl.data.pipeline.stages import STAGES
+    from psrl.datagen.stages import STAGES
 
     for name in (*STAGES, "all"):
         s = ds.add_parser(name, help=STAGE_HELP.get(name, "run every stage in order"))
@@ -76,7 +76,7 @@ def resolve_config(args):
     import copy
 
     from psrl.config import apply_overrides, from_dict, load_yaml
-    from psrl.data.pipeline.config import TINY_PRESET, DataPipelineConfig
+    from psrl.datagen.config import TINY_PRESET, DataPipelineConfig
 
     dataset = Path(args.dir)
     if args.config:
@@ -104,16 +104,12 @@ def _deep_merge(base: dict, top: dict) -> dict:
 
 def save_config(cfg, path: Path) -> None:
     """The resolved config as YAML, written atomically (other ranks may be reading the previous one)."""
-    import os
-
     import yaml
 
     from psrl.config import to_dict
+    from psrl.fileio import write_text_atomic
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _progress_factory(shard, enabled: bool):
@@ -125,12 +121,12 @@ def _progress_factory(shard, enabled: bool):
 
 
 def cmd_stage(args) -> int:
-    from psrl.data.pipeline.sharding import current_shard, shutdown
-    from psrl.data.pipeline.stages import STAGES, reset_from, run_named_stage
+    from psrl.sharding import shard_from_env, shutdown
+    from psrl.datagen.stages import STAGES, reset_from, run_named_stage
 
     cfg = resolve_config(args)
     dataset = Path(args.dir)
-    shard = current_shard()
+    shard = shard_from_env()
     try:
         shard.barrier()  # every rank has read <dir>/config.yaml before rank 0 replaces it
         if shard.is_main:
@@ -153,8 +149,8 @@ def cmd_stage(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from psrl.data.pipeline.stages import STAGES, pending_parts
-    from psrl.data.pipeline.stats import StageStats, read_stats
+    from psrl.datagen.stages import STAGES, pending_parts
+    from psrl.datagen.stats import StageStats, read_stats
 
     data = read_stats(args.dir)
     if not data:

@@ -42,7 +42,7 @@ def run(args) -> int:
     from psrl.rl.distributed import make_accelerator
     from psrl.rl.run_config import load_run_config, run_records
     from psrl.rl.sampler import sample_seed
-    from psrl.rl.tracking import save_image
+    from psrl.images import save_image
 
     cfg = load_run_config(args.config, args.overrides)
     if args.records:
@@ -65,6 +65,13 @@ def run(args) -> int:
         # the adapter takes the file's own shape, so a combined or SFT LoRA loads whatever rank the config trains
         cfg.model.lora, lora = lora_config_for_file(cfg.model.lora, args.lora)
     policy = build_policy(cfg.model, device)
+    from psrl.models.checks import check_sampling_size, validate_records
+
+    # every record checked before the first image (subject count, references decode), as psrl train does
+    check_sampling_size(policy, sampling, "--height/--width (or the config's sampling size)")
+    source = args.records or ("eval.records" if cfg.eval.records else "data.records")
+    records = validate_records(records, policy, source)
+    names = image_filenames(records)
     if args.lora:
         policy.load_lora(lora)
     policy.train(False)

@@ -14,12 +14,15 @@ USER_ERRORS = (ConfigError, RecordError, PsrlError)
 # subcommand -> module; the order is the order shown in --help
 COMMANDS = {
     "train": "psrl.cli.train",
+    "diagnose": "psrl.cli.diagnose",
     "sft": "psrl.cli.sft",
     "generate": "psrl.cli.generate",
     "reward": "psrl.cli.reward",
+    "reward-model": "psrl.cli.reward_model",
     "bench": "psrl.cli.bench",
     "data": "psrl.cli.data",
     "lora": "psrl.cli.lora",
+    "push": "psrl.cli.push",
     "serve": "psrl.cli.serve",
     "env": "psrl.cli.env",
 }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -41,9 +40,8 @@ def add_parser(subparsers) -> None:
 
 
 def _list(args) -> int:
-    from psrl.rewards.base import REWARDS, _ensure_builtin_rewards
+    from psrl.rewards.base import REWARDS
 
-    _ensure_builtin_rewards()
     print("\n".join(REWARDS.names()))
     return 0
 
@@ -63,8 +61,7 @@ def _parse_args_json(text: str) -> dict:
 def _load_image(images_dir: Path, rid: str):
     """``(image tensor [3, H, W] in [0, 1], None)`` or ``(None, reason)``, decoded by psrl's one loader."""
     from psrl.data.records import image_filename
-    from psrl.images import ImageLoadError, load_image
-    from psrl.rewards.images import pil_to_tensor
+    from psrl.images import ImageLoadError, load_image, pil_to_tensor
 
     for suffix in IMAGE_SUFFIXES:
         p = images_dir / image_filename(rid, suffix)  # the name psrl generate wrote; never outside images_dir
@@ -108,6 +105,7 @@ def _score(args) -> int:
     from psrl.config import ConfigError
     from psrl.data.records import load_records, misplaced_data_root
     from psrl.errors import PsrlError
+    from psrl.fileio import atomic_path
     from psrl.rewards.base import build_reward
 
     reward_args = _parse_args_json(args.args)
@@ -124,10 +122,8 @@ def _score(args) -> int:
     except (KeyError, TypeError, ValueError) as e:  # unknown name, unknown or bad arg: a user error, no traceback
         raise PsrlError(f"cannot build reward {args.reward!r} with args {reward_args}: {e}") from e
     out_path = Path(args.out) if args.out else images_dir / f"scores_{args.reward.replace(':', '_')}.jsonl"
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
     scores, rows = [], []
-    with tmp.open("w") as f:
+    with atomic_path(out_path) as tmp, tmp.open("w") as f:
         for rec, score, failure, details in score_records(reward, records, images_dir, args.batch_size):
             ok = math.isfinite(score)
             f.write(json.dumps({"id": rec.id, "score": score if ok else None, "failure": failure,
@@ -135,7 +131,6 @@ def _score(args) -> int:
             if ok:
                 scores.append(score)
             rows.append({"scores": {args.reward: score if ok else None}, "failures": {args.reward: failure}})
-    os.replace(tmp, out_path)
     n, k = len(records), len(scores)
     mean = sum(scores) / k if k else float("nan")
     std = math.sqrt(sum((s - mean) ** 2 for s in scores) / k) if k else float("nan")

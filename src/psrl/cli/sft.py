@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_sft(args) -> int:
-    from psrl.rl.sft import SFTTrainer
+    from psrl.rl.sft_trainer import SFTTrainer
     from psrl.rl.sft_config import load_sft_config
 
     overrides = list(args.set)
@@ -39,6 +39,10 @@ def cmd_sft(args) -> int:
     cfg = load_sft_config(args.config, overrides)
     trainer = SFTTrainer(cfg, resume=args.resume, progress=True)
     history = trainer.train()
+    if history:
+        from psrl.push import push_finished_run
+
+        push_finished_run(trainer)  # run.push_to_hub
     if trainer.is_main and history:
         last = history[-1]
         fixed = f", fixed-sigma loss {last['loss/fixed']:.4f}" if "loss/fixed" in last else ""

@@ -71,6 +71,10 @@ def run(args) -> int:
 
     trainer = GRPOTrainer(cfg, resume=args.resume, progress=sys.stderr.isatty())
     history = trainer.train()
+    if history:
+        from psrl.push import push_finished_run
+
+        push_finished_run(trainer)  # run.push_to_hub
     if trainer.is_main:
         if history:
             curve = [m["reward/total/mean"] for m in history]

@@ -1,4 +1,5 @@
-"""Records, their I/O, datasets and samplers, and the multi-subject data generation pipeline."""
+"""Records and their JSONL I/O, loaded and resolved against their data root once: the bottom layer every other
+package reads data through (the generation pipeline that writes records is :mod:`psrl.datagen`)."""
 from psrl.data.records import (
     Record,
     RecordError,

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-
-class RecordError(ValueError):
-    """A record file or field is invalid; the message names the file, line and field."""
+from psrl.errors import RecordError
+from psrl.fileio import write_jsonl_atomic
 
 
 @dataclass(frozen=True)
@@ -219,7 +218,20 @@ def image_filenames(records: Iterable[Record], suffix: str = ".png") -> list[str
 
 
 def read_records(path: str | Path) -> list[Record]:
-    """Read a JSONL file of records. Errors name the file and line; duplicate ids are errors."""
+    """Read a JSONL file of records. Errors name the file and line; duplicate ids are errors.
+
+    Two more sources, by their form: ``hf://[datasets/]<org>/<name>[@revision][/file]`` is fetched from the Hub
+    once per commit, with the images its records name (:func:`psrl.hub.hub_records_file`), and a ``.txt`` file is
+    read as Flow-GRPO prompts, one per line (:func:`read_prompt_file`)."""
+    if isinstance(path, str) and path.startswith("hf://"):
+        from psrl.hub import HubError, hub_records_file
+
+        try:
+            path = hub_records_file(path)
+        except HubError as e:
+            raise RecordError(str(e)) from None
+    if Path(path).suffix.lower() == ".txt":
+        return read_prompt_file(path)
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"records file not found: {path}")
@@ -242,15 +254,31 @@ def read_records(path: str | Path) -> list[Record]:
     return out
 
 
+def read_prompt_file(path: str | Path) -> list[Record]:
+    """Read a prompt file as Flow-GRPO ships them (``dataset/<name>/train.txt``: one prompt per line, stripped;
+    ``TextPromptDataset`` in yifan123/flow_grpo@74db691 scripts/train_flux.py). Each prompt becomes a record with
+    id ``line-<n>`` (its 1-based line number, so an id says which line to look at); blank lines are skipped.
+
+    Raises:
+        RecordError: the file is missing, not UTF-8, or holds no prompt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"prompt file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    out = [Record(id=f"line-{n}", prompt=line.strip()) for n, line in enumerate(text.splitlines(), 1)
+           if line.strip()]
+    if not out:
+        raise RecordError(f"{path}: no prompts (expected one prompt per line)")
+    return out
+
+
 def write_records(records: Iterable[Record], path: str | Path) -> None:
     """Write records as JSONL atomically (temp file then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w") as f:
-        for r in records:
-            f.write(json.dumps(r.to_json()) + "\n")
-    os.replace(tmp, path)
+    write_jsonl_atomic(path, (r.to_json() for r in records))
 
 
 def iter_prompts(records: Iterable[Record]) -> Iterator[str]:

@@ -56,6 +56,10 @@ class ModelConfig:
         name: policy registry name (``flux``, ``flux_kontext``, ``qwen_image_edit_plus``, ``sd3``) or ``module:Cls``.
         path: hub id or local directory loaded with ``from_pretrained``; ``"tiny"`` builds tiny random-weight
             components in code (offline, deterministic from ``tiny_seed``) for tests and CPU demos.
+        revision: branch, tag or commit of a hub id ``path`` (``from_pretrained(revision=...)``); the commit it
+            resolved to is recorded in the run's env.json. Not for local folders or ``tiny``.
+        variant: weight-file variant, e.g. ``fp16`` loads ``diffusion_pytorch_model.fp16.safetensors``
+            (``from_pretrained(variant=...)``, model components only). Not for ``tiny``.
         dtype: ``float32`` | ``bfloat16`` | ``float16`` for the frozen weights (SDE math is always fp32).
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         max_sequence_length: T5/text-encoder token budget.
@@ -66,6 +70,8 @@ class ModelConfig:
 
     name: str = "flux"
     path: str = "tiny"
+    revision: str | None = None
+    variant: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     tiny_seed: int = 0
     gradient_checkpointing: bool = False
@@ -73,3 +79,12 @@ class ModelConfig:
     offload_frozen: bool = False
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        for key in ("revision", "variant"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"model.{key} must be a non-empty string or null, got {value!r}")
+            if value is not None and self.path == "tiny":
+                raise ValueError(f"model.{key}={value!r} pins Hub weights, but model.path is 'tiny' (built in code); "
+                                 f"remove model.{key}")

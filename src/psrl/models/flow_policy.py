@@ -23,12 +23,12 @@ import torch
 from torch import Tensor, nn
 
 from psrl.data.records import Record
-from psrl.models.base import Rollout, SamplingConfig, StepLogProb
 from psrl.config import ConfigError
+from psrl.models.base import Rollout, StepLogProb
 from psrl.models.config import ModelConfig
 from psrl.models.loading import load_components, torch_dtype_from_name
 from psrl.models.truncation import warn_truncated_prompts
-from psrl.sampling import plan_steps, sde_step_with_logprob
+from psrl.sampling import SamplingConfig, plan_steps, sde_step_with_logprob
 
 logger = logging.getLogger(__name__)
 
@@ -200,8 +200,8 @@ class FlowPolicyBase:
         """Apply ``self.cfg``: every weight in ``cfg.dtype`` (a no-op for weights loaded in it; ``KEEP_FP32``
         modules in fp32), frozen modules without gradients, in eval mode and, unless ``offload_frozen``, on
         ``device``; the denoiser on ``device`` with the LoRA (``lora.fuse``, the adapter, ``lora.path``: see
-        :func:`psrl.models.lora.prepare_lora`; ``lora: null`` leaves it frozen) and gradient checkpointing."""
-        from psrl.models.lora import prepare_lora
+        :func:`psrl.models.lora_merge.prepare_lora`; ``lora: null`` leaves it frozen) and gradient checkpointing."""
+        from psrl.models.lora_merge import prepare_lora
 
         cfg = self.cfg
         self.device = torch.device(device)
@@ -426,20 +426,26 @@ class FlowPolicyBase:
 
     @contextlib.contextmanager
     def disable_lora(self):
-        """The base model (LoRA off), e.g. for the KL reference; LoRA gradient flags are restored on exit."""
-        from psrl.models.lora import has_lora
+        """The base model (LoRA off), e.g. for the KL reference. Trainable flags are untouched.
 
-        if not has_lora(self.transformer):
+        Flips the peft tuner layers' ``disable_adapters`` switch directly: diffusers' ``disable_adapters()`` does the
+        same plus a peft version check that reads package metadata on every call, and peft's per-layer
+        ``enable_adapters`` also rewrites every LoRA tensor's ``requires_grad``; together that made a switch cost
+        milliseconds, and the trainer switches around every reference pass."""
+        from psrl.models.lora import tuner_layers
+
+        layers = tuner_layers(self.transformer)
+        if not layers:
             yield
             return
-        flags = [(p, p.requires_grad) for p in self.transformer.parameters()]
-        self.transformer.disable_adapters()
+        before = [layer._disable_adapters for layer in layers]
+        for layer in layers:
+            layer._disable_adapters = True
         try:
             yield
         finally:
-            self.transformer.enable_adapters()
-            for p, flag in flags:
-                p.requires_grad_(flag)
+            for layer, flag in zip(layers, before):
+                layer._disable_adapters = flag
 
     def save_lora(self, path) -> None:
         from psrl.models.lora import save_lora_weights

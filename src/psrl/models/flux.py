@@ -21,11 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unwrap_module, window_rng
 from psrl.models.loading import FLUX_COMPONENT_SPEC
-from psrl.sampling import resolution_shift_mu
+from psrl.sampling import SamplingConfig, resolution_shift_mu
 
 logger = logging.getLogger(__name__)
 

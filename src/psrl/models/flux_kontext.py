@@ -6,7 +6,8 @@ appended after the target tokens; the transformer output is sliced back to the t
 live in ``Rollout.cond`` so the group and every recomputed step reuse them; a bounded cache also keeps them across
 rollouts and SFT batches.
 
-Position ids of the reference tokens (``model.args.position_ids``; research note psr.md §6.3, §7.2):
+Position ids of the reference tokens (``model.args.position_ids``; PSR, arXiv 2512.01236: its frame-wise
+positional encoding and the positional-encoding ablation; UNO, arXiv 2504.02160: UnoPE):
 
 * ``psr`` (default): reference ``i`` (1-based) gets ``(i, row, col)`` on its own un-offset grid: the offset is on
   the first ("frame") axis only. With one reference this is exactly stock Kontext (``(1, row, col)``).
@@ -26,7 +27,7 @@ from torch import Tensor
 
 from psrl.config import ConfigError
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import group_by_key, pad_rows, reorder, unique_records
 from psrl.models.flux import FluxPolicy, latent_image_ids, pack_latents

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import types
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from psrl.errors import ModelLoadError
+from psrl.fileio import atomic_path
 from psrl.models.config import LoraConfig
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,20 @@ def _make_lora_trainable_fp32(module: nn.Module) -> None:
 
 def has_lora(module: nn.Module) -> bool:
     return bool(getattr(module, "peft_config", None))
+
+
+def tuner_layers(module: nn.Module) -> list[nn.Module]:
+    """The peft tuner (LoRA) layers inside ``module``, found at first use and cached on it: policies add their LoRA
+    layers during set-up only, before the first reference pass."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    cached = module.__dict__.get("_psrl_tuner_layers")
+    if cached is None:
+        cached = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+        if any(not hasattr(m, "_disable_adapters") for m in cached):
+            raise RuntimeError("this peft version's tuner layers have no _disable_adapters switch; pin peft>=0.17")
+        module.__dict__["_psrl_tuner_layers"] = cached
+    return cached
 
 
 def lora_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -265,15 +279,8 @@ def write_lora_file(tensors: dict[str, torch.Tensor], header: dict[str, str], pa
     from safetensors.torch import save_file
 
     target = lora_file(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-lora-", suffix=".safetensors", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=header)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(target) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
     return target
 
 
@@ -427,19 +434,6 @@ def load_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
     return file
 
 
-def prepare_lora(module: nn.Module, cfg: LoraConfig, *, prefix: str = "transformer") -> list[str]:
-    """Everything ``model.lora`` asks for, in order: fuse ``cfg.fuse`` into the base weights, add the trainable
-    adapter, then load ``cfg.path`` into it. Returns the adapted module names."""
-    from psrl.models.lora_merge import fuse_lora_weights
-
-    for entry in cfg.fuse:
-        fuse_lora_weights(module, entry["path"], prefix=prefix, scale=float(entry.get("scale", 1.0)))
-    targets = add_lora(module, cfg)
-    if cfg.path:
-        load_lora_weights(module, cfg.path, prefix=prefix)
-    return targets
-
-
 def lora_parameters(module: nn.Module) -> Iterable[tuple[str, nn.Parameter]]:
     """``(name, parameter)`` of the LoRA weights."""
     return ((n, p) for n, p in module.named_parameters() if "lora_" in n)
@@ -462,11 +456,11 @@ __all__ = [
     "lora_fingerprint",
     "lora_parameters",
     "lora_state_dict",
-    "prepare_lora",
     "read_lora_file",
     "resolve_lora_path",
     "resolve_target_modules",
     "same_lora_entry",
     "save_lora_weights",
+    "tuner_layers",
     "write_lora_file",
 ]

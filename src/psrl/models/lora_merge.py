@@ -6,6 +6,7 @@
   the RL LoRA trained on top of it) by stacking their ranks, so the two-stage result loads with a single
   ``load_lora_weights``. Exact: each file's ``alpha / r`` scale is folded into its ``B`` rows and the output acts
   with scale 1.
+* :func:`prepare_lora` applies a ``model.lora`` config: fuse, add the trainable adapter, load a saved one.
 """
 from __future__ import annotations
 
@@ -18,11 +19,14 @@ import torch
 from torch import nn
 
 from psrl.errors import ModelLoadError
+from psrl.models.config import LoraConfig
 from psrl.models.lora import (
     FUSED_METADATA_KEY,
     LORA_METADATA_KEY,
+    add_lora,
     describe_fused,
     has_lora,
+    load_lora_weights,
     lora_fingerprint,
     read_lora_file,
     same_lora_entry,
@@ -215,4 +219,16 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
     return target
 
 
-__all__ = ["combine_lora_files", "file_scale", "fuse_lora_weights", "fused_mismatch", "lora_delta"]
+def prepare_lora(module: nn.Module, cfg: LoraConfig, *, prefix: str = "transformer") -> list[str]:
+    """Everything ``model.lora`` asks for, in order: fuse ``cfg.fuse`` into the base weights, add the trainable
+    adapter, then load ``cfg.path`` into it. Returns the adapted module names. Lives here, above
+    :mod:`psrl.models.lora`, because it is the one place that needs both fusing and the adapter."""
+    for entry in cfg.fuse:
+        fuse_lora_weights(module, entry["path"], prefix=prefix, scale=float(entry.get("scale", 1.0)))
+    targets = add_lora(module, cfg)
+    if cfg.path:
+        load_lora_weights(module, cfg.path, prefix=prefix)
+    return targets
+
+
+__all__ = ["combine_lora_files", "file_scale", "fuse_lora_weights", "fused_mismatch", "lora_delta", "prepare_lora"]

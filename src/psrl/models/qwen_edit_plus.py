@@ -1,6 +1,7 @@
 """Qwen-Image-Edit-Plus (2509) policy over the components of diffusers' ``QwenImageEditPlusPipeline``.
 
-Reproduces the pipeline (research note customized_uno_rewards.md §2.6, tiny_models_more.md Q1-Q6):
+Reproduces the pipeline (huggingface/diffusers@v0.42.1
+``src/diffusers/pipelines/qwenimage/pipeline_qwenimage_edit_plus.py``):
 
 * every reference image is resized to two fixed areas whatever the output size: ``condition_area`` (384^2) for the
   VLM prompt ("Picture i: <vision tokens>" under the edit template) and ``vae_area`` (1024^2) for the reference
@@ -11,8 +12,9 @@ Reproduces the pipeline (research note customized_uno_rewards.md §2.6, tiny_mod
   the prediction is sliced back to the target tokens;
 * true CFG: a second transformer call with the negative prompt (encoded with the same images), combined as
   ``v_n + w (v_c - v_n)`` and rescaled per token to the conditional prediction's norm, when ``guidance_scale > 1``
-  and ``negative_prompt`` is not ``null``;
-* the pipeline takes one prompt per call (it raises for batches, gotcha Q5); here prompt encodings are computed per
+  and ``negative_prompt`` is not ``null``; ``cfg_grad`` (``train.cfg_grad``): ``cond_only`` detaches the negative
+  branch in the update as Flow-GRPO does, ``both`` (default) keeps the true gradient;
+* the pipeline takes one prompt per call (it raises for batches); here prompt encodings are computed per
   record and samples sharing a layout run through the transformer as one batch.
 """
 from __future__ import annotations
@@ -26,13 +28,14 @@ from torch import Tensor
 
 from psrl.config import ConfigError
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, group_by_key, pad_rows, reorder, scheduler_schedule, unique_records
 from psrl.models.references import ReferenceLoader, check_distinct_ids
 
 logger = logging.getLogger(__name__)
 
+# alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for Qwen-Image-Edit
 QWEN_EDIT_PLUS_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "QwenImageTransformer2DModel"),
     "vae": ("diffusers", "AutoencoderKLQwenImage"),
@@ -80,6 +83,7 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
                 raise ConfigError(f"model.args.{key}: must be >= {32 * 32} (sides are multiples of 32), "
                                   f"got {getattr(self, key)}")
         self.negative_prompt = args.get("negative_prompt", " ")
+        self.cfg_grad = "both"  # the trainer sets train.cfg_grad
         self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)),
                                           legacy_root=args.get("data_root"))
         self.pipe = QwenImageEditPlusPipeline(**components)
@@ -202,6 +206,8 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
             v = run("prompt_embeds", "prompt_len")
             if cfg_on:
                 v_neg = run("negative_embeds", "negative_len")
+                if self.cfg_grad == "cond_only":
+                    v_neg = v_neg.detach()  # Flow-GRPO: the update moves the conditional branch only
                 comb = v_neg + float(sampling.guidance_scale) * (v - v_neg)
                 # the pipeline rescales the guided prediction to the conditional one's per-token norm
                 v = comb * (torch.norm(v, dim=-1, keepdim=True) / torch.norm(comb, dim=-1, keepdim=True))

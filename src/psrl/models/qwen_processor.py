@@ -2,7 +2,7 @@
 Qwen-VL rewards (VLM judge, HPSv3).
 
 ``Qwen2VLProcessor.__init__`` type-checks every sub-processor, including ``video_processor=None``, and that lookup
-fails when torchvision is absent (research gotcha Q2). A subclass whose ``__init__`` has no ``video_processor``
+fails when torchvision is absent. A subclass whose ``__init__`` has no ``video_processor``
 parameter drops the attribute; it stays an instance of the stock class, so ``QwenImageEditPlusPipeline`` accepts it
 unchanged. ``ProcessorMixin`` is kept importable from this module because diffusers/transformers look allowed base
 classes up in the component's own module when a saved pipeline reloads.

@@ -17,20 +17,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import Record, RecordError, resolve_under
-from psrl.images import ImageLoadError, load_image
+from psrl.images import ImageLoadError, load_image, pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ReferenceResize:
-    """How references are sized before VAE encoding (UNO's rule, research note customized_uno_rewards.md §2.1):
+    """How references are sized before VAE encoding (UNO's rule, bytedance/UNO@d305981
+    ``uno/flux/pipeline.py``):
     the long side is scaled to ``long_side_single`` when the record has one reference and to ``long_side_multi``
     when it has several (LANCZOS), then the image is centre-cropped to multiples of ``multiple`` (the VAE scale
     times the 2x2 packing: 16 for FLUX). ``long_side_*: null`` keeps the original size (only cropped)."""
@@ -139,8 +138,7 @@ class ReferenceLoader:
 def pil_to_model_input(img: Image.Image) -> Tensor:
     """``[1, 3, H, W]`` float32 in [-1, 1], exactly as diffusers' ``VaeImageProcessor.preprocess`` for a PIL
     image already at its final size."""
-    arr = np.array(img.convert("RGB")).astype(np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0
+    return pil_to_tensor(img).unsqueeze(0) * 2.0 - 1.0
 
 
 def check_distinct_ids(records: Sequence[Record]) -> None:

@@ -1,10 +1,15 @@
 """Stable Diffusion 3 / 3.5 policy (Flow-GRPO's main model) over the components of diffusers'
 ``StableDiffusion3Pipeline``: real classifier-free guidance with the negative prompt ``""`` (Flow-GRPO's SD3
-setting, research note paco_flowgrpo.md §1.7), unpacked ``[B, C, h, w]`` latents, the scheduler's own schedule.
+setting, yifan123/flow_grpo@ac4c86e ``scripts/train_sd3.py``), unpacked ``[B, C, h, w]`` latents, the scheduler's
+own schedule.
 
 With ``guidance_scale > 1`` the rollout, the log-prob recompute and generation all use the CFG-combined velocity
 ``v_u + w (v_c - v_u)`` (Flow-GRPO's ``train.cfg=True``); ``guidance_scale <= 1`` is the no-CFG setting of the
 ``*_nocfg`` recipes. SFT (:meth:`flow_matching_loss`) uses the conditional branch only.
+
+``cfg_grad`` (set by the trainer from ``train.cfg_grad``): ``both`` back-propagates through both CFG branches, the
+true gradient of the policy that sampled; ``cond_only`` detaches the unconditional prediction, as Flow-GRPO does
+(yifan123/flow_grpo@ac4c86e scripts/train_sd3.py ``compute_log_prob``). The forward value is the same either way.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import torch
 from torch import Tensor
 
 from psrl.data.records import Record
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unique_records
 from psrl.models.truncation import quiet_logger
@@ -25,6 +30,7 @@ logger = logging.getLogger(__name__)
 # diffusers logs "The following part of your input was truncated ..." here at every encode_prompt call
 _PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3"
 
+# alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for SD3
 SD3_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
     "transformer": ("diffusers", "SD3Transformer2DModel"),
     "vae": ("diffusers", "AutoencoderKL"),
@@ -73,6 +79,7 @@ class SD3Policy(FlowPolicyBase):
         self.text_encoders = [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3)
                               if m is not None]
         self._negative: dict[str, Tensor] | None = None
+        self.cfg_grad = "both"  # the trainer sets train.cfg_grad
         return [*self.text_encoders, self.vae]
 
     # ------------------------------------------------------------------ hooks
@@ -143,6 +150,8 @@ class SD3Policy(FlowPolicyBase):
             out = self._forward(hidden_states=torch.cat([x, x]), timestep=torch.cat([t, t]),
                                 encoder_hidden_states=embeds, pooled_projections=pooled).float()
             uncond, text = out.chunk(2)
+            if self.cfg_grad == "cond_only":
+                uncond = uncond.detach()  # Flow-GRPO: the update moves the conditional branch only
             return uncond + scale * (text - uncond)
         return self._forward(hidden_states=x, timestep=t, encoder_hidden_states=embeds,
                              pooled_projections=pooled).float()

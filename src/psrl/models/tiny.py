@@ -4,7 +4,7 @@ Everything is built in code from a seed: no file is downloaded and nothing touch
 memory from hand-made vocabularies (character-level), so prompts tokenize to readable, deterministic ids.
 
 Every module is put in ``eval()`` mode: constructors leave modules in training mode and the tiny T5 has dropout, so
-without it the same seed gives different images (research note tiny_models_more.md, gotcha E1).
+without it the same seed gives different images.
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def tiny_t5_encoder(tokenizer, seed: int = 0, d_model: int = 32):
 
 def tiny_flux_scheduler(flux_like: bool = True):
     """FlowMatchEulerDiscreteScheduler with the real FLUX.1 knobs (dynamic, resolution-dependent shift ``mu``), so
-    tests exercise the shift path; ``flux_like=False`` gives the unshifted default (gotcha G6)."""
+    tests exercise the shift path; ``flux_like=False`` gives the unshifted default."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if not flux_like:

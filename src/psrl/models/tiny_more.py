@@ -1,13 +1,13 @@
 """Tiny, random-weight, offline components, part 2: Qwen-Image-Edit-Plus, Stable Diffusion 3, FLUX.1-Kontext.
 
-Built in code from a seed, tokenizers made in memory, every module in ``eval()`` mode (research note
-tiny_models_more.md, gotcha E1). Shapes follow diffusers' own dummy components with the fixes of that note:
+Built in code from a seed, tokenizers made in memory, every module in ``eval()`` mode (dropout would make the same
+seed give different images). Shapes follow diffusers' own dummy test components, with these fixes:
 
-* Qwen-Image-Edit-Plus: the VLM processor needs a subclass without a video processor (no torchvision, gotcha Q2);
+* Qwen-Image-Edit-Plus: the VLM processor needs a subclass without a video processor (no torchvision);
   the subclass must live in an importable module that also has ``ProcessorMixin`` in its namespace so a saved
-  pipeline reloads; the pipeline resizes every input to fixed areas (gotcha Q1), see
+  pipeline reloads; the pipeline resizes every input to fixed areas, see
   :func:`qwen_edit_plus_image_areas`.
-* SD3: T5 ``d_model`` 64 so the two CLIP widths (2 x 32) fit in the joint width without cropping (gotcha S1).
+* SD3: T5 ``d_model`` 64 so the two CLIP widths (2 x 32) fit in the joint width without cropping.
 * Kontext: the tiny FLUX components of :mod:`psrl.models.tiny` (the same transformer serves both pipelines).
 
 This module imports transformers at the top on purpose: the processor subclasses must be importable classes.
@@ -85,7 +85,7 @@ def tiny_qwen_vl_config(tokenizer, model_type: str = "qwen2_5_vl"):
 def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: bool = True) -> dict:
     """Kwargs for ``QwenImageEditPlusPipeline(**c)``; shapes follow diffusers' dummy components.
 
-    The tiny VAE downsamples x4 (the real one x8), so output sizes must be multiples of 8 (gotcha Q3).
+    The tiny VAE downsamples x4 (the real one x8), so output sizes must be multiples of 8.
     """
     from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -104,7 +104,7 @@ def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: 
         base_dim=z_dim * 6, z_dim=z_dim, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
     )
-    if qwen_like_scheduler:  # Qwen-Image's scheduler knobs: exponential, resolution-dependent shift (gotcha Q6)
+    if qwen_like_scheduler:  # Qwen-Image's scheduler knobs: exponential, resolution-dependent shift
         scheduler = FlowMatchEulerDiscreteScheduler(
             shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
             max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",

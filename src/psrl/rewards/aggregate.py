@@ -1,13 +1,21 @@
-"""Reward shaping: pure tensor functions that turn per-reward scores into one advantage (research notes:
-customized_uno_rewards.md §1.5-1.6, paco_flowgrpo.md §3.3).
+"""Reward shaping: pure tensor functions that turn per-reward scores into one advantage: Customized-GRPO's
+group z-score, SARS and time-aware weighting (arXiv 2510.18263; Safeoffellow/Customized-GRPO@a431775
+train/train_customized_grpo.py) and PaCo-RL's log-tamed, rank, per-reward-normalised and mean aggregations
+(arXiv 2512.04784; X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/paco_grpo/stat_tracking.py).
 
 Shapes: ``rewards [N, K]`` (one column per reward), ``weights [K]``, ``group_ids [N]`` (prompt group of each
 sample). NaN marks an unscorable sample: group statistics ignore it and its per-reward advantage is 0 (it carries
 no signal), so one failed detection does not poison its group.
 
 A group whose values differ only by float rounding is a zero-std group: :func:`spread_is_rounding` decides it, for
-every advantage mode (:func:`group_center_scale` is the one group normalisation, used by ``weighted``,
-``group_zscore``, ``sars`` and ``log_tamed``) and for the trainer's ``zero_std_groups`` count alike.
+every advantage mode (:func:`group_center_scale` is the one group normalisation, used by every mode) and for the
+trainer's ``zero_std_groups`` count alike; :func:`group_rank` treats values within the same tolerance
+(:func:`rounding_tolerance`) as ties.
+
+PaCo-GRPO's aggregations (X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/paco_grpo/stat_tracking.py and config/grpo.py):
+:func:`group_rank` ('rank-grpo'), :func:`per_reward_normalized` (``weighted_advantage_sum_aggregate_fn``),
+:func:`geometric_mean` and :func:`harmonic_mean` (``geometric_mean_aggregate_fn`` / ``harmonic_mean_aggregate_fn``,
+scipy's ``gmean`` / ``hmean``).
 """
 from __future__ import annotations
 
@@ -40,35 +48,47 @@ apart at 0.8, one step), and a weighted sum of K rewards adds up to K half-steps
 above any rounding seen, below any difference a reward model resolves."""
 
 
+def rounding_tolerance(values: Tensor, magnitude: Tensor | float | None = None) -> float:
+    """``ROUNDING_ULPS * FLOAT32_EPS * M``: how far apart two of ``values`` can be and still differ only by float32
+    rounding. ``M = max|v|`` over the finite values by default; for a weighted sum ``v = sum_k w_k r_k`` pass
+    ``magnitude = sum_k |w_k r_k|`` per sample (``M`` is its largest finite value at the finite values): the terms'
+    rounding survives cancellation between them. 0.0 when no value is finite.
+
+    Args:
+        values (`Tensor` of shape `[n]`): any float dtype; NaN/inf entries are ignored.
+        magnitude (`Tensor` of shape `[n]`, `float` or `None`): the scale of each value's rounding error.
+    """
+    v = values.detach().double().flatten()
+    ok = torch.isfinite(v)
+    if magnitude is None:
+        m = v[ok].abs()
+    elif isinstance(magnitude, Tensor) and magnitude.numel() > 1:
+        m = magnitude.detach().double().flatten()[ok].abs()
+        m = m[torch.isfinite(m)]
+    else:
+        m = torch.tensor([abs(float(magnitude))], dtype=torch.float64)
+    return ROUNDING_ULPS * FLOAT32_EPS * float(m.max()) if m.numel() else 0.0
+
+
 def spread_is_rounding(values: Tensor, magnitude: Tensor | float | None = None) -> bool:
     """Whether a group's values differ only by float32 rounding, i.e. carry no signal (a zero-std group).
 
-    ``max(v) - min(v) <= ROUNDING_ULPS * FLOAT32_EPS * M`` over the finite values, with ``M = max|v|`` by default.
-    For a weighted sum ``v = sum_k w_k r_k`` pass ``magnitude = sum_k |w_k r_k|`` per sample (``M`` is its
-    largest finite value): the terms' rounding survives cancellation between them. Computed in float64, so the test
-    itself adds no rounding. Exactly equal values (and fewer than two finite ones) are always a zero spread.
+    ``max(v) - min(v) <= rounding_tolerance(v, magnitude)`` over the finite values (see :func:`rounding_tolerance`
+    for ``magnitude``). Computed in float64, so the test itself adds no rounding. Exactly equal values (and fewer
+    than two finite ones) are always a zero spread.
 
     Args:
         values (`Tensor` of shape `[n]`): one group's values, any float dtype; NaN/inf entries are ignored.
         magnitude (`Tensor` of shape `[n]`, `float` or `None`): the scale of each value's rounding error.
     """
     v = values.detach().double().flatten()
-    ok = torch.isfinite(v)
-    v = v[ok]
+    v = v[torch.isfinite(v)]
     if v.numel() < 2:
         return True
     spread = float(v.max() - v.min())
     if spread == 0.0:
         return True
-    if magnitude is None:
-        scale = float(v.abs().max())
-    elif isinstance(magnitude, Tensor) and magnitude.numel() > 1:
-        m = magnitude.detach().double().flatten()[ok]
-        m = m[torch.isfinite(m)]
-        scale = float(m.abs().max()) if m.numel() else 0.0
-    else:
-        scale = abs(float(magnitude))
-    return spread <= ROUNDING_ULPS * FLOAT32_EPS * scale
+    return spread <= rounding_tolerance(values, magnitude)
 
 
 def terms_magnitude(rewards: Tensor, weights: Tensor) -> Tensor:
@@ -180,6 +200,130 @@ def log_tamed(rewards: Tensor, weights: Tensor, group_ids: Tensor, *, threshold:
         raise ValueError(f"log_tamed normalize must be 'group', 'global_std' or 'raw', got {normalize!r}")
     return group_center_scale(total, group_ids, unbiased=False, eps=eps, std_floor=True,
                               global_std=normalize == "global_std", magnitude=terms_magnitude(tamed, weights))
+
+
+def group_rank(rewards: Tensor, group_ids: Tensor) -> Tensor:
+    """PaCo's 'rank-grpo' transform: each reward replaced by its rank within its group, scaled to ``[0, 1]``:
+    ``rank / (n - 1)`` with ``rank`` 0-based over the group's ``n`` finite values ([N, K] float32).
+
+    Ties share the average of their ranks (scipy ``rankdata(method="average")``), and values within
+    :func:`rounding_tolerance` of each other (sorted, neighbour to neighbour) are ties: a group whose spread is
+    rounding ranks every member 0.5, so it stays a zero-std group. PaCo breaks ties by position
+    (``argsort(argsort(r))``), which would make a signal out of equal rewards. A lone finite value ranks 0.5
+    (no order); NaN stays NaN.
+
+    Args:
+        rewards (`Tensor` of shape `[N, K]`): one column per reward.
+        group_ids (`Tensor` of shape `[N]`): the prompt group of each sample.
+
+    Source: X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/paco_grpo/stat_tracking.py ``_calc_rank_grpo_advantage``.
+    """
+    _check(rewards, None, group_ids)
+    out = torch.full(rewards.shape, float("nan"), dtype=torch.float32)
+    for gid in torch.unique(group_ids):
+        rows = torch.nonzero(group_ids == gid).flatten()
+        for k in range(rewards.shape[1]):
+            v = rewards[rows, k].double()
+            ok = torch.isfinite(v)
+            n = int(ok.sum())
+            if n == 0:
+                continue
+            idx, vals = rows[ok], v[ok]
+            order = torch.argsort(vals, stable=True)
+            tol = rounding_tolerance(vals)
+            ranks = torch.empty(n, dtype=torch.float64)
+            start = 0
+            for i in range(1, n + 1):  # close a tie block where the next sorted value is more than rounding away
+                if i == n or float(vals[order[i]] - vals[order[i - 1]]) > tol:
+                    ranks[order[start:i]] = (start + i - 1) / 2
+                    start = i
+            out[idx, k] = (ranks / (n - 1) if n > 1 else torch.full((1,), 0.5, dtype=torch.float64)).float()
+    return out
+
+
+def per_reward_normalized(rewards: Tensor, weights: Tensor, group_ids: Tensor, *, global_std: bool = False,
+                          std_floor: float = 1e-6) -> Tensor:
+    """PaCo's weighted advantage sum: ``A_n = sum_k w_k (r_nk - mean_g(r_k)) / max(std_k, std_floor)`` ([N]).
+
+    Each reward is normalised on its own before the weighted sum; ``std_k`` is the population std of reward ``k``
+    within the group, or over all ``N`` samples with ``global_std`` (PaCo's default). A reward whose spread in a
+    group is rounding contributes 0 there (:func:`group_center_scale`); a NaN reward contributes 0 for its sample.
+    Differs from :func:`group_zscore` (Customized-GRPO) in the population std, the floor instead of an added eps,
+    and the global option.
+
+    Source: X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/config/grpo.py ``weighted_advantage_sum_aggregate_fn``.
+    """
+    _check(rewards, weights, group_ids)
+    cols = [group_center_scale(rewards[:, k], group_ids, unbiased=False, eps=std_floor, std_floor=True,
+                               global_std=global_std) for k in range(rewards.shape[1])]
+    return torch.stack(cols, dim=1) @ weights.float()
+
+
+def _mean_weights(rewards: Tensor, weights: Tensor, kind: str) -> Tensor:
+    _check(rewards, weights)
+    w = weights.double()
+    if bool((w < 0).any()) or not bool(w.sum() > 0) or not bool(torch.isfinite(w).all()):
+        raise ValueError(f"the {kind} mean of the rewards needs reward weights >= 0 with a positive sum (the "
+                         f"rewards' 'weight'), got {weights.tolist()}")
+    return w
+
+
+def mean_failures(rewards: Tensor, weights: Tensor, kind: str = "geometric") -> list[str | None]:
+    """Per sample, why the ``kind`` (geometric or harmonic) mean of its rewards is undefined, or ``None``: a
+    negative reward of positive weight (both means are defined for rewards >= 0 only; scipy returns NaN), or a
+    NaN one. Zero-weight rewards are not part of the mean and are not checked."""
+    w = _mean_weights(rewards, weights, kind)
+    out: list[str | None] = []
+    for row in rewards.double():
+        why = None
+        for k in torch.nonzero(w > 0).flatten().tolist():
+            x = float(row[k])
+            if not x >= 0:
+                why = (f"reward column {k} is {x:.6g}: the {kind} mean is defined for rewards >= 0 only"
+                       if x == x else f"reward column {k} is NaN")
+                break
+        out.append(why)
+    return out
+
+
+def geometric_mean(rewards: Tensor, weights: Tensor) -> Tensor:
+    """Weighted geometric mean across rewards: ``G_n = exp(sum_k w_k log r_nk / sum_k w_k)`` ([N] float32, computed
+    in float64), scipy ``gmean(r, axis=1, weights=w)``. Equal weights give PaCo's unweighted ``gmean``.
+
+    A zero reward gives 0 (the limit, and scipy's value): one failed criterion zeroes the sample. A negative reward
+    (undefined) or a NaN one gives NaN, for that sample alone (:func:`mean_failures` says why). Zero-weight rewards
+    are left out.
+
+    Raises:
+        ValueError: a weight is negative or not finite, or the weights sum to 0.
+
+    Source: X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/config/grpo.py ``geometric_mean_aggregate_fn``.
+    """
+    w = _mean_weights(rewards, weights, "geometric")
+    keep = w > 0
+    r, w = rewards.double()[:, keep], w[keep]
+    bad = ~(r >= 0).all(dim=1)
+    logs = torch.log(r.clamp(min=0.0))  # log 0 = -inf, exp(-inf) = 0
+    out = torch.exp((logs * w).sum(dim=1) / w.sum())
+    return torch.where(bad, torch.full_like(out, float("nan")), out).float()
+
+
+def harmonic_mean(rewards: Tensor, weights: Tensor) -> Tensor:
+    """Weighted harmonic mean across rewards: ``H_n = sum_k w_k / sum_k (w_k / r_nk)`` ([N] float32, computed in
+    float64), scipy ``hmean(r, axis=1, weights=w)``. Equal weights give PaCo's unweighted ``hmean``. Zeros, negative
+    and NaN rewards and zero weights as in :func:`geometric_mean`.
+
+    Raises:
+        ValueError: a weight is negative or not finite, or the weights sum to 0.
+
+    Source: X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/config/grpo.py ``harmonic_mean_aggregate_fn``.
+    """
+    w = _mean_weights(rewards, weights, "harmonic")
+    keep = w > 0
+    r, w = rewards.double()[:, keep], w[keep]
+    bad = ~(r >= 0).all(dim=1)
+    out = w.sum() / (w / r.clamp(min=0.0)).sum(dim=1)  # w / 0 = inf, so a zero reward gives 0
+    return torch.where(bad, torch.full_like(out, float("nan")), out).float()
 
 
 def sars(adv_identity: Tensor | float, adv_prompt: Tensor | float, gamma: float = 0.4,

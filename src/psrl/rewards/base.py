@@ -1,4 +1,5 @@
-"""The reward protocol, its output, the reward registry and the adapter for plain callables.
+"""The reward protocol, its output, `build_reward` (names looked up in `REWARDS`, :mod:`psrl.rewards.builtin`) and the
+adapter for plain callables.
 
 A reward scores a batch of images against their records. An unscorable sample is ``NaN`` and ``failures[i]`` says
 why; a reward never invents a value. One sample's failure never fails the batch: inputs are checked per sample
@@ -16,9 +17,7 @@ import torch
 from torch import Tensor
 
 from psrl.data.records import Record
-from psrl.registry import Registry
-
-REWARDS = Registry("reward")
+from psrl.rewards.builtin import REWARDS
 
 
 @dataclass
@@ -78,7 +77,6 @@ def build_reward(name: str, args: dict | None = None, *, device: str | torch.dev
     Registered rewards are classes (or factories) taking ``device=`` plus keyword arguments. A dotted path may also
     point at a plain callable ``(images, records) -> Tensor[B]``, which is wrapped as it is.
     """
-    _ensure_builtin_rewards()
     target = REWARDS.get(name)
     args = dict(args or {})
     if isinstance(target, type):
@@ -90,14 +88,3 @@ def build_reward(name: str, args: dict | None = None, *, device: str | torch.dev
         obj = target
     return obj if isinstance(obj, Reward) else CallableReward(obj, name=name)
 
-
-_BUILTINS_LOADED = False
-
-
-def _ensure_builtin_rewards() -> None:
-    """Import the module that registers psrl's built-in rewards (lazy, so `import psrl` stays cheap)."""
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        import psrl.rewards.builtin  # noqa: F401
-
-        _BUILTINS_LOADED = True

@@ -1,5 +1,11 @@
-"""Registration of psrl's built-in rewards (names -> lazy import targets)."""
-from psrl.rewards.base import REWARDS
+"""``REWARDS``: the reward registry, filled with psrl's built-in names (name -> ``"module:Class"``, imported on first
+use, so importing this module loads no model code). It imports only :mod:`psrl.registry`; :mod:`psrl.rewards.base`
+builds rewards from it, so the registry sits below every reward module and nothing imports back up."""
+from psrl.registry import Registry
+
+REWARDS = Registry("reward")
+
+# alike on purpose: one registration per built-in name
 
 REWARDS.register("mean_color", "psrl.rewards.simple:MeanColorReward")
 REWARDS.register("subject_consistency", "psrl.rewards.subject_consistency:SubjectConsistencyReward")

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
+from psrl.models.loading import check_tokenizer
+from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ def _load_grounding_dino(path: str):
     )
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    check_tokenizer(tokenizer, path, "grounding_dino detector")
+    check_tokenizer(tokenizer, f"{path} (grounding_dino detector)")
     processor = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil.from_pretrained(path),
                                        tokenizer=tokenizer)
     return GroundingDinoForObjectDetection.from_pretrained(path), processor
@@ -136,8 +137,10 @@ def _load_grounding_dino(path: str):
 
 class Owlv2Detector:
     """OWLv2 text-query detection; the query is ``query_template.format(phrase)``. OWLv2 pads to a square, so boxes
-    are scaled to ``max(H, W)`` and clipped to the image (research gotcha O6)."""
+    are scaled to ``max(H, W)`` and clipped to the image (huggingface/transformers#27205)."""
 
+    # alike on purpose: every model-backed component loads this way (tiny in code, or real weights through
+    # load_pretrained), as GroundingDinoDetector does
     def __init__(self, path: str = "google/owlv2-base-patch16-ensemble", *, device="cpu", dtype=None,
                  box_threshold: float = 0.1, query_template: str = "a photo of a {}", batch_size: int = 16):
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
@@ -179,7 +182,7 @@ def _load_owlv2(path: str):
     from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    check_tokenizer(tokenizer, path, "owlv2 detector")
+    check_tokenizer(tokenizer, f"{path} (owlv2 detector)")
     processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil.from_pretrained(path), tokenizer=tokenizer)
     return Owlv2ForObjectDetection.from_pretrained(path), processor
 
@@ -189,16 +192,9 @@ DETECTORS = {"grounding_dino": GroundingDinoDetector, "owlv2": Owlv2Detector}
 
 def build_detector(spec: dict | str | Detector | None, *, device="cpu", dtype=None) -> Detector:
     """``{"kind": "grounding_dino"|"owlv2", "path": ..., "box_threshold": ...}``, a kind name, or a Detector."""
-    if spec is None:
-        spec = {"kind": "grounding_dino"}
-    if isinstance(spec, str):
-        spec = {"kind": spec}
-    if not isinstance(spec, dict):
-        if isinstance(spec, Detector):
-            return spec
-        raise TypeError(f"detector must be a mapping with 'kind' or a Detector, got {type(spec).__name__}")
-    spec = dict(spec)
-    kind = spec.pop("kind", "grounding_dino")
+    if isinstance(spec, Detector):
+        return spec
+    kind, spec = component_spec(spec, "grounding_dino", "detector")
     if kind not in DETECTORS:
         raise ValueError(f"unknown detector kind {kind!r}; use one of {sorted(DETECTORS)}")
     return DETECTORS[kind](device=device, dtype=spec.pop("dtype", dtype), **spec)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+from psrl.rewards.components import imagenet_bit_processor
+from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ class Embedder(Protocol):
 
 
 def _features(out) -> Tensor:
-    return out if torch.is_tensor(out) else out.pooler_output  # transformers 5 returns a ModelOutput (gotcha C1)
+    return out if torch.is_tensor(out) else out.pooler_output  # transformers 5 returns a ModelOutput
 
 
 class HFImageEmbedder:
@@ -60,9 +61,7 @@ class HFImageEmbedder:
 
 
 def _bit(shortest_edge: int = 256, crop: int = 224):
-    from psrl.rewards.tiny import _imagenet_bit_processor
-
-    return _imagenet_bit_processor(shortest_edge, crop)
+    return imagenet_bit_processor(shortest_edge, crop)
 
 
 def _load_dinov2(path):
@@ -88,54 +87,44 @@ def load_clip(path: str, what: str = "clip"):
         from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        from psrl.rewards.loading import check_tokenizer
+        from psrl.models.loading import check_tokenizer
 
         tok = AutoTokenizer.from_pretrained(p)
-        check_tokenizer(tok, p, what)
+        check_tokenizer(tok, f"{p} ({what})")
         return CLIPModel.from_pretrained(p), CLIPProcessor(image_processor=CLIPImageProcessorPil.from_pretrained(p),
                                                            tokenizer=tok)
 
     return load_pretrained(what, path, _load)
 
 
+# kind -> (default path, loader of real weights, tiny builder in psrl.rewards.tiny, pooling); clip loads its own way
+EMBEDDERS = {
+    "dinov2": ("facebook/dinov2-base", _load_dinov2, "tiny_dinov2", "pooler"),
+    "dino_vit": ("facebook/dino-vits16", _load_dino_vit, "tiny_dino_vit", "cls"),
+    "clip": ("openai/clip-vit-base-patch32", None, None, "clip"),
+}
+
+
 def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=None) -> Embedder:
     """``{"kind": "dinov2"|"dino_vit"|"clip", "path": ..., "batch_size": ...}``, a kind name, or an Embedder."""
-    if spec is None:
-        spec = {"kind": "dinov2"}
-    if isinstance(spec, str):
-        spec = {"kind": spec}
-    if not isinstance(spec, dict):
-        if isinstance(spec, Embedder):
-            return spec
-        raise TypeError(f"embedder must be a mapping with 'kind' or an Embedder, got {type(spec).__name__}")
-    spec = dict(spec)
-    kind = spec.pop("kind", "dinov2")
+    if isinstance(spec, Embedder):
+        return spec
+    kind, spec = component_spec(spec, "dinov2", "embedder")
     dtype = spec.pop("dtype", dtype)
     batch_size = spec.pop("batch_size", 32)
-    defaults = {"dinov2": "facebook/dinov2-base", "dino_vit": "facebook/dino-vits16",
-                "clip": "openai/clip-vit-base-patch32"}
-    if kind not in defaults:
-        raise ValueError(f"unknown embedder kind {kind!r}; use one of {sorted(defaults)}")
-    path = spec.pop("path", defaults[kind])
+    if kind not in EMBEDDERS:
+        raise ValueError(f"unknown embedder kind {kind!r}; use one of {sorted(EMBEDDERS)}")
+    default_path, loader, tiny_builder, pool = EMBEDDERS[kind]
+    path = spec.pop("path", default_path)
     if spec:
         raise ValueError(f"embedder {kind!r}: unknown option(s) {sorted(spec)}")
-    if kind == "dinov2":
-        if path == TINY:
-            from psrl.rewards.tiny import tiny_dinov2
-
-            model, proc = tiny_dinov2()
-        else:
-            model, proc = load_pretrained("dinov2 embedder", path, _load_dinov2), _bit()
-        pool = "pooler"
-    elif kind == "dino_vit":
-        if path == TINY:
-            from psrl.rewards.tiny import tiny_dino_vit
-
-            model, proc = tiny_dino_vit()
-        else:
-            model, proc = load_pretrained("dino_vit embedder", path, _load_dino_vit), _bit()
-        pool = "cls"
-    else:
+    if loader is None:
         model, processor = load_clip(path, "clip embedder")
-        proc, pool = processor.image_processor, "clip"
+        proc = processor.image_processor
+    elif path == TINY:
+        from psrl.rewards import tiny
+
+        model, proc = getattr(tiny, tiny_builder)()
+    else:
+        model, proc = load_pretrained(f"{kind} embedder", path, loader), _bit()
     return HFImageEmbedder(model, proc, pool, device=device, dtype=dtype, batch_size=batch_size)

@@ -23,14 +23,16 @@ import logging
 from collections.abc import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.components import HPSv3Head
+from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
-from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
+from psrl.models.loading import check_tokenizer
+from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +66,6 @@ HPS_INSTRUCTION = (
 REWARD_SUFFIX = "\nPlease provide the overall ratings of this image: <|Reward|>\n\nEND\n"
 
 
-class HPSv3Head(nn.Module):
-    """``rm_head``: hidden -> 1024 -> 16 -> 2 (mu, sigma); the layer indices match the checkpoint keys."""
-
-    def __init__(self, hidden_size: int = 3584, hidden: tuple[int, int] = (1024, 16), dropout: float = 0.05):
-        super().__init__()
-        self.rm_head = nn.Sequential(nn.Linear(hidden_size, hidden[0]), nn.ReLU(), nn.Dropout(dropout),
-                                     nn.Linear(hidden[0], hidden[1]), nn.ReLU(), nn.Linear(hidden[1], 2))
-
-    def forward(self, h: Tensor) -> Tensor:
-        return self.rm_head(h)
-
-
 def remap_hpsv3_key(key: str) -> str:
     """transformers-4.x Qwen2-VL keys -> transformers-5 layout (already-new keys pass through)."""
     if key.startswith("visual."):
@@ -105,7 +95,7 @@ def _load_real(path: str, base_path: str, dtype):
 
     def _base(p):
         tok = AutoTokenizer.from_pretrained(p)
-        check_tokenizer(tok, p, "hpsv3 base tokenizer")
+        check_tokenizer(tok, f"{p} (hpsv3 base tokenizer)")
         return AutoConfig.from_pretrained(p), tok, Qwen2VLImageProcessorPil.from_pretrained(p)
 
     config, tokenizer, image_processor = load_pretrained("hpsv3 base model", base_path, _base)
@@ -185,10 +175,7 @@ class HPSv3Reward:
         return self.head(h).float().cpu()
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"hpsv3: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, "hpsv3")
         mu = torch.full((len(records),), float("nan"))
         sigma = torch.full((len(records),), float("nan"))
         for s in range(0, len(idx), self.batch_size):

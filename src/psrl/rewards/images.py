@@ -1,4 +1,5 @@
-"""Image plumbing shared by the rewards: batch validation, tensor <-> PIL, reference loading, crops.
+"""Image plumbing shared by the rewards: batch validation (then :func:`psrl.images.tensor_to_pil`), reference
+loading, crops.
 
 Rewards take ``images`` as a float tensor ``[B, 3, H, W]`` in [0, 1] (what policies produce) or, where sizes differ
 (CLI, reward server), a sequence of PIL images / ``[3, H, W]`` tensors. A batch of the wrong shape or range is a
@@ -13,13 +14,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import RecordError, resolve_under
-from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, load_image, size_problem, to_rgb
+from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, load_image, size_problem, tensor_to_pil, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +34,7 @@ def _tensor_to_pil(x: Tensor, where: str) -> tuple[Image.Image | None, str | Non
     lo, hi = float(x.min()), float(x.max())
     if lo < -0.02 or hi > 1.02:  # a little decoder overshoot is clamped; [-1, 1] or [0, 255] data is a bug
         raise ValueError(f"{where}: image values must be in [0, 1], got range [{lo:.3f}, {hi:.3f}]")
-    arr = (x.clamp(0, 1).permute(1, 2, 0).numpy() * 255.0).round().astype(np.uint8)
-    return Image.fromarray(arr), None
+    return tensor_to_pil(x), None
 
 
 def to_pil_images(images: Tensor | Sequence, *, background: str | tuple = "white"
@@ -66,10 +65,17 @@ def to_pil_images(images: Tensor | Sequence, *, background: str | tuple = "white
     return pils, failures
 
 
-def pil_to_tensor(img: Image.Image) -> Tensor:
-    """``[3, H, W]`` float in [0, 1]."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+def scorable_images(images: Tensor | Sequence, records: Sequence, name: str
+                    ) -> tuple[list[Image.Image | None], list[str | None], list[int]]:
+    """:func:`to_pil_images` for a reward's batch: ``(pil images, failure reasons, indices of the scorable samples)``.
+
+    Raises:
+        ValueError: the number of images is not the number of records (a caller bug), naming the reward.
+    """
+    pils, failures = to_pil_images(images)
+    if len(pils) != len(records):
+        raise ValueError(f"{name}: {len(pils)} images for {len(records)} records")
+    return pils, failures, [b for b in range(len(records)) if not failures[b]]
 
 
 class ReferenceImageError(Exception):
@@ -141,5 +147,5 @@ def crop_box(img: Image.Image, box, *, truncate: bool = False) -> Image.Image | 
                      round(y2) if not truncate else int(y2)))
 
 
-__all__ = ["MAX_ASPECT", "MIN_SIDE", "ReferenceImageError", "ReferenceImages", "crop_box", "pil_to_tensor",
+__all__ = ["MAX_ASPECT", "MIN_SIDE", "ReferenceImageError", "ReferenceImages", "crop_box", "scorable_images",
            "to_pil_images"]

@@ -10,24 +10,36 @@ from typing import Any
 import torch
 
 from psrl.errors import ModelLoadError
+from psrl.models.loading import torch_dtype_from_name
 
 logger = logging.getLogger(__name__)
 
 TINY = "tiny"
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
 def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype:
-    """``None``/"auto" -> bf16 on CUDA, fp32 on CPU; otherwise the named dtype."""
+    """``None``/"auto" -> bf16 on CUDA, fp32 on CPU; otherwise the named dtype
+    (:func:`psrl.models.loading.torch_dtype_from_name`, which raises ``ValueError`` for an unknown name)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)} or 'auto'")
-    return _DTYPES[dtype]
+    return torch_dtype_from_name(dtype)
+
+
+def component_spec(spec: dict | str | None, default_kind: str, what: str) -> tuple[str, dict]:
+    """``(kind, options)`` of a detector or embedder spec: ``None`` -> the default kind, a kind name, or a mapping
+    with an optional ``kind`` (the mapping is copied, ``kind`` removed from the options).
+
+    Raises:
+        TypeError: anything else, naming ``what``.
+    """
+    if spec is None or isinstance(spec, str):
+        return spec or default_kind, {}
+    if not isinstance(spec, dict):
+        raise TypeError(f"{what} must be a kind name, a mapping with 'kind' or a {what} object, "
+                        f"got {type(spec).__name__}")
+    options = dict(spec)
+    return options.pop("kind", default_kind), options
 
 
 def looks_local(path: str) -> bool:
@@ -47,10 +59,3 @@ def load_pretrained(what: str, path: str, fn: Callable[[str], Any]) -> Any:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:
         raise ModelLoadError(f"{what}: could not load {path!r}: {type(e).__name__}: {e}") from e
-
-
-def check_tokenizer(tokenizer, path: str, what: str, min_vocab: int = 100) -> None:
-    """transformers 5 can return an almost empty tokenizer for a bad path without raising (research gotcha G1)."""
-    if len(tokenizer) < min_vocab:
-        raise ModelLoadError(f"{what}: tokenizer loaded from {path!r} has only {len(tokenizer)} tokens; "
-                             f"the path is probably wrong or incomplete")

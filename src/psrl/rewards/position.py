@@ -1,4 +1,5 @@
-"""Position reward: the PSRBench / T2I-CompBench box-centre rule (research/psr.md §4.1).
+"""Position reward: the PSRBench / T2I-CompBench (arXiv 2307.06350) box-centre rule, as in
+wang-shulei/PSR@c719168 ``eval/semantic-alignment/position-alignment.py``.
 
 ``parse_relation`` takes the first phrase of the fixed vocabulary found in the instruction (list order matters:
 "to the left of" before "above", ...). ``position_score(box_a, box_b, relation)`` scores "subject A <relation>
@@ -28,7 +29,7 @@ from torch import Tensor
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.detection import build_detector
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
 
@@ -103,9 +104,7 @@ class PositionReward:
                                        device=device, dtype=dtype)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"position: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, "position")
         B = len(records)
         relations: list[str | None] = [None] * B
         for b, rec in enumerate(records):

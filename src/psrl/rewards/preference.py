@@ -18,32 +18,18 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
+from psrl.rewards.components import LaionAestheticHead
 from psrl.rewards.embedding import _features, load_clip
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
-
-
-class LaionAestheticHead(nn.Module):
-    """Same layer layout (hence state-dict keys) as the LAION "improved aesthetic predictor"."""
-
-    def __init__(self, dim: int = 768, hidden: tuple[int, int, int, int] = (1024, 128, 64, 16),
-                 dropout: tuple[float, float, float] = (0.2, 0.2, 0.1)):
-        super().__init__()
-        h1, h2, h3, h4 = hidden
-        self.layers = nn.Sequential(nn.Linear(dim, h1), nn.Dropout(dropout[0]), nn.Linear(h1, h2),
-                                    nn.Dropout(dropout[1]), nn.Linear(h2, h3), nn.Dropout(dropout[2]),
-                                    nn.Linear(h3, h4), nn.Linear(h4, 1))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
 
 
 def load_state_dict_file(path: str, what: str) -> dict:
@@ -88,10 +74,7 @@ class _ClipRewardBase:
         return F.normalize(torch.cat(imgs), dim=-1).cpu(), F.normalize(torch.cat(txts), dim=-1).cpu()
 
     def _run(self, images, records, score_fn, name) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{name}: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, name)
         scores = torch.full((len(records),), float("nan"))
         cos = torch.full((len(records),), float("nan"))
 
@@ -174,10 +157,7 @@ class AestheticReward:
 
     @torch.no_grad()
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"aesthetic: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, "aesthetic")
         scores = torch.full((len(records),), float("nan"))
         feats = per_item(lambda bs: self.embedder.embed([pils[b] for b in bs]), idx, "aesthetic clip model")
         for b, f in zip(idx, feats):

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.images import pil_to_tensor, to_pil_images
+from psrl.images import pil_to_tensor
+from psrl.rewards.images import scorable_images
 
 
 class MeanColorReward:
@@ -27,9 +28,8 @@ class MeanColorReward:
         sizes. A sample with NaN pixels or outside the shared size rule is NaN with the reason, like every reward."""
         if isinstance(images, Tensor) and (images.ndim != 4 or images.shape[1] != 3):
             raise ValueError(f"mean_color expects images [B, 3, H, W], got {tuple(images.shape)}")
-        pils, failures = to_pil_images(images)  # the shared per-sample validation (NaN, size, range)
-        if len(pils) != len(records):
-            raise ValueError(f"mean_color: {len(pils)} images for {len(records)} records")
+        # the shared per-sample validation (NaN, size, range)
+        pils, failures, _ = scorable_images(images, records, "mean_color")
         means = torch.full((len(pils), 3), float("nan"))
         for b, item in enumerate(images):
             if failures[b] is None:

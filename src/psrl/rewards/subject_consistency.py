@@ -12,7 +12,8 @@ Modes
     A reference in which the phrase is not found is embedded whole (a reference photo usually *is* the subject);
     this is flagged in ``details["reference_whole_image"]``.
 ``psrbench_compat``
-    Reproduces the PSRBench scorer (research/psr.md §3) for comparability with published numbers: the *first*
+    Reproduces the PSRBench scorer (wang-shulei/PSR@c719168 ``eval/suject-consistency/eval-{2,3,4}-subject-sc.py``)
+    for comparability with published numbers: the *first*
     box over the threshold in detector query order, coordinates truncated with ``int()``; when there is no box the
     whole image (generated or reference) is embedded instead, so a missing subject still gets a (lower, non-zero)
     similarity; for 2-subject records whose phrases are equal, subject 1 takes box 0 and subject 2 box 1 (no

@@ -1,6 +1,6 @@
 """Tiny, random-weight, fully offline reward models, built in code (``path: tiny`` in reward args).
 
-Shapes follow the recipes in research/style_and_tiny_models.md §7 and tiny_models_more.md, with their fixes:
+Shapes follow the tiny test configurations of diffusers and transformers, with these fixes:
 eval mode on everything (dropout), ``initializer_range`` for OWLv2's heads, EOS-last CLIP tokenizers for OWL
 pooling, image-only Qwen processors (no torchvision), ``*ImageProcessorPil`` classes. Scores from these models are
 meaningless numbers; they exist so that every reward, the server and the CLI run end to end in tests and tiny
@@ -11,6 +11,8 @@ from __future__ import annotations
 import string
 
 import torch
+
+from psrl.rewards.components import imagenet_bit_processor
 
 DETECTOR_WORDS = ("a", "the", "cat", "dog", "person", "red", "blue", "car", "ball", "box", "toy", "bird", ".")
 
@@ -32,7 +34,7 @@ def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=("Yes", "No")):
 
 # ----------------------------------------------------------------------------- detectors
 def tiny_grounding_dino(words=DETECTOR_WORDS, image_size: int = 128):
-    """(model, processor). 5 queries; the 4th feature level needs >= 128 px input (gotcha G3)."""
+    """(model, processor). 5 queries; the 4th feature level needs >= 128 px input."""
     from transformers import (
         BertTokenizer,
         GroundingDinoConfig,
@@ -64,6 +66,15 @@ def tiny_grounding_dino(words=DETECTOR_WORDS, image_size: int = 128):
     return GroundingDinoForObjectDetection(config).eval(), processor
 
 
+def _clip_towers(tokenizer, image_size: int, patch_size: int, max_positions: int) -> dict:
+    """The text and vision tower configs of the CLIP family (CLIP, OWLv2): 2 layers, width 32, 4 heads."""
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    return {"text_config": {**tower, "vocab_size": len(tokenizer), "max_position_embeddings": max_positions,
+                            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                            "pad_token_id": tokenizer.pad_token_id},
+            "vision_config": {**tower, "image_size": image_size, "patch_size": patch_size}}
+
+
 def tiny_owlv2(image_size: int = 32, patch_size: int = 8):
     """(model, processor); (image_size // patch_size)**2 = 16 candidate boxes per image."""
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
@@ -73,35 +84,20 @@ def tiny_owlv2(image_size: int = 32, patch_size: int = 8):
     processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": image_size,
                                                                              "width": image_size}),
                                tokenizer=tokenizer)
-    config = Owlv2Config(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 16,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": image_size, "patch_size": patch_size, "hidden_size": 32,
-                       "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
-        projection_dim=32, initializer_range=0.02,
-    )
+    config = Owlv2Config(**_clip_towers(tokenizer, image_size, patch_size, 16), projection_dim=32,
+                         initializer_range=0.02)
     torch.manual_seed(0)
     return Owlv2ForObjectDetection(config).eval(), processor
 
 
 # ----------------------------------------------------------------------------- embedders
-def _imagenet_bit_processor(shortest_edge: int, crop: int):
-    from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
-
-    # resample 3 = PIL bicubic: the PSRBench/DreamBench DINO preprocessing (resize shorter side, centre crop)
-    return BitImageProcessorPil(size={"shortest_edge": shortest_edge}, crop_size={"height": crop, "width": crop},
-                                resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
-
-
 def tiny_dinov2():
     from transformers import Dinov2Config, Dinov2Model
 
     torch.manual_seed(0)
     model = Dinov2Model(Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=4, intermediate_size=37)).eval()
-    return model, _imagenet_bit_processor(32, 28)
+    return model, imagenet_bit_processor(32, 28)
 
 
 def tiny_dino_vit():
@@ -111,7 +107,7 @@ def tiny_dino_vit():
     torch.manual_seed(0)
     model = ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
                                image_size=32, patch_size=16), add_pooling_layer=False).eval()
-    return model, _imagenet_bit_processor(36, 32)
+    return model, imagenet_bit_processor(36, 32)
 
 
 def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 16):
@@ -124,22 +120,14 @@ def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 1
                                               crop_size={"height": image_size, "width": image_size}),
         tokenizer=tokenizer,
     )
-    config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
-                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": image_size, "patch_size": patch_size, "hidden_size": 32,
-                       "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4},
-        projection_dim=projection_dim,
-    )
+    config = CLIPConfig(**_clip_towers(tokenizer, image_size, patch_size, 77), projection_dim=projection_dim)
     torch.manual_seed(0)
     return CLIPModel(config).eval(), processor
 
 
 def tiny_aesthetic_head(dim: int = 16):
     """LAION aesthetic MLP with the same layer layout (and state-dict keys) as the released head, shrunk."""
-    from psrl.rewards.preference import LaionAestheticHead
+    from psrl.rewards.components import LaionAestheticHead
 
     torch.manual_seed(0)
     return LaionAestheticHead(dim, hidden=(8, 8, 8, 4)).eval()
@@ -171,7 +159,7 @@ def tiny_qwen2_vl_hps():
     from transformers import Qwen2VLForConditionalGeneration
 
     from psrl.models.tiny_more import tiny_qwen_vl_config
-    from psrl.rewards.hpsv3 import HPSv3Head
+    from psrl.rewards.components import HPSv3Head
 
     tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())
     config = tiny_qwen_vl_config(tokenizer, "qwen2_vl")

@@ -13,6 +13,10 @@ prompt group of each sample, ``S = len(trained_steps)``: a mode may give each tr
 step-dependent reward mixture such as Customized-GRPO's TDW; ``trained_steps`` are true denoising indices,
 ``0`` = noisiest, out of ``num_steps``). The caller guarantees every row is finite and every group in the input has
 at least two members; the mode returns unclipped advantages and :func:`compute_advantages` clips them.
+
+A mode may carry an attribute ``unscorable(rewards [N, K], weights [K]) -> list[str | None]``: per sample, why the
+mode cannot score it (a negative reward has no geometric mean), or ``None``. :func:`compute_advantages` takes such a
+sample out of its group before calling the mode, as it does a NaN reward, and logs the reason.
 """
 from __future__ import annotations
 
@@ -73,6 +77,11 @@ ADVANTAGE_MODES.register("weighted", weighted_advantages)
 ADVANTAGE_MODES.register("group_zscore", "psrl.rl.shaped_advantages:group_zscore_advantages")
 ADVANTAGE_MODES.register("log_tamed", "psrl.rl.shaped_advantages:log_tamed_advantages")
 ADVANTAGE_MODES.register("sars", "psrl.rl.shaped_advantages:sars_advantages")
+# PaCo-GRPO's aggregations (X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/paco_grpo/stat_tracking.py, config/grpo.py)
+ADVANTAGE_MODES.register("rank", "psrl.rl.shaped_advantages:rank_advantages")
+ADVANTAGE_MODES.register("per_reward_normalized", "psrl.rl.shaped_advantages:per_reward_normalized_advantages")
+ADVANTAGE_MODES.register("geometric_mean", "psrl.rl.shaped_advantages:geometric_mean_advantages")
+ADVANTAGE_MODES.register("harmonic_mean", "psrl.rl.shaped_advantages:harmonic_mean_advantages")
 
 
 def get_advantage_mode(name: str) -> AdvantageMode:
@@ -90,6 +99,28 @@ def get_advantage_mode(name: str) -> AdvantageMode:
     return fn
 
 
+def check_advantage_config(cfg: AdvantageConfig, weights, num_steps: int = 1) -> None:
+    """Fail before a run starts on what a mode would reject at its first step (unknown ``advantage.args``, reward
+    columns out of range, negative weights for a geometric mean): run the mode once on a synthetic step of two
+    groups of two samples with distinct positive rewards.
+
+    Args:
+        cfg: the ``advantage`` config.
+        weights (sequence of `float`, length `K`): the rewards' weights in config order.
+        num_steps (`int`): denoising steps of a rollout (the synthetic step trains step 0).
+
+    Raises:
+        ConfigError: naming ``advantage`` and the mode, with the mode's own reason.
+    """
+    fn = get_advantage_mode(cfg.mode)
+    w = torch.as_tensor(list(weights), dtype=torch.float32)
+    rewards = torch.arange(1.0, 5.0)[:, None] + 0.25 * torch.arange(float(w.numel()))[None, :]
+    try:
+        fn(rewards, w, torch.tensor([0, 0, 1, 1]), cfg, (0,), max(int(num_steps), 1))
+    except (ValueError, TypeError, IndexError) as e:
+        raise ConfigError(f"advantage (mode {cfg.mode!r}): {e}") from None
+
+
 @dataclass
 class AdvantageResult:
     """``advantages [N, S]`` (0 where not trained), ``trained [N]`` (False for NaN samples and skipped groups),
@@ -105,9 +136,10 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
                        mode: AdvantageMode | None = None) -> AdvantageResult:
     """Advantages of all gathered samples of one step.
 
-    A sample with a NaN (or inf) in any reward column leaves its group (counted, warned); a group left with fewer
-    than two valid samples is skipped (advantage 0, not trained). The zero-std group ratio is the share of the
-    remaining groups whose weighted reward has no spread beyond float rounding
+    A sample with a NaN (or inf) in any reward column, or one the mode's ``unscorable`` names, leaves its group
+    (counted in ``nan_samples``, warned with the reason); a group left with fewer than two valid samples is skipped
+    (advantage 0, not trained). The zero-std group ratio is the share of the remaining groups whose weighted reward
+    has no spread beyond float rounding
     (:func:`psrl.rewards.aggregate.spread_is_rounding`, the same test every mode applies: such a group's samples
     carry no signal and get advantage 0, except in ``log_tamed``'s ``raw`` compat normalisation).
 
@@ -122,7 +154,10 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
     weights = weights.float().cpu()
     group_ids = group_ids.long().cpu()
     n, num_trained = rewards.shape[0], len(trained_steps)
+    fn = mode if mode is not None else get_advantage_mode(cfg.mode)
     valid = torch.isfinite(rewards).all(dim=1)
+    mode_nan = _mode_unscorable(fn, rewards, weights, valid, cfg.mode)
+    valid &= ~mode_nan
     trained = valid.clone()
     skipped_groups = 0
     groups = torch.unique(group_ids)
@@ -132,8 +167,9 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
             trained[member] = False
             skipped_groups += 1
     num_invalid = int((~valid).sum())
-    if num_invalid:
-        logger.warning("%d of %d samples have a NaN/inf reward and leave their group", num_invalid, n)
+    if num_invalid > int(mode_nan.sum()):
+        logger.warning("%d of %d samples have a NaN/inf reward and leave their group",
+                       num_invalid - int(mode_nan.sum()), n)
     if skipped_groups:
         logger.warning("%d of %d groups have fewer than 2 valid samples and are skipped (not trained)",
                        skipped_groups, len(groups))
@@ -141,7 +177,6 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
     advantages = torch.zeros(n, num_trained)
     zero_std, group_stds = 0, []
     if bool(trained.any()):
-        fn = mode if mode is not None else get_advantage_mode(cfg.mode)
         adv = fn(rewards[trained], weights, group_ids[trained], cfg, tuple(trained_steps), num_steps)
         adv = torch.as_tensor(adv, dtype=torch.float32).cpu()
         if adv.ndim == 1:
@@ -163,6 +198,7 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
         "num_samples": float(n),
         "num_trained_samples": float(trained.sum()),
         "nan_samples": float(num_invalid),
+        "mode_nan_samples": float(mode_nan.sum()),
         "skipped_groups": float(skipped_groups),
         "zero_std_groups": float(zero_std),
         "zero_std_ratio": zero_std / num_groups_used if num_groups_used else 0.0,
@@ -172,3 +208,19 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
         else 0.0,
     }
     return AdvantageResult(advantages=advantages, trained=trained, stats=stats)
+
+
+def _mode_unscorable(fn, rewards: Tensor, weights: Tensor, valid: Tensor, name: str) -> Tensor:
+    """``[N]`` bool: the finite samples the mode's ``unscorable`` hook rejects (warned with the first reason)."""
+    hook = getattr(fn, "unscorable", None)
+    out = torch.zeros(rewards.shape[0], dtype=torch.bool)
+    if hook is None or not bool(valid.any()):
+        return out
+    reasons = hook(rewards, weights)
+    for i, why in enumerate(reasons):
+        out[i] = bool(valid[i]) and why is not None
+    if bool(out.any()):
+        first = int(torch.nonzero(out)[0])
+        logger.warning("%d of %d samples cannot be scored by advantage mode %r and leave their group (sample %d: %s)",
+                       int(out.sum()), rewards.shape[0], name, first, reasons[first])
+    return out

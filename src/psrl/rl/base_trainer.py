@@ -70,6 +70,8 @@ class BaseTrainer:
         if resume and not cfg.run.name:
             raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
         check_tracker(cfg.run.tracker)
+        if getattr(cfg.run, "push_to_hub", False):
+            _check_push(cfg.run.hub_model_id or cfg.run.name or "run")
         self.accelerator = dist.make_accelerator(args.device, args.mixed_precision)
         self.is_main = self.accelerator.is_main_process
         self.setup_data()
@@ -273,6 +275,17 @@ class BaseTrainer:
     def check_health(self, done: int, metrics: dict) -> None:
         """Called after each step is logged and saved when due; raise :class:`StepAbandoned` to end the run (the
         trainer saves step ``done`` first when it was not saved)."""
+
+
+def _check_push(repo_id: str) -> None:
+    """``run.push_to_hub`` must be able to work before hours are spent: a valid id, the Hub reachable, a token."""
+    from psrl.config import ConfigError
+    from psrl.hub import HubError, check_can_push
+
+    try:
+        check_can_push(repo_id)
+    except HubError as e:
+        raise ConfigError(f"run.push_to_hub: {e}") from None
 
 
 def _stopped_message(sig: int) -> str:

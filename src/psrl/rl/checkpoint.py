@@ -96,7 +96,10 @@ def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, defaul
     run_dir = root / name
     if is_main:
         dump_yaml(cfg, run_dir / "config.yaml")
-        info = {**environment_info(), "num_processes": num_processes}
+        from psrl.models.loading import model_source
+
+        # where the base weights came from (hub commit when known), for reproduction and the pushed model card
+        info = {**environment_info(), "num_processes": num_processes, "model": model_source(cfg.model)}
         write_json_atomic(run_dir / "env.json", info)
     dist.barrier()
     return run_dir

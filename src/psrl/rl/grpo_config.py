@@ -1,8 +1,9 @@
 """The GRPO part of a run config: optimisation, batch sizes, clipping, EMA and advantages.
 
-Every field's default follows Flow-GRPO's released configs (research notes paco_flowgrpo.md §1.4-1.9) unless the
-docstring says otherwise. Values are validated in ``__post_init__``; :func:`psrl.config.from_dict` turns the
-``ValueError`` into a :class:`~psrl.config.ConfigError` that names the section.
+Every field's default follows Flow-GRPO's released configs (arXiv 2505.05470; yifan123/flow_grpo@ac4c86e
+``config/base.py`` and ``config/grpo.py``) unless the docstring says otherwise. Values are validated in
+``__post_init__``; :func:`psrl.config.from_dict` turns the ``ValueError`` into a :class:`~psrl.config.ConfigError`
+that names the section.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class OldPolicyConfig:
     decay_type: Literal[0, 1, 2] | None = None
 
 
+# alike on purpose: typed field lists (here and in SFTTrainConfig, SamplingConfig) look alike to a scanner
 @dataclass
 class TrainConfig:
     """Optimisation and the shape of one GRPO step.
@@ -89,8 +91,14 @@ class TrainConfig:
             2509.16117; no log-probs, any sampler); see psrl.rl.loss_types.
         nft_beta: DiffusionNFT's beta, the step of the implicit positive/negative policies (PaCo default 1).
         old_policy: PaCo-GRPO's decoupled old policy.
+        async_rewards: score each rollout batch on a worker thread while the next batch is generated (the same
+            scores as sequential order; the step's reward phase then costs only what does not overlap).
         param_noise_std: Gaussian noise added to the trained weights before each step's updates (PaCo; 0 = off;
             its authors found < 0.01 harmless, larger collapses).
+        cfg_grad: the update's gradient through true CFG ``v_u + w (v_c - v_u)`` (SD3, Qwen-Image-Edit-Plus; no
+            effect on FLUX and Kontext, whose guidance is distilled): ``both`` (the true gradient of the sampling
+            policy, psrl's default) or ``cond_only`` (the unconditional branch detached, as Flow-GRPO's
+            train_sd3.py).
     """
 
     max_steps: int = 100
@@ -123,6 +131,8 @@ class TrainConfig:
     nft_beta: float = 1.0
     old_policy: OldPolicyConfig = field(default_factory=OldPolicyConfig)
     param_noise_std: float = 0.0
+    async_rewards: bool = True
+    cfg_grad: Literal["both", "cond_only"] = "both"
 
     def __post_init__(self):
         if self.nft_beta <= 0 or self.param_noise_std < 0:
@@ -159,8 +169,9 @@ class AdvantageConfig:
 
     Attributes:
         mode: a name in ``psrl.rl.advantages.ADVANTAGE_MODES`` (``weighted`` = weighted reward sum, then group
-            normalisation; ``group_zscore``, ``log_tamed``, ``sars`` live in ``psrl.rl.shaped_advantages``) or a
-            dotted ``module:function`` with the same signature.
+            normalisation; ``group_zscore``, ``log_tamed``, ``sars``, ``rank``, ``per_reward_normalized``,
+            ``geometric_mean``, ``harmonic_mean`` live in ``psrl.rl.shaped_advantages``) or a dotted
+            ``module:function`` with the same signature.
         std_mode: ``group`` (divide by each prompt group's std) or ``global`` (by the std of all gathered rewards,
             Flow-GRPO's ``global_std``). ``group_zscore`` and ``sars`` always z-score each reward within its group
             (as Customized-GRPO), so they require ``group``; ``log_tamed`` takes it as its default ``normalize``.

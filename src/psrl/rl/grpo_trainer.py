@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 import random
 import time
 from contextlib import nullcontext
@@ -20,51 +21,20 @@ import torch
 from psrl.errors import PsrlError
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.rl import distributed as dist
-from psrl.rl.advantages import compute_advantages, get_advantage_mode
+from psrl.rl.advantages import check_advantage_config, compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
 from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
 from psrl.rl.optim import clip_gradients
+from psrl.rl.reward_calls import call_reward, log_failure_reasons
 from psrl.rl.run_config import RunConfig, derive_sizes, run_records
 from psrl.rl.sampler import GroupSampler, sample_seed
-from psrl.rl.tracking import image_grid, save_image
+from psrl.images import save_image
+from psrl.rl.tracking import image_grid
 from psrl.sampling import plan_steps
 
 logger = logging.getLogger(__name__)
-
-# stats reduced over processes with min / max instead of the mean
-_MIN_STATS, _MAX_STATS = ("ratio_min",), ("ratio_max", "grad_norm_max")
-
-
-def _call_reward(reward, rollout):
-    """``(RewardOutput, None)``, or ``(None, why)`` when the reward raised or returned the wrong shape."""
-    name = getattr(reward, "name", type(reward).__name__)
-    try:
-        out = reward(rollout.images, rollout.records)
-    except torch.OutOfMemoryError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any reward bug must end the run with its name, not a traceback
-        return None, f"reward {name!r} raised {type(e).__name__}: {e}"
-    scores = getattr(out, "scores", None)
-    if not isinstance(scores, torch.Tensor) or scores.numel() != len(rollout):
-        got = scores.numel() if isinstance(scores, torch.Tensor) else type(scores).__name__
-        return None, f"reward {name!r} returned {got} scores for {len(rollout)} images"
-    return out, None
-
-
-def _log_failure_reasons(per_process: list[dict]) -> None:
-    """One warning per reward that could not score some samples this step, with the commonest reasons whole (a
-    failure rate alone does not say what to fix)."""
-    merged: dict[str, Counter] = {}
-    for reasons in per_process:
-        for name, counts in reasons.items():
-            merged.setdefault(name, Counter()).update(counts)
-    for name, counts in merged.items():
-        if counts:
-            top = "; ".join(f"{n} x {why}" for why, n in counts.most_common(3))
-            more = f"; and {len(counts) - 3} other reason(s)" if len(counts) > 3 else ""
-            logger.warning("reward %r could not score %d sample(s): %s%s", name, sum(counts.values()), top, more)
 
 
 def oom_advice(cfg: RunConfig, phase: str) -> str:
@@ -102,11 +72,13 @@ class GRPOTrainer(BaseTrainer):
         cfg = self.cfg
         self.sizes = derive_sizes(cfg.train, self.accelerator.num_processes)
         self.advantage_mode = get_advantage_mode(cfg.advantage.mode)
+        check_advantage_config(cfg.advantage, [r.weight for r in cfg.rewards], cfg.sampling.num_steps)
         self.records = run_records(cfg, "data")
         self.eval_records = run_records(cfg, "eval") if cfg.eval.every else []
 
     def setup_policy(self) -> None:
         cfg, policy = self.cfg, self.policy
+        policy.cfg_grad = cfg.train.cfg_grad  # read by the true-CFG policies (SD3, Qwen-Image-Edit-Plus) only
         check_sampling_size(policy, cfg.sampling, "sampling.height/width")
         if self.eval_records:
             check_sampling_size(policy, self._eval_sampling(), "eval.height/width/resolution")
@@ -189,12 +161,10 @@ class GRPOTrainer(BaseTrainer):
             t0 = time.perf_counter()
             assignment = self.sampler.assign(step)
             sampling, trained_steps = self._step_sampling(step)
-            rollouts = self._rollout(step, assignment, sampling, trained_steps)
-            t1 = time.perf_counter()
-            self.stop_point()  # nothing has changed the weights yet: a stop here abandons the step
-            phase = "reward"
-            local_rewards, failures = self._score(rollouts)
+            rollouts, local_rewards, failures, reward_busy, t1 = self._rollout_and_score(
+                step, assignment, sampling, trained_steps)
             t2 = time.perf_counter()
+            phase = "reward"
             self.stop_point()
             phase = "train"
             all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
@@ -215,7 +185,7 @@ class GRPOTrainer(BaseTrainer):
         metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
         metrics.update(train_stats)
         metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2,
-                        "time/step": t3 - t0})
+                        "time/step": t3 - t0, "time/reward_busy": reward_busy})
         if self.cfg.run.dump_rank_data:
             self._dump_weights(step)
         return metrics
@@ -238,8 +208,29 @@ class GRPOTrainer(BaseTrainer):
             plan = plan_steps(s.num_steps, "list", steps=chosen)
         return s, plan.trained
 
+    def _rollout_and_score(self, step: int, assignment, sampling, trained_steps):
+        """Roll out the step's batches and score them. With ``train.async_rewards`` each batch is scored on a worker
+        thread while the next one is generated (the rewards' and the policy's kernels release the GIL); the scores
+        are the same as in sequential order, since each batch's images and records are fixed before it is handed
+        over. Returns ``(rollouts, rewards [n_local, K], failures [K], reward_busy_s, t_rollouts_done)``."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix="psrl-rewards") if self.cfg.train.async_rewards else None
+        pending: list = []
+        try:
+            rollouts = self._rollout(step, assignment, sampling, trained_steps,
+                                     on_batch=(lambda r: pending.append(pool.submit(self._score_batch, r)))
+                                     if pool is not None else None)
+            t_rollouts = time.perf_counter()
+            self.stop_point()  # nothing has changed the weights yet: a stop here abandons the step
+            results = [f.result() for f in pending] if pool is not None else \
+                [self._score_batch(r) for r in rollouts]
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+        rewards, failures = self._combine_scores(results)
+        return rollouts, rewards, failures, sum(r["seconds"] for r in results), t_rollouts
+
     @torch.no_grad()
-    def _rollout(self, step: int, assignment, sampling, trained_steps):
+    def _rollout(self, step: int, assignment, sampling, trained_steps, on_batch=None):
         self.policy.train(False)
         bs = self.cfg.train.sample_batch_size
         indices, seeds = assignment.local_record_indices, assignment.local_sample_seeds
@@ -260,34 +251,45 @@ class GRPOTrainer(BaseTrainer):
                 raise PsrlError(f"the policy trained steps {rollout.trained_steps}, the trainer planned "
                                 f"{trained_steps}; the policy must follow sampling.train_steps")
             rollouts.append(rollout)
+            if on_batch is not None:
+                on_batch(rollout)
         return rollouts
 
-    def _score(self, rollouts):
-        """``[n_local, K]`` rewards (NaN = unscorable) and per-reward failure counts. A reward that raises or
-        returns the wrong number of scores ends the run cleanly (the step is abandoned before any update, the
-        checkpoint saved), naming the reward and what it did; all processes agree before anyone stops."""
-        columns, failures, error = [], [], None
-        reasons: dict[str, Counter] = {}
+    @torch.no_grad()
+    def _score_batch(self, rollout) -> dict:
+        """Every reward on one rollout batch: ``{scores: [K tensors [b]], failed: [K], reasons, error, seconds}``;
+        stops at the first reward that raises or returns the wrong shape (``error`` names it)."""
+        t0 = time.perf_counter()
+        out = {"scores": [], "failed": [], "reasons": {}, "error": None}
         for reward in self.rewards:
-            scores, failed = [], 0
-            for r in rollouts:
-                out, error = _call_reward(reward, r)
-                if error is not None:
-                    break
-                scores.append(out.scores.float().cpu().reshape(-1))
-                why = [f for f in out.failures if f is not None]
-                failed += len(why)
-                reasons.setdefault(reward.name, Counter()).update(str(f) for f in why)
+            result, error = call_reward(reward, rollout)
             if error is not None:
+                out["error"] = error
                 break
-            columns.append(torch.cat(scores))
-            failures.append(failed)
+            why = [f for f in result.failures if f is not None]
+            out["scores"].append(result.scores.float().cpu().reshape(-1))
+            out["failed"].append(len(why))
+            out["reasons"][reward.name] = Counter(str(f) for f in why)
+        out["seconds"] = time.perf_counter() - t0
+        return out
+
+    def _combine_scores(self, results: list[dict]):
+        """``[n_local, K]`` rewards (NaN = unscorable) and per-reward failure counts from the batches' results. A
+        reward that raised or returned the wrong number of scores on any process ends the run cleanly (the step is
+        abandoned before any update, the checkpoint saved), naming the reward and what it did."""
+        error = next((r["error"] for r in results if r["error"] is not None), None)
+        reasons: dict[str, Counter] = {}
+        for r in results:
+            for name, counts in r["reasons"].items():
+                reasons.setdefault(name, Counter()).update(counts)
         gathered = dist.gather_objects((error, reasons))
         errors = [e for e, _ in gathered if e is not None]
         if errors:
             raise StepAbandoned(errors[0], 1)
         if self.is_main:
-            _log_failure_reasons([r for _, r in gathered])
+            log_failure_reasons([r for _, r in gathered])
+        columns = [torch.cat([r["scores"][k] for r in results]) for k in range(len(self.rewards))]
+        failures = [sum(r["failed"][k] for r in results) for k in range(len(self.rewards))]
         return torch.stack(columns, dim=1), torch.tensor(failures, dtype=torch.float32)
 
     def _reward_metrics(self, all_rewards, local_failures) -> dict:

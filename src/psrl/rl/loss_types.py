@@ -40,6 +40,15 @@ def _old_weights(ctx: LossContext):
     return ctx.old_policy.swapped_in() if ctx.old_policy is not None else nullcontext()
 
 
+def _reference_mean(ctx: LossContext, batch, step: int) -> Tensor | None:
+    """The step's mean under the reference (LoRA disabled) for the KL term; ``None`` when ``beta`` is 0 (no pass).
+    Call inside ``no_grad``."""
+    if ctx.train.beta <= 0:
+        return None
+    with ctx.policy.disable_lora():
+        return ctx.policy.log_prob(batch, step).mean
+
+
 def ppo_step(ctx: LossContext, batch, adv: Tensor, step: int, seed: int) -> LossOutput:
     """PPO-clip; the old log-prob is the rollout's, or recomputed with the old weights when an old policy is kept
     (then in the training micro-batch's shapes, so the first ratio of a step is exactly 1)."""
@@ -50,10 +59,7 @@ def ppo_step(ctx: LossContext, batch, adv: Tensor, step: int, seed: int) -> Loss
                 old_lp = policy.log_prob(batch, step).log_prob
         else:
             old_lp = batch.log_probs[:, step].to(adv.device)
-        ref_mean = None
-        if t.beta > 0:
-            with policy.disable_lora():
-                ref_mean = policy.log_prob(batch, step).mean
+        ref_mean = _reference_mean(ctx, batch, step)
     with ctx.autocast():
         new = policy.log_prob(batch, step)
     return grpo_loss(new.log_prob, old_lp, adv, t.clip_range, beta=t.beta, mean=new.mean, ref_mean=ref_mean,
@@ -65,10 +71,7 @@ def guard_step(ctx: LossContext, batch, adv: Tensor, step: int, seed: int) -> Lo
     with torch.no_grad(), ctx.autocast():
         with _old_weights(ctx):
             old = policy.log_prob(batch, step)
-        ref_mean = None
-        if t.beta > 0:
-            with policy.disable_lora():
-                ref_mean = policy.log_prob(batch, step).mean
+        ref_mean = _reference_mean(ctx, batch, step)
     with ctx.autocast():
         new = policy.log_prob(batch, step)
     reduce = batch.meta["sampling"].log_prob_reduce if "sampling" in batch.meta else "mean"

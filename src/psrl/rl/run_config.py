@@ -23,7 +23,7 @@ import yaml
 
 from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
 from psrl.data.records import Record, load_records, misplaced_data_root, records_root
-from psrl.models.base import SamplingConfig
+from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
 
@@ -119,6 +119,10 @@ class RunSection:
         tracker: metrics always go to metrics.jsonl; tensorboard or wandb log there as well.
         wandb_project: the W&B project.
         dump_rank_data: write every process's view of each step to rank_data/ (to check a distributed run).
+        push_to_hub: upload the final LoRA with a model card when the run finishes (as psrl push; the token from
+            HF_TOKEN or hf auth login, checked before the run starts).
+        hub_model_id: the Hub repository (org/name; default: the run's name in the token's namespace).
+        hub_private_repo: create the repository private.
     """
 
     name: str | None = None
@@ -126,8 +130,18 @@ class RunSection:
     tracker: Literal["jsonl", "tensorboard", "wandb"] = "jsonl"
     wandb_project: str = "psrl"
     dump_rank_data: bool = False
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private_repo: bool = False
 
     def __post_init__(self):
+        if self.hub_model_id is not None:
+            from psrl.hub import HubError, check_repo_id
+
+            try:
+                check_repo_id(self.hub_model_id)
+            except HubError as e:
+                raise ValueError(f"run.hub_model_id: {e}") from None
         if self.name is not None and (not self.name or "/" in self.name or self.name in (".", "..")):
             raise ValueError(f"run.name must be a plain folder name, got {self.name!r}")
 

@@ -7,10 +7,11 @@ are computed on the gathered rewards with the global ``group_ids``.
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
+
+from psrl.seeding import stable_seed
 
 
 @dataclass(frozen=True)
@@ -41,8 +42,7 @@ class StepAssignment:
 def sample_seed(seed: int, step: int, index: int, salt: str = "rollout") -> int:
     """A 63-bit seed from ``(seed, step, index)``: independent of batch split and process count, so a resumed or
     re-sharded run draws exactly the same noise."""
-    digest = hashlib.sha256(f"{salt}:{seed}:{step}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return stable_seed(salt, seed, step, index)
 
 
 class GroupSampler:

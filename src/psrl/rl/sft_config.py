@@ -8,7 +8,8 @@ Layout::
     run:   {name, output_dir, tracker, wandb_project}
 
 The run directory, checkpoints (``checkpoints/step-N/lora`` in the diffusers format, usable as a GRPO run's
-``model.lora.path``), ``metrics.jsonl`` and ``--resume`` work exactly as for ``psrl train``.
+``model.lora.fuse`` of PSR's stage 2, or its ``model.lora.path`` when rank and alpha match), ``metrics.jsonl`` and
+``--resume`` work exactly as for ``psrl train``.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from psrl.rl.run_config import DataConfig, RunSection
 
 
 
+# alike on purpose: the knobs BaseTrainer reads keep the names of TrainConfig's (one vocabulary in train: and sft:),
+# with this stage's own defaults and docs
 @dataclass
 class SFTTrainConfig:
     """Optimisation of the SFT stage.

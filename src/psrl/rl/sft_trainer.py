@@ -5,7 +5,7 @@ every process, each process taking its slice), loads their target images (and, f
 policies, their references, through the policy), draws one noise level per sample from the configured density and
 minimises :meth:`Policy.flow_matching_loss`. Checkpoints, resume, tracking and distribution reuse the GRPO
 machinery (:mod:`psrl.rl.checkpoint`, :mod:`psrl.rl.tracking`, :mod:`psrl.rl.distributed`), so an SFT
-checkpoint's ``lora/`` folder is a valid ``model.lora.path`` for a GRPO run.
+checkpoint's ``lora/`` folder is what PSR's stage 2 fuses under its GRPO LoRA (``model.lora.fuse``).
 """
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
 
 from psrl.data.records import Record, RecordError
 from psrl.errors import PsrlError
-from psrl.images import ImageLoadError, load_image
-from psrl.models.base import SamplingConfig
+from psrl.images import ImageLoadError, load_image, pil_to_tensor
+from psrl.sampling import SamplingConfig
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.rl import distributed as dist
 from psrl.rl.base_trainer import BaseTrainer
@@ -83,8 +82,7 @@ def load_target(record: Record, height: int, width: int) -> Tensor:
         img = img.resize((rw, rh), resample=Image.LANCZOS)
     left, top = (rw - width) // 2, (rh - height) // 2
     img = img.crop((left, top, left + width, top + height))
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    return pil_to_tensor(img)
 
 
 # ----------------------------------------------------------------------------- trainer

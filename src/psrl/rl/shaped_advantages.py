@@ -16,13 +16,31 @@ trained_steps, num_steps) -> [N, S]`` and is a thin adapter over the pure functi
     denoising index; false: the config weights of the two columns); ``tdw_compat_loop_counter`` (false; true
     evaluates TDW at the position in ``trained_steps`` like the released code); ``unbiased`` (true).
     Further reward columns, if any, are added as ``w_k * zscore(r_k)``.
+
+PaCo-GRPO's aggregations (X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/paco_grpo/stat_tracking.py, config/grpo.py):
+
+``rank`` (PaCo's 'rank-grpo')
+    each reward replaced by its within-group rank / (n - 1) (ties averaged, rounding-level differences are ties),
+    then exactly ``weighted``: ``advantage.std_mode`` and ``advantage.eps`` apply. No options.
+``per_reward_normalized`` (PaCo's ``weighted_advantage_sum``)
+    ``sum_k w_k (r_k - mean_group) / max(std_k, eps)``, ``std_k`` the group's (``std_mode: group``) or all samples'
+    (``global``, PaCo's default) population std of reward k. ``eps`` (std floor, default 1e-6 as PaCo).
+``geometric_mean`` / ``harmonic_mean``
+    the weighted geometric / harmonic mean across rewards (scipy ``gmean`` / ``hmean`` with the reward weights;
+    weights must be >= 0), then group-normalised exactly as ``weighted`` (``std_mode``, ``eps``). ``normalize``:
+    ``group`` (default) or ``raw`` (compat: PaCo's released functions return the mean itself as the advantage, not
+    group-relative and never negative, so a zero-std group still moves the policy). A sample with a negative reward
+    has no mean: it leaves its group with the reason logged (the mode's ``unscorable``), like a NaN reward.
 """
 from __future__ import annotations
+
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from psrl.rewards import aggregate
+from psrl.rl.advantages import group_normalize, weighted_advantages
 
 _SARS_KEYS = {"identity", "prompt", "gamma", "tdw", "tdw_compat_loop_counter", "unbiased"}
 
@@ -78,6 +96,50 @@ def sars_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg, tr
             w_id, w_p = float(weights[i_id]), float(weights[i_p])
         cols.append(aggregate.sars(z[:, i_id], z[:, i_p], gamma, w_id, w_p, clip=cfg.clip) + extra)
     return torch.stack(cols, dim=1) if cols else torch.zeros(rewards.shape[0], 0)
+
+
+def rank_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg, trained_steps: tuple[int, ...],
+                    num_steps: int) -> Tensor:
+    _args(cfg, set(), "rank")
+    return weighted_advantages(aggregate.group_rank(rewards, group_ids), weights, group_ids, cfg, trained_steps,
+                               num_steps)
+
+
+def per_reward_normalized_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
+                                     trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
+    args = _args(cfg, {"eps"}, "per_reward_normalized")
+    adv = aggregate.per_reward_normalized(rewards, weights, group_ids, global_std=cfg.std_mode == "global",
+                                          std_floor=float(args.get("eps", 1e-6)))
+    return _per_step(adv, trained_steps)
+
+
+def _mean_advantages(mean, rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg, trained_steps: tuple[int, ...],
+                     mode: str) -> Tensor:
+    normalize = _args(cfg, {"normalize"}, mode).get("normalize", "group")
+    if normalize not in ("group", "raw"):
+        raise ValueError(f"advantage.args.normalize for mode {mode!r} must be 'group' or 'raw', got {normalize!r}")
+    if normalize == "raw" and cfg.std_mode == "global":
+        raise ValueError(f"advantage.std_mode: global has no effect with mode {mode!r} and normalize: raw (the mean "
+                         f"itself is the advantage); set std_mode: group")
+    m = mean(rewards, weights)
+    return _per_step(m if normalize == "raw" else group_normalize(m, group_ids, cfg.std_mode, cfg.eps), trained_steps)
+
+
+def geometric_mean_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
+                              trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
+    return _mean_advantages(aggregate.geometric_mean, rewards, weights, group_ids, cfg, trained_steps,
+                            "geometric_mean")
+
+
+def harmonic_mean_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
+                             trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
+    return _mean_advantages(aggregate.harmonic_mean, rewards, weights, group_ids, cfg, trained_steps,
+                            "harmonic_mean")
+
+
+# the samples these modes cannot score (a negative reward has no geometric/harmonic mean); see compute_advantages
+geometric_mean_advantages.unscorable = partial(aggregate.mean_failures, kind="geometric")
+harmonic_mean_advantages.unscorable = partial(aggregate.mean_failures, kind="harmonic")
 
 
 # The names the rewards issue asked for; the trainer registers the *_advantages names.

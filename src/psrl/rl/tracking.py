@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -165,15 +164,3 @@ def image_grid(images: Tensor, ncols: int | None = None) -> Tensor:
         r, col = divmod(i, ncols)
         grid[:, r * h:(r + 1) * h, col * w:(col + 1) * w] = images[i]
     return grid
-
-
-def save_image(image: Tensor, path: str | Path) -> None:
-    """Write ``[3, H, W]`` in [0, 1] as PNG atomically."""
-    from PIL import Image
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG")
-    os.replace(tmp, path)

@@ -26,7 +26,7 @@ from fastapi import Request  # module level: FastAPI resolves the (postponed) an
 
 from psrl.data.records import Record, RecordError, resolve_records
 from psrl.rewards.base import RewardOutput, build_reward
-from psrl.rewards.images import pil_to_tensor
+from psrl.images import pil_to_tensor
 from psrl.serve.config import ServedReward, ServerConfig, check_bind, is_loopback, load_server_config, url_host
 from psrl.serve.wire import TooLarge, decode_png, join_outputs, output_to_json, slice_output
 

@@ -1,11 +1,12 @@
 """Judge prompts and the rubric score parser.
 
-PSRBench rubric prompts (research/psr.md §4.2): sent as Python triple-quoted strings, so the text starts with a
+PSRBench rubric prompts (wang-shulei/PSR@c719168 ``eval/semantic-alignment/*-alignment.py``): sent as Python triple-quoted strings, so the text starts with a
 newline, every line is indented by 8 spaces and it ends with a newline and the 8 spaces before the closing quotes;
 "{}" receives the full instruction. Trailing spaces inside lines are kept as published. Complex, Three and
 Four share one prompt. Checked character for character against wang-shulei/PSR (commit 154df4e,
 ``eval/semantic-alignment/*-alignment.py``); tests/test_rewards_vlm.py pins their SHA-256. PaCo-Reward prompts:
-paco_flowgrpo.md §2.3.
+X-GenGroup/PaCo-RL@08caac6 ``PaCo-GRPO/paco_grpo/rewards/consistency_scorer.py`` (template version 1) and
+``consistency_for_editing.py``.
 """
 from __future__ import annotations
 

@@ -13,13 +13,10 @@ batch) is retried one request at a time (:func:`psrl.rewards.isolation.per_item`
 """
 from __future__ import annotations
 
-import base64
-import io
 import logging
 import math
 import os
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,9 +25,11 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+from psrl.chat import ChatClient, ChatError, image_data_url, message_text
 from psrl.errors import ModelLoadError
 from psrl.rewards.isolation import Failed, describe, per_item
-from psrl.rewards.loading import TINY, check_tokenizer, load_pretrained, resolve_dtype
+from psrl.models.loading import check_tokenizer
+from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -89,14 +88,14 @@ def _load_hf_vlm(path: str, dtype):
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    check_tokenizer(tokenizer, path, "vlm judge")
+    check_tokenizer(tokenizer, f"{path} (vlm judge)")
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype)
     try:
         from transformers import AutoProcessor
 
         processor = AutoProcessor.from_pretrained(path)
     except (OSError, ValueError, AttributeError, ImportError, TypeError) as e:
-        # Qwen2(.5)-VL processors need torchvision for their video processor (research gotcha Q2)
+        # Qwen2(.5)-VL processors need torchvision for their video processor
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         from psrl.models.qwen_processor import image_only_processor_class
@@ -199,34 +198,25 @@ def parse_first_token(data: dict) -> FirstToken | Failed:
     return FirstToken(d, top_k=bool(tops))
 
 
-def image_data_url(img: Image.Image, fmt: str = "png") -> str:
-    buf = io.BytesIO()
-    img.convert("RGB").save(buf, format="JPEG" if fmt.lower() in ("jpg", "jpeg") else "PNG")
-    mime = "jpeg" if fmt.lower() in ("jpg", "jpeg") else "png"
-    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
 class RemoteTransport:
-    """OpenAI-compatible ``POST {url}/chat/completions`` with images as base64 data URLs, ``logprobs`` +
-    ``top_logprobs`` for the first token, per-request timeout, retries with exponential backoff on connection
-    errors, timeouts, 429 and 5xx. Requests of a batch run concurrently (``max_concurrency`` threads)."""
+    """OpenAI-compatible ``POST {url}/chat/completions`` through :class:`psrl.chat.ChatClient` (per-request
+    timeout, retries with exponential backoff on connection errors, timeouts, 429 and 5xx), images as base64 data
+    URLs, ``logprobs`` + ``top_logprobs`` for the first token. Requests of a batch run concurrently
+    (``max_concurrency`` threads); a request that fails is :class:`Failed` with the client's reason."""
 
     def __init__(self, url: str, *, model: str = "default", api_key: str | None = None, api_key_env: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 1.0, max_concurrency: int = 8,
                  image_format: str = "png", top_logprobs: int = 20):
-        import httpx
-
         if not url:
             raise ValueError("remote vlm judge: 'url' is required (e.g. http://127.0.0.1:8000/v1)")
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env)
             if api_key is None:
                 raise ValueError(f"remote vlm judge: environment variable {api_key_env!r} is not set")
-        self.url = url.rstrip("/") + "/chat/completions"
-        self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
+        self.chat = ChatClient(url, model=model, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff,
+                               what="judge endpoint")
+        self.url, self.model = self.chat.url, model
         self.image_format, self.top_logprobs, self.max_concurrency = image_format, top_logprobs, max_concurrency
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.client = httpx.Client(timeout=timeout, headers=headers)
 
     def _messages(self, r: JudgeRequest) -> list[dict]:
         content = [{"type": "image_url", "image_url": {"url": image_data_url(im, self.image_format)}}
@@ -234,33 +224,10 @@ class RemoteTransport:
         return [{"role": "user", "content": content + [{"type": "text", "text": r.text}]}]
 
     def _post(self, body: dict) -> dict | Failed:
-        import httpx
-
-        last = "no attempt"
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                resp = self.client.post(self.url, json=body)
-            except httpx.TimeoutException as e:
-                last = f"judge endpoint timed out after {self.timeout}s ({type(e).__name__})"
-                continue
-            except httpx.TransportError as e:
-                last = f"judge endpoint unreachable at {self.url} ({type(e).__name__}: {e})"
-                continue
-            if resp.status_code == 429 or resp.status_code >= 500:
-                last = f"judge endpoint returned HTTP {resp.status_code}: {resp.text[:200]}"
-                continue
-            if resp.status_code != 200:
-                return Failed(f"judge endpoint returned HTTP {resp.status_code}: {resp.text[:200]}")
-            try:
-                data = resp.json()
-            except ValueError:
-                return Failed(f"judge reply is not JSON: {resp.text[:200]!r}")
-            if not isinstance(data, dict):
-                return Failed(f"judge reply is not a JSON object: {str(data)[:200]!r}")
-            return data
-        return Failed(f"{last} (after {self.retries + 1} attempts)")
+        try:
+            return self.chat.post(body)
+        except ChatError as e:
+            return Failed(str(e))
 
     def _map(self, fn, items):
         def safe(x):  # a request that cannot even be built (an image that fails to encode) fails alone
@@ -293,12 +260,9 @@ class RemoteTransport:
             if isinstance(data, Failed):
                 return data
             try:
-                text = data["choices"][0]["message"]["content"]
-            except (KeyError, IndexError, TypeError) as e:
-                return Failed(f"judge reply has no message content ({type(e).__name__}): {str(data)[:200]!r}")
-            if not isinstance(text, str):
-                return Failed(f"judge reply content is not text: {str(text)[:200]!r}")
-            return text
+                return message_text(data, "judge reply")
+            except ChatError as e:
+                return Failed(str(e))
 
         return self._map(one, list(requests))
 

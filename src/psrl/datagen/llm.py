@@ -1,0 +1,55 @@
+"""The data pipeline's chat endpoints (a :class:`psrl.chat.ChatClient` per stage config) and the strict reply parsing
+the prompt and instruction stages share.
+
+Strictness, as for the VLM judge: a reply is used only when it has the requested ``[Tag]: text`` field and the text
+names every subject; otherwise the sample is rejected with the reason and the raw reply is kept. Nothing is ever
+filled in with a default.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from psrl.chat import ChatClient, image_data_url
+from psrl.datagen.config import EndpointConfig
+from psrl.images import load_image
+
+
+def endpoint_client(cfg: EndpointConfig, *, backoff: float = 1.0) -> ChatClient:
+    """The chat client of a stage's endpoint config: its url, model, timeout, retries, ``temperature`` and
+    ``max_tokens``; the key from the environment variable ``cfg.api_key_env`` when it is set (a local server
+    needs none)."""
+    key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+    return ChatClient(cfg.url, model=cfg.model, api_key=key, timeout=cfg.timeout_s, retries=cfg.retries,
+                      backoff=backoff, what="llm endpoint",
+                      defaults={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens})
+
+
+def image_part(path: str | Path) -> dict:
+    """An ``image_url`` content part carrying the file (decoded by :func:`psrl.images.load_image`) as a PNG."""
+    return {"type": "image_url", "image_url": {"url": image_data_url(load_image(path))}}
+
+
+def parse_tagged(reply: str, tag: str) -> str | None:
+    """The text after ``[tag]:`` up to the next ``[Word]:`` tag or the end, whitespace-collapsed; ``None`` when the
+    tag is absent or empty. Markdown emphasis around the tag (``**[Prompt]:**``) is tolerated."""
+    m = re.search(rf"\[{re.escape(tag)}\]\s*\**\s*:\s*\**(.*?)(?=\n\s*\**\[[A-Za-z ]+\]\s*\**\s*:|\Z)", reply,
+                  flags=re.DOTALL | re.IGNORECASE)
+    if not m:
+        return None
+    text = " ".join(m.group(1).split()).strip().strip('"').strip()
+    return text or None
+
+
+def mentions(text: str, phrase: str) -> bool:
+    """Whether ``text`` names ``phrase`` as whole words (case-insensitive; a plural ``s``/``es`` is accepted)."""
+    words = r"\s+".join(re.escape(w) for w in phrase.lower().split())
+    return re.search(rf"(?<![a-z0-9]){words}(?:e?s)?(?![a-z0-9])", text.lower()) is not None
+
+
+def missing_phrases(text: str, phrases: list[str]) -> list[str]:
+    return [p for p in phrases if not mentions(text, p)]
+
+
+__all__ = ["endpoint_client", "image_part", "mentions", "missing_phrases", "parse_tagged"]

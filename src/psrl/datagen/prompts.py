@@ -1,0 +1,87 @@
+"""Stage 2, ``prompts``: a multi-subject text-to-image prompt per sample.
+
+Templates (default) fill a per-task sentence from :mod:`psrl.datagen.templates` and record the slots (scene,
+attributes, actions, relation) so the instruction stage can reuse them. With ``prompts.llm.url`` an
+OpenAI-compatible LLM writes the prompt instead; its reply must contain ``[Prompt]: ...`` naming every subject, or
+the sample is rejected (``llm_unparsable``, ``llm_missing_subject``, ``llm_error``) with the raw reply kept.
+"""
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+from psrl.chat import ChatClient, ChatError
+from psrl.datagen import templates
+from psrl.datagen.config import DataPipelineConfig
+from psrl.datagen.llm import endpoint_client, missing_phrases, parse_tagged
+from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.seeding import stable_seed
+
+TASK_GUIDANCE = {
+    "Attribute": "give each subject a distinct accessory or attribute (what it wears or carries)",
+    "Action": "give each subject a distinct action or pose",
+    "Background": "place the subjects in a specific, richly described background",
+    "Position": "state one clear spatial relation between the first two subjects (to the left of, to the right of, "
+                "above or below)",
+    "Complex": "write a long prompt that combines a detailed background, actions and small scene details",
+    "Three": "show all subjects together in one described scene",
+    "Four": "show all subjects together in one described scene",
+}
+
+
+def llm_request(task: str, phrases: list[str]) -> str:
+    listed = "; ".join(phrases)
+    return (f"Write one prompt for a text-to-image model that shows exactly these {len(phrases)} subjects together "
+            f"in a single photo-realistic scene: {listed}.\nTask: {TASK_GUIDANCE[task]}.\n"
+            "Name every subject with exactly the words given. Each subject must be clearly visible and separate "
+            "from the others.\nReply with one line in the format:\n[Prompt]: <the prompt>")
+
+
+def parse_llm_prompt(reply: str, phrases: list[str]) -> tuple[str | None, str | None, str]:
+    """``(prompt, None, "")`` when the reply is usable, else ``(None, reason, detail)``."""
+    prompt = parse_tagged(reply, "Prompt")
+    if prompt is None:
+        return None, "llm_unparsable", "no '[Prompt]: ...' field in the reply"
+    missing = missing_phrases(prompt, phrases)
+    if missing:
+        return None, "llm_missing_subject", f"the prompt does not name {missing}"
+    return prompt, None, ""
+
+
+class PromptsStage(BaseStage):
+    name = "prompts"
+    input_stage = "subjects"
+
+    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
+    def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None, client: ChatClient | None = None):
+        super().__init__(cfg, dataset, device)
+        self.llm_cfg = cfg.prompts.llm
+        self.client = client
+        self.batch_size = self.llm_cfg.concurrency if self.llm_cfg.url else 256
+
+    def setup(self) -> None:
+        if self.llm_cfg.url and self.client is None:
+            self.client = endpoint_client(self.llm_cfg)
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        if not self.llm_cfg.url:
+            return [self._template(e) for e in batch]
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            return list(pool.map(self._llm, batch))
+
+    def _template(self, e: dict) -> dict:
+        rng = random.Random(stable_seed(e["seed"], "prompts", bits=31))
+        slots = templates.draw_slots(e["task"], e["phrases"], rng)
+        return kept(e, prompt=templates.t2i_prompt(e["task"], e["phrases"], slots), prompt_source="template",
+                    slots=slots)
+
+    def _llm(self, e: dict) -> dict:
+        try:
+            reply = self.client.complete(llm_request(e["task"], e["phrases"]))
+        except ChatError as err:
+            return rejected(e, "llm_error", str(err))
+        prompt, reason, detail = parse_llm_prompt(reply, e["phrases"])
+        if reason:
+            return rejected(e, reason, detail, raw_reply=reply[:2000])
+        # no template slots: the template instruction path then works from the prompt text itself
+        return kept(e, prompt=prompt, prompt_source="llm", slots={})

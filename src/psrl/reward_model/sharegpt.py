@@ -1,0 +1,139 @@
+"""Pairwise examples in the ShareGPT-style JSON of LLaMA-Factory, the format of the released PaCo-Dataset.
+
+An item (LLaMA-Factory ``data/README.md``, "sharegpt" multimodal format; the ``mllm_demo`` entry of
+``data/dataset_info.json`` at X-GenGroup/PaCo-RL@08caac6 ``PaCo-Reward/LLaMA-Factory/``)::
+
+    {"messages": [{"role": "user", "content": "<image><image>Do the two images ...?"},
+                  {"role": "assistant", "content": "Yes. ..."}],
+     "images": ["images/a.png", "images/b.png"]}
+
+``conversations`` with ``from`` / ``value`` (``human`` / ``gpt``) is read too. Image paths are relative to the JSON
+file's folder (LLaMA-Factory's ``dataset_dir``). A pairwise example is one user turn holding exactly two ``<image>``
+placeholders, with two images, and one assistant reply starting with Yes or No; the placeholders are dropped from
+the text and the images are shown before it (how psrl's judge and PaCo's scorer send them). Anything else (several
+turns, a system prompt the judge would not send at scoring time, a reply that is not Yes/No first, absolute image
+paths) is a problem naming the file and the item.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from psrl.data.records import RecordError
+from psrl.reward_model.pairs import PairExample, answer_of
+
+IMAGE_PLACEHOLDER = "<image>"
+_ROLE_KEYS = (("messages", "role", "content", "user", "assistant"), ("conversations", "from", "value", "human", "gpt"))
+
+
+def _load_items(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
+    """``[(where, item)]`` from a JSON array, or from JSONL (one item per line)."""
+    text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        data = None
+    if isinstance(data, list):
+        return [(f"{path}: item {i}", item) for i, item in enumerate(data)], []
+    if isinstance(data, dict):
+        raise RecordError(f"{path}: expected a JSON array of items (or JSONL), got one object")
+    items, problems = [], []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            items.append((f"{path}:{lineno}", json.loads(line)))
+        except json.JSONDecodeError as e:
+            problems.append(f"{path}:{lineno}: not valid JSON ({e})")
+    return items, problems
+
+
+def example_from_sharegpt(item, where: str, index: int, stem: str = "item") -> tuple[PairExample | None, str | None]:
+    """One ShareGPT item -> ``(example, None)`` or ``(None, problem)``; the id is the item's ``id``, else
+    ``<stem>-<index>`` (the file's stem, so two files' items never share an id)."""
+    if not isinstance(item, dict):
+        return None, f"{where}: expected a JSON object, got {type(item).__name__}"
+    for key, role_k, content_k, user, assistant in _ROLE_KEYS:
+        if key in item:
+            turns = item[key]
+            break
+    else:
+        return None, f"{where}: no 'messages' or 'conversations' list"
+    if isinstance(item.get("system"), str) and item["system"].strip():
+        return None, f"{where}: has a system prompt; psrl's judge sends none when it scores"
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        return None, f"{where}: '{key}' must be a list of objects"
+    roles = [t.get(role_k) for t in turns]
+    if roles != [user, assistant]:
+        return None, (f"{where}: a pairwise example is one {user!r} turn then one {assistant!r} reply, got roles "
+                      f"{roles}")
+    question, reply = turns[0].get(content_k), turns[1].get(content_k)
+    if not isinstance(question, str) or not isinstance(reply, str):
+        return None, f"{where}: turn contents must be strings"
+    images = item.get("images")
+    if question.count(IMAGE_PLACEHOLDER) != 2 or not isinstance(images, list) or len(images) != 2:
+        n = len(images) if isinstance(images, list) else images
+        return None, (f"{where}: needs exactly 2 {IMAGE_PLACEHOLDER} placeholders and 2 images, got "
+                      f"{question.count(IMAGE_PLACEHOLDER)} and {n}")
+    if not all(isinstance(p, str) and p and not Path(p).is_absolute() for p in images):
+        return None, f"{where}: image paths must be relative to the JSON file's folder, got {images}"
+    reply = reply.strip()
+    if answer_of(reply) is None:
+        return None, f"{where}: the reply must start with Yes or No, got {reply[:60]!r}"
+    prompt = question.replace(IMAGE_PLACEHOLDER, "").strip()
+    if not prompt:
+        return None, f"{where}: the user turn has no text besides the images"
+    rid = item.get("id")
+    rid = rid if isinstance(rid, str) and rid.strip() else f"{stem}-{index}"
+    return PairExample(id=rid, images=(images[0], images[1]), prompt=prompt, response=reply, group=rid,
+                       where=where), None
+
+
+def read_sharegpt(path: str | Path) -> tuple[list[PairExample], list[str]]:
+    """Read a ShareGPT-style JSON (array or JSONL) of pairwise examples: ``(examples, problems)``.
+
+    Raises:
+        RecordError: the file is missing or is a single JSON object.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"ShareGPT file not found: {path}")
+    items, problems = _load_items(path)
+    out, seen = [], set()
+    for index, (where, item) in enumerate(items):
+        ex, problem = example_from_sharegpt(item, where, index, path.stem)
+        if problem:
+            problems.append(problem)
+        elif ex.id in seen:
+            problems.append(f"{where}: duplicate id {ex.id!r}")
+        else:
+            seen.add(ex.id)
+            out.append(ex)
+    return out, problems
+
+
+def to_sharegpt(example: PairExample) -> dict:
+    """The LLaMA-Factory item of an example (images first, as it is trained and scored)."""
+    return {"id": example.id,
+            "messages": [{"role": "user", "content": IMAGE_PLACEHOLDER * 2 + example.prompt},
+                         {"role": "assistant", "content": example.response}],
+            "images": list(example.images)}
+
+
+def write_sharegpt(examples, path: str | Path) -> Path:
+    """Write examples as a ShareGPT JSON array (LLaMA-Factory ``formatting: sharegpt``, ``columns: {messages,
+    images}``), atomically."""
+    from psrl.fileio import write_text_atomic
+
+    return write_text_atomic(path, json.dumps([to_sharegpt(e) for e in examples], ensure_ascii=False, indent=1))
+
+
+def read_examples(path: str | Path) -> tuple[list[PairExample], list[str]]:
+    """Pairs JSONL (``*.jsonl``) or ShareGPT JSON (``*.json``), by suffix."""
+    from psrl.reward_model.pairs import read_pairs
+
+    return read_sharegpt(path) if Path(path).suffix.lower() == ".json" else read_pairs(path)
+
+
+__all__ = ["IMAGE_PLACEHOLDER", "example_from_sharegpt", "read_examples", "read_sharegpt", "to_sharegpt",
+           "write_sharegpt"]
