@@ -176,16 +176,21 @@ def test_mismatched_lora_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.component
-def test_resolved_and_legacy_root_records_give_the_same_image(tmp_path):
-    """Records resolved where they are loaded, and the data pipeline's legacy ``model.args.data_root`` (relative
-    paths resolved by the policy, escapes refused), read the same file."""
+def test_policies_read_resolved_records_and_take_no_root(tmp_path):
+    """Records resolved where they are loaded reach the policy with absolute paths and generate; a relative path
+    (a record nobody resolved) is an error naming the record; a root in model.args is refused before any weight."""
+    from psrl.config import ConfigError
+    from psrl.models.flux_kontext import FluxKontextPolicy
+
     _png(tmp_path, "a.png", (16, 16))
     s = SamplingConfig(num_steps=2, height=16, width=16)
     resolved = resolve_records([_rec("r", "a.png")], tmp_path)
     assert resolved[0].subjects[0].image == str(tmp_path.resolve() / "a.png")
     assert resolved[0].to_json()["subjects"][0]["image"] == "a.png"  # the file's form again
-    via_records = _policy(tmp_path).generate(resolved, s, _gen())
-    legacy = _policy(tmp_path, data_root=str(tmp_path))
-    assert torch.equal(legacy.generate([_rec("r", "a.png")], s, _gen()), via_records)
-    with pytest.raises(RecordError, match="escapes"):
-        legacy.generate([_rec("esc", "../x.png")], s)
+    policy = _policy(tmp_path)
+    assert policy.generate(resolved, s, _gen()).shape == (1, 3, 16, 16)
+    with pytest.raises(RecordError, match="'r': reference image 'a.png' is not resolved against a data root"):
+        policy.generate([_rec("r", "a.png")], s)
+    cfg = ModelConfig(name="flux_kontext", path="tiny", args={"data_root": str(tmp_path)})
+    with pytest.raises(ConfigError, match="model.args.data_root: unknown option"):
+        FluxKontextPolicy.from_config(cfg, "cpu")

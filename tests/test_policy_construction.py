@@ -75,3 +75,19 @@ def test_frozen_modules_take_the_model_dtype_except_the_ones_kept_in_fp32():
     assert all(next(m.parameters()).dtype == torch.bfloat16 for m in policy.text_encoders)
     assert next(policy.vae.parameters()).dtype == torch.float32  # SD3's KEEP_FP32
     assert all(p.dtype == torch.float32 for p in policy.trainable_parameters())  # LoRA master weights
+
+
+def test_from_config_loads_at_the_configured_variant(tmp_path):
+    """model.variant (and model.revision, the same keyword path) reach from_pretrained through the one loader: a
+    folder holding only fp16-variant weight files loads with variant: fp16 and is refused without it."""
+    from psrl.errors import ModelLoadError
+    from psrl.models.flux import FluxPolicy
+    from psrl.models.tiny import tiny_flux_components
+
+    comps = tiny_flux_components(seed=3)
+    for name, c in comps.items():
+        c.save_pretrained(tmp_path / name, **({"variant": "fp16"} if isinstance(c, torch.nn.Module) else {}))
+    policy = FluxPolicy.from_config(ModelConfig(path=str(tmp_path), variant="fp16", lora=None))
+    assert torch.equal(next(policy.transformer.parameters()), next(comps["transformer"].parameters()))
+    with pytest.raises(ModelLoadError, match="could not load transformer"):
+        FluxPolicy.from_config(ModelConfig(path=str(tmp_path), lora=None))

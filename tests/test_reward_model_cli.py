@@ -169,7 +169,7 @@ def test_consistency_rank_bench_folder_and_pairwise_benchmarks(tmp_path):
     assert bench.kind == "ranking" and len(bench.items) == 1 and len(bench.problems) == 1
     it = bench.items[0]
     assert it.human_rank == (1, 2, 0) and it.reference == "images/0001/0_1.png" and it.prompt == "a red ball"
-    summary = evaluate(bench, build_reward("clip_i", {"path": "tiny", "data_root": str(folder)}), tmp_path / "o1")
+    summary = evaluate(bench, build_reward("clip_i", {"path": "tiny"}), tmp_path / "o1")
     assert summary["paco"]["n_items"] == 1 and summary["candidates"] == 3
 
     pairs = tmp_path / "edit.jsonl"
@@ -179,6 +179,6 @@ def test_consistency_rank_bench_folder_and_pairwise_benchmarks(tmp_path):
     pairs.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     bench = load_benchmark(pairs)
     assert bench.kind == "pairwise" and bench.root == tmp_path
-    summary = evaluate(bench, build_reward("clip_i", {"path": "tiny", "data_root": str(tmp_path)}), tmp_path / "o2")
+    summary = evaluate(bench, build_reward("clip_i", {"path": "tiny"}), tmp_path / "o2")
     assert set(summary["strict"]) >= {"accuracy", "group/a", "group/b"} and summary["unscorable"] == 0
     assert "EditScore-7B" in (tmp_path / "o2" / "report.md").read_text()

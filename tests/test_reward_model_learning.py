@@ -19,7 +19,7 @@ def _auc(pos, neg):
 
 
 def test_tiny_judge_learns_same_colour_and_scores_through_vlm_consistency(tmp_path):
-    from psrl.data.records import Record, SubjectRef
+    from psrl.data.records import Record, SubjectRef, resolve_records
     from psrl.reward_model.reward_model_config import RewardModelRunConfig
     from psrl.reward_model.reward_model_trainer import RewardModelTrainer
     from psrl.reward_model.tiny import save_tiny_judge
@@ -47,12 +47,13 @@ def test_tiny_judge_learns_same_colour_and_scores_through_vlm_consistency(tmp_pa
 
     pairs = [json.loads(x) for x in held.read_text().splitlines()]
     images = torch.stack([pil_to_tensor(Image.open(tmp_path / p["images"][1]).convert("RGB")) for p in pairs])
-    records = [Record(id=p["id"], prompt="colours", subjects=(SubjectRef(image=p["images"][0], phrase="a"),))
-               for p in pairs]
+    records = resolve_records([Record(id=p["id"], prompt="colours", subjects=(SubjectRef(image=p["images"][0],
+                                                                                         phrase="a"),))
+                               for p in pairs], tmp_path)
     is_yes = [p["response"].startswith("Yes") for p in pairs]
     auc = {}
     for name, extra in {"untrained": {}, "trained": {"adapter_path": str(adapter)}}.items():
-        reward = build_reward("vlm_consistency", {"path": str(base), "data_root": str(tmp_path),
+        reward = build_reward("vlm_consistency", {"path": str(base),
                                                   "template": PROMPT, "batch_size": 16, **extra})
         out = reward(images, records)
         assert torch.isfinite(out.scores).all()

@@ -188,7 +188,7 @@ def test_resume_is_exact(tmp_path, data):
 def test_outputs_load_into_the_vlm_consistency_reward(tmp_path, data):
     """adapter/ and a checkpoint's lora/ are peft adapters psrl's judge loads; merged/ is a transformers folder the
     judge loads as its model; all three score like the trained module itself."""
-    from psrl.data.records import Record, SubjectRef
+    from psrl.data.records import Record, SubjectRef, resolve_records
     from psrl.reward_model.encoding import chat_texts, encode_batch
     from psrl.reward_model.reward_model_trainer import RewardModelTrainer
     from psrl.rewards.base import build_reward
@@ -203,14 +203,15 @@ def test_outputs_load_into_the_vlm_consistency_reward(tmp_path, data):
         logits = trainer.policy.logits(enc)[0, 0]
     own = torch.sigmoid(logits[trainer.policy.yes_id] - logits[trainer.policy.no_id]).item()
     paths = trainer.export()
-    rec = Record(id="r", prompt="theme", subjects=(SubjectRef(image="held-0a.png", phrase="a"),))
+    rec = resolve_records([Record(id="r", prompt="theme", subjects=(SubjectRef(image="held-0a.png", phrase="a"),))],
+                          tmp_path)[0]
     image = pil_to_tensor(b)[None]
     scores = {}
     for name, args in {"adapter": {"path": "tiny", "adapter_path": str(paths["adapter"])},
                        "checkpoint": {"path": "tiny", "adapter_path": str(trainer.run_dir / "checkpoints" / "step-4" /
                                                                           "lora")},
                        "merged": {"path": str(paths["merged"])}, "base": {"path": "tiny"}}.items():
-        reward = build_reward("vlm_consistency", {**args, "data_root": str(tmp_path), "template": PROMPT})
+        reward = build_reward("vlm_consistency", {**args, "template": PROMPT})
         scores[name] = reward(image, [rec]).scores.item()
     assert scores["adapter"] == pytest.approx(own, abs=1e-5)
     assert scores["checkpoint"] == pytest.approx(own, abs=1e-5) and scores["merged"] == pytest.approx(own, abs=1e-5)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -143,6 +144,37 @@ def load_image(source: ImageSource, *, background: _Color = "white", min_side: i
     return img
 
 
+class CachedImages:
+    """:func:`load_image` behind a small LRU cache keyed by the path: the reference loaders of the policies and of
+    the rewards use it, because the G members of a group (and every step that draws the record again) share their
+    reference files, which are decoded once.
+
+    Args:
+        max_cached: how many decoded images are kept (least recently used dropped first), >= 1.
+        background: what transparent pixels are composited onto (:func:`to_rgb`).
+    """
+
+    def __init__(self, max_cached: int, background: _Color = "white"):
+        if max_cached < 1:
+            raise ValueError(f"max_cached must be >= 1, got {max_cached}")
+        self.max_cached = max_cached
+        self.background = background
+        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+
+    def load(self, path: str | Path) -> Image.Image:
+        """The RGB image at ``path``. Raises :class:`ImageLoadError` as :func:`load_image` does (failures are not
+        cached: a file fixed on disk loads at the next call)."""
+        key = str(path)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        img = load_image(path, background=self.background)
+        self._cache[key] = img
+        if len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        return img
+
+
 def image_size(source: ImageSource) -> tuple[int, int]:
     """``(width, height)`` of an image as :func:`load_image` will return it (EXIF orientation applied), read from
     the header without decoding the pixels.
@@ -202,5 +234,5 @@ def save_image(image, path: str | Path) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-__all__ = ["MAX_ASPECT", "MIN_SIDE", "ImageLoadError", "check_image", "image_size", "load_image", "pil_to_tensor",
-           "save_image", "size_problem", "tensor_to_pil", "to_rgb"]
+__all__ = ["MAX_ASPECT", "MIN_SIDE", "CachedImages", "ImageLoadError", "check_image", "image_size", "load_image",
+           "pil_to_tensor", "save_image", "size_problem", "tensor_to_pil", "to_rgb"]

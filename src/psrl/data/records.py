@@ -175,7 +175,8 @@ def load_records(source: str | Path | Sequence[str] | None, data_root: str | Pat
             or no records at all (``what`` names the setting).
     """
     if isinstance(source, (str, Path)):
-        return resolve_records(read_records(source), records_root(source, data_root), source=str(source))
+        local = local_records_file(source)  # an hf:// file's images lie beside its local copy
+        return resolve_records(read_records(local), records_root(local, data_root), source=str(source))
     if not source:
         raise RecordError(f"{what} is empty")
     return [Record(id=f"prompt-{i}", prompt=p) for i, p in enumerate(source)]
@@ -217,24 +218,36 @@ def image_filenames(records: Iterable[Record], suffix: str = ".png") -> list[str
     return names
 
 
+def local_records_file(path: str | Path) -> str | Path:
+    """``path`` itself, or for ``hf://[datasets/]<org>/<name>[@revision][/file]`` the local copy fetched (once per
+    commit, with the images its records name) by :func:`psrl.hub.hub_records_file`.
+
+    Raises:
+        RecordError: the Hub path is malformed or cannot be fetched (the message names it).
+    """
+    if isinstance(path, str) and path.startswith("hf://"):
+        from psrl.hub import HubError, hub_records_file
+
+        try:
+            return hub_records_file(path)
+        except HubError as e:
+            raise RecordError(str(e)) from None
+    return path
+
+
 def read_records(path: str | Path) -> list[Record]:
     """Read a JSONL file of records. Errors name the file and line; duplicate ids are errors.
 
     Two more sources, by their form: ``hf://[datasets/]<org>/<name>[@revision][/file]`` is fetched from the Hub
     once per commit, with the images its records name (:func:`psrl.hub.hub_records_file`), and a ``.txt`` file is
     read as Flow-GRPO prompts, one per line (:func:`read_prompt_file`)."""
-    if isinstance(path, str) and path.startswith("hf://"):
-        from psrl.hub import HubError, hub_records_file
-
-        try:
-            path = hub_records_file(path)
-        except HubError as e:
-            raise RecordError(str(e)) from None
+    path = local_records_file(path)
     if Path(path).suffix.lower() == ".txt":
         return read_prompt_file(path)
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"records file not found: {path}")
+    # alike on purpose: reward_model's pairs and grids readers loop the same way but count bad lines; here one stops
     out, seen = [], set()
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

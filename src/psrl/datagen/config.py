@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
 
 TASKS = ("Attribute", "Action", "Background", "Position", "Complex", "Three", "Four")
@@ -179,7 +180,7 @@ class InstructionsConfig:
 class FilterConfig:
     """Attributes:
         reward / reward_args: the subject-consistency reward (``psrl.rewards.build_reward``) scoring each target
-            against its references; ``data_root`` is set to the dataset directory.
+            against its references (resolved under the dataset directory before scoring).
         min_consistency: keep a sample whose consistency score is at least this (our choice: 0.5).
         min_subject_consistency: ... and, when set, whose every subject scores at least this.
         embedder: the image embedder spec of :func:`psrl.rewards.embedding.build_embedder` used for near-duplicate
@@ -201,6 +202,8 @@ class FilterConfig:
             raise ValueError(f"filter.batch_size must be >= 1, got {self.batch_size}")
         if not -1 <= self.max_duplicate_cosine <= 1:
             raise ValueError(f"filter.max_duplicate_cosine must be in [-1, 1], got {self.max_duplicate_cosine}")
+        if why := misplaced_data_root(self.reward_args, "filter.reward_args"):
+            raise ValueError(why)
 
 
 @dataclass

@@ -27,7 +27,7 @@ from psrl.datagen.manifest import KEPT, read_manifest
 from psrl.datagen.runner import BaseStage, kept, rejected
 from psrl.fileio import atomic_path, write_jsonl_atomic
 from psrl.images import load_image, pil_to_tensor
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, RecordError, SubjectRef, resolve_records
 
 EMBED_DIR = "embeddings"
 
@@ -38,17 +38,28 @@ EmbedFn = Callable[[Sequence[Image.Image]], torch.Tensor]
 
 
 def consistency_fn(cfg: DataPipelineConfig, dataset: Path, device) -> ScoreFn:
-    """The configured subject-consistency reward as a :data:`ScoreFn` (references resolved under ``dataset``)."""
+    """The configured subject-consistency reward as a :data:`ScoreFn`; each record's references are resolved under
+    ``dataset`` first (a path that escapes it is that sample's failure, with the reason)."""
     from psrl.rewards.base import build_reward
 
-    reward = build_reward(cfg.filter.reward, {**cfg.filter.reward_args, "data_root": str(dataset)}, device=device)
+    reward = build_reward(cfg.filter.reward, dict(cfg.filter.reward_args), device=device)
 
     def score(images, records):
-        out = reward([pil_to_tensor(im) for im in images], list(records))
+        resolved, refused = [], {}
+        for i, r in enumerate(records):
+            try:
+                resolved.append(resolve_records([r], dataset, source="filter")[0])
+            except RecordError as e:
+                resolved.append(r)
+                refused[i] = str(e)
+        out = reward([pil_to_tensor(im) for im in images], resolved)
         per_subject = out.details.get("per_subject") or [None] * len(records)
         missing = out.details.get("missing_subjects") or [[] for _ in records]
-        return [{"score": s, "failure": f, "per_subject": p, "missing": list(m or [])}
+        rows = [{"score": s, "failure": f, "per_subject": p, "missing": list(m or [])}
                 for s, f, p, m in zip(out.scores.tolist(), out.failures, per_subject, missing)]
+        for i, why in refused.items():
+            rows[i].update(score=math.nan, failure=why, per_subject=None)
+        return rows
 
     return score
 

@@ -13,28 +13,27 @@ import torch
 from torch import Tensor
 
 from psrl.datagen.config import GenerationConfig
-from psrl.data.records import Record
+from psrl.data.records import Record, resolve_records
 
 log = logging.getLogger(__name__)
 
 Renderer = Callable[[Sequence[Record], Sequence[int]], Tensor]
 
 
-def policy_renderer(gen: GenerationConfig, device: torch.device | str, *, data_root: str | Path | None = None
+def policy_renderer(gen: GenerationConfig, device: torch.device | str, *, dataset: str | Path | None = None
                     ) -> Renderer:
     """A renderer over ``build_policy(gen.model)``'s ODE ``generate`` with ``gen``'s steps, size and guidance.
 
-    ``data_root`` is where reference-conditioned policies resolve ``subjects[i].image``; it is given to the policy
-    as ``model.args.data_root`` unless the config already sets one.
-    """
-    from dataclasses import replace
+    ``dataset``: the folder the records' ``subjects[i].image`` paths are relative to; each batch is resolved under it
+    (:func:`psrl.data.records.resolve_records`) before the policy sees it, as every consumer receives records.
 
+    Raises:
+        RecordError: from a render call, when a batch's image path is absolute or escapes ``dataset``.
+    """
     from psrl.sampling import SamplingConfig
     from psrl.models.factory import build_policy
 
     model_cfg = gen.model
-    if data_root is not None and gen.model.name != "flux" and "data_root" not in model_cfg.args:
-        model_cfg = replace(model_cfg, args={**model_cfg.args, "data_root": str(data_root)})
     policy = build_policy(model_cfg, device)
     sampling = SamplingConfig(num_steps=gen.num_steps, height=gen.height, width=gen.width,
                               guidance_scale=gen.guidance_scale, noise_level=0.0)
@@ -43,6 +42,7 @@ def policy_renderer(gen: GenerationConfig, device: torch.device | str, *, data_r
 
     def render(records: Sequence[Record], seeds: Sequence[int]) -> Tensor:
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        return policy.generate(list(records), sampling, generators)
+        batch = resolve_records(records, dataset, source="renderer") if dataset is not None else list(records)
+        return policy.generate(batch, sampling, generators)
 
     return render

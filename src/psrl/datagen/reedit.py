@@ -80,7 +80,7 @@ class ReeditStage(BaseStage):
 
     def _edit(self, jobs: list[tuple[dict, str, dict]]) -> None:
         if self.renderer is None:  # loaded on the first edit: a run that edits nothing loads no model
-            self.renderer = policy_renderer(self.cfg.reedit, self.device, data_root=self.dataset)
+            self.renderer = policy_renderer(self.cfg.reedit, self.device, dataset=self.dataset)
         records = [Record(id=e["id"], prompt=text, subjects=(SubjectRef(image=e["target"], phrase="image"),))
                    for e, text, _ in jobs]
         images = self.renderer(records, [stable_seed(e["seed"], "reedit_image", bits=31) for e, _, _ in jobs])

@@ -35,7 +35,7 @@ class ReferencesStage(BaseStage):
 
     def setup(self) -> None:
         if self.renderer is None:
-            self.renderer = policy_renderer(self.cfg.references, self.device, data_root=self.dataset)
+            self.renderer = policy_renderer(self.cfg.references, self.device, dataset=self.dataset)
 
     def jobs(self, e: dict) -> list[tuple[Record, int, str]]:
         """One (record, seed, output path) per subject of sample ``e``."""

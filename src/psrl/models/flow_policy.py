@@ -127,8 +127,6 @@ class FlowPolicyBase:
     #: the ``model.args`` this policy reads; ``TINY_ARGS`` are read only with ``path: tiny``
     ARGS: tuple[str, ...] = ()
     TINY_ARGS: tuple[str, ...] = ()
-    #: accepted, not advertised: the root only the data pipeline still gives reference policies
-    LEGACY_ARGS: tuple[str, ...] = ()
     #: frozen modules (attribute names) kept in fp32 whatever ``model.dtype``
     KEEP_FP32: tuple[str, ...] = ()
 
@@ -163,7 +161,8 @@ class FlowPolicyBase:
     def from_config(cls, cfg: ModelConfig, device: Any = "cpu"):
         """Build from a :class:`ModelConfig`: ``path: tiny`` gives the offline tiny components
         (:meth:`tiny_components`, seeded by ``tiny_seed``), anything else is loaded with ``from_pretrained`` (hub id
-        or local pipeline folder, ``COMPONENT_SPEC``, in ``cfg.dtype``).
+        or local pipeline folder, ``COMPONENT_SPEC``, in ``cfg.dtype``, at ``cfg.revision`` with ``cfg.variant``'s
+        weight files).
 
         Raises:
             ConfigError: a bad ``model.args`` key (checked before any weight loads).
@@ -173,14 +172,15 @@ class FlowPolicyBase:
         if cfg.path == "tiny":
             components = cls.tiny_components(cfg)
         else:
-            components = load_components(cfg.path, cls.COMPONENT_SPEC, torch_dtype=torch_dtype_from_name(cfg.dtype))
+            components = load_components(cfg.path, cls.COMPONENT_SPEC, torch_dtype=torch_dtype_from_name(cfg.dtype),
+                                         revision=cfg.revision, variant=cfg.variant)
         return cls(components, cfg, device)
 
     @classmethod
     def check_args(cls, cfg: ModelConfig) -> None:
         """Raise :class:`ConfigError` for a ``model.args`` key this policy does not read."""
         known = (*cls.ARGS, *cls.TINY_ARGS)
-        unknown = sorted(set(cfg.args) - set(known) - set(cls.LEGACY_ARGS))
+        unknown = sorted(set(cfg.args) - set(known))
         if unknown:
             raise ConfigError(f"model.args.{unknown[0]}: unknown option for {cls.name or cls.__name__} "
                               f"(known: {', '.join(known) or 'none'})")

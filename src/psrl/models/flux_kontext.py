@@ -77,7 +77,6 @@ class FluxKontextPolicy(FluxPolicy):
     name = "flux_kontext"
     ARGS = ("position_ids", "max_references", "reference_long_side_single", "reference_long_side_multi",
             "reference_multiple", "reference_cache_size")
-    LEGACY_ARGS = ("data_root",)
 
     @classmethod
     def tiny_components(cls, cfg: ModelConfig) -> dict:
@@ -102,8 +101,7 @@ class FluxKontextPolicy(FluxPolicy):
         if self.resize.multiple % multiple:
             raise ConfigError(f"model.args.reference_multiple: must be a multiple of {multiple} (VAE scale x 2x2 "
                               f"packing), got {self.resize.multiple}")
-        self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)),
-                                          legacy_root=args.get("data_root"))
+        self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)))
         self.reference_cache_size = int(args.get("reference_cache_size", 256))
         self._ref_cache: OrderedDict[Any, tuple[Tensor, list[tuple[int, int]]]] = OrderedDict()
         return frozen

@@ -64,7 +64,6 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
     name = "qwen_image_edit_plus"
     COMPONENT_SPEC = QWEN_EDIT_PLUS_COMPONENT_SPEC
     ARGS = ("condition_area", "vae_area", "negative_prompt", "max_references")
-    LEGACY_ARGS = ("data_root",)
 
     @classmethod
     def tiny_components(cls, cfg: ModelConfig) -> dict:
@@ -84,8 +83,7 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
                                   f"got {getattr(self, key)}")
         self.negative_prompt = args.get("negative_prompt", " ")
         self.cfg_grad = "both"  # the trainer sets train.cfg_grad
-        self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)),
-                                          legacy_root=args.get("data_root"))
+        self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)))
         self.pipe = QwenImageEditPlusPipeline(**components)
         self.pipe.set_progress_bar_config(disable=True)
         self.transformer = self.pipe.transformer

@@ -12,7 +12,6 @@ onto ``background`` (white by default).
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +19,8 @@ from pathlib import Path
 from PIL import Image
 from torch import Tensor
 
-from psrl.data.records import Record, RecordError, resolve_under
-from psrl.images import ImageLoadError, load_image, pil_to_tensor
+from psrl.data.records import Record, RecordError
+from psrl.images import CachedImages, ImageLoadError, pil_to_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +73,14 @@ class ReferenceLoader:
     """Loads a record's reference images (RGB, uint8) through :func:`psrl.images.load_image`, with a small LRU cache
     of decoded files. ``background``: the colour transparent pixels are composited onto (a PIL colour name or an
     RGB tuple). Paths are the record's resolved (absolute) ones; a relative path belongs to a record nobody
-    resolved and is an error naming it.
+    resolved and is an error naming it: policies never take a data root. Decoded files are kept in a
+    :class:`psrl.images.CachedImages`."""
 
-    ``legacy_root`` keeps the data pipeline's renderers working until they resolve their records themselves
-    (``src/psrl/data/pipeline/generation.py`` still gives the policy a root in ``model.args``): relative paths
-    resolve under it, escapes refused. Nothing else sets it: a train, sft or bench config that does is refused
-    (:func:`psrl.data.records.misplaced_data_root`)."""
-
-    def __init__(self, *, max_references: int, max_cached: int = 64, background: str | tuple = "white",
-                 legacy_root: str | Path | None = None):
+    def __init__(self, *, max_references: int, max_cached: int = 64, background: str | tuple = "white"):
         if max_references < 1:
             raise ValueError(f"max_references must be >= 1, got {max_references}")
         self.max_references = max_references
-        self.max_cached = max_cached
-        self.background = background
-        self.legacy_root = Path(legacy_root) if legacy_root is not None else None
-        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+        self.files = CachedImages(max_cached, background)
 
     def paths(self, record: Record) -> list[str]:
         """The record's reference paths; raises for none, too many or a subject without an image."""
@@ -110,29 +101,15 @@ class ReferenceLoader:
     def load(self, record: Record) -> list[Image.Image]:
         return [self._load_one(record, image) for image in self.paths(record)]
 
-    def _path(self, record: Record, image: str) -> Path:
-        if Path(image).is_absolute():
-            return Path(image)
-        if self.legacy_root is None:
+    def _load_one(self, record: Record, image: str) -> Image.Image:
+        if not Path(image).is_absolute():
             raise RecordError(f"record {record.id!r}: reference image {image!r} is not resolved against a data root "
                               "(records reach policies resolved: psrl.data.records.load_records / resolve_records)")
-        return resolve_under(self.legacy_root, image, what=f"record {record.id!r} reference image")
-
-    def _load_one(self, record: Record, image: str) -> Image.Image:
-        path = self._path(record, image)
-        key = str(path)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
         try:
-            img = load_image(path, background=self.background)
+            return self.files.load(image)
         except ImageLoadError as e:
             # the loader's message names the file and says what is wrong (not found, unreadable, too small, ...)
             raise RecordError(f"record {record.id!r}: reference image {record.relative_path(image)!r}: {e}") from e
-        self._cache[key] = img
-        if len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
-        return img
 
 
 def pil_to_model_input(img: Image.Image) -> Tensor:

@@ -10,7 +10,6 @@ ratio over :data:`psrl.images.MAX_ASPECT`) becomes a per-sample failure reason. 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from psrl.data.records import RecordError, resolve_under
-from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, load_image, size_problem, tensor_to_pil, to_rgb
+from psrl.images import MAX_ASPECT, MIN_SIDE, CachedImages, ImageLoadError, size_problem, tensor_to_pil, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -86,49 +84,27 @@ class ReferenceImages:
     """Loads the reference images of resolved records (absolute paths: :func:`psrl.data.records.resolve_records`
     ran where the records were loaded) with :func:`psrl.images.load_image` (the policies' loader: EXIF orientation,
     16-bit scaling, transparency onto ``background``, the shared minimum side and aspect limit), RGB uint8, with a
-    small LRU cache. A relative path belongs to a record nobody resolved and is that sample's failure.
+    small LRU cache (:class:`psrl.images.CachedImages`). A relative path belongs to a record nobody resolved and is
+    that sample's failure: rewards never take a data root."""
 
-    ``legacy_root`` keeps the data pipeline's filter stage working until it resolves its records itself
-    (``src/psrl/data/pipeline/filter.py`` still gives its reward a root): relative paths resolve under it, escapes
-    refused. Nothing else sets it: a train, bench, score or server config that gives a reward a root is refused
-    (:func:`psrl.data.records.misplaced_data_root`)."""
-
-    def __init__(self, max_cached: int = 256, background: str | tuple = "white", *,
-                 legacy_root: str | Path | None = None):
-        self.max_cached = max_cached
-        self.background = background
-        self.legacy_root = Path(legacy_root) if legacy_root is not None else None
-        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+    def __init__(self, max_cached: int = 256, background: str | tuple = "white"):
+        self.files = CachedImages(max_cached, background)
 
     def path(self, image: str | None) -> Path:
         if not image:
             raise ReferenceImageError("subject has no reference image")
-        if Path(image).is_absolute():
-            return Path(image)
-        if self.legacy_root is None:
+        if not Path(image).is_absolute():
             raise ReferenceImageError(f"reference {image!r} is not resolved against a data root (records reach "
                                       "rewards resolved: psrl.data.records.load_records / resolve_records)")
-        try:
-            return resolve_under(self.legacy_root, image, what="reference image")
-        except RecordError as e:
-            raise ReferenceImageError(str(e)) from e
+        return Path(image)
 
     def load(self, image: str | None) -> Image.Image:
         """The RGB image; raises :class:`ReferenceImageError` ("reference image <path>: <what is wrong>": file not
         found, unreadable image, too small, too elongated, too many pixels; or the path is not resolved)."""
-        p = self.path(image)
-        key = str(p)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
         try:
-            img = load_image(p, background=self.background)
+            return self.files.load(self.path(image))
         except ImageLoadError as e:
             raise ReferenceImageError(f"reference image {e}") from e
-        self._cache[key] = img
-        if len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
-        return img
 
 
 def crop_box(img: Image.Image, box, *, truncate: bool = False) -> Image.Image | None:

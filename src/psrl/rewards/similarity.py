@@ -24,22 +24,22 @@ from psrl.rewards.isolation import Failed, per_item
 
 
 class ImageSimilarityReward:
-    """Records arrive resolved (absolute reference paths); the root argument is the data pipeline's alone (see
-    :class:`psrl.rewards.images.ReferenceImages`)."""
+    """Records arrive resolved (absolute reference paths, see :class:`psrl.rewards.images.ReferenceImages`); the
+    reward takes no data root."""
 
     name = "image_similarity"
     default_kind = "dino_vit"
     default_path = "facebook/dino-vits16"
 
-    def __init__(self, device="cpu", *, path: str | None = None, embedder=None, data_root: str | None = None,
-                 scale: float = 1.0, dtype=None, cache_size: int = 4096, background: str | tuple = "white"):
+    def __init__(self, device="cpu", *, path: str | None = None, embedder=None, scale: float = 1.0, dtype=None,
+                 cache_size: int = 4096, background: str | tuple = "white"):
         if embedder is None or isinstance(embedder, (str, dict)):
             spec = {"kind": embedder} if isinstance(embedder, str) else dict(embedder or {"kind": self.default_kind})
             spec.setdefault("path", path or self.default_path)
         else:
             spec = embedder  # an already built Embedder (benchmarks, tests)
         self.embedder = build_embedder(spec, device=device, dtype=dtype)
-        self.refs = ReferenceImages(background=background, legacy_root=data_root)
+        self.refs = ReferenceImages(background=background)
         self.scale, self.cache_size = scale, cache_size
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
 

@@ -61,14 +61,14 @@ def with_tiny_default(spec, path: str | None):
 
 
 class SubjectConsistencyReward:
-    """See the module docstring. Records arrive resolved (absolute reference paths); the root argument is the data
-    pipeline's alone (see :class:`psrl.rewards.images.ReferenceImages`)."""
+    """See the module docstring. Records arrive resolved (absolute reference paths, see
+    :class:`psrl.rewards.images.ReferenceImages`); the reward takes no data root."""
 
     name = "subject_consistency"
 
-    def __init__(self, device="cpu", *, detector=None, embedder=None, data_root: str | None = None,
-                 mode: str = "honest", missing: str = "zero", extra_candidates: int = 0, path: str | None = None,
-                 dtype=None, cache_size: int = 4096, background: str | tuple = "white"):
+    def __init__(self, device="cpu", *, detector=None, embedder=None, mode: str = "honest", missing: str = "zero",
+                 extra_candidates: int = 0, path: str | None = None, dtype=None, cache_size: int = 4096,
+                 background: str | tuple = "white"):
         if mode not in MODES:
             raise ValueError(f"subject_consistency: mode must be one of {MODES}, got {mode!r}")
         if missing not in ("zero", "nan"):
@@ -83,7 +83,7 @@ class SubjectConsistencyReward:
                                        device=device, dtype=dtype)
         self.embedder = build_embedder(with_tiny_default(embedder or {"kind": "dino_vit"}, path),
                                        device=device, dtype=dtype)
-        self.refs = ReferenceImages(background=background, legacy_root=data_root)
+        self.refs = ReferenceImages(background=background)
         self.cache_size = cache_size
         self._ref_cache: OrderedDict[tuple, tuple[Tensor, bool]] = OrderedDict()
         self.stats = {"reference_passes": 0, "reference_cache_hits": 0}

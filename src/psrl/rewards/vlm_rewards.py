@@ -7,7 +7,7 @@ directory or hub id, or ``tiny``), ``adapter_path`` (peft LoRA, e.g. PaCo-Reward
 ``timeout``, ``retries``, ``backoff``, ``max_concurrency``, ``image_format``; for both: ``top_logprobs`` (20: how
 many most probable first tokens to request; lower it for servers that cap it). Rewards that read references take
 ``background`` (the colour transparent reference pixels are composited onto; white) and get records whose
-reference paths are resolved (their root argument is the data pipeline's alone, see
+reference paths are resolved where the records were loaded (they take no data root, see
 :class:`psrl.rewards.images.ReferenceImages`).
 
 * ``vlm_consistency`` (p_yes, PaCo prompt): P(consistent) for each (reference_i, generated) pair, averaged
@@ -54,9 +54,9 @@ def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
 
 
 class _PairwiseBase:
-    def __init__(self, device, data_root, canonicalize, judge_kwargs, background="white"):
+    def __init__(self, device, canonicalize, judge_kwargs, background="white"):
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
-        self.refs = ReferenceImages(background=background, legacy_root=data_root)
+        self.refs = ReferenceImages(background=background)
 
     def _score_pairs(self, images, records, make_requests, combine):
         """``make_requests(b, generated, record) -> list[JudgeRequest]``; ``combine(list[p]) -> score``."""
@@ -93,12 +93,12 @@ class _PairwiseBase:
 class VlmConsistencyReward(_PairwiseBase):
     name = "vlm_consistency"
 
-    def __init__(self, device="cpu", *, data_root: str | None = None, pairs: str = "references",
+    def __init__(self, device="cpu", *, pairs: str = "references",
                  template: str = "v1", canonicalize: bool = False, background: str | tuple = "white",
                  **judge_kwargs):
         if pairs not in ("references", "all"):
             raise ValueError(f"vlm_consistency: pairs must be 'references' or 'all', got {pairs!r}")
-        super().__init__(device, data_root, canonicalize, judge_kwargs, background)
+        super().__init__(device, canonicalize, judge_kwargs, background)
         self.pairs, self.template = pairs, template
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
@@ -119,9 +119,9 @@ class VlmConsistencyReward(_PairwiseBase):
 class EditConsistencyReward(_PairwiseBase):
     name = "edit_consistency"
 
-    def __init__(self, device="cpu", *, data_root: str | None = None, canonicalize: bool = False,
+    def __init__(self, device="cpu", *, canonicalize: bool = False,
                  background: str | tuple = "white", **judge_kwargs):
-        super().__init__(device, data_root, canonicalize, judge_kwargs, background)
+        super().__init__(device, canonicalize, judge_kwargs, background)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
         def make(gen, rec: Record):
