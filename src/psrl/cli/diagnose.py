@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 
+# alike on purpose: every command module opens with its docstring and add_parser (psrl.cli.main's contract)
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "diagnose", help="before a long run: is there gradient signal, are log-probs exact, what will it cost",

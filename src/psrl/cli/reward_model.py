@@ -226,6 +226,7 @@ def _import_sharegpt(args, dataset: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
+    # alike on purpose: psrl train / sft map --run-name / --max-steps to --set pairs of their own section the same way
     from psrl.reward_model.reward_model_config import load_reward_model_config
 
     overrides = list(args.set)

@@ -27,6 +27,7 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_sft)
 
 
+# alike on purpose: psrl train / reward-model train map --run-name / --max-steps to --set pairs the same way
 def cmd_sft(args) -> int:
     from psrl.rl.sft_trainer import SFTTrainer
     from psrl.rl.sft_config import load_sft_config

@@ -55,6 +55,7 @@ def reward_table(history: list[dict], first_step: int) -> str:
     return "\n".join(rows)
 
 
+# alike on purpose: psrl sft / reward-model train map --run-name to --set, print the config, build and run
 def run(args) -> int:
     from psrl.config import dump_with_help
     from psrl.rl.run_config import load_run_config

@@ -137,6 +137,7 @@ def load_benchmark(path: str | Path) -> Benchmark:
         kind = "ranking" if "candidates" in first else "pairwise" if "chosen" in first else None
         if kind is None:
             raise RecordError(f"{path}: no item with 'candidates' (ranking) or 'chosen' (pairwise)")
+        # alike on purpose: sharegpt.read_sharegpt's parse / duplicate-id / keep loop, over benchmark items
         items, problems, seen = [], [], set()
         for where, d in rows:
             item, problem = _item(d, where, kind)

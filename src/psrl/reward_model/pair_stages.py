@@ -38,6 +38,7 @@ CELLS_DIR = "cells"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+# alike on purpose: a typed field list, the shape of every config section
 @dataclass
 class TeacherConfig:
     """The judge that labels pairs.
@@ -113,6 +114,7 @@ class PairsConfig:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
+# alike on purpose: the JSONL line loop of read_records; a bad grid line becomes that item's error, counted
 def read_grids(source: str | Path) -> tuple[Path, list[dict]]:
     """``(root the image paths are relative to, [{"id", "image", "prompt", "theme", "grid", "where", "error"?}])``.
     A line that cannot be used carries ``error: (reason, detail)`` and becomes a rejected sample, so it is

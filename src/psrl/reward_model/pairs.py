@@ -121,6 +121,8 @@ def example_from_json(d, where: str) -> tuple[PairExample | None, str | None]:
                        group=group or d["id"], where=where), None
 
 
+# alike on purpose: the JSONL line loop of read_records, with another error policy (a teacher's bad line is
+# counted as a problem and skipped; a bad records line stops the run)
 def read_pairs(path: str | Path) -> tuple[list[PairExample], list[str]]:
     """Read a pairs JSONL file. Returns the valid examples and one problem line per invalid line or duplicate id.
 

@@ -28,6 +28,8 @@ from psrl.rl.run_config import RunSection
 LR_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
 
+# alike on purpose: typed field lists (one per config section, as grpo_config.py and sft_config.py) look alike to
+# a scanner; the knobs BaseTrainer reads keep TrainConfig's names (one vocabulary in every train: section)
 @dataclass
 class JudgeLoraConfig:
     """The LoRA trained on the judge.

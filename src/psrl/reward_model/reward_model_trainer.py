@@ -46,7 +46,6 @@ from psrl.reward_model.pairs import PairExample, image_path
 from psrl.reward_model.reward_model_config import LR_SCHEDULERS, PairDataConfig, RewardModelRunConfig
 from psrl.rl import distributed as dist
 from psrl.rl.base_trainer import BaseTrainer
-from psrl.rl.optim import clip_gradients
 
 logger = logging.getLogger(__name__)
 
@@ -275,12 +274,7 @@ class RewardModelTrainer(BaseTrainer):
             got = first_token_metrics(logits.detach(), labels, p.yes_id, p.no_id)
             sums += torch.tensor([float(loss.detach()), float(got["correct"].sum()), len(items),
                                   float(enc.inputs["attention_mask"].sum())], dtype=torch.float64)
-        dist.average_gradients(self.params)
-        norm = clip_gradients(self.params, t.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
+        norm = self.apply_update()
         total = dist.gather_rows(sums[None].to(self.accelerator.device)).cpu().sum(dim=0)
         seconds = time.perf_counter() - t0
         n_proc = self.accelerator.num_processes

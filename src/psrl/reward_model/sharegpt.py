@@ -89,6 +89,7 @@ def example_from_sharegpt(item, where: str, index: int, stem: str = "item") -> t
                        where=where), None
 
 
+# alike on purpose: the parse / duplicate-id / keep loop of reward_model.eval.load_benchmark, over other items
 def read_sharegpt(path: str | Path) -> tuple[list[PairExample], list[str]]:
     """Read a ShareGPT-style JSON (array or JSONL) of pairwise examples: ``(examples, problems)``.
 

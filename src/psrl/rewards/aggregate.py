@@ -268,6 +268,15 @@ def _mean_weights(rewards: Tensor, weights: Tensor, kind: str) -> Tensor:
     return w
 
 
+def _mean_inputs(rewards: Tensor, weights: Tensor, kind: str) -> tuple[Tensor, Tensor, Tensor]:
+    """``(r [N, K'] float64, w [K'] float64, undefined [N] bool)`` for a weighted mean over the K' rewards of positive
+    weight; ``undefined`` marks rows with a negative or NaN reward (the mean is defined for rewards >= 0 only)."""
+    w = _mean_weights(rewards, weights, kind)
+    keep = w > 0
+    r, w = rewards.double()[:, keep], w[keep]
+    return r, w, ~(r >= 0).all(dim=1)
+
+
 def mean_failures(rewards: Tensor, weights: Tensor, kind: str = "geometric") -> list[str | None]:
     """Per sample, why the ``kind`` (geometric or harmonic) mean of its rewards is undefined, or ``None``: a
     negative reward of positive weight (both means are defined for rewards >= 0 only; scipy returns NaN), or a
@@ -299,10 +308,7 @@ def geometric_mean(rewards: Tensor, weights: Tensor) -> Tensor:
 
     Source: X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/config/grpo.py ``geometric_mean_aggregate_fn``.
     """
-    w = _mean_weights(rewards, weights, "geometric")
-    keep = w > 0
-    r, w = rewards.double()[:, keep], w[keep]
-    bad = ~(r >= 0).all(dim=1)
+    r, w, bad = _mean_inputs(rewards, weights, "geometric")
     logs = torch.log(r.clamp(min=0.0))  # log 0 = -inf, exp(-inf) = 0
     out = torch.exp((logs * w).sum(dim=1) / w.sum())
     return torch.where(bad, torch.full_like(out, float("nan")), out).float()
@@ -318,10 +324,7 @@ def harmonic_mean(rewards: Tensor, weights: Tensor) -> Tensor:
 
     Source: X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/config/grpo.py ``harmonic_mean_aggregate_fn``.
     """
-    w = _mean_weights(rewards, weights, "harmonic")
-    keep = w > 0
-    r, w = rewards.double()[:, keep], w[keep]
-    bad = ~(r >= 0).all(dim=1)
+    r, w, bad = _mean_inputs(rewards, weights, "harmonic")
     out = w.sum() / (w / r.clamp(min=0.0)).sum(dim=1)  # w / 0 = inf, so a zero reward gives 0
     return torch.where(bad, torch.full_like(out, float("nan")), out).float()
 

@@ -27,7 +27,7 @@ from psrl.config import to_dict
 from psrl.errors import PsrlError
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
-from psrl.rl.optim import make_optimizer
+from psrl.rl.optim import clip_gradients, make_optimizer
 from psrl.rl.signals import EXIT_CODES, StopSignals, TrainingStopped
 from psrl.rl.tracking import Tracker, check_tracker
 
@@ -152,6 +152,19 @@ class BaseTrainer:
     # ------------------------------------------------------------------ helpers for subclasses
     def autocast(self):
         return self.accelerator.autocast() if self.args.mixed_precision != "no" else nullcontext()
+
+    def apply_update(self) -> float:
+        """One optimizer update from the gradients accumulated so far, the same for every trainer: averaged over
+        processes (one all-reduce, :func:`psrl.rl.distributed.average_gradients`), clipped to ``max_grad_norm``,
+        optimizer and LR schedule stepped, gradients cleared, ``updates`` counted. Returns the global gradient norm
+        before clipping (float, may be inf/NaN: the caller's health check reads it)."""
+        dist.average_gradients(self.params)
+        norm = clip_gradients(self.params, self.args.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.updates += 1
+        return norm
 
     def stop_point(self) -> None:
         """Call inside a step where the weights have not changed yet: a stop signal received by any process

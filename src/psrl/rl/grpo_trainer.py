@@ -26,7 +26,6 @@ from psrl.rl.ema import ParameterEMA
 from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
-from psrl.rl.optim import clip_gradients
 from psrl.rl.reward_calls import call_reward, log_failure_reasons
 from psrl.rl.run_config import RunConfig, derive_sizes, run_records
 from psrl.rl.sampler import GroupSampler, sample_seed
@@ -375,12 +374,7 @@ class GRPOTrainer(BaseTrainer):
                    * self.cfg.train.param_noise_std)
 
     def _optimizer_update(self) -> float:
-        dist.average_gradients(self.params)
-        norm = clip_gradients(self.params, self.cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
+        norm = self.apply_update()
         if self.ema is not None:
             self.ema.after_update()
         return float(norm)

@@ -26,7 +26,6 @@ from psrl.sampling import SamplingConfig
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.rl import distributed as dist
 from psrl.rl.base_trainer import BaseTrainer
-from psrl.rl.optim import clip_gradients
 from psrl.rl.sampler import sample_seed
 from psrl.rl.run_config import run_records
 from psrl.rl.sft_config import SFTRunConfig
@@ -195,12 +194,7 @@ class SFTTrainer(BaseTrainer):
             (loss / t.gradient_accumulation).backward()
             losses.append(float(loss.detach()))
             sigma_means.append(float(sigmas.mean()))
-        dist.average_gradients(self.params)
-        norm = clip_gradients(self.params, t.max_grad_norm)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.updates += 1
+        norm = self.apply_update()
         loss_t = torch.tensor([sum(losses) / len(losses)])
         loss_all = dist.gather_rows(loss_t.to(acc.device)).cpu()
         return {"loss": float(loss_all.mean()), "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
