@@ -58,6 +58,22 @@ def grid_cells(image, record: Record) -> tuple[GridPrompt, list]:
 
 
 class T2ISConsistencyReward:
+    """``t2is_consistency``: mean P(Yes) over the ``C(n, 2)`` cell pairs of each grid, in [0, 1] (NaN + reason as
+    in the module docstring).
+
+    Args:
+        device: where a local judge runs.
+        template: ``v1`` (PaCo-GRPO's T2IS question, quoting the theme), ``v3`` (no theme) or a custom string
+            with an optional ``{theme}`` slot.
+        canonicalize: sum every case/whitespace variant of Yes/No.
+        cache_size: judge answers kept across calls (0: only duplicates within a call are shared).
+        **judge_kwargs: the judge options of :mod:`psrl.rewards.vlm_rewards` (``path``, ``adapter_path``,
+            ``endpoint``/``url``, ``model``, ...).
+
+    Raises:
+        ValueError, TypeError: a bad template, cache size or judge option (at construction).
+    """
+
     name = "t2is_consistency"
 
     def __init__(self, device="cpu", *, template: str = "v1", canonicalize: bool = False,
@@ -104,6 +120,19 @@ class T2ISConsistencyReward:
 
 
 class T2ISClipTReward(_ClipRewardBase):
+    """``t2is_clip_t``: mean over the cells of each grid of ``cos(CLIP_image(cell), CLIP_text(sub-prompt))``, in
+    [-1, 1] (NaN + reason as in the module docstring); ``details["cell_cosine"]`` holds each cell's cosine.
+
+    Args:
+        device: where the CLIP model runs.
+        path: a transformers CLIP checkpoint (hub id or folder) or ``tiny``.
+        dtype: model dtype (default: bf16 on CUDA, fp32 on CPU).
+        batch_size: cells per forward pass.
+
+    Raises:
+        ModelLoadError: the checkpoint cannot be loaded.
+    """
+
     name = "t2is_clip_t"
 
     def __init__(self, device="cpu", *, path: str = DEFAULT_CLIP, dtype=None, batch_size: int = 32):
