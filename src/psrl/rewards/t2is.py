@@ -92,11 +92,11 @@ class T2ISConsistencyReward:
             try:
                 grid, cells = grid_cells(pils[b], records[b])
             except ValueError as e:
-                failures[b] = f"{self.name}: {e}"
+                failures[b] = str(e)
                 continue
             grids[b] = f"{grid.rows}x{grid.cols}"
             if len(cells) < 2:
-                failures[b] = f"{self.name}: record {records[b].id!r}: a {grids[b]} grid has no pair of cells"
+                failures[b] = f"record {records[b].id!r}: a {grids[b]} grid has no pair of cells"
                 continue
             text = paco_prompt(self.template, grid.theme)
             pairs = [JudgeRequest([a, c], text) for a, c in itertools.combinations(cells, 2)]
@@ -146,7 +146,7 @@ class T2ISClipTReward(_ClipRewardBase):
                 grid, cells = grid_cells(pils[b], records[b])
                 texts = grid.cell_prompts()
             except ValueError as e:
-                failures[b] = f"{self.name}: {e}"
+                failures[b] = str(e)
                 continue
             items += [(b, cell, text) for cell, text in zip(cells, texts)]
 
