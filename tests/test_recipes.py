@@ -11,7 +11,7 @@ import pytest
 from psrl.rl.tracking import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-GRPO_RECIPES = ["psr_kontext", "paco_flux", "paco_kontext", "customized_grpo", "flowgrpo_fast"]
+GRPO_RECIPES = ["psr_kontext", "paco_flux_refs", "paco_t2is", "paco_kontext", "customized_grpo", "flowgrpo_fast"]
 SFT_RECIPES = ["psr_kontext_sft"]
 # the tiny twin may swap a reward whose tiny model cannot score (documented in the twin)
 TWIN_STAND_INS = {("psr_kontext", "semantic_alignment"): "vlm_consistency"}

@@ -35,7 +35,7 @@ def test_trained_adapter_is_a_grpo_reward(tiny_run, tmp_path):
     """A policy trains with the reward model: one GRPO step of the tiny PaCo-FLUX twin with the adapter loaded."""
     from psrl.cli.main import main
 
-    assert main(["train", "--config", str(CONFIGS / "tiny" / "paco_flux.yaml"),
+    assert main(["train", "--config", str(CONFIGS / "tiny" / "paco_flux_refs.yaml"),
                  "--set", f"rewards.0.args.adapter_path={tiny_run / 'adapter'}", "--set", "train.max_steps=1",
                  "--set", "eval.every=0", "--set", f"run.output_dir={tmp_path}"]) == 0
     run = next(p for p in tmp_path.iterdir() if p.is_dir())

@@ -8,6 +8,8 @@ Registered names (``build_reward(name, args, device=...)``; every model-backed r
 ``vlm_consistency``      VLM judge P(Yes) over (reference, generated) pairs (PaCo-Reward prompt)
 ``semantic_alignment``   VLM judge PSRBench 0-10 rubric per ``tags["subset"]``, scaled to [0, 1]
 ``edit_consistency``     sqrt(P(consistent) * P(follows instruction)) for (original, edited)
+``t2is_consistency``     T2IS grid: mean VLM judge P(Yes) over all pairs of cells (PaCo template v1, the theme)
+``t2is_clip_t``          T2IS grid: mean CLIP cosine of each cell with its sub-prompt (PaCo sub-figure CLIP-T)
 ``hpsv3``                HPSv3 mu (Qwen2-VL + reward head)
 ``pickscore`` / ``clip_t``  CLIP text-image scores;  ``aesthetic``: LAION MLP on CLIP features
 ``clip_i`` / ``dino``    image-image cosine to the references (DreamBench)
