@@ -60,6 +60,10 @@ ARGS = {
     "clip_i": {"path": "tiny"},
     "dino": {"path": "tiny"},
 }
+# grid rewards read a grid prompt, not a subject prompt (configs/tiny/data/t2is holds such records)
+GRID_ARGS = {"t2is_consistency": {"path": "tiny"}, "t2is_clip_t": {"path": "tiny"}}
+GRID_PROMPT = ("FOUR-PANEL Images with a 2x2 grid layout a red fox. [TOP]-[LEFT]:The fox sleeps. [TOP]-[RIGHT]:The "
+               "fox runs. [BOTTOM]-[LEFT]:The fox drinks. [BOTTOM]-[RIGHT]:The fox hides.")
 QWEN_REWARDS = ["vlm_consistency", "semantic_alignment", "edit_consistency", "hpsv3"]
 READS_REFERENCES = ["subject_consistency", "vlm_consistency", "edit_consistency", "clip_i", "dino"]
 
@@ -128,7 +132,20 @@ def test_per_item_batches_first_then_isolates_only_what_fails():
 
 @pytest.mark.unit
 def test_every_registered_reward_is_covered():
-    assert set(REWARDS.names()) == set(ARGS) | {"remote"}
+    assert set(REWARDS.names()) == set(ARGS) | set(GRID_ARGS) | {"remote"}
+
+
+@pytest.mark.component
+@pytest.mark.parametrize("name", sorted(GRID_ARGS))
+def test_a_grid_image_the_qwen_processor_refuses_fails_alone(name):
+    reward = build_reward(name, dict(GRID_ARGS[name]))
+    images = _images()
+    images[1] = Image.new("RGB", (1800, 8), (10, 200, 10))
+    records = [Record(id=f"g{i}", prompt=GRID_PROMPT) for i in range(4)]
+    out = reward(images, records)
+    _assert_only(out, 1, "too elongated", name)
+    alone = reward([images[b] for b in (0, 2, 3)], [records[b] for b in (0, 2, 3)])
+    assert torch.allclose(out.scores[[0, 2, 3]], alone.scores, atol=1e-5)
 
 
 # ------------------------------------------------------------------ 1 bad sample in a batch of 4, every reward

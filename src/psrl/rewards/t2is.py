@@ -41,7 +41,7 @@ from psrl.rewards.preference import _ClipRewardBase
 from psrl.rewards.vlm.cache import DEFAULT_MAX_ENTRIES, CachedPYes
 from psrl.rewards.vlm.prompts import paco_prompt
 from psrl.rewards.vlm.transports import JudgeRequest
-from psrl.rewards.vlm_rewards import _judge
+from psrl.rewards.vlm_rewards import _judge, score_pairs
 
 DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PaCo's open_clip ViT-H-14 laion2b_s32b_b79k
 
@@ -102,19 +102,9 @@ class T2ISConsistencyReward:
             pairs = [JudgeRequest([a, c], text) for a, c in itertools.combinations(cells, 2)]
             spans[b] = (len(requests), len(requests) + len(pairs))
             requests += pairs
-        answers = self.judge.p_yes(requests)
-        scores = torch.full((len(records),), float("nan"))
-        per_pair: list[list[float]] = [[] for _ in records]
-        bounded = [False] * len(records)
-        for b, (s, e) in spans.items():
-            got = answers[s:e]
-            per_pair[b] = [p for p, _, _ in got]
-            bounded[b] = any(x for _, _, x in got)
-            bad = [why for _, why, _ in got if why]
-            if bad:
-                failures[b] = f"{len(bad)} of {len(got)} cell pair(s) unscored: {bad[0]}"
-            else:
-                scores[b] = sum(per_pair[b]) / len(per_pair[b])
+        scores, per_pair, bounded = score_pairs(
+            self.judge.p_yes(requests), spans, failures, lambda p: sum(p) / len(p),
+            reason=lambda bad, got: f"{len(bad)} of {len(got)} cell pair(s) unscored: {bad[0]}")
         return RewardOutput(scores=scores, failures=failures,
                             details={"p_yes_pairs": per_pair, "p_yes_bounded": bounded, "grid": grids})
 

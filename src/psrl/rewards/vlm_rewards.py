@@ -53,6 +53,29 @@ def _judge(device, judge_kwargs: dict, **judge_opts) -> VLMJudge:
     return VLMJudge(build_transport(device=device, **judge_kwargs), **judge_opts)
 
 
+def score_pairs(answers: Sequence, spans: dict[int, tuple[int, int]], failures: list, combine,
+                reason=lambda bad, got: bad[0]) -> tuple[Tensor, list[list[float]], list[bool]]:
+    """The judge's answers to a batch's concatenated pair requests, split back per sample: ``spans[b] = (start,
+    end)`` are sample ``b``'s requests. Returns ``(scores [len(failures)] float32, per-pair P(Yes) per sample, whether
+    any of a sample's answers was bounded)``; a sample with an unanswered pair keeps NaN and gets
+    ``failures[b] = reason(reasons, answers of b)`` (in place), otherwise ``combine(per_pair[b])``. Samples not in
+    ``spans`` stay NaN with the failure they already have. Shared by the reference-pair and the T2IS cell-pair
+    rewards."""
+    scores = torch.full((len(failures),), float("nan"))
+    per_pair: list[list[float]] = [[] for _ in failures]
+    bounded = [False] * len(failures)
+    for b, (s, e) in spans.items():
+        got = answers[s:e]
+        per_pair[b] = [p for p, _, _ in got]
+        bounded[b] = any(x for _, _, x in got)
+        bad = [why for _, why, _ in got if why]
+        if bad:
+            failures[b] = reason(bad, got)
+        else:
+            scores[b] = combine(per_pair[b])
+    return scores, per_pair, bounded
+
+
 class _PairwiseBase:
     def __init__(self, device, canonicalize, judge_kwargs, background="white"):
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
@@ -74,19 +97,7 @@ class _PairwiseBase:
                 continue
             spans[b] = (len(requests), len(requests) + len(reqs))
             requests += reqs
-        answers = self.judge.p_yes(requests)
-        scores = torch.full((len(records),), float("nan"))
-        per_pair: list[list[float]] = [[] for _ in records]
-        bounded = [False] * len(records)
-        for b, (s, e) in spans.items():
-            got = answers[s:e]
-            per_pair[b] = [p for p, _, _ in got]
-            bounded[b] = any(x for _, _, x in got)
-            bad = [why for _, why, _ in got if why]
-            if bad:
-                failures[b] = bad[0]
-                continue
-            scores[b] = combine(per_pair[b])
+        scores, per_pair, bounded = score_pairs(self.judge.p_yes(requests), spans, failures, combine)
         return scores, failures, per_pair, bounded
 
 
