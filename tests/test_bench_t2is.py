@@ -75,6 +75,45 @@ def test_loader_subsets_issues_and_records(tmp_path):
     assert any("no 4 per-image criteria" in str(i) for i in partial.issues)
 
 
+@pytest.mark.unit
+def test_registry_lists_every_benchmark_and_its_functions_import():
+    from psrl.bench.benchmarks import BENCHMARKS, get_benchmark
+    from psrl.errors import PsrlError
+    from psrl.registry import import_object
+
+    assert BENCHMARKS.names() == ["dreambench", "gedit", "gedit-cn", "psrbench", "t2is"]
+    for name in BENCHMARKS.names():
+        spec = get_benchmark(name)
+        assert spec.name == name and spec.subsets and spec.dimensions
+        for field in ("load", "parse_entry", "metrics"):
+            assert callable(import_object(getattr(spec, field)))
+    assert get_benchmark("t2is").overall_rule == "sample_mean" and get_benchmark("gedit").overall_rule == "subset_mean"
+    with pytest.raises(PsrlError, match="unknown benchmark 'geneval'; known: dreambench, gedit"):
+        get_benchmark("geneval")
+    with pytest.raises(PsrlError, match="--psrbench-compat applies to PSRBench only"):
+        get_benchmark("t2is").call("metrics", compat=True)
+    with pytest.raises(PsrlError, match="--judge-model needs --judge-endpoint"):
+        get_benchmark("t2is").call("metrics", judge_model="qwen")
+
+
+@pytest.mark.unit
+def test_overall_rule_pools_samples_or_averages_subsets():
+    """T2IS-Eval averages over every case; PSRBench / GEdit average the subset means."""
+    from psrl.bench.summary import summarize
+
+    rows = [{"key": f"k{i}", "subset": s, "seed": 0, "scores": {"identity": v}, "failures": {"identity": None}}
+            for i, (s, v) in enumerate([("character", 0.2), ("character", 0.4), ("character", 0.6), ("story", 1.0)])]
+    pooled = summarize(rows, benchmark="t2is", dimensions=["identity"], subsets=["character", "story"],
+                       overall_rule="sample_mean")["overall"]["identity"]
+    by_subset = summarize(rows, benchmark="t2is", dimensions=["identity"], subsets=["character", "story"])
+    assert pooled["mean"] == pytest.approx(0.55) and pooled["subset_mean"] == pytest.approx(0.7)
+    assert pooled["per_seed"]["0"] == pytest.approx(0.55)
+    assert by_subset["overall"]["identity"]["mean"] == pytest.approx(0.7)
+    assert by_subset["overall_rule"] == "subset_mean"
+    with pytest.raises(ValueError, match="overall_rule must be one of"):
+        summarize(rows, benchmark="t2is", dimensions=["identity"], subsets=["character"], overall_rule="median")
+
+
 @pytest.mark.component
 def test_metrics_on_a_tiny_judge_follow_the_published_rules(tmp_path):
     """identity = mean over criteria of the mean P(Yes) over the 6 cell pairs; alignment = mean over cells of the
@@ -144,6 +183,9 @@ def test_generate_eval_compare_from_the_cli(tmp_path, capsys):
     assert "invalid entry" in rows["seed0/story/1"]["failures"]["identity"]
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["benchmark"] == "t2is" and summary["subsets"] == ["character", "story"]
+    scored = [r["scores"]["identity"] for r in rows.values() if r["scores"]["identity"] is not None]
+    assert summary["overall_rule"] == "sample_mean" and len(scored) == 3
+    assert summary["overall"]["identity"]["mean"] == pytest.approx(sum(scored) / 3)
     # resumable: a second run scores nothing new
     assert main(["bench", "eval", "--results", str(out), "--tiny"]) == 0
     assert "scored 0 sample(s) (4 resumed)" in capsys.readouterr().out

@@ -28,6 +28,7 @@ class BenchmarkSpec:
     metrics: str
     published: str | None = None
     description: str = ""
+    overall_rule: str = "subset_mean"  # how the Overall row pools subsets (psrl.bench.summary.summarize)
 
     def call(self, which: str, *args, **kwargs):
         """Call the function named by field ``which`` (``load``, ``parse_entry``, ``metrics``)."""
@@ -44,9 +45,10 @@ def get_benchmark(name: str) -> BenchmarkSpec:
     return BENCHMARKS.get(name)
 
 
-def _spec(name: str, module: str, subsets, dimensions, published=None, description="") -> BenchmarkSpec:
+def _spec(name: str, module: str, subsets, dimensions, published=None, description="",
+          overall_rule="subset_mean") -> BenchmarkSpec:
     return BenchmarkSpec(name, tuple(subsets), tuple(dimensions), f"{module}:load", f"{module}:parse_entry",
-                         f"{module}:default_metrics", published, description)
+                         f"{module}:default_metrics", published, description, overall_rule)
 
 
 # adapters for the two benchmarks whose loaders predate the registry (their own signatures kept)
@@ -111,7 +113,8 @@ def _register_builtin() -> None:
 
     BENCHMARKS.register("t2is", _spec("t2is", "psrl.bench.t2is", T2IS_SUBSETS, T2IS_DIMENSIONS,
                                       "t2is_published.json",
-                                      "T2IS-Bench (arXiv 2506.23275): image sets from grid prompts"))
+                                      "T2IS-Bench (arXiv 2506.23275): image sets from grid prompts",
+                                      overall_rule="sample_mean"))  # T2IS-Eval averages over all cases
     from psrl.bench.gedit import GEDIT_DIMENSIONS, GEDIT_GROUPS
 
     for lang, name, table in (("en", "gedit", "gedit_published.json"), ("cn", "gedit-cn", "gedit_cn_published.json")):

@@ -89,7 +89,7 @@ def report_from_dir(eval_dir: str | Path, *, data_root: str | Path | None = None
                   "results": str(results_dir) if results_dir else None,
                   "data_root": str(data_root) if data_root else None}
     summary = summarize(rows, benchmark=benchmark, dimensions=dims, subsets=benchmark_subsets(benchmark),
-                        provenance=provenance)
+                        provenance=provenance, overall_rule=get_benchmark(benchmark).overall_rule)
     write_report(summary, rows, eval_dir, data_root=data_root, title=title or f"{benchmark} report",
                  gallery_per_subset=gallery_per_subset)
     return summary
