@@ -136,7 +136,7 @@ def test_metrics_on_a_tiny_judge_follow_the_published_rules(tmp_path):
         expected.append(sum(p for p, _, _ in identity.judge.p_yes(reqs)) / 6)
     assert out.scores[0].item() == pytest.approx(sum(expected) / 2, abs=1e-5)
     assert out.details["group_scores"][0] == pytest.approx(expected, abs=1e-5)
-    logic = T2ISConsistency(dimension="Logic", path="tiny")(images, records)
+    logic = T2ISConsistency(dimension="Logic", judge_size=16, path="tiny")(images, records)
     assert math.isnan(logic.scores[1]) and logic.failures[1] == "case 0001_0002: no Logic criteria"
     assert 0.0 <= logic.scores[0] <= 1.0 and logic.failures[0] is None
     attribute = T2ISAlignment(dimension="Attribute", path="tiny")

@@ -22,10 +22,11 @@ Scoring rules (chengyou-jia/T2IS@ab4974a ``T2IS_Eval/``):
   ``No`` / ``Yes`` (= psrl's P(Yes), :mod:`psrl.rewards.vlm.judge`), averaged over pairs, then over the criteria.
   Judge Qwen2.5-VL-7B-Instruct. Upstream scores a dimension without criteria 0.0 and leaves zeros out of its final
   mean; psrl records NaN with the reason, which the summary leaves out the same way.
-* prompt alignment (``vqa_alignment.py``): VQAScore (CLIP-FlanT5-XXL, linzhiqiu/t2v_metrics) of each image
-  against each question of its Entity / Attribute / Relation lists, averaged per list, then over the images.
-  psrl asks its VLM judge the VQAScore question (:data:`VQASCORE_QUESTION`) and takes P(Yes): the same rule on
-  another model, so these numbers are not the published ones (the table marks them reported).
+* prompt alignment (``vqa_alignment.py``): VQAScore (CLIP-FlanT5-XXL) of each image against each question of its
+  Entity / Attribute / Relation lists, averaged per list, then over the images. psrl asks its VLM judge the
+  VQAScore question (:data:`VQASCORE_QUESTION`, linzhiqiu/t2v_metrics@8b7a7b2
+  ``t2v_metrics/models/vqascore_models/clip_t5_model.py``, answer ``Yes``) and takes P(Yes): the same rule on
+  another model, so these numbers are not comparable with the published ones.
 * aesthetics: the released toolkit has no aesthetics script; psrl averages an aesthetic reward over the cells
   (default LAION aesthetic predictor / 10; change it with ``--set``).
 
@@ -187,7 +188,8 @@ def load(data_root, subsets=None, **_):
 def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):
     """Aesthetic (cell mean of ``aesthetic`` / 10), pa_entity / pa_attribute / pa_relation (VQAScore question,
     P(Yes)), identity / style / logic (T2IS-Eval pairwise criteria, P(Yes)); judge Qwen2.5-VL-7B-Instruct locally,
-    or the OpenAI-compatible server at ``judge_endpoint`` (first-token logprobs needed)."""
+    or the OpenAI-compatible server at ``judge_endpoint`` (first-token logprobs needed). The real aesthetic
+    predictor needs its LAION head: ``--set aesthetic.default.args.args.head_path=FILE``."""
     from psrl.bench.tasks import DimensionSpec, MetricSpec
 
     if compat:
@@ -201,6 +203,9 @@ def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny
     out = {"aesthetic": DimensionSpec(MetricSpec("psrl.bench.t2is_metrics:CellMean", aesthetic, scale=0.1))}
     for dim, key in ALIGNMENT_DIMENSIONS.items():
         out[dim] = DimensionSpec(MetricSpec("psrl.bench.t2is_metrics:T2ISAlignment", {"dimension": key, **judge}))
+    # tiny: 32-pixel cells for the random-weight judge (its cost on CPU grows with the pixels; the rule is the same)
+    size = {"judge_size": 32} if tiny else {}
     for dim, key in CONSISTENCY_DIMENSIONS.items():
-        out[dim] = DimensionSpec(MetricSpec("psrl.bench.t2is_metrics:T2ISConsistency", {"dimension": key, **judge}))
+        out[dim] = DimensionSpec(MetricSpec("psrl.bench.t2is_metrics:T2ISConsistency",
+                                            {"dimension": key, **size, **judge}))
     return out
