@@ -114,6 +114,34 @@ def test_overall_rule_pools_samples_or_averages_subsets():
         summarize(rows, benchmark="t2is", dimensions=["identity"], subsets=["character"], overall_rule="median")
 
 
+@pytest.mark.unit
+def test_import_image_sets_tiles_t2is_eval_outputs(tmp_path):
+    """Per-image files <case>_<NNNN>.png (T2IS-Eval's layout) become one grid per entry, readable by eval."""
+    from PIL import Image
+
+    from psrl.bench.results import load_result_samples
+    from psrl.bench.t2is import import_image_sets
+
+    root = make_t2is(tmp_path / "t2is")
+    images = tmp_path / "images"
+    images.mkdir()
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    for k, c in enumerate(colors):  # written out of order: the trailing number decides
+        Image.new("RGB", (12, 10) if k else (10, 8), c).save(images / f"0001_0001_{3 - k:04d}.png")
+    for k in range(3):  # one image short of its 2x2 grid
+        Image.new("RGB", (10, 8), colors[k]).save(images / f"0011_0001_{k:04d}.png")
+    out = tmp_path / "out"
+    report = import_image_sets(images, root, out)
+    assert report == {"imported": 1, "incomplete": {"0011_0001": 3}, "missing": ["0001_0002"]}
+    grid = Image.open(out / "seed0" / "character" / "0.png")
+    assert grid.size == (24, 20)  # the first image's size (12x10, number 0000) per cell
+    assert [grid.getpixel(xy) for xy in [(0, 0), (12, 0), (0, 10), (12, 10)]] == colors[::-1]
+    assert json.loads((out / "bench.json").read_text())["benchmark"] == "t2is"
+    samples, _ = load_result_samples(out, root, "t2is")
+    problems = {s.key: s.problem for s in samples}
+    assert problems["seed0/character/0"] is None and problems["seed0/story/0"] == "no result_path in the result file"
+
+
 @pytest.mark.component
 def test_metrics_on_a_tiny_judge_follow_the_published_rules(tmp_path):
     """identity = mean over criteria of the mean P(Yes) over the 6 cell pairs; alignment = mean over cells of the

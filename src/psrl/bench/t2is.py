@@ -30,6 +30,9 @@ Scoring rules (chengyou-jia/T2IS@ab4974a ``T2IS_Eval/``):
 * aesthetics: the released toolkit has no aesthetics script; psrl averages an aesthetic reward over the cells
   (default LAION aesthetic predictor / 10; change it with ``--set``).
 
+Image sets of another model saved one file per image (T2IS-Eval's ``<case id>_<NNNN>.png``) become a result folder
+with :func:`import_image_sets` (each set tiled into its grid).
+
 Per-cell sub-prompts follow PaCo's ``divide_prompt`` (``consistency_scorer.py``: split before ``[TOP-LEFT]:``-style
 markers, the first chunk is the theme); cells are cut in row-major order, rows from the first number of the layout.
 """
@@ -183,6 +186,56 @@ def load(data_root, subsets=None, **_):
                 out.issues.extend(issues)
                 out.items.append(BenchItem(subset, index, entry, record))
     return out
+
+
+def import_image_sets(images_dir, data_root, out_dir, *, seed: int = 0, suffixes=(".png", ".jpg", ".jpeg")) -> dict:
+    """Turn image sets saved one file per image, T2IS-Eval's layout (``<case id>_<NNNN>.<ext>``, ordered by the
+    trailing number; chengyou-jia/T2IS@ab4974a ``T2IS_Eval/test_prompt_consistency.py``), into a psrl result
+    folder ``psrl bench eval`` reads: each complete set tiled row-major into the entry's grid (every image resized
+    to the first one's size) at ``<out>/seed<seed>/<subset>/<index>.png``, the result files and ``bench.json``.
+
+    A set with another number of images than its grid has cells gets no image (evaluation counts it as missing).
+    Returns ``{"imported": n, "incomplete": {case: found}, "missing": [case, ...]}``."""
+    from PIL import Image
+
+    from psrl.bench.generate import write_result_files
+    from psrl.bench.results import MANIFEST, image_path, read_manifest
+    from psrl.fileio import write_json_atomic
+    from psrl.images import load_image, save_image
+
+    data = load(data_root)
+    images_dir, out_dir = Path(images_dir), Path(out_dir)
+    if not images_dir.is_dir():
+        raise PsrlError(f"image folder not found: {images_dir}")
+    files: dict[str, list[tuple[int, Path]]] = {}
+    for f in images_dir.iterdir():
+        stem, _, number = f.stem.rpartition("_")
+        if f.suffix.lower() in suffixes and stem and number.isdigit():
+            files.setdefault(stem, []).append((int(number), f))
+    report: dict = {"imported": 0, "incomplete": {}, "missing": []}
+    for item in data.items:
+        if item.record is None:
+            continue
+        case, (rows, cols) = item.record.tags["case"], item.record.tags["grid"]
+        found = [f for _, f in sorted(files.get(case, []))]
+        if not found:
+            report["missing"].append(case)
+            continue
+        if len(found) != rows * cols:
+            report["incomplete"][case] = len(found)
+            continue
+        images = [load_image(f) for f in found]
+        w, h = images[0].size
+        grid = Image.new("RGB", (w * cols, h * rows))
+        for k, im in enumerate(images):
+            grid.paste(im.resize((w, h)), ((k % cols) * w, (k // cols) * h))
+        save_image(grid, image_path(out_dir, seed, item.subset, item.index))
+        report["imported"] += 1
+    write_result_files(data, out_dir, [seed], absolute_paths=True)
+    manifest = {**read_manifest(out_dir), "benchmark": "t2is", "data_root": str(Path(data_root).resolve()),
+                "seeds": [seed], "imported_from": str(images_dir.resolve())}
+    write_json_atomic(out_dir / MANIFEST, manifest)
+    return report
 
 
 def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):
