@@ -69,6 +69,9 @@ def test_export_and_loader(tmp_path):
     (root / "fullset/color_alter/en/k3_SRCIMG.png").unlink()
     assert any("color_alter[0].input_image: key k3" in str(i) for i in load_en(root).issues)
     assert any("unknown task group" in str(i) for i in load_en(root, ["recolor"]).issues)
+    assert load_cn(root).items[0].record.tags["benchmark"] == "gedit-cn"
+    nope = tmp_path / "nope"
+    assert [str(i) for i in load_en(nope).issues] == [f"*.data_root: not a directory: {nope}"]
 
 
 class Judge(BaseHTTPRequestHandler):

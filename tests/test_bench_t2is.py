@@ -67,6 +67,8 @@ def test_loader_subsets_issues_and_records(tmp_path):
     assert len(rec.tags["alignment"]) == 4 and rec.tags["alignment"][0]["Entity"] == ["a fox"]
     assert data.items[3].record is None
     assert [i.key for i in load(root, ["story"]).items] == ["story/0", "story/1"]
+    nope = tmp_path / "nope"
+    assert [str(i) for i in load(nope).issues] == [f"*.data_root: not a directory: {nope}"]
     unknown = load(root, ["comics"])
     assert any("unknown subset" in str(i) for i in unknown.issues)
     (root / "prompt_alignment.json").write_text(json.dumps({"0001_0001": {"0000": {}}}))

@@ -95,8 +95,9 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
         bad("Intersection_exist", f"must be true or false, got {entry.get('Intersection_exist')!r}")
     if any(i.field in ("instruction", "input_image") for i in issues):
         return None, issues
-    tags = {"benchmark": "gedit", "subset": subset, "index": index, "key": key,
-            "language": entry.get("instruction_language"), "intersection": entry.get("Intersection_exist")}
+    lang = entry.get("instruction_language")
+    tags = {"benchmark": "gedit" if lang == "en" else "gedit-cn", "subset": subset, "index": index, "key": key,
+            "language": lang, "intersection": entry.get("Intersection_exist")}
     record = Record(id=f"{subset}/{index}", prompt=instruction,
                     subjects=(SubjectRef(image=src, phrase="source image"),), tags=tags)
     return record, issues
@@ -108,6 +109,9 @@ def _load(data_root, subsets, language: str):
     root = Path(data_root).resolve()
     out = LoadedSubsets()
     path = root / METADATA
+    if not root.is_dir():
+        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+        return out
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

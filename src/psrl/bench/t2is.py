@@ -155,6 +155,9 @@ def load(data_root, subsets=None, **_):
     root = Path(data_root).resolve()
     out = LoadedSubsets()
     path = root / PROMPTS_FILE
+    if not root.is_dir():
+        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+        return out
     if not path.is_file():
         out.issues.append(ValidationIssue("*", None, "file", f"T2IS prompt file not found: {path}"))
         return out
