@@ -70,6 +70,13 @@ def test_export_and_loader(tmp_path):
     assert any("color_alter[0].input_image: key k3" in str(i) for i in load_en(root).issues)
     assert any("unknown task group" in str(i) for i in load_en(root, ["recolor"]).issues)
     assert load_cn(root).items[0].record.tags["benchmark"] == "gedit-cn"
+    from psrl.errors import RecordError
+
+    evil = {"key": "../../../../escape", "task_type": "color_alter", "instruction": "x", "instruction_language": "en",
+            "Intersection_exist": False, "input_image": Image.new("RGB", (16, 16))}
+    with pytest.raises(RecordError, match="escapes the data root"):
+        export_gedit([evil], tmp_path / "other")
+    assert not (tmp_path / "escape_SRCIMG.png").exists()
     nope = tmp_path / "nope"
     assert [str(i) for i in load_en(nope).issues] == [f"*.data_root: not a directory: {nope}"]
 

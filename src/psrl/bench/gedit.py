@@ -49,15 +49,18 @@ def source_image_path(task_type: str, language: str, key: str) -> str:
 
 def export_gedit(rows, root: str | Path) -> Path:
     """Write a GEdit-Bench data root from the HF dataset's rows (``load_dataset("stepfun-ai/GEdit-Bench",
-    split="train")`` or any iterable of such dicts with a PIL ``input_image``); returns the metadata path."""
+    split="train")`` or any iterable of such dicts with a PIL ``input_image``); returns the metadata path.
+    Raises ``RecordError`` for a row whose key or task type would put its image outside ``root``."""
+    from psrl.data.records import resolve_under
     from psrl.fileio import write_json_atomic
+    from psrl.images import save_image
 
     root = Path(root)
     entries = []
     for row in rows:
         rel = source_image_path(row["task_type"], row["instruction_language"], row["key"])
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        row["input_image"].convert("RGB").save(root / rel)
+        # a key or task name with "../" cannot write outside the root (RecordError names the value)
+        save_image(row["input_image"].convert("RGB"), resolve_under(root, rel, what="GEdit-Bench source image"))
         entries.append({"key": row["key"], "task_type": row["task_type"], "instruction": row["instruction"],
                         "instruction_language": row["instruction_language"],
                         "Intersection_exist": bool(row["Intersection_exist"]), "input_image": rel})
