@@ -56,6 +56,22 @@ def test_reply_parser_and_overall():
 
 
 @pytest.mark.unit
+def test_intersection_summary_averages_group_means_of_flagged_samples():
+    from psrl.bench.gedit import intersection_summary
+
+    def row(subset, value, flag):
+        return {"subset": subset, "scores": {"overall": value},
+                "details": {"overall": {} if flag is None else {"intersection": flag}}}
+
+    rows = [row("color_alter", 4.0, True), row("color_alter", 6.0, True), row("color_alter", 9.0, False),
+            row("ps_human", 8.0, True), row("ps_human", None, True), row("tone_transfer", 1.0, None)]
+    got = intersection_summary(rows, ["overall"])["overall"]
+    assert got["groups"] == {"color_alter": 5.0, "ps_human": 8.0} and got["average"] == 6.5
+    assert got["n"] == 3 and got["unflagged"] == 1
+    assert intersection_summary([], ["overall"])["overall"]["average"] is None
+
+
+@pytest.mark.unit
 def test_export_and_loader(tmp_path):
     root = make_gedit(tmp_path / "gedit")
     assert (root / "fullset/background_change/en/k1_SRCIMG.png").is_file()
@@ -170,6 +186,10 @@ def test_generate_eval_compare_from_the_cli(tmp_path, judge_url, capsys):
     # Overall = mean of the group means: background_change has PQ 7 (both), color_alter 7
     assert summary["overall"]["perceptual_quality"]["mean"] == pytest.approx(7.0)
     assert summary["overall"]["overall"]["failed"] == 1
+    # the published -I columns: only k1 (background_change) has Intersection_exist
+    inter = summary["intersection"]["overall"]
+    assert inter["groups"] == {"background_change": pytest.approx(math.sqrt(42.0))} and inter["n"] == 1
+    assert inter["average"] == pytest.approx(math.sqrt(42.0)) and inter["unflagged"] == 0
     assert main(["bench", "compare", str(out / "eval"), "--published", "--out", str(tmp_path / "cmp")]) == 0
     table = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     reported = {r["label"]: r["overall"] for r in table["rows"] if r["kind"] == "reported"}

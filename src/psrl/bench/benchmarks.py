@@ -29,6 +29,7 @@ class BenchmarkSpec:
     published: str | None = None
     description: str = ""
     overall_rule: str = "subset_mean"  # how the Overall row pools subsets (psrl.bench.summary.summarize)
+    summary_extras: str | None = None  # "module:attr": rows -> dict merged into summary.json
 
     def call(self, which: str, *args, **kwargs):
         """Call the function named by field ``which`` (``load``, ``parse_entry``, ``metrics``)."""
@@ -121,7 +122,8 @@ def _register_builtin() -> None:
         BENCHMARKS.register(name, BenchmarkSpec(
             name, GEDIT_GROUPS, GEDIT_DIMENSIONS, f"psrl.bench.gedit:load_{lang}", "psrl.bench.gedit:parse_entry",
             "psrl.bench.gedit:default_metrics", table,
-            f"GEdit-Bench (arXiv 2504.17761), {lang.upper()} instructions: VIEScore SC / PQ / O"))
+            f"GEdit-Bench (arXiv 2504.17761), {lang.upper()} instructions: VIEScore SC / PQ / O",
+            summary_extras="psrl.bench.gedit:summary_extras"))
 
 
 _register_builtin()

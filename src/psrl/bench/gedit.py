@@ -28,6 +28,7 @@ published numbers used GPT-4.1 or Qwen2.5-VL-72B-Instruct-AWQ as judge.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from psrl.bench.items import BenchItem, ValidationIssue, check_image
@@ -153,6 +154,33 @@ def load_en(data_root, subsets=None, **_):
 def load_cn(data_root, subsets=None, **_):
     """The Chinese-instruction entries of the root, per task group."""
     return _load(data_root, subsets, "cn")
+
+
+def intersection_summary(rows, dimensions=GEDIT_DIMENSIONS) -> dict:
+    """The published "-I" columns: per dimension, the mean over the samples with ``Intersection_exist`` of each
+    task group, and ``average`` = the mean of those group means (``calculate_statistics.py``'s intersection
+    rows). Reads the flag from the rows' ``details[dim]["intersection"]`` (:class:`VIEScoreMetric` writes it);
+    rows without it are left out and counted in ``unflagged``. Pure function of the per-sample rows."""
+    out: dict = {}
+    for dim in dimensions:
+        groups: dict[str, list[float]] = {}
+        unflagged = 0
+        for r in rows:
+            flag = ((r.get("details") or {}).get(dim) or {}).get("intersection")
+            value = (r.get("scores") or {}).get(dim)
+            if flag is None:
+                unflagged += 1
+            elif flag and isinstance(value, (int, float)) and math.isfinite(value):
+                groups.setdefault(r["subset"], []).append(float(value))
+        means = {g: sum(v) / len(v) for g, v in groups.items()}
+        out[dim] = {"groups": means, "average": sum(means.values()) / len(means) if means else None,
+                    "n": sum(len(v) for v in groups.values()), "unflagged": unflagged}
+    return out
+
+
+def summary_extras(rows) -> dict:
+    """What the GEdit summary adds to the generic one (``summary.json`` key ``intersection``)."""
+    return {"intersection": intersection_summary(rows)}
 
 
 def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):

@@ -113,7 +113,8 @@ def _digest(image) -> str:
 class VIEScoreMetric:
     """One of SC / PQ / O (``output``) of an edited image against the record's instruction and source image (its
     first subject). Replies are cached per (judge, request) in a bounded FIFO shared by the three outputs, so SC,
-    PQ and O of a sample cost two judge requests. Scores in [0, 10]; ``details``: both score lists and replies."""
+    PQ and O of a sample cost two judge requests. Scores in [0, 10]; ``details``: both score lists and replies,
+    and the entry's ``Intersection_exist`` (read by :func:`psrl.bench.gedit.intersection_summary`)."""
 
     name = "viescore"
     _cache: OrderedDict = OrderedDict()
@@ -183,7 +184,7 @@ class VIEScoreMetric:
         scores = torch.full((n,), float("nan"))
         nan_list: list = [None] * n
         details = {"sc_scores": list(nan_list), "pq_scores": list(nan_list), "sc_reply": list(nan_list),
-                   "pq_reply": list(nan_list)}
+                   "pq_reply": list(nan_list), "intersection": [r.tags.get("intersection") for r in records]}
         for b, (i_sc, i_pq) in pending.items():
             parsed = {}
             for which, i in (("sc", i_sc), ("pq", i_pq)):

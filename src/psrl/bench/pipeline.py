@@ -88,8 +88,11 @@ def report_from_dir(eval_dir: str | Path, *, data_root: str | Path | None = None
     provenance = {"config_hash": config_hash(cfg["config"]), "config": cfg["config"], "versions": package_versions(),
                   "results": str(results_dir) if results_dir else None,
                   "data_root": str(data_root) if data_root else None}
+    spec = get_benchmark(benchmark)
     summary = summarize(rows, benchmark=benchmark, dimensions=dims, subsets=benchmark_subsets(benchmark),
-                        provenance=provenance, overall_rule=get_benchmark(benchmark).overall_rule)
+                        provenance=provenance, overall_rule=spec.overall_rule)
+    if spec.summary_extras:  # benchmark-specific tables (GEdit-Bench's intersection columns)
+        summary.update(spec.call("summary_extras", rows))
     write_report(summary, rows, eval_dir, data_root=data_root, title=title or f"{benchmark} report",
                  gallery_per_subset=gallery_per_subset)
     return summary
