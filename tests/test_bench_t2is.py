@@ -87,8 +87,8 @@ def test_registry_lists_every_benchmark_and_its_functions_import():
     for name in BENCHMARKS.names():
         spec = get_benchmark(name)
         assert spec.name == name and spec.subsets and spec.dimensions
-        for field in ("load", "parse_entry", "metrics"):
-            assert callable(import_object(getattr(spec, field)))
+        for field in ("load", "parse_entry", "metrics", "summary_extras"):
+            assert getattr(spec, field) is None or callable(import_object(getattr(spec, field)))
     assert get_benchmark("t2is").overall_rule == "sample_mean" and get_benchmark("gedit").overall_rule == "subset_mean"
     with pytest.raises(PsrlError, match="unknown benchmark 'geneval'; known: dreambench, gedit"):
         get_benchmark("geneval")

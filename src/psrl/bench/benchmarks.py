@@ -20,9 +20,12 @@ from psrl.registry import Registry, import_object
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
+    """``subsets_ref`` / ``dimensions_ref``: the names, or a ``"module:attr"`` string naming them (kept lazy so
+    that this module imports no benchmark module: they import the result reader, which imports this)."""
+
     name: str
-    subsets: tuple[str, ...]
-    dimensions: tuple[str, ...]
+    subsets_ref: tuple[str, ...] | str
+    dimensions_ref: tuple[str, ...] | str
     load: str
     parse_entry: str
     metrics: str
@@ -30,6 +33,16 @@ class BenchmarkSpec:
     description: str = ""
     overall_rule: str = "subset_mean"  # how the Overall row pools subsets (psrl.bench.summary.summarize)
     summary_extras: str | None = None  # "module:attr": rows -> dict merged into summary.json
+
+    @property
+    def subsets(self) -> tuple[str, ...]:
+        ref = self.subsets_ref
+        return tuple(import_object(ref) if isinstance(ref, str) else ref)
+
+    @property
+    def dimensions(self) -> tuple[str, ...]:
+        ref = self.dimensions_ref
+        return tuple(import_object(ref) if isinstance(ref, str) else ref)
 
     def call(self, which: str, *args, **kwargs):
         """Call the function named by field ``which`` (``load``, ``parse_entry``, ``metrics``)."""
@@ -44,12 +57,6 @@ def get_benchmark(name: str) -> BenchmarkSpec:
     if name not in BENCHMARKS:
         raise PsrlError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS.names())}")
     return BENCHMARKS.get(name)
-
-
-def _spec(name: str, module: str, subsets, dimensions, published=None, description="",
-          overall_rule="subset_mean") -> BenchmarkSpec:
-    return BenchmarkSpec(name, tuple(subsets), tuple(dimensions), f"{module}:load", f"{module}:parse_entry",
-                         f"{module}:default_metrics", published, description, overall_rule)
 
 
 # adapters for the two benchmarks whose loaders predate the registry (their own signatures kept)
@@ -110,20 +117,19 @@ def _register_builtin() -> None:
         "dreambench", DREAMBENCH_SUBSETS, DREAMBENCH_DIMENSIONS, f"{here}:_load_dreambench",
         f"{here}:_parse_psrbench_like", f"{here}:_dreambench_metrics", None,
         "DreamBench (arXiv 2208.12242): DINO / CLIP-I / CLIP-T"))
-    from psrl.bench.t2is import T2IS_DIMENSIONS, T2IS_SUBSETS
-
-    BENCHMARKS.register("t2is", _spec("t2is", "psrl.bench.t2is", T2IS_SUBSETS, T2IS_DIMENSIONS,
-                                      "t2is_published.json",
-                                      "T2IS-Bench (arXiv 2506.23275): image sets from grid prompts",
-                                      overall_rule="sample_mean"))  # T2IS-Eval averages over all cases
-    from psrl.bench.gedit import GEDIT_DIMENSIONS, GEDIT_GROUPS
-
+    t2is = "psrl.bench.t2is"
+    BENCHMARKS.register("t2is", BenchmarkSpec(
+        "t2is", f"{t2is}:T2IS_SUBSETS", f"{t2is}:T2IS_DIMENSIONS", f"{t2is}:load", f"{t2is}:parse_entry",
+        f"{t2is}:default_metrics", "t2is_published.json",
+        "T2IS-Bench (arXiv 2506.23275): image sets from grid prompts",
+        overall_rule="sample_mean"))  # T2IS-Eval averages over all cases
+    gedit = "psrl.bench.gedit"
     for lang, name, table in (("en", "gedit", "gedit_published.json"), ("cn", "gedit-cn", "gedit_cn_published.json")):
         BENCHMARKS.register(name, BenchmarkSpec(
-            name, GEDIT_GROUPS, GEDIT_DIMENSIONS, f"psrl.bench.gedit:load_{lang}", "psrl.bench.gedit:parse_entry",
-            "psrl.bench.gedit:default_metrics", table,
+            name, f"{gedit}:GEDIT_GROUPS", f"{gedit}:GEDIT_DIMENSIONS", f"{gedit}:load_{lang}",
+            f"{gedit}:parse_entry", f"{gedit}:default_metrics", table,
             f"GEdit-Bench (arXiv 2504.17761), {lang.upper()} instructions: VIEScore SC / PQ / O",
-            summary_extras="psrl.bench.gedit:summary_extras"))
+            summary_extras=f"{gedit}:summary_extras"))
 
 
 _register_builtin()
