@@ -15,10 +15,15 @@ from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic, write_text_atomic
 
 
-def load_published() -> dict:
-    """The published PSR table shipped with psrl (reported numbers, overall per dimension)."""
-    text = resources.files("psrl.bench").joinpath("assets/psr_published.json").read_text()
-    return json.loads(text)
+def load_published(benchmark: str = "psrbench") -> dict:
+    """The published table of ``benchmark`` shipped with psrl (reported numbers, overall per dimension); its file
+    is named by the benchmark's registry entry (:mod:`psrl.bench.benchmarks`)."""
+    from psrl.bench.benchmarks import get_benchmark
+
+    name = get_benchmark(benchmark).published
+    if name is None:
+        raise PsrlError(f"psrl ships no published table for {benchmark}")
+    return json.loads(resources.files("psrl.bench").joinpath(f"assets/{name}").read_text())
 
 
 def load_summary(run: str | Path) -> dict:
@@ -42,7 +47,8 @@ def _default_label(run: str | Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.name.startswith("eval") else path.name
 
 
-def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, published: bool = False) -> dict:
+def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, published: bool = False,
+            benchmark: str | None = None) -> dict:
     """Rows ``{label, kind: measured|reported, overall: {dim: mean}, subsets: {subset: {dim: mean}}}``."""
     if not runs and not published:
         raise PsrlError("nothing to compare: give run folders and/or --published")
@@ -52,7 +58,9 @@ def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, 
     benchmarks = {s["benchmark"] for s in summaries}
     if len(benchmarks) > 1:
         raise PsrlError(f"cannot compare runs of different benchmarks: {sorted(benchmarks)}")
-    benchmark = benchmarks.pop() if benchmarks else "psrbench"
+    if benchmark and benchmarks and benchmarks != {benchmark}:
+        raise PsrlError(f"--benchmark {benchmark} but the runs are {sorted(benchmarks)}")
+    benchmark = benchmarks.pop() if benchmarks else (benchmark or "psrbench")
     dims: list[str] = []
     subsets: list[str] = []
     for s in summaries:
@@ -68,7 +76,7 @@ def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, 
             "subsets": series_of(s),
         })
     if published:
-        table = load_published()
+        table = load_published(benchmark)
         if benchmark != table["benchmark"]:
             raise PsrlError(f"--published holds {table['benchmark']} numbers; these runs are {benchmark}")
         for row in table["rows"]:

@@ -36,7 +36,9 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {subset} | " + " | ".join(cells) + f" | {total} |")
     overall = [_cell(summary["overall"][d]) for d in dims]
     lines.append("| **Overall** | " + " | ".join(overall) + f" | {summary['num_samples']} |")
-    notes = ["", (f"Overall = mean of the subset means. Benchmark {summary['benchmark']}, seeds {summary['seeds']}, "
+    rule = ("mean over every scored sample" if summary.get("overall_rule") == "sample_mean"
+            else "mean of the subset means")
+    notes = ["", (f"Overall = {rule}. Benchmark {summary['benchmark']}, seeds {summary['seeds']}, "
                   f"config hash {summary.get('config_hash', 'n/a')}.")]
     for dim, reasons in summary.get("failure_reasons", {}).items():
         notes.append(f"- {DIMENSION_LABELS.get(dim, dim)} failures: " +

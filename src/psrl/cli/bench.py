@@ -1,4 +1,4 @@
-"""``psrl bench``: PSRBench / DreamBench validate, records, generate, eval, report, compare.
+"""``psrl bench``: PSRBench / DreamBench / T2IS-Bench / GEdit-Bench validate, records, generate, eval, report, compare.
 
 Every step runs under ``accelerate launch -m psrl bench ...`` (or torchrun) too: samples are sharded across the
 processes and rank 0 merges the results.
@@ -19,6 +19,9 @@ EXAMPLES = """examples:
       --set aesthetics.default.args.path=/models/HPSv3.safetensors
   psrl bench compare runs/bench/psr/eval runs/bench/base/eval --published --out runs/bench/compare
   accelerate launch -m psrl bench eval --results runs/bench/psr
+  psrl bench generate --benchmark t2is --config configs/paco_flux.yaml --data-root data/t2is --out runs/bench/t2is
+  psrl bench eval --results runs/bench/t2is --judge-endpoint http://127.0.0.1:8000/v1
+  psrl bench compare runs/bench/t2is/eval --published --out runs/bench/t2is_compare
 """
 
 
@@ -99,7 +102,9 @@ def add_parser(sub) -> None:
     c = bs.add_parser("compare", help="side-by-side table and radar overlay of eval folders")
     c.add_argument("runs", nargs="*", help="eval folders (or their summary.json)")
     c.add_argument("--labels", nargs="+")
-    c.add_argument("--published", action="store_true", help="add the published PSR table (reported numbers)")
+    c.add_argument("--published", action="store_true", help="add the benchmark's published table (reported "
+                                                            "numbers; PSRBench, T2IS-Bench, GEdit-Bench)")
+    c.add_argument("--benchmark", help="with --published and no runs: whose table (default psrbench)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compare)
     p.set_defaults(func=lambda args: p.print_help() or 2)
@@ -121,18 +126,18 @@ def _ref_index(text: str):
 
 
 def _benchmark_args(p, default: str | None = "psrbench") -> None:
-    p.add_argument("--benchmark", choices=["psrbench", "dreambench"], default=default)
-    p.add_argument("--subsets", nargs="+", help="PSRBench subsets (default all seven) or DreamBench subjects")
+    from psrl.bench.benchmarks import BENCHMARKS
+
+    p.add_argument("--benchmark", choices=BENCHMARKS.names(), default=default)
+    p.add_argument("--subsets", nargs="+", help="subsets (PSRBench: default all seven; T2IS: categories; GEdit: "
+                                                "task groups) or DreamBench subjects")
 
 
 def _load(args):
-    if args.benchmark == "dreambench":
-        from psrl.bench.dreambench import load_dreambench
+    from psrl.bench.benchmarks import get_benchmark
 
-        return load_dreambench(args.data_root, subjects=args.subsets, reference_index=args.reference_index)
-    from psrl.bench.psrbench import load_psrbench
-
-    return load_psrbench(args.data_root, args.subsets)
+    return get_benchmark(args.benchmark).call("load", args.data_root, args.subsets,
+                                              reference_index=getattr(args, "reference_index", 0))
 
 
 def cmd_validate(args) -> int:
@@ -255,12 +260,8 @@ def _metrics(args, benchmark: str):
         raw = load_yaml(args.metrics)
         raw = raw.get("metrics", raw)
     else:
-        raw = metrics_to_json(default_metrics(benchmark, compat=args.psrbench_compat,
+        raw = metrics_to_json(default_metrics(benchmark, compat=args.psrbench_compat, judge_model=args.judge_model,
                                               judge_endpoint=args.judge_endpoint, tiny=args.tiny))
-        if args.judge_model:
-            if not args.judge_endpoint:
-                raise ConfigError("--judge-model needs --judge-endpoint")
-            raw["semantic_alignment"]["default"]["args"]["model"] = args.judge_model
     raw = apply_overrides(raw, args.set)
     try:
         return parse_metrics(raw, where=args.metrics or "metrics")
@@ -277,7 +278,7 @@ def cmd_eval(args) -> int:
     out = args.out or str(Path(args.results) / ("eval_compat" if args.psrbench_compat else "eval"))
     shard = shard_from_env()
     stats, summary = eval_and_report(args.results, out, metrics, benchmark=benchmark, data_root=data_root,
-                                     subsets=args.subsets if benchmark == "psrbench" else None,
+                                     subsets=args.subsets if benchmark != "dreambench" else None,
                                      batch_size=args.batch_size, device=shard.device(args.device), shard=shard,
                                      retry_failed=args.retry_failed, report=not args.no_report,
                                      progress=_progress(shard, "eval"))
@@ -311,7 +312,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from psrl.bench.compare import compare, markdown, write_compare
 
-    result = compare(args.runs, labels=args.labels, published=args.published)
+    result = compare(args.runs, labels=args.labels, published=args.published, benchmark=args.benchmark)
     paths = write_compare(result, args.out)
     print(markdown(result))
     print(f"written: {', '.join(str(p) for p in paths.values())}")
