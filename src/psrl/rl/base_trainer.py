@@ -53,7 +53,8 @@ class BaseTrainer:
             ``mixed_precision``, ``save_every``, ``save_every_minutes``, ``keep_last``, ``log_every``.
         policy: an already built policy (tests, notebooks); else ``build_policy(cfg.model)``.
         resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
-        progress: a tqdm bar on the main process (the CLI turns it on when stderr is a terminal).
+        progress: a tqdm bar on the main process; None (default): only when stderr is a terminal, so log files
+            get the plain per-step lines (steps/s and ETA) without bar redraws.
 
     Raises:
         ConfigError, RecordError, PsrlError: a one-line reason, before the run directory exists.
@@ -62,11 +63,11 @@ class BaseTrainer:
     name = "train"  # the bar's label and the default run-name prefix ("" for GRPO)
     run_prefix = ""
 
-    def __init__(self, cfg, args, *, policy=None, resume: bool = False, progress: bool = False):
+    def __init__(self, cfg, args, *, policy=None, resume: bool = False, progress: bool | None = None):
         self.cfg = cfg
         self.args = args
         self.resume = resume
-        self.progress = progress
+        self.progress = wants_progress(progress)
         if resume and not cfg.run.name:
             raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
         check_tracker(cfg.run.tracker)
@@ -150,6 +151,13 @@ class BaseTrainer:
         return {}
 
     # ------------------------------------------------------------------ helpers for subclasses
+    def log_images(self, name: str, images, step: int) -> None:
+        """Log a PIL image, a ``[3, H, W]`` / ``[B, 3, H, W]`` tensor in [0, 1] or a list of PIL images to the
+        run's image trackers (TensorBoard, W&B) at ``step``; nothing on other processes or before the tracker
+        exists. The caller saves the PNG itself."""
+        if self.tracker is not None:
+            self.tracker.log_images(name, images, step)
+
     def autocast(self):
         return self.accelerator.autocast() if self.args.mixed_precision != "no" else nullcontext()
 
@@ -277,6 +285,16 @@ class BaseTrainer:
         trainer saves step ``done`` first when it was not saved)."""
 
 
+def wants_progress(progress: bool | None, stream=None) -> bool:
+    """``progress`` as given, or when None whether ``stream`` (default ``sys.stderr``) is a terminal."""
+    import sys
+
+    if progress is not None:
+        return bool(progress)
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
 def _check_push(repo_id: str) -> None:
     """``run.push_to_hub`` must be able to work before hours are spent: a valid id, the Hub reachable, a token."""
     from psrl.config import ConfigError
@@ -301,4 +319,4 @@ def _eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-__all__ = ["BaseTrainer", "StepAbandoned"]
+__all__ = ["BaseTrainer", "StepAbandoned", "wants_progress"]
