@@ -327,21 +327,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
                                                        overrides))
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """One line of help per field of dataclass ``cls``: ``field(metadata={"help": ...})`` when given, else the
-    first sentence of the field's entry in the class docstring's ``Attributes:`` section (an entry may name
-    several fields: ``lr, betas: AdamW ...``). Used by ``--print-config``."""
-    import inspect
-
+def doc_entries(doc: str, section: str) -> dict[str, str]:
+    """``{name: text}`` of a Google-style docstring section (``Attributes``, ``Args``) of a dedented docstring
+    (:func:`inspect.getdoc`): entries are ``    name: text`` lines, continuation lines are indented deeper and
+    joined with spaces, and one entry may name several fields (``lr, betas: AdamW ...``). Empty when the section
+    is absent."""
     helps: dict[str, str] = {}
-    doc = inspect.getdoc(cls) or ""
-    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
-    entry = re.compile(r"^    ([A-Za-z_][\w ,]*?):\s+(.*)$")
+    marker = f"{section}:"
+    lines = doc.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == marker and not line.startswith(" ")), None)
+    if start is None:
+        return helps
+    entry = re.compile(r"^    ([A-Za-z_*][\w ,*]*?):\s+(.*)$")
     current: list[str] = []
-    for line in section.splitlines():
+    for line in lines[start + 1:]:
         m = entry.match(line)
         if m:
-            current = [n.strip() for n in m.group(1).split(",")]
+            current = [n.strip().lstrip("*") for n in m.group(1).split(",")]
             for n in current:
                 helps[n] = m.group(2).strip()
         elif line.startswith("        ") and current:
@@ -349,6 +351,31 @@ def field_help(cls: type) -> dict[str, str]:
                 helps[n] += " " + line.strip()
         elif line.strip() and not line.startswith(" "):
             break
+    return helps
+
+
+def doc_paragraph(doc: str, label: str) -> str | None:
+    """The text of a ``Label: text`` paragraph at the left margin of a dedented docstring (continuation lines
+    indented), e.g. a reward's ``Score range:``; None when absent."""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"{label}:"):
+            parts = [line[len(label) + 1:].strip()]
+            for more in lines[i + 1:]:
+                if not more.startswith("    ") or not more.strip():
+                    break
+                parts.append(more.strip())
+            return " ".join(p for p in parts if p) or None
+    return None
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """One line of help per field of dataclass ``cls``: ``field(metadata={"help": ...})`` when given, else the
+    first sentence of the field's entry in the class docstring's ``Attributes:`` section (an entry may name
+    several fields: ``lr, betas: AdamW ...``). Used by ``--print-config``."""
+    import inspect
+
+    helps = doc_entries(inspect.getdoc(cls) or "", "Attributes")
     out = {}
     for f in dataclasses.fields(cls):
         text = f.metadata.get("help") or helps.get(f.name, "")
