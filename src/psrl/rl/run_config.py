@@ -60,7 +60,8 @@ class DataConfig:
 
     Attributes:
         records: a JSONL records file (relative paths resolve against the config's folder) or a list of prompts.
-        data_root: folder the records' image paths are relative to (default: the records file's folder).
+        data_root: folder the records' image paths are relative to (default: the records file's folder), or an
+            hf://<org>/<dataset>[@revision][/folder] fetched before the run starts.
         skip_invalid: train on the valid records and log how many were skipped, instead of stopping.
     """
 
