@@ -137,3 +137,30 @@ def test_training_logs_eval_grids_as_images_to_tensorboard(tmp_path):
     logged = Image.open(io.BytesIO(acc.Images("eval/samples")[-1].encoded_image_string))
     assert logged.tobytes() == saved.convert("RGB").tobytes() and logged.size == saved.size
     assert [e.step for e in acc.Scalars("reward/total/mean")] == [1, 2]
+
+
+@pytest.mark.component
+def test_with_a_bar_the_log_lines_still_carry_steps_per_second_and_the_eta(tmp_path, capsys):
+    import logging
+    import re
+
+    from psrl.rl.grpo_trainer import GRPOTrainer
+    from psrl.rl.run_config import load_run_config
+
+    cfg = load_run_config(None, [f"run.output_dir={tmp_path}", "run.name=bar", "train.max_steps=2",
+                                 "train.groups_per_step=1", "train.group_size=2", "train.sample_batch_size=2",
+                                 "train.train_batch_size=2", "sampling.num_steps=2", "eval.every=0"])
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        GRPOTrainer(cfg, progress=True).train()
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    lines = [line for line in stream.getvalue().splitlines() if re.search(r"step \d/2 ", line)]
+    assert len(lines) == 2 and all(re.search(r"\(\d+\.\d\d steps/s, ETA \d+:\d\d\)$", line) for line in lines)
+    assert "2/2" in capsys.readouterr().err  # the bar itself, on stderr

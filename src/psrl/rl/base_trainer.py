@@ -232,7 +232,7 @@ class BaseTrainer:
         self._last_save = time.monotonic()
         t_start, saved = time.monotonic(), self.start_step
         try:
-            with StopSignals() as stop:
+            with StopSignals() as stop, (_logs_above(bar) if bar is not None else nullcontext()):
                 self._stop = stop
                 self.before_loop()
                 for step in range(self.start_step, a.max_steps):
@@ -285,6 +285,13 @@ class BaseTrainer:
     def check_health(self, done: int, metrics: dict) -> None:
         """Called after each step is logged and saved when due; raise :class:`StepAbandoned` to end the run (the
         trainer saves step ``done`` first when it was not saved)."""
+
+
+def _logs_above(bar):
+    """While the bar is drawn, log lines go through ``tqdm.write`` so they print above it instead of tearing it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(tqdm_class=type(bar))
 
 
 def wants_progress(progress: bool | None, stream=None) -> bool:
