@@ -61,7 +61,7 @@ def _tensorboard(run_dir: Path, *, run_name: str | None, project: str) -> Genera
 def _wandb(run_dir: Path, *, run_name: str | None, project: str) -> GeneralTracker:
     from accelerate.tracking import WandBTracker
 
-    return WandBTracker(project, name=run_name, dir=str(run_dir))  # accelerate passes the project as ``project``
+    return WandBTracker(project, name=run_name, dir=str(run_dir))  # its first argument is the W&B project
 
 
 # name -> builder of an accelerate tracker (JSONL is always on and built by Tracker itself)
