@@ -147,7 +147,7 @@ class HPSv3Reward:
         dtype: dtype of the weights (default bfloat16 on CUDA, float32 on CPU).
         batch_size: images per forward pass.
 
-    Score range: unbounded real (mu of a Gaussian; published HPSv3 scores are roughly 0-15); sigma is in
+    Score range: unbounded real (mu of the predicted Gaussian; higher is preferred); sigma is in
         details["sigma"].
     NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a sample
         the processor or the model rejects (scored alone after a batch error).

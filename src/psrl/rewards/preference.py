@@ -105,7 +105,7 @@ class ClipTReward(_ClipRewardBase):
         dtype: dtype of the weights.
         batch_size: images per forward pass.
 
-    Score range: [-scale, scale] (about 0.2-0.35 x scale for matching pairs), or [clamp_min, scale].
+    Score range: [-scale, scale] (a scaled cosine), or [clamp_min, scale] with clamp_min.
     NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a model
         error on that sample. Prompts longer than 77 tokens are truncated, not refused.
     """
@@ -135,7 +135,7 @@ class PickScoreReward(_ClipRewardBase):
         dtype: dtype of the weights.
         batch_size: images per forward pass.
 
-    Score range: [-100, 100] in principle (logit scale 100 times a cosine); typically 18-23.
+    Score range: within +-logit_scale.exp() of the model (a scaled cosine); typically 18-23.
     NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a model
         error on that sample. Prompts longer than 77 tokens are truncated.
     """
@@ -162,7 +162,7 @@ class AestheticReward:
         dtype: dtype of the weights.
         batch_size: images per forward pass.
 
-    Score range: unbounded real, on LAION's 1-10 rating scale in practice (about 4-7 for generated images).
+    Score range: unbounded real (a linear head), trained on LAION's 1-10 aesthetic ratings.
     NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a model
         error on that sample.
     """

@@ -37,7 +37,7 @@ class ImageSimilarityReward:
         cache_size: reference embeddings kept (keyed by file and mtime).
         background: colour transparent reference pixels are composited onto.
 
-    Score range: [-scale, scale], a mean of cosines (about 0.3-0.9 x scale in practice).
+    Score range: [-scale, scale], a mean of cosines.
     NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a record
         without subjects or a reference that cannot be loaded; an embedder error on that sample.
     """

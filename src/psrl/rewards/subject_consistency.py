@@ -82,8 +82,7 @@ class SubjectConsistencyReward:
         cache_size: reference embeddings kept (keyed by file, mtime, phrase and mode).
         background: colour transparent reference pixels are composited onto.
 
-    Score range: [-1, 1], a mean of cosine similarities (about 0.2-1 in practice); 0 for a missing subject with
-        ``missing: zero``.
+    Score range: [-1, 1], a mean of cosine similarities; a missing subject counts 0 with ``missing: zero``.
     NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a
         reference that cannot be loaded; a detector or embedder error on that sample; with ``missing: nan`` a
         subject not found. The reason is in the output's failures.

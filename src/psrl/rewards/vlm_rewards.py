@@ -188,7 +188,7 @@ class SemanticAlignmentReward:
         mode: ``honest`` (a tolerant score parser) or ``psrbench_compat`` (the released strict regex).
         judge_kwargs: the judge options (``transport``, ``path``, ``url``, ...; see psrl.rewards.vlm_rewards).
 
-    Score range: [0, 1] in steps of 0.1 (the grade 0-10 / 10); the raw grade is in details["raw_score"].
+    Score range: [0, 1] (the judge's 0-10 grade / 10); the raw grade is in details["raw_score"].
     NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a reply in
         which no score can be read (the reply is kept in details["raw_text"]), or a transport error, for that
         sample.
