@@ -12,6 +12,7 @@ from pathlib import Path
 EXAMPLES = """examples:
   psrl bench validate --data-root PSRBench
   psrl bench records --benchmark dreambench --data-root data/dreambench --out data/dreambench/eval.jsonl
+  psrl bench records --benchmark dreambench --data-root hf://google/dreambooth/dataset --out eval.jsonl
   psrl bench generate --config configs/psr_kontext.yaml --data-root PSRBench --out runs/bench/psr --seeds 0 1
   psrl bench eval --results runs/bench/psr                      # honest scorer, local models
   psrl bench eval --results runs/bench/psr --psrbench-compat    # reproduces the released scorer
@@ -31,7 +32,7 @@ def add_parser(sub) -> None:
     bs = p.add_subparsers(dest="bench_command", metavar="STEP")
 
     v = bs.add_parser("validate", help="check a benchmark data root; every bad entry is listed, exit 1 if any")
-    v.add_argument("--data-root", required=True)
+    v.add_argument("--data-root", required=True, type=data_root_arg)
     _benchmark_args(v)
     v.add_argument("--reference-index", type=_ref_index, default=0,
                    help="DreamBench: which sorted image of a subject is the reference, or 'all'")
@@ -42,7 +43,7 @@ def add_parser(sub) -> None:
                                     "other top-level sections (e.g. of a training config) are ignored")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. sampling.num_steps=28")
-    g.add_argument("--data-root", required=True)
+    g.add_argument("--data-root", required=True, type=data_root_arg)
     g.add_argument("--out", required=True)
     g.add_argument("--lora", help="LoRA to generate with: a file, a LoRA folder, a checkpoint "
                                   "runs/<run>/checkpoints/step-N (lora_ema/ when kept, else lora/) or a run folder "
@@ -59,7 +60,7 @@ def add_parser(sub) -> None:
 
     rec = bs.add_parser("records", help="write the benchmark's entries as a records JSONL, e.g. a recipe's "
                                         "eval.records (data/dreambench/eval.jsonl for configs/customized_grpo.yaml)")
-    rec.add_argument("--data-root", required=True)
+    rec.add_argument("--data-root", required=True, type=data_root_arg)
     rec.add_argument("--out", required=True, help="records JSONL to write (reference paths stay relative to the "
                                                   "data root: set the recipe's eval.data_root to it)")
     rec.add_argument("--skip-invalid", action="store_true", help="write the valid entries, list the invalid ones")
@@ -69,7 +70,8 @@ def add_parser(sub) -> None:
 
     e = bs.add_parser("eval", help="score result images on every dimension (per-sample JSONL, resumable)")
     e.add_argument("--results", required=True, help="result folder (psrl generate output, or result JSON files)")
-    e.add_argument("--data-root", help="benchmark data root (default: from the result folder's bench.json)")
+    e.add_argument("--data-root", type=data_root_arg,
+                   help="benchmark data root (default: from the result folder's bench.json)")
     e.add_argument("--out", help="eval folder (default: <results>/eval, or eval_compat with --psrbench-compat)")
     e.add_argument("--psrbench-compat", action="store_true",
                    help="subject consistency and the position rule as the released scorer computes them (first box "
@@ -94,7 +96,7 @@ def add_parser(sub) -> None:
 
     r = bs.add_parser("report", help="rebuild tables, radar chart and HTML report of an eval folder")
     r.add_argument("eval_dir")
-    r.add_argument("--data-root", help="to embed the reference images in the gallery")
+    r.add_argument("--data-root", type=data_root_arg, help="to embed the reference images in the gallery")
     r.add_argument("--title")
     r.add_argument("--gallery-per-subset", type=int, default=12)
     r.set_defaults(func=cmd_report)
@@ -108,6 +110,17 @@ def add_parser(sub) -> None:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compare)
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def data_root_arg(text: str) -> str:
+    """argparse type of ``--data-root``: a folder, or an ``hf://[datasets/]<org>/<name>[@revision][/folder]``
+    dataset fetched with ``snapshot_download(allow_patterns=...)`` into the local cache (its local path)."""
+    from psrl.hub import HubError, local_data_root
+
+    try:
+        return local_data_root(text)
+    except HubError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def fraction_arg(text: str) -> float:

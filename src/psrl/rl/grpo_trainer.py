@@ -474,6 +474,7 @@ class GRPOTrainer(BaseTrainer):
                     images = self.policy.generate(self.eval_records, sampling, generator=gens)
                 images = images.float().cpu()
                 save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
+                self.log_images("eval/samples", image_grid(images), step)
                 for reward in self.rewards:
                     scores = reward(images, self.eval_records).scores
                     ok = scores[torch.isfinite(scores)]

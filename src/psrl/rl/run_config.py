@@ -9,7 +9,7 @@ Layout of a run config (every section optional; defaults are the dataclass defau
     rewards:   [{name, weight, args}, ...]
     data:      {records, data_root}
     eval:      {records, data_root, every, num_steps, height, width, resolution, guidance_scale, seed}
-    run:       {name, output_dir, tracker, wandb_project}
+    run:       {name, output_dir, tracker (alias report_to), wandb_project, push_to_hub, ...}
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_NAME = "tiny_flux.yaml"
+
+TrackerName = Literal["jsonl", "tensorboard", "wandb"]
 
 
 @dataclass
@@ -58,7 +60,8 @@ class DataConfig:
 
     Attributes:
         records: a JSONL records file (relative paths resolve against the config's folder) or a list of prompts.
-        data_root: folder the records' image paths are relative to (default: the records file's folder).
+        data_root: folder the records' image paths are relative to (default: the records file's folder), or an
+            hf://<org>/<dataset>[@revision][/folder] fetched before the run starts.
         skip_invalid: train on the valid records and log how many were skipped, instead of stopping.
     """
 
@@ -115,7 +118,8 @@ class RunSection:
     Attributes:
         name: the run folder's name (default: a timestamp); a taken name gets the next free ``name-<n>``.
         output_dir: parent folder of runs.
-        tracker: metrics always go to metrics.jsonl; tensorboard or wandb log there as well.
+        tracker: where metrics (and eval images) go: jsonl, tensorboard, wandb, or a list of them (TRL's
+            report_to); metrics.jsonl is always written, the others are accelerate trackers.
         wandb_project: the W&B project.
         dump_rank_data: write every process's view of each step to rank_data/ (to check a distributed run).
         push_to_hub: upload the final LoRA with a model card when the run finishes (as psrl push; the token from
@@ -126,7 +130,7 @@ class RunSection:
 
     name: str | None = None
     output_dir: str = "runs"
-    tracker: Literal["jsonl", "tensorboard", "wandb"] = "jsonl"
+    tracker: TrackerName | list[TrackerName] = "jsonl"
     wandb_project: str = "psrl"
     dump_rank_data: bool = False
     push_to_hub: bool = False
@@ -134,6 +138,10 @@ class RunSection:
     hub_private_repo: bool = False
 
     def __post_init__(self):
+        names = [self.tracker] if isinstance(self.tracker, str) else list(self.tracker)
+        if not names:
+            raise ValueError("run.tracker must name at least one tracker (jsonl is always written)")
+        self.tracker = list(dict.fromkeys(names))  # one list, duplicates dropped, the order kept
         if self.hub_model_id is not None:
             from psrl.hub import HubError, check_repo_id
 
