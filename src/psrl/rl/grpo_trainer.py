@@ -26,6 +26,8 @@ from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
 from psrl.rl.advantages import check_advantage_config, compute_advantages, get_advantage_mode
 from psrl.rl.ema import ParameterEMA
+from psrl.rl.eval_metrics import build_eval_embedder, eval_metrics
+from psrl.rl.monitor import MonitorStop, TrainingMonitor, alarm_metrics
 from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
@@ -121,7 +123,13 @@ class GRPOTrainer(BaseTrainer):
 
     def setup_training(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        self.rewards = self._build_rewards()
+        self.rewards = self._build_rewards(cfg.rewards)
+        self.heldout_rewards = self._build_rewards(cfg.eval.rewards, "eval.rewards") if cfg.eval.every else []
+        e = cfg.eval
+        self.eval_embed = build_eval_embedder(e.embedder, self.accelerator.device) \
+            if e.every and e.statistics and e.group_size >= 2 else None
+        self.monitor = TrainingMonitor(cfg.monitor, self.params)
+        self._alarms = []
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
         self.ema = ParameterEMA(self.params, t.ema.decay, t.ema.every) if t.ema.enabled else None
         self.loss_type = LOSS_TYPES[t.loss]
@@ -142,20 +150,20 @@ class GRPOTrainer(BaseTrainer):
             return Path(self.cfg.data.records).resolve().parent
         return None
 
-    def _build_rewards(self):
+    def _build_rewards(self, specs, what: str = "rewards"):
         from psrl.rewards import build_reward
 
         built = []
-        for spec in self.cfg.rewards:
+        for spec in specs:
             args = dict(spec.args)
             if self.data_root is not None and "data_root" not in args and _accepts(spec.name, "data_root"):
                 args["data_root"] = str(self.data_root)  # rewards that compare with the records' subject images
             try:
                 built.append(build_reward(spec.name, args, device=self.accelerator.device))
             except KeyError as e:
-                raise PsrlError(f"rewards: {e.args[0] if e.args else e}") from e
+                raise PsrlError(f"{what}: {e.args[0] if e.args else e}") from e
             except (TypeError, ValueError) as e:
-                raise PsrlError(f"rewards: cannot build {spec.name!r} with args {spec.args}: {e}") from e
+                raise PsrlError(f"{what}: cannot build {spec.name!r} with args {spec.args}: {e}") from e
         return built
 
     # ------------------------------------------------------------------ loop hooks
@@ -180,13 +188,28 @@ class GRPOTrainer(BaseTrainer):
     def checkpoint_modules(self) -> dict:
         return {"old_policy": self.old_policy} if self.old_policy is not None else {}
 
+    def before_loop(self) -> None:
+        """Evaluate the untrained policy first (step 0: the monitor's baseline, the report's first grid)."""
+        self.monitor.log_path = self.run_dir / "alarms.jsonl"
+        if self.cfg.eval.every and self.start_step == 0:
+            metrics = self.evaluate(0)
+            self.monitor.observe(0, metrics)
+            if self.tracker is not None:
+                self.tracker.log(metrics, 0)
+
     def after_step(self, done: int, metrics: dict) -> None:
         if self.cfg.eval.every and done % self.cfg.eval.every == 0:
             metrics.update(self.evaluate(done))
+        self._alarms = self.monitor.observe(done, metrics)
+        metrics.update(alarm_metrics(self._alarms))
 
     def check_health(self, done: int, metrics: dict) -> None:
         """Stop (non-zero) after ``train.max_invalid_steps`` consecutive steps in which no sample could be scored:
         a reward that returns NaN for everything must not "train" for hours and exit 0."""
+        try:
+            self.monitor.act(self, self._alarms)  # psrl.rl.monitor: warn, raise_beta, rollback or stop
+        except MonitorStop as e:
+            raise StepAbandoned(str(e), 1) from None
         limit = self.cfg.train.max_invalid_steps
         unscored = metrics.get("adv/nan_samples", 0.0) >= self.sizes.images_per_step
         self._invalid_steps = self._invalid_steps + 1 if unscored else 0
@@ -460,26 +483,28 @@ class GRPOTrainer(BaseTrainer):
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
-        """ODE samples of the fixed eval prompts (EMA weights if kept), a PNG grid and the rewards' means.
-        Runs on the main process only; the others wait."""
+        """ODE samples of the fixed eval prompts (EMA weights if kept; ``eval.group_size`` per prompt, member ``j``
+        of prompt ``i`` seeded by ``(eval.seed, j, i)`` for the whole run), a PNG grid, the trained and held-out
+        rewards and the image statistics (:func:`psrl.rl.eval_metrics.eval_metrics`). Runs on the main process;
+        the others wait and receive its metrics."""
         out = {}
         if self.is_main:
             e = self.cfg.eval
             sampling = self._eval_sampling()
-            gens = [torch.Generator().manual_seed(sample_seed(e.seed, 0, i, salt="eval"))
-                    for i in range(len(self.eval_records))]
+            pairs = [(i, j) for i in range(len(self.eval_records)) for j in range(e.group_size)]
+            records = [self.eval_records[i] for i, _ in pairs]
+            gens = [torch.Generator().manual_seed(sample_seed(e.seed, j, i, salt="eval")) for i, j in pairs]
             self.policy.train(False)
             with self._eval_data_root():
                 with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self.autocast():
-                    images = self.policy.generate(self.eval_records, sampling, generator=gens)
+                    images = self.policy.generate(records, sampling, generator=gens)
                 images = images.float().cpu()
-                save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
-                for reward in self.rewards:
-                    scores = reward(images, self.eval_records).scores
-                    ok = scores[torch.isfinite(scores)]
-                    out[f"eval/{reward.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-        dist.barrier()
-        return out
+                save_image(image_grid(images, ncols=e.group_size if e.group_size > 1 else None),
+                           self.run_dir / "samples" / f"step-{step}.png")
+                out = eval_metrics(images, records, [i for i, _ in pairs], trained=self.rewards,
+                                   heldout=self.heldout_rewards, statistics=e.statistics, embed=self.eval_embed)
+        # every process gets the main one's numbers: the monitor's alarms and actions must agree on all ranks
+        return dist.broadcast_object(out)
 
     @contextmanager
     def _eval_data_root(self):
@@ -492,7 +517,8 @@ class GRPOTrainer(BaseTrainer):
         from psrl.rewards.images import ReferenceImages
 
         holders = [self.policy] if takes_data_root(self.policy, self.cfg.model) else []
-        holders += [r.refs for r in self.rewards if isinstance(getattr(r, "refs", None), ReferenceImages)]
+        holders += [r.refs for r in [*self.rewards, *self.heldout_rewards]
+                    if isinstance(getattr(r, "refs", None), ReferenceImages)]
         before = [h.data_root for h in holders]
         for h in holders:
             h.data_root = Path(root)
