@@ -178,6 +178,14 @@ class AdvantageConfig:
         eps: added to the std before dividing (Flow-GRPO: 1e-4).
         clip: advantages are clipped to ``[-clip, clip]`` after the mode (Flow-GRPO ``adv_clip_max``: 5).
         args: mode-specific options (e.g. SARS ``gamma``), read by the mode function.
+        balance: ``fixed`` (the configured reward weights every step) or ``adaptive`` (psrl's extension,
+            psrl.rl.balance: shift weight toward rewards whose step mean stalls, by how often the rewards disagree
+            within a group; the weights used are logged as ``adv/weight/<reward>``).
+        balance_window: steps of history the adaptive balance reads (configured weights until it is full).
+        balance_bounds: ``[lo, hi]``: each adaptive weight stays within ``[lo, hi]`` times its configured weight
+            (``0 < lo <= 1 <= hi``).
+        balance_disagreement: the within-group disagreement rate (one reward's best sample is another's worst) at
+            which the adaptive shift is applied in full; below it, proportionally less.
     """
 
     mode: str = "weighted"
@@ -185,8 +193,17 @@ class AdvantageConfig:
     eps: float = 1e-4
     clip: float = 5.0
     args: dict[str, Any] = field(default_factory=dict)
+    balance: Literal["fixed", "adaptive"] = "fixed"
+    balance_window: int = 5
+    balance_bounds: tuple[float, float] = (0.25, 4.0)
+    balance_disagreement: float = 0.25
 
     def __post_init__(self):
+        lo, hi = self.balance_bounds
+        if not 0 < lo <= 1 <= hi or self.balance_window < 2 or self.balance_disagreement <= 0:
+            raise ValueError(f"advantage.balance_bounds must satisfy 0 < lo <= 1 <= hi, balance_window >= 2 and "
+                             f"balance_disagreement > 0, got {list(self.balance_bounds)}, {self.balance_window}, "
+                             f"{self.balance_disagreement}")
         if self.std_mode == "global" and self.mode in ("group_zscore", "sars"):
             raise ValueError(f"advantage.std_mode: global has no effect with mode {self.mode!r}, which z-scores each "
                              f"reward within its group (Customized-GRPO); set std_mode: group")

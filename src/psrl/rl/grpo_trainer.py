@@ -25,6 +25,7 @@ from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
 from psrl.rl.advantages import check_advantage_config, compute_advantages, get_advantage_mode
+from psrl.rl.balance import RewardBalancer
 from psrl.rl.ema import ParameterEMA
 from psrl.rl.eval_metrics import build_eval_embedder, eval_metrics
 from psrl.rl.monitor import MonitorStop, TrainingMonitor, alarm_metrics
@@ -131,6 +132,9 @@ class GRPOTrainer(BaseTrainer):
         self.monitor = TrainingMonitor(cfg.monitor, self.params)
         self._alarms = []
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
+        a = cfg.advantage
+        self.balancer = RewardBalancer(self.reward_weights, a.balance, window=a.balance_window,
+                                       bounds=a.balance_bounds, disagreement_ref=a.balance_disagreement)
         self.ema = ParameterEMA(self.params, t.ema.decay, t.ema.every) if t.ema.enabled else None
         self.loss_type = LOSS_TYPES[t.loss]
         self.old_policy = None
@@ -235,8 +239,10 @@ class GRPOTrainer(BaseTrainer):
             phase = "train"
             all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
             group_ids = torch.tensor(assignment.group_ids)
-            result = compute_advantages(all_rewards, self.reward_weights, group_ids, self.cfg.advantage,
+            weights = self.balancer.weights()  # the configured weights unless advantage.balance: adaptive
+            result = compute_advantages(all_rewards, weights, group_ids, self.cfg.advantage,
                                         trained_steps, self.cfg.sampling.num_steps, mode=self.advantage_mode)
+            self.balancer.observe(all_rewards, group_ids)
             local = assignment.local
             if self.cfg.run.dump_rank_data:
                 self._dump_rank_data(step, assignment, all_rewards, result)
@@ -249,6 +255,8 @@ class GRPOTrainer(BaseTrainer):
         metrics.update(self._reward_metrics(all_rewards, failures))
         metrics.update({f"adv/{k}": v for k, v in result.stats.items()})
         metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
+        if self.cfg.advantage.balance == "adaptive":
+            metrics.update({f"adv/weight/{spec.name}": float(w) for spec, w in zip(self.cfg.rewards, weights)})
         metrics.update(train_stats)
         metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2,
                         "time/step": t3 - t0, "time/reward_busy": reward_busy})
