@@ -186,6 +186,11 @@ class AdvantageConfig:
             (``0 < lo <= 1 <= hi``).
         balance_disagreement: the within-group disagreement rate (one reward's best sample is another's worst) at
             which the adaptive shift is applied in full; below it, proportionally less.
+        per_subject: per-subject credit for rewards that report per-subject scores (subject_consistency's
+            ``details["per_subject"]``; psrl's extension): ``off``, or each subject's score z-scored in its group and
+            combined by ``mean``, ``min`` (the worst subject) or ``weakest`` (the sample's lowest subject weighted
+            ``per_subject_weakest_weight``); see psrl.rl.advantages.per_subject_scores.
+        per_subject_weakest_weight: the weight of the weakest subject under ``per_subject: weakest`` (>= 1).
     """
 
     mode: str = "weighted"
@@ -197,6 +202,9 @@ class AdvantageConfig:
     balance_window: int = 5
     balance_bounds: tuple[float, float] = (0.25, 4.0)
     balance_disagreement: float = 0.25
+    # `| bool`: YAML 1.1 reads a bare `off` as false; __post_init__ turns it back into "off"
+    per_subject: Literal["off", "mean", "min", "weakest"] | bool = "off"
+    per_subject_weakest_weight: float = 2.0
 
     def __post_init__(self):
         lo, hi = self.balance_bounds
@@ -204,6 +212,13 @@ class AdvantageConfig:
             raise ValueError(f"advantage.balance_bounds must satisfy 0 < lo <= 1 <= hi, balance_window >= 2 and "
                              f"balance_disagreement > 0, got {list(self.balance_bounds)}, {self.balance_window}, "
                              f"{self.balance_disagreement}")
+        if isinstance(self.per_subject, bool):
+            if self.per_subject:
+                raise ValueError("advantage.per_subject: true names no combination; use mean, min or weakest")
+            self.per_subject = "off"
+        if self.per_subject_weakest_weight < 1:
+            raise ValueError(f"advantage.per_subject_weakest_weight must be >= 1, got "
+                             f"{self.per_subject_weakest_weight}")
         if self.std_mode == "global" and self.mode in ("group_zscore", "sars"):
             raise ValueError(f"advantage.std_mode: global has no effect with mode {self.mode!r}, which z-scores each "
                              f"reward within its group (Customized-GRPO); set std_mode: group")

@@ -24,7 +24,8 @@ from psrl.errors import PsrlError
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
-from psrl.rl.advantages import check_advantage_config, compute_advantages, get_advantage_mode
+from psrl.rl.advantages import (apply_per_subject, check_advantage_config, compute_advantages, get_advantage_mode,
+                                 join_per_subject, stack_per_subject)
 from psrl.rl.balance import RewardBalancer
 from psrl.rl.ema import ParameterEMA
 from psrl.rl.eval_metrics import build_eval_embedder, eval_metrics
@@ -130,6 +131,7 @@ class GRPOTrainer(BaseTrainer):
         self.eval_embed = build_eval_embedder(e.embedder, self.accelerator.device) \
             if e.every and e.statistics and e.group_size >= 2 else None
         self.monitor = TrainingMonitor(cfg.monitor, self.params)
+        self._local_count, self._local_per_subject = 0, {}  # this process's per-subject scores of the step
         self._alarms = []
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
         a = cfg.advantage
@@ -240,8 +242,9 @@ class GRPOTrainer(BaseTrainer):
             all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
             group_ids = torch.tensor(assignment.group_ids)
             weights = self.balancer.weights()  # the configured weights unless advantage.balance: adaptive
-            result = compute_advantages(all_rewards, weights, group_ids, self.cfg.advantage,
-                                        trained_steps, self.cfg.sampling.num_steps, mode=self.advantage_mode)
+            result = compute_advantages(self._per_subject_credit(all_rewards, group_ids), weights, group_ids,
+                                        self.cfg.advantage, trained_steps, self.cfg.sampling.num_steps,
+                                        mode=self.advantage_mode)
             self.balancer.observe(all_rewards, group_ids)
             local = assignment.local
             if self.cfg.run.dump_rank_data:
@@ -334,13 +337,14 @@ class GRPOTrainer(BaseTrainer):
         """Every reward on one rollout batch: ``{scores: [K tensors [b]], failed: [K], reasons, error, seconds}``;
         stops at the first reward that raises or returns the wrong shape (``error`` names it)."""
         t0 = time.perf_counter()
-        out = {"scores": [], "failed": [], "reasons": {}, "error": None}
+        out = {"scores": [], "failed": [], "reasons": {}, "error": None, "per_subject": []}
         for reward in self.rewards:
             result, error = call_reward(reward, rollout)
             if error is not None:
                 out["error"] = error
                 break
             why = [f for f in result.failures if f is not None]
+            out["per_subject"].append(result.details.get("per_subject"))
             out["scores"].append(result.scores.float().cpu().reshape(-1))
             out["failed"].append(len(why))
             out["reasons"][reward.name] = Counter(str(f) for f in why)
@@ -364,7 +368,19 @@ class GRPOTrainer(BaseTrainer):
             log_failure_reasons([r for _, r in gathered])
         columns = [torch.cat([r["scores"][k] for r in results]) for k in range(len(self.rewards))]
         failures = [sum(r["failed"][k] for r in results) for k in range(len(self.rewards))]
+        if self.cfg.advantage.per_subject != "off":
+            sizes = [len(r["scores"][0]) for r in results]
+            self._local_count, self._local_per_subject = sum(sizes), stack_per_subject(
+                [r["per_subject"] for r in results], sizes)
         return torch.stack(columns, dim=1), torch.tensor(failures, dtype=torch.float32)
+
+    def _per_subject_credit(self, all_rewards, group_ids):
+        """``advantage.per_subject``: the gathered rewards with each per-subject reward's column replaced by its
+        per-subject credit (:func:`psrl.rl.advantages.apply_per_subject`); the rewards as they are when off."""
+        if self.cfg.advantage.per_subject == "off":
+            return all_rewards
+        gathered = join_per_subject(dist.gather_objects((self._local_count, self._local_per_subject)))
+        return apply_per_subject(all_rewards, gathered, group_ids, self.cfg.advantage)
 
     def _reward_metrics(self, all_rewards, local_failures) -> dict:
         failures = local_failures.to(self.accelerator.device)

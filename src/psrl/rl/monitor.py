@@ -68,7 +68,8 @@ class MonitorConfig:
         diversity_fraction: alarm when within-group diversity falls below this fraction of its first value.
         stat_drift: ``{statistic: largest absolute change from its first value}`` for the eval image statistics
             (dark_fraction, bright_fraction, saturation, edge_density: fractions in [0, 1]; color_entropy: bits).
-        max_kl: alarm when the mean ``approx_kl`` over the last ``window`` steps exceeds this (0 disables).
+        max_kl: alarm when the mean ``approx_kl`` over the last ``window`` steps exceeds this (0 disables; the
+            default 0.1 is ten times the target_kl PPO implementations commonly stop at).
         max_clipfrac: alarm when the mean ``clipfrac`` over the last ``window`` steps exceeds this (0 disables).
         beta_factor: raise_beta multiplies train.beta by this.
         beta_floor: raise_beta's beta when train.beta was 0.
@@ -83,7 +84,7 @@ class MonitorConfig:
     hack_drop: float = 0.01
     diversity_fraction: float = 0.5
     stat_drift: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_DRIFT))
-    max_kl: float = 0.0
+    max_kl: float = 0.1
     max_clipfrac: float = 0.5
     beta_factor: float = 2.0
     beta_floor: float = 0.01
