@@ -35,7 +35,7 @@ def blue_share(images, records):
 
 SMALL = ["train.groups_per_step=2", "train.group_size=4", "train.sample_batch_size=8", "train.train_batch_size=8",
          "sampling.num_steps=3", "train.save_every=0", "train.lr=0.1", "eval.every=1", "eval.num_steps=3",
-         "eval.group_size=2", "monitor.window=2", "monitor.hack_drop=0.0002"]
+         "eval.group_size=2", "eval.at_start=true", "monitor.window=2", "monitor.hack_drop=0.0002"]
 HACK = ["rewards=[{name: 'test_monitor_run:darkness', weight: 1.0}]",
         "eval.rewards=[{name: 'test_monitor_run:brightness'}]"]
 

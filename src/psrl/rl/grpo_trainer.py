@@ -195,9 +195,10 @@ class GRPOTrainer(BaseTrainer):
         return {"old_policy": self.old_policy} if self.old_policy is not None else {}
 
     def before_loop(self) -> None:
-        """Evaluate the untrained policy first (step 0: the monitor's baseline, the report's first grid)."""
+        """``eval.at_start``: evaluate the untrained policy first (step 0: the monitor's baseline, the report's first
+        grid)."""
         self.monitor.log_path = self.run_dir / "alarms.jsonl"
-        if self.cfg.eval.every and self.start_step == 0:
+        if self.cfg.eval.every and self.cfg.eval.at_start and self.start_step == 0:
             metrics = self.evaluate(0)
             self.monitor.observe(0, metrics)
             if self.tracker is not None:

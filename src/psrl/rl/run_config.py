@@ -9,7 +9,7 @@ Layout of a run config (every section optional; defaults are the dataclass defau
     rewards:   [{name, weight, args}, ...]
     data:      {records, data_root}
     eval:      {records, data_root, every, num_steps, height, width, resolution, guidance_scale, seed, rewards,
-                group_size, statistics, embedder}
+                group_size, statistics, embedder, at_start}
     run:       {name, output_dir, tracker, wandb_project}
     monitor:   MonitorConfig    (psrl.rl.monitor)
 """
@@ -96,6 +96,8 @@ class EvalConfig:
             fraction, edge density, diversity; psrl.rl.eval_metrics).
         embedder: what diversity is measured on: ``pixels`` (16x16 area-averaged pixels, no model) or an embedder
             spec such as ``{kind: dinov2, path: facebook/dinov2-base}`` (dinov2, dino_vit or clip).
+        at_start: also evaluate the untrained policy before the first step (logged as step 0, grid
+            ``samples/step-0.png``): the monitor's baseline and the first grid of ``psrl report``.
     """
 
     records: str | list[str] | None = None
@@ -111,6 +113,7 @@ class EvalConfig:
     group_size: int = 1
     statistics: bool = True
     embedder: str | dict[str, Any] = "pixels"
+    at_start: bool = False
 
     def __post_init__(self):
         if self.group_size < 1:
