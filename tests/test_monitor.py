@@ -91,6 +91,11 @@ def test_rollback_keeps_the_best_heldout_weights():
             p.fill_(value)
         mon.observe(step, _eval(step, {"r": 0.1}, {"a": score, "b": score}))
     assert mon.best[0] == 2 and mon.best[1] == pytest.approx(0.7) and torch.equal(mon.best[2][0], torch.ones(2))
+    # with an EMA the evaluation scored the shadow weights: those are what rollback keeps
+    shadow = [torch.full((2,), 7.0)]
+    ema_mon = TrainingMonitor(MonitorConfig(action="rollback"), [p], evaluated=lambda: shadow)
+    ema_mon.observe(0, _eval(0, {"r": 0.1}, {"a": 0.5}))
+    assert torch.equal(ema_mon.best[2][0], shadow[0]) and ema_mon.best[2][0] is not shadow[0]
     assert heldout_score(_eval(0, heldout={"a": 0.2, "b": 0.4})) == pytest.approx(0.3)
     assert math.isnan(heldout_score(_eval(0)))
     # trained keys do not include held-out or statistics keys

@@ -130,7 +130,8 @@ class GRPOTrainer(BaseTrainer):
         e = cfg.eval
         self.eval_embed = build_eval_embedder(e.embedder, self.accelerator.device) \
             if e.every and e.statistics and e.group_size >= 2 else None
-        self.monitor = TrainingMonitor(cfg.monitor, self.params)
+        self.monitor = TrainingMonitor(cfg.monitor, self.params,  # evaluations score the EMA weights when kept
+                                       evaluated=lambda: self.ema.shadow if self.ema is not None else self.params)
         self._local_count, self._local_per_subject = 0, {}  # this process's per-subject scores of the step
         self._alarms = []
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)

@@ -320,14 +320,18 @@ class TrainingMonitor:
 
     Args:
         cfg: the ``monitor`` config.
-        params: the trained parameters (``rollback`` keeps a CPU copy of them at the best held-out evaluation).
+        params: the trained parameters.
+        evaluated: ``() -> tensors`` aligned with ``params``: the weights an evaluation scores (the EMA shadow when
+            one is kept; default ``params``). ``rollback`` keeps a CPU copy of them at the best held-out evaluation
+            and restores exactly those.
         log_path: where each alarm is appended as a JSON line (``<run_dir>/alarms.jsonl``), read by ``psrl report``.
     """
 
-    def __init__(self, cfg: MonitorConfig, params: Sequence[torch.nn.Parameter] = (),
-                 log_path: str | Path | None = None):
+    def __init__(self, cfg: MonitorConfig, params: Sequence[torch.nn.Parameter] = (), *,
+                 evaluated: Callable[[], Sequence[torch.Tensor]] | None = None, log_path: str | Path | None = None):
         self.cfg = cfg
         self.params = list(params)
+        self.evaluated = evaluated if evaluated is not None else (lambda: self.params)
         self.log_path = Path(log_path) if log_path is not None else None
         self.steps: list[dict] = []
         self.evals: list[dict] = []
@@ -372,7 +376,7 @@ class TrainingMonitor:
         if not self.cfg.uses("rollback") or not math.isfinite(score):
             return
         if self.best is None or score > self.best[1]:
-            self.best = (row["step"], score, [p.detach().cpu().clone() for p in self.params])
+            self.best = (row["step"], score, [p.detach().cpu().clone() for p in self.evaluated()])
 
     def _append(self, alarm: Alarm) -> None:
         if self.log_path is None:
