@@ -83,6 +83,23 @@ def test_monitor_cools_down_and_writes_alarms(tmp_path):
 
 
 @pytest.mark.unit
+def test_resume_replays_the_logged_history_silently(tmp_path):
+    cfg = MonitorConfig(window=2, max_clipfrac=0.5)
+    first = TrainingMonitor(cfg, log_path=tmp_path / "alarms.jsonl")
+    rows = [{"step": s, "clipfrac": 0.9} for s in range(1, 6)]
+    for r in rows:
+        first.observe(r["step"], r)
+    assert [a.step for a in first.alarms] == [2, 4]
+    # resumed from the checkpoint of step 3: the step-4 alarm belonged to the abandoned future
+    again = TrainingMonitor(cfg, log_path=tmp_path / "alarms.jsonl")
+    again.resume(rows, 3)
+    assert [a.step for a in again.alarms] == [2] and len(again.steps) == 3
+    assert [json.loads(x)["step"] for x in (tmp_path / "alarms.jsonl").read_text().splitlines()] == [2]
+    assert again.observe(4, {"clipfrac": 0.9})[0].step == 4  # the cool-down continued: it fires as before
+    assert [json.loads(x)["step"] for x in (tmp_path / "alarms.jsonl").read_text().splitlines()] == [2, 4]
+
+
+@pytest.mark.unit
 def test_rollback_keeps_the_best_heldout_weights():
     p = torch.nn.Parameter(torch.zeros(2))
     mon = TrainingMonitor(MonitorConfig(action="rollback"), [p])

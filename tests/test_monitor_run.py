@@ -117,3 +117,15 @@ def test_healthy_run_raises_no_alarm(tmp_path):
     assert not any(k.startswith("monitor/") for m in history for k in m)
     assert history[-1]["eval/heldout/test_monitor_run:blue_share"] > t.monitor.evals[0][
         "eval/heldout/test_monitor_run:blue_share"]
+
+
+@pytest.mark.component
+def test_resumed_run_continues_the_monitor_history(tmp_path):
+    GRPOTrainer(_cfg(tmp_path, "res", *HACK, "train.max_steps=2")).train()
+    t = GRPOTrainer(_cfg(tmp_path, "res", *HACK, "train.max_steps=3"), resume=True)
+    t.train()
+    # the evaluations of steps 0-2 were replayed from metrics.jsonl, step 3 compared with step 1
+    assert [e["step"] for e in t.monitor.evals] == [0, 1, 2, 3]
+    lines = [json.loads(x) for x in (tmp_path / "res" / "alarms.jsonl").read_text().splitlines()]
+    assert [(a["step"], a["name"]) for a in lines] == [(2, "reward_hacking")]  # written once, not again on resume
+    assert [a.step for a in t.monitor.alarms] == [2]  # cool-down: window 2 evaluations, so step 3 stays silent

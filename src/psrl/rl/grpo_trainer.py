@@ -38,7 +38,7 @@ from psrl.rl.reward_calls import call_reward, log_failure_reasons
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
 from psrl.images import save_image
-from psrl.rl.tracking import image_grid
+from psrl.rl.tracking import image_grid, read_metrics
 from psrl.sampling import plan_steps
 
 logger = logging.getLogger(__name__)
@@ -198,7 +198,11 @@ class GRPOTrainer(BaseTrainer):
     def before_loop(self) -> None:
         """``eval.at_start``: evaluate the untrained policy first (step 0: the monitor's baseline, the report's first
         grid)."""
-        self.monitor.log_path = self.run_dir / "alarms.jsonl"
+        self.monitor.log_path = self.run_dir / "alarms.jsonl" if self.is_main else None  # one writer
+        if self.resume:  # the monitor's windows continue from the logged history
+            path = self.run_dir / "metrics.jsonl"
+            rows = read_metrics(path) if self.is_main and path.is_file() else None
+            self.monitor.resume(dist.broadcast_object(rows) or [], self.start_step)
         if self.cfg.eval.every and self.cfg.eval.at_start and self.start_step == 0:
             metrics = self.evaluate(0)
             self.monitor.observe(0, metrics)

@@ -338,6 +338,7 @@ class TrainingMonitor:
         self.alarms: list[Alarm] = []
         self.best: tuple[int, float, list[torch.Tensor]] | None = None
         self._last_fired: dict[str, int] = {}
+        self._replaying = False
 
     def observe(self, step: int, metrics: dict) -> list[Alarm]:
         """Record step ``step``'s metrics (an evaluation when they hold ``eval/*`` keys) and run the alarms.
@@ -350,7 +351,8 @@ class TrainingMonitor:
             self.steps.append(row)
         if evaluated:
             self.evals.append(row)
-            self._keep_best(row)
+            if not self._replaying:
+                self._keep_best(row)
         fired = []
         for name in ALARMS.names():
             is_step = name in STEP_ALARMS
@@ -364,12 +366,36 @@ class TrainingMonitor:
             if found:
                 self._last_fired[name] = clock
                 fired.extend(found)
-        for alarm in fired:
+        for alarm in fired if not self._replaying else ():
             logger.warning("ALARM %s at step %d: %s (action: %s)", alarm.name, alarm.step, alarm.message,
                            self.cfg.action_for(alarm.name))
             self._append(alarm)
         self.alarms.extend(fired)
         return fired
+
+    def resume(self, rows: Sequence[dict], step: int) -> None:
+        """Rebuild the history of a run resumed at ``step`` from its logged ``metrics.jsonl`` rows (those up to
+        ``step``), so the windows and cool-downs continue where they were: the alarms are re-run without logging,
+        writing or acting, and the ``alarms.jsonl`` lines past ``step`` (from the abandoned future) are dropped.
+        Only what was logged is replayed (every ``train.log_every`` steps). The weights of the best held-out
+        evaluation are not in the rows: after a resume, ``rollback`` ranks the evaluations from the resume on."""
+        if not self.cfg.enabled:
+            return
+        self._replaying = True
+        try:
+            for r in rows:
+                if isinstance(r.get("step"), int) and r["step"] <= step:
+                    self.observe(r["step"], {k: v for k, v in r.items() if k != "step"})
+        finally:
+            self._replaying = False
+        if self.log_path is not None and self.log_path.is_file():
+            import json
+
+            from psrl.fileio import write_text_atomic
+
+            kept = [x for x in self.log_path.read_text().splitlines()
+                    if x.strip() and json.loads(x).get("step", 0) <= step]
+            write_text_atomic(self.log_path, "".join(x + "\n" for x in kept))
 
     def _keep_best(self, row: dict) -> None:
         score = heldout_score(row)
