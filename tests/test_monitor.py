@@ -189,3 +189,23 @@ def test_eval_metrics_statistics_and_diversity():
     m1 = eval_metrics(images, recs, [0, 1, 2, 3], embed=pixel_embeddings)
     assert "eval/stats/diversity" not in m1 and "eval/stats/saturation" in m1
     assert eval_metrics(images, recs, [0, 0, 1, 1], statistics=False) == {}
+
+
+@pytest.mark.component
+def test_diversity_on_a_model_embedder():
+    """``eval.embedder: {kind: dinov2, path: tiny}``: the DINOv2 pipeline on random weights gives one embedding per
+    image; identical images have diversity 0, different ones more."""
+    from psrl.rl.eval_metrics import build_eval_embedder
+
+    embed = build_eval_embedder({"kind": "dinov2", "path": "tiny"})
+    a = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    b = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    images = torch.cat([a, a, a, b])
+    e = embed(images)
+    assert e.ndim == 2 and e.shape[0] == 4
+    m = eval_metrics(images, [Record(id="x", prompt="p")] * 4, [0, 0, 1, 1], embed=embed)
+    from psrl.rl.image_stats import within_group_diversity
+
+    _, div = within_group_diversity(e, [0, 0, 1, 1])
+    assert div[0] == pytest.approx(0.0, abs=1e-6) and div[1] > 0
+    assert m["eval/stats/diversity"] == pytest.approx(float(div.mean()), abs=1e-6)
