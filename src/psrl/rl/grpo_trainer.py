@@ -196,7 +196,8 @@ class GRPOTrainer(BaseTrainer):
         return {"old_policy": self.old_policy} if self.old_policy is not None else {}
 
     def before_loop(self) -> None:
-        """``eval.at_start``: evaluate the untrained policy first (step 0: the monitor's baseline, the report's first
+        """Point the monitor at ``alarms.jsonl`` (main process), replay its history on ``--resume``, and with
+        ``eval.at_start`` evaluate the untrained policy first (step 0: the monitor's baseline, the report's first
         grid)."""
         self.monitor.log_path = self.run_dir / "alarms.jsonl" if self.is_main else None  # one writer
         if self.resume:  # the monitor's windows continue from the logged history
