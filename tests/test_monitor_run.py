@@ -67,6 +67,11 @@ def test_hackable_reward_warns_in_log_metrics_and_final_table(tmp_path, capsys):
     alarms = [json.loads(x) for x in (tmp_path / "warn" / "alarms.jsonl").read_text().splitlines()]
     assert [(a["step"], a["name"]) for a in alarms] == [(2, "reward_hacking")]
     assert (tmp_path / "warn" / "samples" / "step-0.png").is_file()
+    # the run's report: curves, the alarm and the grids of steps 0-3 in order
+    assert main(["report", str(tmp_path / "warn")]) == 0
+    page = (tmp_path / "warn" / "report.html").read_text()
+    assert "reward_hacking" in page and page.count("data:image/png;base64,") == 4
+    assert "eval/heldout/test_monitor_run:brightness" in (tmp_path / "warn" / "report.md").read_text()
 
 
 @pytest.mark.component
