@@ -15,6 +15,7 @@ USER_ERRORS = (ConfigError, RecordError, PsrlError)
 COMMANDS = {
     "train": "psrl.cli.train",
     "diagnose": "psrl.cli.diagnose",
+    "report": "psrl.cli.report",
     "sft": "psrl.cli.sft",
     "generate": "psrl.cli.generate",
     "reward": "psrl.cli.reward",

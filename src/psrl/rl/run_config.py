@@ -8,8 +8,10 @@ Layout of a run config (every section optional; defaults are the dataclass defau
     advantage: AdvantageConfig  (psrl.rl.grpo_config)
     rewards:   [{name, weight, args}, ...]
     data:      {records, data_root}
-    eval:      {records, data_root, every, num_steps, height, width, resolution, guidance_scale, seed}
+    eval:      {records, data_root, every, num_steps, height, width, resolution, guidance_scale, seed, rewards,
+                group_size, statistics, embedder, at_start}
     run:       {name, output_dir, tracker (alias report_to), wandb_project, push_to_hub, ...}
+    monitor:   MonitorConfig    (psrl.rl.monitor)
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, over
 from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
+from psrl.rl.monitor import MonitorConfig, check_monitor_config
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +91,16 @@ class EvalConfig:
         resolution: sets both sides (PaCo's resolution-decoupled evaluation).
         guidance_scale: eval guidance (default: the sampling guidance).
         seed: seed of the eval noise (the same images every evaluation).
+        rewards: held-out rewards, each {name, args} (a registered reward or ``module:attr``; weight unused):
+            scored on the eval images and logged as ``eval/heldout/<name>``, never trained on; the monitor's
+            reward_hacking alarm compares them with the trained rewards.
+        group_size: eval images per record (seeds fixed for the run); 2 or more logs within-group diversity.
+        statistics: log the eval image statistics (``eval/stats/*``: colour entropy, saturation, dark and bright
+            fraction, edge density, diversity; psrl.rl.eval_metrics).
+        embedder: what diversity is measured on: ``pixels`` (16x16 area-averaged pixels, no model) or an embedder
+            spec such as ``{kind: dinov2, path: facebook/dinov2-base}`` (dinov2, dino_vit or clip).
+        at_start: also evaluate the untrained policy before the first step (logged as step 0, grid
+            ``samples/step-0.png``): the monitor's baseline and the first grid of ``psrl report``.
     """
 
     records: str | list[str] | None = None
@@ -99,8 +112,15 @@ class EvalConfig:
     resolution: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
+    rewards: list[RewardSpec] = field(default_factory=list)
+    group_size: int = 1
+    statistics: bool = True
+    embedder: str | dict[str, Any] = "pixels"
+    at_start: bool = False
 
     def __post_init__(self):
+        if self.group_size < 1:
+            raise ValueError(f"eval.group_size must be >= 1, got {self.group_size}")
         if self.every < 0 or self.num_steps < 1:
             raise ValueError(f"eval.every must be >= 0 and eval.num_steps >= 1, got {self.every}, {self.num_steps}")
         if self.every and not self.records:
@@ -166,6 +186,7 @@ class RunConfig:
         data: the training records.
         eval: periodic evaluation.
         run: where the run goes and how it is tracked.
+        monitor: the reward-hacking monitor: alarms and their actions.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -176,6 +197,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSection = field(default_factory=RunSection)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self):
         if not self.rewards:
@@ -185,6 +207,7 @@ class RunConfig:
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: names must be unique, got {names}")
+        check_monitor_config(self.monitor, self.eval, names)
 
 
 def default_config_text() -> str:
