@@ -1,7 +1,7 @@
 """Calling the rewards of a GRPO step: one reward on one rollout batch with its failure turned into a message,
 the step's unscorable-sample reasons logged whole, and a reward kept on its own device (``rewards[].device``, as
-PaCo runs its judge on a GPU of its own: X-GenGroup/PaCo-RL@08caac6 PaCo-GRPO/scripts/train_flux.py). Kept apart from
-the trainer loop, which only sequences them."""
+PaCo serves its judge on GPUs of its own: X-GenGroup/PaCo-RL@cd3c428 PaCo-GRPO/vllm_server/launch.sh). Kept apart
+from the trainer loop, which only sequences them."""
 from __future__ import annotations
 
 import logging
