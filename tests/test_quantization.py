@@ -10,7 +10,7 @@ import torch
 from psrl.config import ConfigError, from_dict
 from psrl.models.config import ModelConfig
 from psrl.models.loading import FLUX_COMPONENT_SPEC
-from psrl.models.quantization import (QUANTIZATION_SCHEMES, bnb_config_kwargs, check_quantization,
+from psrl.models.quantization import (QUANTIZATION_SCHEMES, bnb_config_kwargs, check_quantization, is_quantized,
                                       quantization_problem, quantized_components)
 from psrl.models.qwen_edit_plus import QWEN_EDIT_PLUS_COMPONENT_SPEC
 from psrl.models.sd3 import SD3_COMPONENT_SPEC
@@ -76,6 +76,15 @@ def test_check_on_this_machine_is_one_line_naming_key_and_value():
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.component
+def test_unquantized_models_are_not_taken_for_quantized_ones():
+    from psrl.models.tiny import tiny_flux_components
+
+    comps = tiny_flux_components()
+    assert not any(is_quantized(comps[k]) for k in ("transformer", "vae", "text_encoder", "text_encoder_2"))
+    assert not is_quantized(torch.nn.Linear(2, 2))
+
+
 # ------------------------------------------------------------------------------------------------------------- e2e
 @pytest.mark.e2e
 def test_train_refuses_quantization_on_the_cpu_before_the_run_directory(tmp_path):
@@ -102,7 +111,7 @@ def test_quantized_base_under_a_lora_trains_on_the_gpu(tmp_path, mode):
     """A tiny FLUX saved with save_pretrained and loaded quantized: the transformer's linears are quantized, the
     LoRA is fp32 and trainable, the recomputed log-prob equals the rollout's (ratio 1 before an update), and one
     AdamW step moves only the LoRA."""
-    from psrl.models.quantization import QUANTIZATION_SCHEMES, probe_environment
+    from psrl.models.quantization import probe_environment
 
     problem = quantization_problem(mode, **probe_environment(mode, "cuda"))
     if problem:
@@ -118,8 +127,8 @@ def test_quantized_base_under_a_lora_trains_on_the_gpu(tmp_path, mode):
     cfg = from_dict(ModelConfig, {"path": str(tmp_path / "m"), "dtype": "bfloat16", "quantization": mode,
                                   "max_sequence_length": 16, "lora": {"rank": 4, "alpha": 8, "targets": "attn"}})
     policy = FluxPolicy.from_config(cfg, device="cuda")
-    assert policy.transformer.is_quantized and policy.text_encoder_2.is_quantized
-    assert not getattr(policy.text_encoder, "is_quantized", False)  # CLIP stays as it is
+    assert is_quantized(policy.transformer) and is_quantized(policy.text_encoder_2)
+    assert not is_quantized(policy.text_encoder)  # CLIP stays as it is
     if QUANTIZATION_SCHEMES[mode].package == "bitsandbytes":
         import bitsandbytes as bnb
 

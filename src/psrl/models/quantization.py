@@ -165,9 +165,9 @@ def quantization_kwargs(spec: Mapping[str, tuple[str, str]], mode: str | None, c
 
 
 def is_quantized(module) -> bool:
-    """Whether ``module`` was loaded quantized (diffusers' and transformers' models set ``is_quantized``); such a
-    model refuses ``.to(dtype)``, its dtype was fixed at load time."""
-    return bool(getattr(module, "is_quantized", False))
+    """Whether ``module`` was loaded quantized: diffusers sets ``is_quantized`` on the model, transformers keeps an
+    ``hf_quantizer``. Such a model refuses ``.to(dtype)``; its dtype was fixed at load time."""
+    return bool(getattr(module, "is_quantized", False)) or getattr(module, "hf_quantizer", None) is not None
 
 
 __all__ = ["LARGE_TEXT_ENCODERS", "QUANTIZATION_SCHEMES", "QuantizationScheme", "bnb_config_kwargs",
