@@ -285,11 +285,12 @@ class FlowPolicyBase:
         eval mode and, unless ``offload_frozen``, to ``device``."""
         from psrl.models.loading import torch_dtype_from_name
         from psrl.models.lora_merge import prepare_lora
+        from psrl.models.quantization import is_quantized  # its dtype was fixed when it was loaded
 
         self.device = torch.device(device)
         self.dtype = torch_dtype_from_name(cfg.dtype)
         self.offload_frozen = bool(cfg.offload_frozen)
-        if next(self.transformer.parameters()).dtype != self.dtype:
+        if next(self.transformer.parameters()).dtype != self.dtype and not is_quantized(self.transformer):
             self.transformer.to(self.dtype)
         self.transformer.to(self.device)
         self.transformer.eval()

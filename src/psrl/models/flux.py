@@ -24,6 +24,7 @@ from psrl.data.records import Record
 from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unwrap_module, window_rng
 from psrl.models.lora_merge import prepare_lora
+from psrl.models.quantization import is_quantized
 from psrl.sampling import SamplingConfig, resolution_shift_mu
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class FluxPolicy(FlowPolicyBase):
         for module in (*self.frozen_modules(), self.transformer):
             module.requires_grad_(False)
             module.eval()
-            if next(module.parameters()).dtype != dtype:  # diffusers warns on every .to(dtype), even a no-op
+            # diffusers warns on every .to(dtype), even a no-op; a quantized model's dtype was fixed when loaded
+            if next(module.parameters()).dtype != dtype and not is_quantized(module):
                 module.to(dtype=dtype)
         self.lora_config = lora
         if lora is not None:
@@ -124,7 +126,7 @@ class FluxPolicy(FlowPolicyBase):
         ``args.guidance_embeds`` picks dev-like (default) or schnell-like), anything else is loaded with
         ``from_pretrained`` (hub id or local pipeline folder). ``args`` may only hold ``guidance_embeds`` (tiny)."""
         from psrl.config import ConfigError
-        from psrl.models.loading import load_flux_components, torch_dtype_from_name
+        from psrl.models.loading import FLUX_COMPONENT_SPEC, load_policy_components, torch_dtype_from_name
 
         unknown = sorted(set(model_cfg.args) - {"guidance_embeds"})
         if unknown:
@@ -138,7 +140,7 @@ class FluxPolicy(FlowPolicyBase):
             if "guidance_embeds" in model_cfg.args:
                 raise ConfigError("model.args.guidance_embeds only applies to model.path: tiny (a loaded model's "
                                   "transformer config decides)")
-            components = load_flux_components(model_cfg.path, torch_dtype=dtype)
+            components = load_policy_components(model_cfg, FLUX_COMPONENT_SPEC, device)
         return cls(components, lora=model_cfg.lora, dtype=dtype, device=device,
                    max_sequence_length=model_cfg.max_sequence_length,
                    gradient_checkpointing=model_cfg.gradient_checkpointing, offload_frozen=model_cfg.offload_frozen)

@@ -110,7 +110,7 @@ class FluxKontextPolicy(FluxPolicy):
         ``reference_long_side_multi`` (320), ``reference_multiple`` (VAE scale x 2), ``data_root`` (.),
         ``reference_cache_size`` (256) and, for ``path: tiny`` only, ``guidance_embeds`` (true: Kontext-dev is
         guidance-distilled)."""
-        from psrl.models.loading import load_flux_components, torch_dtype_from_name
+        from psrl.models.loading import FLUX_COMPONENT_SPEC, load_policy_components, torch_dtype_from_name
 
         args = dict(model_cfg.args)
         unknown = sorted(set(args) - set(_ARGS))
@@ -124,7 +124,7 @@ class FluxKontextPolicy(FluxPolicy):
         else:
             if "guidance_embeds" in args:
                 raise ConfigError("model.args.guidance_embeds only applies to model.path: tiny")
-            components = load_flux_components(model_cfg.path, torch_dtype=dtype)
+            components = load_policy_components(model_cfg, FLUX_COMPONENT_SPEC, device)
         vae_scale = 2 ** (len(components["vae"].config.block_out_channels) - 1)
         try:
             resize = ReferenceResize(long_side_single=args.get("reference_long_side_single", 512),

@@ -101,10 +101,9 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
 
             components = tiny_qwen_image_edit_plus_components(cfg.tiny_seed)
         else:
-            from psrl.models.loading import load_components, torch_dtype_from_name
+            from psrl.models.loading import load_policy_components
 
-            components = load_components(cfg.path, QWEN_EDIT_PLUS_COMPONENT_SPEC,
-                                         torch_dtype=torch_dtype_from_name(cfg.dtype))
+            components = load_policy_components(cfg, QWEN_EDIT_PLUS_COMPONENT_SPEC, device)
         return cls(components, cfg, device)
 
     @property

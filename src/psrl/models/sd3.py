@@ -88,9 +88,9 @@ class SD3Policy(FlowPolicyBase):
 
             components = tiny_sd3_components(cfg.tiny_seed)
         else:
-            from psrl.models.loading import load_components, torch_dtype_from_name
+            from psrl.models.loading import load_policy_components
 
-            components = load_components(cfg.path, SD3_COMPONENT_SPEC, torch_dtype=torch_dtype_from_name(cfg.dtype))
+            components = load_policy_components(cfg, SD3_COMPONENT_SPEC, device)
         return cls(components, cfg, device)
 
     # ------------------------------------------------------------------ hooks

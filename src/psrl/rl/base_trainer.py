@@ -28,6 +28,7 @@ from psrl.config import to_dict
 from psrl.errors import PsrlError
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
+from psrl.rl.fsdp import shard_policy
 from psrl.rl.optim import make_optimizer
 from psrl.rl.signals import EXIT_CODES, StopSignals, TrainingStopped
 from psrl.rl.tracking import Tracker, check_tracker
@@ -87,6 +88,7 @@ class BaseTrainer:
             policy = build_policy(cfg.model, self.accelerator.device)
         self.policy = policy
         self.setup_policy()
+        shard_policy(self.accelerator, policy, cfg)  # launched with accelerate's FSDP plugin: shard the frozen base
         self.params = list(policy.trainable_parameters())
         if not self.params:
             raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from psrl.data.records import Record, read_records
-from psrl.errors import PsrlError
+from psrl.errors import ConfigError, PsrlError
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.models.references import takes_data_root
 from psrl.rl import distributed as dist
@@ -34,7 +34,7 @@ from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
 from psrl.rl.optim import clip_gradients
-from psrl.rl.reward_calls import call_reward, log_failure_reasons
+from psrl.rl.reward_calls import RewardOnDevice, call_reward, log_failure_reasons, reward_device
 from psrl.rl.run_config import RunConfig, derive_sizes
 from psrl.rl.sampler import GroupSampler, sample_seed
 from psrl.images import save_image
@@ -161,12 +161,18 @@ class GRPOTrainer(BaseTrainer):
         from psrl.rewards import build_reward
 
         built = []
-        for spec in specs:
+        for i, spec in enumerate(specs):
             args = dict(spec.args)
             if self.data_root is not None and "data_root" not in args and _accepts(spec.name, "data_root"):
                 args["data_root"] = str(self.data_root)  # rewards that compare with the records' subject images
             try:
-                built.append(build_reward(spec.name, args, device=self.accelerator.device))
+                device = None if spec.device is None else \
+                    reward_device(spec.device, cuda_count=torch.cuda.device_count())
+            except ValueError as e:
+                raise ConfigError(f"{what}[{i}].device: {e}") from e
+            try:
+                reward = build_reward(spec.name, args, device=self.accelerator.device if device is None else device)
+                built.append(reward if device is None else RewardOnDevice(reward, device))
             except KeyError as e:
                 raise PsrlError(f"{what}: {e.args[0] if e.args else e}") from e
             except (TypeError, ValueError) as e:

@@ -44,15 +44,25 @@ class RewardSpec:
         name: a registered reward (``psrl reward list``) or ``module:attr``.
         weight: its weight in the aggregation.
         args: constructor arguments of the reward.
+        device: where this reward's models run (``cpu``, ``cuda``, ``cuda:1``); default (null) the policy's device.
+            Images are moved there and scores come back, e.g. a VLM judge on a GPU of its own as PaCo runs it.
     """
 
     name: str = ""
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("each reward needs a 'name'")
+        if self.device is not None:
+            from psrl.rl.reward_calls import reward_device
+
+            try:  # the kind of device here; whether this machine has it is checked when the reward is built
+                reward_device(self.device, cuda_count=1 << 30)
+            except ValueError as e:
+                raise ValueError(f"device {e}") from None
 
 
 @dataclass
