@@ -86,7 +86,7 @@ def _subpixel_offsets(ss: int) -> np.ndarray:
     return (np.arange(ss) + 0.5) / ss
 
 
-def _coverage(cx: float, cy: float, r: float, size: int, *masks) -> tuple[list[np.ndarray], tuple[int, int]]:
+def coverage(cx: float, cy: float, r: float, size: int, *masks) -> tuple[list[np.ndarray], tuple[int, int]]:
     """For each ``mask(u, v)`` (subject-frame points -> bool), the fraction of each pixel of the square around
     ``(cx, cy, r)`` (pixels) where it holds, and the square's top-left pixel; the square is clipped to the image.
     A later mask is evaluated only where the earlier ones hold (``mask(u, v, prev)``), so a texture costs no
@@ -121,7 +121,7 @@ def draw_subject(canvas: np.ndarray, subject: Subject, cx: float, cy: float, r: 
     masks = [lambda u, v: inside_shape(subject.shape, u, v)]
     if subject.texture != "solid":
         masks.append(lambda u, v: texture_mask(subject.texture, u, v))
-    covs, at = _coverage(cx, cy, r, canvas.shape[0], *masks)
+    covs, at = coverage(cx, cy, r, canvas.shape[0], *masks)
     if not covs:
         return None
     body = covs[0]
@@ -136,7 +136,7 @@ def draw_subject(canvas: np.ndarray, subject: Subject, cx: float, cy: float, r: 
 
 def draw_shadow(canvas: np.ndarray, cx: float, cy: float, r: float) -> None:
     """The flat ellipse a jumping subject of radius ``r`` casts, centred ``1.45 r`` below its centre (pixels)."""
-    covs, at = _coverage(cx, cy + 1.45 * r, r, canvas.shape[0], lambda u, v: (u / 0.75) ** 2 + (v / 0.2) ** 2 <= 1.0)
+    covs, at = coverage(cx, cy + 1.45 * r, r, canvas.shape[0], lambda u, v: (u / 0.75) ** 2 + (v / 0.2) ** 2 <= 1.0)
     if covs:
         _paint(canvas, covs[0], at, SHADOW_RGB)
 
