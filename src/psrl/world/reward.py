@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal, get_args
 
 import numpy as np
@@ -43,6 +44,13 @@ from psrl.world.subjects import BACKGROUNDS, COLOURS, SHADOW_RGB, TEXTURE_RGB, s
 Score = Literal["identity", "semantic", "fidelity", "mean"]
 BACKGROUND_TOLERANCE = 30.0  # 0-255 Euclidean distance from the named background to the image's frame colour
 FIDELITY_TOLERANCE = 24.0  # 0-255 Euclidean distance from a pixel to the nearest rendered blend
+
+
+@lru_cache(maxsize=512)
+def _detections(data: bytes, shape: tuple[int, int, int]) -> tuple[Detection, ...]:
+    """:func:`detect_subjects` memoised on the pixels: PocketBench's three dimensions are three instances of this
+    reward scoring the same image, and a GRPO group repeats nothing, so a small cache pays only on the former."""
+    return tuple(detect_subjects(np.frombuffer(data, np.uint8).reshape(shape)))
 
 
 def match_subjects(subjects, detections: list[Detection]) -> list[int | None]:
@@ -133,7 +141,7 @@ class PocketSubjectsReward:
                 continue
             subjects = [lookup[p] for p in phrases]
             arr = np.asarray(pils[b])
-            dets = detect_subjects(arr)
+            dets = list(_detections(arr.tobytes(), arr.shape))
             detected[b] = [f"{d.colour} {d.texture} {d.shape} at {list(d.box)}" for d in dets]
             matched = [None if j is None else dets[j] for j in match_subjects(subjects, dets)]
             per_subject[b] = [0.0 if d is None else d.matches(s) for s, d in zip(subjects, matched)]
