@@ -49,10 +49,11 @@ def inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "circle":
         return u * u + v * v <= CIRCLE_RADIUS ** 2
     y0, y1, x0, slope = _edges(shape)
-    # the crossing test of every point against every edge at once: [..., E] booleans, parity over edges
-    vv, uu = v[..., None], u[..., None]
-    crosses = (vv >= y0) & (vv < y1) & (uu < x0 + (vv - y0) * slope)
-    return np.logical_xor.reduce(crosses, axis=-1)
+    # where each edge crosses the point's row depends on v alone (cheap when v is a column [H, 1]); then one
+    # comparison per point and edge, and the parity of the crossings to the point's right
+    vv = np.asarray(v, dtype=np.float64)[..., None]
+    x_at = np.where((vv >= y0) & (vv < y1), x0 + (vv - y0) * slope, -np.inf)
+    return np.logical_xor.reduce(np.asarray(u)[..., None] < x_at, axis=-1)
 
 
 @lru_cache(maxsize=None)
