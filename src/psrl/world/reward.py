@@ -99,15 +99,28 @@ def _blend_segments(background: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(starts, dtype=np.float32), np.array(ends, dtype=np.float32)
 
 
-def palette_fidelity(arr: np.ndarray) -> float:
-    """Share of the pixels of a uint8 ``[H, W, 3]`` image within ``FIDELITY_TOLERANCE`` of a rendered blend
-    (segments in RGB between the palette colours the renderer mixes), on the world background nearest the frame."""
-    a, b = _blend_segments(background_colour(arr)[0])
-    p = arr.reshape(-1, 1, 3).astype(np.float32)
+FIDELITY_BIN = 8  # the fidelity lookup table's bin width per channel (0-255 units); bins are judged by their centre
+
+
+@lru_cache(maxsize=len(BACKGROUNDS))
+def _fidelity_table(background: str) -> np.ndarray:
+    """``[32, 32, 32]`` booleans: whether the centre of each RGB bin lies within ``FIDELITY_TOLERANCE`` of a blend
+    the renderer makes on ``background`` (built once per background; a lookup then costs one index per pixel)."""
+    a, b = _blend_segments(background)
+    levels = np.arange(0, 256, FIDELITY_BIN, dtype=np.float32) + (FIDELITY_BIN - 1) / 2
+    p = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 1, 3)
     ab = b - a
     t = np.clip(((p - a) * ab).sum(-1) / (ab * ab).sum(-1), 0.0, 1.0)
     dist = np.linalg.norm(p - (a + t[..., None] * ab), axis=-1).min(axis=1)
-    return float((dist <= FIDELITY_TOLERANCE).mean())
+    return (dist <= FIDELITY_TOLERANCE).reshape(len(levels), len(levels), len(levels))
+
+
+def palette_fidelity(arr: np.ndarray) -> float:
+    """Share of the pixels of a uint8 ``[H, W, 3]`` image within ``FIDELITY_TOLERANCE`` of a rendered blend
+    (segments in RGB between the palette colours the renderer mixes), on the world background nearest the frame;
+    pixels are judged by the centre of their ``FIDELITY_BIN``-wide RGB bin (at most 3.5 units off per channel)."""
+    q = arr.astype(np.intp) // FIDELITY_BIN
+    return float(_fidelity_table(background_colour(arr)[0])[q[..., 0], q[..., 1], q[..., 2]].mean())
 
 
 class PocketSubjectsReward:
