@@ -88,10 +88,10 @@ def _subpixel_offsets(ss: int) -> np.ndarray:
 
 
 def coverage(cx: float, cy: float, r: float, size: int, *masks) -> tuple[list[np.ndarray], tuple[int, int]]:
-    """For each ``mask(u, v)`` (subject-frame points -> bool), the fraction of each pixel of the square around
-    ``(cx, cy, r)`` (pixels) where it holds, and the square's top-left pixel; the square is clipped to the image.
-    A later mask is evaluated only where the earlier ones hold (``mask(u, v, prev)``), so a texture costs no
-    second shape test."""
+    """The fraction of each pixel of the square around ``(cx, cy, r)`` (pixels; clipped to the ``size`` image)
+    where ``masks[0](u, v)`` holds, where ``masks[0]`` and ``masks[1]`` both hold, and so on (subject-frame
+    points -> bool; a texture is thus painted only on its body), sampled at ``SS x SS`` points per pixel; and the
+    square's top-left pixel."""
     x0, y0 = max(int(math.floor(cx - r)) - 1, 0), max(int(math.floor(cy - r)) - 1, 0)
     x1, y1 = min(int(math.ceil(cx + r)) + 1, size), min(int(math.ceil(cy + r)) + 1, size)
     if x1 <= x0 or y1 <= y0:
