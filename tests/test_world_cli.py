@@ -1,6 +1,7 @@
 """``psrl world make`` end to end: its records feed ``psrl sft`` unchanged, PocketBench validates, generates and
 evaluates through ``psrl bench`` (ground truth at the ceiling, noise far below)."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,17 @@ def test_sft_trains_on_the_records_and_bench_generates_pocketbench(world, tmp_pa
     for row in rows:
         for dim, score in row["scores"].items():
             assert (score is not None) != (row["failures"][dim] is not None)
+
+
+def test_grpo_trains_on_the_world_records_with_the_world_reward(world, tmp_path):
+    from psrl.rl.tracking import read_metrics
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "psr_kontext.yaml"
+    assert main(["train", "--config", str(config), "--set", f"run.output_dir={tmp_path}",
+                 "--set", f"data.records={world / 'train.jsonl'}", "--set", f"data.data_root={world}",
+                 "--set", f"eval.records={world / 'eval.jsonl'}", "--set", "train.max_steps=1",
+                 "--set", "rewards=[{name: pocket_subjects, weight: 1.0, args: {score: mean}}]"]) == 0
+    (row,) = read_metrics(next(tmp_path.iterdir()) / "metrics.jsonl")
+    # every sample of a random-weight model's 16x16 rollout is scored (low, never NaN): the trainer gets a signal
+    assert row["reward/pocket_subjects/failure_rate"] == 0.0
+    assert 0.0 <= row["reward/pocket_subjects/mean"] < 0.9
