@@ -54,6 +54,9 @@ def test_the_detector_reads_every_attribute_of_rendered_subjects():
             d = next(d for d in dets if d.box[0] <= (box[0] + box[2]) / 2 < d.box[2]
                      and d.box[1] <= (box[1] + box[3]) / 2 < d.box[3])
             assert np.abs(np.subtract(d.box, box)).max() <= 2  # the renderer's box, within 2 pixels (thin star tips)
+            # the graded evidence agrees with the decision it grades
+            for attr, graded in (("shape", d.shape_iou), ("colour", d.colour_share), ("texture", d.texture_evidence)):
+                assert max(graded, key=graded.get) == getattr(d, attr) and all(0 <= v <= 1 for v in graded.values())
             if (d.shape, d.colour, d.texture) != (s.shape, s.colour, s.texture):
                 wrong.append((s.id, d.shape, d.colour, d.texture))
             if action:
@@ -112,13 +115,14 @@ def test_ground_truth_scores_one_and_other_subjects_score_low(subset):
     truth = reward(_images(scenes), records)
     assert all(f is None for f in truth.failures)
     assert truth.details["identity"].min() == 1.0 and truth.details["semantic"].min() == 1.0
-    assert truth.details["fidelity"].min() > 0.97
+    assert truth.details["fidelity"].min() > 0.97 and truth.details["identity_dense"].min() > 0.9
     assert all(m == [] for m in truth.details["missing_subjects"])
     # the same layouts drawn with other held-out subjects: identity falls, fidelity does not
     others = _scenes(3, subset, 12)
     swapped = [dataclasses.replace(s, subjects=o.subjects) for s, o in zip(scenes, others)]
     out = reward(_images(swapped), records)
     assert out.details["identity"].mean() < 0.5
+    assert out.details["identity_dense"].mean() < truth.details["identity_dense"].mean() - 0.3
     assert out.details["fidelity"].min() > 0.97
 
 
@@ -149,6 +153,20 @@ def test_an_unscorable_sample_fails_alone_with_its_reason():
     out = semantic([images[0]], [plain])
     assert math.isnan(out.scores[0]) and "states nothing the pocket world can check" in out.failures[0]
     assert out.details["identity"][0] == 1.0  # the other parts are still reported
+
+
+@pytest.mark.component
+def test_dense_identity_falls_gradually_with_blur():
+    from PIL import ImageFilter
+
+    reward = build_reward("pocket_subjects", {"score": "identity_dense"})
+    scenes = _scenes(6, "Three", 10)
+    records = [_record(s, i) for i, s in enumerate(scenes)]
+    means = []
+    for radius in (0, 1.0, 2.0):
+        images = [render_scene(s)[0].filter(ImageFilter.GaussianBlur(radius)) for s in scenes]
+        means.append(float(reward(images, records).scores.mean()))
+    assert means[0] > 0.95 and means[0] > means[1] > means[2], means
 
 
 @pytest.mark.unit

@@ -17,7 +17,7 @@ image side where they count pixels (the world is drawn at 64x64).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -38,8 +38,11 @@ STRIPE_ANISOTROPY = 0.3  # stripes: darkness autocorrelation along minus across 
 
 @dataclass(frozen=True)
 class Detection:
-    """One blob read as a subject: its box, pixel area, attributes and whether a shadow lies under it.
-    ``shape_iou`` is the IoU of each shape's template with the silhouette (the shape is the best)."""
+    """One blob read as a subject: its box, pixel area, attributes and whether a shadow lies under it, plus the
+    graded evidence behind each attribute (every value in [0, 1]): ``shape_iou`` the soft IoU of each shape's
+    fitted template with the blob, ``colour_share`` each colour's share of the body pixels' votes,
+    ``texture_evidence`` each texture's support from the darkness inside the silhouette. The attribute is the
+    one with the most evidence."""
 
     box: tuple[int, int, int, int]
     area: int
@@ -48,11 +51,19 @@ class Detection:
     texture: str
     shadow: bool
     shape_iou: dict
+    colour_share: dict = field(default_factory=dict)
+    texture_evidence: dict = field(default_factory=dict)
 
     def matches(self, subject) -> float:
         """Share of ``subject``'s three attributes (shape, colour, texture) this detection has: 0, 1/3, 2/3 or 1."""
         same = (self.shape == subject.shape, self.colour == subject.colour, self.texture == subject.texture)
         return sum(same) / 3
+
+    def evidence(self, subject) -> float:
+        """The graded version of :meth:`matches`: the mean of the evidence for ``subject``'s shape, colour and
+        texture, in [0, 1] (~0.95 on a clean render of the subject, lower as it blurs or differs)."""
+        return (self.shape_iou.get(subject.shape, 0.0) + self.colour_share.get(subject.colour, 0.0)
+                + self.texture_evidence.get(subject.texture, 0.0)) / 3
 
 
 _PALETTE = np.array(list(COLOURS.values()), dtype=np.float32)
@@ -128,27 +139,35 @@ def background_colour(arr: np.ndarray) -> tuple[str, float, tuple[float, float, 
     return names[k], float(d[k]), tuple(float(v) for v in rgb)
 
 
-def _colour(pixels: np.ndarray) -> str:
-    """Majority vote of saturated ``pixels [N, 3]`` for the nearest palette colour by normalised chroma."""
+def _colour(pixels: np.ndarray) -> tuple[str, dict]:
+    """Vote of saturated ``pixels [N, 3]`` for the nearest palette colour by normalised chroma: the winner and
+    each colour's share of the votes."""
     mn = pixels.min(axis=1, keepdims=True)
     chroma = (pixels - mn) / np.maximum(np.ptp(pixels, axis=1, keepdims=True), 1.0)
     nearest = np.argmin(((chroma[:, None, :] - _PALETTE_CHROMA[None]) ** 2).sum(-1), axis=1)
-    return list(COLOURS)[int(np.bincount(nearest, minlength=len(COLOURS)).argmax())]
+    votes = np.bincount(nearest, minlength=len(COLOURS)) / max(len(nearest), 1)
+    return list(COLOURS)[int(votes.argmax())], {c: float(v) for c, v in zip(COLOURS, votes)}
 
 
-def _texture(darkness: np.ndarray, silhouette: np.ndarray) -> str:
+def _texture(darkness: np.ndarray, silhouette: np.ndarray) -> tuple[str, dict]:
     """``solid``, ``striped`` or ``dotted`` from a blob's darkness map (0 = its body colour, 1 = black) inside
     its silhouette (both ``[h, w]``): solid when the interior is barely darker than the body, else stripes when
-    darkness correlates along the stripe direction far more than across it."""
+    darkness correlates along the stripe direction far more than across it. Also each texture's evidence in
+    [0, 1]: darkness and anisotropy scaled so that the decision thresholds sit at 0.5."""
     interior = ndimage.binary_erosion(silhouette)
     if interior.sum() < 4:
         interior = silhouette
-    if darkness[interior].mean() < SOLID_DARKNESS:
-        return "solid"
-    d = np.where(interior, darkness - darkness[interior].mean(), 0.0)
+    mean = float(darkness[interior].mean()) if interior.any() else 0.0
+    d = np.where(interior, darkness - mean, 0.0)
     along = (d[1:, :-1] * d[:-1, 1:]).sum()  # (x, y+1) with (x+1, y): one step along x + y = const
     across = (d[:-1, :-1] * d[1:, 1:]).sum()  # (x, y) with (x+1, y+1): one step across the stripes
-    return "striped" if (along - across) / max(float((d * d).sum()), 1e-6) > STRIPE_ANISOTROPY else "dotted"
+    anisotropy = float((along - across) / max(float((d * d).sum()), 1e-6))
+    dark = min(max(mean / (2 * SOLID_DARKNESS), 0.0), 1.0)
+    stripes = min(max(anisotropy / (2 * STRIPE_ANISOTROPY), 0.0), 1.0)
+    evidence = {"solid": 1.0 - dark, "striped": dark * stripes, "dotted": dark * (1.0 - stripes)}
+    if mean < SOLID_DARKNESS:
+        return "solid", evidence
+    return ("striped" if anisotropy > STRIPE_ANISOTROPY else "dotted"), evidence
 
 
 def _soft_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -177,7 +196,7 @@ def detect_subjects(arr: np.ndarray) -> list[Detection]:
         body_px = blob & body[sl]
         if area < min_area or body_px.sum() < area / 3:
             continue
-        colour = _colour(arr[sl][body_px].astype(np.float32))
+        colour, colour_share = _colour(arr[sl][body_px].astype(np.float32))
         # the blob's box and 1 pixel around: alpha (subject vs background) gives a silhouette and box at half
         # coverage, the convention of the renderer's boxes
         ys, xs = sl
@@ -194,8 +213,10 @@ def detect_subjects(arr: np.ndarray) -> list[Detection]:
         silhouette = ndimage.binary_fill_holes(alpha >= 0.5)
         h = y1 - y0
         band = shadow[y1:min(y1 + int(round(0.6 * h)) + 1, arr.shape[0]), x0:x1]
+        texture, texture_evidence = _texture(darkness, silhouette)
         out.append(Detection(box=(x0, y0, x1, y1), area=int(silhouette.sum()), colour=colour,
-                             shape=max(ious, key=ious.get), texture=_texture(darkness, silhouette),
-                             shadow=bool(band.sum() >= 0.15 * ((x1 - x0) / 2) ** 2), shape_iou=ious))
+                             shape=max(ious, key=ious.get), texture=texture,
+                             shadow=bool(band.sum() >= 0.15 * ((x1 - x0) / 2) ** 2), shape_iou=ious,
+                             colour_share=colour_share, texture_evidence=texture_evidence))
     out.sort(key=lambda d: -d.area)
     return out

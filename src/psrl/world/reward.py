@@ -14,12 +14,16 @@ subjects, e.g. ``"red striped star"``):
   background to the image's frame (within ``BACKGROUND_TOLERANCE``), an order by box centres left to right (share of
   neighbouring pairs in order). A constraint on a missing subject scores 0. The mean over constraints; an
   instruction with none the world can check is NaN with that reason.
+- ``identity_dense`` in [0, 1]: the same matching, each subject scored by the graded evidence for its attributes
+  (:meth:`psrl.world.detect.Detection.evidence`: its shape template's IoU, its colour's vote share, its texture's
+  evidence) instead of 0/1 agreement, for a reward with more than four levels per subject; ~0.95 on clean renders.
 - ``fidelity`` in [0, 1]: the share of pixels the world's palette explains: within ``FIDELITY_TOLERANCE`` (0-255
   units) of a blend the renderer makes (background with a subject colour, the texture or the shadow; a subject
   colour with the texture). Clean renders score ~1, muddy or noisy images less.
 
-``score`` picks which one is the reward (``mean``: the mean of the three, semantic left out where NaN); all three
-are always in ``details``. A record subject that is not a pocket-world subject makes the sample NaN with the reason.
+``score`` picks which one is the reward (``mean``: the mean of identity, semantic and fidelity, semantic left out
+where NaN); all of them are always in ``details``. A record subject that is not a pocket-world subject makes the
+sample NaN with the reason.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from psrl.world.detect import Detection, background_colour, detect_subjects
 from psrl.world.scenes import Constraint, parse_instruction
 from psrl.world.subjects import BACKGROUNDS, COLOURS, SHADOW_RGB, TEXTURE_RGB, subjects_by_phrase
 
-Score = Literal["identity", "semantic", "fidelity", "mean"]
+Score = Literal["identity", "identity_dense", "semantic", "fidelity", "mean"]
 BACKGROUND_TOLERANCE = 30.0  # 0-255 Euclidean distance from the named background to the image's frame colour
 FIDELITY_TOLERANCE = 24.0  # 0-255 Euclidean distance from a pixel to the nearest rendered blend
 
@@ -124,8 +128,8 @@ def palette_fidelity(arr: np.ndarray) -> float:
 
 
 class PocketSubjectsReward:
-    """The pocket world's reward; see the module docstring. ``score``: ``identity`` (default), ``semantic``,
-    ``fidelity`` or ``mean``. Raises ``ValueError`` for another ``score``."""
+    """The pocket world's reward; see the module docstring. ``score``: ``identity`` (default), ``identity_dense``,
+    ``semantic``, ``fidelity`` or ``mean`` (identity, semantic, fidelity). Raises ``ValueError`` for another."""
 
     name = "pocket_subjects"
 
@@ -137,7 +141,7 @@ class PocketSubjectsReward:
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
         pils, failures, _ = scorable_images(images, records, self.name)
         B = len(records)
-        parts = {k: torch.full((B,), float("nan")) for k in ("identity", "semantic", "fidelity")}
+        parts = {k: torch.full((B,), float("nan")) for k in ("identity", "identity_dense", "semantic", "fidelity")}
         per_subject: list[list[float]] = [[] for _ in range(B)]
         missing: list[list[str]] = [[] for _ in range(B)]
         detected: list[list[str]] = [[] for _ in range(B)]
@@ -160,6 +164,8 @@ class PocketSubjectsReward:
             per_subject[b] = [0.0 if d is None else d.matches(s) for s, d in zip(subjects, matched)]
             missing[b] = [p for p, d in zip(phrases, matched) if d is None]
             parts["identity"][b] = float(np.mean(per_subject[b]))
+            parts["identity_dense"][b] = float(np.mean([0.0 if d is None else d.evidence(s)
+                                                        for s, d in zip(subjects, matched)]))
             found = parse_instruction(rec.prompt, phrases)
             scored = [(c, constraint_score(c, matched, arr)) for c in found]
             constraints[b] = [{"kind": c.kind, "subjects": list(c.subjects), "value": c.value, "score": v}
@@ -168,7 +174,7 @@ class PocketSubjectsReward:
                 parts["semantic"][b] = float(np.mean([v for _, v in scored]))
             parts["fidelity"][b] = palette_fidelity(arr)
         if self.score == "mean":
-            scores = torch.stack(list(parts.values()), dim=1).nanmean(dim=1)
+            scores = torch.stack([parts[k] for k in ("identity", "semantic", "fidelity")], dim=1).nanmean(dim=1)
         else:
             scores = parts[self.score].clone()
         for b in range(B):
