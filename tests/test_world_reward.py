@@ -72,6 +72,19 @@ def test_no_subject_in_a_blank_image_and_a_bad_array_is_refused():
 
 
 @pytest.mark.unit
+def test_only_the_largest_blobs_are_read():
+    from psrl.world.detect import MAX_BLOBS
+
+    arr = np.full((64, 64, 3), (205, 240, 215), np.uint8)
+    for i, y in enumerate(range(1, 60, 7)):
+        for x in range(1, 60, 7):
+            arr[y:y + 5, x:x + 5 + (i == 3)] = (225, 35, 35)  # 81 squares; row 3's are one pixel wider
+    dets = detect_subjects(arr)
+    assert len(dets) == MAX_BLOBS and all(d.colour == "red" for d in dets)
+    assert [d.area for d in dets[:9]] == [30] * 9 and dets[9].area == 25
+
+
+@pytest.mark.unit
 def test_assignment_is_one_to_one_and_prefers_full_matches():
     red_star, blue_star = make_subject("star", "red", "solid"), make_subject("star", "blue", "solid")
     dets = [_det((0, 0, 8, 8), "star", "blue"), _det((20, 0, 28, 8), "star", "red")]

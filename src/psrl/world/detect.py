@@ -32,6 +32,7 @@ DARK_VALUE = 80.0  # max channel below this is the near-black texture
 SHADOW_SATURATION = 0.15
 SHADOW_VALUE = (80.0, 185.0)  # shadow grey and its blends with the background; backgrounds are brighter
 MIN_AREA_64 = 12  # pixels a blob needs at 64x64 to count as a subject
+MAX_BLOBS = 12  # the largest blobs read per image
 SOLID_DARKNESS = 0.06  # a silhouette whose interior is on average less darkened than this is solid
 STRIPE_ANISOTROPY = 0.3  # stripes: darkness autocorrelation along minus across the stripe direction above this
 
@@ -178,7 +179,8 @@ def detect_subjects(arr: np.ndarray) -> list[Detection]:
     """Every subject-like blob of a uint8 ``[H, W, 3]`` image, largest first.
 
     A blob is a 4-connected component of body or near-black pixels with at least ``MIN_AREA_64 * (H/64)^2``
-    pixels, a third of them body (saturated) pixels; near-black specks alone are not subjects.
+    pixels, a third of them body (saturated) pixels; near-black specks alone are not subjects. Only the
+    ``MAX_BLOBS`` largest are read (a scene has at most 4 subjects), which bounds the cost on noisy images.
 
     Raises:
         ValueError: ``arr`` is not ``[H, W, 3]``.
@@ -189,13 +191,16 @@ def detect_subjects(arr: np.ndarray) -> list[Detection]:
     bg = np.asarray(background_colour(arr)[2], dtype=np.float32)
     labels, n = ndimage.label(body | dark)
     min_area = MIN_AREA_64 * (arr.shape[0] / 64) ** 2
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    bodies = np.bincount(labels.ravel(), weights=body.ravel(), minlength=n + 1)
+    keep = [k for k in range(1, n + 1) if areas[k] >= min_area and bodies[k] >= areas[k] / 3]
+    keep = sorted(keep, key=lambda k: -areas[k])[:MAX_BLOBS]  # a noisy image's specks cost nothing
+    slices = ndimage.find_objects(labels)
     out = []
-    for k, sl in enumerate(ndimage.find_objects(labels), 1):
+    for k in keep:
+        sl = slices[k - 1]
         blob = labels[sl] == k
-        area = int(blob.sum())
         body_px = blob & body[sl]
-        if area < min_area or body_px.sum() < area / 3:
-            continue
         colour, colour_share = _colour(arr[sl][body_px].astype(np.float32))
         # the blob's box and 1 pixel around: alpha (subject vs background) gives a silhouette and box at half
         # coverage, the convention of the renderer's boxes
