@@ -65,8 +65,12 @@ def test_the_detector_reads_every_attribute_of_rendered_subjects():
 
 
 @pytest.mark.unit
-def test_no_subject_in_a_blank_image_and_a_bad_array_is_refused():
+def test_no_subject_in_a_blank_or_noise_image_and_a_bad_array_is_refused():
     assert detect_subjects(np.full((64, 64, 3), 230, np.uint8)) == []
+    rng = np.random.default_rng(0)
+    assert detect_subjects(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)) == []  # blobs, but none subject-like
+    grey_noise = np.clip(rng.normal(128, 40, (64, 64, 3)), 0, 255).astype(np.uint8)  # a random generator's look
+    assert detect_subjects(grey_noise) == []
     with pytest.raises(ValueError, match=r"\[H, W, 3\]"):
         detect_subjects(np.zeros((64, 64), np.uint8))
 

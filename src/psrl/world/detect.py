@@ -33,6 +33,11 @@ SHADOW_SATURATION = 0.15
 SHADOW_VALUE = (80.0, 185.0)  # shadow grey and its blends with the background; backgrounds are brighter
 MIN_AREA_64 = 12  # pixels a blob needs at 64x64 to count as a subject
 MAX_BLOBS = 12  # the largest blobs read per image
+# a blob is a subject only when it looks like one: some shape fits it (soft IoU) and most of its body pixels vote
+# for one colour. Rendered subjects score >= 0.86 / 1.0 (>= 0.53 / 1.0 after a 4x down-and-up blur); the blobs of
+# noise and of a random-weight generator's samples <= 0.2 / 0.3
+MIN_SHAPE_IOU = 0.45
+MIN_COLOUR_SHARE = 0.5
 SOLID_DARKNESS = 0.06  # a silhouette whose interior is on average less darkened than this is solid
 STRIPE_ANISOTROPY = 0.3  # stripes: darkness autocorrelation along minus across the stripe direction above this
 
@@ -180,7 +185,9 @@ def detect_subjects(arr: np.ndarray) -> list[Detection]:
 
     A blob is a 4-connected component of body or near-black pixels with at least ``MIN_AREA_64 * (H/64)^2``
     pixels, a third of them body (saturated) pixels; near-black specks alone are not subjects. Only the
-    ``MAX_BLOBS`` largest are read (a scene has at most 4 subjects), which bounds the cost on noisy images.
+    ``MAX_BLOBS`` largest are read (a scene has at most 4 subjects), which bounds the cost on noisy images, and a
+    blob is kept only when it looks like a subject (``MIN_SHAPE_IOU``, ``MIN_COLOUR_SHARE``), the role a
+    detector's confidence threshold plays.
 
     Raises:
         ValueError: ``arr`` is not ``[H, W, 3]``.
@@ -218,6 +225,8 @@ def detect_subjects(arr: np.ndarray) -> list[Detection]:
         silhouette = ndimage.binary_fill_holes(alpha >= 0.5)
         h = y1 - y0
         band = shadow[y1:min(y1 + int(round(0.6 * h)) + 1, arr.shape[0]), x0:x1]
+        if max(ious.values()) < MIN_SHAPE_IOU or max(colour_share.values()) < MIN_COLOUR_SHARE:
+            continue  # a speck or smear, not a subject
         texture, texture_evidence = _texture(darkness, silhouette)
         out.append(Detection(box=(x0, y0, x1, y1), area=int(silhouette.sum()), colour=colour,
                              shape=max(ious, key=ious.get), texture=texture,
