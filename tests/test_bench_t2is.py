@@ -83,7 +83,7 @@ def test_registry_lists_every_benchmark_and_its_functions_import():
     from psrl.errors import PsrlError
     from psrl.registry import import_object
 
-    assert BENCHMARKS.names() == ["dreambench", "gedit", "gedit-cn", "psrbench", "t2is"]
+    assert BENCHMARKS.names() == ["dreambench", "gedit", "gedit-cn", "pocket", "psrbench", "t2is"]
     for name in BENCHMARKS.names():
         spec = get_benchmark(name)
         assert spec.name == name and spec.subsets and spec.dimensions

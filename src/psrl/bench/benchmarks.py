@@ -100,10 +100,19 @@ def _dreambench_metrics(*, compat=False, judge_endpoint=None, judge_model=None, 
     return dreambench_metrics(tiny=tiny)
 
 
+def _pocket_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):
+    from psrl.bench.tasks import pocket_metrics
+
+    if compat or judge_endpoint or judge_model:
+        raise PsrlError("--psrbench-compat, --judge-endpoint and --judge-model do not apply to PocketBench")
+    return pocket_metrics()
+
+
 def _register_builtin() -> None:
     from psrl.bench.tasks import (
         DREAMBENCH_DIMENSIONS,
         DREAMBENCH_SUBSETS,
+        POCKET_DIMENSIONS,
         PSRBENCH_DIMENSIONS,
         PSRBENCH_SUBSET_NAMES,
     )
@@ -117,6 +126,11 @@ def _register_builtin() -> None:
         "dreambench", DREAMBENCH_SUBSETS, DREAMBENCH_DIMENSIONS, f"{here}:_load_dreambench",
         f"{here}:_parse_psrbench_like", f"{here}:_dreambench_metrics", None,
         "DreamBench (arXiv 2208.12242): DINO / CLIP-I / CLIP-T"))
+    BENCHMARKS.register("pocket", BenchmarkSpec(
+        "pocket", PSRBENCH_SUBSET_NAMES, POCKET_DIMENSIONS, f"{here}:_load_psrbench",
+        f"{here}:_parse_psrbench_like", f"{here}:_pocket_metrics", None,
+        "PocketBench (psrl world make): PSRBench's format on the pocket world's held-out subjects, scored by "
+        "pocket_subjects: subject consistency / semantic alignment / fidelity"))
     t2is = "psrl.bench.t2is"
     BENCHMARKS.register("t2is", BenchmarkSpec(
         "t2is", f"{t2is}:T2IS_SUBSETS", f"{t2is}:T2IS_DIMENSIONS", f"{t2is}:load", f"{t2is}:parse_entry",

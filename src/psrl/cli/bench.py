@@ -20,9 +20,10 @@ EXAMPLES = """examples:
       --set aesthetics.default.args.path=/models/HPSv3.safetensors
   psrl bench compare runs/bench/psr/eval runs/bench/base/eval --published --out runs/bench/compare
   accelerate launch -m psrl bench eval --results runs/bench/psr
-  psrl bench generate --benchmark t2is --config configs/paco_flux.yaml --data-root data/t2is --out runs/bench/t2is
+  psrl bench generate --benchmark t2is --config configs/paco_t2is.yaml --data-root data/t2is --out runs/bench/t2is
   psrl bench eval --results runs/bench/t2is --judge-endpoint http://127.0.0.1:8000/v1
   psrl bench compare runs/bench/t2is/eval --published --out runs/bench/t2is_compare
+  psrl bench eval --results data/pocket/pocketbench_truth      # PocketBench (psrl world make): ground truth
 """
 
 
