@@ -6,6 +6,13 @@ Peak memory: CUDA ``max_memory_allocated`` per phase on a GPU; on the CPU the pe
 during the phase (minus the RSS before it, i.e. what the phase added). Phase times come from the trainer's own
 metrics (``time/rollout``, ``time/reward``: the reward time that did not overlap a rollout, ``time/train``).
 
+Train-phase MFU: the train phase's model FLOPs are counted once, on the warm-up iteration, with
+``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention, forward and backward; with
+``--gradient-checkpointing`` the recomputed forward is counted too, so the figure is then hardware FLOP
+utilisation), divided by the measured mean train time and by the device's dense bf16 peak: the table
+:data:`BF16_PEAK_TFLOPS` for known GPUs, ``--peak-tflops`` otherwise. The CPU has no such table; there the achieved
+FLOP/s is printed against a large matrix product timed in the same run and dtype (a measured ceiling, not a peak).
+
 ``--overlap`` adds a stand-in reward that costs about as much as the rollout (matrix products on the device,
 no sleeping, calibrated on the warm-up), and runs the iteration with ``train.async_rewards`` off and on: the step
 times and their ratio (sequential / overlapped) are printed.
@@ -13,6 +20,7 @@ times and their ratio (sequential / overlapped) are printed.
     python benchmarks/grpo_iteration.py                               # CPU, fp32
     python benchmarks/grpo_iteration.py --threads 1 --overlap         # rewards overlapping rollouts
     python benchmarks/grpo_iteration.py --device cuda --dtype bfloat16 --group-size 8 --groups 4 --batch 8
+    python benchmarks/grpo_iteration.py --device cuda --dtype bfloat16 --peak-tflops 700   # a GPU not in the table
 """
 from __future__ import annotations
 
@@ -29,6 +37,54 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout_overhead import small_flux_components  # noqa: E402
+
+
+# Dense (no sparsity) bf16 tensor-core peak in TFLOP/s from NVIDIA's datasheets, matched in order against
+# torch.cuda.get_device_name() (so "H100 PCIe" is tested before "H100").
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("GH200", 989.4),
+    ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.05), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
+)
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The dense bf16 peak of a GPU named ``device_name`` (``torch.cuda.get_device_name``), or ``None``."""
+    for key, tflops in BF16_PEAK_TFLOPS:
+        if key in device_name:
+            return tflops
+    return None
+
+
+def _register_cpu_attention_flops() -> None:
+    """torch's FLOP counter knows the CUDA attention kernels but not the CPU flash-attention ones; count them with
+    the same SDPA formulas (forward 4*b*h*s_q*s_k*d, backward as torch counts it)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    if aten._scaled_dot_product_flash_attention_for_cpu in fc.flop_registry:
+        return
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu)
+    def _forward(query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_flop_count(query, key, value)
+
+    @fc.register_flop_formula(aten._scaled_dot_product_flash_attention_for_cpu_backward)
+    def _backward(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+        return fc.sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def matmul_tflops(device, dtype, n: int = 2048, repeats: int = 5) -> float:
+    """Measured throughput of an ``n x n`` matrix product in ``dtype`` on ``device`` (best of ``repeats``), TFLOP/s:
+    the same-run ceiling the CPU's train-phase FLOP/s is compared with."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        (a @ a).sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e12
 
 
 def _rss() -> int:
@@ -69,15 +125,24 @@ def measure(name: str, device: torch.device, results: dict):
         results.setdefault(name, []).append((seconds, mem))
 
 
-def instrument(trainer, device, results) -> None:
+def instrument(trainer, device, results, *, count_flops: bool = True) -> None:
     """Wrap the trainer's two phases with :func:`measure` (no change to what they do): rollout with its rewards
-    (which may overlap), and the update."""
+    (which may overlap), and the update. With ``count_flops`` the first (warm-up) update also runs under a FLOP
+    counter: ``results["train_flops"]``."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    _register_cpu_attention_flops()
     for phase, attr in (("rollout+reward", "_rollout_and_score"), ("train", "_update")):
         original = getattr(trainer, attr)
 
         def wrapped(*a, _orig=original, _phase=phase, **k):
             with measure(_phase, device, results):
-                return _orig(*a, **k)
+                if _phase != "train" or "train_flops" in results or not count_flops:
+                    return _orig(*a, **k)
+                with FlopCounterMode(display=False) as counter:  # warm-up only: it slows what it counts
+                    out = _orig(*a, **k)
+                results["train_flops"] = counter.get_total_flops()
+                return out
 
         setattr(trainer, attr, wrapped)
 
@@ -144,6 +209,23 @@ def _mean(history, key):
     return sum(m[key] for m in measured) / len(measured)
 
 
+def report_mfu(flops: int, train_s: float, device, args) -> None:
+    """Print the train phase's FLOPs, achieved TFLOP/s and MFU (or, on a CPU, the ratio to a same-run matmul)."""
+    achieved = flops / train_s / 1e12
+    ckpt = " incl. recompute (HFU)" if args.gradient_checkpointing else ""
+    print(f"train FLOPs per iteration: {flops / 1e12:.4f} TFLOP{ckpt}; achieved {achieved:.4f} TFLOP/s")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = args.peak_tflops or (bf16_peak_tflops(name) if device.type == "cuda" else None)
+    if peak:
+        source = "--peak-tflops" if args.peak_tflops else "datasheet"
+        print(f"train-phase MFU: {achieved / peak:.2%} of {peak:g} TFLOP/s dense bf16 ({name}, {source})")
+    else:
+        dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+        ceiling = matmul_tflops(device, dtype)
+        print(f"train-phase MFU: n/a (no bf16 peak known for {name}; pass --peak-tflops); achieved / measured "
+              f"2048^2 {args.dtype} matmul ({ceiling:.4f} TFLOP/s): {achieved / ceiling:.2%}")
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -157,6 +239,8 @@ def main(argv=None) -> None:
     p.add_argument("--iterations", type=int, default=2, help="measured iterations after one warm-up")
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense bf16 peak for MFU (default: the table for known GPUs)")
     p.add_argument("--overlap", action="store_true",
                    help="compare train.async_rewards off and on with a reward as costly as the rollout")
     args = p.parse_args(argv)
@@ -178,6 +262,7 @@ def main(argv=None) -> None:
     for phase in ("rollout+reward", "train"):
         print(f"{phase:>15} {memory} {max(m for _, m in results[phase][1:]) / 2**20:9.1f} MiB")
     print(f"   total: {_mean(history, 'time/step'):8.3f} s per iteration")
+    report_mfu(results["train_flops"], _mean(history, "time/train"), device, args)
     if args.overlap:
         rollout_s = _mean(history, "time/rollout")
         batches = args.groups * args.group_size // args.batch

@@ -10,14 +10,21 @@ the script prints that constant beside the measurement instead of allocating it.
 The iteration is the real ``GRPOTrainer`` (rollout, reward, update) on records with ``--refs`` reference images,
 LoRA on the PSR / Flow-GRPO Kontext targets; the first iteration warms up, the second is measured.
 
+``--quantization nf4`` (CUDA, bitsandbytes) saves the random components to a temporary pipeline folder and loads
+them back through ``FluxKontextPolicy.from_config`` with ``model.quantization: nf4``, exactly as a user's run loads
+a quantized base (the transformer in NF4, LoRA fp32 on top); the folder is deleted afterwards.
+
     python benchmarks/kontext_memory.py --device meta                      # exact parameter / LoRA-state bytes
     python benchmarks/kontext_memory.py --shape small --size 128 --steps 3  # CPU smoke run of the script
     python benchmarks/kontext_memory.py --device cuda --dtype bfloat16 --refs 4 --gradient-checkpointing
+    python benchmarks/kontext_memory.py --device cuda --dtype bfloat16 --refs 4 --gradient-checkpointing \
+        --quantization nf4
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -134,6 +141,8 @@ def main(argv=None) -> None:
     p.add_argument("--max-sequence-length", type=int, default=512)
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--offload-frozen", action="store_true")
+    p.add_argument("--quantization", default=None, choices=["nf4", "int8", "fp8"],
+                   help="load the transformer quantized through model.quantization (CUDA only)")
     args = p.parse_args(argv)
     if args.device == "meta":
         count_only(args.lora_rank)
@@ -167,14 +176,17 @@ def main(argv=None) -> None:
         resize = {"reference_long_side_single": args.size,
                   "reference_long_side_multi": args.size * 5 // 8 // 16 * 16}
     lora = LoraConfig(rank=args.lora_rank, alpha=2 * args.lora_rank, targets=PSR_TARGETS, init="gaussian")
-    model_cfg = ModelConfig(name="flux_kontext", lora=lora, dtype=args.dtype, args=resize,
-                            max_sequence_length=args.max_sequence_length,
-                            gradient_checkpointing=args.gradient_checkpointing, offload_frozen=args.offload_frozen)
-    policy = FluxKontextPolicy(components, model_cfg, device)
+    if args.quantization:
+        policy = load_quantized(components, root / "pipeline", args, lora, device, resize)
+    else:
+        model_cfg = ModelConfig(name="flux_kontext", lora=lora, dtype=args.dtype, args=resize,
+                                max_sequence_length=args.max_sequence_length,
+                                gradient_checkpointing=args.gradient_checkpointing, offload_frozen=args.offload_frozen)
+        policy = FluxKontextPolicy(components, model_cfg, device)
     trainer = GRPOTrainer(cfg, policy=policy)
     trainer.save = lambda step: None  # measure the iteration, not checkpoint I/O
     results: dict = {}
-    instrument(trainer, device, results)
+    instrument(trainer, device, results, count_flops=False)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     with contextlib.suppress(KeyboardInterrupt):
@@ -184,7 +196,7 @@ def main(argv=None) -> None:
     print(f"shape={args.shape} device={device} dtype={args.dtype} size={args.size} refs={args.refs} "
           f"(reference tokens {tokens}) group={args.group_size} micro-batch={args.batch} steps={args.steps} "
           f"LoRA r{args.lora_rank} ({n_lora / 1e6:.1f} M) grad-ckpt={args.gradient_checkpointing} "
-          f"offload_frozen={args.offload_frozen}")
+          f"offload_frozen={args.offload_frozen} quantization={args.quantization}")
     memory = "peak CUDA allocated" if device.type == "cuda" else "peak RSS added"
     for phase in ("rollout+reward", "train"):
         sec, mem = results[phase][-1]
@@ -193,6 +205,29 @@ def main(argv=None) -> None:
         print(f"iteration peak: {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB allocated "
               f"({torch.cuda.max_memory_reserved(device) / 2**30:.2f} GiB reserved); add "
               f"{T5_XXL_CLIP_L_BF16_GB:.1f} GB for the real T5-XXL + CLIP-L unless offload_frozen")
+
+
+def load_quantized(components: dict, folder: Path, args, lora, device, resize: dict):
+    """Save ``components`` as a pipeline folder, free them, and load a ``flux_kontext`` policy from it with
+    ``model.quantization: args.quantization`` (psrl's own loader: ``load_policy_components``)."""
+    import gc
+
+    from psrl.models.config import ModelConfig
+    from psrl.models.flux_kontext import FluxKontextPolicy
+
+    for name, obj in components.items():
+        obj.save_pretrained(folder / name)
+    components.clear()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    cfg = ModelConfig(name="flux_kontext", path=str(folder), dtype=args.dtype, quantization=args.quantization,
+                      gradient_checkpointing=args.gradient_checkpointing, offload_frozen=args.offload_frozen,
+                      max_sequence_length=args.max_sequence_length, lora=lora, args=dict(resize))
+    try:
+        return FluxKontextPolicy.from_config(cfg, device=device)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # 24 GB of random weights: not kept once loaded
 
 
 def policy_sampling(trainer):

@@ -127,6 +127,72 @@ def _list_index(node: list, part: str, path: list[str]) -> int:
                           f"{len(node)}") from e
 
 
+# TRL / diffusers / transformers ``TrainingArguments`` names accepted for psrl's keys, in any section that has the
+# psrl key (a tuple: the first of its names the section has). The loader renames them before the unknown-key check;
+# dumps and checkpoints always use the psrl name.
+ALIASES: dict[str, str | tuple[str, ...]] = {
+    "learning_rate": "lr",
+    "gradient_accumulation_steps": "gradient_accumulation",
+    "save_total_limit": "keep_last",
+    "report_to": "tracker",
+    "logging_steps": "log_every",
+    "save_steps": "save_every",
+    "warmup_steps": "lr_warmup_steps",
+    "adam_epsilon": "adam_eps",
+    "per_device_train_batch_size": ("train_batch_size", "batch_size"),
+}
+
+
+def _alias_target(alias: str, fields: Any) -> str | None:
+    """The psrl name ``alias`` stands for in a section whose field names are ``fields`` (None: not an alias
+    there)."""
+    targets = ALIASES.get(alias)
+    if targets is None:
+        return None
+    for name in (targets,) if isinstance(targets, str) else targets:
+        if name in fields:
+            return name
+    return None
+
+
+def aliases_of(cls: type) -> dict[str, list[str]]:
+    """``{psrl field name: [alias, ...]}`` for the fields of dataclass ``cls`` that have an alias."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, list[str]] = {}
+    for alias in ALIASES:
+        target = _alias_target(alias, names)
+        if target is not None:
+            out.setdefault(target, []).append(alias)
+    return out
+
+
+def _resolve_aliases(data: dict, fields: Any, prefix: str, source: Source) -> dict:
+    """``data`` with alias keys renamed to their psrl names. Both names in one mapping is an error naming both,
+    unless exactly one of them was set with ``--set`` (the command line overrides the file)."""
+    if not any(k in ALIASES for k in data):
+        return data
+    out = dict(data)
+    for alias in [k for k in data if k in ALIASES]:
+        target = _alias_target(alias, fields)
+        if target is None or alias in fields:
+            continue
+        value = out.pop(alias)
+        if target in out:
+            dotted = [f"{prefix}.{n}" if prefix else n for n in (alias, target)]
+            from_set = [_raw_override(source, d) is not None for d in dotted]
+            if from_set == [False, True]:
+                continue  # the psrl name came from --set: it wins over the file's alias
+            if from_set != [True, False]:
+                raise ConfigError(f"{dotted[0]!r} is an alias of {dotted[1]!r} and both are set"
+                                  f"{_where(source, dotted[1])}; keep one")
+        out[target] = value
+        if isinstance(source, _OverrideSource):  # a string field set by alias keeps the text as typed
+            dotted_alias, dotted_target = (f"{prefix}.{n}" if prefix else n for n in (alias, target))
+            if dotted_alias in source.raw:
+                source.raw.setdefault(dotted_target, source.raw[dotted_alias])
+    return out
+
+
 def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = None) -> T:
     """Build dataclass ``cls`` from ``data``. Unknown keys, wrongly typed values and non-finite numbers (NaN and
     inf pass every ``<= 0`` check, so they are refused here, once for every config) raise :class:`ConfigError`
@@ -138,6 +204,7 @@ def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = Non
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}{where}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _resolve_aliases(data, fields, prefix, source)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
@@ -260,21 +327,23 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
                                                        overrides))
 
 
-def field_help(cls: type) -> dict[str, str]:
-    """One line of help per field of dataclass ``cls``: ``field(metadata={"help": ...})`` when given, else the
-    first sentence of the field's entry in the class docstring's ``Attributes:`` section (an entry may name
-    several fields: ``lr, betas: AdamW ...``). Used by ``--print-config``."""
-    import inspect
-
+def doc_entries(doc: str, section: str) -> dict[str, str]:
+    """``{name: text}`` of a Google-style docstring section (``Attributes``, ``Args``) of a dedented docstring
+    (:func:`inspect.getdoc`): entries are ``    name: text`` lines, continuation lines are indented deeper and
+    joined with spaces, and one entry may name several fields (``lr, betas: AdamW ...``). Empty when the section
+    is absent."""
     helps: dict[str, str] = {}
-    doc = inspect.getdoc(cls) or ""
-    section = doc.split("Attributes:", 1)[1] if "Attributes:" in doc else ""
-    entry = re.compile(r"^    ([A-Za-z_][\w ,]*?):\s+(.*)$")
+    marker = f"{section}:"
+    lines = doc.splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip() == marker and not line.startswith(" ")), None)
+    if start is None:
+        return helps
+    entry = re.compile(r"^    ([A-Za-z_*][\w ,*]*?):\s+(.*)$")
     current: list[str] = []
-    for line in section.splitlines():
+    for line in lines[start + 1:]:
         m = entry.match(line)
         if m:
-            current = [n.strip() for n in m.group(1).split(",")]
+            current = [n.strip().lstrip("*") for n in m.group(1).split(",")]
             for n in current:
                 helps[n] = m.group(2).strip()
         elif line.startswith("        ") and current:
@@ -282,6 +351,31 @@ def field_help(cls: type) -> dict[str, str]:
                 helps[n] += " " + line.strip()
         elif line.strip() and not line.startswith(" "):
             break
+    return helps
+
+
+def doc_paragraph(doc: str, label: str) -> str | None:
+    """The text of a ``Label: text`` paragraph at the left margin of a dedented docstring (continuation lines
+    indented), e.g. a reward's ``Score range:``; None when absent."""
+    lines = doc.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"{label}:"):
+            parts = [line[len(label) + 1:].strip()]
+            for more in lines[i + 1:]:
+                if not more.startswith("    ") or not more.strip():
+                    break
+                parts.append(more.strip())
+            return " ".join(p for p in parts if p) or None
+    return None
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """One line of help per field of dataclass ``cls``: ``field(metadata={"help": ...})`` when given, else the
+    first sentence of the field's entry in the class docstring's ``Attributes:`` section (an entry may name
+    several fields: ``lr, betas: AdamW ...``). Used by ``--print-config``."""
+    import inspect
+
+    helps = doc_entries(inspect.getdoc(cls) or "", "Attributes")
     out = {}
     for f in dataclasses.fields(cls):
         text = f.metadata.get("help") or helps.get(f.name, "")
@@ -299,10 +393,14 @@ def dump_with_help(cfg: Any) -> str:
 
 def _dump_help(cfg: Any, lines: list[str], indent: int) -> None:
     helps = field_help(type(cfg))
+    aliases = aliases_of(type(cfg))
     pad = "  " * indent
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        note = f"  # {helps[f.name]}" if helps.get(f.name) else ""
+        text = helps.get(f.name, "")
+        if f.name in aliases:
+            text = f"{text} (alias: {', '.join(aliases[f.name])})".strip()
+        note = f"  # {text}" if text else ""
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:{note}")
             _dump_help(value, lines, indent + 1)

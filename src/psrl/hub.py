@@ -1,7 +1,8 @@
 """The Hugging Face Hub, one helper per job, all through ``huggingface_hub`` (its token, ``HF_ENDPOINT``,
 ``HF_HUB_OFFLINE``):
 
-* ``hf://`` dataset paths for records and benchmark data (:func:`hub_records_file`, :func:`hub_folder`);
+* ``hf://`` dataset paths for records and data roots (:func:`hub_records_file`, :func:`hub_folder`,
+  :func:`local_data_root`);
 * the commit a model revision resolved to, read from the local Hub cache (:func:`resolved_commit`);
 * uploading a folder as a model repository (:func:`upload_model_folder`), after :func:`check_can_push`.
 
@@ -314,6 +315,21 @@ def hub_folder(uri: str) -> Path:
     return folder
 
 
+def local_data_root(value: str) -> str:
+    """A data root (``data.data_root``, ``eval.data_root``, ``psrl bench --data-root``) as a local folder: an
+    ``hf://`` dataset path through :func:`hub_folder` (fetched once per commit, read from the cache offline), any
+    other value unchanged.
+
+    Raises:
+        HubError: as :func:`hub_folder` (one line; offline and never fetched included).
+    """
+    if not is_hf_uri(value):
+        return value
+    folder = hub_folder(value)
+    logger.info("data root %s -> %s", value, folder)
+    return str(folder)
+
+
 def resolved_commit(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:
     """The commit ``revision`` (default ``main``) of ``repo_id`` resolved to when it was last downloaded into the
     Hub cache (``refs/<revision>``), or the revision itself when it is a commit; ``None`` when the cache does not
@@ -413,6 +429,7 @@ __all__ = [
     "hub_offline",
     "hub_records_file",
     "is_hf_uri",
+    "local_data_root",
     "parse_hf_uri",
     "referenced_files",
     "resolved_commit",

@@ -15,10 +15,15 @@ from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic, write_text_atomic
 
 
-def load_published() -> dict:
-    """The published PSR table shipped with psrl (reported numbers, overall per dimension)."""
-    text = resources.files("psrl.bench").joinpath("assets/psr_published.json").read_text()
-    return json.loads(text)
+def load_published(benchmark: str = "psrbench") -> dict:
+    """The published table of ``benchmark`` shipped with psrl (reported numbers, overall per dimension); its file
+    is named by the benchmark's registry entry (:mod:`psrl.bench.benchmarks`)."""
+    from psrl.bench.benchmarks import get_benchmark
+
+    name = get_benchmark(benchmark).published
+    if name is None:
+        raise PsrlError(f"psrl ships no published table for {benchmark}")
+    return json.loads(resources.files("psrl.bench").joinpath(f"assets/{name}").read_text())
 
 
 def load_summary(run: str | Path) -> dict:
@@ -42,8 +47,18 @@ def _default_label(run: str | Path) -> str:
     return f"{path.parent.name}/{path.name}" if path.name.startswith("eval") else path.name
 
 
-def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, published: bool = False) -> dict:
-    """Rows ``{label, kind: measured|reported, overall: {dim: mean}, subsets: {subset: {dim: mean}}}``."""
+def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, published: bool = False,
+            benchmark: str | None = None) -> dict:
+    """``{benchmark, dimensions, subsets, rows, mixed_subsets}``; each row is ``{label, kind: measured|reported,
+    overall: {dim: mean}, failed: {dim: count}, subsets: {dim: {subset: mean}}, overall_subsets: {dim: [subset,
+    ...]}}``, the last naming the subsets each overall mean averages (a measured row: those with a scored sample;
+    a reported row: the published table's ``overall_subsets``). ``mixed_subsets``: the dimensions whose rows'
+    overall means average different subset sets (such means are not comparable; the table and radar flag them).
+
+    Raises:
+        PsrlError: nothing to compare, labels not matching the runs, runs of different benchmarks, or
+            ``published`` for another benchmark.
+    """
     if not runs and not published:
         raise PsrlError("nothing to compare: give run folders and/or --published")
     if labels and len(labels) != len(runs):
@@ -52,7 +67,9 @@ def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, 
     benchmarks = {s["benchmark"] for s in summaries}
     if len(benchmarks) > 1:
         raise PsrlError(f"cannot compare runs of different benchmarks: {sorted(benchmarks)}")
-    benchmark = benchmarks.pop() if benchmarks else "psrbench"
+    if benchmark and benchmarks and benchmarks != {benchmark}:
+        raise PsrlError(f"--benchmark {benchmark} but the runs are {sorted(benchmarks)}")
+    benchmark = benchmarks.pop() if benchmarks else (benchmark or "psrbench")
     dims: list[str] = []
     subsets: list[str] = []
     for s in summaries:
@@ -66,20 +83,52 @@ def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, 
             "overall": {d: s["overall"][d]["mean"] for d in s["dimensions"]},
             "failed": {d: s["overall"][d]["failed"] for d in s["dimensions"]},
             "subsets": series_of(s),
+            "overall_subsets": {d: [x for x in s["subsets"] if s["table"][x][d]["n"]] for d in s["dimensions"]},
         })
     if published:
-        table = load_published()
+        table = load_published(benchmark)
         if benchmark != table["benchmark"]:
             raise PsrlError(f"--published holds {table['benchmark']} numbers; these runs are {benchmark}")
+        # A published table that does not say which subsets its overall averages was computed on the whole
+        # benchmark.
+        from psrl.bench.benchmarks import get_benchmark  # lazy, as in load_published
+
+        published_subsets = table.get("overall_subsets") or list(get_benchmark(benchmark).subsets)
         for row in table["rows"]:
             sub = row.get("subsets", {})
             rows.append({
                 "label": f"{row['model']} (reported)", "kind": "reported", "source": table["source"],
                 "overall": dict(row["overall"]), "failed": {},
                 "subsets": {d: {s: v.get(d) for s, v in sub.items()} for d in row["overall"]},
+                "overall_subsets": {d: list(row.get("overall_subsets", published_subsets))
+                                    for d in row["overall"]},
             })
         dims += [d for r in table["rows"] for d in r["overall"] if d not in dims]
-    return {"benchmark": benchmark, "dimensions": dims, "subsets": subsets, "rows": rows}
+    return {"benchmark": benchmark, "dimensions": dims, "subsets": subsets, "rows": rows,
+            "mixed_subsets": mixed_subsets(rows, dims)}
+
+
+def mixed_subsets(rows: Sequence[dict], dims: Sequence[str]) -> list[str]:
+    """The dimensions in which the rows that have an overall mean computed it over different subset sets."""
+    mixed = []
+    for d in dims:
+        sets = {frozenset(r["overall_subsets"].get(d, ())) for r in rows if _has(r["overall"].get(d))}
+        if len(sets) > 1:
+            mixed.append(d)
+    return mixed
+
+
+def _has(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def _coverage(row: dict, d: str, of: int) -> str:
+    """`` [k/n subsets]`` for a row's overall mean in a mixed dimension."""
+    return f" [{len(row['overall_subsets'].get(d, ()))}/{of} subsets]"
+
+
+def _union_size(result: dict, d: str) -> int:
+    return len({s for r in result["rows"] for s in r["overall_subsets"].get(d, ())})
 
 
 def markdown(result: dict) -> str:
@@ -91,8 +140,17 @@ def markdown(result: dict) -> str:
         for d in dims:
             v = r["overall"].get(d)
             failed = r["failed"].get(d)
-            cells.append(_fmt(v) + (f" ({failed} failed)" if failed else ""))
+            flag = _coverage(r, d, _union_size(result, d)) if d in result.get("mixed_subsets", ()) and _has(v) else ""
+            cells.append(_fmt(v) + flag + (f" ({failed} failed)" if failed else ""))
         lines.append(f"| {r['label']} | {r['kind']} | " + " | ".join(cells) + " |")
+    for d in result.get("mixed_subsets", ()):
+        groups: dict[tuple, list[str]] = {}  # rows grouped by the subsets they average
+        for r in result["rows"]:
+            if _has(r["overall"].get(d)):
+                groups.setdefault(tuple(r["overall_subsets"].get(d, ())), []).append(r["label"])
+        covered = "; ".join(f"{', '.join(labels)}: {', '.join(subs) or 'none'}" for subs, labels in groups.items())
+        lines += ["", f"**Warning: the {DIMENSION_LABELS.get(d, d)} overall means average different subsets** "
+                      f"(marked [k/n subsets]) and are not directly comparable: {covered}."]
     for d in dims:
         lines += ["", f"**{DIMENSION_LABELS.get(d, d)} per subset**", "",
                   "| model | " + " | ".join(subsets) + " |", "|" + "---|" * (len(subsets) + 1)]
@@ -103,6 +161,24 @@ def markdown(result: dict) -> str:
         lines += ["", "Rows marked *reported* are published numbers (their source is in compare.json), not measured "
                       "by psrl."]
     return "\n".join(lines) + "\n"
+
+
+def compare_series(result: dict) -> tuple[list[tuple[str, dict]], str | None]:
+    """The radar overlay's series and its note. Only measured rows are drawn: the published table has overall
+    numbers (two subset values at most), and drawing its missing subsets as 0 would misrepresent it. In a dimension
+    whose overall means average different subsets each label says how many it covers (``[SC overall: 2/7
+    subsets]``) and the note warns that they are not comparable."""
+    drawn = [r for r in result["rows"] if r["kind"] == "measured"
+             and any(_has(v) for d in r["subsets"].values() for v in d.values())]
+    mixed = result.get("mixed_subsets") or []
+    series = [(r["label"] + "".join(f" [{DIMENSION_LABELS.get(d, d)} overall: "
+                                    f"{len(r['overall_subsets'].get(d, ()))}/{_union_size(result, d)} subsets]"
+                                    for d in mixed if _has(r["overall"].get(d))), r["subsets"]) for r in drawn]
+    note = None
+    if mixed:
+        note = (f"Warning: the overall {', '.join(DIMENSION_LABELS.get(d, d) for d in mixed)} means of the compared "
+                "rows average different subsets and are not directly comparable (see compare.md)")
+    return series, note
 
 
 def write_compare(result: dict, out_dir: str | Path) -> dict[str, Path]:
@@ -123,9 +199,6 @@ def write_compare(result: dict, out_dir: str | Path) -> dict[str, Path]:
                 if v is not None:
                     w.writerow([r["label"], r["kind"], s, d, f"{v:.6f}"])
     write_text_atomic(paths["compare.csv"], buf.getvalue())
-    # the overlay shows measured rows only: the published table has overall numbers (two subset values at most),
-    # and drawing missing subsets as 0 would misrepresent it
-    series = [(r["label"], r["subsets"]) for r in result["rows"] if r["kind"] == "measured"
-              and any(v is not None and math.isfinite(v) for d in r["subsets"].values() for v in d.values())]
-    radar_chart(series, result["subsets"], result["dimensions"], paths["compare_radar.png"])
+    series, note = compare_series(result)
+    radar_chart(series, result["subsets"], result["dimensions"], paths["compare_radar.png"], note=note)
     return paths

@@ -12,27 +12,20 @@ from psrl.bench.report import write_report
 from psrl.bench.results import benchmark_subsets, load_result_samples, read_manifest
 from psrl.sharding import Shard
 from psrl.bench.summary import dimension_outcomes, summarize
-from psrl.bench.tasks import (
-    DREAMBENCH_DIMENSIONS,
-    PSRBENCH_DIMENSIONS,
-    DimensionSpec,
-    dreambench_metrics,
-    psrbench_metrics,
-)
+from psrl.bench.tasks import DimensionSpec
 from psrl.errors import PsrlError
 
 log = logging.getLogger(__name__)
 
 
 def default_metrics(benchmark: str, *, compat: bool = False, judge_endpoint: str | None = None,
-                    tiny: bool = False) -> dict[str, DimensionSpec]:
-    if benchmark == "psrbench":
-        return psrbench_metrics(compat=compat, judge_endpoint=judge_endpoint, tiny=tiny)
-    if benchmark == "dreambench":
-        if compat or judge_endpoint:
-            raise PsrlError("--psrbench-compat and --judge-endpoint apply to PSRBench only")
-        return dreambench_metrics(tiny=tiny)
-    raise PsrlError(f"unknown benchmark {benchmark!r}")
+                    judge_model: str | None = None, tiny: bool = False) -> dict[str, DimensionSpec]:
+    """The benchmark's default metric set (:mod:`psrl.bench.benchmarks`); ``PsrlError`` for an unknown name or an
+    option the benchmark does not take."""
+    from psrl.bench.benchmarks import get_benchmark
+
+    return get_benchmark(benchmark).call("metrics", compat=compat, judge_endpoint=judge_endpoint,
+                                         judge_model=judge_model, tiny=tiny)
 
 
 def resolve_benchmark_and_root(results_dir: str | Path, benchmark: str | None,
@@ -88,13 +81,18 @@ def report_from_dir(eval_dir: str | Path, *, data_root: str | Path | None = None
     if not rows:
         raise PsrlError(f"{eval_dir} holds no scored samples")
     benchmark = cfg["config"]["benchmark"]
-    known = [*PSRBENCH_DIMENSIONS, *DREAMBENCH_DIMENSIONS]
+    from psrl.bench.benchmarks import get_benchmark
+
+    known = list(get_benchmark(benchmark).dimensions)
     dims = sorted(cfg["config"]["metrics"], key=lambda d: (known.index(d) if d in known else len(known), d))
     provenance = {"config_hash": config_hash(cfg["config"]), "config": cfg["config"], "versions": package_versions(),
                   "results": str(results_dir) if results_dir else None,
                   "data_root": str(data_root) if data_root else None}
+    spec = get_benchmark(benchmark)
     summary = summarize(rows, benchmark=benchmark, dimensions=dims, subsets=benchmark_subsets(benchmark),
-                        provenance=provenance)
+                        provenance=provenance, overall_rule=spec.overall_rule)
+    if spec.summary_extras:  # benchmark-specific tables (GEdit-Bench's intersection columns)
+        summary.update(spec.call("summary_extras", rows))
     write_report(summary, rows, eval_dir, data_root=data_root, title=title or f"{benchmark} report",
                  gallery_per_subset=gallery_per_subset)
     return summary

@@ -125,8 +125,9 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
 
 def load_subset_file(path: Path, subset: str, data_root: Path, *, check_files: bool = True,
                      relation_parser=None, out: LoadedSubsets | None = None,
-                     benchmark: str = "psrbench") -> LoadedSubsets:
-    """Read one ``<Subset>.json`` (a released subset file or a result file) into ``out``."""
+                     benchmark: str = "psrbench", parse=None) -> LoadedSubsets:
+    """Read one ``<Subset>.json`` (a released subset file or a result file) into ``out``; ``parse`` is the
+    benchmark's entry parser (:mod:`psrl.bench.benchmarks`; default :func:`parse_entry`)."""
     out = out or LoadedSubsets()
     try:
         data = json.loads(Path(path).read_text())
@@ -139,15 +140,15 @@ def load_subset_file(path: Path, subset: str, data_root: Path, *, check_files: b
         return out
     out.raw[subset] = data
     add_entries(out, subset, data, data_root, check_files=check_files, relation_parser=relation_parser,
-                benchmark=benchmark)
+                benchmark=benchmark, parse=parse)
     return out
 
 
 def add_entries(out: LoadedSubsets, subset: str, data: list, data_root: Path, *, check_files: bool = True,
-                relation_parser=None, benchmark: str = "psrbench") -> None:
+                relation_parser=None, benchmark: str = "psrbench", parse=None) -> None:
     """Parse a subset's entries into ``out`` (items + issues)."""
     for index, entry in enumerate(data):
-        record, issues = parse_entry(subset, index, entry, data_root, check_files=check_files,
+        record, issues = (parse or parse_entry)(subset, index, entry, data_root, check_files=check_files,
                                      relation_parser=relation_parser, benchmark=benchmark)
         out.issues.extend(issues)
         out.items.append(BenchItem(subset, index, entry if isinstance(entry, dict) else {"_raw": entry}, record))

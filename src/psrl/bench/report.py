@@ -36,8 +36,13 @@ def markdown_table(summary: dict) -> str:
         lines.append(f"| {subset} | " + " | ".join(cells) + f" | {total} |")
     overall = [_cell(summary["overall"][d]) for d in dims]
     lines.append("| **Overall** | " + " | ".join(overall) + f" | {summary['num_samples']} |")
-    notes = ["", (f"Overall = mean of the subset means. Benchmark {summary['benchmark']}, seeds {summary['seeds']}, "
+    rule = ("mean over every scored sample" if summary.get("overall_rule") == "sample_mean"
+            else "mean of the subset means")
+    notes = ["", (f"Overall = {rule}. Benchmark {summary['benchmark']}, seeds {summary['seeds']}, "
                   f"config hash {summary.get('config_hash', 'n/a')}.")]
+    for dim in dims:
+        if not summary["overall"][dim].get("n"):
+            notes.append(f"- {DIMENSION_LABELS.get(dim, dim)}: no scored sample (the column is n/a, not 0).")
     for dim, reasons in summary.get("failure_reasons", {}).items():
         notes.append(f"- {DIMENSION_LABELS.get(dim, dim)} failures: " +
                      ", ".join(f"{k} x{v}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])))
@@ -60,34 +65,11 @@ def write_csv(summary: dict, path: Path) -> None:
 
 
 def radar_chart(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dimensions: Sequence[str],
-                path: Path | None = None) -> bytes:
-    """One polar panel per dimension, one axis per subset, one polygon per series (``label -> {dim: {subset:
-    value}}``) like the PSR paper's figure. Returns the PNG bytes (also written to ``path``)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+                path: Path | None = None, *, note: str | None = None) -> bytes:
+    """:func:`score_figure` as PNG bytes (also written to ``path``)."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
-    n = max(len(subsets), 1)
-    angles = np.linspace(0, 2 * np.pi, n, endpoint=False).tolist()
-    fig, axes = plt.subplots(1, len(dimensions), subplot_kw={"polar": True},
-                             figsize=(4.2 * len(dimensions), 4.6), squeeze=False)
-    for ax, dim in zip(axes[0], dimensions):
-        top = 0.0
-        for label, values in series:
-            vals = [values.get(dim, {}).get(s) for s in subsets]
-            vals = [0.0 if v is None or not math.isfinite(v) else float(v) for v in vals]
-            top = max(top, *vals) if vals else top
-            ax.plot(angles + angles[:1], vals + vals[:1], linewidth=1.6, label=label)
-            ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
-        ax.set_xticks(angles)
-        ax.set_xticklabels(list(subsets), fontsize=8)
-        ax.set_ylim(0, max(top * 1.1, 1e-3))
-        ax.set_title(DIMENSION_LABELS.get(dim, dim), fontsize=11, pad=14)
-        ax.tick_params(axis="y", labelsize=7)
-    axes[0][0].legend(loc="upper left", bbox_to_anchor=(-0.15, 1.18), fontsize=8, frameon=False)
-    fig.tight_layout()
+    fig = score_figure(series, subsets, dimensions, note=note)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -95,6 +77,85 @@ def radar_chart(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dime
     if path is not None:
         write_bytes_atomic(path, data)
     return data
+
+
+def score_figure(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dimensions: Sequence[str], *,
+                 note: str | None = None):
+    """A matplotlib figure with one panel per dimension and one polygon (or bar group) per series (``label ->
+    {dim: {subset: value}}``), like the PSR paper's radar figure (arXiv 2512.01236).
+
+    With 3 or more subsets each panel is a radar with one axis per subset; with fewer (a radar of 1 or 2 axes is a
+    point or a line) each panel is a grouped bar chart, a missing value drawn as no bar and labelled n/a. A panel
+    whose dimension has no scored value in any series says "no scored sample" instead of drawing an empty axis.
+    ``note`` is printed under the panels (e.g. a warning that overall scores cover different subsets)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    radar = len(subsets) >= 3
+    fig, axes = plt.subplots(1, max(len(dimensions), 1), subplot_kw={"polar": True} if radar else {},
+                             figsize=(4.2 * max(len(dimensions), 1), 4.6 + (0.4 if note else 0.0)), squeeze=False)
+    for ax, dim in zip(axes[0], dimensions):
+        values = [[_finite(vals.get(dim, {}).get(s)) for s in subsets] for _, vals in series]
+        ax.set_title(DIMENSION_LABELS.get(dim, dim), fontsize=11, pad=14)
+        if not any(v is not None for row in values for v in row):
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.text(0.5, 0.5, "no scored sample", transform=ax.transAxes, ha="center", va="center", fontsize=10,
+                    color="#b00")
+            continue
+        (_radar_panel if radar else _bar_panel)(ax, [label for label, _ in series], values, subsets)
+    handles, labels = [], []
+    for ax in axes[0]:
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            break
+    if handles:
+        fig.legend(handles, labels, loc="upper left", fontsize=8, frameon=False)
+    if note:
+        fig.text(0.5, 0.01, note, ha="center", va="bottom", fontsize=8, color="#b00", wrap=True)
+    fig.tight_layout(rect=(0, 0.06 if note else 0, 1, 0.9))
+    return fig
+
+
+def _finite(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _top(values: list[list[float | None]]) -> float:
+    top = max((v for row in values for v in row if v is not None), default=0.0)
+    return top * 1.1 if top > 0 else 1.0  # all scored values 0: a unit axis, not a 0-0.001 one
+
+
+def _radar_panel(ax, labels: list[str], values: list[list[float | None]], subsets: Sequence[str]) -> None:
+    import numpy as np
+
+    angles = np.linspace(0, 2 * np.pi, len(subsets), endpoint=False).tolist()
+    for label, row in zip(labels, values):
+        vals = [0.0 if v is None else v for v in row]  # a radar needs every axis; the tables show n/a
+        ax.plot(angles + angles[:1], vals + vals[:1], linewidth=1.6, label=label)
+        ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
+    ax.set_xticks(angles)
+    ax.set_xticklabels(list(subsets), fontsize=8)
+    ax.set_ylim(0, _top(values))
+    ax.tick_params(axis="y", labelsize=7)
+
+
+def _bar_panel(ax, labels: list[str], values: list[list[float | None]], subsets: Sequence[str]) -> None:
+    width = 0.8 / max(len(labels), 1)
+    for i, (label, row) in enumerate(zip(labels, values)):
+        xs = [j + (i - (len(labels) - 1) / 2) * width for j in range(len(subsets))]
+        bars = ax.bar([x for x, v in zip(xs, row) if v is not None], [v for v in row if v is not None], width,
+                      label=label)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7)
+        for x, v in zip(xs, row):
+            if v is None:
+                ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777")
+    ax.set_xticks(range(len(subsets)))
+    ax.set_xticklabels(list(subsets), fontsize=8)
+    ax.set_ylim(0, _top(values))
+    ax.tick_params(axis="y", labelsize=7)
 
 
 def series_of(summary: dict) -> dict:

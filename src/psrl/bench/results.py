@@ -19,18 +19,16 @@ from pathlib import Path
 
 from psrl.bench.items import BenchItem, ValidationIssue, sample_key
 from psrl.bench.psrbench import LoadedSubsets, _relation_parser, load_subset_file
-from psrl.bench.tasks import DREAMBENCH_SUBSETS, PSRBENCH_SUBSET_NAMES
 from psrl.errors import PsrlError
 
 MANIFEST = "bench.json"
-BENCHMARKS = {"psrbench": PSRBENCH_SUBSET_NAMES, "dreambench": DREAMBENCH_SUBSETS}
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
 def benchmark_subsets(benchmark: str) -> tuple[str, ...]:
-    if benchmark not in BENCHMARKS:
-        raise PsrlError(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
-    return BENCHMARKS[benchmark]
+    from psrl.bench.benchmarks import get_benchmark
+
+    return get_benchmark(benchmark).subsets
 
 
 def image_path(out_dir: Path, seed: int, subset: str, index: int) -> Path:
@@ -92,6 +90,9 @@ def load_result_samples(results_dir: str | Path, data_root: str | Path, benchmar
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
         raise PsrlError(f"results folder not found: {results_dir}")
+    from psrl.bench.benchmarks import get_benchmark
+    from psrl.registry import import_object
+
     names = list(subsets) if subsets else list(benchmark_subsets(benchmark))
     data_root = Path(data_root).resolve()
     parser = _relation_parser() if benchmark == "psrbench" else None
@@ -105,7 +106,8 @@ def load_result_samples(results_dir: str | Path, data_root: str | Path, benchmar
                 continue
             found_any = True
             loaded = load_subset_file(json_file, subset, data_root, check_files=False,
-                                      relation_parser=parser, out=LoadedSubsets(), benchmark=benchmark)
+                                      relation_parser=parser, out=LoadedSubsets(), benchmark=benchmark,
+                                      parse=import_object(get_benchmark(benchmark).parse_entry))
             issues.extend(loaded.issues)
             for item in loaded.items:
                 problems = [str(i) for i in loaded.problems_of(item.key)]

@@ -1,9 +1,10 @@
 """Per-subset x dimension means from the per-sample rows, with counts of scored and failed samples.
 
 Subset mean = mean over the samples scored on that dimension (all seeds pooled); failures are counted next to it,
-never hidden. Overall = mean of the subset means (the "Overall" of PSR's tables, arXiv 2512.01236, is taken to be
-the mean over its seven subsets: inferred, the paper's evaluation code does not compute it), plus the pooled
-per-sample mean and, with several seeds, the per-seed overall means and their standard deviation.
+never hidden. Overall = mean of the subset means by default (the "Overall" of PSR's tables, arXiv 2512.01236, is
+taken to be the mean over its seven subsets: inferred, the paper's evaluation code does not compute it) or, for a
+benchmark whose registry entry says ``sample_mean`` (T2IS-Bench), the pooled per-sample mean; both are kept and, with
+several seeds, the per-seed overall means and their standard deviation.
 """
 from __future__ import annotations
 
@@ -80,8 +81,16 @@ def _mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
+OVERALL_RULES = ("subset_mean", "sample_mean")
+
+
 def summarize(rows: Sequence[dict], *, benchmark: str, dimensions: Sequence[str], subsets: Sequence[str],
-              provenance: dict | None = None) -> dict:
+              provenance: dict | None = None, overall_rule: str = "subset_mean") -> dict:
+    """Per subset x dimension means and the Overall row. ``overall_rule``: ``subset_mean`` (mean of the subset
+    means: PSRBench, GEdit-Bench's average over task groups) or ``sample_mean`` (mean over every scored sample:
+    T2IS-Eval's final averages), per seed alike; the other one is kept as ``sample_mean`` / ``subset_mean``."""
+    if overall_rule not in OVERALL_RULES:
+        raise ValueError(f"overall_rule must be one of {OVERALL_RULES}, got {overall_rule!r}")
     present = {r["subset"] for r in rows}
     subset_order = [s for s in subsets if s in present] + sorted(present - set(subsets))
     seeds = sorted({int(r.get("seed", 0)) for r in rows})
@@ -101,16 +110,18 @@ def summarize(rows: Sequence[dict], *, benchmark: str, dimensions: Sequence[str]
         scored = [v for v in pooled if isinstance(v, (int, float)) and math.isfinite(v)]
         per_seed = {}
         for seed in seeds:
-            means = []
+            means, pooled_seed = [], []
             for subset in subset_order:
                 vals = [r["scores"].get(dim) for r in rows if r["subset"] == subset and int(r.get("seed", 0)) == seed]
                 vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
+                pooled_seed += vals
                 if vals:
                     means.append(sum(vals) / len(vals))
-            per_seed[str(seed)] = _mean(means)
+            per_seed[str(seed)] = _mean(means if overall_rule == "subset_mean" else pooled_seed)
         seed_vals = [v for v in per_seed.values() if v is not None]
         overall[dim] = {
-            "mean": _mean(subset_means),
+            "mean": _mean(subset_means if overall_rule == "subset_mean" else scored),
+            "subset_mean": _mean(subset_means),
             "sample_mean": _mean(scored),
             "n": len(scored),
             "failed": len(pooled) - len(scored),
@@ -132,6 +143,7 @@ def summarize(rows: Sequence[dict], *, benchmark: str, dimensions: Sequence[str]
         "table": table,
         "overall": overall,
         "failure_reasons": failure_reasons,
+        "overall_rule": overall_rule,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(provenance or {}),
     }

@@ -1,4 +1,4 @@
-"""``psrl bench``: PSRBench / DreamBench validate, records, generate, eval, report, compare.
+"""``psrl bench``: PSRBench / DreamBench / T2IS-Bench / GEdit-Bench validate, records, generate, eval, report, compare.
 
 Every step runs under ``accelerate launch -m psrl bench ...`` (or torchrun) too: samples are sharded across the
 processes and rank 0 merges the results.
@@ -12,6 +12,7 @@ from pathlib import Path
 EXAMPLES = """examples:
   psrl bench validate --data-root PSRBench
   psrl bench records --benchmark dreambench --data-root data/dreambench --out data/dreambench/eval.jsonl
+  psrl bench records --benchmark dreambench --data-root hf://google/dreambooth/dataset --out eval.jsonl
   psrl bench generate --config configs/psr_kontext.yaml --data-root PSRBench --out runs/bench/psr --seeds 0 1
   psrl bench eval --results runs/bench/psr                      # honest scorer, local models
   psrl bench eval --results runs/bench/psr --psrbench-compat    # reproduces the released scorer
@@ -19,6 +20,10 @@ EXAMPLES = """examples:
       --set aesthetics.default.args.path=/models/HPSv3.safetensors
   psrl bench compare runs/bench/psr/eval runs/bench/base/eval --published --out runs/bench/compare
   accelerate launch -m psrl bench eval --results runs/bench/psr
+  psrl bench generate --benchmark t2is --config configs/paco_t2is.yaml --data-root data/t2is --out runs/bench/t2is
+  psrl bench eval --results runs/bench/t2is --judge-endpoint http://127.0.0.1:8000/v1
+  psrl bench compare runs/bench/t2is/eval --published --out runs/bench/t2is_compare
+  psrl bench eval --results data/pocket/pocketbench_truth      # PocketBench (psrl world make): ground truth
 """
 
 
@@ -28,7 +33,7 @@ def add_parser(sub) -> None:
     bs = p.add_subparsers(dest="bench_command", metavar="STEP")
 
     v = bs.add_parser("validate", help="check a benchmark data root; every bad entry is listed, exit 1 if any")
-    v.add_argument("--data-root", required=True)
+    v.add_argument("--data-root", required=True, type=data_root_arg)
     _benchmark_args(v)
     v.add_argument("--reference-index", type=_ref_index, default=0,
                    help="DreamBench: which sorted image of a subject is the reference, or 'all'")
@@ -39,7 +44,7 @@ def add_parser(sub) -> None:
                                     "other top-level sections (e.g. of a training config) are ignored")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override, e.g. sampling.num_steps=28")
-    g.add_argument("--data-root", required=True)
+    g.add_argument("--data-root", required=True, type=data_root_arg)
     g.add_argument("--out", required=True)
     g.add_argument("--lora", help="LoRA to generate with: a file, a LoRA folder, a checkpoint "
                                   "runs/<run>/checkpoints/step-N (lora_ema/ when kept, else lora/) or a run folder "
@@ -56,7 +61,7 @@ def add_parser(sub) -> None:
 
     rec = bs.add_parser("records", help="write the benchmark's entries as a records JSONL, e.g. a recipe's "
                                         "eval.records (data/dreambench/eval.jsonl for configs/customized_grpo.yaml)")
-    rec.add_argument("--data-root", required=True)
+    rec.add_argument("--data-root", required=True, type=data_root_arg)
     rec.add_argument("--out", required=True, help="records JSONL to write (reference paths stay relative to the "
                                                   "data root: set the recipe's eval.data_root to it)")
     rec.add_argument("--skip-invalid", action="store_true", help="write the valid entries, list the invalid ones")
@@ -66,7 +71,8 @@ def add_parser(sub) -> None:
 
     e = bs.add_parser("eval", help="score result images on every dimension (per-sample JSONL, resumable)")
     e.add_argument("--results", required=True, help="result folder (psrl generate output, or result JSON files)")
-    e.add_argument("--data-root", help="benchmark data root (default: from the result folder's bench.json)")
+    e.add_argument("--data-root", type=data_root_arg,
+                   help="benchmark data root (default: from the result folder's bench.json)")
     e.add_argument("--out", help="eval folder (default: <results>/eval, or eval_compat with --psrbench-compat)")
     e.add_argument("--psrbench-compat", action="store_true",
                    help="subject consistency and the position rule as the released scorer computes them (first box "
@@ -91,7 +97,7 @@ def add_parser(sub) -> None:
 
     r = bs.add_parser("report", help="rebuild tables, radar chart and HTML report of an eval folder")
     r.add_argument("eval_dir")
-    r.add_argument("--data-root", help="to embed the reference images in the gallery")
+    r.add_argument("--data-root", type=data_root_arg, help="to embed the reference images in the gallery")
     r.add_argument("--title")
     r.add_argument("--gallery-per-subset", type=int, default=12)
     r.set_defaults(func=cmd_report)
@@ -99,10 +105,23 @@ def add_parser(sub) -> None:
     c = bs.add_parser("compare", help="side-by-side table and radar overlay of eval folders")
     c.add_argument("runs", nargs="*", help="eval folders (or their summary.json)")
     c.add_argument("--labels", nargs="+")
-    c.add_argument("--published", action="store_true", help="add the published PSR table (reported numbers)")
+    c.add_argument("--published", action="store_true", help="add the benchmark's published table (reported "
+                                                            "numbers; PSRBench, T2IS-Bench, GEdit-Bench)")
+    c.add_argument("--benchmark", help="with --published and no runs: whose table (default psrbench)")
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compare)
     p.set_defaults(func=lambda args: p.print_help() or 2)
+
+
+def data_root_arg(text: str) -> str:
+    """argparse type of ``--data-root``: a folder, or an ``hf://[datasets/]<org>/<name>[@revision][/folder]``
+    dataset fetched with ``snapshot_download(allow_patterns=...)`` into the local cache (its local path)."""
+    from psrl.hub import HubError, local_data_root
+
+    try:
+        return local_data_root(text)
+    except HubError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def fraction_arg(text: str) -> float:
@@ -121,18 +140,18 @@ def _ref_index(text: str):
 
 
 def _benchmark_args(p, default: str | None = "psrbench") -> None:
-    p.add_argument("--benchmark", choices=["psrbench", "dreambench"], default=default)
-    p.add_argument("--subsets", nargs="+", help="PSRBench subsets (default all seven) or DreamBench subjects")
+    from psrl.bench.benchmarks import BENCHMARKS
+
+    p.add_argument("--benchmark", choices=BENCHMARKS.names(), default=default)
+    p.add_argument("--subsets", nargs="+", help="subsets (PSRBench: default all seven; T2IS: categories; GEdit: "
+                                                "task groups) or DreamBench subjects")
 
 
 def _load(args):
-    if args.benchmark == "dreambench":
-        from psrl.bench.dreambench import load_dreambench
+    from psrl.bench.benchmarks import get_benchmark
 
-        return load_dreambench(args.data_root, subjects=args.subsets, reference_index=args.reference_index)
-    from psrl.bench.psrbench import load_psrbench
-
-    return load_psrbench(args.data_root, args.subsets)
+    return get_benchmark(args.benchmark).call("load", args.data_root, args.subsets,
+                                              reference_index=getattr(args, "reference_index", 0))
 
 
 def cmd_validate(args) -> int:
@@ -251,12 +270,8 @@ def _metrics(args, benchmark: str):
         raw = load_yaml(args.metrics)
         raw = raw.get("metrics", raw)
     else:
-        raw = metrics_to_json(default_metrics(benchmark, compat=args.psrbench_compat,
+        raw = metrics_to_json(default_metrics(benchmark, compat=args.psrbench_compat, judge_model=args.judge_model,
                                               judge_endpoint=args.judge_endpoint, tiny=args.tiny))
-        if args.judge_model:
-            if not args.judge_endpoint:
-                raise ConfigError("--judge-model needs --judge-endpoint")
-            raw["semantic_alignment"]["default"]["args"]["model"] = args.judge_model
     raw = apply_overrides(raw, args.set)
     try:
         return parse_metrics(raw, where=args.metrics or "metrics")
@@ -273,7 +288,7 @@ def cmd_eval(args) -> int:
     out = args.out or str(Path(args.results) / ("eval_compat" if args.psrbench_compat else "eval"))
     shard = shard_from_env()
     stats, summary = eval_and_report(args.results, out, metrics, benchmark=benchmark, data_root=data_root,
-                                     subsets=args.subsets if benchmark == "psrbench" else None,
+                                     subsets=args.subsets if benchmark != "dreambench" else None,
                                      batch_size=args.batch_size, device=shard.device(args.device), shard=shard,
                                      retry_failed=args.retry_failed, report=not args.no_report,
                                      progress=_progress(shard, "eval"))
@@ -307,7 +322,7 @@ def cmd_report(args) -> int:
 def cmd_compare(args) -> int:
     from psrl.bench.compare import compare, markdown, write_compare
 
-    result = compare(args.runs, labels=args.labels, published=args.published)
+    result = compare(args.runs, labels=args.labels, published=args.published, benchmark=args.benchmark)
     paths = write_compare(result, args.out)
     print(markdown(result))
     print(f"written: {', '.join(str(p) for p in paths.values())}")

@@ -1,5 +1,6 @@
 """``psrl reward score``: score generated images against their records with any registered reward, write one JSON
-line per sample (score, failure, details) and print a summary. ``psrl reward list`` shows the reward names.
+line per sample (score, failure, details) and print a summary. ``psrl reward list`` shows each registered reward
+with its arguments (type, default, help), score range and NaN policy, read from the reward class's docstring.
 
 Generated images are looked up as ``<images>/<record id>.{png,jpg,jpeg,webp}`` and decoded by
 :func:`psrl.images.load_image`; a missing or unreadable image is a counted failure of that sample, not an abort.
@@ -34,16 +35,70 @@ def add_parser(subparsers) -> None:
                    help="exit 1 when more than this fraction of the samples failed (default 1.0: only when no "
                         "sample was scored)")
     s.set_defaults(func=_score)
-    ls = sub.add_parser("list", help="list registered reward names")
+    ls = sub.add_parser("list", help="list the registered rewards with their arguments, score range and NaN policy")
+    ls.add_argument("--names", action="store_true", help="only the names, one per line")
+    ls.add_argument("name", nargs="*", help="show only these rewards")
     ls.set_defaults(func=_list)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 
 def _list(args) -> int:
+    from psrl.errors import PsrlError
     from psrl.rewards.base import REWARDS
 
-    print("\n".join(REWARDS.names()))
+    names = list(getattr(args, "name", None) or REWARDS.names())
+    unknown = [n for n in names if n not in REWARDS]
+    if unknown:
+        raise PsrlError(f"psrl reward list: unknown reward {unknown[0]!r}; registered: {', '.join(REWARDS.names())}")
+    if getattr(args, "names", False):
+        print("\n".join(names))
+        return 0
+    blocks = []
+    for name in names:
+        doc = reward_doc(REWARDS.get(name))
+        lines = [f"{name}  ({doc['target']})", f"  {doc['summary']}",
+                 f"  score range: {(doc['score_range'] or '').replace('``', '')}",
+                 f"  NaN policy: {(doc['nan_policy'] or '').replace('``', '')}", "  args:"]
+        for arg in doc["args"]:
+            default = "" if arg["default"] is None else f" = {arg['default']}"
+            lines.append(f"    {arg['name']}: {arg['type']}{default}  # {(arg['help'] or '').replace('``', '')}")
+        blocks.append("\n".join(lines))
+    print("\n\n".join(blocks))
     return 0
+
+
+def reward_doc(cls) -> dict:
+    """What ``psrl reward list`` shows of a reward class: ``target`` (module:qualname), ``summary`` (the
+    docstring's first sentence), ``score_range`` and ``nan_policy`` (its ``Score range:`` and ``NaN policy:``
+    paragraphs, None when missing), and ``args``: one ``{name, type, default, help}`` per constructor parameter,
+    the type and default from the signature (``default`` None when required; ``**kw`` parameters shown as such)
+    and the help from the ``Args:`` entries of the class docstring or of a base class (None when missing)."""
+    import inspect
+
+    from psrl.config import doc_entries, doc_paragraph
+
+    doc = inspect.cleandoc(cls.__doc__ or "")
+    entries: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):  # a subclass's entries override its base's
+        entries.update(doc_entries(inspect.cleandoc(klass.__doc__ or ""), "Args"))
+    args = []
+    for p in inspect.signature(cls).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            continue
+        annotation = p.annotation if p.annotation is not p.empty else None
+        if isinstance(annotation, type):
+            annotation = annotation.__name__
+        if p.kind is p.VAR_KEYWORD:
+            type_name, default = "options", None
+        else:
+            type_name = str(annotation) if annotation is not None else (
+                type(p.default).__name__ if p.default not in (p.empty, None) else "any")
+            default = None if p.default is p.empty else repr(p.default)
+        args.append({"name": ("**" if p.kind is p.VAR_KEYWORD else "") + p.name, "type": type_name,
+                     "default": default, "help": entries.get(p.name)})
+    summary = " ".join(doc.split("\n\n", 1)[0].split()).replace("``", "") if doc else None
+    return {"target": f"{cls.__module__}:{cls.__qualname__}", "summary": summary, "args": args,
+            "score_range": doc_paragraph(doc, "Score range"), "nan_policy": doc_paragraph(doc, "NaN policy")}
 
 
 def _parse_args_json(text: str) -> dict:

@@ -38,7 +38,7 @@ def cmd_sft(args) -> int:
     if args.max_steps is not None:
         overrides.append(f"sft.max_steps={args.max_steps}")
     cfg = load_sft_config(args.config, overrides)
-    trainer = SFTTrainer(cfg, resume=args.resume, progress=True)
+    trainer = SFTTrainer(cfg, resume=args.resume, progress=None)  # None: a bar only on a terminal
     history = trainer.train()
     if history:
         from psrl.push import push_finished_run

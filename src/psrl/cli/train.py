@@ -81,6 +81,10 @@ def run(args) -> int:
             curve = [m["reward/total/mean"] for m in history]
             print(reward_table(history, trainer.start_step))
             print(f"reward curve: {sparkline(curve)}  {curve[0]:.4f} -> {curve[-1]:.4f}")
+            if cfg.monitor.enabled:
+                from psrl.rl.monitor import alarm_lines
+
+                print("\n".join(alarm_lines(trainer.monitor.alarms, cfg.monitor)))
         else:
             print(f"nothing to do: the run is already at step {trainer.start_step} of {cfg.train.max_steps} "
                   "(raise train.max_steps to continue it)", file=sys.stderr)

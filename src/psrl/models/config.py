@@ -64,6 +64,9 @@ class ModelConfig:
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         max_sequence_length: T5/text-encoder token budget.
         offload_frozen: move text encoders and VAE off the accelerator after use (saves memory on big models).
+        quantization: ``null`` | ``nf4`` | ``int8`` | ``fp8``: load the frozen denoiser (and the T5 / Qwen2.5-VL
+            text encoder unless ``offload_frozen``) quantized (bitsandbytes for nf4 / int8, torchao for fp8; CUDA
+            only, see ``psrl.models.quantization``); the LoRA stays fp32. Not with ``tiny`` or ``lora.fuse``.
         lora: the adapter (``null``: none, the base model stays frozen: generation and benchmarks only).
         args: policy-specific options (reference resizing, position-id scheme, ...), validated by the policy.
     """
@@ -77,6 +80,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     max_sequence_length: int = 512
     offload_frozen: bool = False
+    quantization: Literal["nf4", "int8", "fp8"] | None = None
     lora: LoraConfig | None = field(default_factory=LoraConfig)
     args: dict = field(default_factory=dict)
 
@@ -88,3 +92,11 @@ class ModelConfig:
             if value is not None and self.path == "tiny":
                 raise ValueError(f"model.{key}={value!r} pins Hub weights, but model.path is 'tiny' (built in code); "
                                  f"remove model.{key}")
+        if self.quantization is not None and self.path == "tiny":
+            raise ValueError(f"model.quantization={self.quantization!r} quantizes weights loaded with "
+                             "from_pretrained, but model.path is 'tiny' (built in code); save the tiny pipeline "
+                             "with save_pretrained and point model.path at it, or remove model.quantization")
+        if self.quantization is not None and self.lora is not None and self.lora.fuse:
+            raise ValueError(f"model.quantization={self.quantization!r} cannot be combined with model.lora.fuse "
+                             "(fusing writes into the full-precision base weights); fuse into a saved "
+                             "full-precision copy of the model and quantize that, or remove one of the two")

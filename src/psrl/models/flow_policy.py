@@ -26,7 +26,7 @@ from psrl.data.records import Record
 from psrl.config import ConfigError
 from psrl.models.base import Rollout, StepLogProb
 from psrl.models.config import ModelConfig
-from psrl.models.loading import load_components, torch_dtype_from_name
+from psrl.models.loading import load_policy_components, torch_dtype_from_name
 from psrl.models.truncation import warn_truncated_prompts
 from psrl.sampling import SamplingConfig, plan_steps, sde_step_with_logprob
 
@@ -161,19 +161,19 @@ class FlowPolicyBase:
     def from_config(cls, cfg: ModelConfig, device: Any = "cpu"):
         """Build from a :class:`ModelConfig`: ``path: tiny`` gives the offline tiny components
         (:meth:`tiny_components`, seeded by ``tiny_seed``), anything else is loaded with ``from_pretrained`` (hub id
-        or local pipeline folder, ``COMPONENT_SPEC``, in ``cfg.dtype``, at ``cfg.revision`` with ``cfg.variant``'s
-        weight files).
+        or local pipeline folder, ``COMPONENT_SPEC``, through :func:`psrl.models.loading.load_policy_components`:
+        ``cfg.dtype``, ``cfg.revision``, ``cfg.variant``'s weight files, ``cfg.quantization``).
 
         Raises:
-            ConfigError: a bad ``model.args`` key (checked before any weight loads).
+            ConfigError: a bad ``model.args`` key, or a quantization this device cannot run (checked before any
+                weight loads).
             ModelLoadError: the weights cannot be loaded (the message names the path and component).
         """
         cls.check_args(cfg)
         if cfg.path == "tiny":
             components = cls.tiny_components(cfg)
         else:
-            components = load_components(cfg.path, cls.COMPONENT_SPEC, torch_dtype=torch_dtype_from_name(cfg.dtype),
-                                         revision=cfg.revision, variant=cfg.variant)
+            components = load_policy_components(cfg, cls.COMPONENT_SPEC, device)
         return cls(components, cfg, device)
 
     @classmethod
@@ -202,6 +202,7 @@ class FlowPolicyBase:
         ``device``; the denoiser on ``device`` with the LoRA (``lora.fuse``, the adapter, ``lora.path``: see
         :func:`psrl.models.lora_merge.prepare_lora`; ``lora: null`` leaves it frozen) and gradient checkpointing."""
         from psrl.models.lora_merge import prepare_lora
+        from psrl.models.quantization import is_quantized
 
         cfg = self.cfg
         self.device = torch.device(device)
@@ -212,7 +213,8 @@ class FlowPolicyBase:
             m.requires_grad_(False)
             m.eval()
             dtype = torch.float32 if any(m is k for k in fp32) else self.dtype
-            if next(m.parameters()).dtype != dtype:  # diffusers warns on every .to(dtype), even a no-op
+            # diffusers warns on every .to(dtype), even a no-op; a quantized model's dtype was fixed when loaded
+            if next(m.parameters()).dtype != dtype and not is_quantized(m):
                 m.to(dtype)
         self.transformer.to(self.device)
         if cfg.lora is not None:

@@ -58,10 +58,11 @@ def looks_like_hub_id(path: str) -> bool:
 
 def hub_cached(repo_id: str, revision: str | None = None) -> bool:
     """Whether the local Hugging Face cache holds ``repo_id`` at ``revision`` (default ``main``): its
-    ``model_index.json`` or ``config.json``."""
+    ``model_index.json`` or ``config.json``, or ``transformer/config.json`` (what psrl's own per-component loading
+    downloads: it never fetches the pipeline's ``model_index.json``)."""
     from huggingface_hub import try_to_load_from_cache
 
-    for filename in ("model_index.json", "config.json"):
+    for filename in ("model_index.json", "config.json", "transformer/config.json"):
         try:
             if isinstance(try_to_load_from_cache(repo_id, filename, revision=revision), str):
                 return True
@@ -191,18 +192,41 @@ def load_component(path: str, subfolder: str, library: str, class_name: str, *, 
 
 
 def load_components(path: str | os.PathLike, spec: Mapping[str, tuple[str, str]] = FLUX_COMPONENT_SPEC, *,
-                    torch_dtype=None, revision: str | None = None, variant: str | None = None, **kwargs) -> dict:
+                    torch_dtype=None, revision: str | None = None, variant: str | None = None,
+                    component_kwargs: Mapping[str, dict] | None = None, **kwargs) -> dict:
     """Load every component of ``spec`` (name -> ``(library, class)``; the name is the subfolder), at hub
     ``revision`` (``model.revision``) with weight files of ``variant`` (``model.variant``) when given.
+    ``component_kwargs[name]`` adds ``from_pretrained`` keywords for one component (its ``quantization_config``).
 
     Returns a dict suitable for ``Pipeline(**components)``. All models come back in eval mode.
     """
     source, is_local = resolve_model_source(path, revision)
+    extra = dict(component_kwargs or {})
     logger.info("loading %s from %s%s%s", ", ".join(spec), source, f" at revision {revision}" if revision else "",
                 f" (variant {variant})" if variant else "")
     return {name: load_component(source, name, lib, cls_name, is_local=is_local, torch_dtype=torch_dtype,
-                                 revision=revision, variant=variant, **kwargs)
+                                 revision=revision, variant=variant, **{**kwargs, **extra.get(name, {})})
             for name, (lib, cls_name) in spec.items()}
+
+
+def load_policy_components(model_cfg, spec: Mapping[str, tuple[str, str]], device="cpu") -> dict:
+    """A policy's components as ``model_cfg`` (a :class:`psrl.models.config.ModelConfig`) asks: ``path`` at
+    ``revision`` with ``variant`` weight files, frozen weights in ``dtype``, and the components
+    :func:`psrl.models.quantization.quantized_components` picks loaded with ``quantization``. Every policy's
+    ``from_config`` loads through this one function.
+
+    Raises:
+        ConfigError: ``model.quantization`` cannot run on ``device`` here (checked before anything is read).
+        ModelLoadError: see :func:`load_components`.
+    """
+    from psrl.models.quantization import check_quantization, quantization_kwargs
+
+    dtype = torch_dtype_from_name(model_cfg.dtype)
+    quantization = getattr(model_cfg, "quantization", None)
+    check_quantization(quantization, device)
+    per_component = quantization_kwargs(spec, quantization, dtype, offload_frozen=model_cfg.offload_frozen)
+    return load_components(model_cfg.path, spec, torch_dtype=dtype, revision=model_cfg.revision,
+                           variant=model_cfg.variant, component_kwargs=per_component)
 
 
 def load_flux_components(path: str | os.PathLike, *, torch_dtype=None, revision: str | None = None,
@@ -261,6 +285,7 @@ __all__ = [
     "load_component",
     "load_components",
     "load_flux_components",
+    "load_policy_components",
     "looks_like_hub_id",
     "model_source",
     "resolve_model_source",

@@ -135,6 +135,24 @@ def _load_real(path: str, base_path: str, dtype):
 
 
 class HPSv3Reward:
+    """HPSv3 human-preference score (arXiv 2508.03789): the mean mu of the (mu, sigma) head on Qwen2-VL for the
+    image and its prompt.
+
+    Args:
+        device: torch device of the model.
+        path: the HPSv3 checkpoint file (``HPSv3.safetensors``), or ``tiny`` (tiny random weights, offline).
+        base_path: the base Qwen2-VL-7B-Instruct (config, tokenizer, image processor).
+        instruction: the prompt template; must contain ``{text_prompt}`` (default: HPSv3's training
+            instruction).
+        dtype: dtype of the weights (default bfloat16 on CUDA, float32 on CPU).
+        batch_size: images per forward pass.
+
+    Score range: unbounded real (mu of the predicted Gaussian; higher is preferred); sigma is in
+        details["sigma"].
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a sample
+        the processor or the model rejects (scored alone after a batch error).
+    """
+
     name = "hpsv3"
 
     def __init__(self, device="cpu", *, path: str = "HPSv3.safetensors", base_path: str = "Qwen/Qwen2-VL-7B-Instruct",

@@ -90,6 +90,25 @@ def position_score(box_a, box_b, relation: str) -> float:
 
 
 class PositionReward:
+    """PSRBench's position score (the T2I-CompBench box-centre rule, arXiv 2307.06350): detect subject 1 and
+    subject 2 and score "subject 1 <relation> subject 2" from their box centres and overlap.
+
+    Args:
+        device: torch device of the detector.
+        detector: ``{kind: grounding_dino | owlv2, path, box_threshold, ...}``, a kind name or a built detector
+            (default Grounding DINO).
+        mode: ``honest`` (most confident box per phrase; equal phrases take the better ordering of the two best
+            boxes) or ``psrbench_compat`` (box 0 in detector order, wang-shulei/PSR@c719168).
+        path: only ``tiny`` (a tiny random detector, offline); real weights go in detector.path.
+        dtype: dtype of the detector weights.
+
+    Score range: [0, 1]; 1 when the relation holds with IoU < 0.1, 0.1 / IoU when the boxes overlap more, 0 when it
+        does not hold or a subject is not detected.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a record
+        with fewer than 2 subjects or an empty phrase; no spatial relation in the instruction or tags["relation"]
+        (PSRBench drops such samples silently); a detector error on that sample.
+    """
+
     name = "position"
 
     def __init__(self, device="cpu", *, detector=None, mode: str = "honest", path: str | None = None, dtype=None):

@@ -94,6 +94,22 @@ class _ClipRewardBase:
 
 
 class ClipTReward(_ClipRewardBase):
+    """CLIP-T text-image alignment: ``scale * cos(CLIP_text(prompt), CLIP_image(image))`` (DreamBench CLIP-T,
+    arXiv 2208.12242: ViT-B/32, scale 1).
+
+    Args:
+        device: torch device of the model.
+        path: the CLIP model (hub id or folder), or ``tiny``.
+        scale: multiplies the cosine (Customized-GRPO uses 100).
+        clamp_min: lower clamp of the scaled score (none by default).
+        dtype: dtype of the weights.
+        batch_size: images per forward pass.
+
+    Score range: [-scale, scale] (a scaled cosine), or [clamp_min, scale] with clamp_min.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a model
+        error on that sample. Prompts longer than 77 tokens are truncated, not refused.
+    """
+
     name = "clip_t"
 
     def __init__(self, device="cpu", *, path: str = "openai/clip-vit-base-patch32", scale: float = 1.0,
@@ -110,6 +126,20 @@ class ClipTReward(_ClipRewardBase):
 
 
 class PickScoreReward(_ClipRewardBase):
+    """PickScore (arXiv 2305.01569): ``logit_scale.exp() * cos(text, image)`` with the PickScore_v1 CLIP.
+
+    Args:
+        device: torch device of the model.
+        path: the PickScore model (hub id or folder), or ``tiny``.
+        processor_path: the CLIP processor (the ViT-H-14 laion2B one, as PickScore).
+        dtype: dtype of the weights.
+        batch_size: images per forward pass.
+
+    Score range: within +-logit_scale.exp() of the model (a scaled cosine); typically 18-23.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a model
+        error on that sample. Prompts longer than 77 tokens are truncated.
+    """
+
     name = "pickscore"
 
     def __init__(self, device="cpu", *, path: str = "yuvalkirstain/PickScore_v1",
@@ -122,6 +152,21 @@ class PickScoreReward(_ClipRewardBase):
 
 
 class AestheticReward:
+    """LAION aesthetic predictor: an MLP on L2-normalised CLIP ViT-L/14 image features (the prompt is not used).
+
+    Args:
+        device: torch device of the model.
+        path: only ``tiny`` (a tiny random CLIP and head, offline).
+        clip_path: the CLIP model (hub id or folder).
+        head_path: the released MLP head (``.pth`` or ``.safetensors`` state dict); required for real weights.
+        dtype: dtype of the weights.
+        batch_size: images per forward pass.
+
+    Score range: unbounded real (a linear head), trained on LAION's 1-10 aesthetic ratings.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a model
+        error on that sample.
+    """
+
     name = "aesthetic"
 
     def __init__(self, device="cpu", *, path: str | None = None, clip_path: str = "openai/clip-vit-large-patch14",

@@ -24,8 +24,25 @@ from psrl.rewards.isolation import Failed, per_item
 
 
 class ImageSimilarityReward:
-    """Records arrive resolved (absolute reference paths, see :class:`psrl.rewards.images.ReferenceImages`); the
-    reward takes no data root."""
+    """Image-image similarity to the references: the cosine between the embedding of the whole generated image
+    and of each whole reference image, averaged over the record's subjects.
+
+    Args:
+        device: torch device of the embedder.
+        path: the embedder weights (hub id or folder), or ``tiny``; the default depends on the reward.
+        embedder: ``{kind: dino_vit | dinov2 | clip, path, ...}``, a kind name or a built embedder.
+        scale: multiplies the cosine (some papers report x100).
+        dtype: dtype of the weights.
+        cache_size: reference embeddings kept (keyed by file and mtime).
+        background: colour transparent reference pixels are composited onto.
+
+    Records arrive resolved (absolute reference paths, :func:`psrl.data.records.load_records`); the reward takes no
+    data root.
+
+    Score range: [-scale, scale], a mean of cosines.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a record
+        without subjects or a reference that cannot be loaded; an embedder error on that sample.
+    """
 
     name = "image_similarity"
     default_kind = "dino_vit"
@@ -96,10 +113,26 @@ class ImageSimilarityReward:
 
 
 class DinoReward(ImageSimilarityReward):
+    """DreamBench DINO score (arXiv 2208.12242): :class:`ImageSimilarityReward` with DINO ViT-S/16 CLS
+    embeddings (facebook/dino-vits16; ``embedder: dinov2`` for DINOv2).
+
+    Score range: [-scale, scale], a mean of cosines.
+    NaN policy: as ImageSimilarityReward: a sample whose image has NaN pixels or breaks the shared size rule
+        (psrl.rewards.images); a reference that cannot be loaded; an embedder error.
+    """
+
     name = "dino"
 
 
 class ClipIReward(ImageSimilarityReward):
+    """DreamBench CLIP-I score (arXiv 2208.12242): :class:`ImageSimilarityReward` with CLIP ViT-B/32 image
+    features (openai/clip-vit-base-patch32).
+
+    Score range: [-scale, scale], a mean of cosines.
+    NaN policy: as ImageSimilarityReward: a sample whose image has NaN pixels or breaks the shared size rule
+        (psrl.rewards.images); a reference that cannot be loaded; an embedder error.
+    """
+
     name = "clip_i"
     default_kind = "clip"
     default_path = "openai/clip-vit-base-patch32"

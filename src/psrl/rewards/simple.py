@@ -13,8 +13,17 @@ from psrl.rewards.images import scorable_images
 
 
 class MeanColorReward:
-    """``1 - ||mean RGB of the image - target||_2 / sqrt(3)``, in [0, 1]; 1 when the image's mean colour is the
-    target. A smooth, model-free signal that a tiny random-weight generator can learn within a few steps."""
+    """``1 - ||mean RGB of the image - target||_2 / sqrt(3)``; 1 when the image's mean colour is the target. A
+    smooth, model-free signal that a tiny random-weight generator can learn within a few steps.
+
+    Args:
+        device: unused (no model).
+        target: the target mean colour, 3 values in [0, 1] (default red).
+
+    Score range: [0, 1].
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); nothing
+        else.
+    """
 
     name = "mean_color"
 

@@ -61,8 +61,34 @@ def with_tiny_default(spec, path: str | None):
 
 
 class SubjectConsistencyReward:
-    """See the module docstring. Records arrive resolved (absolute reference paths, see
-    :class:`psrl.rewards.images.ReferenceImages`); the reward takes no data root."""
+    """Pairwise subject consistency (PSR, arXiv 2512.01236): each subject is detected in the generated image and
+    in its reference, both crops are embedded, and the reward is the mean cosine similarity over the subjects.
+
+    Args:
+        device: torch device of the detector and the embedder.
+        detector: ``{kind: grounding_dino | owlv2, path, box_threshold, ...}``, a kind name or a built detector
+            (default Grounding DINO).
+        embedder: ``{kind: dino_vit | dinov2 | clip, path, ...}``, a kind name or a built embedder (default DINO
+            ViT, as PSRBench).
+        mode: ``honest`` (identity matching by Hungarian assignment) or ``psrbench_compat`` (the released
+            PSRBench scorer, wang-shulei/PSR@c719168); see the module docstring.
+        missing: a subject found nowhere in the image scores ``zero`` (training default) or makes the sample
+            ``nan``.
+        extra_candidates: boxes beyond the subject count considered in the assignment (honest mode).
+        path: only ``tiny`` (tiny random detector and embedder, offline); real weights go in detector.path and
+            embedder.path.
+        dtype: dtype of the detector and embedder weights (default float32 on CPU).
+        cache_size: reference embeddings kept (keyed by file, mtime, phrase and mode).
+        background: colour transparent reference pixels are composited onto.
+
+    Records arrive resolved (absolute reference paths, :func:`psrl.data.records.load_records`); the reward takes no
+    data root.
+
+    Score range: [-1, 1], a mean of cosine similarities; a missing subject counts 0 with ``missing: zero``.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a
+        reference that cannot be loaded; a detector or embedder error on that sample; with ``missing: nan`` a
+        subject not found. The reason is in the output's failures.
+    """
 
     name = "subject_consistency"
 

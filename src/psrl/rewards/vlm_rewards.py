@@ -102,6 +102,25 @@ class _PairwiseBase:
 
 
 class VlmConsistencyReward(_PairwiseBase):
+    """PaCo-Reward style consistency (arXiv 2512.04784): the VLM judge's P("Yes") that a reference and the
+    generated image show the same subject, averaged over the pairs.
+
+    Args:
+        device: torch device of a local judge.
+        pairs: ``references`` (each reference with the generated image) or ``all`` (every unordered pair of the
+            references and the generated image, PaCo's image-set rule).
+        template: a PaCo prompt template name (``v1``, ``v3``) or a custom string with an optional ``{theme}``.
+        canonicalize: sum the probabilities of every case/whitespace variant of Yes and No.
+        background: colour transparent reference pixels are composited onto.
+        judge_kwargs: the judge options (``transport``, ``path``, ``adapter_path``, ``url``, ``model``,
+            ``api_key_env``, ``top_logprobs``, ...; see psrl.rewards.vlm_rewards).
+
+    Score range: [0, 1], a probability.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a record
+        without subjects or a reference that cannot be loaded; a judge reply with neither answer among its top
+        tokens, or a transport error, for that sample.
+    """
+
     name = "vlm_consistency"
 
     def __init__(self, device="cpu", *, pairs: str = "references",
@@ -128,6 +147,21 @@ class VlmConsistencyReward(_PairwiseBase):
 
 
 class EditConsistencyReward(_PairwiseBase):
+    """Edit consistency for an (original, edited) pair: ``sqrt(P(consistent) * P(follows the instruction))`` from
+    the VLM judge's P("Yes") answers; the original is the record's first subject image.
+
+    Args:
+        device: torch device of a local judge.
+        canonicalize: sum the probabilities of every case/whitespace variant of Yes and No.
+        background: colour transparent pixels of the original are composited onto.
+        judge_kwargs: the judge options (``transport``, ``path``, ``url``, ...; see psrl.rewards.vlm_rewards).
+
+    Score range: [0, 1], a geometric mean of two probabilities.
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a record
+        without an original image or one that cannot be loaded; a judge reply without a readable answer, or a
+        transport error, for that sample.
+    """
+
     name = "edit_consistency"
 
     def __init__(self, device="cpu", *, canonicalize: bool = False,
@@ -151,6 +185,25 @@ class EditConsistencyReward(_PairwiseBase):
 
 
 class SemanticAlignmentReward:
+    """PSRBench semantic alignment: the VLM judge grades the generated image alone with the rubric prompt of the
+    record's subset (``tags["subset"]``), and the reward is the grade / 10 (PSR, arXiv 2512.01236).
+
+    Args:
+        device: torch device of a local judge.
+        default_subset: the rubric for records without a known subset (attribute, action, background, complex,
+            three, four).
+        max_new_tokens: length limit of the judge's reply.
+        temperature: sampling temperature of the judge (default: 0.2 for a remote judge, as PSRBench; greedy
+            locally).
+        mode: ``honest`` (a tolerant score parser) or ``psrbench_compat`` (the released strict regex).
+        judge_kwargs: the judge options (``transport``, ``path``, ``url``, ...; see psrl.rewards.vlm_rewards).
+
+    Score range: [0, 1] (the judge's 0-10 grade / 10); the raw grade is in details["raw_score"].
+    NaN policy: a sample whose image has NaN pixels or breaks the shared size rule (psrl.rewards.images); a reply in
+        which no score can be read (the reply is kept in details["raw_text"]), or a transport error, for that
+        sample.
+    """
+
     name = "semantic_alignment"
 
     def __init__(self, device="cpu", *, default_subset: str = "complex", max_new_tokens: int = 512,

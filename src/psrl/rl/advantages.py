@@ -84,6 +84,135 @@ ADVANTAGE_MODES.register("geometric_mean", "psrl.rl.shaped_advantages:geometric_
 ADVANTAGE_MODES.register("harmonic_mean", "psrl.rl.shaped_advantages:harmonic_mean_advantages")
 
 
+PER_SUBJECT_COMBINE = ("mean", "min", "weakest")
+_WARNED: dict[str, bool] = {}  # warnings given once per process
+
+
+def per_subject_matrix(lists, n: int, width: int) -> Tensor:
+    """A reward's ``details["per_subject"]`` (a list per sample of subject scores, in record order; empty or ``None``
+    for an unscored sample) as ``[n, width]`` float32, NaN where a sample has no score for that subject.
+
+    Raises:
+        ValueError: ``lists`` does not hold ``n`` entries, or a sample has more than ``width`` subjects.
+    """
+    out = torch.full((n, width), float("nan"))
+    if lists is None:
+        return out
+    if len(lists) != n:
+        raise ValueError(f"per_subject has {len(lists)} entries for {n} samples")
+    for i, row in enumerate(lists):
+        row = list(row or [])
+        if len(row) > width:
+            raise ValueError(f"sample {i} has {len(row)} per-subject scores, more than {width}")
+        if row:
+            out[i, :len(row)] = torch.tensor([float(v) for v in row])
+    return out
+
+
+def stack_per_subject(per_batch: list[list], sizes: list[int]) -> dict[int, Tensor]:
+    """``{reward index k: [n, S]}`` for the rewards that reported ``details["per_subject"]`` in any batch, from
+    each batch's list of per-reward details (``per_batch[b][k]``: that list or ``None``) and its sample count;
+    ``S`` is the most subjects any sample has (at least 1)."""
+    num = len(per_batch[0]) if per_batch else 0
+    out = {}
+    for k in range(num):
+        lists = [batch[k] for batch in per_batch]
+        if all(x is None for x in lists):
+            continue
+        width = max([len(row or ()) for x in lists if x is not None for row in x] + [1])
+        out[k] = torch.cat([per_subject_matrix(x, n, width) for x, n in zip(lists, sizes)])
+    return out
+
+
+def join_per_subject(parts: list[tuple[int, dict[int, Tensor]]]) -> dict[int, Tensor]:
+    """Concatenate the per-process ``(n_p, {k: [n_p, S_p]})`` of :func:`stack_per_subject` in rank order, NaN-padding
+    to the widest ``S``; a reward that reported nothing on some process gets NaN rows for that process's samples."""
+    keys = sorted({k for _, p in parts for k in p})
+    out = {}
+    for k in keys:
+        width = max(p[k].shape[1] for _, p in parts if k in p)
+        rows = []
+        for n, p in parts:
+            m = p.get(k, torch.full((n, width), float("nan")))
+            rows.append(torch.nn.functional.pad(m.float(), (0, width - m.shape[1]), value=float("nan")))
+        out[k] = torch.cat(rows)
+    return out
+
+
+def per_subject_scores(per_subject: Tensor, group_ids: Tensor, combine: str, *, eps: float = 1e-4,
+                       weakest_weight: float = 2.0) -> Tensor:
+    """Per-subject credit (psrl's extension, ``advantage.per_subject``): each subject's score z-scored within its
+    prompt group (population std + ``eps``, the one group normalisation :func:`group_normalize`), then combined per
+    sample. A sample that nails one subject and loses another keeps the signal of both instead of a mean that hides
+    them, and a subject whose scores barely vary in its group no longer counts less than one that varies a lot.
+
+    Args:
+        per_subject (`Tensor` of shape `[N, S]`): subject scores (NaN = no such subject, or unscored); the samples of
+            a group share a record, so column ``j`` is the same subject throughout a group.
+        group_ids (`Tensor` of shape `[N]`).
+        combine: ``mean`` (of the subject z-scores), ``min`` (the worst subject's z-score: credit only when every
+            subject improves) or ``weakest`` (a weighted mean, the sample's lowest-scoring subject weighted
+            ``weakest_weight``, the others 1).
+
+    Returns:
+        ``[N]`` float32 combined z-scores; NaN for a sample with no finite subject score.
+
+    Raises:
+        ValueError: an unknown ``combine`` or ``weakest_weight < 1``.
+    """
+    if combine not in PER_SUBJECT_COMBINE:
+        raise ValueError(f"per_subject combine must be one of {PER_SUBJECT_COMBINE}, got {combine!r}")
+    if weakest_weight < 1:
+        raise ValueError(f"weakest_weight must be >= 1, got {weakest_weight}")
+    x = per_subject.float()
+    ok = torch.isfinite(x)
+    z = torch.stack([group_normalize(torch.where(ok[:, j], x[:, j], torch.full_like(x[:, j], float("nan"))),
+                                     group_ids, "group", eps) for j in range(x.shape[1])], dim=1)
+    z = torch.where(ok, z, torch.full_like(z, float("nan")))
+    any_ok = ok.any(dim=1)
+    if combine == "min":
+        out = torch.where(ok, z, torch.full_like(z, float("inf"))).min(dim=1).values
+    else:
+        w = ok.float()
+        if combine == "weakest":
+            weakest = torch.where(ok, x, torch.full_like(x, float("inf"))).argmin(dim=1)
+            w[torch.arange(x.shape[0]), weakest] *= weakest_weight
+        out = torch.where(ok, z, torch.zeros_like(z)).mul(w).sum(dim=1) / w.sum(dim=1).clamp_min(1e-12)
+    return torch.where(any_ok, out, torch.full_like(out, float("nan")))
+
+
+def apply_per_subject(rewards: Tensor, per_subject: dict[int, Tensor], group_ids: Tensor, cfg: AdvantageConfig
+                      ) -> Tensor:
+    """The rewards ``[N, K]`` with each column ``k`` in ``per_subject`` replaced by its per-subject credit
+    (:func:`per_subject_scores` with ``cfg.per_subject``), expressed back in the reward's own units: its group mean
+    plus the combined z-score times its group std, so the reward's configured weight keeps its meaning beside the
+    other rewards. A sample unscored by that reward stays NaN. ``cfg.per_subject == "off"`` returns ``rewards``."""
+    if cfg.per_subject == "off":
+        return rewards
+    if not per_subject:
+        if not _WARNED.get("per_subject"):
+            _WARNED["per_subject"] = True
+            logger.warning("advantage.per_subject=%s: no reward reported per-subject scores (details['per_subject'], "
+                           "as subject_consistency does); the rewards are used as they are", cfg.per_subject)
+        return rewards
+    out = rewards.float().clone()
+    for k, matrix in per_subject.items():
+        combined = per_subject_scores(matrix, group_ids, cfg.per_subject, eps=cfg.eps,
+                                      weakest_weight=cfg.per_subject_weakest_weight)
+        col = out[:, k]
+        for gid in torch.unique(group_ids):
+            m = group_ids == gid
+            v = col[m]
+            good = torch.isfinite(v)
+            if int(good.sum()) == 0:
+                continue
+            mean, std = v[good].mean(), v[good].std(unbiased=False)
+            # a scored sample without subject scores keeps its reward as it is
+            col[m] = torch.where(good & torch.isfinite(combined[m]), mean + std * combined[m], v)
+        out[:, k] = col
+    return out
+
+
 def get_advantage_mode(name: str) -> AdvantageMode:
     """The mode function for ``advantage.mode``; a clear :class:`ConfigError` when unknown or not importable."""
     try:

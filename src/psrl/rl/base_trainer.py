@@ -3,7 +3,8 @@ optimizer and LR schedule, start-up checks, the run directory, checkpoints and e
 SIGINT/SIGTERM, tracking and the log/save loop. A subclass supplies its data and its step.
 
 Order of start-up, so that a bad run fails before it costs anything or leaves a folder behind:
-config-level checks (tracker package, ...) -> :meth:`setup_data` -> policy -> :meth:`setup_policy` (checks that
+config-level checks (tracker package, ``hf://`` data roots fetched, ...) ->
+:meth:`setup_data` -> policy -> :meth:`setup_policy` (checks that
 need the policy: records against its limits, resolutions it can generate) -> optimizer -> :meth:`setup_training`
 -> the run directory (claimed atomically) -> resume.
 
@@ -27,6 +28,7 @@ from psrl.config import to_dict
 from psrl.errors import PsrlError
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
+from psrl.rl.fsdp import shard_policy
 from psrl.rl.optim import clip_gradients, make_optimizer
 from psrl.rl.signals import EXIT_CODES, StopSignals, TrainingStopped
 from psrl.rl.tracking import Tracker, check_tracker
@@ -53,7 +55,8 @@ class BaseTrainer:
             ``mixed_precision``, ``save_every``, ``save_every_minutes``, ``keep_last``, ``log_every``.
         policy: an already built policy (tests, notebooks); else ``build_policy(cfg.model)``.
         resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
-        progress: a tqdm bar on the main process (the CLI turns it on when stderr is a terminal).
+        progress: a tqdm bar on the main process; None (default): only when stderr is a terminal, so log files
+            get the plain per-step lines (steps/s and ETA) without bar redraws.
 
     Raises:
         ConfigError, RecordError, PsrlError: a one-line reason, before the run directory exists.
@@ -62,14 +65,15 @@ class BaseTrainer:
     name = "train"  # the bar's label and the default run-name prefix ("" for GRPO)
     run_prefix = ""
 
-    def __init__(self, cfg, args, *, policy=None, resume: bool = False, progress: bool = False):
+    def __init__(self, cfg, args, *, policy=None, resume: bool = False, progress: bool | None = None):
         self.cfg = cfg
         self.args = args
         self.resume = resume
-        self.progress = progress
+        self.progress = wants_progress(progress)
         if resume and not cfg.run.name:
             raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
         check_tracker(cfg.run.tracker)
+        _fetch_hub_roots(cfg)
         if getattr(cfg.run, "push_to_hub", False):
             _check_push(cfg.run.hub_model_id or cfg.run.name or "run")
         self.accelerator = dist.make_accelerator(args.device, args.mixed_precision)
@@ -84,6 +88,7 @@ class BaseTrainer:
             policy = build_policy(cfg.model, self.accelerator.device)
         self.policy = policy
         self.setup_policy()
+        shard_policy(self.accelerator, policy, cfg)  # launched with accelerate's FSDP plugin: shard the frozen base
         self.params = list(policy.trainable_parameters())
         if not self.params:
             raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
@@ -150,6 +155,13 @@ class BaseTrainer:
         return {}
 
     # ------------------------------------------------------------------ helpers for subclasses
+    def log_images(self, name: str, images, step: int) -> None:
+        """Log a PIL image, a ``[3, H, W]`` / ``[B, 3, H, W]`` tensor in [0, 1] or a list of PIL images to the
+        run's image trackers (TensorBoard, W&B) at ``step``; nothing on other processes or before the tracker
+        exists. The caller saves the PNG itself."""
+        if self.tracker is not None:
+            self.tracker.log_images(name, images, step)
+
     def autocast(self):
         return self.accelerator.autocast() if self.args.mixed_precision != "no" else nullcontext()
 
@@ -235,7 +247,7 @@ class BaseTrainer:
         self._last_save = time.monotonic()
         t_start, saved = time.monotonic(), self.start_step
         try:
-            with StopSignals() as stop:
+            with StopSignals() as stop, (_logs_above(bar) if bar is not None else nullcontext()):
                 self._stop = stop
                 self.before_loop()
                 for step in range(self.start_step, a.max_steps):
@@ -290,6 +302,40 @@ class BaseTrainer:
         trainer saves step ``done`` first when it was not saved)."""
 
 
+def _logs_above(bar):
+    """While the bar is drawn, log lines go through ``tqdm.write`` so they print above it instead of tearing it."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(tqdm_class=type(bar))
+
+
+def wants_progress(progress: bool | None, stream=None) -> bool:
+    """``progress`` as given, or when None whether ``stream`` (default ``sys.stderr``) is a terminal."""
+    import sys
+
+    if progress is not None:
+        return bool(progress)
+    stream = sys.stderr if stream is None else stream
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _fetch_hub_roots(cfg) -> None:
+    """``data.data_root`` / ``eval.data_root`` given as ``hf://`` dataset folders are fetched now, before the run
+    directory exists, and replaced by their local copies (the commit is part of the path); offline and never
+    fetched is a one-line :class:`~psrl.config.ConfigError`."""
+    from psrl.config import ConfigError
+    from psrl.hub import HubError, is_hf_uri, local_data_root
+
+    for section in ("data", "eval"):
+        part = getattr(cfg, section, None)
+        root = getattr(part, "data_root", None)
+        if is_hf_uri(root):
+            try:
+                part.data_root = local_data_root(root)
+            except HubError as e:
+                raise ConfigError(f"{section}.data_root: {e}") from None
+
+
 def _check_push(repo_id: str) -> None:
     """``run.push_to_hub`` must be able to work before hours are spent: a valid id, the Hub reachable, a token."""
     from psrl.config import ConfigError
@@ -314,4 +360,4 @@ def _eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-__all__ = ["BaseTrainer", "StepAbandoned"]
+__all__ = ["BaseTrainer", "StepAbandoned", "wants_progress"]

@@ -178,6 +178,19 @@ class AdvantageConfig:
         eps: added to the std before dividing (Flow-GRPO: 1e-4).
         clip: advantages are clipped to ``[-clip, clip]`` after the mode (Flow-GRPO ``adv_clip_max``: 5).
         args: mode-specific options (e.g. SARS ``gamma``), read by the mode function.
+        balance: ``fixed`` (the configured reward weights every step) or ``adaptive`` (psrl's extension,
+            psrl.rl.balance: shift weight toward rewards whose step mean stalls, by how often the rewards disagree
+            within a group; the weights used are logged as ``adv/weight/<reward>``).
+        balance_window: steps of history the adaptive balance reads (configured weights until it is full).
+        balance_bounds: ``[lo, hi]``: each adaptive weight stays within ``[lo, hi]`` times its configured weight
+            (``0 < lo <= 1 <= hi``).
+        balance_disagreement: the within-group disagreement rate (one reward's best sample is another's worst) at
+            which the adaptive shift is applied in full; below it, proportionally less.
+        per_subject: per-subject credit for rewards that report per-subject scores (subject_consistency's
+            ``details["per_subject"]``; psrl's extension): ``off``, or each subject's score z-scored in its group and
+            combined by ``mean``, ``min`` (the worst subject) or ``weakest`` (the sample's lowest subject weighted
+            ``per_subject_weakest_weight``); see psrl.rl.advantages.per_subject_scores.
+        per_subject_weakest_weight: the weight of the weakest subject under ``per_subject: weakest`` (>= 1).
     """
 
     mode: str = "weighted"
@@ -185,8 +198,27 @@ class AdvantageConfig:
     eps: float = 1e-4
     clip: float = 5.0
     args: dict[str, Any] = field(default_factory=dict)
+    balance: Literal["fixed", "adaptive"] = "fixed"
+    balance_window: int = 5
+    balance_bounds: tuple[float, float] = (0.25, 4.0)
+    balance_disagreement: float = 0.25
+    # `| bool`: YAML 1.1 reads a bare `off` as false; __post_init__ turns it back into "off"
+    per_subject: Literal["off", "mean", "min", "weakest"] | bool = "off"
+    per_subject_weakest_weight: float = 2.0
 
     def __post_init__(self):
+        lo, hi = self.balance_bounds
+        if not 0 < lo <= 1 <= hi or self.balance_window < 2 or self.balance_disagreement <= 0:
+            raise ValueError(f"advantage.balance_bounds must satisfy 0 < lo <= 1 <= hi, balance_window >= 2 and "
+                             f"balance_disagreement > 0, got {list(self.balance_bounds)}, {self.balance_window}, "
+                             f"{self.balance_disagreement}")
+        if isinstance(self.per_subject, bool):
+            if self.per_subject:
+                raise ValueError("advantage.per_subject: true names no combination; use mean, min or weakest")
+            self.per_subject = "off"
+        if self.per_subject_weakest_weight < 1:
+            raise ValueError(f"advantage.per_subject_weakest_weight must be >= 1, got "
+                             f"{self.per_subject_weakest_weight}")
         if self.std_mode == "global" and self.mode in ("group_zscore", "sars"):
             raise ValueError(f"advantage.std_mode: global has no effect with mode {self.mode!r}, which z-scores each "
                              f"reward within its group (Customized-GRPO); set std_mode: group")

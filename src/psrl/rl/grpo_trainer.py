@@ -18,19 +18,23 @@ from contextlib import nullcontext
 
 import torch
 
-from psrl.errors import PsrlError
+from psrl.errors import ConfigError, PsrlError
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.rl import distributed as dist
-from psrl.rl.advantages import check_advantage_config, compute_advantages, get_advantage_mode
+from psrl.rl.advantages import (apply_per_subject, check_advantage_config, compute_advantages, get_advantage_mode,
+                                 join_per_subject, stack_per_subject)
+from psrl.rl.balance import RewardBalancer
 from psrl.rl.ema import ParameterEMA
+from psrl.rl.eval_metrics import build_eval_embedder, eval_metrics
+from psrl.rl.monitor import MonitorStop, TrainingMonitor, alarm_metrics
 from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
-from psrl.rl.reward_calls import call_reward, log_failure_reasons
+from psrl.rl.reward_calls import RewardOnDevice, call_reward, log_failure_reasons, reward_device
 from psrl.rl.run_config import RunConfig, derive_sizes, run_records
 from psrl.rl.sampler import GroupSampler, sample_seed
 from psrl.images import save_image
-from psrl.rl.tracking import image_grid
+from psrl.rl.tracking import image_grid, read_metrics
 from psrl.sampling import plan_steps
 
 logger = logging.getLogger(__name__)
@@ -88,8 +92,19 @@ class GRPOTrainer(BaseTrainer):
 
     def setup_training(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        self.rewards = self._build_rewards()
+        self.rewards = self._build_rewards(cfg.rewards)
+        self.heldout_rewards = self._build_rewards(cfg.eval.rewards, "eval.rewards") if cfg.eval.every else []
+        e = cfg.eval
+        self.eval_embed = build_eval_embedder(e.embedder, self.accelerator.device) \
+            if e.every and e.statistics and e.group_size >= 2 else None
+        self.monitor = TrainingMonitor(cfg.monitor, self.params,  # evaluations score the EMA weights when kept
+                                       evaluated=lambda: self.ema.shadow if self.ema is not None else self.params)
+        self._local_count, self._local_per_subject = 0, {}  # this process's per-subject scores of the step
+        self._alarms = []
         self.reward_weights = torch.tensor([r.weight for r in cfg.rewards], dtype=torch.float32)
+        a = cfg.advantage
+        self.balancer = RewardBalancer(self.reward_weights, a.balance, window=a.balance_window,
+                                       bounds=a.balance_bounds, disagreement_ref=a.balance_disagreement)
         self.ema = ParameterEMA(self.params, t.ema.decay, t.ema.every) if t.ema.enabled else None
         self.loss_type = LOSS_TYPES[t.loss]
         self.old_policy = None
@@ -101,17 +116,24 @@ class GRPOTrainer(BaseTrainer):
                                     self.accelerator.num_processes, self.accelerator.process_index)
         self._invalid_steps = 0
 
-    def _build_rewards(self):
+    def _build_rewards(self, specs, what: str = "rewards"):
         from psrl.rewards import build_reward
 
         built = []
-        for spec in self.cfg.rewards:
+        for i, spec in enumerate(specs):
+            args = dict(spec.args)
             try:
-                built.append(build_reward(spec.name, dict(spec.args), device=self.accelerator.device))
+                device = None if spec.device is None else \
+                    reward_device(spec.device, cuda_count=torch.cuda.device_count())
+            except ValueError as e:
+                raise ConfigError(f"{what}[{i}].device: {e}") from e
+            try:
+                reward = build_reward(spec.name, args, device=self.accelerator.device if device is None else device)
+                built.append(reward if device is None else RewardOnDevice(reward, device))
             except KeyError as e:
-                raise PsrlError(f"rewards: {e.args[0] if e.args else e}") from e
+                raise PsrlError(f"{what}: {e.args[0] if e.args else e}") from e
             except (TypeError, ValueError) as e:
-                raise PsrlError(f"rewards: cannot build {spec.name!r} with args {spec.args}: {e}") from e
+                raise PsrlError(f"{what}: cannot build {spec.name!r} with args {spec.args}: {e}") from e
         return built
 
     # ------------------------------------------------------------------ loop hooks
@@ -136,13 +158,34 @@ class GRPOTrainer(BaseTrainer):
     def checkpoint_modules(self) -> dict:
         return {"old_policy": self.old_policy} if self.old_policy is not None else {}
 
+    def before_loop(self) -> None:
+        """Point the monitor at ``alarms.jsonl`` (main process), replay its history on ``--resume``, and with
+        ``eval.at_start`` evaluate the untrained policy first (step 0: the monitor's baseline, the report's first
+        grid)."""
+        self.monitor.log_path = self.run_dir / "alarms.jsonl" if self.is_main else None  # one writer
+        if self.resume:  # the monitor's windows continue from the logged history
+            path = self.run_dir / "metrics.jsonl"
+            rows = read_metrics(path) if self.is_main and path.is_file() else None
+            self.monitor.resume(dist.broadcast_object(rows) or [], self.start_step)
+        if self.cfg.eval.every and self.cfg.eval.at_start and self.start_step == 0:
+            metrics = self.evaluate(0)
+            self.monitor.observe(0, metrics)
+            if self.tracker is not None:
+                self.tracker.log(metrics, 0)
+
     def after_step(self, done: int, metrics: dict) -> None:
         if self.cfg.eval.every and done % self.cfg.eval.every == 0:
             metrics.update(self.evaluate(done))
+        self._alarms = self.monitor.observe(done, metrics)
+        metrics.update(alarm_metrics(self._alarms))
 
     def check_health(self, done: int, metrics: dict) -> None:
         """Stop (non-zero) after ``train.max_invalid_steps`` consecutive steps in which no sample could be scored:
         a reward that returns NaN for everything must not "train" for hours and exit 0."""
+        try:
+            self.monitor.act(self, self._alarms)  # psrl.rl.monitor: warn, raise_beta, rollback or stop
+        except MonitorStop as e:
+            raise StepAbandoned(str(e), 1) from None
         limit = self.cfg.train.max_invalid_steps
         unscored = metrics.get("adv/nan_samples", 0.0) >= self.sizes.images_per_step
         self._invalid_steps = self._invalid_steps + 1 if unscored else 0
@@ -168,8 +211,11 @@ class GRPOTrainer(BaseTrainer):
             phase = "train"
             all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
             group_ids = torch.tensor(assignment.group_ids)
-            result = compute_advantages(all_rewards, self.reward_weights, group_ids, self.cfg.advantage,
-                                        trained_steps, self.cfg.sampling.num_steps, mode=self.advantage_mode)
+            weights = self.balancer.weights()  # the configured weights unless advantage.balance: adaptive
+            result = compute_advantages(self._per_subject_credit(all_rewards, group_ids), weights, group_ids,
+                                        self.cfg.advantage, trained_steps, self.cfg.sampling.num_steps,
+                                        mode=self.advantage_mode)
+            self.balancer.observe(all_rewards, group_ids)
             local = assignment.local
             if self.cfg.run.dump_rank_data:
                 self._dump_rank_data(step, assignment, all_rewards, result)
@@ -182,6 +228,8 @@ class GRPOTrainer(BaseTrainer):
         metrics.update(self._reward_metrics(all_rewards, failures))
         metrics.update({f"adv/{k}": v for k, v in result.stats.items()})
         metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
+        if self.cfg.advantage.balance == "adaptive":
+            metrics.update({f"adv/weight/{spec.name}": float(w) for spec, w in zip(self.cfg.rewards, weights)})
         metrics.update(train_stats)
         metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2,
                         "time/step": t3 - t0, "time/reward_busy": reward_busy})
@@ -259,13 +307,14 @@ class GRPOTrainer(BaseTrainer):
         """Every reward on one rollout batch: ``{scores: [K tensors [b]], failed: [K], reasons, error, seconds}``;
         stops at the first reward that raises or returns the wrong shape (``error`` names it)."""
         t0 = time.perf_counter()
-        out = {"scores": [], "failed": [], "reasons": {}, "error": None}
+        out = {"scores": [], "failed": [], "reasons": {}, "error": None, "per_subject": []}
         for reward in self.rewards:
             result, error = call_reward(reward, rollout)
             if error is not None:
                 out["error"] = error
                 break
             why = [f for f in result.failures if f is not None]
+            out["per_subject"].append(result.details.get("per_subject"))
             out["scores"].append(result.scores.float().cpu().reshape(-1))
             out["failed"].append(len(why))
             out["reasons"][reward.name] = Counter(str(f) for f in why)
@@ -289,7 +338,19 @@ class GRPOTrainer(BaseTrainer):
             log_failure_reasons([r for _, r in gathered])
         columns = [torch.cat([r["scores"][k] for r in results]) for k in range(len(self.rewards))]
         failures = [sum(r["failed"][k] for r in results) for k in range(len(self.rewards))]
+        if self.cfg.advantage.per_subject != "off":
+            sizes = [len(r["scores"][0]) for r in results]
+            self._local_count, self._local_per_subject = sum(sizes), stack_per_subject(
+                [r["per_subject"] for r in results], sizes)
         return torch.stack(columns, dim=1), torch.tensor(failures, dtype=torch.float32)
+
+    def _per_subject_credit(self, all_rewards, group_ids):
+        """``advantage.per_subject``: the gathered rewards with each per-subject reward's column replaced by its
+        per-subject credit (:func:`psrl.rl.advantages.apply_per_subject`); the rewards as they are when off."""
+        if self.cfg.advantage.per_subject == "off":
+            return all_rewards
+        gathered = join_per_subject(dist.gather_objects((self._local_count, self._local_per_subject)))
+        return apply_per_subject(all_rewards, gathered, group_ids, self.cfg.advantage)
 
     def _reward_metrics(self, all_rewards, local_failures) -> dict:
         failures = local_failures.to(self.accelerator.device)
@@ -411,25 +472,28 @@ class GRPOTrainer(BaseTrainer):
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict:
-        """ODE samples of the fixed eval prompts (EMA weights if kept), a PNG grid and the rewards' means.
-        Runs on the main process only; the others wait."""
+        """ODE samples of the fixed eval prompts (EMA weights if kept; ``eval.group_size`` per prompt, member ``j``
+        of prompt ``i`` seeded by ``(eval.seed, j, i)`` for the whole run), a PNG grid, the trained and held-out
+        rewards and the image statistics (:func:`psrl.rl.eval_metrics.eval_metrics`). Runs on the main process;
+        the others wait and receive its metrics."""
         out = {}
         if self.is_main:
             e = self.cfg.eval
             sampling = self._eval_sampling()
-            gens = [torch.Generator().manual_seed(sample_seed(e.seed, 0, i, salt="eval"))
-                    for i in range(len(self.eval_records))]
+            pairs = [(i, j) for i in range(len(self.eval_records)) for j in range(e.group_size)]
+            records = [self.eval_records[i] for i, _ in pairs]
+            gens = [torch.Generator().manual_seed(sample_seed(e.seed, j, i, salt="eval")) for i, j in pairs]
             self.policy.train(False)
             with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self.autocast():
-                images = self.policy.generate(self.eval_records, sampling, generator=gens)
+                images = self.policy.generate(records, sampling, generator=gens)
             images = images.float().cpu()
-            save_image(image_grid(images), self.run_dir / "samples" / f"step-{step}.png")
-            for reward in self.rewards:
-                scores = reward(images, self.eval_records).scores
-                ok = scores[torch.isfinite(scores)]
-                out[f"eval/{reward.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-        dist.barrier()
-        return out
+            grid = image_grid(images, ncols=e.group_size if e.group_size > 1 else None)
+            save_image(grid, self.run_dir / "samples" / f"step-{step}.png")
+            self.log_images("eval/samples", grid, step)
+            out = eval_metrics(images, records, [i for i, _ in pairs], trained=self.rewards,
+                               heldout=self.heldout_rewards, statistics=e.statistics, embed=self.eval_embed)
+        # every process gets the main one's numbers: the monitor's alarms and actions must agree on all ranks
+        return dist.broadcast_object(out)
 
     def _dump_rank_data(self, step, assignment, all_rewards, result) -> None:
         import json

@@ -1,6 +1,7 @@
 """Calling the rewards of a GRPO step: one reward on one rollout batch with its failure turned into a message,
-and the step's unscorable-sample reasons logged whole. Kept apart from the trainer loop, which only sequences
-them."""
+the step's unscorable-sample reasons logged whole, and a reward kept on its own device (``rewards[].device``, as
+PaCo serves its judge on GPUs of its own: X-GenGroup/PaCo-RL@cd3c428 PaCo-GRPO/vllm_server/launch.sh). Kept apart
+from the trainer loop, which only sequences them."""
 from __future__ import annotations
 
 import logging
@@ -27,6 +28,40 @@ def call_reward(reward, rollout):
     return out, None
 
 
+def reward_device(value: str, *, cuda_count: int) -> torch.device:
+    """``rewards[].device`` as a ``torch.device``: ``cpu``, ``cuda`` or ``cuda:<n>`` with ``n`` below
+    ``cuda_count`` (the CUDA devices torch sees). Pure.
+
+    Raises:
+        ValueError: not a device name, another device type, or a CUDA device this machine does not have.
+    """
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{value!r} is not a device (use cpu, cuda or cuda:<n>)") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{value!r}: only cpu and cuda devices are supported")
+    if device.type == "cuda" and (device.index or 0) >= cuda_count:
+        raise ValueError(f"{value!r}, but torch sees {cuda_count} CUDA device(s)")
+    return device
+
+
+class RewardOnDevice:
+    """A reward built on its own ``device``: images are moved there before each call, and the scores come back on
+    the CPU (:class:`psrl.rewards.base.RewardOutput` keeps them there), so the trainer sees the same output as from a
+    reward on the policy's device. Other attributes (``name``, ``refs``, ...) are the wrapped reward's."""
+
+    def __init__(self, reward, device: torch.device):
+        self.reward = reward
+        self.device = torch.device(device)
+
+    def __getattr__(self, attr):
+        return getattr(self.__dict__["reward"], attr)
+
+    def __call__(self, images: torch.Tensor, records):
+        return self.reward(images.to(self.device), records)
+
+
 def log_failure_reasons(per_process: list[dict]) -> None:
     """One warning per reward that could not score some samples this step, with the commonest reasons whole (a
     failure rate alone does not say what to fix)."""
@@ -41,4 +76,4 @@ def log_failure_reasons(per_process: list[dict]) -> None:
             logger.warning("reward %r could not score %d sample(s): %s%s", name, sum(counts.values()), top, more)
 
 
-__all__ = ["call_reward", "log_failure_reasons"]
+__all__ = ["RewardOnDevice", "call_reward", "log_failure_reasons", "reward_device"]

@@ -8,8 +8,10 @@ Layout of a run config (every section optional; defaults are the dataclass defau
     advantage: AdvantageConfig  (psrl.rl.grpo_config)
     rewards:   [{name, weight, args}, ...]
     data:      {records, data_root}
-    eval:      {records, data_root, every, num_steps, height, width, resolution, guidance_scale, seed}
-    run:       {name, output_dir, tracker, wandb_project}
+    eval:      {records, data_root, every, num_steps, height, width, resolution, guidance_scale, seed, rewards,
+                group_size, statistics, embedder, at_start}
+    run:       {name, output_dir, tracker (alias report_to), wandb_project, push_to_hub, ...}
+    monitor:   MonitorConfig    (psrl.rl.monitor)
 """
 from __future__ import annotations
 
@@ -26,10 +28,13 @@ from psrl.data.records import Record, load_records, misplaced_data_root, records
 from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
+from psrl.rl.monitor import MonitorConfig, check_monitor_config
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_NAME = "tiny_flux.yaml"
+
+TrackerName = Literal["jsonl", "tensorboard", "wandb"]
 
 
 @dataclass
@@ -40,15 +45,25 @@ class RewardSpec:
         name: a registered reward (``psrl reward list``) or ``module:attr``.
         weight: its weight in the aggregation.
         args: constructor arguments of the reward.
+        device: where this reward's models run (``cpu``, ``cuda``, ``cuda:1``); default (null) the policy's device.
+            Images are moved there and scores come back, e.g. a VLM judge on a GPU of its own as PaCo runs it.
     """
 
     name: str = ""
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
 
     def __post_init__(self):
         if not self.name:
             raise ValueError("each reward needs a 'name'")
+        if self.device is not None:
+            from psrl.rl.reward_calls import reward_device
+
+            try:  # the kind of device here; whether this machine has it is checked when the reward is built
+                reward_device(self.device, cuda_count=1 << 30)
+            except ValueError as e:
+                raise ValueError(f"device {e}") from None
 
 
 @dataclass
@@ -59,7 +74,8 @@ class DataConfig:
 
     Attributes:
         records: a JSONL records file (relative paths resolve against the config's folder) or a list of prompts.
-        data_root: folder the records' image paths are relative to (default: the records file's folder).
+        data_root: folder the records' image paths are relative to (default: the records file's folder), or an
+            hf://<org>/<dataset>[@revision][/folder] fetched before the run starts.
         skip_invalid: train on the valid records and log how many were skipped, instead of stopping.
     """
 
@@ -86,6 +102,16 @@ class EvalConfig:
         resolution: sets both sides (PaCo's resolution-decoupled evaluation).
         guidance_scale: eval guidance (default: the sampling guidance).
         seed: seed of the eval noise (the same images every evaluation).
+        rewards: held-out rewards, each {name, args} (a registered reward or ``module:attr``; weight unused):
+            scored on the eval images and logged as ``eval/heldout/<name>``, never trained on; the monitor's
+            reward_hacking alarm compares them with the trained rewards.
+        group_size: eval images per record (seeds fixed for the run); 2 or more logs within-group diversity.
+        statistics: log the eval image statistics (``eval/stats/*``: colour entropy, saturation, dark and bright
+            fraction, edge density, diversity; psrl.rl.eval_metrics).
+        embedder: what diversity is measured on: ``pixels`` (16x16 area-averaged pixels, no model) or an embedder
+            spec such as ``{kind: dinov2, path: facebook/dinov2-base}`` (dinov2, dino_vit or clip).
+        at_start: also evaluate the untrained policy before the first step (logged as step 0, grid
+            ``samples/step-0.png``): the monitor's baseline and the first grid of ``psrl report``.
     """
 
     records: str | list[str] | None = None
@@ -97,8 +123,15 @@ class EvalConfig:
     resolution: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
+    rewards: list[RewardSpec] = field(default_factory=list)
+    group_size: int = 1
+    statistics: bool = True
+    embedder: str | dict[str, Any] = "pixels"
+    at_start: bool = False
 
     def __post_init__(self):
+        if self.group_size < 1:
+            raise ValueError(f"eval.group_size must be >= 1, got {self.group_size}")
         if self.every < 0 or self.num_steps < 1:
             raise ValueError(f"eval.every must be >= 0 and eval.num_steps >= 1, got {self.every}, {self.num_steps}")
         if self.every and not self.records:
@@ -116,7 +149,8 @@ class RunSection:
     Attributes:
         name: the run folder's name (default: a timestamp); a taken name gets the next free ``name-<n>``.
         output_dir: parent folder of runs.
-        tracker: metrics always go to metrics.jsonl; tensorboard or wandb log there as well.
+        tracker: where metrics (and eval images) go: jsonl, tensorboard, wandb, or a list of them (TRL's
+            report_to); metrics.jsonl is always written, the others are accelerate trackers.
         wandb_project: the W&B project.
         dump_rank_data: write every process's view of each step to rank_data/ (to check a distributed run).
         push_to_hub: upload the final LoRA with a model card when the run finishes (as psrl push; the token from
@@ -127,7 +161,7 @@ class RunSection:
 
     name: str | None = None
     output_dir: str = "runs"
-    tracker: Literal["jsonl", "tensorboard", "wandb"] = "jsonl"
+    tracker: TrackerName | list[TrackerName] = "jsonl"
     wandb_project: str = "psrl"
     dump_rank_data: bool = False
     push_to_hub: bool = False
@@ -135,6 +169,10 @@ class RunSection:
     hub_private_repo: bool = False
 
     def __post_init__(self):
+        names = [self.tracker] if isinstance(self.tracker, str) else list(self.tracker)
+        if not names:
+            raise ValueError("run.tracker must name at least one tracker (jsonl is always written)")
+        self.tracker = list(dict.fromkeys(names))  # one list, duplicates dropped, the order kept
         if self.hub_model_id is not None:
             from psrl.hub import HubError, check_repo_id
 
@@ -159,6 +197,7 @@ class RunConfig:
         data: the training records.
         eval: periodic evaluation.
         run: where the run goes and how it is tracked.
+        monitor: the reward-hacking monitor: alarms and their actions.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -169,6 +208,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSection = field(default_factory=RunSection)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     def __post_init__(self):
         if not self.rewards:
@@ -178,8 +218,10 @@ class RunConfig:
         names = [r.name for r in self.rewards]
         if len(set(names)) != len(names):
             raise ValueError(f"rewards: names must be unique, got {names}")
-        for args, key in [(self.model.args, "model.args"), *((r.args, f"rewards.{i}.args")
-                                                               for i, r in enumerate(self.rewards))]:
+        check_monitor_config(self.monitor, self.eval, names)
+        for args, key in [(self.model.args, "model.args"),
+                          *((r.args, f"rewards.{i}.args") for i, r in enumerate(self.rewards)),
+                          *((r.args, f"eval.rewards.{i}.args") for i, r in enumerate(self.eval.rewards))]:
             if why := misplaced_data_root(args, key):
                 raise ValueError(why)
 

@@ -1,4 +1,9 @@
-"""Metrics trackers (JSONL always; TensorBoard or W&B on request, imported only then) and image grids."""
+"""Metrics trackers: ``metrics.jsonl`` always, plus accelerate's TensorBoard and W&B trackers on request (their
+packages imported only then), with run hyperparameters and images; and image grids.
+
+The trackers are ``accelerate.tracking.GeneralTracker`` objects (JSONL is one too, :class:`JSONLTracker`), chosen
+by ``run.tracker`` (TRL's ``report_to``) through :data:`TRACKERS`, so adding one is one registry entry.
+"""
 from __future__ import annotations
 
 import json
@@ -7,74 +12,181 @@ import math
 from pathlib import Path
 
 import torch
+from accelerate.tracking import GeneralTracker
 from torch import Tensor
 
 logger = logging.getLogger(__name__)
 
 
-class Tracker:
-    """Writes one JSON object per ``log`` call to ``metrics.jsonl`` (appending, so a resumed run continues the
-    file) and mirrors scalars to TensorBoard or W&B when chosen.
+class JSONLTracker(GeneralTracker):
+    """One JSON object per ``log`` call in ``<run_dir>/metrics.jsonl`` (appending, so a resumed run continues the
+    file). Each row is one ``write`` of a complete line, flushed, so a kill can only tear the last line; a torn
+    last line is dropped when the file is opened again, and with ``resume_step`` so are the rows past the
+    checkpoint the run resumes from (so a resumed run's log equals an uninterrupted run's). NaN is written as
+    ``null`` and infinities as strings (JSON has neither). Images are not written here: the trainer saves them as
+    PNG files under ``samples/``."""
 
-    Each row is written with one ``write`` of a complete line and flushed, so a kill can only tear the last line;
-    a torn or unparsable last line is dropped when the file is opened again. ``resume_step``: drop the rows past
-    the checkpoint the run resumes from (rewritten atomically), so the log of a resumed run equals an uninterrupted
-    run's.
-    """
+    name = "jsonl"
+    requires_logging_directory = True
+    main_process_only = False  # the Tracker is only made on the main process
 
-    def __init__(self, run_dir: str | Path, kind: str = "jsonl", *, config: dict | None = None,
-                 run_name: str | None = None, wandb_project: str = "psrl", resume_step: int | None = None):
+    def __init__(self, run_dir: str | Path, *, resume_step: int | None = None):
+        super().__init__()
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair_metrics(self.path, keep_through=resume_step)
         self._file = self.path.open("a")
-        self._tb = None
-        self._wandb = None
-        if kind == "tensorboard":
-            check_tracker(kind)
-            from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
-        elif kind == "wandb":
-            check_tracker(kind)
-            import wandb
+    @property
+    def tracker(self):
+        return self._file
 
-            self._wandb = wandb.init(project=wandb_project, name=run_name, config=config, dir=str(run_dir))
-
-    def log(self, metrics: dict, step: int) -> None:
-        record = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(record) + "\n")
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
         self._file.flush()
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-        if self._tb is not None:
-            for k, v in scalars.items():
-                self._tb.add_scalar(k, v, step)
-        if self._wandb is not None:
-            self._wandb.log(scalars, step=step)
 
-    def close(self) -> None:
+    def log_images(self, values: dict, step: int | None = None, **kwargs) -> None:
+        """Nothing: images are PNG files in the run directory already."""
+
+    def finish(self) -> None:
         self._file.close()
-        if self._tb is not None:
-            self._tb.close()
-        if self._wandb is not None:
-            self._wandb.finish()
 
+
+def _tensorboard(run_dir: Path, *, run_name: str | None, project: str) -> GeneralTracker:
+    from accelerate.tracking import TensorBoardTracker
+
+    return TensorBoardTracker("tensorboard", str(run_dir))  # events under <run_dir>/tensorboard/
+
+
+def _wandb(run_dir: Path, *, run_name: str | None, project: str) -> GeneralTracker:
+    from accelerate.tracking import WandBTracker
+
+    return WandBTracker(project, name=run_name, dir=str(run_dir))  # its first argument is the W&B project
+
+
+# name -> builder of an accelerate tracker (JSONL is always on and built by Tracker itself)
+TRACKERS = {"tensorboard": _tensorboard, "wandb": _wandb}
 
 _TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "psrl[tensorboard]"), "wandb": ("wandb", "psrl[wandb]")}
 
 
-def check_tracker(kind: str) -> None:
-    """Raise :class:`~psrl.config.ConfigError` (one line) when tracker ``kind`` needs a package that is not
+class Tracker:
+    """The run's trackers: :class:`JSONLTracker` always, and each other name of ``kind`` (``"tensorboard"``,
+    ``"wandb"``, or a list of names; ``"jsonl"`` alone adds nothing) as an accelerate tracker. Made on the main
+    process only.
+
+    ``config`` (the run config as plain data) is logged once as hyperparameters, flattened to dotted keys with the
+    psrl version added as ``psrl_version`` (lists and ``None`` as text, which TensorBoard's hparams need).
+
+    Raises:
+        ConfigError: a tracker whose package is not installed (:func:`check_tracker`, also run before the run
+            directory is made).
+    """
+
+    def __init__(self, run_dir: str | Path, kind: str | list[str] | tuple[str, ...] = "jsonl", *,
+                 config: dict | None = None, run_name: str | None = None, wandb_project: str = "psrl",
+                 resume_step: int | None = None):
+        names = tracker_names(kind)
+        check_tracker(names)
+        run_dir = Path(run_dir)
+        self.jsonl = JSONLTracker(run_dir, resume_step=resume_step)
+        self.path = self.jsonl.path
+        self.trackers: list[GeneralTracker] = []
+        if any(name in TRACKERS for name in names):
+            from accelerate import PartialState
+
+            PartialState()  # accelerate's trackers log through its logger, which needs the (shared) state
+        for name in names:
+            if name in TRACKERS:
+                t = TRACKERS[name](run_dir, run_name=run_name, project=wandb_project)
+                t.start()
+                t.store_init_configuration(hparams(config or {}))
+                self.trackers.append(t)
+
+    def log(self, metrics: dict, step: int) -> None:
+        """Append ``metrics`` (numbers, tensors, strings, lists) to ``metrics.jsonl``; mirror the finite scalars to
+        the other trackers."""
+        record = {k: _plain(v) for k, v in metrics.items()}
+        self.jsonl.log(record, step)
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for t in self.trackers:
+            t.log(scalars, step=step)
+
+    def log_images(self, name: str, images, step: int) -> None:
+        """Log a PIL image, a ``[3, H, W]`` / ``[B, 3, H, W]`` tensor in [0, 1], or a list of PIL images under
+        ``name`` (e.g. ``eval/samples``) to the trackers that show images (TensorBoard, W&B) at ``step``."""
+        pils = _to_pils(images)
+        if not pils or not self.trackers:
+            return
+        import numpy as np
+
+        for t in self.trackers:
+            if t.name == "tensorboard":
+                for i, pil in enumerate(pils):  # one add_images call per image: sizes may differ
+                    key = name if len(pils) == 1 else f"{name}/{i}"
+                    t.log_images({key: np.asarray(pil.convert("RGB"))[None]}, step=step, dataformats="NHWC")
+            elif hasattr(t, "log_images"):
+                t.log_images({name: pils}, step=step)
+
+    def close(self) -> None:
+        self.jsonl.finish()
+        for t in self.trackers:
+            t.finish()
+
+
+def tracker_names(kind: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``run.tracker`` as a list of names (a single string is a list of one)."""
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+def hparams(config: dict) -> dict:
+    """The run config flattened to ``{"train.lr": 0.03, ...}`` plus ``psrl_version``: values are numbers, bools or
+    strings (lists, mappings and ``None`` as JSON text), as TensorBoard's hparams and W&B's config accept."""
+    import importlib.metadata
+
+    flat: dict = {}
+
+    def walk(node, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        elif isinstance(node, (bool, int, float, str)):
+            flat[prefix] = node
+        else:
+            flat[prefix] = json.dumps(node)
+
+    walk(config, "")
+    try:
+        flat["psrl_version"] = importlib.metadata.version("psrl")
+    except importlib.metadata.PackageNotFoundError:
+        flat["psrl_version"] = "unknown"
+    return flat
+
+
+def _to_pils(images) -> list:
+    from psrl.images import tensor_to_pil
+
+    if isinstance(images, Tensor):
+        batch = images[None] if images.dim() == 3 else images
+        return [tensor_to_pil(im) for im in batch]
+    if isinstance(images, (list, tuple)):
+        return [tensor_to_pil(im) if isinstance(im, Tensor) else im for im in images]
+    return [images]
+
+
+def check_tracker(kind: str | list[str] | tuple[str, ...]) -> None:
+    """Raise :class:`~psrl.config.ConfigError` (one line) when a tracker of ``kind`` needs a package that is not
     installed; checked before a run folder is made."""
     import importlib.util
 
     from psrl.config import ConfigError
 
-    if kind in _TRACKER_PACKAGES:
-        module, extra = _TRACKER_PACKAGES[kind]
-        if importlib.util.find_spec(module) is None:
-            raise ConfigError(f"run.tracker={kind} needs the {module} package, which is not installed: "
-                              f"pip install '{extra}' (or run.tracker=jsonl)")
+    for name in tracker_names(kind):
+        if name in _TRACKER_PACKAGES:
+            module, extra = _TRACKER_PACKAGES[name]
+            if importlib.util.find_spec(module) is None:
+                raise ConfigError(f"run.tracker={name} needs the {module} package, which is not installed: "
+                                  f"pip install '{extra}' (or run.tracker=jsonl)")
 
 
 def repair_metrics(path: str | Path, *, keep_through: int | None = None) -> int:

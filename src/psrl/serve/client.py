@@ -39,6 +39,26 @@ class RemoteRewardError(PsrlError):
 
 
 class RemoteReward:
+    """A reward computed by a psrl reward server (``psrl serve rewards``); images travel as PNG.
+
+    Args:
+        device: unused (the server holds the model).
+        url: the server, ``http://host:port``.
+        reward: the served reward's name (required).
+        api_key: the key itself (prefer api_key_env or api_key_file: a key in a config can end up in a run
+            folder).
+        api_key_env: environment variable holding the key.
+        api_key_file: file holding the key.
+        timeout: seconds per request.
+        retries: retries of connection errors, timeouts, 429 and 5xx (a restarted server is picked up again).
+        backoff: first retry delay in seconds, doubled each attempt.
+        on_error: ``raise`` (an unreachable server stops the run) or ``nan`` (every sample NaN with the reason).
+
+    Score range: the served reward's.
+    NaN policy: the served reward's, per sample, with its reasons; with ``on_error: nan`` every sample of a batch
+        the server could not score.
+    """
+
     name = "remote"
 
     def __init__(self, device="cpu", *, url: str = "http://127.0.0.1:8765", reward: str | None = None,

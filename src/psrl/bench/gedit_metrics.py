@@ -1,0 +1,212 @@
+"""VIEScore for GEdit-Bench (rules and sources in :mod:`psrl.bench.gedit`): the prompts, the reply parser and the
+metric ``psrl bench eval`` builds by dotted path (``psrl.bench.gedit_metrics:VIEScoreMetric``).
+
+The prompt texts are TIGER-AI-Lab/VIEScore@a35f13f ``viescore/vie_prompts.py`` (``_context_no_delimit``,
+``_prompts_0shot_two_image_edit_rule``, ``_prompts_0shot_tie_rule_SC``, ``_prompts_0shot_rule_PQ``) joined with
+newlines as ``VIEScore(task="tie")`` joins them; tests/test_bench_gedit.py pins their SHA-256.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from psrl.rewards.base import RewardOutput
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+from psrl.rewards.isolation import Failed
+from psrl.rewards.vlm.transports import JudgeRequest
+from psrl.rewards.vlm_rewards import _judge
+
+_CONTEXT = "\n".join((
+    "You are a professional digital artist. You will have to evaluate the effectiveness of the AI-generated image(s) "
+    "based on given rules.",
+    "All the input images are AI-generated. All human in the images are AI-generated too. so you need not worry "
+    "about the privacy confidentials.",
+    "",
+    "You will have to give your output in this way (Keep your reasoning concise and short.):",
+    "{", '"score" : [...],', '"reasoning" : "..."', "}"))
+_TWO_IMAGE_EDIT_RULE = "\n".join((
+    "RULES:", "",
+    "Two images will be provided: The first being the original AI-generated image and the second being an edited "
+    "version of the first.",
+    "The objective is to evaluate how successfully the editing instruction has been executed in the second image.",
+    "",
+    "Note that sometimes the two images might look identical due to the failure of image edit.", ""))
+_TIE_RULE_SC = "\n".join((
+    "", "From scale 0 to 10: ",
+    "A score from 0 to 10 will be given based on the success of the editing. (0 indicates that the scene in the "
+    "edited image does not follow the editing instruction at all. 10 indicates that the scene in the edited image "
+    "follow the editing instruction text perfectly.)",
+    "A second score from 0 to 10 will rate the degree of overediting in the second image. (0 indicates that the "
+    "scene in the edited image is completely different from the original. 10 indicates that the edited image can "
+    "be recognized as a minimal edited yet effective version of original.)",
+    "Put the score in a list such that output score = [score1, score2], where 'score1' evaluates the editing "
+    "success and 'score2' evaluates the degree of overediting.",
+    "", "Editing instruction: <instruction>", ""))
+_RULE_PQ = "\n".join((
+    "RULES:", "", "The image is an AI-generated image.",
+    "The objective is to evaluate how successfully the image has been generated.", "",
+    "From scale 0 to 10: ", "A score from 0 to 10 will be given based on image naturalness. ", "(",
+    "    0 indicates that the scene in the image does not look natural at all or give a unnatural feeling such as "
+    "wrong sense of distance, or wrong shadow, or wrong lighting. ",
+    "    10 indicates that the image looks natural.", ")",
+    "A second score from 0 to 10 will rate the image artifacts. ", "(",
+    "    0 indicates that the image contains a large portion of distortion, or watermark, or scratches, or blurred "
+    "faces, or unusual body parts, or subjects not harmonized. ",
+    "    10 indicates the image has no artifacts.", ")",
+    "Put the score in a list such that output score = [naturalness, artifacts]", ""))
+SC_PROMPT = "\n".join((_CONTEXT, _TWO_IMAGE_EDIT_RULE, _TIE_RULE_SC))  # "<instruction>" is replaced per sample
+PQ_PROMPT = "\n".join((_CONTEXT, _RULE_PQ))
+DELIMITER = "||V^=^V||"
+OUTPUTS = ("semantic_consistency", "perceptual_quality", "overall")
+
+
+def parse_viescore(text: str | None) -> list[float] | None:
+    """The ``score`` list of a VIEScore reply, each in [0, 10]; ``None`` when there is none.
+
+    Looked for as upstream does (``viescore/utils.py`` ``mllm_output_to_dict``): the JSON between two
+    ``||V^=^V||`` delimiters, else from the first ``{`` to the last ``}``, else a bare ``[a, b]`` list or a bare
+    integer; a scalar ``score`` counts as a one-element list. Upstream's last resorts (a regex that rewrites
+    broken JSON, then a random score) are not reproduced: such a reply is unscorable. Pure function."""
+    text = (text or "").strip()
+    if text.count(DELIMITER) == 2:
+        body = text[text.find(DELIMITER) + len(DELIMITER):text.rfind(DELIMITER)]
+    elif "{" in text and "}" in text[text.find("{"):]:
+        body = text[text.find("{"):text.rfind("}") + 1]
+    elif re.fullmatch(r"\[\s*\d+\s*(,\s*\d+\s*)*\]", text):
+        body = json.dumps({"score": json.loads(text)})
+    elif re.fullmatch(r"\d+", text):
+        body = json.dumps({"score": [int(text)]})
+    else:
+        return None
+    try:
+        data = json.loads(body.replace("\n", ""))
+    except json.JSONDecodeError:
+        try:  # single quotes or a trailing comma, as Python literals allow
+            data = ast.literal_eval(body.replace("\n", ""))
+        except (ValueError, SyntaxError):
+            return None
+    score = data.get("score") if isinstance(data, dict) else None
+    score = score if isinstance(score, list) else [score]
+    if not score or not all(isinstance(s, (int, float)) and not isinstance(s, bool) and 0 <= s <= 10 for s in score):
+        return None
+    return [float(s) for s in score]
+
+
+def viescore_overall(sc: float, pq: float) -> float:
+    """O = sqrt(SC * PQ) (VIEScore's overall, GEdit-Bench's ``calculate_statistics.py``)."""
+    return math.sqrt(sc * pq)
+
+
+def _digest(image) -> str:
+    return hashlib.md5(image.tobytes() + repr(image.size).encode()).hexdigest()
+
+
+class VIEScoreMetric:
+    """One of SC / PQ / O (``output``) of an edited image against the record's instruction and source image (its
+    first subject). Replies are cached per (judge, request) in a bounded FIFO shared by the three outputs, so SC,
+    PQ and O of a sample cost two judge requests. Scores in [0, 10]; ``details``: both score lists and replies,
+    and the entry's ``Intersection_exist`` (read by :func:`psrl.bench.gedit.intersection_summary`)."""
+
+    name = "viescore"
+    _cache: OrderedDict = OrderedDict()
+    _lock = threading.Lock()
+    max_cached = 4096
+
+    def __init__(self, device="cpu", *, output: str = "overall", max_new_tokens: int = 512,
+                 temperature: float | None = None, **judge_kwargs):
+        if output not in OUTPUTS:
+            raise ValueError(f"viescore: output must be one of {list(OUTPUTS)}, got {output!r}")
+        self.output, self.max_new_tokens, self.temperature = output, max_new_tokens, temperature
+        self.judge = _judge(device, judge_kwargs)
+        self.judge_key = json.dumps([judge_kwargs, max_new_tokens, temperature], sort_keys=True, default=str)
+        self.refs = ReferenceImages()  # the loader resolved each record's source image under --data-root
+
+    def _source(self, record):
+        if not record.subjects or not record.subjects[0].image:
+            raise ReferenceImageError("the record has no source image (its first subject)")
+        path = record.subjects[0].image
+        if Path(path).is_absolute():  # records resolved by their loader
+            from psrl.images import ImageLoadError, load_image
+
+            try:
+                return load_image(path)
+            except ImageLoadError as e:
+                raise ReferenceImageError(f"source image {e}") from e
+        return self.refs.load(path)
+
+    def _replies(self, requests: list[tuple[str, JudgeRequest]]) -> list:
+        """Reply text (or :class:`Failed`) per ``(cache key, request)``; only uncached requests reach the judge,
+        and failures are not cached (a later run retries them)."""
+        with self._lock:
+            got = {k: self._cache[k] for k, _ in requests if k in self._cache}
+        todo = [(k, r) for k, r in requests if k not in got]
+        if todo:
+            answers = self.judge.transport.generate([r for _, r in todo], self.max_new_tokens, self.temperature)
+            with self._lock:
+                for (k, _), a in zip(todo, answers):
+                    got[k] = a
+                    if not isinstance(a, Failed):
+                        self._cache[k] = a
+                        while len(self._cache) > self.max_cached:
+                            self._cache.popitem(last=False)
+        return [got[k] for k, _ in requests]
+
+    def __call__(self, images, records: Sequence) -> RewardOutput:
+        pils, failures = to_pil_images(images)
+        n = len(records)
+        pending = {}
+        requests: list[tuple[str, JudgeRequest]] = []
+        for b, record in enumerate(records):
+            if failures[b]:
+                continue
+            try:
+                src = self._source(record)
+            except ReferenceImageError as e:
+                failures[b] = str(e)
+                continue
+            edited = pils[b].resize(src.size)
+            sc_text = SC_PROMPT.replace("<instruction>", record.prompt)
+            base = (self.judge_key, _digest(edited))
+            sc_key = json.dumps([*base, _digest(src), sc_text])
+            pq_key = json.dumps([*base, PQ_PROMPT])
+            pending[b] = (len(requests), len(requests) + 1)
+            requests += [(sc_key, JudgeRequest([src, edited], sc_text)), (pq_key, JudgeRequest([edited], PQ_PROMPT))]
+        replies = self._replies(requests)
+        scores = torch.full((n,), float("nan"))
+        nan_list: list = [None] * n
+        details = {"sc_scores": list(nan_list), "pq_scores": list(nan_list), "sc_reply": list(nan_list),
+                   "pq_reply": list(nan_list), "intersection": [r.tags.get("intersection") for r in records]}
+        for b, (i_sc, i_pq) in pending.items():
+            parsed = {}
+            for which, i in (("sc", i_sc), ("pq", i_pq)):
+                reply = replies[i]
+                if isinstance(reply, Failed):
+                    failures[b] = failures[b] or f"{which.upper()} judge request failed: {reply.reason}"
+                    continue
+                details[f"{which}_reply"][b] = reply
+                parsed[which] = parse_viescore(reply)
+                details[f"{which}_scores"][b] = parsed[which]
+                if parsed[which] is None:
+                    failures[b] = failures[b] or f"{which.upper()} reply has no parsable score list: {reply[:200]!r}"
+            if failures[b]:
+                continue
+            sc, pq = min(parsed["sc"]), min(parsed["pq"])
+            scores[b] = {"semantic_consistency": sc, "perceptual_quality": pq,
+                         "overall": viescore_overall(sc, pq)}[self.output]
+        # a failure of the half this output does not use leaves the output scorable
+        for b in pending:
+            if failures[b] and self.output != "overall":
+                which = "sc" if self.output == "semantic_consistency" else "pq"
+                if details[f"{which}_scores"][b] is not None:
+                    scores[b] = min(details[f"{which}_scores"][b])
+                    failures[b] = None
+        return RewardOutput(scores=scores, failures=failures, details=details)
