@@ -3,6 +3,7 @@ fake Hub (tests/hub_fake.py) with ``snapshot_download(allow_patterns=...)``, rea
 clear line when offline and never fetched."""
 import io
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -34,7 +35,7 @@ def test_training_data_root_from_the_hub_then_offline(fake_hub, tmp_path, monkey
                  "run.name=hub", "train.max_steps=1", "train.groups_per_step=1", "train.group_size=2",
                  "train.sample_batch_size=2", "train.train_batch_size=2", "sampling.num_steps=2"]
     trainer = GRPOTrainer(load_run_config(None, overrides))
-    root = trainer.data_root
+    root = Path(trainer.records[0].root)  # the records were resolved under the fetched folder
     assert (root / "dog.png").read_bytes() == _png((200, 10, 10)) and not (root / "dog.png").is_symlink()
     assert not (root.parent / "README.md").exists()  # only the folder asked for
     assert fake_hub.repos[("dataset", "org/refs")].commits[-1][0] in str(root)  # pinned: one folder per commit
@@ -42,7 +43,7 @@ def test_training_data_root_from_the_hub_then_offline(fake_hub, tmp_path, monkey
     go_offline(monkeypatch)
     seen = len(fake_hub.requests)
     again = GRPOTrainer(load_run_config(None, [*overrides, "run.name=hub2"]))
-    assert again.data_root == root and len(fake_hub.requests) == seen  # from the cache, no request
+    assert Path(again.records[0].root) == root and len(fake_hub.requests) == seen  # from the cache, no request
     with pytest.raises(ConfigError, match=r"^data.data_root: hf://org/other/imgs: .*offline") as e:
         GRPOTrainer(load_run_config(None, [*overrides, "data.data_root=hf://org/other/imgs", "run.name=hub3"]))
     assert "\n" not in str(e.value) and not (tmp_path / "runs" / "hub3").exists()
