@@ -138,6 +138,7 @@ def _load(data_root, subsets, language: str):
                                                                             f"GEdit-Bench task group"))
         elif entry.get("instruction_language") == language:
             raw[group].append(entry)
+    # alike on purpose: t2is.load ends the same way (keep the asked subsets, parse each entry), over its own groups
     for group in GEDIT_GROUPS:
         if raw[group] and (not subsets or group in subsets):
             out.raw[group] = raw[group]

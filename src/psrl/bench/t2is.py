@@ -181,6 +181,7 @@ def load(data_root, subsets=None, **_):
                                               f"is not one of {sorted(CATEGORY_SLUGS)}"))
             continue
         raw[slug].append(entry)
+    # alike on purpose: gedit._load ends the same way (keep the asked subsets, parse each entry), over its own groups
     for subset in T2IS_SUBSETS:
         if raw[subset] and (not subsets or subset in subsets):
             out.raw[subset] = raw[subset]

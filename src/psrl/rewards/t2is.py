@@ -70,6 +70,11 @@ class T2ISConsistencyReward:
         **judge_kwargs: the judge options of :mod:`psrl.rewards.vlm_rewards` (``path``, ``adapter_path``,
             ``endpoint``/``url``, ``model``, ...).
 
+    Score range: [0, 1], a mean of P(Yes).
+    NaN policy: an unusable image, a prompt that is not a grid prompt, cells under the minimum side, a grid of one
+        cell, or a pair whose judge call failed or whose P(Yes) is undetermined, for that sample (module
+        docstring).
+
     Raises:
         ValueError, TypeError: a bad template, cache size or judge option (at construction).
     """
@@ -118,6 +123,10 @@ class T2ISClipTReward(_ClipRewardBase):
         path: a transformers CLIP checkpoint (hub id or folder) or ``tiny``.
         dtype: model dtype (default: bf16 on CUDA, fp32 on CPU).
         batch_size: cells per forward pass.
+
+    Score range: [-1, 1], a mean of cosines (about 0.2-0.4 for a matching cell).
+    NaN policy: an unusable image, a prompt that is not a grid prompt, cells under the minimum side, a sub-prompt
+        count that is not the cell count, or a CLIP failure on a cell, for that sample (module docstring).
 
     Raises:
         ModelLoadError: the checkpoint cannot be loaded.

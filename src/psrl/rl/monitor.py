@@ -46,6 +46,7 @@ _DEFAULT_DRIFT = {"dark_fraction": 0.3, "bright_fraction": 0.3, "saturation": 0.
                   "edge_density": 0.3}
 
 
+# alike on purpose: a typed field list, the shape of every config section
 @dataclass
 class MonitorConfig:
     """The reward-hacking monitor (psrl.rl.monitor): named alarms on the eval metrics and the step metrics, and the

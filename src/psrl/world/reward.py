@@ -128,8 +128,17 @@ def palette_fidelity(arr: np.ndarray) -> float:
 
 
 class PocketSubjectsReward:
-    """The pocket world's reward; see the module docstring. ``score``: ``identity`` (default), ``identity_dense``,
-    ``semantic``, ``fidelity`` or ``mean`` (identity, semantic, fidelity). Raises ``ValueError`` for another."""
+    """The pocket world's reward; see the module docstring.
+
+    Args:
+        device: accepted for the reward signature; the reward runs on the CPU (no model).
+        score: ``identity`` (default), ``identity_dense``, ``semantic``, ``fidelity`` or ``mean`` (identity,
+            semantic, fidelity); another value raises ``ValueError``.
+
+    Score range: [0, 1] for every ``score``.
+    NaN policy: an unusable image; a record without subjects or with a subject phrase that is not a pocket-world
+        subject; ``semantic``: an instruction with no constraint the world can check. The reason is in failures.
+    """
 
     name = "pocket_subjects"
 

@@ -11,6 +11,7 @@ from functools import lru_cache
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "diamond", "star", "cross")
 # saturated sRGB colours, at least 70 apart (Euclidean, 0-255 units) so nearest-colour classification is unambiguous
+# alike on purpose: COLOURS and BACKGROUNDS are both name -> sRGB tables
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (225, 35, 35),
     "orange": (245, 135, 15),
