@@ -64,7 +64,9 @@ class ModelConfig:
         gradient_checkpointing: recompute activations in the backward pass to save memory.
         max_sequence_length: T5/text-encoder token budget.
         offload_frozen: move text encoders and VAE off the accelerator after use (saves memory on big models).
-        lora: the adapter.
+        lora: the adapter; ``null`` for none. A training run (``psrl train`` / ``psrl sft``) with ``lora: null``
+            trains every weight of the denoiser (full-parameter fine-tuning; float32 weights, and GRPO needs
+            ``train.beta: 0`` since there is no frozen reference); ``psrl generate`` / ``bench`` use the base as is.
         args: policy-specific options (reference resizing, position-id scheme, ...), validated by the policy.
     """
 
@@ -77,7 +79,7 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     max_sequence_length: int = 512
     offload_frozen: bool = False
-    lora: LoraConfig = field(default_factory=LoraConfig)
+    lora: LoraConfig | None = field(default_factory=LoraConfig)
     args: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -293,7 +293,8 @@ class FlowPolicyBase:
             self.transformer.to(self.dtype)
         self.transformer.to(self.device)
         self.transformer.eval()
-        prepare_lora(self.transformer, cfg.lora, prefix=self.lora_prefix)
+        if cfg.lora is not None:  # null: no adapter (a training run then trains the full denoiser)
+            prepare_lora(self.transformer, cfg.lora, prefix=self.lora_prefix)
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
         for m in frozen:
