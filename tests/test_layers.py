@@ -13,6 +13,7 @@ The layers, lowest first, as the code stands (a package may import its own modul
 4. ``rewards``: rewards use the models' tiny builders and Qwen processors, models never use rewards;
 5. ``rl``: the trainers;
 6. ``bench``, ``datagen``, ``serve``: applications of the layers below, independent of each other;
+6b. ``reward_model`` (on datagen) and ``world`` (the pocket world, on bench, rewards and rl), independent;
 7. ``cli``: the commands;
 8. ``__main__``: ``python -m psrl``.
 """
@@ -37,7 +38,7 @@ LAYERS: list[set[str]] = [
     {"rewards"},
     {"rl"},
     {"bench", "datagen", "serve", "push"},
-    {"reward_model"},  # builds on datagen's resumable stages
+    {"reward_model", "world"},  # reward_model builds on datagen's resumable stages; world on bench, rewards, rl
     {"cli"},
     {"__main__"},
 ]
