@@ -24,6 +24,7 @@ SCRIPTS = {
                           "peak RSS added"),
     "time_to_reward.py": (["--seeds", "1", "--max-steps", "1", "--variants", "ppo,nft", "--eval-repeats", "1"],
                           "ratio to ppo"),
+    "world_throughput.py": (["--scenes", "7"], "ratio to PNG"),
 }
 
 

@@ -14,9 +14,11 @@ from psrl.sharding import Shard
 from psrl.bench.summary import dimension_outcomes, summarize
 from psrl.bench.tasks import (
     DREAMBENCH_DIMENSIONS,
+    POCKET_DIMENSIONS,
     PSRBENCH_DIMENSIONS,
     DimensionSpec,
     dreambench_metrics,
+    pocket_metrics,
     psrbench_metrics,
 )
 from psrl.errors import PsrlError
@@ -28,10 +30,10 @@ def default_metrics(benchmark: str, *, compat: bool = False, judge_endpoint: str
                     tiny: bool = False) -> dict[str, DimensionSpec]:
     if benchmark == "psrbench":
         return psrbench_metrics(compat=compat, judge_endpoint=judge_endpoint, tiny=tiny)
-    if benchmark == "dreambench":
+    if benchmark in ("dreambench", "pocket"):
         if compat or judge_endpoint:
             raise PsrlError("--psrbench-compat and --judge-endpoint apply to PSRBench only")
-        return dreambench_metrics(tiny=tiny)
+        return dreambench_metrics(tiny=tiny) if benchmark == "dreambench" else pocket_metrics()
     raise PsrlError(f"unknown benchmark {benchmark!r}")
 
 
@@ -88,7 +90,7 @@ def report_from_dir(eval_dir: str | Path, *, data_root: str | Path | None = None
     if not rows:
         raise PsrlError(f"{eval_dir} holds no scored samples")
     benchmark = cfg["config"]["benchmark"]
-    known = [*PSRBENCH_DIMENSIONS, *DREAMBENCH_DIMENSIONS]
+    known = list(dict.fromkeys([*PSRBENCH_DIMENSIONS, *DREAMBENCH_DIMENSIONS, *POCKET_DIMENSIONS]))
     dims = sorted(cfg["config"]["metrics"], key=lambda d: (known.index(d) if d in known else len(known), d))
     provenance = {"config_hash": config_hash(cfg["config"]), "config": cfg["config"], "versions": package_versions(),
                   "results": str(results_dir) if results_dir else None,

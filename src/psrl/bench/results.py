@@ -23,7 +23,7 @@ from psrl.bench.tasks import DREAMBENCH_SUBSETS, PSRBENCH_SUBSET_NAMES
 from psrl.errors import PsrlError
 
 MANIFEST = "bench.json"
-BENCHMARKS = {"psrbench": PSRBENCH_SUBSET_NAMES, "dreambench": DREAMBENCH_SUBSETS}
+BENCHMARKS = {"psrbench": PSRBENCH_SUBSET_NAMES, "dreambench": DREAMBENCH_SUBSETS, "pocket": PSRBENCH_SUBSET_NAMES}
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 

@@ -33,6 +33,8 @@ SUBSETS_BY_NAME: dict[str, Subset] = {s.name: s for s in PSRBENCH_SUBSETS}
 PSRBENCH_DIMENSIONS: tuple[str, ...] = ("subject_consistency", "semantic_alignment", "aesthetics")
 DREAMBENCH_DIMENSIONS: tuple[str, ...] = ("dino", "clip_i", "clip_t")
 DREAMBENCH_SUBSETS: tuple[str, ...] = ("object", "live")
+# PocketBench (psrl world make): PSRBench's subsets and format on the pocket world's held-out subjects
+POCKET_DIMENSIONS: tuple[str, ...] = ("subject_consistency", "semantic_alignment", "fidelity")
 
 # Short labels used in tables and radar charts.
 DIMENSION_LABELS = {
@@ -42,6 +44,7 @@ DIMENSION_LABELS = {
     "dino": "DINO",
     "clip_i": "CLIP-I",
     "clip_t": "CLIP-T",
+    "fidelity": "Fidelity",
 }
 
 
@@ -118,6 +121,15 @@ def dreambench_metrics(*, tiny: bool = False) -> dict[str, DimensionSpec]:
         "clip_i": DimensionSpec(MetricSpec("clip_i", dict(args))),
         "clip_t": DimensionSpec(MetricSpec("clip_t", dict(args))),
     }
+
+
+def pocket_metrics() -> dict[str, DimensionSpec]:
+    """PocketBench: the three parts of the ``pocket_subjects`` reward (:mod:`psrl.world.reward`), read from the
+    world's known rendering. Subject consistency: identity (shape, colour, texture of each subject, one-to-one
+    assignment); semantic alignment: the instruction's constraints (relation, size, action, background, order);
+    fidelity, in place of aesthetics: the share of pixels the world's palette explains."""
+    return {dim: DimensionSpec(MetricSpec("pocket_subjects", {"score": score}))
+            for dim, score in zip(POCKET_DIMENSIONS, ("identity", "semantic", "fidelity"))}
 
 
 def parse_metrics(data: dict, *, where: str = "metrics") -> dict[str, DimensionSpec]:

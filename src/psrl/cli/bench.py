@@ -19,6 +19,7 @@ EXAMPLES = """examples:
       --set aesthetics.default.args.path=/models/HPSv3.safetensors
   psrl bench compare runs/bench/psr/eval runs/bench/base/eval --published --out runs/bench/compare
   accelerate launch -m psrl bench eval --results runs/bench/psr
+  psrl bench eval --results data/pocket/pocketbench_truth      # PocketBench (psrl world make): ground truth
 """
 
 
@@ -121,7 +122,8 @@ def _ref_index(text: str):
 
 
 def _benchmark_args(p, default: str | None = "psrbench") -> None:
-    p.add_argument("--benchmark", choices=["psrbench", "dreambench"], default=default)
+    p.add_argument("--benchmark", choices=["psrbench", "dreambench", "pocket"], default=default,
+                   help="pocket: PocketBench (psrl world make), PSRBench's format scored by pocket_subjects")
     p.add_argument("--subsets", nargs="+", help="PSRBench subsets (default all seven) or DreamBench subjects")
 
 

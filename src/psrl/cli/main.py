@@ -21,6 +21,7 @@ COMMANDS = {
     "reward-model": "psrl.cli.reward_model",
     "bench": "psrl.cli.bench",
     "data": "psrl.cli.data",
+    "world": "psrl.cli.world",
     "lora": "psrl.cli.lora",
     "push": "psrl.cli.push",
     "serve": "psrl.cli.serve",

@@ -49,10 +49,11 @@ def inside_shape(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     if shape == "circle":
         return u * u + v * v <= CIRCLE_RADIUS ** 2
     y0, y1, x0, slope = _edges(shape)
-    # the crossing test of every point against every edge at once: [..., E] booleans, parity over edges
-    vv, uu = v[..., None], u[..., None]
-    crosses = (vv >= y0) & (vv < y1) & (uu < x0 + (vv - y0) * slope)
-    return np.logical_xor.reduce(crosses, axis=-1)
+    # where each edge crosses the point's row depends on v alone (cheap when v is a column [H, 1]); then one
+    # comparison per point and edge, and the parity of the crossings to the point's right
+    vv = np.asarray(v, dtype=np.float64)[..., None]
+    x_at = np.where((vv >= y0) & (vv < y1), x0 + (vv - y0) * slope, -np.inf)
+    return np.logical_xor.reduce(np.asarray(u)[..., None] < x_at, axis=-1)
 
 
 @lru_cache(maxsize=None)
@@ -86,11 +87,11 @@ def _subpixel_offsets(ss: int) -> np.ndarray:
     return (np.arange(ss) + 0.5) / ss
 
 
-def _coverage(cx: float, cy: float, r: float, size: int, *masks) -> tuple[list[np.ndarray], tuple[int, int]]:
-    """For each ``mask(u, v)`` (subject-frame points -> bool), the fraction of each pixel of the square around
-    ``(cx, cy, r)`` (pixels) where it holds, and the square's top-left pixel; the square is clipped to the image.
-    A later mask is evaluated only where the earlier ones hold (``mask(u, v, prev)``), so a texture costs no
-    second shape test."""
+def coverage(cx: float, cy: float, r: float, size: int, *masks) -> tuple[list[np.ndarray], tuple[int, int]]:
+    """The fraction of each pixel of the square around ``(cx, cy, r)`` (pixels; clipped to the ``size`` image)
+    where ``masks[0](u, v)`` holds, where ``masks[0]`` and ``masks[1]`` both hold, and so on (subject-frame
+    points -> bool; a texture is thus painted only on its body), sampled at ``SS x SS`` points per pixel; and the
+    square's top-left pixel."""
     x0, y0 = max(int(math.floor(cx - r)) - 1, 0), max(int(math.floor(cy - r)) - 1, 0)
     x1, y1 = min(int(math.ceil(cx + r)) + 1, size), min(int(math.ceil(cy + r)) + 1, size)
     if x1 <= x0 or y1 <= y0:
@@ -121,7 +122,7 @@ def draw_subject(canvas: np.ndarray, subject: Subject, cx: float, cy: float, r: 
     masks = [lambda u, v: inside_shape(subject.shape, u, v)]
     if subject.texture != "solid":
         masks.append(lambda u, v: texture_mask(subject.texture, u, v))
-    covs, at = _coverage(cx, cy, r, canvas.shape[0], *masks)
+    covs, at = coverage(cx, cy, r, canvas.shape[0], *masks)
     if not covs:
         return None
     body = covs[0]
@@ -136,7 +137,7 @@ def draw_subject(canvas: np.ndarray, subject: Subject, cx: float, cy: float, r: 
 
 def draw_shadow(canvas: np.ndarray, cx: float, cy: float, r: float) -> None:
     """The flat ellipse a jumping subject of radius ``r`` casts, centred ``1.45 r`` below its centre (pixels)."""
-    covs, at = _coverage(cx, cy + 1.45 * r, r, canvas.shape[0], lambda u, v: (u / 0.75) ** 2 + (v / 0.2) ** 2 <= 1.0)
+    covs, at = coverage(cx, cy + 1.45 * r, r, canvas.shape[0], lambda u, v: (u / 0.75) ** 2 + (v / 0.2) ** 2 <= 1.0)
     if covs:
         _paint(canvas, covs[0], at, SHADOW_RGB)
 
