@@ -69,9 +69,10 @@ def test_pocket_pipeline_loads_through_from_pretrained_like_diffusers(tmp_path):
     b = in_memory.generate(records, sampling, torch.Generator().manual_seed(0))
     assert a.shape == (1, 3, 64, 64) and (a - b).abs().max() < 1e-5
 
-    pipe = FluxKontextPipeline.from_pretrained(tmp_path / "fp16", torch_dtype=torch.float32)
+    pipe = FluxKontextPipeline.from_pretrained(tmp_path / "fp16", dtype=torch.float32)
     out = pipe(image=Image.open(tmp_path / "a.png"), prompt="a red star", height=64, width=64, num_inference_steps=2,
-               guidance_scale=1.0, max_sequence_length=16, output_type="np", _auto_resize=False).images
+               guidance_scale=1.0, max_sequence_length=16, output_type="np", _auto_resize=False,
+               max_area=64 * 64).images
     assert out.shape == (1, 64, 64, 3) and torch.isfinite(torch.as_tensor(out)).all()
 
 
@@ -79,10 +80,11 @@ def test_pocket_pipeline_loads_through_from_pretrained_like_diffusers(tmp_path):
 def test_pretrain_runs_both_stages_and_writes_a_loadable_card_folder(tmp_path):
     from psrl.models.config import ModelConfig
     from psrl.models.flux_kontext import FluxKontextPolicy
+    from psrl.world.export import WorldSpec, make_world
     from psrl.world.pretrain import PretrainConfig, pretrain
-    from psrl.world.pretrain_data import render_training_records
 
-    records = render_training_records(tmp_path / "data", 12, seed=0)
+    make_world(tmp_path / "data", WorldSpec(num=12, eval_num=0, bench_per_subset=1))
+    records = tmp_path / "data" / "train.jsonl"
     cfg = PretrainConfig(vae_steps=2, vae_batch=2, sft_steps=2, sft_batch=2, warmup=1, holdout=0.2,
                          max_sequence_length=16)
     stats = pretrain(tmp_path / "out", records, cfg)
@@ -98,7 +100,7 @@ def test_pretrain_runs_both_stages_and_writes_a_loadable_card_folder(tmp_path):
 
     ema = FluxTransformer2DModel.from_pretrained(
         out / ".work" / "runs" / "transformer" / "checkpoints" / "step-2" / "transformer_ema")
-    shipped = FluxTransformer2DModel.from_pretrained(out / "transformer", torch_dtype=torch.float32)
+    shipped = FluxTransformer2DModel.from_pretrained(out / "transformer", dtype=torch.float32)
     for (name, p), q in zip(ema.named_parameters(), shipped.parameters()):
         assert torch.allclose(p.half().float(), q), name
     policy = FluxKontextPolicy.from_config(ModelConfig(

@@ -1,6 +1,7 @@
-"""Records for the pocket generator: the pretraining scenes and the small packaged set the embedded demo trains on.
+"""The small packaged record set the embedded demo (``psrl train`` without a config) trains on; the pretraining
+scenes come from ``psrl world make`` (:mod:`psrl.world.export`).
 
-Both are rendered by :mod:`psrl.world.render` from :mod:`psrl.world.scenes`; every record lists its subjects'
+Rendered by :mod:`psrl.world.render` from :mod:`psrl.world.scenes`; every record lists its subjects'
 references in instruction order (``category1..N`` of PSRBench), one 32x32 reference per subject shared by all the
 records that show it.
 """
@@ -44,22 +45,6 @@ def _scene_records(out: Path, subjects, n: int, seed: int, subsets: Sequence[str
     return records
 
 
-def render_training_records(out: str | Path, n: int, seed: int = 0, size: int = 64, reference_size: int = 32,
-                            subsets: Sequence[str] | None = None) -> Path:
-    """Render ``n`` scenes of the training subjects (:func:`psrl.world.subjects.split_subjects`), the subsets
-    cycled in turn, as records with a target: ``out/scenes/*.png``, ``out/references/<id>.png`` and
-    ``out/train.jsonl`` (returned). Deterministic in ``seed``."""
-    from psrl.world.scenes import SUBSETS
-    from psrl.world.subjects import split_subjects
-
-    out = Path(out)
-    train_subjects, _ = split_subjects()
-    records = _scene_records(out, train_subjects, n, seed, list(subsets or SUBSETS), "pretrain-", size,
-                             reference_size, with_targets=True)
-    write_records(records, out / "train.jsonl")
-    return out / "train.jsonl"
-
-
 def write_demo_records(out: str | Path, n_train: int = 16, n_eval: int = 4, seed: int = 0) -> tuple[Path, Path]:
     """The embedded demo's prompts: ``n_train`` two-subject records of training subjects (``train.jsonl``) and
     ``n_eval`` of held-out subjects (``eval.jsonl``), subsets from :data:`DEMO_SUBSETS`, references in
@@ -75,4 +60,4 @@ def write_demo_records(out: str | Path, n_train: int = 16, n_eval: int = 4, seed
     return out / "train.jsonl", out / "eval.jsonl"
 
 
-__all__ = ["DEMO_SUBSETS", "render_training_records", "write_demo_records"]
+__all__ = ["DEMO_SUBSETS", "write_demo_records"]
