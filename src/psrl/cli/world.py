@@ -69,6 +69,8 @@ def add_pretrain(ws) -> None:
     for name, help_ in (("vae_steps", "VAE steps"), ("vae_batch", "VAE batch"), ("vae_minutes", "VAE wall-clock cap"),
                         ("sft_steps", "transformer steps"), ("sft_batch", "transformer batch"),
                         ("sft_minutes", "transformer wall-clock cap"), ("sft_lr", "transformer AdamW lr"),
+                        ("warmup", "transformer warm-up steps"), ("ema_decay", "transformer EMA decay"),
+                        ("max_sequence_length", "T5 tokens of the instruction"),
                         ("reference_size", "reference long side in px"), ("seed", "seed")):
         default = getattr(d, name)
         m.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default,
@@ -85,8 +87,8 @@ def cmd_pretrain(args) -> int:
 
     try:
         cfg = PretrainConfig(**{k: getattr(args, k) for k in (
-            "vae_steps", "vae_batch", "vae_minutes", "sft_steps", "sft_batch", "sft_minutes", "sft_lr",
-            "reference_size", "seed")})
+            "vae_steps", "vae_batch", "vae_minutes", "sft_steps", "sft_batch", "sft_minutes", "sft_lr", "warmup",
+            "ema_decay", "max_sequence_length", "reference_size", "seed")})
     except ValueError as e:
         raise ConfigError(f"world pretrain: {e}") from None
     records = args.records

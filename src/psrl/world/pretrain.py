@@ -346,7 +346,7 @@ def model_card(stats: dict) -> str:
         "A `FluxKontextPipeline` folder (diffusers classes throughout) trained from scratch on a CPU by "
         "`psrl world pretrain`, so that every stage of psrl (SFT, GRPO, rewards, benchmarks) runs for real in "
         "minutes. It draws 64x64 scenes of the world's subjects from 1-4 reference images and an instruction. "
-        "It is a toy: colours and layout come through, fine shape and texture identity mostly do not.", "",
+        "It is a toy; what it does and does not draw is measured below or in `pretrain.json`.", "",
         "## Architecture", "",
         "- transformer: `FluxTransformer2DModel` (2 double + 4 single blocks, 4 heads x 32, 64 input channels = "
         "16 latent channels packed 2x2, no guidance embedding), 2.31M weights;",
@@ -356,11 +356,13 @@ def model_card(stats: dict) -> str:
         "initialisation; scheduler: `FlowMatchEulerDiscreteScheduler` without shift.",
         "- weights stored in fp16 safetensors; load in float32 for training.", "",
         "## How it was made", "",
-        f"1. VAE: {c['vae_steps']} steps of batch {c['vae_batch']} on the records' targets and references, "
+        f"1. VAE: {stats.get('vae_steps_run', c['vae_steps'])} steps of batch {c['vae_batch']} ({c['vae_crop']} px "
+        "crops) on the records' targets and references, "
         f"MSE + {c['kl_weight']:g} x KL, AdamW lr {c['vae_lr']:g}: held-out PSNR "
         f"{num('vae_psnr_before', '{:.1f}')} -> {num('vae_psnr', '{:.1f}')} dB "
         f"({num('vae_seconds', '{:.0f}')} s).",
-        f"2. transformer: `psrl sft` with `model.lora: null` (full parameters), {c['sft_steps']} steps of batch "
+        f"2. transformer: `psrl sft` with `model.lora: null` (full parameters), "
+        f"{stats.get('sft_steps_run', c['sft_steps'])} steps of batch "
         f"{c['sft_batch']}, AdamW lr {c['sft_lr']:g} with {c['warmup']} warm-up steps, logit-normal noise levels, "
         f"EMA {c['ema_decay']} (the EMA weights are shipped), references resized to {c['reference_size']} px: "
         f"loss {num('sft_loss_first')} -> {num('sft_loss_last')}, held-out fixed-noise loss "
@@ -371,7 +373,9 @@ def model_card(stats: dict) -> str:
         "(see `psrl world pretrain --help`).", "",
         "## Use", "",
         "```yaml", "model:", "  name: flux_kontext", "  path: <this folder>   # or psrl's packaged copy",
-        "  max_sequence_length: 24", "  args: {reference_long_side_single: 32, reference_long_side_multi: 32}",
+        f"  max_sequence_length: {c['max_sequence_length']}",
+        f"  args: {{reference_long_side_single: {c['reference_size']}, "
+        f"reference_long_side_multi: {c['reference_size']}}}",
         "sampling: {height: 64, width: 64, guidance_scale: 1.0}", "```", "",
     ])
 
