@@ -2,10 +2,13 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from psrl.rl.tracking import read_metrics
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
 
 pytestmark = pytest.mark.e2e
 
@@ -17,12 +20,12 @@ def _psrl(*args, cwd):
 
 
 def test_train_default_then_generate_with_its_lora(tmp_path):
-    out = _psrl("train", "--set", f"run.output_dir={tmp_path}", "--set", "train.max_steps=4", "--set",
-                "eval.every=2", cwd=tmp_path)
+    out = _psrl("train", "--config", TINY, "--set", f"run.output_dir={tmp_path}", "--set", "train.max_steps=4",
+                "--set", "eval.every=2", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     run_dir = tmp_path / "tiny_flux"
     assert f"run directory: {run_dir}" in out.stdout
-    assert "reward curve:" in out.stdout and "approx_kl" in out.stdout
+    assert "reward curve (axis " in out.stdout and "approx_kl" in out.stdout
     assert "images per step" in out.stderr  # derived sizes logged at start-up
     metrics = read_metrics(run_dir / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
@@ -47,6 +50,7 @@ def test_env_and_bad_model_path(tmp_path, capsys):
     out = capsys.readouterr().out
     for name in ("python", "torch", "diffusers", "transformers", "peft", "accelerate", "cuda_available", "devices"):
         assert name in out
-    assert main(["train", "--set", "model.path=/nonexistent/flux", "--set", f"run.output_dir={tmp_path}"]) == 2
+    assert main(["train", "--config", TINY, "--set", "model.path=/nonexistent/flux", "--set",
+                 f"run.output_dir={tmp_path}"]) == 2
     err = capsys.readouterr().err
     assert "error:" in err and "/nonexistent/flux" in err

@@ -1,10 +1,14 @@
 """Run config: embedded default, unknown keys and bad values named, --set overrides, derived sizes."""
+from pathlib import Path
+
 import pytest
 
 from psrl.cli.main import main
 from psrl.config import ConfigError, to_dict
 from psrl.rl.grpo_config import TrainConfig
 from psrl.rl.run_config import RunConfig, derive_sizes, load_run_config
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
 
 
 @pytest.mark.unit
@@ -149,7 +153,7 @@ def test_literal_errors_name_the_choices_and_yaml_no_is_no():
 def test_print_config_shows_help_beside_each_value(capsys):
     from psrl.cli.main import main
 
-    assert main(["train", "--print-config"]) == 0
+    assert main(["train", "--config", TINY, "--print-config"]) == 0
     out = capsys.readouterr().out
     assert "  lr: 0.03  # AdamW" in out
     assert "  group_size: 4  # G, images per prompt" in out

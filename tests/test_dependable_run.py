@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -23,6 +25,8 @@ from psrl.rl.grpo_trainer import GRPOTrainer
 from psrl.rl.run_config import load_run_config
 from psrl.rl.signals import TrainingStopped
 from psrl.rl.tracking import read_metrics, repair_metrics
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
 
 BASE = ["train.groups_per_step=2", "train.group_size=2", "train.sample_batch_size=4", "train.train_batch_size=4",
         "sampling.num_steps=3", "eval.every=0", "train.keep_last=0"]
@@ -81,8 +85,8 @@ def test_signal_mid_step_abandons_it_saves_and_resume_is_exact(tmp_path):
 
 @pytest.mark.e2e
 def test_sigint_from_the_shell_saves_and_exits_130_then_resumes(tmp_path):
-    args = ["train", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=sig", "--set", "train.max_steps=400",
-            *[x for kv in BASE for x in ("--set", kv)]]
+    args = ["train", "--config", TINY, "--set", f"run.output_dir={tmp_path}", "--set", "run.name=sig", "--set",
+            "train.max_steps=400", *[x for kv in BASE for x in ("--set", kv)]]
     proc = subprocess.Popen([sys.executable, "-m", "psrl", *args], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "sig" / "metrics.jsonl"
@@ -98,7 +102,7 @@ def test_sigint_from_the_shell_saves_and_exits_130_then_resumes(tmp_path):
     assert step >= 2
     rows = [m["step"] for m in read_metrics(metrics)]
     assert rows[-1] <= step + 1
-    res = _psrl("train", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=sig", "--set",
+    res = _psrl("train", "--config", TINY, "--set", f"run.output_dir={tmp_path}", "--set", "run.name=sig", "--set",
                 f"train.max_steps={step + 2}", *[x for kv in BASE for x in ("--set", kv)], "--resume", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert [m["step"] for m in read_metrics(metrics)] == list(range(1, step + 3))  # no step twice

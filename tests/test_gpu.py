@@ -13,6 +13,8 @@ from psrl.models.config import LoraConfig, ModelConfig
 from psrl.models.flux import FluxPolicy
 from psrl.models.tiny import tiny_flux_components
 
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
+
 pytestmark = pytest.mark.gpu
 pytest.importorskip("diffusers")
 
@@ -54,7 +56,7 @@ def test_grpo_cli_run_on_the_gpu(tmp_path):
     from psrl.cli.main import main
     from psrl.rl.tracking import read_metrics
 
-    assert main(["train", "--set", f"run.output_dir={tmp_path}", "--set", "train.max_steps=2",
+    assert main(["train", "--config", TINY, "--set", f"run.output_dir={tmp_path}", "--set", "train.max_steps=2",
                  "--set", "train.device=cuda"]) == 0
     assert [m["step"] for m in read_metrics(tmp_path / "tiny_flux" / "metrics.jsonl")] == [1, 2]
 

@@ -6,10 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
 
 pytestmark = pytest.mark.e2e
 
@@ -32,7 +35,7 @@ def _env():
 def test_two_processes_agree_and_match_one_process(tmp_path):
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(29500 + os.getpid() % 1000), "-m", "psrl", "train"]
+              str(29500 + os.getpid() % 1000), "-m", "psrl", "train", "--config", TINY]
     out = subprocess.run(launch + ARGS + ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
                                           "--set", "train.gradient_accumulation=2"],
                          capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
@@ -54,7 +57,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
     assert any(not torch.equal(w0[k], after_step0[k]) for k in w0)  # and training moved them
 
     # one process accumulating all 4 micro-batches of a step takes the same updates
-    single = subprocess.run([sys.executable, "-m", "psrl", "train"] + ARGS +
+    single = subprocess.run([sys.executable, "-m", "psrl", "train", "--config", TINY] + ARGS +
                             ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=sp", "--set", "train.max_steps=1",  # noqa: E501
                              "--set", "train.gradient_accumulation=4"],
                             capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)

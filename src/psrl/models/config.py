@@ -67,7 +67,9 @@ class ModelConfig:
         quantization: ``null`` | ``nf4`` | ``int8`` | ``fp8``: load the frozen denoiser (and the T5 / Qwen2.5-VL
             text encoder unless ``offload_frozen``) quantized (bitsandbytes for nf4 / int8, torchao for fp8; CUDA
             only, see ``psrl.models.quantization``); the LoRA stays fp32. Not with ``tiny`` or ``lora.fuse``.
-        lora: the adapter (``null``: none, the base model stays frozen: generation and benchmarks only).
+        lora: the adapter; ``null`` for none. A training run (``psrl train`` / ``psrl sft``) with ``lora: null``
+            trains every weight of the denoiser (full-parameter fine-tuning; float32 weights, and GRPO needs
+            ``train.beta: 0`` since there is no frozen reference); ``psrl generate`` / ``bench`` use the base as is.
         args: policy-specific options (reference resizing, position-id scheme, ...), validated by the policy.
     """
 

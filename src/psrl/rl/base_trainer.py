@@ -74,6 +74,7 @@ class BaseTrainer:
             raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
         check_tracker(cfg.run.tracker)
         _fetch_hub_roots(cfg)
+        self.full_finetune = check_full_finetune(cfg, args)
         if getattr(cfg.run, "push_to_hub", False):
             _check_push(cfg.run.hub_model_id or cfg.run.name or "run")
         self.accelerator = dist.make_accelerator(args.device, args.mixed_precision)
@@ -88,10 +89,17 @@ class BaseTrainer:
             policy = build_policy(cfg.model, self.accelerator.device)
         self.policy = policy
         self.setup_policy()
+        if self.full_finetune:
+            from psrl.models.flow_policy import unwrap_module
+
+            unwrap_module(policy.module).requires_grad_(True)
         shard_policy(self.accelerator, policy, cfg)  # launched with accelerate's FSDP plugin: shard the frozen base
         self.params = list(policy.trainable_parameters())
         if not self.params:
             raise PsrlError("the policy has no trainable parameters (is LoRA configured?)")
+        if self.full_finetune:
+            logger.info("full-parameter training: %d tensors, %.2fM weights of the denoiser", len(self.params),
+                        sum(p.numel() for p in self.params) / 1e6)
         self.named_params = ckpt.named_trainable(policy.module, self.params)
         dist.broadcast_parameters(self.params)
         self.optimizer = make_optimizer(self.params, args.optimizer, lr=args.lr, betas=args.betas,
@@ -211,7 +219,7 @@ class BaseTrainer:
             scheduler=self.scheduler, ema=self.ema, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
             state={"updates": self.updates, "num_processes": self.accelerator.num_processes, **self.extra_state()},
             process_index=self.accelerator.process_index, barrier=dist.barrier, keep_last=self.args.keep_last,
-            rng=rng, modules=self.checkpoint_modules())
+            rng=rng, modules=self.checkpoint_modules(), full=self.full_finetune)
         self._last_save = time.monotonic()
         return path
 
@@ -336,6 +344,30 @@ def _fetch_hub_roots(cfg) -> None:
                 raise ConfigError(f"{section}.data_root: {e}") from None
 
 
+def check_full_finetune(cfg, args) -> bool:
+    """Whether the run trains every weight of the denoiser (``model.lora: null``), checked before anything is
+    built: the weights must be float32 (AdamW updates of bf16/fp16 weights round away), and a KL penalty
+    (``train.beta > 0``) needs a frozen reference that full fine-tuning does not keep (LoRA runs use the base with
+    the adapter off), so it must be 0.
+
+    Raises:
+        ConfigError: one line naming the field and value.
+    """
+    from psrl.config import ConfigError
+
+    model = getattr(cfg, "model", None)
+    if model is None or not hasattr(model, "lora") or model.lora is not None:
+        return False
+    if getattr(model, "dtype", "float32") != "float32":
+        raise ConfigError(f"model.dtype: {model.dtype!r} with model.lora: null (full-parameter training) would "
+                          "update low-precision weights; use model.dtype: float32 (and mixed_precision for speed)")
+    beta = float(getattr(args, "beta", 0.0))
+    if beta > 0:
+        raise ConfigError(f"train.beta: {beta} needs a frozen KL reference, and full-parameter training "
+                          "(model.lora: null) keeps none; set train.beta: 0 or train a LoRA")
+    return True
+
+
 def _check_push(repo_id: str) -> None:
     """``run.push_to_hub`` must be able to work before hours are spent: a valid id, the Hub reachable, a token."""
     from psrl.config import ConfigError
@@ -360,4 +392,4 @@ def _eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-__all__ = ["BaseTrainer", "StepAbandoned", "wants_progress"]
+__all__ = ["BaseTrainer", "StepAbandoned", "check_full_finetune", "wants_progress"]

@@ -3,7 +3,9 @@
 Contents of ``step-N/``:
 
 * ``lora/``: the LoRA in the diffusers format (``policy.save_lora``), loadable with ``load_lora_weights``;
-  ``lora_ema/`` the same with the EMA weights, when an EMA is kept (what evaluation uses);
+  ``lora_ema/`` the same with the EMA weights, when an EMA is kept (what evaluation uses); a full-parameter run
+  (``model.lora: null``) writes ``transformer/`` and ``transformer_ema/`` instead (``save_pretrained``,
+  safetensors: a pipeline's ``transformer`` subfolder);
 * ``trainable.safetensors``: the exact trainable tensors by parameter name (what ``--resume`` restores);
 * ``optimizer.pt``, ``scheduler.pt``, ``ema.pt``; ``rng/rank-R.pt`` per process (python, numpy, torch, CUDA);
 * ``config.yaml``; ``state.json`` (step, updates, processes, and ``files``: the size of every other file) written
@@ -237,10 +239,11 @@ def clean_leftovers(run_dir: str | Path) -> None:
 def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dict[str, nn.Parameter],
                     optimizer: torch.optim.Optimizer, scheduler, ema, config_yaml: str, state: dict,
                     process_index: int = 0, barrier: Callable[[], None] = lambda: None,
-                    keep_last: int = 0, rng: dict | None = None, modules: dict | None = None) -> Path:
+                    keep_last: int = 0, rng: dict | None = None, modules: dict | None = None,
+                    full: bool = False) -> Path:
     """Write ``step-N`` atomically; every process calls this (each writes its RNG state, ``rng`` when given,
     else the current one), rank 0 the rest. ``modules``: ``{name: obj}`` whose ``state_dict()`` is saved as
-    ``name.pt``.
+    ``name.pt``. ``full``: a full-parameter run, whose denoiser is written as ``transformer/`` instead of a LoRA.
 
     Raises:
         PsrlError: non-finite trainable weights (nothing written), or a failed write (no space left: the message
@@ -267,7 +270,7 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
                 raise failed
             _write_contents(tmp, policy=policy, named_params=named_params, optimizer=optimizer,
                             scheduler=scheduler, ema=ema, config_yaml=config_yaml, state={"step": step, **state},
-                            modules=modules or {})
+                            modules=modules or {}, full=full)
         except OSError as e:
             shutil.rmtree(tmp, ignore_errors=True)
             failed = _space_error(final, e, named_params, run_dir)
@@ -291,14 +294,16 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
 
 
 def _write_contents(tmp: Path, *, policy, named_params, optimizer, scheduler, ema, config_yaml: str,
-                    state: dict, modules: dict) -> None:
+                    state: dict, modules: dict, full: bool = False) -> None:
     from safetensors.torch import save_file
 
     save_file({k: p.detach().cpu().contiguous() for k, p in named_params.items()}, tmp / "trainable.safetensors")
-    policy.save_lora(tmp / "lora")
+    save_weights = _save_denoiser if full else (lambda pol, path: pol.save_lora(path))
+    kind = "transformer" if full else "lora"
+    save_weights(policy, tmp / kind)
     if ema is not None:
         with ema.swapped_in():
-            policy.save_lora(tmp / "lora_ema")
+            save_weights(policy, tmp / f"{kind}_ema")
         torch.save(ema.state_dict(), tmp / "ema.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -309,6 +314,14 @@ def _write_contents(tmp: Path, *, policy, named_params, optimizer, scheduler, em
              if f.is_file() and not f.name.startswith("rank-")}
     (tmp / "state.json").write_text(json.dumps({**state, "files": files}, indent=2))
     _fsync_tree(tmp)
+
+
+def _save_denoiser(policy, path: Path) -> None:
+    """The whole denoiser with diffusers' ``save_pretrained`` (config.json + safetensors), so the folder drops
+    into a pipeline directory as its ``transformer/``."""
+    from psrl.models.flow_policy import unwrap_module
+
+    unwrap_module(policy.module).save_pretrained(path, safe_serialization=True)
 
 
 def _fsync_tree(path: Path) -> None:

@@ -250,8 +250,9 @@ def default_config_text() -> str:
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config from YAML (the embedded default when ``path`` is None) with dotted ``--set`` overrides.
 
-    Relative ``data.records``/``data.data_root``/``eval.records`` paths in a file resolve against the file's folder
-    (so configs can ship next to their data) unless they exist relative to the working directory.
+    Relative ``model.path``/``data.records``/``data.data_root``/``eval.records`` paths in a file resolve against the
+    file's folder (so configs can ship next to their data and weights) unless they exist relative to the working
+    directory.
     """
     if path is None:
         data = yaml.safe_load(default_config_text()) or {}
@@ -263,6 +264,8 @@ def load_run_config(path: str | Path | None = None, overrides: list[str] | None 
     cfg = from_dict(RunConfig, data, source=override_source(source, overrides))
     if path is not None:
         base = Path(path).resolve().parent
+        if cfg.model.path != "tiny":  # a pipeline folder shipped beside the config ("tiny" is built in code)
+            cfg.model.path = _resolve_path(cfg.model.path, base)
         cfg.data.records = _resolve_path(cfg.data.records, base)
         cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
         cfg.eval.records = _resolve_path(cfg.eval.records, base)

@@ -20,6 +20,7 @@ from pathlib import Path
 from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
 from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
+from psrl.rl.grpo_config import EmaConfig
 from psrl.rl.run_config import DataConfig, RunSection
 
 
@@ -47,6 +48,9 @@ class SFTTrainConfig:
         optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, the ``psrl[bnb]`` extra).
         eval_sigmas: fixed noise levels of the deterministic ``loss/fixed`` metric (same samples, same noise every
             time), a low-variance view of progress; empty disables it.
+        ema: an EMA of the trained weights (as a GRPO run's ``train.ema``), saved beside them in each checkpoint
+            (``lora_ema/``, or ``transformer_ema/`` for ``model.lora: null``); pretraining from scratch uses
+            decay ~0.995, every 1.
         seed, save_every, save_every_minutes, keep_last, log_every, device, mixed_precision: as in a GRPO run.
     """
 
@@ -69,6 +73,7 @@ class SFTTrainConfig:
     max_grad_norm: float = 1.0
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     eval_sigmas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    ema: EmaConfig = field(default_factory=EmaConfig)
     seed: int = 42
     save_every: int = 0
     save_every_minutes: float = 0.0

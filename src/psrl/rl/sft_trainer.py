@@ -26,6 +26,7 @@ from psrl.sampling import SamplingConfig
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.rl import distributed as dist
 from psrl.rl.base_trainer import BaseTrainer
+from psrl.rl.ema import ParameterEMA
 from psrl.rl.sampler import sample_seed
 from psrl.rl.run_config import run_records
 from psrl.rl.sft_config import SFTRunConfig
@@ -115,6 +116,10 @@ class SFTTrainer(BaseTrainer):
         self.records = validate_records(self.records, self.policy, cfg.data.records,
                                         skip_invalid=cfg.data.skip_invalid, needs_target=True)
 
+    def setup_training(self) -> None:
+        e = self.cfg.sft.ema
+        self.ema = ParameterEMA(self.params, e.decay, e.every) if e.enabled else None
+
     def describe(self) -> str:
         t = self.cfg.sft
         return (f"{len(self.records)} records, batch {t.batch_size} x accumulation {t.gradient_accumulation} x "
@@ -195,6 +200,8 @@ class SFTTrainer(BaseTrainer):
             losses.append(float(loss.detach()))
             sigma_means.append(float(sigmas.mean()))
         norm = self.apply_update()
+        if self.ema is not None:
+            self.ema.after_update()
         loss_t = torch.tensor([sum(losses) / len(losses)])
         loss_all = dist.gather_rows(loss_t.to(acc.device)).cpu()
         return {"loss": float(loss_all.mean()), "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
