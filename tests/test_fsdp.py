@@ -12,7 +12,8 @@ import yaml
 from safetensors.torch import load_file
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
-ARGS = ["--set", "train.max_steps=2", "--set", "train.groups_per_step=2", "--set", "train.group_size=2",
+ARGS = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml"),
+        "--set", "train.max_steps=2", "--set", "train.groups_per_step=2", "--set", "train.group_size=2",
         "--set", "train.sample_batch_size=2", "--set", "train.train_batch_size=2", "--set", "sampling.num_steps=3",
         "--set", "eval.every=0", "--set", "run.dump_rank_data=true"]
 needs_launcher = pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")

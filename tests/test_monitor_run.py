@@ -6,6 +6,8 @@ Margins: with lr 0.1 the darkness reward's eval mean rises ~0.0008 between steps
 falls by the same), so ``hack_drop`` 0.0002 is crossed 4x over; in the healthy run the held-out blue_share rises."""
 import json
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +16,8 @@ from psrl.rl.grpo_trainer import GRPOTrainer
 from psrl.rl.run_config import load_run_config
 from psrl.rl.signals import TrainingStopped
 from psrl.rl.tracking import read_metrics
+
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
 
 
 def darkness(images, records):
@@ -54,8 +58,8 @@ def _cfg(tmp_path, name, *overrides):
 
 @pytest.mark.e2e
 def test_hackable_reward_warns_in_log_metrics_and_final_table(tmp_path, capsys):
-    args = ["train", "--run-name", "warn"] + [x for kv in [f"run.output_dir={tmp_path}", *SMALL, *HACK,
-                                                            "train.max_steps=3"] for x in ("--set", kv)]
+    sets = [f"run.output_dir={tmp_path}", *SMALL, *HACK, "train.max_steps=3"]
+    args = ["train", "--config", TINY, "--run-name", "warn"] + [x for kv in sets for x in ("--set", kv)]
     assert main(args) == 0  # warn: the run goes on to the end
     out = capsys.readouterr().out
     assert "ALARM step    2  reward_hacking: trained reward test_monitor_run:darkness rose" in out

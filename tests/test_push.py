@@ -24,6 +24,8 @@ from psrl.models.tiny import tiny_flux_components
 from psrl.images import save_image
 from psrl.rl.tracking import image_grid
 
+TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
+
 SECRET = "sk-do-not-leak-1234"
 fake_hub = hub_fake.fake_hub  # the fixture
 
@@ -286,15 +288,17 @@ def test_train_on_hub_prompts_then_push_from_the_cli(tmp_path, monkeypatch, caps
         env = dict(os.environ, HF_ENDPOINT=hub.url, HF_TOKEN=hub.token, HF_HOME=str(tmp_path / "hf"),
                    HF_HUB_OFFLINE="0", TRANSFORMERS_OFFLINE="0", OMP_NUM_THREADS="1",
                    PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        out = _psrl("train", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=hubrun", "--set",
-                    "train.max_steps=2", "--set", "eval.every=1", "--set",
+        out = _psrl("train", "--config", TINY, "--set", f"run.output_dir={tmp_path}", "--set", "run.name=hubrun",
+                    "--set", "train.max_steps=2", "--set", "eval.every=1", "--set",
                     "data.records=hf://org/flowgrpo-prompts/train.txt", cwd=tmp_path, env=env)
         assert out.returncode == 0, out.stderr[-3000:]
         run = tmp_path / "hubrun"
 
         pushed = _psrl("push", str(run), "--repo-id", "tiny-grpo", "--private", cwd=tmp_path, env=env)
         assert pushed.returncode == 0, pushed.stderr[-3000:]
-        assert f"pushed 6 files to {USER}/tiny-grpo" in pushed.stdout and "commit: " in pushed.stdout
+        # 7: the run's six files as before plus the before/after image psrl train now writes
+        assert f"pushed 7 files to {USER}/tiny-grpo" in pushed.stdout and "commit: " in pushed.stdout
+        assert "images/before_after.png" in pushed.stdout
         assert hub.token not in pushed.stdout + pushed.stderr
         repo = hub.repos[("model", f"{USER}/tiny-grpo")]
         files = repo.files("main")[1]
@@ -326,7 +330,7 @@ def test_run_push_to_hub_uploads_when_training_finishes(tmp_path, fake_hub):
     args = [f"run.output_dir={tmp_path}", "run.name=pushed", "train.max_steps=1", "train.groups_per_step=2",
             "train.group_size=2", "train.sample_batch_size=4", "train.train_batch_size=4", "sampling.num_steps=2",
             "eval.every=0", "run.push_to_hub=true", "run.hub_model_id=auto-push", "run.hub_private_repo=true"]
-    assert main(["train", *[x for a in args for x in ("--set", a)]]) == 0
+    assert main(["train", "--config", TINY, *[x for a in args for x in ("--set", a)]]) == 0
     repo = fake_hub.repos[("model", f"{USER}/auto-push")]
     assert repo.private and "pytorch_lora_weights.safetensors" in repo.files("main")[1]
     env = json.loads((tmp_path / "pushed" / "env.json").read_text())

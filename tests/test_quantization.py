@@ -3,6 +3,7 @@ them, the one-line errors before anything is loaded (CPU), and nf4 / int8 / fp8 
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from psrl.models.quantization import (QUANTIZATION_SCHEMES, bnb_config_kwargs, c
                                       quantization_problem, quantized_components)
 from psrl.models.qwen_edit_plus import QWEN_EDIT_PLUS_COMPONENT_SPEC
 from psrl.models.sd3 import SD3_COMPONENT_SPEC
+
+TINY_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
 
 
 # ------------------------------------------------------------------------------------------------------------ unit
@@ -93,7 +96,8 @@ def test_train_refuses_quantization_on_the_cpu_before_the_run_directory(tmp_path
     from psrl.models.tiny import tiny_flux_components
 
     FluxPipeline(**tiny_flux_components()).save_pretrained(tmp_path / "model")
-    out = subprocess.run([sys.executable, "-m", "psrl", "train", "--set", f"run.output_dir={tmp_path / 'runs'}",
+    out = subprocess.run([sys.executable, "-m", "psrl", "train", "--config", TINY_CONFIG,
+                          "--set", f"run.output_dir={tmp_path / 'runs'}",
                           "--set", f"model.path={tmp_path / 'model'}", "--set", "model.quantization=nf4",
                           "--set", "train.device=cpu"],
                          capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from psrl.data.records import Record, SubjectRef
+from psrl.data.records import Record, SubjectRef, resolve_records
 
 
 # measured on the shipped weights: fidelity 0.499 +- 0.148 over the 20 demo records (identity 0.0: the detector finds
@@ -62,14 +62,13 @@ def test_pocket_pipeline_loads_through_from_pretrained_like_diffusers(tmp_path):
     assert next(comps["transformer"].parameters()).dtype == torch.float32   # the caller's modules stay fp32
 
     Image.new("RGB", (32, 32), (220, 40, 40)).save(tmp_path / "a.png")
-    records = [Record(id="r", prompt="the red star is to the left of the blue cross",
-                      subjects=(SubjectRef("a.png", "red star"),))]
-    args = {"data_root": str(tmp_path), "reference_long_side_single": 32, "reference_long_side_multi": 32}
+    records = resolve_records([Record(id="r", prompt="the red star is to the left of the blue cross",
+                                      subjects=(SubjectRef("a.png", "red star"),))], tmp_path)
+    args = {"reference_long_side_single": 32, "reference_long_side_multi": 32}
     cfg = ModelConfig(name="flux_kontext", path=str(tmp_path / "fp32"), lora=None, max_sequence_length=16,
                       args=args)
     loaded = FluxKontextPolicy.from_config(cfg)
-    in_memory = FluxKontextPolicy(pocket_components(seed=3), lora=None, max_sequence_length=16, data_root=tmp_path,
-                                  resize=loaded.resize)
+    in_memory = FluxKontextPolicy(pocket_components(seed=3), cfg)
     sampling = SamplingConfig(num_steps=3, height=64, width=64, guidance_scale=1.0)
     a = loaded.generate(records, sampling, torch.Generator().manual_seed(0))
     b = in_memory.generate(records, sampling, torch.Generator().manual_seed(0))
@@ -110,8 +109,7 @@ def test_pretrain_runs_both_stages_and_writes_a_loadable_card_folder(tmp_path):
     for (name, p), q in zip(ema.named_parameters(), shipped.parameters()):
         assert torch.allclose(p.half().float(), q), name
     policy = FluxKontextPolicy.from_config(ModelConfig(
-        name="flux_kontext", path=str(out), lora=None, max_sequence_length=16,
-        args={"data_root": str(tmp_path / "data")}))
+        name="flux_kontext", path=str(out), lora=None, max_sequence_length=16))
     assert policy.vae.config.scaling_factor == pytest.approx(stats["latent_scale"])
 
 
@@ -135,11 +133,11 @@ def test_shipped_generator_scores_above_its_floor_on_the_world_reward():
     from psrl.world.reward import PocketSubjectsReward
 
     root, records = _demo_records()
-    args = {"data_root": str(root), "reference_long_side_single": 32, "reference_long_side_multi": 32}
-    shipped = FluxKontextPolicy.from_config(ModelConfig(name="flux_kontext", path=str(WEIGHTS_DIR), lora=None,
-                                                        max_sequence_length=32, args=args))
-    fresh = FluxKontextPolicy(pocket_components(0, vae=shipped.vae), lora=None, max_sequence_length=32,
-                              data_root=root, resize=shipped.resize)
+    records = resolve_records(records, root)
+    args = {"reference_long_side_single": 32, "reference_long_side_multi": 32}
+    cfg = ModelConfig(name="flux_kontext", path=str(WEIGHTS_DIR), lora=None, max_sequence_length=32, args=args)
+    shipped = FluxKontextPolicy.from_config(cfg)
+    fresh = FluxKontextPolicy(pocket_components(0, vae=shipped.vae), cfg)
     sampling = SamplingConfig(num_steps=10, height=64, width=64, guidance_scale=1.0)
     reward = PocketSubjectsReward(score=FLOOR_SCORE)
     scores, spread = {}, {}

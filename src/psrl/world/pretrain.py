@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from psrl.data.records import Record, read_records, resolve_under
+from psrl.data.records import Record, read_records, resolve_records, resolve_under
 from psrl.errors import PsrlError
 from psrl.rl.signals import TrainingStopped
 
@@ -284,8 +284,8 @@ def pretrain(out: str | Path, records_path: str | Path, cfg: PretrainConfig, *, 
         fixed = [m["loss/fixed"] for m in history if "loss/fixed" in m]
         if fixed:
             stats["sft_fixed_loss_last"] = fixed[-1]
-    if held:
-        stats["held_out_fixed_loss"] = held_out_loss(trainer, held)
+    if held:  # resolved like the trainer's own records (psrl.data.resolve_records)
+        stats["held_out_fixed_loss"] = held_out_loss(trainer, resolve_records(held, root))
     with trainer.ema.swapped_in():
         transformer = trainer.policy.transformer
         components = pocket_components(cfg.seed, vae=trainer.policy.vae, transformer=transformer)
@@ -323,7 +323,7 @@ def held_out_loss(trainer, records: Sequence[Record], sigmas=(0.25, 0.5, 0.75), 
     with trainer.ema.swapped_in():
         for i in range(0, len(records), batch):
             chunk = list(records[i:i + batch])
-            targets = torch.stack([load_target(trainer.data_root, r, t.height, t.width) for r in chunk])
+            targets = torch.stack([load_target(r, t.height, t.width) for r in chunk])
             for k, s in enumerate(sigmas):
                 gen = torch.Generator().manual_seed(1000 + k)
                 sig = torch.full((len(chunk),), float(s))
