@@ -44,6 +44,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from psrl.bench.items import BenchItem, ValidationIssue
+from psrl.data.grid_prompt import GRID_SIZE_RE
 from psrl.errors import PsrlError
 
 CATEGORY_SLUGS = {"Character Generation": "character", "Design Style Generation": "design",
@@ -60,7 +61,7 @@ T2IS_JUDGE = "Qwen/Qwen2.5-VL-7B-Instruct"
 CONSISTENCY_QUESTION = "Do images meet the following criteria? {criterion} Please answer Yes or No."
 VQASCORE_QUESTION = 'Does this figure show "{text}"? Please answer yes or no.'
 
-_GRID = re.compile(r"(\d+)\s*[x⨉×]\s*(\d+)")
+_GRID = GRID_SIZE_RE  # the one "<rows> x <cols>" pattern (psrl.data.grid_prompt)
 _CELL_MARKER = re.compile(r"(?<=[.\"])\s+[A-Z0-9\-\[\]]+:")
 
 

@@ -12,11 +12,12 @@ panels the prompt describes).
 from __future__ import annotations
 
 import itertools
-import re
 
 from PIL import Image
 
-GRID_RE = re.compile(r"(\d+)\s*[x×⨉]\s*(\d+)")
+from psrl.data.grid_prompt import GRID_SIZE_RE
+
+GRID_RE = GRID_SIZE_RE  # the one "<rows> x <cols>" pattern (psrl.data.grid_prompt)
 
 
 class GridError(ValueError):
