@@ -135,6 +135,24 @@ def test_references_are_encoded_once_per_record(tmp_path, monkeypatch):
 
 
 @pytest.mark.component
+def test_a_reference_image_shared_by_records_is_encoded_once_per_size_class(tmp_path, monkeypatch):
+    """Subjects recur across records: each image is encoded once for single-reference records and once for
+    multi-reference ones (another long side), and the tokens equal a fresh policy's (the cache changes nothing)."""
+    a, b, c = (_png(tmp_path, f"{n}.png", (16, 16), seed=k) for k, n in enumerate("abc"))
+    policy = _policy(tmp_path)
+    calls = []
+    orig = policy.vae.encode
+    monkeypatch.setattr(policy.vae, "encode", lambda x: calls.append(tuple(x.shape)) or orig(x))
+    records = [_rec("r1", a, b), _rec("r2", b, c), _rec("r3", a), _rec("r4", c, a), _rec("r5", a)]
+    got = [policy.encode_references(r) for r in records]
+    assert sorted(calls) == sorted([(1, 3, 8, 8)] * 3 + [(1, 3, 16, 16)])  # a, b, c at 8 px; a alone at 16 px
+    fresh = _policy(tmp_path, reference_cache_size=0)
+    for r, (tokens, shapes) in zip(records, got):
+        want_tokens, want_shapes = fresh.encode_references(r)
+        assert shapes == want_shapes and torch.equal(tokens, want_tokens)
+
+
+@pytest.mark.component
 def test_bad_inputs_name_the_record_and_value(tmp_path):
     a = _png(tmp_path, "a.png", (16, 16))
     policy = _policy(tmp_path, max_references=2)

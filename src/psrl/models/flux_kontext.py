@@ -66,7 +66,7 @@ class FluxKontextPolicy(FluxPolicy):
     kwargs (the FLUX set). ``model.args``: ``position_ids`` (``psr`` | ``uno`` | ``uno_h`` | ``uno_w``; psr),
     ``max_references`` (4; a record with more is an error naming it), ``reference_long_side_single`` (512),
     ``reference_long_side_multi`` (320), ``reference_multiple`` (the VAE scale x 2), ``reference_cache_size``
-    (encoded reference sets kept across calls, 256; 0 disables) and, for ``path: tiny`` only, ``guidance_embeds``
+    (encoded reference images kept across calls, 256; 0 disables) and, for ``path: tiny`` only, ``guidance_embeds``
     (true: Kontext-dev is guidance-distilled). Records reach the policy with their reference paths resolved (a
     root in the args is read only for the data pipeline's renderers, see
     :class:`psrl.models.references.ReferenceLoader`).
@@ -109,28 +109,38 @@ class FluxKontextPolicy(FluxPolicy):
     # ------------------------------------------------------------------ references
     @torch.no_grad()
     def encode_references(self, record: Record) -> tuple[Tensor, list[tuple[int, int]]]:
-        """``(packed tokens [L, 4C] fp32, packed (h, w) per reference)`` for one record, VAE-encoded once."""
-        key = (record.id, tuple(s.image for s in record.subjects), self.resize)
-        if key in self._ref_cache:
-            self._ref_cache.move_to_end(key)
-            return self._ref_cache[key]
-        images = self.references.load(record)
-        n = len(images)
+        """``(packed tokens [L, 4C] fp32, packed (h, w) per reference)`` for one record.
+
+        Each reference image is VAE-encoded once per size class (single or multi-reference long side) and kept
+        (``reference_cache_size`` images, least recently used out): subjects recur across records (PSRBench,
+        DreamBench and the pocket world reuse each subject's image in many prompts), so a per-record cache missed
+        almost always and SFT spent half its time re-encoding the same images."""
+        paths = self.references.paths(record)
+        n = len(paths)
         tokens, shapes = [], []
+        for path in paths:
+            key = (path, n == 1, self.resize)
+            hit = self._ref_cache.get(key)
+            if hit is None:
+                hit = self._encode_reference(self.references.load_one(record, path), n, record.id)
+                if self.reference_cache_size > 0:
+                    self._ref_cache[key] = hit
+                    if len(self._ref_cache) > self.reference_cache_size:
+                        self._ref_cache.popitem(last=False)
+            else:
+                self._ref_cache.move_to_end(key)
+            tokens.append(hit[0])
+            shapes.append(hit[1])
+        return torch.cat(tokens).to(self.device), shapes
+
+    def _encode_reference(self, img, n: int, record_id: str) -> tuple[Tensor, tuple[int, int]]:
+        """One reference image resized for a record of ``n`` references -> ``(tokens [l, 4C] fp32, (h, w))``."""
         with self._frozen_on_device(self.vae) as vae:
             vae_device = next(vae.parameters()).device
-            for img in images:
-                x = pil_to_model_input(self.resize.apply(img, n, record.id)).to(vae_device, self.dtype)
-                lat = vae.encode(x).latent_dist.mode()
-                lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
-                tokens.append(pack_latents(lat)[0])
-                shapes.append((lat.shape[2] // 2, lat.shape[3] // 2))
-        out = (torch.cat(tokens).to(self.device), shapes)
-        if self.reference_cache_size > 0:
-            self._ref_cache[key] = out
-            if len(self._ref_cache) > self.reference_cache_size:
-                self._ref_cache.popitem(last=False)
-        return out
+            x = pil_to_model_input(self.resize.apply(img, n, record_id)).to(vae_device, self.dtype)
+            lat = vae.encode(x).latent_dist.mode()
+            lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
+        return pack_latents(lat)[0].to(self.device), (lat.shape[2] // 2, lat.shape[3] // 2)
 
     def encode_conditions(self, records: Sequence[Record], sampling: SamplingConfig) -> dict[str, Tensor]:
         """Prompt embeddings (as FLUX) plus each record's reference tokens and position ids, padded to the batch's

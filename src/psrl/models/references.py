@@ -99,9 +99,11 @@ class ReferenceLoader:
         return out
 
     def load(self, record: Record) -> list[Image.Image]:
-        return [self._load_one(record, image) for image in self.paths(record)]
+        return [self.load_one(record, image) for image in self.paths(record)]
 
-    def _load_one(self, record: Record, image: str) -> Image.Image:
+    def load_one(self, record: Record, image: str) -> Image.Image:
+        """One of ``record``'s resolved reference paths as an RGB image; raises ``RecordError`` naming the record and
+        the path (relative to its root) when it is unresolved, missing or unreadable."""
         if not Path(image).is_absolute():
             raise RecordError(f"record {record.id!r}: reference image {image!r} is not resolved against a data root "
                               "(records reach policies resolved: psrl.data.records.load_records / resolve_records)")
