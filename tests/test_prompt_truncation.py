@@ -38,7 +38,7 @@ def test_tokens_dropped_counts_what_truncation_cuts():
         cut = tok([LONG], max_length=max_length, truncation=True)["input_ids"][0]
         assert len(cut) == max_length < len(full)
         assert tokens_dropped(tok, [LONG, SHORT], max_length) == [len(full) - max_length, 0]
-    seen: set = set()
+    seen: dict = {}
     warned = warn_truncated_prompts(_records(), tiny_t5_tokenizer(), 16, "T5", "model.max_sequence_length", seen)
     assert [w[0] for w in warned] == ["long-1"]
     assert warn_truncated_prompts(_records(), tiny_t5_tokenizer(), 16, "T5", "x", seen) == []  # already checked
@@ -117,3 +117,20 @@ def test_qwen_edit_plus_keeps_the_whole_prompt(tmp_path, caplog):
     lengths = cond["prompt_len"].tolist()
     assert lengths[0] - lengths[1] > 16  # the long prompt was not cut to the budget
     assert not [m for m in _warnings(caplog) if "dropped" in m]
+
+
+def test_many_truncated_records_are_listed_up_to_a_limit_then_counted(caplog):
+    """A large dataset of long prompts names the first few records, says once that the rest are counted, and still
+    returns (and remembers) every truncated record."""
+    from psrl.models.tiny import tiny_t5_tokenizer
+    from psrl.models.truncation import LISTED
+
+    records = [Record(id=f"long-{i}", prompt=LONG) for i in range(LISTED + 7)] + [Record(id="short", prompt=SHORT)]
+    seen: dict = {}
+    with caplog.at_level(logging.WARNING):
+        found = warn_truncated_prompts(records[:4], tiny_t5_tokenizer(), 16, "T5", "model.max_sequence_length", seen)
+        found += warn_truncated_prompts(records, tiny_t5_tokenizer(), 16, "T5", "model.max_sequence_length", seen)
+    msgs = [r.getMessage() for r in caplog.records]
+    assert len(found) == LISTED + 7 and seen[("#truncated", "T5")] == LISTED + 7
+    assert sum("its prompt is" in m for m in msgs) == LISTED
+    assert sum("are not listed (raise model.max_sequence_length" in m for m in msgs) == 1

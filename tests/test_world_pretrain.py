@@ -42,6 +42,30 @@ def test_psnr_latent_normalisation_and_split():
     assert len(held) == 4 and not {r.id for r in train} & {r.id for r in held} and len(train) + len(held) == 40
 
 
+@pytest.mark.unit
+def test_prompt_fit_counts_the_instructions_the_t5_budget_cuts(caplog):
+    """Every world instruction fits the default budget; the Complex template does not fit 32 tokens, and the count
+    is logged once before training (not one warning per record)."""
+    import logging
+
+    from psrl.world.pretrain import PretrainConfig, prompt_fit
+    from psrl.world.scenes import sample_scene
+    from psrl.world.subjects import split_subjects
+
+    import numpy as np
+
+    train, _ = split_subjects()
+    rng = np.random.default_rng(0)
+    recs = [Record(id=f"{s}-{i}", prompt=sample_scene(rng, train, s).instruction)
+            for s in ("Complex", "Four", "Attribute") for i in range(30)]
+    fit = prompt_fit(recs, PretrainConfig().max_sequence_length)
+    assert fit["truncated_prompts"] == 0 and 20 < fit["longest_prompt_tokens"] <= PretrainConfig().max_sequence_length
+    with caplog.at_level(logging.WARNING):
+        short = prompt_fit(recs, 16)
+    assert 0 < short["truncated_prompts"] <= len(recs) and short["longest_prompt_tokens"] == fit["longest_prompt_tokens"]
+    assert len([r for r in caplog.records if "are truncated" in r.getMessage()]) == 1
+
+
 @pytest.mark.component
 def test_pocket_pipeline_loads_through_from_pretrained_like_diffusers(tmp_path):
     from diffusers import FluxKontextPipeline

@@ -484,7 +484,7 @@ class FlowPolicyBase:
                         budget: str) -> None:
         """Warn once per record (and text encoder) whose prompt is longer than the encoder keeps (see
         :func:`warn_truncated_prompts`); the records already checked are remembered on the policy."""
-        seen = self.__dict__.setdefault("_truncation_checked", set())
+        seen = self.__dict__.setdefault("_truncation_checked", {})
         warn_truncated_prompts(records, tokenizer, max_length, encoder, budget, seen)
 
 

@@ -21,25 +21,37 @@ def tokens_dropped(tokenizer, prompts: Sequence[str], max_length: int) -> list[i
     return [max(0, len(row) - max_length) for row in ids]
 
 
+LISTED = 5  # records named one by one per encoder; the rest are counted (a 12,000-record run would log thousands)
+
+
 def warn_truncated_prompts(records: Sequence[Record], tokenizer, max_length: int, encoder: str, budget: str,
-                           seen: set) -> list[tuple[str, int]]:
-    """Log a warning for each record whose prompt ``encoder`` truncates, naming the record id and the tokens
-    dropped; records (id, encoder) already in ``seen`` are skipped and the checked ones added, so a record is
-    tokenized and warned about once, not at every step. ``budget`` names what sets ``max_length``
-    (``model.max_sequence_length``). Returns the ``(id, dropped)`` pairs warned about."""
+                           seen: dict) -> list[tuple[str, int]]:
+    """Log a warning for the first :data:`LISTED` records whose prompt ``encoder`` truncates, naming the record id
+    and the tokens dropped, then one line saying that further ones are counted; every record is tokenized once.
+
+    ``seen`` (kept by the caller across calls): ``{(record id, encoder): tokens dropped}`` for the records checked,
+    and ``("#truncated", encoder)``: how many of them are truncated. ``budget`` names what sets ``max_length``
+    (``model.max_sequence_length``). Returns the ``(id, dropped)`` pairs newly found truncated (listed or not)."""
     todo: dict[str, Record] = {}
     for r in records:
         if (r.id, encoder) not in seen:
             todo.setdefault(r.id, r)
-    warned = []
+    found = []
+    count_key = ("#truncated", encoder)
     for r, dropped in zip(todo.values(), tokens_dropped(tokenizer, [r.prompt for r in todo.values()], max_length)):
-        seen.add((r.id, encoder))
-        if dropped:
+        seen[(r.id, encoder)] = dropped
+        if not dropped:
+            continue
+        n = seen[count_key] = seen.get(count_key, 0) + 1
+        if n <= LISTED:
             logger.warning("record %r: its prompt is %d %s tokens and %s keeps %d: the last %d token(s) are dropped "
                            "(warned once per record)", r.id, max_length + dropped, encoder, budget, max_length,
                            dropped)
-            warned.append((r.id, dropped))
-    return warned
+        if n == LISTED:
+            logger.warning("further records whose prompts %s truncates are not listed (raise %s to keep them whole)",
+                           encoder, budget)
+        found.append((r.id, dropped))
+    return found
 
 
 @contextlib.contextmanager

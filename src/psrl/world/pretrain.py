@@ -64,7 +64,7 @@ class PretrainConfig:
     ema_decay: float = 0.995
     sft_minutes: float = 0.0
     reference_size: int = 32
-    max_sequence_length: int = 24
+    max_sequence_length: int = 48  # the world's longest instruction (Complex) is 41 pocket T5 tokens
     size: int = 64
     holdout: float = 0.05
     seed: int = 0
@@ -228,6 +228,20 @@ def write_records_subset(records: Sequence[Record], path: Path) -> Path:
     return path
 
 
+def prompt_fit(records: Sequence[Record], max_sequence_length: int) -> dict:
+    """How the instructions fit ``max_sequence_length`` pocket T5 tokens: ``{"longest_prompt_tokens",
+    "truncated_prompts"}``, logged once before training (the policy would otherwise name records one by one)."""
+    from psrl.world.models import pocket_t5_tokenizer
+
+    # the length the encoder sees, special tokens included (as psrl.models.truncation.tokens_dropped counts)
+    lengths = [len(ids) for ids in pocket_t5_tokenizer()([r.prompt for r in records], verbose=False)["input_ids"]]
+    longest, cut = max(lengths, default=0), sum(n > max_sequence_length for n in lengths)
+    if cut:
+        logger.warning("%d of %d training instructions are longer than --max-sequence-length %d (longest %d tokens) "
+                       "and are truncated", cut, len(records), max_sequence_length, longest)
+    return {"longest_prompt_tokens": longest, "truncated_prompts": cut}
+
+
 def pretrain(out: str | Path, records_path: str | Path, cfg: PretrainConfig, *, data_root: str | Path | None = None,
              resume: bool = False) -> dict:
     """Run both stages on the records at ``records_path`` (targets and references under ``data_root``, default
@@ -250,10 +264,11 @@ def pretrain(out: str | Path, records_path: str | Path, cfg: PretrainConfig, *, 
         raise PsrlError(f"{records_path}: no record has a 'target' image; pretraining needs world scenes "
                         "(`psrl world make`)")
     train, held = split_records(records, cfg.holdout)
+    stats_prompts = prompt_fit(train, cfg.max_sequence_length)
     work = out / ".work"
     work.mkdir(parents=True, exist_ok=True)
     base = work / "base"
-    stats: dict = {"config": asdict(cfg), "records": len(train), "held_out_records": len(held)}
+    stats: dict = {"config": asdict(cfg), "records": len(train), "held_out_records": len(held), **stats_prompts}
     t_start = time.perf_counter()
     if not (resume and (base / "model_index.json").is_file()):
         images = load_images(root, record_images(train), cfg.size)
