@@ -62,7 +62,8 @@ def test_prompt_fit_counts_the_instructions_the_t5_budget_cuts(caplog):
     assert fit["truncated_prompts"] == 0 and 20 < fit["longest_prompt_tokens"] <= PretrainConfig().max_sequence_length
     with caplog.at_level(logging.WARNING):
         short = prompt_fit(recs, 16)
-    assert 0 < short["truncated_prompts"] <= len(recs) and short["longest_prompt_tokens"] == fit["longest_prompt_tokens"]
+    assert 0 < short["truncated_prompts"] <= len(recs)
+    assert short["longest_prompt_tokens"] == fit["longest_prompt_tokens"]
     assert len([r for r in caplog.records if "are truncated" in r.getMessage()]) == 1
 
 
