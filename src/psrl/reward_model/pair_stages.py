@@ -26,7 +26,8 @@ from psrl.datagen.manifest import read_kept
 from psrl.datagen.runner import BaseStage, kept, rejected
 from psrl.data.records import RecordError, image_filename, resolve_under
 from psrl.images import ImageLoadError, load_image, save_image
-from psrl.reward_model.grids import GridError, cell_boxes, cell_pairs, parse_grid_size, parse_grid_spec
+from psrl.data.grid_prompt import cell_boxes, find_grid_size
+from psrl.reward_model.grids import GridError, cell_pairs, parse_grid_spec
 from psrl.reward_model.pairs import (PairExample, parse_judge_reply, read_labels, response_from_label,
                                      split_heldout, write_pairs)
 from psrl.rewards.vlm.prompts import PACO_TEMPLATES, paco_prompt
@@ -180,7 +181,7 @@ class CellsStage(BaseStage):
         spec = self.cfg.grid or item.get("grid")
         if spec:
             return parse_grid_spec(spec)
-        size = parse_grid_size(item["prompt"])
+        size = find_grid_size(item["prompt"])
         if size is None:
             raise GridError("no grid size: the prompt names no ROWSxCOLS (pass --grid 2x2)")
         return size
@@ -201,8 +202,10 @@ class CellsStage(BaseStage):
         except (ImageLoadError, RecordError) as e:
             return rejected(item, "image_unreadable", f"{where}: {e}")
         try:
-            boxes = cell_boxes(image.width, image.height, rows, cols)
-        except GridError as e:
+            if rows * cols < 2:
+                raise ValueError(f"a {rows}x{cols} grid has fewer than 2 cells")
+            boxes = cell_boxes(image.width, image.height, rows, cols, min_side=1, exact=True)
+        except ValueError as e:
             return rejected(item, "grid_does_not_divide", f"{where}: {e}")
         folder = Path(CELLS_DIR) / image_filename(item["id"], "")
         cells = []
