@@ -160,9 +160,10 @@ def write_pairs(examples, path: str | Path) -> Path:
     return write_text_atomic(path, "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples))
 
 
-def image_path(data_root: str | Path, example: PairExample, k: int) -> Path:
-    """Image ``k`` of ``example`` under ``data_root``; RecordError when it escapes the root or is absolute."""
-    return resolve_under(data_root, example.images[k], what=f"{example.where or example.id}: image")
+def image_path(root: str | Path, example: PairExample, k: int) -> Path:
+    """Image ``k`` of ``example`` under ``root`` (:func:`psrl.data.records.records_root` of its file); RecordError
+    when it escapes the root or is absolute."""
+    return resolve_under(root, example.images[k], what=f"{example.where or example.id}: image")
 
 
 # ---------------------------------------------------------------------------------------------- human labels
