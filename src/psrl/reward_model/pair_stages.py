@@ -22,6 +22,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psrl.config import check_range
 from psrl.datagen.manifest import read_kept
 from psrl.datagen.runner import BaseStage, kept, rejected
 from psrl.data.records import RecordError, image_filename, resolve_under
@@ -102,8 +103,7 @@ class PairsConfig:
     def __post_init__(self):
         if self.grid:
             parse_grid_spec(self.grid)
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        check_range(self, "heldout_fraction", 0, 1, hi_open=True)
         if self.template not in PACO_TEMPLATES and "{theme}" not in self.template and len(self.template) < 20:
             # a typo such as "v2" would otherwise become the whole prompt (paco_prompt passes unknown names through)
             raise ValueError(f"template {self.template!r} is neither a PaCo template ({sorted(PACO_TEMPLATES)}) nor "
