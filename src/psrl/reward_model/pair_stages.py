@@ -17,7 +17,6 @@ Human labels (``--labels``) are joined at export, so a labels file can grow betw
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,8 @@ from psrl.data.records import RecordError, image_filename, resolve_under
 from psrl.images import ImageLoadError, load_image, save_image
 from psrl.data.grid_prompt import cell_boxes, find_grid_size
 from psrl.reward_model.grids import GridError, cell_pairs, parse_grid_spec
-from psrl.reward_model.pairs import (PairExample, parse_judge_reply, read_labels, response_from_label,
-                                     split_heldout, write_pairs)
+from psrl.reward_model.pairs import (PairExample, jsonl_lines, not_json, parse_judge_reply, read_labels,
+                                     response_from_label, split_heldout, write_pairs)
 from psrl.rewards.vlm.prompts import PACO_TEMPLATES, paco_prompt
 
 logger = logging.getLogger(__name__)
@@ -115,7 +114,6 @@ class PairsConfig:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-# alike on purpose: the JSONL line loop of read_records; a bad grid line becomes that item's error, counted
 def read_grids(source: str | Path) -> tuple[Path, list[dict]]:
     """``(root the image paths are relative to, [{"id", "image", "prompt", "theme", "grid", "where", "error"?}])``.
     A line that cannot be used carries ``error: (reason, detail)`` and becomes a rejected sample, so it is
@@ -139,15 +137,10 @@ def read_grids(source: str | Path) -> tuple[Path, list[dict]]:
     if not source.is_file():
         raise RecordError(f"grids not found: {source} (a JSONL file or a folder of images with .txt prompts)")
     items, seen = [], set()
-    for lineno, line in enumerate(source.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}"
-        item = {"id": f"line-{lineno}", "where": where, "grid": None}
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            item["error"] = ("bad_line", f"{where}: not valid JSON ({e})")
+    for where, d in jsonl_lines(source):
+        item = {"id": f"line-{where.rpartition(':')[2]}", "where": where, "grid": None}
+        if problem := not_json(where, d):
+            item["error"] = ("bad_line", problem)
             items.append(item)
             continue
         ok = isinstance(d, dict) and all(isinstance(d.get(k), str) and d[k].strip() for k in ("id", "image", "prompt"))
