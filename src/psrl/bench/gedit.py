@@ -31,7 +31,7 @@ import json
 import math
 from pathlib import Path
 
-from psrl.bench.items import BenchItem, ValidationIssue, check_image
+from psrl.bench.items import ValidationIssue, check_image
 from psrl.errors import PsrlError
 
 GEDIT_GROUPS: tuple[str, ...] = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human",
@@ -110,7 +110,7 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
 
 
 def _load(data_root, subsets, language: str):
-    from psrl.bench.psrbench import LoadedSubsets
+    from psrl.bench.psrbench import LoadedSubsets, add_groups, check_subset_names
 
     root = Path(data_root).resolve()
     out = LoadedSubsets()
@@ -126,10 +126,7 @@ def _load(data_root, subsets, language: str):
     if not isinstance(data, list):
         out.issues.append(ValidationIssue("*", None, "file", f"{path}: expected a JSON list"))
         return out
-    for name in subsets or ():
-        if name not in GEDIT_GROUPS:
-            out.issues.append(ValidationIssue(name, None, "subset", f"unknown task group; known: "
-                                                                     f"{', '.join(GEDIT_GROUPS)}"))
+    check_subset_names(out, subsets, GEDIT_GROUPS, what="task group")
     raw: dict[str, list] = {g: [] for g in GEDIT_GROUPS}
     for i, entry in enumerate(data):
         group = entry.get("task_type") if isinstance(entry, dict) else None
@@ -138,14 +135,7 @@ def _load(data_root, subsets, language: str):
                                                                             f"GEdit-Bench task group"))
         elif entry.get("instruction_language") == language:
             raw[group].append(entry)
-    # alike on purpose: t2is.load ends the same way (keep the asked subsets, parse each entry), over its own groups
-    for group in GEDIT_GROUPS:
-        if raw[group] and (not subsets or group in subsets):
-            out.raw[group] = raw[group]
-            for index, entry in enumerate(raw[group]):
-                record, issues = parse_entry(group, index, entry, root)
-                out.issues.extend(issues)
-                out.items.append(BenchItem(group, index, entry, record))
+    add_groups(out, raw, subsets, root, parse_entry)
     return out
 
 

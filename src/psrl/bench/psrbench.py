@@ -154,6 +154,23 @@ def add_entries(out: LoadedSubsets, subset: str, data: list, data_root: Path, *,
         out.items.append(BenchItem(subset, index, entry if isinstance(entry, dict) else {"_raw": entry}, record))
 
 
+def add_groups(out: LoadedSubsets, raw: dict[str, list], subsets: list[str] | None, data_root: Path, parse) -> None:
+    """The entries of every group of ``raw`` (in its order) that ``subsets`` asks for (all without it), kept in
+    ``out.raw`` and parsed into ``out`` by the benchmark's ``parse`` (GEdit-Bench and T2IS-Bench read one file of
+    all groups)."""
+    for group, entries in raw.items():
+        if entries and (not subsets or group in subsets):
+            out.raw[group] = entries
+            add_entries(out, group, entries, data_root, parse=parse)
+
+
+def check_subset_names(out: LoadedSubsets, names: list[str] | None, known, what: str = "subset") -> None:
+    """An issue for each of ``names`` that is not one of the benchmark's ``known`` subsets."""
+    for name in names or ():
+        if name not in known:
+            out.issues.append(ValidationIssue(name, None, "subset", f"unknown {what}; known: {', '.join(known)}"))
+
+
 def load_psrbench(data_root: str | Path, subsets: list[str] | None = None, *, check_files: bool = True,
                   json_dir: str | Path | None = None) -> LoadedSubsets:
     """Load (and validate) the subset files of a PSRBench root. ``subsets`` restricts to some subsets; unknown
@@ -170,10 +187,7 @@ def load_psrbench(data_root: str | Path, subsets: list[str] | None = None, *, ch
     if parser is None:
         out.notes.append("position relation check skipped: psrl.rewards.position.parse_relation is not available")
     wanted = list(subsets) if subsets else list(PSRBENCH_SUBSET_NAMES)
-    for name in wanted:
-        if name not in SUBSETS_BY_NAME:
-            out.issues.append(ValidationIssue(name, None, "subset", f"unknown subset; known: "
-                                                                     f"{', '.join(PSRBENCH_SUBSET_NAMES)}"))
+    check_subset_names(out, wanted, PSRBENCH_SUBSET_NAMES)
     if not subsets:
         for stray in sorted(json_root.glob("*.json")):
             if stray.stem not in SUBSETS_BY_NAME:

@@ -43,7 +43,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from psrl.bench.items import BenchItem, ValidationIssue
+from psrl.bench.items import ValidationIssue
 from psrl.data.grid_prompt import divide_prompt, find_grid_size
 from psrl.errors import PsrlError
 
@@ -124,7 +124,7 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
 
 def load(data_root, subsets=None, **_):
     """Read ``<root>/test_metadata.jsonl`` into per-category subsets (unknown categories and bad lines are issues)."""
-    from psrl.bench.psrbench import LoadedSubsets
+    from psrl.bench.psrbench import LoadedSubsets, add_groups, check_subset_names
 
     root = Path(data_root).resolve()
     out = LoadedSubsets()
@@ -135,10 +135,7 @@ def load(data_root, subsets=None, **_):
     if not path.is_file():
         out.issues.append(ValidationIssue("*", None, "file", f"T2IS prompt file not found: {path}"))
         return out
-    for name in subsets or ():
-        if name not in T2IS_SUBSETS:
-            out.issues.append(ValidationIssue(name, None, "subset",
-                                              f"unknown subset; known: {', '.join(T2IS_SUBSETS)}"))
+    check_subset_names(out, subsets, T2IS_SUBSETS)
     raw: dict[str, list] = {s: [] for s in T2IS_SUBSETS}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -155,14 +152,7 @@ def load(data_root, subsets=None, **_):
                                               f"is not one of {sorted(CATEGORY_SLUGS)}"))
             continue
         raw[slug].append(entry)
-    # alike on purpose: gedit._load ends the same way (keep the asked subsets, parse each entry), over its own groups
-    for subset in T2IS_SUBSETS:
-        if raw[subset] and (not subsets or subset in subsets):
-            out.raw[subset] = raw[subset]
-            for index, entry in enumerate(raw[subset]):
-                record, issues = parse_entry(subset, index, entry, root)
-                out.issues.extend(issues)
-                out.items.append(BenchItem(subset, index, entry, record))
+    add_groups(out, raw, subsets, root, parse_entry)
     return out
 
 
