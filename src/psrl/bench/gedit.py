@@ -110,14 +110,12 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
 
 
 def _load(data_root, subsets, language: str):
-    from psrl.bench.psrbench import LoadedSubsets, add_groups, check_subset_names
+    from psrl.bench.psrbench import add_groups, check_subset_names, open_root
 
-    root = Path(data_root).resolve()
-    out = LoadedSubsets()
-    path = root / METADATA
-    if not root.is_dir():
-        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    root, out = open_root(data_root)
+    if out.issues:
         return out
+    path = root / METADATA
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

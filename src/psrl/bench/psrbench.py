@@ -154,6 +154,15 @@ def add_entries(out: LoadedSubsets, subset: str, data: list, data_root: Path, *,
         out.items.append(BenchItem(subset, index, entry if isinstance(entry, dict) else {"_raw": entry}, record))
 
 
+def open_root(data_root: str | Path) -> tuple[Path, LoadedSubsets]:
+    """``(resolved root, an empty LoadedSubsets)`` to load a benchmark into, the latter holding the issue "not a
+    directory" when the root is none (the loader then returns it as it is)."""
+    root, out = Path(data_root).resolve(), LoadedSubsets()
+    if not root.is_dir():
+        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    return root, out
+
+
 def add_groups(out: LoadedSubsets, raw: dict[str, list], subsets: list[str] | None, data_root: Path, parse) -> None:
     """The entries of every group of ``raw`` (in its order) that ``subsets`` asks for (all without it), kept in
     ``out.raw`` and parsed into ``out`` by the benchmark's ``parse`` (GEdit-Bench and T2IS-Bench read one file of
@@ -177,12 +186,10 @@ def load_psrbench(data_root: str | Path, subsets: list[str] | None = None, *, ch
     names, missing subset files and stray ``*.json`` files that are not subsets are reported as issues.
     ``json_dir`` reads the subset files from another folder (a result folder); references stay under ``data_root``.
     """
-    root = Path(data_root).resolve()
-    json_root = Path(json_dir) if json_dir is not None else root
-    out = LoadedSubsets()
-    if not root.is_dir():
-        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    root, out = open_root(data_root)
+    if out.issues:
         return out
+    json_root = Path(json_dir) if json_dir is not None else root
     parser = _relation_parser()
     if parser is None:
         out.notes.append("position relation check skipped: psrl.rewards.position.parse_relation is not available")

@@ -124,14 +124,12 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
 
 def load(data_root, subsets=None, **_):
     """Read ``<root>/test_metadata.jsonl`` into per-category subsets (unknown categories and bad lines are issues)."""
-    from psrl.bench.psrbench import LoadedSubsets, add_groups, check_subset_names
+    from psrl.bench.psrbench import add_groups, check_subset_names, open_root
 
-    root = Path(data_root).resolve()
-    out = LoadedSubsets()
-    path = root / PROMPTS_FILE
-    if not root.is_dir():
-        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    root, out = open_root(data_root)
+    if out.issues:
         return out
+    path = root / PROMPTS_FILE
     if not path.is_file():
         out.issues.append(ValidationIssue("*", None, "file", f"T2IS prompt file not found: {path}"))
         return out

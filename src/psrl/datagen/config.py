@@ -32,6 +32,8 @@ class EndpointConfig:
         concurrency: requests in flight at once (one thread each).
     """
 
+    # alike on purpose: plain typed fields, as every config dataclass (the endpoint keys of pair_stages'
+    # TeacherConfig are other names users already write: timeout, max_concurrency)
     url: str | None = None
     model: str = "default"
     api_key_env: str = "PSRL_LLM_API_KEY"
@@ -87,6 +89,7 @@ class GenerationConfig:
     """A generator and how it samples. ``model`` is any policy config (``path: tiny`` for tests)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    # alike on purpose: the sampling keys of psrl.sampling / psrl train, under this stage's own defaults
     num_steps: int = 28
     height: int = 512
     width: int = 512

@@ -56,6 +56,8 @@ class TeacherConfig:
         batch_size: pairs per stage batch (and per local forward pass).
     """
 
+    # alike on purpose: plain typed fields, as every config dataclass (the endpoint keys of the data pipeline's
+    # EndpointConfig are other names users already write: timeout_s, concurrency)
     transport: str = "remote"
     url: str | None = None
     model: str = "default"

@@ -110,6 +110,7 @@ class RewardModelConfig:
         save_merged: at the end also write merged/, the LoRA merged into the base (what vLLM and sglang serve).
     """
 
+    # alike on purpose: the optimizer, checkpoint and logging keys of psrl train / sft, so one YAML habit serves all
     first_token_weight: float | None = 0.1
     num_train_epochs: float = 2.0
     max_steps: int = 0
