@@ -40,7 +40,6 @@ GEDIT_GROUPS: tuple[str, ...] = ("background_change", "color_alter", "material_a
 GEDIT_DIMENSIONS: tuple[str, ...] = ("semantic_consistency", "perceptual_quality", "overall")
 METADATA = "gedit_bench.json"
 GEDIT_JUDGE = "Qwen/Qwen2.5-VL-72B-Instruct-AWQ"
-LANGUAGES = ("en", "cn")
 
 
 def source_image_path(task_type: str, language: str, key: str) -> str:

@@ -224,14 +224,3 @@ def export_subset(raw_entries: list, result_paths: dict[int, str], path: str | P
                 entry["result_path"] = result_paths[index]
         out.append(entry)
     write_json_atomic(path, out)
-
-
-def records_to_psrbench_entry(record: Record) -> dict:
-    """A record as a PSRBench entry (for datasets made by psrl's data pipeline); reference paths relative to the
-    record's data root, as the benchmark's ``input_path`` holds them."""
-    if not record.subjects or any(s.image is None for s in record.subjects):
-        raise RecordError(f"record {record.id!r}: every subject needs a reference image to be a PSRBench entry")
-    entry = {"instruction": record.prompt, "input_path": [s.image for s in record.relative().subjects]}
-    for i, s in enumerate(record.subjects, 1):
-        entry[f"category{i}"] = s.phrase
-    return entry
