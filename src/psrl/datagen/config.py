@@ -97,9 +97,8 @@ class GenerationConfig:
     batch_size: int = 4
 
     def __post_init__(self):
-        if self.num_steps < 1 or self.batch_size < 1 or self.height < 16 or self.width < 16:
-            raise ValueError(f"bad generation settings: steps {self.num_steps}, batch {self.batch_size}, "
-                             f"size {self.height}x{self.width}")
+        for name, lo in (("num_steps", 1), ("batch_size", 1), ("height", 16), ("width", 16)):
+            check_range(self, name, lo)
 
 
 @dataclass
@@ -122,8 +121,8 @@ class GroundConfig:
     batch_size: int = 8
 
     def __post_init__(self):
-        if not 0 <= self.max_pair_iou <= 1 or not 0 <= self.min_box_area < 1:
-            raise ValueError("ground.max_pair_iou must be in [0, 1] and ground.min_box_area in [0, 1)")
+        check_range(self, "max_pair_iou", 0, 1, section="ground")
+        check_range(self, "min_box_area", 0, 1, hi_open=True, section="ground")
         check_range(self, "batch_size", 1, section="ground")
 
 

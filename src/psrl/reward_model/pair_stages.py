@@ -73,8 +73,8 @@ class TeacherConfig:
     def __post_init__(self):
         if self.transport not in ("remote", "local"):
             raise ValueError(f"teacher.transport must be 'remote' or 'local', got {self.transport!r}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("teacher.max_new_tokens and teacher.batch_size must be >= 1")
+        check_range(self, "max_new_tokens", 1, section="teacher")
+        check_range(self, "batch_size", 1, section="teacher")
 
 
 @dataclass
