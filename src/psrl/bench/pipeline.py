@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,8 +13,6 @@ from psrl.sharding import Shard
 from psrl.bench.summary import dimension_outcomes, summarize
 from psrl.bench.tasks import DimensionSpec
 from psrl.errors import PsrlError
-
-log = logging.getLogger(__name__)
 
 
 def default_metrics(benchmark: str, *, compat: bool = False, judge_endpoint: str | None = None,
