@@ -146,6 +146,31 @@ def test_results_of_another_model_with_relative_paths(generated, tmp_path):
     assert why.startswith(f"result image {tmp_path / 'imgs' / '1.png'}: unreadable image"), why
 
 
+@pytest.mark.component
+def test_report_gallery_reads_the_resolved_reference_paths(generated, tmp_path):
+    """The gallery's reference thumbnails come from the paths resolved at load (no data root reaches the report):
+    the same images the data root joined with the entry's relative paths gave, and `psrl bench report DIR`
+    rebuilds the same page."""
+    from psrl.bench.pipeline import eval_and_report, report_from_dir
+    from psrl.bench.report import _thumb_b64
+
+    root, out, _ = generated
+    samples, _ = load_result_samples(out, root, subsets=["Three"])
+    metrics = parse_metrics({"aesthetics": {"reward": "mean_color"}})
+    _, summary = eval_and_report(samples, tmp_path, metrics, benchmark="psrbench", results_dir=out)
+    rows = read_sample_rows(tmp_path)
+    assert len(rows) == 4 and summary["data_root"] == str(root.resolve())
+    html = (tmp_path / "report.html").read_text()
+    for row in rows.values():
+        assert row["reference_images"] == [str((root / ref).resolve()) for ref in row["references"]]
+        for ref in row["references"]:
+            assert _thumb_b64(root / ref) in html
+    assert html.count("<figure class=\"missing\">") == 0
+    report_from_dir(tmp_path, title=f"psrbench: {out}")
+    assert (tmp_path / "report.html").read_text() == html
+    assert json.loads((tmp_path / "summary.json").read_text())["data_root"] == str(root.resolve())
+
+
 def _eval_cmd(results, out, metrics_file):
     return [sys.executable, "-m", "psrl", "bench", "eval", "--results", str(results), "--out", str(out),
             "--metrics", str(metrics_file), "--batch-size", "1", "--no-report"]

@@ -7,7 +7,8 @@ import pytest
 import torch
 import yaml
 
-from psrl.bench.t2is import divide_prompt, grid_cells, load, parse_grid
+from psrl.bench.t2is import load
+from psrl.data.grid_prompt import cut_grid
 
 CRITERIA = {"Identity": {"Face": "The fox looks the same in every image.", "Coat": "The coat colour is the same."},
             "Style": {"Render": "Every image is rendered alike."},
@@ -39,18 +40,17 @@ def make_t2is(root):
 
 
 @pytest.mark.unit
-def test_grid_size_sub_prompts_and_cells():
-    assert parse_grid("2x2") == (2, 2) and parse_grid("a 1⨉4 strip") == (1, 4) and parse_grid("2 × 3") == (2, 3)
-    assert parse_grid("four panels") is None and parse_grid("0x2") is None and parse_grid(None) is None
-    chunks = divide_prompt(PROMPT)
-    assert len(chunks) == 5 and chunks[0].startswith("FOUR-PANEL") and chunks[1] == "The fox sleeps."
-    assert chunks[4] == "The fox looks at the stars."
-    image = torch.arange(3 * 5 * 7, dtype=torch.float32).reshape(3, 5, 7)
-    cells = grid_cells(image, 2, 3)  # 2x2-pixel cells, the odd row and column cut off, row-major
-    assert len(cells) == 6 and all(c.shape == (3, 2, 2) for c in cells)
-    assert torch.equal(cells[1], image[:, 0:2, 2:4]) and torch.equal(cells[3], image[:, 2:4, 0:2])
-    with pytest.raises(ValueError, match="no 8x1 grid"):
-        grid_cells(image, 8, 1)
+def test_entry_grid_falls_back_from_layout_to_prompt_and_keeps_the_sub_prompts(tmp_path):
+    """The grid rules themselves are tested once, in test_t2is_prompts (psrl.data.grid_prompt)."""
+    from psrl.bench.t2is import parse_entry
+
+    entry = line(0, "0001_0001", layout="four panels")
+    record, issues = parse_entry("character", 0, entry, tmp_path)
+    assert issues == [] and record.tags["grid"] == [2, 2] and record.tags["theme"] == "A red fox."
+    assert record.tags["sub_prompts"] == ["The fox sleeps.", "The fox runs.", "The fox eats.",
+                                          "The fox looks at the stars."]
+    record, issues = parse_entry("character", 0, line(0, "0001_0001", layout="0x2", prompt="a fox"), tmp_path)
+    assert record is None and "no grid size" in str(issues[0])
 
 
 @pytest.mark.unit
@@ -158,7 +158,7 @@ def test_metrics_on_a_tiny_judge_follow_the_published_rules(tmp_path):
     images = torch.rand(2, 3, 32, 32, generator=g)
     identity = T2ISConsistency(dimension="Identity", judge_size=16, path="tiny")
     out = identity(images, records)
-    cells = [c.resize((16, 16)) for c in to_pil_images(list(grid_cells(images[0], 2, 2)))[0]]
+    cells = [c.resize((16, 16)) for c in to_pil_images(list(cut_grid(images[0], 2, 2, min_side=1)))[0]]
     expected = []
     for text in CRITERIA["Identity"].values():
         reqs = [JudgeRequest([cells[i], cells[j]], f"Do images meet the following criteria? {text} Please answer "
@@ -171,7 +171,7 @@ def test_metrics_on_a_tiny_judge_follow_the_published_rules(tmp_path):
     assert 0.0 <= logic.scores[0] <= 1.0 and logic.failures[0] is None
     attribute = T2ISAlignment(dimension="Attribute", path="tiny")
     got = attribute(images[:1], records[:1])
-    cells = to_pil_images(list(grid_cells(images[0], 2, 2)))[0]
+    cells = to_pil_images(list(cut_grid(images[0], 2, 2, min_side=1)))[0]
     per_cell = [sum(p for p, _, _ in attribute.judge.p_yes(
         [JudgeRequest([c], f'Does this figure show "{q}"? Please answer yes or no.') for q in
          ("the fox is red", "the fox has a white belly")])) / 2 for c in cells]
@@ -179,7 +179,7 @@ def test_metrics_on_a_tiny_judge_follow_the_published_rules(tmp_path):
     from psrl.rewards.simple import MeanColorReward
 
     aesthetic = CellMean(reward="mean_color")(images, records)
-    alone = [MeanColorReward()(c[None], records[:1]).scores.item() for c in grid_cells(images[0], 2, 2)]
+    alone = [MeanColorReward()(c[None], records[:1]).scores.item() for c in cut_grid(images[0], 2, 2, min_side=1)]
     assert aesthetic.scores[0].item() == pytest.approx(sum(alone) / 4, abs=1e-6)
     assert aesthetic.details["cell_scores"][1] is not None
 

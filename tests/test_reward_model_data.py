@@ -17,25 +17,14 @@ V1 = "Given two subfigures generated based on the theme"
 
 # ---------------------------------------------------------------------------------------------- grids
 @pytest.mark.unit
-def test_grid_size_parsing_and_cutting():
-    from psrl.reward_model.grids import (GridError, cell_boxes, cell_pairs, parse_grid_size, parse_grid_spec,
-                                         split_grid)
+def test_grid_spec_and_cell_pairs():
+    from psrl.reward_model.grids import GridError, cell_pairs, parse_grid_spec
 
-    assert parse_grid_size("FOUR-PANEL Images with a 2x2 grid layout of a cat") == (2, 2)
-    assert parse_grid_size("THREE-PANEL Images with a 1 ⨉ 3 grid") == (1, 3)
-    assert parse_grid_size("a 2×3 sheet") == (2, 3) and parse_grid_size("a cat") is None
+    # grid sizes and cells: psrl.data.grid_prompt, tested in test_t2is_prompts
     assert parse_grid_spec(" 2x2 ") == (2, 2)
     for bad in ("2", "1x1", "ax2"):
         with pytest.raises(GridError):
             parse_grid_spec(bad)
-    # row-major: top-left, top-right, bottom-left, bottom-right (PaCo's divide_image)
-    assert cell_boxes(40, 20, 2, 2) == [(0, 0, 20, 10), (20, 0, 40, 10), (0, 10, 20, 20), (20, 10, 40, 20)]
-    with pytest.raises(GridError, match="101x100 image does not divide into a 2x2 grid"):
-        cell_boxes(101, 100, 2, 2)
-    arr = np.arange(4 * 6 * 3, dtype=np.uint8).reshape(4, 6, 3)
-    cells = split_grid(Image.fromarray(arr), 2, 3)
-    assert [c.size for c in cells] == [(2, 2)] * 6
-    assert np.array_equal(np.asarray(cells[4]), arr[2:4, 2:4])
     assert cell_pairs(4) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
 
 

@@ -179,7 +179,7 @@ def test_pixel_body_and_image_count_limits_are_answered_before_decoding():
         # within the limits all is well
         r = httpx.post(url, json=_body([_png_b64(i) for i in range(3)], [_rec(i) for i in range(3)]))
         assert r.status_code == 200 and len(r.json()["scores"]) == 3
-    with pytest.raises(ConfigError, match="max_pixels must be a positive integer"):
+    with pytest.raises(ConfigError, match="max_pixels must be >= 1, got 0"):
         from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "max_pixels": 0})
 
 

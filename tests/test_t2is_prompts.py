@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from psrl.data.grid_prompt import GridPromptError, cut_grid, grid_size, parse_grid_prompt, parse_grid_records
+from psrl.data.grid_prompt import (GridPromptError, cell_boxes, cut_grid, divide_prompt, find_grid_size, grid_size,
+                                   parse_grid_prompt, parse_grid_records)
 from psrl.data.records import Record
 
 pytestmark = pytest.mark.unit
@@ -82,6 +83,9 @@ def test_cell_prompts_must_match_the_cell_count_and_records_are_checked_together
 
 @pytest.mark.parametrize("rows, cols, w, h", [(2, 2, 32, 32), (2, 3, 35, 21), (1, 3, 50, 9), (3, 1, 8, 26)])
 def test_cut_grid_is_row_major_numpy_slicing_with_the_remainder_dropped(rows, cols, w, h):
+    """The one cell cutter, PIL and tensor alike, against numpy slicing (the oracle)."""
+    import torch
+
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
     cells = cut_grid(Image.fromarray(arr), rows, cols)
@@ -90,6 +94,24 @@ def test_cut_grid_is_row_major_numpy_slicing_with_the_remainder_dropped(rows, co
     assert len(cells) == rows * cols
     for cell, want in zip(cells, expected):
         assert cell.size == (cw, ch) and np.array_equal(np.asarray(cell), want)
+    tensor_cells = cut_grid(torch.from_numpy(arr).permute(2, 0, 1), rows, cols)  # [3, H, W] -> [3, h, w] views
+    assert [np.array_equal(c.permute(1, 2, 0).numpy(), want) for c, want in zip(tensor_cells, expected)] == \
+        [True] * (rows * cols)
+    divides = w % cols == 0 and h % rows == 0
+    if divides:
+        assert cell_boxes(w, h, rows, cols, exact=True) == cell_boxes(w, h, rows, cols)
+    else:
+        with pytest.raises(ValueError, match=rf"a {w}x{h} image does not divide into a {rows}x{cols} grid"):
+            cell_boxes(w, h, rows, cols, exact=True)
+
+
+def test_find_grid_size_and_divide_prompt():
+    assert find_grid_size("2x2") == (2, 2) and find_grid_size("a 1⨉4 strip") == (1, 4)
+    assert find_grid_size("2 × 3") == (2, 3)
+    assert find_grid_size("four panels") is None and find_grid_size("0x2") is None and find_grid_size(None) is None
+    # the '.' or '"' before a marker goes with the separator; every chunk ends with '.'; an empty one stays empty
+    chunks, markers = divide_prompt('A 1x2 grid of "cats." [LEFT]:a cat. [RIGHT]:')
+    assert chunks == ['A 1x2 grid of "cats.', "a cat.", ""] and markers == ["[LEFT]", "[RIGHT]"]
 
 
 def test_cut_grid_refuses_cells_under_the_minimum_side():

@@ -419,3 +419,24 @@ def dump_yaml(cfg: Any, path: str | Path) -> None:
     from psrl.fileio import write_text_atomic
 
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def check_range(obj: Any, name: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+                hi_open: bool = False, section: str = "") -> None:
+    """The one range check of ``__post_init__`` methods: ``ValueError("<section>.<name> must be <range>, got
+    <value>")`` unless ``lo <= obj.<name> <= hi`` (``lo_open`` / ``hi_open``: strict; ``None``: unbounded). A
+    ``None`` value is not checked (an optional field left unset)."""
+    value = getattr(obj, name)
+    if value is None:
+        return
+    ok = ((lo is None or (value > lo if lo_open else value >= lo))
+          and (hi is None or (value < hi if hi_open else value <= hi)))
+    if ok:
+        return
+    if lo is not None and hi is not None:
+        rule = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    elif lo is not None:
+        rule = f"{'>' if lo_open else '>='} {lo}"
+    else:
+        rule = f"{'<' if hi_open else '<='} {hi}"
+    raise ValueError(f"{section + '.' if section else ''}{name} must be {rule}, got {value}")

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 
 from psrl.bench.items import ValidationIssue
-from psrl.bench.psrbench import LoadedSubsets, add_entries
+from psrl.bench.psrbench import LoadedSubsets, add_entries, open_root
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -44,12 +44,10 @@ def load_dreambench(data_root: str | Path, *, subjects: list[str] | None = None,
 
     ``reference_index="all"`` lists every real image of the subject as a reference: DINO / CLIP-I are then the
     mean cosine to all real images, the original DreamBooth protocol (policies get all of them as references)."""
-    root = Path(data_root).resolve()
-    spec = dreambench_spec()
-    out = LoadedSubsets()
-    if not root.is_dir():
-        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    root, out = open_root(data_root)
+    if out.issues:
         return out
+    spec = dreambench_spec()
     wanted = list(subjects) if subjects else list(spec["classes"])
     for name in wanted:
         if name not in spec["classes"]:

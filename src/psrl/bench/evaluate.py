@@ -208,6 +208,8 @@ def _base_row(sample: ResultSample) -> dict:
         "image": str(sample.image) if sample.image else None,
         "prompt": rec.prompt if rec else sample.item.entry.get("instruction"),
         "references": [s.image for s in rec.relative().subjects] if rec else sample.item.entry.get("input_path"),
+        # absolute (as resolved at load): what the report's gallery reads, so no report needs the data root
+        "reference_images": [s.image for s in rec.subjects] if rec else None,
         "phrases": [s.phrase for s in rec.subjects] if rec else None,
     }
 

@@ -31,7 +31,7 @@ import json
 import math
 from pathlib import Path
 
-from psrl.bench.items import BenchItem, ValidationIssue, check_image
+from psrl.bench.items import ValidationIssue, check_image
 from psrl.errors import PsrlError
 
 GEDIT_GROUPS: tuple[str, ...] = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human",
@@ -40,7 +40,6 @@ GEDIT_GROUPS: tuple[str, ...] = ("background_change", "color_alter", "material_a
 GEDIT_DIMENSIONS: tuple[str, ...] = ("semantic_consistency", "perceptual_quality", "overall")
 METADATA = "gedit_bench.json"
 GEDIT_JUDGE = "Qwen/Qwen2.5-VL-72B-Instruct-AWQ"
-LANGUAGES = ("en", "cn")
 
 
 def source_image_path(task_type: str, language: str, key: str) -> str:
@@ -110,14 +109,12 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
 
 
 def _load(data_root, subsets, language: str):
-    from psrl.bench.psrbench import LoadedSubsets
+    from psrl.bench.psrbench import add_groups, check_subset_names, open_root
 
-    root = Path(data_root).resolve()
-    out = LoadedSubsets()
-    path = root / METADATA
-    if not root.is_dir():
-        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    root, out = open_root(data_root)
+    if out.issues:
         return out
+    path = root / METADATA
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -126,10 +123,7 @@ def _load(data_root, subsets, language: str):
     if not isinstance(data, list):
         out.issues.append(ValidationIssue("*", None, "file", f"{path}: expected a JSON list"))
         return out
-    for name in subsets or ():
-        if name not in GEDIT_GROUPS:
-            out.issues.append(ValidationIssue(name, None, "subset", f"unknown task group; known: "
-                                                                     f"{', '.join(GEDIT_GROUPS)}"))
+    check_subset_names(out, subsets, GEDIT_GROUPS, what="task group")
     raw: dict[str, list] = {g: [] for g in GEDIT_GROUPS}
     for i, entry in enumerate(data):
         group = entry.get("task_type") if isinstance(entry, dict) else None
@@ -138,14 +132,7 @@ def _load(data_root, subsets, language: str):
                                                                             f"GEdit-Bench task group"))
         elif entry.get("instruction_language") == language:
             raw[group].append(entry)
-    # alike on purpose: t2is.load ends the same way (keep the asked subsets, parse each entry), over its own groups
-    for group in GEDIT_GROUPS:
-        if raw[group] and (not subsets or group in subsets):
-            out.raw[group] = raw[group]
-            for index, entry in enumerate(raw[group]):
-                record, issues = parse_entry(group, index, entry, root)
-                out.issues.extend(issues)
-                out.items.append(BenchItem(group, index, entry, record))
+    add_groups(out, raw, subsets, root, parse_entry)
     return out
 
 

@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from psrl.bench.evaluate import EVAL_CONFIG, EvalStats, evaluate_samples, read_sample_rows
 from psrl.bench.provenance import config_hash, package_versions
 from psrl.bench.report import write_report
-from psrl.bench.results import benchmark_subsets, load_result_samples, read_manifest
+from psrl.bench.results import ResultSample, benchmark_subsets
 from psrl.sharding import Shard
 from psrl.bench.summary import dimension_outcomes, summarize
 from psrl.bench.tasks import DimensionSpec
 from psrl.errors import PsrlError
-
-log = logging.getLogger(__name__)
 
 
 def default_metrics(benchmark: str, *, compat: bool = False, judge_endpoint: str | None = None,
@@ -28,28 +25,14 @@ def default_metrics(benchmark: str, *, compat: bool = False, judge_endpoint: str
                                          judge_model=judge_model, tiny=tiny)
 
 
-def resolve_benchmark_and_root(results_dir: str | Path, benchmark: str | None,
-                               data_root: str | Path | None) -> tuple[str, Path]:
-    """``benchmark`` and ``data_root`` from the arguments, else from the result folder's manifest."""
-    manifest = read_manifest(results_dir)
-    benchmark = benchmark or manifest.get("benchmark") or "psrbench"
-    root = data_root or manifest.get("data_root")
-    if not root:
-        raise PsrlError(f"{results_dir} has no bench.json naming the data root; pass --data-root")
-    return benchmark, Path(root)
-
-
-def eval_and_report(results_dir: str | Path, out_dir: str | Path, metrics: dict[str, DimensionSpec], *,
-                    benchmark: str, data_root: str | Path, subsets: list[str] | None = None, batch_size: int = 8,
+def eval_and_report(samples: Sequence[ResultSample], out_dir: str | Path, metrics: dict[str, DimensionSpec], *,
+                    benchmark: str, results_dir: str | Path, batch_size: int = 8,
                     device: str = "cpu", shard: Shard | None = None, retry_failed: bool = False,
                     report: bool = True, title: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> tuple[EvalStats, dict | None]:
-    """Evaluate a result folder into ``out_dir`` and (rank 0) write the summary and reports."""
+    """Evaluate ``samples`` (:func:`psrl.bench.results.load_result_samples`: records resolved at load) into
+    ``out_dir`` and (rank 0) write the summary and reports."""
     shard = shard or Shard()
-    samples, issues = load_result_samples(results_dir, data_root, benchmark, subsets)
-    if shard.is_main:
-        for issue in issues:
-            log.warning("result file issue: %s", issue)
     stats = evaluate_samples(samples, out_dir, metrics, benchmark=benchmark, batch_size=batch_size, device=device,
                              shard=shard, retry_failed=retry_failed, progress=progress)
     if shard.is_main:
@@ -58,23 +41,26 @@ def eval_and_report(results_dir: str | Path, out_dir: str | Path, metrics: dict[
         stats.outcomes = dimension_outcomes(rows, list(metrics))
     summary = None
     if shard.is_main and report:
-        summary = report_from_dir(out_dir, data_root=data_root, title=title or f"{benchmark}: {Path(results_dir)}",
-                                  results_dir=results_dir, keys={s.key for s in samples})
+        root = next((s.item.record.root for s in samples if s.item.record is not None), None)
+        summary = report_from_dir(out_dir, title=title or f"{benchmark}: {Path(results_dir)}",
+                                  results_dir=results_dir, keys={s.key for s in samples}, records_root=root)
     return stats, summary
 
 
-def report_from_dir(eval_dir: str | Path, *, data_root: str | Path | None = None, title: str | None = None,
-                    results_dir: str | Path | None = None, keys: set[str] | None = None,
-                    gallery_per_subset: int = 12) -> dict:
-    """Summary and reports from an eval folder's ``samples.jsonl`` and ``eval_config.json``."""
+def report_from_dir(eval_dir: str | Path, *, title: str | None = None, results_dir: str | Path | None = None,
+                    keys: set[str] | None = None, gallery_per_subset: int = 12,
+                    records_root: str | None = None) -> dict:
+    """Summary and reports from an eval folder's ``samples.jsonl`` and ``eval_config.json``. ``records_root`` (the
+    root the records were resolved against) is provenance only; without it a rebuilt report keeps the previous
+    summary's."""
     eval_dir = Path(eval_dir)
     cfg_path = eval_dir / EVAL_CONFIG
     if not cfg_path.is_file():
         raise PsrlError(f"{eval_dir} is not an evaluation folder (no {EVAL_CONFIG})")
     cfg = json.loads(cfg_path.read_text())
     previous = eval_dir / "summary.json"
-    if data_root is None and previous.is_file():  # `psrl bench report DIR` reuses the data root of the eval
-        data_root = json.loads(previous.read_text()).get("data_root")
+    if records_root is None and previous.is_file():  # `psrl bench report DIR` keeps the eval's provenance
+        records_root = json.loads(previous.read_text()).get("data_root")
     rows = list(read_sample_rows(eval_dir).values())
     if keys is not None:
         rows = [r for r in rows if r["key"] in keys]
@@ -87,12 +73,12 @@ def report_from_dir(eval_dir: str | Path, *, data_root: str | Path | None = None
     dims = sorted(cfg["config"]["metrics"], key=lambda d: (known.index(d) if d in known else len(known), d))
     provenance = {"config_hash": config_hash(cfg["config"]), "config": cfg["config"], "versions": package_versions(),
                   "results": str(results_dir) if results_dir else None,
-                  "data_root": str(data_root) if data_root else None}
+                  "data_root": str(records_root) if records_root else None}
     spec = get_benchmark(benchmark)
     summary = summarize(rows, benchmark=benchmark, dimensions=dims, subsets=benchmark_subsets(benchmark),
                         provenance=provenance, overall_rule=spec.overall_rule)
     if spec.summary_extras:  # benchmark-specific tables (GEdit-Bench's intersection columns)
         summary.update(spec.call("summary_extras", rows))
-    write_report(summary, rows, eval_dir, data_root=data_root, title=title or f"{benchmark} report",
+    write_report(summary, rows, eval_dir, title=title or f"{benchmark} report",
                  gallery_per_subset=gallery_per_subset)
     return summary

@@ -154,26 +154,47 @@ def add_entries(out: LoadedSubsets, subset: str, data: list, data_root: Path, *,
         out.items.append(BenchItem(subset, index, entry if isinstance(entry, dict) else {"_raw": entry}, record))
 
 
+def open_root(data_root: str | Path) -> tuple[Path, LoadedSubsets]:
+    """``(resolved root, an empty LoadedSubsets)`` to load a benchmark into, the latter holding the issue "not a
+    directory" when the root is none (the loader then returns it as it is)."""
+    root, out = Path(data_root).resolve(), LoadedSubsets()
+    if not root.is_dir():
+        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    return root, out
+
+
+def add_groups(out: LoadedSubsets, raw: dict[str, list], subsets: list[str] | None, data_root: Path, parse) -> None:
+    """The entries of every group of ``raw`` (in its order) that ``subsets`` asks for (all without it), kept in
+    ``out.raw`` and parsed into ``out`` by the benchmark's ``parse`` (GEdit-Bench and T2IS-Bench read one file of
+    all groups)."""
+    for group, entries in raw.items():
+        if entries and (not subsets or group in subsets):
+            out.raw[group] = entries
+            add_entries(out, group, entries, data_root, parse=parse)
+
+
+def check_subset_names(out: LoadedSubsets, names: list[str] | None, known, what: str = "subset") -> None:
+    """An issue for each of ``names`` that is not one of the benchmark's ``known`` subsets."""
+    for name in names or ():
+        if name not in known:
+            out.issues.append(ValidationIssue(name, None, "subset", f"unknown {what}; known: {', '.join(known)}"))
+
+
 def load_psrbench(data_root: str | Path, subsets: list[str] | None = None, *, check_files: bool = True,
                   json_dir: str | Path | None = None) -> LoadedSubsets:
     """Load (and validate) the subset files of a PSRBench root. ``subsets`` restricts to some subsets; unknown
     names, missing subset files and stray ``*.json`` files that are not subsets are reported as issues.
     ``json_dir`` reads the subset files from another folder (a result folder); references stay under ``data_root``.
     """
-    root = Path(data_root).resolve()
-    json_root = Path(json_dir) if json_dir is not None else root
-    out = LoadedSubsets()
-    if not root.is_dir():
-        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    root, out = open_root(data_root)
+    if out.issues:
         return out
+    json_root = Path(json_dir) if json_dir is not None else root
     parser = _relation_parser()
     if parser is None:
         out.notes.append("position relation check skipped: psrl.rewards.position.parse_relation is not available")
     wanted = list(subsets) if subsets else list(PSRBENCH_SUBSET_NAMES)
-    for name in wanted:
-        if name not in SUBSETS_BY_NAME:
-            out.issues.append(ValidationIssue(name, None, "subset", f"unknown subset; known: "
-                                                                     f"{', '.join(PSRBENCH_SUBSET_NAMES)}"))
+    check_subset_names(out, wanted, PSRBENCH_SUBSET_NAMES)
     if not subsets:
         for stray in sorted(json_root.glob("*.json")):
             if stray.stem not in SUBSETS_BY_NAME:
@@ -203,14 +224,3 @@ def export_subset(raw_entries: list, result_paths: dict[int, str], path: str | P
                 entry["result_path"] = result_paths[index]
         out.append(entry)
     write_json_atomic(path, out)
-
-
-def records_to_psrbench_entry(record: Record) -> dict:
-    """A record as a PSRBench entry (for datasets made by psrl's data pipeline); reference paths relative to the
-    record's data root, as the benchmark's ``input_path`` holds them."""
-    if not record.subjects or any(s.image is None for s in record.subjects):
-        raise RecordError(f"record {record.id!r}: every subject needs a reference image to be a PSRBench entry")
-    entry = {"instruction": record.prompt, "input_path": [s.image for s in record.relative().subjects]}
-    for i, s in enumerate(record.subjects, 1):
-        entry[f"category{i}"] = s.phrase
-    return entry

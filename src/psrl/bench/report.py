@@ -214,8 +214,11 @@ pre{white-space:pre-wrap;font-size:11px;max-width:900px} .score{font-size:13px;m
 """
 
 
-def html_report(summary: dict, rows: Sequence[dict], radar_png: bytes | None, *, data_root: str | Path | None,
-                title: str, gallery_per_subset: int = 12) -> str:
+def html_report(summary: dict, rows: Sequence[dict], radar_png: bytes | None, *, title: str,
+                gallery_per_subset: int = 12) -> str:
+    """The self-contained HTML page: tables, radar chart and a gallery of up to ``gallery_per_subset`` rows a
+    subset, the thumbnails read from each row's ``reference_images`` (absolute paths, resolved when the records
+    were loaded) and ``image``; a missing or unreadable image is drawn as "missing"."""
     dims = summary["dimensions"]
     out = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>")]
@@ -239,10 +242,9 @@ def html_report(summary: dict, rows: Sequence[dict], radar_png: bytes | None, *,
         shown[row["subset"]] = shown.get(row["subset"], 0) + 1
         refs = row.get("references") or []
         phrases = row.get("phrases") or [""] * len(refs)
-        figs = []
-        for ref, phrase in zip(refs, phrases):
-            src = _thumb_b64(Path(data_root) / ref) if data_root and ref else None
-            figs.append(_img_tag(src, f"reference: {phrase or ref}"))
+        images = row.get("reference_images") or [None] * len(refs)
+        figs = [_img_tag(_thumb_b64(image), f"reference: {phrase or ref}")
+                for ref, phrase, image in zip(refs, phrases, images)]
         figs.append(_img_tag(_thumb_b64(row.get("image"), 256), "result", "result"))
         scores = []
         for d in dims:
@@ -260,8 +262,8 @@ def html_report(summary: dict, rows: Sequence[dict], radar_png: bytes | None, *,
     return "\n".join(out)
 
 
-def write_report(summary: dict, rows: Sequence[dict], out_dir: str | Path, *, data_root: str | Path | None,
-                 title: str = "psrl benchmark report", gallery_per_subset: int = 12) -> dict[str, Path]:
+def write_report(summary: dict, rows: Sequence[dict], out_dir: str | Path, *, title: str = "psrl benchmark report",
+                 gallery_per_subset: int = 12) -> dict[str, Path]:
     """Write ``summary.json``, ``table.md``, ``table.csv``, ``radar.png`` and ``report.html`` into ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,6 +272,6 @@ def write_report(summary: dict, rows: Sequence[dict], out_dir: str | Path, *, da
     write_text_atomic(paths["table.md"], markdown_table(summary))
     write_csv(summary, paths["table.csv"])
     png = radar_chart([(title, series_of(summary))], summary["subsets"], summary["dimensions"], paths["radar.png"])
-    write_text_atomic(paths["report.html"], html_report(summary, rows, png, data_root=data_root, title=title,
+    write_text_atomic(paths["report.html"], html_report(summary, rows, png, title=title,
                                                         gallery_per_subset=gallery_per_subset))
     return paths

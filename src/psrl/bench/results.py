@@ -49,6 +49,17 @@ def read_manifest(results_dir: str | Path) -> dict:
         raise PsrlError(f"{path}: not valid JSON: {e}") from e
 
 
+def resolve_benchmark_and_root(results_dir: str | Path, benchmark: str | None,
+                               data_root: str | Path | None) -> tuple[str, Path]:
+    """``benchmark`` and ``data_root`` from the arguments, else from the result folder's manifest."""
+    manifest = read_manifest(results_dir)
+    benchmark = benchmark or manifest.get("benchmark") or "psrbench"
+    root = data_root or manifest.get("data_root")
+    if not root:
+        raise PsrlError(f"{results_dir} has no bench.json naming the data root; pass --data-root")
+    return benchmark, Path(root)
+
+
 @dataclass(frozen=True)
 class ResultSample:
     """One entry under one seed: its item (record may be ``None`` for a broken entry), the image if any, and why

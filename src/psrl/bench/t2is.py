@@ -33,18 +33,18 @@ Scoring rules (chengyou-jia/T2IS@ab4974a ``T2IS_Eval/``):
 Image sets of another model saved one file per image (T2IS-Eval's ``<case id>_<NNNN>.png``) become a result folder
 with :func:`import_image_sets` (each set tiled into its grid).
 
-Per-cell sub-prompts follow PaCo's ``divide_prompt`` (``consistency_scorer.py``: split before ``[TOP-LEFT]:``-style
-markers, the first chunk is the theme); cells are cut in row-major order, rows from the first number of the layout.
+Per-cell sub-prompts follow PaCo's ``divide_prompt`` (:func:`psrl.data.grid_prompt.divide_prompt`: split at
+``[TOP-LEFT]:``-style markers, the first chunk is the theme); cells are cut in row-major order
+(:func:`psrl.data.grid_prompt.cut_grid`), rows from the first number of the layout.
 """
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from pathlib import Path
 
-from psrl.bench.items import BenchItem, ValidationIssue
-from psrl.data.grid_prompt import GRID_SIZE_RE
+from psrl.bench.items import ValidationIssue
+from psrl.data.grid_prompt import divide_prompt, find_grid_size
 from psrl.errors import PsrlError
 
 CATEGORY_SLUGS = {"Character Generation": "character", "Design Style Generation": "design",
@@ -60,33 +60,6 @@ T2IS_JUDGE = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 CONSISTENCY_QUESTION = "Do images meet the following criteria? {criterion} Please answer Yes or No."
 VQASCORE_QUESTION = 'Does this figure show "{text}"? Please answer yes or no.'
-
-_GRID = GRID_SIZE_RE  # the one "<rows> x <cols>" pattern (psrl.data.grid_prompt)
-_CELL_MARKER = re.compile(r"(?<=[.\"])\s+[A-Z0-9\-\[\]]+:")
-
-
-def parse_grid(text: str | None) -> tuple[int, int] | None:
-    """``(rows, cols)`` from ``"2x2"`` / ``"2⨉3"`` (the first match), ``None`` when there is none or a side is 0."""
-    m = _GRID.search(text or "")
-    if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        return None
-    return int(m.group(1)), int(m.group(2))
-
-
-def divide_prompt(prompt: str) -> list[str]:
-    """``[theme, cell prompt 1, ...]``: the grid prompt split before each ``[TOP]-[LEFT]:``-style marker that
-    follows a sentence end, markers removed (PaCo's ``divide_prompt``)."""
-    return [p.strip() for p in _CELL_MARKER.split(prompt)]
-
-
-def grid_cells(image, rows: int, cols: int) -> list:
-    """The ``rows * cols`` equal cells of ``image [3, H, W]``, row-major; a remainder of H or W is cut off.
-    Raises ``ValueError`` when a cell would be empty."""
-    h, w = int(image.shape[-2]) // rows, int(image.shape[-1]) // cols
-    if h < 1 or w < 1:
-        raise ValueError(f"a {tuple(image.shape[-2:])} image has no {rows}x{cols} grid of non-empty cells")
-    return [image[..., r * h:(r + 1) * h, c * w:(c + 1) * w] for r in range(rows) for c in range(cols)]
-
 
 @lru_cache(maxsize=8)
 def _alignment_file(path: str, mtime: float) -> dict | str:
@@ -121,7 +94,7 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
     if not isinstance(prompt, str) or not prompt.strip():
         bad("prompt", f"must be a non-empty string, got {prompt!r}")
         return None, issues
-    grid = parse_grid(entry.get("layout")) or parse_grid(prompt)
+    grid = find_grid_size(entry.get("layout")) or find_grid_size(prompt)
     if grid is None:
         bad("layout", f"no grid size ('2x2') in layout {entry.get('layout')!r} nor in the prompt")
         return None, issues
@@ -130,7 +103,7 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
         bad("criteria", f"must map Identity/Style/Logic to {{name: criterion}}, got {criteria!r}")
         return None, issues
     n = grid[0] * grid[1]
-    chunks = divide_prompt(prompt)
+    chunks, _ = divide_prompt(prompt)
     alignment = None
     table = alignment_criteria(data_root)
     if isinstance(table, str):
@@ -151,21 +124,16 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
 
 def load(data_root, subsets=None, **_):
     """Read ``<root>/test_metadata.jsonl`` into per-category subsets (unknown categories and bad lines are issues)."""
-    from psrl.bench.psrbench import LoadedSubsets
+    from psrl.bench.psrbench import add_groups, check_subset_names, open_root
 
-    root = Path(data_root).resolve()
-    out = LoadedSubsets()
-    path = root / PROMPTS_FILE
-    if not root.is_dir():
-        out.issues.append(ValidationIssue("*", None, "data_root", f"not a directory: {root}"))
+    root, out = open_root(data_root)
+    if out.issues:
         return out
+    path = root / PROMPTS_FILE
     if not path.is_file():
         out.issues.append(ValidationIssue("*", None, "file", f"T2IS prompt file not found: {path}"))
         return out
-    for name in subsets or ():
-        if name not in T2IS_SUBSETS:
-            out.issues.append(ValidationIssue(name, None, "subset",
-                                              f"unknown subset; known: {', '.join(T2IS_SUBSETS)}"))
+    check_subset_names(out, subsets, T2IS_SUBSETS)
     raw: dict[str, list] = {s: [] for s in T2IS_SUBSETS}
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
@@ -182,14 +150,7 @@ def load(data_root, subsets=None, **_):
                                               f"is not one of {sorted(CATEGORY_SLUGS)}"))
             continue
         raw[slug].append(entry)
-    # alike on purpose: gedit._load ends the same way (keep the asked subsets, parse each entry), over its own groups
-    for subset in T2IS_SUBSETS:
-        if raw[subset] and (not subsets or subset in subsets):
-            out.raw[subset] = raw[subset]
-            for index, entry in enumerate(raw[subset]):
-                record, issues = parse_entry(subset, index, entry, root)
-                out.issues.extend(issues)
-                out.items.append(BenchItem(subset, index, entry, record))
+    add_groups(out, raw, subsets, root, parse_entry)
     return out
 
 

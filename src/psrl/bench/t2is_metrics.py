@@ -1,7 +1,7 @@
 """The T2IS-Bench metrics (rules and sources in :mod:`psrl.bench.t2is`), as rewards ``psrl bench eval`` builds by
 dotted path (``psrl.bench.t2is_metrics:T2ISConsistency``). Each takes grid images ``[B, 3, H, W]`` in [0, 1] and
 the records of :func:`psrl.bench.t2is.parse_entry` (``tags["grid"]``, ``criteria``, ``alignment``), cuts the cells
-(:func:`psrl.bench.t2is.grid_cells`) and returns one score per set in [0, 1] (CellMean: the inner reward's unit).
+(:func:`psrl.data.grid_prompt.cut_grid`) and returns one score per set in [0, 1] (CellMean: the inner reward's unit).
 A set that cannot be scored is NaN with the reason, for that set alone; judge options are those of
 :mod:`psrl.rewards.vlm_rewards` (``path``, ``transport``, ``url``, ``model``, ...).
 """
@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from psrl.bench.t2is import CONSISTENCY_QUESTION, VQASCORE_QUESTION, grid_cells
+from psrl.bench.t2is import CONSISTENCY_QUESTION, VQASCORE_QUESTION
+from psrl.data.grid_prompt import cut_grid
 from psrl.rewards.base import RewardOutput, build_reward
 from psrl.rewards.images import to_pil_images
 from psrl.rewards.vlm.transports import JudgeRequest
@@ -23,7 +24,7 @@ def _cells(image, record) -> list:
     grid = record.tags.get("grid")
     if not grid:
         raise ValueError(f"record {record.id} has no grid size (tags['grid'])")
-    return grid_cells(image, int(grid[0]), int(grid[1]))
+    return cut_grid(image, int(grid[0]), int(grid[1]), min_side=1)
 
 
 class _JudgeMetric:

@@ -6,8 +6,11 @@ processes and rank 0 merges the results.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   psrl bench validate --data-root PSRBench
@@ -97,7 +100,6 @@ def add_parser(sub) -> None:
 
     r = bs.add_parser("report", help="rebuild tables, radar chart and HTML report of an eval folder")
     r.add_argument("eval_dir")
-    r.add_argument("--data-root", type=data_root_arg, help="to embed the reference images in the gallery")
     r.add_argument("--title")
     r.add_argument("--gallery-per-subset", type=int, default=12)
     r.set_defaults(func=cmd_report)
@@ -280,15 +282,21 @@ def _metrics(args, benchmark: str):
 
 
 def cmd_eval(args) -> int:
-    from psrl.bench.pipeline import eval_and_report, resolve_benchmark_and_root
+    from psrl.bench.pipeline import eval_and_report
+    from psrl.bench.results import load_result_samples, resolve_benchmark_and_root
     from psrl.sharding import shard_from_env
 
     benchmark, data_root = resolve_benchmark_and_root(args.results, args.benchmark, args.data_root)
     metrics = _metrics(args, benchmark)
     out = args.out or str(Path(args.results) / ("eval_compat" if args.psrbench_compat else "eval"))
     shard = shard_from_env()
-    stats, summary = eval_and_report(args.results, out, metrics, benchmark=benchmark, data_root=data_root,
-                                     subsets=args.subsets if benchmark != "dreambench" else None,
+    # records resolved once, here (reference paths absolute from now on)
+    samples, issues = load_result_samples(args.results, data_root, benchmark,
+                                          args.subsets if benchmark != "dreambench" else None)
+    if shard.is_main:
+        for issue in issues:
+            log.warning("result file issue: %s", issue)
+    stats, summary = eval_and_report(samples, out, metrics, benchmark=benchmark, results_dir=args.results,
                                      batch_size=args.batch_size, device=shard.device(args.device), shard=shard,
                                      retry_failed=args.retry_failed, report=not args.no_report,
                                      progress=_progress(shard, "eval"))
@@ -313,7 +321,7 @@ def cmd_report(args) -> int:
     from psrl.bench.pipeline import report_from_dir
     from psrl.bench.report import markdown_table
 
-    summary = report_from_dir(args.eval_dir, data_root=args.data_root, title=args.title,
+    summary = report_from_dir(args.eval_dir, title=args.title,
                               gallery_per_subset=args.gallery_per_subset)
     print(markdown_table(summary))
     return 0

@@ -1,6 +1,7 @@
 """Text-to-image-set (T2IS) prompts: one prompt asks for a grid of panels, and the rewards score the panels of the
 generated grid. Pure functions: :func:`parse_grid_prompt` reads the grid size, the theme and the per-cell
-sub-prompts out of the text; :func:`cut_grid` cuts a grid image into its cells in row-major order.
+sub-prompts out of the text; :func:`cut_grid` cuts a grid image (PIL or tensor) into its cells in row-major
+order. The one grid parser and cell cutter of psrl: the rewards, T2IS-Bench and PaCo-Reward's pair data use them.
 
 The prompt format is PaCo-RL's (arXiv 2512.04784, Sec. "T2IS"; X-GenGroup/PaCo-RL@08caac6
 ``PaCo-GRPO/paco_grpo/utils.py``: ``extract_grid_info``, ``divide_prompt``, ``divide_image``)::
@@ -79,7 +80,7 @@ class GridPrompt:
 
 def _sentence(chunk: str) -> str:
     chunk = chunk.strip()
-    return chunk if chunk.endswith(".") else chunk + "."
+    return chunk if not chunk or chunk.endswith(".") else chunk + "."
 
 
 def grid_size(prompt: str, record_id: str = "?") -> tuple[int, int]:
@@ -98,6 +99,23 @@ def grid_size(prompt: str, record_id: str = "?") -> tuple[int, int]:
     return rows, cols
 
 
+def find_grid_size(text: str | None) -> tuple[int, int] | None:
+    """:func:`grid_size` of ``text``, or ``None`` when it names none or a side is 0 (for callers that fall back,
+    e.g. from a benchmark entry's layout to its prompt)."""
+    try:
+        return grid_size(text or "")
+    except GridPromptError:
+        return None
+
+
+def divide_prompt(prompt: str) -> tuple[list[str], list[str]]:
+    """``(chunks, markers)``: the prompt cut at every cell marker (the module docstring's rules), the theme first;
+    each chunk stripped and ended with ``.`` (an empty chunk stays ``""``), each marker without its colon."""
+    markers = [m.group(1) for m in CELL_MARKER_RE.finditer(prompt)]
+    chunks = CELL_MARKER_RE.split(prompt)[::2]  # split() interleaves the captured markers; keep the text
+    return [_sentence(c) for c in chunks], markers
+
+
 def parse_grid_prompt(prompt: str, record_id: str = "?") -> GridPrompt:
     """Grid size, theme and cell sub-prompts of a T2IS prompt (the rules in the module docstring).
 
@@ -109,13 +127,11 @@ def parse_grid_prompt(prompt: str, record_id: str = "?") -> GridPrompt:
         GridPromptError: no grid size, a side of 0, or an empty theme or sub-prompt.
     """
     rows, cols = grid_size(prompt, record_id)
-    markers = [m.group(1) for m in CELL_MARKER_RE.finditer(prompt)]
-    chunks = CELL_MARKER_RE.split(prompt)[::2]  # split() interleaves the captured markers; keep the text
-    if any(not c.strip() for c in chunks):
-        which = "theme" if not chunks[0].strip() else "sub-prompt"
+    chunks, markers = divide_prompt(prompt)
+    if not all(chunks):
+        which = "theme" if not chunks[0] else "sub-prompt"
         raise GridPromptError(f"record {record_id!r}: the prompt has an empty {which} (markers {markers})")
-    return GridPrompt(rows=rows, cols=cols, theme=_sentence(chunks[0]),
-                      sub_prompts=tuple(_sentence(c) for c in chunks[1:]), markers=tuple(markers),
+    return GridPrompt(rows=rows, cols=cols, theme=chunks[0], sub_prompts=tuple(chunks[1:]), markers=tuple(markers),
                       record_id=record_id)
 
 
@@ -144,29 +160,41 @@ def parse_grid_records(records: Sequence, *, need_cell_prompts: bool = False) ->
     return out
 
 
-def cut_grid(image: Image.Image, rows: int, cols: int, *, min_side: int = MIN_SIDE) -> list[Image.Image]:
-    """The ``rows * cols`` cells of a grid image, row-major (left to right, then top to bottom).
+def cell_boxes(width: int, height: int, rows: int, cols: int, *, min_side: int = MIN_SIDE,
+               exact: bool = False) -> list[tuple[int, int, int, int]]:
+    """Row-major ``(left, top, right, bottom)`` pixel boxes of the ``rows * cols`` cells of a ``width x height``
+    grid image (left to right, then top to bottom).
 
-    Each cell is ``(W // cols) x (H // rows)`` pixels, cut from the top-left corner; the ``W % cols`` columns and
-    ``H % rows`` rows left over at the right and bottom edges belong to no cell (PaCo's ``divide_image``).
-
-    Args:
-        image: the grid image (any PIL mode; cells keep it).
-        rows, cols: the grid size, >= 1.
-        min_side: smallest allowed cell side in pixels (:data:`psrl.images.MIN_SIDE`, what every reward needs).
+    Each cell is ``(width // cols) x (height // rows)`` pixels from the top-left corner; the ``width % cols``
+    columns and ``height % rows`` rows left over at the right and bottom edges belong to no cell (PaCo's
+    ``divide_image``), unless ``exact`` refuses them (a grid that does not divide its image: the cells would not
+    be the panels the prompt describes).
 
     Raises:
-        ValueError: ``rows`` or ``cols`` < 1, or cells smaller than ``min_side`` (the message gives the sizes).
+        ValueError: ``rows`` or ``cols`` < 1, a remainder with ``exact``, or cells smaller than ``min_side``
+            (:data:`psrl.images.MIN_SIDE` by default, what every reward needs); the message gives the sizes.
     """
     if rows < 1 or cols < 1:
         raise ValueError(f"grid size must be at least 1x1, got {rows}x{cols}")
-    w, h = image.size
-    cw, ch = w // cols, h // rows
+    if exact and (width % cols or height % rows):
+        raise ValueError(f"a {width}x{height} image does not divide into a {rows}x{cols} grid "
+                         f"({width} px / {cols} columns, {height} px / {rows} rows)")
+    cw, ch = width // cols, height // rows
     if min(cw, ch) < max(min_side, 1):
-        raise ValueError(f"a {w}x{h} image cut into a {rows}x{cols} grid gives {cw}x{ch} cells, smaller than the "
-                         f"minimum side {max(min_side, 1)}")
-    return [image.crop((c * cw, r * ch, (c + 1) * cw, (r + 1) * ch)) for r in range(rows) for c in range(cols)]
+        raise ValueError(f"a {width}x{height} image cut into a {rows}x{cols} grid gives {cw}x{ch} cells, smaller "
+                         f"than the minimum side {max(min_side, 1)}")
+    return [(c * cw, r * ch, (c + 1) * cw, (r + 1) * ch) for r in range(rows) for c in range(cols)]
 
 
-__all__ = ["CELL_MARKER_RE", "GRID_SIZE_RE", "GridPrompt", "GridPromptError", "cut_grid", "grid_size",
-           "parse_grid_prompt", "parse_grid_records"]
+def cut_grid(image, rows: int, cols: int, *, min_side: int = MIN_SIDE, exact: bool = False) -> list:
+    """The cells of a grid image in :func:`cell_boxes` order: PIL crops of a PIL image (any mode; cells keep it),
+    or views ``[..., h, w]`` of a tensor / array ``[..., H, W]``. Raises ``ValueError`` as :func:`cell_boxes`."""
+    if isinstance(image, Image.Image):
+        return [image.crop(box) for box in cell_boxes(image.width, image.height, rows, cols, min_side=min_side,
+                                                      exact=exact)]
+    boxes = cell_boxes(int(image.shape[-1]), int(image.shape[-2]), rows, cols, min_side=min_side, exact=exact)
+    return [image[..., top:bottom, left:right] for left, top, right, bottom in boxes]
+
+
+__all__ = ["CELL_MARKER_RE", "GRID_SIZE_RE", "GridPrompt", "GridPromptError", "cell_boxes", "cut_grid",
+           "divide_prompt", "find_grid_size", "grid_size", "parse_grid_prompt", "parse_grid_records"]

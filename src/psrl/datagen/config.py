@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from psrl.config import check_range
 from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
 
@@ -31,6 +32,8 @@ class EndpointConfig:
         concurrency: requests in flight at once (one thread each).
     """
 
+    # alike on purpose: plain typed fields, as every config dataclass (the endpoint keys of pair_stages'
+    # TeacherConfig are other names users already write: timeout, max_concurrency)
     url: str | None = None
     model: str = "default"
     api_key_env: str = "PSRL_LLM_API_KEY"
@@ -41,10 +44,9 @@ class EndpointConfig:
     concurrency: int = 8
 
     def __post_init__(self):
-        if self.concurrency < 1:
-            raise ValueError(f"concurrency must be >= 1, got {self.concurrency}")
-        if self.timeout_s <= 0 or self.retries < 0:
-            raise ValueError(f"timeout_s must be > 0 and retries >= 0, got {self.timeout_s}, {self.retries}")
+        check_range(self, "concurrency", 1)
+        check_range(self, "timeout_s", 0, lo_open=True)
+        check_range(self, "retries", 0)
 
 
 @dataclass
@@ -63,8 +65,7 @@ class SubjectsConfig:
     two_subject_tasks: list[str] = field(default_factory=lambda: list(TWO_SUBJECT_TASKS))
 
     def __post_init__(self):
-        if self.num_samples < 1:
-            raise ValueError(f"subjects.num_samples must be >= 1, got {self.num_samples}")
+        check_range(self, "num_samples", 1, section="subjects")
         if len(self.counts) != len(self.count_weights) or not self.counts:
             raise ValueError("subjects.counts and subjects.count_weights must be non-empty and of equal length")
         if any(c not in (2, 3, 4) for c in self.counts):
@@ -88,6 +89,7 @@ class GenerationConfig:
     """A generator and how it samples. ``model`` is any policy config (``path: tiny`` for tests)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
+    # alike on purpose: the sampling keys of psrl.sampling / psrl train, under this stage's own defaults
     num_steps: int = 28
     height: int = 512
     width: int = 512
@@ -95,9 +97,8 @@ class GenerationConfig:
     batch_size: int = 4
 
     def __post_init__(self):
-        if self.num_steps < 1 or self.batch_size < 1 or self.height < 16 or self.width < 16:
-            raise ValueError(f"bad generation settings: steps {self.num_steps}, batch {self.batch_size}, "
-                             f"size {self.height}x{self.width}")
+        for name, lo in (("num_steps", 1), ("batch_size", 1), ("height", 16), ("width", 16)):
+            check_range(self, name, lo)
 
 
 @dataclass
@@ -120,10 +121,9 @@ class GroundConfig:
     batch_size: int = 8
 
     def __post_init__(self):
-        if not 0 <= self.max_pair_iou <= 1 or not 0 <= self.min_box_area < 1:
-            raise ValueError("ground.max_pair_iou must be in [0, 1] and ground.min_box_area in [0, 1)")
-        if self.batch_size < 1:
-            raise ValueError(f"ground.batch_size must be >= 1, got {self.batch_size}")
+        check_range(self, "max_pair_iou", 0, 1, section="ground")
+        check_range(self, "min_box_area", 0, 1, hi_open=True, section="ground")
+        check_range(self, "batch_size", 1, section="ground")
 
 
 @dataclass
@@ -162,8 +162,7 @@ class ReeditConfig(GenerationConfig):
         if bad:
             raise ValueError(f"reedit.tasks: {bad} cannot be re-edited (Position is measured on the unedited "
                              f"target's boxes); choose among {list(REEDITABLE_TASKS)}")
-        if not 0 <= self.prob <= 1:
-            raise ValueError(f"reedit.prob must be in [0, 1], got {self.prob}")
+        check_range(self, "prob", 0, 1, section="reedit")
 
 
 @dataclass
@@ -198,10 +197,8 @@ class FilterConfig:
     batch_size: int = 8
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"filter.batch_size must be >= 1, got {self.batch_size}")
-        if not -1 <= self.max_duplicate_cosine <= 1:
-            raise ValueError(f"filter.max_duplicate_cosine must be in [-1, 1], got {self.max_duplicate_cosine}")
+        check_range(self, "batch_size", 1, section="filter")
+        check_range(self, "max_duplicate_cosine", -1, 1, section="filter")
         if why := misplaced_data_root(self.reward_args, "filter.reward_args"):
             raise ValueError(why)
 
@@ -216,8 +213,7 @@ class ExportConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if not 0 <= self.heldout_fraction <= 1:
-            raise ValueError(f"export.heldout_fraction must be in [0, 1], got {self.heldout_fraction}")
+        check_range(self, "heldout_fraction", 0, 1, section="export")
 
 
 @dataclass

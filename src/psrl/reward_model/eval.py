@@ -27,6 +27,7 @@ from pathlib import Path
 
 from psrl.data.records import Record, RecordError, SubjectRef, resolve_records, resolve_under
 from psrl.images import ImageLoadError, load_image
+from psrl.reward_model.pairs import jsonl_lines, keep_unique, not_json
 
 RESULTS_FILE, SUMMARY_FILE, REPORT_FILE = "results.jsonl", "summary.json", "report.md"
 
@@ -54,20 +55,9 @@ class Benchmark:
     problems: list[str]
 
 
-def _jsonl(path: Path) -> list[tuple[str, object]]:
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                out.append((f"{path}:{lineno}", e))
-    return out
-
-
 def _item(d, where: str, kind: str) -> tuple[BenchItem | None, str | None]:
-    if isinstance(d, Exception):
-        return None, f"{where}: not valid JSON ({d})"
+    if problem := not_json(where, d):
+        return None, problem
     if not isinstance(d, dict) or not isinstance(d.get("id"), str) or not d["id"]:
         return None, f"{where}: an item needs a string 'id'"
     prompt, ref = d.get("prompt") or "", d.get("reference")
@@ -91,11 +81,11 @@ def read_consistency_rank(folder: Path) -> Benchmark:
     ``images/<folder>/``, the prompt from ``prompt_data.jsonl``)."""
     prompts = {}
     if (folder / "prompt_data.jsonl").is_file():
-        for _, d in _jsonl(folder / "prompt_data.jsonl"):
+        for _, d in jsonl_lines(folder / "prompt_data.jsonl"):
             if isinstance(d, dict) and "idx" in d:
                 prompts[str(d["idx"])] = d.get("prompt") or ""
     items, problems, seen = [], [], set()
-    for where, d in _jsonl(folder / "consistency_full_rank.jsonl"):
+    for where, d in jsonl_lines(folder / "consistency_full_rank.jsonl"):
         if isinstance(d, Exception) or not isinstance(d, dict):
             problems.append(f"{where}: not a JSON object")
             continue
@@ -132,22 +122,13 @@ def load_benchmark(path: str | Path) -> Benchmark:
                               "(ConsistencyRank-Bench)")
         bench = read_consistency_rank(path)
     elif path.is_file():
-        rows = _jsonl(path)
+        rows = jsonl_lines(path)
         first = next((d for _, d in rows if isinstance(d, dict)), {})
         kind = "ranking" if "candidates" in first else "pairwise" if "chosen" in first else None
         if kind is None:
             raise RecordError(f"{path}: no item with 'candidates' (ranking) or 'chosen' (pairwise)")
-        # alike on purpose: sharegpt.read_sharegpt's parse / duplicate-id / keep loop, over benchmark items
-        items, problems, seen = [], [], set()
-        for where, d in rows:
-            item, problem = _item(d, where, kind)
-            if problem:
-                problems.append(problem)
-            elif item.id in seen:
-                problems.append(f"{where}: duplicate id {item.id!r}")
-            else:
-                seen.add(item.id)
-                items.append(item)
+        problems: list[str] = []
+        items = keep_unique(((where, *_item(d, where, kind)) for where, d in rows), problems)
         bench = Benchmark(kind, path.stem, path.parent, items, problems)
     else:
         raise RecordError(f"benchmark not found: {path}")

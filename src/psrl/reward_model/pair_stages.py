@@ -17,18 +17,19 @@ Human labels (``--labels``) are joined at export, so a labels file can grow betw
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from psrl.config import check_range
 from psrl.datagen.manifest import read_kept
 from psrl.datagen.runner import BaseStage, kept, rejected
 from psrl.data.records import RecordError, image_filename, resolve_under
 from psrl.images import ImageLoadError, load_image, save_image
-from psrl.reward_model.grids import GridError, cell_boxes, cell_pairs, parse_grid_size, parse_grid_spec
-from psrl.reward_model.pairs import (PairExample, parse_judge_reply, read_labels, response_from_label,
-                                     split_heldout, write_pairs)
+from psrl.data.grid_prompt import cell_boxes, find_grid_size
+from psrl.reward_model.grids import GridError, cell_pairs, parse_grid_spec
+from psrl.reward_model.pairs import (PairExample, jsonl_lines, not_json, parse_judge_reply, read_labels,
+                                     response_from_label, split_heldout, write_pairs)
 from psrl.rewards.vlm.prompts import PACO_TEMPLATES, paco_prompt
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class TeacherConfig:
         batch_size: pairs per stage batch (and per local forward pass).
     """
 
+    # alike on purpose: plain typed fields, as every config dataclass (the endpoint keys of the data pipeline's
+    # EndpointConfig are other names users already write: timeout_s, concurrency)
     transport: str = "remote"
     url: str | None = None
     model: str = "default"
@@ -70,8 +73,8 @@ class TeacherConfig:
     def __post_init__(self):
         if self.transport not in ("remote", "local"):
             raise ValueError(f"teacher.transport must be 'remote' or 'local', got {self.transport!r}")
-        if self.max_new_tokens < 1 or self.batch_size < 1:
-            raise ValueError("teacher.max_new_tokens and teacher.batch_size must be >= 1")
+        check_range(self, "max_new_tokens", 1, section="teacher")
+        check_range(self, "batch_size", 1, section="teacher")
 
 
 @dataclass
@@ -101,8 +104,7 @@ class PairsConfig:
     def __post_init__(self):
         if self.grid:
             parse_grid_spec(self.grid)
-        if not 0.0 <= self.heldout_fraction < 1.0:
-            raise ValueError(f"heldout_fraction must be in [0, 1), got {self.heldout_fraction}")
+        check_range(self, "heldout_fraction", 0, 1, hi_open=True)
         if self.template not in PACO_TEMPLATES and "{theme}" not in self.template and len(self.template) < 20:
             # a typo such as "v2" would otherwise become the whole prompt (paco_prompt passes unknown names through)
             raise ValueError(f"template {self.template!r} is neither a PaCo template ({sorted(PACO_TEMPLATES)}) nor "
@@ -114,7 +116,6 @@ class PairsConfig:
 
 
 # ---------------------------------------------------------------------------------------------- inputs
-# alike on purpose: the JSONL line loop of read_records; a bad grid line becomes that item's error, counted
 def read_grids(source: str | Path) -> tuple[Path, list[dict]]:
     """``(root the image paths are relative to, [{"id", "image", "prompt", "theme", "grid", "where", "error"?}])``.
     A line that cannot be used carries ``error: (reason, detail)`` and becomes a rejected sample, so it is
@@ -138,15 +139,10 @@ def read_grids(source: str | Path) -> tuple[Path, list[dict]]:
     if not source.is_file():
         raise RecordError(f"grids not found: {source} (a JSONL file or a folder of images with .txt prompts)")
     items, seen = [], set()
-    for lineno, line in enumerate(source.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}"
-        item = {"id": f"line-{lineno}", "where": where, "grid": None}
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            item["error"] = ("bad_line", f"{where}: not valid JSON ({e})")
+    for where, d in jsonl_lines(source):
+        item = {"id": f"line-{where.rpartition(':')[2]}", "where": where, "grid": None}
+        if problem := not_json(where, d):
+            item["error"] = ("bad_line", problem)
             items.append(item)
             continue
         ok = isinstance(d, dict) and all(isinstance(d.get(k), str) and d[k].strip() for k in ("id", "image", "prompt"))
@@ -180,7 +176,7 @@ class CellsStage(BaseStage):
         spec = self.cfg.grid or item.get("grid")
         if spec:
             return parse_grid_spec(spec)
-        size = parse_grid_size(item["prompt"])
+        size = find_grid_size(item["prompt"])
         if size is None:
             raise GridError("no grid size: the prompt names no ROWSxCOLS (pass --grid 2x2)")
         return size
@@ -201,8 +197,10 @@ class CellsStage(BaseStage):
         except (ImageLoadError, RecordError) as e:
             return rejected(item, "image_unreadable", f"{where}: {e}")
         try:
-            boxes = cell_boxes(image.width, image.height, rows, cols)
-        except GridError as e:
+            if rows * cols < 2:
+                raise ValueError(f"a {rows}x{cols} grid has fewer than 2 cells")
+            boxes = cell_boxes(image.width, image.height, rows, cols, min_side=1, exact=True)
+        except ValueError as e:
             return rejected(item, "grid_does_not_divide", f"{where}: {e}")
         folder = Path(CELLS_DIR) / image_filename(item["id"], "")
         cells = []

@@ -95,10 +95,45 @@ def _problem(where: str, why: str) -> str:
     return f"{where}: {why}"
 
 
+def jsonl_lines(path: str | Path, text: str | None = None) -> list[tuple[str, object]]:
+    """``(where, value)`` of every non-blank line of a JSONL file (``text``: its content, already read), ``where``
+    being ``<path>:<line>``; a line that is not JSON gives its ``json.JSONDecodeError`` as the value, for the
+    caller to count as that line's problem (:func:`not_json`). The JSONL reader of the reward-model data (pairs,
+    labels, grids, ShareGPT, benchmarks); :func:`psrl.data.records.read_records` stops at a bad line instead."""
+    out: list[tuple[str, object]] = []
+    for lineno, line in enumerate((Path(path).read_text() if text is None else text).splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                out.append((f"{path}:{lineno}", e))
+    return out
+
+
+def not_json(where: str, value) -> str | None:
+    """The problem line of a :func:`jsonl_lines` value that is not JSON, else None."""
+    return _problem(where, f"not valid JSON ({value})") if isinstance(value, json.JSONDecodeError) else None
+
+
+def keep_unique(parsed, problems: list[str]) -> list:
+    """The items of ``parsed`` (``(where, item | None, problem | None)`` each) with an ``id`` not seen before, in
+    order; every problem, and every repeated id, appended to ``problems`` as one line naming ``where``."""
+    out, seen = [], set()
+    for where, item, problem in parsed:
+        if problem:
+            problems.append(problem)
+        elif item.id in seen:
+            problems.append(_problem(where, f"duplicate id {item.id!r}"))
+        else:
+            seen.add(item.id)
+            out.append(item)
+    return out
+
+
 def example_from_json(d, where: str) -> tuple[PairExample | None, str | None]:
-    """One pairs-JSONL object -> ``(example, None)`` or ``(None, problem)``."""
+    """One pairs-JSONL object (a :func:`jsonl_lines` value) -> ``(example, None)`` or ``(None, problem)``."""
     if not isinstance(d, dict):
-        return None, _problem(where, f"expected a JSON object, got {type(d).__name__}")
+        return None, not_json(where, d) or _problem(where, f"expected a JSON object, got {type(d).__name__}")
     unknown = set(d) - {"id", "images", "prompt", "response", "label", "group"}
     if unknown:
         return None, _problem(where, f"unknown field(s) {sorted(unknown)}")
@@ -121,8 +156,6 @@ def example_from_json(d, where: str) -> tuple[PairExample | None, str | None]:
                        group=group or d["id"], where=where), None
 
 
-# alike on purpose: the JSONL line loop of read_records, with another error policy (a teacher's bad line is
-# counted as a problem and skipped; a bad records line stops the run)
 def read_pairs(path: str | Path) -> tuple[list[PairExample], list[str]]:
     """Read a pairs JSONL file. Returns the valid examples and one problem line per invalid line or duplicate id.
 
@@ -132,25 +165,8 @@ def read_pairs(path: str | Path) -> tuple[list[PairExample], list[str]]:
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"pairs file not found: {path}")
-    out, problems, seen = [], [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            problems.append(_problem(where, f"not valid JSON ({e})"))
-            continue
-        ex, problem = example_from_json(d, where)
-        if problem:
-            problems.append(problem)
-        elif ex.id in seen:
-            problems.append(_problem(where, f"duplicate id {ex.id!r}"))
-        else:
-            seen.add(ex.id)
-            out.append(ex)
-    return out, problems
+    problems: list[str] = []  # a bad line is a problem and skipped (a bad records line stops the run)
+    return keep_unique(((w, *example_from_json(d, w)) for w, d in jsonl_lines(path)), problems), problems
 
 
 def write_pairs(examples, path: str | Path) -> Path:
@@ -160,9 +176,10 @@ def write_pairs(examples, path: str | Path) -> Path:
     return write_text_atomic(path, "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples))
 
 
-def image_path(data_root: str | Path, example: PairExample, k: int) -> Path:
-    """Image ``k`` of ``example`` under ``data_root``; RecordError when it escapes the root or is absolute."""
-    return resolve_under(data_root, example.images[k], what=f"{example.where or example.id}: image")
+def image_path(root: str | Path, example: PairExample, k: int) -> Path:
+    """Image ``k`` of ``example`` under ``root`` (:func:`psrl.data.records.records_root` of its file); RecordError
+    when it escapes the root or is absolute."""
+    return resolve_under(root, example.images[k], what=f"{example.where or example.id}: image")
 
 
 # ---------------------------------------------------------------------------------------------- human labels
@@ -188,18 +205,11 @@ def read_labels(path: str | Path) -> tuple[dict[str, tuple[str, str, str]], list
             for row in reader:
                 rows.append((f"{path}:{reader.line_num}", row))
     else:
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                problems.append(_problem(f"{path}:{lineno}", f"not valid JSON ({e})"))
-                continue
+        for where, d in jsonl_lines(path):
             if not isinstance(d, dict):
-                problems.append(_problem(f"{path}:{lineno}", "expected a JSON object"))
+                problems.append(not_json(where, d) or _problem(where, "expected a JSON object"))
                 continue
-            rows.append((f"{path}:{lineno}", d))
+            rows.append((where, d))
     labels: dict[str, tuple[str, str, str]] = {}
     for where, row in rows:
         pid = row.get("id")

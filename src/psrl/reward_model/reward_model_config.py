@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
 from psrl.rl.run_config import RunSection
 
 LR_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -48,10 +48,8 @@ class JudgeLoraConfig:
     targets: str | list[str] = "all"
 
     def __post_init__(self):
-        if self.rank < 1:
-            raise ValueError(f"model.lora.rank must be >= 1, got {self.rank}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.lora.dropout must be in [0, 1), got {self.dropout}")
+        check_range(self, "rank", 1, section="model.lora")
+        check_range(self, "dropout", 0, 1, hi_open=True, section="model.lora")
         if isinstance(self.targets, str) and self.targets != "all":
             raise ValueError(f"model.lora.targets must be 'all' or a list of module names, got {self.targets!r}")
 
@@ -112,6 +110,7 @@ class RewardModelConfig:
         save_merged: at the end also write merged/, the LoRA merged into the base (what vLLM and sglang serve).
     """
 
+    # alike on purpose: the optimizer, checkpoint and logging keys of psrl train / sft, so one YAML habit serves all
     first_token_weight: float | None = 0.1
     num_train_epochs: float = 2.0
     max_steps: int = 0
@@ -139,23 +138,16 @@ class RewardModelConfig:
     save_merged: bool = True
 
     def __post_init__(self):
-        if self.first_token_weight is not None and not 0.0 <= self.first_token_weight <= 1.0:
-            raise ValueError(f"train.first_token_weight must be in [0, 1], got {self.first_token_weight}")
+        check_range(self, "first_token_weight", 0, 1, section="train")
         for name in ("batch_size", "gradient_accumulation", "cutoff_len", "eval_batch_size", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_steps", "eval_every", "save_every", "keep_last", "save_every_minutes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+            check_range(self, name, 1, section="train")
+        for name in ("max_steps", "eval_every", "save_every", "keep_last", "save_every_minutes", "lr_warmup_steps"):
+            check_range(self, name, 0, section="train")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
             raise ValueError(f"train.num_train_epochs must be > 0 when train.max_steps is 0, got "
                              f"{self.num_train_epochs}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        if self.lr_warmup_steps is not None and self.lr_warmup_steps < 0:
-            raise ValueError(f"train.lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
+        check_range(self, "lr", 0, lo_open=True, section="train")
+        check_range(self, "warmup_ratio", 0, 1, hi_open=True, section="train")
 
 
 @dataclass
@@ -180,8 +172,7 @@ class PairDataConfig:
     num_workers: int = 4
 
     def __post_init__(self):
-        if self.num_workers < 1:
-            raise ValueError(f"data.num_workers must be >= 1, got {self.num_workers}")
+        check_range(self, "num_workers", 1, section="data")
 
     @staticmethod
     def files(value: str | list[str] | None) -> list[str]:

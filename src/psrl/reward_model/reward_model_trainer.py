@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from psrl.data.records import RecordError
+from psrl.data.records import RecordError, records_root
 from psrl.errors import PsrlError
 from psrl.images import ImageLoadError, load_image
 from psrl.reward_model.encoding import chat_texts, encode_batch, fit_pixels, prepare_image, sequence_length
@@ -124,7 +124,7 @@ class RewardModelTrainer(BaseTrainer):
                 raise RecordError(f"{key}: file not found: {f}")
             examples, problems = read_examples(f)
             self.problems += problems
-            root = Path(self.cfg.data.data_root) if self.cfg.data.data_root else Path(f).parent
+            root = records_root(f, self.cfg.data.data_root)  # the one rule: the data root, else the file's folder
             items += [Item(e, root) for e in examples]
         return items
 

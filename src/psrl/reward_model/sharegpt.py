@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from psrl.data.records import RecordError
-from psrl.reward_model.pairs import PairExample, answer_of
+from psrl.reward_model.pairs import PairExample, answer_of, jsonl_lines, keep_unique, not_json
 
 IMAGE_PLACEHOLDER = "<image>"
 _ROLE_KEYS = (("messages", "role", "content", "user", "assistant"), ("conversations", "from", "value", "human", "gpt"))
@@ -38,13 +38,11 @@ def _load_items(path: Path) -> tuple[list[tuple[str, object]], list[str]]:
     if isinstance(data, dict):
         raise RecordError(f"{path}: expected a JSON array of items (or JSONL), got one object")
     items, problems = [], []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            items.append((f"{path}:{lineno}", json.loads(line)))
-        except json.JSONDecodeError as e:
-            problems.append(f"{path}:{lineno}: not valid JSON ({e})")
+    for where, value in jsonl_lines(path, text):
+        if problem := not_json(where, value):
+            problems.append(problem)
+        else:
+            items.append((where, value))
     return items, problems
 
 
@@ -89,7 +87,6 @@ def example_from_sharegpt(item, where: str, index: int, stem: str = "item") -> t
                        where=where), None
 
 
-# alike on purpose: the parse / duplicate-id / keep loop of reward_model.eval.load_benchmark, over other items
 def read_sharegpt(path: str | Path) -> tuple[list[PairExample], list[str]]:
     """Read a ShareGPT-style JSON (array or JSONL) of pairwise examples: ``(examples, problems)``.
 
@@ -100,16 +97,8 @@ def read_sharegpt(path: str | Path) -> tuple[list[PairExample], list[str]]:
     if not path.is_file():
         raise RecordError(f"ShareGPT file not found: {path}")
     items, problems = _load_items(path)
-    out, seen = [], set()
-    for index, (where, item) in enumerate(items):
-        ex, problem = example_from_sharegpt(item, where, index, path.stem)
-        if problem:
-            problems.append(problem)
-        elif ex.id in seen:
-            problems.append(f"{where}: duplicate id {ex.id!r}")
-        else:
-            seen.add(ex.id)
-            out.append(ex)
+    out = keep_unique(((where, *example_from_sharegpt(item, where, index, path.stem))
+                       for index, (where, item) in enumerate(items)), problems)
     return out, problems
 
 

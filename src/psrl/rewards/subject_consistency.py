@@ -5,7 +5,7 @@ Modes
 -----
 ``honest`` (default)
     Candidate boxes are sorted by detector confidence. Subjects that share a phrase (two dogs) are matched to the
-    detected boxes by an optimal one-to-one assignment (Hungarian, ``scipy.optimize.linear_sum_assignment`` on the
+    detected boxes by an optimal one-to-one assignment (Hungarian, :func:`psrl.rewards.matching.assign` on the
     cosine matrix between reference embeddings and the top ``k + extra_candidates`` boxes), so each detection
     serves at most one subject. A subject with no box is *missing*: it scores 0 (``missing: zero``, the training
     default) or makes the sample NaN (``missing: nan``); either way it is listed in ``details["missing_subjects"]``.
@@ -34,7 +34,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from psrl.data.records import Record
@@ -44,6 +43,7 @@ from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, to_pil_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
+from psrl.rewards.matching import assign
 
 logger = logging.getLogger(__name__)
 
@@ -278,9 +278,9 @@ class SubjectConsistencyReward:
                         ref_mat = torch.stack([refs[i][0] for i in members])           # [k, d]
                         cands = torch.stack([cand_embs[i] for i in idx])                 # [m, d]
                         sim = (ref_mat @ cands.T).numpy().astype(np.float64)             # [k, m]
-                        rows, cols = linear_sum_assignment(sim, maximize=True)
-                        for r, c in zip(rows, cols):
-                            sims[members[r]] = float(sim[r, c])
+                        for r, c in enumerate(assign(sim)):
+                            if c is not None:
+                                sims[members[r]] = float(sim[r, c])
                     for i in members:
                         if math.isnan(sims[i]):
                             missing[b].append(subjects[i].phrase)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, parse_override
+from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, parse_override
 from psrl.data.records import misplaced_data_root
 from psrl.errors import PsrlError
 
@@ -82,11 +82,9 @@ class ServerConfig:
         for i, r in enumerate(self.rewards):
             if why := misplaced_data_root(r.args, f"rewards.{i}.args"):
                 raise ValueError(why)
-        if self.batch_window_ms < 0 or self.max_batch < 1:
-            raise ValueError("batch_window_ms must be >= 0 and max_batch >= 1")
-        for key in ("max_body_bytes", "max_images", "max_pixels", "max_text_chars"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"{key} must be a positive integer, got {getattr(self, key)}")
+        check_range(self, "batch_window_ms", 0)
+        for key in ("max_body_bytes", "max_images", "max_pixels", "max_text_chars", "max_batch"):
+            check_range(self, key, 1)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key):
             raise ValueError(f"api_key must be a non-empty string (quote it in YAML), got a "
                              f"{type(self.api_key).__name__}; its value is not shown")

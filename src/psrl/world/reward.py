@@ -4,8 +4,8 @@ Per sample (images ``[B, 3, H, W]`` in [0, 1], drawn at 64x64; records whose sub
 subjects, e.g. ``"red striped star"``):
 
 - ``identity`` in [0, 1]: subjects are found by :func:`psrl.world.detect.detect_subjects` (no learned detector);
-  each record subject is matched to one detection by an optimal one-to-one assignment (Hungarian,
-  ``scipy.optimize.linear_sum_assignment``, as psrl's ``subject_consistency`` reward matches boxes) on the share of
+  each record subject is matched to one detection by an optimal one-to-one assignment
+  (:func:`psrl.rewards.matching.assign`, as psrl's ``subject_consistency`` reward matches boxes) on the share of
   its three attributes (shape, colour, texture) the detection has; a subject left without a detection scores 0
   and is listed in ``details["missing_subjects"]``. The sample's identity is the mean over its subjects.
 - ``semantic`` in [0, 1]: the instruction's constraints (:func:`psrl.world.scenes.parse_instruction`) checked on
@@ -34,12 +34,12 @@ from typing import Literal, get_args
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.images import scorable_images
+from psrl.rewards.matching import assign
 from psrl.rewards.position import position_score
 from psrl.world.detect import Detection, background_colour, detect_subjects
 from psrl.world.scenes import Constraint, parse_instruction
@@ -62,12 +62,7 @@ def match_subjects(subjects, detections: list[Detection]) -> list[int | None]:
     agreement (ties broken by the silhouette's IoU with the subject's shape), or ``None`` when none is left."""
     if not detections or not subjects:
         return [None] * len(subjects)
-    agree = np.array([[d.matches(s) + 1e-3 * d.shape_iou[s.shape] for d in detections] for s in subjects])
-    rows, cols = linear_sum_assignment(agree, maximize=True)
-    out: list[int | None] = [None] * len(subjects)
-    for r, c in zip(rows, cols):
-        out[r] = int(c)
-    return out
+    return assign([[d.matches(s) + 1e-3 * d.shape_iou[s.shape] for d in detections] for s in subjects])
 
 
 def constraint_score(c: Constraint, dets: list[Detection | None], arr: np.ndarray) -> float:
