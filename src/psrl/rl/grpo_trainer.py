@@ -211,7 +211,7 @@ class GRPOTrainer(BaseTrainer):
         try:
             t0 = time.perf_counter()
             assignment = self.sampler.assign(step)
-            sampling, trained_steps = step_sampling(self.cfg.sampling, self.cfg.train.seed, step)
+            sampling, trained_steps = self._step_sampling(step)
             rollouts, local_rewards, failures, reward_busy, t1 = self._rollout_and_score(
                 step, assignment, sampling, trained_steps)
             t2 = time.perf_counter()
@@ -249,6 +249,10 @@ class GRPOTrainer(BaseTrainer):
         return metrics
 
     # ------------------------------------------------------------------ phases
+    def _step_sampling(self, step: int):
+        """The step's sampling config and trained steps (:func:`psrl.rl.sampler.step_sampling`)."""
+        return step_sampling(self.cfg.sampling, self.cfg.train.seed, step)
+
     def _rollout_and_score(self, step: int, assignment, sampling, trained_steps):
         """Roll out the step's batches and score them. With ``train.async_rewards`` each batch is scored on a worker
         thread while the next one is generated (the rewards' and the policy's kernels release the GIL); the scores
@@ -390,7 +394,7 @@ class GRPOTrainer(BaseTrainer):
                 if n_done % t.gradient_accumulation == 0:
                     grad_norms.append(self._optimizer_update())
         local = {k: v / count for k, v in sums.items()} if count else {}
-        stats = self._reduce_stats(local, count)
+        stats = dist.reduce_pass_stats(local, count, list(self.loss_type.stats))
         if self.old_policy is not None:
             stats["old_policy_decay"] = self.old_policy.update(self.updates)
         stats["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
@@ -421,28 +425,6 @@ class GRPOTrainer(BaseTrainer):
         if self.ema is not None:
             self.ema.after_update()
         return float(norm)
-
-    def _reduce_stats(self, local: dict, count: int) -> dict:
-        """Average loss diagnostics over processes (weighted by the passes each ran; min/max where named)."""
-        keys = list(self.loss_type.stats)
-        if not dist.is_distributed():
-            return {k: local.get(k, 0.0) for k in keys} | {"train_passes": float(count)}
-        dev = dist.comm_device(torch.zeros(1))
-        vec = torch.tensor([local.get(k, 0.0) * count for k in keys] + [float(count)], device=dev)
-        torch.distributed.all_reduce(vec)
-        if "ratio_min" not in keys:
-            total = float(vec[-1])
-            return {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)} | {"train_passes": total}
-        lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
-        hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
-        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-        total = float(vec[-1])
-        out = {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)}
-        if total:
-            out["ratio_min"], out["ratio_max"] = float(lo), float(hi)
-        out["train_passes"] = total
-        return out
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int) -> dict:
