@@ -75,6 +75,31 @@ def test_resume_with_raise_beta_and_adaptive_balance_equals_uninterrupted(tmp_pa
         assert torch.allclose(w_full[k], w_split[k], atol=1e-6, rtol=0), k
 
 
+@pytest.mark.component
+def test_trainer_extra_state_round_trips_through_json(tmp_path):
+    """Every piece the GRPO trainer saves comes back from ``state.json``'s JSON: the unscored-step count, the
+    raised beta, the monitor's history and the balancer's window."""
+    from psrl.errors import PsrlError
+
+    a = GRPOTrainer(_cfg(tmp_path, "a", *STATEFUL, "train.max_steps=1"))
+    a._invalid_steps, a.cfg.train.beta = 2, 0.04
+    gid = torch.tensor([0, 0, 1, 1])
+    for s in range(1, 4):
+        a.balancer.observe(torch.rand(4, 2, generator=torch.Generator().manual_seed(s)), gid)
+        a.monitor.observe(s, {"approx_kl": 0.5, "loss": 0.1})
+    state = json.loads(json.dumps({"step": 3, "updates": 6, **a.extra_state()}, allow_nan=False))
+    b = GRPOTrainer(_cfg(tmp_path, "b", *STATEFUL, "train.max_steps=1"))
+    b.load_extra_state(state)
+    assert b._invalid_steps == 2 and b.cfg.train.beta == 0.04
+    assert b.monitor.state_dict() == a.monitor.state_dict() and [x.step for x in b.monitor.alarms] == [2]
+    assert b.balancer.state_dict() == a.balancer.state_dict() and torch.equal(b.balancer.weights(),
+                                                                                a.balancer.weights())
+    # a window saved with another number of rewards: a one-line error, not a wrong resume
+    c = GRPOTrainer(_cfg(tmp_path, "c", *STATEFUL[1:], "train.max_steps=1"))
+    with pytest.raises(PsrlError, match="--resume: advantage.balance: the saved balance window has rows of \\[2\\]"):
+        c.load_extra_state(state)
+
+
 def _strip_to_old_format(step_dir: Path) -> None:
     """Make ``step_dir`` look like a checkpoint of an older psrl: no trainer state beyond step/updates, no
     ``monitor_best.pt``."""
