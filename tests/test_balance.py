@@ -80,6 +80,37 @@ def test_balancer_warms_up_then_adapts_and_fixed_never_moves():
 
 
 @pytest.mark.unit
+def test_balancer_state_round_trips_through_json_and_continues_identically():
+    import json
+
+    base = torch.tensor([1.0, 2.0])
+    gid = torch.tensor([0, 0, 1, 1])
+    gen = torch.Generator().manual_seed(0)
+    steps = [torch.rand(4, 2, generator=gen) * (1 + s) for s in range(6)]
+    steps[1][0, 1] = float("nan")  # an unscorable sample: its NaN mean must survive the JSON (written as null)
+    steps[2][:, 1] = float("nan")  # a reward that scored nothing this step: its mean and spread are NaN
+    a = RewardBalancer(base, "adaptive", window=3)
+    for r in steps[:4]:
+        a.observe(r, gid)
+    text = json.dumps(a.state_dict(), allow_nan=False)  # strict JSON
+    b = RewardBalancer(base, "adaptive", window=3)
+    b.load_state_dict(json.loads(text))
+    assert len(b.means) == 3 and all(torch.equal(x, y) or torch.allclose(x, y, equal_nan=True)
+                                     for x, y in zip(a.means + a.spreads, b.means + b.spreads))
+    for r in steps[4:]:
+        assert torch.equal(a.weights(), b.weights())
+        a.observe(r, gid)
+        b.observe(r, gid)
+    assert torch.equal(a.weights(), b.weights()) and not torch.equal(a.weights(), base)
+    # a window saved with another number of rewards is refused; an empty (fresh) state is the default
+    with pytest.raises(ValueError, match="rows of \\[2\\] rewards, the run has 3"):
+        RewardBalancer(torch.ones(3), "adaptive").load_state_dict(a.state_dict())
+    fresh = RewardBalancer(base, "adaptive", window=3)
+    fresh.load_state_dict({})
+    assert fresh.means == [] and torch.equal(fresh.weights(), base)
+
+
+@pytest.mark.unit
 def test_config_checks():
     cfg = load_run_config(None, ["advantage.balance=adaptive", "advantage.balance_bounds=[0.5, 2.0]"])
     assert cfg.advantage.balance == "adaptive" and cfg.advantage.balance_bounds == (0.5, 2.0)

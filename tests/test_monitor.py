@@ -93,10 +93,39 @@ def test_resume_replays_the_logged_history_silently(tmp_path):
     # resumed from the checkpoint of step 3: the step-4 alarm belonged to the abandoned future
     again = TrainingMonitor(cfg, log_path=tmp_path / "alarms.jsonl")
     again.resume(rows, 3)
-    assert [a.step for a in again.alarms] == [2] and len(again.steps) == 3
+    assert [a.step for a in again.alarms] == [2] and [r["step"] for r in again.steps] == [2, 3]  # the window
     assert [json.loads(x)["step"] for x in (tmp_path / "alarms.jsonl").read_text().splitlines()] == [2]
     assert again.observe(4, {"clipfrac": 0.9})[0].step == 4  # the cool-down continued: it fires as before
     assert [json.loads(x)["step"] for x in (tmp_path / "alarms.jsonl").read_text().splitlines()] == [2, 4]
+
+
+@pytest.mark.unit
+def test_monitor_state_round_trips_through_json_and_continues_identically(tmp_path):
+    cfg = MonitorConfig(window=2, max_clipfrac=0.5, action="rollback")
+    p = torch.nn.Parameter(torch.zeros(2))
+    rows = [{"clipfrac": 0.9 if s % 3 else 0.1} for s in range(1, 9)]
+    for s, r in enumerate(rows, 1):  # evaluations at odd steps: the held-out reward peaks at step 3
+        if s % 2:
+            r.update(_eval(s, {"r": 0.1 * s}, {"h": 0.5 - abs(s - 3) * 0.1}, saturation=0.2))
+            del r["step"]
+    first = TrainingMonitor(cfg, [p])
+    for s, r in enumerate(rows[:5], 1):
+        with torch.no_grad():
+            p.fill_(float(s))
+        first.observe(s, r)
+    state = json.loads(json.dumps(first.state_dict(), allow_nan=False))
+    best = first.best_weights().state_dict()
+    torch.save(best, tmp_path / "monitor_best.pt")
+    again = TrainingMonitor(cfg, [p])
+    again.load_state_dict(state)
+    again.best_weights().load_state_dict(torch.load(tmp_path / "monitor_best.pt", weights_only=True))
+    assert again.best[0] == 3 and torch.equal(again.best[2][0], torch.full((2,), 3.0))
+    assert len(state["steps"]) == 2 and state["num_steps"] == 5  # only the window is kept
+    assert [a.to_dict() for a in again.alarms] == [a.to_dict() for a in first.alarms] and first.alarms
+    for s, r in enumerate(rows[5:], 6):  # the two continue alike: same alarms at the same steps
+        assert [a.to_dict() for a in first.observe(s, r)] == [a.to_dict() for a in again.observe(s, r)]
+    assert again.state_dict() == first.state_dict()
+    assert TrainingMonitor(cfg).best_weights().state_dict() == {}  # no evaluation yet: an empty module
 
 
 @pytest.mark.unit

@@ -93,12 +93,13 @@ def run(args) -> int:
         print(dump_with_help(cfg), end="")
         return 0
 
+    from psrl.rl.evaluation import eval_snapshot
     from psrl.rl.grpo_trainer import GRPOTrainer
 
     trainer = GRPOTrainer(cfg, resume=args.resume, progress=sys.stderr.isatty())
     before = None
     if trainer.is_main and trainer.eval_records and trainer.start_step == 0:
-        before = eval_snapshot(trainer)
+        before = eval_snapshot(trainer, 0)  # with eval.at_start, the trainer's step-0 evaluation (run once)
         print(eval_line(before, "held-out eval reward at step 0"))
     history = trainer.train()
     if history:
@@ -114,8 +115,8 @@ def run(args) -> int:
 
                 print("\n".join(alarm_lines(trainer.monitor.alarms, cfg.monitor)))
             if trainer.eval_records:
-                after = eval_snapshot(trainer)
                 done = trainer.start_step + len(history)
+                after = eval_snapshot(trainer, done)  # the trainer's final evaluation when it ran at this step
                 print(eval_line(after, f"held-out eval reward at step {done}"))
                 if before is not None:
                     path = trainer.run_dir / "samples" / "before_after.png"
@@ -126,32 +127,6 @@ def run(args) -> int:
                   "(raise train.max_steps to continue it)", file=sys.stderr)
         print(f"run directory: {trainer.run_dir}")
     return 0 if history else 1  # a run that did nothing does not report success
-
-
-def eval_snapshot(trainer) -> dict:
-    """The eval records' ODE samples (the trainer's eval sampling, seeds and EMA; identical at every call for the
-    same weights) and each reward's scores: ``{"images": [B, 3, H, W], "scores": {name: [B]}}``."""
-    import torch
-
-    from psrl.rl.sampler import sample_seed
-
-    e = trainer.cfg.eval
-    gens = [torch.Generator().manual_seed(sample_seed(e.seed, 0, i, salt="eval"))
-            for i in range(len(trainer.eval_records))]
-    trainer.policy.train(False)
-    with torch.no_grad():  # eval records hold resolved image paths (psrl.data.resolve_records)
-        ema = trainer.ema.swapped_in() if trainer.ema is not None else _null()
-        with ema, trainer.autocast():
-            images = trainer.policy.generate(trainer.eval_records, trainer._eval_sampling(), generator=gens)
-        images = images.float().cpu()
-        scores = {r.name: r(images, trainer.eval_records).scores for r in trainer.rewards}
-    return {"images": images, "scores": scores}
-
-
-def _null():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 def eval_line(snapshot: dict, label: str) -> str:

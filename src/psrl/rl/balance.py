@@ -157,6 +157,34 @@ class RewardBalancer:
         self.disagreements.append(disagreement_rate(r, group_ids))
         del self.means[:-self.window], self.spreads[:-self.window], self.disagreements[:-self.window]
 
+    def state_dict(self) -> dict:
+        """The window as JSON: ``{"means": [[K floats]], "spreads": [[K floats]], "disagreements": [floats]}``,
+        oldest first; NaN is written as ``null``. Saved with each checkpoint (float32 values round-trip exactly)."""
+        return {"means": [_to_json(m) for m in self.means], "spreads": [_to_json(s) for s in self.spreads],
+                "disagreements": list(self.disagreements)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s window (the newest ``window`` steps of it).
+
+        Raises:
+            ValueError: a saved row whose length is not the number of rewards (the rewards changed)."""
+        k = self.base.numel()
+        rows = [*state.get("means", []), *state.get("spreads", [])]
+        if any(len(r) != k for r in rows):
+            raise ValueError(f"the saved balance window has rows of {sorted({len(r) for r in rows})} rewards, the run "
+                             f"has {k}")
+        self.means = [_from_json(m) for m in state.get("means", [])][-self.window:]
+        self.spreads = [_from_json(s) for s in state.get("spreads", [])][-self.window:]
+        self.disagreements = [float(d) for d in state.get("disagreements", [])][-self.window:]
+
+
+def _to_json(t: Tensor) -> list:
+    return [float(v) if math.isfinite(v) else None for v in t.tolist()]
+
+
+def _from_json(values: list) -> Tensor:
+    return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
+
 
 def _nanmean(v: Tensor) -> float:
     v = v[torch.isfinite(v)]

@@ -150,13 +150,22 @@ class BaseTrainer:
         return ""
 
     def extra_state(self) -> dict:
-        """JSON-able state saved with each checkpoint (beside step and updates)."""
+        """JSON-able state saved with each checkpoint (beside step and updates) and given back to
+        :meth:`load_extra_state` on resume: everything that changes during a run and decides later steps."""
         return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`extra_state` saved; ``state`` is the checkpoint's whole ``state.json``. A key an
+        older checkpoint lacks keeps its start-of-run default (say so in a log line)."""
 
     def checkpoint_modules(self) -> dict:
         """``{name: object with state_dict()/load_state_dict()}`` saved as ``name.pt`` with each checkpoint and
         restored on resume (e.g. the old policy)."""
         return {}
+
+    def optional_checkpoint_modules(self) -> set[str]:
+        """Names in :meth:`checkpoint_modules` an older checkpoint may lack (they then keep their fresh state)."""
+        return set()
 
     def postfix(self, metrics: dict) -> dict:
         """The progress bar's postfix."""
@@ -204,9 +213,11 @@ class BaseTrainer:
         state = ckpt.load_checkpoint(path, named_params=self.named_params, optimizer=self.optimizer,
                                      scheduler=self.scheduler, ema=self.ema,
                                      process_index=self.accelerator.process_index,
-                                     modules=self.checkpoint_modules())
+                                     modules=self.checkpoint_modules(),
+                                     optional=self.optional_checkpoint_modules())
         self.start_step = int(state["step"])
         self.updates = int(state.get("updates", 0))
+        self.load_extra_state(state)
         logger.info("resumed from %s (step %d)", path, self.start_step)
 
     def save(self, step: int, *, rng: dict | None = None) -> Path:
@@ -277,19 +288,20 @@ class BaseTrainer:
                                     self.step_summary(metrics), rate, _eta((a.max_steps - done) / rate))
                     if self.tracker is not None and (done % a.log_every == 0 or done == a.max_steps):
                         self.tracker.log(metrics, done)
+                    # the health check may act on the state (the monitor raises beta, rolls back): it runs before
+                    # the save, so a checkpoint holds the state the next step starts from
+                    try:
+                        self.check_health(done, metrics)
+                    except StepAbandoned as e:
+                        self.save(done)
+                        raise TrainingStopped(f"{e}; saved checkpoint {ckpt.step_dir(self.run_dir, done)}",
+                                              e.exit_code) from None
                     if self._save_due(done):
                         self.save(done)
                         saved = done
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(self.postfix(metrics))
-                    try:
-                        self.check_health(done, metrics)
-                    except StepAbandoned as e:
-                        if saved != done:
-                            self.save(done)
-                        raise TrainingStopped(f"{e}; saved checkpoint {ckpt.step_dir(self.run_dir, done)}",
-                                              e.exit_code) from None
                     sig = stop.requested()
                     if sig:
                         if saved != done:
@@ -306,8 +318,8 @@ class BaseTrainer:
         return self.history
 
     def check_health(self, done: int, metrics: dict) -> None:
-        """Called after each step is logged and saved when due; raise :class:`StepAbandoned` to end the run (the
-        trainer saves step ``done`` first when it was not saved)."""
+        """Called after each step is logged, before its checkpoint is saved when due (what it changes is saved);
+        raise :class:`StepAbandoned` to end the run (the trainer saves step ``done`` first)."""
 
 
 def _logs_above(bar):

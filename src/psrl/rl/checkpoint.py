@@ -340,9 +340,12 @@ def _fsync_tree(path: Path) -> None:
 
 
 def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], optimizer, scheduler, ema,
-                    process_index: int = 0, modules: dict | None = None) -> dict:
-    """Restore what :func:`save_checkpoint` wrote; returns ``state.json``. Raises ``ValueError`` naming the
-    parameter when the checkpoint does not fit the model."""
+                    process_index: int = 0, modules: dict | None = None, optional: frozenset | set = frozenset()
+                    ) -> dict:
+    """Restore what :func:`save_checkpoint` wrote; returns ``state.json``. ``optional``: names in ``modules`` whose
+    ``name.pt`` a checkpoint may lack (saved by newer versions only): those keep their current state, with a log line.
+    Raises ``ValueError`` naming the parameter when the checkpoint does not fit the model, or a module file that is
+    missing and not optional."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -368,6 +371,9 @@ def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], 
             logger.warning("checkpoint %s has no EMA state; the EMA restarts from the current weights", path)
     for name, obj in (modules or {}).items():
         f = path / f"{name}.pt"
+        if not f.is_file() and name in optional:
+            logger.info("checkpoint %s has no %s.pt (saved by an older psrl); %s starts fresh", path, name, name)
+            continue
         if not f.is_file():
             raise ValueError(f"checkpoint {path} has no {name}.pt (was it saved with another train config?)")
         obj.load_state_dict(torch.load(f, weights_only=True, map_location="cpu"))

@@ -63,11 +63,10 @@ def _subject_rate(details: dict, key: str, records: Sequence, scored: Sequence[b
     return hit / total if total else math.nan
 
 
-def reward_metrics(reward, images: Tensor, records: Sequence, prefix: str, mean_suffix: str) -> dict[str, float]:
-    """One reward on the eval images: ``{prefix + name + mean_suffix: mean, .../failure_rate, subject rates}``.
-    A reward that raises is logged and reported as NaN for every image (its failure rate 1), so one broken metric
-    does not end a run."""
-    name = reward.name
+def reward_scores(reward, images: Tensor, records: Sequence) -> tuple[Tensor, dict | None]:
+    """One reward on the eval images: ``(scores, details)``, ``scores`` ``[B]`` float32 on the CPU with NaN for an
+    image it could not score. A reward that raises (or returns the wrong number of scores) is logged and gives NaN
+    for every image and ``details`` None, so one broken metric does not end a run; out-of-memory is re-raised."""
     try:
         out = reward(images, records)
         if out.scores.numel() != len(records):
@@ -75,18 +74,29 @@ def reward_metrics(reward, images: Tensor, records: Sequence, prefix: str, mean_
     except torch.OutOfMemoryError:
         raise
     except Exception as e:  # noqa: BLE001 - an eval metric must not kill the run; the NaN and the log say why
-        logger.warning("eval reward %s raised %s: %s; reported as NaN", name, type(e).__name__, e)
+        logger.warning("eval reward %s raised %s: %s; reported as NaN", reward.name, type(e).__name__, e)
+        return torch.full((len(records),), math.nan), None
+    return out.scores.detach().float().cpu().reshape(-1), out.details
+
+
+def reward_metrics(reward, images: Tensor, records: Sequence, prefix: str, mean_suffix: str,
+                   scored: tuple[Tensor, dict | None] | None = None) -> dict[str, float]:
+    """One reward on the eval images: ``{prefix + name + mean_suffix: mean, .../failure_rate, subject rates}``
+    (a reward that raised: the mean NaN, its failure rate 1). ``scored``: its :func:`reward_scores` when already
+    computed."""
+    name = reward.name
+    scores, details = scored if scored is not None else reward_scores(reward, images, records)
+    if details is None:
         return {f"{prefix}{name}{mean_suffix}": math.nan, f"{prefix}{name}/failure_rate": 1.0}
-    scores = out.scores.float().reshape(-1)
     ok = torch.isfinite(scores)
     metrics = {f"{prefix}{name}{mean_suffix}": float(scores[ok].mean()) if bool(ok.any()) else math.nan,
                f"{prefix}{name}/failure_rate": float((~ok).float().mean())}
     # samples with details: scored ones, and under missing: nan the ones NaN for a missing subject
-    has_details = [bool(o) or bool(m) for o, m in zip(ok.tolist(), out.details.get("missing_subjects") or
+    has_details = [bool(o) or bool(m) for o, m in zip(ok.tolist(), details.get("missing_subjects") or
                                                       [None] * len(records))]
     for key, metric in (("missing_subjects", "missing_subject_rate"), ("confused_subjects",
                                                                         "identity_confusion_rate")):
-        rate = _subject_rate(out.details, key, records, has_details)
+        rate = _subject_rate(details, key, records, has_details)
         if rate is not None:
             metrics[f"{prefix}{name}/{metric}"] = rate
     return metrics
@@ -94,7 +104,16 @@ def reward_metrics(reward, images: Tensor, records: Sequence, prefix: str, mean_
 
 def eval_metrics(images: Tensor, records: Sequence, group_ids: Sequence[int], *, trained: Sequence = (),
                  heldout: Sequence = (), statistics: bool = True, embed=None) -> dict[str, float]:
-    """Every metric of one evaluation (the keys in the module docstring).
+    """Every metric of one evaluation (the keys in the module docstring); :func:`eval_scores_and_metrics` without
+    the per-image scores."""
+    return eval_scores_and_metrics(images, records, group_ids, trained=trained, heldout=heldout,
+                                   statistics=statistics, embed=embed)[0]
+
+
+def eval_scores_and_metrics(images: Tensor, records: Sequence, group_ids: Sequence[int], *, trained: Sequence = (),
+                            heldout: Sequence = (), statistics: bool = True,
+                            embed=None) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Every metric of one evaluation (the keys in the module docstring) and each trained reward's per-image scores.
 
     Args:
         images (`Tensor` of shape `[B, 3, H, W]`): the eval images in ``[0, 1]``.
@@ -103,10 +122,17 @@ def eval_metrics(images: Tensor, records: Sequence, group_ids: Sequence[int], *,
         trained, heldout: built rewards (the trained ones, the ``eval.rewards``).
         statistics: compute the image statistics and, with ``embed`` and groups of two or more, the diversity.
         embed: ``fn(images) -> [B, D]`` (:func:`build_eval_embedder`).
+
+    Returns:
+        ``(metrics, scores)``: ``scores`` maps each trained reward's name to its ``[B]`` float32 CPU scores (NaN:
+        unscorable; every image NaN when the reward raised).
     """
     out: dict[str, float] = {}
+    scores: dict[str, Tensor] = {}
     for reward in trained:
-        out.update(reward_metrics(reward, images, records, "eval/", "/mean"))
+        scored = reward_scores(reward, images, records)
+        scores[reward.name] = scored[0]
+        out.update(reward_metrics(reward, images, records, "eval/", "/mean", scored))
     for reward in heldout:
         out.update(reward_metrics(reward, images, records, "eval/heldout/", ""))
     if statistics:
@@ -115,7 +141,8 @@ def eval_metrics(images: Tensor, records: Sequence, group_ids: Sequence[int], *,
         if embed is not None and len(group_ids) > len(set(group_ids)):
             _, diversity = within_group_diversity(embed(images), list(group_ids))
             out["eval/stats/diversity"] = nan_mean(diversity)
-    return out
+    return out, scores
 
 
-__all__ = ["PIXEL_EMBEDDER", "build_eval_embedder", "eval_metrics", "pixel_embeddings", "reward_metrics"]
+__all__ = ["PIXEL_EMBEDDER", "build_eval_embedder", "eval_metrics", "eval_scores_and_metrics", "pixel_embeddings",
+           "reward_metrics", "reward_scores"]

@@ -8,34 +8,32 @@ with one all-reduce per update (:mod:`psrl.rl.distributed` explains why not DDP)
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-import random
 import time
 from contextlib import nullcontext
 
 import torch
 
-from psrl.errors import ConfigError, PsrlError
+from psrl.errors import PsrlError
 from psrl.models.checks import check_sampling_size, validate_records
 from psrl.rl import distributed as dist
 from psrl.rl.advantages import (apply_per_subject, check_advantage_config, compute_advantages, get_advantage_mode,
                                  join_per_subject, stack_per_subject)
 from psrl.rl.balance import RewardBalancer
 from psrl.rl.ema import ParameterEMA
-from psrl.rl.eval_metrics import build_eval_embedder, eval_metrics
+from psrl.rl.eval_metrics import build_eval_embedder
+from psrl.rl.evaluation import Evaluation, current_evaluation, eval_sampling
 from psrl.rl.monitor import MonitorStop, TrainingMonitor, alarm_metrics
 from psrl.rl.loss_types import LOSS_TYPES, LossContext
 from psrl.rl.old_policy import OldPolicy
+from psrl.rl.rank_dump import dump_rank_data, dump_weights
 from psrl.rl.base_trainer import BaseTrainer, StepAbandoned
-from psrl.rl.reward_calls import RewardOnDevice, call_reward, log_failure_reasons, reward_device
+from psrl.rl.reward_calls import build_rewards, call_reward, log_failure_reasons, reward_summary
 from psrl.rl.run_config import RunConfig, derive_sizes, run_records
-from psrl.rl.sampler import GroupSampler, sample_seed
-from psrl.images import save_image
-from psrl.rl.tracking import image_grid, read_metrics
-from psrl.sampling import plan_steps
+from psrl.rl.sampler import GroupSampler, sample_seed, step_sampling
+from psrl.rl.tracking import read_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +82,7 @@ class GRPOTrainer(BaseTrainer):
         policy.cfg_grad = cfg.train.cfg_grad  # read by the true-CFG policies (SD3, Qwen-Image-Edit-Plus) only
         check_sampling_size(policy, cfg.sampling, "sampling.height/width")
         if self.eval_records:
-            check_sampling_size(policy, self._eval_sampling(), "eval.height/width/resolution")
+            check_sampling_size(policy, eval_sampling(cfg), "eval.height/width/resolution")
         self.records = validate_records(self.records, policy, cfg.data.records, skip_invalid=cfg.data.skip_invalid)
         if self.eval_records:
             self.eval_records = validate_records(self.eval_records, policy, cfg.eval.records,
@@ -92,8 +90,9 @@ class GRPOTrainer(BaseTrainer):
 
     def setup_training(self) -> None:
         cfg, t = self.cfg, self.cfg.train
-        self.rewards = self._build_rewards(cfg.rewards)
-        self.heldout_rewards = self._build_rewards(cfg.eval.rewards, "eval.rewards") if cfg.eval.every else []
+        self.rewards = build_rewards(cfg.rewards, self.accelerator.device)
+        self.heldout_rewards = build_rewards(cfg.eval.rewards, self.accelerator.device, "eval.rewards") \
+            if cfg.eval.every else []
         e = cfg.eval
         self.eval_embed = build_eval_embedder(e.embedder, self.accelerator.device) \
             if e.every and e.statistics and e.group_size >= 2 else None
@@ -115,26 +114,8 @@ class GRPOTrainer(BaseTrainer):
         self.sampler = GroupSampler(len(self.records), t.groups_per_step, t.group_size, t.seed,
                                     self.accelerator.num_processes, self.accelerator.process_index)
         self._invalid_steps = 0
-
-    def _build_rewards(self, specs, what: str = "rewards"):
-        from psrl.rewards import build_reward
-
-        built = []
-        for i, spec in enumerate(specs):
-            args = dict(spec.args)
-            try:
-                device = None if spec.device is None else \
-                    reward_device(spec.device, cuda_count=torch.cuda.device_count())
-            except ValueError as e:
-                raise ConfigError(f"{what}[{i}].device: {e}") from e
-            try:
-                reward = build_reward(spec.name, args, device=self.accelerator.device if device is None else device)
-                built.append(reward if device is None else RewardOnDevice(reward, device))
-            except KeyError as e:
-                raise PsrlError(f"{what}: {e.args[0] if e.args else e}") from e
-            except (TypeError, ValueError) as e:
-                raise PsrlError(f"{what}: cannot build {spec.name!r} with args {spec.args}: {e}") from e
-        return built
+        self.last_eval: Evaluation | None = None  # the newest evaluation (main process), reused while current
+        self._monitor_restored = False
 
     # ------------------------------------------------------------------ loop hooks
     def describe(self) -> str:
@@ -153,17 +134,45 @@ class GRPOTrainer(BaseTrainer):
         return {"reward": f"{m['reward/total/mean']:.4f}"}
 
     def extra_state(self) -> dict:
-        return {"invalid_steps": self._invalid_steps}
+        """The run's changing state beside the weights: the unscored-step count, ``train.beta`` (the monitor's
+        ``raise_beta`` changes it), the monitor's history and the adaptive balancer's window."""
+        return {"invalid_steps": self._invalid_steps, "beta": self.cfg.train.beta,
+                "monitor": self.monitor.state_dict(), "balancer": self.balancer.state_dict()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self._invalid_steps = int(state.get("invalid_steps", 0))
+        if "beta" in state and float(state["beta"]) != self.cfg.train.beta:
+            logger.info("train.beta %g from the checkpoint (the monitor raised it; the config says %g)",
+                        float(state["beta"]), self.cfg.train.beta)
+            self.cfg.train.beta = float(state["beta"])
+        if "monitor" in state:
+            self.monitor.load_state_dict(state["monitor"])
+            self._monitor_restored = True
+        if "balancer" in state:
+            try:
+                self.balancer.load_state_dict(state["balancer"])
+            except ValueError as e:
+                raise PsrlError(f"--resume: advantage.balance: {e}") from None
+        elif self.cfg.advantage.balance == "adaptive":
+            logger.info("the checkpoint has no balancer window (older psrl): advantage.balance starts a new one")
 
     def checkpoint_modules(self) -> dict:
-        return {"old_policy": self.old_policy} if self.old_policy is not None else {}
+        modules = {"old_policy": self.old_policy} if self.old_policy is not None else {}
+        if self.cfg.monitor.uses("rollback"):
+            modules["monitor_best"] = self.monitor.best_weights()
+        return modules
+
+    def optional_checkpoint_modules(self) -> set[str]:
+        return {"monitor_best"}
 
     def before_loop(self) -> None:
         """Point the monitor at ``alarms.jsonl`` (main process), replay its history on ``--resume``, and with
         ``eval.at_start`` evaluate the untrained policy first (step 0: the monitor's baseline, the report's first
         grid)."""
         self.monitor.log_path = self.run_dir / "alarms.jsonl" if self.is_main else None  # one writer
-        if self.resume:  # the monitor's windows continue from the logged history
+        if self.resume and self._monitor_restored:
+            self.monitor.forget_after(self.start_step)
+        elif self.resume:  # a checkpoint without the monitor's state: replay the logged history
             path = self.run_dir / "metrics.jsonl"
             rows = read_metrics(path) if self.is_main and path.is_file() else None
             self.monitor.resume(dist.broadcast_object(rows) or [], self.start_step)
@@ -182,13 +191,13 @@ class GRPOTrainer(BaseTrainer):
     def check_health(self, done: int, metrics: dict) -> None:
         """Stop (non-zero) after ``train.max_invalid_steps`` consecutive steps in which no sample could be scored:
         a reward that returns NaN for everything must not "train" for hours and exit 0."""
+        unscored = metrics.get("adv/nan_samples", 0.0) >= self.sizes.images_per_step
+        self._invalid_steps = self._invalid_steps + 1 if unscored else 0  # counted first: a stop saves it
         try:
             self.monitor.act(self, self._alarms)  # psrl.rl.monitor: warn, raise_beta, rollback or stop
         except MonitorStop as e:
             raise StepAbandoned(str(e), 1) from None
         limit = self.cfg.train.max_invalid_steps
-        unscored = metrics.get("adv/nan_samples", 0.0) >= self.sizes.images_per_step
-        self._invalid_steps = self._invalid_steps + 1 if unscored else 0
         if limit and self._invalid_steps >= limit:
             rates = ", ".join(f"{spec.name} {metrics.get(f'reward/{spec.name}/failure_rate', 0.0):.0%}"
                               for spec in self.cfg.rewards)
@@ -218,14 +227,16 @@ class GRPOTrainer(BaseTrainer):
             self.balancer.observe(all_rewards, group_ids)
             local = assignment.local
             if self.cfg.run.dump_rank_data:
-                self._dump_rank_data(step, assignment, all_rewards, result)
+                dump_rank_data(self.run_dir, step, self.accelerator.process_index, assignment, self.records,
+                               all_rewards, result)
             train_stats = self._update(step, rollouts, result.advantages[local], result.trained[local],
                                        trained_steps)
             t3 = time.perf_counter()
         except torch.OutOfMemoryError as e:
             raise PsrlError(oom_advice(self.cfg, phase)) from e
         metrics = {"updates": self.updates, "lr": self.scheduler.get_last_lr()[0]}
-        metrics.update(self._reward_metrics(all_rewards, failures))
+        metrics.update(reward_summary(all_rewards, self._all_failures(failures), self.cfg.rewards,
+                                      self.reward_weights))
         metrics.update({f"adv/{k}": v for k, v in result.stats.items()})
         metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
         if self.cfg.advantage.balance == "adaptive":
@@ -234,26 +245,13 @@ class GRPOTrainer(BaseTrainer):
         metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2,
                         "time/step": t3 - t0, "time/reward_busy": reward_busy})
         if self.cfg.run.dump_rank_data:
-            self._dump_weights(step)
+            dump_weights(self.run_dir, step, self.accelerator.process_index, self.named_params)
         return metrics
 
     # ------------------------------------------------------------------ phases
     def _step_sampling(self, step: int):
-        """The step's sampling config and trained steps. A Flow-GRPO-Fast window is drawn once per step from
-        ``seed + step`` (identical on every process and after a resume) and passed to the policy as a list."""
-        s = self.cfg.sampling
-        plan = plan_steps(s.num_steps, s.train_steps, k=s.train_k,
-                          window_range=tuple(s.window_range) if s.window_range else None,
-                          steps=s.noise_steps, rng=random.Random(self.cfg.train.seed + step))
-        if s.train_steps == "fast_window":
-            s = dataclasses.replace(s, train_steps="list", noise_steps=list(plan.trained))
-        elif s.train_steps == "list" and s.num_noise_steps:
-            # PaCo's random sparse noise steps: num_noise_steps of noise_steps, drawn from seed + step
-            chosen = sorted(random.Random(self.cfg.train.seed * 1_000_003 + step).sample(list(s.noise_steps),
-                                                                                        s.num_noise_steps))
-            s = dataclasses.replace(s, noise_steps=chosen)
-            plan = plan_steps(s.num_steps, "list", steps=chosen)
-        return s, plan.trained
+        """The step's sampling config and trained steps (:func:`psrl.rl.sampler.step_sampling`)."""
+        return step_sampling(self.cfg.sampling, self.cfg.train.seed, step)
 
     def _rollout_and_score(self, step: int, assignment, sampling, trained_steps):
         """Roll out the step's batches and score them. With ``train.async_rewards`` each batch is scored on a worker
@@ -352,25 +350,13 @@ class GRPOTrainer(BaseTrainer):
         gathered = join_per_subject(dist.gather_objects((self._local_count, self._local_per_subject)))
         return apply_per_subject(all_rewards, gathered, group_ids, self.cfg.advantage)
 
-    def _reward_metrics(self, all_rewards, local_failures) -> dict:
+    def _all_failures(self, local_failures):
+        """The per-reward unscorable counts ``[K]`` summed over processes."""
         failures = local_failures.to(self.accelerator.device)
         if dist.is_distributed():
             failures = failures.to(dist.comm_device(failures))
             torch.distributed.all_reduce(failures)
-        failures = failures.cpu()
-        n = all_rewards.shape[0]
-        out = {}
-        for k, spec in enumerate(self.cfg.rewards):
-            col = all_rewards[:, k]
-            ok = col[torch.isfinite(col)]
-            out[f"reward/{spec.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-            out[f"reward/{spec.name}/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
-            out[f"reward/{spec.name}/failure_rate"] = float(failures[k]) / n
-        total = all_rewards @ self.reward_weights
-        ok = total[torch.isfinite(total)]
-        out["reward/total/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-        out["reward/total/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
-        return out
+        return failures.cpu()
 
     def _update(self, step, rollouts, advantages, trained, trained_steps) -> dict:
         """``num_inner_epochs`` passes of micro-batches; an optimizer update every ``gradient_accumulation``."""
@@ -408,7 +394,7 @@ class GRPOTrainer(BaseTrainer):
                 if n_done % t.gradient_accumulation == 0:
                     grad_norms.append(self._optimizer_update())
         local = {k: v / count for k, v in sums.items()} if count else {}
-        stats = self._reduce_stats(local, count)
+        stats = dist.reduce_pass_stats(local, count, list(self.loss_type.stats))
         if self.old_policy is not None:
             stats["old_policy_decay"] = self.old_policy.update(self.updates)
         stats["grad_norm"] = sum(grad_norms) / len(grad_norms) if grad_norms else 0.0
@@ -440,80 +426,16 @@ class GRPOTrainer(BaseTrainer):
             self.ema.after_update()
         return float(norm)
 
-    def _reduce_stats(self, local: dict, count: int) -> dict:
-        """Average loss diagnostics over processes (weighted by the passes each ran; min/max where named)."""
-        keys = list(self.loss_type.stats)
-        if not dist.is_distributed():
-            return {k: local.get(k, 0.0) for k in keys} | {"train_passes": float(count)}
-        dev = dist.comm_device(torch.zeros(1))
-        vec = torch.tensor([local.get(k, 0.0) * count for k in keys] + [float(count)], device=dev)
-        torch.distributed.all_reduce(vec)
-        if "ratio_min" not in keys:
-            total = float(vec[-1])
-            return {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)} | {"train_passes": total}
-        lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
-        hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
-        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
-        total = float(vec[-1])
-        out = {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)}
-        if total:
-            out["ratio_min"], out["ratio_max"] = float(lo), float(hi)
-        out["train_passes"] = total
-        return out
-
-    # ------------------------------------------------------------------ evaluation and debugging
-    def _eval_sampling(self):
-        e, s = self.cfg.eval, self.cfg.sampling
-        return dataclasses.replace(s, num_steps=e.num_steps, height=e.resolution or e.height or s.height,
-                                   width=e.resolution or e.width or s.width, noise_level=0.0,
-                                   guidance_scale=e.guidance_scale if e.guidance_scale is not None
-                                   else s.guidance_scale, train_steps="all_but_last")
-
-    @torch.no_grad()
+    # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int) -> dict:
-        """ODE samples of the fixed eval prompts (EMA weights if kept; ``eval.group_size`` per prompt, member ``j``
-        of prompt ``i`` seeded by ``(eval.seed, j, i)`` for the whole run), a PNG grid, the trained and held-out
-        rewards and the image statistics (:func:`psrl.rl.eval_metrics.eval_metrics`). Runs on the main process;
-        the others wait and receive its metrics."""
+        """Evaluate at ``step`` (:func:`psrl.rl.evaluation.run_evaluation`: ODE samples of the eval prompts with the
+        EMA weights if kept, ``eval.group_size`` per prompt with seeds fixed for the run, the PNG grid, the trained
+        and held-out rewards, the image statistics) and return its ``eval/*`` metrics. Runs on the main process,
+        which keeps it as :attr:`last_eval`; the others wait and receive its metrics."""
         out = {}
         if self.is_main:
-            e = self.cfg.eval
-            sampling = self._eval_sampling()
-            pairs = [(i, j) for i in range(len(self.eval_records)) for j in range(e.group_size)]
-            records = [self.eval_records[i] for i, _ in pairs]
-            gens = [torch.Generator().manual_seed(sample_seed(e.seed, j, i, salt="eval")) for i, j in pairs]
-            self.policy.train(False)
-            with (self.ema.swapped_in() if self.ema is not None else nullcontext()), self.autocast():
-                images = self.policy.generate(records, sampling, generator=gens)
-            images = images.float().cpu()
-            grid = image_grid(images, ncols=e.group_size if e.group_size > 1 else None)
-            save_image(grid, self.run_dir / "samples" / f"step-{step}.png")
-            self.log_images("eval/samples", grid, step)
-            out = eval_metrics(images, records, [i for i, _ in pairs], trained=self.rewards,
-                               heldout=self.heldout_rewards, statistics=e.statistics, embed=self.eval_embed)
+            result = current_evaluation(self, step)
+            self.log_images("eval/samples", result.grid, step)
+            out = dict(result.metrics)
         # every process gets the main one's numbers: the monitor's alarms and actions must agree on all ranks
         return dist.broadcast_object(out)
-
-    def _dump_rank_data(self, step, assignment, all_rewards, result) -> None:
-        import json
-
-        d = self.run_dir / "rank_data"
-        d.mkdir(parents=True, exist_ok=True)
-        rank = self.accelerator.process_index
-        data = {
-            "step": step, "rank": rank, "local": [assignment.local.start, assignment.local.stop],
-            "record_ids": [self.records[i].id for i in assignment.record_indices],
-            "group_ids": list(assignment.group_ids),
-            "rewards": all_rewards.tolist(), "advantages": result.advantages.tolist(),
-            "trained": result.trained.tolist(),
-        }
-        (d / f"rank-{rank}-step-{step}.json").write_text(json.dumps(data))
-
-    def _dump_weights(self, step) -> None:
-        from safetensors.torch import save_file
-
-        d = self.run_dir / "rank_data"
-        d.mkdir(parents=True, exist_ok=True)
-        save_file({k: p.detach().cpu().contiguous() for k, p in self.named_params.items()},
-                  d / f"rank-{self.accelerator.process_index}-step-{step}.safetensors")

@@ -10,10 +10,15 @@ Alarms are pure functions in the :data:`ALARMS` registry::
 
     alarm(steps: list[dict], evals: list[dict], cfg: MonitorConfig) -> list[Alarm]
 
-``steps`` are the per-step metrics so far (each with ``"step"``), ``evals`` the evaluations so far (the ``eval/*``
-keys of the steps that evaluated, step 0 first when the trainer evaluates before training). An alarm looks at the
-newest entry and returns what it finds there; the monitor fires each alarm name at most once per ``cfg.window``
-evaluations (or steps, for step alarms), so one drift is not reported at every step.
+``steps`` are the metrics of the last ``cfg.window`` steps (each with ``"step"``; older ones are not kept, so a run
+of any length saves a small state), ``evals`` the evaluations so far (the ``eval/*`` keys and ``"step"`` of the steps
+that evaluated, step 0 first when the trainer evaluates before training). An alarm looks at the newest entry and
+returns what it finds there; the monitor fires each alarm name at most once per ``cfg.window`` evaluations (or
+steps, for step alarms), so one drift is not reported at every step.
+
+The monitor's state (:meth:`TrainingMonitor.state_dict`, and the best held-out weights for ``rollback``) is saved
+with each checkpoint and restored on ``--resume``, so a resumed run fires, cools down and acts exactly as the
+uninterrupted one.
 
 Actions (:data:`ACTIONS`): ``warn`` (log only), ``raise_beta`` (multiply the KL weight), ``stop`` (save, exit
 non-zero) and ``rollback`` (restore the weights of the best evaluation by held-out reward, reset the optimizer
@@ -305,6 +310,7 @@ def _rollback(trainer, alarm: Alarm, cfg: MonitorConfig) -> str:
                 for s, p in zip(holder.shadow, trainer.params):
                     s.copy_(p.detach().to(s.dtype))
     trainer.optimizer.state.clear()
+    trainer.last_eval = None  # the weights changed outside an update: the newest evaluation no longer describes them
     for group in trainer.optimizer.param_groups:
         group["lr"] *= cfg.lr_factor
     trainer.scheduler.base_lrs = [lr * cfg.lr_factor for lr in trainer.scheduler.base_lrs]
@@ -334,11 +340,12 @@ class TrainingMonitor:
         self.params = list(params)
         self.evaluated = evaluated if evaluated is not None else (lambda: self.params)
         self.log_path = Path(log_path) if log_path is not None else None
-        self.steps: list[dict] = []
+        self.steps: list[dict] = []  # the last cfg.window steps
         self.evals: list[dict] = []
         self.alarms: list[Alarm] = []
         self.best: tuple[int, float, list[torch.Tensor]] | None = None
         self._last_fired: dict[str, int] = {}
+        self._num_steps = 0  # steps observed: the step alarms' clock
         self._replaying = False
 
     def observe(self, step: int, metrics: dict) -> list[Alarm]:
@@ -350,7 +357,10 @@ class TrainingMonitor:
         evaluated = any(k.startswith("eval/") for k in row)
         if step > 0 or not evaluated:
             self.steps.append(row)
+            del self.steps[:-self.cfg.window]
+            self._num_steps += 1
         if evaluated:
+            row = {k: v for k, v in row.items() if k == "step" or k.startswith("eval/")}
             self.evals.append(row)
             if not self._replaying:
                 self._keep_best(row)
@@ -359,7 +369,7 @@ class TrainingMonitor:
             is_step = name in STEP_ALARMS
             if not is_step and not evaluated:
                 continue
-            clock = len(self.steps) if is_step else len(self.evals)
+            clock = self._num_steps if is_step else len(self.evals)
             last = self._last_fired.get(name)
             if last is not None and clock - last < self.cfg.window:
                 continue
@@ -374,12 +384,32 @@ class TrainingMonitor:
         self.alarms.extend(fired)
         return fired
 
+    def state_dict(self) -> dict:
+        """Everything the next observations depend on, as JSON: the step window, the evaluations, the alarms
+        raised, each alarm's last firing (on its clock) and the step count. The best held-out weights are tensors:
+        :meth:`best_weights` saves them."""
+        return {"steps": [dict(r) for r in self.steps], "evals": [dict(r) for r in self.evals],
+                "alarms": [a.to_dict() for a in self.alarms], "last_fired": dict(self._last_fired),
+                "num_steps": self._num_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict` (the step window cut to the current ``cfg.window``)."""
+        self.steps = [dict(r) for r in state["steps"]][-self.cfg.window:]
+        self.evals = [dict(r) for r in state["evals"]]
+        self.alarms = [Alarm(a["name"], int(a["step"]), a["message"], float(a["value"])) for a in state["alarms"]]
+        self._last_fired = {str(k): int(v) for k, v in state["last_fired"].items()}
+        self._num_steps = int(state["num_steps"])
+
+    def best_weights(self) -> "BestWeights":
+        """The best held-out evaluation's weights as a checkpoint module (``state_dict`` / ``load_state_dict``)."""
+        return BestWeights(self)
+
     def resume(self, rows: Sequence[dict], step: int) -> None:
-        """Rebuild the history of a run resumed at ``step`` from its logged ``metrics.jsonl`` rows (those up to
-        ``step``), so the windows and cool-downs continue where they were: the alarms are re-run without logging,
-        writing or acting, and the ``alarms.jsonl`` lines past ``step`` (from the abandoned future) are dropped.
-        Only what was logged is replayed (every ``train.log_every`` steps). The weights of the best held-out
-        evaluation are not in the rows: after a resume, ``rollback`` ranks the evaluations from the resume on."""
+        """For a checkpoint saved without the monitor's state (older psrl): rebuild the history of a run resumed at
+        ``step`` from its logged ``metrics.jsonl`` rows (those up to ``step``), so the windows and cool-downs
+        continue: the alarms are re-run without logging, writing or acting, and :meth:`forget_after` drops the
+        abandoned future's alarm lines. Only what was logged is replayed (every ``train.log_every`` steps), and
+        the best held-out weights are not in the rows: ``rollback`` ranks the evaluations from the resume on."""
         if not self.cfg.enabled:
             return
         self._replaying = True
@@ -389,6 +419,11 @@ class TrainingMonitor:
                     self.observe(r["step"], {k: v for k, v in r.items() if k != "step"})
         finally:
             self._replaying = False
+        self.forget_after(step)
+
+    def forget_after(self, step: int) -> None:
+        """Drop the ``alarms.jsonl`` lines of steps after ``step`` (written by the run before it was resumed at
+        ``step``: they belong to an abandoned future)."""
         if self.log_path is not None and self.log_path.is_file():
             import json
 
@@ -432,6 +467,22 @@ class TrainingMonitor:
         return done
 
 
+class BestWeights:
+    """Checkpoint module (``monitor_best.pt``) of a monitor's best held-out evaluation: ``{"step": int, "score":
+    float, "weights": [CPU tensors]}``, or ``{}`` when there is none yet."""
+
+    def __init__(self, monitor: TrainingMonitor):
+        self.monitor = monitor
+
+    def state_dict(self) -> dict:
+        best = self.monitor.best
+        return {} if best is None else {"step": best[0], "score": best[1], "weights": list(best[2])}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.monitor.best = (int(state["step"]), float(state["score"]), [t.clone() for t in state["weights"]]) \
+            if state else None
+
+
 def alarm_metrics(alarms: Sequence[Alarm]) -> dict[str, float]:
     """``{monitor/alarm/<name>: value}`` for the alarms of one step (absent keys: no alarm)."""
     return {f"monitor/alarm/{a.name}": float(a.value) for a in alarms}
@@ -444,5 +495,5 @@ def alarm_lines(alarms: Sequence[Alarm], cfg: MonitorConfig) -> list[str]:
     return [f"ALARM step {a.step:>4}  {a.name}: {a.message} (action: {cfg.action_for(a.name)})" for a in alarms]
 
 
-__all__ = ["ACTIONS", "ALARMS", "Alarm", "MonitorConfig", "MonitorStop", "TrainingMonitor", "alarm_lines",
-           "alarm_metrics", "heldout_score", "heldout_eval_rewards", "trained_eval_rewards"]
+__all__ = ["ACTIONS", "ALARMS", "Alarm", "BestWeights", "MonitorConfig", "MonitorStop", "TrainingMonitor",
+           "alarm_lines", "alarm_metrics", "heldout_score", "heldout_eval_rewards", "trained_eval_rewards"]

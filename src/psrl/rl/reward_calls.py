@@ -1,5 +1,6 @@
-"""Calling the rewards of a GRPO step: one reward on one rollout batch with its failure turned into a message,
-the step's unscorable-sample reasons logged whole, and a reward kept on its own device (``rewards[].device``, as
+"""Building and calling the rewards of a GRPO step: the configured rewards built (each on its device), one reward
+on one rollout batch with its failure turned into a message, the step's unscorable-sample reasons logged whole, the
+step's reward metrics, and a reward kept on its own device (``rewards[].device``, as
 PaCo serves its judge on GPUs of its own: X-GenGroup/PaCo-RL@cd3c428 PaCo-GRPO/vllm_server/launch.sh). Kept apart
 from the trainer loop, which only sequences them."""
 from __future__ import annotations
@@ -10,6 +11,54 @@ from collections import Counter
 import torch
 
 logger = logging.getLogger(__name__)
+
+
+def build_rewards(specs, device, what: str = "rewards") -> list:
+    """The rewards of ``specs`` (``rewards`` or ``eval.rewards`` entries) built by :func:`psrl.rewards.build_reward`
+    on ``device``, or on their own ``device`` (:class:`RewardOnDevice`).
+
+    Raises:
+        ConfigError: a bad ``<what>[i].device``.
+        PsrlError: an unknown reward or arguments it does not take, naming ``what`` and the reward.
+    """
+    from psrl.errors import ConfigError, PsrlError
+    from psrl.rewards import build_reward
+
+    built = []
+    for i, spec in enumerate(specs):
+        args = dict(spec.args)
+        try:
+            own = None if spec.device is None else reward_device(spec.device, cuda_count=torch.cuda.device_count())
+        except ValueError as e:
+            raise ConfigError(f"{what}[{i}].device: {e}") from e
+        try:
+            reward = build_reward(spec.name, args, device=device if own is None else own)
+            built.append(reward if own is None else RewardOnDevice(reward, own))
+        except KeyError as e:
+            raise PsrlError(f"{what}: {e.args[0] if e.args else e}") from e
+        except (TypeError, ValueError) as e:
+            raise PsrlError(f"{what}: cannot build {spec.name!r} with args {spec.args}: {e}") from e
+    return built
+
+
+def reward_summary(rewards: torch.Tensor, failures: torch.Tensor, specs, weights: torch.Tensor) -> dict[str, float]:
+    """A step's reward metrics from its gathered ``rewards`` ``[N, K]`` (NaN: unscorable), the unscorable count per
+    reward ``failures`` ``[K]`` and the configured ``weights`` ``[K]``: ``reward/<name>/mean``, ``/std``
+    (population, over the scorable samples; NaN when none) and ``/failure_rate``, and ``reward/total/mean`` and
+    ``/std`` of the weighted sum over the samples every reward scored."""
+    n = rewards.shape[0]
+    out = {}
+    for k, spec in enumerate(specs):
+        col = rewards[:, k]
+        ok = col[torch.isfinite(col)]
+        out[f"reward/{spec.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+        out[f"reward/{spec.name}/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+        out[f"reward/{spec.name}/failure_rate"] = float(failures[k]) / n
+    total = rewards @ weights
+    ok = total[torch.isfinite(total)]
+    out["reward/total/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+    out["reward/total/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+    return out
 
 
 def call_reward(reward, rollout):
@@ -76,4 +125,4 @@ def log_failure_reasons(per_process: list[dict]) -> None:
             logger.warning("reward %r could not score %d sample(s): %s%s", name, sum(counts.values()), top, more)
 
 
-__all__ = ["RewardOnDevice", "call_reward", "log_failure_reasons", "reward_device"]
+__all__ = ["RewardOnDevice", "build_rewards", "call_reward", "log_failure_reasons", "reward_device", "reward_summary"]

@@ -7,10 +7,13 @@ are computed on the gathered rewards with the global ``group_ids``.
 """
 from __future__ import annotations
 
+import dataclasses
+import random
 from dataclasses import dataclass
 
 import torch
 
+from psrl.sampling import plan_steps
 from psrl.seeding import stable_seed
 
 
@@ -88,3 +91,21 @@ class GroupSampler:
         per_process = len(record_indices) // self.num_processes
         start = self.process_index * per_process
         return StepAssignment(record_indices, group_ids, tuple(seeds), slice(start, start + per_process))
+
+
+def step_sampling(sampling, seed: int, step: int):
+    """The sampling config and trained steps of GRPO step ``step``: ``(SamplingConfig, trained step indices)``. A
+    Flow-GRPO-Fast window is drawn once per step from ``seed + step`` (identical on every process and after a
+    resume) and passed to the policy as a list; PaCo's random sparse noise steps (``train_steps: list`` with
+    ``num_noise_steps``) are drawn from the seed and the step too."""
+    s = sampling
+    plan = plan_steps(s.num_steps, s.train_steps, k=s.train_k,
+                      window_range=tuple(s.window_range) if s.window_range else None,
+                      steps=s.noise_steps, rng=random.Random(seed + step))
+    if s.train_steps == "fast_window":
+        s = dataclasses.replace(s, train_steps="list", noise_steps=list(plan.trained))
+    elif s.train_steps == "list" and s.num_noise_steps:
+        chosen = sorted(random.Random(seed * 1_000_003 + step).sample(list(s.noise_steps), s.num_noise_steps))
+        s = dataclasses.replace(s, noise_steps=chosen)
+        plan = plan_steps(s.num_steps, "list", steps=chosen)
+    return s, plan.trained
