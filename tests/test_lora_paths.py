@@ -107,8 +107,8 @@ def test_generate_and_bench_generate_take_the_same_lora_paths(tmp_path, capsys):
     records = tmp_path / "recs.jsonl"
     write_records([Record(id="a", prompt="a red dog"), Record(id="b", prompt="a blue car")], records)
 
-    def gen(out, *lora):
-        assert main(["generate", "--config", str(cfg), "--records", str(records), "--out", str(tmp_path / out),
+    def gen(out, *lora, config=cfg):
+        assert main(["generate", "--config", str(config), "--records", str(records), "--out", str(tmp_path / out),
                      *lora]) == 0
         return np.asarray(Image.open(tmp_path / out / "a.png"), dtype=np.int16)
 
@@ -117,6 +117,11 @@ def test_generate_and_bench_generate_take_the_same_lora_paths(tmp_path, capsys):
     by_combined = gen("combined", "--lora", str(tmp_path / "combined"))  # rank 6, the config says 4
     assert np.array_equal(by_step, by_file) and np.array_equal(by_run, by_file)
     assert np.abs(by_step - base).max() > 0 and np.abs(by_combined - by_step).max() > 0
+    # a base model's config (model.lora: null) takes a LoRA too: it raised TypeError from dataclasses.replace
+    no_lora = yaml.safe_load(cfg.read_text())
+    no_lora["model"]["lora"] = None
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(no_lora))
+    assert np.array_equal(gen("nolora", "--lora", str(step), config=tmp_path / "base.yaml"), by_step)
 
     root = make_psrbench(tmp_path / "bench", per_subset=1, bad=False)
     for i, lora in enumerate([step, run, tmp_path / "combined"]):

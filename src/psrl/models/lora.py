@@ -301,14 +301,15 @@ def read_lora_file(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tenso
     return file, tensors, meta
 
 
-def lora_config_for_file(base: LoraConfig, path: str | os.PathLike, *,
+def lora_config_for_file(base: LoraConfig | None, path: str | os.PathLike, *,
                          prefix: str = "transformer") -> tuple[LoraConfig, Path]:
     """``(adapter config, weights file)`` that load the LoRA ``path`` names exactly, for commands that only
     generate with it (``psrl generate --lora``, ``psrl bench generate --lora``): whatever rank the run config says,
     a checkpoint of that run, an SFT LoRA or a ``psrl lora combine`` result (ranks stacked) all load. Rank and alpha
     come from the file's peft header (header-less files: rank from the shapes, alpha = rank, as diffusers loads
     them), the adapted layers from its keys; ``fuse`` is kept from ``base`` and ``path`` cleared (the caller loads
-    the file). Only the header is read.
+    the file). ``base`` None (a config with ``model.lora: null``, e.g. a base model's) starts from the defaults.
+    Only the header is read.
 
     Raises:
         ModelLoadError: no LoRA at ``path``, no ``prefix`` weights, per-layer ranks, or a DoRA/rsLoRA adapter (which
@@ -340,7 +341,8 @@ def lora_config_for_file(base: LoraConfig, path: str | os.PathLike, *,
                              f"rank per file is supported")
     rank = int(own.get("r", next(iter(ranks.values()))))
     alpha = float(own.get("lora_alpha", rank))
-    cfg = dataclasses.replace(base, rank=rank, alpha=alpha, targets=sorted(ranks), path=None)
+    cfg = dataclasses.replace(base if base is not None else LoraConfig(), rank=rank, alpha=alpha,
+                              targets=sorted(ranks), path=None)
     return cfg, file
 
 
