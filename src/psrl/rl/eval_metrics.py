@@ -102,6 +102,9 @@ def reward_metrics(reward, images: Tensor, records: Sequence, prefix: str, mean_
     return metrics
 
 
+HELDOUT_PREFIX = "held-out reward "  # the key of a held-out (eval.rewards) reward's scores, beside the trained ones
+
+
 def eval_metrics(images: Tensor, records: Sequence, group_ids: Sequence[int], *, trained: Sequence = (),
                  heldout: Sequence = (), statistics: bool = True, embed=None) -> dict[str, float]:
     """Every metric of one evaluation (the keys in the module docstring); :func:`eval_scores_and_metrics` without
@@ -124,8 +127,9 @@ def eval_scores_and_metrics(images: Tensor, records: Sequence, group_ids: Sequen
         embed: ``fn(images) -> [B, D]`` (:func:`build_eval_embedder`).
 
     Returns:
-        ``(metrics, scores)``: ``scores`` maps each trained reward's name to its ``[B]`` float32 CPU scores (NaN:
-        unscorable; every image NaN when the reward raised).
+        ``(metrics, scores)``: ``scores`` maps each trained reward's name, and each held-out reward's name after
+        :data:`HELDOUT_PREFIX`, to its ``[B]`` float32 CPU scores (NaN: unscorable; every image NaN when the reward
+        raised).
     """
     out: dict[str, float] = {}
     scores: dict[str, Tensor] = {}
@@ -134,7 +138,9 @@ def eval_scores_and_metrics(images: Tensor, records: Sequence, group_ids: Sequen
         scores[reward.name] = scored[0]
         out.update(reward_metrics(reward, images, records, "eval/", "/mean", scored))
     for reward in heldout:
-        out.update(reward_metrics(reward, images, records, "eval/heldout/", ""))
+        scored = reward_scores(reward, images, records)
+        scores[HELDOUT_PREFIX + reward.name] = scored[0]
+        out.update(reward_metrics(reward, images, records, "eval/heldout/", "", scored))
     if statistics:
         stats, _ = image_statistics(images)
         out.update({f"eval/stats/{k}": nan_mean(v) for k, v in stats.items()})
@@ -144,5 +150,5 @@ def eval_scores_and_metrics(images: Tensor, records: Sequence, group_ids: Sequen
     return out, scores
 
 
-__all__ = ["PIXEL_EMBEDDER", "build_eval_embedder", "eval_metrics", "eval_scores_and_metrics", "pixel_embeddings",
-           "reward_metrics", "reward_scores"]
+__all__ = ["HELDOUT_PREFIX", "PIXEL_EMBEDDER", "build_eval_embedder", "eval_metrics", "eval_scores_and_metrics",
+           "pixel_embeddings", "reward_metrics", "reward_scores"]

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from psrl.images import save_image
-from psrl.rl.eval_metrics import eval_scores_and_metrics, reward_scores
+from psrl.rl.eval_metrics import HELDOUT_PREFIX, eval_scores_and_metrics, reward_scores
 from psrl.rl.sampler import sample_seed
 from psrl.rl.tracking import image_grid
 
@@ -33,7 +33,8 @@ class Evaluation:
         updates: the trainer's optimizer updates when it ran (with ``step``, says whether it is still current).
         images: ``[B, 3, H, W]`` float32 CPU in ``[0, 1]``, record-major: ``eval.group_size`` images per record.
         members: the group member ``j`` of each image (``0 .. eval.group_size - 1``).
-        scores: ``{trained reward name: [B] float32}`` (NaN: unscorable).
+        scores: ``{trained reward name: [B] float32}`` and ``{"held-out " + eval.rewards name: [B]}`` (NaN:
+            unscorable).
         metrics: the ``eval/*`` metrics (:func:`psrl.rl.eval_metrics.eval_scores_and_metrics`).
         grid: the PNG grid ``[3, H', W']`` saved as ``samples/step-<step>.png``.
     """
@@ -94,11 +95,14 @@ def run_evaluation(trainer, step: int) -> Evaluation:
 
 @torch.no_grad()
 def first_member_snapshot(trainer) -> dict:
-    """The first member of each eval record sampled now and scored by the trained rewards, without an evaluation's
-    grid or metrics: ``{"images": [R, 3, H, W], "scores": {name: [R]}}``."""
+    """The first member of each eval record sampled now and scored by the trained and held-out rewards, without an
+    evaluation's grid or metrics: ``{"images": [R, 3, H, W], "scores": {name: [R]}}`` (keys as
+    :attr:`Evaluation.scores`)."""
     images, _ = eval_images(trainer, 1)
-    return {"images": images,
-            "scores": {r.name: reward_scores(r, images, trainer.eval_records)[0] for r in trainer.rewards}}
+    scores = {r.name: reward_scores(r, images, trainer.eval_records)[0] for r in trainer.rewards}
+    scores.update({HELDOUT_PREFIX + r.name: reward_scores(r, images, trainer.eval_records)[0]
+                   for r in trainer.heldout_rewards})
+    return {"images": images, "scores": scores}
 
 
 def is_current(trainer, step: int) -> bool:

@@ -306,9 +306,30 @@ def pretrain(out: str | Path, records_path: str | Path, cfg: PretrainConfig, *, 
         components = pocket_components(cfg.seed, vae=trainer.policy.vae, transformer=transformer)
         save_pocket_pipeline(components, out)
     stats["total_seconds"] = time.perf_counter() - t_start
+    if resume:
+        stats = continued_stats(work / "sft_parts.json", stats)
+    else:
+        (work / "sft_parts.json").unlink(missing_ok=True)
+        continued_stats(work / "sft_parts.json", stats)
     (out / "pretrain.json").write_text(json.dumps(stats, indent=2))
     (out / "README.md").write_text(model_card(stats))
     return stats
+
+
+def continued_stats(parts_path: Path, stats: dict) -> dict:
+    """Record this invocation's SFT part in ``parts_path`` and return ``stats`` for the whole run so far: a run
+    continued with ``--resume`` reports the seconds of every part (``sft_seconds``, ``total_seconds``, with
+    ``sft_parts`` listing each part's steps and seconds) and the first part's first loss, not only the last part's."""
+    parts = json.loads(parts_path.read_text()) if parts_path.is_file() else []
+    parts.append({"steps_run": stats.get("sft_steps_run"), "sft_seconds": stats.get("sft_seconds", 0.0),
+                  "total_seconds": stats.get("total_seconds", 0.0), "sft_loss_first": stats.get("sft_loss_first")})
+    parts_path.write_text(json.dumps(parts, indent=2))
+    out = dict(stats, sft_parts=parts)
+    out["sft_seconds"] = sum(p["sft_seconds"] for p in parts)
+    out["total_seconds"] = sum(p["total_seconds"] for p in parts)
+    if parts[0].get("sft_loss_first") is not None:
+        out["sft_loss_first"] = parts[0]["sft_loss_first"]
+    return out
 
 
 def _budgeted(trainer_cls):
