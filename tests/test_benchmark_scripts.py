@@ -25,6 +25,8 @@ SCRIPTS = {
     "time_to_reward.py": (["--seeds", "1", "--max-steps", "1", "--variants", "ppo,nft", "--eval-repeats", "1"],
                           "ratio to ppo"),
     "world_throughput.py": (["--scenes", "7"], "ratio to PNG"),
+    "pocket_learning.py": (["--out", "{tmp}", "--steps", "1", "--seeds", "0", "--rewards", "mean_color",
+                            "--num", "4", "--bench-per-subset", "1"], "baseline = the generator without LoRA"),
 }
 
 
@@ -35,9 +37,9 @@ def test_every_benchmark_script_is_covered():
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_benchmark_script_runs(script, monkeypatch, capsys):
+def test_benchmark_script_runs(script, monkeypatch, capsys, tmp_path):
     args, expected = SCRIPTS[script]
-    monkeypatch.setattr(sys, "argv", [script, *args])
+    monkeypatch.setattr(sys, "argv", [script, *(a.format(tmp=tmp_path / "out") for a in args)])
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     try:
         runpy.run_path(str(BENCHMARKS / script), run_name="__main__")

@@ -1,6 +1,7 @@
 """The reward-hacking monitor's pure parts: each alarm on hand-made metric histories, the cool-down, the config
 checks, and the eval metrics (held-out keys, subject rates, statistics, diversity)."""
 import json
+import logging
 import math
 
 import pytest
@@ -149,7 +150,7 @@ def test_rollback_keeps_the_best_heldout_weights():
 
 
 @pytest.mark.unit
-def test_config_errors_name_the_key():
+def test_config_errors_name_the_key(caplog):
     with pytest.raises(ConfigError, match="monitor.actions: unknown alarm"):
         load_run_config(None, ["monitor.actions={hacking: stop}"])
     with pytest.raises(ConfigError, match="monitor.action"):
@@ -158,8 +159,9 @@ def test_config_errors_name_the_key():
         load_run_config(None, ["monitor.action=rollback"])
     with pytest.raises(ConfigError, match="trained rewards too"):
         load_run_config(None, ["eval.rewards=[{name: mean_color}]"])
-    with pytest.raises(ConfigError, match="set eval.every > 0"):
+    with caplog.at_level(logging.WARNING):  # turning evaluation off keeps working; it says what is not scored
         load_run_config(None, ["eval.every=0", "eval.rewards=[{name: clip_t}]"])
+    assert "are not scored: eval.every is 0" in caplog.text
     with pytest.raises(ConfigError, match="monitor.stat_drift: unknown statistic"):
         load_run_config(None, ["monitor.stat_drift={darkness: 0.1}"])
     with pytest.raises(ConfigError, match="eval.group_size"):

@@ -16,7 +16,7 @@ SUFFIXES = {".py", ".md", ".yaml", ".yml", ".json", ".txt", ".toml"}
 _NOTES = ("psr", "paco_flowgrpo", "customized_uno_rewards", "style_and_tiny_models", "tiny_models_more",
           "pocket_world", "design")
 UNOPENABLE = [
-    re.compile(r"\b(%s)\.md\b" % "|".join(_NOTES)),                       # a notes file by name
+    re.compile(r"(?<!docs/)\b(%s)\.md\b" % "|".join(_NOTES)),              # a notes file by name (docs/: ours)
     re.compile(r"\b[Rr]esearch (notes?|gotcha)\b|(?<![\w-])research[/:]"),
     re.compile(r"\bgotcha [A-Z]\d+\b"),                                   # a notes item label
     re.compile(r"\.\./shared\b|\bshared/research\b"),                     # a folder beside the checkout

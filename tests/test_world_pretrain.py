@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from psrl.data.records import Record, SubjectRef, resolve_records
+from psrl.data.records import Record, SubjectRef, read_records, resolve_records
 
 
 # measured on the shipped weights (20 demo records, ODE 10 steps, seeds 0..19): identity 0.358; the detector
@@ -153,14 +153,18 @@ def _demo_records():
 
 
 @pytest.mark.component
-def test_shipped_generator_scores_above_its_floor_on_the_world_reward():
-    """The packaged weights, generated on the demo's 20 records (ODE, 10 steps, fixed seeds), keep the pocket
-    reward's subject identity above a floor set below what they scored when shipped (a fresh transformer: 0), and
-    their samples are not the flat pastel a freshly initialised transformer draws (per-image pixel spread at least
-    twice as large)."""
+def test_shipped_generator_scores_above_its_floor_on_the_world_reward(tmp_path):
+    """The packaged weights are trained: their flow-matching loss on freshly drawn world scenes (fixed noise) is a
+    fraction of a freshly initialised transformer's, and their samples of the demo's 20 records (ODE, 10 steps,
+    fixed seeds) keep the pocket identity above a floor set below what they scored when shipped (0.358). The
+    identity floor alone does not separate them from a fresh transformer decoded by the same VAE (0.300 here,
+    PocketBench SC 0.325 against 0.348: the detector's best-of-many-blobs matching gives clutter about a third),
+    which is why the loss is checked too (docs/pocket_world.md)."""
     from psrl.models.config import ModelConfig
     from psrl.models.flux_kontext import FluxKontextPolicy
+    from psrl.rl.sft_trainer import load_target
     from psrl.sampling import SamplingConfig
+    from psrl.world.export import WorldSpec, make_world
     from psrl.world.models import WEIGHTS_DIR, pocket_components
     from psrl.world.reward import PocketSubjectsReward
 
@@ -170,17 +174,19 @@ def test_shipped_generator_scores_above_its_floor_on_the_world_reward():
     cfg = ModelConfig(name="flux_kontext", path=str(WEIGHTS_DIR), lora=None, max_sequence_length=32, args=args)
     shipped = FluxKontextPolicy.from_config(cfg)
     fresh = FluxKontextPolicy(pocket_components(0, vae=shipped.vae), cfg)
+    make_world(tmp_path / "w", WorldSpec(num=16, eval_num=0, bench_per_subset=1, seed=7))
+    scenes = resolve_records(read_records(tmp_path / "w" / "train.jsonl"), tmp_path / "w")
+    targets = torch.stack([load_target(r, 64, 64) for r in scenes])
+    loss = {}
+    with torch.no_grad():
+        for name, policy in (("shipped", shipped), ("fresh", fresh)):
+            loss[name] = float(policy.flow_matching_loss(scenes, targets, torch.full((len(scenes),), 0.5),
+                                                         torch.Generator().manual_seed(0), guidance_scale=1.0))
+    assert loss["shipped"] < 0.3 * loss["fresh"], loss
     sampling = SamplingConfig(num_steps=10, height=64, width=64, guidance_scale=1.0)
-    reward = PocketSubjectsReward(score=FLOOR_SCORE)
-    scores, spread = {}, {}
-    for name, policy in (("shipped", shipped), ("fresh", fresh)):
-        images = policy.generate(records, sampling, [torch.Generator().manual_seed(i) for i in range(len(records))])
-        s = reward(images.float(), records).scores
-        assert bool(s.isfinite().all()), name
-        scores[name] = float(s.mean())
-        spread[name] = float(images.float().flatten(1).std(dim=1).mean())
-    assert scores["shipped"] > FLOOR, scores
-    assert spread["shipped"] > 2 * spread["fresh"], spread
+    images = shipped.generate(records, sampling, [torch.Generator().manual_seed(i) for i in range(len(records))])
+    s = PocketSubjectsReward(score=FLOOR_SCORE)(images.float(), records).scores
+    assert bool(s.isfinite().all()) and float(s.mean()) > FLOOR, s
 
 
 @pytest.mark.component

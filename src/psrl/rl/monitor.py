@@ -136,8 +136,8 @@ def check_monitor_config(cfg: MonitorConfig, eval_cfg, trained_names: Sequence[s
     both = sorted(set(heldout) & set(trained_names))
     if both:
         raise ValueError(f"eval.rewards: {both} are trained rewards too; a held-out reward must not be trained on")
-    if heldout and not eval_cfg.every:
-        raise ValueError("eval.rewards are scored at evaluation; set eval.every > 0 (it is 0)")
+    if heldout and not eval_cfg.every:  # `--set eval.every=0` turns evaluation off; it should not need a second edit
+        logger.warning("eval.rewards %s are not scored: eval.every is 0 (evaluation is off)", heldout)
     if len(set(heldout)) != len(heldout):
         raise ValueError(f"eval.rewards: names must be unique, got {heldout}")
     if cfg.uses("rollback") and not (heldout and eval_cfg.every):

@@ -19,6 +19,8 @@ latents, references appended as tokens with their own position-id frame) shrunk 
 """
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
@@ -115,6 +117,10 @@ def save_pocket_pipeline(components: dict, out: str | Path, dtype: torch.dtype =
     out = Path(out)
     cast = {k: (v.to(dtype) if isinstance(v, torch.nn.Module) else v) for k, v in components.items()}
     FluxKontextPipeline(**cast).save_pretrained(out, safe_serialization=True)
+    for cfg_file in out.glob("*/config.json"):  # diffusers records where the weights were loaded from: a local path
+        data = json.loads(cfg_file.read_text())
+        if data.pop("_name_or_path", None) is not None:
+            cfg_file.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     for v in components.values():  # .to() is in place for modules: give the caller its fp32 weights back
         if isinstance(v, torch.nn.Module):
             v.to(torch.float32)
