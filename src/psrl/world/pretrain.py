@@ -306,11 +306,9 @@ def pretrain(out: str | Path, records_path: str | Path, cfg: PretrainConfig, *, 
         components = pocket_components(cfg.seed, vae=trainer.policy.vae, transformer=transformer)
         save_pocket_pipeline(components, out)
     stats["total_seconds"] = time.perf_counter() - t_start
-    if resume:
-        stats = continued_stats(work / "sft_parts.json", stats)
-    else:
+    if not resume:  # a fresh run starts a fresh list of parts
         (work / "sft_parts.json").unlink(missing_ok=True)
-        continued_stats(work / "sft_parts.json", stats)
+    stats = continued_stats(work / "sft_parts.json", stats)
     (out / "pretrain.json").write_text(json.dumps(stats, indent=2))
     (out / "README.md").write_text(model_card(stats))
     return stats
