@@ -6,9 +6,10 @@ eval --benchmark pocket`` with the run's LoRA on PocketBench (held-out subjects,
 ``generator``, is the same benchmark run on the generator without a LoRA, in the same invocation. Optionally
 ``psrl diagnose`` first, for its signal/noise verdict on each reward's gradients.
 
-Prints one row per reward: the run's own held-out eval reward at step 0 and at the end, and PocketBench's three
-dimensions (mean +- std over seeds), each beside its change from the baseline. Everything goes through the CLI,
-exactly as a user runs it. CPU minutes: about (steps x 7 s + 40 s) per reward and seed on an idle 2-core machine.
+Prints one row per reward: the run's own held-out eval reward at step 0 and at the end, and PocketBench's four
+dimensions (SC gain is subject consistency minus its reference-swap control; mean +- std over seeds), each beside its
+change from the baseline. Everything goes through the CLI, exactly as a user runs it. CPU minutes: about
+(steps x 7 s + 40 s) per reward and seed on an idle 2-core machine.
 
     python benchmarks/pocket_learning.py --out /tmp/pl --seeds 0 1 2 \
         --rewards mean_color pocket_subjects:identity_dense pocket_subjects:fidelity --diagnose
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from psrl.bench.tasks import POCKET_DIMENSIONS as DIMS  # SC, SA, Fidelity, SC gain
+
 DEMO = Path(__file__).resolve().parents[1] / "src" / "psrl" / "configs" / "pocket_world.yaml"
-DIMS = ("subject_consistency", "semantic_alignment", "fidelity")
 
 
 def psrl(*args: str, log: Path) -> str:

@@ -47,6 +47,22 @@ def test_bars_under_three_subsets_and_a_radar_from_three():
 
 @pytest.mark.unit
 @pytest.mark.parametrize("subsets", [["Attribute", "Position"], ["Attribute", "Action", "Position"]])
+def test_a_negative_dimension_keeps_its_points_on_the_axis(subsets):
+    """PocketBench's SC gain can be below 0: the axis then starts below the lowest value instead of at 0."""
+    import matplotlib.pyplot as plt
+
+    series = {"subject_consistency_gain": {s: -0.1 + 0.2 * i for i, s in enumerate(subsets)}}
+    fig = score_figure([("ours", series)], subsets, ["subject_consistency_gain"])
+    low, high = fig.axes[0].get_ylim()
+    assert low < -0.1 and high >= 0.1 and fig.axes[0].get_title() == "SC gain"
+    plt.close(fig)
+    fig = score_figure([("ours", {"x": {s: 0.5 for s in subsets}})], subsets, ["x"])
+    assert fig.axes[0].get_ylim()[0] == 0.0  # non-negative dimensions keep their 0 baseline
+    plt.close(fig)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("subsets", [["Attribute", "Position"], ["Attribute", "Action", "Position"]])
 def test_a_dimension_with_no_scored_sample_says_so(subsets):
     import matplotlib.pyplot as plt
 

@@ -48,6 +48,7 @@ def _images(n=4, seed=0):
 DETECTOR = {"kind": "grounding_dino", "box_threshold": 0.0}  # random weights: every box passes, crops exist
 ARGS = {
     "mean_color": {},
+    "null_control": {},
     "subject_consistency": {"path": "tiny", "detector": DETECTOR},
     "position": {"path": "tiny", "detector": DETECTOR},
     "vlm_consistency": {"path": "tiny"},
@@ -128,6 +129,22 @@ def test_per_item_batches_first_then_isolates_only_what_fails():
     assert per_item(square, [], "sq") == []
     with pytest.raises(ValueError, match="returned 1 results for 2 items"):   # a caller bug is never a NaN
         per_item(lambda xs: [0], [1, 2], "bug")
+
+
+@pytest.mark.unit
+def test_null_control_is_a_deterministic_uniform_number_per_image():
+    """``null_control`` (psrl.rewards.simple): the same image always scores the same, different images score
+    uniformly over [0, 1) (Kolmogorov-Smirnov against scipy's uniform), and no property of the image moves it."""
+    from scipy import stats
+
+    reward = build_reward("null_control", {})
+    images = torch.rand(400, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    recs = [Record(id=str(i), prompt=PROMPT) for i in range(400)]
+    a, b = reward(images, recs).scores, reward(images.clone(), recs).scores
+    assert torch.equal(a, b) and float(a.min()) >= 0.0 and float(a.max()) < 1.0
+    assert stats.kstest(a.numpy(), "uniform").pvalue > 0.01
+    bright = reward((images * 0.5 + 0.5), recs).scores
+    assert abs(stats.pearsonr(a.numpy(), bright.numpy()).statistic) < 0.2  # brighter images score no higher
 
 
 @pytest.mark.unit

@@ -71,9 +71,9 @@ def test_ground_truth_is_the_ceiling_and_noise_scores_low(world, tmp_path):
     truth = world / "pocketbench_truth"
     assert main(["bench", "eval", "--results", str(truth), "--out", str(tmp_path / "truth_eval")]) == 0
     ceiling = _overall(tmp_path / "truth_eval")
-    assert set(ceiling) == {"subject_consistency", "semantic_alignment", "fidelity"}
+    assert set(ceiling) == {"subject_consistency", "semantic_alignment", "fidelity", "subject_consistency_gain"}
     assert ceiling["subject_consistency"] >= 0.99 and ceiling["semantic_alignment"] == 1.0
-    assert ceiling["fidelity"] > 0.97
+    assert ceiling["fidelity"] > 0.97 and ceiling["subject_consistency_gain"] > 0.5
     # the same result files pointing at noise images
     noise = tmp_path / "noise" / "seed0"
     rng = np.random.default_rng(0)
@@ -87,6 +87,7 @@ def test_ground_truth_is_the_ceiling_and_noise_scores_low(world, tmp_path):
                  "--data-root", str(world / "pocketbench")]) == 0
     low = _overall(tmp_path / "noise" / "eval")
     assert low["subject_consistency"] < 0.4 and low["semantic_alignment"] < 0.4 and low["fidelity"] < 0.5
+    assert abs(low["subject_consistency_gain"]) < 0.1
 
 
 def test_sft_trains_on_the_records_and_bench_generates_pocketbench(world, tmp_path):

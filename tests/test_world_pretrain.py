@@ -11,10 +11,11 @@ import torch
 from psrl.data.records import Record, SubjectRef, read_records, resolve_records
 
 
-# measured on the shipped weights (20 demo records, ODE 10 steps, seeds 0..19): identity 0.358; the detector
-# finds shape, colour and texture of some subjects (a freshly initialised transformer draws flat pastel: 0.0)
-FLOOR_SCORE = "identity"
-FLOOR = 0.20
+# measured on the 20 demo records (ODE 10 steps, seeds 0..19): identity_gain (identity above its reference-swap
+# control) 0.119 shipped, -0.025 for a fresh transformer decoded by the shipped VAE (identity 0.358 and 0.300: chance
+# matches in clutter, which the control cancels); +- 0.037 standard error over the 20 records
+FLOOR_SCORE = "identity_gain"
+FLOOR = 0.05
 
 
 @pytest.fixture(autouse=True)
@@ -156,10 +157,9 @@ def _demo_records():
 def test_shipped_generator_scores_above_its_floor_on_the_world_reward(tmp_path):
     """The packaged weights are trained: their flow-matching loss on freshly drawn world scenes (fixed noise) is a
     fraction of a freshly initialised transformer's, and their samples of the demo's 20 records (ODE, 10 steps,
-    fixed seeds) keep the pocket identity above a floor set below what they scored when shipped (0.358). The
-    identity floor alone does not separate them from a fresh transformer decoded by the same VAE (0.300 here,
-    PocketBench SC 0.325 against 0.348: the detector's best-of-many-blobs matching gives clutter about a third),
-    which is why the loss is checked too (docs/pocket_world.md)."""
+    fixed seeds) carry their references: identity above the reference-swap control (PocketBench's SC gain) stays
+    above a floor set below what they scored when shipped, while a fresh transformer decoded by the same VAE,
+    whose clutter matches a third of the attributes by chance, stays under it (docs/pocket_world.md)."""
     from psrl.models.config import ModelConfig
     from psrl.models.flux_kontext import FluxKontextPolicy
     from psrl.rl.sft_trainer import load_target
@@ -184,9 +184,15 @@ def test_shipped_generator_scores_above_its_floor_on_the_world_reward(tmp_path):
                                                          torch.Generator().manual_seed(0), guidance_scale=1.0))
     assert loss["shipped"] < 0.3 * loss["fresh"], loss
     sampling = SamplingConfig(num_steps=10, height=64, width=64, guidance_scale=1.0)
-    images = shipped.generate(records, sampling, [torch.Generator().manual_seed(i) for i in range(len(records))])
-    s = PocketSubjectsReward(score=FLOOR_SCORE)(images.float(), records).scores
-    assert bool(s.isfinite().all()) and float(s.mean()) > FLOOR, s
+    gain = {}
+    for name, policy in (("shipped", shipped), ("fresh", fresh)):
+        with torch.no_grad():
+            seeds = [torch.Generator().manual_seed(i) for i in range(len(records))]
+            images = policy.generate(records, sampling, seeds)
+        s = PocketSubjectsReward(score=FLOOR_SCORE)(images.float(), records).scores
+        assert bool(s.isfinite().all()), s
+        gain[name] = float(s.mean())
+    assert gain["shipped"] > FLOOR > gain["fresh"], gain
 
 
 @pytest.mark.component

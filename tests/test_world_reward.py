@@ -12,7 +12,7 @@ from psrl.images import pil_to_tensor
 from psrl.rewards import build_reward
 from psrl.world.detect import Detection, background_colour, detect_subjects
 from psrl.world.render import render_scene
-from psrl.world.reward import constraint_score, match_subjects, palette_fidelity
+from psrl.world.reward import CONTROL_DRAWS, constraint_score, control_subjects, match_subjects, palette_fidelity
 from psrl.world.scenes import SUBSETS, Constraint, Scene, sample_scene
 from psrl.world.subjects import all_subjects, make_subject, split_subjects
 
@@ -141,6 +141,44 @@ def test_ground_truth_scores_one_and_other_subjects_score_low(subset):
     assert out.details["identity"].mean() < 0.5
     assert out.details["identity_dense"].mean() < truth.details["identity_dense"].mean() - 0.3
     assert out.details["fidelity"].min() > 0.97
+
+
+@pytest.mark.unit
+def test_control_subjects_are_other_subjects_of_the_same_split_and_deterministic():
+    train, held = split_subjects()
+    own = held[:3]
+    draws = control_subjects(own)
+    assert len(draws) == CONTROL_DRAWS and draws == control_subjects(own)  # same record -> same control
+    for d in draws:
+        assert len(set(d)) == 3 and not set(d) & set(own) and set(d) <= set(held)
+    assert all(set(d) <= set(train) for d in control_subjects(train[:2]))
+    assert control_subjects(held[:2]) != control_subjects(held[1:3])  # seeded by the phrases
+    with pytest.raises(ValueError, match="only 0 others"):
+        control_subjects(held, draws=1)  # every held-out subject in one record leaves none to draw
+
+
+@pytest.mark.component
+def test_reference_gain_is_zero_for_an_image_that_ignores_its_references():
+    """The reference-swap control: one fixed scene scored against 40 records of other subjects matches some of
+    their attributes by chance (identity > 0), but no more than it matches the controls' (gain ~0); ground truth
+    keeps a large gain."""
+    reward = build_reward("pocket_subjects", {"score": "identity_gain"})
+    scenes = _scenes(6, "Background", 40)
+    fixed = _images(scenes[:1]).expand(40, -1, -1, -1)
+    records = [_record(s, i) for i, s in enumerate(scenes)]
+    ignore = reward(fixed, records)
+    assert ignore.details["identity"].mean() > 0.15  # chance matches exist ...
+    assert abs(float(ignore.scores.mean())) < 0.05  # ... and the control cancels them
+    truth = reward(_images(scenes), records)
+    assert torch.allclose(truth.scores, truth.details["identity"] - truth.details["identity_control"])
+    assert float(truth.scores.mean()) > 0.5 and float(truth.details["identity_control"].max()) < 0.7
+    # by attribute: ground truth agrees on all three, its control on each far less; the row means are identity
+    attrs = truth.details["attributes"]
+    assert all(a["shape"] == a["colour"] == a["texture"] == 1.0 for a in attrs)
+    assert max(np.mean([a[f"{k}_control"] for a in attrs]) for k in ("shape", "colour", "texture")) < 0.6
+    first = ignore.details["attributes"][0]
+    assert np.mean([first[k] for k in ("shape", "colour", "texture")]) == pytest.approx(
+        float(ignore.details["identity"][0]))
 
 
 @pytest.mark.component

@@ -128,6 +128,11 @@ def _top(values: list[list[float | None]]) -> float:
     return top * 1.1 if top > 0 else 1.0  # all scored values 0: a unit axis, not a 0-0.001 one
 
 
+def _bottom(values: list[list[float | None]]) -> float:
+    low = min((v for row in values for v in row if v is not None), default=0.0)
+    return low * 1.1 if low < 0 else 0.0  # a dimension that can go negative (PocketBench's SC gain) keeps its points
+
+
 def _radar_panel(ax, labels: list[str], values: list[list[float | None]], subsets: Sequence[str]) -> None:
     import numpy as np
 
@@ -138,7 +143,7 @@ def _radar_panel(ax, labels: list[str], values: list[list[float | None]], subset
         ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
     ax.set_xticks(angles)
     ax.set_xticklabels(list(subsets), fontsize=8)
-    ax.set_ylim(0, _top(values))
+    ax.set_ylim(_bottom(values), _top(values))
     ax.tick_params(axis="y", labelsize=7)
 
 
@@ -154,7 +159,7 @@ def _bar_panel(ax, labels: list[str], values: list[list[float | None]], subsets:
                 ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777")
     ax.set_xticks(range(len(subsets)))
     ax.set_xticklabels(list(subsets), fontsize=8)
-    ax.set_ylim(0, _top(values))
+    ax.set_ylim(_bottom(values), _top(values))
     ax.tick_params(axis="y", labelsize=7)
 
 

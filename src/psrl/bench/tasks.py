@@ -35,8 +35,10 @@ SUBSETS_BY_NAME: dict[str, Subset] = {s.name: s for s in PSRBENCH_SUBSETS}
 PSRBENCH_DIMENSIONS: tuple[str, ...] = ("subject_consistency", "semantic_alignment", "aesthetics")
 DREAMBENCH_DIMENSIONS: tuple[str, ...] = ("dino", "clip_i", "clip_t")
 DREAMBENCH_SUBSETS: tuple[str, ...] = ("object", "live")
-# PocketBench (psrl world make): PSRBench's subsets and format on the pocket world's held-out subjects
-POCKET_DIMENSIONS: tuple[str, ...] = ("subject_consistency", "semantic_alignment", "fidelity")
+# PocketBench (psrl world make): PSRBench's subsets and format on the pocket world's held-out subjects, plus the
+# reference-swap control of subject consistency (what the references carry beyond chance matches)
+POCKET_DIMENSIONS: tuple[str, ...] = ("subject_consistency", "semantic_alignment", "fidelity",
+                                      "subject_consistency_gain")
 
 # Short labels used in tables and radar charts.
 DIMENSION_LABELS = {
@@ -47,6 +49,7 @@ DIMENSION_LABELS = {
     "clip_i": "CLIP-I",
     "clip_t": "CLIP-T",
     "fidelity": "Fidelity",
+    "subject_consistency_gain": "SC gain",
 }
 
 
@@ -129,9 +132,11 @@ def pocket_metrics() -> dict[str, DimensionSpec]:
     """PocketBench: the three parts of the ``pocket_subjects`` reward (:mod:`psrl.world.reward`), read from the
     world's known rendering. Subject consistency: identity (shape, colour, texture of each subject, one-to-one
     assignment); semantic alignment: the instruction's constraints (relation, size, action, background, order);
-    fidelity, in place of aesthetics: the share of pixels the world's palette explains."""
+    fidelity, in place of aesthetics: the share of pixels the world's palette explains; SC gain: subject
+    consistency minus the same image's against other subjects' references (``identity_gain``, in [-1, 1]: ~0 for a
+    generator that ignores its references, ~0.7 on ground-truth scenes)."""
     return {dim: DimensionSpec(MetricSpec("pocket_subjects", {"score": score}))
-            for dim, score in zip(POCKET_DIMENSIONS, ("identity", "semantic", "fidelity"))}
+            for dim, score in zip(POCKET_DIMENSIONS, ("identity", "semantic", "fidelity", "identity_gain"))}
 
 
 def parse_metrics(data: dict, *, where: str = "metrics") -> dict[str, DimensionSpec]:

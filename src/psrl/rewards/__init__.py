@@ -15,6 +15,8 @@ Registered names (``build_reward(name, args, device=...)``; every model-backed r
 ``clip_i`` / ``dino``    image-image cosine to the references (DreamBench)
 ``remote``               any of the above through ``psrl serve rewards``
 ``mean_color``           model-free demo reward
+``null_control``         no information (a hash of the pixels): GRPO on it measures reward-free drift
+``pocket_subjects``      the pocket world's identity / semantics / fidelity, read from its known rendering
 =====================  ==========================================================================================
 
 Shaping: :mod:`psrl.rewards.aggregate` (``weighted_sum``, ``group_zscore``, ``log_tamed``, ``sars``,

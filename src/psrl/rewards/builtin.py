@@ -8,6 +8,7 @@ REWARDS = Registry("reward")
 # alike on purpose: one registration per built-in name
 
 REWARDS.register("mean_color", "psrl.rewards.simple:MeanColorReward")
+REWARDS.register("null_control", "psrl.rewards.simple:NullControlReward")
 REWARDS.register("subject_consistency", "psrl.rewards.subject_consistency:SubjectConsistencyReward")
 REWARDS.register("position", "psrl.rewards.position:PositionReward")
 REWARDS.register("vlm_consistency", "psrl.rewards.vlm_rewards:VlmConsistencyReward")

@@ -1,7 +1,10 @@
 """Rewards that need no model: useful on random weights, for demos, tests and sanity checks."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
+
+import numpy as np
 
 import torch
 from torch import Tensor
@@ -47,3 +50,32 @@ class MeanColorReward:
                 means[b] = x.detach().float().clamp(0, 1).mean(dim=(1, 2)).cpu()
         dist = (means - self.target).norm(dim=1) / (3**0.5)
         return RewardOutput(scores=1.0 - dist, details={"mean_rgb": means}, failures=failures)
+
+
+class NullControlReward:
+    """A reward that says nothing about the image: a number in [0, 1) read from a hash (BLAKE2b) of the image's
+    8-bit pixels, the same for the same image and unrelated to anything a policy can learn. GRPO on it is the
+    control for reward-free drift: the change a run causes by training alone (sampling noise turned into LoRA
+    updates), which a real reward's effect on a held-out metric has to exceed. Its ``psrl diagnose`` verdict is
+    noise by construction.
+
+    Args:
+        device: unused (no model).
+
+    Score range: [0, 1).
+    NaN policy: as :class:`MeanColorReward` (unusable images only).
+    """
+
+    name = "null_control"
+
+    def __init__(self, device="cpu"):
+        pass
+
+    def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
+        pils, failures, _ = scorable_images(images, records, self.name)
+        scores = torch.full((len(pils),), float("nan"))
+        for b, im in enumerate(pils):
+            if failures[b] is None:
+                digest = hashlib.blake2b(np.asarray(im.convert("RGB")).tobytes(), digest_size=8).digest()
+                scores[b] = int.from_bytes(digest, "big") / 2.0**64
+        return RewardOutput(scores=scores, details={}, failures=failures)

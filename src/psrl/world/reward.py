@@ -17,6 +17,14 @@ subjects, e.g. ``"red striped star"``):
 - ``identity_dense`` in [0, 1]: the same matching, each subject scored by the graded evidence for its attributes
   (:meth:`psrl.world.detect.Detection.evidence`: its shape template's IoU, its colour's vote share, its texture's
   evidence) instead of 0/1 agreement, for a reward with more than four levels per subject; ~0.95 on clean renders.
+- ``identity_gain`` in [-1, 1]: ``identity`` minus ``identity_control``, the identity the same image scores against
+  ``CONTROL_DRAWS`` sets of *other* subjects (a reference-swap control: for each sample, sets of as many subjects
+  drawn without the record's own from the same split, held-out or training, seeded by the record's phrases, so the
+  control is deterministic and independent of the batch). A generator that ignores its references scores ~0 however
+  much clutter the detector can match by chance (best-of-many-blobs matching gives a fresh transformer decoded by
+  the pocket VAE ~0.3 identity); ground-truth scenes score ~0.7. This is the identity a reference carries.
+  ``details["attributes"]`` splits both by attribute (``shape``, ``colour``, ``texture`` and each ``*_control``),
+  which says which attribute a generator carries.
 - ``fidelity`` in [0, 1]: the share of pixels the world's palette explains: within ``FIDELITY_TOLERANCE`` (0-255
   units) of a blend the renderer makes (background with a subject colour, the texture or the shadow; a subject
   colour with the texture). Clean renders score ~1, muddy or noisy images less.
@@ -28,6 +36,7 @@ sample NaN with the reason.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from functools import lru_cache
 from typing import Literal, get_args
@@ -43,9 +52,11 @@ from psrl.rewards.matching import assign
 from psrl.rewards.position import position_score
 from psrl.world.detect import Detection, background_colour, detect_subjects
 from psrl.world.scenes import Constraint, parse_instruction
-from psrl.world.subjects import BACKGROUNDS, COLOURS, SHADOW_RGB, TEXTURE_RGB, subjects_by_phrase
+from psrl.world.subjects import (BACKGROUNDS, COLOURS, SHADOW_RGB, TEXTURE_RGB, Subject, split_subjects,
+                                 subjects_by_phrase)
 
-Score = Literal["identity", "identity_dense", "semantic", "fidelity", "mean"]
+Score = Literal["identity", "identity_dense", "identity_gain", "semantic", "fidelity", "mean"]
+CONTROL_DRAWS = 8  # control subject sets per sample: the control's standard error over a 70-entry bench is ~0.01
 BACKGROUND_TOLERANCE = 30.0  # 0-255 Euclidean distance from the named background to the image's frame colour
 FIDELITY_TOLERANCE = 24.0  # 0-255 Euclidean distance from a pixel to the nearest rendered blend
 
@@ -63,6 +74,39 @@ def match_subjects(subjects, detections: list[Detection]) -> list[int | None]:
     if not detections or not subjects:
         return [None] * len(subjects)
     return assign([[d.matches(s) + 1e-3 * d.shape_iou[s.shape] for d in detections] for s in subjects])
+
+
+def control_subjects(subjects: Sequence[Subject], draws: int = CONTROL_DRAWS) -> list[tuple[Subject, ...]]:
+    """``draws`` sets of ``len(subjects)`` distinct *other* subjects for the reference-swap control: drawn without
+    ``subjects`` from their split (the held-out subjects when all are held out, the training subjects when all are
+    training ones, else every subject), with a generator seeded by the phrases (CRC-32), so the same record always
+    gets the same control. Raises ``ValueError`` when the pool has too few other subjects."""
+    train, held = split_subjects()
+    pool = held if set(subjects) <= set(held) else train if set(subjects) <= set(train) else train + held
+    pool = [s for s in pool if s not in subjects]
+    if len(pool) < len(subjects):
+        raise ValueError(f"control: {len(subjects)} subjects but only {len(pool)} others to draw from")
+    rng = np.random.default_rng(zlib.crc32("|".join(s.phrase for s in subjects).encode()))
+    return [tuple(pool[int(i)] for i in rng.choice(len(pool), size=len(subjects), replace=False))
+            for _ in range(draws)]
+
+
+ATTRIBUTES = ("shape", "colour", "texture")
+
+
+def agreement(subjects: Sequence[Subject], matched: Sequence[Detection | None]) -> np.ndarray:
+    """``[len(subjects), 3]`` float 0/1: whether each subject's matched detection (``None``: missing, all 0) has its
+    shape, colour and texture (:data:`ATTRIBUTES`); a row's mean is :meth:`Detection.matches`."""
+    return np.array([[0.0] * 3 if d is None else [float(getattr(d, a) == getattr(s, a)) for a in ATTRIBUTES]
+                     for s, d in zip(subjects, matched)]).reshape(len(subjects), 3)
+
+
+def control_agreement(subjects: Sequence[Subject], detections: list[Detection]) -> np.ndarray:
+    """``[3]``: the reference-swap control's share of shape, colour and texture agreement, averaged over the
+    subjects of every :func:`control_subjects` draw, each matched to ``detections`` on its own."""
+    rows = [agreement(c, [None if j is None else detections[j] for j in match_subjects(c, detections)]).mean(0)
+            for c in control_subjects(subjects)]
+    return np.mean(rows, axis=0)
 
 
 def constraint_score(c: Constraint, dets: list[Detection | None], arr: np.ndarray) -> float:
@@ -127,10 +171,10 @@ class PocketSubjectsReward:
 
     Args:
         device: accepted for the reward signature; the reward runs on the CPU (no model).
-        score: ``identity`` (default), ``identity_dense``, ``semantic``, ``fidelity`` or ``mean`` (identity,
-            semantic, fidelity); another value raises ``ValueError``.
+        score: ``identity`` (default), ``identity_dense``, ``identity_gain``, ``semantic``, ``fidelity`` or ``mean``
+            (identity, semantic, fidelity); another value raises ``ValueError``.
 
-    Score range: [0, 1] for every ``score``.
+    Score range: [0, 1] for every ``score`` but ``identity_gain``, in [-1, 1].
     NaN policy: an unusable image; a record without subjects or with a subject phrase that is not a pocket-world
         subject; ``semantic``: an instruction with no constraint the world can check. The reason is in failures.
     """
@@ -145,8 +189,10 @@ class PocketSubjectsReward:
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
         pils, failures, _ = scorable_images(images, records, self.name)
         B = len(records)
-        parts = {k: torch.full((B,), float("nan")) for k in ("identity", "identity_dense", "semantic", "fidelity")}
+        parts = {k: torch.full((B,), float("nan"))
+                 for k in ("identity", "identity_dense", "identity_control", "identity_gain", "semantic", "fidelity")}
         per_subject: list[list[float]] = [[] for _ in range(B)]
+        attributes: list[dict] = [{} for _ in range(B)]
         missing: list[list[str]] = [[] for _ in range(B)]
         detected: list[list[str]] = [[] for _ in range(B)]
         constraints: list[list[dict]] = [[] for _ in range(B)]
@@ -165,9 +211,14 @@ class PocketSubjectsReward:
             dets = list(_detections(arr.tobytes(), arr.shape))
             detected[b] = [f"{d.colour} {d.texture} {d.shape} at {list(d.box)}" for d in dets]
             matched = [None if j is None else dets[j] for j in match_subjects(subjects, dets)]
-            per_subject[b] = [0.0 if d is None else d.matches(s) for s, d in zip(subjects, matched)]
+            agree, control = agreement(subjects, matched), control_agreement(subjects, dets)
+            per_subject[b] = agree.mean(1).tolist()
+            attributes[b] = {a: float(v) for a, v in zip(ATTRIBUTES, agree.mean(0))}
+            attributes[b].update({f"{a}_control": float(v) for a, v in zip(ATTRIBUTES, control)})
             missing[b] = [p for p, d in zip(phrases, matched) if d is None]
-            parts["identity"][b] = float(np.mean(per_subject[b]))
+            parts["identity"][b] = float(agree.mean())
+            parts["identity_control"][b] = float(control.mean())
+            parts["identity_gain"][b] = parts["identity"][b] - parts["identity_control"][b]
             parts["identity_dense"][b] = float(np.mean([0.0 if d is None else d.evidence(s)
                                                         for s, d in zip(subjects, matched)]))
             found = parse_instruction(rec.prompt, phrases)
@@ -185,6 +236,6 @@ class PocketSubjectsReward:
             if math.isnan(float(scores[b])) and not failures[b]:
                 failures[b] = ("the instruction states nothing the pocket world can check (no background, size, "
                                "action, relation or order from its templates)")
-        details = {**parts, "per_subject": per_subject, "missing_subjects": missing, "constraints": constraints,
-                   "detected": detected}
+        details = {**parts, "per_subject": per_subject, "attributes": attributes, "missing_subjects": missing,
+                   "constraints": constraints, "detected": detected}
         return RewardOutput(scores=scores, details=details, failures=failures)
