@@ -62,8 +62,9 @@ def run_config(args, specs: list[dict], seed: int, world: Path, out: Path) -> Pa
     cfg["data"] = {"records": str(world / "train.jsonl")}
     cfg["eval"].update(records=str(world / "eval.jsonl"), every=args.steps, at_start=True, statistics=False,
                        rewards=[])  # PocketBench measures the held-out dimensions; a trained reward cannot be one
-    cfg["train"].update(seed=seed, max_steps=args.steps, lr=args.lr)
+    cfg["train"].update(seed=seed, max_steps=args.steps, lr=args.lr, beta=args.beta)
     label = "+".join(f"{s['name']}-{s['args'].get('score', 'x')}" for s in specs)
+    label += f"-beta{args.beta:g}" if args.beta else ""
     cfg["run"].update(name=f"{label}-s{seed}", output_dir=str(out))
     path = out / f"{cfg['run']['name']}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -114,6 +115,7 @@ def main() -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=12, help="GRPO steps per run (12: docs/pocket_world.md's table)")
     p.add_argument("--lr", type=float, default=0.005, help="GRPO learning rate (0.005: docs/pocket_world.md's table)")
+    p.add_argument("--beta", type=float, default=0.0, help="train.beta, the KL penalty to the base model (0: none)")
     p.add_argument("--num", type=int, default=256, help="training records to make")
     p.add_argument("--bench-per-subset", type=int, default=20, help="PocketBench entries per subset")
     p.add_argument("--diagnose", type=int, default=0, metavar="BATCHES", help="psrl diagnose batches (0: skip)")
@@ -144,7 +146,8 @@ def main() -> int:
             print(f"  {text} seed {seed}: eval reward {evals[-1][0]:.3f} -> {evals[-1][1]:.3f}; PocketBench "
                   + "  ".join(f"{d} {afters[-1][d]:.3f}" for d in DIMS), flush=True)
         rows.append((text, evals, afters, verdict_line))
-    print(f"\n{len(args.seeds)} seed(s), {args.steps} GRPO steps each; baseline = the generator without LoRA; "
+    print(f"\n{len(args.seeds)} seed(s), {args.steps} GRPO steps each, beta {args.beta:g}; "
+          "baseline = the generator without LoRA; "
           f"{time.perf_counter() - t0:.0f} s")
     print("| trained reward | its (the first's) held-out eval reward, step 0 -> end | "
           + " | ".join(f"{d} (baseline {base[d]:.3f})" for d in DIMS) + " | diagnose |")
