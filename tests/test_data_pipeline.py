@@ -219,7 +219,7 @@ def test_llm_prompts_are_strictly_parsed_and_retried(tmp_path):
     vocab.write_text("flaky thing\npartial thing\ncat\ndog\nteapot\nrobot\n")
     with FakeChatServer(_llm_reply, fail_first=1) as server:
         cfg = cfg_with(subjects={"num_samples": 12, "vocab": str(vocab), "counts": [2], "count_weights": [1]},
-                       prompts={"llm": {"url": server.url, "retries": 2, "timeout_s": 5}})
+                       prompts={"llm": {"url": server.url, "retries": 2, "timeout": 5}})
         run_named_stage("subjects", cfg, tmp_path)
         stats = run_named_stage("prompts", cfg, tmp_path)
     entries = mf.read_manifest(tmp_path, "prompts")
@@ -240,7 +240,7 @@ def test_llm_prompts_are_strictly_parsed_and_retried(tmp_path):
 @pytest.mark.unit
 def test_llm_endpoint_down_rejects_with_reason(tmp_path):
     cfg = cfg_with(subjects={"num_samples": 2},
-                   prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout_s": 1}})
+                   prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout": 1}})
     run_named_stage("subjects", cfg, tmp_path)
     from psrl.datagen.llm import endpoint_client
     from psrl.datagen.prompts import PromptsStage
@@ -358,7 +358,7 @@ def test_vlm_instructions_get_images_and_are_checked(tmp_path):
         for i in range(4):
             w.write({**base, "id": f"s{i}"})
     with FakeChatServer(reply) as server:
-        cfg = cfg_with(instructions={"vlm": {"url": server.url, "concurrency": 1}})
+        cfg = cfg_with(instructions={"vlm": {"url": server.url, "max_concurrency": 1}})
         stats = run_named_stage("instructions", cfg, tmp_path)
     assert stats.kept == 1
     assert stats.rejected_by_reason == {"appearance_in_instruction": 1, "vlm_missing_subject": 1, "vlm_unparsable": 1}

@@ -144,7 +144,7 @@ def test_killed_stage_resumes_without_duplicates(tmp_path):
     out = tmp_path / "prompts.jsonl"
     with FakeChatServer(_slow_llm) as server:
         cmd = [sys.executable, "-m", "psrl", "data", "prompts", "--dir", str(tmp_path), "--tiny", "--no-progress",
-               "--llm-endpoint", server.url, "--set", "prompts.llm.concurrency=2"]
+               "--llm-endpoint", server.url, "--set", "prompts.llm.max_concurrency=2"]
         proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline and (not out.is_file() or len(out.read_text().splitlines()) < 6):

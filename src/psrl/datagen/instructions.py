@@ -105,7 +105,7 @@ class InstructionsStage(BaseStage):
         super().__init__(cfg, dataset, device)
         self.vlm_cfg = cfg.instructions.vlm
         self.client = client
-        self.batch_size = self.vlm_cfg.concurrency if self.vlm_cfg.url else 256
+        self.batch_size = self.vlm_cfg.max_concurrency if self.vlm_cfg.url else 256
 
     def setup(self) -> None:
         if self.vlm_cfg.url and self.client is None:

@@ -18,12 +18,12 @@ from psrl.images import load_image
 
 def endpoint_client(cfg: EndpointConfig, *, backoff: float = 1.0) -> ChatClient:
     """The chat client of a stage's endpoint config: its url, model, timeout, retries, ``temperature`` and
-    ``max_tokens``; the key from the environment variable ``cfg.api_key_env`` when it is set (a local server
-    needs none)."""
+    ``max_new_tokens`` (the request's ``max_tokens``); the key from the environment variable ``cfg.api_key_env``
+    when it is set (a local server needs none)."""
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    return ChatClient(cfg.url, model=cfg.model, api_key=key, timeout=cfg.timeout_s, retries=cfg.retries,
+    return ChatClient(cfg.url, model=cfg.model, api_key=key, timeout=cfg.timeout, retries=cfg.retries,
                       backoff=backoff, what="llm endpoint",
-                      defaults={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens})
+                      defaults={"temperature": cfg.temperature, "max_tokens": cfg.max_new_tokens})
 
 
 def image_part(path: str | Path) -> dict:

@@ -57,7 +57,7 @@ class PromptsStage(BaseStage):
         super().__init__(cfg, dataset, device)
         self.llm_cfg = cfg.prompts.llm
         self.client = client
-        self.batch_size = self.llm_cfg.concurrency if self.llm_cfg.url else 256
+        self.batch_size = self.llm_cfg.max_concurrency if self.llm_cfg.url else 256
 
     def setup(self) -> None:
         if self.llm_cfg.url and self.client is None:

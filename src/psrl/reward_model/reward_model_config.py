@@ -139,10 +139,10 @@ class RewardModelConfig:
 
     def __post_init__(self):
         check_range(self, "first_token_weight", 0, 1, section="train")
-        for name in ("batch_size", "gradient_accumulation", "cutoff_len", "eval_batch_size", "log_every"):
-            check_range(self, name, 1, section="train")
-        for name in ("max_steps", "eval_every", "save_every", "keep_last", "save_every_minutes", "lr_warmup_steps"):
-            check_range(self, name, 0, section="train")
+        check_range(self, ("batch_size", "gradient_accumulation", "cutoff_len", "eval_batch_size", "log_every"), 1,
+                    section="train")
+        check_range(self, ("max_steps", "eval_every", "save_every", "keep_last", "save_every_minutes",
+                           "lr_warmup_steps"), 0, section="train")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
             raise ValueError(f"train.num_train_epochs must be > 0 when train.max_steps is 0, got "
                              f"{self.num_train_epochs}")

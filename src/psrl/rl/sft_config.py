@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from pathlib import Path
 
-from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
 from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import EmaConfig
@@ -83,14 +83,10 @@ class SFTTrainConfig:
     mixed_precision: Literal["no", "bf16"] = "no"
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "gradient_accumulation", "height", "width", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.logit_std <= 0 or self.sigma_shift <= 0:
-            raise ValueError("sft.lr, sft.logit_std and sft.sigma_shift must be > 0")
+        check_range(self, ("max_steps", "batch_size", "gradient_accumulation", "height", "width", "log_every"), 1,
+                    section="sft")
+        check_range(self, ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes"), 0, section="sft")
+        check_range(self, ("lr", "logit_std", "sigma_shift"), 0, lo_open=True, section="sft")
         if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
             raise ValueError(f"sft.eval_sigmas must be in (0, 1], got {self.eval_sigmas}")
 
