@@ -35,8 +35,8 @@ def test_old_endpoint_keys_load_with_a_warning_naming_the_file(tmp_path, caplog)
 
 
 def test_old_and_new_name_together_is_an_error():
-    with pytest.raises(ConfigError, match=r"'llm.concurrency' is the old name of 'llm.max_concurrency' and both are "
-                                          r"set \(in run.yaml\); keep 'llm.max_concurrency'"):
+    with pytest.raises(ConfigError, match=r"'llm.concurrency' is an alias of 'llm.max_concurrency' and both are "
+                                          r"set \(in run.yaml\); keep one"):
         from_dict(EndpointConfig, {"concurrency": 2, "max_concurrency": 3}, prefix="llm", source="run.yaml")
 
 

@@ -168,16 +168,21 @@ def aliases_of(cls: type) -> dict[str, list[str]]:
     return out
 
 
-def _resolve_aliases(data: dict, fields: Any, prefix: str, source: Source) -> dict:
-    """``data`` with alias keys renamed to their psrl names. Both names in one mapping is an error naming both,
-    unless exactly one of them was set with ``--set`` (the command line overrides the file)."""
-    if not any(k in ALIASES for k in data):
+def _resolve_aliases(data: dict, fields: Any, prefix: str, source: Source, renamed: dict[str, str]) -> dict:
+    """``data`` with alias keys (:data:`ALIASES`, and the old names of a class's renamed fields, ``renamed``:
+    these with a warning) renamed to their psrl names. Both names in one mapping is an error naming both, unless
+    exactly one of them was set with ``--set`` (the command line overrides the file)."""
+    if not any(k in ALIASES or k in renamed for k in data):
         return data
     out = dict(data)
-    for alias in [k for k in data if k in ALIASES]:
-        target = _alias_target(alias, fields)
+    for alias in [k for k in data if k in ALIASES or k in renamed]:
+        target = renamed.get(alias) or _alias_target(alias, fields)
         if target is None or alias in fields:
             continue
+        if alias in renamed:
+            dotted = f"{prefix}.{alias}" if prefix else alias
+            log.warning("config key %r%s is deprecated; rename it %r", dotted, _where(source, dotted),
+                        f"{prefix}.{target}" if prefix else target)
         value = out.pop(alias)
         if target in out:
             dotted = [f"{prefix}.{n}" if prefix else n for n in (alias, target)]
@@ -195,23 +200,6 @@ def _resolve_aliases(data: dict, fields: Any, prefix: str, source: Source) -> di
     return out
 
 
-def _rename_deprecated(data: dict, renamed: dict[str, str], prefix: str, source: Source) -> dict:
-    """``data`` with the old names of renamed fields (a dataclass's ``RENAMED_KEYS``, ``{old: new}``) moved to
-    their new names, each with a warning naming the file; both names at once is an error."""
-    out = dict(data)
-    for old, new in renamed.items():
-        if old not in out:
-            continue
-        dotted_old, dotted_new = (f"{prefix}.{n}" if prefix else n for n in (old, new))
-        if new in out:
-            raise ConfigError(f"{dotted_old!r} is the old name of {dotted_new!r} and both are set"
-                              f"{_where(source, dotted_old)}; keep {dotted_new!r}")
-        log.warning("config key %r%s is deprecated; rename it %r", dotted_old, _where(source, dotted_old),
-                    dotted_new)
-        out[new] = out.pop(old)
-    return out
-
-
 def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = None) -> T:
     """Build dataclass ``cls`` from ``data``. Unknown keys, wrongly typed values and non-finite numbers (NaN and
     inf pass every ``<= 0`` check, so they are refused here, once for every config) raise :class:`ConfigError`
@@ -224,8 +212,7 @@ def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = Non
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}{where}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    data = _rename_deprecated(data, getattr(cls, "RENAMED_KEYS", {}), prefix, source)
-    data = _resolve_aliases(data, fields, prefix, source)
+    data = _resolve_aliases(data, fields, prefix, source, getattr(cls, "RENAMED_KEYS", {}))
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]

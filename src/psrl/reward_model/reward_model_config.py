@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, check_range, load_config
 from psrl.rl.run_config import RunSection
 
 LR_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -210,9 +210,7 @@ def load_reward_model_config(path: str | Path, overrides: list[str] | None = Non
     """
     from psrl.rl.run_config import _resolve_path
 
-    data = load_yaml(path)
-    apply_overrides(data, overrides)
-    cfg = from_dict(RewardModelRunConfig, data, source=override_source(str(path), overrides))
+    cfg = load_config(RewardModelRunConfig, path, overrides)
     base = Path(path).resolve().parent
     for key in ("train", "eval"):
         value = getattr(cfg.data, key)

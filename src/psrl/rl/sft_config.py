@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from pathlib import Path
 
-from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, check_range, load_config
 from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import EmaConfig
@@ -110,9 +110,7 @@ def load_sft_config(path: str | Path, overrides: list[str] | None = None) -> SFT
     resolve against the file's folder when they do not exist relative to the working directory."""
     from psrl.rl.run_config import _resolve_path
 
-    data = load_yaml(path)
-    apply_overrides(data, overrides)
-    cfg = from_dict(SFTRunConfig, data, source=override_source(str(path), overrides))
+    cfg = load_config(SFTRunConfig, path, overrides)
     base = Path(path).resolve().parent
     cfg.data.records = _resolve_path(cfg.data.records, base)
     cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
