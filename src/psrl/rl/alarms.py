@@ -1,5 +1,5 @@
-"""The reward-hacking monitor's alarm rules (:mod:`psrl.rl.monitor` runs them and acts): pure functions over a
-run's logged metrics, in the :data:`ALARMS` registry::
+"""The reward-hacking monitor's alarm rules and their thresholds (:class:`MonitorConfig`; :mod:`psrl.rl.monitor`
+runs the rules and acts): pure functions over a run's logged metrics, in the :data:`ALARMS` registry::
 
     alarm(steps: list[dict], evals: list[dict], cfg: MonitorConfig) -> list[Alarm]
 
@@ -12,19 +12,91 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import Literal
 
+from psrl.config import check_range
 from psrl.registry import Registry
-
-if TYPE_CHECKING:
-    from psrl.rl.monitor import MonitorConfig
 
 #: keys of :mod:`psrl.rl.eval_metrics`: a trained reward's eval mean, a held-out reward's, the image statistics
 TRAINED_PREFIX, TRAINED_SUFFIX = "eval/", "/mean"
 HELDOUT_PREFIX = "eval/heldout/"
 STAT_PREFIX = "eval/stats/"
 DIVERSITY_KEY = "eval/stats/diversity"
+
+
+ActionName = Literal["warn", "raise_beta", "stop", "rollback"]
+
+_DEFAULT_DRIFT = {"dark_fraction": 0.3, "bright_fraction": 0.3, "saturation": 0.3, "color_entropy": 2.0,
+                  "edge_density": 0.3}
+
+
+# alike on purpose: a typed field list, the shape of every config section
+@dataclass
+class MonitorConfig:
+    """The reward-hacking monitor (psrl.rl.monitor): named alarms on the eval metrics and the step metrics, and the
+    action each one takes. Eval alarms need ``eval.every > 0``; the held-out alarm needs ``eval.rewards``; the
+    diversity alarm needs ``eval.group_size >= 2``. An alarm whose metrics are absent stays silent.
+
+    Attributes:
+        enabled: run the monitor at all.
+        action: what every alarm does unless ``actions`` names it: ``warn`` (a log line, the ``monitor/alarm/<name>``
+            metric and a line in the final table), ``raise_beta`` (multiply train.beta by ``beta_factor``; from 0 it
+            becomes ``beta_floor``), ``stop`` (save a checkpoint and exit 1), ``rollback`` (restore the weights of
+            the evaluation with the best mean held-out reward, reset the optimizer moments, multiply the learning
+            rate by ``lr_factor`` and continue; needs eval.rewards).
+        actions: per-alarm overrides ``{alarm name: action}`` (names: reward_hacking, diversity_collapse,
+            image_stat_drift, kl_runaway, clipfrac_runaway).
+        window: evaluations compared by the held-out alarm (the newest against the one ``window`` evaluations
+            earlier); also the cool-down, in evaluations (steps for the step alarms), before an alarm fires again.
+        hack_rise: the trained reward's eval mean must have risen by more than this over the window (its units).
+        hack_drop: and a held-out reward's eval mean must have fallen by more than this (its units).
+        diversity_fraction: alarm when within-group diversity falls below this fraction of its first value.
+        stat_drift: ``{statistic: largest absolute change from its first value}`` for the eval image statistics
+            (dark_fraction, bright_fraction, saturation, edge_density: fractions in [0, 1]; color_entropy: bits).
+        max_kl: alarm when the mean ``approx_kl`` over the last ``window`` steps exceeds this (0 disables; the
+            default 0.1 is ten times the target_kl PPO implementations commonly stop at).
+        max_clipfrac: alarm when the mean ``clipfrac`` over the last ``window`` steps exceeds this (0 disables).
+        beta_factor: raise_beta multiplies train.beta by this.
+        beta_floor: raise_beta's beta when train.beta was 0.
+        lr_factor: rollback multiplies the learning rate by this.
+    """
+
+    enabled: bool = True
+    action: ActionName = "warn"
+    actions: dict[str, ActionName] = field(default_factory=dict)
+    window: int = 2
+    hack_rise: float = 0.0
+    hack_drop: float = 0.01
+    diversity_fraction: float = 0.5
+    stat_drift: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_DRIFT))
+    max_kl: float = 0.1
+    max_clipfrac: float = 0.5
+    beta_factor: float = 2.0
+    beta_floor: float = 0.01
+    lr_factor: float = 0.5
+
+    def __post_init__(self):
+        check_range(self, "window", 1, section="monitor")
+        unknown = sorted(set(self.actions) - set(ALARMS.names()))
+        if unknown:
+            raise ValueError(f"monitor.actions: unknown alarm(s) {unknown}; known: {', '.join(ALARMS.names())}")
+        check_range(self, ("hack_rise", "hack_drop", "max_kl", "max_clipfrac", "beta_floor"), 0, section="monitor")
+        check_range(self, ("diversity_fraction", "lr_factor"), 0, 1, lo_open=True, hi_open=True, section="monitor")
+        check_range(self, "beta_factor", 1, lo_open=True, section="monitor")
+        from psrl.rl.image_stats import IMAGE_STATS
+
+        bad = sorted(set(self.stat_drift) - set(IMAGE_STATS))
+        if bad:
+            raise ValueError(f"monitor.stat_drift: unknown statistic(s) {bad}; known: {', '.join(IMAGE_STATS)}")
+        if any(not v > 0 for v in self.stat_drift.values()):
+            raise ValueError(f"monitor.stat_drift: every threshold must be > 0, got {self.stat_drift}")
+
+    def action_for(self, alarm: str) -> str:
+        return self.actions.get(alarm, self.action)
+
+    def uses(self, action: str) -> bool:
+        return self.enabled and (self.action == action or action in self.actions.values())
 
 
 @dataclass(frozen=True)
@@ -166,5 +238,6 @@ def alarm_lines(alarms: Sequence[Alarm], cfg: MonitorConfig) -> list[str]:
     return [f"ALARM step {a.step:>4}  {a.name}: {a.message} (action: {cfg.action_for(a.name)})" for a in alarms]
 
 
-__all__ = ["ALARMS", "Alarm", "DIVERSITY_KEY", "HELDOUT_PREFIX", "STAT_PREFIX", "STEP_ALARMS", "alarm_lines",
-           "alarm_metrics", "finite_number", "heldout_eval_rewards", "heldout_score", "trained_eval_rewards"]
+__all__ = ["ALARMS", "Alarm", "DIVERSITY_KEY", "HELDOUT_PREFIX", "MonitorConfig", "STAT_PREFIX", "STEP_ALARMS",
+           "alarm_lines", "alarm_metrics", "finite_number", "heldout_eval_rewards", "heldout_score",
+           "trained_eval_rewards"]

@@ -6,10 +6,10 @@ images degrade (crushed blacks under a darkness or OCR reward, over-saturation, 
 noise). A *held-out* reward (``eval.rewards``: scored at evaluation, never trained on) and image statistics
 (:mod:`psrl.rl.image_stats`, logged by :mod:`psrl.rl.eval_metrics`) see it; this module watches them.
 
-The alarms are pure functions in the :data:`psrl.rl.alarms.ALARMS` registry. The monitor keeps the last
-``cfg.window`` steps' metrics (older ones are not kept, so a run of any length saves a small state) and every
-evaluation, runs the alarms on them, and fires each alarm name at most once per ``cfg.window`` evaluations (or
-steps, for step alarms), so one drift is not reported at every step.
+The alarms are pure functions in the :data:`psrl.rl.alarms.ALARMS` registry, beside their config. The monitor
+keeps the last ``cfg.window`` steps' metrics (older ones are not kept, so a run of any length saves a small state)
+and every evaluation, runs the alarms on them, and fires each alarm name at most once per ``cfg.window``
+evaluations (or steps, for step alarms), so one drift is not reported at every step.
 
 The monitor's state (:meth:`TrainingMonitor.state_dict`, and the best held-out weights for ``rollback``) is saved
 with each checkpoint and restored on ``--resume``, so a resumed run fires, cools down and acts exactly as the
@@ -24,90 +24,14 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
 
-from psrl.config import check_range
-from psrl.rl.alarms import (ALARMS, HELDOUT_PREFIX, STAT_PREFIX, STEP_ALARMS, Alarm, finite_number, alarm_lines,
-                            alarm_metrics, heldout_eval_rewards, heldout_score, trained_eval_rewards)
+from psrl.rl.alarms import (ALARMS, HELDOUT_PREFIX, STAT_PREFIX, STEP_ALARMS, Alarm, MonitorConfig, alarm_lines,
+                            alarm_metrics, finite_number, heldout_eval_rewards, heldout_score, trained_eval_rewards)
 
 logger = logging.getLogger(__name__)
-
-ActionName = Literal["warn", "raise_beta", "stop", "rollback"]
-
-_DEFAULT_DRIFT = {"dark_fraction": 0.3, "bright_fraction": 0.3, "saturation": 0.3, "color_entropy": 2.0,
-                  "edge_density": 0.3}
-
-
-# alike on purpose: a typed field list, the shape of every config section
-@dataclass
-class MonitorConfig:
-    """The reward-hacking monitor (psrl.rl.monitor): named alarms on the eval metrics and the step metrics, and the
-    action each one takes. Eval alarms need ``eval.every > 0``; the held-out alarm needs ``eval.rewards``; the
-    diversity alarm needs ``eval.group_size >= 2``. An alarm whose metrics are absent stays silent.
-
-    Attributes:
-        enabled: run the monitor at all.
-        action: what every alarm does unless ``actions`` names it: ``warn`` (a log line, the ``monitor/alarm/<name>``
-            metric and a line in the final table), ``raise_beta`` (multiply train.beta by ``beta_factor``; from 0 it
-            becomes ``beta_floor``), ``stop`` (save a checkpoint and exit 1), ``rollback`` (restore the weights of
-            the evaluation with the best mean held-out reward, reset the optimizer moments, multiply the learning
-            rate by ``lr_factor`` and continue; needs eval.rewards).
-        actions: per-alarm overrides ``{alarm name: action}`` (names: reward_hacking, diversity_collapse,
-            image_stat_drift, kl_runaway, clipfrac_runaway).
-        window: evaluations compared by the held-out alarm (the newest against the one ``window`` evaluations
-            earlier); also the cool-down, in evaluations (steps for the step alarms), before an alarm fires again.
-        hack_rise: the trained reward's eval mean must have risen by more than this over the window (its units).
-        hack_drop: and a held-out reward's eval mean must have fallen by more than this (its units).
-        diversity_fraction: alarm when within-group diversity falls below this fraction of its first value.
-        stat_drift: ``{statistic: largest absolute change from its first value}`` for the eval image statistics
-            (dark_fraction, bright_fraction, saturation, edge_density: fractions in [0, 1]; color_entropy: bits).
-        max_kl: alarm when the mean ``approx_kl`` over the last ``window`` steps exceeds this (0 disables; the
-            default 0.1 is ten times the target_kl PPO implementations commonly stop at).
-        max_clipfrac: alarm when the mean ``clipfrac`` over the last ``window`` steps exceeds this (0 disables).
-        beta_factor: raise_beta multiplies train.beta by this.
-        beta_floor: raise_beta's beta when train.beta was 0.
-        lr_factor: rollback multiplies the learning rate by this.
-    """
-
-    enabled: bool = True
-    action: ActionName = "warn"
-    actions: dict[str, ActionName] = field(default_factory=dict)
-    window: int = 2
-    hack_rise: float = 0.0
-    hack_drop: float = 0.01
-    diversity_fraction: float = 0.5
-    stat_drift: dict[str, float] = field(default_factory=lambda: dict(_DEFAULT_DRIFT))
-    max_kl: float = 0.1
-    max_clipfrac: float = 0.5
-    beta_factor: float = 2.0
-    beta_floor: float = 0.01
-    lr_factor: float = 0.5
-
-    def __post_init__(self):
-        check_range(self, "window", 1, section="monitor")
-        unknown = sorted(set(self.actions) - set(ALARMS.names()))
-        if unknown:
-            raise ValueError(f"monitor.actions: unknown alarm(s) {unknown}; known: {', '.join(ALARMS.names())}")
-        check_range(self, ("hack_rise", "hack_drop", "max_kl", "max_clipfrac", "beta_floor"), 0, section="monitor")
-        check_range(self, ("diversity_fraction", "lr_factor"), 0, 1, lo_open=True, hi_open=True, section="monitor")
-        check_range(self, "beta_factor", 1, lo_open=True, section="monitor")
-        from psrl.rl.image_stats import IMAGE_STATS
-
-        bad = sorted(set(self.stat_drift) - set(IMAGE_STATS))
-        if bad:
-            raise ValueError(f"monitor.stat_drift: unknown statistic(s) {bad}; known: {', '.join(IMAGE_STATS)}")
-        if any(not v > 0 for v in self.stat_drift.values()):
-            raise ValueError(f"monitor.stat_drift: every threshold must be > 0, got {self.stat_drift}")
-
-    def action_for(self, alarm: str) -> str:
-        return self.actions.get(alarm, self.action)
-
-    def uses(self, action: str) -> bool:
-        return self.enabled and (self.action == action or action in self.actions.values())
 
 
 def check_monitor_config(cfg: MonitorConfig, eval_cfg, trained_names: Sequence[str]) -> None:
