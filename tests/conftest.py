@@ -16,6 +16,16 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test starts single-threaded and leaves the thread count as it found it (a test or library that
+    raises it cannot slow the tests after it): the tiny models gain nothing from threads on 2 shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 # every test carries exactly one tier (module-level ``pytestmark`` or per test), so -m unit / component / e2e select
 # all of them between them; pytest.ini_options in pyproject.toml registers and describes the markers
 TIERS = ("unit", "component", "e2e")

@@ -16,14 +16,6 @@ BASE = ["train.groups_per_step=2", "train.group_size=4", "train.sample_batch_siz
         "train.ema.every=1", "train.lr_warmup_steps=3"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(tmp_path, name, *extra):
     return load_run_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", *BASE, *extra])
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fake_chat import FakeChatServer
 from psrl.config import ConfigError, load_config
 from psrl.datagen import manifest as mf
 from psrl.datagen.boxes import box_iou, relation_from_boxes
@@ -22,47 +23,6 @@ from psrl.datagen.stages import run_named_stage
 from psrl.datagen.subjects import load_vocabulary, phrase_of, plan_sample
 from psrl.fileio import write_jsonl_atomic
 from psrl.data.records import read_records, resolve_under
-
-
-class FakeChatServer:
-    """A tiny OpenAI-compatible ``/v1/chat/completions`` server on 127.0.0.1 (a thread). ``reply(request_json) ->
-    (status, text)``; the first ``fail_first`` requests get HTTP 500 (to exercise retries)."""
-
-    def __init__(self, reply, fail_first: int = 0):
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        outer = self
-        self.requests, self.fail_first, self._lock = 0, fail_first, threading.Lock()
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer._lock:
-                    outer.requests += 1
-                    fail = outer.requests <= outer.fail_first
-                status, text = (500, "boom") if fail else reply(body)
-                payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def cfg_with(**sections) -> DataPipelineConfig:
@@ -203,23 +163,23 @@ def test_parse_tagged_and_mentions():
     assert not mentions("a category", "cat") and not mentions("an eggtart", "egg tart")
 
 
-def _llm_reply(request: dict) -> tuple[int, str]:
+def _llm_reply(request: dict) -> str:
     text = request["messages"][0]["content"]
     subjects = text.split("scene: ")[1].split(".\n")[0].split("; ")
     if "flaky" in subjects[0]:
-        return 200, "I cannot help with that."
+        return "I cannot help with that."
     if "partial" in subjects[0]:
-        return 200, f"[Prompt]: A photo of a {subjects[0]} alone."
-    return 200, "[Thought]: easy\n[Prompt]: A photo of " + " and ".join(f"a {s}" for s in subjects) + " in a park."
+        return f"[Prompt]: A photo of a {subjects[0]} alone."
+    return "[Thought]: easy\n[Prompt]: A photo of " + " and ".join(f"a {s}" for s in subjects) + " in a park."
 
 
 @pytest.mark.unit
 def test_llm_prompts_are_strictly_parsed_and_retried(tmp_path):
     vocab = tmp_path / "vocab.txt"
     vocab.write_text("flaky thing\npartial thing\ncat\ndog\nteapot\nrobot\n")
-    with FakeChatServer(_llm_reply, fail_first=1) as server:
+    with FakeChatServer(_llm_reply, statuses=[500]) as server:
         cfg = cfg_with(subjects={"num_samples": 12, "vocab": str(vocab), "counts": [2], "count_weights": [1]},
-                       prompts={"llm": {"url": server.url, "retries": 2, "timeout_s": 5}})
+                       prompts={"llm": {"url": server.url, "retries": 2, "timeout": 5}})
         run_named_stage("subjects", cfg, tmp_path)
         stats = run_named_stage("prompts", cfg, tmp_path)
     entries = mf.read_manifest(tmp_path, "prompts")
@@ -240,7 +200,7 @@ def test_llm_prompts_are_strictly_parsed_and_retried(tmp_path):
 @pytest.mark.unit
 def test_llm_endpoint_down_rejects_with_reason(tmp_path):
     cfg = cfg_with(subjects={"num_samples": 2},
-                   prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout_s": 1}})
+                   prompts={"llm": {"url": "http://127.0.0.1:9/v1", "retries": 1, "timeout": 1}})
     run_named_stage("subjects", cfg, tmp_path)
     from psrl.datagen.llm import endpoint_client
     from psrl.datagen.prompts import PromptsStage
@@ -350,7 +310,7 @@ def test_vlm_instructions_get_images_and_are_checked(tmp_path):
         parts = request["messages"][0]["content"]
         assert [p["type"] for p in parts] == ["image_url"] * 3 + ["text"]
         assert parts[0]["image_url"]["url"].startswith("data:image/png;base64,")
-        return 200, next(replies)
+        return next(replies)
 
     base = {"task": "Background", "phrases": ["cat", "dog"], "target": "t.png", "references": ["r0.png", "r1.png"],
             "boxes": [[0, 0, 2, 2], [5, 5, 8, 8]], "status": "kept"}
@@ -358,7 +318,7 @@ def test_vlm_instructions_get_images_and_are_checked(tmp_path):
         for i in range(4):
             w.write({**base, "id": f"s{i}"})
     with FakeChatServer(reply) as server:
-        cfg = cfg_with(instructions={"vlm": {"url": server.url, "concurrency": 1}})
+        cfg = cfg_with(instructions={"vlm": {"url": server.url, "max_concurrency": 1}})
         stats = run_named_stage("instructions", cfg, tmp_path)
     assert stats.kept == 1
     assert stats.rejected_by_reason == {"appearance_in_instruction": 1, "vlm_missing_subject": 1, "vlm_unparsable": 1}

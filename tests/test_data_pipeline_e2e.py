@@ -131,20 +131,20 @@ def _slow_llm(request):
     time.sleep(0.15)
     text = request["messages"][0]["content"]
     subjects = text.split("scene: ")[1].split(".\n")[0].split("; ")
-    return 200, "[Prompt]: " + " and ".join(f"a {s}" for s in subjects) + " on a table."
+    return "[Prompt]: " + " and ".join(f"a {s}" for s in subjects) + " on a table."
 
 
 @pytest.mark.e2e
 def test_killed_stage_resumes_without_duplicates(tmp_path):
     """SIGKILL a running `psrl data prompts` (slow LLM), run it again: every sample exactly once."""
-    from test_data_pipeline import FakeChatServer
+    from fake_chat import FakeChatServer
 
     cfg = tiny_cfg(subjects={"num_samples": 40})
     run_named_stage("subjects", cfg, tmp_path)
     out = tmp_path / "prompts.jsonl"
     with FakeChatServer(_slow_llm) as server:
         cmd = [sys.executable, "-m", "psrl", "data", "prompts", "--dir", str(tmp_path), "--tiny", "--no-progress",
-               "--llm-endpoint", server.url, "--set", "prompts.llm.concurrency=2"]
+               "--llm-endpoint", server.url, "--set", "prompts.llm.max_concurrency=2"]
         proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline and (not out.is_file() or len(out.read_text().splitlines()) < 6):

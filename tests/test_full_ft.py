@@ -13,14 +13,6 @@ GRPO = ["model.lora=null", "train.groups_per_step=2", "train.group_size=2", "tra
         "train.ema.enabled=true", "train.ema.every=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _sft_cfg(tmp_path, name, steps, **sft):
     from tests.test_sft import _dataset
     from psrl.config import from_dict

@@ -44,14 +44,6 @@ HACK = ["rewards=[{name: 'test_monitor_run:darkness', weight: 1.0}]",
         "eval.rewards=[{name: 'test_monitor_run:brightness'}]"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(tmp_path, name, *overrides):
     return load_run_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", *SMALL, *overrides])
 

@@ -35,14 +35,6 @@ STATEFUL = ["rewards=[{name: mean_color, weight: 1.0, args: {target: [0.0, 0.0, 
             "monitor.actions={kl_runaway: raise_beta}", "monitor.beta_floor=0.01"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _cfg(tmp_path, name, *extra):
     return load_run_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", *BASE, *extra])
 

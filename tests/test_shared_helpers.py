@@ -4,14 +4,13 @@ formulas the former copies used (so seeds, and with them datasets and benchmark 
 numpy, and a local HTTP server."""
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from fake_chat import FakeChatServer
 from psrl.chat import ChatClient, ChatError, image_data_url, message_text
 from psrl.fileio import atomic_path, write_jsonl_atomic
 from psrl.images import ImageLoadError, image_size, load_image, pil_to_tensor, save_image, tensor_to_pil
@@ -152,42 +151,8 @@ def test_one_dtype_vocabulary():
 
 
 # ----------------------------------------------------------------------------- chat client
-class ChatServer:
-    """127.0.0.1 chat-completions stand-in: answers ``statuses`` in turn (then 200), records bodies and headers."""
-
-    def __init__(self, statuses=(), reply=None):
-        outer, self.bodies, self.headers = self, [], []
-        statuses = list(statuses)
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                outer.headers.append(dict(self.headers))
-                status = statuses.pop(0) if statuses else 200
-                data = reply if reply is not None else {"choices": [{"message": {"content": "ok"}}]}
-                payload = json.dumps(data if status == 200 else {"error": f"status {status}"}).encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_chat_client_retries_429_and_5xx_then_answers():
-    with ChatServer([500, 429]) as srv:
+    with FakeChatServer(statuses=[500, 429]) as srv:
         client = ChatClient(srv.url + "/", model="m", api_key="sk-test", retries=2, backoff=0.0,
                             defaults={"temperature": 0.2, "max_tokens": 9})
         assert client.complete("hi", max_tokens=1) == "ok"
@@ -198,10 +163,10 @@ def test_chat_client_retries_429_and_5xx_then_answers():
 
 
 def test_chat_client_gives_up_after_its_retries_and_never_retries_a_refusal():
-    with ChatServer([503, 503, 503]) as srv:
+    with FakeChatServer(statuses=[503, 503, 503]) as srv:
         with pytest.raises(ChatError, match=r"failed after 2 attempts; last error: HTTP 503"):
             ChatClient(srv.url, retries=1, backoff=0.0, what="llm endpoint").post({"messages": []})
-    with ChatServer([401]) as srv:
+    with FakeChatServer(statuses=[401]) as srv:
         with pytest.raises(ChatError, match="HTTP 401"):
             ChatClient(srv.url, retries=3, backoff=0.0).post({"messages": []})
         assert len(srv.bodies) == 1
@@ -210,7 +175,7 @@ def test_chat_client_gives_up_after_its_retries_and_never_retries_a_refusal():
 
 
 def test_chat_reply_without_text_is_an_error():
-    with ChatServer(reply={"choices": []}) as srv:
+    with FakeChatServer(reply={"choices": []}) as srv:
         with pytest.raises(ChatError, match="no message content"):
             ChatClient(srv.url, backoff=0.0).complete("hi")
     with pytest.raises(ChatError, match="not text"):

@@ -10,14 +10,6 @@ from psrl.rl.run_config import load_run_config
 from psrl.rl.tracking import read_metrics
 from psrl.rl.grpo_trainer import GRPOTrainer
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest single-threaded (the CI machine has 2 shared cores; threads only contend)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 SMALL = ["train.groups_per_step=2", "train.group_size=4", "train.sample_batch_size=8", "train.train_batch_size=8",
          "sampling.num_steps=3", "eval.every=0", "train.save_every=0"]

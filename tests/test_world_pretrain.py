@@ -18,14 +18,6 @@ FLOOR_SCORE = "identity_gain"
 FLOOR = 0.05
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.unit
 def test_psnr_latent_normalisation_and_split():
     from psrl.world.pretrain import latent_normalisation, psnr, split_records

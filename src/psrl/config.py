@@ -6,6 +6,7 @@ Every config in psrl is a (nested) ``@dataclass``. ``from_dict`` builds one from
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import re
 import types
@@ -20,6 +21,7 @@ import yaml
 from psrl.errors import ConfigError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 Source = Union[str, Callable[[str], str], None]
@@ -166,16 +168,21 @@ def aliases_of(cls: type) -> dict[str, list[str]]:
     return out
 
 
-def _resolve_aliases(data: dict, fields: Any, prefix: str, source: Source) -> dict:
-    """``data`` with alias keys renamed to their psrl names. Both names in one mapping is an error naming both,
-    unless exactly one of them was set with ``--set`` (the command line overrides the file)."""
-    if not any(k in ALIASES for k in data):
+def _resolve_aliases(data: dict, fields: Any, prefix: str, source: Source, renamed: dict[str, str]) -> dict:
+    """``data`` with alias keys (:data:`ALIASES`, and the old names of a class's renamed fields, ``renamed``:
+    these with a warning) renamed to their psrl names. Both names in one mapping is an error naming both, unless
+    exactly one of them was set with ``--set`` (the command line overrides the file)."""
+    if not any(k in ALIASES or k in renamed for k in data):
         return data
     out = dict(data)
-    for alias in [k for k in data if k in ALIASES]:
-        target = _alias_target(alias, fields)
+    for alias in [k for k in data if k in ALIASES or k in renamed]:
+        target = renamed.get(alias) or _alias_target(alias, fields)
         if target is None or alias in fields:
             continue
+        if alias in renamed:
+            dotted = f"{prefix}.{alias}" if prefix else alias
+            log.warning("config key %r%s is deprecated; rename it %r", dotted, _where(source, dotted),
+                        f"{prefix}.{target}" if prefix else target)
         value = out.pop(alias)
         if target in out:
             dotted = [f"{prefix}.{n}" if prefix else n for n in (alias, target)]
@@ -196,7 +203,8 @@ def _resolve_aliases(data: dict, fields: Any, prefix: str, source: Source) -> di
 def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = None) -> T:
     """Build dataclass ``cls`` from ``data``. Unknown keys, wrongly typed values and non-finite numbers (NaN and
     inf pass every ``<= 0`` check, so they are refused here, once for every config) raise :class:`ConfigError`
-    naming the dotted key, the value and where it came from (the file, or ``--set``)."""
+    naming the dotted key, the value and where it came from (the file, or ``--set``). Old names of renamed fields
+    (a class's ``RENAMED_KEYS``) load with a warning."""
     where = _where(source, prefix or "config")
     if data is None:
         data = {}
@@ -204,7 +212,7 @@ def from_dict(cls: type[T], data: Any, *, prefix: str = "", source: Source = Non
         raise ConfigError(f"{prefix or 'config'} must be a mapping, got {data!r}{where}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    data = _resolve_aliases(data, fields, prefix, source)
+    data = _resolve_aliases(data, fields, prefix, source, getattr(cls, "RENAMED_KEYS", {}))
     unknown = sorted(set(data) - set(fields))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
@@ -421,22 +429,23 @@ def dump_yaml(cfg: Any, path: str | Path) -> None:
     write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
-def check_range(obj: Any, name: str, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
-                hi_open: bool = False, section: str = "") -> None:
+def check_range(obj: Any, names: str | tuple[str, ...], lo: float | None = None, hi: float | None = None, *,
+                lo_open: bool = False, hi_open: bool = False, section: str = "") -> None:
     """The one range check of ``__post_init__`` methods: ``ValueError("<section>.<name> must be <range>, got
-    <value>")`` unless ``lo <= obj.<name> <= hi`` (``lo_open`` / ``hi_open``: strict; ``None``: unbounded). A
-    ``None`` value is not checked (an optional field left unset)."""
-    value = getattr(obj, name)
-    if value is None:
-        return
-    ok = ((lo is None or (value > lo if lo_open else value >= lo))
-          and (hi is None or (value < hi if hi_open else value <= hi)))
-    if ok:
-        return
-    if lo is not None and hi is not None:
-        rule = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    elif lo is not None:
-        rule = f"{'>' if lo_open else '>='} {lo}"
-    else:
-        rule = f"{'<' if hi_open else '<='} {hi}"
-    raise ValueError(f"{section + '.' if section else ''}{name} must be {rule}, got {value}")
+    <value>")`` unless ``lo <= obj.<name> <= hi`` for each of ``names`` (one field name or a tuple of them;
+    ``lo_open`` / ``hi_open``: strict; ``None``: unbounded). A ``None`` value is not checked (an optional field
+    left unset)."""
+    for name in (names,) if isinstance(names, str) else names:
+        value = getattr(obj, name)
+        if value is None:
+            continue
+        if ((lo is None or (value > lo if lo_open else value >= lo))
+                and (hi is None or (value < hi if hi_open else value <= hi))):
+            continue
+        if lo is not None and hi is not None:
+            rule = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        elif lo is not None:
+            rule = f"{'>' if lo_open else '>='} {lo}"
+        else:
+            rule = f"{'<' if hi_open else '<='} {hi}"
+        raise ValueError(f"{section + '.' if section else ''}{name} must be {rule}, got {value}")

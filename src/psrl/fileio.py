@@ -1,7 +1,7 @@
-"""Atomic file writes: a temp file in the same folder, then ``os.replace``, so a crash leaves the old file or the
-new one, never half of one. Every atomic write of psrl goes through :func:`atomic_path` (images through
-:func:`psrl.images.save_image`); checkpoints, which are whole directories, are assembled and renamed by
-:mod:`psrl.rl.checkpoint`."""
+"""The JSONL line reader (:func:`jsonl_lines`) and atomic file writes: a temp file in the same folder, then
+``os.replace``, so a crash leaves the old file or the new one, never half of one. Every atomic write of psrl goes
+through :func:`atomic_path` (images through :func:`psrl.images.save_image`); checkpoints, which are whole
+directories, are assembled and renamed by :mod:`psrl.rl.checkpoint`."""
 from __future__ import annotations
 
 import contextlib
@@ -9,6 +9,25 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+
+def jsonl_lines(path: str | os.PathLike, text: str | None = None) -> list[tuple[str, object]]:
+    """``(where, value)`` of every non-blank line of a JSONL file (``text``: its content, already read), ``where``
+    being ``<path>:<line>`` (1-based); a line that is not JSON gives its ``json.JSONDecodeError`` as the value, so
+    the caller decides: the reward-model readers (pairs, labels, grids, ShareGPT, benchmarks) count it as that
+    line's problem, :func:`psrl.data.records.read_records` stops there.
+
+    Raises:
+        OSError: the file cannot be read (``text`` not given).
+    """
+    out: list[tuple[str, object]] = []
+    for lineno, line in enumerate((Path(path).read_text() if text is None else text).splitlines(), 1):
+        if line.strip():
+            try:
+                out.append((f"{path}:{lineno}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                out.append((f"{path}:{lineno}", e))
+    return out
 
 
 @contextlib.contextmanager
@@ -51,4 +70,5 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_json_atomic", "write_jsonl_atomic", "write_text_atomic"]
+__all__ = ["atomic_path", "jsonl_lines", "write_bytes_atomic", "write_json_atomic", "write_jsonl_atomic",
+           "write_text_atomic"]

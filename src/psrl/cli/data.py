@@ -37,6 +37,7 @@ STAGE_HELP = {
 }
 
 
+# alike on purpose: a command with sub-steps (as psrl world): the parser, then one sub-parser per step
 def add_parser(sub) -> None:
     p = sub.add_parser("data", help="multi-subject data generation pipeline (9 resumable, shardable stages)",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -102,16 +103,6 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return base
 
 
-def save_config(cfg, path: Path) -> None:
-    """The resolved config as YAML, written atomically (other ranks may be reading the previous one)."""
-    import yaml
-
-    from psrl.config import to_dict
-    from psrl.fileio import write_text_atomic
-
-    write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 def _progress_factory(shard, enabled: bool):
     if not (enabled and shard.is_main):
         return None
@@ -121,6 +112,7 @@ def _progress_factory(shard, enabled: bool):
 
 
 def cmd_stage(args) -> int:
+    from psrl.config import dump_yaml
     from psrl.sharding import shard_from_env, shutdown
     from psrl.datagen.stages import STAGES, reset_from, run_named_stage
 
@@ -130,7 +122,7 @@ def cmd_stage(args) -> int:
     try:
         shard.barrier()  # every rank has read <dir>/config.yaml before rank 0 replaces it
         if shard.is_main:
-            save_config(cfg, dataset / "config.yaml")
+            dump_yaml(cfg, dataset / "config.yaml")  # atomic: other ranks may be reading the previous one
             if args.redo:
                 removed = reset_from(dataset, STAGES[0] if args.stage == "all" else args.stage)
                 print(f"--redo: removed {len(removed)} manifest(s): {', '.join(p.name for p in removed) or 'none'}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 
+# alike on purpose: every command module opens with its docstring and add_parser (psrl.cli.main's contract)
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sft", help="supervised flow-matching LoRA fine-tuning on records with target images (PSR stage 1)",

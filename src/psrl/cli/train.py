@@ -16,6 +16,7 @@ DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pocket_world.ya
 VIEW_SIDE = 128  # before_after.png cells: every image is scaled (nearest neighbour) to this side
 
 
+# alike on purpose: every command module opens with its docstring and add_parser (psrl.cli.main's contract)
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "train", help="GRPO-train a policy's LoRA (default: the pocket-world demo on the CPU)",

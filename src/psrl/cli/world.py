@@ -19,6 +19,7 @@ STEPS: dict[str, str] = {
 }
 
 
+# alike on purpose: a command with sub-steps (as psrl data): the parser, then one sub-parser per step
 def add_parser(sub) -> None:
     p = sub.add_parser("world", help="the pocket world: make its data and PocketBench",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)

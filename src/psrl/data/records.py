@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 from psrl.errors import RecordError
-from psrl.fileio import write_jsonl_atomic
+from psrl.fileio import jsonl_lines, write_jsonl_atomic
 
 
 @dataclass(frozen=True)
@@ -247,16 +247,10 @@ def read_records(path: str | Path) -> list[Record]:
     path = Path(path)
     if not path.is_file():
         raise RecordError(f"records file not found: {path}")
-    # alike on purpose: reward_model's pairs and grids readers loop the same way but count bad lines; here one stops
     out, seen = [], set()
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{where}: not valid JSON: {e}") from e
+    for where, d in jsonl_lines(path):
+        if isinstance(d, json.JSONDecodeError):
+            raise RecordError(f"{where}: not valid JSON: {d}") from d
         rec = Record.from_json(d, where=where)
         if rec.id in seen:
             raise RecordError(f"{where}: duplicate record id {rec.id!r}")

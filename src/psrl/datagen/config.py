@@ -8,6 +8,7 @@ training resolution); everything else is our choice and says so.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from psrl.config import check_range
 from psrl.data.records import misplaced_data_root
@@ -27,25 +28,33 @@ class EndpointConfig:
         url: base URL such as ``http://127.0.0.1:8000/v1`` (``/chat/completions`` is appended); ``None`` = unused.
         model: the ``model`` field sent.
         api_key_env: name of the environment variable holding the key (sent as a bearer token when set).
-        timeout_s: per-request timeout. retries: extra attempts after a failed request (backoff 1, 2, 4 s ...).
-        temperature, max_tokens: sampling options sent with each request.
-        concurrency: requests in flight at once (one thread each).
+        timeout: per-request timeout in seconds. retries: extra attempts after a failed request (backoff 1, 2,
+            4 s ...).
+        temperature: sampling temperature sent with each request.
+        max_new_tokens: longest reply (sent as the request's ``max_tokens``).
+        max_concurrency: requests in flight at once (one thread each).
+
+    The endpoint keys are those of the pair stages' teacher (:class:`psrl.reward_model.pair_stages.TeacherConfig`)
+    and of the VLM judges' ``args``. Their old names here (``timeout_s``, ``max_tokens``, ``concurrency``, written
+    in the ``config.yaml`` of every earlier dataset folder) still load, with a warning.
     """
 
-    # alike on purpose: plain typed fields, as every config dataclass (the endpoint keys of pair_stages'
-    # TeacherConfig are other names users already write: timeout, max_concurrency)
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"timeout_s": "timeout", "max_tokens": "max_new_tokens",
+                                              "concurrency": "max_concurrency"}
+
+    # alike on purpose: the endpoint fields of pair_stages.TeacherConfig, under this stage's own defaults
     url: str | None = None
     model: str = "default"
     api_key_env: str = "PSRL_LLM_API_KEY"
-    timeout_s: float = 60.0
+    timeout: float = 60.0
     retries: int = 2
     temperature: float = 0.7
-    max_tokens: int = 300
-    concurrency: int = 8
+    max_new_tokens: int = 300
+    max_concurrency: int = 8
 
     def __post_init__(self):
-        check_range(self, "concurrency", 1)
-        check_range(self, "timeout_s", 0, lo_open=True)
+        check_range(self, "max_concurrency", 1)
+        check_range(self, "timeout", 0, lo_open=True)
         check_range(self, "retries", 0)
 
 
@@ -97,8 +106,8 @@ class GenerationConfig:
     batch_size: int = 4
 
     def __post_init__(self):
-        for name, lo in (("num_steps", 1), ("batch_size", 1), ("height", 16), ("width", 16)):
-            check_range(self, name, lo)
+        check_range(self, ("num_steps", "batch_size"), 1)
+        check_range(self, ("height", "width"), 16)
 
 
 @dataclass

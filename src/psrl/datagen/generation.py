@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from psrl.datagen.config import GenerationConfig
+from psrl.datagen.config import DataPipelineConfig, GenerationConfig
+from psrl.datagen.runner import BaseStage
 from psrl.data.records import Record, resolve_records
 
 log = logging.getLogger(__name__)
@@ -46,3 +47,23 @@ def policy_renderer(gen: GenerationConfig, device: torch.device | str, *, datase
         return policy.generate(batch, sampling, generators)
 
     return render
+
+
+class RendererStage(BaseStage):
+    """A stage whose images come from a renderer: ``renderer`` when given (tests), else :func:`policy_renderer`
+    over the stage's own config section (``cfg.<name>``, a :class:`GenerationConfig`), its records' images resolved
+    under the dataset. Built in :meth:`setup`; a stage that may need no image (``reedit``) calls
+    :meth:`get_renderer` on first use instead."""
+
+    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
+        super().__init__(cfg, dataset, device)
+        self.renderer = renderer
+        self.batch_size = getattr(cfg, self.name).batch_size
+
+    def setup(self) -> None:
+        self.get_renderer()
+
+    def get_renderer(self) -> Renderer:
+        if self.renderer is None:
+            self.renderer = policy_renderer(getattr(self.cfg, self.name), self.device, dataset=self.dataset)
+        return self.renderer

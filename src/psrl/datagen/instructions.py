@@ -20,15 +20,12 @@ the appearance rule, and for Position containing the measured relation (``vlm_wr
 from __future__ import annotations
 
 import re
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from psrl.chat import ChatClient, ChatError
+from psrl.chat import ChatError
 from psrl.datagen import templates
 from psrl.datagen.boxes import relation_from_boxes
-from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.llm import endpoint_client, image_part, missing_phrases, parse_tagged
-from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.datagen.llm import ChatStage, image_part, missing_phrases, parse_tagged
+from psrl.datagen.runner import kept, rejected
 
 APPEARANCE_WORDS = frozenset("""
 red orange yellow green blue purple violet pink brown black white gray grey golden gold silver beige turquoise teal
@@ -96,28 +93,16 @@ def vlm_request(entry: dict, relation: str | None) -> str:
             f"Reply in the format:\n[Instruction]: <the instruction>")
 
 
-class InstructionsStage(BaseStage):
+class InstructionsStage(ChatStage):
     name = "instructions"
     input_stage = "reedit"
 
-    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
-    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device=None, client: ChatClient | None = None):
-        super().__init__(cfg, dataset, device)
-        self.vlm_cfg = cfg.instructions.vlm
-        self.client = client
-        self.batch_size = self.vlm_cfg.concurrency if self.vlm_cfg.url else 256
+    endpoint_field = "vlm"
 
-    def setup(self) -> None:
-        if self.vlm_cfg.url and self.client is None:
-            self.client = endpoint_client(self.vlm_cfg)
+    def from_template(self, e: dict) -> dict:
+        return self._finish(e, *template_instruction(e), source="template")
 
-    def process(self, batch: list[dict]) -> list[dict]:
-        if not self.vlm_cfg.url:
-            return [self._finish(e, *template_instruction(e), source="template") for e in batch]
-        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
-            return list(pool.map(self._vlm, batch))
-
-    def _vlm(self, e: dict) -> dict:
+    def from_endpoint(self, e: dict) -> dict:
         relation = None
         if e["task"] == "Position":
             relation = measured_relation(e)

@@ -9,21 +9,48 @@ from __future__ import annotations
 
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from psrl.chat import ChatClient, image_data_url
-from psrl.datagen.config import EndpointConfig
+from psrl.datagen.config import DataPipelineConfig, EndpointConfig
+from psrl.datagen.runner import BaseStage
 from psrl.images import load_image
 
 
 def endpoint_client(cfg: EndpointConfig, *, backoff: float = 1.0) -> ChatClient:
     """The chat client of a stage's endpoint config: its url, model, timeout, retries, ``temperature`` and
-    ``max_tokens``; the key from the environment variable ``cfg.api_key_env`` when it is set (a local server
-    needs none)."""
+    ``max_new_tokens`` (the request's ``max_tokens``); the key from the environment variable ``cfg.api_key_env``
+    when it is set (a local server needs none)."""
     key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-    return ChatClient(cfg.url, model=cfg.model, api_key=key, timeout=cfg.timeout_s, retries=cfg.retries,
+    return ChatClient(cfg.url, model=cfg.model, api_key=key, timeout=cfg.timeout, retries=cfg.retries,
                       backoff=backoff, what="llm endpoint",
-                      defaults={"temperature": cfg.temperature, "max_tokens": cfg.max_tokens})
+                      defaults={"temperature": cfg.temperature, "max_tokens": cfg.max_new_tokens})
+
+
+class ChatStage(BaseStage):
+    """A stage that fills a template per sample, or, with its endpoint's ``url`` set, asks the chat endpoint
+    (``max_concurrency`` requests at once, one thread each). Subclasses name their endpoint (``cfg.<name>.<endpoint
+    field>``) and write :meth:`from_template` and :meth:`from_endpoint`, each ``entry -> kept/rejected entry``;
+    ``client`` replaces the endpoint's client (tests)."""
+
+    endpoint_field = "llm"
+
+    def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None, client: ChatClient | None = None):
+        super().__init__(cfg, dataset, device)
+        self.endpoint: EndpointConfig = getattr(getattr(cfg, self.name), self.endpoint_field)
+        self.client = client
+        self.batch_size = self.endpoint.max_concurrency if self.endpoint.url else 256
+
+    def setup(self) -> None:
+        if self.endpoint.url and self.client is None:
+            self.client = endpoint_client(self.endpoint)
+
+    def process(self, batch: list[dict]) -> list[dict]:
+        if not self.endpoint.url:
+            return [self.from_template(e) for e in batch]
+        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
+            return list(pool.map(self.from_endpoint, batch))
 
 
 def image_part(path: str | Path) -> dict:
@@ -52,4 +79,4 @@ def missing_phrases(text: str, phrases: list[str]) -> list[str]:
     return [p for p in phrases if not mentions(text, p)]
 
 
-__all__ = ["endpoint_client", "image_part", "mentions", "missing_phrases", "parse_tagged"]
+__all__ = ["ChatStage", "endpoint_client", "image_part", "mentions", "missing_phrases", "parse_tagged"]

@@ -8,13 +8,11 @@ the sample is rejected (``llm_unparsable``, ``llm_missing_subject``, ``llm_error
 from __future__ import annotations
 
 import random
-from concurrent.futures import ThreadPoolExecutor
 
-from psrl.chat import ChatClient, ChatError
+from psrl.chat import ChatError
 from psrl.datagen import templates
-from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.llm import endpoint_client, missing_phrases, parse_tagged
-from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.datagen.llm import ChatStage, missing_phrases, parse_tagged
+from psrl.datagen.runner import kept, rejected
 from psrl.seeding import stable_seed
 
 TASK_GUIDANCE = {
@@ -48,34 +46,17 @@ def parse_llm_prompt(reply: str, phrases: list[str]) -> tuple[str | None, str | 
     return prompt, None, ""
 
 
-class PromptsStage(BaseStage):
+class PromptsStage(ChatStage):
     name = "prompts"
     input_stage = "subjects"
 
-    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
-    def __init__(self, cfg: DataPipelineConfig, dataset=None, device=None, client: ChatClient | None = None):
-        super().__init__(cfg, dataset, device)
-        self.llm_cfg = cfg.prompts.llm
-        self.client = client
-        self.batch_size = self.llm_cfg.concurrency if self.llm_cfg.url else 256
-
-    def setup(self) -> None:
-        if self.llm_cfg.url and self.client is None:
-            self.client = endpoint_client(self.llm_cfg)
-
-    def process(self, batch: list[dict]) -> list[dict]:
-        if not self.llm_cfg.url:
-            return [self._template(e) for e in batch]
-        with ThreadPoolExecutor(max_workers=len(batch)) as pool:
-            return list(pool.map(self._llm, batch))
-
-    def _template(self, e: dict) -> dict:
+    def from_template(self, e: dict) -> dict:
         rng = random.Random(stable_seed(e["seed"], "prompts", bits=31))
         slots = templates.draw_slots(e["task"], e["phrases"], rng)
         return kept(e, prompt=templates.t2i_prompt(e["task"], e["phrases"], slots), prompt_source="template",
                     slots=slots)
 
-    def _llm(self, e: dict) -> dict:
+    def from_endpoint(self, e: dict) -> dict:
         try:
             reply = self.client.complete(llm_request(e["task"], e["phrases"]))
         except ChatError as err:

@@ -13,12 +13,10 @@ VLM that sees the edited target. Other samples pass through unchanged (``edit: n
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 from psrl.datagen import templates
-from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.generation import Renderer, policy_renderer
-from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.datagen.generation import RendererStage
+from psrl.datagen.runner import kept, rejected
 from psrl.images import save_image
 from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
@@ -26,15 +24,12 @@ from psrl.data.records import Record, RecordError, SubjectRef
 EDITED_DIR = "edited"
 
 
-class ReeditStage(BaseStage):
+class ReeditStage(RendererStage):
     name = "reedit"
     input_stage = "references"
 
-    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
-    def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
-        super().__init__(cfg, dataset, device)
-        self.renderer = renderer
-        self.batch_size = cfg.reedit.batch_size
+    def setup(self) -> None:
+        pass  # the editor loads on the first edit (get_renderer): a run that edits nothing loads no model
 
     def plan(self, e: dict) -> tuple[str, dict] | None:
         """``(editor instruction, slots after the edit)`` for sample ``e``, or ``None`` to leave it unedited."""
@@ -79,10 +74,8 @@ class ReeditStage(BaseStage):
         return f"{EDITED_DIR}/{e['id']}.png"
 
     def _edit(self, jobs: list[tuple[dict, str, dict]]) -> None:
-        if self.renderer is None:  # loaded on the first edit: a run that edits nothing loads no model
-            self.renderer = policy_renderer(self.cfg.reedit, self.device, dataset=self.dataset)
         records = [Record(id=e["id"], prompt=text, subjects=(SubjectRef(image=e["target"], phrase="image"),))
                    for e, text, _ in jobs]
-        images = self.renderer(records, [stable_seed(e["seed"], "reedit_image", bits=31) for e, _, _ in jobs])
+        images = self.get_renderer()(records, [stable_seed(e["seed"], "reedit_image", bits=31) for e, _, _ in jobs])
         for (e, _, _), image in zip(jobs, images):
             save_image(image, self.dataset / self._path(e))

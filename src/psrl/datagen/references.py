@@ -13,8 +13,8 @@ from pathlib import Path
 
 from psrl.datagen import templates
 from psrl.datagen.config import DataPipelineConfig
-from psrl.datagen.generation import Renderer, policy_renderer
-from psrl.datagen.runner import BaseStage, kept, rejected
+from psrl.datagen.generation import Renderer, RendererStage
+from psrl.datagen.runner import kept, rejected
 from psrl.images import save_image
 from psrl.seeding import stable_seed
 from psrl.data.records import Record, RecordError, SubjectRef
@@ -22,20 +22,14 @@ from psrl.data.records import Record, RecordError, SubjectRef
 REFERENCE_DIR = "references"
 
 
-class ReferencesStage(BaseStage):
+class ReferencesStage(RendererStage):
     name = "references"
     input_stage = "ground"
 
-    # alike on purpose: BaseStage's shape (a model or client injected by tests, else built in setup)
     def __init__(self, cfg: DataPipelineConfig, dataset: str | Path, device="cpu", renderer: Renderer | None = None):
-        super().__init__(cfg, dataset, device)
-        self.renderer = renderer
+        super().__init__(cfg, dataset, device, renderer)
         # a batch of samples holds 2-4 references each; the renderer gets references.batch_size at a time
         self.batch_size = max(1, cfg.references.batch_size // 2)
-
-    def setup(self) -> None:
-        if self.renderer is None:
-            self.renderer = policy_renderer(self.cfg.references, self.device, dataset=self.dataset)
 
     def jobs(self, e: dict) -> list[tuple[Record, int, str]]:
         """One (record, seed, output path) per subject of sample ``e``."""

@@ -118,8 +118,8 @@ class Policy(Protocol):
     """A flow-matching generator the GRPO and SFT trainers can drive.
 
     Implementations: :class:`psrl.models.flux.FluxPolicy` and the reference-conditioned policies. ``module`` is the
-    ``nn.Module`` holding the trainable (LoRA) parameters; the trainer may wrap it for distribution and hand the
-    wrapped module back with :meth:`set_module`.
+    ``nn.Module`` holding the trainable (LoRA) parameters (never handed to a DDP/FSDP wrapper: see
+    :mod:`psrl.rl.fsdp`).
     """
 
     module: nn.Module
@@ -156,8 +156,6 @@ class Policy(Protocol):
         """Write the LoRA weights in the diffusers format (``pytorch_lora_weights.safetensors``)."""
 
     def load_lora(self, path) -> None: ...
-
-    def set_module(self, module: nn.Module) -> None: ...
 
     def train(self, mode: bool = True) -> None: ...
 

@@ -115,7 +115,7 @@ class FlowPolicyBase:
     * ``decode(latents, meta) -> [B, 3, H, W]`` in [0, 1];
     * ``encode_targets(images [B, 3, H, W] in [0, 1], meta) -> clean latents`` (SFT).
 
-    ``module`` is what forward calls (the trainer may replace it with a wrapped copy through :meth:`set_module`).
+    ``module`` is what forward calls.
     """
 
     #: the ``POLICIES`` name (messages, the default config)
@@ -458,12 +458,6 @@ class FlowPolicyBase:
         from psrl.models.lora import load_lora_weights
 
         load_lora_weights(self.transformer, path, prefix=self.lora_prefix)
-
-    def set_module(self, module: nn.Module) -> None:
-        """Use a wrapped transformer (DDP, accelerate) for forward passes; saving unwraps it."""
-        if unwrap_module(module) is not self.transformer:
-            raise ValueError("set_module expects the policy's own transformer, possibly wrapped")
-        self.module = module
 
     def train(self, mode: bool = True) -> None:
         """Only the denoiser switches mode; frozen encoders stay in eval (their dropout would break determinism)."""

@@ -27,7 +27,8 @@ from pathlib import Path
 
 from psrl.data.records import Record, RecordError, SubjectRef, resolve_records, resolve_under
 from psrl.images import ImageLoadError, load_image
-from psrl.reward_model.pairs import jsonl_lines, keep_unique, not_json
+from psrl.fileio import jsonl_lines
+from psrl.reward_model.pairs import keep_unique, not_json
 
 RESULTS_FILE, SUMMARY_FILE, REPORT_FILE = "results.jsonl", "summary.json", "report.md"
 

@@ -28,8 +28,9 @@ from psrl.data.records import RecordError, image_filename, resolve_under
 from psrl.images import ImageLoadError, load_image, save_image
 from psrl.data.grid_prompt import cell_boxes, find_grid_size
 from psrl.reward_model.grids import GridError, cell_pairs, parse_grid_spec
-from psrl.reward_model.pairs import (PairExample, jsonl_lines, not_json, parse_judge_reply, read_labels,
-                                     response_from_label, split_heldout, write_pairs)
+from psrl.fileio import jsonl_lines
+from psrl.reward_model.pairs import (PairExample, not_json, parse_judge_reply, read_labels, response_from_label,
+                                     split_heldout, write_pairs)
 from psrl.rewards.vlm.prompts import PACO_TEMPLATES, paco_prompt
 
 logger = logging.getLogger(__name__)
@@ -56,8 +57,8 @@ class TeacherConfig:
         batch_size: pairs per stage batch (and per local forward pass).
     """
 
-    # alike on purpose: plain typed fields, as every config dataclass (the endpoint keys of the data pipeline's
-    # EndpointConfig are other names users already write: timeout_s, concurrency)
+    # alike on purpose: the endpoint fields of datagen's EndpointConfig (the same names), under a judge's defaults,
+    # plus the local transport's
     transport: str = "remote"
     url: str | None = None
     model: str = "default"
@@ -73,8 +74,7 @@ class TeacherConfig:
     def __post_init__(self):
         if self.transport not in ("remote", "local"):
             raise ValueError(f"teacher.transport must be 'remote' or 'local', got {self.transport!r}")
-        check_range(self, "max_new_tokens", 1, section="teacher")
-        check_range(self, "batch_size", 1, section="teacher")
+        check_range(self, ("max_new_tokens", "batch_size"), 1, section="teacher")
 
 
 @dataclass

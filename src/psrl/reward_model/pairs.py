@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psrl.data.records import RecordError, resolve_under
+from psrl.fileio import jsonl_lines
 
 ANSWERS = ("Yes", "No")
 # a reply's first word; markdown emphasis and quotes around it are tolerated (teachers write "**Yes**, ...")
@@ -93,21 +94,6 @@ def response_from_label(label: str, reason: str | None) -> str:
 # ---------------------------------------------------------------------------------------------- pairs JSONL
 def _problem(where: str, why: str) -> str:
     return f"{where}: {why}"
-
-
-def jsonl_lines(path: str | Path, text: str | None = None) -> list[tuple[str, object]]:
-    """``(where, value)`` of every non-blank line of a JSONL file (``text``: its content, already read), ``where``
-    being ``<path>:<line>``; a line that is not JSON gives its ``json.JSONDecodeError`` as the value, for the
-    caller to count as that line's problem (:func:`not_json`). The JSONL reader of the reward-model data (pairs,
-    labels, grids, ShareGPT, benchmarks); :func:`psrl.data.records.read_records` stops at a bad line instead."""
-    out: list[tuple[str, object]] = []
-    for lineno, line in enumerate((Path(path).read_text() if text is None else text).splitlines(), 1):
-        if line.strip():
-            try:
-                out.append((f"{path}:{lineno}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                out.append((f"{path}:{lineno}", e))
-    return out
 
 
 def not_json(where: str, value) -> str | None:

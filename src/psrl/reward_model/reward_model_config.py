@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, check_range, load_config
 from psrl.rl.run_config import RunSection
 
 LR_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -139,10 +139,10 @@ class RewardModelConfig:
 
     def __post_init__(self):
         check_range(self, "first_token_weight", 0, 1, section="train")
-        for name in ("batch_size", "gradient_accumulation", "cutoff_len", "eval_batch_size", "log_every"):
-            check_range(self, name, 1, section="train")
-        for name in ("max_steps", "eval_every", "save_every", "keep_last", "save_every_minutes", "lr_warmup_steps"):
-            check_range(self, name, 0, section="train")
+        check_range(self, ("batch_size", "gradient_accumulation", "cutoff_len", "eval_batch_size", "log_every"), 1,
+                    section="train")
+        check_range(self, ("max_steps", "eval_every", "save_every", "keep_last", "save_every_minutes",
+                           "lr_warmup_steps"), 0, section="train")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
             raise ValueError(f"train.num_train_epochs must be > 0 when train.max_steps is 0, got "
                              f"{self.num_train_epochs}")
@@ -210,9 +210,7 @@ def load_reward_model_config(path: str | Path, overrides: list[str] | None = Non
     """
     from psrl.rl.run_config import _resolve_path
 
-    data = load_yaml(path)
-    apply_overrides(data, overrides)
-    cfg = from_dict(RewardModelRunConfig, data, source=override_source(str(path), overrides))
+    cfg = load_config(RewardModelRunConfig, path, overrides)
     base = Path(path).resolve().parent
     for key in ("train", "eval"):
         value = getattr(cfg.data, key)

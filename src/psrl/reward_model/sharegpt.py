@@ -20,7 +20,8 @@ import json
 from pathlib import Path
 
 from psrl.data.records import RecordError
-from psrl.reward_model.pairs import PairExample, answer_of, jsonl_lines, keep_unique, not_json
+from psrl.fileio import jsonl_lines
+from psrl.reward_model.pairs import PairExample, answer_of, keep_unique, not_json
 
 IMAGE_PLACEHOLDER = "<image>"
 _ROLE_KEYS = (("messages", "role", "content", "user", "assistant"), ("conversations", "from", "value", "human", "gpt"))

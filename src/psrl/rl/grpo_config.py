@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from psrl.config import check_range
+
 # mixed_precision: fp16 would need a loss scaler kept consistent across processes; bf16 needs none (FLUX trains in
 # bf16). optimizer: the names of psrl.rl.optim.OPTIMIZERS (a test keeps the two in step).
 
@@ -30,10 +32,8 @@ class EmaConfig:
     every: int = 8
 
     def __post_init__(self):
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"ema.decay must be in [0, 1), got {self.decay}")
-        if self.every < 1:
-            raise ValueError(f"ema.every must be >= 1, got {self.every}")
+        check_range(self, "decay", 0, 1, hi_open=True, section="ema")
+        check_range(self, "every", 1, section="ema")
 
 
 @dataclass
@@ -135,27 +135,14 @@ class TrainConfig:
     cfg_grad: Literal["both", "cond_only"] = "both"
 
     def __post_init__(self):
-        if self.nft_beta <= 0 or self.param_noise_std < 0:
-            raise ValueError(f"train.nft_beta must be > 0 and train.param_noise_std >= 0, got {self.nft_beta}, "
-                             f"{self.param_noise_std}")
-        positive = ("max_steps", "groups_per_step", "group_size", "sample_batch_size", "train_batch_size",
-                    "gradient_accumulation", "num_inner_epochs", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes", "max_invalid_steps"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        check_range(self, ("max_steps", "groups_per_step", "sample_batch_size", "train_batch_size",
+                           "gradient_accumulation", "num_inner_epochs", "log_every"), 1, section="train")
+        check_range(self, ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes", "max_invalid_steps",
+                           "param_noise_std", "beta", "max_grad_norm", "weight_decay"), 0, section="train")
+        check_range(self, ("lr", "clip_range", "nft_beta"), 0, lo_open=True, section="train")
         if self.group_size < 2:
             raise ValueError(f"train.group_size must be >= 2 (GRPO compares the images of a group; a group of "
                              f"{self.group_size} has no spread and never trains), got {self.group_size}")
-        if self.lr <= 0:
-            raise ValueError(f"train.lr must be > 0, got {self.lr}")
-        if self.clip_range <= 0:
-            raise ValueError(f"train.clip_range must be > 0, got {self.clip_range}")
-        if self.beta < 0 or self.max_grad_norm < 0 or self.weight_decay < 0:
-            raise ValueError("train.beta, train.max_grad_norm and train.weight_decay must be >= 0, got "
-                             f"{self.beta}, {self.max_grad_norm}, {self.weight_decay}")
         if not all(0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"train.betas must be in [0, 1), got {list(self.betas)}")
         if self.sample_batch_size % self.train_batch_size:
@@ -216,13 +203,9 @@ class AdvantageConfig:
             if self.per_subject:
                 raise ValueError("advantage.per_subject: true names no combination; use mean, min or weakest")
             self.per_subject = "off"
-        if self.per_subject_weakest_weight < 1:
-            raise ValueError(f"advantage.per_subject_weakest_weight must be >= 1, got "
-                             f"{self.per_subject_weakest_weight}")
+        check_range(self, "per_subject_weakest_weight", 1, section="advantage")
         if self.std_mode == "global" and self.mode in ("group_zscore", "sars"):
             raise ValueError(f"advantage.std_mode: global has no effect with mode {self.mode!r}, which z-scores each "
                              f"reward within its group (Customized-GRPO); set std_mode: group")
-        if self.eps < 0:
-            raise ValueError(f"advantage.eps must be >= 0, got {self.eps}")
-        if self.clip <= 0:
-            raise ValueError(f"advantage.clip must be > 0, got {self.clip}")
+        check_range(self, "eps", 0, section="advantage")
+        check_range(self, "clip", 0, lo_open=True, section="advantage")

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
 from psrl.data.records import Record, load_records, misplaced_data_root, records_root
 from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
@@ -130,16 +130,10 @@ class EvalConfig:
     at_start: bool = False
 
     def __post_init__(self):
-        if self.group_size < 1:
-            raise ValueError(f"eval.group_size must be >= 1, got {self.group_size}")
-        if self.every < 0 or self.num_steps < 1:
-            raise ValueError(f"eval.every must be >= 0 and eval.num_steps >= 1, got {self.every}, {self.num_steps}")
+        check_range(self, ("group_size", "num_steps", "height", "width", "resolution"), 1, section="eval")
+        check_range(self, "every", 0, section="eval")
         if self.every and not self.records:
             raise ValueError("eval.every > 0 needs eval.records (a records path or a list of prompts)")
-        for name in ("height", "width", "resolution"):
-            v = getattr(self, name)
-            if v is not None and v <= 0:
-                raise ValueError(f"eval.{name} must be positive, got {v}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from pathlib import Path
 
-from psrl.config import ConfigError, apply_overrides, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, check_range, load_config
 from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import EmaConfig
@@ -83,14 +83,10 @@ class SFTTrainConfig:
     mixed_precision: Literal["no", "bf16"] = "no"
 
     def __post_init__(self):
-        for name in ("max_steps", "batch_size", "gradient_accumulation", "height", "width", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"sft.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"sft.{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0 or self.logit_std <= 0 or self.sigma_shift <= 0:
-            raise ValueError("sft.lr, sft.logit_std and sft.sigma_shift must be > 0")
+        check_range(self, ("max_steps", "batch_size", "gradient_accumulation", "height", "width", "log_every"), 1,
+                    section="sft")
+        check_range(self, ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes"), 0, section="sft")
+        check_range(self, ("lr", "logit_std", "sigma_shift"), 0, lo_open=True, section="sft")
         if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
             raise ValueError(f"sft.eval_sigmas must be in (0, 1], got {self.eval_sigmas}")
 
@@ -114,9 +110,7 @@ def load_sft_config(path: str | Path, overrides: list[str] | None = None) -> SFT
     resolve against the file's folder when they do not exist relative to the working directory."""
     from psrl.rl.run_config import _resolve_path
 
-    data = load_yaml(path)
-    apply_overrides(data, overrides)
-    cfg = from_dict(SFTRunConfig, data, source=override_source(str(path), overrides))
+    cfg = load_config(SFTRunConfig, path, overrides)
     base = Path(path).resolve().parent
     cfg.data.records = _resolve_path(cfg.data.records, base)
     cfg.data.data_root = _resolve_path(cfg.data.data_root, base)

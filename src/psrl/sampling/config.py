@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from psrl.config import check_range
+
 
 # alike on purpose: a typed field list, the shape of every config section
 @dataclass
@@ -44,13 +46,9 @@ class SamplingConfig:
     cps_compat: bool = False
 
     def __post_init__(self):
-        if self.num_steps < 1:
-            raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
-        if self.height <= 0 or self.width <= 0:
-            raise ValueError(f"height/width must be positive, got {self.height}x{self.width}")
+        check_range(self, ("num_steps", "height", "width"), 1)
+        check_range(self, "noise_level", 0)
         if self.num_noise_steps is not None and (self.train_steps != "list" or not self.noise_steps
                                                  or not 1 <= self.num_noise_steps <= len(self.noise_steps)):
             raise ValueError(f"num_noise_steps ({self.num_noise_steps}) needs train_steps: list and 1 <= "
                              f"num_noise_steps <= len(noise_steps) ({self.noise_steps})")
-        if self.noise_level < 0:
-            raise ValueError(f"noise_level must be >= 0, got {self.noise_level}")
