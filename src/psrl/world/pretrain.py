@@ -25,6 +25,7 @@ from typing import Sequence
 
 import torch
 
+from psrl.config import check_range
 from psrl.data.records import Record, read_records, resolve_records, resolve_under
 from psrl.errors import PsrlError
 from psrl.rl.signals import TrainingStopped
@@ -70,12 +71,9 @@ class PretrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("vae_steps", "vae_batch", "sft_steps", "sft_batch", "reference_size", "size",
-                     "max_sequence_length"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.holdout < 0.5:
-            raise ValueError(f"holdout must be in [0, 0.5), got {self.holdout}")
+        check_range(self, ("vae_steps", "vae_batch", "sft_steps", "sft_batch", "reference_size", "size",
+                           "max_sequence_length"), 1)
+        check_range(self, "holdout", 0.0, 0.5, hi_open=True)
         if self.size % 8 or self.reference_size % 8 or self.vae_crop % 8:
             raise ValueError(f"size, reference_size and vae_crop must be multiples of 8 (4x VAE x 2x2 packing), "
                              f"got {self.size}, {self.reference_size} and {self.vae_crop}")
