@@ -118,11 +118,11 @@ def add_parser(sub) -> None:
 def data_root_arg(text: str) -> str:
     """argparse type of ``--data-root``: a folder, or an ``hf://[datasets/]<org>/<name>[@revision][/folder]``
     dataset fetched with ``snapshot_download(allow_patterns=...)`` into the local cache (its local path)."""
-    from psrl.hub import HubError, local_data_root
+    from psrl.data.records import RecordError, local_root
 
     try:
-        return local_data_root(text)
-    except HubError as e:
+        return str(local_root(text, what=None))
+    except RecordError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
