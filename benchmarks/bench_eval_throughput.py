@@ -68,8 +68,7 @@ def main(argv=None) -> int:
     metrics = psrbench_metrics(tiny=True)
     with tempfile.TemporaryDirectory() as tmp:
         root, results = build_fixture(Path(tmp), args.samples, args.size)
-        loaded = load_results(results, data_root=root)
-        samples, issues = loaded.samples, loaded.issues
+        samples, issues = load_results(results, data_root=root)
         assert not issues, issues
         metric_set = MetricSet(metrics, args.device)  # the loaded samples carry resolved references
         t0 = time.perf_counter()

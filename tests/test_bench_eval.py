@@ -72,7 +72,7 @@ def test_images_do_not_depend_on_batching(generated, tmp_path):
 @pytest.mark.component
 def test_eval_counts_failures_and_retries_failing_batches_per_sample(generated, tmp_path):
     root, out, _ = generated
-    samples = load_results(out, data_root=root).samples
+    samples, _ = load_results(out, data_root=root)
     assert len(samples) == 2 * 19
     metrics = parse_metrics(metric_set_for_tests())
     stats = evaluate_samples(samples, tmp_path, metrics, benchmark="psrbench", batch_size=4)
@@ -116,7 +116,7 @@ def test_eval_counts_failures_and_retries_failing_batches_per_sample(generated, 
 @pytest.mark.component
 def test_eval_refuses_to_mix_metric_configs(generated, tmp_path):
     root, out, _ = generated
-    samples = load_results(out, data_root=root, subsets=["Four"]).samples
+    samples, _ = load_results(out, data_root=root, subsets=["Four"])
     evaluate_samples(samples, tmp_path, parse_metrics({"aesthetics": {"reward": "mean_color"}}), benchmark="psrbench")
     with pytest.raises(PsrlError, match="another metric config"):
         evaluate_samples(samples, tmp_path, parse_metrics({"aesthetics": {"reward": "mean_color", "scale": 2}}),
@@ -133,8 +133,7 @@ def test_results_of_another_model_with_relative_paths(generated, tmp_path):
         (tmp_path / "imgs" / f"{i}.png").write_bytes(Path(e["result_path"]).read_bytes())
         e["result_path"] = f"imgs/{i}.png"
     (tmp_path / "Four.json").write_text(json.dumps(entries))
-    loaded = load_results(tmp_path, data_root=root)
-    samples, issues = loaded.samples, loaded.issues
+    samples, issues = load_results(tmp_path, data_root=root)
     assert issues == [] and [s.key for s in samples] == ["seed0/Four/0", "seed0/Four/1"]
     assert all(s.problem is None and s.image == (tmp_path / "imgs" / f"{i}.png").resolve()
                for i, s in enumerate(samples))
@@ -157,7 +156,7 @@ def test_report_gallery_reads_the_resolved_reference_paths(generated, tmp_path):
     from psrl.bench.report import _thumb_b64
 
     root, out, _ = generated
-    samples = load_results(out, data_root=root, subsets=["Three"]).samples
+    samples, _ = load_results(out, data_root=root, subsets=["Three"])
     metrics = parse_metrics({"aesthetics": {"reward": "mean_color"}})
     _, summary = eval_and_report(samples, tmp_path, metrics, benchmark="psrbench", results_dir=out)
     rows = read_sample_rows(tmp_path)
@@ -270,7 +269,7 @@ def test_remote_judge_endpoint_rubric_per_subset(generated, tmp_path):
         sa = metrics_to_json(psrbench_metrics(judge_endpoint=url))["semantic_alignment"]
         sa["per_subset"]["Position"] = {"reward": "mean_color"}
         root, out, _ = generated
-        samples = load_results(out, data_root=root, subsets=["Attribute", "Background"]).samples
+        samples, _ = load_results(out, data_root=root, subsets=["Attribute", "Background"])
         samples = [s for s in samples if s.seed == 0]
         stats = evaluate_samples(samples, tmp_path, parse_metrics({"semantic_alignment": sa}), benchmark="psrbench",
                                  batch_size=4)

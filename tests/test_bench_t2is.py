@@ -139,7 +139,7 @@ def test_import_image_sets_tiles_t2is_eval_outputs(tmp_path):
     assert [grid.getpixel(xy) for xy in [(0, 0), (12, 0), (0, 10), (12, 10)]] == colors[::-1]
     manifest = json.loads((out / "bench.json").read_text())
     assert manifest["benchmark"] == "t2is" and manifest["data_root"] == str(root.resolve())
-    samples = load_results(out).samples  # benchmark and root from bench.json
+    samples, _ = load_results(out)  # benchmark and root from bench.json
     problems = {s.key: s.problem for s in samples}
     assert problems["seed0/character/0"] is None and problems["seed0/story/0"] == "no result_path in the result file"
 
@@ -213,6 +213,7 @@ def test_generate_eval_compare_from_the_cli(tmp_path, capsys):
     assert "invalid entry" in rows["seed0/story/1"]["failures"]["identity"]
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["benchmark"] == "t2is" and summary["subsets"] == ["character", "story"]
+    assert summary["data_root"] == str(root.resolve())  # the root the loader resolved the records under
     scored = [r["scores"]["identity"] for r in rows.values() if r["scores"]["identity"] is not None]
     assert summary["overall_rule"] == "sample_mean" and len(scored) == 3
     assert summary["overall"]["identity"]["mean"] == pytest.approx(sum(scored) / 3)

@@ -13,7 +13,8 @@ summaries, reports and the metrics receive :class:`~psrl.bench.items.BenchItem` 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from psrl.bench.benchmarks import BenchmarkSpec, get_benchmark
@@ -43,22 +44,12 @@ def load_benchmark(benchmark: str, data_root: str | Path, subsets: list[str] | N
     return out
 
 
-@dataclass(frozen=True)
-class LoadedResults:
-    """A result folder read back: its benchmark, every sample (in seed, subset, index order), the issues of its
-    files (which also mark the affected samples' ``problem``) and the data root the records were resolved under."""
-
-    benchmark: str
-    samples: list[ResultSample]
-    issues: list[ValidationIssue]
-    source: str
-
-
 def load_results(results_dir: str | Path, *, benchmark: str | None = None, data_root: str | Path | None = None,
-                 subsets: list[str] | None = None) -> LoadedResults:
-    """Every entry of every result file under ``results_dir`` (``<Subset>.json`` there or in ``seed<N>/``) with
-    its references resolved under ``data_root``; ``benchmark`` and ``data_root`` default to the folder's
-    ``bench.json``. Images are not decoded here (evaluation reports an unreadable one for its sample).
+                 subsets: list[str] | None = None) -> tuple[list[ResultSample], list[ValidationIssue]]:
+    """Every entry of every result file under ``results_dir`` (``<Subset>.json`` there or in ``seed<N>/``) as a
+    sample, in (seed, subset, index) order, its references resolved under ``data_root``, and the issues of the
+    files (which also mark the affected samples' ``problem``); ``benchmark`` and ``data_root`` default to the
+    folder's ``bench.json``. Images are not decoded here (evaluation reports an unreadable one for its sample).
 
     Raises:
         PsrlError: no root named, the folder missing, or no result file in it.
@@ -92,7 +83,7 @@ def load_results(results_dir: str | Path, *, benchmark: str | None = None, data_
     if not found_any:
         raise PsrlError(f"no result files ({', '.join(f'{n}.json' for n in names)}) in {results_dir} "
                         f"or its seed<N>/ folders")
-    return LoadedResults(benchmark, samples, issues, str(root))
+    return samples, issues
 
 
 def parse_entries(out: LoadedSubsets, spec: BenchmarkSpec, subset: str, entries: list, root: Path, *,
@@ -224,7 +215,8 @@ def read_dreambench(root: Path, subsets: list[str] | None, out: LoadedSubsets, *
     return {subset: entries for subset, entries in groups.items() if entries}
 
 
-def _read_gedit(root: Path, subsets: list[str] | None, out: LoadedSubsets, language: str) -> dict[str, list]:
+def _read_gedit(root: Path, subsets: list[str] | None, out: LoadedSubsets, *, language: str, **_) -> dict[str, list]:
+    """GEdit-Bench's entries of one instruction ``language`` (:mod:`psrl.bench.gedit`), per task group."""
     from psrl.bench.gedit import GEDIT_GROUPS, METADATA
 
     path = root / METADATA
@@ -243,14 +235,8 @@ def _read_gedit(root: Path, subsets: list[str] | None, out: LoadedSubsets, langu
     return {g: e for g, e in groups.items() if e and (not subsets or g in subsets)}
 
 
-def read_gedit_en(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:
-    """GEdit-Bench's English-instruction entries (:mod:`psrl.bench.gedit`), per task group."""
-    return _read_gedit(root, subsets, out, "en")
-
-
-def read_gedit_cn(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:
-    """GEdit-Bench's Chinese-instruction entries, per task group."""
-    return _read_gedit(root, subsets, out, "cn")
+read_gedit_en = partial(_read_gedit, language="en")
+read_gedit_cn = partial(_read_gedit, language="cn")
 
 
 def read_t2is(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:

@@ -290,14 +290,14 @@ def cmd_eval(args) -> int:
     benchmark = args.benchmark or read_manifest(args.results).get("benchmark") or "psrbench"
     metrics = _metrics(args, benchmark)
     # records resolved once, here (reference paths absolute from now on); the root defaults to bench.json's
-    loaded = load_results(args.results, benchmark=benchmark, data_root=args.data_root,
-                          subsets=args.subsets if benchmark != "dreambench" else None)  # DreamBench's are subjects
+    samples, issues = load_results(args.results, benchmark=benchmark, data_root=args.data_root,
+                                   subsets=args.subsets if benchmark != "dreambench" else None)  # (subjects there)
     out = args.out or str(Path(args.results) / ("eval_compat" if args.psrbench_compat else "eval"))
     shard = shard_from_env()
     if shard.is_main:
-        for issue in loaded.issues:
+        for issue in issues:
             log.warning("result file issue: %s", issue)
-    stats, summary = eval_and_report(loaded.samples, out, metrics, benchmark=benchmark, results_dir=args.results,
+    stats, summary = eval_and_report(samples, out, metrics, benchmark=benchmark, results_dir=args.results,
                                      batch_size=args.batch_size, device=shard.device(args.device), shard=shard,
                                      retry_failed=args.retry_failed, report=not args.no_report,
                                      progress=_progress(shard, "eval"))
