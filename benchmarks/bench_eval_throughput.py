@@ -21,7 +21,7 @@ import torch
 
 from psrl.bench.evaluate import MetricSet, evaluate_samples
 from psrl.images import save_image
-from psrl.bench.results import load_result_samples
+from psrl.bench.loading import load_results
 from psrl.bench.tasks import PSRBENCH_SUBSETS, psrbench_metrics
 
 CATEGORIES = ["cat", "dog", "car", "ring"]
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     metrics = psrbench_metrics(tiny=True)
     with tempfile.TemporaryDirectory() as tmp:
         root, results = build_fixture(Path(tmp), args.samples, args.size)
-        samples, issues = load_result_samples(results, root)
+        samples, issues = load_results(results, data_root=root)
         assert not issues, issues
         metric_set = MetricSet(metrics, args.device)  # the loaded samples carry resolved references
         t0 = time.perf_counter()

@@ -14,8 +14,8 @@ from fixtures_bench import ColorPolicy, make_psrbench, metric_set_for_tests
 
 from psrl.bench.evaluate import SAMPLES, evaluate_samples, read_sample_rows
 from psrl.bench.generate import generate_benchmark
-from psrl.bench.psrbench import load_psrbench
-from psrl.bench.results import load_result_samples
+from psrl.bench.loading import load_benchmark, load_results
+from psrl.bench.results import result_manifest
 from psrl.bench.summary import summarize
 from psrl.bench.tasks import parse_metrics
 from psrl.errors import PsrlError
@@ -31,9 +31,9 @@ def generated(tmp_path_factory):
     root = make_psrbench(base / "data")
     out = base / "out"
     policy = ColorPolicy()
-    stats = generate_benchmark(policy, load_psrbench(root), out, seeds=[0, 1], sampling=SamplingConfig(),
+    stats = generate_benchmark(policy, load_benchmark("psrbench", root), out, seeds=[0, 1], sampling=SamplingConfig(),
                                batch_size=3, skip_invalid=True,
-                               manifest={"benchmark": "psrbench", "data_root": str(root)})
+                               manifest=result_manifest("psrbench", root))
     return root, out, stats
 
 
@@ -50,18 +50,19 @@ def test_generate_writes_released_format_and_resumes(generated, tmp_path):
     attr = json.loads((out / "seed0" / "Attribute.json").read_text())
     assert len(attr) == 3 and "result_path" not in attr[2]
     # a second run generates nothing
-    again = generate_benchmark(ColorPolicy(), load_psrbench(root), out, seeds=[0, 1], sampling=SamplingConfig(),
-                               skip_invalid=True)
+    again = generate_benchmark(ColorPolicy(), load_benchmark("psrbench", root), out, seeds=[0, 1],
+                               sampling=SamplingConfig(), skip_invalid=True)
     assert again.generated == 0 and again.skipped_existing == 28
     # without --skip-invalid the invalid entries stop the run, each named
     with pytest.raises(PsrlError, match=r"Background/2.*escapes"):
-        generate_benchmark(ColorPolicy(), load_psrbench(root), tmp_path / "x", seeds=[0], sampling=SamplingConfig())
+        generate_benchmark(ColorPolicy(), load_benchmark("psrbench", root), tmp_path / "x", seeds=[0],
+                           sampling=SamplingConfig())
 
 
 @pytest.mark.component
 def test_images_do_not_depend_on_batching(generated, tmp_path):
     root, out, _ = generated
-    generate_benchmark(ColorPolicy(), load_psrbench(root, ["Four"]), tmp_path, seeds=[1],
+    generate_benchmark(ColorPolicy(), load_benchmark("psrbench", root, ["Four"]), tmp_path, seeds=[1],
                        sampling=SamplingConfig(), batch_size=1)
     a = (tmp_path / "seed1" / "Four" / "1.png").read_bytes()
     assert a == (out / "seed1" / "Four" / "1.png").read_bytes()
@@ -71,7 +72,7 @@ def test_images_do_not_depend_on_batching(generated, tmp_path):
 @pytest.mark.component
 def test_eval_counts_failures_and_retries_failing_batches_per_sample(generated, tmp_path):
     root, out, _ = generated
-    samples, _ = load_result_samples(out, root)
+    samples, _ = load_results(out, data_root=root)
     assert len(samples) == 2 * 19
     metrics = parse_metrics(metric_set_for_tests())
     stats = evaluate_samples(samples, tmp_path, metrics, benchmark="psrbench", batch_size=4)
@@ -115,7 +116,7 @@ def test_eval_counts_failures_and_retries_failing_batches_per_sample(generated, 
 @pytest.mark.component
 def test_eval_refuses_to_mix_metric_configs(generated, tmp_path):
     root, out, _ = generated
-    samples, _ = load_result_samples(out, root, subsets=["Four"])
+    samples, _ = load_results(out, data_root=root, subsets=["Four"])
     evaluate_samples(samples, tmp_path, parse_metrics({"aesthetics": {"reward": "mean_color"}}), benchmark="psrbench")
     with pytest.raises(PsrlError, match="another metric config"):
         evaluate_samples(samples, tmp_path, parse_metrics({"aesthetics": {"reward": "mean_color", "scale": 2}}),
@@ -132,7 +133,7 @@ def test_results_of_another_model_with_relative_paths(generated, tmp_path):
         (tmp_path / "imgs" / f"{i}.png").write_bytes(Path(e["result_path"]).read_bytes())
         e["result_path"] = f"imgs/{i}.png"
     (tmp_path / "Four.json").write_text(json.dumps(entries))
-    samples, issues = load_result_samples(tmp_path, root)
+    samples, issues = load_results(tmp_path, data_root=root)
     assert issues == [] and [s.key for s in samples] == ["seed0/Four/0", "seed0/Four/1"]
     assert all(s.problem is None and s.image == (tmp_path / "imgs" / f"{i}.png").resolve()
                for i, s in enumerate(samples))
@@ -155,7 +156,7 @@ def test_report_gallery_reads_the_resolved_reference_paths(generated, tmp_path):
     from psrl.bench.report import _thumb_b64
 
     root, out, _ = generated
-    samples, _ = load_result_samples(out, root, subsets=["Three"])
+    samples, _ = load_results(out, data_root=root, subsets=["Three"])
     metrics = parse_metrics({"aesthetics": {"reward": "mean_color"}})
     _, summary = eval_and_report(samples, tmp_path, metrics, benchmark="psrbench", results_dir=out)
     rows = read_sample_rows(tmp_path)
@@ -268,7 +269,7 @@ def test_remote_judge_endpoint_rubric_per_subset(generated, tmp_path):
         sa = metrics_to_json(psrbench_metrics(judge_endpoint=url))["semantic_alignment"]
         sa["per_subset"]["Position"] = {"reward": "mean_color"}
         root, out, _ = generated
-        samples, _ = load_result_samples(out, root, subsets=["Attribute", "Background"])
+        samples, _ = load_results(out, data_root=root, subsets=["Attribute", "Background"])
         samples = [s for s in samples if s.seed == 0]
         stats = evaluate_samples(samples, tmp_path, parse_metrics({"semantic_alignment": sa}), benchmark="psrbench",
                                  batch_size=4)

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from psrl.bench.gedit import export_gedit, load_cn, load_en
+from psrl.bench.gedit import export_gedit
+from psrl.bench.loading import load_benchmark
 from psrl.bench.gedit_metrics import PQ_PROMPT, SC_PROMPT, parse_viescore, viescore_overall
 
 
@@ -75,7 +76,7 @@ def test_intersection_summary_averages_group_means_of_flagged_samples():
 def test_export_and_loader(tmp_path):
     root = make_gedit(tmp_path / "gedit")
     assert (root / "fullset/background_change/en/k1_SRCIMG.png").is_file()
-    data = load_en(root)
+    data = load_benchmark("gedit", root)
     assert list(data.raw) == ["background_change", "color_alter"] and not data.issues
     rec = data.items[0].record
     assert rec.prompt == "Put the cat on a beach."
@@ -83,11 +84,12 @@ def test_export_and_loader(tmp_path):
     assert rec.subjects[0].image == str(root.resolve() / "fullset/background_change/en/k1_SRCIMG.png")
     assert rec.to_json()["subjects"][0]["image"] == "fullset/background_change/en/k1_SRCIMG.png"
     assert rec.tags["intersection"] is True and rec.tags["key"] == "k1"
-    assert [i.record.prompt for i in load_cn(root).items] == ["把车变成红色。"]
+    assert [i.record.prompt for i in load_benchmark("gedit-cn", root).items] == ["把车变成红色。"]
     (root / "fullset/color_alter/en/k3_SRCIMG.png").unlink()
-    assert any("color_alter[0].input_image: key k3" in str(i) for i in load_en(root).issues)
-    assert any("unknown task group" in str(i) for i in load_en(root, ["recolor"]).issues)
-    assert load_cn(root).items[0].record.tags["benchmark"] == "gedit-cn"
+    assert any(str(i).startswith("color_alter[0].input_image:") and "k3_SRCIMG.png" in str(i)
+               for i in load_benchmark("gedit", root).issues)
+    assert any("unknown task group" in str(i) for i in load_benchmark("gedit", root, ["recolor"]).issues)
+    assert load_benchmark("gedit-cn", root).items[0].record.tags["benchmark"] == "gedit-cn"
     from psrl.errors import RecordError
 
     evil = {"key": "../../../../escape", "task_type": "color_alter", "instruction": "x", "instruction_language": "en",
@@ -96,7 +98,7 @@ def test_export_and_loader(tmp_path):
         export_gedit([evil], tmp_path / "other")
     assert not (tmp_path / "escape_SRCIMG.png").exists()
     nope = tmp_path / "nope"
-    assert [str(i) for i in load_en(nope).issues] == [f"*.data_root: not a directory: {nope}"]
+    assert [str(i) for i in load_benchmark("gedit", nope).issues] == [f"*.data_root: not a directory: {nope}"]
 
 
 class Judge(BaseHTTPRequestHandler):
@@ -143,7 +145,7 @@ def test_sc_pq_overall_from_one_pair_of_requests(tmp_path, judge_url):
     from psrl.bench.gedit_metrics import VIEScoreMetric
 
     root = make_gedit(tmp_path / "gedit")
-    records = [item.record for item in load_en(root).items]
+    records = [item.record for item in load_benchmark("gedit", root).items]
     images = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     outs = {o: VIEScoreMetric(output=o, url=judge_url, transport="remote")(images, records)
             for o in ("semantic_consistency", "perceptual_quality", "overall")}

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from psrl.bench.t2is import load
+from psrl.bench.loading import load_benchmark, load_results
 from psrl.data.grid_prompt import cut_grid
 
 CRITERIA = {"Identity": {"Face": "The fox looks the same in every image.", "Coat": "The coat colour is the same."},
@@ -45,18 +45,18 @@ def test_entry_grid_falls_back_from_layout_to_prompt_and_keeps_the_sub_prompts(t
     from psrl.bench.t2is import parse_entry
 
     entry = line(0, "0001_0001", layout="four panels")
-    record, issues = parse_entry("character", 0, entry, tmp_path)
+    record, issues = parse_entry("character", 0, entry)
     assert issues == [] and record.tags["grid"] == [2, 2] and record.tags["theme"] == "A red fox."
     assert record.tags["sub_prompts"] == ["The fox sleeps.", "The fox runs.", "The fox eats.",
                                           "The fox looks at the stars."]
-    record, issues = parse_entry("character", 0, line(0, "0001_0001", layout="0x2", prompt="a fox"), tmp_path)
+    record, issues = parse_entry("character", 0, line(0, "0001_0001", layout="0x2", prompt="a fox"))
     assert record is None and "no grid size" in str(issues[0])
 
 
 @pytest.mark.unit
 def test_loader_subsets_issues_and_records(tmp_path):
     root = make_t2is(tmp_path / "t2is")
-    data = load(root)
+    data = load_benchmark("t2is", root)
     assert list(data.raw) == ["character", "story"] and [i.key for i in data.items] == [
         "character/0", "character/1", "story/0", "story/1"]
     bad = [str(i) for i in data.issues]
@@ -66,13 +66,13 @@ def test_loader_subsets_issues_and_records(tmp_path):
     assert rec.tags["theme"] == "A red fox." and rec.tags["sub_prompts"][3] == "The fox looks at the stars."
     assert len(rec.tags["alignment"]) == 4 and rec.tags["alignment"][0]["Entity"] == ["a fox"]
     assert data.items[3].record is None
-    assert [i.key for i in load(root, ["story"]).items] == ["story/0", "story/1"]
+    assert [i.key for i in load_benchmark("t2is", root, ["story"]).items] == ["story/0", "story/1"]
     nope = tmp_path / "nope"
-    assert [str(i) for i in load(nope).issues] == [f"*.data_root: not a directory: {nope}"]
-    unknown = load(root, ["comics"])
+    assert [str(i) for i in load_benchmark("t2is", nope).issues] == [f"*.data_root: not a directory: {nope}"]
+    unknown = load_benchmark("t2is", root, ["comics"])
     assert any("unknown subset" in str(i) for i in unknown.issues)
     (root / "prompt_alignment.json").write_text(json.dumps({"0001_0001": {"0000": {}}}))
-    partial = load(root)
+    partial = load_benchmark("t2is", root)
     assert partial.items[0].record.tags["alignment"] is None
     assert any("no 4 per-image criteria" in str(i) for i in partial.issues)
 
@@ -87,7 +87,7 @@ def test_registry_lists_every_benchmark_and_its_functions_import():
     for name in BENCHMARKS.names():
         spec = get_benchmark(name)
         assert spec.name == name and spec.subsets and spec.dimensions
-        for field in ("load", "parse_entry", "metrics", "summary_extras"):
+        for field in ("load", "parse_entry", "context", "metrics", "summary_extras"):
             assert getattr(spec, field) is None or callable(import_object(getattr(spec, field)))
     assert get_benchmark("t2is").overall_rule == "sample_mean" and get_benchmark("gedit").overall_rule == "subset_mean"
     with pytest.raises(PsrlError, match="unknown benchmark 'geneval'; known: dreambench, gedit"):
@@ -121,7 +121,6 @@ def test_import_image_sets_tiles_t2is_eval_outputs(tmp_path):
     """Per-image files <case>_<NNNN>.png (T2IS-Eval's layout) become one grid per entry, readable by eval."""
     from PIL import Image
 
-    from psrl.bench.results import load_result_samples
     from psrl.bench.t2is import import_image_sets
 
     root = make_t2is(tmp_path / "t2is")
@@ -133,13 +132,14 @@ def test_import_image_sets_tiles_t2is_eval_outputs(tmp_path):
     for k in range(3):  # one image short of its 2x2 grid
         Image.new("RGB", (10, 8), colors[k]).save(images / f"0011_0001_{k:04d}.png")
     out = tmp_path / "out"
-    report = import_image_sets(images, root, out)
+    report = import_image_sets(images, load_benchmark("t2is", root), out)
     assert report == {"imported": 1, "incomplete": {"0011_0001": 3}, "missing": ["0001_0002"]}
     grid = Image.open(out / "seed0" / "character" / "0.png")
     assert grid.size == (24, 20)  # the first image's size (12x10, number 0000) per cell
     assert [grid.getpixel(xy) for xy in [(0, 0), (12, 0), (0, 10), (12, 10)]] == colors[::-1]
-    assert json.loads((out / "bench.json").read_text())["benchmark"] == "t2is"
-    samples, _ = load_result_samples(out, root, "t2is")
+    manifest = json.loads((out / "bench.json").read_text())
+    assert manifest["benchmark"] == "t2is" and manifest["data_root"] == str(root.resolve())
+    samples, _ = load_results(out)  # benchmark and root from bench.json
     problems = {s.key: s.problem for s in samples}
     assert problems["seed0/character/0"] is None and problems["seed0/story/0"] == "no result_path in the result file"
 
@@ -153,7 +153,7 @@ def test_metrics_on_a_tiny_judge_follow_the_published_rules(tmp_path):
     from psrl.rewards.images import to_pil_images
 
     root = make_t2is(tmp_path / "t2is")
-    records = [item.record for item in load(root).items[:2]]
+    records = [item.record for item in load_benchmark("t2is", root).items[:2]]
     g = torch.Generator().manual_seed(0)
     images = torch.rand(2, 3, 32, 32, generator=g)
     identity = T2ISConsistency(dimension="Identity", judge_size=16, path="tiny")
@@ -213,6 +213,7 @@ def test_generate_eval_compare_from_the_cli(tmp_path, capsys):
     assert "invalid entry" in rows["seed0/story/1"]["failures"]["identity"]
     summary = json.loads((out / "eval" / "summary.json").read_text())
     assert summary["benchmark"] == "t2is" and summary["subsets"] == ["character", "story"]
+    assert summary["data_root"] == str(root.resolve())  # the root the loader resolved the records under
     scored = [r["scores"]["identity"] for r in rows.values() if r["scores"]["identity"] is not None]
     assert summary["overall_rule"] == "sample_mean" and len(scored) == 3
     assert summary["overall"]["identity"]["mean"] == pytest.approx(sum(scored) / 3)

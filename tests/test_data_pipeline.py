@@ -370,10 +370,10 @@ def test_export_writes_records_and_psrbench(tmp_path):
     assert n_items == len(held)
     assert run_export(tmp_path, cfg).extra == stats.extra  # idempotent
     try:
-        from psrl.bench.psrbench import load_psrbench
+        from psrl.bench.loading import load_benchmark
     except ImportError:
         return
-    loaded = load_psrbench(bench)
+    loaded = load_benchmark("psrbench", bench)
     assert not getattr(loaded, "issues", [])
 
 

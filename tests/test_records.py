@@ -68,6 +68,17 @@ def test_load_records_resolves_under_the_data_root_else_the_file_folder(tmp_path
     assert records_root(["a prompt"]) is None and records_root(path, "/r") == records_root("x.jsonl", "/r")
 
 
+def test_local_root_is_the_path_or_a_fetched_hub_folder_with_a_one_line_error(tmp_path):
+    from psrl.data.records import local_root
+
+    assert local_root(str(tmp_path)) == tmp_path and local_root(tmp_path) == tmp_path
+    with pytest.raises(RecordError, match=r"^data_root: 'hf://org': expected hf://<org>/<dataset>") as e:
+        records_root("r.jsonl", "hf://org")  # a malformed Hub path: refused before any request
+    assert "\n" not in str(e.value)
+    with pytest.raises(RecordError, match=r"^'hf://org': expected"):
+        local_root("hf://org", what=None)  # the CLI's argparse type adds its own "argument --data-root: "
+
+
 def test_a_data_root_in_reward_or_policy_args_names_where_it_belongs():
     assert misplaced_data_root({"path": "tiny"}, "rewards.0.args") is None
     assert misplaced_data_root(None, "model.args") is None

@@ -199,6 +199,22 @@ def test_bad_requests_are_rejected_clearly(data_root):
         from_dict(ServerConfig, {"rewards": [{"name": "x"}], "hosst": "0.0.0.0"})
 
 
+@pytest.mark.unit
+def test_the_server_config_is_the_one_resolver_of_request_records(tmp_path):
+    from psrl.data.records import RecordError
+
+    sent = Record(id="r", prompt="a cat", subjects=(SubjectRef(image="refs/a.png", phrase="cat"),))
+    rooted = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "data_root": str(tmp_path)})
+    (got,) = rooted.resolve_records([sent])
+    assert got.subjects[0].image == str(tmp_path.resolve() / "refs" / "a.png") and got.root == str(tmp_path.resolve())
+    bare = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}]})
+    assert bare.resolve_records([sent]) == [sent] and bare.resolve_records([sent])[0].root is None  # as sent
+    absolute = Record(id="r", prompt="x", subjects=(SubjectRef(image=str(tmp_path / "a.png"), phrase="cat"),))
+    for cfg in (rooted, bare):
+        with pytest.raises(RecordError, match="absolute|must be relative"):
+            cfg.resolve_records([absolute])
+
+
 @pytest.mark.e2e
 def test_cli_serve_rewards(tmp_path, capsys, monkeypatch):
     import subprocess

@@ -1,8 +1,8 @@
 """The Hugging Face Hub, one helper per job, all through ``huggingface_hub`` (its token, ``HF_ENDPOINT``,
 ``HF_HUB_OFFLINE``):
 
-* ``hf://`` dataset paths for records and data roots (:func:`hub_records_file`, :func:`hub_folder`,
-  :func:`local_data_root`);
+* ``hf://`` dataset paths for records files and their folders (:func:`hub_records_file`, :func:`hub_folder`;
+  :func:`psrl.data.records.local_root` is where a data root meets them);
 * the commit a model revision resolved to, read from the local Hub cache (:func:`resolved_commit`);
 * uploading a folder as a model repository (:func:`upload_model_folder`), after :func:`check_can_push`.
 
@@ -25,7 +25,6 @@ import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -246,8 +245,7 @@ def referenced_files(text: str, base: str) -> list[str]:
     return list(found)
 
 
-@lru_cache(maxsize=64)
-def _records_file(uri: str, home: str, endpoint: str, offline: bool) -> Path:
+def _records_file(uri: str) -> Path:
     hp = parse_hf_uri(uri)
     commit = _resolve_commit(hp)
     filename = hp.path or _pick_records_file(hp, commit)
@@ -288,7 +286,14 @@ def hub_records_file(uri: str) -> Path:
     """
     from huggingface_hub import constants
 
-    return _records_file(uri, str(dataset_home()), constants.ENDPOINT, hub_offline())
+    # one commit per process, per cache folder, endpoint and offline setting (a change of any fetches again)
+    key = (uri, str(dataset_home()), constants.ENDPOINT, hub_offline())
+    if key not in _RECORDS_FILES:
+        _RECORDS_FILES[key] = _records_file(uri)
+    return _RECORDS_FILES[key]
+
+
+_RECORDS_FILES: dict[tuple[str, str, str, bool], Path] = {}
 
 
 def hub_folder(uri: str) -> Path:
@@ -313,21 +318,6 @@ def hub_folder(uri: str) -> Path:
     if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
         raise HubError(f"{hp}: the dataset has no files under {hp.path or '/'!r} at commit {commit}")
     return folder
-
-
-def local_data_root(value: str) -> str:
-    """A data root (``data.data_root``, ``eval.data_root``, ``psrl bench --data-root``) as a local folder: an
-    ``hf://`` dataset path through :func:`hub_folder` (fetched once per commit, read from the cache offline), any
-    other value unchanged.
-
-    Raises:
-        HubError: as :func:`hub_folder` (one line; offline and never fetched included).
-    """
-    if not is_hf_uri(value):
-        return value
-    folder = hub_folder(value)
-    logger.info("data root %s -> %s", value, folder)
-    return str(folder)
 
 
 def resolved_commit(repo_id: str, revision: str | None = None, repo_type: str = "model") -> str | None:
@@ -429,7 +419,6 @@ __all__ = [
     "hub_offline",
     "hub_records_file",
     "is_hf_uri",
-    "local_data_root",
     "parse_hf_uri",
     "referenced_files",
     "resolved_commit",

@@ -5,10 +5,13 @@ model or reward), its subsets and dimensions in report order, and its published 
 ``psrl/bench/assets/`` read by ``psrl bench compare --published``). The CLI, the result reader, the default metric
 sets and the reports all dispatch through here; adding a benchmark is one ``BENCHMARKS.register`` line.
 
-Loader contract: ``load(data_root, subsets, **options) -> LoadedSubsets`` (options the benchmark does not use are
-ignored, e.g. DreamBench's ``reference_index``); ``parse_entry(subset, index, entry, data_root, **kw) ->
-(Record | None, [ValidationIssue])`` reads one entry of a result file back; ``metrics(*, compat, judge_endpoint,
-judge_model, tiny) -> {dimension: DimensionSpec}`` is the default metric set.
+Loader contract (:mod:`psrl.bench.loading` calls both, the one place a root is read): ``load(root, subsets, out,
+**options) -> {subset: [entry]}`` reads a data root's entries (options the benchmark does not use are ignored, e.g.
+DreamBench's ``reference_index``; problems go to ``out.issues``); ``parse_entry(subset, index, entry, *, benchmark,
+**context) -> (Record | None, [ValidationIssue])`` is a pure function of one entry (reference paths as written,
+resolved by the loader from the entry's ``references`` key), ``context(root) -> dict`` what a parser needs from
+the root beside the entries; ``metrics(*, compat, judge_endpoint, judge_model, tiny) -> {dimension:
+DimensionSpec}`` is the default metric set.
 """
 from __future__ import annotations
 
@@ -33,6 +36,8 @@ class BenchmarkSpec:
     description: str = ""
     overall_rule: str = "subset_mean"  # how the Overall row pools subsets (psrl.bench.summary.summarize)
     summary_extras: str | None = None  # "module:attr": rows -> dict merged into summary.json
+    references: str | None = "input_path"  # the entry key of the reference paths (a list, or one path)
+    context: str | None = None  # "module:attr": root -> extra keyword arguments of parse_entry
 
     @property
     def subsets(self) -> tuple[str, ...]:
@@ -45,7 +50,7 @@ class BenchmarkSpec:
         return tuple(import_object(ref) if isinstance(ref, str) else ref)
 
     def call(self, which: str, *args, **kwargs):
-        """Call the function named by field ``which`` (``load``, ``parse_entry``, ``metrics``)."""
+        """Call the function named by field ``which`` (``load``, ``parse_entry``, ``context``, ``metrics``)."""
         return import_object(getattr(self, which))(*args, **kwargs)
 
 
@@ -57,25 +62,6 @@ def get_benchmark(name: str) -> BenchmarkSpec:
     if name not in BENCHMARKS:
         raise PsrlError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS.names())}")
     return BENCHMARKS.get(name)
-
-
-# adapters for the two benchmarks whose loaders predate the registry (their own signatures kept)
-def _load_psrbench(data_root, subsets=None, **_):
-    from psrl.bench.psrbench import load_psrbench
-
-    return load_psrbench(data_root, subsets)
-
-
-def _load_dreambench(data_root, subsets=None, *, reference_index=0, **_):
-    from psrl.bench.dreambench import load_dreambench
-
-    return load_dreambench(data_root, subjects=subsets, reference_index=reference_index)
-
-
-def _parse_psrbench_like(subset, index, entry, data_root, **kw):
-    from psrl.bench.psrbench import parse_entry
-
-    return parse_entry(subset, index, entry, data_root, **kw)
 
 
 def _psrbench_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):
@@ -117,33 +103,34 @@ def _register_builtin() -> None:
         PSRBENCH_SUBSET_NAMES,
     )
 
-    here = __name__
+    here, load, psr = __name__, "psrl.bench.loading", "psrl.bench.psrbench:parse_entry"
     BENCHMARKS.register("psrbench", BenchmarkSpec(
-        "psrbench", PSRBENCH_SUBSET_NAMES, PSRBENCH_DIMENSIONS, f"{here}:_load_psrbench",
-        f"{here}:_parse_psrbench_like", f"{here}:_psrbench_metrics", "psr_published.json",
+        "psrbench", PSRBENCH_SUBSET_NAMES, PSRBENCH_DIMENSIONS, f"{load}:read_psrbench", psr,
+        f"{here}:_psrbench_metrics", "psr_published.json",
         "PSRBench (arXiv 2512.01236): 7 subsets, subject consistency / semantic alignment / aesthetics"))
     BENCHMARKS.register("dreambench", BenchmarkSpec(
-        "dreambench", DREAMBENCH_SUBSETS, DREAMBENCH_DIMENSIONS, f"{here}:_load_dreambench",
-        f"{here}:_parse_psrbench_like", f"{here}:_dreambench_metrics", None,
+        "dreambench", DREAMBENCH_SUBSETS, DREAMBENCH_DIMENSIONS, f"{load}:read_dreambench", psr,
+        f"{here}:_dreambench_metrics", None,
         "DreamBench (arXiv 2208.12242): DINO / CLIP-I / CLIP-T"))
     BENCHMARKS.register("pocket", BenchmarkSpec(
-        "pocket", PSRBENCH_SUBSET_NAMES, POCKET_DIMENSIONS, f"{here}:_load_psrbench",
-        f"{here}:_parse_psrbench_like", f"{here}:_pocket_metrics", None,
+        "pocket", PSRBENCH_SUBSET_NAMES, POCKET_DIMENSIONS, f"{load}:read_psrbench", psr,
+        f"{here}:_pocket_metrics", None,
         "PocketBench (psrl world make): PSRBench's format on the pocket world's held-out subjects, scored by "
         "pocket_subjects: subject consistency / semantic alignment / fidelity"))
     t2is = "psrl.bench.t2is"
     BENCHMARKS.register("t2is", BenchmarkSpec(
-        "t2is", f"{t2is}:T2IS_SUBSETS", f"{t2is}:T2IS_DIMENSIONS", f"{t2is}:load", f"{t2is}:parse_entry",
+        "t2is", f"{t2is}:T2IS_SUBSETS", f"{t2is}:T2IS_DIMENSIONS", f"{load}:read_t2is", f"{t2is}:parse_entry",
         f"{t2is}:default_metrics", "t2is_published.json",
         "T2IS-Bench (arXiv 2506.23275): image sets from grid prompts",
-        overall_rule="sample_mean"))  # T2IS-Eval averages over all cases
+        overall_rule="sample_mean", references=None,  # T2IS-Eval averages over all cases; no reference images
+        context=f"{load}:t2is_context"))
     gedit = "psrl.bench.gedit"
     for lang, name, table in (("en", "gedit", "gedit_published.json"), ("cn", "gedit-cn", "gedit_cn_published.json")):
         BENCHMARKS.register(name, BenchmarkSpec(
-            name, f"{gedit}:GEDIT_GROUPS", f"{gedit}:GEDIT_DIMENSIONS", f"{gedit}:load_{lang}",
+            name, f"{gedit}:GEDIT_GROUPS", f"{gedit}:GEDIT_DIMENSIONS", f"{load}:read_gedit_{lang}",
             f"{gedit}:parse_entry", f"{gedit}:default_metrics", table,
             f"GEdit-Bench (arXiv 2504.17761), {lang.upper()} instructions: VIEScore SC / PQ / O",
-            summary_extras=f"{gedit}:summary_extras"))
+            summary_extras=f"{gedit}:summary_extras", references="input_image"))
 
 
 _register_builtin()

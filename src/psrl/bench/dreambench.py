@@ -9,17 +9,14 @@ sorted image list, default the first). Original protocol: 4 images per prompt ->
 
 The entries are PSRBench-shaped (``instruction``, ``input_path``, ``category1``, plus ``subject`` and
 ``prompt_index``) and grouped in two subsets, ``object`` and ``live``; result files are ``object.json`` /
-``live.json``, so generation, evaluation and reports are shared with PSRBench.
+``live.json``, so generation, evaluation and reports are shared with PSRBench. The folder is read by
+:func:`psrl.bench.loading.read_dreambench` (``load_benchmark("dreambench", root)``).
 """
 from __future__ import annotations
 
 import json
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
-
-from psrl.bench.items import ValidationIssue
-from psrl.bench.psrbench import LoadedSubsets, add_entries, open_root
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -37,53 +34,10 @@ def dreambench_prompts(subject: str) -> list[str]:
     return [t.format(cls) for t in templates]
 
 
-def load_dreambench(data_root: str | Path, *, subjects: list[str] | None = None, reference_index: int | str = 0,
-                    check_files: bool = True) -> LoadedSubsets:
-    """Build the DreamBench entries from the dataset folder. Missing subjects, subjects without images, unknown
-    subject folders and an out-of-range ``reference_index`` are issues (the entry is kept with its problem).
-
-    ``reference_index="all"`` lists every real image of the subject as a reference: DINO / CLIP-I are then the
-    mean cosine to all real images, the original DreamBooth protocol (policies get all of them as references)."""
-    root, out = open_root(data_root)
-    if out.issues:
-        return out
-    spec = dreambench_spec()
-    wanted = list(subjects) if subjects else list(spec["classes"])
-    for name in wanted:
-        if name not in spec["classes"]:
-            out.issues.append(ValidationIssue(name, None, "subject", "unknown DreamBench subject"))
-    if not subjects:
-        for child in sorted(root.iterdir()):
-            if child.is_dir() and child.name not in spec["classes"] and not child.name.startswith("."):
-                out.issues.append(ValidationIssue(child.name, None, "subject",
-                                                  f"folder {child} is not a DreamBench subject"))
-    entries: dict[str, list] = {"object": [], "live": []}
-    for subject in wanted:
-        if subject not in spec["classes"]:
-            continue
-        folder = root / subject
-        images = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) \
-            if folder.is_dir() else []
-        if not images:
-            out.issues.append(ValidationIssue(subject, None, "folder", f"no reference images in {folder}"))
-        elif reference_index == "all":
-            refs = [f"{subject}/{name}" for name in images]
-        elif not 0 <= int(reference_index) < len(images):
-            out.issues.append(ValidationIssue(subject, None, "reference_index",
-                                              f"{reference_index} out of range for {len(images)} image(s)"))
-            refs = [f"{subject}/{images[0]}"]
-        else:
-            refs = [f"{subject}/{images[int(reference_index)]}"]
-        if not images:
-            refs = [f"{subject}/missing.jpg"]
-        subset = "live" if subject in spec["live_subjects"] else "object"
-        cls = spec["classes"][subject]
-        for k, prompt in enumerate(dreambench_prompts(subject)):
-            entry = {"instruction": prompt, "input_path": list(refs)}
-            entry.update({f"category{i}": cls for i in range(1, len(refs) + 1)})
-            entries[subset].append({**entry, "subject": subject, "prompt_index": k})
-    for subset, data in entries.items():
-        if data:
-            out.raw[subset] = data
-            add_entries(out, subset, data, root, check_files=check_files, benchmark="dreambench")
-    return out
+def dreambench_entries(subject: str, refs: list[str]) -> list[dict]:
+    """The subject's 25 (or 20) entries in PSRBench's shape, ``refs`` its reference paths relative to the root
+    (one, or every image with ``reference_index="all"``: DINO / CLIP-I are then the mean cosine to all real images,
+    the original DreamBooth protocol, and policies get all of them as references)."""
+    cls = dreambench_spec()["classes"][subject]
+    return [{"instruction": prompt, "input_path": list(refs), **{f"category{i}": cls for i in range(1, len(refs) + 1)},
+             "subject": subject, "prompt_index": k} for k, prompt in enumerate(dreambench_prompts(subject))]

@@ -8,7 +8,8 @@ Data root (what :func:`export_gedit` writes from the HF dataset ``stepfun-ai/GEd
                                                             instruction_language, Intersection_exist, input_image}
     <root>/fullset/<task_type>/<language>/<key>_SRCIMG.png  source images (``input_image`` is this path)
 
-Subsets are the eleven task groups (:data:`GEDIT_GROUPS`); one benchmark holds one instruction language.
+Subsets are the eleven task groups (:data:`GEDIT_GROUPS`); one benchmark holds one instruction language. The
+metadata is read by :func:`psrl.bench.loading.read_gedit_en` / ``read_gedit_cn``.
 
 Scoring (stepfun-ai/Step1X-Edit ``GEdit-Bench/test_gedit_score.py`` and ``calculate_statistics.py``, read at the
 fork svjack/Step1X-Edit@eda7f42; VIEScore ``task="tie"``, TIGER-AI-Lab/VIEScore@2cbea4e ``viescore/__init__.py``,
@@ -27,11 +28,10 @@ published numbers used GPT-4.1 or Qwen2.5-VL-72B-Instruct-AWQ as judge.
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
-from psrl.bench.items import ValidationIssue, check_image
+from psrl.bench.items import ValidationIssue
 from psrl.errors import PsrlError
 
 GEDIT_GROUPS: tuple[str, ...] = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human",
@@ -68,10 +68,11 @@ def export_gedit(rows, root: str | Path) -> Path:
     return root / METADATA
 
 
-def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files: bool = True, **_):
+def parse_entry(subset: str, index: int, entry, **_):
     """Validate one entry and build its record: the instruction as prompt, the source image as the one subject
-    (what editing policies condition on). Fatal: not an object, no instruction, no usable source path."""
-    from psrl.data.records import Record, RecordError, SubjectRef, resolve_under
+    (what editing policies condition on), as ``input_image`` writes it (:mod:`psrl.bench.loading` resolves it
+    under the data root). Fatal: not an object, no instruction, no source path."""
+    from psrl.data.records import Record, SubjectRef
 
     if not isinstance(entry, dict):
         return None, [ValidationIssue(subset, index, "entry", f"expected a JSON object, got {type(entry).__name__}")]
@@ -87,13 +88,6 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
     src = entry.get("input_image")
     if not isinstance(src, str) or not src:
         bad("input_image", f"must be a path relative to the data root, got {src!r}")
-    else:
-        try:
-            full = resolve_under(data_root, src, what="input_image")
-            if check_files and (problem := check_image(full)):
-                bad("input_image", problem)
-        except RecordError as e:
-            bad("input_image", str(e))
     if not isinstance(entry.get("Intersection_exist"), bool):
         bad("Intersection_exist", f"must be true or false, got {entry.get('Intersection_exist')!r}")
     if any(i.field in ("instruction", "input_image") for i in issues):
@@ -101,49 +95,8 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, *, check_files:
     lang = entry.get("instruction_language")
     tags = {"benchmark": "gedit" if lang == "en" else "gedit-cn", "subset": subset, "index": index, "key": key,
             "language": lang, "intersection": entry.get("Intersection_exist")}
-    # resolved here, where the entry is loaded, as every benchmark's records are (the metric takes no root)
-    record = Record(id=f"{subset}/{index}", prompt=instruction,
-                    subjects=(SubjectRef(image=str(full), phrase="source image"),), tags=tags,
-                    root=str(Path(data_root).resolve()))
-    return record, issues
-
-
-def _load(data_root, subsets, language: str):
-    from psrl.bench.psrbench import add_groups, check_subset_names, open_root
-
-    root, out = open_root(data_root)
-    if out.issues:
-        return out
-    path = root / METADATA
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        out.issues.append(ValidationIssue("*", None, "file", f"{path}: cannot read JSON: {e}"))
-        return out
-    if not isinstance(data, list):
-        out.issues.append(ValidationIssue("*", None, "file", f"{path}: expected a JSON list"))
-        return out
-    check_subset_names(out, subsets, GEDIT_GROUPS, what="task group")
-    raw: dict[str, list] = {g: [] for g in GEDIT_GROUPS}
-    for i, entry in enumerate(data):
-        group = entry.get("task_type") if isinstance(entry, dict) else None
-        if group not in raw:
-            out.issues.append(ValidationIssue("*", None, f"[{i}].task_type", f"{path}: {group!r} is not a "
-                                                                            f"GEdit-Bench task group"))
-        elif entry.get("instruction_language") == language:
-            raw[group].append(entry)
-    add_groups(out, raw, subsets, root, parse_entry)
-    return out
-
-
-def load_en(data_root, subsets=None, **_):
-    """The English-instruction entries of the root, per task group."""
-    return _load(data_root, subsets, "en")
-
-
-def load_cn(data_root, subsets=None, **_):
-    """The Chinese-instruction entries of the root, per task group."""
-    return _load(data_root, subsets, "cn")
+    return Record(id=f"{subset}/{index}", prompt=instruction, subjects=(SubjectRef(image=src, phrase="source image"),),
+                  tags=tags), issues
 
 
 def intersection_summary(rows, dimensions=GEDIT_DIMENSIONS) -> dict:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from psrl.bench.items import BenchItem
-from psrl.bench.psrbench import LoadedSubsets, export_subset
+from psrl.bench.items import BenchItem, LoadedSubsets
+from psrl.bench.psrbench import export_subset
 from psrl.bench.results import MANIFEST, image_path, read_manifest, result_json_path
 from psrl.sharding import Shard
 from psrl.errors import PsrlError

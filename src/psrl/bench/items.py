@@ -1,7 +1,8 @@
-"""Benchmark items shared by PSRBench and DreamBench: one entry of a subset file, its record, validation issues."""
+"""Benchmark items shared by every benchmark: one entry of a subset file, its record, validation issues, and a
+loaded benchmark (:class:`LoadedSubsets`, what :mod:`psrl.bench.loading` returns)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from psrl.data.records import Record
@@ -37,6 +38,22 @@ class ValidationIssue:
 
     def to_json(self) -> dict:
         return {"subset": self.subset, "index": self.index, "field": self.field, "message": self.message}
+
+
+@dataclass
+class LoadedSubsets:
+    """Items of every readable entry (in subset order, then index), all issues found, and ``source``: the data root
+    the records were resolved against (``None`` when it is not a directory; provenance for ``bench.json``)."""
+
+    items: list[BenchItem] = field(default_factory=list)
+    issues: list[ValidationIssue] = field(default_factory=list)
+    # the raw lists as read (to write result files back with the same entries, in the same order)
+    raw: dict[str, list] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    source: str | None = None
+
+    def problems_of(self, key: str) -> list[ValidationIssue]:
+        return [i for i in self.issues if i.index is not None and f"{i.subset}/{i.index}" == key]
 
 
 def sample_key(subset: str, index: int, seed: int) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from psrl.bench.evaluate import EVAL_CONFIG, EvalStats, evaluate_samples, read_sample_rows
 from psrl.bench.provenance import config_hash, package_versions
 from psrl.bench.report import write_report
-from psrl.bench.results import ResultSample, benchmark_subsets
+from psrl.bench.results import ROOT_KEY, ResultSample, benchmark_subsets
 from psrl.sharding import Shard
 from psrl.bench.summary import dimension_outcomes, summarize
 from psrl.bench.tasks import DimensionSpec
@@ -30,8 +30,9 @@ def eval_and_report(samples: Sequence[ResultSample], out_dir: str | Path, metric
                     device: str = "cpu", shard: Shard | None = None, retry_failed: bool = False,
                     report: bool = True, title: str | None = None,
                     progress: Callable[[int, int], None] | None = None) -> tuple[EvalStats, dict | None]:
-    """Evaluate ``samples`` (:func:`psrl.bench.results.load_result_samples`: records resolved at load) into
-    ``out_dir`` and (rank 0) write the summary and reports."""
+    """Evaluate ``samples`` (:func:`psrl.bench.loading.load_results`: records resolved at load) into ``out_dir``
+    and (rank 0) write the summary and reports, whose provenance names the root the records were resolved
+    against (``Record.root``)."""
     shard = shard or Shard()
     stats = evaluate_samples(samples, out_dir, metrics, benchmark=benchmark, batch_size=batch_size, device=device,
                              shard=shard, retry_failed=retry_failed, progress=progress)
@@ -41,17 +42,17 @@ def eval_and_report(samples: Sequence[ResultSample], out_dir: str | Path, metric
         stats.outcomes = dimension_outcomes(rows, list(metrics))
     summary = None
     if shard.is_main and report:
-        root = next((s.item.record.root for s in samples if s.item.record is not None), None)
+        source = next((s.item.record.root for s in samples if s.item.record is not None), None)
         summary = report_from_dir(out_dir, title=title or f"{benchmark}: {Path(results_dir)}",
-                                  results_dir=results_dir, keys={s.key for s in samples}, records_root=root)
+                                  results_dir=results_dir, keys={s.key for s in samples}, source=source)
     return stats, summary
 
 
 def report_from_dir(eval_dir: str | Path, *, title: str | None = None, results_dir: str | Path | None = None,
                     keys: set[str] | None = None, gallery_per_subset: int = 12,
-                    records_root: str | None = None) -> dict:
-    """Summary and reports from an eval folder's ``samples.jsonl`` and ``eval_config.json``. ``records_root`` (the
-    root the records were resolved against) is provenance only; without it a rebuilt report keeps the previous
+                    source: str | None = None) -> dict:
+    """Summary and reports from an eval folder's ``samples.jsonl`` and ``eval_config.json``. ``source`` (where the
+    scored records were loaded from) is provenance only; without it a rebuilt report keeps the previous
     summary's."""
     eval_dir = Path(eval_dir)
     cfg_path = eval_dir / EVAL_CONFIG
@@ -59,8 +60,8 @@ def report_from_dir(eval_dir: str | Path, *, title: str | None = None, results_d
         raise PsrlError(f"{eval_dir} is not an evaluation folder (no {EVAL_CONFIG})")
     cfg = json.loads(cfg_path.read_text())
     previous = eval_dir / "summary.json"
-    if records_root is None and previous.is_file():  # `psrl bench report DIR` keeps the eval's provenance
-        records_root = json.loads(previous.read_text()).get("data_root")
+    if source is None and previous.is_file():  # `psrl bench report DIR` keeps the eval's provenance
+        source = json.loads(previous.read_text()).get(ROOT_KEY)
     rows = list(read_sample_rows(eval_dir).values())
     if keys is not None:
         rows = [r for r in rows if r["key"] in keys]
@@ -73,7 +74,7 @@ def report_from_dir(eval_dir: str | Path, *, title: str | None = None, results_d
     dims = sorted(cfg["config"]["metrics"], key=lambda d: (known.index(d) if d in known else len(known), d))
     provenance = {"config_hash": config_hash(cfg["config"]), "config": cfg["config"], "versions": package_versions(),
                   "results": str(results_dir) if results_dir else None,
-                  "data_root": str(records_root) if records_root else None}
+                  ROOT_KEY: source}
     spec = get_benchmark(benchmark)
     summary = summarize(rows, benchmark=benchmark, dimensions=dims, subsets=benchmark_subsets(benchmark),
                         provenance=provenance, overall_rule=spec.overall_rule)

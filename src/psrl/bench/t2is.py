@@ -31,7 +31,8 @@ Scoring rules (chengyou-jia/T2IS@ab4974a ``T2IS_Eval/``):
   (default LAION aesthetic predictor / 10; change it with ``--set``).
 
 Image sets of another model saved one file per image (T2IS-Eval's ``<case id>_<NNNN>.png``) become a result folder
-with :func:`import_image_sets` (each set tiled into its grid).
+with :func:`import_image_sets` (each set tiled into its grid). The files are read by
+:func:`psrl.bench.loading.read_t2is` and :func:`~psrl.bench.loading.t2is_context`.
 
 Per-cell sub-prompts follow PaCo's ``divide_prompt`` (:func:`psrl.data.grid_prompt.divide_prompt`: split at
 ``[TOP-LEFT]:``-style markers, the first chunk is the theme); cells are cut in row-major order
@@ -39,8 +40,6 @@ Per-cell sub-prompts follow PaCo's ``divide_prompt`` (:func:`psrl.data.grid_prom
 """
 from __future__ import annotations
 
-import json
-from functools import lru_cache
 from pathlib import Path
 
 from psrl.bench.items import ValidationIssue
@@ -61,25 +60,11 @@ T2IS_JUDGE = "Qwen/Qwen2.5-VL-7B-Instruct"
 CONSISTENCY_QUESTION = "Do images meet the following criteria? {criterion} Please answer Yes or No."
 VQASCORE_QUESTION = 'Does this figure show "{text}"? Please answer yes or no.'
 
-@lru_cache(maxsize=8)
-def _alignment_file(path: str, mtime: float) -> dict | str:
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"{path}: cannot read JSON: {e}"
-    return data if isinstance(data, dict) else f"{path}: expected a JSON object of case id -> criteria"
-
-
-def alignment_criteria(data_root: Path) -> dict | str | None:
-    """``prompt_alignment.json`` of the root (``None`` when absent, the problem as a string when unreadable)."""
-    path = Path(data_root) / ALIGNMENT_FILE
-    return _alignment_file(str(path.resolve()), path.stat().st_mtime) if path.is_file() else None
-
-
-def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
-    """Validate one line and build its record (no subjects: a text-to-image task). Fatal: no prompt, no grid, no
-    criteria object. Prompt-alignment criteria missing or not one list per cell are issues; the record is kept
-    and the alignment dimensions are NaN with the reason."""
+def parse_entry(subset: str, index: int, entry, *, alignment: dict | str | None = None, **_):
+    """Validate one line and build its record (no subjects: a text-to-image task). ``alignment``: the root's
+    ``prompt_alignment.json`` (:func:`psrl.bench.loading.t2is_context`; ``None`` when absent, the problem as a
+    string when unreadable). Fatal: no prompt, no grid, no criteria object. Prompt-alignment criteria missing or
+    not one list per cell are issues; the record is kept and the alignment dimensions are NaN with the reason."""
     from psrl.data.records import Record
 
     issues: list[ValidationIssue] = []
@@ -104,8 +89,7 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
         return None, issues
     n = grid[0] * grid[1]
     chunks, _ = divide_prompt(prompt)
-    alignment = None
-    table = alignment_criteria(data_root)
+    table, alignment = alignment, None
     if isinstance(table, str):
         bad("prompt_alignment", table)
     elif table is not None:
@@ -122,54 +106,25 @@ def parse_entry(subset: str, index: int, entry, data_root: Path, **_):
     return Record(id=f"{subset}/{index}", prompt=prompt, tags=tags), issues
 
 
-def load(data_root, subsets=None, **_):
-    """Read ``<root>/test_metadata.jsonl`` into per-category subsets (unknown categories and bad lines are issues)."""
-    from psrl.bench.psrbench import add_groups, check_subset_names, open_root
-
-    root, out = open_root(data_root)
-    if out.issues:
-        return out
-    path = root / PROMPTS_FILE
-    if not path.is_file():
-        out.issues.append(ValidationIssue("*", None, "file", f"T2IS prompt file not found: {path}"))
-        return out
-    check_subset_names(out, subsets, T2IS_SUBSETS)
-    raw: dict[str, list] = {s: [] for s in T2IS_SUBSETS}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.issues.append(ValidationIssue("*", None, f"line {lineno}", f"{path}: not JSON: {e}"))
-            continue
-        slug = CATEGORY_SLUGS.get(entry.get("category")) if isinstance(entry, dict) else None
-        if slug is None:
-            out.issues.append(ValidationIssue("*", None, f"line {lineno}", f"{path}: category "
-                                              f"{entry.get('category') if isinstance(entry, dict) else entry!r} "
-                                              f"is not one of {sorted(CATEGORY_SLUGS)}"))
-            continue
-        raw[slug].append(entry)
-    add_groups(out, raw, subsets, root, parse_entry)
-    return out
-
-
-def import_image_sets(images_dir, data_root, out_dir, *, seed: int = 0, suffixes=(".png", ".jpg", ".jpeg")) -> dict:
+def import_image_sets(images_dir, data, out_dir, *, seed: int = 0, suffixes=(".png", ".jpg", ".jpeg")) -> dict:
     """Turn image sets saved one file per image, T2IS-Eval's layout (``<case id>_<NNNN>.<ext>``, ordered by the
     trailing number; chengyou-jia/T2IS@ab4974a ``T2IS_Eval/test_prompt_consistency.py``), into a psrl result
     folder ``psrl bench eval`` reads: each complete set tiled row-major into the entry's grid (every image resized
     to the first one's size) at ``<out>/seed<seed>/<subset>/<index>.png``, the result files and ``bench.json``.
 
-    A set with another number of images than its grid has cells gets no image (evaluation counts it as missing).
-    Returns ``{"imported": n, "incomplete": {case: found}, "missing": [case, ...]}``."""
+    ``data``: the benchmark as loaded (``load_benchmark("t2is", root)``); ``bench.json`` names its source. A set
+    with another number of images than its grid has cells gets no image (evaluation counts it as missing).
+    Returns ``{"imported": n, "incomplete": {case: found}, "missing": [case, ...]}``; ``PsrlError`` when ``data``
+    was loaded from no folder."""
     from PIL import Image
 
     from psrl.bench.generate import write_result_files
-    from psrl.bench.results import MANIFEST, image_path, read_manifest
+    from psrl.bench.results import MANIFEST, image_path, read_manifest, result_manifest
     from psrl.fileio import write_json_atomic
     from psrl.images import load_image, save_image
 
-    data = load(data_root)
+    if data.source is None:
+        raise PsrlError("; ".join(str(i) for i in data.issues) or "the T2IS-Bench entries come from no folder")
     images_dir, out_dir = Path(images_dir), Path(out_dir)
     if not images_dir.is_dir():
         raise PsrlError(f"image folder not found: {images_dir}")
@@ -198,8 +153,8 @@ def import_image_sets(images_dir, data_root, out_dir, *, seed: int = 0, suffixes
         save_image(grid, image_path(out_dir, seed, item.subset, item.index))
         report["imported"] += 1
     write_result_files(data, out_dir, [seed], absolute_paths=True)
-    manifest = {**read_manifest(out_dir), "benchmark": "t2is", "data_root": str(Path(data_root).resolve()),
-                "seeds": [seed], "imported_from": str(images_dir.resolve())}
+    manifest = {**read_manifest(out_dir), **result_manifest("t2is", data.source, seeds=[seed],
+                                                            imported_from=str(images_dir.resolve()))}
     write_json_atomic(out_dir / MANIFEST, manifest)
     return report
 

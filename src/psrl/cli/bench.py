@@ -118,11 +118,11 @@ def add_parser(sub) -> None:
 def data_root_arg(text: str) -> str:
     """argparse type of ``--data-root``: a folder, or an ``hf://[datasets/]<org>/<name>[@revision][/folder]``
     dataset fetched with ``snapshot_download(allow_patterns=...)`` into the local cache (its local path)."""
-    from psrl.hub import HubError, local_data_root
+    from psrl.data.records import RecordError, local_root
 
     try:
-        return local_data_root(text)
-    except HubError as e:
+        return str(local_root(text, what=None))
+    except RecordError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
@@ -150,10 +150,10 @@ def _benchmark_args(p, default: str | None = "psrbench") -> None:
 
 
 def _load(args):
-    from psrl.bench.benchmarks import get_benchmark
+    from psrl.bench.loading import load_benchmark
 
-    return get_benchmark(args.benchmark).call("load", args.data_root, args.subsets,
-                                              reference_index=getattr(args, "reference_index", 0))
+    return load_benchmark(args.benchmark, args.data_root, args.subsets,
+                          reference_index=getattr(args, "reference_index", 0))
 
 
 def cmd_validate(args) -> int:
@@ -209,6 +209,7 @@ def _generate_config(args):
 def cmd_generate(args) -> int:
     from psrl.bench.generate import generate_benchmark, plan_entries
     from psrl.bench.provenance import package_versions
+    from psrl.bench.results import result_manifest
     from psrl.sharding import shard_from_env
     from psrl.config import to_dict
     from psrl.models.lora import lora_config_for_file
@@ -233,11 +234,10 @@ def cmd_generate(args) -> int:
     policy = build_policy(model_cfg, device)  # the entries' reference paths come resolved by the loader
     if lora is not None:
         policy.load_lora(lora)
-    manifest = {"benchmark": args.benchmark, "data_root": str(Path(args.data_root).resolve()),
-                "model": to_dict(model_cfg), "sampling": to_dict(sampling),
-                "lora": str(lora.resolve()) if lora is not None else None,
-                "reference_index": args.reference_index if args.benchmark == "dreambench" else None,
-                "versions": package_versions()}
+    manifest = result_manifest(args.benchmark, data.source, model=to_dict(model_cfg), sampling=to_dict(sampling),
+                               lora=str(lora.resolve()) if lora is not None else None,
+                               reference_index=args.reference_index if args.benchmark == "dreambench" else None,
+                               versions=package_versions())
     bar = _progress(shard, "generate")
     stats = generate_benchmark(policy, data, args.out, seeds=args.seeds, sampling=sampling,
                                batch_size=args.batch_size, shard=shard, skip_invalid=args.skip_invalid,
@@ -282,17 +282,18 @@ def _metrics(args, benchmark: str):
 
 
 def cmd_eval(args) -> int:
+    from psrl.bench.loading import load_results
     from psrl.bench.pipeline import eval_and_report
-    from psrl.bench.results import load_result_samples, resolve_benchmark_and_root
+    from psrl.bench.results import read_manifest
     from psrl.sharding import shard_from_env
 
-    benchmark, data_root = resolve_benchmark_and_root(args.results, args.benchmark, args.data_root)
+    benchmark = args.benchmark or read_manifest(args.results).get("benchmark") or "psrbench"
     metrics = _metrics(args, benchmark)
+    # records resolved once, here (reference paths absolute from now on); the root defaults to bench.json's
+    samples, issues = load_results(args.results, benchmark=benchmark, data_root=args.data_root,
+                                   subsets=args.subsets if benchmark != "dreambench" else None)  # (subjects there)
     out = args.out or str(Path(args.results) / ("eval_compat" if args.psrbench_compat else "eval"))
     shard = shard_from_env()
-    # records resolved once, here (reference paths absolute from now on)
-    samples, issues = load_result_samples(args.results, data_root, benchmark,
-                                          args.subsets if benchmark != "dreambench" else None)
     if shard.is_main:
         for issue in issues:
             log.warning("result file issue: %s", issue)

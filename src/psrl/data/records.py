@@ -154,11 +154,31 @@ def resolve_records(records: Iterable[Record], root: str | Path, *, source: str 
     return out
 
 
+def local_root(value: str | Path, *, what: str | None = "data_root") -> Path:
+    """A data root as a local folder: an ``hf://[datasets/]<org>/<name>[@revision][/folder]`` dataset folder is
+    fetched once per commit (:func:`psrl.hub.hub_folder`; read from the cache offline), any other value is the
+    path itself.
+
+    Raises:
+        RecordError: the Hub path is malformed, cannot be fetched, or was never fetched while offline (one line
+            naming it, after ``what``).
+    """
+    if isinstance(value, str) and value.startswith("hf://"):
+        from psrl.hub import HubError, hub_folder
+
+        try:
+            return hub_folder(value)
+        except HubError as e:
+            raise RecordError(f"{what}: {e}" if what else str(e)) from None
+    return Path(value)
+
+
 def records_root(source: str | Path | Sequence[str] | None, data_root: str | Path | None = None) -> Path | None:
-    """The folder a records source's image paths are relative to: ``data_root`` when given, else the records
-    file's folder; ``None`` for inline prompts (they have no images)."""
+    """The folder a records source's image paths are relative to: ``data_root`` when given (an ``hf://`` folder
+    fetched, :func:`local_root`), else the records file's folder; ``None`` for inline prompts (they have no
+    images)."""
     if data_root:
-        return Path(data_root)
+        return local_root(data_root)
     if isinstance(source, (str, Path)):
         return Path(source).resolve().parent
     return None

@@ -73,7 +73,6 @@ class BaseTrainer:
         if resume and not cfg.run.name:
             raise PsrlError("--resume needs the run's name (run.name or --run-name) to find its checkpoints")
         check_tracker(cfg.run.tracker)
-        _fetch_hub_roots(cfg)
         self.full_finetune = check_full_finetune(cfg, args)
         if getattr(cfg.run, "push_to_hub", False):
             _check_push(cfg.run.hub_model_id or cfg.run.name or "run")
@@ -337,23 +336,6 @@ def wants_progress(progress: bool | None, stream=None) -> bool:
         return bool(progress)
     stream = sys.stderr if stream is None else stream
     return bool(getattr(stream, "isatty", lambda: False)())
-
-
-def _fetch_hub_roots(cfg) -> None:
-    """``data.data_root`` / ``eval.data_root`` given as ``hf://`` dataset folders are fetched now, before the run
-    directory exists, and replaced by their local copies (the commit is part of the path); offline and never
-    fetched is a one-line :class:`~psrl.config.ConfigError`."""
-    from psrl.config import ConfigError
-    from psrl.hub import HubError, is_hf_uri, local_data_root
-
-    for section in ("data", "eval"):
-        part = getattr(cfg, section, None)
-        root = getattr(part, "data_root", None)
-        if is_hf_uri(root):
-            try:
-                part.data_root = local_data_root(root)
-            except HubError as e:
-                raise ConfigError(f"{section}.data_root: {e}") from None
 
 
 def check_full_finetune(cfg, args) -> bool:

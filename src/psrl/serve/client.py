@@ -11,7 +11,7 @@ message. Images travel as PNG.
 
 Records travel as their JSON (:meth:`psrl.data.records.Record.to_json`): reference paths relative to the data root
 the records were resolved against where they were loaded, never absolute. The server resolves them under its own
-``data_root`` (:class:`psrl.serve.config.ServerConfig`), so the same files must sit under both roots (the same
+root (:meth:`psrl.serve.config.ServerConfig.resolve_records`), so the same files must sit under both roots (the same
 dataset copied, or one shared folder); the client never sends a root, and the server never opens a path outside
 its own.
 """

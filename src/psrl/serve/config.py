@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, parse_override
-from psrl.data.records import misplaced_data_root
+from psrl.data.records import Record, RecordError, misplaced_data_root, resolve_records
 from psrl.errors import PsrlError
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,24 @@ class ServerConfig:
         if not self.api_key_env:
             return None
         return os.environ.get(self.api_key_env) or None
+
+    def resolve_records(self, records: list[Record]) -> list[Record]:
+        """Request records with their image paths resolved under ``data_root`` (the client sent them relative to
+        its own root): the server's one resolver. Without a root they stay as sent, and a reward that reads
+        references gives those samples NaN with the reason ("not resolved").
+
+        Raises:
+            RecordError: an absolute path (a client never chooses which files the server opens) or, with a root,
+                one that escapes it (422).
+        """
+        if self.data_root:
+            return resolve_records(records, self.data_root, source="records")
+        for i, r in enumerate(records):
+            for path in [s.image for s in r.subjects] + [r.target]:
+                if path and Path(path).is_absolute():
+                    raise RecordError(f"records[{i}]: image path {path!r} is absolute; send paths relative to the "
+                                      "data root")
+        return records
 
 
 def read_key_file(path: str | Path) -> str:

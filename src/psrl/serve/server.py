@@ -19,12 +19,11 @@ import asyncio
 import hmac
 import json
 import logging
-from pathlib import Path
 
 import torch
 from fastapi import Request  # module level: FastAPI resolves the (postponed) annotation in this module's globals
 
-from psrl.data.records import Record, RecordError, resolve_records
+from psrl.data.records import Record, RecordError
 from psrl.rewards.base import RewardOutput, build_reward
 from psrl.images import pil_to_tensor
 from psrl.serve.config import ServedReward, ServerConfig, check_bind, is_loopback, load_server_config, url_host
@@ -33,7 +32,7 @@ from psrl.serve.wire import TooLarge, decode_png, join_outputs, output_to_json, 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Batcher", "ServedReward", "ServerConfig", "TooLarge", "build_rewards", "check_bind", "create_app",
-           "is_loopback", "load_server_config", "parse_request", "resolve_request_records", "serve"]
+           "is_loopback", "load_server_config", "parse_request", "serve"]
 
 
 class Batcher:
@@ -138,25 +137,6 @@ def build_rewards(cfg: ServerConfig) -> dict:
     return rewards
 
 
-def resolve_request_records(records: list[Record], cfg: ServerConfig) -> list[Record]:
-    """Request records with their image paths resolved under the server's ``data_root`` (the client sent them
-    relative to its own root). Without a root they stay as sent, and a reward that reads references gives those
-    samples NaN with the reason ("not resolved").
-
-    Raises:
-        RecordError: an absolute path (a client never chooses which files the server opens) or, with a root, one
-            that escapes it (422).
-    """
-    if cfg.data_root:
-        return resolve_records(records, cfg.data_root, source="records")
-    for i, r in enumerate(records):
-        for path in [s.image for s in r.subjects] + [r.target]:
-            if path and Path(path).is_absolute():
-                raise RecordError(f"records[{i}]: image path {path!r} is absolute; send paths relative to the "
-                                  "data root")
-    return records
-
-
 def parse_request(body: bytes, cfg: ServerConfig) -> tuple[list, list[Record]]:
     """A ``/score`` body -> ``(images [3, H, W] float in [0, 1], records)``, checking the limits in the order that
     costs least: the image count and text lengths before any image is decoded, each image's pixel count before its
@@ -165,7 +145,7 @@ def parse_request(body: bytes, cfg: ServerConfig) -> tuple[list, list[Record]]:
     Raises:
         TooLarge: an image over ``max_pixels`` (413).
         ValueError, KeyError, TypeError, RecordError: anything else wrong with the request (422), an image path
-            outside the server's data root included (:func:`resolve_request_records`).
+            outside the server's data root included (:meth:`ServerConfig.resolve_records`).
     """
     data = json.loads(body)
     if not isinstance(data, dict):
@@ -184,7 +164,7 @@ def parse_request(body: bytes, cfg: ServerConfig) -> tuple[list, list[Record]]:
             if len(text) > cfg.max_text_chars:
                 raise ValueError(f"records[{i}].{what} has {len(text)} characters; max_text_chars="
                                  f"{cfg.max_text_chars}")
-    records = resolve_request_records(records, cfg)
+    records = cfg.resolve_records(records)
     images = [pil_to_tensor(decode_png(d, f"images[{i}]", max_pixels=cfg.max_pixels))
               for i, d in enumerate(images_b64)]
     if len({tuple(t.shape) for t in images}) != 1:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from psrl.bench.results import MANIFEST, result_manifest
 from psrl.data.records import Record, SubjectRef, write_records
 from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic
@@ -122,8 +123,8 @@ def make_world(out: str | Path, spec: WorldSpec) -> dict:
             results.append({**entry, "result_path": f"{name}/{i}.png"})
         write_json_atomic(bench / f"{name}.json", entries)
         write_json_atomic(truth / "seed0" / f"{name}.json", results)
-    write_json_atomic(truth / "bench.json", {"benchmark": "pocket", "data_root": str(bench.resolve()),
-                                            "model": "ground truth (the world's renderer)", "seeds": [0]})
+    write_json_atomic(truth / MANIFEST, result_manifest("pocket", bench, model="ground truth (the world's renderer)",
+                                                        seeds=[0]))
     summary = {"seed": spec.seed, "num": spec.num, "eval_num": spec.eval_num,
                "bench_per_subset": spec.bench_per_subset, "scene_size": SCENE_SIZE,
                "reference_size": REFERENCE_SIZE, "subjects": len(all_subjects()),
