@@ -109,7 +109,7 @@ def test_a_reply_whose_first_token_is_not_the_answer_token_is_refused(tmp_path, 
     from psrl.data.records import RecordError
     from psrl.models.tiny_more import tiny_qwen_vl_processor
     from psrl.reward_model.reward_model_trainer import Item, check_text, image_sizes
-    from psrl.reward_model.sharegpt import read_examples
+    from psrl.reward_model.sharegpt import load_examples
     from psrl.rewards.tiny import tiny_qwen_tokenizer
     from psrl.reward_model.reward_model_trainer import RewardModelTrainer
 
@@ -121,7 +121,7 @@ def test_a_reply_whose_first_token_is_not_the_answer_token_is_refused(tmp_path, 
         RewardModelTrainer(make_cfg(tmp_path, train))
     split = tiny_qwen_vl_processor(tiny_qwen_tokenizer(answer_words=()))   # "Yes" is three byte tokens here
     cfg = make_cfg(tmp_path, train)
-    item = Item(read_examples(train)[0][0], tmp_path)
+    item = Item(*load_examples(cfg.data, "train")[0][0])
     sizes, why = image_sizes(item, cfg)
     assert why is None and sizes == [(56, 56), (56, 56)]
     n, why = check_text(item, sizes, split, cfg, yes_id=10**6, no_id=10**6 + 1)

@@ -168,6 +168,26 @@ def image_path(root: str | Path, example: PairExample, k: int) -> Path:
     return resolve_under(root, example.images[k], what=f"{example.where or example.id}: image")
 
 
+def resolve_examples(examples: list[PairExample], root: str | Path
+                     ) -> tuple[list[tuple[PairExample, tuple[Path, Path]]], list[str]]:
+    """``([(example, its two image paths resolved under root)], problems)``: the one place a pair's images meet
+    their data root, so a trainer receives absolute paths (the example keeps its paths as written, for messages).
+    An example whose image is absolute or escapes ``root`` is left out and named in a problem line
+    (``file:line: image k (path): why``)."""
+    out, problems = [], []
+    for ex in examples:
+        paths = []
+        for k in range(2):
+            try:
+                paths.append(image_path(root, ex, k))
+            except RecordError as e:
+                problems.append(f"{ex.where or ex.id}: image {k + 1} ({ex.images[k]}): {e}")
+                break
+        else:
+            out.append((ex, (paths[0], paths[1])))
+    return out, problems
+
+
 # ---------------------------------------------------------------------------------------------- human labels
 def read_labels(path: str | Path) -> tuple[dict[str, tuple[str, str, str]], list[str]]:
     """Human labels from CSV (header ``id,label[,reason]``) or JSONL (``{"id", "label", "reason"}``):

@@ -36,14 +36,14 @@ from pathlib import Path
 
 import torch
 
-from psrl.data.records import RecordError, records_root
+from psrl.data.records import RecordError
 from psrl.errors import PsrlError
 from psrl.images import ImageLoadError, load_image
 from psrl.reward_model.encoding import chat_texts, encode_batch, fit_pixels, prepare_image, sequence_length
 from psrl.reward_model.judge_model import PairwiseJudgeModel
 from psrl.reward_model.loss import first_token_metrics, first_token_weighted_loss
-from psrl.reward_model.pairs import PairExample, image_path
-from psrl.reward_model.reward_model_config import LR_SCHEDULERS, PairDataConfig, RewardModelRunConfig
+from psrl.reward_model.pairs import PairExample
+from psrl.reward_model.reward_model_config import LR_SCHEDULERS, RewardModelRunConfig
 from psrl.rl import distributed as dist
 from psrl.rl.base_trainer import BaseTrainer
 
@@ -54,10 +54,10 @@ SKIPPED_FILE = "skipped_examples.jsonl"
 
 @dataclass(frozen=True)
 class Item:
-    """A checked example: where its images live and its token count."""
+    """A checked example, its two image paths (resolved at load) and its token count."""
 
     example: PairExample
-    root: Path
+    paths: tuple[Path, Path]
     tokens: int = 0
 
 
@@ -67,7 +67,7 @@ def image_sizes(item: Item, cfg) -> tuple[list[tuple[int, int]] | None, str | No
     sizes = []
     for k in range(2):
         try:
-            img = load_image(image_path(item.root, item.example, k))
+            img = load_image(item.paths[k])
         except (ImageLoadError, RecordError) as e:
             return None, f"image {k + 1} ({item.example.images[k]}): {e}"
         sizes.append(fit_pixels(img.width, img.height, cfg.model.image_max_pixels, cfg.model.image_min_pixels))
@@ -115,22 +115,16 @@ class RewardModelTrainer(BaseTrainer):
                          resume=resume, progress=progress)
 
     # ------------------------------------------------------------------ start-up
-    def _read(self, value, key: str) -> list[Item]:
-        from psrl.reward_model.sharegpt import read_examples
+    def _read(self, split: str) -> list[Item]:
+        from psrl.reward_model.sharegpt import load_examples
 
-        items = []
-        for f in PairDataConfig.files(value):
-            if not Path(f).is_file():
-                raise RecordError(f"{key}: file not found: {f}")
-            examples, problems = read_examples(f)
-            self.problems += problems
-            root = records_root(f, self.cfg.data.data_root)  # the one rule: the data root, else the file's folder
-            items += [Item(e, root) for e in examples]
-        return items
+        examples, problems = load_examples(self.cfg.data, split)  # image paths come back resolved
+        self.problems += problems
+        return [Item(e, paths) for e, paths in examples]
 
     def setup_data(self) -> None:
-        self.train_items = self._read(self.cfg.data.train, "data.train")
-        self.eval_items = self._read(self.cfg.data.eval, "data.eval")
+        self.train_items = self._read("train")
+        self.eval_items = self._read("eval")
 
     def _check_all(self, items: list[Item]) -> list[tuple[int, str | None]]:
         """``(tokens, None)`` or ``(0, problem line)`` per item; images are decoded on ``data.num_workers``
@@ -152,9 +146,9 @@ class RewardModelTrainer(BaseTrainer):
             checked = (self._check_all(self.train_items), self._check_all(self.eval_items))
         on_train, on_eval = dist.broadcast_object(checked)
         self.problems += [why for _, why in on_train + on_eval if why]
-        self.train_items = [Item(it.example, it.root, n) for it, (n, bad) in zip(self.train_items, on_train)
+        self.train_items = [Item(it.example, it.paths, n) for it, (n, bad) in zip(self.train_items, on_train)
                             if not bad]
-        self.eval_items = [Item(it.example, it.root, n) for it, (n, bad) in zip(self.eval_items, on_eval) if not bad]
+        self.eval_items = [Item(it.example, it.paths, n) for it, (n, bad) in zip(self.eval_items, on_eval) if not bad]
         total = len(self.train_items) + len(self.eval_items) + len(self.problems)
         listing = "; ".join(self.problems[:20]) + (f"; and {len(self.problems) - 20} more"
                                                    if len(self.problems) > 20 else "")
@@ -234,7 +228,7 @@ class RewardModelTrainer(BaseTrainer):
             ex, images = it.example, []
             for k in range(2):
                 try:
-                    img = load_image(image_path(it.root, ex, k))
+                    img = load_image(it.paths[k])
                 except (ImageLoadError, RecordError) as e:  # changed since the start-up check
                     raise PsrlError(f"{ex.where}: image {k + 1} can no longer be read ({e})") from e
                 images.append(prepare_image(img, m.image_max_pixels, m.image_min_pixels))

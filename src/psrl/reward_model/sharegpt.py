@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from psrl.data.records import RecordError
+from psrl.data.records import RecordError, records_root
 from psrl.fileio import jsonl_lines
-from psrl.reward_model.pairs import PairExample, answer_of, keep_unique, not_json
+from psrl.reward_model.pairs import PairExample, answer_of, keep_unique, not_json, resolve_examples
 
 IMAGE_PLACEHOLDER = "<image>"
 _ROLE_KEYS = (("messages", "role", "content", "user", "assistant"), ("conversations", "from", "value", "human", "gpt"))
@@ -126,5 +126,22 @@ def read_examples(path: str | Path) -> tuple[list[PairExample], list[str]]:
     return read_sharegpt(path) if Path(path).suffix.lower() == ".json" else read_pairs(path)
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "example_from_sharegpt", "read_examples", "read_sharegpt", "to_sharegpt",
-           "write_sharegpt"]
+def load_examples(data, split: str) -> tuple[list[tuple[PairExample, tuple[Path, Path]]], list[str]]:
+    """The ``split`` (``train`` or ``eval``) files of a ``data`` section
+    (:class:`psrl.reward_model.reward_model_config.PairDataConfig`) read by :func:`read_examples`, their images
+    resolved under each file's :func:`psrl.data.records.records_root` (the section's ``data_root``, else the file's
+    folder): ``([(example, its two resolved image paths)], problems)``. Raises ``RecordError`` naming
+    ``data.<split>`` for a missing file."""
+    examples, problems = [], []
+    for f in data.files(getattr(data, split)):
+        if not Path(f).is_file():
+            raise RecordError(f"data.{split}: file not found: {f}")
+        read, bad = read_examples(f)
+        resolved, escaped = resolve_examples(read, records_root(f, data.data_root))
+        examples += resolved
+        problems += bad + escaped
+    return examples, problems
+
+
+__all__ = ["IMAGE_PLACEHOLDER", "example_from_sharegpt", "load_examples", "read_examples", "read_sharegpt",
+           "to_sharegpt", "write_sharegpt"]
