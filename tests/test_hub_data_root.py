@@ -44,7 +44,7 @@ def test_training_data_root_from_the_hub_then_offline(fake_hub, tmp_path, monkey
     seen = len(fake_hub.requests)
     again = GRPOTrainer(load_run_config(None, [*overrides, "run.name=hub2"]))
     assert Path(again.records[0].root) == root and len(fake_hub.requests) == seen  # from the cache, no request
-    with pytest.raises(RecordError, match=r"^data_root: hf://org/other/imgs: .*offline") as e:
+    with pytest.raises(RecordError, match=r"^data.data_root: hf://org/other/imgs: .*offline") as e:
         GRPOTrainer(load_run_config(None, [*overrides, "data.data_root=hf://org/other/imgs", "run.name=hub3"]))
     assert "\n" not in str(e.value) and not (tmp_path / "runs" / "hub3").exists()
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import yaml
 
 from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
-from psrl.data.records import Record, load_records, misplaced_data_root, records_root
+from psrl.data.records import Record, load_records, local_root, misplaced_data_root, records_root
 from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import AdvantageConfig, TrainConfig
@@ -230,10 +230,13 @@ def run_records(cfg, which: str = "data") -> list[Record]:
     Raises:
         RecordError: an unreadable file, an image path outside its root, or no records.
     """
-    train_root = records_root(cfg.data.records, cfg.data.data_root)
+    # an hf:// root is fetched here so that its error names the config field (data.data_root / eval.data_root)
+    train_root = (local_root(cfg.data.data_root, what="data.data_root") if cfg.data.data_root
+                  else records_root(cfg.data.records))
     if which == "data":
         return load_records(cfg.data.records, train_root, what="data.records")
-    return load_records(cfg.eval.records, cfg.eval.data_root or train_root, what="eval.records")
+    eval_root = local_root(cfg.eval.data_root, what="eval.data_root") if cfg.eval.data_root else train_root
+    return load_records(cfg.eval.records, eval_root, what="eval.records")
 
 
 def default_config_text() -> str:
