@@ -1,11 +1,10 @@
 """End to end from the CLI on the fixture: validate, generate (tiny FLUX-Kontext), eval (tiny detector, embedder,
 judge, HPSv3), report, compare, and the HTML report in headless Chromium."""
 import json
-import shutil
-import subprocess
 
 import pytest
 import yaml
+from chromium import needs_chromium, screenshot
 from fixtures_bench import make_psrbench
 
 from psrl.cli.main import main
@@ -92,27 +91,14 @@ def test_compat_mode_report_and_compare(run, capsys):
     assert (cmp_dir / "compare_radar.png").stat().st_size > 0
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (CI installs Debian's `chromium` "
-                                                "via .ci/system-deps; locally: apt-get install -y chromium)")
+@needs_chromium
 def test_html_report_renders_in_headless_chromium(run, tmp_path):
-    from PIL import Image, ImageStat
+    from PIL import ImageStat
 
     _, _, out = run
-    shot = tmp_path / "shot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-           f"--screenshot={shot}", "--window-size=1000,1400", (out / "eval" / "report.html").as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=90, check=False)
-    assert shot.is_file(), "chromium wrote no screenshot"
-    with Image.open(shot) as im:
-        im = im.convert("RGB")
-        assert im.size == (1000, 1400)
-        stat = ImageStat.Stat(im)
-        colors = im.resize((100, 140)).getcolors(maxcolors=100 * 140)
+    im = screenshot(out / "eval" / "report.html", tmp_path)
+    stat = ImageStat.Stat(im)
+    colors = im.resize((100, 140)).getcolors(maxcolors=100 * 140)
     # not blank: real variation in pixel values and many distinct colours (tables, radar, thumbnails)
     assert max(stat.stddev) > 10
     assert colors is not None and len(colors) > 50

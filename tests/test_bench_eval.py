@@ -239,42 +239,25 @@ def test_tensor_roundtrip_of_saved_images(generated):
 def test_remote_judge_endpoint_rubric_per_subset(generated, tmp_path):
     """--judge-endpoint: an OpenAI-compatible server gets the subset's rubric with the instruction; 0-10 -> [0, 1];
     a reply the strict parser rejects is a counted failure with the reply kept."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from fake_chat import FakeChatServer
 
     from psrl.bench.tasks import metrics_to_json, psrbench_metrics
 
     seen = []
 
-    class Judge(BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            text = body["messages"][0]["content"][-1]["text"]
-            seen.append((text, body.get("temperature")))
-            reply = "**[Score]:** eight" if "scarf" in text else "[Thought]: matches. [Score]: 7"
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def judge(body):
+        text = body["messages"][0]["content"][-1]["text"]
+        seen.append((text, body.get("temperature")))
+        return "**[Score]:** eight" if "scarf" in text else "[Thought]: matches. [Score]: 7"
 
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        sa = metrics_to_json(psrbench_metrics(judge_endpoint=url))["semantic_alignment"]
+    with FakeChatServer(judge) as server:
+        sa = metrics_to_json(psrbench_metrics(judge_endpoint=server.url))["semantic_alignment"]
         sa["per_subset"]["Position"] = {"reward": "mean_color"}
         root, out, _ = generated
         samples, _ = load_results(out, data_root=root, subsets=["Attribute", "Background"])
         samples = [s for s in samples if s.seed == 0]
         stats = evaluate_samples(samples, tmp_path, parse_metrics({"semantic_alignment": sa}), benchmark="psrbench",
                                  batch_size=4)
-    finally:
-        server.shutdown()
     rows = read_sample_rows(tmp_path)
     assert rows["seed0/Background/0"]["scores"]["semantic_alignment"] == pytest.approx(0.7)
     assert rows["seed0/Attribute/0"]["details"]["semantic_alignment"]["raw_text"].endswith("[Score]: 7")

@@ -6,8 +6,6 @@ import hashlib
 import io
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import yaml
@@ -101,41 +99,31 @@ def test_export_and_loader(tmp_path):
     assert [str(i) for i in load_benchmark("gedit", nope).issues] == [f"*.data_root: not a directory: {nope}"]
 
 
-class Judge(BaseHTTPRequestHandler):
-    """An OpenAI-compatible chat endpoint answering VIEScore prompts: SC [8, 6] (or no score for 'purple'),
-    PQ [9, 7]; every request is recorded."""
+class Judge:
+    """An OpenAI-compatible chat endpoint's replies to VIEScore prompts: SC [8, 6] (or no score for 'purple'),
+    PQ [9, 7]; every request is recorded (text, the sizes of its images)."""
 
     seen: list = []
 
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    @staticmethod
+    def reply(body):
         content = body["messages"][0]["content"]
         text = content[-1]["text"]
         sizes = [Image.open(io.BytesIO(base64.b64decode(c["image_url"]["url"].split(",", 1)[1]))).size
                  for c in content[:-1]]
         Judge.seen.append((text, sizes))
         if "Editing instruction:" in text:
-            reply = "I cannot tell." if "purple" in text else '||V^=^V||{"score": [8, 6], "reasoning": "ok"}||V^=^V||'
-        else:
-            reply = '{"score" : [9, 7], "reasoning" : "natural"}'
-        data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+            return "I cannot tell." if "purple" in text else '||V^=^V||{"score": [8, 6], "reasoning": "ok"}||V^=^V||'
+        return '{"score" : [9, 7], "reasoning" : "natural"}'
 
 
 @pytest.fixture
 def judge_url():
+    from fake_chat import FakeChatServer
+
     Judge.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with FakeChatServer(Judge.reply) as server:
+        yield server.url
 
 
 @pytest.mark.component

@@ -2,11 +2,11 @@
 eval grids): curves, tables, alarms, grids in step order (step 0 first), the one-line error for a non-run folder,
 and the HTML page rendered by headless Chromium (as the bench report test does)."""
 import json
-import shutil
-import subprocess
 
 import pytest
 import torch
+
+from chromium import needs_chromium, screenshot
 
 from psrl.cli.main import main
 from psrl.images import save_image
@@ -83,28 +83,15 @@ def test_cli_writes_the_report_and_refuses_a_non_run_folder(run_dir, tmp_path, c
                   "folder?)"
 
 
-def _chromium():
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
 @pytest.mark.e2e
-@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed (CI installs Debian's `chromium` "
-                                                "via .ci/system-deps; locally: apt-get install -y chromium)")
+@needs_chromium
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
-    from PIL import Image, ImageStat
+    from PIL import ImageStat
 
     assert main(["report", str(run_dir)]) == 0
-    shot = tmp_path / "shot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
-           f"--screenshot={shot}", "--window-size=1000,1400", (run_dir / "report.html").as_uri()]
-    subprocess.run(cmd, capture_output=True, timeout=90, check=False)
-    assert shot.is_file(), "chromium wrote no screenshot"
-    with Image.open(shot) as im:
-        im = im.convert("RGB")
-        assert im.size == (1000, 1400)
-        stat = ImageStat.Stat(im)
-        colors = im.resize((100, 140)).getcolors(maxcolors=100 * 140)
-        # the dashed alarm line and the held-out curve draw pure-ish red pixels somewhere on the page
-        reds = sum(n for n, (r, g, b) in im.getcolors(maxcolors=1000 * 1400) if r > 180 and g < 80 and b < 80)
+    im = screenshot(run_dir / "report.html", tmp_path)
+    stat = ImageStat.Stat(im)
+    colors = im.resize((100, 140)).getcolors(maxcolors=100 * 140)
+    # the dashed alarm line and the held-out curve draw pure-ish red pixels somewhere on the page
+    reds = sum(n for n, (r, g, b) in im.getcolors(maxcolors=1000 * 1400) if r > 180 and g < 80 and b < 80)
     assert max(stat.stddev) > 10 and colors is not None and len(colors) > 20 and reds > 50

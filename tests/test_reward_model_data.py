@@ -5,8 +5,6 @@ import base64
 import csv
 import io
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
@@ -143,55 +141,24 @@ def _grid(colors, rows, cols, cell=20):
     return img
 
 
-class FakeTeacher:
-    """An OpenAI-compatible server that looks at the two images: 'Yes' when their mean colours agree. A theme
+def teacher_reply(body):
+    """An OpenAI-compatible teacher that looks at the two images: 'Yes' when their mean colours agree. A theme
     containing 'mute' gets a reply that does not start with Yes or No."""
-
-    def __init__(self):
-        self.requests = []
-        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-
-    def _handler(self):
-        state = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                state.requests.append(body)
-                content = body["messages"][0]["content"]
-                means = [np.asarray(Image.open(io.BytesIO(base64.b64decode(c["image_url"]["url"].split(",")[1]))))
-                         .reshape(-1, 3).mean(0) for c in content if c["type"] == "image_url"]
-                text = content[-1]["text"]
-                if "mute" in text:
-                    reply = "I would rather not say."
-                elif np.abs(means[0] - means[1]).max() < 10:
-                    reply = "Yes. Both panels show the same colour."
-                else:
-                    reply = "No. The colours differ."
-                data = json.dumps({"choices": [{"message": {"role": "assistant", "content": reply}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    content = body["messages"][0]["content"]
+    means = [np.asarray(Image.open(io.BytesIO(base64.b64decode(c["image_url"]["url"].split(",")[1]))))
+             .reshape(-1, 3).mean(0) for c in content if c["type"] == "image_url"]
+    if "mute" in content[-1]["text"]:
+        return "I would rather not say."
+    return "Yes. Both panels show the same colour." if np.abs(means[0] - means[1]).max() < 10 else \
+        "No. The colours differ."
 
 
 @pytest.fixture
 def teacher():
-    t = FakeTeacher()
-    yield t
-    t.close()
+    from fake_chat import FakeChatServer
+
+    with FakeChatServer(teacher_reply) as t:
+        yield t
 
 
 def _grids(root):
@@ -235,9 +202,9 @@ def test_pairs_command_with_a_teacher_resumes_and_counts_bad_inputs(tmp_path, te
     labels = stats["pair_labels"]
     assert labels["kept"] == 9 and labels["rejected_by_reason"] == {"unparsable_reply": 1}  # 6 + 3 pairs, 1 muted
     assert labels["extra"] == {"yes": 4, "no": 5}     # g1: 3 red cells -> 3 Yes pairs; g2: green-green
-    sent = teacher.requests[0]
+    sent = teacher.bodies[0]
     assert sent["model"] == "teacher-72b" and V1 in sent["messages"][0]["content"][-1]["text"]
-    assert 'theme: "a dog in four seasons"' in teacher.requests[0]["messages"][0]["content"][-1]["text"]
+    assert 'theme: "a dog in four seasons"' in teacher.bodies[0]["messages"][0]["content"][-1]["text"]
     pairs, problems = read_pairs(out / "pairs.jsonl")
     assert problems == [] and len(pairs) == 9
     by_id = {p.id: p for p in pairs}
@@ -248,9 +215,9 @@ def test_pairs_command_with_a_teacher_resumes_and_counts_bad_inputs(tmp_path, te
     assert len(train) + len(held) == 9 and {p.group for p in train}.isdisjoint({p.group for p in held})
     rows = list(csv.DictReader((out / "to_label.csv").open()))
     assert [r["id"] for r in rows] == ["g3:0-1"]      # the unparsable one waits for a human
-    n = len(teacher.requests)
+    n = teacher.requests
     assert main(args) == 0                            # a rerun finds everything done: no request, same files
-    assert len(teacher.requests) == n and json.loads((out / "stats.json").read_text())["pair_labels"]["new"] == 0
+    assert teacher.requests == n and json.loads((out / "stats.json").read_text())["pair_labels"]["new"] == 0
     capsys.readouterr()
     assert main([*args[:4], "--grids", str(grids), "--template", "v3"]) == 2   # a changed setting needs --redo
     assert "template changed" in capsys.readouterr().err
