@@ -125,3 +125,21 @@ def test_grpo_trains_on_the_world_records_with_the_world_reward(world, tmp_path)
     # every sample of a random-weight model's 16x16 rollout is scored (low, never NaN): the trainer gets a signal
     assert row["reward/pocket_subjects/failure_rate"] == 0.0
     assert 0.0 <= row["reward/pocket_subjects/mean"] < 0.9
+
+
+def test_two_scores_of_one_reward_train_together_under_labels(tmp_path, capsys):
+    """``rewards.<i>.label``: pocket_subjects as identity_dense and as fidelity in one run, each logged under its
+    label; the same reward twice without labels is refused before the run directory exists."""
+    both = ("rewards=[{name: pocket_subjects, label: identity, args: {score: identity_dense}}, "
+            "{name: pocket_subjects, label: palette, weight: 0.5, args: {score: fidelity}}]")
+    common = ["train", "--set", f"run.output_dir={tmp_path}", "--set", "train.max_steps=1", "--set", "eval.every=0",
+              "--set", "sampling.num_steps=2"]
+    assert main([*common, "--set", both]) == 0
+    row = json.loads((tmp_path / "pocket_world" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 <= row["reward/identity/mean"] <= 1 and 0.5 < row["reward/palette/mean"] <= 1
+    assert row["reward/identity/mean"] != row["reward/palette/mean"] and "reward/pocket_subjects/mean" not in row
+    capsys.readouterr()
+    unlabelled = both.replace("label: identity, ", "").replace("label: palette, ", "")
+    assert main([*common, "--set", unlabelled, "--set", "run.name=dup"]) == 2
+    err = capsys.readouterr().err
+    assert "names must be unique" in err and "label" in err and not (tmp_path / "dup").exists()

@@ -182,7 +182,7 @@ def _run(trainer, batches: int) -> Diagnosis:
     device = trainer.accelerator.device
     gen = torch.Generator().manual_seed(t.seed)
     logprob = _logprob_check_setup(cfg)
-    names = [spec.name for spec in cfg.rewards]
+    names = [spec.key for spec in cfg.rewards]
     all_rewards, all_groups, real, control = [], [], [], []
     times: dict[str, list[float]] = {"rollout": [], "reward": [], "train": []}
     peaks: dict[str, list[int]] = {"rollout": [], "train": []}

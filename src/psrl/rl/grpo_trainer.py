@@ -199,7 +199,7 @@ class GRPOTrainer(BaseTrainer):
             raise StepAbandoned(str(e), 1) from None
         limit = self.cfg.train.max_invalid_steps
         if limit and self._invalid_steps >= limit:
-            rates = ", ".join(f"{spec.name} {metrics.get(f'reward/{spec.name}/failure_rate', 0.0):.0%}"
+            rates = ", ".join(f"{spec.key} {metrics.get(f'reward/{spec.key}/failure_rate', 0.0):.0%}"
                               for spec in self.cfg.rewards)
             raise StepAbandoned(f"{self._invalid_steps} consecutive step(s) in which no sample could be scored "
                                 f"(failure rates: {rates}); stopping (train.max_invalid_steps="
@@ -240,7 +240,7 @@ class GRPOTrainer(BaseTrainer):
         metrics.update({f"adv/{k}": v for k, v in result.stats.items()})
         metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
         if self.cfg.advantage.balance == "adaptive":
-            metrics.update({f"adv/weight/{spec.name}": float(w) for spec, w in zip(self.cfg.rewards, weights)})
+            metrics.update({f"adv/weight/{spec.key}": float(w) for spec, w in zip(self.cfg.rewards, weights)})
         metrics.update(train_stats)
         metrics.update({"time/rollout": t1 - t0, "time/reward": t2 - t1, "time/train": t3 - t2,
                         "time/step": t3 - t0, "time/reward_busy": reward_busy})

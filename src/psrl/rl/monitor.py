@@ -41,7 +41,7 @@ def check_monitor_config(cfg: MonitorConfig, eval_cfg, trained_names: Sequence[s
         ValueError: a held-out reward that is also trained (``eval.rewards`` names must differ from ``rewards``
             and be unique), or ``rollback`` without ``eval.rewards`` and ``eval.every`` (nothing to rank by).
     """
-    heldout = [r.name for r in eval_cfg.rewards]
+    heldout = [r.key for r in eval_cfg.rewards]
     both = sorted(set(heldout) & set(trained_names))
     if both:
         raise ValueError(f"eval.rewards: {both} are trained rewards too; a held-out reward must not be trained on")

@@ -33,6 +33,8 @@ def build_rewards(specs, device, what: str = "rewards") -> list:
             raise ConfigError(f"{what}[{i}].device: {e}") from e
         try:
             reward = build_reward(spec.name, args, device=device if own is None else own)
+            if spec.label:  # its scores, failures and eval metrics go by the label
+                reward.name = spec.label
             built.append(reward if own is None else RewardOnDevice(reward, own))
         except KeyError as e:
             raise PsrlError(f"{what}: {e.args[0] if e.args else e}") from e
@@ -51,9 +53,9 @@ def reward_summary(rewards: torch.Tensor, failures: torch.Tensor, specs, weights
     for k, spec in enumerate(specs):
         col = rewards[:, k]
         ok = col[torch.isfinite(col)]
-        out[f"reward/{spec.name}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-        out[f"reward/{spec.name}/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
-        out[f"reward/{spec.name}/failure_rate"] = float(failures[k]) / n
+        out[f"reward/{spec.key}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
+        out[f"reward/{spec.key}/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+        out[f"reward/{spec.key}/failure_rate"] = float(failures[k]) / n
     total = rewards @ weights
     ok = total[torch.isfinite(total)]
     out["reward/total/mean"] = float(ok.mean()) if ok.numel() else float("nan")

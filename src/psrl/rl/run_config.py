@@ -47,12 +47,21 @@ class RewardSpec:
         args: constructor arguments of the reward.
         device: where this reward's models run (``cpu``, ``cuda``, ``cuda:1``); default (null) the policy's device.
             Images are moved there and scores come back, e.g. a VLM judge on a GPU of its own as PaCo runs it.
+        label: the name its metrics (``reward/<label>/mean``), logs and the monitor use; default (null) ``name``.
+            Two entries of one reward need labels, e.g. ``pocket_subjects`` with ``score: identity_dense`` and
+            with ``score: fidelity``.
     """
 
     name: str = ""
     weight: float = 1.0
     args: dict[str, Any] = field(default_factory=dict)
     device: str | None = None
+    label: str | None = None
+
+    @property
+    def key(self) -> str:
+        """``label`` when set, else ``name``: what this reward is called in metrics, logs and alarms."""
+        return self.label or self.name
 
     def __post_init__(self):
         if not self.name:
@@ -209,9 +218,10 @@ class RunConfig:
             raise ValueError("rewards: at least one reward is needed, e.g. [{name: mean_color, weight: 1.0}]")
         if not self.data.records:
             raise ValueError("data.records is required: a records JSONL path or a non-empty list of prompts")
-        names = [r.name for r in self.rewards]
+        names = [r.key for r in self.rewards]
         if len(set(names)) != len(names):
-            raise ValueError(f"rewards: names must be unique, got {names}")
+            raise ValueError(f"rewards: names must be unique, got {names}; give repeated rewards a label "
+                             f"(rewards.<i>.label)")
         check_monitor_config(self.monitor, self.eval, names)
         for args, key in [(self.model.args, "model.args"),
                           *((r.args, f"rewards.{i}.args") for i, r in enumerate(self.rewards)),
