@@ -380,10 +380,13 @@ def doc_paragraph(doc: str, label: str) -> str | None:
 def field_help(cls: type) -> dict[str, str]:
     """One line of help per field of dataclass ``cls``: ``field(metadata={"help": ...})`` when given, else the
     first sentence of the field's entry in the class docstring's ``Attributes:`` section (an entry may name
-    several fields: ``lr, betas: AdamW ...``). Used by ``--print-config``."""
+    several fields: ``lr, betas: AdamW ...``; a subclass's entry replaces its base's). Used by ``--print-config``."""
     import inspect
 
-    helps = doc_entries(inspect.getdoc(cls) or "", "Attributes")
+    helps: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            helps.update(doc_entries(inspect.cleandoc(klass.__doc__ or ""), "Attributes"))
     out = {}
     for f in dataclasses.fields(cls):
         text = f.metadata.get("help") or helps.get(f.name, "")

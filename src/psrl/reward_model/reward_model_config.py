@@ -24,6 +24,7 @@ from typing import Literal
 
 from psrl.config import ConfigError, check_range, load_config
 from psrl.rl.run_config import RunSection
+from psrl.rl.training_config import TrainingConfig
 
 LR_SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -83,8 +84,9 @@ class JudgeModelConfig:
 
 
 @dataclass
-class RewardModelConfig:
-    """Loss, optimisation and schedule of the reward-model SFT.
+class RewardModelConfig(TrainingConfig):
+    """Loss, optimisation and schedule of the reward-model SFT (and the optimizer, checkpoint and logging keys of
+    :class:`~psrl.rl.training_config.TrainingConfig`, with ``lr`` 2e-4, ``weight_decay`` 0).
 
     Attributes:
         first_token_weight: alpha, the weight of the answer token; each other reply token gets n(1-alpha)/(n-1)
@@ -95,22 +97,14 @@ class RewardModelConfig:
         gradient_accumulation: micro-batches per update.
         cutoff_len: longest example in tokens (prompt with image tokens plus reply); longer ones are refused,
             never truncated.
-        lr: peak learning rate.
         lr_scheduler: cosine, linear or constant after the warm-up (transformers' schedules).
         warmup_ratio: share of max_steps spent warming up linearly from 0.
         lr_warmup_steps: warm-up steps; set, it replaces warmup_ratio.
-        betas, adam_eps, weight_decay, max_grad_norm: AdamW and gradient clipping.
-        optimizer: adamw or adamw8bit (bitsandbytes, CUDA).
         eval_every: evaluate on the held-out pairs every this many steps (0 = once per epoch); always at the end.
         eval_batch_size: pairs per evaluation forward pass.
-        seed: the seed of the LoRA initialisation and the example order.
-        save_every, save_every_minutes, keep_last, log_every: checkpoints and logging, as in psrl train.
-        device: auto, cpu or cuda.
-        mixed_precision: no or bf16 (autocast).
         save_merged: at the end also write merged/, the LoRA merged into the base (what vLLM and sglang serve).
     """
 
-    # alike on purpose: the optimizer, checkpoint and logging keys of psrl train / sft, so one YAML habit serves all
     first_token_weight: float | None = 0.1
     num_train_epochs: float = 2.0
     max_steps: int = 0
@@ -121,32 +115,19 @@ class RewardModelConfig:
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
     warmup_ratio: float = 0.1
     lr_warmup_steps: int | None = None
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
     weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     eval_every: int = 0
     eval_batch_size: int = 8
-    seed: int = 42
-    save_every: int = 0
-    save_every_minutes: float = 0.0
-    keep_last: int = 3
-    log_every: int = 1
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: Literal["no", "bf16"] = "no"
     save_merged: bool = True
 
     def __post_init__(self):
+        super().__post_init__()
         check_range(self, "first_token_weight", 0, 1, section="train")
-        check_range(self, ("batch_size", "gradient_accumulation", "cutoff_len", "eval_batch_size", "log_every"), 1,
-                    section="train")
-        check_range(self, ("max_steps", "eval_every", "save_every", "keep_last", "save_every_minutes",
-                           "lr_warmup_steps"), 0, section="train")
+        check_range(self, ("batch_size", "gradient_accumulation", "cutoff_len", "eval_batch_size"), 1, section="train")
+        check_range(self, ("max_steps", "eval_every"), 0, section="train")
         if self.max_steps == 0 and self.num_train_epochs <= 0:
             raise ValueError(f"train.num_train_epochs must be > 0 when train.max_steps is 0, got "
                              f"{self.num_train_epochs}")
-        check_range(self, "lr", 0, lo_open=True, section="train")
         check_range(self, "warmup_ratio", 0, 1, hi_open=True, section="train")
 
 

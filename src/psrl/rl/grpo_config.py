@@ -11,9 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from psrl.config import check_range
-
-# mixed_precision: fp16 would need a loss scaler kept consistent across processes; bf16 needs none (FLUX trains in
-# bf16). optimizer: the names of psrl.rl.optim.OPTIMIZERS (a test keeps the two in step).
+from psrl.rl.training_config import TrainingConfig
 
 
 @dataclass
@@ -52,10 +50,10 @@ class OldPolicyConfig:
     decay_type: Literal[0, 1, 2] | None = None
 
 
-# alike on purpose: typed field lists (here and in SFTTrainConfig, SamplingConfig) look alike to a scanner
 @dataclass
-class TrainConfig:
-    """Optimisation and the shape of one GRPO step.
+class TrainConfig(TrainingConfig):
+    """Optimisation and the shape of one GRPO step (and the optimizer, checkpoint and logging keys of
+    :class:`~psrl.rl.training_config.TrainingConfig`).
 
     One *step* of a run is one GRPO iteration: roll out ``groups_per_step * group_size`` images (over all
     processes), score them, compute advantages, then run ``num_inner_epochs`` passes of updates over them.
@@ -69,23 +67,12 @@ class TrainConfig:
             (micro-batches are slices of one rollout batch, so they share its trained steps).
         gradient_accumulation: micro-batches (each over all trained steps) per optimizer update.
         num_inner_epochs: passes over the step's samples.
-        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, the ``psrl[bnb]`` extra; Flow-GRPO offers 8-bit Adam).
-        lr, betas, weight_decay, adam_eps: AdamW (Flow-GRPO: 3e-4, (0.9, 0.999), 1e-4, 1e-8).
-        lr_warmup_steps: linear warm-up in optimizer updates (0 = constant LR, as Flow-GRPO).
-        max_grad_norm: clip the global grad norm (0 disables).
         clip_range: PPO ratio clip ``epsilon`` (1e-4 for the mean-reduced log-prob; Fast: 1e-5).
         beta: KL-to-reference weight (0 = no reference forward pass).
         kl_compat_dt: multiply the KL by ``|dt|`` as Flow-GRPO's code does, so its published ``beta`` transfers.
-        mixed_precision: ``no`` | ``bf16``: autocast of the rollout and training forward passes.
         seed: seeds prompt draws (``seed + step``), rollout noise and everything else.
-        save_every: checkpoint every this many steps (0 = only at the end).
-        save_every_minutes: also checkpoint when this many minutes passed since the last save (0 = off), so a
-            preempted run loses minutes, not hours.
         max_invalid_steps: stop the run (checkpoint saved, exit 1) after this many consecutive steps in which no
             sample could be scored (every reward NaN); 0 never stops.
-        keep_last: checkpoints kept (older ones are deleted; 0 keeps all).
-        log_every: write metrics every this many steps.
-        device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
         ema: EMA of the LoRA weights.
         loss: ppo (Flow-GRPO's PPO-clip), guard (GRPO-Guard, arXiv 2510.22319) or nft (DiffusionNFT, arXiv
             2509.16117; no log-probs, any sampler); see psrl.rl.loss_types.
@@ -108,24 +95,10 @@ class TrainConfig:
     train_batch_size: int = 3
     gradient_accumulation: int = 1
     num_inner_epochs: int = 1
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
-    lr: float = 3e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    adam_eps: float = 1e-8
-    lr_warmup_steps: int = 0
-    max_grad_norm: float = 1.0
     clip_range: float = 1e-4
     beta: float = 0.0
     kl_compat_dt: bool = False
-    mixed_precision: Literal["no", "bf16"] = "no"
-    seed: int = 42
-    save_every: int = 0
-    save_every_minutes: float = 0.0
     max_invalid_steps: int = 3
-    keep_last: int = 3
-    log_every: int = 1
-    device: Literal["auto", "cpu", "cuda"] = "auto"
     ema: EmaConfig = field(default_factory=EmaConfig)
     loss: Literal["ppo", "guard", "nft"] = "ppo"
     nft_beta: float = 1.0
@@ -135,16 +108,14 @@ class TrainConfig:
     cfg_grad: Literal["both", "cond_only"] = "both"
 
     def __post_init__(self):
+        super().__post_init__()
         check_range(self, ("max_steps", "groups_per_step", "sample_batch_size", "train_batch_size",
-                           "gradient_accumulation", "num_inner_epochs", "log_every"), 1, section="train")
-        check_range(self, ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes", "max_invalid_steps",
-                           "param_noise_std", "beta", "max_grad_norm", "weight_decay"), 0, section="train")
-        check_range(self, ("lr", "clip_range", "nft_beta"), 0, lo_open=True, section="train")
+                           "gradient_accumulation", "num_inner_epochs"), 1, section="train")
+        check_range(self, ("max_invalid_steps", "param_noise_std", "beta"), 0, section="train")
+        check_range(self, ("clip_range", "nft_beta"), 0, lo_open=True, section="train")
         if self.group_size < 2:
             raise ValueError(f"train.group_size must be >= 2 (GRPO compares the images of a group; a group of "
                              f"{self.group_size} has no spread and never trains), got {self.group_size}")
-        if not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"train.betas must be in [0, 1), got {list(self.betas)}")
         if self.sample_batch_size % self.train_batch_size:
             raise ValueError(f"train.train_batch_size ({self.train_batch_size}) must divide "
                              f"train.sample_batch_size ({self.sample_batch_size})")

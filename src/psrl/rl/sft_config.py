@@ -14,7 +14,7 @@ The run directory, checkpoints (``checkpoints/step-N/lora`` in the diffusers for
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 from pathlib import Path
 
 from psrl.config import ConfigError, check_range, load_config
@@ -22,14 +22,13 @@ from psrl.data.records import misplaced_data_root
 from psrl.models.config import ModelConfig
 from psrl.rl.grpo_config import EmaConfig
 from psrl.rl.run_config import DataConfig, RunSection
+from psrl.rl.training_config import TrainingConfig
 
 
-
-# alike on purpose: the knobs BaseTrainer reads keep the names of TrainConfig's (one vocabulary in train: and sft:),
-# with this stage's own defaults and docs
 @dataclass
-class SFTTrainConfig:
-    """Optimisation of the SFT stage.
+class SFTTrainConfig(TrainingConfig):
+    """Optimisation of the SFT stage (and the optimizer, checkpoint and logging keys of
+    :class:`~psrl.rl.training_config.TrainingConfig`, with ``lr`` 1e-4).
 
     Attributes:
         max_steps: optimizer updates.
@@ -44,14 +43,11 @@ class SFTTrainConfig:
         logit_mean, logit_std, mode_scale: the scheme's parameters (diffusers' defaults 0, 1, 1.29).
         sigma_shift: static shift ``s * u / (1 + (s - 1) u)`` applied to the draw (1 = none, as FLUX's dynamic-shift
             scheduler; SD3's training scheduler uses 3).
-        lr, betas, weight_decay, adam_eps, lr_warmup_steps, max_grad_norm: AdamW and clipping.
-        optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, the ``psrl[bnb]`` extra).
         eval_sigmas: fixed noise levels of the deterministic ``loss/fixed`` metric (same samples, same noise every
             time), a low-variance view of progress; empty disables it.
         ema: an EMA of the trained weights (as a GRPO run's ``train.ema``), saved beside them in each checkpoint
             (``lora_ema/``, or ``transformer_ema/`` for ``model.lora: null``); pretraining from scratch uses
             decay ~0.995, every 1.
-        seed, save_every, save_every_minutes, keep_last, log_every, device, mixed_precision: as in a GRPO run.
     """
 
     max_steps: int = 1000
@@ -66,27 +62,15 @@ class SFTTrainConfig:
     mode_scale: float = 1.29
     sigma_shift: float = 1.0
     lr: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 1e-4
-    adam_eps: float = 1e-8
-    lr_warmup_steps: int = 0
-    max_grad_norm: float = 1.0
-    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     eval_sigmas: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     ema: EmaConfig = field(default_factory=EmaConfig)
-    seed: int = 42
-    save_every: int = 0
-    save_every_minutes: float = 0.0
-    keep_last: int = 3
-    log_every: int = 1
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    mixed_precision: Literal["no", "bf16"] = "no"
+
+    section: ClassVar[str] = "sft"
 
     def __post_init__(self):
-        check_range(self, ("max_steps", "batch_size", "gradient_accumulation", "height", "width", "log_every"), 1,
-                    section="sft")
-        check_range(self, ("save_every", "keep_last", "lr_warmup_steps", "save_every_minutes"), 0, section="sft")
-        check_range(self, ("lr", "logit_std", "sigma_shift"), 0, lo_open=True, section="sft")
+        super().__post_init__()
+        check_range(self, ("max_steps", "batch_size", "gradient_accumulation", "height", "width"), 1, section="sft")
+        check_range(self, ("logit_std", "sigma_shift"), 0, lo_open=True, section="sft")
         if not all(0.0 < s <= 1.0 for s in self.eval_sigmas):
             raise ValueError(f"sft.eval_sigmas must be in (0, 1], got {self.eval_sigmas}")
 
