@@ -182,3 +182,26 @@ def test_set_secret_values_are_never_echoed():
     with pytest.raises(ConfigError) as info:
         load_run_config(None, ["run.api_token=hunter2"])
     assert "hunter2" not in str(info.value) and "api_token=***" in str(info.value)
+
+
+@pytest.mark.unit
+def test_trainer_sections_share_training_config_and_every_key_has_help():
+    from psrl.config import field_help
+    from psrl.reward_model.reward_model_config import RewardModelConfig
+    from psrl.rl.grpo_config import TrainConfig
+    from psrl.rl.sft_config import SFTTrainConfig
+    from psrl.rl.training_config import TrainingConfig
+
+    for cls in (TrainConfig, SFTTrainConfig, RewardModelConfig):
+        assert issubclass(cls, TrainingConfig)
+        helps = field_help(cls)
+        assert all(helps.values()), [k for k, v in helps.items() if not v]
+    # a stage's own entry replaces the base's; the base's reach the stages that do not re-document them
+    assert field_help(RewardModelConfig)["lr_warmup_steps"].startswith("warm-up steps; set, it replaces")
+    assert field_help(SFTTrainConfig)["keep_last"] == field_help(TrainingConfig)["keep_last"]
+    # stage defaults, and one range check naming each stage's section
+    assert (TrainConfig().lr, SFTTrainConfig().lr, RewardModelConfig().lr) == (3e-4, 1e-4, 2e-4)
+    with pytest.raises(ValueError, match=r"^sft\.betas must be in \[0, 1\), got \[0\.9, 1\.5\]"):
+        SFTTrainConfig(betas=(0.9, 1.5))
+    with pytest.raises(ValueError, match=r"^train\.max_grad_norm must be >= 0, got -1"):
+        RewardModelConfig(max_grad_norm=-1)
