@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 from fixtures_bench import make_psrbench, metric_set_for_tests
+from launch import ACCELERATE_2
 
 from psrl.sharding import Shard
 
@@ -27,9 +28,7 @@ def test_shard_take_partitions_items():
 
 LAUNCHERS = {
     "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"],
-    # on a CPU-only machine --multi_gpu still launches through torchrun (gloo); --cpu would go through MPI
-    "accelerate": [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"],
+    "accelerate": ACCELERATE_2,
     None: [sys.executable],
 }
 

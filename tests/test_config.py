@@ -58,6 +58,7 @@ def test_bad_value_is_named(override, words):
         assert w in str(err.value)
 
 
+# alike on purpose: tests/test_reward_model_cli.py checks its own required keys the same way
 @pytest.mark.unit
 def test_missing_rewards_and_data_are_errors(tmp_path):
     path = tmp_path / "c.yaml"

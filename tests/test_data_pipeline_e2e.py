@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from launch import accelerate_psrl, psrl_env, wait_for_lines
 from PIL import Image
 
 from psrl.config import load_config
@@ -32,21 +32,6 @@ def tiny_cfg(**overrides) -> DataPipelineConfig:
     for key, value in overrides.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return load_config(DataPipelineConfig, default=data)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -145,16 +130,14 @@ def test_killed_stage_resumes_without_duplicates(tmp_path):
     with FakeChatServer(_slow_llm) as server:
         cmd = [sys.executable, "-m", "psrl", "data", "prompts", "--dir", str(tmp_path), "--tiny", "--no-progress",
                "--llm-endpoint", server.url, "--set", "prompts.llm.max_concurrency=2"]
-        proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline and (not out.is_file() or len(out.read_text().splitlines()) < 6):
-            time.sleep(0.05)
+        proc = subprocess.Popen(cmd, env=psrl_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        wait_for_lines(proc, out, 6, timeout=60, poll=0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         first = len(list(mf.iter_manifest(out)))
         assert 6 <= first < 40, "the stage was not interrupted midway"
         served = server.requests
-        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+        done = subprocess.run(cmd, env=psrl_env(), capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         assert server.requests - served == 40 - first  # only the missing samples were asked for again
     ids = [e["id"] for e in mf.iter_manifest(out)]
@@ -172,11 +155,8 @@ def test_render_sharded_over_two_processes(tiny_dataset, tmp_path):
         src = dataset / (f"{name}.yaml" if name == "config" else f"{name}.jsonl")
         if src.is_file():
             (tmp_path / src.name).write_text(src.read_text())
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
-           "-m", "psrl", "data", "render", "--dir", str(tmp_path), "--tiny", "--no-progress", "--set", "device=cpu"]
-    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300, check=False)
+    cmd = accelerate_psrl("data", "render", "--dir", str(tmp_path), "--tiny", "--no-progress", "--set", "device=cpu")
+    done = subprocess.run(cmd, env=psrl_env(), capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "shard 1/2" in done.stdout + done.stderr
     assert mf.part_paths(tmp_path, "render") == []

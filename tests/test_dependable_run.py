@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from launch import accelerate_psrl, psrl_env, wait_for_lines
 from safetensors.torch import load_file
 
 from psrl.config import ConfigError
@@ -36,12 +37,8 @@ def _cfg(tmp_path, name, *extra):
     return load_run_config(None, [f"run.output_dir={tmp_path}", f"run.name={name}", *BASE, *extra])
 
 
-def _env():
-    return dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-
-
 def _psrl(*args, cwd, timeout=300):
-    return subprocess.run([sys.executable, "-m", "psrl", *args], capture_output=True, text=True, env=_env(),
+    return subprocess.run([sys.executable, "-m", "psrl", *args], capture_output=True, text=True, env=psrl_env(),
                           cwd=cwd, timeout=timeout)
 
 
@@ -87,13 +84,10 @@ def test_signal_mid_step_abandons_it_saves_and_resume_is_exact(tmp_path):
 def test_sigint_from_the_shell_saves_and_exits_130_then_resumes(tmp_path):
     args = ["train", "--config", TINY, "--set", f"run.output_dir={tmp_path}", "--set", "run.name=sig", "--set",
             "train.max_steps=400", *[x for kv in BASE for x in ("--set", kv)]]
-    proc = subprocess.Popen([sys.executable, "-m", "psrl", *args], cwd=tmp_path, env=_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "psrl", *args], cwd=tmp_path, env=psrl_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "sig" / "metrics.jsonl"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not (metrics.is_file()
-                                                                  and metrics.read_text().count("\n") >= 2):
-        time.sleep(0.2)
+    wait_for_lines(proc, metrics, 2, timeout=120)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -228,7 +222,7 @@ def test_concurrent_starts_claim_distinct_folders(tmp_path):
 def test_two_cli_runs_started_together_do_not_share_a_folder(tmp_path):
     cmd = [sys.executable, "-m", "psrl", "train", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=twin",
            "--set", "train.max_steps=1", *[x for kv in BASE for x in ("--set", kv)]]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=psrl_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
              for _ in range(2)]
     for p in procs:
         p.communicate(timeout=300)
@@ -381,26 +375,14 @@ def test_config_rejects_non_finite_numbers_everywhere():
 
 @pytest.mark.e2e
 def test_sigterm_to_a_two_process_launch_saves_on_every_rank_then_resumes(tmp_path):
-    import shutil
-
-    if shutil.which("accelerate") is None:
-        pytest.skip("accelerate launcher not on PATH")
-    port = str(29700 + os.getpid() % 200)
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port, "-m", "psrl", "train",
-              "--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
-              *[x for kv in BASE for x in ("--set", kv)], "--set", "train.sample_batch_size=2",
-              "--set", "train.train_batch_size=2"]
-    env = dict(_env(), MASTER_PORT=port)
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    args = ["train", "--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
+            *[x for kv in BASE for x in ("--set", kv)], "--set", "train.sample_batch_size=2",
+            "--set", "train.train_batch_size=2"]
     # SLURM's scancel and a terminal's Ctrl-C signal the whole process group: launcher and both ranks
-    proc = subprocess.Popen(launch + ["--set", "train.max_steps=300"], cwd=tmp_path, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(accelerate_psrl(*args, "--set", "train.max_steps=300"), cwd=tmp_path, env=psrl_env(),
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     metrics = tmp_path / "mp" / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not (metrics.is_file()
-                                                                  and metrics.read_text().count("\n") >= 1):
-        time.sleep(0.2)
+    wait_for_lines(proc, metrics, 1, timeout=180)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=180)
     assert proc.returncode != 0
@@ -408,8 +390,8 @@ def test_sigterm_to_a_two_process_launch_saves_on_every_rank_then_resumes(tmp_pa
     (step, path), = ckpt.list_checkpoints(tmp_path / "mp")
     assert ckpt.verify_checkpoint(path) is None
     assert (path / "rng" / "rank-0.pt").is_file() and (path / "rng" / "rank-1.pt").is_file()
-    res = subprocess.run(launch + ["--set", f"train.max_steps={step + 1}", "--resume"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(accelerate_psrl(*args, "--set", f"train.max_steps={step + 1}", "--resume"), cwd=tmp_path,
+                         env=psrl_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert [m["step"] for m in read_metrics(metrics)] == list(range(1, step + 2))
 

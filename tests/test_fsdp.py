@@ -1,14 +1,13 @@
 """FSDP2 sharding of the frozen base (``accelerate launch --config_file configs/accelerate/fsdp.yaml -m psrl train``)
 on two CPU processes over gloo: the denoiser's blocks are sharded, the LoRA stays replicated, and the updates are
 bit for bit those of the unsharded two-process run."""
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from launch import ACCELERATE, ACCELERATE_2, accelerate_psrl, psrl_env
 from safetensors.torch import load_file
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
@@ -16,16 +15,13 @@ ARGS = ["--config", str(Path(__file__).resolve().parents[1] / "configs" / "tiny_
         "--set", "train.max_steps=2", "--set", "train.groups_per_step=2", "--set", "train.group_size=2",
         "--set", "train.sample_batch_size=2", "--set", "train.train_batch_size=2", "--set", "sampling.num_steps=3",
         "--set", "eval.every=0", "--set", "run.dump_rank_data=true"]
-needs_launcher = pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
+FSDP_LAUNCH = [*ACCELERATE, "--config_file", str(FSDP_CONFIG), "--num_processes", "2"]
 
 
 def _launch(tmp_path, launcher: list[str], name: str, *extra: str):
-    port = str(29600 + (os.getpid() + len(name)) % 1000)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return subprocess.run(["accelerate", "launch", *launcher, "--main_process_port", port, "-m", "psrl", "train",
-                           *ARGS, "--set", f"run.output_dir={tmp_path}", "--set", f"run.name={name}", *extra],
-                          capture_output=True, text=True, env=env, timeout=400, cwd=tmp_path)
+    cmd = accelerate_psrl("train", *ARGS, "--set", f"run.output_dir={tmp_path}", "--set", f"run.name={name}", *extra,
+                          launcher=launcher)
+    return subprocess.run(cmd, capture_output=True, text=True, env=psrl_env(), timeout=400, cwd=tmp_path)
 
 
 @pytest.mark.unit
@@ -44,13 +40,11 @@ def test_the_units_are_the_denoisers_blocks():
 
 
 @pytest.mark.e2e
-@needs_launcher
 def test_fsdp_on_two_cpu_processes_equals_the_unsharded_run(tmp_path):
-    sharded = _launch(tmp_path, ["--config_file", str(FSDP_CONFIG), "--num_processes", "2"], "fsdp")
+    sharded = _launch(tmp_path, FSDP_LAUNCH, "fsdp")
     assert sharded.returncode == 0, sharded.stderr[-3000:]
     assert "FSDP2 sharded the frozen denoiser into 3 units over 2 processes" in sharded.stderr
-    plain = _launch(tmp_path, ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
-                               "no", "--dynamo_backend", "no"], "plain")
+    plain = _launch(tmp_path, ACCELERATE_2, "plain")
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert "FSDP2" not in plain.stderr
     for rank in (0, 1):
@@ -63,10 +57,8 @@ def test_fsdp_on_two_cpu_processes_equals_the_unsharded_run(tmp_path):
 
 
 @pytest.mark.e2e
-@needs_launcher
 def test_fsdp_refuses_main_process_evaluation_before_the_run_directory(tmp_path):
-    out = _launch(tmp_path, ["--config_file", str(FSDP_CONFIG), "--num_processes", "2"], "evaluating",
-                  "--set", "eval.every=1")
+    out = _launch(tmp_path, FSDP_LAUNCH, "evaluating", "--set", "eval.every=1")
     assert out.returncode != 0
     assert "eval.every: 1; evaluation generates on the main process only" in out.stderr
     assert not (tmp_path / "evaluating").exists()

@@ -2,14 +2,13 @@
 the same groups, rewards and advantages, the LoRA stays identical across ranks, and the result equals a single
 process that accumulates the same micro-batches."""
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import accelerate_psrl, psrl_env
 from safetensors.torch import load_file
 
 TINY = str(Path(__file__).resolve().parents[1] / "configs" / "tiny_flux.yaml")  # the tiny random FLUX run
@@ -24,21 +23,12 @@ ARGS = ["--set", "train.max_steps=2", "--set", "train.groups_per_step=3", "--set
         "--set", "train.adam_eps=1.0", "--set", "train.lr=1.0"]
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               MASTER_PORT=str(29500 + os.getpid() % 1000))
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
+# alike on purpose: tests/test_reward_model_multiprocess.py makes the same check for the reward-model trainer
 def test_two_processes_agree_and_match_one_process(tmp_path):
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(29500 + os.getpid() % 1000), "-m", "psrl", "train", "--config", TINY]
-    out = subprocess.run(launch + ARGS + ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
-                                          "--set", "train.gradient_accumulation=2"],
-                         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+    out = subprocess.run(accelerate_psrl("train", "--config", TINY) + ARGS
+                         + ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
+                            "--set", "train.gradient_accumulation=2"],
+                         capture_output=True, text=True, env=psrl_env(), timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "12 images per step (6 per process x 2)" in out.stderr
     assert out.stdout.count("run directory:") == 1  # only the main process prints
@@ -60,7 +50,7 @@ def test_two_processes_agree_and_match_one_process(tmp_path):
     single = subprocess.run([sys.executable, "-m", "psrl", "train", "--config", TINY] + ARGS +
                             ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=sp", "--set", "train.max_steps=1",  # noqa: E501
                              "--set", "train.gradient_accumulation=4"],
-                            capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                            capture_output=True, text=True, env=psrl_env(), timeout=300, cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
     s_view = json.loads((tmp_path / "sp" / "rank_data" / "rank-0-step-0.json").read_text())
     v0 = json.loads((rank_dir / "rank-0-step-0.json").read_text())

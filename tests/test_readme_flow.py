@@ -12,7 +12,6 @@ stand-in data: every path must resolve to what ``psrl data`` wrote.
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -20,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from launch import psrl_env
 
 pytestmark = pytest.mark.e2e
 
@@ -64,14 +64,6 @@ def tiny(argv: list[str], used: set[str]) -> list[str]:
     return out
 
 
-def _env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
 def test_readme_psr_flow_runs_end_to_end_on_the_tiny_twins(tmp_path):
     from psrl.data.records import read_records
     from psrl.models.lora import FUSED_METADATA_KEY, lora_fingerprint, read_lora_file, resolve_lora_path
@@ -86,7 +78,7 @@ def test_readme_psr_flow_runs_end_to_end_on_the_tiny_twins(tmp_path):
     for argv in commands:
         assert argv[0] == "psrl", argv
         cmd = [sys.executable, "-m", "psrl", *tiny(argv[1:], used)]
-        proc = subprocess.run(cmd, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600,
+        proc = subprocess.run(cmd, cwd=tmp_path, env=psrl_env(), capture_output=True, text=True, timeout=600,
                               check=False)
         assert proc.returncode == 0, f"{shlex.join(argv)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
         stdout[argv[1]] = proc.stdout

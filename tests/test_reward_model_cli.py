@@ -76,6 +76,7 @@ def test_recipe_is_the_released_one_and_the_twin_keeps_its_loss():
     assert "paco_reward_lora.yaml" in (CONFIGS / "paco_reward.yaml").read_text()
 
 
+# alike on purpose: a config file written, loaded, and refused with the key named, as tests/test_config.py does
 @pytest.mark.unit
 def test_config_errors_name_the_key(tmp_path):
     from psrl.config import ConfigError

@@ -1,14 +1,13 @@
 """The reward-model trainer over two CPU processes (``accelerate launch --multi_gpu --num_processes 2``): each rank
 trains its slice of every step's pairs, the LoRA gradients are averaged, and the adapter equals a single process
 that accumulates the same four pairs per step."""
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import accelerate_psrl, psrl_env
 from safetensors.torch import load_file
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "paco_reward.yaml"
@@ -17,29 +16,20 @@ ARGS = ["--set", "train.max_steps=2", "--set", "train.batch_size=1", "--set", "t
         "--set", "train.adam_eps=1.0", "--set", "train.lr=1.0", "--set", "train.eval_every=0"]
 
 
-def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("CUDA_VISIBLE_DEVICES", None)
-    return env
-
-
+# alike on purpose: the same two-ranks-equal-one-accumulating check as tests/test_multiprocess.py, for another trainer
 @pytest.mark.e2e
-@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
 def test_two_processes_equal_one_process_accumulating(tmp_path):
-    port = str(29700 + os.getpid() % 1000)
-    launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", port,
-              "-m", "psrl", "reward-model", "train", "--config", str(CONFIG)]
-    two = subprocess.run(launch + ARGS + ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
-                                          "--set", "train.gradient_accumulation=2"],
-                         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+    two = subprocess.run(accelerate_psrl("reward-model", "train", "--config", str(CONFIG)) + ARGS
+                         + ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=mp",
+                            "--set", "train.gradient_accumulation=2"],
+                         capture_output=True, text=True, env=psrl_env(), timeout=300, cwd=tmp_path)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "batch 1 x accumulation 2 x 2 processes = 4 pairs per step" in two.stderr
     assert two.stdout.count("done: 2 steps") == 1          # only the main process reports
     one = subprocess.run([sys.executable, "-m", "psrl", "reward-model", "train", "--config", str(CONFIG)] + ARGS +
                          ["--set", f"run.output_dir={tmp_path}", "--set", "run.name=sp",
                           "--set", "train.gradient_accumulation=4"],
-                         capture_output=True, text=True, env=_env(), timeout=300, cwd=tmp_path)
+                         capture_output=True, text=True, env=psrl_env(), timeout=300, cwd=tmp_path)
     assert one.returncode == 0, one.stderr[-3000:]
     a = load_file(tmp_path / "mp" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "sp" / "adapter" / "adapter_model.safetensors")

@@ -3,13 +3,13 @@ batched, a wrong key is refused, a server restarted mid-run is retried, bad requ
 import base64
 import io
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
+from launch import free_port
 from PIL import Image
 
 from psrl.config import ConfigError, from_dict
@@ -20,12 +20,6 @@ from psrl.serve.client import RemoteRewardError
 from psrl.serve.server import ServerConfig, check_bind, create_app
 
 uvicorn = pytest.importorskip("uvicorn")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServerThread:
@@ -87,7 +81,7 @@ def test_concurrent_clients_match_in_process_and_are_batched(data_root):
     client_root = data_root / "client_copy"
     client_root.mkdir()
     shutil.copy(data_root / "a.png", client_root / "a.png")
-    port = _free_port()
+    port = free_port()
     with ServerThread(create_app(cfg), port):
         import httpx
 
@@ -118,7 +112,7 @@ def test_api_key_required_off_loopback_and_wrong_key_refused(data_root, monkeypa
     check_bind("::1", None)
     monkeypatch.setenv("TEST_RM_KEY", "right-key")
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "api_key_env": "TEST_RM_KEY"})
-    port = _free_port()
+    port = free_port()
     with ServerThread(create_app(cfg), port):
         url = f"http://127.0.0.1:{port}"
         good = build_reward("remote", {"url": url, "reward": "mean_color", "api_key": "right-key"})
@@ -136,7 +130,7 @@ def test_api_key_required_off_loopback_and_wrong_key_refused(data_root, monkeypa
 @pytest.mark.component
 def test_server_restarted_mid_run_is_retried(data_root):
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}]})
-    port = _free_port()
+    port = free_port()
     client = build_reward("remote", {"url": f"http://127.0.0.1:{port}", "reward": "mean_color", "retries": 6,
                                      "backoff": 0.2, "timeout": 5})
     imgs, recs = _images(2, 1), _recs(2)
@@ -157,11 +151,11 @@ def test_server_restarted_mid_run_is_retried(data_root):
         for srv in restarted:
             srv.__exit__()
     assert torch.allclose(first.scores, second.scores)
-    down = build_reward("remote", {"url": f"http://127.0.0.1:{_free_port()}", "reward": "mean_color",
+    down = build_reward("remote", {"url": f"http://127.0.0.1:{free_port()}", "reward": "mean_color",
                                    "retries": 1, "backoff": 0.01})
     with pytest.raises(RemoteRewardError, match="failed after 2 attempts"):
         down(imgs, recs)
-    nan = build_reward("remote", {"url": f"http://127.0.0.1:{_free_port()}", "reward": "mean_color",
+    nan = build_reward("remote", {"url": f"http://127.0.0.1:{free_port()}", "reward": "mean_color",
                                   "retries": 0, "on_error": "nan"})
     out = nan(imgs, recs)
     assert torch.isnan(out.scores).all() and "unreachable" in out.failures[0]
@@ -172,7 +166,7 @@ def test_bad_requests_are_rejected_clearly(data_root):
     import httpx
 
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}]})
-    port = _free_port()
+    port = free_port()
     with ServerThread(create_app(cfg), port):
         url = f"http://127.0.0.1:{port}/score/mean_color"
         r = httpx.post(url, json={"images": ["not base64!"], "records": [_recs(1)[0].to_json()]})
@@ -188,7 +182,7 @@ def test_bad_requests_are_rejected_clearly(data_root):
         r = httpx.post(url, json={"images": [img], "records": [_recs(1)[0].to_json()]})  # relative, unused here
         assert r.status_code == 200
     rooted = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "data_root": str(data_root)})
-    port = _free_port()
+    port = free_port()
     with ServerThread(create_app(rooted), port):
         escaping = dict(_recs(1)[0].to_json(), subjects=[{"image": "../a.png", "phrase": "cat"}])
         r = httpx.post(f"http://127.0.0.1:{port}/score/mean_color", json={"images": [img], "records": [escaping]})
@@ -229,7 +223,7 @@ def test_cli_serve_rewards(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("PSRL_REWARD_API_KEY", raising=False)
     assert main(["serve", "rewards", "--config", str(cfg), "--host", "0.0.0.0"]) == 2
     assert "without an API key" in capsys.readouterr().err
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "psrl", "serve", "rewards", "--config", str(cfg), "--port",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

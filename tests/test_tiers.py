@@ -37,6 +37,7 @@ def test_twice():
                                  "*test_b.py::test_bare: no tier"])
 
 
+# alike on purpose: each test writes its own small project of marked tests for pytester
 def test_a_tier_selects_its_tests_and_no_marker_runs_them_all(pytester):
     _project(pytester, test_a="""
 import pytest
