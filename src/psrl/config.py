@@ -327,12 +327,32 @@ def to_dict(cfg: Any) -> Any:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                default: dict | None = None) -> T:
-    """YAML file (or ``default`` when no path) + dotted overrides -> validated dataclass ``cls``."""
+                default: dict | None = None, *, paths: tuple[str, ...] = (),
+                default_name: str = "embedded default") -> T:
+    """YAML file (or ``default`` when no path, named ``default_name`` in errors) + dotted overrides -> validated
+    dataclass ``cls``. The values at the dotted keys ``paths`` (a string, or each string of a list) that are
+    relative and do not exist relative to the working directory resolve against the file's folder when they exist
+    there, so configs ship beside their data and weights."""
     data = load_yaml(path) if path is not None else dict(default or {})
     apply_overrides(data, overrides)
-    return from_dict(cls, data, source=override_source(str(path) if path is not None else "embedded default",
-                                                       overrides))
+    cfg = from_dict(cls, data, source=override_source(str(path) if path is not None else default_name, overrides))
+    for key in paths if path is not None else ():
+        *parents, name = key.split(".")
+        node = cfg
+        for part in parents:
+            node = getattr(node, part)
+        value = getattr(node, name)
+        setattr(node, name, [beside(v, path) for v in value] if isinstance(value, list) else beside(value, path))
+    return cfg
+
+
+def beside(value: Any, config_path: str | Path) -> Any:
+    """``value`` made relative to the folder of ``config_path`` when it is a relative path string that does not
+    exist relative to the working directory but does exist there; anything else unchanged."""
+    if not isinstance(value, str) or Path(value).is_absolute() or Path(value).exists():
+        return value
+    candidate = Path(config_path).resolve().parent / value
+    return str(candidate) if candidate.exists() else value
 
 
 def doc_entries(doc: str, section: str) -> dict[str, str]:

@@ -189,18 +189,7 @@ def load_reward_model_config(path: str | Path, overrides: list[str] | None = Non
     Raises:
         ConfigError: a missing file, an unknown key or a bad value, naming the key and where it came from.
     """
-    from psrl.rl.run_config import _resolve_path
-
-    cfg = load_config(RewardModelRunConfig, path, overrides)
-    base = Path(path).resolve().parent
-    for key in ("train", "eval"):
-        value = getattr(cfg.data, key)
-        if isinstance(value, list):
-            setattr(cfg.data, key, [_resolve_path(v, base) for v in value])
-        else:
-            setattr(cfg.data, key, _resolve_path(value, base))
-    cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
-    return cfg
+    return load_config(RewardModelRunConfig, path, overrides, paths=("data.train", "data.eval", "data.data_root"))
 
 
 __all__ = ["ConfigError", "JudgeLoraConfig", "JudgeModelConfig", "LR_SCHEDULERS", "PairDataConfig",

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
-from psrl.config import ConfigError, apply_overrides, check_range, from_dict, load_yaml, override_source
+from psrl.config import ConfigError, beside, check_range, load_config
 from psrl.data.records import Record, load_records, local_root, misplaced_data_root, records_root
 from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
@@ -257,34 +257,17 @@ def default_config_text() -> str:
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """Load a run config from YAML (the embedded default when ``path`` is None) with dotted ``--set`` overrides.
 
-    Relative ``model.path``/``data.records``/``data.data_root``/``eval.records`` paths in a file resolve against the
-    file's folder (so configs can ship next to their data and weights) unless they exist relative to the working
-    directory.
+    Relative ``model.path``/``data.records``/``data.data_root``/``eval.records``/``eval.data_root`` paths in a file
+    resolve against the file's folder (so configs can ship next to their data and weights) unless they exist
+    relative to the working directory (``model.path: tiny`` is built in code, never a folder).
     """
-    if path is None:
-        data = yaml.safe_load(default_config_text()) or {}
-        source = f"embedded default {DEFAULT_CONFIG_NAME}"
-    else:
-        data = load_yaml(path)
-        source = str(path)
-    apply_overrides(data, overrides)
-    cfg = from_dict(RunConfig, data, source=override_source(source, overrides))
-    if path is not None:
-        base = Path(path).resolve().parent
-        if cfg.model.path != "tiny":  # a pipeline folder shipped beside the config ("tiny" is built in code)
-            cfg.model.path = _resolve_path(cfg.model.path, base)
-        cfg.data.records = _resolve_path(cfg.data.records, base)
-        cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
-        cfg.eval.records = _resolve_path(cfg.eval.records, base)
-        cfg.eval.data_root = _resolve_path(cfg.eval.data_root, base)
+    default = None if path is not None else yaml.safe_load(default_config_text()) or {}
+    paths = ("data.records", "data.data_root", "eval.records", "eval.data_root")
+    cfg = load_config(RunConfig, path, overrides, default, paths=paths,
+                      default_name=f"embedded default {DEFAULT_CONFIG_NAME}")
+    if path is not None and cfg.model.path != "tiny":
+        cfg.model.path = beside(cfg.model.path, path)
     return cfg
-
-
-def _resolve_path(value, base: Path):
-    if not isinstance(value, str) or Path(value).is_absolute() or Path(value).exists():
-        return value
-    candidate = base / value
-    return str(candidate) if candidate.exists() else value
 
 
 @dataclass(frozen=True)

@@ -92,13 +92,7 @@ class SFTRunConfig:
 def load_sft_config(path: str | Path, overrides: list[str] | None = None) -> SFTRunConfig:
     """Load an SFT config from YAML with dotted ``--set`` overrides. Relative ``data.records`` / ``data.data_root``
     resolve against the file's folder when they do not exist relative to the working directory."""
-    from psrl.rl.run_config import _resolve_path
-
-    cfg = load_config(SFTRunConfig, path, overrides)
-    base = Path(path).resolve().parent
-    cfg.data.records = _resolve_path(cfg.data.records, base)
-    cfg.data.data_root = _resolve_path(cfg.data.data_root, base)
-    return cfg
+    return load_config(SFTRunConfig, path, overrides, paths=("data.records", "data.data_root"))
 
 
 __all__ = ["ConfigError", "SFTRunConfig", "SFTTrainConfig", "load_sft_config"]
