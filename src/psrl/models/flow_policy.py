@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import random
 from typing import Any, Hashable, Iterator, Sequence
 
@@ -30,8 +29,6 @@ from psrl.models.loading import load_policy_components, torch_dtype_from_name
 from psrl.models.truncation import warn_truncated_prompts
 from psrl.sampling import SamplingConfig, plan_steps, sde_step_with_logprob
 
-logger = logging.getLogger(__name__)
-
 Generator = torch.Generator | list[torch.Generator] | None
 
 
@@ -40,13 +37,9 @@ def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | No
     """``(sigmas [T + 1], timesteps [T])`` in float32 exactly as a diffusers pipeline gets them from
     ``scheduler.set_timesteps`` (a deep copy is used, the scheduler itself is untouched)."""
     sched = copy.deepcopy(scheduler)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {} if mu is None else {"mu": mu}
     if sigmas is not None:
-        kwargs["sigmas"] = list(np.asarray(sigmas, dtype=np.float64))
-    if mu is not None:
-        kwargs["mu"] = mu
-    if sigmas is not None:
-        sched.set_timesteps(sigmas=kwargs.pop("sigmas"), device="cpu", **kwargs)
+        sched.set_timesteps(sigmas=list(np.asarray(sigmas, dtype=np.float64)), device="cpu", **kwargs)
     else:
         sched.set_timesteps(num_steps, device="cpu", **kwargs)
     sig = sched.sigmas.detach().float().cpu()
@@ -273,19 +266,15 @@ class FlowPolicyBase:
             uniq = list(dict.fromkeys(seeds))
             base = self.initial_noise(len(uniq), sampling, [torch.Generator().manual_seed(s) for s in uniq])
             return base[torch.as_tensor([uniq.index(s) for s in seeds], device=base.device)]
-        n = len(records)
         if not sampling.same_noise_per_group:
-            return self.initial_noise(n, sampling, generator)
-        _, where = unique_records(records)
-        first = {}
-        for i, w in enumerate(where):
-            first.setdefault(w, i)
+            return self.initial_noise(len(records), sampling, generator)
+        # each distinct record's start is drawn once, with the generator of its first copy
+        uniq, where = unique_records(records)
         gens = generator
         if isinstance(generator, (list, tuple)):
-            gens = [generator[first[w]] for w in sorted(first)]
-        base = self.initial_noise(len(first), sampling, gens)
-        order = {w: j for j, w in enumerate(sorted(first))}
-        return torch.stack([base[order[w]] for w in where])
+            gens = [generator[where.index(u)] for u in range(len(uniq))]
+        base = self.initial_noise(len(uniq), sampling, gens)
+        return base[torch.as_tensor(where, device=base.device)]
 
     @torch.no_grad()
     def _sample(self, records: Sequence[Record], sampling: SamplingConfig, generator, *, sde: bool,
@@ -312,37 +301,27 @@ class FlowPolicyBase:
         was_training = self.module.training
         self.module.eval()  # sampling never uses dropout; the trainer's mode is restored below
         try:
-            traj, log_probs = self._denoise(x, cond, meta, sigmas, timesteps, noisy, sampling, generator)
+            for i in range(n_steps):
+                v = self.predict(x, timesteps[i].to(self.device).expand(b), cond, meta, guidance=True)
+                level = sampling.noise_level if noisy[i] else 0.0
+                # ODE steps use the plain Euler form whatever sde_kind is (CPS at level 0 is the same step, written
+                # differently, and would round differently from the diffusers scheduler)
+                x, lp, _, _ = sde_step_with_logprob(
+                    x, v, float(sigmas[i]), float(sigmas[i + 1]), level, generator=generator,
+                    kind=sampling.sde_kind if level > 0 else "sde",
+                    reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
+                traj.append(x)
+                log_probs.append(lp)
         finally:
             self.module.train(was_training)
-        x = traj[-1]
-        images = self.decode(x, meta)
         return Rollout(
-            records=records, images=images.float(), latents=torch.stack(traj, dim=1),
+            records=records, images=self.decode(x, meta).float(), latents=torch.stack(traj, dim=1),
             log_probs=torch.stack(log_probs, dim=1), sigmas=sigmas.clone(),
             timesteps=timesteps.unsqueeze(0).expand(b, -1).clone(), noisy=torch.tensor(noisy, dtype=torch.bool),
             trained_steps=tuple(trained), cond=cond, meta=meta)
 
-    def _denoise(self, x, cond, meta, sigmas, timesteps, noisy, sampling, generator):
-        b = x.shape[0]
-        traj, log_probs = [x], []
-        for i in range(sampling.num_steps):
-            t = timesteps[i].to(self.device).expand(b)
-            v = self.predict(x, t, cond, meta, guidance=True)
-            level = sampling.noise_level if noisy[i] else 0.0
-            # ODE steps use the plain Euler form whatever sde_kind is (CPS at level 0 is the same step, written
-            # differently, and would round differently from the diffusers scheduler)
-            x, lp, _, _ = sde_step_with_logprob(
-                x, v, float(sigmas[i]), float(sigmas[i + 1]), level, generator=generator,
-                kind=sampling.sde_kind if level > 0 else "sde",
-                reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
-            traj.append(x)
-            log_probs.append(lp)
-        return traj, log_probs
-
     def rollout(self, records: Sequence[Record], sampling: SamplingConfig,
-                generator: torch.Generator | list[torch.Generator] | None = None, *,
-                noise_seeds: Sequence[int] | None = None) -> Rollout:
+                generator: Generator = None, *, noise_seeds: Sequence[int] | None = None) -> Rollout:
         """SDE rollout on the planned steps (ODE elsewhere); latents and per-step log-probs, fp32.
 
         ``noise_seeds`` (one per record): the initial noise of each sample comes from its own seed, so samples with
@@ -351,8 +330,7 @@ class FlowPolicyBase:
         records of this call."""
         return self._sample(records, sampling, generator, sde=True, noise_seeds=noise_seeds)
 
-    def generate(self, records: Sequence[Record], sampling: SamplingConfig,
-                 generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+    def generate(self, records: Sequence[Record], sampling: SamplingConfig, generator: Generator = None) -> Tensor:
         """Deterministic ODE sampling (``noise_level`` ignored): ``[B, 3, H, W]`` in [0, 1]."""
         return self._sample(records, sampling, generator, sde=False).images
 

@@ -13,7 +13,6 @@ per-sample tensors in ``cond``) and :meth:`velocity` (e.g. appending reference t
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import numpy as np
@@ -22,13 +21,9 @@ from torch import Tensor, nn
 
 from psrl.data.records import Record
 from psrl.models.config import ModelConfig
-from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unwrap_module, window_rng
+from psrl.models.flow_policy import FlowPolicyBase, Generator, scheduler_schedule
 from psrl.models.loading import FLUX_COMPONENT_SPEC
 from psrl.sampling import SamplingConfig, resolution_shift_mu
-
-logger = logging.getLogger(__name__)
-
-Generator = torch.Generator | list[torch.Generator] | None
 
 
 # ----------------------------------------------------------------------------- packing helpers (FLUX layout)
@@ -172,21 +167,29 @@ class FluxPolicy(FlowPolicyBase):
 
     def velocity(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict) -> Tensor:
         """Transformer prediction (fp32) for packed ``latents [B, N, C]`` at ``timesteps [B]`` (0..1000 scale)."""
-        dtype = self.dtype
-        b = latents.shape[0]
         lat_h, lat_w = self.latent_size(meta["height"], meta["width"])
-        embeds = cond["prompt_embeds"].to(self.device, dtype)
+        img_ids = latent_image_ids(lat_h // 2, lat_w // 2, device=self.device, dtype=self.dtype)
+        return self._flux_forward(latents, timesteps, cond["prompt_embeds"], cond["pooled_prompt_embeds"], img_ids,
+                                  meta)
+
+    def _flux_forward(self, hidden: Tensor, timesteps: Tensor, embeds: Tensor, pooled: Tensor, img_ids: Tensor,
+                      meta: dict) -> Tensor:
+        """One transformer call (fp32 out) on packed tokens ``hidden [B, N, C]`` with position ids ``img_ids [N, 3]``
+        and the prompt's T5 ``embeds [B, L, D]`` and CLIP ``pooled [B, D']``; ``timesteps [B]`` on the 0..1000
+        scale, distilled guidance from ``meta`` when the transformer embeds it."""
+        dtype = self.dtype
+        embeds = embeds.to(self.device, dtype)
         guidance = None
         if self.guidance_embeds:
-            guidance = torch.full((b,), float(meta["guidance"]), device=self.device, dtype=torch.float32)
+            guidance = torch.full((hidden.shape[0],), float(meta["guidance"]), device=self.device, dtype=torch.float32)
         out = self._forward(
-            hidden_states=latents.to(self.device, dtype),
+            hidden_states=hidden.to(self.device, dtype),
             timestep=timesteps.to(self.device, dtype) / 1000,
             guidance=guidance,
-            pooled_projections=cond["pooled_prompt_embeds"].to(self.device, dtype),
+            pooled_projections=pooled.to(self.device, dtype),
             encoder_hidden_states=embeds,
             txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=dtype),
-            img_ids=latent_image_ids(lat_h // 2, lat_w // 2, device=self.device, dtype=dtype),
+            img_ids=img_ids,
         )
         return out.float()
 
@@ -205,11 +208,15 @@ class FluxPolicy(FlowPolicyBase):
         """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> packed, scaled and shifted latents (fp32). The posterior mode,
         as Kontext encodes its references, so an SFT step depends on its seed only through noise and sigmas."""
         self.latent_size(images.shape[-2], images.shape[-1])
+        return pack_latents(self._vae_encode(images.to(self.dtype) * 2 - 1))
+
+    def _vae_encode(self, x: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` in ``[-1, 1]`` -> the VAE posterior's mode, shifted and scaled: ``[B, C, h, w]``
+        fp32 on the policy's device."""
         with self._frozen_on_device(self.vae) as vae:
-            x = images.to(next(vae.parameters()).device, self.dtype) * 2 - 1
-            lat = vae.encode(x).latent_dist.mode()
+            lat = vae.encode(x.to(next(vae.parameters()).device, self.dtype)).latent_dist.mode()
             lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
-        return pack_latents(lat.to(self.device))
+        return lat.to(self.device)
 
 
-__all__ = ["FluxPolicy", "latent_image_ids", "pack_latents", "unpack_latents", "unwrap_module", "window_rng"]
+__all__ = ["FluxPolicy", "latent_image_ids", "pack_latents", "unpack_latents"]

@@ -19,7 +19,6 @@ Reproduces the pipeline (huggingface/diffusers@v0.42.1
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import numpy as np
@@ -32,8 +31,6 @@ from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, group_by_key, pad_rows, reorder, scheduler_schedule, unique_records
 from psrl.models.references import ReferenceLoader, check_distinct_ids
-
-logger = logging.getLogger(__name__)
 
 # alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for Qwen-Image-Edit
 QWEN_EDIT_PLUS_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
