@@ -90,12 +90,14 @@ def tiny_flux_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_clip_text_encoder(tokenizer, seed: int = 0, hidden_size: int = 32):
-    """CLIPTextModel (hidden 32 by default) whose special-token ids follow ``tokenizer``."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_clip_text_encoder(tokenizer, seed: int = 0, hidden_size: int = 32, with_projection: bool = False):
+    """CLIPTextModel (hidden 32 by default; ``CLIPTextModelWithProjection``, SD3's, with ``with_projection``) whose
+    special-token ids follow ``tokenizer``."""
+    import transformers
 
     torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig(
+    cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
+    return cls(transformers.CLIPTextConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, projection_dim=hidden_size, hidden_act="gelu", max_position_embeddings=77,
