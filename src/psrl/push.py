@@ -218,8 +218,7 @@ def push_finished_run(trainer) -> None:
     if trainer.is_main:
         repo = run.hub_model_id or trainer.run_dir.name
         try:
-            repo_id, url, _ = push_run(trainer.run_dir, repo, private=run.hub_private_repo)
-            logger.info("pushed %s to %s (%s)", trainer.run_dir, repo_id, url)
+            push_run(trainer.run_dir, repo, private=run.hub_private_repo)  # logs where it went
         except PsrlError as e:
             failure = (f"training finished and is saved in {trainer.run_dir}, but the push failed: {e}; retry with "
                        f"psrl push {trainer.run_dir} --repo-id {repo}")
