@@ -48,12 +48,14 @@ def tiny_clip_tokenizer_eos_last(model_max_length: int = 77,
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
-def tiny_t5_tokenizer(model_max_length: int = 512):
-    """Unigram vocabulary given as ``(piece, log-prob)`` pairs; ids 0/1/2 = pad/eos/unk as in real T5."""
+def tiny_t5_tokenizer(model_max_length: int = 512, words=()):
+    """Unigram vocabulary given as ``(piece, log-prob)`` pairs; ids 0/1/2 = pad/eos/unk as in real T5. Each of
+    ``words`` (longer than one letter) is one likelier piece; anything else is spelled letter by letter."""
     from transformers import T5Tokenizer
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     vocab += [(c, -3.0) for c in TINY_CHARS] + [("\u2581" + c, -2.5) for c in TINY_CHARS]
+    vocab += [("\u2581" + w, -1.0) for w in words if len(w) > 1]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
 
