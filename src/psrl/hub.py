@@ -65,9 +65,6 @@ def parse_hf_uri(uri: str) -> HubPath:
         HubError: not an ``hf://`` path, a bad repository id, an empty revision or one with ``/``, or a path with
             ``..``, ``.`` or empty parts.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not is_hf_uri(uri):
         raise HubError(f"{uri!r} is not an hf:// path (hf://<org>/<dataset>[@revision][/file])")
     rest = uri[len(HF_SCHEME):]
@@ -81,9 +78,9 @@ def parse_hf_uri(uri: str) -> HubPath:
     if "@" in parts[1] and not revision:
         raise HubError(f"{uri!r}: empty revision after '@'")
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise HubError(f"{uri!r}: {repo_id!r} is not a valid Hub repository id ({str(e).splitlines()[0]})") from None
+        check_repo_id(repo_id)
+    except HubError as e:
+        raise HubError(f"{uri!r}: {e}") from None
     path_parts = parts[2:]
     if path_parts and path_parts[-1] == "":
         path_parts = path_parts[:-1]  # a trailing slash names a folder
