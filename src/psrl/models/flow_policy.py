@@ -52,15 +52,12 @@ def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | No
 def unwrap_module(module: nn.Module) -> nn.Module:
     """Strip DistributedDataParallel / accelerate / torch.compile wrappers."""
     while True:
-        inner = getattr(module, "module", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-            continue
-        inner = getattr(module, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-            continue
-        return module
+        inner = getattr(module, "module", None)  # DDP / accelerate
+        if not isinstance(inner, nn.Module):
+            inner = getattr(module, "_orig_mod", None)  # torch.compile
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
 
 
 def window_rng(generator: Generator) -> random.Random:
@@ -214,9 +211,8 @@ class FlowPolicyBase:
             prepare_lora(self.transformer, cfg.lora, prefix=self.lora_prefix)
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
-        for m in self._frozen:
-            m.to("cpu" if self.offload_frozen else self.device)
         self.module = self.transformer
+        self.to(self.device)  # the frozen modules
 
     def frozen_modules(self) -> list[nn.Module]:
         """The text encoders and the VAE (never trained)."""
