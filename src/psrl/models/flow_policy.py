@@ -6,9 +6,9 @@ to draw initial noise in its latent layout, which sigma schedule its pipeline us
 through :func:`psrl.sampling.sde_step_with_logprob`, so every policy shares exactly the trainer-facing semantics.
 
 Conditioning tensors are stored batch-first in ``Rollout.cond`` with a fixed per-policy width (padded, with the true
-lengths alongside), so rollouts from different calls concatenate; :meth:`FlowPolicyBase.velocity` groups samples
-whose true shapes agree and runs the transformer once per group on the unpadded tensors, which keeps results
-identical to the diffusers pipelines.
+lengths alongside), so rollouts from different calls concatenate; the reference-conditioned policies' ``predict``
+groups samples whose true shapes agree and runs the transformer once per group on the unpadded tensors, which keeps
+results identical to the diffusers pipelines.
 """
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ guidance when ``transformer.config.guidance_embeds`` and VAE decoding, so that w
 the pipeline's (tested to < 1e-4 in fp32).
 
 Subclasses (FLUX-Kontext and other reference-conditioned FLUX variants) override :meth:`encode_conditions` (extra
-per-sample tensors in ``cond``) and :meth:`velocity` (e.g. appending reference tokens to the sequence).
+per-sample tensors in ``cond``) and :meth:`predict` (e.g. appending reference tokens to the sequence).
 """
 from __future__ import annotations
 
@@ -162,11 +162,8 @@ class FluxPolicy(FlowPolicyBase):
     # ------------------------------------------------------------------ the model
     def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
                 guidance: bool = True) -> Tensor:
-        """FLUX's guidance is distilled into an embedding (no CFG branch), so ``guidance`` changes nothing."""
-        return self.velocity(latents, timesteps, cond, meta)
-
-    def velocity(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict) -> Tensor:
-        """Transformer prediction (fp32) for packed ``latents [B, N, C]`` at ``timesteps [B]`` (0..1000 scale)."""
+        """Transformer prediction (fp32) for packed ``latents [B, N, C]`` at ``timesteps [B]`` (0..1000 scale).
+        FLUX's guidance is distilled into an embedding (no CFG branch), so ``guidance`` changes nothing."""
         lat_h, lat_w = self.latent_size(meta["height"], meta["width"])
         img_ids = latent_image_ids(lat_h // 2, lat_w // 2, device=self.device, dtype=self.dtype)
         return self._flux_forward(latents, timesteps, cond["prompt_embeds"], cond["pooled_prompt_embeds"], img_ids,

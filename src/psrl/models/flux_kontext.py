@@ -157,7 +157,8 @@ class FluxKontextPolicy(FluxPolicy):
         return cond
 
     # ------------------------------------------------------------------ the model
-    def velocity(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict) -> Tensor:
+    def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
+                guidance: bool = True) -> Tensor:
         """Target tokens followed by the sample's reference tokens; samples sharing a reference layout run as one
         batch, on unpadded sequences (so results equal ``FluxKontextPipeline``'s)."""
         dtype, b, n = self.dtype, latents.shape[0], latents.shape[1]
