@@ -84,7 +84,7 @@ def resolve_target_modules(module: nn.Module, targets) -> list[str]:
     return sorted(chosen)
 
 
-def add_lora(module: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> list[str]:
+def add_lora(module: nn.Module, cfg: LoraConfig) -> list[str]:
     """Freeze ``module`` and add a peft LoRA adapter (diffusers ``add_adapter``). LoRA weights are kept in fp32
     whatever the base dtype, so optimizer updates are not lost to bf16 rounding. Returns the adapted module names."""
     from peft import LoraConfig as PeftLoraConfig
@@ -93,7 +93,7 @@ def add_lora(module: nn.Module, cfg: LoraConfig, adapter_name: str = "default") 
     targets = resolve_target_modules(module, cfg.targets)
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights=cfg.init,
                               target_modules=targets, lora_dropout=cfg.dropout)
-    module.add_adapter(peft_cfg, adapter_name=adapter_name)
+    module.add_adapter(peft_cfg)
     _make_lora_trainable_fp32(module)
     logger.info("LoRA rank %d alpha %g on %d modules (%d trainable parameters)", cfg.rank, cfg.alpha, len(targets),
                 sum(p.numel() for p in module.parameters() if p.requires_grad))

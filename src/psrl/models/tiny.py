@@ -117,20 +117,18 @@ def tiny_t5_encoder(tokenizer, seed: int = 0, d_model: int = 32):
     )).eval()
 
 
-def tiny_flux_scheduler(flux_like: bool = True):
+def tiny_flux_scheduler():
     """FlowMatchEulerDiscreteScheduler with the real FLUX.1 knobs (dynamic, resolution-dependent shift ``mu``), so
-    tests exercise the shift path; ``flux_like=False`` gives the unshifted default."""
+    tests exercise the shift path."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    if not flux_like:
-        return FlowMatchEulerDiscreteScheduler()
     return FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
         max_image_seq_len=4096,
     )
 
 
-def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True, flux_like_scheduler: bool = True) -> dict:
+def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict:
     """Kwargs for ``diffusers.FluxPipeline(**c)``: transformer, vae, text_encoder (CLIP), text_encoder_2 (T5),
     tokenizer, tokenizer_2 and scheduler, all deterministic from ``seed`` and in eval mode.
 
@@ -139,7 +137,7 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True, flux_like_
     """
     tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
     return eval_modules(dict(
-        scheduler=tiny_flux_scheduler(flux_like_scheduler),
+        scheduler=tiny_flux_scheduler(),
         vae=tiny_flux_vae(seed),
         transformer=tiny_flux_transformer(seed, guidance_embeds=guidance_embeds),
         text_encoder=tiny_clip_text_encoder(tokenizer, seed),

@@ -83,7 +83,7 @@ def tiny_qwen_vl_config(tokenizer, model_type: str = "qwen2_5_vl"):
                vision_end_token_id=ids["<|vision_end|>"])
 
 
-def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: bool = True) -> dict:
+def tiny_qwen_image_edit_plus_components(seed: int = 0) -> dict:
     """Kwargs for ``QwenImageEditPlusPipeline(**c)``; shapes follow diffusers' dummy components.
 
     The tiny VAE downsamples x4 (the real one x8), so output sizes must be multiples of 8.
@@ -105,13 +105,11 @@ def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: 
         base_dim=z_dim * 6, z_dim=z_dim, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
     )
-    if qwen_like_scheduler:  # Qwen-Image's scheduler knobs: exponential, resolution-dependent shift
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
-            max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
-        )
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler()
+    # Qwen-Image's scheduler knobs: exponential, resolution-dependent shift
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )
     config = tiny_qwen_vl_config(tokenizer, "qwen2_5_vl")
     torch.manual_seed(seed)
     text_encoder = Qwen2_5_VLForConditionalGeneration(config)
