@@ -27,17 +27,23 @@ from psrl.models.base import Rollout, StepLogProb
 from psrl.models.config import ModelConfig
 from psrl.models.loading import load_policy_components, torch_dtype_from_name
 from psrl.models.truncation import warn_truncated_prompts
-from psrl.sampling import SamplingConfig, plan_steps, sde_step_with_logprob
+from psrl.sampling import SamplingConfig, plan_steps, resolution_shift_mu, sde_step_with_logprob
 
 Generator = torch.Generator | list[torch.Generator] | None
 
 
-def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | None = None,
-                       device=None) -> tuple[Tensor, Tensor]:
+def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, image_seq_len: int | None = None,
+                       max_shift: float = 1.15) -> tuple[Tensor, Tensor]:
     """``(sigmas [T + 1], timesteps [T])`` in float32 exactly as a diffusers pipeline gets them from
-    ``scheduler.set_timesteps`` (a deep copy is used, the scheduler itself is untouched)."""
+    ``scheduler.set_timesteps`` (a deep copy is used, the scheduler itself is untouched). ``image_seq_len``: the
+    target's token count, for the resolution-dependent shift ``mu`` the pipelines' ``calculate_shift`` computes
+    from the scheduler config (:func:`psrl.sampling.resolution_shift_mu`; ``max_shift`` is the pipeline's default
+    when the config has none: 1.15, SD3's 1.16)."""
     sched = copy.deepcopy(scheduler)
-    kwargs: dict[str, Any] = {} if mu is None else {"mu": mu}
+    c = scheduler.config
+    kwargs: dict[str, Any] = {} if image_seq_len is None else {"mu": resolution_shift_mu(
+        image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+        c.get("max_shift", max_shift))}
     if sigmas is not None:
         sched.set_timesteps(sigmas=list(np.asarray(sigmas, dtype=np.float64)), device="cpu", **kwargs)
     else:

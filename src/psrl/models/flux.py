@@ -23,7 +23,7 @@ from psrl.data.records import Record
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, Generator, scheduler_schedule
 from psrl.models.loading import FLUX_COMPONENT_SPEC
-from psrl.sampling import SamplingConfig, resolution_shift_mu
+from psrl.sampling import SamplingConfig
 
 
 # ----------------------------------------------------------------------------- packing helpers (FLUX layout)
@@ -138,11 +138,9 @@ class FluxPolicy(FlowPolicyBase):
     def sigma_schedule(self, num_steps: int, image_seq_len: int) -> tuple[Tensor, Tensor]:
         """``(sigmas [T + 1], timesteps [T])`` float32 on the CPU, computed by the scheduler itself as
         ``FluxPipeline`` does: ``set_timesteps(sigmas=linspace(1, 1/T, T), mu=calculate_shift(seq_len))``."""
-        cfg = self.scheduler.config
-        mu = resolution_shift_mu(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        sigmas = None if getattr(cfg, "use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
-        return scheduler_schedule(self.scheduler, num_steps, sigmas=sigmas, mu=mu)
+        use_flow_sigmas = getattr(self.scheduler.config, "use_flow_sigmas", False)
+        sigmas = None if use_flow_sigmas else np.linspace(1.0, 1 / num_steps, num_steps)
+        return scheduler_schedule(self.scheduler, num_steps, sigmas=sigmas, image_seq_len=image_seq_len)
 
     def schedule(self, sampling: SamplingConfig) -> tuple[Tensor, Tensor]:
         lat_h, lat_w = self.latent_size(sampling.height, sampling.width)

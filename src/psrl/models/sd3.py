@@ -117,17 +117,12 @@ class SD3Policy(FlowPolicyBase):
     def schedule(self, sampling: SamplingConfig):
         """The pipeline's schedule: ``scheduler.set_timesteps(num_steps)`` (static shift 3 for SD3), with ``mu``
         from the image sequence length when the scheduler uses dynamic shifting."""
-        mu = None
-        sched_cfg = self.pipe.scheduler.config
-        if sched_cfg.get("use_dynamic_shifting", False):
-            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
+        seq_len = None
+        if self.pipe.scheduler.config.get("use_dynamic_shifting", False):
             h, w = self.latent_size(sampling.height, sampling.width)
-            p = self.patch_size
-            mu = calculate_shift((h // p) * (w // p), sched_cfg.get("base_image_seq_len", 256),
-                                 sched_cfg.get("max_image_seq_len", 4096), sched_cfg.get("base_shift", 0.5),
-                                 sched_cfg.get("max_shift", 1.16))
-        return scheduler_schedule(self.pipe.scheduler, sampling.num_steps, mu=mu)
+            seq_len = (h // self.patch_size) * (w // self.patch_size)
+        # 1.16: StableDiffusion3Pipeline's max_shift default
+        return scheduler_schedule(self.pipe.scheduler, sampling.num_steps, image_seq_len=seq_len, max_shift=1.16)
 
     def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
                 guidance: bool = True) -> Tensor:
