@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from psrl.errors import ModelLoadError
+from psrl.hub import hub_offline
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ FLUX_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
 }
 
 _PROBE_TEXT = "a photo of a dog"
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -270,7 +265,6 @@ __all__ = [
     "DTYPE_NAMES",
     "FLUX_COMPONENT_SPEC",
     "check_tokenizer",
-    "hub_offline",
     "load_component",
     "load_components",
     "load_policy_components",
