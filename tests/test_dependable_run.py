@@ -304,6 +304,7 @@ def test_offline_hub_typo_is_named_quickly(monkeypatch):
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # read at import, as the env was
     monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     t0 = time.time()
     with pytest.raises(ModelLoadError, match="unreachable.*the id may be wrong"):

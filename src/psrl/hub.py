@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from huggingface_hub import constants  # light: the heavy clients are imported where used
+
 logger = logging.getLogger(__name__)
 
 HF_SCHEME = "hf://"
@@ -65,9 +67,6 @@ def parse_hf_uri(uri: str) -> HubPath:
         HubError: not an ``hf://`` path, a bad repository id, an empty revision or one with ``/``, or a path with
             ``..``, ``.`` or empty parts.
     """
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
     if not is_hf_uri(uri):
         raise HubError(f"{uri!r} is not an hf:// path (hf://<org>/<dataset>[@revision][/file])")
     rest = uri[len(HF_SCHEME):]
@@ -81,9 +80,9 @@ def parse_hf_uri(uri: str) -> HubPath:
     if "@" in parts[1] and not revision:
         raise HubError(f"{uri!r}: empty revision after '@'")
     try:
-        validate_repo_id(repo_id)
-    except HFValidationError as e:
-        raise HubError(f"{uri!r}: {repo_id!r} is not a valid Hub repository id ({str(e).splitlines()[0]})") from None
+        check_repo_id(repo_id)
+    except HubError as e:
+        raise HubError(f"{uri!r}: {e}") from None
     path_parts = parts[2:]
     if path_parts and path_parts[-1] == "":
         path_parts = path_parts[:-1]  # a trailing slash names a folder
@@ -94,23 +93,13 @@ def parse_hf_uri(uri: str) -> HubPath:
 
 def hub_offline() -> bool:
     """True when ``huggingface_hub`` will not contact the Hub (``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``)."""
-    from huggingface_hub import constants
-
     env = any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return bool(constants.HF_HUB_OFFLINE) or env
 
 
-def _endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT
-
-
 def dataset_home() -> Path:
     """Where ``hf://`` dataset files are kept: ``$HF_HOME/psrl/datasets`` (``~/.cache/huggingface/...``)."""
-    from huggingface_hub import constants
-
     return Path(constants.HF_HOME) / "psrl" / "datasets"
 
 
@@ -134,8 +123,8 @@ def _translate(e: Exception, hp: HubPath, what: str) -> HubError:
         return HubError(f"{hp}: the dataset {hp.repo_id} is gated; accept its terms on its Hub page and log in "
                         "(`hf auth login` or HF_TOKEN)")
     if isinstance(e, RepositoryNotFoundError):
-        return HubError(f"{hp}: no dataset repository {hp.repo_id!r} on the Hub ({_endpoint()}); check the id (a "
-                        "private dataset needs `hf auth login` or HF_TOKEN)")
+        return HubError(f"{hp}: no dataset repository {hp.repo_id!r} on the Hub ({constants.ENDPOINT}); check the "
+                        "id (a private dataset needs `hf auth login` or HF_TOKEN)")
     if isinstance(e, RevisionNotFoundError):
         return HubError(f"{hp}: the dataset {hp.repo_id} has no revision {hp.revision!r}")
     if isinstance(e, OfflineModeIsEnabled) or hub_offline():
@@ -143,7 +132,7 @@ def _translate(e: Exception, hp: HubPath, what: str) -> HubError:
                         "(HF_HUB_OFFLINE is set); run once online to fetch it, or unset HF_HUB_OFFLINE")
     if isinstance(e, EntryNotFoundError):
         return HubError(f"{hp}: the dataset {hp.repo_id} has no file {what!r} at revision {hp.revision or 'main'}")
-    return HubError(f"{hp}: could not fetch {what} from the Hub ({_endpoint()}): {type(e).__name__}: "
+    return HubError(f"{hp}: could not fetch {what} from the Hub ({constants.ENDPOINT}): {type(e).__name__}: "
                     f"{str(e).splitlines()[0] if str(e) else ''}")
 
 
@@ -166,7 +155,7 @@ def _resolve_commit(hp: HubPath) -> str:
     except Exception as e:  # noqa: BLE001 - every failure becomes one line naming the path
         raise _translate(e, hp, "the repository") from None
     if not commit:
-        raise HubError(f"{hp}: the Hub ({_endpoint()}) did not say which commit {revision!r} is")
+        raise HubError(f"{hp}: the Hub ({constants.ENDPOINT}) did not say which commit {revision!r} is")
     ref.parent.mkdir(parents=True, exist_ok=True)
     ref.write_text(commit)
     return commit
@@ -284,8 +273,6 @@ def hub_records_file(uri: str) -> Path:
         HubError: a bad path, an unknown repository, revision or file, a gated dataset, an unreachable Hub, or a
             path never fetched while offline (one line each).
     """
-    from huggingface_hub import constants
-
     # one commit per process, per cache folder, endpoint and offline setting (a change of any fetches again)
     key = (uri, str(dataset_home()), constants.ENDPOINT, hub_offline())
     if key not in _RECORDS_FILES:
@@ -324,7 +311,6 @@ def resolved_commit(repo_id: str, revision: str | None = None, repo_type: str = 
     """The commit ``revision`` (default ``main``) of ``repo_id`` resolved to when it was last downloaded into the
     Hub cache (``refs/<revision>``), or the revision itself when it is a commit; ``None`` when the cache does not
     know. No network."""
-    from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
     revision = revision or "main"
@@ -404,7 +390,7 @@ def upload_model_folder(folder: str | os.PathLike, repo_id: str, *, private: boo
         raise
     except Exception as e:  # noqa: BLE001 - every failure becomes one line naming the repository
         first = str(e).splitlines()[0] if str(e) else ""
-        raise HubError(f"upload to {repo_id} on {_endpoint()} failed: {type(e).__name__}: {first}") from None
+        raise HubError(f"upload to {repo_id} on {constants.ENDPOINT} failed: {type(e).__name__}: {first}") from None
     return full_id, str(info.commit_url)
 
 

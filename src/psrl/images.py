@@ -24,8 +24,8 @@ writer (benchmark images, data-pipeline images, training samples, ``psrl generat
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
-from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -159,20 +159,12 @@ class CachedImages:
             raise ValueError(f"max_cached must be >= 1, got {max_cached}")
         self.max_cached = max_cached
         self.background = background
-        self._cache: OrderedDict[str, Image.Image] = OrderedDict()
+        # lru_cache keeps no exceptions, so a failure is not cached: a file fixed on disk loads at the next call
+        self._load = functools.lru_cache(maxsize=max_cached)(functools.partial(load_image, background=background))
 
     def load(self, path: str | Path) -> Image.Image:
-        """The RGB image at ``path``. Raises :class:`ImageLoadError` as :func:`load_image` does (failures are not
-        cached: a file fixed on disk loads at the next call)."""
-        key = str(path)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        img = load_image(path, background=self.background)
-        self._cache[key] = img
-        if len(self._cache) > self.max_cached:
-            self._cache.popitem(last=False)
-        return img
+        """The RGB image at ``path``. Raises :class:`ImageLoadError` as :func:`load_image` does."""
+        return self._load(str(path))
 
 
 def image_size(source: ImageSource) -> tuple[int, int]:

@@ -10,7 +10,6 @@ Pure: :func:`render_model_card` turns a :class:`RunSummary` (built by :mod:`psrl
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 
@@ -90,9 +89,7 @@ def _fmt(v) -> str:
     if v is None:
         return "n/a"
     if isinstance(v, float):
-        if not math.isfinite(v):
-            return str(v)
-        return f"{v:.4g}"
+        return f"{v:.4g}"  # nan and inf print as themselves
     return str(v)
 
 
@@ -116,9 +113,8 @@ def card_metadata(s: RunSummary, *, license: str | None = None) -> dict:
     model = _section(s.config, "model")
     pipe, task, family = PIPELINES.get(model.get("name"), _GENERIC)
     base = s.model.get("path") or model.get("path")
-    tags = ["text-to-image" if task == "text-to-image" else "image-to-image", "diffusers", "lora",
-            "template:sd-lora", "psrl", s.kind] + (["flow-grpo"] if s.kind == "grpo" else []) + \
-        ([family] if family else [])
+    tags = [task, "diffusers", "lora", "template:sd-lora", "psrl", s.kind] + \
+        (["flow-grpo"] if s.kind == "grpo" else []) + ([family] if family else [])
     meta = {"library_name": "diffusers", "pipeline_tag": task, "tags": tags,
             "widget": [{"text": im.caption, "output": {"url": im.path}} for im in s.images]}
     if base and _hub_id(base):

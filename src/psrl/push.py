@@ -64,7 +64,7 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def pick_samples(samples_dir: Path, max_grids: int = 2) -> list[Path]:
+def pick_samples(samples_dir: Path) -> list[Path]:
     """The gallery: ``before_after.png`` when the run wrote one, then the first and last evaluation grids
     (``step-N.png``, by step)."""
     if not samples_dir.is_dir():
@@ -72,7 +72,7 @@ def pick_samples(samples_dir: Path, max_grids: int = 2) -> list[Path]:
     grids = sorted((int(m.group(1)), p) for p in samples_dir.iterdir() if (m := _STEP_GRID.match(p.name)))
     chosen = [samples_dir / "before_after.png"] if (samples_dir / "before_after.png").is_file() else []
     picks = [grids[0], grids[-1]] if len(grids) > 1 else grids
-    for _, p in picks[:max_grids]:
+    for _, p in picks:
         if p not in chosen:
             chosen.append(p)
     return chosen
@@ -218,8 +218,7 @@ def push_finished_run(trainer) -> None:
     if trainer.is_main:
         repo = run.hub_model_id or trainer.run_dir.name
         try:
-            repo_id, url, _ = push_run(trainer.run_dir, repo, private=run.hub_private_repo)
-            logger.info("pushed %s to %s (%s)", trainer.run_dir, repo_id, url)
+            push_run(trainer.run_dir, repo, private=run.hub_private_repo)  # logs where it went
         except PsrlError as e:
             failure = (f"training finished and is saved in {trainer.run_dir}, but the push failed: {e}; retry with "
                        f"psrl push {trainer.run_dir} --repo-id {repo}")

@@ -50,15 +50,13 @@ class Rollout:
     def select(self, index: Sequence[int] | Tensor) -> "Rollout":
         """The sub-batch at ``index`` (cond tensors indexed along dim 0)."""
         idx = torch.as_tensor(list(index) if not isinstance(index, Tensor) else index, dtype=torch.long)
-        return replace(
-            self,
-            records=[self.records[int(i)] for i in idx],
-            images=self.images[idx.to(self.images.device)],
-            latents=self.latents[idx.to(self.latents.device)],
-            log_probs=self.log_probs[idx.to(self.log_probs.device)],
-            timesteps=self.timesteps[idx.to(self.timesteps.device)],
-            cond={k: v[idx.to(v.device)] for k, v in self.cond.items()},
-        )
+
+        def pick(t: Tensor) -> Tensor:
+            return t[idx.to(t.device)]
+
+        return replace(self, records=[self.records[int(i)] for i in idx],
+                       cond={k: pick(v) for k, v in self.cond.items()},
+                       **{k: pick(getattr(self, k)) for k in _PER_SAMPLE})
 
     @staticmethod
     def cat(parts: Sequence["Rollout"]) -> "Rollout":
@@ -76,15 +74,13 @@ class Rollout:
             if set(p.cond) != set(first.cond):
                 raise ValueError(f"cannot concatenate rollouts with cond keys {sorted(first.cond)} and "
                                  f"{sorted(p.cond)}")
-        return replace(
-            first,
-            records=[r for p in parts for r in p.records],
-            images=torch.cat([p.images for p in parts]),
-            latents=torch.cat([p.latents for p in parts]),
-            log_probs=torch.cat([p.log_probs for p in parts]),
-            timesteps=torch.cat([p.timesteps for p in parts]),
-            cond={k: _cat_padded([p.cond[k] for p in parts], k) for k in first.cond},
-        )
+        return replace(first, records=[r for p in parts for r in p.records],
+                       cond={k: _cat_padded([p.cond[k] for p in parts], k) for k in first.cond},
+                       **{k: torch.cat([getattr(p, k) for p in parts]) for k in _PER_SAMPLE})
+
+
+#: the Rollout tensors indexed by sample along dim 0 (``sigmas`` and ``noisy`` are shared by the batch)
+_PER_SAMPLE = ("images", "latents", "log_probs", "timesteps")
 
 
 def _cat_padded(tensors: Sequence[Tensor], name: str) -> Tensor:

@@ -6,15 +6,14 @@ to draw initial noise in its latent layout, which sigma schedule its pipeline us
 through :func:`psrl.sampling.sde_step_with_logprob`, so every policy shares exactly the trainer-facing semantics.
 
 Conditioning tensors are stored batch-first in ``Rollout.cond`` with a fixed per-policy width (padded, with the true
-lengths alongside), so rollouts from different calls concatenate; :meth:`FlowPolicyBase.velocity` groups samples
-whose true shapes agree and runs the transformer once per group on the unpadded tensors, which keeps results
-identical to the diffusers pipelines.
+lengths alongside), so rollouts from different calls concatenate; the reference-conditioned policies' ``predict``
+groups samples whose true shapes agree and runs the transformer once per group on the unpadded tensors, which keeps
+results identical to the diffusers pipelines.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import random
 from typing import Any, Hashable, Iterator, Sequence
 
@@ -28,25 +27,25 @@ from psrl.models.base import Rollout, StepLogProb
 from psrl.models.config import ModelConfig
 from psrl.models.loading import load_policy_components, torch_dtype_from_name
 from psrl.models.truncation import warn_truncated_prompts
-from psrl.sampling import SamplingConfig, plan_steps, sde_step_with_logprob
-
-logger = logging.getLogger(__name__)
+from psrl.sampling import SamplingConfig, plan_steps, resolution_shift_mu, sde_step_with_logprob
 
 Generator = torch.Generator | list[torch.Generator] | None
 
 
-def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | None = None,
-                       device=None) -> tuple[Tensor, Tensor]:
+def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, image_seq_len: int | None = None,
+                       max_shift: float = 1.15) -> tuple[Tensor, Tensor]:
     """``(sigmas [T + 1], timesteps [T])`` in float32 exactly as a diffusers pipeline gets them from
-    ``scheduler.set_timesteps`` (a deep copy is used, the scheduler itself is untouched)."""
+    ``scheduler.set_timesteps`` (a deep copy is used, the scheduler itself is untouched). ``image_seq_len``: the
+    target's token count, for the resolution-dependent shift ``mu`` the pipelines' ``calculate_shift`` computes
+    from the scheduler config (:func:`psrl.sampling.resolution_shift_mu`; ``max_shift`` is the pipeline's default
+    when the config has none: 1.15, SD3's 1.16)."""
     sched = copy.deepcopy(scheduler)
-    kwargs: dict[str, Any] = {}
+    c = scheduler.config
+    kwargs: dict[str, Any] = {} if image_seq_len is None else {"mu": resolution_shift_mu(
+        image_seq_len, c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096), c.get("base_shift", 0.5),
+        c.get("max_shift", max_shift))}
     if sigmas is not None:
-        kwargs["sigmas"] = list(np.asarray(sigmas, dtype=np.float64))
-    if mu is not None:
-        kwargs["mu"] = mu
-    if sigmas is not None:
-        sched.set_timesteps(sigmas=kwargs.pop("sigmas"), device="cpu", **kwargs)
+        sched.set_timesteps(sigmas=list(np.asarray(sigmas, dtype=np.float64)), device="cpu", **kwargs)
     else:
         sched.set_timesteps(num_steps, device="cpu", **kwargs)
     sig = sched.sigmas.detach().float().cpu()
@@ -59,15 +58,12 @@ def scheduler_schedule(scheduler, num_steps: int, *, sigmas=None, mu: float | No
 def unwrap_module(module: nn.Module) -> nn.Module:
     """Strip DistributedDataParallel / accelerate / torch.compile wrappers."""
     while True:
-        inner = getattr(module, "module", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-            continue
-        inner = getattr(module, "_orig_mod", None)
-        if isinstance(inner, nn.Module):
-            module = inner
-            continue
-        return module
+        inner = getattr(module, "module", None)  # DDP / accelerate
+        if not isinstance(inner, nn.Module):
+            inner = getattr(module, "_orig_mod", None)  # torch.compile
+        if not isinstance(inner, nn.Module):
+            return module
+        module = inner
 
 
 def window_rng(generator: Generator) -> random.Random:
@@ -221,9 +217,8 @@ class FlowPolicyBase:
             prepare_lora(self.transformer, cfg.lora, prefix=self.lora_prefix)
         if cfg.gradient_checkpointing:
             self.transformer.enable_gradient_checkpointing()
-        for m in self._frozen:
-            m.to("cpu" if self.offload_frozen else self.device)
         self.module = self.transformer
+        self.to(self.device)  # the frozen modules
 
     def frozen_modules(self) -> list[nn.Module]:
         """The text encoders and the VAE (never trained)."""
@@ -273,19 +268,15 @@ class FlowPolicyBase:
             uniq = list(dict.fromkeys(seeds))
             base = self.initial_noise(len(uniq), sampling, [torch.Generator().manual_seed(s) for s in uniq])
             return base[torch.as_tensor([uniq.index(s) for s in seeds], device=base.device)]
-        n = len(records)
         if not sampling.same_noise_per_group:
-            return self.initial_noise(n, sampling, generator)
-        _, where = unique_records(records)
-        first = {}
-        for i, w in enumerate(where):
-            first.setdefault(w, i)
+            return self.initial_noise(len(records), sampling, generator)
+        # each distinct record's start is drawn once, with the generator of its first copy
+        uniq, where = unique_records(records)
         gens = generator
         if isinstance(generator, (list, tuple)):
-            gens = [generator[first[w]] for w in sorted(first)]
-        base = self.initial_noise(len(first), sampling, gens)
-        order = {w: j for j, w in enumerate(sorted(first))}
-        return torch.stack([base[order[w]] for w in where])
+            gens = [generator[where.index(u)] for u in range(len(uniq))]
+        base = self.initial_noise(len(uniq), sampling, gens)
+        return base[torch.as_tensor(where, device=base.device)]
 
     @torch.no_grad()
     def _sample(self, records: Sequence[Record], sampling: SamplingConfig, generator, *, sde: bool,
@@ -312,37 +303,27 @@ class FlowPolicyBase:
         was_training = self.module.training
         self.module.eval()  # sampling never uses dropout; the trainer's mode is restored below
         try:
-            traj, log_probs = self._denoise(x, cond, meta, sigmas, timesteps, noisy, sampling, generator)
+            for i in range(n_steps):
+                v = self.predict(x, timesteps[i].to(self.device).expand(b), cond, meta, guidance=True)
+                level = sampling.noise_level if noisy[i] else 0.0
+                # ODE steps use the plain Euler form whatever sde_kind is (CPS at level 0 is the same step, written
+                # differently, and would round differently from the diffusers scheduler)
+                x, lp, _, _ = sde_step_with_logprob(
+                    x, v, float(sigmas[i]), float(sigmas[i + 1]), level, generator=generator,
+                    kind=sampling.sde_kind if level > 0 else "sde",
+                    reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
+                traj.append(x)
+                log_probs.append(lp)
         finally:
             self.module.train(was_training)
-        x = traj[-1]
-        images = self.decode(x, meta)
         return Rollout(
-            records=records, images=images.float(), latents=torch.stack(traj, dim=1),
+            records=records, images=self.decode(x, meta).float(), latents=torch.stack(traj, dim=1),
             log_probs=torch.stack(log_probs, dim=1), sigmas=sigmas.clone(),
             timesteps=timesteps.unsqueeze(0).expand(b, -1).clone(), noisy=torch.tensor(noisy, dtype=torch.bool),
             trained_steps=tuple(trained), cond=cond, meta=meta)
 
-    def _denoise(self, x, cond, meta, sigmas, timesteps, noisy, sampling, generator):
-        b = x.shape[0]
-        traj, log_probs = [x], []
-        for i in range(sampling.num_steps):
-            t = timesteps[i].to(self.device).expand(b)
-            v = self.predict(x, t, cond, meta, guidance=True)
-            level = sampling.noise_level if noisy[i] else 0.0
-            # ODE steps use the plain Euler form whatever sde_kind is (CPS at level 0 is the same step, written
-            # differently, and would round differently from the diffusers scheduler)
-            x, lp, _, _ = sde_step_with_logprob(
-                x, v, float(sigmas[i]), float(sigmas[i + 1]), level, generator=generator,
-                kind=sampling.sde_kind if level > 0 else "sde",
-                reduce=sampling.log_prob_reduce, cps_compat=sampling.cps_compat)
-            traj.append(x)
-            log_probs.append(lp)
-        return traj, log_probs
-
     def rollout(self, records: Sequence[Record], sampling: SamplingConfig,
-                generator: torch.Generator | list[torch.Generator] | None = None, *,
-                noise_seeds: Sequence[int] | None = None) -> Rollout:
+                generator: Generator = None, *, noise_seeds: Sequence[int] | None = None) -> Rollout:
         """SDE rollout on the planned steps (ODE elsewhere); latents and per-step log-probs, fp32.
 
         ``noise_seeds`` (one per record): the initial noise of each sample comes from its own seed, so samples with
@@ -351,8 +332,7 @@ class FlowPolicyBase:
         records of this call."""
         return self._sample(records, sampling, generator, sde=True, noise_seeds=noise_seeds)
 
-    def generate(self, records: Sequence[Record], sampling: SamplingConfig,
-                 generator: torch.Generator | list[torch.Generator] | None = None) -> Tensor:
+    def generate(self, records: Sequence[Record], sampling: SamplingConfig, generator: Generator = None) -> Tensor:
         """Deterministic ODE sampling (``noise_level`` ignored): ``[B, 3, H, W]`` in [0, 1]."""
         return self._sample(records, sampling, generator, sde=False).images
 

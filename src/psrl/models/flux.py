@@ -9,11 +9,10 @@ guidance when ``transformer.config.guidance_embeds`` and VAE decoding, so that w
 the pipeline's (tested to < 1e-4 in fp32).
 
 Subclasses (FLUX-Kontext and other reference-conditioned FLUX variants) override :meth:`encode_conditions` (extra
-per-sample tensors in ``cond``) and :meth:`velocity` (e.g. appending reference tokens to the sequence).
+per-sample tensors in ``cond``) and :meth:`predict` (e.g. appending reference tokens to the sequence).
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import numpy as np
@@ -22,13 +21,9 @@ from torch import Tensor, nn
 
 from psrl.data.records import Record
 from psrl.models.config import ModelConfig
-from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unwrap_module, window_rng
+from psrl.models.flow_policy import FlowPolicyBase, Generator, scheduler_schedule
 from psrl.models.loading import FLUX_COMPONENT_SPEC
-from psrl.sampling import SamplingConfig, resolution_shift_mu
-
-logger = logging.getLogger(__name__)
-
-Generator = torch.Generator | list[torch.Generator] | None
+from psrl.sampling import SamplingConfig
 
 
 # ----------------------------------------------------------------------------- packing helpers (FLUX layout)
@@ -143,11 +138,9 @@ class FluxPolicy(FlowPolicyBase):
     def sigma_schedule(self, num_steps: int, image_seq_len: int) -> tuple[Tensor, Tensor]:
         """``(sigmas [T + 1], timesteps [T])`` float32 on the CPU, computed by the scheduler itself as
         ``FluxPipeline`` does: ``set_timesteps(sigmas=linspace(1, 1/T, T), mu=calculate_shift(seq_len))``."""
-        cfg = self.scheduler.config
-        mu = resolution_shift_mu(image_seq_len, cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
-                                 cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
-        sigmas = None if getattr(cfg, "use_flow_sigmas", False) else np.linspace(1.0, 1 / num_steps, num_steps)
-        return scheduler_schedule(self.scheduler, num_steps, sigmas=sigmas, mu=mu)
+        use_flow_sigmas = getattr(self.scheduler.config, "use_flow_sigmas", False)
+        sigmas = None if use_flow_sigmas else np.linspace(1.0, 1 / num_steps, num_steps)
+        return scheduler_schedule(self.scheduler, num_steps, sigmas=sigmas, image_seq_len=image_seq_len)
 
     def schedule(self, sampling: SamplingConfig) -> tuple[Tensor, Tensor]:
         lat_h, lat_w = self.latent_size(sampling.height, sampling.width)
@@ -167,26 +160,31 @@ class FluxPolicy(FlowPolicyBase):
     # ------------------------------------------------------------------ the model
     def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
                 guidance: bool = True) -> Tensor:
-        """FLUX's guidance is distilled into an embedding (no CFG branch), so ``guidance`` changes nothing."""
-        return self.velocity(latents, timesteps, cond, meta)
-
-    def velocity(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict) -> Tensor:
-        """Transformer prediction (fp32) for packed ``latents [B, N, C]`` at ``timesteps [B]`` (0..1000 scale)."""
-        dtype = self.dtype
-        b = latents.shape[0]
+        """Transformer prediction (fp32) for packed ``latents [B, N, C]`` at ``timesteps [B]`` (0..1000 scale).
+        FLUX's guidance is distilled into an embedding (no CFG branch), so ``guidance`` changes nothing."""
         lat_h, lat_w = self.latent_size(meta["height"], meta["width"])
-        embeds = cond["prompt_embeds"].to(self.device, dtype)
+        img_ids = latent_image_ids(lat_h // 2, lat_w // 2, device=self.device, dtype=self.dtype)
+        return self._flux_forward(latents, timesteps, cond["prompt_embeds"], cond["pooled_prompt_embeds"], img_ids,
+                                  meta)
+
+    def _flux_forward(self, hidden: Tensor, timesteps: Tensor, embeds: Tensor, pooled: Tensor, img_ids: Tensor,
+                      meta: dict) -> Tensor:
+        """One transformer call (fp32 out) on packed tokens ``hidden [B, N, C]`` with position ids ``img_ids [N, 3]``
+        and the prompt's T5 ``embeds [B, L, D]`` and CLIP ``pooled [B, D']``; ``timesteps [B]`` on the 0..1000
+        scale, distilled guidance from ``meta`` when the transformer embeds it."""
+        dtype = self.dtype
+        embeds = embeds.to(self.device, dtype)
         guidance = None
         if self.guidance_embeds:
-            guidance = torch.full((b,), float(meta["guidance"]), device=self.device, dtype=torch.float32)
+            guidance = torch.full((hidden.shape[0],), float(meta["guidance"]), device=self.device, dtype=torch.float32)
         out = self._forward(
-            hidden_states=latents.to(self.device, dtype),
+            hidden_states=hidden.to(self.device, dtype),
             timestep=timesteps.to(self.device, dtype) / 1000,
             guidance=guidance,
-            pooled_projections=cond["pooled_prompt_embeds"].to(self.device, dtype),
+            pooled_projections=pooled.to(self.device, dtype),
             encoder_hidden_states=embeds,
             txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=dtype),
-            img_ids=latent_image_ids(lat_h // 2, lat_w // 2, device=self.device, dtype=dtype),
+            img_ids=img_ids,
         )
         return out.float()
 
@@ -205,11 +203,15 @@ class FluxPolicy(FlowPolicyBase):
         """Images ``[B, 3, H, W]`` in ``[0, 1]`` -> packed, scaled and shifted latents (fp32). The posterior mode,
         as Kontext encodes its references, so an SFT step depends on its seed only through noise and sigmas."""
         self.latent_size(images.shape[-2], images.shape[-1])
+        return pack_latents(self._vae_encode(images.to(self.dtype) * 2 - 1))
+
+    def _vae_encode(self, x: Tensor) -> Tensor:
+        """Images ``[B, 3, H, W]`` in ``[-1, 1]`` -> the VAE posterior's mode, shifted and scaled: ``[B, C, h, w]``
+        fp32 on the policy's device."""
         with self._frozen_on_device(self.vae) as vae:
-            x = images.to(next(vae.parameters()).device, self.dtype) * 2 - 1
-            lat = vae.encode(x).latent_dist.mode()
+            lat = vae.encode(x.to(next(vae.parameters()).device, self.dtype)).latent_dist.mode()
             lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
-        return pack_latents(lat.to(self.device))
+        return lat.to(self.device)
 
 
-__all__ = ["FluxPolicy", "latent_image_ids", "pack_latents", "unpack_latents", "unwrap_module", "window_rng"]
+__all__ = ["FluxPolicy", "latent_image_ids", "pack_latents", "unpack_latents"]

@@ -18,7 +18,6 @@ positional encoding and the positional-encoding ablation; UNO, arXiv 2504.02160:
 """
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -32,8 +31,6 @@ from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import group_by_key, pad_rows, reorder, unique_records
 from psrl.models.flux import FluxPolicy, latent_image_ids, pack_latents
 from psrl.models.references import ReferenceLoader, ReferenceResize, check_distinct_ids, pil_to_model_input
-
-logger = logging.getLogger(__name__)
 
 POSITION_SCHEMES = ("psr", "uno", "uno_h", "uno_w")
 
@@ -135,12 +132,8 @@ class FluxKontextPolicy(FluxPolicy):
 
     def _encode_reference(self, img, n: int, record_id: str) -> tuple[Tensor, tuple[int, int]]:
         """One reference image resized for a record of ``n`` references -> ``(tokens [l, 4C] fp32, (h, w))``."""
-        with self._frozen_on_device(self.vae) as vae:
-            vae_device = next(vae.parameters()).device
-            x = pil_to_model_input(self.resize.apply(img, n, record_id)).to(vae_device, self.dtype)
-            lat = vae.encode(x).latent_dist.mode()
-            lat = (lat.float() - vae.config.shift_factor) * vae.config.scaling_factor
-        return pack_latents(lat)[0].to(self.device), (lat.shape[2] // 2, lat.shape[3] // 2)
+        lat = self._vae_encode(pil_to_model_input(self.resize.apply(img, n, record_id)))
+        return pack_latents(lat)[0], (lat.shape[2] // 2, lat.shape[3] // 2)
 
     def encode_conditions(self, records: Sequence[Record], sampling: SamplingConfig) -> dict[str, Tensor]:
         """Prompt embeddings (as FLUX) plus each record's reference tokens and position ids, padded to the batch's
@@ -164,7 +157,8 @@ class FluxKontextPolicy(FluxPolicy):
         return cond
 
     # ------------------------------------------------------------------ the model
-    def velocity(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict) -> Tensor:
+    def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
+                guidance: bool = True) -> Tensor:
         """Target tokens followed by the sample's reference tokens; samples sharing a reference layout run as one
         batch, on unpadded sequences (so results equal ``FluxKontextPipeline``'s)."""
         dtype, b, n = self.dtype, latents.shape[0], latents.shape[1]
@@ -177,20 +171,12 @@ class FluxKontextPolicy(FluxPolicy):
         for idx in group_by_key(keys):
             ix = torch.as_tensor(idx, device=self.device)
             length = int(lengths[idx[0]])
-            embeds = cond["prompt_embeds"][ix].to(self.device, dtype)
             hidden = torch.cat([latents[ix].to(self.device, dtype),
                                 cond["ref_latents"][ix, :length].to(self.device, dtype)], dim=1)
             img_ids = torch.cat([target_ids, cond["ref_ids"][idx[0], :length].to(self.device, dtype)])
-            guidance = None
-            if self.guidance_embeds:
-                guidance = torch.full((len(idx),), float(meta["guidance"]), device=self.device, dtype=torch.float32)
-            out = self._forward(
-                hidden_states=hidden, timestep=timesteps[ix].to(dtype) / 1000, guidance=guidance,
-                pooled_projections=cond["pooled_prompt_embeds"][ix].to(self.device, dtype),
-                encoder_hidden_states=embeds,
-                txt_ids=torch.zeros(embeds.shape[1], 3, device=self.device, dtype=dtype),
-                img_ids=img_ids)
-            parts.append((idx, out[:, :n].float()))
+            out = self._flux_forward(hidden, timesteps[ix], cond["prompt_embeds"][ix],
+                                     cond["pooled_prompt_embeds"][ix], img_ids, meta)
+            parts.append((idx, out[:, :n]))
         return reorder(parts, b)
 
 

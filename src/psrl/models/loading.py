@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Mapping
 
 from psrl.errors import ModelLoadError
+from psrl.hub import hub_offline
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +39,6 @@ FLUX_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
 }
 
 _PROBE_TEXT = "a photo of a dog"
-
-
-def hub_offline() -> bool:
-    """True when the Hugging Face hub must not be contacted (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
-    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def looks_like_hub_id(path: str) -> bool:
@@ -138,10 +133,6 @@ def resolve_model_source(path: str | os.PathLike, revision: str | None = None) -
     return text, True
 
 
-def _import_class(library: str, name: str):
-    return getattr(importlib.import_module(library), name)
-
-
 def check_tokenizer(tokenizer, where: str) -> None:
     """Reject the silently empty tokenizers transformers 5 returns for a missing vocabulary."""
     vocab_size = len(tokenizer)
@@ -169,7 +160,7 @@ def load_component(path: str, subfolder: str, library: str, class_name: str, *, 
                              f"folder with one subfolder per component (missing: {subfolder})")
     import torch
 
-    cls = _import_class(library, class_name)
+    cls = getattr(importlib.import_module(library), class_name)
     is_model = isinstance(cls, type) and issubclass(cls, torch.nn.Module)
     load_kwargs = dict(kwargs, subfolder=subfolder)
     if torch_dtype is not None and is_model:
@@ -229,13 +220,6 @@ def load_policy_components(model_cfg, spec: Mapping[str, tuple[str, str]], devic
                            variant=model_cfg.variant, component_kwargs=per_component)
 
 
-def load_flux_components(path: str | os.PathLike, *, torch_dtype=None, revision: str | None = None,
-                         variant: str | None = None, **kwargs) -> dict:
-    """FLUX.1 components (kwargs of ``diffusers.FluxPipeline``) from a hub id or a local pipeline folder."""
-    return load_components(path, FLUX_COMPONENT_SPEC, torch_dtype=torch_dtype, revision=revision, variant=variant,
-                           **kwargs)
-
-
 def model_source(model_cfg) -> dict:
     """Where a policy's weights came from, for the run directory (``env.json``) and model cards: ``path``,
     ``revision``, ``variant`` and ``commit``, the hub commit they were loaded at (the pinned commit, else the one
@@ -281,10 +265,8 @@ __all__ = [
     "DTYPE_NAMES",
     "FLUX_COMPONENT_SPEC",
     "check_tokenizer",
-    "hub_offline",
     "load_component",
     "load_components",
-    "load_flux_components",
     "load_policy_components",
     "looks_like_hub_id",
     "model_source",

@@ -84,7 +84,7 @@ def resolve_target_modules(module: nn.Module, targets) -> list[str]:
     return sorted(chosen)
 
 
-def add_lora(module: nn.Module, cfg: LoraConfig, adapter_name: str = "default") -> list[str]:
+def add_lora(module: nn.Module, cfg: LoraConfig) -> list[str]:
     """Freeze ``module`` and add a peft LoRA adapter (diffusers ``add_adapter``). LoRA weights are kept in fp32
     whatever the base dtype, so optimizer updates are not lost to bf16 rounding. Returns the adapted module names."""
     from peft import LoraConfig as PeftLoraConfig
@@ -93,7 +93,7 @@ def add_lora(module: nn.Module, cfg: LoraConfig, adapter_name: str = "default") 
     targets = resolve_target_modules(module, cfg.targets)
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights=cfg.init,
                               target_modules=targets, lora_dropout=cfg.dropout)
-    module.add_adapter(peft_cfg, adapter_name=adapter_name)
+    module.add_adapter(peft_cfg)
     _make_lora_trainable_fp32(module)
     logger.info("LoRA rank %d alpha %g on %d modules (%d trainable parameters)", cfg.rank, cfg.alpha, len(targets),
                 sum(p.numel() for p in module.parameters() if p.requires_grad))
@@ -157,14 +157,11 @@ def lora_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(module).items()}
 
 
-def _adapter_metadata(module: nn.Module, prefix: str) -> dict:
-    cfg = module.peft_config[next(iter(module.peft_config))].to_dict()
-    out = {}
-    for key, value in cfg.items():
-        if isinstance(value, set):
-            value = sorted(value)
-        out[f"{prefix}.{key}"] = value
-    return out
+def lora_header(peft_config, prefix: str) -> dict[str, str]:
+    """The safetensors header diffusers writes with a LoRA: ``format`` and the peft ``LoraConfig`` (rank, alpha,
+    targets, ...) as JSON under ``lora_adapter_metadata``, each key prefixed ``<prefix>.``."""
+    meta = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in peft_config.to_dict().items()}
+    return {"format": "pt", LORA_METADATA_KEY: json.dumps(meta, indent=2, sort_keys=True, default=str)}
 
 
 def lora_file(path: str | os.PathLike) -> Path:
@@ -266,8 +263,7 @@ def save_lora_weights(module: nn.Module, path: str | os.PathLike, *, prefix: str
     if not has_lora(module):
         raise ValueError("the module has no LoRA adapter to save")
     tensors = {f"{prefix}.{k}": v for k, v in lora_state_dict(module).items()}
-    header = {"format": "pt", LORA_METADATA_KEY: json.dumps(_adapter_metadata(module, prefix), indent=2,
-                                                             sort_keys=True, default=str)}
+    header = lora_header(module.peft_config[next(iter(module.peft_config))], prefix)
     if getattr(module, "_psrl_fused_loras", None):
         # the adapter is relative to a base with these LoRAs fused in; diffusers ignores this key
         header[FUSED_METADATA_KEY] = json.dumps(module._psrl_fused_loras)
@@ -284,15 +280,21 @@ def write_lora_file(tensors: dict[str, torch.Tensor], header: dict[str, str], pa
     return target
 
 
-def read_lora_file(path: str | os.PathLike) -> tuple[Path, dict[str, torch.Tensor], dict]:
-    """``(file, tensors, adapter metadata)`` of the LoRA that ``path`` names (see :func:`resolve_lora_path`)."""
+def read_lora_file(path: str | os.PathLike, *, shapes_only: bool = False) -> tuple[Path, dict, dict]:
+    """``(file, tensors, adapter metadata)`` of the LoRA that ``path`` names (see :func:`resolve_lora_path`);
+    ``shapes_only``: each tensor's shape (a tuple) instead of the tensor, read from the header alone.
+
+    Raises:
+        ModelLoadError: no LoRA at ``path``, or the file is not readable safetensors.
+    """
     from safetensors import safe_open
 
     file = resolve_lora_path(path)
     try:
         with safe_open(str(file), framework="pt") as f:
             header = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+            tensors = {k: tuple(f.get_slice(k).get_shape()) if shapes_only else f.get_tensor(k)
+                       for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     except Exception as exc:  # safetensors raises its own error types for corrupt headers
         raise ModelLoadError(f"cannot read LoRA file {str(file)!r}: {exc}") from exc
     meta = json.loads(header[LORA_METADATA_KEY]) if LORA_METADATA_KEY in header else {}
@@ -317,21 +319,12 @@ def lora_config_for_file(base: LoraConfig | None, path: str | os.PathLike, *,
     """
     import dataclasses
 
-    from safetensors import safe_open
-
-    file = resolve_lora_path(path)
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            header = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - not a dict
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise ModelLoadError(f"cannot read LoRA file {str(file)!r}: {exc}") from exc
+    file, shapes, meta = read_lora_file(path, shapes_only=True)
     head, tail = prefix + ".", ".lora_A.weight"
     ranks = {k[len(head):-len(tail)]: shape[0] for k, shape in shapes.items()
              if k.startswith(head) and k.endswith(tail)}
     if not ranks:
         raise ModelLoadError(f"LoRA file {str(file)!r} has no {prefix!r} LoRA weights")
-    meta = json.loads(header[LORA_METADATA_KEY]) if LORA_METADATA_KEY in header else {}
     own = {k[len(head):]: v for k, v in meta.items() if k.startswith(head)}
     for key in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern"):
         if own.get(key):
@@ -456,6 +449,7 @@ __all__ = [
     "lora_config_for_file",
     "lora_file",
     "lora_fingerprint",
+    "lora_header",
     "lora_parameters",
     "lora_state_dict",
     "read_lora_file",

@@ -22,12 +22,13 @@ from psrl.errors import ModelLoadError
 from psrl.models.config import LoraConfig
 from psrl.models.lora import (
     FUSED_METADATA_KEY,
-    LORA_METADATA_KEY,
     add_lora,
     describe_fused,
+    fused_lists_match,
     has_lora,
     load_lora_weights,
     lora_fingerprint,
+    lora_header,
     read_lora_file,
     same_lora_entry,
     write_lora_file,
@@ -132,8 +133,7 @@ def fused_mismatch(inputs: list[dict], recorded: list[list[dict]]) -> str | None
 
     leftovers = [rest(i) for i in range(len(inputs))]
     first = leftovers[0]
-    if all(len(left) == len(first) and all(same_lora_entry(a, b) for a, b in zip(left, first))
-           for left in leftovers[1:]):
+    if all(fused_lists_match(left, first) for left in leftovers[1:]):
         return None
     trained_on = "; ".join(f"{inp['path']} was trained with {describe_fused(left)} fused into its base"
                            for inp, left in zip(inputs, leftovers) if left)
@@ -205,9 +205,7 @@ def combine_lora_files(paths, out: str | os.PathLike, *, prefix: str = "transfor
                 b_cols.append(torch.zeros(n_out, rank))
         tensors[f"{prefix}.{name}.lora_A.weight"] = torch.cat(a_rows).contiguous()
         tensors[f"{prefix}.{name}.lora_B.weight"] = torch.cat(b_cols, dim=1).contiguous()
-    config = PeftLoraConfig(r=total, lora_alpha=total, target_modules=names).to_dict()
-    header_meta = {f"{prefix}.{k}": sorted(v) if isinstance(v, set) else v for k, v in config.items()}
-    header = {"format": "pt", LORA_METADATA_KEY: json.dumps(header_meta, indent=2, sort_keys=True, default=str)}
+    header = lora_header(PeftLoraConfig(r=total, lora_alpha=total, target_modules=names), prefix)
     fused: list[dict] = []
     for entry in (e for rec in recorded for e in rec):
         if not any(same_lora_entry(entry, i) for i in inputs) and not any(same_lora_entry(entry, f) for f in fused):

@@ -25,6 +25,8 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from packaging.version import Version
+
 from psrl.errors import ConfigError
 
 
@@ -49,14 +51,6 @@ LARGE_TEXT_ENCODERS = frozenset({"T5EncoderModel", "Qwen2_5_VLForConditionalGene
 DENOISER = "transformer"
 
 
-def _version_tuple(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split(".")[:3]:
-        digits = "".join(ch for ch in piece if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
-
-
 def quantization_problem(mode: str, *, installed: str | None, device_type: str, cuda_available: bool = False,
                          capability: tuple[int, int] | None = None) -> str | None:
     """Why ``model.quantization: mode`` cannot run, or ``None`` when it can. Pure: the environment comes in as
@@ -71,7 +65,7 @@ def quantization_problem(mode: str, *, installed: str | None, device_type: str, 
     if installed is None:
         extra = "psrl[bnb]" if scheme.package == "bitsandbytes" else scheme.package
         return f"needs {scheme.package} >= {scheme.min_version}, which is not installed (pip install '{extra}')"
-    if _version_tuple(installed) < _version_tuple(scheme.min_version):
+    if Version(installed) < Version(scheme.min_version):
         return f"needs {scheme.package} >= {scheme.min_version}, found {installed}"
     if device_type != "cuda":
         return f"needs a CUDA device ({scheme.package} kernels), but the run's device is {device_type}"

@@ -19,7 +19,6 @@ Reproduces the pipeline (huggingface/diffusers@v0.42.1
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import numpy as np
@@ -32,8 +31,6 @@ from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, group_by_key, pad_rows, reorder, scheduler_schedule, unique_records
 from psrl.models.references import ReferenceLoader, check_distinct_ids
-
-logger = logging.getLogger(__name__)
 
 # alike on purpose: the (library, class) table of models.loading.FLUX_COMPONENT_SPEC, for Qwen-Image-Edit
 QWEN_EDIT_PLUS_COMPONENT_SPEC: dict[str, tuple[str, str]] = {
@@ -167,14 +164,10 @@ class QwenImageEditPlusPolicy(FlowPolicyBase):
 
     def schedule(self, sampling: SamplingConfig):
         """``set_timesteps(sigmas=linspace(1, 1/T, T), mu=calculate_shift(target tokens))`` as the pipeline."""
-        from diffusers.pipelines.qwenimage.pipeline_qwenimage_edit_plus import calculate_shift
-
         h, w = self.latent_size(sampling.height, sampling.width)
-        c = self.pipe.scheduler.config
-        mu = calculate_shift((h // 2) * (w // 2), c.get("base_image_seq_len", 256), c.get("max_image_seq_len", 4096),
-                             c.get("base_shift", 0.5), c.get("max_shift", 1.15))
         n = sampling.num_steps
-        return scheduler_schedule(self.pipe.scheduler, n, sigmas=np.linspace(1.0, 1 / n, n), mu=mu)
+        return scheduler_schedule(self.pipe.scheduler, n, sigmas=np.linspace(1.0, 1 / n, n),
+                                  image_seq_len=(h // 2) * (w // 2))
 
     def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
                 guidance: bool = True) -> Tensor:

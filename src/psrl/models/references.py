@@ -11,7 +11,6 @@ onto ``background`` (white by default).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,6 @@ from torch import Tensor
 
 from psrl.data.records import Record, RecordError
 from psrl.images import CachedImages, ImageLoadError, pil_to_tensor
-
-logger = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class ReferenceResize:

@@ -13,7 +13,6 @@ true gradient of the policy that sampled; ``cond_only`` detaches the uncondition
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -24,8 +23,6 @@ from psrl.sampling import SamplingConfig
 from psrl.models.config import ModelConfig
 from psrl.models.flow_policy import FlowPolicyBase, scheduler_schedule, unique_records
 from psrl.models.truncation import quiet_logger
-
-logger = logging.getLogger(__name__)
 
 # diffusers logs "The following part of your input was truncated ..." here at every encode_prompt call
 _PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3"
@@ -92,21 +89,17 @@ class SD3Policy(FlowPolicyBase):
 
     def encode(self, records: Sequence[Record], sampling: SamplingConfig):
         uniq, where = unique_records(records)
-        self._warn_truncation(uniq)
+        # warned once per record here (CLIP-L and CLIP-G share one BPE; T5 reads model.max_sequence_length); the
+        # pipeline's own warning, repeated at every step without the record, is silenced
+        pipe = self.pipe
+        self._warn_truncated(uniq, pipe.tokenizer, pipe.tokenizer_max_length, "CLIP", "CLIP")
+        if pipe.text_encoder_3 is not None and pipe.tokenizer_3 is not None:
+            self._warn_truncated(uniq, pipe.tokenizer_3, self.cfg.max_sequence_length, "T5",
+                                 "model.max_sequence_length")
         with quiet_logger(_PIPELINE_LOGGER, "The following part of your input was truncated"):
             embeds, pooled = self._encode_prompts([r.prompt for r in uniq])
         idx = torch.as_tensor(where, device=embeds.device)
         return {"prompt_embeds": embeds[idx], "pooled_prompt_embeds": pooled[idx]}, {}
-
-    def _warn_truncation(self, records: Sequence[Record]) -> None:
-        """Warn once per record whose prompt the pipeline truncates: the CLIP encoders at 77 tokens (CLIP-L and
-        CLIP-G share one BPE), T5 at ``model.max_sequence_length``. The pipeline's own warning, repeated at every
-        step without the record, is silenced in :meth:`encode`."""
-        pipe = self.pipe
-        self._warn_truncated(records, pipe.tokenizer, pipe.tokenizer_max_length, "CLIP", "CLIP")
-        if pipe.text_encoder_3 is not None and pipe.tokenizer_3 is not None:
-            self._warn_truncated(records, pipe.tokenizer_3, self.cfg.max_sequence_length, "T5",
-                                 "model.max_sequence_length")
 
     def _negative_embeds(self) -> dict[str, Tensor]:
         if self._negative is None:
@@ -124,17 +117,12 @@ class SD3Policy(FlowPolicyBase):
     def schedule(self, sampling: SamplingConfig):
         """The pipeline's schedule: ``scheduler.set_timesteps(num_steps)`` (static shift 3 for SD3), with ``mu``
         from the image sequence length when the scheduler uses dynamic shifting."""
-        mu = None
-        sched_cfg = self.pipe.scheduler.config
-        if sched_cfg.get("use_dynamic_shifting", False):
-            from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
-
+        seq_len = None
+        if self.pipe.scheduler.config.get("use_dynamic_shifting", False):
             h, w = self.latent_size(sampling.height, sampling.width)
-            p = self.patch_size
-            mu = calculate_shift((h // p) * (w // p), sched_cfg.get("base_image_seq_len", 256),
-                                 sched_cfg.get("max_image_seq_len", 4096), sched_cfg.get("base_shift", 0.5),
-                                 sched_cfg.get("max_shift", 1.16))
-        return scheduler_schedule(self.pipe.scheduler, sampling.num_steps, mu=mu)
+            seq_len = (h // self.patch_size) * (w // self.patch_size)
+        # 1.16: StableDiffusion3Pipeline's max_shift default
+        return scheduler_schedule(self.pipe.scheduler, sampling.num_steps, image_seq_len=seq_len, max_shift=1.16)
 
     def predict(self, latents: Tensor, timesteps: Tensor, cond: dict[str, Tensor], meta: dict,
                 guidance: bool = True) -> Tensor:

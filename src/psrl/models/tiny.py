@@ -48,12 +48,14 @@ def tiny_clip_tokenizer_eos_last(model_max_length: int = 77,
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
-def tiny_t5_tokenizer(model_max_length: int = 512):
-    """Unigram vocabulary given as ``(piece, log-prob)`` pairs; ids 0/1/2 = pad/eos/unk as in real T5."""
+def tiny_t5_tokenizer(model_max_length: int = 512, words=()):
+    """Unigram vocabulary given as ``(piece, log-prob)`` pairs; ids 0/1/2 = pad/eos/unk as in real T5. Each of
+    ``words`` (longer than one letter) is one likelier piece; anything else is spelled letter by letter."""
     from transformers import T5Tokenizer
 
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     vocab += [(c, -3.0) for c in TINY_CHARS] + [("\u2581" + c, -2.5) for c in TINY_CHARS]
+    vocab += [("\u2581" + w, -1.0) for w in words if len(w) > 1]
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
 
 
@@ -90,12 +92,14 @@ def tiny_flux_vae(seed: int = 0):
     ).eval()
 
 
-def tiny_clip_text_encoder(tokenizer, seed: int = 0, hidden_size: int = 32):
-    """CLIPTextModel (hidden 32 by default) whose special-token ids follow ``tokenizer``."""
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_clip_text_encoder(tokenizer, seed: int = 0, hidden_size: int = 32, with_projection: bool = False):
+    """CLIPTextModel (hidden 32 by default; ``CLIPTextModelWithProjection``, SD3's, with ``with_projection``) whose
+    special-token ids follow ``tokenizer``."""
+    import transformers
 
     torch.manual_seed(seed)
-    return CLIPTextModel(CLIPTextConfig(
+    cls = transformers.CLIPTextModelWithProjection if with_projection else transformers.CLIPTextModel
+    return cls(transformers.CLIPTextConfig(
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, hidden_size=hidden_size, intermediate_size=37, num_attention_heads=4,
         num_hidden_layers=2, projection_dim=hidden_size, hidden_act="gelu", max_position_embeddings=77,
@@ -113,20 +117,18 @@ def tiny_t5_encoder(tokenizer, seed: int = 0, d_model: int = 32):
     )).eval()
 
 
-def tiny_flux_scheduler(flux_like: bool = True):
+def tiny_flux_scheduler():
     """FlowMatchEulerDiscreteScheduler with the real FLUX.1 knobs (dynamic, resolution-dependent shift ``mu``), so
-    tests exercise the shift path; ``flux_like=False`` gives the unshifted default."""
+    tests exercise the shift path."""
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    if not flux_like:
-        return FlowMatchEulerDiscreteScheduler()
     return FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
         max_image_seq_len=4096,
     )
 
 
-def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True, flux_like_scheduler: bool = True) -> dict:
+def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True) -> dict:
     """Kwargs for ``diffusers.FluxPipeline(**c)``: transformer, vae, text_encoder (CLIP), text_encoder_2 (T5),
     tokenizer, tokenizer_2 and scheduler, all deterministic from ``seed`` and in eval mode.
 
@@ -135,7 +137,7 @@ def tiny_flux_components(seed: int = 0, guidance_embeds: bool = True, flux_like_
     """
     tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
     return eval_modules(dict(
-        scheduler=tiny_flux_scheduler(flux_like_scheduler),
+        scheduler=tiny_flux_scheduler(),
         vae=tiny_flux_vae(seed),
         transformer=tiny_flux_transformer(seed, guidance_embeds=guidance_embeds),
         text_encoder=tiny_clip_text_encoder(tokenizer, seed),

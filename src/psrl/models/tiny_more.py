@@ -20,7 +20,8 @@ import torch
 from transformers import ProcessorMixin  # noqa: F401  (must be in this namespace for pipeline reloads, Q2)
 
 from psrl.models.qwen_processor import Qwen2_5_VLImageOnlyProcessor, Qwen2VLImageOnlyProcessor
-from psrl.models.tiny import eval_modules, tiny_clip_tokenizer, tiny_flux_components, tiny_t5_tokenizer
+from psrl.models.tiny import (eval_modules, tiny_clip_text_encoder, tiny_clip_tokenizer, tiny_flux_components,
+                              tiny_t5_encoder, tiny_t5_tokenizer)
 
 QWEN_SPECIALS = ["<|im_start|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
 QWEN_CHAT_TEMPLATE = (
@@ -82,7 +83,7 @@ def tiny_qwen_vl_config(tokenizer, model_type: str = "qwen2_5_vl"):
                vision_end_token_id=ids["<|vision_end|>"])
 
 
-def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: bool = True) -> dict:
+def tiny_qwen_image_edit_plus_components(seed: int = 0) -> dict:
     """Kwargs for ``QwenImageEditPlusPipeline(**c)``; shapes follow diffusers' dummy components.
 
     The tiny VAE downsamples x4 (the real one x8), so output sizes must be multiples of 8.
@@ -104,13 +105,11 @@ def tiny_qwen_image_edit_plus_components(seed: int = 0, *, qwen_like_scheduler: 
         base_dim=z_dim * 6, z_dim=z_dim, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True],
         latents_mean=[0.0] * z_dim, latents_std=[1.0] * z_dim,
     )
-    if qwen_like_scheduler:  # Qwen-Image's scheduler knobs: exponential, resolution-dependent shift
-        scheduler = FlowMatchEulerDiscreteScheduler(
-            shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
-            max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
-        )
-    else:
-        scheduler = FlowMatchEulerDiscreteScheduler()
+    # Qwen-Image's scheduler knobs: exponential, resolution-dependent shift
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9, base_image_seq_len=256,
+        max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
+    )
     config = tiny_qwen_vl_config(tokenizer, "qwen2_5_vl")
     torch.manual_seed(seed)
     text_encoder = Qwen2_5_VLForConditionalGeneration(config)
@@ -138,23 +137,11 @@ def tiny_sd3_components(seed: int = 0) -> dict:
     """Kwargs for ``StableDiffusion3Pipeline(**c)``; prompt embeddings are 77 CLIP + ``max_sequence_length`` T5
     tokens wide 64. The VAE does not downsample (``vae_scale_factor = 1``) and SD3 has no 2x2 packing."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     tokenizer, tokenizer_2, tokenizer_3 = tiny_clip_tokenizer(), tiny_clip_tokenizer(), tiny_t5_tokenizer()
-    clip_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32,
-        intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, projection_dim=32, hidden_act="gelu",
-        max_position_embeddings=77,
-    )
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModelWithProjection(clip_config)
-    torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(clip_config)
-    torch.manual_seed(seed)
-    text_encoder_3 = T5EncoderModel(T5Config(
-        vocab_size=len(tokenizer_3), d_model=64, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
-        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-    ))
+    text_encoder = tiny_clip_text_encoder(tokenizer, seed, with_projection=True)
+    text_encoder_2 = tiny_clip_text_encoder(tokenizer_2, seed + 1, with_projection=True)
+    text_encoder_3 = tiny_t5_encoder(tokenizer_3, seed, d_model=64)
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=32, patch_size=1, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,

@@ -58,12 +58,10 @@ def warn_truncated_prompts(records: Sequence[Record], tokenizer, max_length: int
 def quiet_logger(name: str, starts_with: str):
     """Drop the records of logger ``name`` whose message starts with ``starts_with`` inside the block (an upstream
     warning that :func:`warn_truncated_prompts` replaces with one per record)."""
-    class _Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return not str(record.msg).startswith(starts_with)
+    def drop(record: logging.LogRecord) -> bool:  # a plain callable is a logging filter
+        return not str(record.msg).startswith(starts_with)
 
     target = logging.getLogger(name)
-    drop = _Drop()
     target.addFilter(drop)
     try:
         yield

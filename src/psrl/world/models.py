@@ -20,7 +20,6 @@ latents, references appended as tokens with their own position-id frame) shrunk 
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import torch
@@ -80,14 +79,9 @@ def pocket_clip_tokenizer():
 
 def pocket_t5_tokenizer():
     """T5 unigram vocabulary with each of :data:`POCKET_WORDS` as one likelier piece (letters as fallback)."""
-    from transformers import T5Tokenizer
+    from psrl.models.tiny import tiny_t5_tokenizer
 
-    from psrl.models.tiny import TINY_CHARS
-
-    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    vocab += [(c, -3.0) for c in TINY_CHARS] + [("\u2581" + c, -2.5) for c in TINY_CHARS]
-    vocab += [("\u2581" + w, -1.0) for w in POCKET_WORDS if len(w) > 1]
-    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+    return tiny_t5_tokenizer(words=POCKET_WORDS)
 
 
 def pocket_components(seed: int = 0, vae=None, transformer=None) -> dict:

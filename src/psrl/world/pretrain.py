@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 
 from psrl.config import check_range
-from psrl.data.records import Record, read_records, resolve_records, resolve_under
+from psrl.data.records import Record, read_records, resolve_records, resolve_under, write_records
 from psrl.errors import PsrlError
 from psrl.rl.signals import TrainingStopped
 
@@ -219,13 +219,6 @@ def sft_config(cfg: PretrainConfig, base: Path, records: Path, data_root: Path, 
     }
 
 
-def write_records_subset(records: Sequence[Record], path: Path) -> Path:
-    from psrl.data.records import write_records
-
-    write_records(list(records), path)
-    return path
-
-
 def prompt_fit(records: Sequence[Record], max_sequence_length: int) -> dict:
     """How the instructions fit ``max_sequence_length`` pocket T5 tokens: ``{"longest_prompt_tokens",
     "truncated_prompts"}``, logged once before training (the policy would otherwise name records one by one)."""
@@ -279,7 +272,8 @@ def pretrain(out: str | Path, records_path: str | Path, cfg: PretrainConfig, *, 
         (work / "vae.json").write_text(json.dumps(stats, indent=2))
     else:
         stats.update(json.loads((work / "vae.json").read_text()))
-    train_path = write_records_subset(train, work / "train.jsonl")
+    train_path = work / "train.jsonl"
+    write_records(train, train_path)
     sft = from_dict(SFTRunConfig, sft_config(cfg, base, train_path, root.resolve(), work / "runs"))
     trainer = _budgeted(SFTTrainer)(sft, resume=resume and (work / "runs" / "transformer").is_dir())
     trainer.deadline = time.monotonic() + cfg.sft_minutes * 60 if cfg.sft_minutes else None

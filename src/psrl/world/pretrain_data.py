@@ -15,16 +15,16 @@ from psrl.data.records import Record, SubjectRef, write_records
 DEMO_SUBSETS = ("Background", "Position", "Attribute", "Action")
 
 
-def _scene_records(out: Path, subjects, n: int, seed: int, subsets: Sequence[str], prefix: str, size: int,
-                   reference_size: int, with_targets: bool) -> list[Record]:
+def _scene_records(out: Path, subjects, n: int, seed: int, subsets: Sequence[str], prefix: str,
+                   reference_size: int) -> list[Record]:
+    """``n`` records of scenes of ``subsets`` on ``subjects``, without targets; references drawn into
+    ``out/references``."""
     import numpy as np
 
-    from psrl.world.render import render_reference, render_scene
+    from psrl.world.render import render_reference
     from psrl.world.scenes import sample_scene
 
     (out / "references").mkdir(parents=True, exist_ok=True)
-    if with_targets:
-        (out / "scenes").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     records, drawn = [], set()
     for i in range(n):
@@ -33,12 +33,7 @@ def _scene_records(out: Path, subjects, n: int, seed: int, subsets: Sequence[str
             if s.id not in drawn:
                 render_reference(s, reference_size).save(out / "references" / f"{s.id}.png")
                 drawn.add(s.id)
-        target = None
-        if with_targets:
-            image, _ = render_scene(scene, size)
-            target = f"scenes/{prefix}{i:06d}.png"
-            image.save(out / target)
-        records.append(Record(id=f"{prefix}{i:06d}", prompt=scene.instruction, target=target,
+        records.append(Record(id=f"{prefix}{i:06d}", prompt=scene.instruction,
                               subjects=tuple(SubjectRef(image=f"references/{s.id}.png", phrase=s.phrase)
                                              for s in scene.subjects),
                               tags={"subset": scene.subset}))
@@ -53,8 +48,8 @@ def write_demo_records(out: str | Path, n_train: int = 16, n_eval: int = 4, seed
 
     out = Path(out)
     train_subjects, held = split_subjects()
-    train = _scene_records(out, train_subjects, n_train, seed, DEMO_SUBSETS, "demo-", 64, 32, with_targets=False)
-    evals = _scene_records(out, held, n_eval, seed + 1, DEMO_SUBSETS, "heldout-", 64, 32, with_targets=False)
+    train = _scene_records(out, train_subjects, n_train, seed, DEMO_SUBSETS, "demo-", 32)
+    evals = _scene_records(out, held, n_eval, seed + 1, DEMO_SUBSETS, "heldout-", 32)
     write_records(train, out / "train.jsonl")
     write_records(evals, out / "eval.jsonl")
     return out / "train.jsonl", out / "eval.jsonl"

@@ -82,11 +82,6 @@ def texture_mask(texture: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise KeyError(texture)
 
 
-@lru_cache(maxsize=4)
-def _subpixel_offsets(ss: int) -> np.ndarray:
-    return (np.arange(ss) + 0.5) / ss
-
-
 def coverage(cx: float, cy: float, r: float, size: int, *masks) -> tuple[list[np.ndarray], tuple[int, int]]:
     """The fraction of each pixel of the square around ``(cx, cy, r)`` (pixels; clipped to the ``size`` image)
     where ``masks[0](u, v)`` holds, where ``masks[0]`` and ``masks[1]`` both hold, and so on (subject-frame
@@ -96,7 +91,7 @@ def coverage(cx: float, cy: float, r: float, size: int, *masks) -> tuple[list[np
     x1, y1 = min(int(math.ceil(cx + r)) + 1, size), min(int(math.ceil(cy + r)) + 1, size)
     if x1 <= x0 or y1 <= y0:
         return [], (x0, y0)
-    off = _subpixel_offsets(SS)
+    off = (np.arange(SS) + 0.5) / SS  # the sample points inside a pixel
     xs = (np.arange(x0, x1)[:, None] + off[None, :]).reshape(-1)
     ys = (np.arange(y0, y1)[:, None] + off[None, :]).reshape(-1)
     u = (xs[None, :] - cx) / r

@@ -131,14 +131,9 @@ def constraint_score(c: Constraint, dets: list[Detection | None], arr: np.ndarra
 
 def _blend_segments(background: str) -> tuple[np.ndarray, np.ndarray]:
     """Start and end points ``[S, 3]`` of every colour blend the renderer can produce on ``background``."""
-    bg = BACKGROUNDS[background]
-    starts, ends = [], []
-    for c in (*COLOURS.values(), TEXTURE_RGB, SHADOW_RGB):
-        starts.append(bg)
-        ends.append(c)
-    for c in COLOURS.values():
-        starts.append(c)
-        ends.append(TEXTURE_RGB)
+    from_background = [*COLOURS.values(), TEXTURE_RGB, SHADOW_RGB]  # background to each, then colour to texture
+    starts = [BACKGROUNDS[background]] * len(from_background) + list(COLOURS.values())
+    ends = from_background + [TEXTURE_RGB] * len(COLOURS)
     return np.array(starts, dtype=np.float32), np.array(ends, dtype=np.float32)
 
 
