@@ -103,12 +103,14 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return base
 
 
-def _progress_factory(shard, enabled: bool):
-    if not (enabled and shard.is_main):
+def progress_bars(enabled: bool, unit: str = "sample"):
+    """A :data:`psrl.datagen.runner.ProgressFactory` drawing tqdm bars on stderr, or None when not ``enabled``
+    (here and in ``psrl reward-model``)."""
+    if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return lambda total, desc: tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True, file=sys.stderr)
+    return lambda total, desc="": tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
 
 def cmd_stage(args) -> int:
@@ -128,7 +130,7 @@ def cmd_stage(args) -> int:
                 print(f"--redo: removed {len(removed)} manifest(s): {', '.join(p.name for p in removed) or 'none'}")
         shard.barrier()
         names = STAGES if args.stage == "all" else (args.stage,)
-        progress = _progress_factory(shard, not args.no_progress)
+        progress = progress_bars(shard.is_main and not args.no_progress)
         for name in names:
             stats = run_named_stage(name, cfg, dataset, shard, progress=progress)
             if stats is not None:
