@@ -164,8 +164,7 @@ def cmd_validate(args) -> int:
         print(f"note: {note}")
     for issue in data.issues:
         print(f"invalid: {issue}")
-    n_sub = len(data.raw)
-    print(f"{len(data.items)} entries in {n_sub} subset(s); {len(data.issues)} issue(s)")
+    print(f"{len(data.items)} entries in {len(data.raw)} subset(s); {len(data.issues)} issue(s)")
     if not data.items and not data.issues:
         print(f"error: {args.data_root} holds no benchmark entry", file=sys.stderr)
         return 1
@@ -196,13 +195,10 @@ def _generate_config(args):
 
     raw = load_yaml(args.config) if args.config else {}
     raw = apply_overrides(raw, args.set)
-    for key in ("model", "sampling"):
-        if key in raw and not isinstance(raw[key], dict):
-            raise ConfigError(f"{args.config}: `{key}` must be a mapping")
-    model = from_dict(ModelConfig, raw.get("model") or {}, prefix="model", source=args.config)
+    model = from_dict(ModelConfig, raw.get("model"), prefix="model", source=args.config)  # a non-mapping: an error
     if why := misplaced_data_root(model.args, "model.args"):  # references come resolved under --data-root
         raise ConfigError(why)
-    sampling = from_dict(SamplingConfig, raw.get("sampling") or {}, prefix="sampling", source=args.config)
+    sampling = from_dict(SamplingConfig, raw.get("sampling"), prefix="sampling", source=args.config)
     return model, sampling
 
 

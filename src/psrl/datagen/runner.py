@@ -79,10 +79,7 @@ def kept(entry: dict, **fields) -> dict:
 
 def rejected(entry: dict, reason: str, detail: str = "", **fields) -> dict:
     """``entry`` marked rejected; ``reason`` is the statistics key, ``detail`` the human explanation."""
-    out = {k: v for k, v in entry.items() if k not in ("status", "reason", "detail")}
-    out.update(fields)
-    out.update(status=REJECTED, reason=reason, detail=detail)
-    return out
+    return {**kept(entry, **fields), "status": REJECTED, "reason": reason, "detail": detail}
 
 
 def run_stage(stage: Stage, dataset: str | Path, shard: Shard = Shard(), *,  # noqa: B008 - frozen

@@ -88,9 +88,5 @@ def reset_from(dataset: str | Path, name: str) -> list[Path]:
 
 def pending_parts(dataset: str | Path) -> dict[str, int]:
     """Stages with part files left by an interrupted sharded run (stage -> number of parts)."""
-    out = {}
-    for name in (*STAGES, "filter_scores"):
-        n = len(part_paths(dataset, name))
-        if n:
-            out[name] = n
-    return out
+    counts = {name: len(part_paths(dataset, name)) for name in (*STAGES, "filter_scores")}
+    return {name: n for name, n in counts.items() if n}
