@@ -37,9 +37,7 @@ def add_parser(sub) -> None:
 
     v = bs.add_parser("validate", help="check a benchmark data root; every bad entry is listed, exit 1 if any")
     v.add_argument("--data-root", required=True, type=data_root_arg)
-    _benchmark_args(v)
-    v.add_argument("--reference-index", type=_ref_index, default=0,
-                   help="DreamBench: which sorted image of a subject is the reference, or 'all'")
+    _benchmark_args(v, entries=True)
     v.set_defaults(func=cmd_validate)
 
     g = bs.add_parser("generate", help="generate the benchmark's images with a psrl policy (resumable)")
@@ -58,8 +56,7 @@ def add_parser(sub) -> None:
     g.add_argument("--skip-invalid", action="store_true", help="generate the valid entries, list the invalid ones")
     g.add_argument("--relative-paths", action="store_true",
                    help="write result_path relative to the result JSON (default: absolute, as released tools open it)")
-    g.add_argument("--reference-index", type=_ref_index, default=0, help="DreamBench: image index or 'all'")
-    _benchmark_args(g)
+    _benchmark_args(g, entries=True)
     g.set_defaults(func=cmd_generate)
 
     rec = bs.add_parser("records", help="write the benchmark's entries as a records JSONL, e.g. a recipe's "
@@ -68,8 +65,7 @@ def add_parser(sub) -> None:
     rec.add_argument("--out", required=True, help="records JSONL to write (reference paths stay relative to the "
                                                   "data root: set the recipe's eval.data_root to it)")
     rec.add_argument("--skip-invalid", action="store_true", help="write the valid entries, list the invalid ones")
-    rec.add_argument("--reference-index", type=_ref_index, default=0, help="DreamBench: image index or 'all'")
-    _benchmark_args(rec)
+    _benchmark_args(rec, entries=True)
     rec.set_defaults(func=cmd_records)
 
     e = bs.add_parser("eval", help="score result images on every dimension (per-sample JSONL, resumable)")
@@ -141,12 +137,15 @@ def _ref_index(text: str):
     return text if text == "all" else int(text)
 
 
-def _benchmark_args(p, default: str | None = "psrbench") -> None:
+def _benchmark_args(p, default: str | None = "psrbench", *, entries: bool = False) -> None:
     from psrl.bench.benchmarks import BENCHMARKS
 
     p.add_argument("--benchmark", choices=BENCHMARKS.names(), default=default)
     p.add_argument("--subsets", nargs="+", help="subsets (PSRBench: default all seven; T2IS: categories; GEdit: "
                                                 "task groups) or DreamBench subjects")
+    if entries:  # the steps that load the benchmark's entries (not eval, which reads results)
+        p.add_argument("--reference-index", type=_ref_index, default=0,
+                       help="DreamBench: which sorted image of a subject is the reference, or 'all'")
 
 
 def _load(args):
