@@ -180,12 +180,12 @@ def local_root(value: str | Path, *, what: str | None = "data_root") -> Path:
 
 def records_root(source: str | Path | Sequence[str] | None, data_root: str | Path | None = None) -> Path | None:
     """The folder a records source's image paths are relative to: ``data_root`` when given (an ``hf://`` folder
-    fetched, :func:`local_root`), else the records file's folder; ``None`` for inline prompts (they have no
-    images)."""
+    fetched, :func:`local_root`), else the records file's folder (an ``hf://`` file's local copy's, its images
+    beside it: :func:`local_records_file`); ``None`` for inline prompts (they have no images)."""
     if data_root:
         return local_root(data_root)
     if isinstance(source, (str, Path)):
-        return Path(source).resolve().parent
+        return Path(local_records_file(source)).resolve().parent
     return None
 
 
@@ -200,8 +200,7 @@ def load_records(source: str | Path | Sequence[str] | None, data_root: str | Pat
             or no records at all (``what`` names the setting).
     """
     if isinstance(source, (str, Path)):
-        local = local_records_file(source)  # an hf:// file's images lie beside its local copy
-        return resolve_records(read_records(local), records_root(local, data_root), source=str(source))
+        return resolve_records(read_records(source), records_root(source, data_root), source=str(source))
     if not source:
         raise RecordError(f"{what} is empty")
     return [Record(id=f"prompt-{i}", prompt=p) for i, p in enumerate(source)]
