@@ -124,7 +124,7 @@ def cmd_pairs(args) -> int:
     if args.sharegpt:
         return _import_sharegpt(args, dataset)
     from psrl.config import to_dict
-    from psrl.datagen.manifest import manifest_path, part_paths
+    from psrl.datagen.manifest import remove_manifests
     from psrl.datagen.runner import run_stage
     from psrl.sharding import shard_from_env, shutdown
     from psrl.fileio import write_json_atomic
@@ -139,9 +139,7 @@ def cmd_pairs(args) -> int:
         if shard.is_main:
             dataset.mkdir(parents=True, exist_ok=True)
             if args.redo:
-                for stage in (CELLS_STAGE, LABELS_STAGE):
-                    for f in [manifest_path(dataset, stage), *part_paths(dataset, stage)]:
-                        f.unlink(missing_ok=True)
+                remove_manifests(dataset, (CELLS_STAGE, LABELS_STAGE))
             write_json_atomic(dataset / CONFIG_FILE, to_dict(cfg))
         shard.barrier()
         progress = progress_bars(not args.no_progress and shard.is_main, "item")

@@ -47,6 +47,15 @@ def part_path(dataset: str | Path, stage: str, rank: int) -> Path:
     return Path(dataset) / f"{stage}.part-{rank}.jsonl"
 
 
+def remove_manifests(dataset: str | Path, stages) -> list[Path]:
+    """Delete the manifests of ``stages`` and their part files (a stage forgotten: it runs from scratch next time);
+    returns the files removed."""
+    removed = [p for s in stages for p in (manifest_path(dataset, s), *part_paths(dataset, s)) if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return removed
+
+
 def iter_manifest(path: str | Path) -> Iterator[dict]:
     """Entries of one manifest file in file order. A truncated final line (a killed writer) is skipped with a
     warning; a malformed line elsewhere is an error naming the file and line."""
