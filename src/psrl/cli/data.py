@@ -79,15 +79,12 @@ def resolve_config(args):
     from psrl.config import apply_overrides, from_dict, load_yaml
     from psrl.datagen.config import TINY_PRESET, DataPipelineConfig
 
-    dataset = Path(args.dir)
-    if args.config:
-        data, source = load_yaml(args.config), args.config
-    elif (dataset / "config.yaml").is_file():
-        data, source = load_yaml(dataset / "config.yaml"), str(dataset / "config.yaml")
+    path = Path(args.config) if args.config else Path(args.dir) / "config.yaml"
+    if args.config or path.is_file():
+        data, source = load_yaml(path), args.config or str(path)
     else:
-        data, source = (copy.deepcopy(TINY_PRESET) if args.tiny else {}), "tiny preset" if args.tiny else "defaults"
-    if args.tiny and source != "tiny preset":
-        # --tiny with an existing config: the preset under it, the file's values win
+        data, source = {}, "tiny preset" if args.tiny else "defaults"
+    if args.tiny:  # the preset under the file's values (with a config, the file's values win)
         data = _deep_merge(copy.deepcopy(TINY_PRESET), data)
     flags = {"subjects.num_samples": args.num_samples, "subjects.vocab": args.vocab,
              "prompts.llm.url": args.llm_endpoint, "instructions.vlm.url": args.vlm_endpoint,
