@@ -148,11 +148,14 @@ def _benchmark_args(p, default: str | None = "psrbench", *, entries: bool = Fals
                        help="DreamBench: which sorted image of a subject is the reference, or 'all'")
 
 
-def _load(args):
+def _load(args, *, warn: bool = False):
     from psrl.bench.loading import load_benchmark
 
-    return load_benchmark(args.benchmark, args.data_root, args.subsets,
-                          reference_index=getattr(args, "reference_index", 0))
+    data = load_benchmark(args.benchmark, args.data_root, args.subsets, reference_index=args.reference_index)
+    for issue in data.issues if warn else ():
+        if issue.index is None:  # whole-file problems (entry problems are handled by plan_entries)
+            print(f"warning: {issue}", file=sys.stderr)
+    return data
 
 
 def cmd_validate(args) -> int:
@@ -174,10 +177,7 @@ def cmd_records(args) -> int:
     from psrl.bench.generate import plan_entries
     from psrl.data.records import write_records
 
-    data = _load(args)
-    for issue in data.issues:
-        if issue.index is None:
-            print(f"warning: {issue}", file=sys.stderr)
+    data = _load(args, warn=True)
     valid, skipped = plan_entries(data, skip_invalid=args.skip_invalid, action="write")
     records = [item.record for item in valid]
     write_records(records, args.out)  # reference paths written relative to the root they were resolved against
@@ -211,13 +211,9 @@ def cmd_generate(args) -> int:
 
     model_cfg, sampling = _generate_config(args)
     shard = shard_from_env()
-    data = _load(args)
+    data = _load(args, warn=shard.is_main)
     for note in data.notes:
         print(f"note: {note}", file=sys.stderr)
-    if shard.is_main:
-        for issue in data.issues:
-            if issue.index is None:  # whole-file problems (entry problems are handled by plan_entries)
-                print(f"warning: {issue}", file=sys.stderr)
     plan_entries(data, skip_invalid=args.skip_invalid)  # before any model loads: nothing to do is an error
     lora = None
     if args.lora:
