@@ -64,13 +64,6 @@ def consistency_fn(cfg: DataPipelineConfig, dataset: Path, device) -> ScoreFn:
     return score
 
 
-def embedder_fn(spec: dict, device) -> EmbedFn:
-    from psrl.rewards.embedding import build_embedder
-
-    embedder = build_embedder(dict(spec), device=device)
-    return lambda images: embedder.embed(list(images))
-
-
 def save_array_atomic(array: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp:
         np.save(tmp, array)
@@ -109,7 +102,10 @@ class FilterScoresStage(BaseStage):
         if self.score is None:
             self.score = consistency_fn(self.cfg, self.dataset, self.device)
         if self.embed is None:
-            self.embed = embedder_fn(self.cfg.filter.embedder, self.device)
+            from psrl.rewards.embedding import build_embedder
+
+            embedder = build_embedder(dict(self.cfg.filter.embedder), device=self.device)
+            self.embed = lambda images: embedder.embed(list(images))
 
     def process(self, batch: list[dict]) -> list[dict]:
         images = [load_image(self.dataset / e["target"]) for e in batch]
