@@ -124,7 +124,7 @@ def cmd_pairs(args) -> int:
     if args.sharegpt:
         return _import_sharegpt(args, dataset)
     from psrl.config import to_dict
-    from psrl.datagen.manifest import remove_manifests
+    from psrl.datagen.manifest import manifest_path, read_manifest, remove_manifests
     from psrl.datagen.runner import run_stage
     from psrl.sharding import shard_from_env, shutdown
     from psrl.fileio import write_json_atomic
@@ -152,8 +152,11 @@ def cmd_pairs(args) -> int:
             for stats, stage in ((cells, CELLS_STAGE), (labels, LABELS_STAGE)):
                 if stats is not None:
                     print(stats.summary())
-                    for line in _rejections(dataset, stage):
-                        print(f"  {line}")
+                    bad = [e for e in read_manifest(dataset, stage) if e["status"] == "rejected"]
+                    for e in bad[:10]:
+                        print(f"  {e['reason']}: {e.get('detail', '')}")
+                    if len(bad) > 10:
+                        print(f"  ... and {len(bad) - 10} more (see {manifest_path(dataset, stage)})")
             counts = export_pairs(dataset, cfg)
             problems = counts.pop("label_problems")
             for line in problems[:20]:
@@ -168,15 +171,6 @@ def cmd_pairs(args) -> int:
         return code
     finally:
         shutdown(shard)
-
-
-def _rejections(dataset: Path, stage: str, limit: int = 10) -> list[str]:
-    from psrl.datagen.manifest import read_manifest
-
-    bad = [e for e in read_manifest(dataset, stage) if e["status"] == "rejected"]
-    lines = [f"{e['reason']}: {e.get('detail', '')}" for e in bad[:limit]]
-    return lines + ([f"... and {len(bad) - limit} more (see {dataset / (stage + '.jsonl')})"] if len(bad) > limit
-                    else [])
 
 
 def _import_sharegpt(args, dataset: Path) -> int:
