@@ -241,14 +241,11 @@ class LabelsStage(BaseStage):
         if self.transport is None:
             from psrl.rewards.vlm.transports import build_transport
 
-            t = self.cfg.teacher
-            if t.transport == "remote":
-                self.transport = build_transport(transport="remote", url=t.url, model=t.model,
-                                                 api_key_env=t.api_key_env, timeout=t.timeout, retries=t.retries,
-                                                 max_concurrency=t.max_concurrency)
-            else:
-                self.transport = build_transport(transport="local", path=t.path, device=self.device,
-                                                 batch_size=t.batch_size)
+            t = self.cfg.teacher  # build_transport takes the keys of both transports and uses its own
+            self.transport = build_transport(transport=t.transport, url=t.url, model=t.model,
+                                             api_key_env=t.api_key_env, timeout=t.timeout, retries=t.retries,
+                                             max_concurrency=t.max_concurrency, path=t.path, device=self.device,
+                                             batch_size=t.batch_size)
 
     def process(self, batch: list[dict]) -> list[dict]:
         from psrl.rewards.isolation import Failed
