@@ -11,7 +11,7 @@ import torch
 import hub_fake
 from hub_fake import go_offline
 from psrl.config import ConfigError, from_dict
-from psrl.data.records import RecordError, load_records, read_records, resolve_under
+from psrl.data.records import RecordError, load_records, read_records, records_root, resolve_under
 from psrl.errors import ModelLoadError
 from psrl.hub import HubError, HubPath, parse_hf_uri, referenced_files
 from psrl.models.config import ModelConfig
@@ -100,6 +100,7 @@ def test_hf_records_are_fetched_with_their_images_pinned_and_read_offline(fake_h
     assert image.is_file() and not image.is_symlink() and image.read_bytes() == buf.getvalue()
     # loaded for a run, the images resolve beside the local copy (not under the hf:// text)
     assert load_records("hf://org/psr-data/data/records.jsonl")[0].subjects[0].image == str(image)
+    assert records_root("hf://org/psr-data/data/records.jsonl") == local.parent.resolve()  # as run_records asks
     assert first in str(local)  # one folder per commit
     assert not (local.parent / "img" / "missing.png").exists()  # left for the record check to name
 

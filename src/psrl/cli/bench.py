@@ -37,9 +37,7 @@ def add_parser(sub) -> None:
 
     v = bs.add_parser("validate", help="check a benchmark data root; every bad entry is listed, exit 1 if any")
     v.add_argument("--data-root", required=True, type=data_root_arg)
-    _benchmark_args(v)
-    v.add_argument("--reference-index", type=_ref_index, default=0,
-                   help="DreamBench: which sorted image of a subject is the reference, or 'all'")
+    _benchmark_args(v, entries=True)
     v.set_defaults(func=cmd_validate)
 
     g = bs.add_parser("generate", help="generate the benchmark's images with a psrl policy (resumable)")
@@ -58,8 +56,7 @@ def add_parser(sub) -> None:
     g.add_argument("--skip-invalid", action="store_true", help="generate the valid entries, list the invalid ones")
     g.add_argument("--relative-paths", action="store_true",
                    help="write result_path relative to the result JSON (default: absolute, as released tools open it)")
-    g.add_argument("--reference-index", type=_ref_index, default=0, help="DreamBench: image index or 'all'")
-    _benchmark_args(g)
+    _benchmark_args(g, entries=True)
     g.set_defaults(func=cmd_generate)
 
     rec = bs.add_parser("records", help="write the benchmark's entries as a records JSONL, e.g. a recipe's "
@@ -68,8 +65,7 @@ def add_parser(sub) -> None:
     rec.add_argument("--out", required=True, help="records JSONL to write (reference paths stay relative to the "
                                                   "data root: set the recipe's eval.data_root to it)")
     rec.add_argument("--skip-invalid", action="store_true", help="write the valid entries, list the invalid ones")
-    rec.add_argument("--reference-index", type=_ref_index, default=0, help="DreamBench: image index or 'all'")
-    _benchmark_args(rec)
+    _benchmark_args(rec, entries=True)
     rec.set_defaults(func=cmd_records)
 
     e = bs.add_parser("eval", help="score result images on every dimension (per-sample JSONL, resumable)")
@@ -141,19 +137,25 @@ def _ref_index(text: str):
     return text if text == "all" else int(text)
 
 
-def _benchmark_args(p, default: str | None = "psrbench") -> None:
+def _benchmark_args(p, default: str | None = "psrbench", *, entries: bool = False) -> None:
     from psrl.bench.benchmarks import BENCHMARKS
 
     p.add_argument("--benchmark", choices=BENCHMARKS.names(), default=default)
     p.add_argument("--subsets", nargs="+", help="subsets (PSRBench: default all seven; T2IS: categories; GEdit: "
                                                 "task groups) or DreamBench subjects")
+    if entries:  # the steps that load the benchmark's entries (not eval, which reads results)
+        p.add_argument("--reference-index", type=_ref_index, default=0,
+                       help="DreamBench: which sorted image of a subject is the reference, or 'all'")
 
 
-def _load(args):
+def _load(args, *, warn: bool = False):
     from psrl.bench.loading import load_benchmark
 
-    return load_benchmark(args.benchmark, args.data_root, args.subsets,
-                          reference_index=getattr(args, "reference_index", 0))
+    data = load_benchmark(args.benchmark, args.data_root, args.subsets, reference_index=args.reference_index)
+    for issue in data.issues if warn else ():
+        if issue.index is None:  # whole-file problems (entry problems are handled by plan_entries)
+            print(f"warning: {issue}", file=sys.stderr)
+    return data
 
 
 def cmd_validate(args) -> int:
@@ -164,8 +166,7 @@ def cmd_validate(args) -> int:
         print(f"note: {note}")
     for issue in data.issues:
         print(f"invalid: {issue}")
-    n_sub = len(data.raw)
-    print(f"{len(data.items)} entries in {n_sub} subset(s); {len(data.issues)} issue(s)")
+    print(f"{len(data.items)} entries in {len(data.raw)} subset(s); {len(data.issues)} issue(s)")
     if not data.items and not data.issues:
         print(f"error: {args.data_root} holds no benchmark entry", file=sys.stderr)
         return 1
@@ -176,10 +177,7 @@ def cmd_records(args) -> int:
     from psrl.bench.generate import plan_entries
     from psrl.data.records import write_records
 
-    data = _load(args)
-    for issue in data.issues:
-        if issue.index is None:
-            print(f"warning: {issue}", file=sys.stderr)
+    data = _load(args, warn=True)
     valid, skipped = plan_entries(data, skip_invalid=args.skip_invalid, action="write")
     records = [item.record for item in valid]
     write_records(records, args.out)  # reference paths written relative to the root they were resolved against
@@ -196,13 +194,10 @@ def _generate_config(args):
 
     raw = load_yaml(args.config) if args.config else {}
     raw = apply_overrides(raw, args.set)
-    for key in ("model", "sampling"):
-        if key in raw and not isinstance(raw[key], dict):
-            raise ConfigError(f"{args.config}: `{key}` must be a mapping")
-    model = from_dict(ModelConfig, raw.get("model") or {}, prefix="model", source=args.config)
+    model = from_dict(ModelConfig, raw.get("model"), prefix="model", source=args.config)  # a non-mapping: an error
     if why := misplaced_data_root(model.args, "model.args"):  # references come resolved under --data-root
         raise ConfigError(why)
-    sampling = from_dict(SamplingConfig, raw.get("sampling") or {}, prefix="sampling", source=args.config)
+    sampling = from_dict(SamplingConfig, raw.get("sampling"), prefix="sampling", source=args.config)
     return model, sampling
 
 
@@ -216,13 +211,9 @@ def cmd_generate(args) -> int:
 
     model_cfg, sampling = _generate_config(args)
     shard = shard_from_env()
-    data = _load(args)
+    data = _load(args, warn=shard.is_main)
     for note in data.notes:
         print(f"note: {note}", file=sys.stderr)
-    if shard.is_main:
-        for issue in data.issues:
-            if issue.index is None:  # whole-file problems (entry problems are handled by plan_entries)
-                print(f"warning: {issue}", file=sys.stderr)
     plan_entries(data, skip_invalid=args.skip_invalid)  # before any model loads: nothing to do is an error
     lora = None
     if args.lora:

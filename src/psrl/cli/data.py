@@ -79,15 +79,12 @@ def resolve_config(args):
     from psrl.config import apply_overrides, from_dict, load_yaml
     from psrl.datagen.config import TINY_PRESET, DataPipelineConfig
 
-    dataset = Path(args.dir)
-    if args.config:
-        data, source = load_yaml(args.config), args.config
-    elif (dataset / "config.yaml").is_file():
-        data, source = load_yaml(dataset / "config.yaml"), str(dataset / "config.yaml")
+    path = Path(args.config) if args.config else Path(args.dir) / "config.yaml"
+    if args.config or path.is_file():
+        data, source = load_yaml(path), args.config or str(path)
     else:
-        data, source = (copy.deepcopy(TINY_PRESET) if args.tiny else {}), "tiny preset" if args.tiny else "defaults"
-    if args.tiny and source != "tiny preset":
-        # --tiny with an existing config: the preset under it, the file's values win
+        data, source = {}, "tiny preset" if args.tiny else "defaults"
+    if args.tiny:  # the preset under the file's values (with a config, the file's values win)
         data = _deep_merge(copy.deepcopy(TINY_PRESET), data)
     flags = {"subjects.num_samples": args.num_samples, "subjects.vocab": args.vocab,
              "prompts.llm.url": args.llm_endpoint, "instructions.vlm.url": args.vlm_endpoint,
@@ -103,12 +100,14 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return base
 
 
-def _progress_factory(shard, enabled: bool):
-    if not (enabled and shard.is_main):
+def progress_bars(enabled: bool, unit: str = "sample"):
+    """A :data:`psrl.datagen.runner.ProgressFactory` drawing tqdm bars on stderr, or None when not ``enabled``
+    (here and in ``psrl reward-model``)."""
+    if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return lambda total, desc: tqdm(total=total, desc=desc, unit="sample", dynamic_ncols=True, file=sys.stderr)
+    return lambda total, desc="": tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
 
 
 def cmd_stage(args) -> int:
@@ -128,7 +127,7 @@ def cmd_stage(args) -> int:
                 print(f"--redo: removed {len(removed)} manifest(s): {', '.join(p.name for p in removed) or 'none'}")
         shard.barrier()
         names = STAGES if args.stage == "all" else (args.stage,)
-        progress = _progress_factory(shard, not args.no_progress)
+        progress = progress_bars(shard.is_main and not args.no_progress)
         for name in names:
             stats = run_named_stage(name, cfg, dataset, shard, progress=progress)
             if stats is not None:

@@ -36,7 +36,7 @@ def run(args) -> int:
 
     import torch
 
-    from psrl.data.records import image_filenames, load_records
+    from psrl.data.records import image_filenames
     from psrl.errors import PsrlError
     from psrl.models.lora import lora_config_for_file
     from psrl.rl.distributed import make_accelerator
@@ -45,10 +45,10 @@ def run(args) -> int:
     from psrl.images import save_image
 
     cfg = load_run_config(args.config, args.overrides)
-    if args.records:
-        records = load_records(args.records, cfg.data.data_root, what="--records")
-    else:  # resolved as the trainer resolves them (eval.data_root for eval records)
-        records = run_records(cfg, "eval" if cfg.eval.records else "data")
+    if args.records:  # resolved as the trainer resolves data.records (under data.data_root, else its folder)
+        cfg.data.records = args.records
+    which = "eval" if cfg.eval.records and not args.records else "data"
+    records = run_records(cfg, which)
     if args.batch_size < 1:
         raise PsrlError(f"--batch-size must be >= 1, got {args.batch_size}")
     names = image_filenames(records)  # before any model loads: colliding ids are an error, not an overwrite
@@ -69,7 +69,7 @@ def run(args) -> int:
 
     # every record checked before the first image (subject count, references decode), as psrl train does
     check_sampling_size(policy, sampling, "--height/--width (or the config's sampling size)")
-    source = args.records or ("eval.records" if cfg.eval.records else "data.records")
+    source = args.records or f"{which}.records"
     records = validate_records(records, policy, source)
     names = image_filenames(records)
     if args.lora:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -52,24 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _close_process_group() -> None:
-    """Leave a launcher's process group cleanly once every rank is done: a gloo group left to interpreter
-    shutdown can abort a rank ("terminate called without an active exception") and fail the launch."""
+def _close_process_group(*, wait: bool) -> None:
+    """Leave a launcher's process group: a gloo group left to interpreter shutdown can abort a rank ("terminate
+    called without an active exception") and fail the launch. ``wait``: once every rank is done, after a barrier;
+    else after an error every rank raised alike (a stop, a bad config), best effort without waiting on ranks that
+    may be gone."""
     dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    if wait:
         dist.barrier()
         dist.destroy_process_group()
-
-
-def _close_process_group_quietly() -> None:
-    """After an error every rank raised alike (a stop, a bad config): leave the group without waiting on ranks
-    that may be gone."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:  # noqa: BLE001 - best effort on the way out
-            pass
+        return
+    with contextlib.suppress(Exception):
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         code = int(args.func(args) or 0)
-        _close_process_group()
+        _close_process_group(wait=True)
         return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         # one line, no traceback; a run stopped by a signal exits 130/143 as the shell expects
         print(f"error: {e}", file=sys.stderr)
-        _close_process_group_quietly()
+        _close_process_group(wait=False)
         return int(getattr(e, "exit_code", 2))
 
 

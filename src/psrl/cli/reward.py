@@ -101,16 +101,32 @@ def reward_doc(cls) -> dict:
             "score_range": doc_paragraph(doc, "Score range"), "nan_policy": doc_paragraph(doc, "NaN policy")}
 
 
-def _parse_args_json(text: str) -> dict:
+def reward_from_args(args):
+    """The reward ``--reward`` built with ``--args`` (a JSON object) on ``--device`` (here and in ``psrl
+    reward-model eval``).
+
+    Raises:
+        PsrlError: ``--args`` is not a JSON object, or the reward cannot be built (unknown name or argument, a bad
+            value).
+        ConfigError: ``--args`` holds ``data_root`` (image paths are resolved where the records are loaded).
+    """
+    from psrl.config import ConfigError
+    from psrl.data.records import misplaced_data_root
     from psrl.errors import PsrlError
+    from psrl.rewards.base import build_reward
 
     try:
-        value = json.loads(text)
+        reward_args = json.loads(args.args)
     except json.JSONDecodeError as e:
         raise PsrlError(f"--args is not valid JSON: {e}") from e
-    if not isinstance(value, dict):
-        raise PsrlError(f"--args must be a JSON object, got {text!r}")
-    return value
+    if not isinstance(reward_args, dict):
+        raise PsrlError(f"--args must be a JSON object, got {args.args!r}")
+    if why := misplaced_data_root(reward_args, "--args"):
+        raise ConfigError(why)
+    try:
+        return build_reward(args.reward, reward_args, device=args.device)
+    except (KeyError, TypeError, ValueError) as e:  # unknown name, unknown or bad arg: a user error, no traceback
+        raise PsrlError(f"cannot build reward {args.reward!r} with args {reward_args}: {e}") from e
 
 
 def _load_image(images_dir: Path, rid: str):
@@ -157,25 +173,17 @@ def score_records(reward, records, images_dir: Path, batch_size: int):
 
 def _score(args) -> int:
     from psrl.bench.summary import dimension_outcomes, failure_problems
-    from psrl.config import ConfigError
-    from psrl.data.records import load_records, misplaced_data_root
+    from psrl.data.records import load_records
     from psrl.errors import PsrlError
     from psrl.fileio import atomic_path
-    from psrl.rewards.base import build_reward
 
-    reward_args = _parse_args_json(args.args)
-    if why := misplaced_data_root(reward_args, "--args"):
-        raise ConfigError(why)
     records = load_records(args.records, args.data_root)  # reference paths resolved once, here
     images_dir = Path(args.images)
     if not images_dir.is_dir():
         raise PsrlError(f"--images: not a directory: {images_dir}")
     if args.batch_size < 1:
         raise PsrlError(f"--batch-size must be >= 1, got {args.batch_size}")
-    try:
-        reward = build_reward(args.reward, reward_args, device=args.device)
-    except (KeyError, TypeError, ValueError) as e:  # unknown name, unknown or bad arg: a user error, no traceback
-        raise PsrlError(f"cannot build reward {args.reward!r} with args {reward_args}: {e}") from e
+    reward = reward_from_args(args)
     out_path = Path(args.out) if args.out else images_dir / f"scores_{args.reward.replace(':', '_')}.jsonl"
     scores, rows = [], []
     with atomic_path(out_path) as tmp, tmp.open("w") as f:

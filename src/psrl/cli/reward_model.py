@@ -89,23 +89,22 @@ CONFIG_FILE = "pairs_config.json"
 
 def resolve_pairs_config(args, dataset: Path):
     """The saved ``<dir>/pairs_config.json`` (or the defaults), then the flags and ``--set`` on top."""
+    import copy
+
     from psrl.config import apply_overrides, from_dict
     from psrl.reward_model.pair_stages import PairsConfig
 
     saved = dataset / CONFIG_FILE
-    data = json.loads(saved.read_text()) if saved.is_file() and not args.redo else {}
+    before = json.loads(saved.read_text()) if saved.is_file() and not args.redo else None
+    data = copy.deepcopy(before) if before is not None else {}
     flags = {"grids": args.grids, "grid": args.grid, "template": args.template, "teacher.url": args.teacher_url,
              "teacher.model": args.teacher_model, "teacher.api_key_env": args.teacher_key_env,
              "labels": args.labels, "heldout_fraction": args.heldout}
     for key, value in flags.items():
-        if value is not None:
-            node = data
-            *parents, last = key.split(".")
-            for part in parents:
-                node = node.setdefault(part, {})
-            node[last] = str(Path(value).resolve()) if key in ("grids", "labels") else value
+        if value is not None:  # set as given (not through --set's YAML reading: a template text stays text)
+            node = data.setdefault("teacher", {}) if key.startswith("teacher.") else data
+            node[key.removeprefix("teacher.")] = str(Path(value).resolve()) if key in ("grids", "labels") else value
     apply_overrides(data, args.set)
-    before = json.loads(saved.read_text()) if saved.is_file() and not args.redo else None
     cfg = from_dict(PairsConfig, data, source=str(saved) if saved.is_file() else "flags")
     if before is not None:
         changed = [k for k in ("grids", "grid", "template") if before.get(k, "") != (getattr(cfg, k) or "")]
@@ -117,22 +116,15 @@ def resolve_pairs_config(args, dataset: Path):
     return cfg
 
 
-def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return lambda total, desc="": tqdm(total=total, desc=desc, unit="item", dynamic_ncols=True, file=sys.stderr)
-
-
 def cmd_pairs(args) -> int:
+    from psrl.cli.data import progress_bars
     from psrl.errors import PsrlError
 
     dataset = Path(args.dir)
     if args.sharegpt:
         return _import_sharegpt(args, dataset)
     from psrl.config import to_dict
-    from psrl.datagen.manifest import manifest_path, part_paths
+    from psrl.datagen.manifest import manifest_path, read_manifest, remove_manifests
     from psrl.datagen.runner import run_stage
     from psrl.sharding import shard_from_env, shutdown
     from psrl.fileio import write_json_atomic
@@ -147,25 +139,24 @@ def cmd_pairs(args) -> int:
         if shard.is_main:
             dataset.mkdir(parents=True, exist_ok=True)
             if args.redo:
-                for stage in (CELLS_STAGE, LABELS_STAGE):
-                    for f in [manifest_path(dataset, stage), *part_paths(dataset, stage)]:
-                        f.unlink(missing_ok=True)
+                remove_manifests(dataset, (CELLS_STAGE, LABELS_STAGE))
             write_json_atomic(dataset / CONFIG_FILE, to_dict(cfg))
         shard.barrier()
-        progress = _progress(not args.no_progress and shard.is_main)
+        progress = progress_bars(not args.no_progress and shard.is_main, "item")
         cells = run_stage(CellsStage(cfg, dataset), dataset, shard, progress=progress)
         labels = None
         if cfg.has_teacher:
             labels = run_stage(LabelsStage(cfg, dataset, shard.device("auto")), dataset, shard, progress=progress)
         code = 0
         if shard.is_main:
-            print(cells.summary())
-            for line in _rejections(dataset, CELLS_STAGE):
-                print(f"  {line}")
-            if labels is not None:
-                print(labels.summary())
-                for line in _rejections(dataset, LABELS_STAGE):
-                    print(f"  {line}")
+            for stats, stage in ((cells, CELLS_STAGE), (labels, LABELS_STAGE)):
+                if stats is not None:
+                    print(stats.summary())
+                    bad = [e for e in read_manifest(dataset, stage) if e["status"] == "rejected"]
+                    for e in bad[:10]:
+                        print(f"  {e['reason']}: {e.get('detail', '')}")
+                    if len(bad) > 10:
+                        print(f"  ... and {len(bad) - 10} more (see {manifest_path(dataset, stage)})")
             counts = export_pairs(dataset, cfg)
             problems = counts.pop("label_problems")
             for line in problems[:20]:
@@ -180,15 +171,6 @@ def cmd_pairs(args) -> int:
         return code
     finally:
         shutdown(shard)
-
-
-def _rejections(dataset: Path, stage: str, limit: int = 10) -> list[str]:
-    from psrl.datagen.manifest import read_manifest
-
-    bad = [e for e in read_manifest(dataset, stage) if e["status"] == "rejected"]
-    lines = [f"{e['reason']}: {e.get('detail', '')}" for e in bad[:limit]]
-    return lines + ([f"... and {len(bad) - limit} more (see {dataset / (stage + '.jsonl')})"] if len(bad) > limit
-                    else [])
 
 
 def _import_sharegpt(args, dataset: Path) -> int:
@@ -226,15 +208,10 @@ def _import_sharegpt(args, dataset: Path) -> int:
 
 # ---------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
-    # alike on purpose: psrl train / sft map --run-name / --max-steps to --set pairs of their own section the same way
+    from psrl.cli.train import run_overrides
     from psrl.reward_model.reward_model_config import load_reward_model_config
 
-    overrides = list(args.set)
-    if args.run_name:
-        overrides.append(f"run.name={args.run_name}")
-    if args.max_steps is not None:
-        overrides.append(f"train.max_steps={args.max_steps}")
-    cfg = load_reward_model_config(args.config, overrides)
+    cfg = load_reward_model_config(args.config, run_overrides(args, args.set, "train"))
     if args.print_config:
         from psrl.config import dump_with_help
 
@@ -261,28 +238,20 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    from psrl.cli.reward import _parse_args_json
-    from psrl.config import ConfigError
-    from psrl.data.records import misplaced_data_root
+    from psrl.cli.reward import reward_from_args
+    from psrl.cli.data import progress_bars
     from psrl.errors import PsrlError
     from psrl.reward_model.eval import evaluate, load_benchmark
-    from psrl.rewards.base import build_reward
 
-    reward_args = _parse_args_json(args.args)
     if args.limit is not None and args.limit < 1:
         raise PsrlError(f"--limit must be >= 1, got {args.limit}")
-    if why := misplaced_data_root(reward_args, "--args"):
-        raise ConfigError(why)
     bench = load_benchmark(args.bench)  # its images and references resolve under its own folder
-    try:
-        reward = build_reward(args.reward, reward_args, device=args.device)
-    except (KeyError, TypeError, ValueError) as e:
-        raise PsrlError(f"cannot build reward {args.reward!r} with args {reward_args}: {e}") from e
+    reward = reward_from_args(args)
     name = args.name or args.reward
     out = Path(args.out) if args.out else Path("rm_eval") / bench.name / name.replace(":", "_").replace("/", "_")
     for line in bench.problems[:10]:
         print(f"  skipped item: {line}")
-    progress = _progress(sys.stderr.isatty())
+    progress = progress_bars(sys.stderr.isatty(), "item")
     summary = evaluate(bench, reward, out, name=name, limit=args.limit,
                        progress=(lambda total: progress(total, "eval")) if progress else None)
     scored = summary["items"] - summary["unscorable"]

@@ -28,17 +28,12 @@ def add_parser(sub) -> None:
     p.set_defaults(func=cmd_sft)
 
 
-# alike on purpose: psrl train / reward-model train map --run-name / --max-steps to --set pairs the same way
 def cmd_sft(args) -> int:
+    from psrl.cli.train import run_overrides
     from psrl.rl.sft_trainer import SFTTrainer
     from psrl.rl.sft_config import load_sft_config
 
-    overrides = list(args.set)
-    if args.run_name:
-        overrides.append(f"run.name={args.run_name}")
-    if args.max_steps is not None:
-        overrides.append(f"sft.max_steps={args.max_steps}")
-    cfg = load_sft_config(args.config, overrides)
+    cfg = load_sft_config(args.config, run_overrides(args, args.set, "sft"))
     trainer = SFTTrainer(cfg, resume=args.resume, progress=None)  # None: a bar only on a terminal
     history = trainer.train()
     if history:

@@ -81,15 +81,22 @@ def reward_table(history: list[dict], first_step: int) -> str:
     return "\n".join(rows)
 
 
-# alike on purpose: psrl sft / reward-model train map --run-name to --set, print the config, build and run
+def run_overrides(args, overrides: list[str], section: str) -> list[str]:
+    """``overrides`` (the ``--set`` pairs) then ``--run-name`` as ``run.name`` and, where the command has it,
+    ``--max-steps`` as ``<section>.max_steps``: how psrl train, sft and reward-model train read those flags."""
+    out = list(overrides)
+    if args.run_name:
+        out.append(f"run.name={args.run_name}")
+    if getattr(args, "max_steps", None) is not None:
+        out.append(f"{section}.max_steps={args.max_steps}")
+    return out
+
+
 def run(args) -> int:
     from psrl.config import dump_with_help
     from psrl.rl.run_config import load_run_config
 
-    overrides = list(args.overrides)
-    if args.run_name:
-        overrides.append(f"run.name={args.run_name}")
-    cfg = load_run_config(args.config or DEMO_CONFIG, overrides)
+    cfg = load_run_config(args.config or DEMO_CONFIG, run_overrides(args, args.overrides, "train"))
     if args.print_config:
         print(dump_with_help(cfg), end="")
         return 0

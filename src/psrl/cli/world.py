@@ -1,10 +1,8 @@
 """``psrl world``: the pocket world (issue #18), procedurally drawn subjects and scenes small enough to run the
-whole PSR loop on a CPU. Each step is one entry of :data:`STEPS` (step name -> ``"module:function"`` that adds its
-parser), so a step is added with one line."""
+whole PSR loop on a CPU. Each step is a function adding its sub-parser, listed once in :func:`add_parser`."""
 from __future__ import annotations
 
 import argparse
-import importlib
 
 EXAMPLES = """examples:
   psrl world make --out data/pocket                       # records, references, PocketBench (seed 0)
@@ -13,20 +11,13 @@ EXAMPLES = """examples:
   psrl world pretrain --out pocket-kontext --num 6000 --vae-minutes 10 --sft-minutes 40   # the pocket generator
 """
 
-STEPS: dict[str, str] = {
-    "make": "psrl.cli.world:add_make",
-    "pretrain": "psrl.cli.world:add_pretrain",
-}
-
-
 # alike on purpose: a command with sub-steps (as psrl data): the parser, then one sub-parser per step
 def add_parser(sub) -> None:
     p = sub.add_parser("world", help="the pocket world: make its data and PocketBench",
                        description=__doc__, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ws = p.add_subparsers(dest="world_command", metavar="STEP")
-    for target in STEPS.values():
-        module, _, function = target.partition(":")
-        getattr(importlib.import_module(module), function)(ws)
+    for add_step in (add_make, add_pretrain):
+        add_step(ws)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
 

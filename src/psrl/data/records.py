@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 from psrl.errors import RecordError
 from psrl.fileio import jsonl_lines, write_jsonl_atomic
@@ -154,33 +154,38 @@ def resolve_records(records: Iterable[Record], root: str | Path, *, source: str 
     return out
 
 
-def local_root(value: str | Path, *, what: str | None = "data_root") -> Path:
-    """A data root as a local folder: an ``hf://[datasets/]<org>/<name>[@revision][/folder]`` dataset folder is
-    fetched once per commit (:func:`psrl.hub.hub_folder`; read from the cache offline), any other value is the
-    path itself.
+def _hub_local(value, fetch: str, what: str | None):
+    """``value`` itself, or for an ``hf://`` address the local copy made by :mod:`psrl.hub`'s ``fetch``.
 
     Raises:
         RecordError: the Hub path is malformed, cannot be fetched, or was never fetched while offline (one line
-            naming it, after ``what``).
+            naming it, after ``what`` when given).
     """
-    if isinstance(value, str) and value.startswith("hf://"):
-        from psrl.hub import HubError, hub_folder
+    if not (isinstance(value, str) and value.startswith("hf://")):
+        return value
+    from psrl import hub
 
-        try:
-            return hub_folder(value)
-        except HubError as e:
-            raise RecordError(f"{what}: {e}" if what else str(e)) from None
-    return Path(value)
+    try:
+        return getattr(hub, fetch)(value)
+    except hub.HubError as e:
+        raise RecordError(f"{what}: {e}" if what else str(e)) from None
+
+
+def local_root(value: str | Path, *, what: str | None = "data_root") -> Path:
+    """A data root as a local folder: an ``hf://[datasets/]<org>/<name>[@revision][/folder]`` dataset folder is
+    fetched once per commit (:func:`psrl.hub.hub_folder`; read from the cache offline), any other value is the
+    path itself. Raises RecordError as :func:`_hub_local`, naming ``what``."""
+    return Path(_hub_local(value, "hub_folder", what))
 
 
 def records_root(source: str | Path | Sequence[str] | None, data_root: str | Path | None = None) -> Path | None:
     """The folder a records source's image paths are relative to: ``data_root`` when given (an ``hf://`` folder
-    fetched, :func:`local_root`), else the records file's folder; ``None`` for inline prompts (they have no
-    images)."""
+    fetched, :func:`local_root`), else the records file's folder (an ``hf://`` file's local copy's, its images
+    beside it: :func:`local_records_file`); ``None`` for inline prompts (they have no images)."""
     if data_root:
         return local_root(data_root)
     if isinstance(source, (str, Path)):
-        return Path(source).resolve().parent
+        return Path(local_records_file(source)).resolve().parent
     return None
 
 
@@ -195,8 +200,7 @@ def load_records(source: str | Path | Sequence[str] | None, data_root: str | Pat
             or no records at all (``what`` names the setting).
     """
     if isinstance(source, (str, Path)):
-        local = local_records_file(source)  # an hf:// file's images lie beside its local copy
-        return resolve_records(read_records(local), records_root(local, data_root), source=str(source))
+        return resolve_records(read_records(source), records_root(source, data_root), source=str(source))
     if not source:
         raise RecordError(f"{what} is empty")
     return [Record(id=f"prompt-{i}", prompt=p) for i, p in enumerate(source)]
@@ -240,19 +244,9 @@ def image_filenames(records: Iterable[Record], suffix: str = ".png") -> list[str
 
 def local_records_file(path: str | Path) -> str | Path:
     """``path`` itself, or for ``hf://[datasets/]<org>/<name>[@revision][/file]`` the local copy fetched (once per
-    commit, with the images its records name) by :func:`psrl.hub.hub_records_file`.
-
-    Raises:
-        RecordError: the Hub path is malformed or cannot be fetched (the message names it).
-    """
-    if isinstance(path, str) and path.startswith("hf://"):
-        from psrl.hub import HubError, hub_records_file
-
-        try:
-            return hub_records_file(path)
-        except HubError as e:
-            raise RecordError(str(e)) from None
-    return path
+    commit, with the images its records name) by :func:`psrl.hub.hub_records_file`. Raises RecordError as
+    :func:`_hub_local`."""
+    return _hub_local(path, "hub_records_file", None)
 
 
 def read_records(path: str | Path) -> list[Record]:
@@ -307,7 +301,3 @@ def write_records(records: Iterable[Record], path: str | Path) -> None:
     """Write records as JSONL atomically (temp file then rename)."""
     write_jsonl_atomic(path, (r.to_json() for r in records))
 
-
-def iter_prompts(records: Iterable[Record]) -> Iterator[str]:
-    for r in records:
-        yield r.prompt

@@ -53,10 +53,6 @@ def to_psrbench_entry(e: dict, input_paths: list[str]) -> dict:
     return entry
 
 
-def is_heldout(sample_id: str, cfg: DataPipelineConfig) -> bool:
-    return stable_seed(cfg.export.seed, "heldout", sample_id, bits=31) / 2 ** 31 < cfg.export.heldout_fraction
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     with atomic_path(dst) as tmp:
         try:
@@ -68,27 +64,23 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def run_export(dataset: str | Path, cfg: DataPipelineConfig) -> StageStats:
     dataset = Path(dataset)
     entries = read_kept(dataset, "filter")
-    train = [e for e in entries if not is_heldout(e["id"], cfg)]
-    heldout = [e for e in entries if is_heldout(e["id"], cfg)]
+    fraction = cfg.export.heldout_fraction
+    draws = {e["id"]: stable_seed(cfg.export.seed, "heldout", e["id"], bits=31) / 2 ** 31 for e in entries}
+    n_held = sum(d < fraction for d in draws.values())
     # a small dataset whose hash draw left one split empty would give a recipe nothing to read: with two or more
     # samples, each split keeps at least one (the sample whose draw is nearest the threshold moves), deterministically
-    def draw(e):
-        return stable_seed(cfg.export.seed, "heldout", e["id"], bits=31)
-
-    if len(entries) >= 2 and cfg.export.heldout_fraction > 0:
-        if not heldout:
-            moved = min(train, key=draw)
-            train, heldout = [e for e in train if e is not moved], [moved]
-        elif not train:
-            moved = max(heldout, key=draw)
-            heldout, train = [e for e in heldout if e is not moved], [moved]
+    if len(entries) >= 2 and fraction > 0:
+        n_held = min(max(n_held, 1), len(entries) - 1)
+    held_ids = set(sorted(draws, key=draws.get)[:n_held])  # the lowest draws
+    train = [e for e in entries if e["id"] not in held_ids]
+    heldout = [e for e in entries if e["id"] in held_ids]
     write_jsonl_atomic(dataset / TRAIN_RECORDS, [to_record(e).to_json() for e in train])
     write_jsonl_atomic(dataset / EVAL_RECORDS, [to_record(e).to_json() for e in heldout])
     for name, split, fix in ((TRAIN_RECORDS, train, "lower export.heldout_fraction"),
                              (EVAL_RECORDS, heldout, "raise export.heldout_fraction or make more samples")):
         if entries and not split:
             log.warning("export: %s is empty (%d kept samples, heldout_fraction %g); a recipe reading it stops with "
-                        "'no records': %s", dataset / name, len(entries), cfg.export.heldout_fraction, fix)
+                        "'no records': %s", dataset / name, len(entries), fraction, fix)
 
     bench = dataset / BENCH_DIR
     by_task: dict[str, list[dict]] = {t: [] for t in TASKS}

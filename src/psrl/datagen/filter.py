@@ -64,13 +64,6 @@ def consistency_fn(cfg: DataPipelineConfig, dataset: Path, device) -> ScoreFn:
     return score
 
 
-def embedder_fn(spec: dict, device) -> EmbedFn:
-    from psrl.rewards.embedding import build_embedder
-
-    embedder = build_embedder(dict(spec), device=device)
-    return lambda images: embedder.embed(list(images))
-
-
 def save_array_atomic(array: np.ndarray, path: Path) -> None:
     with atomic_path(path) as tmp:
         np.save(tmp, array)
@@ -109,7 +102,10 @@ class FilterScoresStage(BaseStage):
         if self.score is None:
             self.score = consistency_fn(self.cfg, self.dataset, self.device)
         if self.embed is None:
-            self.embed = embedder_fn(self.cfg.filter.embedder, self.device)
+            from psrl.rewards.embedding import build_embedder
+
+            embedder = build_embedder(dict(self.cfg.filter.embedder), device=self.device)
+            self.embed = lambda images: embedder.embed(list(images))
 
     def process(self, batch: list[dict]) -> list[dict]:
         images = [load_image(self.dataset / e["target"]) for e in batch]
@@ -122,23 +118,22 @@ class FilterScoresStage(BaseStage):
         out = []
         for e, r, emb in zip(batch, results, embeddings):
             s = r["score"]
-            per_subject = [round(float(v), 6) for v in r["per_subject"]] if r.get("per_subject") else None
             if s is None or math.isnan(s):
                 out.append(rejected(e, "consistency_unscorable", r.get("failure") or "the reward returned NaN"))
-            elif r.get("missing"):
+                continue
+            per_subject = [round(float(v), 6) for v in r["per_subject"]] if r.get("per_subject") else None
+            scores = {"consistency": round(float(s), 6), "consistency_per_subject": per_subject}
+            if r.get("missing"):
                 out.append(rejected(e, "subject_missing_in_target", f"not found by the reward: {r['missing']}",
-                                    consistency=round(s, 6), consistency_per_subject=per_subject))
+                                    **scores))
             elif s < self.cfg.filter.min_consistency:
-                out.append(rejected(e, "low_consistency", f"{s:.4f} < {self.cfg.filter.min_consistency}",
-                                    consistency=round(s, 6), consistency_per_subject=per_subject))
+                out.append(rejected(e, "low_consistency", f"{s:.4f} < {self.cfg.filter.min_consistency}", **scores))
             elif floor is not None and per_subject and min(per_subject) < floor:
-                out.append(rejected(e, "weak_subject", f"a subject scores {min(per_subject):.4f} < {floor}",
-                                    consistency=round(s, 6), consistency_per_subject=per_subject))
+                out.append(rejected(e, "weak_subject", f"a subject scores {min(per_subject):.4f} < {floor}", **scores))
             else:
                 rel = f"{EMBED_DIR}/{e['id']}.npy"
                 save_array_atomic(emb, self.dataset / rel)
-                out.append(kept(e, consistency=round(float(s), 6), consistency_per_subject=per_subject,
-                                embedding=rel))
+                out.append(kept(e, **scores, embedding=rel))
         return out
 
     def extra_stats(self, entries: list[dict]) -> dict:

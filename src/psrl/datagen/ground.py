@@ -23,18 +23,6 @@ CROP_DIR = "crops"
 DetectFn = Callable[[Sequence[Image.Image], Sequence[str]], list[tuple[list[list[float]], list[float]]]]
 
 
-def detector_fn(spec: dict, device) -> DetectFn:
-    """``psrl.rewards.detection.build_detector(spec)`` as a :data:`DetectFn`."""
-    from psrl.rewards.detection import build_detector
-
-    detector = build_detector(dict(spec), device=device)
-
-    def detect(images, phrases):
-        return [(d.boxes.tolist(), d.scores.tolist()) for d in detector.detect(list(images), list(phrases))]
-
-    return detect
-
-
 def choose_boxes(detections: list[tuple[list, list]], phrases: list[str], width: int, height: int,
                  cfg: GroundConfig) -> tuple[list | None, list | None, str | None, str]:
     """``(boxes, scores, None, "")`` for a usable sample, else ``(None, None, reason, detail)``."""
@@ -71,7 +59,14 @@ class GroundStage(BaseStage):
 
     def setup(self) -> None:
         if self.detect is None:
-            self.detect = detector_fn(self.cfg.ground.detector, self.device)
+            from psrl.rewards.detection import build_detector
+
+            detector = build_detector(dict(self.cfg.ground.detector), device=self.device)
+
+            def detect(images, phrases):  # the configured detector as a DetectFn
+                return [(d.boxes.tolist(), d.scores.tolist()) for d in detector.detect(list(images), list(phrases))]
+
+            self.detect = detect
 
     def process(self, batch: list[dict]) -> list[dict]:
         images = {e["id"]: load_image(self.dataset / e["target"]) for e in batch}

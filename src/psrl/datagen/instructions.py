@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import re
 
-from psrl.chat import ChatError
 from psrl.datagen import templates
 from psrl.datagen.boxes import relation_from_boxes
-from psrl.datagen.llm import ChatStage, image_part, missing_phrases, parse_tagged
+from psrl.datagen.llm import ChatStage, image_part
 from psrl.datagen.runner import kept, rejected
 
 APPEARANCE_WORDS = frozenset("""
@@ -111,17 +110,9 @@ class InstructionsStage(ChatStage):
         content = [image_part(self.dataset / e["target"])]
         content += [image_part(self.dataset / r) for r in e["references"]]
         content.append({"type": "text", "text": vlm_request(e, relation)})
-        try:
-            reply = self.client.complete(content)
-        except ChatError as err:
-            return rejected(e, "vlm_error", str(err))
-        text = parse_tagged(reply, "Instruction")
-        if text is None:
-            return rejected(e, "vlm_unparsable", "no '[Instruction]: ...' field in the reply", raw_reply=reply[:2000])
-        missing = missing_phrases(text, e["phrases"])
-        if missing:
-            return rejected(e, "vlm_missing_subject", f"the instruction does not name {missing}",
-                            raw_reply=reply[:2000])
+        text, reply, rejection = self.ask(e, content, "Instruction")
+        if rejection:
+            return rejection
         if relation and relation not in text.lower():
             return rejected(e, "vlm_wrong_relation", f"the instruction does not say {relation!r}",
                             raw_reply=reply[:2000])

@@ -12,9 +12,9 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from psrl.chat import ChatClient, image_data_url
+from psrl.chat import ChatClient, ChatError, image_data_url
 from psrl.datagen.config import DataPipelineConfig, EndpointConfig
-from psrl.datagen.runner import BaseStage
+from psrl.datagen.runner import BaseStage, rejected
 from psrl.images import load_image
 
 
@@ -51,6 +51,25 @@ class ChatStage(BaseStage):
             return [self.from_template(e) for e in batch]
         with ThreadPoolExecutor(max_workers=len(batch)) as pool:
             return list(pool.map(self.from_endpoint, batch))
+
+    def ask(self, e: dict, content, tag: str) -> tuple[str | None, str | None, dict | None]:
+        """Send ``content`` for sample ``e``: ``(text, reply, None)`` when the reply has a ``[tag]:`` field naming
+        every subject, else ``(None, None, rejected entry)``: ``<endpoint>_error`` (the request failed),
+        ``<endpoint>_unparsable`` or ``<endpoint>_missing_subject`` (the raw reply kept), ``<endpoint>`` being
+        ``llm`` or ``vlm``."""
+        kind = self.endpoint_field
+        try:
+            reply = self.client.complete(content)
+        except ChatError as err:
+            return None, None, rejected(e, f"{kind}_error", str(err))
+        text = parse_tagged(reply, tag)
+        if text is None:
+            return None, None, rejected(e, f"{kind}_unparsable", f"no '[{tag}]: ...' field in the reply",
+                                        raw_reply=reply[:2000])
+        if missing := missing_phrases(text, e["phrases"]):
+            return None, None, rejected(e, f"{kind}_missing_subject", f"the {tag.lower()} does not name {missing}",
+                                        raw_reply=reply[:2000])
+        return text, reply, None
 
 
 def image_part(path: str | Path) -> dict:

@@ -47,6 +47,15 @@ def part_path(dataset: str | Path, stage: str, rank: int) -> Path:
     return Path(dataset) / f"{stage}.part-{rank}.jsonl"
 
 
+def remove_manifests(dataset: str | Path, stages) -> list[Path]:
+    """Delete the manifests of ``stages`` and their part files (a stage forgotten: it runs from scratch next time);
+    returns the files removed."""
+    removed = [p for s in stages for p in (manifest_path(dataset, s), *part_paths(dataset, s)) if p.is_file()]
+    for p in removed:
+        p.unlink()
+    return removed
+
+
 def iter_manifest(path: str | Path) -> Iterator[dict]:
     """Entries of one manifest file in file order. A truncated final line (a killed writer) is skipped with a
     warning; a malformed line elsewhere is an error naming the file and line."""
@@ -72,12 +81,11 @@ def iter_manifest(path: str | Path) -> Iterator[dict]:
         yield entry
 
 
-def read_manifest(dataset: str | Path, stage: str, *, include_parts: bool = True) -> list[dict]:
+def read_manifest(dataset: str | Path, stage: str) -> list[dict]:
     """All entries of ``stage`` (main file, then part files), first occurrence of each id wins."""
-    paths = [manifest_path(dataset, stage)] + (part_paths(dataset, stage) if include_parts else [])
     seen: set[str] = set()
     out = []
-    for p in paths:
+    for p in [manifest_path(dataset, stage), *part_paths(dataset, stage)]:
         for entry in iter_manifest(p):
             if entry["id"] not in seen:
                 seen.add(entry["id"])
@@ -96,24 +104,18 @@ def read_kept(dataset: str | Path, stage: str) -> list[dict]:
     return [e for e in iter_manifest(path) if e["status"] == KEPT]
 
 
-def done_ids(dataset: str | Path, stage: str) -> set[str]:
-    return {e["id"] for e in read_manifest(dataset, stage)}
-
-
 def _cut_truncated_tail(path: Path) -> None:
     """Remove a partial last line so that appending starts on a fresh line."""
     if not path.is_file() or path.stat().st_size == 0:
         return
     with path.open("rb+") as f:
-        f.seek(0, io.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - 1))
+        f.seek(-1, io.SEEK_END)
         if f.read(1) == b"\n":
             return
         data = path.read_bytes()
         keep = data.rfind(b"\n") + 1
         f.truncate(keep)
-        log.warning("%s: cut a truncated last line (%d bytes)", path, size - keep)
+        log.warning("%s: cut a truncated last line (%d bytes)", path, len(data) - keep)
 
 
 class ManifestWriter:
@@ -124,13 +126,11 @@ class ManifestWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _cut_truncated_tail(self.path)
         self._file = self.path.open("a")
-        self.written = 0
 
     def write(self, entry: dict) -> None:
         self._file.write(json.dumps(entry, sort_keys=False) + "\n")
         self._file.flush()
         os.fsync(self._file.fileno())
-        self.written += 1
 
     def close(self) -> None:
         self._file.close()

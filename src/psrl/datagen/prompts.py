@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import random
 
-from psrl.chat import ChatError
 from psrl.datagen import templates
-from psrl.datagen.llm import ChatStage, missing_phrases, parse_tagged
-from psrl.datagen.runner import kept, rejected
+from psrl.datagen.llm import ChatStage
+from psrl.datagen.runner import kept
 from psrl.seeding import stable_seed
 
 TASK_GUIDANCE = {
@@ -35,17 +34,6 @@ def llm_request(task: str, phrases: list[str]) -> str:
             "from the others.\nReply with one line in the format:\n[Prompt]: <the prompt>")
 
 
-def parse_llm_prompt(reply: str, phrases: list[str]) -> tuple[str | None, str | None, str]:
-    """``(prompt, None, "")`` when the reply is usable, else ``(None, reason, detail)``."""
-    prompt = parse_tagged(reply, "Prompt")
-    if prompt is None:
-        return None, "llm_unparsable", "no '[Prompt]: ...' field in the reply"
-    missing = missing_phrases(prompt, phrases)
-    if missing:
-        return None, "llm_missing_subject", f"the prompt does not name {missing}"
-    return prompt, None, ""
-
-
 class PromptsStage(ChatStage):
     name = "prompts"
     input_stage = "subjects"
@@ -57,12 +45,8 @@ class PromptsStage(ChatStage):
                     slots=slots)
 
     def from_endpoint(self, e: dict) -> dict:
-        try:
-            reply = self.client.complete(llm_request(e["task"], e["phrases"]))
-        except ChatError as err:
-            return rejected(e, "llm_error", str(err))
-        prompt, reason, detail = parse_llm_prompt(reply, e["phrases"])
-        if reason:
-            return rejected(e, reason, detail, raw_reply=reply[:2000])
+        prompt, _, rejection = self.ask(e, llm_request(e["task"], e["phrases"]), "Prompt")
+        if rejection:
+            return rejection
         # no template slots: the template instruction path then works from the prompt text itself
         return kept(e, prompt=prompt, prompt_source="llm", slots={})

@@ -16,7 +16,6 @@ from psrl.datagen.manifest import (
     KEPT,
     REJECTED,
     ManifestWriter,
-    done_ids,
     iter_manifest,
     manifest_path,
     merge_parts,
@@ -79,10 +78,7 @@ def kept(entry: dict, **fields) -> dict:
 
 def rejected(entry: dict, reason: str, detail: str = "", **fields) -> dict:
     """``entry`` marked rejected; ``reason`` is the statistics key, ``detail`` the human explanation."""
-    out = {k: v for k, v in entry.items() if k not in ("status", "reason", "detail")}
-    out.update(fields)
-    out.update(status=REJECTED, reason=reason, detail=detail)
-    return out
+    return {**kept(entry, **fields), "status": REJECTED, "reason": reason, "detail": detail}
 
 
 def run_stage(stage: Stage, dataset: str | Path, shard: Shard = Shard(), *,  # noqa: B008 - frozen
@@ -95,7 +91,7 @@ def run_stage(stage: Stage, dataset: str | Path, shard: Shard = Shard(), *,  # n
     if len(set(ids)) != len(ids):
         raise ValueError(f"{stage.name}: the input manifest has duplicate ids")
     before = sum(1 for _ in iter_manifest(manifest_path(dataset, stage.name)))
-    done = done_ids(dataset, stage.name)
+    done = {e["id"] for e in read_manifest(dataset, stage.name)}
     todo = [e for pos, e in enumerate(inputs) if shard.owns(pos) and e["id"] not in done]
     mine = sum(1 for pos in range(len(inputs)) if shard.owns(pos))
     log.info("%s: %d inputs, %d already done, %d to do on rank %d/%d", stage.name, len(inputs),

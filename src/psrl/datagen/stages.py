@@ -66,7 +66,7 @@ def run_named_stage(name: str, cfg: DataPipelineConfig, dataset: str | Path, sha
 def reset_from(dataset: str | Path, name: str) -> list[Path]:
     """Forget stage ``name`` and every stage after it: their manifests (and part files) and statistics are removed,
     so they run again from scratch (images are overwritten as they are remade). Returns the removed files."""
-    from psrl.datagen.manifest import manifest_path
+    from psrl.datagen.manifest import remove_manifests
     from psrl.datagen.stats import STATS_FILE, read_stats
     from psrl.fileio import write_json_atomic
 
@@ -74,12 +74,7 @@ def reset_from(dataset: str | Path, name: str) -> list[Path]:
     later = list(STAGES[STAGES.index(name):])
     if "filter" in later:
         later.insert(later.index("filter"), "filter_scores")
-    removed = []
-    for stage in later:
-        for path in [manifest_path(dataset, stage), *part_paths(dataset, stage)]:
-            if path.is_file():
-                path.unlink()
-                removed.append(path)
+    removed = remove_manifests(dataset, later)
     stats = read_stats(dataset)
     if stats:
         write_json_atomic(dataset / STATS_FILE, {k: v for k, v in stats.items() if k not in later})
@@ -88,9 +83,5 @@ def reset_from(dataset: str | Path, name: str) -> list[Path]:
 
 def pending_parts(dataset: str | Path) -> dict[str, int]:
     """Stages with part files left by an interrupted sharded run (stage -> number of parts)."""
-    out = {}
-    for name in (*STAGES, "filter_scores"):
-        n = len(part_paths(dataset, name))
-        if n:
-            out[name] = n
-    return out
+    counts = {name: len(part_paths(dataset, name)) for name in (*STAGES, "filter_scores")}
+    return {name: n for name, n in counts.items() if n}

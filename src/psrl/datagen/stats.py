@@ -50,13 +50,8 @@ class StageStats:
         if reasons:
             line += f" ({reasons})"
         line += f", {self.new} new"
-        if self.extra:
-            line += ", " + ", ".join(f"{k}={_fmt(v)}" for k, v in self.extra.items())
+        line += "".join(f", {k}={v:.4g}" if isinstance(v, float) else f", {k}={v}" for k, v in self.extra.items())
         return line
-
-
-def _fmt(v) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
 def read_stats(dataset: str | Path) -> dict:

@@ -7,6 +7,7 @@ derive their randomness from it, so a sample's content does not depend on batchi
 from __future__ import annotations
 
 import random
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -79,7 +80,5 @@ class SubjectsStage(BaseStage):
         return [kept(plan_sample(e["index"], self.vocab, self.cfg)) for e in batch]
 
     def extra_stats(self, entries: list[dict]) -> dict:
-        by_task: dict[str, int] = {}
-        for e in entries:
-            by_task[e["task"]] = by_task.get(e["task"], 0) + 1
+        by_task = Counter(e["task"] for e in entries)
         return {"vocabulary": len(self.vocab), "tasks": dict(sorted(by_task.items()))}

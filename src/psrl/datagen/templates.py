@@ -95,11 +95,8 @@ def t2i_prompt(task: str, phrases: list[str], slots: dict) -> str:
     """The text-to-image prompt that renders the target."""
     p = phrases
     scene = slots["scene"]
-    if task == "Attribute":
-        a = slots["attributes"]
-        return f"A photo of {article(p[0])} {a[0]} and {article(p[1])} {a[1]}, {scene}."
-    if task == "Action":
-        a = slots["actions"]
+    if task in ("Attribute", "Action"):
+        a = slots["attributes" if task == "Attribute" else "actions"]
         return f"A photo of {article(p[0])} {a[0]} and {article(p[1])} {a[1]}, {scene}."
     if task == "Position":
         return f"A photo of {article(p[0])} {slots['relation']} {article(p[1])}, {scene}."

@@ -39,11 +39,6 @@ def prepare_image(img: Image.Image, max_pixels: int | None, min_pixels: int | No
     return img if size == img.size else img.resize(size, Image.BICUBIC)
 
 
-def _user_turn(prompt: str, n_images: int = 2) -> list[dict]:
-    return [{"role": "user", "content": [*({"type": "image"} for _ in range(n_images)),
-                                         {"type": "text", "text": prompt}]}]
-
-
 def chat_texts(processor, prompt: str, response: str) -> tuple[str, str]:
     """``(prompt text ending with the generation prompt, the assistant turn's text)`` from the processor's chat
     template; their concatenation is the template's rendering of the whole conversation.
@@ -51,7 +46,7 @@ def chat_texts(processor, prompt: str, response: str) -> tuple[str, str]:
     Raises:
         ValueError: the template does not render the reply right after its generation prompt.
     """
-    turn = _user_turn(prompt)
+    turn = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": prompt}]}]
     prompt_text = processor.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
     full = processor.apply_chat_template(turn + [{"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(prompt_text) or not full[len(prompt_text):].startswith(response):

@@ -197,15 +197,7 @@ def read_results(path: Path) -> list[dict]:
     """The result lines of ``path`` (a torn last line from a killed run is dropped)."""
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "id" in row:
-            out.append(row)
-    return out
+    return [row for _, row in jsonl_lines(path) if isinstance(row, dict) and "id" in row]
 
 
 def summarize(bench: Benchmark, rows: list[dict]) -> dict:

@@ -74,24 +74,19 @@ def first_token_weighted_loss(logits: Tensor, labels: Tensor, alpha: float | Non
     return (ce * first_token_weights(mask, alpha)).sum() / count
 
 
-def first_token_logits(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """``(logits of the position predicting each row's first supervised token [B, V], that token's id [B])``.
-    Raises ValueError for a row with no supervised token."""
+def first_token_metrics(logits: Tensor, labels: Tensor, yes_id: int, no_id: int) -> dict[str, Tensor]:
+    """Per row ``[B]``, read at the position predicting each row's first supervised token: ``correct`` (the argmax
+    over the whole vocabulary is the labelled first token, LLaMA-Factory's ``first_token_accuracy``),
+    ``yes_no_correct`` (P(Yes) > P(No) exactly when the label is Yes: what the judge's score decides), ``p_yes``
+    (``sigmoid(logit_Yes - logit_No)``, the judge's score) and ``is_yes``. Raises ValueError for a row with no
+    supervised token."""
     target = shift_labels(labels)
     mask = target != IGNORE_INDEX
     if not bool(mask.any(dim=1).all()):
         raise ValueError("a row has no supervised token")
     pos = mask.long().argmax(dim=1)  # first True per row
     rows = torch.arange(labels.shape[0], device=labels.device)
-    return logits[rows, pos], target[rows, pos]
-
-
-def first_token_metrics(logits: Tensor, labels: Tensor, yes_id: int, no_id: int) -> dict[str, Tensor]:
-    """Per row ``[B]``: ``correct`` (the argmax over the whole vocabulary is the labelled first token, LLaMA-Factory's
-    ``first_token_accuracy``), ``yes_no_correct`` (P(Yes) > P(No) exactly when the label is Yes: what the judge's
-    score decides), ``p_yes`` (``sigmoid(logit_Yes - logit_No)``, the judge's score) and ``is_yes``."""
-    first, label = first_token_logits(logits, labels)
-    first = first.float()
+    first, label = logits[rows, pos].float(), target[rows, pos]
     p_yes = torch.sigmoid(first[:, yes_id] - first[:, no_id])
     is_yes = label == yes_id
     return {"correct": (first.argmax(dim=-1) == label).float(),
@@ -99,5 +94,5 @@ def first_token_metrics(logits: Tensor, labels: Tensor, yes_id: int, no_id: int)
             "p_yes": p_yes, "is_yes": is_yes.float()}
 
 
-__all__ = ["IGNORE_INDEX", "first_token_logits", "first_token_metrics", "first_token_weighted_loss",
-           "first_token_weights", "shift_labels"]
+__all__ = ["IGNORE_INDEX", "first_token_metrics", "first_token_weighted_loss", "first_token_weights",
+           "shift_labels"]

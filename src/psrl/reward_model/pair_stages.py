@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from psrl.config import check_range
 from psrl.datagen.manifest import read_kept
@@ -59,7 +60,7 @@ class TeacherConfig:
 
     # alike on purpose: the endpoint fields of datagen's EndpointConfig (the same names), under a judge's defaults,
     # plus the local transport's
-    transport: str = "remote"
+    transport: Literal["remote", "local"] = "remote"
     url: str | None = None
     model: str = "default"
     api_key_env: str | None = None
@@ -72,8 +73,6 @@ class TeacherConfig:
     batch_size: int = 16
 
     def __post_init__(self):
-        if self.transport not in ("remote", "local"):
-            raise ValueError(f"teacher.transport must be 'remote' or 'local', got {self.transport!r}")
         check_range(self, ("max_new_tokens", "batch_size"), 1, section="teacher")
 
 
@@ -242,14 +241,11 @@ class LabelsStage(BaseStage):
         if self.transport is None:
             from psrl.rewards.vlm.transports import build_transport
 
-            t = self.cfg.teacher
-            if t.transport == "remote":
-                self.transport = build_transport(transport="remote", url=t.url, model=t.model,
-                                                 api_key_env=t.api_key_env, timeout=t.timeout, retries=t.retries,
-                                                 max_concurrency=t.max_concurrency)
-            else:
-                self.transport = build_transport(transport="local", path=t.path, device=self.device,
-                                                 batch_size=t.batch_size)
+            t = self.cfg.teacher  # build_transport takes the keys of both transports and uses its own
+            self.transport = build_transport(transport=t.transport, url=t.url, model=t.model,
+                                             api_key_env=t.api_key_env, timeout=t.timeout, retries=t.retries,
+                                             max_concurrency=t.max_concurrency, path=t.path, device=self.device,
+                                             batch_size=t.batch_size)
 
     def process(self, batch: list[dict]) -> list[dict]:
         from psrl.rewards.isolation import Failed
@@ -290,8 +286,7 @@ def export_pairs(dataset: str | Path, cfg: PairsConfig) -> dict:
     import csv
     import io
 
-    from psrl.datagen.manifest import manifest_path
-    from psrl.datagen.manifest import read_manifest
+    from psrl.datagen.manifest import manifest_path, read_manifest
     from psrl.fileio import write_text_atomic
 
     dataset = Path(dataset)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from psrl.data.records import RecordError, resolve_under
-from psrl.fileio import jsonl_lines
+from psrl.fileio import jsonl_lines, write_jsonl_atomic
 
 ANSWERS = ("Yes", "No")
 # a reply's first word; markdown emphasis and quotes around it are tolerated (teachers write "**Yes**, ...")
@@ -92,13 +92,9 @@ def response_from_label(label: str, reason: str | None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- pairs JSONL
-def _problem(where: str, why: str) -> str:
-    return f"{where}: {why}"
-
-
 def not_json(where: str, value) -> str | None:
     """The problem line of a :func:`jsonl_lines` value that is not JSON, else None."""
-    return _problem(where, f"not valid JSON ({value})") if isinstance(value, json.JSONDecodeError) else None
+    return f"{where}: not valid JSON ({value})" if isinstance(value, json.JSONDecodeError) else None
 
 
 def keep_unique(parsed, problems: list[str]) -> list:
@@ -109,7 +105,7 @@ def keep_unique(parsed, problems: list[str]) -> list:
         if problem:
             problems.append(problem)
         elif item.id in seen:
-            problems.append(_problem(where, f"duplicate id {item.id!r}"))
+            problems.append(f"{where}: duplicate id {item.id!r}")
         else:
             seen.add(item.id)
             out.append(item)
@@ -119,25 +115,25 @@ def keep_unique(parsed, problems: list[str]) -> list:
 def example_from_json(d, where: str) -> tuple[PairExample | None, str | None]:
     """One pairs-JSONL object (a :func:`jsonl_lines` value) -> ``(example, None)`` or ``(None, problem)``."""
     if not isinstance(d, dict):
-        return None, not_json(where, d) or _problem(where, f"expected a JSON object, got {type(d).__name__}")
+        return None, not_json(where, d) or f"{where}: expected a JSON object, got {type(d).__name__}"
     unknown = set(d) - {"id", "images", "prompt", "response", "label", "group"}
     if unknown:
-        return None, _problem(where, f"unknown field(s) {sorted(unknown)}")
+        return None, f"{where}: unknown field(s) {sorted(unknown)}"
     for key in ("id", "prompt", "response"):
         if not isinstance(d.get(key), str) or not d[key].strip():
-            return None, _problem(where, f"field {key!r} must be a non-empty string, got {d.get(key)!r}")
+            return None, f"{where}: field {key!r} must be a non-empty string, got {d.get(key)!r}"
     images = d.get("images")
     if not isinstance(images, list) or len(images) != 2 or not all(isinstance(p, str) and p for p in images):
-        return None, _problem(where, f"field 'images' must be a list of 2 image paths, got {images!r}")
+        return None, f"{where}: field 'images' must be a list of 2 image paths, got {images!r}"
     answer = answer_of(d["response"])
     if answer is None:
-        return None, _problem(where, f"the response must start with Yes or No, got {d['response'][:60]!r}")
+        return None, f"{where}: the response must start with Yes or No, got {d['response'][:60]!r}"
     if "label" in d and normalize_label(d["label"]) != answer:
-        return None, _problem(where, f"label {d['label']!r} is neither Yes nor No or disagrees with the response's "
-                                     f"answer {answer!r}")
+        return None, (f"{where}: label {d['label']!r} is neither Yes nor No or disagrees with the response's "
+                      f"answer {answer!r}")
     group = d.get("group", "")
     if not isinstance(group, str):
-        return None, _problem(where, f"field 'group' must be a string, got {group!r}")
+        return None, f"{where}: field 'group' must be a string, got {group!r}"
     return PairExample(id=d["id"], images=(images[0], images[1]), prompt=d["prompt"], response=d["response"],
                        group=group or d["id"], where=where), None
 
@@ -157,15 +153,7 @@ def read_pairs(path: str | Path) -> tuple[list[PairExample], list[str]]:
 
 def write_pairs(examples, path: str | Path) -> Path:
     """Write examples as pairs JSONL, atomically."""
-    from psrl.fileio import write_text_atomic
-
-    return write_text_atomic(path, "".join(json.dumps(e.to_json(), ensure_ascii=False) + "\n" for e in examples))
-
-
-def image_path(root: str | Path, example: PairExample, k: int) -> Path:
-    """Image ``k`` of ``example`` under ``root`` (:func:`psrl.data.records.records_root` of its file); RecordError
-    when it escapes the root or is absolute."""
-    return resolve_under(root, example.images[k], what=f"{example.where or example.id}: image")
+    return write_jsonl_atomic(path, (e.to_json() for e in examples))
 
 
 def resolve_examples(examples: list[PairExample], root: str | Path
@@ -179,7 +167,7 @@ def resolve_examples(examples: list[PairExample], root: str | Path
         paths = []
         for k in range(2):
             try:
-                paths.append(image_path(root, ex, k))
+                paths.append(resolve_under(root, ex.images[k], what=f"{ex.where or ex.id}: image"))
             except RecordError as e:
                 problems.append(f"{ex.where or ex.id}: image {k + 1} ({ex.images[k]}): {e}")
                 break
@@ -213,22 +201,22 @@ def read_labels(path: str | Path) -> tuple[dict[str, tuple[str, str, str]], list
     else:
         for where, d in jsonl_lines(path):
             if not isinstance(d, dict):
-                problems.append(not_json(where, d) or _problem(where, "expected a JSON object"))
+                problems.append(not_json(where, d) or f"{where}: expected a JSON object")
                 continue
             rows.append((where, d))
     labels: dict[str, tuple[str, str, str]] = {}
     for where, row in rows:
         pid = row.get("id")
         if not isinstance(pid, str) or not pid.strip():
-            problems.append(_problem(where, f"'id' must be a non-empty string, got {pid!r}"))
+            problems.append(f"{where}: 'id' must be a non-empty string, got {pid!r}")
             continue
         label = normalize_label(row.get("label"))
         if label is None:
-            problems.append(_problem(where, f"label {row.get('label')!r} of pair {pid!r} is neither Yes nor No"))
+            problems.append(f"{where}: label {row.get('label')!r} of pair {pid!r} is neither Yes nor No")
             labels.pop(pid, None)
             continue
         if pid in labels:
-            problems.append(_problem(where, f"pair {pid!r} is labelled again (first at {labels[pid][2]})"))
+            problems.append(f"{where}: pair {pid!r} is labelled again (first at {labels[pid][2]})")
             continue
         reason = row.get("reason") or ""
         labels[pid] = (label, reason if isinstance(reason, str) else str(reason), where)
@@ -260,6 +248,5 @@ def relative_to(path: str | Path, root: str | Path) -> str:
     return Path(rel).as_posix()
 
 
-__all__ = ["ANSWERS", "PairExample", "answer_of", "example_from_json", "image_path", "normalize_label",
-           "parse_judge_reply", "read_labels", "read_pairs", "relative_to", "response_from_label", "split_heldout",
-           "write_pairs"]
+__all__ = ["ANSWERS", "PairExample", "answer_of", "example_from_json", "normalize_label", "parse_judge_reply",
+           "read_labels", "read_pairs", "relative_to", "response_from_label", "split_heldout", "write_pairs"]

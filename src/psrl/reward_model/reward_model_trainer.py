@@ -24,7 +24,6 @@ decides) and the mean probability given to the right answer; evaluated before th
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -326,10 +325,9 @@ class RewardModelTrainer(BaseTrainer):
         if not self.is_main:
             return
         if self.problems:
-            from psrl.fileio import write_text_atomic
+            from psrl.fileio import write_jsonl_atomic
 
-            write_text_atomic(self.run_dir / SKIPPED_FILE,
-                              "".join(json.dumps({"problem": line}) + "\n" for line in self.problems))
+            write_jsonl_atomic(self.run_dir / SKIPPED_FILE, ({"problem": line} for line in self.problems))
         if self.start_step == 0:
             self.tracker.log({"data/train_examples": len(self.train_items), "data/eval_examples": len(self.eval_items),
                               "data/skipped": len(self.problems), **self.evaluate()}, 0)

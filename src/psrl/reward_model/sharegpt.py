@@ -21,7 +21,7 @@ from pathlib import Path
 
 from psrl.data.records import RecordError, records_root
 from psrl.fileio import jsonl_lines
-from psrl.reward_model.pairs import PairExample, answer_of, keep_unique, not_json, resolve_examples
+from psrl.reward_model.pairs import PairExample, answer_of, keep_unique, not_json, read_pairs, resolve_examples
 
 IMAGE_PLACEHOLDER = "<image>"
 _ROLE_KEYS = (("messages", "role", "content", "user", "assistant"), ("conversations", "from", "value", "human", "gpt"))
@@ -103,45 +103,32 @@ def read_sharegpt(path: str | Path) -> tuple[list[PairExample], list[str]]:
     return out, problems
 
 
-def to_sharegpt(example: PairExample) -> dict:
-    """The LLaMA-Factory item of an example (images first, as it is trained and scored)."""
-    return {"id": example.id,
-            "messages": [{"role": "user", "content": IMAGE_PLACEHOLDER * 2 + example.prompt},
-                         {"role": "assistant", "content": example.response}],
-            "images": list(example.images)}
-
-
 def write_sharegpt(examples, path: str | Path) -> Path:
     """Write examples as a ShareGPT JSON array (LLaMA-Factory ``formatting: sharegpt``, ``columns: {messages,
-    images}``), atomically."""
+    images}``; each item's images before its text, as it is trained and scored), atomically."""
     from psrl.fileio import write_text_atomic
 
-    return write_text_atomic(path, json.dumps([to_sharegpt(e) for e in examples], ensure_ascii=False, indent=1))
-
-
-def read_examples(path: str | Path) -> tuple[list[PairExample], list[str]]:
-    """Pairs JSONL (``*.jsonl``) or ShareGPT JSON (``*.json``), by suffix."""
-    from psrl.reward_model.pairs import read_pairs
-
-    return read_sharegpt(path) if Path(path).suffix.lower() == ".json" else read_pairs(path)
+    items = [{"id": e.id, "messages": [{"role": "user", "content": IMAGE_PLACEHOLDER * 2 + e.prompt},
+                                       {"role": "assistant", "content": e.response}], "images": list(e.images)}
+             for e in examples]
+    return write_text_atomic(path, json.dumps(items, ensure_ascii=False, indent=1))
 
 
 def load_examples(data, split: str) -> tuple[list[tuple[PairExample, tuple[Path, Path]]], list[str]]:
     """The ``split`` (``train`` or ``eval``) files of a ``data`` section
-    (:class:`psrl.reward_model.reward_model_config.PairDataConfig`) read by :func:`read_examples`, their images
-    resolved under each file's :func:`psrl.data.records.records_root` (the section's ``data_root``, else the file's
-    folder): ``([(example, its two resolved image paths)], problems)``. Raises ``RecordError`` naming
-    ``data.<split>`` for a missing file."""
+    (:class:`psrl.reward_model.reward_model_config.PairDataConfig`), ShareGPT JSON (``*.json``) or pairs JSONL by
+    suffix, their images resolved under each file's :func:`psrl.data.records.records_root` (the section's
+    ``data_root``, else the file's folder): ``([(example, its two resolved image paths)], problems)``. Raises
+    ``RecordError`` naming ``data.<split>`` for a missing file."""
     examples, problems = [], []
     for f in data.files(getattr(data, split)):
         if not Path(f).is_file():
             raise RecordError(f"data.{split}: file not found: {f}")
-        read, bad = read_examples(f)
+        read, bad = read_sharegpt(f) if Path(f).suffix.lower() == ".json" else read_pairs(f)
         resolved, escaped = resolve_examples(read, records_root(f, data.data_root))
         examples += resolved
         problems += bad + escaped
     return examples, problems
 
 
-__all__ = ["IMAGE_PLACEHOLDER", "example_from_sharegpt", "load_examples", "read_examples", "read_sharegpt",
-           "to_sharegpt", "write_sharegpt"]
+__all__ = ["IMAGE_PLACEHOLDER", "example_from_sharegpt", "load_examples", "read_sharegpt", "write_sharegpt"]
