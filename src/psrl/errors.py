@@ -21,4 +21,12 @@ class ModelLoadError(PsrlError):
     """A model path or hub id could not be loaded (missing, unreadable, offline, incomplete)."""
 
 
-__all__ = ["ConfigError", "ModelLoadError", "PsrlError", "RecordError"]
+def listing(problems, limit: int = 20) -> str:
+    """The problems of one error message, ``"; "``-joined: the first ``limit`` in full, then ``"; and N more"``, so
+    one message names every kind of fault without growing with the data."""
+    problems = [str(p) for p in problems]
+    more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+    return "; ".join(problems[:limit]) + more
+
+
+__all__ = ["ConfigError", "ModelLoadError", "PsrlError", "RecordError", "listing"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from psrl.data.records import Record, RecordError
+from psrl.errors import listing
 from psrl.images import MIN_SIDE, check_image
 
 logger = logging.getLogger(__name__)
@@ -99,16 +100,15 @@ def apply_record_checks(records: Sequence[Record], problems: Sequence[RecordProb
     if not problems:
         return list(records)
     bad = {p.record_id for p in problems}
-    listing = "; ".join(str(p) for p in problems[:limit])
-    more = f"; and {len(problems) - limit} more" if len(problems) > limit else ""
+    shown = listing(problems, limit)
     if skip_invalid:
         kept = [r for r in records if r.id not in bad]
         if not kept:
-            raise RecordError(f"{source}: every one of the {len(records)} record(s) is invalid: {listing}{more}")
-        logger.warning("%s: skipping %d invalid record(s) of %d (data.skip_invalid): %s%s", source, len(bad),
-                       len(records), listing, more)
+            raise RecordError(f"{source}: every one of the {len(records)} record(s) is invalid: {shown}")
+        logger.warning("%s: skipping %d invalid record(s) of %d (data.skip_invalid): %s", source, len(bad),
+                       len(records), shown)
         return kept
-    raise RecordError(f"{source}: {len(bad)} of {len(records)} record(s) are invalid: {listing}{more}. Fix them, "
+    raise RecordError(f"{source}: {len(bad)} of {len(records)} record(s) are invalid: {shown}. Fix them, "
                       "or set data.skip_invalid: true to train on the rest")
 
 

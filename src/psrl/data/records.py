@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from psrl.errors import RecordError
+from psrl.errors import RecordError, listing
 from psrl.fileio import jsonl_lines, write_jsonl_atomic
 
 
@@ -148,9 +148,7 @@ def resolve_records(records: Iterable[Record], root: str | Path, *, source: str 
                          for i, s in enumerate(r.subjects))
         out.append(replace(r, subjects=subjects, target=resolve(r, r.target, "target"), root=str(root_r)))
     if bad:
-        more = f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
-        raise RecordError(f"{source}: {len(bad)} image path(s) cannot be read under the data root: "
-                          f"{'; '.join(bad[:20])}{more}")
+        raise RecordError(f"{source}: {len(bad)} image path(s) cannot be read under the data root: {listing(bad)}")
     return out
 
 

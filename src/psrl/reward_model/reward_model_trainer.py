@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from psrl.data.records import RecordError
-from psrl.errors import PsrlError
+from psrl.errors import PsrlError, listing
 from psrl.images import ImageLoadError, load_image
 from psrl.reward_model.encoding import chat_texts, encode_batch, fit_pixels, prepare_image, sequence_length
 from psrl.reward_model.judge_model import PairwiseJudgeModel
@@ -149,14 +149,13 @@ class RewardModelTrainer(BaseTrainer):
                             if not bad]
         self.eval_items = [Item(it.example, it.paths, n) for it, (n, bad) in zip(self.eval_items, on_eval) if not bad]
         total = len(self.train_items) + len(self.eval_items) + len(self.problems)
-        listing = "; ".join(self.problems[:20]) + (f"; and {len(self.problems) - 20} more"
-                                                   if len(self.problems) > 20 else "")
+        shown = listing(self.problems)
         if self.problems and not self.cfg.data.skip_invalid:
-            raise RecordError(f"{len(self.problems)} of {total} example(s) are invalid: {listing}. Fix them, or set "
+            raise RecordError(f"{len(self.problems)} of {total} example(s) are invalid: {shown}. Fix them, or set "
                               "data.skip_invalid: true to train on the rest")
         if self.problems:
             logger.warning("skipping %d invalid example(s) of %d (data.skip_invalid): %s", len(self.problems), total,
-                           listing)
+                           shown)
         if not self.train_items:
             raise RecordError(f"data.train: no valid training example (of {total})")
         self._plan_steps()
