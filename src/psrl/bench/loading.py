@@ -6,7 +6,8 @@ Two sources: a released data root (:func:`load_benchmark`; layouts in :mod:`psrl
 generated from). Each entry goes through its benchmark's parser (``BenchmarkSpec.parse_entry``: a pure function of
 the entry, reference paths as written), then its reference paths (the entry's ``BenchmarkSpec.references`` key) are
 resolved under the root here: an absolute or escaping path is an issue and the entry gets no record; with
-``check_files`` each image is decoded (:func:`psrl.bench.items.check_image`). Generation, evaluation, results,
+``check_files`` each image is decoded in full (:func:`psrl.images.check_image`: a truncated JPEG or a side under
+:data:`psrl.images.MIN_SIDE` is an issue here, not a failure at evaluation). Generation, evaluation, results,
 summaries, reports and the metrics receive :class:`~psrl.bench.items.BenchItem` records with absolute paths and
 ``Record.root`` set, never a root.
 """
@@ -18,10 +19,11 @@ from functools import partial
 from pathlib import Path
 
 from psrl.bench.benchmarks import BenchmarkSpec, get_benchmark
-from psrl.bench.items import BenchItem, LoadedSubsets, ValidationIssue, check_image
+from psrl.bench.items import BenchItem, LoadedSubsets, ValidationIssue
 from psrl.bench.results import ROOT_KEY, ResultSample, read_manifest, result_sample, seed_dirs
 from psrl.data.records import RecordError, resolve_under
 from psrl.errors import PsrlError
+from psrl.images import check_image
 from psrl.registry import import_object
 
 def load_benchmark(benchmark: str, data_root: str | Path, subsets: list[str] | None = None, *,
