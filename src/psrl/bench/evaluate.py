@@ -25,8 +25,9 @@ from psrl.bench.results import ResultSample
 from psrl.sharding import Shard
 from psrl.bench.tasks import DimensionSpec, MetricSpec, metrics_to_json
 from psrl.errors import PsrlError
-from psrl.fileio import write_json_atomic, write_jsonl_atomic
+from psrl.fileio import jsonl_lines, write_json_atomic, write_jsonl_atomic
 from psrl.images import ImageLoadError, image_size
+from psrl.rewards.base import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -95,23 +96,6 @@ def load_image_tensor(path: Path) -> torch.Tensor:
     return pil_to_tensor(load_image(path))
 
 
-def to_jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu()
-        return to_jsonable(v.item() if v.ndim == 0 else v.tolist())
-    if isinstance(v, float):
-        return None if math.isnan(v) or math.isinf(v) else v
-    if isinstance(v, (str, int, bool)) or v is None:
-        return v
-    if isinstance(v, dict):
-        return {str(k): to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [to_jsonable(x) for x in v]
-    if hasattr(v, "item"):
-        return to_jsonable(v.item())
-    return str(v)
-
-
 def _details_of(details: dict, i: int, n: int) -> dict:
     """The per-sample slice of a reward's details (entries that are not per-sample are left out)."""
     out = {}
@@ -152,26 +136,15 @@ def score_batch(reward, images: torch.Tensor, records: list) -> list[tuple[float
     return result
 
 
-def _read_lines(path: Path) -> list[dict]:
-    rows = []
-    if not path.is_file():
-        return rows
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d: ignoring an incomplete line (a run was killed while writing it)", path, lineno)
-    return rows
-
-
 def read_sample_rows(out_dir: Path) -> dict[str, dict]:
-    """Every scored sample in ``out_dir`` (merged file, then parts); the last line of a key wins."""
+    """Every scored sample in ``out_dir`` (merged file, then parts); the last line of a key wins. A line that is not
+    JSON (a run was killed while writing it) is skipped with a warning."""
     rows: dict[str, dict] = {}
     for path in [out_dir / SAMPLES, *sorted(out_dir.glob("samples.part*.jsonl"))]:
-        for row in _read_lines(path):
-            if isinstance(row, dict) and "key" in row:
+        for where, row in jsonl_lines(path) if path.is_file() else ():
+            if isinstance(row, json.JSONDecodeError):
+                log.warning("%s: ignoring an incomplete line (a run was killed while writing it)", where)
+            elif isinstance(row, dict) and "key" in row:
                 rows[row["key"]] = row
     return rows
 

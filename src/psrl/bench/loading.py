@@ -23,6 +23,7 @@ from psrl.bench.items import BenchItem, LoadedSubsets, ValidationIssue
 from psrl.bench.results import ROOT_KEY, ResultSample, read_manifest, result_sample, seed_dirs
 from psrl.data.records import RecordError, resolve_under
 from psrl.errors import PsrlError
+from psrl.fileio import jsonl_lines
 from psrl.images import check_image
 from psrl.registry import import_object
 
@@ -252,17 +253,14 @@ def read_t2is(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) ->
         return {}
     check_subset_names(out, subsets, T2IS_SUBSETS)
     groups: dict[str, list] = {s: [] for s in T2IS_SUBSETS}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.issues.append(ValidationIssue("*", None, f"line {lineno}", f"{path}: not JSON: {e}"))
+    for where, entry in jsonl_lines(path):
+        line = f"line {where.rsplit(':', 1)[1]}"
+        if isinstance(entry, json.JSONDecodeError):
+            out.issues.append(ValidationIssue("*", None, line, f"{path}: not JSON: {entry}"))
             continue
         slug = CATEGORY_SLUGS.get(entry.get("category")) if isinstance(entry, dict) else None
         if slug is None:
-            out.issues.append(ValidationIssue("*", None, f"line {lineno}", f"{path}: category "
+            out.issues.append(ValidationIssue("*", None, line, f"{path}: category "
                                               f"{entry.get('category') if isinstance(entry, dict) else entry!r} "
                                               f"is not one of {sorted(CATEGORY_SLUGS)}"))
             continue
