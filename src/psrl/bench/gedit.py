@@ -131,14 +131,11 @@ def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny
     reply cache of :class:`psrl.bench.gedit_metrics.VIEScoreMetric`); the local judge is upstream's
     Qwen2.5-VL-72B-Instruct-AWQ, or the OpenAI-compatible server at ``judge_endpoint`` (the released setup serves
     GPT-4.1 or Qwen through such an API)."""
-    from psrl.bench.tasks import DimensionSpec, MetricSpec
+    from psrl.bench.tasks import DimensionSpec, MetricSpec, judge_args
 
     if compat:
         raise PsrlError("--psrbench-compat applies to PSRBench only")
-    if judge_model and not judge_endpoint:
-        raise PsrlError("--judge-model needs --judge-endpoint")
-    judge = {"path": "tiny", "max_new_tokens": 16} if tiny else {"path": GEDIT_JUDGE}
-    if judge_endpoint:
-        judge = {"transport": "remote", "url": judge_endpoint, **({"model": judge_model} if judge_model else {})}
+    judge = judge_args({"path": "tiny", "max_new_tokens": 16} if tiny else {"path": GEDIT_JUDGE}, judge_endpoint,
+                       judge_model)
     return {dim: DimensionSpec(MetricSpec("psrl.bench.gedit_metrics:VIEScoreMetric", {"output": dim, **judge}))
             for dim in GEDIT_DIMENSIONS}

@@ -164,15 +164,11 @@ def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny
     P(Yes)), identity / style / logic (T2IS-Eval pairwise criteria, P(Yes)); judge Qwen2.5-VL-7B-Instruct locally,
     or the OpenAI-compatible server at ``judge_endpoint`` (first-token logprobs needed). The real aesthetic
     predictor needs its LAION head: ``--set aesthetic.default.args.args.head_path=FILE``."""
-    from psrl.bench.tasks import DimensionSpec, MetricSpec
+    from psrl.bench.tasks import DimensionSpec, MetricSpec, judge_args
 
     if compat:
         raise PsrlError("--psrbench-compat applies to PSRBench only")
-    if judge_model and not judge_endpoint:
-        raise PsrlError("--judge-model needs --judge-endpoint")
-    judge = {"path": "tiny"} if tiny else {"path": T2IS_JUDGE}
-    if judge_endpoint:
-        judge = {"transport": "remote", "url": judge_endpoint, **({"model": judge_model} if judge_model else {})}
+    judge = judge_args({"path": "tiny"} if tiny else {"path": T2IS_JUDGE}, judge_endpoint, judge_model)
     aesthetic = {"reward": "aesthetic", "args": {"path": "tiny"} if tiny else {}}
     out = {"aesthetic": DimensionSpec(MetricSpec("psrl.bench.t2is_metrics:CellMean", aesthetic, scale=0.1))}
     for dim, key in ALIGNMENT_DIMENSIONS.items():
