@@ -84,9 +84,9 @@ class GroundingDinoDetector:
                 imgs = [images[i] for i in chunk]
                 captions = [grounding_caption(phrases[i]) for i in chunk]
                 self._check_caption_lengths(captions)
-                inputs = self.processor(images=imgs, text=captions, return_tensors="pt", padding=True)
-                inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                          for k, v in inputs.items()}
+                # BatchFeature.to casts the floating tensors only (ids and masks keep their dtype)
+                inputs = self.processor(images=imgs, text=captions, return_tensors="pt", padding=True).to(
+                    self.device, self.dtype)
                 outputs = self.model(**inputs)
                 dets = grounding_boxes(outputs.logits, outputs.pred_boxes, [(im.height, im.width) for im in imgs],
                                        self.box_threshold)
@@ -161,9 +161,8 @@ class Owlv2Detector:
         for s in range(0, len(images), self.batch_size):
             imgs = list(images[s:s + self.batch_size])
             queries = [[self.query_template.format(p.strip())] for p in phrases[s:s + self.batch_size]]
-            inputs = self.processor(text=queries, images=imgs, return_tensors="pt", truncation=True)
-            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                      for k, v in inputs.items()}
+            inputs = self.processor(text=queries, images=imgs, return_tensors="pt", truncation=True).to(
+                self.device, self.dtype)
             outputs = self.model(**inputs)
             outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
             sizes = [(max(im.size), max(im.size)) for im in imgs]

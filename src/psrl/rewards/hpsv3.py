@@ -180,9 +180,8 @@ class HPSv3Reward:
                        {"type": "text", "text": self.instruction.format(text_prompt=p) + REWARD_SUFFIX}]
             texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                             add_generation_prompt=True))
-        batch = self.processor(text=texts, images=pils, padding=True, return_tensors="pt")
-        batch = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                 for k, v in batch.items()}
+        # BatchFeature.to casts the floating tensors only (ids and masks keep their dtype)
+        batch = self.processor(text=texts, images=pils, padding=True, return_tensors="pt").to(self.device, self.dtype)
         hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1]
         ids = batch["input_ids"]
         pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)

@@ -40,15 +40,11 @@ def to_pil_images(images: Tensor | Sequence, *, background: str | tuple = "white
     """``(pil images, failure reasons)``. Unusable samples are ``None`` with a reason (NaN pixels, or the shared
     size rule :func:`psrl.images.size_problem`); PIL inputs of another mode are converted to RGB as the loader
     does (:func:`psrl.images.to_rgb`: 16-bit scaled, transparency composited onto ``background``)."""
-    if isinstance(images, Tensor):
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [B, 3, H, W] (RGB), got shape {tuple(images.shape)}")
-        items = list(images)
-    else:
-        items = list(images)
+    if isinstance(images, Tensor) and (images.ndim != 4 or images.shape[1] != 3):
+        raise ValueError(f"expected images [B, 3, H, W] (RGB), got shape {tuple(images.shape)}")
     pils: list[Image.Image | None] = []
     failures: list[str | None] = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(images):
         if isinstance(item, Image.Image):
             pil, why = (item if item.mode == "RGB" else to_rgb(item, background=background)), None
         elif isinstance(item, Tensor):

@@ -19,7 +19,7 @@ from torch import Tensor
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.embedding import build_embedder
-from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, scorable_images
 from psrl.rewards.isolation import Failed, per_item
 
 
@@ -86,9 +86,7 @@ class ImageSimilarityReward:
         return out
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, self.name)
         for b, rec in enumerate(records):
             if not failures[b] and not rec.subjects:
                 failures[b] = "record has no reference subjects"

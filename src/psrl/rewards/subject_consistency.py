@@ -40,7 +40,7 @@ from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.detection import Detections, build_detector
 from psrl.rewards.embedding import build_embedder
-from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, to_pil_images
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
 from psrl.rewards.matching import assign
@@ -177,9 +177,7 @@ class SubjectConsistencyReward:
 
     # ------------------------------------------------------------------ scoring
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"subject_consistency: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, self.name)
         B = len(records)
         # 1. validate records, collect reference keys
         ref_keys: list[list[tuple] | None] = [None] * B

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, scorable_images
 from psrl.rewards.vlm.judge import VLMJudge
 from psrl.rewards.vlm.prompts import EDIT_CONSISTENCY_PROMPT, EDIT_FOLLOW_PROMPT, paco_prompt, rubric_prompt
 from psrl.rewards.vlm.transports import JudgeRequest, build_transport
@@ -83,9 +83,7 @@ class _PairwiseBase:
 
     def _score_pairs(self, images, records, make_requests, combine):
         """``make_requests(b, generated, record) -> list[JudgeRequest]``; ``combine(list[p]) -> score``."""
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, self.name)
         spans, requests = {}, []
         for b, rec in enumerate(records):
             if failures[b]:
@@ -219,9 +217,7 @@ class SemanticAlignmentReward:
         rubric_prompt(None, "", default_subset)  # validates the name early
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"semantic_alignment: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, self.name)
         subsets: list[str | None] = [None] * len(records)
         requests, index = [], []
         for b, rec in enumerate(records):

@@ -28,7 +28,7 @@ from torch import Tensor
 from psrl.data.records import Record
 from psrl.errors import PsrlError
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.images import scorable_images
 from psrl.serve.wire import encode_png, output_from_json
 
 logger = logging.getLogger(__name__)
@@ -122,10 +122,7 @@ class RemoteReward:
         raise RemoteRewardError(f"reward server {endpoint} failed after {self.retries + 1} attempts: {last}")
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, self.name)
         scores = torch.full((len(records),), float("nan"))
         if not idx:
             return RewardOutput(scores=scores, failures=failures)

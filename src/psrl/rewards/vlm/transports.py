@@ -140,9 +140,9 @@ class LocalTransport:
             texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                             add_generation_prompt=True))
             images += r.images
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                for k, v in inputs.items()}
+        # BatchFeature.to casts the floating tensors only (ids and masks keep their dtype)
+        return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(
+            self.device, self.dtype)
 
     @torch.no_grad()
     def first_token_logprobs(self, requests, answer_tokens):
@@ -158,10 +158,7 @@ class LocalTransport:
                 rows.append(FirstToken(d, top_k=True))
             return rows
 
-        out: list[FirstToken | Failed] = []
-        for s in range(0, len(requests), self.batch_size):
-            out += per_item(batch, requests[s:s + self.batch_size], "vlm judge")
-        return out
+        return self._batched(batch, requests)
 
     @torch.no_grad()
     def generate(self, requests, max_new_tokens: int = 512, temperature: float | None = None):
@@ -173,9 +170,13 @@ class LocalTransport:
             seq = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
             return self.tokenizer.batch_decode(seq[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
-        out: list[str | Failed] = []
+        return self._batched(batch, requests)
+
+    def _batched(self, fn, requests: Sequence[JudgeRequest]) -> list:
+        """``fn`` over chunks of ``batch_size`` requests, each chunk isolated per request on error (``per_item``)."""
+        out = []
         for s in range(0, len(requests), self.batch_size):
-            out += per_item(batch, requests[s:s + self.batch_size], "vlm judge")
+            out += per_item(fn, requests[s:s + self.batch_size], "vlm judge")
         return out
 
 
