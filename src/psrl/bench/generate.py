@@ -88,13 +88,11 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not seeds:
         raise ValueError("at least one seed is needed")
-    stats = GenerateStats()
     valid, skipped = plan_entries(data, skip_invalid=skip_invalid)
+    stats = GenerateStats(skipped_invalid=skipped)
     bad = invalid_keys(data)
-    for key in skipped:
-        stats.skipped_invalid.append(key)
-        if shard.is_main:
-            log.warning("skipping invalid entry %s: %s", key, bad.get(key, "unreadable entry"))
+    for key in skipped if shard.is_main else ():
+        log.warning("skipping invalid entry %s: %s", key, bad.get(key, "unreadable entry"))
     work = [(seed, item) for seed in seeds for item in valid]
     todo = []
     for seed, item in shard.take(work):
