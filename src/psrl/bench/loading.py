@@ -153,11 +153,8 @@ def check_subset_names(out: LoadedSubsets, names: list[str] | None, known, what:
 def read_psrbench(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:
     """The released ``<Subset>.json`` files of a PSRBench (or PocketBench) root; unknown names, missing subset
     files and stray ``*.json`` files that are not subsets are issues."""
-    from psrl.bench.psrbench import relation_parser
     from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
 
-    if relation_parser() is None:
-        out.notes.append("position relation check skipped: psrl.rewards.position.parse_relation is not available")
     wanted = list(subsets) if subsets else list(PSRBENCH_SUBSET_NAMES)
     check_subset_names(out, wanted, PSRBENCH_SUBSET_NAMES)
     if not subsets:

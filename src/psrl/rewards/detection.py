@@ -6,7 +6,6 @@ Grounding DINO, which the PSRBench compat mode needs); :meth:`Detections.by_scor
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -17,8 +16,6 @@ from torch import Tensor
 
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass

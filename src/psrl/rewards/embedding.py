@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -19,8 +18,6 @@ from torch import Tensor
 
 from psrl.rewards.components import imagenet_bit_processor
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
 
 
 @runtime_checkable

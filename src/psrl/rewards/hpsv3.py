@@ -19,7 +19,6 @@ on real weights.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -33,8 +32,6 @@ from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
 
 REWARD_TOKEN = "<|Reward|>"
 HPS_PIXELS = 256 * 28 * 28

@@ -9,7 +9,6 @@ ratio over :data:`psrl.images.MAX_ASPECT`) becomes a per-sample failure reason. 
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from PIL import Image
 from torch import Tensor
 
 from psrl.images import MAX_ASPECT, MIN_SIDE, CachedImages, ImageLoadError, size_problem, tensor_to_pil, to_rgb
-
-logger = logging.getLogger(__name__)
 
 
 def _tensor_to_pil(x: Tensor, where: str) -> tuple[Image.Image | None, str | None]:

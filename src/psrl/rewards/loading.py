@@ -2,7 +2,6 @@
 directory or hub id loaded with transformers; failures become :class:`psrl.errors.ModelLoadError` naming the path."""
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +10,6 @@ import torch
 
 from psrl.errors import ModelLoadError
 from psrl.models.loading import torch_dtype_from_name
-
-logger = logging.getLogger(__name__)
 
 TINY = "tiny"
 

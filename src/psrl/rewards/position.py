@@ -20,7 +20,6 @@ orderings. ``mode: psrbench_compat`` takes box 0 in detector order for both (equ
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -32,8 +31,6 @@ from psrl.rewards.detection import build_detector
 from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
-
-logger = logging.getLogger(__name__)
 
 SPATIAL_VOCAB = ("to the left of", "to the right of", "on the left of", "on the right of", "above", "on top of",
                  "below", "under")

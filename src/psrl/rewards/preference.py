@@ -13,7 +13,6 @@ truncated (77 tokens).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -28,8 +27,6 @@ from psrl.rewards.embedding import _features, load_clip
 from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
 
 
 def load_state_dict_file(path: str, what: str) -> dict:

@@ -25,7 +25,6 @@ of one record costs one reference pass.
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections import OrderedDict, defaultdict
@@ -44,8 +43,6 @@ from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, 
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
 from psrl.rewards.matching import assign
-
-logger = logging.getLogger(__name__)
 
 MODES = ("honest", "psrbench_compat")
 
