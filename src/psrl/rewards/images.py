@@ -91,13 +91,13 @@ class ReferenceImages:
                                       "rewards resolved: psrl.data.records.load_records / resolve_records)")
         return Path(image)
 
-    def load(self, image: str | None) -> Image.Image:
-        """The RGB image; raises :class:`ReferenceImageError` ("reference image <path>: <what is wrong>": file not
-        found, unreadable image, too small, too elongated, too many pixels; or the path is not resolved)."""
+    def load(self, image: str | None, what: str = "reference image") -> Image.Image:
+        """The RGB image; raises :class:`ReferenceImageError` ("<what> <path>: <what is wrong>": file not found,
+        unreadable image, too small, too elongated, too many pixels; or the path is not resolved)."""
         try:
             return self.files.load(self.path(image))
         except ImageLoadError as e:
-            raise ReferenceImageError(f"reference image {e}") from e
+            raise ReferenceImageError(f"{what} {e}") from e
 
 
 def crop_box(img: Image.Image, box, *, truncate: bool = False) -> Image.Image | None:
