@@ -53,13 +53,10 @@ def write_csv(summary: dict, path: Path) -> None:
     buf = io.StringIO(newline="")  # built in memory, then written atomically
     w = csv.writer(buf)
     w.writerow(["subset", "dimension", "mean", "scored", "failed", "total"])
-    for subset in summary["subsets"]:
-        for d in summary["dimensions"]:
-            c = summary["table"][subset][d]
-            w.writerow([subset, d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"], c["total"]])
-    for d in summary["dimensions"]:
-        c = summary["overall"][d]
-        w.writerow(["Overall", d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
+    dims = summary["dimensions"]
+    cells = [(s, d, summary["table"][s][d]) for s in summary["subsets"] for d in dims]
+    for subset, d, c in cells + [("Overall", d, summary["overall"][d]) for d in dims]:
+        w.writerow([subset, d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
                     c["n"] + c["failed"]])
     write_text_atomic(path, buf.getvalue())
 
