@@ -41,7 +41,7 @@ from psrl.rewards.preference import _ClipRewardBase
 from psrl.rewards.vlm.cache import DEFAULT_MAX_ENTRIES, CachedPYes
 from psrl.rewards.vlm.prompts import paco_prompt
 from psrl.rewards.vlm.transports import JudgeRequest
-from psrl.rewards.vlm_rewards import _judge, score_pairs
+from psrl.rewards.vlm_rewards import _PairwiseBase
 
 DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PaCo's open_clip ViT-H-14 laion2b_s32b_b79k
 
@@ -57,7 +57,7 @@ def grid_cells(image, record: Record) -> tuple[GridPrompt, list]:
     return grid, cut_grid(image, grid.rows, grid.cols)
 
 
-class T2ISConsistencyReward:
+class T2ISConsistencyReward(_PairwiseBase):
     """``t2is_consistency``: mean P(Yes) over the ``C(n, 2)`` cell pairs of each grid, in [0, 1] (NaN + reason as
     in the module docstring).
 
@@ -85,30 +85,23 @@ class T2ISConsistencyReward:
                  cache_size: int = DEFAULT_MAX_ENTRIES, **judge_kwargs):
         if not isinstance(template, str) or not template:
             raise ValueError(f"t2is_consistency: template must be 'v1', 'v3' or a prompt string, got {template!r}")
+        super().__init__(device, canonicalize, judge_kwargs)
         self.template = template
-        self.judge = CachedPYes(_judge(device, judge_kwargs, canonicalize=canonicalize), cache_size)
+        self.judge = CachedPYes(self.judge, cache_size)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures, idx = scorable_images(images, records, self.name)
-        spans: dict[int, tuple[int, int]] = {}
-        requests: list[JudgeRequest] = []
         grids: list[str | None] = [None] * len(records)
-        for b in idx:
-            try:
-                grid, cells = grid_cells(pils[b], records[b])
-            except ValueError as e:
-                failures[b] = str(e)
-                continue
+
+        def make(b, gen, rec: Record):
+            grid, cells = grid_cells(gen, rec)
             grids[b] = f"{grid.rows}x{grid.cols}"
             if len(cells) < 2:
-                failures[b] = f"record {records[b].id!r}: a {grids[b]} grid has no pair of cells"
-                continue
+                raise ValueError(f"record {rec.id!r}: a {grids[b]} grid has no pair of cells")
             text = paco_prompt(self.template, grid.theme)
-            pairs = [JudgeRequest([a, c], text) for a, c in itertools.combinations(cells, 2)]
-            spans[b] = (len(requests), len(requests) + len(pairs))
-            requests += pairs
-        scores, per_pair, bounded = score_pairs(
-            self.judge.p_yes(requests), spans, failures, lambda p: sum(p) / len(p),
+            return [JudgeRequest([a, c], text) for a, c in itertools.combinations(cells, 2)]
+
+        scores, failures, per_pair, bounded = self._score_pairs(
+            images, records, make, lambda p: sum(p) / len(p),
             reason=lambda bad, got: f"{len(bad)} of {len(got)} cell pair(s) unscored: {bad[0]}")
         return RewardOutput(scores=scores, failures=failures,
                             details={"p_yes_pairs": per_pair, "p_yes_bounded": bounded, "grid": grids})

@@ -81,21 +81,22 @@ class _PairwiseBase:
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
         self.refs = ReferenceImages(background=background)
 
-    def _score_pairs(self, images, records, make_requests, combine):
-        """``make_requests(b, generated, record) -> list[JudgeRequest]``; ``combine(list[p]) -> score``."""
+    def _score_pairs(self, images, records, make_requests, combine, reason=lambda bad, got: bad[0]):
+        """``make_requests(b, generated, record) -> list[JudgeRequest]`` (a ``ReferenceImageError`` or ``ValueError``
+        it raises is sample ``b``'s failure); ``combine`` and ``reason`` as :func:`score_pairs`."""
         pils, failures, _ = scorable_images(images, records, self.name)
         spans, requests = {}, []
         for b, rec in enumerate(records):
             if failures[b]:
                 continue
             try:
-                reqs = make_requests(pils[b], rec)
-            except ReferenceImageError as e:
+                reqs = make_requests(b, pils[b], rec)
+            except (ReferenceImageError, ValueError) as e:
                 failures[b] = str(e)
                 continue
             spans[b] = (len(requests), len(requests) + len(reqs))
             requests += reqs
-        scores, per_pair, bounded = score_pairs(self.judge.p_yes(requests), spans, failures, combine)
+        scores, per_pair, bounded = score_pairs(self.judge.p_yes(requests), spans, failures, combine, reason)
         return scores, failures, per_pair, bounded
 
 
@@ -130,7 +131,7 @@ class VlmConsistencyReward(_PairwiseBase):
         self.pairs, self.template = pairs, template
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        def make(gen, rec: Record):
+        def make(_, gen, rec: Record):
             if not rec.subjects:
                 raise ReferenceImageError("record has no subjects")
             refs = [self.refs.load(s.image) for s in rec.subjects]
@@ -167,7 +168,7 @@ class EditConsistencyReward(_PairwiseBase):
         super().__init__(device, canonicalize, judge_kwargs, background)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        def make(gen, rec: Record):
+        def make(_, gen, rec: Record):
             if not rec.subjects:
                 raise ReferenceImageError("edit_consistency needs the original image as the record's first subject")
             orig = self.refs.load(rec.subjects[0].image)
