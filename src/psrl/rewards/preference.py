@@ -44,19 +44,15 @@ def load_state_dict_file(path: str, what: str) -> dict:
 class _ClipRewardBase:
     def __init__(self, path: str, device, dtype, batch_size: int, what: str, processor_path: str | None = None):
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
-        if processor_path and path != TINY:
-            self.model, self.processor = self._load_split(path, processor_path, what)
+        if processor_path and path != TINY:  # the model and its processor from two repositories (PickScore)
+            from transformers import CLIPModel
+
+            _, self.processor = load_clip(processor_path, what + " processor")
+            self.model = load_pretrained(what, path, CLIPModel.from_pretrained)
         else:
             self.model, self.processor = load_clip(path, what)
         self.model.to(self.device, self.dtype).eval()
         self.batch_size = batch_size
-
-    @staticmethod
-    def _load_split(path, processor_path, what):
-        from transformers import CLIPModel
-
-        _, processor = load_clip(processor_path, what + " processor")
-        return load_pretrained(what, path, CLIPModel.from_pretrained), processor
 
     @torch.no_grad()
     def _embed(self, pils, texts) -> tuple[Tensor, Tensor]:
