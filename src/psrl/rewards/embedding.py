@@ -57,10 +57,6 @@ class HFImageEmbedder:
         return torch.cat(feats)
 
 
-def _bit(shortest_edge: int = 256, crop: int = 224):
-    return imagenet_bit_processor(shortest_edge, crop)
-
-
 def _load_dinov2(path):
     from transformers import Dinov2Model
 
@@ -123,5 +119,5 @@ def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=No
 
         model, proc = getattr(tiny, tiny_builder)()
     else:
-        model, proc = load_pretrained(f"{kind} embedder", path, loader), _bit()
+        model, proc = load_pretrained(f"{kind} embedder", path, loader), imagenet_bit_processor(256, 224)
     return HFImageEmbedder(model, proc, pool, device=device, dtype=dtype, batch_size=batch_size)
