@@ -126,14 +126,9 @@ def score_batch(reward, images: torch.Tensor, records: list) -> list[tuple[float
     if len(scores) != len(records):
         reason = f"metric returned {len(scores)} scores for {len(records)} images"
         return [(None, reason, {}) for _ in records]
-    result = []
-    for i, s in enumerate(scores):
-        failure = out.failures[i] if i < len(out.failures) else None
-        if math.isnan(s):
-            result.append((None, failure or "unscorable (no reason given)", _details_of(out.details, i, len(scores))))
-        else:
-            result.append((s, failure, _details_of(out.details, i, len(scores))))
-    return result
+    # a RewardOutput has one failure per score, and a reason for every NaN
+    return [(None if math.isnan(s) else s, out.failures[i], _details_of(out.details, i, len(scores)))
+            for i, s in enumerate(scores)]
 
 
 def read_sample_rows(out_dir: Path) -> dict[str, dict]:

@@ -147,9 +147,8 @@ class VIEScoreMetric:
                                        lambda rs: self.judge.transport.generate(rs, self.max_new_tokens,
                                                                                 self.temperature))
         scores = torch.full((n,), float("nan"))
-        nan_list: list = [None] * n
-        details = {"sc_scores": list(nan_list), "pq_scores": list(nan_list), "sc_reply": list(nan_list),
-                   "pq_reply": list(nan_list), "intersection": [r.tags.get("intersection") for r in records]}
+        details: dict[str, list] = {k: [None] * n for k in ("sc_scores", "pq_scores", "sc_reply", "pq_reply")}
+        details["intersection"] = [r.tags.get("intersection") for r in records]
         for b, (i_sc, i_pq) in pending.items():
             parsed = {}
             for which, i in (("sc", i_sc), ("pq", i_pq)):

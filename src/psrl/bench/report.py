@@ -103,6 +103,13 @@ def score_figure(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dim
                     color="#b00")
             continue
         (_radar_panel if radar else _bar_panel)(ax, [label for label, _ in series], values, subsets)
+        ax.set_xticklabels(list(subsets), fontsize=8)
+        finite = [v for row in values for v in row if v is not None]
+        top, low = max(finite), min(finite)
+        # all scored values 0: a unit axis, not a 0-0.001 one; a dimension that can go negative (PocketBench's
+        # SC gain) keeps its points
+        ax.set_ylim(low * 1.1 if low < 0 else 0.0, top * 1.1 if top > 0 else 1.0)
+        ax.tick_params(axis="y", labelsize=7)
     handles, labels = [], []
     for ax in axes[0]:
         handles, labels = ax.get_legend_handles_labels()
@@ -120,16 +127,6 @@ def _finite(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _top(values: list[list[float | None]]) -> float:
-    top = max((v for row in values for v in row if v is not None), default=0.0)
-    return top * 1.1 if top > 0 else 1.0  # all scored values 0: a unit axis, not a 0-0.001 one
-
-
-def _bottom(values: list[list[float | None]]) -> float:
-    low = min((v for row in values for v in row if v is not None), default=0.0)
-    return low * 1.1 if low < 0 else 0.0  # a dimension that can go negative (PocketBench's SC gain) keeps its points
-
-
 def _radar_panel(ax, labels: list[str], values: list[list[float | None]], subsets: Sequence[str]) -> None:
     import numpy as np
 
@@ -139,9 +136,6 @@ def _radar_panel(ax, labels: list[str], values: list[list[float | None]], subset
         ax.plot(angles + angles[:1], vals + vals[:1], linewidth=1.6, label=label)
         ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
     ax.set_xticks(angles)
-    ax.set_xticklabels(list(subsets), fontsize=8)
-    ax.set_ylim(_bottom(values), _top(values))
-    ax.tick_params(axis="y", labelsize=7)
 
 
 def _bar_panel(ax, labels: list[str], values: list[list[float | None]], subsets: Sequence[str]) -> None:
@@ -155,9 +149,6 @@ def _bar_panel(ax, labels: list[str], values: list[list[float | None]], subsets:
             if v is None:
                 ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777")
     ax.set_xticks(range(len(subsets)))
-    ax.set_xticklabels(list(subsets), fontsize=8)
-    ax.set_ylim(_bottom(values), _top(values))
-    ax.tick_params(axis="y", labelsize=7)
 
 
 def series_of(summary: dict) -> dict:
