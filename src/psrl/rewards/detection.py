@@ -30,10 +30,6 @@ class Detections:
         order = torch.argsort(self.scores, descending=True, stable=True)
         return Detections(self.boxes[order], self.scores[order])
 
-    @staticmethod
-    def empty() -> Detections:
-        return Detections(torch.zeros(0, 4), torch.zeros(0))
-
 
 @runtime_checkable
 class Detector(Protocol):

@@ -76,8 +76,10 @@ def _load_local_vlm(path: str, adapter_path: str | None, device, dtype):
         else:
             model, processor = load_pretrained("vlm judge", path, lambda p: _load_hf_vlm(p, dtype))
         if adapter_path:
+            from peft import PeftModel
+
             model = load_pretrained("vlm judge LoRA adapter", adapter_path,
-                                    lambda p: _merge_adapter(model, p))
+                                    lambda p: PeftModel.from_pretrained(model, p).merge_and_unload())
         model.to(device, dtype).eval()
         processor.tokenizer.padding_side = "left"  # batched last-token logits and generation need left padding
         _LOCAL_CACHE[key] = (model, processor)
@@ -108,12 +110,6 @@ def _load_hf_vlm(path: str, dtype):
             image_processor=Qwen2VLImageProcessorPil.from_pretrained(path), tokenizer=tokenizer,
             chat_template=getattr(tokenizer, "chat_template", None))
     return model, processor
-
-
-def _merge_adapter(model, adapter_path: str):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
 
 
 class LocalTransport:
