@@ -53,10 +53,7 @@ class EvalStats:
 
 def eval_config(benchmark: str, metrics: dict[str, DimensionSpec], extra: dict | None = None) -> dict:
     """The config that decides the numbers (not the batch size or device); its hash names the run."""
-    cfg = {"benchmark": benchmark, "metrics": metrics_to_json(metrics)}
-    if extra:
-        cfg.update(extra)
-    return cfg
+    return {"benchmark": benchmark, "metrics": metrics_to_json(metrics), **(extra or {})}
 
 
 class MetricSet:
