@@ -122,11 +122,9 @@ def _load_real(path: str, base_path: str, dtype):
                              f"(e.g. {unexpected[:3]})")
     if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in backbone_sd:
         model.tie_weights()
-    hidden = text_cfg.hidden_size
-    head = HPSv3Head(hidden, (head_sd["rm_head.0.weight"].shape[0], head_sd["rm_head.3.weight"].shape[0])) \
-        if "rm_head.0.weight" in head_sd and "rm_head.3.weight" in head_sd else None
-    if head is None:
+    if "rm_head.0.weight" not in head_sd or "rm_head.3.weight" not in head_sd:
         raise ModelLoadError(f"hpsv3 checkpoint {path!r} has no rm_head.* weights")
+    head = HPSv3Head(text_cfg.hidden_size, (len(head_sd["rm_head.0.weight"]), len(head_sd["rm_head.3.weight"])))
     head.load_state_dict(head_sd)
     return model, processor, head
 

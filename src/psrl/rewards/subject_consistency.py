@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -229,10 +229,7 @@ class SubjectConsistencyReward:
                     cand_crops.append(pils[b] if crop is None else crop)
                     crop_owner.append(b)
                 continue
-            counts = defaultdict(int)
-            for s in subjects:
-                counts[s.phrase.strip().lower()] += 1
-            for p, k in counts.items():
+            for p, k in Counter(s.phrase.strip().lower() for s in subjects).items():
                 d = det_of[(b, p)].by_score()
                 idx = []
                 for box in d.boxes[: k + self.extra_candidates]:
