@@ -15,6 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from psrl.models.loading import check_tokenizer
+from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
 
 
@@ -180,6 +181,19 @@ def _load_owlv2(path: str):
 
 
 DETECTORS = {"grounding_dino": GroundingDinoDetector, "owlv2": Owlv2Detector}
+
+
+def detect_phrases(detector: Detector, images: Sequence[Image.Image], phrases: dict[int, Sequence[str]],
+                   failures: list[str | None], what: str) -> dict[tuple[int, str], Detections | Failed]:
+    """``{(b, phrase): detections}`` of each sample ``b``'s distinct ``phrases[b]`` (stripped, lower-cased) in
+    ``images[b]``, in one batched call (isolated per pair on error, :func:`psrl.rewards.isolation.per_item`); a
+    sample whose detection failed gets the reason in ``failures[b]``."""
+    pairs = [(b, p) for b, ps in phrases.items() for p in dict.fromkeys(p.strip().lower() for p in ps)]
+    dets = per_item(lambda chunk: detector.detect([images[b] for b, _ in chunk], [p for _, p in chunk]), pairs, what)
+    for (b, _), d in zip(pairs, dets):
+        if isinstance(d, Failed) and not failures[b]:
+            failures[b] = d.reason
+    return dict(zip(pairs, dets))
 
 
 def build_detector(spec: dict | str | Detector | None, *, device="cpu", dtype=None) -> Detector:

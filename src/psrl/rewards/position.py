@@ -27,9 +27,8 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.detection import build_detector
+from psrl.rewards.detection import build_detector, detect_phrases
 from psrl.rewards.images import scorable_images
-from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY
 
 SPATIAL_VOCAB = ("to the left of", "to the right of", "on the left of", "on the right of", "above", "on top of",
@@ -133,14 +132,8 @@ class PositionReward:
                 failures[b] = "subject phrase is empty"
             elif relations[b] is None:
                 failures[b] = "no spatial relation found in the instruction"
-        pairs = [(b, p) for b in range(B) if not failures[b]
-                 for p in dict.fromkeys(s.phrase.strip().lower() for s in records[b].subjects[:2])]
-        dets = per_item(lambda ps: self.detector.detect([pils[b] for b, _ in ps], [p for _, p in ps]), pairs,
-                        "position detector")
-        det_of = dict(zip(pairs, dets))
-        for (b, _), d in det_of.items():
-            if isinstance(d, Failed) and not failures[b]:
-                failures[b] = d.reason
+        phrases = {b: [s.phrase for s in records[b].subjects[:2]] for b in range(B) if not failures[b]}
+        det_of = detect_phrases(self.detector, pils, phrases, failures, "position detector")
         scores = torch.full((B,), float("nan"))
         missing: list[list[str]] = [[] for _ in range(B)]
         boxes_out: list[list | None] = [None] * B

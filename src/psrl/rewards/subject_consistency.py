@@ -37,7 +37,7 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.detection import Detections, build_detector
+from psrl.rewards.detection import Detections, build_detector, detect_phrases
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, scorable_images
 from psrl.rewards.isolation import Failed, per_item
@@ -202,14 +202,8 @@ class SubjectConsistencyReward:
                 if bad:
                     failures[b] = bad[0]
         # 2. one detection per (sample, distinct phrase), batched over the whole batch
-        pairs = [(b, p) for b in range(B) if not failures[b]
-                 for p in dict.fromkeys(s.phrase.strip().lower() for s in records[b].subjects)]
-        dets = per_item(lambda ps: self.detector.detect([pils[b] for b, _ in ps], [p for _, p in ps]), pairs,
-                        "subject_consistency detector")
-        det_of = {pair: d for pair, d in zip(pairs, dets)}
-        for (b, _), d in det_of.items():
-            if isinstance(d, Failed) and not failures[b]:
-                failures[b] = d.reason
+        phrases = {b: [s.phrase for s in records[b].subjects] for b in range(B) if not failures[b]}
+        det_of = detect_phrases(self.detector, pils, phrases, failures, "subject_consistency detector")
         # 3. candidate crops per (sample, phrase), embedded in one pass
         cand_crops: list[Image.Image] = []
         crop_owner: list[int] = []  # the sample each candidate crop belongs to
