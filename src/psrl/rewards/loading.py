@@ -39,6 +39,17 @@ def component_spec(spec: dict | str | None, default_kind: str, what: str) -> tup
     return options.pop("kind", default_kind), options
 
 
+def with_default_path(spec, path: str | None):
+    """A sub-model spec (kind name, mapping or ``None``) as a mapping with ``path`` set unless it names its own (a
+    reward-level ``path: tiny``, or the reward's default weights); ``path=None`` or a built component (a Detector or
+    Embedder object) passes through unchanged."""
+    if path is None or not (spec is None or isinstance(spec, (str, dict))):
+        return spec
+    spec = {"kind": spec} if isinstance(spec, str) else dict(spec or {})
+    spec.setdefault("path", path)
+    return spec
+
+
 def looks_local(path: str) -> bool:
     return path.startswith(("/", "./", "../", "~")) or os.path.exists(path)
 

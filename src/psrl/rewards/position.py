@@ -29,7 +29,7 @@ from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.detection import build_detector, detect_phrases
 from psrl.rewards.images import scorable_images
-from psrl.rewards.loading import TINY
+from psrl.rewards.loading import TINY, with_default_path
 
 SPATIAL_VOCAB = ("to the left of", "to the right of", "on the left of", "on the right of", "above", "on top of",
                  "below", "under")
@@ -108,14 +108,14 @@ class PositionReward:
     name = "position"
 
     def __init__(self, device="cpu", *, detector=None, mode: str = "honest", path: str | None = None, dtype=None):
-        from psrl.rewards.subject_consistency import MODES, with_tiny_default
+        from psrl.rewards.subject_consistency import MODES
 
         if mode not in MODES:
             raise ValueError(f"position: mode must be one of {MODES}, got {mode!r}")
         if path not in (None, TINY):
             raise ValueError("position: top-level 'path' may only be 'tiny'; give detector.path for real weights")
         self.mode = mode
-        self.detector = build_detector(with_tiny_default(detector or {"kind": "grounding_dino"}, path),
+        self.detector = build_detector(with_default_path(detector or {"kind": "grounding_dino"}, path),
                                        device=device, dtype=dtype)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:

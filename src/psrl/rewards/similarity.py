@@ -21,6 +21,7 @@ from psrl.rewards.base import RewardOutput
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, scorable_images
 from psrl.rewards.isolation import Failed, per_item
+from psrl.rewards.loading import with_default_path
 
 
 class ImageSimilarityReward:
@@ -50,12 +51,8 @@ class ImageSimilarityReward:
 
     def __init__(self, device="cpu", *, path: str | None = None, embedder=None, scale: float = 1.0, dtype=None,
                  cache_size: int = 4096, background: str | tuple = "white"):
-        if embedder is None or isinstance(embedder, (str, dict)):
-            spec = {"kind": embedder} if isinstance(embedder, str) else dict(embedder or {"kind": self.default_kind})
-            spec.setdefault("path", path or self.default_path)
-        else:
-            spec = embedder  # an already built Embedder (benchmarks, tests)
-        self.embedder = build_embedder(spec, device=device, dtype=dtype)
+        self.embedder = build_embedder(with_default_path(embedder or {"kind": self.default_kind},
+                                                         path or self.default_path), device=device, dtype=dtype)
         self.refs = ReferenceImages(background=background)
         self.scale, self.cache_size = scale, cache_size
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()

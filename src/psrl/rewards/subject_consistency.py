@@ -41,20 +41,10 @@ from psrl.rewards.detection import Detections, build_detector, detect_phrases
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, scorable_images
 from psrl.rewards.isolation import Failed, per_item
-from psrl.rewards.loading import TINY
+from psrl.rewards.loading import TINY, with_default_path
 from psrl.rewards.matching import assign
 
 MODES = ("honest", "psrbench_compat")
-
-
-def with_tiny_default(spec, path: str | None):
-    """Apply a reward-level ``path: tiny`` to a sub-model spec that does not name its own path (a built component,
-    such as a Detector or Embedder object, passes through)."""
-    if path is None or not (spec is None or isinstance(spec, (str, dict))):
-        return spec
-    spec = {"kind": spec} if isinstance(spec, str) else dict(spec or {})
-    spec.setdefault("path", path)
-    return spec
 
 
 class SubjectConsistencyReward:
@@ -102,9 +92,9 @@ class SubjectConsistencyReward:
             raise ValueError("subject_consistency: top-level 'path' may only be 'tiny'; give detector.path and "
                              "embedder.path for real weights")
         self.mode, self.missing, self.extra_candidates = mode, missing, extra_candidates
-        self.detector = build_detector(with_tiny_default(detector or {"kind": "grounding_dino"}, path),
+        self.detector = build_detector(with_default_path(detector or {"kind": "grounding_dino"}, path),
                                        device=device, dtype=dtype)
-        self.embedder = build_embedder(with_tiny_default(embedder or {"kind": "dino_vit"}, path),
+        self.embedder = build_embedder(with_default_path(embedder or {"kind": "dino_vit"}, path),
                                        device=device, dtype=dtype)
         self.refs = ReferenceImages(background=background)
         self.cache_size = cache_size
