@@ -149,28 +149,19 @@ class VIEScoreMetric:
         scores = torch.full((n,), float("nan"))
         details: dict[str, list] = {k: [None] * n for k in ("sc_scores", "pq_scores", "sc_reply", "pq_reply")}
         details["intersection"] = [r.tags.get("intersection") for r in records]
+        needed = {"semantic_consistency": ("sc",), "perceptual_quality": ("pq",), "overall": ("sc", "pq")}[self.output]
         for b, (i_sc, i_pq) in pending.items():
-            parsed = {}
             for which, i in (("sc", i_sc), ("pq", i_pq)):
                 reply = replies[i]
                 if isinstance(reply, Failed):
                     failures[b] = failures[b] or f"{which.upper()} judge request failed: {reply.reason}"
                     continue
                 details[f"{which}_reply"][b] = reply
-                parsed[which] = parse_viescore(reply)
-                details[f"{which}_scores"][b] = parsed[which]
-                if parsed[which] is None:
+                details[f"{which}_scores"][b] = parse_viescore(reply)
+                if details[f"{which}_scores"][b] is None:
                     failures[b] = failures[b] or f"{which.upper()} reply has no parsable score list: {reply[:200]!r}"
-            if failures[b]:
-                continue
-            sc, pq = min(parsed["sc"]), min(parsed["pq"])
-            scores[b] = {"semantic_consistency": sc, "perceptual_quality": pq,
-                         "overall": viescore_overall(sc, pq)}[self.output]
-        # a failure of the half this output does not use leaves the output scorable
-        for b in pending:
-            if failures[b] and self.output != "overall":
-                which = "sc" if self.output == "semantic_consistency" else "pq"
-                if details[f"{which}_scores"][b] is not None:
-                    scores[b] = min(details[f"{which}_scores"][b])
-                    failures[b] = None
+            got = [min(details[f"{w}_scores"][b]) for w in needed if details[f"{w}_scores"][b] is not None]
+            if len(got) == len(needed):  # a failure of the half this output does not use leaves it scorable
+                failures[b] = None
+                scores[b] = viescore_overall(*got) if len(got) == 2 else got[0]
         return RewardOutput(scores=scores, failures=failures, details=details)
