@@ -176,6 +176,7 @@ def _base_row(sample: ResultSample) -> dict:
         # absolute (as resolved at load): what the report's gallery reads, so no report needs the data root
         "reference_images": [s.image for s in rec.subjects] if rec else None,
         "phrases": [s.phrase for s in rec.subjects] if rec else None,
+        "scores": {}, "raw": {}, "failures": {}, "details": {},  # per dimension, filled by _put
     }
 
 
@@ -251,8 +252,6 @@ def _eval_batches(todo: list[ResultSample], batch_size: int):
 
 def _score_samples(batch: list[ResultSample], metrics: dict[str, DimensionSpec], metric_set: MetricSet) -> list[dict]:
     rows = [_base_row(s) for s in batch]
-    for row in rows:
-        row.update(scores={}, raw={}, failures={}, details={})
     problems = [s.problem for s in batch]
     images: dict[int, torch.Tensor] = {}
     for i, s in enumerate(batch):
