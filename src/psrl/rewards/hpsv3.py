@@ -10,12 +10,10 @@ Why not the package: ``hpsv3`` pins transformers ~4.45 and imports trl/deepspeed
 beside transformers 5. We load its single checkpoint file (``HPSv3.safetensors``, a state dict of the 4.x model
 class) into a transformers-5 ``Qwen2VLForConditionalGeneration`` built from the base model's config, remapping the
 4.x key layout (``visual.*`` -> ``model.visual.*``, ``model.*`` -> ``model.language_model.*``), and the
-``rm_head.*`` keys into :class:`HPSv3Head`. Loading is strict: any missing or unexpected key is an error.
-Args: ``path`` (the checkpoint file, or ``tiny``), ``base_path`` (Qwen2-VL-7B-Instruct: config, tokenizer, image
-processor), ``instruction`` (template with ``{text_prompt}``). The default instruction is the HPSv3 training collator's
-``INSTRUCTION``, compared character for character with the released ``hpsv3`` package (an earlier psrl version
-lacked its "Text Alignment" block); tests pin its SHA-256. Scores have not been compared with the reference package
-on real weights.
+``rm_head.*`` keys into :class:`HPSv3Head`. Loading is strict: any missing or unexpected key is an error. The
+default instruction is the HPSv3 training collator's ``INSTRUCTION``, compared character for character with the
+released ``hpsv3`` package (an earlier psrl version lacked its "Text Alignment" block); tests pin its SHA-256.
+Scores have not been compared with the reference package on real weights.
 """
 from __future__ import annotations
 

@@ -5,15 +5,12 @@
 
 * ``t2is_consistency``: the mean over all ``C(n, 2)`` cell pairs ``(i, j)``, ``i < j`` (one order, as PaCo) of the
   VLM judge's P(Yes) (:mod:`psrl.rewards.vlm.judge`) for "do these two panels keep style, logic and identity?",
-  asked with PaCo's template v1 quoting the prompt's theme. Score in [0, 1]. Takes the judge options of
-  :mod:`psrl.rewards.vlm_rewards` (``path``/``adapter_path`` for a local Qwen2.5-VL such as PaCo-Reward-7B, or
-  ``endpoint`` for a vLLM server), ``template`` (``v1``, ``v3`` or a string with a ``{theme}`` slot),
-  ``canonicalize`` and ``cache_size`` (answers kept across calls, :class:`psrl.rewards.vlm.cache.CachedPYes`;
-  identical pairs are asked once).
+  asked with PaCo's template v1 quoting the prompt's theme (a local Qwen2.5-VL such as PaCo-Reward-7B, or a vLLM
+  server); identical pairs are asked once (:class:`psrl.rewards.vlm.cache.CachedPYes`). Score in [0, 1].
 * ``t2is_clip_t``: sub-figure CLIP-T, the mean over cells of the cosine between the CLIP image embedding of a cell
   and the CLIP text embedding of its sub-prompt (PaCo: OpenCLIP ViT-H-14 laion2b_s32b_b79k, the default here as
   its transformers port). Score in [-1, 1] (about 0.2-0.4 for a matching cell). Text over 77 CLIP tokens is
-  truncated, as PaCo's tokenizer does. Args: ``path`` (or ``tiny``), ``dtype``, ``batch_size``.
+  truncated, as PaCo's tokenizer does.
 
 PickScore on the whole grid with the full prompt is the ``pickscore`` reward as it is.
 

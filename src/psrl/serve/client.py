@@ -1,13 +1,8 @@
 """``remote`` reward: scores through a psrl reward server (``psrl serve rewards``).
 
-Args: ``url`` (``http://host:port``), ``reward`` (the served name), ``api_key_env`` (default
-``PSRL_REWARD_API_KEY``) / ``api_key_file`` / ``api_key`` (prefer the first two: a key in a config can end up on a
-command line or in a run folder), ``timeout`` (s per
-request), ``retries`` and ``backoff`` (exponential: backoff * 2**attempt; connection errors, timeouts, 429 and 5xx
-are retried, so a server restarted mid-run is picked up again), ``on_error`` (``raise``, the default: an
-unreachable server is an infrastructure failure and stops training loudly; ``nan``: every sample NaN with the
-reason). A wrong key (401/403), an unknown reward (404) or rejected input (422) raise at once with the server's
-message. Images travel as PNG.
+Arguments: :class:`RemoteReward`. Connection errors, timeouts, 429 and 5xx are retried (``backoff * 2**attempt``),
+so a server restarted mid-run is picked up again; a wrong key (401/403), an unknown reward (404) or rejected input
+(422) raise at once with the server's message. Images travel as PNG.
 
 Records travel as their JSON (:meth:`psrl.data.records.Record.to_json`): reference paths relative to the data root
 the records were resolved against where they were loaded, never absolute. The server resolves them under its own
