@@ -155,12 +155,11 @@ class PositionReward:
             if same and self.mode == "honest":
                 a, c = d1.boxes[0], d1.boxes[1]
                 scores[b] = max(position_score(a, c, relations[b]), position_score(c, a, relations[b]))
-                boxes_out[b] = [a.tolist(), c.tolist()]
             else:
                 a, c = d1.boxes[0], d2.boxes[0]
                 if self.mode == "psrbench_compat":
                     a, c = a.trunc(), c.trunc()
                 scores[b] = position_score(a, c, relations[b])
-                boxes_out[b] = [a.tolist(), c.tolist()]
+            boxes_out[b] = [a.tolist(), c.tolist()]
         details = {"relation": relations, "missing_subjects": missing, "boxes": boxes_out}
         return RewardOutput(scores=scores, details=details, failures=failures)
