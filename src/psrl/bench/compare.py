@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from psrl.bench.benchmarks import get_benchmark
 from psrl.bench.report import _fmt, radar_chart, series_of
 from psrl.bench.summary import finite_number
 from psrl.bench.tasks import DIMENSION_LABELS
@@ -18,8 +19,6 @@ from psrl.fileio import write_json_atomic, write_text_atomic
 def load_published(benchmark: str = "psrbench") -> dict:
     """The published table of ``benchmark`` shipped with psrl (reported numbers, overall per dimension); its file
     is named by the benchmark's registry entry (:mod:`psrl.bench.benchmarks`)."""
-    from psrl.bench.benchmarks import get_benchmark
-
     name = get_benchmark(benchmark).published
     if name is None:
         raise PsrlError(f"psrl ships no published table for {benchmark}")
@@ -91,8 +90,6 @@ def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, 
             raise PsrlError(f"--published holds {table['benchmark']} numbers; these runs are {benchmark}")
         # A published table that does not say which subsets its overall averages was computed on the whole
         # benchmark.
-        from psrl.bench.benchmarks import get_benchmark  # lazy, as in load_published
-
         published_subsets = table.get("overall_subsets") or list(get_benchmark(benchmark).subsets)
         for row in table["rows"]:
             sub = row.get("subsets", {})

@@ -26,7 +26,7 @@ from psrl.sharding import Shard
 from psrl.bench.tasks import DimensionSpec, MetricSpec, metrics_to_json
 from psrl.errors import PsrlError
 from psrl.fileio import jsonl_lines, write_json_atomic, write_jsonl_atomic
-from psrl.images import ImageLoadError, image_size
+from psrl.images import ImageLoadError, image_size, load_image, pil_to_tensor
 from psrl.rewards.base import to_jsonable
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,6 @@ class MetricSet:
 def load_image_tensor(path: Path) -> torch.Tensor:
     """A result image as ``[3, H, W]`` float in [0, 1], decoded by psrl's one loader (:func:`psrl.images.load_image`:
     EXIF orientation, 16-bit and alpha handled, the rewards' minimum side). Raises ``ImageLoadError``."""
-    from psrl.images import load_image, pil_to_tensor
-
     return pil_to_tensor(load_image(path))
 
 

@@ -19,8 +19,12 @@ from functools import partial
 from pathlib import Path
 
 from psrl.bench.benchmarks import BenchmarkSpec, get_benchmark
+from psrl.bench.dreambench import IMAGE_SUFFIXES, dreambench_entries, dreambench_spec
+from psrl.bench.gedit import GEDIT_GROUPS, METADATA
 from psrl.bench.items import BenchItem, LoadedSubsets, ValidationIssue
 from psrl.bench.results import ROOT_KEY, ResultSample, read_manifest, result_sample, seed_dirs
+from psrl.bench.t2is import ALIGNMENT_FILE, CATEGORY_SLUGS, PROMPTS_FILE, T2IS_SUBSETS
+from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
 from psrl.data.records import RecordError, resolve_under
 from psrl.errors import PsrlError
 from psrl.fileio import jsonl_lines
@@ -153,8 +157,6 @@ def check_subset_names(out: LoadedSubsets, names: list[str] | None, known, what:
 def read_psrbench(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:
     """The released ``<Subset>.json`` files of a PSRBench (or PocketBench) root; unknown names, missing subset
     files and stray ``*.json`` files that are not subsets are issues."""
-    from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
-
     wanted = list(subsets) if subsets else list(PSRBENCH_SUBSET_NAMES)
     check_subset_names(out, wanted, PSRBENCH_SUBSET_NAMES)
     if not subsets:
@@ -180,8 +182,6 @@ def read_dreambench(root: Path, subsets: list[str] | None, out: LoadedSubsets, *
     """DreamBench's entries built from the dataset folder (:mod:`psrl.bench.dreambench`). Missing subjects,
     subjects without images, unknown subject folders and an out-of-range ``reference_index`` are issues (the entry
     is kept with its problem)."""
-    from psrl.bench.dreambench import IMAGE_SUFFIXES, dreambench_entries, dreambench_spec
-
     spec = dreambench_spec()
     wanted = list(subsets) if subsets else list(spec["classes"])
     for name in wanted:
@@ -217,8 +217,6 @@ def read_dreambench(root: Path, subsets: list[str] | None, out: LoadedSubsets, *
 
 def _read_gedit(root: Path, subsets: list[str] | None, out: LoadedSubsets, *, language: str, **_) -> dict[str, list]:
     """GEdit-Bench's entries of one instruction ``language`` (:mod:`psrl.bench.gedit`), per task group."""
-    from psrl.bench.gedit import GEDIT_GROUPS, METADATA
-
     path = root / METADATA
     data = read_json_list(path, "*", out)
     if data is None:
@@ -242,8 +240,6 @@ read_gedit_cn = partial(_read_gedit, language="cn")
 def read_t2is(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:
     """``<root>/test_metadata.jsonl`` (:mod:`psrl.bench.t2is`) into per-category subsets; unknown categories and
     bad lines are issues."""
-    from psrl.bench.t2is import CATEGORY_SLUGS, PROMPTS_FILE, T2IS_SUBSETS
-
     path = root / PROMPTS_FILE
     if not path.is_file():
         out.issues.append(ValidationIssue("*", None, "file", f"T2IS prompt file not found: {path}"))
@@ -268,8 +264,6 @@ def read_t2is(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) ->
 def t2is_context(root: Path) -> dict:
     """What T2IS-Bench's parser needs beside an entry: ``<root>/prompt_alignment.json`` (``alignment``: the table,
     ``None`` when absent, the problem as a string when unreadable)."""
-    from psrl.bench.t2is import ALIGNMENT_FILE
-
     path = root / ALIGNMENT_FILE
     if not path.is_file():
         return {"alignment": None}

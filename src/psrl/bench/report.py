@@ -13,6 +13,7 @@ from pathlib import Path
 
 from psrl.bench.tasks import DIMENSION_LABELS
 from psrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from psrl.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,6 @@ def series_of(summary: dict) -> dict:
 def _thumb_b64(path: str | Path | None, size: int = 192) -> str | None:
     if not path:
         return None
-    from psrl.images import ImageLoadError, load_image
-
     try:
         im = load_image(path)
     except ImageLoadError as e:  # a missing or unreadable image is shown as missing in the gallery

@@ -14,6 +14,7 @@ import torch
 
 from psrl.bench.t2is import CONSISTENCY_QUESTION, VQASCORE_QUESTION
 from psrl.data.grid_prompt import cut_grid
+from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput, build_reward
 from psrl.rewards.images import to_pil_images
 from psrl.rewards.vlm.transports import JudgeRequest
@@ -138,8 +139,6 @@ class CellMean:
         self.name = f"cell_mean({reward})"
 
     def __call__(self, images, records: Sequence) -> RewardOutput:
-        from psrl.data.records import Record
-
         n = len(records)
         scores = torch.full((n,), float("nan"))
         failures: list[str | None] = [None] * n

@@ -30,6 +30,7 @@ from psrl.rewards.base import RewardOutput
 from psrl.rewards.detection import build_detector, detect_phrases
 from psrl.rewards.images import scorable_images
 from psrl.rewards.loading import TINY, with_default_path
+from psrl.rewards.subject_consistency import MODES
 
 SPATIAL_VOCAB = ("to the left of", "to the right of", "on the left of", "on the right of", "above", "on top of",
                  "below", "under")
@@ -108,8 +109,6 @@ class PositionReward:
     name = "position"
 
     def __init__(self, device="cpu", *, detector=None, mode: str = "honest", path: str | None = None, dtype=None):
-        from psrl.rewards.subject_consistency import MODES
-
         if mode not in MODES:
             raise ValueError(f"position: mode must be one of {MODES}, got {mode!r}")
         if path not in (None, TINY):

@@ -23,7 +23,7 @@ from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.components import LaionAestheticHead
-from psrl.rewards.embedding import _features, load_clip
+from psrl.rewards.embedding import HFImageEmbedder, _features, load_clip
 from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
@@ -164,8 +164,6 @@ class AestheticReward:
 
     def __init__(self, device="cpu", *, path: str | None = None, clip_path: str = "openai/clip-vit-large-patch14",
                  head_path: str | None = None, dtype=None, batch_size: int = 32):
-        from psrl.rewards.embedding import HFImageEmbedder
-
         self.device = torch.device(device)
         if path == TINY or (clip_path == TINY and head_path in (None, TINY)):
             from psrl.rewards.tiny import tiny_aesthetic_head, tiny_clip

@@ -13,7 +13,7 @@ import string
 import torch
 
 from psrl.models.tiny import tiny_clip_tokenizer_eos_last  # EOS-last: OWLv2 pools text at input_ids.argmax()
-from psrl.rewards.components import imagenet_bit_processor
+from psrl.rewards.components import HPSv3Head, LaionAestheticHead, imagenet_bit_processor
 
 DETECTOR_WORDS = ("a", "the", "cat", "dog", "person", "red", "blue", "car", "ball", "box", "toy", "bird", ".")
 
@@ -121,8 +121,6 @@ def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 1
 
 def tiny_aesthetic_head(dim: int = 16):
     """LAION aesthetic MLP with the same layer layout (and state-dict keys) as the released head, shrunk."""
-    from psrl.rewards.components import LaionAestheticHead
-
     torch.manual_seed(0)
     return LaionAestheticHead(dim, hidden=(8, 8, 8, 4)).eval()
 
@@ -153,7 +151,6 @@ def tiny_qwen2_vl_hps():
     from transformers import Qwen2VLForConditionalGeneration
 
     from psrl.models.tiny_more import tiny_qwen_vl_config
-    from psrl.rewards.components import HPSv3Head
 
     tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())
     config = tiny_qwen_vl_config(tokenizer, "qwen2_vl")
