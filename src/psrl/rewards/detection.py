@@ -17,6 +17,7 @@ from torch import Tensor
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
+from psrl.rewards.tiny import tiny_grounding_dino, tiny_owlv2
 
 
 @dataclass
@@ -54,8 +55,6 @@ class GroundingDinoDetector:
         if components is not None:  # (model, processor) built by the caller (benchmarks, custom configs)
             self.model, self.processor = components
         elif path == TINY:
-            from psrl.rewards.tiny import tiny_grounding_dino
-
             self.model, self.processor = tiny_grounding_dino()
         else:
             self.model, self.processor = load_pretrained("grounding_dino detector", path, _load_grounding_dino)
@@ -140,8 +139,6 @@ class Owlv2Detector:
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
         self.box_threshold, self.query_template, self.batch_size = box_threshold, query_template, batch_size
         if path == TINY:
-            from psrl.rewards.tiny import tiny_owlv2
-
             self.model, self.processor = tiny_owlv2()
         else:
             self.model, self.processor = load_pretrained("owlv2 detector", path, _load_owlv2)

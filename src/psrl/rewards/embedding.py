@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from psrl.models.loading import check_tokenizer
+from psrl.rewards import tiny
 from psrl.rewards.components import imagenet_bit_processor
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
 
@@ -72,15 +74,11 @@ def _load_dino_vit(path):
 def load_clip(path: str, what: str = "clip"):
     """(CLIPModel, CLIPProcessor) from a path (Pil image processor, tokenizer checked), or tiny."""
     if path == TINY:
-        from psrl.rewards.tiny import tiny_clip
-
-        return tiny_clip()
+        return tiny.tiny_clip()
 
     def _load(p):
         from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-        from psrl.models.loading import check_tokenizer
 
         tok = AutoTokenizer.from_pretrained(p)
         check_tokenizer(tok, f"{p} ({what})")
@@ -115,8 +113,6 @@ def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=No
         model, processor = load_clip(path, "clip embedder")
         proc = processor.image_processor
     elif path == TINY:
-        from psrl.rewards import tiny
-
         model, proc = getattr(tiny, tiny_builder)()
     else:
         model, proc = load_pretrained(f"{kind} embedder", path, loader), imagenet_bit_processor(256, 224)

@@ -30,6 +30,7 @@ from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+from psrl.rewards.tiny import tiny_qwen2_vl_hps
 
 REWARD_TOKEN = "<|Reward|>"
 HPS_PIXELS = 256 * 28 * 28
@@ -155,8 +156,6 @@ class HPSv3Reward:
             raise ValueError("hpsv3: instruction must contain '{text_prompt}'")
         self.instruction, self.batch_size = instruction, batch_size
         if path == TINY:
-            from psrl.rewards.tiny import tiny_qwen2_vl_hps
-
             self.model, self.processor, self.head = tiny_qwen2_vl_hps()
         else:
             self.model, self.processor, self.head = _load_real(path, base_path, self.dtype)

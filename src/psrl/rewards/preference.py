@@ -27,6 +27,7 @@ from psrl.rewards.embedding import HFImageEmbedder, _features, load_clip
 from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+from psrl.rewards.tiny import tiny_aesthetic_head, tiny_clip
 
 
 def load_state_dict_file(path: str, what: str) -> dict:
@@ -166,8 +167,6 @@ class AestheticReward:
                  head_path: str | None = None, dtype=None, batch_size: int = 32):
         self.device = torch.device(device)
         if path == TINY or (clip_path == TINY and head_path in (None, TINY)):
-            from psrl.rewards.tiny import tiny_aesthetic_head, tiny_clip
-
             model, processor = tiny_clip()
             self.head = tiny_aesthetic_head(model.config.projection_dim)
         else:

@@ -30,6 +30,7 @@ from psrl.errors import ModelLoadError
 from psrl.rewards.isolation import Failed, describe, per_item
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+from psrl.rewards.tiny import tiny_qwen2_5_vl
 
 logger = logging.getLogger(__name__)
 
@@ -70,8 +71,6 @@ def _load_local_vlm(path: str, adapter_path: str | None, device, dtype):
         if key in _LOCAL_CACHE:
             return _LOCAL_CACHE[key]
         if path == TINY:
-            from psrl.rewards.tiny import tiny_qwen2_5_vl
-
             model, processor = tiny_qwen2_5_vl()
         else:
             model, processor = load_pretrained("vlm judge", path, lambda p: _load_hf_vlm(p, dtype))
