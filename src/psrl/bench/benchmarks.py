@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from psrl.bench.tasks import (DREAMBENCH_DIMENSIONS, DREAMBENCH_SUBSETS, POCKET_DIMENSIONS, PSRBENCH_DIMENSIONS,
+                              PSRBENCH_SUBSET_NAMES)
 from psrl.errors import PsrlError
 from psrl.registry import Registry, import_object
 
@@ -65,14 +67,6 @@ def get_benchmark(name: str) -> BenchmarkSpec:
 
 
 def _register_builtin() -> None:
-    from psrl.bench.tasks import (
-        DREAMBENCH_DIMENSIONS,
-        DREAMBENCH_SUBSETS,
-        POCKET_DIMENSIONS,
-        PSRBENCH_DIMENSIONS,
-        PSRBENCH_SUBSET_NAMES,
-    )
-
     load, psr, tasks = "psrl.bench.loading", "psrl.bench.psrbench:parse_entry", "psrl.bench.tasks"
     BENCHMARKS.register("psrbench", BenchmarkSpec(
         "psrbench", PSRBENCH_SUBSET_NAMES, PSRBENCH_DIMENSIONS, f"{load}:read_psrbench", psr,

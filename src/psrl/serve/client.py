@@ -24,6 +24,7 @@ from psrl.data.records import Record
 from psrl.errors import PsrlError
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.images import scorable_images
+from psrl.serve.config import read_key_file
 from psrl.serve.wire import encode_png, output_from_json
 
 logger = logging.getLogger(__name__)
@@ -69,8 +70,6 @@ class RemoteReward:
         if api_key is not None and api_key_file:
             raise ValueError("remote reward: set api_key or api_key_file, not both")
         if api_key_file:
-            from psrl.serve.config import read_key_file
-
             api_key = read_key_file(api_key_file)
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env)
