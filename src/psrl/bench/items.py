@@ -35,9 +35,6 @@ class ValidationIssue:
         where = self.subset if self.index is None else f"{self.subset}[{self.index}]"
         return f"{where}.{self.field}: {self.message}"
 
-    def to_json(self) -> dict:
-        return {"subset": self.subset, "index": self.index, "field": self.field, "message": self.message}
-
 
 @dataclass
 class LoadedSubsets:
