@@ -6,6 +6,7 @@ result JSON files (released format, ``result_path`` set) once every rank is done
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -142,11 +143,6 @@ def write_result_files(data: LoadedSubsets, out_dir: Path, seeds: Sequence[int],
 
 def _batches(todo: list, batch_size: int):
     """Consecutive chunks that never mix subsets (entries of one subset share a reference count)."""
-    batch: list = []
-    for w in todo:
-        if batch and (len(batch) == batch_size or batch[-1][1].subset != w[1].subset):
-            yield batch
-            batch = []
-        batch.append(w)
-    if batch:
-        yield batch
+    for _, run in itertools.groupby(todo, key=lambda w: w[1].subset):
+        run = list(run)
+        yield from (run[s:s + batch_size] for s in range(0, len(run), batch_size))
