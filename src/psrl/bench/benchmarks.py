@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from psrl.bench.tasks import (DREAMBENCH_DIMENSIONS, DREAMBENCH_SUBSETS, POCKET_DIMENSIONS, PSRBENCH_DIMENSIONS,
+                              PSRBENCH_SUBSET_NAMES)
 from psrl.errors import PsrlError
 from psrl.registry import Registry, import_object
 
@@ -64,57 +66,19 @@ def get_benchmark(name: str) -> BenchmarkSpec:
     return BENCHMARKS.get(name)
 
 
-def _psrbench_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):
-    from psrl.bench.tasks import MetricSpec, psrbench_metrics
-
-    metrics = psrbench_metrics(compat=compat, judge_endpoint=judge_endpoint, tiny=tiny)
-    if judge_model:
-        if not judge_endpoint:
-            raise PsrlError("--judge-model needs --judge-endpoint")
-        sa = metrics["semantic_alignment"]
-        metrics["semantic_alignment"] = type(sa)(MetricSpec(sa.default.reward, {**sa.default.args,
-                                                                                "model": judge_model}),
-                                                 sa.per_subset)
-    return metrics
-
-
-def _dreambench_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):
-    from psrl.bench.tasks import dreambench_metrics
-
-    if compat or judge_endpoint or judge_model:
-        raise PsrlError("--psrbench-compat, --judge-endpoint and --judge-model do not apply to DreamBench")
-    return dreambench_metrics(tiny=tiny)
-
-
-def _pocket_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny=False):
-    from psrl.bench.tasks import pocket_metrics
-
-    if compat or judge_endpoint or judge_model:
-        raise PsrlError("--psrbench-compat, --judge-endpoint and --judge-model do not apply to PocketBench")
-    return pocket_metrics()
-
-
 def _register_builtin() -> None:
-    from psrl.bench.tasks import (
-        DREAMBENCH_DIMENSIONS,
-        DREAMBENCH_SUBSETS,
-        POCKET_DIMENSIONS,
-        PSRBENCH_DIMENSIONS,
-        PSRBENCH_SUBSET_NAMES,
-    )
-
-    here, load, psr = __name__, "psrl.bench.loading", "psrl.bench.psrbench:parse_entry"
+    load, psr, tasks = "psrl.bench.loading", "psrl.bench.psrbench:parse_entry", "psrl.bench.tasks"
     BENCHMARKS.register("psrbench", BenchmarkSpec(
         "psrbench", PSRBENCH_SUBSET_NAMES, PSRBENCH_DIMENSIONS, f"{load}:read_psrbench", psr,
-        f"{here}:_psrbench_metrics", "psr_published.json",
+        f"{tasks}:psrbench_metrics", "psr_published.json",
         "PSRBench (arXiv 2512.01236): 7 subsets, subject consistency / semantic alignment / aesthetics"))
     BENCHMARKS.register("dreambench", BenchmarkSpec(
         "dreambench", DREAMBENCH_SUBSETS, DREAMBENCH_DIMENSIONS, f"{load}:read_dreambench", psr,
-        f"{here}:_dreambench_metrics", None,
+        f"{tasks}:dreambench_metrics", None,
         "DreamBench (arXiv 2208.12242): DINO / CLIP-I / CLIP-T"))
     BENCHMARKS.register("pocket", BenchmarkSpec(
         "pocket", PSRBENCH_SUBSET_NAMES, POCKET_DIMENSIONS, f"{load}:read_psrbench", psr,
-        f"{here}:_pocket_metrics", None,
+        f"{tasks}:pocket_metrics", None,
         "PocketBench (psrl world make): PSRBench's format on the pocket world's held-out subjects, scored by "
         "pocket_subjects: subject consistency / semantic alignment / fidelity"))
     t2is = "psrl.bench.t2is"

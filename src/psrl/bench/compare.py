@@ -4,12 +4,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from psrl.bench.benchmarks import get_benchmark
 from psrl.bench.report import _fmt, radar_chart, series_of
+from psrl.bench.summary import finite_number
 from psrl.bench.tasks import DIMENSION_LABELS
 from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic, write_text_atomic
@@ -18,8 +19,6 @@ from psrl.fileio import write_json_atomic, write_text_atomic
 def load_published(benchmark: str = "psrbench") -> dict:
     """The published table of ``benchmark`` shipped with psrl (reported numbers, overall per dimension); its file
     is named by the benchmark's registry entry (:mod:`psrl.bench.benchmarks`)."""
-    from psrl.bench.benchmarks import get_benchmark
-
     name = get_benchmark(benchmark).published
     if name is None:
         raise PsrlError(f"psrl ships no published table for {benchmark}")
@@ -91,8 +90,6 @@ def compare(runs: Sequence[str | Path], *, labels: Sequence[str] | None = None, 
             raise PsrlError(f"--published holds {table['benchmark']} numbers; these runs are {benchmark}")
         # A published table that does not say which subsets its overall averages was computed on the whole
         # benchmark.
-        from psrl.bench.benchmarks import get_benchmark  # lazy, as in load_published
-
         published_subsets = table.get("overall_subsets") or list(get_benchmark(benchmark).subsets)
         for row in table["rows"]:
             sub = row.get("subsets", {})
@@ -112,14 +109,10 @@ def mixed_subsets(rows: Sequence[dict], dims: Sequence[str]) -> list[str]:
     """The dimensions in which the rows that have an overall mean computed it over different subset sets."""
     mixed = []
     for d in dims:
-        sets = {frozenset(r["overall_subsets"].get(d, ())) for r in rows if _has(r["overall"].get(d))}
+        sets = {frozenset(r["overall_subsets"].get(d, ())) for r in rows if finite_number(r["overall"].get(d))}
         if len(sets) > 1:
             mixed.append(d)
     return mixed
-
-
-def _has(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _coverage(row: dict, d: str, of: int) -> str:
@@ -140,13 +133,14 @@ def markdown(result: dict) -> str:
         for d in dims:
             v = r["overall"].get(d)
             failed = r["failed"].get(d)
-            flag = _coverage(r, d, _union_size(result, d)) if d in result.get("mixed_subsets", ()) and _has(v) else ""
+            mixed = d in result.get("mixed_subsets", ()) and finite_number(v)
+            flag = _coverage(r, d, _union_size(result, d)) if mixed else ""
             cells.append(_fmt(v) + flag + (f" ({failed} failed)" if failed else ""))
         lines.append(f"| {r['label']} | {r['kind']} | " + " | ".join(cells) + " |")
     for d in result.get("mixed_subsets", ()):
         groups: dict[tuple, list[str]] = {}  # rows grouped by the subsets they average
         for r in result["rows"]:
-            if _has(r["overall"].get(d)):
+            if finite_number(r["overall"].get(d)):
                 groups.setdefault(tuple(r["overall_subsets"].get(d, ())), []).append(r["label"])
         covered = "; ".join(f"{', '.join(labels)}: {', '.join(subs) or 'none'}" for subs, labels in groups.items())
         lines += ["", f"**Warning: the {DIMENSION_LABELS.get(d, d)} overall means average different subsets** "
@@ -169,11 +163,12 @@ def compare_series(result: dict) -> tuple[list[tuple[str, dict]], str | None]:
     whose overall means average different subsets each label says how many it covers (``[SC overall: 2/7
     subsets]``) and the note warns that they are not comparable."""
     drawn = [r for r in result["rows"] if r["kind"] == "measured"
-             and any(_has(v) for d in r["subsets"].values() for v in d.values())]
+             and any(finite_number(v) for d in r["subsets"].values() for v in d.values())]
     mixed = result.get("mixed_subsets") or []
     series = [(r["label"] + "".join(f" [{DIMENSION_LABELS.get(d, d)} overall: "
                                     f"{len(r['overall_subsets'].get(d, ()))}/{_union_size(result, d)} subsets]"
-                                    for d in mixed if _has(r["overall"].get(d))), r["subsets"]) for r in drawn]
+                                    for d in mixed if finite_number(r["overall"].get(d))), r["subsets"])
+              for r in drawn]
     note = None
     if mixed:
         note = (f"Warning: the overall {', '.join(DIMENSION_LABELS.get(d, d) for d in mixed)} means of the compared "

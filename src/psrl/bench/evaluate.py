@@ -25,8 +25,9 @@ from psrl.bench.results import ResultSample
 from psrl.sharding import Shard
 from psrl.bench.tasks import DimensionSpec, MetricSpec, metrics_to_json
 from psrl.errors import PsrlError
-from psrl.fileio import write_json_atomic, write_jsonl_atomic
-from psrl.images import ImageLoadError, image_size
+from psrl.fileio import jsonl_lines, write_json_atomic, write_jsonl_atomic
+from psrl.images import ImageLoadError, image_size, load_image, pil_to_tensor
+from psrl.rewards.base import to_jsonable
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +53,7 @@ class EvalStats:
 
 def eval_config(benchmark: str, metrics: dict[str, DimensionSpec], extra: dict | None = None) -> dict:
     """The config that decides the numbers (not the batch size or device); its hash names the run."""
-    cfg = {"benchmark": benchmark, "metrics": metrics_to_json(metrics)}
-    if extra:
-        cfg.update(extra)
-    return cfg
+    return {"benchmark": benchmark, "metrics": metrics_to_json(metrics), **(extra or {})}
 
 
 class MetricSet:
@@ -90,26 +88,7 @@ class MetricSet:
 def load_image_tensor(path: Path) -> torch.Tensor:
     """A result image as ``[3, H, W]`` float in [0, 1], decoded by psrl's one loader (:func:`psrl.images.load_image`:
     EXIF orientation, 16-bit and alpha handled, the rewards' minimum side). Raises ``ImageLoadError``."""
-    from psrl.images import load_image, pil_to_tensor
-
     return pil_to_tensor(load_image(path))
-
-
-def to_jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu()
-        return to_jsonable(v.item() if v.ndim == 0 else v.tolist())
-    if isinstance(v, float):
-        return None if math.isnan(v) or math.isinf(v) else v
-    if isinstance(v, (str, int, bool)) or v is None:
-        return v
-    if isinstance(v, dict):
-        return {str(k): to_jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [to_jsonable(x) for x in v]
-    if hasattr(v, "item"):
-        return to_jsonable(v.item())
-    return str(v)
 
 
 def _details_of(details: dict, i: int, n: int) -> dict:
@@ -142,36 +121,20 @@ def score_batch(reward, images: torch.Tensor, records: list) -> list[tuple[float
     if len(scores) != len(records):
         reason = f"metric returned {len(scores)} scores for {len(records)} images"
         return [(None, reason, {}) for _ in records]
-    result = []
-    for i, s in enumerate(scores):
-        failure = out.failures[i] if i < len(out.failures) else None
-        if math.isnan(s):
-            result.append((None, failure or "unscorable (no reason given)", _details_of(out.details, i, len(scores))))
-        else:
-            result.append((s, failure, _details_of(out.details, i, len(scores))))
-    return result
-
-
-def _read_lines(path: Path) -> list[dict]:
-    rows = []
-    if not path.is_file():
-        return rows
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d: ignoring an incomplete line (a run was killed while writing it)", path, lineno)
-    return rows
+    # a RewardOutput has one failure per score, and a reason for every NaN
+    return [(None if math.isnan(s) else s, out.failures[i], _details_of(out.details, i, len(scores)))
+            for i, s in enumerate(scores)]
 
 
 def read_sample_rows(out_dir: Path) -> dict[str, dict]:
-    """Every scored sample in ``out_dir`` (merged file, then parts); the last line of a key wins."""
+    """Every scored sample in ``out_dir`` (merged file, then parts); the last line of a key wins. A line that is not
+    JSON (a run was killed while writing it) is skipped with a warning."""
     rows: dict[str, dict] = {}
     for path in [out_dir / SAMPLES, *sorted(out_dir.glob("samples.part*.jsonl"))]:
-        for row in _read_lines(path):
-            if isinstance(row, dict) and "key" in row:
+        for where, row in jsonl_lines(path) if path.is_file() else ():
+            if isinstance(row, json.JSONDecodeError):
+                log.warning("%s: ignoring an incomplete line (a run was killed while writing it)", where)
+            elif isinstance(row, dict) and "key" in row:
                 rows[row["key"]] = row
     return rows
 
@@ -211,6 +174,7 @@ def _base_row(sample: ResultSample) -> dict:
         # absolute (as resolved at load): what the report's gallery reads, so no report needs the data root
         "reference_images": [s.image for s in rec.subjects] if rec else None,
         "phrases": [s.phrase for s in rec.subjects] if rec else None,
+        "scores": {}, "raw": {}, "failures": {}, "details": {},  # per dimension, filled by _put
     }
 
 
@@ -286,8 +250,6 @@ def _eval_batches(todo: list[ResultSample], batch_size: int):
 
 def _score_samples(batch: list[ResultSample], metrics: dict[str, DimensionSpec], metric_set: MetricSet) -> list[dict]:
     rows = [_base_row(s) for s in batch]
-    for row in rows:
-        row.update(scores={}, raw={}, failures={}, details={})
     problems = [s.problem for s in batch]
     images: dict[int, torch.Tensor] = {}
     for i, s in enumerate(batch):

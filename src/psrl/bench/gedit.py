@@ -32,7 +32,11 @@ import math
 from pathlib import Path
 
 from psrl.bench.items import ValidationIssue
+from psrl.bench.tasks import DimensionSpec, MetricSpec, judge_args
+from psrl.data.records import Record, SubjectRef, resolve_under
 from psrl.errors import PsrlError
+from psrl.fileio import write_json_atomic
+from psrl.images import save_image
 
 GEDIT_GROUPS: tuple[str, ...] = ("background_change", "color_alter", "material_alter", "motion_change", "ps_human",
                                  "style_change", "subject-add", "subject-remove", "subject-replace", "text_change",
@@ -51,10 +55,6 @@ def export_gedit(rows, root: str | Path) -> Path:
     """Write a GEdit-Bench data root from the HF dataset's rows (``load_dataset("stepfun-ai/GEdit-Bench",
     split="train")`` or any iterable of such dicts with a PIL ``input_image``); returns the metadata path.
     Raises ``RecordError`` for a row whose key or task type would put its image outside ``root``."""
-    from psrl.data.records import resolve_under
-    from psrl.fileio import write_json_atomic
-    from psrl.images import save_image
-
     root = Path(root)
     entries = []
     for row in rows:
@@ -72,8 +72,6 @@ def parse_entry(subset: str, index: int, entry, **_):
     """Validate one entry and build its record: the instruction as prompt, the source image as the one subject
     (what editing policies condition on), as ``input_image`` writes it (:mod:`psrl.bench.loading` resolves it
     under the data root). Fatal: not an object, no instruction, no source path."""
-    from psrl.data.records import Record, SubjectRef
-
     if not isinstance(entry, dict):
         return None, [ValidationIssue(subset, index, "entry", f"expected a JSON object, got {type(entry).__name__}")]
     issues: list[ValidationIssue] = []
@@ -131,14 +129,9 @@ def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny
     reply cache of :class:`psrl.bench.gedit_metrics.VIEScoreMetric`); the local judge is upstream's
     Qwen2.5-VL-72B-Instruct-AWQ, or the OpenAI-compatible server at ``judge_endpoint`` (the released setup serves
     GPT-4.1 or Qwen through such an API)."""
-    from psrl.bench.tasks import DimensionSpec, MetricSpec
-
     if compat:
         raise PsrlError("--psrbench-compat applies to PSRBench only")
-    if judge_model and not judge_endpoint:
-        raise PsrlError("--judge-model needs --judge-endpoint")
-    judge = {"path": "tiny", "max_new_tokens": 16} if tiny else {"path": GEDIT_JUDGE}
-    if judge_endpoint:
-        judge = {"transport": "remote", "url": judge_endpoint, **({"model": judge_model} if judge_model else {})}
+    judge = judge_args({"path": "tiny", "max_new_tokens": 16} if tiny else {"path": GEDIT_JUDGE}, judge_endpoint,
+                       judge_model)
     return {dim: DimensionSpec(MetricSpec("psrl.bench.gedit_metrics:VIEScoreMetric", {"output": dim, **judge}))
             for dim in GEDIT_DIMENSIONS}

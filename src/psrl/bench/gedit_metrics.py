@@ -8,20 +8,17 @@ newlines as ``VIEScore(task="tie")`` joins them; tests/test_bench_gedit.py pins 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import math
 import re
-import threading
-from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
 from psrl.rewards.isolation import Failed
+from psrl.rewards.vlm.cache import AnswerCache, request_key
 from psrl.rewards.vlm.transports import JudgeRequest
 from psrl.rewards.vlm_rewards import _judge
 
@@ -106,10 +103,6 @@ def viescore_overall(sc: float, pq: float) -> float:
     return math.sqrt(sc * pq)
 
 
-def _digest(image) -> str:
-    return hashlib.md5(image.tobytes() + repr(image.size).encode()).hexdigest()
-
-
 class VIEScoreMetric:
     """One of SC / PQ / O (``output``) of an edited image against the record's instruction and source image (its
     first subject). Replies are cached per (judge, request) in a bounded FIFO shared by the three outputs, so SC,
@@ -117,9 +110,7 @@ class VIEScoreMetric:
     and the entry's ``Intersection_exist`` (read by :func:`psrl.bench.gedit.intersection_summary`)."""
 
     name = "viescore"
-    _cache: OrderedDict = OrderedDict()
-    _lock = threading.Lock()
-    max_cached = 4096
+    replies = AnswerCache(4096)  # shared by the instances (SC, PQ, O); keys name the judge
 
     def __init__(self, device="cpu", *, output: str = "overall", max_new_tokens: int = 512,
                  temperature: float | None = None, **judge_kwargs):
@@ -133,38 +124,13 @@ class VIEScoreMetric:
     def _source(self, record):
         if not record.subjects or not record.subjects[0].image:
             raise ReferenceImageError("the record has no source image (its first subject)")
-        path = record.subjects[0].image
-        if Path(path).is_absolute():  # records resolved by their loader
-            from psrl.images import ImageLoadError, load_image
-
-            try:
-                return load_image(path)
-            except ImageLoadError as e:
-                raise ReferenceImageError(f"source image {e}") from e
-        return self.refs.load(path)
-
-    def _replies(self, requests: list[tuple[str, JudgeRequest]]) -> list:
-        """Reply text (or :class:`Failed`) per ``(cache key, request)``; only uncached requests reach the judge,
-        and failures are not cached (a later run retries them)."""
-        with self._lock:
-            got = {k: self._cache[k] for k, _ in requests if k in self._cache}
-        todo = [(k, r) for k, r in requests if k not in got]
-        if todo:
-            answers = self.judge.transport.generate([r for _, r in todo], self.max_new_tokens, self.temperature)
-            with self._lock:
-                for (k, _), a in zip(todo, answers):
-                    got[k] = a
-                    if not isinstance(a, Failed):
-                        self._cache[k] = a
-                        while len(self._cache) > self.max_cached:
-                            self._cache.popitem(last=False)
-        return [got[k] for k, _ in requests]
+        return self.refs.load(record.subjects[0].image, what="source image")
 
     def __call__(self, images, records: Sequence) -> RewardOutput:
         pils, failures = to_pil_images(images)
         n = len(records)
         pending = {}
-        requests: list[tuple[str, JudgeRequest]] = []
+        requests: list[JudgeRequest] = []
         for b, record in enumerate(records):
             if failures[b]:
                 continue
@@ -175,38 +141,27 @@ class VIEScoreMetric:
                 continue
             edited = pils[b].resize(src.size)
             sc_text = SC_PROMPT.replace("<instruction>", record.prompt)
-            base = (self.judge_key, _digest(edited))
-            sc_key = json.dumps([*base, _digest(src), sc_text])
-            pq_key = json.dumps([*base, PQ_PROMPT])
             pending[b] = (len(requests), len(requests) + 1)
-            requests += [(sc_key, JudgeRequest([src, edited], sc_text)), (pq_key, JudgeRequest([edited], PQ_PROMPT))]
-        replies = self._replies(requests)
+            requests += [JudgeRequest([src, edited], sc_text), JudgeRequest([edited], PQ_PROMPT)]
+        replies = self.replies.answers([(self.judge_key, *request_key(r)) for r in requests], requests,
+                                       lambda rs: self.judge.transport.generate(rs, self.max_new_tokens,
+                                                                                self.temperature))
         scores = torch.full((n,), float("nan"))
-        nan_list: list = [None] * n
-        details = {"sc_scores": list(nan_list), "pq_scores": list(nan_list), "sc_reply": list(nan_list),
-                   "pq_reply": list(nan_list), "intersection": [r.tags.get("intersection") for r in records]}
+        details: dict[str, list] = {k: [None] * n for k in ("sc_scores", "pq_scores", "sc_reply", "pq_reply")}
+        details["intersection"] = [r.tags.get("intersection") for r in records]
+        needed = {"semantic_consistency": ("sc",), "perceptual_quality": ("pq",), "overall": ("sc", "pq")}[self.output]
         for b, (i_sc, i_pq) in pending.items():
-            parsed = {}
             for which, i in (("sc", i_sc), ("pq", i_pq)):
                 reply = replies[i]
                 if isinstance(reply, Failed):
                     failures[b] = failures[b] or f"{which.upper()} judge request failed: {reply.reason}"
                     continue
                 details[f"{which}_reply"][b] = reply
-                parsed[which] = parse_viescore(reply)
-                details[f"{which}_scores"][b] = parsed[which]
-                if parsed[which] is None:
+                details[f"{which}_scores"][b] = parse_viescore(reply)
+                if details[f"{which}_scores"][b] is None:
                     failures[b] = failures[b] or f"{which.upper()} reply has no parsable score list: {reply[:200]!r}"
-            if failures[b]:
-                continue
-            sc, pq = min(parsed["sc"]), min(parsed["pq"])
-            scores[b] = {"semantic_consistency": sc, "perceptual_quality": pq,
-                         "overall": viescore_overall(sc, pq)}[self.output]
-        # a failure of the half this output does not use leaves the output scorable
-        for b in pending:
-            if failures[b] and self.output != "overall":
-                which = "sc" if self.output == "semantic_consistency" else "pq"
-                if details[f"{which}_scores"][b] is not None:
-                    scores[b] = min(details[f"{which}_scores"][b])
-                    failures[b] = None
+            got = [min(details[f"{w}_scores"][b]) for w in needed if details[f"{w}_scores"][b] is not None]
+            if len(got) == len(needed):  # a failure of the half this output does not use leaves it scorable
+                failures[b] = None
+                scores[b] = viescore_overall(*got) if len(got) == 2 else got[0]
         return RewardOutput(scores=scores, failures=failures, details=details)

@@ -6,6 +6,7 @@ result JSON files (released format, ``result_path`` set) once every rank is done
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
@@ -88,13 +89,11 @@ def generate_benchmark(policy, data: LoadedSubsets, out_dir: str | Path, *, seed
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not seeds:
         raise ValueError("at least one seed is needed")
-    stats = GenerateStats()
     valid, skipped = plan_entries(data, skip_invalid=skip_invalid)
+    stats = GenerateStats(skipped_invalid=skipped)
     bad = invalid_keys(data)
-    for key in skipped:
-        stats.skipped_invalid.append(key)
-        if shard.is_main:
-            log.warning("skipping invalid entry %s: %s", key, bad.get(key, "unreadable entry"))
+    for key in skipped if shard.is_main else ():
+        log.warning("skipping invalid entry %s: %s", key, bad.get(key, "unreadable entry"))
     work = [(seed, item) for seed in seeds for item in valid]
     todo = []
     for seed, item in shard.take(work):
@@ -144,11 +143,6 @@ def write_result_files(data: LoadedSubsets, out_dir: Path, seeds: Sequence[int],
 
 def _batches(todo: list, batch_size: int):
     """Consecutive chunks that never mix subsets (entries of one subset share a reference count)."""
-    batch: list = []
-    for w in todo:
-        if batch and (len(batch) == batch_size or batch[-1][1].subset != w[1].subset):
-            yield batch
-            batch = []
-        batch.append(w)
-    if batch:
-        yield batch
+    for _, run in itertools.groupby(todo, key=lambda w: w[1].subset):
+        run = list(run)
+        yield from (run[s:s + batch_size] for s in range(0, len(run), batch_size))

@@ -6,7 +6,8 @@ Two sources: a released data root (:func:`load_benchmark`; layouts in :mod:`psrl
 generated from). Each entry goes through its benchmark's parser (``BenchmarkSpec.parse_entry``: a pure function of
 the entry, reference paths as written), then its reference paths (the entry's ``BenchmarkSpec.references`` key) are
 resolved under the root here: an absolute or escaping path is an issue and the entry gets no record; with
-``check_files`` each image is decoded (:func:`psrl.bench.items.check_image`). Generation, evaluation, results,
+``check_files`` each image is decoded in full (:func:`psrl.images.check_image`: a truncated JPEG or a side under
+:data:`psrl.images.MIN_SIDE` is an issue here, not a failure at evaluation). Generation, evaluation, results,
 summaries, reports and the metrics receive :class:`~psrl.bench.items.BenchItem` records with absolute paths and
 ``Record.root`` set, never a root.
 """
@@ -18,10 +19,16 @@ from functools import partial
 from pathlib import Path
 
 from psrl.bench.benchmarks import BenchmarkSpec, get_benchmark
-from psrl.bench.items import BenchItem, LoadedSubsets, ValidationIssue, check_image
+from psrl.bench.dreambench import IMAGE_SUFFIXES, dreambench_entries, dreambench_spec
+from psrl.bench.gedit import GEDIT_GROUPS, METADATA
+from psrl.bench.items import BenchItem, LoadedSubsets, ValidationIssue
 from psrl.bench.results import ROOT_KEY, ResultSample, read_manifest, result_sample, seed_dirs
+from psrl.bench.t2is import ALIGNMENT_FILE, CATEGORY_SLUGS, PROMPTS_FILE, T2IS_SUBSETS
+from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
 from psrl.data.records import RecordError, resolve_under
 from psrl.errors import PsrlError
+from psrl.fileio import jsonl_lines
+from psrl.images import check_image
 from psrl.registry import import_object
 
 def load_benchmark(benchmark: str, data_root: str | Path, subsets: list[str] | None = None, *,
@@ -150,11 +157,6 @@ def check_subset_names(out: LoadedSubsets, names: list[str] | None, known, what:
 def read_psrbench(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:
     """The released ``<Subset>.json`` files of a PSRBench (or PocketBench) root; unknown names, missing subset
     files and stray ``*.json`` files that are not subsets are issues."""
-    from psrl.bench.psrbench import relation_parser
-    from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
-
-    if relation_parser() is None:
-        out.notes.append("position relation check skipped: psrl.rewards.position.parse_relation is not available")
     wanted = list(subsets) if subsets else list(PSRBENCH_SUBSET_NAMES)
     check_subset_names(out, wanted, PSRBENCH_SUBSET_NAMES)
     if not subsets:
@@ -180,8 +182,6 @@ def read_dreambench(root: Path, subsets: list[str] | None, out: LoadedSubsets, *
     """DreamBench's entries built from the dataset folder (:mod:`psrl.bench.dreambench`). Missing subjects,
     subjects without images, unknown subject folders and an out-of-range ``reference_index`` are issues (the entry
     is kept with its problem)."""
-    from psrl.bench.dreambench import IMAGE_SUFFIXES, dreambench_entries, dreambench_spec
-
     spec = dreambench_spec()
     wanted = list(subsets) if subsets else list(spec["classes"])
     for name in wanted:
@@ -217,8 +217,6 @@ def read_dreambench(root: Path, subsets: list[str] | None, out: LoadedSubsets, *
 
 def _read_gedit(root: Path, subsets: list[str] | None, out: LoadedSubsets, *, language: str, **_) -> dict[str, list]:
     """GEdit-Bench's entries of one instruction ``language`` (:mod:`psrl.bench.gedit`), per task group."""
-    from psrl.bench.gedit import GEDIT_GROUPS, METADATA
-
     path = root / METADATA
     data = read_json_list(path, "*", out)
     if data is None:
@@ -242,25 +240,20 @@ read_gedit_cn = partial(_read_gedit, language="cn")
 def read_t2is(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) -> dict[str, list]:
     """``<root>/test_metadata.jsonl`` (:mod:`psrl.bench.t2is`) into per-category subsets; unknown categories and
     bad lines are issues."""
-    from psrl.bench.t2is import CATEGORY_SLUGS, PROMPTS_FILE, T2IS_SUBSETS
-
     path = root / PROMPTS_FILE
     if not path.is_file():
         out.issues.append(ValidationIssue("*", None, "file", f"T2IS prompt file not found: {path}"))
         return {}
     check_subset_names(out, subsets, T2IS_SUBSETS)
     groups: dict[str, list] = {s: [] for s in T2IS_SUBSETS}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            out.issues.append(ValidationIssue("*", None, f"line {lineno}", f"{path}: not JSON: {e}"))
+    for where, entry in jsonl_lines(path):
+        line = f"line {where.rsplit(':', 1)[1]}"
+        if isinstance(entry, json.JSONDecodeError):
+            out.issues.append(ValidationIssue("*", None, line, f"{path}: not JSON: {entry}"))
             continue
         slug = CATEGORY_SLUGS.get(entry.get("category")) if isinstance(entry, dict) else None
         if slug is None:
-            out.issues.append(ValidationIssue("*", None, f"line {lineno}", f"{path}: category "
+            out.issues.append(ValidationIssue("*", None, line, f"{path}: category "
                                               f"{entry.get('category') if isinstance(entry, dict) else entry!r} "
                                               f"is not one of {sorted(CATEGORY_SLUGS)}"))
             continue
@@ -271,8 +264,6 @@ def read_t2is(root: Path, subsets: list[str] | None, out: LoadedSubsets, **_) ->
 def t2is_context(root: Path) -> dict:
     """What T2IS-Bench's parser needs beside an entry: ``<root>/prompt_alignment.json`` (``alignment``: the table,
     ``None`` when absent, the problem as a string when unreadable)."""
-    from psrl.bench.t2is import ALIGNMENT_FILE
-
     path = root / ALIGNMENT_FILE
     if not path.is_file():
         return {"alignment": None}

@@ -5,10 +5,11 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from psrl.bench.benchmarks import get_benchmark
 from psrl.bench.evaluate import EVAL_CONFIG, EvalStats, evaluate_samples, read_sample_rows
 from psrl.bench.provenance import config_hash, package_versions
 from psrl.bench.report import write_report
-from psrl.bench.results import ROOT_KEY, ResultSample, benchmark_subsets
+from psrl.bench.results import ROOT_KEY, ResultSample
 from psrl.sharding import Shard
 from psrl.bench.summary import dimension_outcomes, summarize
 from psrl.bench.tasks import DimensionSpec
@@ -19,8 +20,6 @@ def default_metrics(benchmark: str, *, compat: bool = False, judge_endpoint: str
                     judge_model: str | None = None, tiny: bool = False) -> dict[str, DimensionSpec]:
     """The benchmark's default metric set (:mod:`psrl.bench.benchmarks`); ``PsrlError`` for an unknown name or an
     option the benchmark does not take."""
-    from psrl.bench.benchmarks import get_benchmark
-
     return get_benchmark(benchmark).call("metrics", compat=compat, judge_endpoint=judge_endpoint,
                                          judge_model=judge_model, tiny=tiny)
 
@@ -36,15 +35,15 @@ def eval_and_report(samples: Sequence[ResultSample], out_dir: str | Path, metric
     shard = shard or Shard()
     stats = evaluate_samples(samples, out_dir, metrics, benchmark=benchmark, batch_size=batch_size, device=device,
                              shard=shard, retry_failed=retry_failed, progress=progress)
+    keys = {s.key for s in samples}
     if shard.is_main:
-        keys = {s.key for s in samples}
         rows = [r for k, r in read_sample_rows(Path(out_dir)).items() if k in keys]
         stats.outcomes = dimension_outcomes(rows, list(metrics))
     summary = None
     if shard.is_main and report:
         source = next((s.item.record.root for s in samples if s.item.record is not None), None)
         summary = report_from_dir(out_dir, title=title or f"{benchmark}: {Path(results_dir)}",
-                                  results_dir=results_dir, keys={s.key for s in samples}, source=source)
+                                  results_dir=results_dir, keys=keys, source=source)
     return stats, summary
 
 
@@ -68,16 +67,13 @@ def report_from_dir(eval_dir: str | Path, *, title: str | None = None, results_d
     if not rows:
         raise PsrlError(f"{eval_dir} holds no scored samples")
     benchmark = cfg["config"]["benchmark"]
-    from psrl.bench.benchmarks import get_benchmark
-
-    known = list(get_benchmark(benchmark).dimensions)
+    spec = get_benchmark(benchmark)
+    known = list(spec.dimensions)
     dims = sorted(cfg["config"]["metrics"], key=lambda d: (known.index(d) if d in known else len(known), d))
     provenance = {"config_hash": config_hash(cfg["config"]), "config": cfg["config"], "versions": package_versions(),
-                  "results": str(results_dir) if results_dir else None,
-                  ROOT_KEY: source}
-    spec = get_benchmark(benchmark)
-    summary = summarize(rows, benchmark=benchmark, dimensions=dims, subsets=benchmark_subsets(benchmark),
-                        provenance=provenance, overall_rule=spec.overall_rule)
+                  "results": str(results_dir) if results_dir else None, ROOT_KEY: source}
+    summary = summarize(rows, benchmark=benchmark, dimensions=dims, subsets=spec.subsets, provenance=provenance,
+                        overall_rule=spec.overall_rule)
     if spec.summary_extras:  # benchmark-specific tables (GEdit-Bench's intersection columns)
         summary.update(spec.call("summary_extras", rows))
     write_report(summary, rows, eval_dir, title=title or f"{benchmark} report",

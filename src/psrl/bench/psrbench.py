@@ -19,26 +19,13 @@ and the reference paths resolved by :mod:`psrl.bench.loading` (``load_benchmark(
 from __future__ import annotations
 
 import copy
-import logging
-from functools import lru_cache
 from pathlib import Path
 
 from psrl.bench.items import ValidationIssue
 from psrl.bench.tasks import SUBSETS_BY_NAME
 from psrl.data.records import Record, SubjectRef
 from psrl.fileio import write_json_atomic
-
-log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=1)
-def relation_parser():
-    """The rewards' pure relation parser (one implementation for the benchmark and the reward), or ``None``."""
-    try:
-        from psrl.rewards.position import parse_relation
-    except ImportError:
-        return None
-    return parse_relation
+from psrl.rewards.position import parse_relation  # the reward's rule: one parser for benchmark and reward
 
 
 def parse_entry(subset: str, index: int, entry, *, benchmark: str = "psrbench",
@@ -83,8 +70,8 @@ def parse_entry(subset: str, index: int, entry, *, benchmark: str = "psrbench",
     if spec is not None and len(paths) != spec.num_refs:
         bad("input_path", f"subset {subset} has {spec.num_refs} references per entry, this entry has {len(paths)}")
         fatal = True
-    parse = relation_parser() if spec is not None and spec.semantic == "position" else None
-    if parse and isinstance(instruction, str) and parse(instruction) is None:
+    if (spec is not None and spec.semantic == "position" and isinstance(instruction, str)
+            and parse_relation(instruction) is None):
         bad("instruction", f"no recognised spatial relation in {instruction!r}")
     if "result_path" in entry and not (isinstance(entry["result_path"], str) and entry["result_path"]):
         bad("result_path", f"must be a path string when present, got {entry['result_path']!r}")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from psrl.bench.tasks import DIMENSION_LABELS
 from psrl.fileio import write_bytes_atomic, write_json_atomic, write_text_atomic
+from psrl.images import ImageLoadError, load_image
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,10 @@ def write_csv(summary: dict, path: Path) -> None:
     buf = io.StringIO(newline="")  # built in memory, then written atomically
     w = csv.writer(buf)
     w.writerow(["subset", "dimension", "mean", "scored", "failed", "total"])
-    for subset in summary["subsets"]:
-        for d in summary["dimensions"]:
-            c = summary["table"][subset][d]
-            w.writerow([subset, d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"], c["total"]])
-    for d in summary["dimensions"]:
-        c = summary["overall"][d]
-        w.writerow(["Overall", d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
+    dims = summary["dimensions"]
+    cells = [(s, d, summary["table"][s][d]) for s in summary["subsets"] for d in dims]
+    for subset, d, c in cells + [("Overall", d, summary["overall"][d]) for d in dims]:
+        w.writerow([subset, d, "" if c["mean"] is None else f"{c['mean']:.6f}", c["n"], c["failed"],
                     c["n"] + c["failed"]])
     write_text_atomic(path, buf.getvalue())
 
@@ -106,6 +104,13 @@ def score_figure(series: Sequence[tuple[str, dict]], subsets: Sequence[str], dim
                     color="#b00")
             continue
         (_radar_panel if radar else _bar_panel)(ax, [label for label, _ in series], values, subsets)
+        ax.set_xticklabels(list(subsets), fontsize=8)
+        finite = [v for row in values for v in row if v is not None]
+        top, low = max(finite), min(finite)
+        # all scored values 0: a unit axis, not a 0-0.001 one; a dimension that can go negative (PocketBench's
+        # SC gain) keeps its points
+        ax.set_ylim(low * 1.1 if low < 0 else 0.0, top * 1.1 if top > 0 else 1.0)
+        ax.tick_params(axis="y", labelsize=7)
     handles, labels = [], []
     for ax in axes[0]:
         handles, labels = ax.get_legend_handles_labels()
@@ -123,16 +128,6 @@ def _finite(v) -> float | None:
     return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
 
 
-def _top(values: list[list[float | None]]) -> float:
-    top = max((v for row in values for v in row if v is not None), default=0.0)
-    return top * 1.1 if top > 0 else 1.0  # all scored values 0: a unit axis, not a 0-0.001 one
-
-
-def _bottom(values: list[list[float | None]]) -> float:
-    low = min((v for row in values for v in row if v is not None), default=0.0)
-    return low * 1.1 if low < 0 else 0.0  # a dimension that can go negative (PocketBench's SC gain) keeps its points
-
-
 def _radar_panel(ax, labels: list[str], values: list[list[float | None]], subsets: Sequence[str]) -> None:
     import numpy as np
 
@@ -142,9 +137,6 @@ def _radar_panel(ax, labels: list[str], values: list[list[float | None]], subset
         ax.plot(angles + angles[:1], vals + vals[:1], linewidth=1.6, label=label)
         ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.12)
     ax.set_xticks(angles)
-    ax.set_xticklabels(list(subsets), fontsize=8)
-    ax.set_ylim(_bottom(values), _top(values))
-    ax.tick_params(axis="y", labelsize=7)
 
 
 def _bar_panel(ax, labels: list[str], values: list[list[float | None]], subsets: Sequence[str]) -> None:
@@ -158,9 +150,6 @@ def _bar_panel(ax, labels: list[str], values: list[list[float | None]], subsets:
             if v is None:
                 ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=7, color="#777")
     ax.set_xticks(range(len(subsets)))
-    ax.set_xticklabels(list(subsets), fontsize=8)
-    ax.set_ylim(_bottom(values), _top(values))
-    ax.tick_params(axis="y", labelsize=7)
 
 
 def series_of(summary: dict) -> dict:
@@ -171,8 +160,6 @@ def series_of(summary: dict) -> dict:
 def _thumb_b64(path: str | Path | None, size: int = 192) -> str | None:
     if not path:
         return None
-    from psrl.images import ImageLoadError, load_image
-
     try:
         im = load_image(path)
     except ImageLoadError as e:  # a missing or unreadable image is shown as missing in the gallery

@@ -27,12 +27,6 @@ ROOT_KEY = "data_root"  # bench.json's (and summary.json's) name for the data ro
 _SEED_DIR = re.compile(r"^seed(\d+)$")
 
 
-def benchmark_subsets(benchmark: str) -> tuple[str, ...]:
-    from psrl.bench.benchmarks import get_benchmark
-
-    return get_benchmark(benchmark).subsets
-
-
 def image_path(out_dir: Path, seed: int, subset: str, index: int) -> Path:
     return Path(out_dir) / f"seed{seed}" / subset / f"{index}.png"
 

@@ -40,7 +40,8 @@ def failure_groups(reasons: Iterable[str | None]) -> list[tuple[int, str]]:
     return sorted(out, key=lambda cg: -cg[0])
 
 
-def _scored(value) -> bool:
+def finite_number(value) -> bool:
+    """A real number that is not NaN or inf (a scored value; ``None`` and booleans are not)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -49,7 +50,7 @@ def dimension_outcomes(rows: Sequence[dict], dimensions: Sequence[str]) -> dict[
     ``psrl reward score`` lines reshaped the same way); a sample failed a dimension when it has no finite score."""
     out = {}
     for dim in dimensions:
-        failed = [r for r in rows if not _scored((r.get("scores") or {}).get(dim))]
+        failed = [r for r in rows if not finite_number((r.get("scores") or {}).get(dim))]
         out[dim] = {"failed": len(failed), "total": len(rows),
                     "reasons": failure_groups((r.get("failures") or {}).get(dim) or "unscorable (no reason given)"
                                               for r in failed)}
@@ -94,37 +95,35 @@ def summarize(rows: Sequence[dict], *, benchmark: str, dimensions: Sequence[str]
     present = {r["subset"] for r in rows}
     subset_order = [s for s in subsets if s in present] + sorted(present - set(subsets))
     seeds = sorted({int(r.get("seed", 0)) for r in rows})
+
+    def scored(dim: str, subset: str | None = None, seed: int | None = None) -> list[float]:
+        """The finite scores of ``dim`` (of one subset and/or seed)."""
+        return [r["scores"][dim] for r in rows if finite_number(r["scores"].get(dim))
+                and (subset is None or r["subset"] == subset) and (seed is None or int(r.get("seed", 0)) == seed)]
+
     table: dict[str, dict] = {}
     for subset in subset_order:
-        sub_rows = [r for r in rows if r["subset"] == subset]
+        total = sum(r["subset"] == subset for r in rows)
         table[subset] = {}
         for dim in dimensions:
-            vals = [r["scores"].get(dim) for r in sub_rows]
-            scored = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-            table[subset][dim] = {"mean": _mean(scored), "n": len(scored), "failed": len(vals) - len(scored),
-                                  "total": len(vals)}
+            vals = scored(dim, subset)
+            table[subset][dim] = {"mean": _mean(vals), "n": len(vals), "failed": total - len(vals), "total": total}
     overall: dict[str, dict] = {}
     for dim in dimensions:
-        subset_means = [table[s][dim]["mean"] for s in subset_order if table[s][dim]["mean"] is not None]
-        pooled = [r["scores"].get(dim) for r in rows]
-        scored = [v for v in pooled if isinstance(v, (int, float)) and math.isfinite(v)]
+        subset_means = [table[s][dim]["mean"] for s in subset_order if table[s][dim]["n"]]
+        pooled = scored(dim)
         per_seed = {}
         for seed in seeds:
-            means, pooled_seed = [], []
-            for subset in subset_order:
-                vals = [r["scores"].get(dim) for r in rows if r["subset"] == subset and int(r.get("seed", 0)) == seed]
-                vals = [v for v in vals if isinstance(v, (int, float)) and math.isfinite(v)]
-                pooled_seed += vals
-                if vals:
-                    means.append(sum(vals) / len(vals))
-            per_seed[str(seed)] = _mean(means if overall_rule == "subset_mean" else pooled_seed)
+            by_subset = [scored(dim, s, seed) for s in subset_order]
+            per_seed[str(seed)] = _mean([_mean(v) for v in by_subset if v] if overall_rule == "subset_mean"
+                                        else [x for v in by_subset for x in v])
         seed_vals = [v for v in per_seed.values() if v is not None]
         overall[dim] = {
-            "mean": _mean(subset_means if overall_rule == "subset_mean" else scored),
+            "mean": _mean(subset_means if overall_rule == "subset_mean" else pooled),
             "subset_mean": _mean(subset_means),
-            "sample_mean": _mean(scored),
-            "n": len(scored),
-            "failed": len(pooled) - len(scored),
+            "sample_mean": _mean(pooled),
+            "n": len(pooled),
+            "failed": len(rows) - len(pooled),
             "subsets_scored": len(subset_means),
             "per_seed": per_seed,
             "seed_std": statistics.stdev(seed_vals) if len(seed_vals) > 1 else None,

@@ -43,8 +43,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from psrl.bench.items import ValidationIssue
+from psrl.bench.results import MANIFEST, image_path, read_manifest, result_manifest
+from psrl.bench.tasks import DimensionSpec, MetricSpec, judge_args
 from psrl.data.grid_prompt import divide_prompt, find_grid_size
+from psrl.data.records import Record
 from psrl.errors import PsrlError
+from psrl.fileio import write_json_atomic
+from psrl.images import load_image, save_image
 
 CATEGORY_SLUGS = {"Character Generation": "character", "Design Style Generation": "design",
                   "Story Generation": "story", "Process Generation": "process",
@@ -65,8 +70,6 @@ def parse_entry(subset: str, index: int, entry, *, alignment: dict | str | None 
     ``prompt_alignment.json`` (:func:`psrl.bench.loading.t2is_context`; ``None`` when absent, the problem as a
     string when unreadable). Fatal: no prompt, no grid, no criteria object. Prompt-alignment criteria missing or
     not one list per cell are issues; the record is kept and the alignment dimensions are NaN with the reason."""
-    from psrl.data.records import Record
-
     issues: list[ValidationIssue] = []
     if not isinstance(entry, dict):
         return None, [ValidationIssue(subset, index, "entry", f"expected a JSON object, got {type(entry).__name__}")]
@@ -118,10 +121,7 @@ def import_image_sets(images_dir, data, out_dir, *, seed: int = 0, suffixes=(".p
     was loaded from no folder."""
     from PIL import Image
 
-    from psrl.bench.generate import write_result_files
-    from psrl.bench.results import MANIFEST, image_path, read_manifest, result_manifest
-    from psrl.fileio import write_json_atomic
-    from psrl.images import load_image, save_image
+    from psrl.bench.generate import write_result_files  # torch, and the policies' batching: only when importing
 
     if data.source is None:
         raise PsrlError("; ".join(str(i) for i in data.issues) or "the T2IS-Bench entries come from no folder")
@@ -164,15 +164,9 @@ def default_metrics(*, compat=False, judge_endpoint=None, judge_model=None, tiny
     P(Yes)), identity / style / logic (T2IS-Eval pairwise criteria, P(Yes)); judge Qwen2.5-VL-7B-Instruct locally,
     or the OpenAI-compatible server at ``judge_endpoint`` (first-token logprobs needed). The real aesthetic
     predictor needs its LAION head: ``--set aesthetic.default.args.args.head_path=FILE``."""
-    from psrl.bench.tasks import DimensionSpec, MetricSpec
-
     if compat:
         raise PsrlError("--psrbench-compat applies to PSRBench only")
-    if judge_model and not judge_endpoint:
-        raise PsrlError("--judge-model needs --judge-endpoint")
-    judge = {"path": "tiny"} if tiny else {"path": T2IS_JUDGE}
-    if judge_endpoint:
-        judge = {"transport": "remote", "url": judge_endpoint, **({"model": judge_model} if judge_model else {})}
+    judge = judge_args({"path": "tiny"} if tiny else {"path": T2IS_JUDGE}, judge_endpoint, judge_model)
     aesthetic = {"reward": "aesthetic", "args": {"path": "tiny"} if tiny else {}}
     out = {"aesthetic": DimensionSpec(MetricSpec("psrl.bench.t2is_metrics:CellMean", aesthetic, scale=0.1))}
     for dim, key in ALIGNMENT_DIMENSIONS.items():

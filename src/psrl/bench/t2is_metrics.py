@@ -14,6 +14,7 @@ import torch
 
 from psrl.bench.t2is import CONSISTENCY_QUESTION, VQASCORE_QUESTION
 from psrl.data.grid_prompt import cut_grid
+from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput, build_reward
 from psrl.rewards.images import to_pil_images
 from psrl.rewards.vlm.transports import JudgeRequest
@@ -35,7 +36,8 @@ class _JudgeMetric:
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
 
     def _requests(self, cells: list, record) -> tuple[list[JudgeRequest], list[int]]:
-        """``(requests, group of each request)``: the set score is the mean over groups of the mean in a group."""
+        """``(requests, group of each request)`` for the grid's ``cells`` (PIL images): the set score is the mean over
+        groups of the mean in a group."""
         raise NotImplementedError
 
     def __call__(self, images, records: Sequence) -> RewardOutput:
@@ -44,7 +46,10 @@ class _JudgeMetric:
         spans, requests, groups = {}, [], []
         for b, (image, record) in enumerate(zip(images, records)):
             try:
-                reqs, grp = self._requests(_cells(image, record), record)
+                pils, why = to_pil_images(_cells(image, record))
+                if any(why):
+                    raise ValueError(f"cell unusable: {next(w for w in why if w)}")
+                reqs, grp = self._requests(pils, record)
             except ValueError as e:  # a missing grid, criterion list or question list: this set only
                 failures[b] = str(e)
                 continue
@@ -84,11 +89,8 @@ class T2ISConsistency(_JudgeMetric):
         texts = list((record.tags.get("criteria") or {}).get(self.dimension, {}).values())
         if not texts:
             raise ValueError(f"case {record.tags.get('case')}: no {self.dimension} criteria")
-        pils, why = to_pil_images(list(cells))
-        if any(why):
-            raise ValueError(f"cell unusable: {next(w for w in why if w)}")
         side = (self.judge_size, self.judge_size)
-        pils = [p.resize(side) for p in pils]
+        pils = [p.resize(side) for p in cells]
         reqs, groups = [], []
         for g, text in enumerate(texts):
             for a, b in itertools.combinations(pils, 2):
@@ -114,11 +116,8 @@ class T2ISAlignment(_JudgeMetric):
         per_cell = record.tags.get("alignment")
         if not per_cell:
             raise ValueError(f"case {record.tags.get('case')}: no prompt-alignment criteria (prompt_alignment.json)")
-        pils, why = to_pil_images(list(cells))
-        if any(why):
-            raise ValueError(f"cell unusable: {next(w for w in why if w)}")
         reqs, groups = [], []
-        for g, (pil, crit) in enumerate(zip(pils, per_cell)):
+        for g, (pil, crit) in enumerate(zip(cells, per_cell)):
             questions = crit.get(self.dimension) if isinstance(crit, dict) else None
             if not questions:
                 raise ValueError(f"case {record.tags.get('case')}: image {g} has no {self.dimension} questions")
@@ -140,8 +139,6 @@ class CellMean:
         self.name = f"cell_mean({reward})"
 
     def __call__(self, images, records: Sequence) -> RewardOutput:
-        from psrl.data.records import Record
-
         n = len(records)
         scores = torch.full((n,), float("nan"))
         failures: list[str | None] = [None] * n

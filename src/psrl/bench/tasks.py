@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from psrl.data.records import misplaced_data_root
+from psrl.errors import PsrlError
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,21 @@ class DimensionSpec:
                 "per_subset": {k: v.to_json() for k, v in sorted(self.per_subset.items())}}
 
 
-def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None,
+def judge_args(local: dict, judge_endpoint: str | None, judge_model: str | None) -> dict:
+    """A judge metric's options: ``local`` (a local model), or the OpenAI-compatible server at ``judge_endpoint``
+    (serving ``judge_model``, or its default model).
+
+    Raises:
+        PsrlError: ``judge_model`` without ``judge_endpoint``.
+    """
+    if judge_model and not judge_endpoint:
+        raise PsrlError("--judge-model needs --judge-endpoint")
+    if not judge_endpoint:
+        return local
+    return {"transport": "remote", "url": judge_endpoint, **({"model": judge_model} if judge_model else {})}
+
+
+def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None, judge_model: str | None = None,
                      tiny: bool = False) -> dict[str, DimensionSpec]:
     """The PSRBench metric set.
 
@@ -94,32 +109,35 @@ def psrbench_metrics(*, compat: bool = False, judge_endpoint: str | None = None,
     Semantic alignment: ``position`` on the Position subset (same mode: ``psrbench_compat`` takes box 0 in detector
     order), the ``semantic_alignment`` rubric elsewhere (the reward reads the subset from ``record.tags["subset"]``
     and scales 0-10 to [0, 1]; a reply without a parsable score is a failure, where the released parser says 5),
-    judged locally by Qwen2.5-VL-32B-Instruct or by the OpenAI-compatible server at ``judge_endpoint`` (the released
-    setup: sglang, temperature 0.2). Aesthetics: ``hpsv3`` mu (HPSv3, arXiv 2508.03789), reported / 10 as the PSR
-    paper does (arXiv 2512.01236; inferred from its tables' range). ``tiny=True`` builds every reward on tiny
-    random-weight models (tests, CPU demos). Models and thresholds can be changed with ``--metrics``/``--set``.
+    judged locally by Qwen2.5-VL-32B-Instruct or by the OpenAI-compatible server at ``judge_endpoint`` serving
+    ``judge_model`` (the released setup: sglang, temperature 0.2). Aesthetics: ``hpsv3`` mu (HPSv3, arXiv
+    2508.03789), reported / 10 as the PSR paper does (arXiv 2512.01236; inferred from its tables' range).
+    ``tiny=True`` builds every reward on tiny random-weight models (tests, CPU demos). Models and thresholds can be
+    changed with ``--metrics``/``--set``.
     """
     tiny_args = {"path": "tiny"} if tiny else {}
     sc_args = {"mode": "psrbench_compat" if compat else "honest", **tiny_args}
     # a random-weight judge never writes a score: 16 new tokens bound its cost (tests)
-    judge_args = {"path": "tiny", "max_new_tokens": 16} if tiny else {"path": PSRBENCH_JUDGE}
-    if judge_endpoint:
-        judge_args = {"transport": "remote", "url": judge_endpoint}
+    judge = judge_args({"path": "tiny", "max_new_tokens": 16} if tiny else {"path": PSRBENCH_JUDGE}, judge_endpoint,
+                       judge_model)
     return {
         "subject_consistency": DimensionSpec(MetricSpec("subject_consistency", sc_args)),
         "semantic_alignment": DimensionSpec(
-            MetricSpec("semantic_alignment", judge_args),
+            MetricSpec("semantic_alignment", judge),
             {"Position": MetricSpec("position", {"mode": sc_args["mode"], **tiny_args})},
         ),
         "aesthetics": DimensionSpec(MetricSpec("hpsv3", dict(tiny_args), scale=0.1)),
     }
 
 
-def dreambench_metrics(*, tiny: bool = False) -> dict[str, DimensionSpec]:
+def dreambench_metrics(*, compat: bool = False, judge_endpoint: str | None = None, judge_model: str | None = None,
+                       tiny: bool = False) -> dict[str, DimensionSpec]:
     """DreamBench: DINO ViT-S/16 and CLIP-I (image-image cosine to the reference image(s), averaged over them),
     CLIP-T (text-image cosine with the prompt), CLIP ViT-B/32 (DreamBooth's protocol, arXiv 2208.12242 and
     google/dreambooth ``dataset/prompts_and_classes.txt``).
-    ``tiny=True`` uses tiny random-weight models."""
+    ``tiny=True`` uses tiny random-weight models. The judge options raise ``PsrlError`` (DreamBench has no judge)."""
+    if compat or judge_endpoint or judge_model:
+        raise PsrlError("--psrbench-compat, --judge-endpoint and --judge-model do not apply to DreamBench")
     args = {"path": "tiny"} if tiny else {}
     return {
         "dino": DimensionSpec(MetricSpec("dino", dict(args))),
@@ -128,13 +146,17 @@ def dreambench_metrics(*, tiny: bool = False) -> dict[str, DimensionSpec]:
     }
 
 
-def pocket_metrics() -> dict[str, DimensionSpec]:
+def pocket_metrics(*, compat: bool = False, judge_endpoint: str | None = None, judge_model: str | None = None,
+                   tiny: bool = False) -> dict[str, DimensionSpec]:
     """PocketBench: the three parts of the ``pocket_subjects`` reward (:mod:`psrl.world.reward`), read from the
     world's known rendering. Subject consistency: identity (shape, colour, texture of each subject, one-to-one
     assignment); semantic alignment: the instruction's constraints (relation, size, action, background, order);
     fidelity, in place of aesthetics: the share of pixels the world's palette explains; SC gain: subject
     consistency minus the same image's against other subjects' references (``identity_gain``, in [-1, 1]: ~0 for a
-    generator that ignores its references, ~0.7 on ground-truth scenes)."""
+    generator that ignores its references, ~0.7 on ground-truth scenes). No model (``tiny`` changes nothing); the
+    judge options raise ``PsrlError``."""
+    if compat or judge_endpoint or judge_model:
+        raise PsrlError("--psrbench-compat, --judge-endpoint and --judge-model do not apply to PocketBench")
     return {dim: DimensionSpec(MetricSpec("pocket_subjects", {"score": score}))
             for dim, score in zip(POCKET_DIMENSIONS, ("identity", "semantic", "fidelity", "identity_gain"))}
 

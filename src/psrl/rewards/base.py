@@ -44,6 +44,24 @@ class RewardOutput:
         return sum(f is not None for f in self.failures) / max(len(self.failures), 1)
 
 
+def to_jsonable(value: Any) -> Any:
+    """``value`` (a score, a ``details`` entry) as strict JSON: tensors and numpy values as numbers or lists, NaN
+    and inf as ``None``, dict keys as strings, any other object as its ``str``."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().tolist()
+    elif hasattr(value, "tolist"):  # numpy arrays and scalars
+        value = value.tolist()
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
 @runtime_checkable
 class Reward(Protocol):
     """``name`` plus ``__call__(images [B,3,H,W] in [0,1], records) -> RewardOutput``."""

@@ -6,7 +6,6 @@ Grounding DINO, which the PSRBench compat mode needs); :meth:`Detections.by_scor
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -16,9 +15,9 @@ from PIL import Image
 from torch import Tensor
 
 from psrl.models.loading import check_tokenizer
+from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
+from psrl.rewards.tiny import tiny_grounding_dino, tiny_owlv2
 
 
 @dataclass
@@ -32,10 +31,6 @@ class Detections:
     def by_score(self) -> Detections:
         order = torch.argsort(self.scores, descending=True, stable=True)
         return Detections(self.boxes[order], self.scores[order])
-
-    @staticmethod
-    def empty() -> Detections:
-        return Detections(torch.zeros(0, 4), torch.zeros(0))
 
 
 @runtime_checkable
@@ -60,8 +55,6 @@ class GroundingDinoDetector:
         if components is not None:  # (model, processor) built by the caller (benchmarks, custom configs)
             self.model, self.processor = components
         elif path == TINY:
-            from psrl.rewards.tiny import tiny_grounding_dino
-
             self.model, self.processor = tiny_grounding_dino()
         else:
             self.model, self.processor = load_pretrained("grounding_dino detector", path, _load_grounding_dino)
@@ -84,9 +77,9 @@ class GroundingDinoDetector:
                 imgs = [images[i] for i in chunk]
                 captions = [grounding_caption(phrases[i]) for i in chunk]
                 self._check_caption_lengths(captions)
-                inputs = self.processor(images=imgs, text=captions, return_tensors="pt", padding=True)
-                inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                          for k, v in inputs.items()}
+                # BatchFeature.to casts the floating tensors only (ids and masks keep their dtype)
+                inputs = self.processor(images=imgs, text=captions, return_tensors="pt", padding=True).to(
+                    self.device, self.dtype)
                 outputs = self.model(**inputs)
                 dets = grounding_boxes(outputs.logits, outputs.pred_boxes, [(im.height, im.width) for im in imgs],
                                        self.box_threshold)
@@ -146,8 +139,6 @@ class Owlv2Detector:
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
         self.box_threshold, self.query_template, self.batch_size = box_threshold, query_template, batch_size
         if path == TINY:
-            from psrl.rewards.tiny import tiny_owlv2
-
             self.model, self.processor = tiny_owlv2()
         else:
             self.model, self.processor = load_pretrained("owlv2 detector", path, _load_owlv2)
@@ -161,9 +152,8 @@ class Owlv2Detector:
         for s in range(0, len(images), self.batch_size):
             imgs = list(images[s:s + self.batch_size])
             queries = [[self.query_template.format(p.strip())] for p in phrases[s:s + self.batch_size]]
-            inputs = self.processor(text=queries, images=imgs, return_tensors="pt", truncation=True)
-            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                      for k, v in inputs.items()}
+            inputs = self.processor(text=queries, images=imgs, return_tensors="pt", truncation=True).to(
+                self.device, self.dtype)
             outputs = self.model(**inputs)
             outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
             sizes = [(max(im.size), max(im.size)) for im in imgs]
@@ -188,6 +178,19 @@ def _load_owlv2(path: str):
 
 
 DETECTORS = {"grounding_dino": GroundingDinoDetector, "owlv2": Owlv2Detector}
+
+
+def detect_phrases(detector: Detector, images: Sequence[Image.Image], phrases: dict[int, Sequence[str]],
+                   failures: list[str | None], what: str) -> dict[tuple[int, str], Detections | Failed]:
+    """``{(b, phrase): detections}`` of each sample ``b``'s distinct ``phrases[b]`` (stripped, lower-cased) in
+    ``images[b]``, in one batched call (isolated per pair on error, :func:`psrl.rewards.isolation.per_item`); a
+    sample whose detection failed gets the reason in ``failures[b]``."""
+    pairs = [(b, p) for b, ps in phrases.items() for p in dict.fromkeys(p.strip().lower() for p in ps)]
+    dets = per_item(lambda chunk: detector.detect([images[b] for b, _ in chunk], [p for _, p in chunk]), pairs, what)
+    for (b, _), d in zip(pairs, dets):
+        if isinstance(d, Failed) and not failures[b]:
+            failures[b] = d.reason
+    return dict(zip(pairs, dets))
 
 
 def build_detector(spec: dict | str | Detector | None, *, device="cpu", dtype=None) -> Detector:

@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -17,10 +16,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
+from psrl.models.loading import check_tokenizer
+from psrl.rewards import tiny
 from psrl.rewards.components import imagenet_bit_processor
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
 
 
 @runtime_checkable
@@ -60,10 +59,6 @@ class HFImageEmbedder:
         return torch.cat(feats)
 
 
-def _bit(shortest_edge: int = 256, crop: int = 224):
-    return imagenet_bit_processor(shortest_edge, crop)
-
-
 def _load_dinov2(path):
     from transformers import Dinov2Model
 
@@ -79,15 +74,11 @@ def _load_dino_vit(path):
 def load_clip(path: str, what: str = "clip"):
     """(CLIPModel, CLIPProcessor) from a path (Pil image processor, tokenizer checked), or tiny."""
     if path == TINY:
-        from psrl.rewards.tiny import tiny_clip
-
-        return tiny_clip()
+        return tiny.tiny_clip()
 
     def _load(p):
         from transformers import AutoTokenizer, CLIPModel, CLIPProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-        from psrl.models.loading import check_tokenizer
 
         tok = AutoTokenizer.from_pretrained(p)
         check_tokenizer(tok, f"{p} ({what})")
@@ -122,9 +113,7 @@ def build_embedder(spec: dict | str | Embedder | None, *, device="cpu", dtype=No
         model, processor = load_clip(path, "clip embedder")
         proc = processor.image_processor
     elif path == TINY:
-        from psrl.rewards import tiny
-
         model, proc = getattr(tiny, tiny_builder)()
     else:
-        model, proc = load_pretrained(f"{kind} embedder", path, loader), _bit()
+        model, proc = load_pretrained(f"{kind} embedder", path, loader), imagenet_bit_processor(256, 224)
     return HFImageEmbedder(model, proc, pool, device=device, dtype=dtype, batch_size=batch_size)

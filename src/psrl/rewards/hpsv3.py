@@ -10,16 +10,13 @@ Why not the package: ``hpsv3`` pins transformers ~4.45 and imports trl/deepspeed
 beside transformers 5. We load its single checkpoint file (``HPSv3.safetensors``, a state dict of the 4.x model
 class) into a transformers-5 ``Qwen2VLForConditionalGeneration`` built from the base model's config, remapping the
 4.x key layout (``visual.*`` -> ``model.visual.*``, ``model.*`` -> ``model.language_model.*``), and the
-``rm_head.*`` keys into :class:`HPSv3Head`. Loading is strict: any missing or unexpected key is an error.
-Args: ``path`` (the checkpoint file, or ``tiny``), ``base_path`` (Qwen2-VL-7B-Instruct: config, tokenizer, image
-processor), ``instruction`` (template with ``{text_prompt}``). The default instruction is the HPSv3 training collator's
-``INSTRUCTION``, compared character for character with the released ``hpsv3`` package (an earlier psrl version
-lacked its "Text Alignment" block); tests pin its SHA-256. Scores have not been compared with the reference package
-on real weights.
+``rm_head.*`` keys into :class:`HPSv3Head`. Loading is strict: any missing or unexpected key is an error. The
+default instruction is the HPSv3 training collator's ``INSTRUCTION``, compared character for character with the
+released ``hpsv3`` package (an earlier psrl version lacked its "Text Alignment" block); tests pin its SHA-256.
+Scores have not been compared with the reference package on real weights.
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -33,8 +30,7 @@ from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
+from psrl.rewards.tiny import tiny_qwen2_vl_hps
 
 REWARD_TOKEN = "<|Reward|>"
 HPS_PIXELS = 256 * 28 * 28
@@ -125,11 +121,9 @@ def _load_real(path: str, base_path: str, dtype):
                              f"(e.g. {unexpected[:3]})")
     if getattr(config, "tie_word_embeddings", False) or "lm_head.weight" not in backbone_sd:
         model.tie_weights()
-    hidden = text_cfg.hidden_size
-    head = HPSv3Head(hidden, (head_sd["rm_head.0.weight"].shape[0], head_sd["rm_head.3.weight"].shape[0])) \
-        if "rm_head.0.weight" in head_sd and "rm_head.3.weight" in head_sd else None
-    if head is None:
+    if "rm_head.0.weight" not in head_sd or "rm_head.3.weight" not in head_sd:
         raise ModelLoadError(f"hpsv3 checkpoint {path!r} has no rm_head.* weights")
+    head = HPSv3Head(text_cfg.hidden_size, (len(head_sd["rm_head.0.weight"]), len(head_sd["rm_head.3.weight"])))
     head.load_state_dict(head_sd)
     return model, processor, head
 
@@ -162,8 +156,6 @@ class HPSv3Reward:
             raise ValueError("hpsv3: instruction must contain '{text_prompt}'")
         self.instruction, self.batch_size = instruction, batch_size
         if path == TINY:
-            from psrl.rewards.tiny import tiny_qwen2_vl_hps
-
             self.model, self.processor, self.head = tiny_qwen2_vl_hps()
         else:
             self.model, self.processor, self.head = _load_real(path, base_path, self.dtype)
@@ -180,9 +172,8 @@ class HPSv3Reward:
                        {"type": "text", "text": self.instruction.format(text_prompt=p) + REWARD_SUFFIX}]
             texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                             add_generation_prompt=True))
-        batch = self.processor(text=texts, images=pils, padding=True, return_tensors="pt")
-        batch = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                 for k, v in batch.items()}
+        # BatchFeature.to casts the floating tensors only (ids and masks keep their dtype)
+        batch = self.processor(text=texts, images=pils, padding=True, return_tensors="pt").to(self.device, self.dtype)
         hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1]
         ids = batch["input_ids"]
         pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)

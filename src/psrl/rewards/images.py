@@ -9,7 +9,6 @@ ratio over :data:`psrl.images.MAX_ASPECT`) becomes a per-sample failure reason. 
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,8 +17,6 @@ from PIL import Image
 from torch import Tensor
 
 from psrl.images import MAX_ASPECT, MIN_SIDE, CachedImages, ImageLoadError, size_problem, tensor_to_pil, to_rgb
-
-logger = logging.getLogger(__name__)
 
 
 def _tensor_to_pil(x: Tensor, where: str) -> tuple[Image.Image | None, str | None]:
@@ -40,15 +37,11 @@ def to_pil_images(images: Tensor | Sequence, *, background: str | tuple = "white
     """``(pil images, failure reasons)``. Unusable samples are ``None`` with a reason (NaN pixels, or the shared
     size rule :func:`psrl.images.size_problem`); PIL inputs of another mode are converted to RGB as the loader
     does (:func:`psrl.images.to_rgb`: 16-bit scaled, transparency composited onto ``background``)."""
-    if isinstance(images, Tensor):
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images [B, 3, H, W] (RGB), got shape {tuple(images.shape)}")
-        items = list(images)
-    else:
-        items = list(images)
+    if isinstance(images, Tensor) and (images.ndim != 4 or images.shape[1] != 3):
+        raise ValueError(f"expected images [B, 3, H, W] (RGB), got shape {tuple(images.shape)}")
     pils: list[Image.Image | None] = []
     failures: list[str | None] = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(images):
         if isinstance(item, Image.Image):
             pil, why = (item if item.mode == "RGB" else to_rgb(item, background=background)), None
         elif isinstance(item, Tensor):
@@ -98,13 +91,13 @@ class ReferenceImages:
                                       "rewards resolved: psrl.data.records.load_records / resolve_records)")
         return Path(image)
 
-    def load(self, image: str | None) -> Image.Image:
-        """The RGB image; raises :class:`ReferenceImageError` ("reference image <path>: <what is wrong>": file not
-        found, unreadable image, too small, too elongated, too many pixels; or the path is not resolved)."""
+    def load(self, image: str | None, what: str = "reference image") -> Image.Image:
+        """The RGB image; raises :class:`ReferenceImageError` ("<what> <path>: <what is wrong>": file not found,
+        unreadable image, too small, too elongated, too many pixels; or the path is not resolved)."""
         try:
             return self.files.load(self.path(image))
         except ImageLoadError as e:
-            raise ReferenceImageError(f"reference image {e}") from e
+            raise ReferenceImageError(f"{what} {e}") from e
 
 
 def crop_box(img: Image.Image, box, *, truncate: bool = False) -> Image.Image | None:

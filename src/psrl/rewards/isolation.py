@@ -56,33 +56,28 @@ def per_item(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T], what: str
     if not items:
         return []
     try:
-        return _checked(fn(items), len(items), what)
-    except _LengthMismatch as e:
-        raise ValueError(str(e)) from None
+        results = list(fn(items))
     except Exception as e:  # noqa: BLE001 - any model/processor error; isolated per item below
         if len(items) == 1:
             return [Failed(describe(what, e))]
         logger.warning("%s: a batch of %d raised %s: %s; running its items one by one", what, len(items),
                        type(e).__name__, str(e)[:MAX_REASON])
+    else:  # outside the try: a length mismatch is not an item's failure
+        return _checked(results, len(items), what)
     out: list[R | Failed] = []
     for item in items:
         try:
-            out += _checked(fn([item]), 1, what)
-        except _LengthMismatch as e:
-            raise ValueError(str(e)) from None
+            result = list(fn([item]))
         except Exception as e:  # noqa: BLE001
             out.append(Failed(describe(what, e)))
+        else:
+            out += _checked(result, 1, what)
     return out
 
 
-class _LengthMismatch(Exception):
-    pass
-
-
-def _checked(results: Sequence[R], n: int, what: str) -> list[R]:
-    results = list(results)
+def _checked(results: list[R], n: int, what: str) -> list[R]:
     if len(results) != n:
-        raise _LengthMismatch(f"{what}: returned {len(results)} results for {n} items")
+        raise ValueError(f"{what}: returned {len(results)} results for {n} items")
     return results
 
 

@@ -2,7 +2,6 @@
 directory or hub id loaded with transformers; failures become :class:`psrl.errors.ModelLoadError` naming the path."""
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -11,8 +10,6 @@ import torch
 
 from psrl.errors import ModelLoadError
 from psrl.models.loading import torch_dtype_from_name
-
-logger = logging.getLogger(__name__)
 
 TINY = "tiny"
 
@@ -40,6 +37,17 @@ def component_spec(spec: dict | str | None, default_kind: str, what: str) -> tup
                         f"got {type(spec).__name__}")
     options = dict(spec)
     return options.pop("kind", default_kind), options
+
+
+def with_default_path(spec, path: str | None):
+    """A sub-model spec (kind name, mapping or ``None``) as a mapping with ``path`` set unless it names its own (a
+    reward-level ``path: tiny``, or the reward's default weights); ``path=None`` or a built component (a Detector or
+    Embedder object) passes through unchanged."""
+    if path is None or not (spec is None or isinstance(spec, (str, dict))):
+        return spec
+    spec = {"kind": spec} if isinstance(spec, str) else dict(spec or {})
+    spec.setdefault("path", path)
+    return spec
 
 
 def looks_local(path: str) -> bool:

@@ -20,7 +20,6 @@ orderings. ``mode: psrbench_compat`` takes box 0 in detector order for both (equ
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -28,12 +27,10 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.detection import build_detector
+from psrl.rewards.detection import build_detector, detect_phrases
 from psrl.rewards.images import scorable_images
-from psrl.rewards.isolation import Failed, per_item
-from psrl.rewards.loading import TINY
-
-logger = logging.getLogger(__name__)
+from psrl.rewards.loading import TINY, with_default_path
+from psrl.rewards.subject_consistency import MODES
 
 SPATIAL_VOCAB = ("to the left of", "to the right of", "on the left of", "on the right of", "above", "on top of",
                  "below", "under")
@@ -112,14 +109,12 @@ class PositionReward:
     name = "position"
 
     def __init__(self, device="cpu", *, detector=None, mode: str = "honest", path: str | None = None, dtype=None):
-        from psrl.rewards.subject_consistency import MODES, with_tiny_default
-
         if mode not in MODES:
             raise ValueError(f"position: mode must be one of {MODES}, got {mode!r}")
         if path not in (None, TINY):
             raise ValueError("position: top-level 'path' may only be 'tiny'; give detector.path for real weights")
         self.mode = mode
-        self.detector = build_detector(with_tiny_default(detector or {"kind": "grounding_dino"}, path),
+        self.detector = build_detector(with_default_path(detector or {"kind": "grounding_dino"}, path),
                                        device=device, dtype=dtype)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
@@ -136,14 +131,8 @@ class PositionReward:
                 failures[b] = "subject phrase is empty"
             elif relations[b] is None:
                 failures[b] = "no spatial relation found in the instruction"
-        pairs = [(b, p) for b in range(B) if not failures[b]
-                 for p in dict.fromkeys(s.phrase.strip().lower() for s in records[b].subjects[:2])]
-        dets = per_item(lambda ps: self.detector.detect([pils[b] for b, _ in ps], [p for _, p in ps]), pairs,
-                        "position detector")
-        det_of = dict(zip(pairs, dets))
-        for (b, _), d in det_of.items():
-            if isinstance(d, Failed) and not failures[b]:
-                failures[b] = d.reason
+        phrases = {b: [s.phrase for s in records[b].subjects[:2]] for b in range(B) if not failures[b]}
+        det_of = detect_phrases(self.detector, pils, phrases, failures, "position detector")
         scores = torch.full((B,), float("nan"))
         missing: list[list[str]] = [[] for _ in range(B)]
         boxes_out: list[list | None] = [None] * B
@@ -165,12 +154,11 @@ class PositionReward:
             if same and self.mode == "honest":
                 a, c = d1.boxes[0], d1.boxes[1]
                 scores[b] = max(position_score(a, c, relations[b]), position_score(c, a, relations[b]))
-                boxes_out[b] = [a.tolist(), c.tolist()]
             else:
                 a, c = d1.boxes[0], d2.boxes[0]
                 if self.mode == "psrbench_compat":
                     a, c = a.trunc(), c.trunc()
                 scores[b] = position_score(a, c, relations[b])
-                boxes_out[b] = [a.tolist(), c.tolist()]
+            boxes_out[b] = [a.tolist(), c.tolist()]
         details = {"relation": relations, "missing_subjects": missing, "boxes": boxes_out}
         return RewardOutput(scores=scores, details=details, failures=failures)

@@ -13,7 +13,6 @@ truncated (77 tokens).
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 
 import torch
@@ -24,12 +23,11 @@ from psrl.data.records import Record
 from psrl.errors import ModelLoadError
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.components import LaionAestheticHead
-from psrl.rewards.embedding import _features, load_clip
+from psrl.rewards.embedding import HFImageEmbedder, _features, load_clip
 from psrl.rewards.images import scorable_images
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
-
-logger = logging.getLogger(__name__)
+from psrl.rewards.tiny import tiny_aesthetic_head, tiny_clip
 
 
 def load_state_dict_file(path: str, what: str) -> dict:
@@ -47,19 +45,15 @@ def load_state_dict_file(path: str, what: str) -> dict:
 class _ClipRewardBase:
     def __init__(self, path: str, device, dtype, batch_size: int, what: str, processor_path: str | None = None):
         self.device, self.dtype = torch.device(device), resolve_dtype(dtype, device)
-        if processor_path and path != TINY:
-            self.model, self.processor = self._load_split(path, processor_path, what)
+        if processor_path and path != TINY:  # the model and its processor from two repositories (PickScore)
+            from transformers import CLIPModel
+
+            _, self.processor = load_clip(processor_path, what + " processor")
+            self.model = load_pretrained(what, path, CLIPModel.from_pretrained)
         else:
             self.model, self.processor = load_clip(path, what)
         self.model.to(self.device, self.dtype).eval()
         self.batch_size = batch_size
-
-    @staticmethod
-    def _load_split(path, processor_path, what):
-        from transformers import CLIPModel
-
-        _, processor = load_clip(processor_path, what + " processor")
-        return load_pretrained(what, path, CLIPModel.from_pretrained), processor
 
     @torch.no_grad()
     def _embed(self, pils, texts) -> tuple[Tensor, Tensor]:
@@ -171,12 +165,8 @@ class AestheticReward:
 
     def __init__(self, device="cpu", *, path: str | None = None, clip_path: str = "openai/clip-vit-large-patch14",
                  head_path: str | None = None, dtype=None, batch_size: int = 32):
-        from psrl.rewards.embedding import HFImageEmbedder
-
         self.device = torch.device(device)
         if path == TINY or (clip_path == TINY and head_path in (None, TINY)):
-            from psrl.rewards.tiny import tiny_aesthetic_head, tiny_clip
-
             model, processor = tiny_clip()
             self.head = tiny_aesthetic_head(model.config.projection_dim)
         else:

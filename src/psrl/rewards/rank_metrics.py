@@ -7,7 +7,8 @@ predicted ranking sorts the candidates by score, best first, ``np.argsort(scores
 does (so among tied scores the later candidate ranks first). Per item:
 
 * accuracy: the fraction of candidates whose predicted rank equals the human rank;
-* Kendall tau and Spearman rho between the predicted and the human ranking;
+* Kendall tau and Spearman rho between the predicted and the human ranking (``scipy.stats.kendalltau`` /
+  ``spearmanr``; both tie-free here);
 * T1-B1: the mean of top-1 correct (the human's best is predicted best) and bottom-1 correct;
 
 each averaged over the items. ``convention`` says what tau and rho correlate. ``"ranks"`` (default, the textbook
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import kendalltau, spearmanr
 
 CONVENTIONS = ("ranks", "paco")
 
@@ -49,23 +51,6 @@ def _ranks_from_order(order: np.ndarray) -> np.ndarray:
     rows = np.arange(order.shape[0])[:, None]
     ranks[rows, order] = np.arange(order.shape[1])[None, :]
     return ranks
-
-
-def _kendall_tau(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Kendall tau of rows of two tie-free integer arrays ``[N, C]``: (concordant - discordant) / C(C, 2)."""
-    c = a.shape[1]
-    da = np.sign(a[:, :, None] - a[:, None, :])
-    db = np.sign(b[:, :, None] - b[:, None, :])
-    upper = np.triu(np.ones((c, c), dtype=bool), k=1)
-    return (da * db)[:, upper].sum(axis=1) / (c * (c - 1) / 2)
-
-
-def _spearman_rho(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Spearman rho of rows of two tie-free arrays holding permutations of ``0..C-1``: ``1 - 6 sum d^2 / (C (C^2 -
-    1))``."""
-    c = a.shape[1]
-    d2 = ((a - b).astype(np.float64) ** 2).sum(axis=1)
-    return 1.0 - 6.0 * d2 / (c * (c * c - 1))
 
 
 def per_item_ranking_metrics(scores, human_rank, *, convention: str = "ranks") -> dict[str, np.ndarray]:
@@ -96,8 +81,8 @@ def per_item_ranking_metrics(scores, human_rank, *, convention: str = "ranks") -
         human_order = np.argsort(human, axis=1)
         a, b = (ranks, human) if convention == "ranks" else (order, human_order)
         out["accuracy"][ok] = (ranks == human).mean(axis=1)
-        out["kendall_tau"][ok] = _kendall_tau(a, b)
-        out["spearman_rho"][ok] = _spearman_rho(a, b)
+        out["kendall_tau"][ok] = [kendalltau(x, y).statistic for x, y in zip(a, b)]
+        out["spearman_rho"][ok] = [spearmanr(x, y).statistic for x, y in zip(a, b)]
         out["top1"][ok] = (order[:, 0] == human_order[:, 0]).astype(np.float64)
         out["bottom1"][ok] = (order[:, -1] == human_order[:, -1]).astype(np.float64)
         out["t1b1"][ok] = (out["top1"][ok] + out["bottom1"][ok]) / 2

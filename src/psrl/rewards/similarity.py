@@ -19,8 +19,9 @@ from torch import Tensor
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
 from psrl.rewards.embedding import build_embedder
-from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, scorable_images
 from psrl.rewards.isolation import Failed, per_item
+from psrl.rewards.loading import with_default_path
 
 
 class ImageSimilarityReward:
@@ -50,12 +51,8 @@ class ImageSimilarityReward:
 
     def __init__(self, device="cpu", *, path: str | None = None, embedder=None, scale: float = 1.0, dtype=None,
                  cache_size: int = 4096, background: str | tuple = "white"):
-        if embedder is None or isinstance(embedder, (str, dict)):
-            spec = {"kind": embedder} if isinstance(embedder, str) else dict(embedder or {"kind": self.default_kind})
-            spec.setdefault("path", path or self.default_path)
-        else:
-            spec = embedder  # an already built Embedder (benchmarks, tests)
-        self.embedder = build_embedder(spec, device=device, dtype=dtype)
+        self.embedder = build_embedder(with_default_path(embedder or {"kind": self.default_kind},
+                                                         path or self.default_path), device=device, dtype=dtype)
         self.refs = ReferenceImages(background=background)
         self.scale, self.cache_size = scale, cache_size
         self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
@@ -86,9 +83,7 @@ class ImageSimilarityReward:
         return out
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, self.name)
         for b, rec in enumerate(records):
             if not failures[b] and not rec.subjects:
                 failures[b] = "record has no reference subjects"

@@ -25,10 +25,9 @@ of one record costs one reference pass.
 """
 from __future__ import annotations
 
-import logging
 import math
 import os
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -38,26 +37,14 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.detection import Detections, build_detector
+from psrl.rewards.detection import Detections, build_detector, detect_phrases
 from psrl.rewards.embedding import build_embedder
-from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, to_pil_images
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, scorable_images
 from psrl.rewards.isolation import Failed, per_item
-from psrl.rewards.loading import TINY
+from psrl.rewards.loading import TINY, with_default_path
 from psrl.rewards.matching import assign
 
-logger = logging.getLogger(__name__)
-
 MODES = ("honest", "psrbench_compat")
-
-
-def with_tiny_default(spec, path: str | None):
-    """Apply a reward-level ``path: tiny`` to a sub-model spec that does not name its own path (a built component,
-    such as a Detector or Embedder object, passes through)."""
-    if path is None or not (spec is None or isinstance(spec, (str, dict))):
-        return spec
-    spec = {"kind": spec} if isinstance(spec, str) else dict(spec or {})
-    spec.setdefault("path", path)
-    return spec
 
 
 class SubjectConsistencyReward:
@@ -105,9 +92,9 @@ class SubjectConsistencyReward:
             raise ValueError("subject_consistency: top-level 'path' may only be 'tiny'; give detector.path and "
                              "embedder.path for real weights")
         self.mode, self.missing, self.extra_candidates = mode, missing, extra_candidates
-        self.detector = build_detector(with_tiny_default(detector or {"kind": "grounding_dino"}, path),
+        self.detector = build_detector(with_default_path(detector or {"kind": "grounding_dino"}, path),
                                        device=device, dtype=dtype)
-        self.embedder = build_embedder(with_tiny_default(embedder or {"kind": "dino_vit"}, path),
+        self.embedder = build_embedder(with_default_path(embedder or {"kind": "dino_vit"}, path),
                                        device=device, dtype=dtype)
         self.refs = ReferenceImages(background=background)
         self.cache_size = cache_size
@@ -177,9 +164,7 @@ class SubjectConsistencyReward:
 
     # ------------------------------------------------------------------ scoring
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"subject_consistency: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, self.name)
         B = len(records)
         # 1. validate records, collect reference keys
         ref_keys: list[list[tuple] | None] = [None] * B
@@ -207,14 +192,8 @@ class SubjectConsistencyReward:
                 if bad:
                     failures[b] = bad[0]
         # 2. one detection per (sample, distinct phrase), batched over the whole batch
-        pairs = [(b, p) for b in range(B) if not failures[b]
-                 for p in dict.fromkeys(s.phrase.strip().lower() for s in records[b].subjects)]
-        dets = per_item(lambda ps: self.detector.detect([pils[b] for b, _ in ps], [p for _, p in ps]), pairs,
-                        "subject_consistency detector")
-        det_of = {pair: d for pair, d in zip(pairs, dets)}
-        for (b, _), d in det_of.items():
-            if isinstance(d, Failed) and not failures[b]:
-                failures[b] = d.reason
+        phrases = {b: [s.phrase for s in records[b].subjects] for b in range(B) if not failures[b]}
+        det_of = detect_phrases(self.detector, pils, phrases, failures, "subject_consistency detector")
         # 3. candidate crops per (sample, phrase), embedded in one pass
         cand_crops: list[Image.Image] = []
         crop_owner: list[int] = []  # the sample each candidate crop belongs to
@@ -234,10 +213,7 @@ class SubjectConsistencyReward:
                     cand_crops.append(pils[b] if crop is None else crop)
                     crop_owner.append(b)
                 continue
-            counts = defaultdict(int)
-            for s in subjects:
-                counts[s.phrase.strip().lower()] += 1
-            for p, k in counts.items():
+            for p, k in Counter(s.phrase.strip().lower() for s in subjects).items():
                 d = det_of[(b, p)].by_score()
                 idx = []
                 for box in d.boxes[: k + self.extra_candidates]:

@@ -5,15 +5,12 @@
 
 * ``t2is_consistency``: the mean over all ``C(n, 2)`` cell pairs ``(i, j)``, ``i < j`` (one order, as PaCo) of the
   VLM judge's P(Yes) (:mod:`psrl.rewards.vlm.judge`) for "do these two panels keep style, logic and identity?",
-  asked with PaCo's template v1 quoting the prompt's theme. Score in [0, 1]. Takes the judge options of
-  :mod:`psrl.rewards.vlm_rewards` (``path``/``adapter_path`` for a local Qwen2.5-VL such as PaCo-Reward-7B, or
-  ``endpoint`` for a vLLM server), ``template`` (``v1``, ``v3`` or a string with a ``{theme}`` slot),
-  ``canonicalize`` and ``cache_size`` (answers kept across calls, :class:`psrl.rewards.vlm.cache.CachedPYes`;
-  identical pairs are asked once).
+  asked with PaCo's template v1 quoting the prompt's theme (a local Qwen2.5-VL such as PaCo-Reward-7B, or a vLLM
+  server); identical pairs are asked once (:class:`psrl.rewards.vlm.cache.CachedPYes`). Score in [0, 1].
 * ``t2is_clip_t``: sub-figure CLIP-T, the mean over cells of the cosine between the CLIP image embedding of a cell
   and the CLIP text embedding of its sub-prompt (PaCo: OpenCLIP ViT-H-14 laion2b_s32b_b79k, the default here as
   its transformers port). Score in [-1, 1] (about 0.2-0.4 for a matching cell). Text over 77 CLIP tokens is
-  truncated, as PaCo's tokenizer does. Args: ``path`` (or ``tiny``), ``dtype``, ``batch_size``.
+  truncated, as PaCo's tokenizer does.
 
 PickScore on the whole grid with the full prompt is the ``pickscore`` reward as it is.
 
@@ -41,7 +38,7 @@ from psrl.rewards.preference import _ClipRewardBase
 from psrl.rewards.vlm.cache import DEFAULT_MAX_ENTRIES, CachedPYes
 from psrl.rewards.vlm.prompts import paco_prompt
 from psrl.rewards.vlm.transports import JudgeRequest
-from psrl.rewards.vlm_rewards import _judge, score_pairs
+from psrl.rewards.vlm_rewards import _PairwiseBase
 
 DEFAULT_CLIP = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # PaCo's open_clip ViT-H-14 laion2b_s32b_b79k
 
@@ -57,7 +54,7 @@ def grid_cells(image, record: Record) -> tuple[GridPrompt, list]:
     return grid, cut_grid(image, grid.rows, grid.cols)
 
 
-class T2ISConsistencyReward:
+class T2ISConsistencyReward(_PairwiseBase):
     """``t2is_consistency``: mean P(Yes) over the ``C(n, 2)`` cell pairs of each grid, in [0, 1] (NaN + reason as
     in the module docstring).
 
@@ -85,30 +82,23 @@ class T2ISConsistencyReward:
                  cache_size: int = DEFAULT_MAX_ENTRIES, **judge_kwargs):
         if not isinstance(template, str) or not template:
             raise ValueError(f"t2is_consistency: template must be 'v1', 'v3' or a prompt string, got {template!r}")
+        super().__init__(device, canonicalize, judge_kwargs)
         self.template = template
-        self.judge = CachedPYes(_judge(device, judge_kwargs, canonicalize=canonicalize), cache_size)
+        self.judge = CachedPYes(self.judge, cache_size)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures, idx = scorable_images(images, records, self.name)
-        spans: dict[int, tuple[int, int]] = {}
-        requests: list[JudgeRequest] = []
         grids: list[str | None] = [None] * len(records)
-        for b in idx:
-            try:
-                grid, cells = grid_cells(pils[b], records[b])
-            except ValueError as e:
-                failures[b] = str(e)
-                continue
+
+        def make(b, gen, rec: Record):
+            grid, cells = grid_cells(gen, rec)
             grids[b] = f"{grid.rows}x{grid.cols}"
             if len(cells) < 2:
-                failures[b] = f"record {records[b].id!r}: a {grids[b]} grid has no pair of cells"
-                continue
+                raise ValueError(f"record {rec.id!r}: a {grids[b]} grid has no pair of cells")
             text = paco_prompt(self.template, grid.theme)
-            pairs = [JudgeRequest([a, c], text) for a, c in itertools.combinations(cells, 2)]
-            spans[b] = (len(requests), len(requests) + len(pairs))
-            requests += pairs
-        scores, per_pair, bounded = score_pairs(
-            self.judge.p_yes(requests), spans, failures, lambda p: sum(p) / len(p),
+            return [JudgeRequest([a, c], text) for a, c in itertools.combinations(cells, 2)]
+
+        scores, failures, per_pair, bounded = self._score_pairs(
+            images, records, make, lambda p: sum(p) / len(p),
             reason=lambda bad, got: f"{len(bad)} of {len(got)} cell pair(s) unscored: {bad[0]}")
         return RewardOutput(scores=scores, failures=failures,
                             details={"p_yes_pairs": per_pair, "p_yes_bounded": bounded, "grid": grids})

@@ -12,19 +12,13 @@ import string
 
 import torch
 
-from psrl.rewards.components import imagenet_bit_processor
+from psrl.models.tiny import tiny_clip_tokenizer_eos_last  # EOS-last: OWLv2 pools text at input_ids.argmax()
+from psrl.rewards.components import HPSv3Head, LaionAestheticHead, imagenet_bit_processor
 
 DETECTOR_WORDS = ("a", "the", "cat", "dog", "person", "red", "blue", "car", "ball", "box", "toy", "bird", ".")
 
 
-# ----------------------------------------------------------------------------- tokenizers (shared with the policies')
-def tiny_clip_tokenizer(model_max_length: int = 77, words=("a", "photo", "of", "dog", "cat", "red", "person")):
-    """EOS-last CLIP tokenizer (OWLv2 pools text at ``input_ids.argmax()``); see ``psrl.models.tiny``."""
-    from psrl.models.tiny import tiny_clip_tokenizer_eos_last
-
-    return tiny_clip_tokenizer_eos_last(model_max_length=model_max_length, words=words)
-
-
+# ----------------------------------------------------------------------------- tokenizers (the policies' own)
 def tiny_qwen_tokenizer(extra_special_tokens=(), answer_words=("Yes", "No")):
     """The policies' tiny Qwen tokenizer with single-token "Yes"/"No" answers by default (judges read P(Yes))."""
     from psrl.models.tiny_more import tiny_qwen_tokenizer as _tiny_qwen_tokenizer
@@ -80,7 +74,7 @@ def tiny_owlv2(image_size: int = 32, patch_size: int = 8):
     from transformers import Owlv2Config, Owlv2ForObjectDetection, Owlv2Processor
     from transformers.models.owlv2.image_processing_pil_owlv2 import Owlv2ImageProcessorPil
 
-    tokenizer = tiny_clip_tokenizer(model_max_length=16)
+    tokenizer = tiny_clip_tokenizer_eos_last(model_max_length=16)
     processor = Owlv2Processor(image_processor=Owlv2ImageProcessorPil(size={"height": image_size,
                                                                              "width": image_size}),
                                tokenizer=tokenizer)
@@ -114,7 +108,7 @@ def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 1
     from transformers import CLIPConfig, CLIPModel, CLIPProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-    tokenizer = tiny_clip_tokenizer(model_max_length=77)
+    tokenizer = tiny_clip_tokenizer_eos_last(model_max_length=77)
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": image_size},
                                               crop_size={"height": image_size, "width": image_size}),
@@ -127,8 +121,6 @@ def tiny_clip(image_size: int = 32, patch_size: int = 8, projection_dim: int = 1
 
 def tiny_aesthetic_head(dim: int = 16):
     """LAION aesthetic MLP with the same layer layout (and state-dict keys) as the released head, shrunk."""
-    from psrl.rewards.components import LaionAestheticHead
-
     torch.manual_seed(0)
     return LaionAestheticHead(dim, hidden=(8, 8, 8, 4)).eval()
 
@@ -159,7 +151,6 @@ def tiny_qwen2_vl_hps():
     from transformers import Qwen2VLForConditionalGeneration
 
     from psrl.models.tiny_more import tiny_qwen_vl_config
-    from psrl.rewards.components import HPSv3Head
 
     tokenizer = tiny_qwen_tokenizer(extra_special_tokens=("<|Reward|>",), answer_words=())
     config = tiny_qwen_vl_config(tokenizer, "qwen2_vl")

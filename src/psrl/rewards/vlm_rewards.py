@@ -31,7 +31,7 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
+from psrl.rewards.images import ReferenceImageError, ReferenceImages, scorable_images
 from psrl.rewards.vlm.judge import VLMJudge
 from psrl.rewards.vlm.prompts import EDIT_CONSISTENCY_PROMPT, EDIT_FOLLOW_PROMPT, paco_prompt, rubric_prompt
 from psrl.rewards.vlm.transports import JudgeRequest, build_transport
@@ -81,23 +81,22 @@ class _PairwiseBase:
         self.judge = _judge(device, judge_kwargs, canonicalize=canonicalize)
         self.refs = ReferenceImages(background=background)
 
-    def _score_pairs(self, images, records, make_requests, combine):
-        """``make_requests(b, generated, record) -> list[JudgeRequest]``; ``combine(list[p]) -> score``."""
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
+    def _score_pairs(self, images, records, make_requests, combine, reason=lambda bad, got: bad[0]):
+        """``make_requests(b, generated, record) -> list[JudgeRequest]`` (a ``ReferenceImageError`` or ``ValueError``
+        it raises is sample ``b``'s failure); ``combine`` and ``reason`` as :func:`score_pairs`."""
+        pils, failures, _ = scorable_images(images, records, self.name)
         spans, requests = {}, []
         for b, rec in enumerate(records):
             if failures[b]:
                 continue
             try:
-                reqs = make_requests(pils[b], rec)
-            except ReferenceImageError as e:
+                reqs = make_requests(b, pils[b], rec)
+            except (ReferenceImageError, ValueError) as e:
                 failures[b] = str(e)
                 continue
             spans[b] = (len(requests), len(requests) + len(reqs))
             requests += reqs
-        scores, per_pair, bounded = score_pairs(self.judge.p_yes(requests), spans, failures, combine)
+        scores, per_pair, bounded = score_pairs(self.judge.p_yes(requests), spans, failures, combine, reason)
         return scores, failures, per_pair, bounded
 
 
@@ -132,7 +131,7 @@ class VlmConsistencyReward(_PairwiseBase):
         self.pairs, self.template = pairs, template
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        def make(gen, rec: Record):
+        def make(_, gen, rec: Record):
             if not rec.subjects:
                 raise ReferenceImageError("record has no subjects")
             refs = [self.refs.load(s.image) for s in rec.subjects]
@@ -169,7 +168,7 @@ class EditConsistencyReward(_PairwiseBase):
         super().__init__(device, canonicalize, judge_kwargs, background)
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        def make(gen, rec: Record):
+        def make(_, gen, rec: Record):
             if not rec.subjects:
                 raise ReferenceImageError("edit_consistency needs the original image as the record's first subject")
             orig = self.refs.load(rec.subjects[0].image)
@@ -219,9 +218,7 @@ class SemanticAlignmentReward:
         rubric_prompt(None, "", default_subset)  # validates the name early
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"semantic_alignment: {len(pils)} images for {len(records)} records")
+        pils, failures, _ = scorable_images(images, records, self.name)
         subsets: list[str | None] = [None] * len(records)
         requests, index = [], []
         for b, rec in enumerate(records):

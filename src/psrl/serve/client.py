@@ -1,13 +1,8 @@
 """``remote`` reward: scores through a psrl reward server (``psrl serve rewards``).
 
-Args: ``url`` (``http://host:port``), ``reward`` (the served name), ``api_key_env`` (default
-``PSRL_REWARD_API_KEY``) / ``api_key_file`` / ``api_key`` (prefer the first two: a key in a config can end up on a
-command line or in a run folder), ``timeout`` (s per
-request), ``retries`` and ``backoff`` (exponential: backoff * 2**attempt; connection errors, timeouts, 429 and 5xx
-are retried, so a server restarted mid-run is picked up again), ``on_error`` (``raise``, the default: an
-unreachable server is an infrastructure failure and stops training loudly; ``nan``: every sample NaN with the
-reason). A wrong key (401/403), an unknown reward (404) or rejected input (422) raise at once with the server's
-message. Images travel as PNG.
+Arguments: :class:`RemoteReward`. Connection errors, timeouts, 429 and 5xx are retried (``backoff * 2**attempt``),
+so a server restarted mid-run is picked up again; a wrong key (401/403), an unknown reward (404) or rejected input
+(422) raise at once with the server's message. Images travel as PNG.
 
 Records travel as their JSON (:meth:`psrl.data.records.Record.to_json`): reference paths relative to the data root
 the records were resolved against where they were loaded, never absolute. The server resolves them under its own
@@ -28,7 +23,8 @@ from torch import Tensor
 from psrl.data.records import Record
 from psrl.errors import PsrlError
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.images import to_pil_images
+from psrl.rewards.images import scorable_images
+from psrl.serve.config import read_key_file
 from psrl.serve.wire import encode_png, output_from_json
 
 logger = logging.getLogger(__name__)
@@ -74,8 +70,6 @@ class RemoteReward:
         if api_key is not None and api_key_file:
             raise ValueError("remote reward: set api_key or api_key_file, not both")
         if api_key_file:
-            from psrl.serve.config import read_key_file
-
             api_key = read_key_file(api_key_file)
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env)
@@ -122,10 +116,7 @@ class RemoteReward:
         raise RemoteRewardError(f"reward server {endpoint} failed after {self.retries + 1} attempts: {last}")
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:
-        pils, failures = to_pil_images(images)
-        if len(pils) != len(records):
-            raise ValueError(f"{self.name}: {len(pils)} images for {len(records)} records")
-        idx = [b for b in range(len(records)) if not failures[b]]
+        pils, failures, idx = scorable_images(images, records, self.name)
         scores = torch.full((len(records),), float("nan"))
         if not idx:
             return RewardOutput(scores=scores, failures=failures)

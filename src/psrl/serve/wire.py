@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 from typing import Any
 
 import torch
 from PIL import Image
 
 from psrl.images import ImageLoadError, load_image
-from psrl.rewards.base import RewardOutput
+from psrl.rewards.base import RewardOutput, to_jsonable
 
 
 class TooLarge(ValueError):
@@ -44,20 +43,6 @@ def decode_png(data: str, where: str, *, max_pixels: int | None = None) -> Image
         return load_image(raw, max_pixels=max_pixels)
     except ImageLoadError as e:
         raise (TooLarge if e.kind == "too_large" else ValueError)(f"{where}: {e}") from e
-
-
-def to_jsonable(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().tolist()
-    if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
-    if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_jsonable(v) for v in value]
-    if value is None or isinstance(value, (str, int, bool)):
-        return value
-    return str(value)
 
 
 def output_to_json(out: RewardOutput) -> dict:

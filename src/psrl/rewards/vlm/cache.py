@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from PIL import Image
 
-from psrl.rewards.vlm.transports import JudgeRequest
+from psrl.rewards.vlm.transports import Failed, JudgeRequest
 
 DEFAULT_MAX_ENTRIES = 1024  # PaCo-GRPO's max_cache_size
 
@@ -34,28 +34,32 @@ def request_key(request: JudgeRequest) -> tuple:
     return (*(image_digest(im) for im in request.images), request.text)
 
 
-class CachedPYes:
-    """``p_yes(requests)`` of ``judge`` with answered requests remembered (FIFO, ``max_entries``; 0 disables the
-    cache across calls, duplicates within a call are still sent once). Only scored answers are kept: a failure is
-    asked again next time. Thread-safe (the trainer may score batches in a thread pool).
+class AnswerCache:
+    """Answers remembered by key: FIFO, ``max_entries`` of them (0 keeps nothing across calls; a key asked twice in
+    one call is still asked once), thread-safe (the trainer may score batches in a thread pool). Only answers
+    :meth:`keep` accepts are remembered: by default everything but :class:`~psrl.rewards.isolation.Failed`, so a
+    failure is asked again next time.
 
     Attributes:
         hits, misses: requests answered from the cache (or by a duplicate in the same call) / sent to the judge.
     """
 
-    def __init__(self, judge, max_entries: int = DEFAULT_MAX_ENTRIES):
+    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES):
         if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 0:
             raise ValueError(f"cache_size must be an integer >= 0, got {max_entries!r}")
-        self.judge, self.max_entries = judge, max_entries
-        self._cache: OrderedDict[tuple, tuple[float, str | None, bool]] = OrderedDict()
+        self.max_entries = max_entries
+        self._cache: OrderedDict = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
-    def p_yes(self, requests: Sequence[JudgeRequest]) -> list[tuple[float, str | None, bool]]:
-        """``(P(Yes) or NaN, failure reason, bounded)`` per request, as :meth:`VLMJudge.p_yes`."""
-        keys = [request_key(r) for r in requests]
-        out: list[tuple[float, str | None, bool] | None] = [None] * len(requests)
-        todo: dict[tuple, list[int]] = {}  # key -> the positions that ask it; the first one is sent
+    def keep(self, answer) -> bool:
+        return not isinstance(answer, Failed)
+
+    def answers(self, keys: Sequence, requests: Sequence, ask: Callable[[list], Sequence]) -> list:
+        """The answer to each of ``requests`` (equal ``keys`` mark the same question); ``ask(requests) -> one
+        answer each`` receives the first request of every key not remembered."""
+        out: list = [None] * len(requests)
+        todo: dict = {}  # key -> the positions that ask it; the first one is sent
         with self._lock:
             for i, k in enumerate(keys):
                 if k in self._cache:
@@ -63,18 +67,33 @@ class CachedPYes:
                 else:
                     todo.setdefault(k, []).append(i)
         sent = [positions[0] for positions in todo.values()]
-        answers = self.judge.p_yes([requests[i] for i in sent]) if sent else []
+        got = ask([requests[i] for i in sent]) if sent else []
         with self._lock:
             self.hits += len(requests) - len(sent)
             self.misses += len(sent)
-            for (k, positions), answer in zip(todo.items(), answers):
+            for (k, positions), answer in zip(todo.items(), got):
                 for i in positions:
                     out[i] = answer
-                if answer[1] is None and self.max_entries:
+                if self.max_entries and self.keep(answer):
                     self._cache[k] = answer
                     if len(self._cache) > self.max_entries:
                         self._cache.popitem(last=False)
-        return out  # type: ignore[return-value]
+        return out
 
 
-__all__ = ["CachedPYes", "DEFAULT_MAX_ENTRIES", "image_digest", "request_key"]
+class CachedPYes(AnswerCache):
+    """``p_yes(requests)`` of ``judge`` through an :class:`AnswerCache` that keeps scored answers only."""
+
+    def __init__(self, judge, max_entries: int = DEFAULT_MAX_ENTRIES):
+        super().__init__(max_entries)
+        self.judge = judge
+
+    def keep(self, answer) -> bool:
+        return answer[1] is None
+
+    def p_yes(self, requests: Sequence[JudgeRequest]) -> list[tuple[float, str | None, bool]]:
+        """``(P(Yes) or NaN, failure reason, bounded)`` per request, as :meth:`VLMJudge.p_yes`."""
+        return self.answers([request_key(r) for r in requests], requests, self.judge.p_yes)
+
+
+__all__ = ["AnswerCache", "CachedPYes", "DEFAULT_MAX_ENTRIES", "image_digest", "request_key"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from psrl.rewards.vlm.prompts import parse_rubric_score
+from psrl.rewards.vlm.prompts import RUBRIC_PARSERS, parse_rubric_score
 from psrl.rewards.vlm.transports import Failed, FirstToken, JudgeRequest, Transport
 
 
@@ -86,8 +86,6 @@ class VLMJudge:
 
     def __init__(self, transport: Transport, *, canonicalize: bool = False, max_new_tokens: int = 512,
                  temperature: float | None = None, rubric_parser: str = "tolerant"):
-        from psrl.rewards.vlm.prompts import RUBRIC_PARSERS
-
         if rubric_parser not in RUBRIC_PARSERS:
             raise ValueError(f"vlm judge: rubric_parser must be one of {sorted(RUBRIC_PARSERS)}, got "
                              f"{rubric_parser!r}")

@@ -30,6 +30,7 @@ from psrl.errors import ModelLoadError
 from psrl.rewards.isolation import Failed, describe, per_item
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.loading import TINY, load_pretrained, resolve_dtype
+from psrl.rewards.tiny import tiny_qwen2_5_vl
 
 logger = logging.getLogger(__name__)
 
@@ -70,14 +71,14 @@ def _load_local_vlm(path: str, adapter_path: str | None, device, dtype):
         if key in _LOCAL_CACHE:
             return _LOCAL_CACHE[key]
         if path == TINY:
-            from psrl.rewards.tiny import tiny_qwen2_5_vl
-
             model, processor = tiny_qwen2_5_vl()
         else:
             model, processor = load_pretrained("vlm judge", path, lambda p: _load_hf_vlm(p, dtype))
         if adapter_path:
+            from peft import PeftModel
+
             model = load_pretrained("vlm judge LoRA adapter", adapter_path,
-                                    lambda p: _merge_adapter(model, p))
+                                    lambda p: PeftModel.from_pretrained(model, p).merge_and_unload())
         model.to(device, dtype).eval()
         processor.tokenizer.padding_side = "left"  # batched last-token logits and generation need left padding
         _LOCAL_CACHE[key] = (model, processor)
@@ -110,12 +111,6 @@ def _load_hf_vlm(path: str, dtype):
     return model, processor
 
 
-def _merge_adapter(model, adapter_path: str):
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
-
-
 class LocalTransport:
     """transformers ``AutoModelForImageTextToText`` (Qwen2.5-VL family), optional peft LoRA adapter merged in."""
 
@@ -140,9 +135,9 @@ class LocalTransport:
             texts.append(self.processor.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                             add_generation_prompt=True))
             images += r.images
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        return {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-                for k, v in inputs.items()}
+        # BatchFeature.to casts the floating tensors only (ids and masks keep their dtype)
+        return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(
+            self.device, self.dtype)
 
     @torch.no_grad()
     def first_token_logprobs(self, requests, answer_tokens):
@@ -158,10 +153,7 @@ class LocalTransport:
                 rows.append(FirstToken(d, top_k=True))
             return rows
 
-        out: list[FirstToken | Failed] = []
-        for s in range(0, len(requests), self.batch_size):
-            out += per_item(batch, requests[s:s + self.batch_size], "vlm judge")
-        return out
+        return self._batched(batch, requests)
 
     @torch.no_grad()
     def generate(self, requests, max_new_tokens: int = 512, temperature: float | None = None):
@@ -173,9 +165,13 @@ class LocalTransport:
             seq = self.model.generate(**inputs, max_new_tokens=max_new_tokens, **kwargs)
             return self.tokenizer.batch_decode(seq[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
-        out: list[str | Failed] = []
+        return self._batched(batch, requests)
+
+    def _batched(self, fn, requests: Sequence[JudgeRequest]) -> list:
+        """``fn`` over chunks of ``batch_size`` requests, each chunk isolated per request on error (``per_item``)."""
+        out = []
         for s in range(0, len(requests), self.batch_size):
-            out += per_item(batch, requests[s:s + self.batch_size], "vlm judge")
+            out += per_item(fn, requests[s:s + self.batch_size], "vlm judge")
         return out
 
 
