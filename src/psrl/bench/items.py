@@ -45,7 +45,6 @@ class LoadedSubsets:
     issues: list[ValidationIssue] = field(default_factory=list)
     # the raw lists as read (to write result files back with the same entries, in the same order)
     raw: dict[str, list] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
     source: str | None = None
 
     def problems_of(self, key: str) -> list[ValidationIssue]:

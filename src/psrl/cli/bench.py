@@ -162,8 +162,6 @@ def cmd_validate(args) -> int:
     """Every entry and every reference image is checked: each image is decoded in full (a truncated file fails)
     and must have a side of at least :data:`psrl.images.MIN_SIDE`, the limit the rewards apply."""
     data = _load(args)
-    for note in data.notes:
-        print(f"note: {note}")
     for issue in data.issues:
         print(f"invalid: {issue}")
     print(f"{len(data.items)} entries in {len(data.raw)} subset(s); {len(data.issues)} issue(s)")
@@ -212,8 +210,6 @@ def cmd_generate(args) -> int:
     model_cfg, sampling = _generate_config(args)
     shard = shard_from_env()
     data = _load(args, warn=shard.is_main)
-    for note in data.notes:
-        print(f"note: {note}", file=sys.stderr)
     plan_entries(data, skip_invalid=args.skip_invalid)  # before any model loads: nothing to do is an error
     lora = None
     if args.lora:

@@ -148,7 +148,8 @@ def score_records(reward, records, images_dir: Path, batch_size: int):
     """Yield ``(record, score, failure, details)`` per record, batching same-size images."""
     import torch
 
-    from psrl.serve.wire import slice_output, to_jsonable
+    from psrl.rewards.base import to_jsonable
+    from psrl.serve.wire import slice_output
 
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
