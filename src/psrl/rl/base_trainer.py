@@ -184,14 +184,17 @@ class BaseTrainer:
     def apply_update(self) -> float:
         """One optimizer update from the gradients accumulated so far, the same for every trainer: averaged over
         processes (one all-reduce, :func:`psrl.rl.distributed.average_gradients`), clipped to ``max_grad_norm``,
-        optimizer and LR schedule stepped, gradients cleared, ``updates`` counted. Returns the global gradient norm
-        before clipping (float, may be inf/NaN: the caller's health check reads it)."""
+        optimizer and LR schedule stepped, gradients cleared, ``updates`` counted, the EMA (when kept) updated.
+        Returns the global gradient norm before clipping (float, may be inf/NaN: the caller's health check reads
+        it)."""
         dist.average_gradients(self.params)
         norm = clip_gradients(self.params, self.args.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
+        if self.ema is not None:
+            self.ema.after_update()
         return norm
 
     def stop_point(self) -> None:

@@ -392,7 +392,7 @@ class GRPOTrainer(BaseTrainer):
                             sums[k] = sums.get(k, 0.0) + v
                         count += 1
                 if n_done % t.gradient_accumulation == 0:
-                    grad_norms.append(self._optimizer_update())
+                    grad_norms.append(self.apply_update())
         local = {k: v / count for k, v in sums.items()} if count else {}
         stats = dist.reduce_pass_stats(local, count, list(self.loss_type.stats))
         if self.old_policy is not None:
@@ -419,12 +419,6 @@ class GRPOTrainer(BaseTrainer):
         for p in self.params:
             p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
                    * self.cfg.train.param_noise_std)
-
-    def _optimizer_update(self) -> float:
-        norm = self.apply_update()
-        if self.ema is not None:
-            self.ema.after_update()
-        return float(norm)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int) -> dict:

@@ -200,8 +200,6 @@ class SFTTrainer(BaseTrainer):
             losses.append(float(loss.detach()))
             sigma_means.append(float(sigmas.mean()))
         norm = self.apply_update()
-        if self.ema is not None:
-            self.ema.after_update()
         loss_t = torch.tensor([sum(losses) / len(losses)])
         loss_all = dist.gather_rows(loss_t.to(acc.device)).cpu()
         return {"loss": float(loss_all.mean()), "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,
