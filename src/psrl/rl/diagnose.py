@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from psrl.errors import ConfigError, PsrlError
+from psrl.rl.image_stats import nan_mean
 from psrl.rl.diagnose_stats import (
     SIGNAL_ALPHA,
     RewardSpread,
@@ -226,7 +227,7 @@ def _run(trainer, batches: int) -> Diagnosis:
         trained_total += int(result.trained.sum())
         samples_total += len(group_ids)
         logger.info("batch %d/%d: reward %s, zero-std %.2f, %d of %d samples trained", b + 1, batches,
-                    ", ".join(f"{n} {_nanmean(rewards[:, k]):.4f}" for k, n in enumerate(names)),
+                    ", ".join(f"{n} {nan_mean(rewards[:, k]):.4f}" for k, n in enumerate(names)),
                     result.stats["zero_std_ratio"], int(result.trained.sum()), len(group_ids))
     rewards = torch.cat(all_rewards)
     groups = torch.cat(all_groups)
@@ -342,11 +343,6 @@ def _peak_rss() -> int | None:
     except ImportError:  # not on Windows
         return None
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _nanmean(x: torch.Tensor) -> float:
-    ok = x[torch.isfinite(x)]
-    return float(ok.mean()) if ok.numel() else math.nan
 
 
 # ---------------------------------------------------------------------------------------------------------- report

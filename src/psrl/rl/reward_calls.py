@@ -10,6 +10,8 @@ from collections import Counter
 
 import torch
 
+from psrl.rl.image_stats import nan_mean_std
+
 logger = logging.getLogger(__name__)
 
 
@@ -48,18 +50,11 @@ def reward_summary(rewards: torch.Tensor, failures: torch.Tensor, specs, weights
     reward ``failures`` ``[K]`` and the configured ``weights`` ``[K]``: ``reward/<name>/mean``, ``/std``
     (population, over the scorable samples; NaN when none) and ``/failure_rate``, and ``reward/total/mean`` and
     ``/std`` of the weighted sum over the samples every reward scored."""
-    n = rewards.shape[0]
     out = {}
     for k, spec in enumerate(specs):
-        col = rewards[:, k]
-        ok = col[torch.isfinite(col)]
-        out[f"reward/{spec.key}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-        out[f"reward/{spec.key}/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
-        out[f"reward/{spec.key}/failure_rate"] = float(failures[k]) / n
-    total = rewards @ weights
-    ok = total[torch.isfinite(total)]
-    out["reward/total/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-    out["reward/total/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+        out[f"reward/{spec.key}/mean"], out[f"reward/{spec.key}/std"] = nan_mean_std(rewards[:, k])
+        out[f"reward/{spec.key}/failure_rate"] = float(failures[k]) / rewards.shape[0]
+    out["reward/total/mean"], out["reward/total/std"] = nan_mean_std(rewards @ weights)
     return out
 
 
