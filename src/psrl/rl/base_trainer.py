@@ -17,6 +17,7 @@ abandons the step and saves the state from its start, so a preempted run loses a
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from contextlib import nullcontext
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from psrl.config import to_dict
-from psrl.errors import PsrlError
+from psrl.errors import ConfigError, PsrlError
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
 from psrl.rl.fsdp import shard_policy
@@ -287,7 +288,7 @@ class BaseTrainer:
                     rate = (done - self.start_step) / max(time.monotonic() - t_start, 1e-9)
                     if self.is_main:
                         logger.info("step %d/%d  %s  (%.2f steps/s, ETA %s)", done, a.max_steps,
-                                    self.step_summary(metrics), rate, _eta((a.max_steps - done) / rate))
+                                    self.step_summary(metrics), rate, format_duration((a.max_steps - done) / rate))
                     if self.tracker is not None and (done % a.log_every == 0 or done == a.max_steps):
                         self.tracker.log(metrics, done)
                     # the health check may act on the state (the monitor raises beta, rolls back): it runs before
@@ -350,8 +351,6 @@ def check_full_finetune(cfg, args) -> bool:
     Raises:
         ConfigError: one line naming the field and value.
     """
-    from psrl.config import ConfigError
-
     model = getattr(cfg, "model", None)
     if model is None or not hasattr(model, "lora") or model.lora is not None:
         return False
@@ -367,7 +366,6 @@ def check_full_finetune(cfg, args) -> bool:
 
 def _check_push(repo_id: str) -> None:
     """``run.push_to_hub`` must be able to work before hours are spent: a valid id, the Hub reachable, a token."""
-    from psrl.config import ConfigError
     from psrl.hub import HubError, check_can_push
 
     try:
@@ -382,11 +380,13 @@ def _stopped_message(sig: int) -> str:
     return f"stopped by {signal.Signals(sig).name}"
 
 
-def _eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (``m:ss`` under an hour) of ``seconds`` rounded, a negative as 0; ``?`` when not finite."""
+    if not math.isfinite(seconds):
+        return "?"
+    h, rem = divmod(int(round(max(0.0, seconds))), 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-__all__ = ["BaseTrainer", "StepAbandoned", "check_full_finetune", "wants_progress"]
+__all__ = ["BaseTrainer", "StepAbandoned", "check_full_finetune", "format_duration", "wants_progress"]

@@ -385,6 +385,8 @@ def verdict(d: Diagnosis) -> tuple[str, list[str]]:
 
 def format_report(d: Diagnosis) -> str:
     """The text ``psrl diagnose`` prints."""
+    from psrl.rl.base_trainer import format_duration
+
     rows = [f"psrl diagnose: {d.batches} rollout batches of {d.images_per_batch} images (groups of {d.group_size}) "
             f"on {d.device}; loss {d.loss}, model.dtype {d.dtype}, mixed_precision {d.mixed_precision}",
             "", "rewards                      mean        std  group std  zero-std  unscorable"]
@@ -411,7 +413,8 @@ def format_report(d: Diagnosis) -> str:
     p = d.phases
     rows.append(f"time per step: rollout {p['rollout'].seconds:.2f} s, reward {p['reward'].seconds:.2f} s, train "
                 f"{p['train'].seconds:.2f} s per inner epoch = {d.seconds_per_step:.2f} s; train.max_steps "
-                f"{d.max_steps} ~ {_duration(d.seconds_per_step * d.max_steps)} (one process, without evaluation)")
+                f"{d.max_steps} ~ {format_duration(d.seconds_per_step * d.max_steps)} (one process, without "
+                "evaluation)")
     if p["rollout"].peak_bytes is not None:
         rows.append(f"peak memory: rollout + reward {_gib(p['rollout'].peak_bytes)}, train "
                     f"{_gib(p['train'].peak_bytes)} (accelerator, allocated)")
@@ -424,15 +427,6 @@ def format_report(d: Diagnosis) -> str:
 
 def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 __all__ = ["DEFAULT_BATCHES", "Diagnosis", "LogProbCheck", "Phase", "RATIO_TOLERANCE_OF_CLIP", "ZERO_STD_NOTE",
