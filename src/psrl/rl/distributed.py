@@ -116,16 +116,13 @@ def reduce_pass_stats(local: dict, count: int, keys: Sequence[str]) -> dict:
     dev = comm_device(torch.zeros(1))
     vec = torch.tensor([local.get(k, 0.0) * count for k in keys] + [float(count)], device=dev)
     torch.distributed.all_reduce(vec)
-    if "ratio_min" not in keys:
-        total = float(vec[-1])
-        return {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)} | {"train_passes": total}
-    lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
-    hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
     total = float(vec[-1])
     out = {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)}
-    if total:
-        out["ratio_min"], out["ratio_max"] = float(lo), float(hi)
-    out["train_passes"] = total
-    return out
+    if "ratio_min" in keys:
+        lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
+        hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        if total:
+            out["ratio_min"], out["ratio_max"] = float(lo), float(hi)
+    return out | {"train_passes": total}

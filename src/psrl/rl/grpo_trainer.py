@@ -51,13 +51,9 @@ def oom_advice(cfg: RunConfig, phase: str) -> str:
 
 
 class GRPOTrainer(BaseTrainer):
-    """Flow-GRPO training of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
-
-    Args:
-        cfg: the run config.
-        policy: an already built :class:`~psrl.models.base.Policy` (tests, notebooks); else ``build_policy``.
-        resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
-        progress: show a tqdm bar over steps on the main process (the CLI turns it on).
+    """Flow-GRPO training of ``policy`` (built from ``cfg.model`` when not given) under the
+    :class:`~psrl.rl.run_config.RunConfig` ``cfg``; ``policy``, ``resume`` and ``progress`` as
+    :class:`~psrl.rl.base_trainer.BaseTrainer`.
 
     Raises:
         ConfigError, RecordError, PsrlError: before the run directory exists, with every bad record listed.
@@ -219,6 +215,7 @@ class GRPOTrainer(BaseTrainer):
             self.stop_point()
             phase = "train"
             all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
+            all_failures = dist.gather_rows(failures[None].to(self.accelerator.device)).sum(dim=0).cpu()
             group_ids = torch.tensor(assignment.group_ids)
             weights = self.balancer.weights()  # the configured weights unless advantage.balance: adaptive
             result = compute_advantages(self._per_subject_credit(all_rewards, group_ids), weights, group_ids,
@@ -235,8 +232,7 @@ class GRPOTrainer(BaseTrainer):
         except torch.OutOfMemoryError as e:
             raise PsrlError(oom_advice(self.cfg, phase)) from e
         metrics = {"updates": self.updates, "lr": self.scheduler.get_last_lr()[0]}
-        metrics.update(reward_summary(all_rewards, self._all_failures(failures), self.cfg.rewards,
-                                      self.reward_weights))
+        metrics.update(reward_summary(all_rewards, all_failures, self.cfg.rewards, self.reward_weights))
         metrics.update({f"adv/{k}": v for k, v in result.stats.items()})
         metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
         if self.cfg.advantage.balance == "adaptive":
@@ -324,16 +320,12 @@ class GRPOTrainer(BaseTrainer):
         reward that raised or returned the wrong number of scores on any process ends the run cleanly (the step is
         abandoned before any update, the checkpoint saved), naming the reward and what it did."""
         error = next((r["error"] for r in results if r["error"] is not None), None)
-        reasons: dict[str, Counter] = {}
-        for r in results:
-            for name, counts in r["reasons"].items():
-                reasons.setdefault(name, Counter()).update(counts)
-        gathered = dist.gather_objects((error, reasons))
+        gathered = dist.gather_objects((error, [r["reasons"] for r in results]))
         errors = [e for e, _ in gathered if e is not None]
         if errors:
             raise StepAbandoned(errors[0], 1)
         if self.is_main:
-            log_failure_reasons([r for _, r in gathered])
+            log_failure_reasons([r for _, batches in gathered for r in batches])
         columns = [torch.cat([r["scores"][k] for r in results]) for k in range(len(self.rewards))]
         failures = [sum(r["failed"][k] for r in results) for k in range(len(self.rewards))]
         if self.cfg.advantage.per_subject != "off":
@@ -349,14 +341,6 @@ class GRPOTrainer(BaseTrainer):
             return all_rewards
         gathered = join_per_subject(dist.gather_objects((self._local_count, self._local_per_subject)))
         return apply_per_subject(all_rewards, gathered, group_ids, self.cfg.advantage)
-
-    def _all_failures(self, local_failures):
-        """The per-reward unscorable counts ``[K]`` summed over processes."""
-        failures = local_failures.to(self.accelerator.device)
-        if dist.is_distributed():
-            failures = failures.to(dist.comm_device(failures))
-            torch.distributed.all_reduce(failures)
-        return failures.cpu()
 
     def _update(self, step, rollouts, advantages, trained, trained_steps) -> dict:
         """``num_inner_epochs`` passes of micro-batches; an optimizer update every ``gradient_accumulation``."""

@@ -87,13 +87,9 @@ def load_target(record: Record, height: int, width: int) -> Tensor:
 
 # ----------------------------------------------------------------------------- trainer
 class SFTTrainer(BaseTrainer):
-    """Flow-matching SFT of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
-
-    Args:
-        cfg: the SFT run config.
-        policy: an already built policy (tests, notebooks); else ``build_policy(cfg.model)``.
-        resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
-        progress: a tqdm bar on the main process.
+    """Flow-matching SFT of ``policy`` (built from ``cfg.model`` when not given) under the
+    :class:`~psrl.rl.sft_config.SFTRunConfig` ``cfg``; ``policy``, ``resume`` and ``progress`` as
+    :class:`~psrl.rl.base_trainer.BaseTrainer`.
 
     Raises:
         ConfigError, RecordError, PsrlError: before the run directory exists, with every bad record listed.
