@@ -18,6 +18,7 @@ share the run directory's filesystem.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -329,14 +330,8 @@ def _fsync_tree(path: Path) -> None:
     leave a ``step-N`` of empty files)."""
     for f in path.rglob("*"):
         if f.is_file():
-            try:
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), f.open("rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], optimizer, scheduler, ema,
