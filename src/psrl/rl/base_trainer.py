@@ -19,11 +19,14 @@ from __future__ import annotations
 import logging
 import math
 import random
+import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
 
 from psrl.config import to_dict
 from psrl.errors import ConfigError, PsrlError
@@ -226,8 +229,6 @@ class BaseTrainer:
     def save(self, step: int, *, rng: dict | None = None) -> Path:
         """Checkpoint ``step`` (every process calls this). ``rng``: the RNG state to record instead of the
         current one (an abandoned step saves the state from its start)."""
-        import yaml
-
         path = ckpt.save_checkpoint(
             self.run_dir, step, policy=self.policy, named_params=self.named_params, optimizer=self.optimizer,
             scheduler=self.scheduler, ema=self.ema, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
@@ -334,8 +335,6 @@ def _logs_above(bar):
 
 def wants_progress(progress: bool | None, stream=None) -> bool:
     """``progress`` as given, or when None whether ``stream`` (default ``sys.stderr``) is a terminal."""
-    import sys
-
     if progress is not None:
         return bool(progress)
     stream = sys.stderr if stream is None else stream
@@ -375,8 +374,6 @@ def _check_push(repo_id: str) -> None:
 
 
 def _stopped_message(sig: int) -> str:
-    import signal
-
     return f"stopped by {signal.Signals(sig).name}"
 
 

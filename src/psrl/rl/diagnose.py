@@ -38,7 +38,10 @@ from dataclasses import dataclass, field
 import torch
 
 from psrl.errors import ConfigError, PsrlError
+from psrl.rl.advantages import compute_advantages
 from psrl.rl.image_stats import nan_mean
+from psrl.rl.loss_types import LossContext
+from psrl.rl.sampler import sample_seed
 from psrl.rl.diagnose_stats import (
     SIGNAL_ALPHA,
     RewardSpread,
@@ -175,7 +178,6 @@ def diagnose(cfg, *, batches: int = DEFAULT_BATCHES, policy=None) -> Diagnosis:
 
 
 def _run(trainer, batches: int) -> Diagnosis:
-    from psrl.rl.advantages import compute_advantages
     from psrl.rl.base_trainer import StepAbandoned
     from psrl.rl.grpo_trainer import oom_advice
 
@@ -255,9 +257,6 @@ def _run(trainer, batches: int) -> Diagnosis:
 def _policy_gradient(trainer, batch_index: int, rollouts, advantages, trained, trained_steps) -> torch.Tensor:
     """The flat float32 gradient (CPU) of the loss type's policy term over the batch's trained samples, in the
     trainer's micro-batches (mean over samples and trained steps); the weights and optimizer are untouched."""
-    from psrl.rl.loss_types import LossContext
-    from psrl.rl.sampler import sample_seed
-
     t, policy = trainer.cfg.train, trainer.policy
     ctx = LossContext(policy=policy, old_policy=trainer.old_policy, train=t, adv_clip=trainer.cfg.advantage.clip,
                       autocast=trainer.autocast)

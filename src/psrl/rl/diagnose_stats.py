@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -204,11 +205,7 @@ def reward_spread(scores: Tensor, group_ids: Tensor) -> RewardSpread:
 
 def median(values: list[float]) -> float:
     """The median (NaN for an empty list): phase times use it so the first batch's warm-up does not count."""
-    if not values:
-        return math.nan
-    v = sorted(values)
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])
+    return statistics.median(values) if values else math.nan
 
 
 __all__ = ["EXACT_SWAP_BATCHES", "SIGNAL_ALPHA", "TARGET_COSINE", "RewardSpread", "SignalTest", "images_for_cosine",

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from psrl.errors import PsrlError
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,8 +26,6 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no"):
 
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        from psrl.errors import PsrlError
-
         raise PsrlError("train.device is 'cuda' but no CUDA device is available (set train.device: cpu or auto)")
     return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
 

@@ -28,13 +28,12 @@ def build_rewards(specs, device, what: str = "rewards") -> list:
 
     built = []
     for i, spec in enumerate(specs):
-        args = dict(spec.args)
         try:
             own = None if spec.device is None else reward_device(spec.device, cuda_count=torch.cuda.device_count())
         except ValueError as e:
             raise ConfigError(f"{what}[{i}].device: {e}") from e
         try:
-            reward = build_reward(spec.name, args, device=device if own is None else own)
+            reward = build_reward(spec.name, dict(spec.args), device=device if own is None else own)
             if spec.label:  # its scores, failures and eval metrics go by the label
                 reward.name = spec.label
             built.append(reward if own is None else RewardOnDevice(reward, own))
