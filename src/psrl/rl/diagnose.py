@@ -39,9 +39,7 @@ import torch
 
 from psrl.errors import ConfigError, PsrlError
 from psrl.rl.advantages import compute_advantages
-from psrl.rl.image_stats import nan_mean
-from psrl.rl.loss_types import LossContext
-from psrl.rl.sampler import sample_seed
+from psrl.rl.base_trainer import StepAbandoned, format_duration
 from psrl.rl.diagnose_stats import (
     SIGNAL_ALPHA,
     RewardSpread,
@@ -52,6 +50,10 @@ from psrl.rl.diagnose_stats import (
     shuffle_within_groups,
     swap_test,
 )
+from psrl.rl.grpo_trainer import GRPOTrainer, micro_batches, oom_advice
+from psrl.rl.image_stats import nan_mean
+from psrl.rl.loss_types import LossContext
+from psrl.rl.sampler import sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +144,6 @@ def scratch_trainer(cfg, *, policy=None):
     """A :class:`~psrl.rl.grpo_trainer.GRPOTrainer` for ``cfg`` whose run folder lives in a temporary directory
     that is removed on exit (``cfg`` itself is not modified). The tracker is forced to ``jsonl``: a diagnosis logs
     nothing, and should not need the W&B package."""
-    from psrl.rl.grpo_trainer import GRPOTrainer
-
     cfg = copy.deepcopy(cfg)
     with tempfile.TemporaryDirectory(prefix="psrl-diagnose-") as tmp:
         cfg.run.output_dir = tmp
@@ -178,9 +178,6 @@ def diagnose(cfg, *, batches: int = DEFAULT_BATCHES, policy=None) -> Diagnosis:
 
 
 def _run(trainer, batches: int) -> Diagnosis:
-    from psrl.rl.base_trainer import StepAbandoned
-    from psrl.rl.grpo_trainer import oom_advice
-
     cfg, t = trainer.cfg, trainer.cfg.train
     device = trainer.accelerator.device
     gen = torch.Generator().manual_seed(t.seed)
@@ -261,32 +258,26 @@ def _policy_gradient(trainer, batch_index: int, rollouts, advantages, trained, t
     ctx = LossContext(policy=policy, old_policy=trainer.old_policy, train=t, adv_clip=trainer.cfg.advantage.clip,
                       autocast=trainer.autocast)
     n = max(int(trained.sum()) * len(trained_steps), 1)
-    for p in trainer.params:
-        p.grad = None
+    trainer.optimizer.zero_grad(set_to_none=True)
     policy.train(True)
     try:
-        offset, micro = 0, 0
-        for r in rollouts:
-            for s in range(0, len(r), t.train_batch_size):
-                keep = [i for i in range(s, min(s + t.train_batch_size, len(r))) if bool(trained[offset + i])]
-                micro += 1
-                if not keep:
-                    continue
-                adv = advantages[[offset + i for i in keep]]
-                batch = r.select(keep)
-                # the same seeds for the real and the control pass (NFT's re-noising): they differ only in advantages
-                seed = sample_seed(t.seed, batch_index, micro, salt="diagnose")
-                for j, step in enumerate(trained_steps):
-                    out = trainer.loss_type.step(ctx, batch, adv[:, j].to(batch.log_probs.device), step,
-                                                 (seed + j) % (2**62))
-                    (out.policy_loss * (len(keep) / n)).backward()
-            offset += len(r)
+        for micro, (ri, offset, rows) in enumerate(micro_batches(rollouts, t.train_batch_size), 1):
+            keep = [i for i in rows if bool(trained[offset + i])]
+            if not keep:
+                continue
+            adv = advantages[[offset + i for i in keep]]
+            batch = rollouts[ri].select(keep)
+            # the same seeds for the real and the control pass (NFT's re-noising): they differ only in advantages
+            seed = sample_seed(t.seed, batch_index, micro, salt="diagnose")
+            for j, step in enumerate(trained_steps):
+                out = trainer.loss_type.step(ctx, batch, adv[:, j].to(batch.log_probs.device), step,
+                                             (seed + j) % (2**62))
+                (out.policy_loss * (len(keep) / n)).backward()
     finally:
         policy.train(False)
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().flatten().cpu()
                       for p in trainer.params])
-    for p in trainer.params:
-        p.grad = None
+    trainer.optimizer.zero_grad(set_to_none=True)
     return flat
 
 
@@ -306,18 +297,17 @@ def _check_logprobs(trainer, rollouts, trained_steps, check: LogProbCheck) -> No
     t, policy = trainer.cfg.train, trainer.policy
     policy.train(True)
     try:
-        for r in rollouts:
-            for s in range(0, len(r), t.train_batch_size):
-                batch = r.select(list(range(s, min(s + t.train_batch_size, len(r)))))
-                for step in trained_steps:
-                    with trainer.autocast():
-                        new = policy.log_prob(batch, step).log_prob
-                    delta = (new.float().cpu() - batch.log_probs[:, step].float().cpu()).abs()
-                    worst = float(delta.max()) if delta.numel() else 0.0
-                    if not math.isfinite(worst):
-                        worst = math.inf
-                    check.max_abs_delta = max(check.max_abs_delta, worst)
-                    check.max_ratio_deviation = max(check.max_ratio_deviation, math.expm1(min(worst, 700.0)))
+        for ri, _, rows in micro_batches(rollouts, t.train_batch_size):
+            batch = rollouts[ri].select(rows)
+            for step in trained_steps:
+                with trainer.autocast():
+                    new = policy.log_prob(batch, step).log_prob
+                delta = (new.float().cpu() - batch.log_probs[:, step].float().cpu()).abs()
+                worst = float(delta.max()) if delta.numel() else 0.0
+                if not math.isfinite(worst):
+                    worst = math.inf
+                check.max_abs_delta = max(check.max_abs_delta, worst)
+                check.max_ratio_deviation = max(check.max_ratio_deviation, math.expm1(min(worst, 700.0)))
     finally:
         policy.train(False)
 
@@ -384,8 +374,6 @@ def verdict(d: Diagnosis) -> tuple[str, list[str]]:
 
 def format_report(d: Diagnosis) -> str:
     """The text ``psrl diagnose`` prints."""
-    from psrl.rl.base_trainer import format_duration
-
     rows = [f"psrl diagnose: {d.batches} rollout batches of {d.images_per_batch} images (groups of {d.group_size}) "
             f"on {d.device}; loss {d.loss}, model.dtype {d.dtype}, mixed_precision {d.mixed_precision}",
             "", "rewards                      mean        std  group std  zero-std  unscorable"]

@@ -50,6 +50,16 @@ def oom_advice(cfg: RunConfig, phase: str) -> str:
         f"model.offload_frozen: true (now {m.offload_frozen}); model.lora.rank smaller (now {m.lora.rank})")
 
 
+def micro_batches(rollouts, size: int) -> list[tuple[int, int, list[int]]]:
+    """The training micro-batches of a step's local rollouts, in order: ``(rollout index, offset of that rollout
+    in the flattened local batch, its rows)``, at most ``size`` rows each, never spanning two rollouts."""
+    out, offset = [], 0
+    for ri, r in enumerate(rollouts):
+        out += [(ri, offset, list(range(s, min(s + size, len(r))))) for s in range(0, len(r), size)]
+        offset += len(r)
+    return out
+
+
 class GRPOTrainer(BaseTrainer):
     """Flow-GRPO training of ``policy`` (built from ``cfg.model`` when not given) under the
     :class:`~psrl.rl.run_config.RunConfig` ``cfg``; ``policy``, ``resume`` and ``progress`` as
@@ -348,12 +358,7 @@ class GRPOTrainer(BaseTrainer):
         self.policy.train(True)
         num_trained = len(trained_steps)
         scale = 1.0 / (t.gradient_accumulation * num_trained * t.train_batch_size)
-        micro = []  # (rollout index, sample offsets in the flattened local batch)
-        offset = 0
-        for ri, r in enumerate(rollouts):
-            for s in range(0, len(r), t.train_batch_size):
-                micro.append((ri, offset, list(range(s, min(s + t.train_batch_size, len(r))))))
-            offset += len(r)
+        micro = micro_batches(rollouts, t.train_batch_size)
         sums: dict[str, float] = {}
         count, grad_norms = 0, []
         if t.param_noise_std > 0:
