@@ -40,16 +40,8 @@ import torch
 from psrl.errors import ConfigError, PsrlError
 from psrl.rl.advantages import compute_advantages
 from psrl.rl.base_trainer import StepAbandoned, format_duration
-from psrl.rl.diagnose_stats import (
-    SIGNAL_ALPHA,
-    RewardSpread,
-    SignalTest,
-    images_for_cosine,
-    median,
-    reward_spread,
-    shuffle_within_groups,
-    swap_test,
-)
+from psrl.rl.diagnose_stats import (SIGNAL_ALPHA, RewardSpread, SignalTest, images_for_cosine, median, reward_spread,
+                                    shuffle_within_groups, swap_test)
 from psrl.rl.grpo_trainer import GRPOTrainer, micro_batches, oom_advice
 from psrl.rl.image_stats import nan_mean
 from psrl.rl.loss_types import LossContext

@@ -49,20 +49,11 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduce = "me
     return reduce_log_density(log_density, reduce)
 
 
-def sde_step_with_logprob(
-    sample: Tensor,
-    velocity: Tensor,
-    sigma,
-    sigma_next,
-    noise_level: float,
-    *,
-    prev_sample: Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    kind: StepKind = "sde",
-    reduce: Reduce = "mean",
-    sigma_max=None,
-    cps_compat: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sde_step_with_logprob(sample: Tensor, velocity: Tensor, sigma, sigma_next, noise_level: float, *,
+                          prev_sample: Tensor | None = None,
+                          generator: torch.Generator | list[torch.Generator] | None = None, kind: StepKind = "sde",
+                          reduce: Reduce = "mean", sigma_max=None, cps_compat: bool = False
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One sampling step from ``sigma`` to ``sigma_next`` and the log-probability of its result.
 
     Args:
