@@ -20,7 +20,7 @@ from accelerate.tracking import GeneralTracker
 from torch import Tensor
 
 from psrl.errors import ConfigError
-from psrl.fileio import write_text_atomic
+from psrl.fileio import jsonl_lines, write_text_atomic
 from psrl.images import tensor_to_pil
 
 logger = logging.getLogger(__name__)
@@ -245,18 +245,14 @@ def environment_info() -> dict:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a ``metrics.jsonl``; a torn last line (an interrupted write) is ignored."""
-    rows = []
-    lines = Path(path).read_text().splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if i == len(lines) - 1 and not line.endswith("\n"):
-                break
-            raise
-    return rows
+    text = Path(path).read_text()
+    rows = jsonl_lines(path, text)
+    if rows and isinstance(rows[-1][1], ValueError) and not text.endswith("\n"):
+        rows.pop()  # the torn last line
+    for where, row in rows:
+        if isinstance(row, ValueError):
+            raise ValueError(f"{where}: not valid JSON ({row})")
+    return [row for _, row in rows]
 
 
 def image_grid(images: Tensor, ncols: int | None = None) -> Tensor:
