@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 import yaml
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from psrl.config import to_dict
 from psrl.errors import ConfigError, PsrlError
@@ -264,13 +266,13 @@ class BaseTrainer:
                                    resume_step=self.start_step if self.resume else None)
         bar = None
         if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=a.max_steps, initial=self.start_step, desc=self.name, unit="step")
         self._last_save = time.monotonic()
         t_start, saved = time.monotonic(), self.start_step
         try:
-            with StopSignals() as stop, (_logs_above(bar) if bar is not None else nullcontext()):
+            # while the bar is drawn, log lines go through tqdm.write so they print above it instead of tearing it
+            logs_above = logging_redirect_tqdm(tqdm_class=type(bar)) if bar is not None else nullcontext()
+            with StopSignals() as stop, logs_above:
                 self._stop = stop
                 self.before_loop()
                 for step in range(self.start_step, a.max_steps):
@@ -324,13 +326,6 @@ class BaseTrainer:
     def check_health(self, done: int, metrics: dict) -> None:
         """Called after each step is logged, before its checkpoint is saved when due (what it changes is saved);
         raise :class:`StepAbandoned` to end the run (the trainer saves step ``done`` first)."""
-
-
-def _logs_above(bar):
-    """While the bar is drawn, log lines go through ``tqdm.write`` so they print above it instead of tearing it."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    return logging_redirect_tqdm(tqdm_class=type(bar))
 
 
 def wants_progress(progress: bool | None, stream=None) -> bool:
