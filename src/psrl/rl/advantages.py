@@ -342,12 +342,10 @@ def compute_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg:
 def _mode_unscorable(fn, rewards: Tensor, weights: Tensor, valid: Tensor, name: str) -> Tensor:
     """``[N]`` bool: the finite samples the mode's ``unscorable`` hook rejects (warned with the first reason)."""
     hook = getattr(fn, "unscorable", None)
-    out = torch.zeros(rewards.shape[0], dtype=torch.bool)
     if hook is None or not bool(valid.any()):
-        return out
+        return torch.zeros(rewards.shape[0], dtype=torch.bool)
     reasons = hook(rewards, weights)
-    for i, why in enumerate(reasons):
-        out[i] = bool(valid[i]) and why is not None
+    out = valid & torch.tensor([why is not None for why in reasons], dtype=torch.bool)
     if bool(out.any()):
         first = int(torch.nonzero(out)[0])
         logger.warning("%d of %d samples cannot be scored by advantage mode %r and leave their group (sample %d: %s)",

@@ -17,6 +17,7 @@ from typing import Literal
 
 from psrl.config import check_range
 from psrl.registry import Registry
+from psrl.rl.image_stats import IMAGE_STATS
 
 #: keys of :mod:`psrl.rl.eval_metrics`: a trained reward's eval mean, a held-out reward's, the image statistics
 TRAINED_PREFIX, TRAINED_SUFFIX = "eval/", "/mean"
@@ -84,8 +85,6 @@ class MonitorConfig:
         check_range(self, ("hack_rise", "hack_drop", "max_kl", "max_clipfrac", "beta_floor"), 0, section="monitor")
         check_range(self, ("diversity_fraction", "lr_factor"), 0, 1, lo_open=True, hi_open=True, section="monitor")
         check_range(self, "beta_factor", 1, lo_open=True, section="monitor")
-        from psrl.rl.image_stats import IMAGE_STATS
-
         bad = sorted(set(self.stat_drift) - set(IMAGE_STATS))
         if bad:
             raise ValueError(f"monitor.stat_drift: unknown statistic(s) {bad}; known: {', '.join(IMAGE_STATS)}")

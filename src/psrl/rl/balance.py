@@ -25,6 +25,8 @@ import math
 import torch
 from torch import Tensor
 
+from psrl.rl.image_stats import nan_mean
+
 _TINY = 1e-12
 
 
@@ -142,7 +144,7 @@ class RewardBalancer:
         if self.mode == "fixed" or len(self.means) < self.window:
             return self.base.clone()
         spreads = torch.stack(self.spreads).double()
-        spread = torch.tensor([_nanmean(spreads[:, k]) for k in range(spreads.shape[1])])
+        spread = torch.tensor([nan_mean(spreads[:, k]) for k in range(spreads.shape[1])])
         return adaptive_weights(self.base, reward_slopes(torch.stack(self.means)), spread,
                                 sum(self.disagreements) / len(self.disagreements), bounds=self.bounds,
                                 disagreement_ref=self.disagreement_ref)
@@ -152,7 +154,7 @@ class RewardBalancer:
         if self.mode == "fixed":
             return
         r = rewards.float().cpu()
-        self.means.append(torch.tensor([_nanmean(r[:, k]) for k in range(r.shape[1])]))
+        self.means.append(torch.tensor([nan_mean(r[:, k]) for k in range(r.shape[1])]))
         self.spreads.append(group_spread(r, group_ids))
         self.disagreements.append(disagreement_rate(r, group_ids))
         del self.means[:-self.window], self.spreads[:-self.window], self.disagreements[:-self.window]
@@ -184,11 +186,6 @@ def _to_json(t: Tensor) -> list:
 
 def _from_json(values: list) -> Tensor:
     return torch.tensor([math.nan if v is None else float(v) for v in values], dtype=torch.float32)
-
-
-def _nanmean(v: Tensor) -> float:
-    v = v[torch.isfinite(v)]
-    return float(v.double().mean()) if v.numel() else math.nan
 
 
 __all__ = ["RewardBalancer", "adaptive_weights", "disagreement_rate", "group_spread", "reward_slopes"]

@@ -17,15 +17,21 @@ abandons the step and saves the state from its start, so a preempted run loses a
 from __future__ import annotations
 
 import logging
+import math
 import random
+import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+import yaml
+from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from psrl.config import to_dict
-from psrl.errors import PsrlError
+from psrl.errors import ConfigError, PsrlError
 from psrl.rl import checkpoint as ckpt
 from psrl.rl import distributed as dist
 from psrl.rl.fsdp import shard_policy
@@ -184,14 +190,17 @@ class BaseTrainer:
     def apply_update(self) -> float:
         """One optimizer update from the gradients accumulated so far, the same for every trainer: averaged over
         processes (one all-reduce, :func:`psrl.rl.distributed.average_gradients`), clipped to ``max_grad_norm``,
-        optimizer and LR schedule stepped, gradients cleared, ``updates`` counted. Returns the global gradient norm
-        before clipping (float, may be inf/NaN: the caller's health check reads it)."""
+        optimizer and LR schedule stepped, gradients cleared, ``updates`` counted, the EMA (when kept) updated.
+        Returns the global gradient norm before clipping (float, may be inf/NaN: the caller's health check reads
+        it)."""
         dist.average_gradients(self.params)
         norm = clip_gradients(self.params, self.args.max_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.updates += 1
+        if self.ema is not None:
+            self.ema.after_update()
         return norm
 
     def stop_point(self) -> None:
@@ -222,8 +231,6 @@ class BaseTrainer:
     def save(self, step: int, *, rng: dict | None = None) -> Path:
         """Checkpoint ``step`` (every process calls this). ``rng``: the RNG state to record instead of the
         current one (an abandoned step saves the state from its start)."""
-        import yaml
-
         path = ckpt.save_checkpoint(
             self.run_dir, step, policy=self.policy, named_params=self.named_params, optimizer=self.optimizer,
             scheduler=self.scheduler, ema=self.ema, config_yaml=yaml.safe_dump(to_dict(self.cfg), sort_keys=False),
@@ -259,13 +266,13 @@ class BaseTrainer:
                                    resume_step=self.start_step if self.resume else None)
         bar = None
         if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
             bar = tqdm(total=a.max_steps, initial=self.start_step, desc=self.name, unit="step")
         self._last_save = time.monotonic()
         t_start, saved = time.monotonic(), self.start_step
         try:
-            with StopSignals() as stop, (_logs_above(bar) if bar is not None else nullcontext()):
+            # while the bar is drawn, log lines go through tqdm.write so they print above it instead of tearing it
+            logs_above = logging_redirect_tqdm(tqdm_class=type(bar)) if bar is not None else nullcontext()
+            with StopSignals() as stop, logs_above:
                 self._stop = stop
                 self.before_loop()
                 for step in range(self.start_step, a.max_steps):
@@ -284,7 +291,7 @@ class BaseTrainer:
                     rate = (done - self.start_step) / max(time.monotonic() - t_start, 1e-9)
                     if self.is_main:
                         logger.info("step %d/%d  %s  (%.2f steps/s, ETA %s)", done, a.max_steps,
-                                    self.step_summary(metrics), rate, _eta((a.max_steps - done) / rate))
+                                    self.step_summary(metrics), rate, format_duration((a.max_steps - done) / rate))
                     if self.tracker is not None and (done % a.log_every == 0 or done == a.max_steps):
                         self.tracker.log(metrics, done)
                     # the health check may act on the state (the monitor raises beta, rolls back): it runs before
@@ -321,17 +328,8 @@ class BaseTrainer:
         raise :class:`StepAbandoned` to end the run (the trainer saves step ``done`` first)."""
 
 
-def _logs_above(bar):
-    """While the bar is drawn, log lines go through ``tqdm.write`` so they print above it instead of tearing it."""
-    from tqdm.contrib.logging import logging_redirect_tqdm
-
-    return logging_redirect_tqdm(tqdm_class=type(bar))
-
-
 def wants_progress(progress: bool | None, stream=None) -> bool:
     """``progress`` as given, or when None whether ``stream`` (default ``sys.stderr``) is a terminal."""
-    import sys
-
     if progress is not None:
         return bool(progress)
     stream = sys.stderr if stream is None else stream
@@ -347,8 +345,6 @@ def check_full_finetune(cfg, args) -> bool:
     Raises:
         ConfigError: one line naming the field and value.
     """
-    from psrl.config import ConfigError
-
     model = getattr(cfg, "model", None)
     if model is None or not hasattr(model, "lora") or model.lora is not None:
         return False
@@ -364,7 +360,6 @@ def check_full_finetune(cfg, args) -> bool:
 
 def _check_push(repo_id: str) -> None:
     """``run.push_to_hub`` must be able to work before hours are spent: a valid id, the Hub reachable, a token."""
-    from psrl.config import ConfigError
     from psrl.hub import HubError, check_can_push
 
     try:
@@ -374,16 +369,16 @@ def _check_push(repo_id: str) -> None:
 
 
 def _stopped_message(sig: int) -> str:
-    import signal
-
     return f"stopped by {signal.Signals(sig).name}"
 
 
-def _eta(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (``m:ss`` under an hour) of ``seconds`` rounded, a negative as 0; ``?`` when not finite."""
+    if not math.isfinite(seconds):
+        return "?"
+    h, rem = divmod(int(round(max(0.0, seconds))), 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-__all__ = ["BaseTrainer", "StepAbandoned", "check_full_finetune", "wants_progress"]
+__all__ = ["BaseTrainer", "StepAbandoned", "check_full_finetune", "format_duration", "wants_progress"]

@@ -18,6 +18,7 @@ share the run directory's filesystem.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -25,14 +26,20 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from psrl.config import dump_yaml
 from psrl.errors import PsrlError
+from psrl.fileio import write_json_atomic
+from psrl.rl import distributed as dist
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +86,6 @@ def make_run_dir(cfg, *, resume: bool, is_main: bool, num_processes: int, defaul
     folder. Decided on the main process and broadcast; ``cfg.run.name`` is updated to the folder's name. Call it
     only once everything checkable has been checked, so a failed start leaves no folder behind.
     """
-    import time
-
-    from psrl.config import dump_yaml
-    from psrl.fileio import write_json_atomic
-    from psrl.rl import distributed as dist
     from psrl.rl.tracking import environment_info
 
     root = Path(cfg.run.output_dir)
@@ -159,8 +161,6 @@ def verify_checkpoint(path: str | Path) -> str | None:
             return f"{rel} has {f.stat().st_size} bytes, state.json recorded {size}"
         if rel.endswith(".safetensors"):
             try:
-                from safetensors import safe_open
-
                 with safe_open(str(f), framework="pt") as h:
                     h.keys()
             except Exception as e:  # noqa: BLE001 - any failure to parse the header means unusable
@@ -284,8 +284,6 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
             shutil.rmtree(old, ignore_errors=True)
             prune_checkpoints(run_dir, keep_last)
             logger.info("saved checkpoint %s", final)
-    from psrl.rl import distributed as dist
-
     error = dist.broadcast_object(str(failed) if failed is not None and main else None)
     barrier()
     if error is not None:
@@ -295,8 +293,6 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
 
 def _write_contents(tmp: Path, *, policy, named_params, optimizer, scheduler, ema, config_yaml: str,
                     state: dict, modules: dict, full: bool = False) -> None:
-    from safetensors.torch import save_file
-
     save_file({k: p.detach().cpu().contiguous() for k, p in named_params.items()}, tmp / "trainable.safetensors")
     save_weights = _save_denoiser if full else (lambda pol, path: pol.save_lora(path))
     kind = "transformer" if full else "lora"
@@ -329,14 +325,8 @@ def _fsync_tree(path: Path) -> None:
     leave a ``step-N`` of empty files)."""
     for f in path.rglob("*"):
         if f.is_file():
-            try:
-                fd = os.open(f, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            except OSError:
-                pass
+            with contextlib.suppress(OSError), f.open("rb") as handle:
+                os.fsync(handle.fileno())
 
 
 def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], optimizer, scheduler, ema,
@@ -346,8 +336,6 @@ def load_checkpoint(path: str | Path, *, named_params: dict[str, nn.Parameter], 
     ``name.pt`` a checkpoint may lack (saved by newer versions only): those keep their current state, with a log line.
     Raises ``ValueError`` naming the parameter when the checkpoint does not fit the model, or a module file that is
     missing and not optional."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     state = json.loads((path / "state.json").read_text())
     saved = load_file(path / "trainable.safetensors")

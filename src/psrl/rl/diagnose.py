@@ -38,16 +38,14 @@ from dataclasses import dataclass, field
 import torch
 
 from psrl.errors import ConfigError, PsrlError
-from psrl.rl.diagnose_stats import (
-    SIGNAL_ALPHA,
-    RewardSpread,
-    SignalTest,
-    images_for_cosine,
-    median,
-    reward_spread,
-    shuffle_within_groups,
-    swap_test,
-)
+from psrl.rl.advantages import compute_advantages
+from psrl.rl.base_trainer import StepAbandoned, format_duration
+from psrl.rl.diagnose_stats import (SIGNAL_ALPHA, RewardSpread, SignalTest, images_for_cosine, median, reward_spread,
+                                    shuffle_within_groups, swap_test)
+from psrl.rl.grpo_trainer import GRPOTrainer, micro_batches, oom_advice
+from psrl.rl.image_stats import nan_mean
+from psrl.rl.loss_types import LossContext
+from psrl.rl.sampler import sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -138,8 +136,6 @@ def scratch_trainer(cfg, *, policy=None):
     """A :class:`~psrl.rl.grpo_trainer.GRPOTrainer` for ``cfg`` whose run folder lives in a temporary directory
     that is removed on exit (``cfg`` itself is not modified). The tracker is forced to ``jsonl``: a diagnosis logs
     nothing, and should not need the W&B package."""
-    from psrl.rl.grpo_trainer import GRPOTrainer
-
     cfg = copy.deepcopy(cfg)
     with tempfile.TemporaryDirectory(prefix="psrl-diagnose-") as tmp:
         cfg.run.output_dir = tmp
@@ -174,10 +170,6 @@ def diagnose(cfg, *, batches: int = DEFAULT_BATCHES, policy=None) -> Diagnosis:
 
 
 def _run(trainer, batches: int) -> Diagnosis:
-    from psrl.rl.advantages import compute_advantages
-    from psrl.rl.base_trainer import StepAbandoned
-    from psrl.rl.grpo_trainer import oom_advice
-
     cfg, t = trainer.cfg, trainer.cfg.train
     device = trainer.accelerator.device
     gen = torch.Generator().manual_seed(t.seed)
@@ -226,7 +218,7 @@ def _run(trainer, batches: int) -> Diagnosis:
         trained_total += int(result.trained.sum())
         samples_total += len(group_ids)
         logger.info("batch %d/%d: reward %s, zero-std %.2f, %d of %d samples trained", b + 1, batches,
-                    ", ".join(f"{n} {_nanmean(rewards[:, k]):.4f}" for k, n in enumerate(names)),
+                    ", ".join(f"{n} {nan_mean(rewards[:, k]):.4f}" for k, n in enumerate(names)),
                     result.stats["zero_std_ratio"], int(result.trained.sum()), len(group_ids))
     rewards = torch.cat(all_rewards)
     groups = torch.cat(all_groups)
@@ -254,39 +246,30 @@ def _run(trainer, batches: int) -> Diagnosis:
 def _policy_gradient(trainer, batch_index: int, rollouts, advantages, trained, trained_steps) -> torch.Tensor:
     """The flat float32 gradient (CPU) of the loss type's policy term over the batch's trained samples, in the
     trainer's micro-batches (mean over samples and trained steps); the weights and optimizer are untouched."""
-    from psrl.rl.loss_types import LossContext
-    from psrl.rl.sampler import sample_seed
-
     t, policy = trainer.cfg.train, trainer.policy
     ctx = LossContext(policy=policy, old_policy=trainer.old_policy, train=t, adv_clip=trainer.cfg.advantage.clip,
                       autocast=trainer.autocast)
     n = max(int(trained.sum()) * len(trained_steps), 1)
-    for p in trainer.params:
-        p.grad = None
+    trainer.optimizer.zero_grad(set_to_none=True)
     policy.train(True)
     try:
-        offset, micro = 0, 0
-        for r in rollouts:
-            for s in range(0, len(r), t.train_batch_size):
-                keep = [i for i in range(s, min(s + t.train_batch_size, len(r))) if bool(trained[offset + i])]
-                micro += 1
-                if not keep:
-                    continue
-                adv = advantages[[offset + i for i in keep]]
-                batch = r.select(keep)
-                # the same seeds for the real and the control pass (NFT's re-noising): they differ only in advantages
-                seed = sample_seed(t.seed, batch_index, micro, salt="diagnose")
-                for j, step in enumerate(trained_steps):
-                    out = trainer.loss_type.step(ctx, batch, adv[:, j].to(batch.log_probs.device), step,
-                                                 (seed + j) % (2**62))
-                    (out.policy_loss * (len(keep) / n)).backward()
-            offset += len(r)
+        for micro, (ri, offset, rows) in enumerate(micro_batches(rollouts, t.train_batch_size), 1):
+            keep = [i for i in rows if bool(trained[offset + i])]
+            if not keep:
+                continue
+            adv = advantages[[offset + i for i in keep]]
+            batch = rollouts[ri].select(keep)
+            # the same seeds for the real and the control pass (NFT's re-noising): they differ only in advantages
+            seed = sample_seed(t.seed, batch_index, micro, salt="diagnose")
+            for j, step in enumerate(trained_steps):
+                out = trainer.loss_type.step(ctx, batch, adv[:, j].to(batch.log_probs.device), step,
+                                             (seed + j) % (2**62))
+                (out.policy_loss * (len(keep) / n)).backward()
     finally:
         policy.train(False)
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).detach().float().flatten().cpu()
                       for p in trainer.params])
-    for p in trainer.params:
-        p.grad = None
+    trainer.optimizer.zero_grad(set_to_none=True)
     return flat
 
 
@@ -306,18 +289,17 @@ def _check_logprobs(trainer, rollouts, trained_steps, check: LogProbCheck) -> No
     t, policy = trainer.cfg.train, trainer.policy
     policy.train(True)
     try:
-        for r in rollouts:
-            for s in range(0, len(r), t.train_batch_size):
-                batch = r.select(list(range(s, min(s + t.train_batch_size, len(r)))))
-                for step in trained_steps:
-                    with trainer.autocast():
-                        new = policy.log_prob(batch, step).log_prob
-                    delta = (new.float().cpu() - batch.log_probs[:, step].float().cpu()).abs()
-                    worst = float(delta.max()) if delta.numel() else 0.0
-                    if not math.isfinite(worst):
-                        worst = math.inf
-                    check.max_abs_delta = max(check.max_abs_delta, worst)
-                    check.max_ratio_deviation = max(check.max_ratio_deviation, math.expm1(min(worst, 700.0)))
+        for ri, _, rows in micro_batches(rollouts, t.train_batch_size):
+            batch = rollouts[ri].select(rows)
+            for step in trained_steps:
+                with trainer.autocast():
+                    new = policy.log_prob(batch, step).log_prob
+                delta = (new.float().cpu() - batch.log_probs[:, step].float().cpu()).abs()
+                worst = float(delta.max()) if delta.numel() else 0.0
+                if not math.isfinite(worst):
+                    worst = math.inf
+                check.max_abs_delta = max(check.max_abs_delta, worst)
+                check.max_ratio_deviation = max(check.max_ratio_deviation, math.expm1(min(worst, 700.0)))
     finally:
         policy.train(False)
 
@@ -342,11 +324,6 @@ def _peak_rss() -> int | None:
     except ImportError:  # not on Windows
         return None
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
-
-
-def _nanmean(x: torch.Tensor) -> float:
-    ok = x[torch.isfinite(x)]
-    return float(ok.mean()) if ok.numel() else math.nan
 
 
 # ---------------------------------------------------------------------------------------------------------- report
@@ -415,7 +392,8 @@ def format_report(d: Diagnosis) -> str:
     p = d.phases
     rows.append(f"time per step: rollout {p['rollout'].seconds:.2f} s, reward {p['reward'].seconds:.2f} s, train "
                 f"{p['train'].seconds:.2f} s per inner epoch = {d.seconds_per_step:.2f} s; train.max_steps "
-                f"{d.max_steps} ~ {_duration(d.seconds_per_step * d.max_steps)} (one process, without evaluation)")
+                f"{d.max_steps} ~ {format_duration(d.seconds_per_step * d.max_steps)} (one process, without "
+                "evaluation)")
     if p["rollout"].peak_bytes is not None:
         rows.append(f"peak memory: rollout + reward {_gib(p['rollout'].peak_bytes)}, train "
                     f"{_gib(p['train'].peak_bytes)} (accelerator, allocated)")
@@ -428,15 +406,6 @@ def format_report(d: Diagnosis) -> str:
 
 def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**30:.2f} GiB"
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 __all__ = ["DEFAULT_BATCHES", "Diagnosis", "LogProbCheck", "Phase", "RATIO_TOLERANCE_OF_CLIP", "ZERO_STD_NOTE",

@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from psrl.rewards.aggregate import spread_is_rounding
+from psrl.rl.image_stats import nan_mean_std
 
 #: The significance level of the gradient signal test: at most 1 in 100 diagnoses of a pure-noise reward says
 #: ``signal``. Lower would need more batches to ever say ``signal`` (the smallest p-value with ``K`` batches is
@@ -184,6 +186,7 @@ def reward_spread(scores: Tensor, group_ids: Tensor) -> RewardSpread:
     if s.shape != gid.shape:
         raise ValueError(f"scores [N] and group_ids [N] differ: {tuple(s.shape)} vs {tuple(gid.shape)}")
     ok = torch.isfinite(s)
+    mean, std = nan_mean_std(s)
     stds, zero = [], 0
     for g in torch.unique(gid):
         v = s[(gid == g) & ok]
@@ -192,8 +195,7 @@ def reward_spread(scores: Tensor, group_ids: Tensor) -> RewardSpread:
             zero += int(spread_is_rounding(v))
     nan = math.nan
     return RewardSpread(
-        mean=float(s[ok].mean()) if bool(ok.any()) else nan,
-        std=float(s[ok].std(unbiased=False)) if bool(ok.any()) else nan,
+        mean=mean, std=std,
         group_std=sum(stds) / len(stds) if stds else nan,
         zero_std_ratio=zero / len(stds) if stds else nan,
         unscorable=float((~ok).double().mean()) if s.numel() else nan,
@@ -203,11 +205,7 @@ def reward_spread(scores: Tensor, group_ids: Tensor) -> RewardSpread:
 
 def median(values: list[float]) -> float:
     """The median (NaN for an empty list): phase times use it so the first batch's warm-up does not count."""
-    if not values:
-        return math.nan
-    v = sorted(values)
-    mid = len(v) // 2
-    return v[mid] if len(v) % 2 else 0.5 * (v[mid - 1] + v[mid])
+    return statistics.median(values) if values else math.nan
 
 
 __all__ = ["EXACT_SWAP_BATCHES", "SIGNAL_ALPHA", "TARGET_COSINE", "RewardSpread", "SignalTest", "images_for_cosine",

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from psrl.errors import PsrlError
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,8 +26,6 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no"):
 
     use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
-        from psrl.errors import PsrlError
-
         raise PsrlError("train.device is 'cuda' but no CUDA device is available (set train.device: cpu or auto)")
     return Accelerator(cpu=use_cpu, mixed_precision=mixed_precision)
 
@@ -116,16 +116,13 @@ def reduce_pass_stats(local: dict, count: int, keys: Sequence[str]) -> dict:
     dev = comm_device(torch.zeros(1))
     vec = torch.tensor([local.get(k, 0.0) * count for k in keys] + [float(count)], device=dev)
     torch.distributed.all_reduce(vec)
-    if "ratio_min" not in keys:
-        total = float(vec[-1])
-        return {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)} | {"train_passes": total}
-    lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
-    hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
-    torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
-    torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
     total = float(vec[-1])
     out = {k: float(vec[i]) / total if total else 0.0 for i, k in enumerate(keys)}
-    if total:
-        out["ratio_min"], out["ratio_max"] = float(lo), float(hi)
-    out["train_passes"] = total
-    return out
+    if "ratio_min" in keys:
+        lo = torch.tensor([local.get("ratio_min", float("inf")) if count else float("inf")], device=dev)
+        hi = torch.tensor([local.get("ratio_max", float("-inf")) if count else float("-inf")], device=dev)
+        torch.distributed.all_reduce(lo, op=torch.distributed.ReduceOp.MIN)
+        torch.distributed.all_reduce(hi, op=torch.distributed.ReduceOp.MAX)
+        if total:
+            out["ratio_min"], out["ratio_max"] = float(lo), float(hi)
+    return out | {"train_passes": total}

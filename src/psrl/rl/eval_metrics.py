@@ -133,14 +133,12 @@ def eval_scores_and_metrics(images: Tensor, records: Sequence, group_ids: Sequen
     """
     out: dict[str, float] = {}
     scores: dict[str, Tensor] = {}
-    for reward in trained:
-        scored = reward_scores(reward, images, records)
-        scores[reward.name] = scored[0]
-        out.update(reward_metrics(reward, images, records, "eval/", "/mean", scored))
-    for reward in heldout:
-        scored = reward_scores(reward, images, records)
-        scores[HELDOUT_PREFIX + reward.name] = scored[0]
-        out.update(reward_metrics(reward, images, records, "eval/heldout/", "", scored))
+    kinds = ((trained, "", "eval/", "/mean"), (heldout, HELDOUT_PREFIX, "eval/heldout/", ""))
+    for rewards, key, prefix, suffix in kinds:  # key: of the scores; prefix, suffix: of the metrics
+        for reward in rewards:
+            scored = reward_scores(reward, images, records)
+            scores[key + reward.name] = scored[0]
+            out.update(reward_metrics(reward, images, records, prefix, suffix, scored))
     if statistics:
         stats, _ = image_statistics(images)
         out.update({f"eval/stats/{k}": nan_mean(v) for k, v in stats.items()})

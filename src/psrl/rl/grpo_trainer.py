@@ -50,14 +50,20 @@ def oom_advice(cfg: RunConfig, phase: str) -> str:
         f"model.offload_frozen: true (now {m.offload_frozen}); model.lora.rank smaller (now {m.lora.rank})")
 
 
-class GRPOTrainer(BaseTrainer):
-    """Flow-GRPO training of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
+def micro_batches(rollouts, size: int) -> list[tuple[int, int, list[int]]]:
+    """The training micro-batches of a step's local rollouts, in order: ``(rollout index, offset of that rollout
+    in the flattened local batch, its rows)``, at most ``size`` rows each, never spanning two rollouts."""
+    out, offset = [], 0
+    for ri, r in enumerate(rollouts):
+        out += [(ri, offset, list(range(s, min(s + size, len(r))))) for s in range(0, len(r), size)]
+        offset += len(r)
+    return out
 
-    Args:
-        cfg: the run config.
-        policy: an already built :class:`~psrl.models.base.Policy` (tests, notebooks); else ``build_policy``.
-        resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
-        progress: show a tqdm bar over steps on the main process (the CLI turns it on).
+
+class GRPOTrainer(BaseTrainer):
+    """Flow-GRPO training of ``policy`` (built from ``cfg.model`` when not given) under the
+    :class:`~psrl.rl.run_config.RunConfig` ``cfg``; ``policy``, ``resume`` and ``progress`` as
+    :class:`~psrl.rl.base_trainer.BaseTrainer`.
 
     Raises:
         ConfigError, RecordError, PsrlError: before the run directory exists, with every bad record listed.
@@ -219,6 +225,7 @@ class GRPOTrainer(BaseTrainer):
             self.stop_point()
             phase = "train"
             all_rewards = dist.gather_rows(local_rewards.to(self.accelerator.device)).cpu()
+            all_failures = dist.gather_rows(failures[None].to(self.accelerator.device)).sum(dim=0).cpu()
             group_ids = torch.tensor(assignment.group_ids)
             weights = self.balancer.weights()  # the configured weights unless advantage.balance: adaptive
             result = compute_advantages(self._per_subject_credit(all_rewards, group_ids), weights, group_ids,
@@ -235,8 +242,7 @@ class GRPOTrainer(BaseTrainer):
         except torch.OutOfMemoryError as e:
             raise PsrlError(oom_advice(self.cfg, phase)) from e
         metrics = {"updates": self.updates, "lr": self.scheduler.get_last_lr()[0]}
-        metrics.update(reward_summary(all_rewards, self._all_failures(failures), self.cfg.rewards,
-                                      self.reward_weights))
+        metrics.update(reward_summary(all_rewards, all_failures, self.cfg.rewards, self.reward_weights))
         metrics.update({f"adv/{k}": v for k, v in result.stats.items()})
         metrics["zero_std_ratio"] = result.stats["zero_std_ratio"]
         if self.cfg.advantage.balance == "adaptive":
@@ -324,16 +330,12 @@ class GRPOTrainer(BaseTrainer):
         reward that raised or returned the wrong number of scores on any process ends the run cleanly (the step is
         abandoned before any update, the checkpoint saved), naming the reward and what it did."""
         error = next((r["error"] for r in results if r["error"] is not None), None)
-        reasons: dict[str, Counter] = {}
-        for r in results:
-            for name, counts in r["reasons"].items():
-                reasons.setdefault(name, Counter()).update(counts)
-        gathered = dist.gather_objects((error, reasons))
+        gathered = dist.gather_objects((error, [r["reasons"] for r in results]))
         errors = [e for e, _ in gathered if e is not None]
         if errors:
             raise StepAbandoned(errors[0], 1)
         if self.is_main:
-            log_failure_reasons([r for _, r in gathered])
+            log_failure_reasons([r for _, batches in gathered for r in batches])
         columns = [torch.cat([r["scores"][k] for r in results]) for k in range(len(self.rewards))]
         failures = [sum(r["failed"][k] for r in results) for k in range(len(self.rewards))]
         if self.cfg.advantage.per_subject != "off":
@@ -350,26 +352,13 @@ class GRPOTrainer(BaseTrainer):
         gathered = join_per_subject(dist.gather_objects((self._local_count, self._local_per_subject)))
         return apply_per_subject(all_rewards, gathered, group_ids, self.cfg.advantage)
 
-    def _all_failures(self, local_failures):
-        """The per-reward unscorable counts ``[K]`` summed over processes."""
-        failures = local_failures.to(self.accelerator.device)
-        if dist.is_distributed():
-            failures = failures.to(dist.comm_device(failures))
-            torch.distributed.all_reduce(failures)
-        return failures.cpu()
-
     def _update(self, step, rollouts, advantages, trained, trained_steps) -> dict:
         """``num_inner_epochs`` passes of micro-batches; an optimizer update every ``gradient_accumulation``."""
         t = self.cfg.train
         self.policy.train(True)
         num_trained = len(trained_steps)
         scale = 1.0 / (t.gradient_accumulation * num_trained * t.train_batch_size)
-        micro = []  # (rollout index, sample offsets in the flattened local batch)
-        offset = 0
-        for ri, r in enumerate(rollouts):
-            for s in range(0, len(r), t.train_batch_size):
-                micro.append((ri, offset, list(range(s, min(s + t.train_batch_size, len(r))))))
-            offset += len(r)
+        micro = micro_batches(rollouts, t.train_batch_size)
         sums: dict[str, float] = {}
         count, grad_norms = 0, []
         if t.param_noise_std > 0:
@@ -392,7 +381,7 @@ class GRPOTrainer(BaseTrainer):
                             sums[k] = sums.get(k, 0.0) + v
                         count += 1
                 if n_done % t.gradient_accumulation == 0:
-                    grad_norms.append(self._optimizer_update())
+                    grad_norms.append(self.apply_update())
         local = {k: v / count for k, v in sums.items()} if count else {}
         stats = dist.reduce_pass_stats(local, count, list(self.loss_type.stats))
         if self.old_policy is not None:
@@ -419,12 +408,6 @@ class GRPOTrainer(BaseTrainer):
         for p in self.params:
             p.add_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.device, p.dtype)
                    * self.cfg.train.param_noise_std)
-
-    def _optimizer_update(self) -> float:
-        norm = self.apply_update()
-        if self.ema is not None:
-            self.ema.after_update()
-        return float(norm)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, step: int) -> dict:

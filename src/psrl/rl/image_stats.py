@@ -204,10 +204,16 @@ def image_statistics(images: Tensor, names: Sequence[str] | None = None) -> tupl
 
 def nan_mean(values: Tensor) -> float:
     """Mean of the finite entries (NaN when there are none): how a monitor reduces a statistic over a batch."""
-    v = values.detach().double().flatten()
+    return nan_mean_std(values.double())[0]
+
+
+def nan_mean_std(values: Tensor) -> tuple[float, float]:
+    """Mean and population std of the finite entries, in the values' dtype; ``(nan, nan)`` when there are none."""
+    v = values.detach().flatten()
     v = v[torch.isfinite(v)]
-    return float(v.mean()) if v.numel() else math.nan
+    return (float(v.mean()), float(v.std(unbiased=False))) if v.numel() else (math.nan, math.nan)
 
 
 __all__ = ["IMAGE_STATS", "LUMA_WEIGHTS", "bright_fraction", "color_entropy", "dark_fraction", "edge_density",
-           "gradient_magnitude", "image_statistics", "luminance", "nan_mean", "saturation", "within_group_diversity"]
+           "gradient_magnitude", "image_statistics", "luminance", "nan_mean", "nan_mean_std", "saturation",
+           "within_group_diversity"]

@@ -65,14 +65,17 @@ def grpo_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor, clip_r
     ``dt`` to scale it by ``|dt|`` as Flow-GRPO's code does (so its published ``beta`` transfers).
     """
     policy_loss, _ = ppo_clip_loss(log_prob, old_log_prob, advantages, clip_range)
+    kl = policy_loss.new_zeros(())
     if beta > 0:
         if mean is None or ref_mean is None or std is None:
             raise ValueError("beta > 0 needs the policy mean, the reference mean and the step std")
         kl = kl_to_reference(mean, ref_mean.detach(), std, dt=dt).mean()
-    else:
-        kl = policy_loss.new_zeros(())
+    return _output(policy_loss, kl, beta, ratio_stats(log_prob, old_log_prob, clip_range))
+
+
+def _output(policy_loss: Tensor, kl: Tensor, beta: float, stats: dict[str, float]) -> LossOutput:
+    """``loss = policy_loss + beta * kl`` with the three values added to ``stats``."""
     loss = policy_loss + beta * kl
-    stats = ratio_stats(log_prob, old_log_prob, clip_range)
     stats.update(policy_loss=float(policy_loss.detach()), kl=float(kl.detach()), loss=float(loss.detach()))
     return LossOutput(loss=loss, policy_loss=policy_loss, kl=kl, stats=stats)
 
@@ -109,16 +112,12 @@ def guard_loss(log_prob: Tensor, old_log_prob: Tensor, mean: Tensor, old_mean: T
     guarded = (log_prob.float() - old_log_prob.float().detach() + bias) * s
     policy_loss, _ = ppo_clip_loss(guarded, torch.zeros_like(guarded), advantages, clip_range)
     policy_loss = policy_loss / dt.float().abs().mean()
+    kl = policy_loss.new_zeros(())
     if beta > 0:
         if ref_mean is None:
             raise ValueError("beta > 0 needs the reference mean")
         kl = kl_to_reference(mean, ref_mean.detach(), std, dt=kl_dt).mean()
-    else:
-        kl = policy_loss.new_zeros(())
-    loss = policy_loss + beta * kl
-    stats = ratio_stats(guarded, torch.zeros_like(guarded), clip_range)
-    stats.update(policy_loss=float(policy_loss.detach()), kl=float(kl.detach()), loss=float(loss.detach()))
-    return LossOutput(loss=loss, policy_loss=policy_loss, kl=kl, stats=stats)
+    return _output(policy_loss, kl, beta, ratio_stats(guarded, torch.zeros_like(guarded), clip_range))
 
 
 def nft_loss(v_new: Tensor, v_old: Tensor, x_t: Tensor, x0: Tensor, sigma: Tensor, advantages: Tensor, *,
@@ -166,13 +165,9 @@ def nft_loss(v_new: Tensor, v_old: Tensor, x_t: Tensor, x0: Tensor, sigma: Tenso
 
     per_sample = (r * weighted(v_pos) + (1.0 - r) * weighted(v_neg)) / nft_beta
     policy_loss = (per_sample * adv_clip).mean()
+    kl = policy_loss.new_zeros(())
     if beta > 0:
         if v_ref is None:
             raise ValueError("beta > 0 needs the reference velocity")
         kl = ((v_new - v_ref.float().detach()) ** 2).mean(dim=dims).mean()
-    else:
-        kl = policy_loss.new_zeros(())
-    loss = policy_loss + beta * kl
-    stats = {"policy_loss": float(policy_loss.detach()), "kl": float(kl.detach()), "loss": float(loss.detach()),
-             "old_deviate": float(((v_new.detach() - v_old) ** 2).mean())}
-    return LossOutput(loss=loss, policy_loss=policy_loss, kl=kl, stats=stats)
+    return _output(policy_loss, kl, beta, {"old_deviate": float(((v_new.detach() - v_old) ** 2).mean())})

@@ -21,6 +21,7 @@ moments, lower the learning rate, continue).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from psrl.fileio import write_text_atomic
 from psrl.rl.alarms import (ALARMS, HELDOUT_PREFIX, STAT_PREFIX, STEP_ALARMS, Alarm, MonitorConfig, alarm_lines,
                             alarm_metrics, finite_number, heldout_eval_rewards, heldout_score, trained_eval_rewards)
 
@@ -208,10 +210,6 @@ class TrainingMonitor:
         """Drop the ``alarms.jsonl`` lines of steps after ``step`` (written by the run before it was resumed at
         ``step``: they belong to an abandoned future)."""
         if self.log_path is not None and self.log_path.is_file():
-            import json
-
-            from psrl.fileio import write_text_atomic
-
             kept = [x for x in self.log_path.read_text().splitlines()
                     if x.strip() and json.loads(x).get("step", 0) <= step]
             write_text_atomic(self.log_path, "".join(x + "\n" for x in kept))
@@ -226,8 +224,6 @@ class TrainingMonitor:
     def _append(self, alarm: Alarm) -> None:
         if self.log_path is None:
             return
-        import json
-
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("a") as f:
             f.write(json.dumps(alarm.to_dict()) + "\n")

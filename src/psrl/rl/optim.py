@@ -1,6 +1,8 @@
 """Optimizers shared by the GRPO and SFT trainers."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from psrl.errors import PsrlError
@@ -10,13 +12,9 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 
 def clip_gradients(params, max_norm: float) -> float:
     """The total gradient L2 norm before clipping (0.0 when no parameter has a gradient, e.g. a step in which every
-    advantage was 0); clips to ``max_norm`` when it is > 0."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return 0.0
-    if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], max_norm))
-    return float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])))
+    advantage was 0); clips to ``max_norm`` when it is > 0 (torch's ``clip_grad_norm_``; an infinite bound only
+    measures)."""
+    return float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf))
 
 
 def make_optimizer(params, name: str, *, lr: float, betas, weight_decay: float, eps: float):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import logging
 import math
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from psrl.errors import PsrlError
 from psrl.fileio import write_text_atomic
+from psrl.images import ImageLoadError, load_image
 from psrl.rl.monitor import HELDOUT_PREFIX, STAT_PREFIX, heldout_eval_rewards, trained_eval_rewards
 from psrl.rl.tracking import read_metrics
 
@@ -51,8 +53,6 @@ def load_run(run_dir: str | Path) -> RunData:
     Raises:
         PsrlError: ``run_dir`` is not a folder or has no ``metrics.jsonl`` (one line naming the path).
     """
-    import json
-
     root = Path(run_dir)
     metrics = root / "metrics.jsonl"
     if not root.is_dir():
@@ -140,8 +140,6 @@ def _eval_keys(data: RunData) -> tuple[list[str], list[str], list[str]]:
 
 
 def _grid_b64(path: Path) -> str | None:
-    from psrl.images import ImageLoadError, load_image
-
     try:
         im = load_image(path)
     except ImageLoadError as e:  # shown as missing; the other grids still render

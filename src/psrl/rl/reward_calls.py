@@ -10,6 +10,8 @@ from collections import Counter
 
 import torch
 
+from psrl.rl.image_stats import nan_mean_std
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,13 +28,12 @@ def build_rewards(specs, device, what: str = "rewards") -> list:
 
     built = []
     for i, spec in enumerate(specs):
-        args = dict(spec.args)
         try:
             own = None if spec.device is None else reward_device(spec.device, cuda_count=torch.cuda.device_count())
         except ValueError as e:
             raise ConfigError(f"{what}[{i}].device: {e}") from e
         try:
-            reward = build_reward(spec.name, args, device=device if own is None else own)
+            reward = build_reward(spec.name, dict(spec.args), device=device if own is None else own)
             if spec.label:  # its scores, failures and eval metrics go by the label
                 reward.name = spec.label
             built.append(reward if own is None else RewardOnDevice(reward, own))
@@ -48,18 +49,11 @@ def reward_summary(rewards: torch.Tensor, failures: torch.Tensor, specs, weights
     reward ``failures`` ``[K]`` and the configured ``weights`` ``[K]``: ``reward/<name>/mean``, ``/std``
     (population, over the scorable samples; NaN when none) and ``/failure_rate``, and ``reward/total/mean`` and
     ``/std`` of the weighted sum over the samples every reward scored."""
-    n = rewards.shape[0]
     out = {}
     for k, spec in enumerate(specs):
-        col = rewards[:, k]
-        ok = col[torch.isfinite(col)]
-        out[f"reward/{spec.key}/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-        out[f"reward/{spec.key}/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
-        out[f"reward/{spec.key}/failure_rate"] = float(failures[k]) / n
-    total = rewards @ weights
-    ok = total[torch.isfinite(total)]
-    out["reward/total/mean"] = float(ok.mean()) if ok.numel() else float("nan")
-    out["reward/total/std"] = float(ok.std(unbiased=False)) if ok.numel() else float("nan")
+        out[f"reward/{spec.key}/mean"], out[f"reward/{spec.key}/std"] = nan_mean_std(rewards[:, k])
+        out[f"reward/{spec.key}/failure_rate"] = float(failures[k]) / rewards.shape[0]
+    out["reward/total/mean"], out["reward/total/std"] = nan_mean_std(rewards @ weights)
     return out
 
 

@@ -87,13 +87,9 @@ def load_target(record: Record, height: int, width: int) -> Tensor:
 
 # ----------------------------------------------------------------------------- trainer
 class SFTTrainer(BaseTrainer):
-    """Flow-matching SFT of ``policy`` (built from ``cfg.model`` when not given) under ``cfg``.
-
-    Args:
-        cfg: the SFT run config.
-        policy: an already built policy (tests, notebooks); else ``build_policy(cfg.model)``.
-        resume: continue from the newest complete checkpoint of ``run.output_dir/run.name``.
-        progress: a tqdm bar on the main process.
+    """Flow-matching SFT of ``policy`` (built from ``cfg.model`` when not given) under the
+    :class:`~psrl.rl.sft_config.SFTRunConfig` ``cfg``; ``policy``, ``resume`` and ``progress`` as
+    :class:`~psrl.rl.base_trainer.BaseTrainer`.
 
     Raises:
         ConfigError, RecordError, PsrlError: before the run directory exists, with every bad record listed.
@@ -200,8 +196,6 @@ class SFTTrainer(BaseTrainer):
             losses.append(float(loss.detach()))
             sigma_means.append(float(sigmas.mean()))
         norm = self.apply_update()
-        if self.ema is not None:
-            self.ema.after_update()
         loss_t = torch.tensor([sum(losses) / len(losses)])
         loss_all = dist.gather_rows(loss_t.to(acc.device)).cpu()
         return {"loss": float(loss_all.mean()), "lr": self.scheduler.get_last_lr()[0], "grad_norm": norm,

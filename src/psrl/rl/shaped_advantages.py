@@ -113,8 +113,8 @@ def per_reward_normalized_advantages(rewards: Tensor, weights: Tensor, group_ids
     return _per_step(adv, trained_steps)
 
 
-def _mean_advantages(mean, rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg, trained_steps: tuple[int, ...],
-                     mode: str) -> Tensor:
+def _mean_advantages(mean, mode: str, rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
+                     trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
     normalize = _args(cfg, {"normalize"}, mode).get("normalize", "group")
     if normalize not in ("group", "raw"):
         raise ValueError(f"advantage.args.normalize for mode {mode!r} must be 'group' or 'raw', got {normalize!r}")
@@ -125,19 +125,10 @@ def _mean_advantages(mean, rewards: Tensor, weights: Tensor, group_ids: Tensor, 
     return _per_step(m if normalize == "raw" else group_normalize(m, group_ids, cfg.std_mode, cfg.eps), trained_steps)
 
 
-def geometric_mean_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
-                              trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
-    return _mean_advantages(aggregate.geometric_mean, rewards, weights, group_ids, cfg, trained_steps,
-                            "geometric_mean")
-
-
-def harmonic_mean_advantages(rewards: Tensor, weights: Tensor, group_ids: Tensor, cfg,
-                             trained_steps: tuple[int, ...], num_steps: int) -> Tensor:
-    return _mean_advantages(aggregate.harmonic_mean, rewards, weights, group_ids, cfg, trained_steps,
-                            "harmonic_mean")
-
-
-# the samples these modes cannot score (a negative reward has no geometric/harmonic mean); see compute_advantages
+# the mode functions with the trainer's signature, and the samples they cannot score (a negative reward has no
+# geometric/harmonic mean; see compute_advantages)
+geometric_mean_advantages = partial(_mean_advantages, aggregate.geometric_mean, "geometric_mean")
+harmonic_mean_advantages = partial(_mean_advantages, aggregate.harmonic_mean, "harmonic_mean")
 geometric_mean_advantages.unscorable = partial(aggregate.mean_failures, kind="geometric")
 harmonic_mean_advantages.unscorable = partial(aggregate.mean_failures, kind="harmonic")
 

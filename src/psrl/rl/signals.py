@@ -15,6 +15,7 @@ import threading
 import torch
 
 from psrl.errors import PsrlError
+from psrl.rl import distributed as dist
 
 logger = logging.getLogger(__name__)
 
@@ -57,8 +58,6 @@ class StopSignals:
     def requested(self) -> int | None:
         """The signal number any process received (agreed over all processes), else ``None``. Collective: every
         process must call it at the same point."""
-        from psrl.rl import distributed as dist
-
         value = self.signum or 0
         if dist.is_distributed():
             t = torch.tensor([value], dtype=torch.long, device=dist.comm_device(torch.zeros(1)))

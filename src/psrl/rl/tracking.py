@@ -6,14 +6,22 @@ by ``run.tracker`` (TRL's ``report_to``) through :data:`TRACKERS`, so adding one
 """
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import math
+import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.tracking import GeneralTracker
 from torch import Tensor
+
+from psrl.errors import ConfigError
+from psrl.fileio import jsonl_lines, write_text_atomic
+from psrl.images import tensor_to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +126,6 @@ class Tracker:
         pils = _to_pils(images)
         if not pils or not self.trackers:
             return
-        import numpy as np
-
         for t in self.trackers:
             if t.name == "tensorboard":
                 for i, pil in enumerate(pils):  # one add_images call per image: sizes may differ
@@ -142,8 +148,6 @@ def tracker_names(kind: str | list[str] | tuple[str, ...]) -> list[str]:
 def hparams(config: dict) -> dict:
     """The run config flattened to ``{"train.lr": 0.03, ...}`` plus ``psrl_version``: values are numbers, bools or
     strings (lists, mappings and ``None`` as JSON text), as TensorBoard's hparams and W&B's config accept."""
-    import importlib.metadata
-
     flat: dict = {}
 
     def walk(node, prefix: str) -> None:
@@ -164,8 +168,6 @@ def hparams(config: dict) -> dict:
 
 
 def _to_pils(images) -> list:
-    from psrl.images import tensor_to_pil
-
     if isinstance(images, Tensor):
         batch = images[None] if images.dim() == 3 else images
         return [tensor_to_pil(im) for im in batch]
@@ -177,10 +179,6 @@ def _to_pils(images) -> list:
 def check_tracker(kind: str | list[str] | tuple[str, ...]) -> None:
     """Raise :class:`~psrl.config.ConfigError` (one line) when a tracker of ``kind`` needs a package that is not
     installed; checked before a run folder is made."""
-    import importlib.util
-
-    from psrl.config import ConfigError
-
     for name in tracker_names(kind):
         if name in _TRACKER_PACKAGES:
             module, extra = _TRACKER_PACKAGES[name]
@@ -193,8 +191,6 @@ def repair_metrics(path: str | Path, *, keep_through: int | None = None) -> int:
     """Make ``metrics.jsonl`` a clean log: drop a torn (incomplete or unparsable) last line, and with
     ``keep_through`` every row whose ``step`` is past it. Rewritten atomically only when something changes.
     Returns the number of rows dropped."""
-    from psrl.fileio import write_text_atomic
-
     path = Path(path)
     if not path.is_file():
         return 0
@@ -235,9 +231,6 @@ def _plain(v):
 
 def environment_info() -> dict:
     """Versions of python and the key packages, and the devices: for run directories and bug reports."""
-    import importlib.metadata
-    import platform
-
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for pkg in ("psrl", "torch", "diffusers", "transformers", "peft", "accelerate", "safetensors", "numpy"):
         try:
@@ -252,18 +245,14 @@ def environment_info() -> dict:
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a ``metrics.jsonl``; a torn last line (an interrupted write) is ignored."""
-    rows = []
-    lines = Path(path).read_text().splitlines(keepends=True)
-    for i, line in enumerate(lines):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            if i == len(lines) - 1 and not line.endswith("\n"):
-                break
-            raise
-    return rows
+    text = Path(path).read_text()
+    rows = jsonl_lines(path, text)
+    if rows and isinstance(rows[-1][1], ValueError) and not text.endswith("\n"):
+        rows.pop()  # the torn last line
+    for where, row in rows:
+        if isinstance(row, ValueError):
+            raise ValueError(f"{where}: not valid JSON ({row})")
+    return [row for _, row in rows]
 
 
 def image_grid(images: Tensor, ncols: int | None = None) -> Tensor:

@@ -10,26 +10,16 @@ import numpy as np
 import torch
 
 
-def resolution_shift_mu(
-    image_seq_len: int,
-    base_seq_len: int = 256,
-    max_seq_len: int = 4096,
-    base_shift: float = 0.5,
-    max_shift: float = 1.15,
-) -> float:
+def resolution_shift_mu(image_seq_len: int, base_seq_len: int = 256, max_seq_len: int = 4096,
+                        base_shift: float = 0.5, max_shift: float = 1.15) -> float:
     """FLUX's resolution-dependent shift ``mu``: linear in the packed latent sequence length (diffusers'
     ``calculate_shift``), 0.5 at 256 tokens (256 px) and 1.15 at 4096 tokens (1024 px)."""
     m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
     return image_seq_len * m + (base_shift - m * base_seq_len)
 
 
-def shift_sigmas(
-    sigmas: np.ndarray,
-    *,
-    mu: float | None = None,
-    shift: float = 1.0,
-    time_shift_type: Literal["exponential", "linear"] = "exponential",
-) -> np.ndarray:
+def shift_sigmas(sigmas: np.ndarray, *, mu: float | None = None, shift: float = 1.0,
+                 time_shift_type: Literal["exponential", "linear"] = "exponential") -> np.ndarray:
     """Apply a dynamic (``mu``) or static (``shift``) time shift exactly as ``FlowMatchEulerDiscreteScheduler``."""
     sigmas = np.asarray(sigmas, dtype=np.float32)
     if mu is not None:
@@ -46,10 +36,10 @@ def flux_sigmas(num_steps: int, image_seq_len: int | None = None, **shift_kwargs
     sequence length is given (else unshifted), with the terminal 0 appended. Shape ``[num_steps + 1]``, float32."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    base = np.linspace(1.0, 1 / num_steps, num_steps)
-    mu = resolution_shift_mu(image_seq_len, **shift_kwargs) if image_seq_len is not None else None
-    sig = shift_sigmas(base, mu=mu) if mu is not None else base.astype(np.float32)
-    return torch.cat([torch.from_numpy(np.asarray(sig, dtype=np.float32)), torch.zeros(1)])
+    sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+    if image_seq_len is not None:
+        sigmas = shift_sigmas(sigmas, mu=resolution_shift_mu(image_seq_len, **shift_kwargs))
+    return torch.cat([torch.from_numpy(np.asarray(sigmas, dtype=np.float32)), torch.zeros(1)])
 
 
 TrainSteps = Literal["all_but_last", "all", "first_k", "fast_window", "list"]
@@ -67,15 +57,9 @@ class StepPlan:
         return len(self.noisy)
 
 
-def plan_steps(
-    num_steps: int,
-    mode: TrainSteps = "all_but_last",
-    *,
-    k: int = 1,
-    window_range: tuple[int, int] | None = None,
-    steps: tuple[int, ...] | list[int] | None = None,
-    rng: random.Random | None = None,
-) -> StepPlan:
+def plan_steps(num_steps: int, mode: TrainSteps = "all_but_last", *, k: int = 1,
+               window_range: tuple[int, int] | None = None, steps: tuple[int, ...] | list[int] | None = None,
+               rng: random.Random | None = None) -> StepPlan:
     """Choose noisy and trained steps.
 
     * ``all_but_last``: every step noisy, all trained but the last (near sigma=0 its Gaussian is so narrow that
@@ -100,10 +84,8 @@ def plan_steps(
     if mode == "fast_window":
         lo, hi = window_range if window_range is not None else (0, max(num_steps // 2, k))
         if not (0 <= lo and hi <= num_steps and hi - lo >= k >= 1):
-            raise ValueError(
-                f"fast_window needs 0 <= lo, hi <= num_steps ({num_steps}) and hi - lo >= k >= 1; "
-                f"got window_range=({lo}, {hi}), k={k}"
-            )
+            raise ValueError(f"fast_window needs 0 <= lo, hi <= num_steps ({num_steps}) and hi - lo >= k >= 1; "
+                             f"got window_range=({lo}, {hi}), k={k}")
         start = (rng or random).randint(lo, hi - k)
         window = tuple(range(start, start + k))
         return StepPlan(tuple(i in window for i in range(num_steps)), window)

@@ -49,20 +49,11 @@ def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor, reduce: Reduce = "me
     return reduce_log_density(log_density, reduce)
 
 
-def sde_step_with_logprob(
-    sample: Tensor,
-    velocity: Tensor,
-    sigma,
-    sigma_next,
-    noise_level: float,
-    *,
-    prev_sample: Tensor | None = None,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-    kind: StepKind = "sde",
-    reduce: Reduce = "mean",
-    sigma_max=None,
-    cps_compat: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def sde_step_with_logprob(sample: Tensor, velocity: Tensor, sigma, sigma_next, noise_level: float, *,
+                          prev_sample: Tensor | None = None,
+                          generator: torch.Generator | list[torch.Generator] | None = None, kind: StepKind = "sde",
+                          reduce: Reduce = "mean", sigma_max=None, cps_compat: bool = False
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """One sampling step from ``sigma`` to ``sigma_next`` and the log-probability of its result.
 
     Args:
@@ -110,13 +101,10 @@ def sde_step_with_logprob(
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device)
     std_full = std.expand_as(x) if std.ndim else std.expand(x.shape)
 
-    if prev_sample is None:
-        if noise_level == 0:
-            prev = mean
-        else:
-            prev = mean + std_full * _randn_like(x, generator)
-    else:
+    if prev_sample is not None:
         prev = prev_sample.detach().float()
+    else:
+        prev = mean if noise_level == 0 else mean + std_full * _randn_like(x, generator)
 
     if noise_level == 0 or bool((std_full == 0).all()):
         log_prob = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
