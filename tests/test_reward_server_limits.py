@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_reward_server import ServerThread, _free_port  # skips this module too when uvicorn is missing
+from launch import free_port
+from test_reward_server import ServerThread  # skips this module too when uvicorn is missing
 
 from psrl.config import ConfigError, from_dict
 from psrl.data.records import Record, SubjectRef, resolve_records
@@ -61,7 +62,7 @@ def test_one_bad_request_in_a_batch_fails_alone(data_root):
                                    "data_root": str(data_root), "batch_window_ms": 400,
                                    "max_text_chars": 10**6})  # let the long phrase reach the reward
     local = build_reward("subject_consistency", dict(SC_ARGS))  # scores records resolved here, under data_root
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/score/sc"
     good = [(_png_b64(s), _rec(s)) for s in range(6)]
     mixed = _body([_png_b64(10), _png_b64(11)], [_rec(10), _rec(11, LONG_PHRASE)])  # one bad sample of two
@@ -101,7 +102,7 @@ def boom_reward(images, records):
 def test_a_reward_that_raises_is_bisected_so_batch_mates_get_scores(data_root):
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "b", "reward": "test_reward_server_limits:boom_reward"}],
                                    "data_root": str(data_root), "batch_window_ms": 400})
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/score/b"
     bad = Record(id="bad", prompt="boom")
     bodies = [_body([_png_b64(s)], [_rec(s)]) for s in range(4)] + [_body([_png_b64(9)], [bad])]
@@ -119,7 +120,7 @@ def test_a_reward_that_raises_is_bisected_so_batch_mates_get_scores(data_root):
 def test_overlong_text_gets_422_while_its_batch_mates_are_scored(data_root):
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "batch_window_ms": 300})
     assert cfg.max_text_chars == 4096
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/score/mean_color"
     bodies = [_body([_png_b64(s)], [_rec(s)]) for s in range(8)]
     bodies.insert(3, _body([_png_b64(99)], [_rec(99, LONG_PHRASE)]))
@@ -143,7 +144,7 @@ def _big_png_b64(side):
 def test_pixel_body_and_image_count_limits_are_answered_before_decoding():
     cfg = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "max_body_bytes": 200_000, "max_images": 3})
     lax = from_dict(ServerConfig, {"rewards": [{"name": "mean_color"}], "max_pixels": 10**9})
-    port, port2 = _free_port(), _free_port()
+    port, port2 = free_port(), free_port()
     with ServerThread(create_app(cfg), port), ServerThread(create_app(lax), port2):
         url = f"http://127.0.0.1:{port}/score/mean_color"
         big = _big_png_b64(8000)
@@ -235,7 +236,7 @@ def test_api_key_is_never_echoed_nor_taken_from_the_command_line(tmp_path, capsy
     key_file.chmod(0o600)
     cfg = load_server_config(path, [f"api_key_file={key_file}"])
     assert cfg.resolved_api_key() == "file-key-123"
-    port = _free_port()
+    port = free_port()
     with caplog.at_level("DEBUG"), ServerThread(create_app(cfg), port):
         url = f"http://127.0.0.1:{port}/score/mean_color"
         body = _body([_png_b64(0)], [_rec(0)])
