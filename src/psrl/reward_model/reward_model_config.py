@@ -105,6 +105,7 @@ class RewardModelConfig(TrainingConfig):
         save_merged: at the end also write merged/, the LoRA merged into the base (what vLLM and sglang serve).
     """
 
+    # alike on purpose: a typed field list (every config section has one; a scanner sees their shape alike)
     first_token_weight: float | None = 0.1
     num_train_epochs: float = 2.0
     max_steps: int = 0

@@ -88,6 +88,7 @@ class TrainConfig(TrainingConfig):
             train_sd3.py).
     """
 
+    # alike on purpose: a typed field list (every config section has one; a scanner sees their shape alike)
     max_steps: int = 100
     groups_per_step: int = 48
     group_size: int = 24

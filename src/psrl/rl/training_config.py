@@ -39,6 +39,7 @@ class TrainingConfig:
 
     section: ClassVar[str] = "train"  # the YAML section errors name
 
+    # alike on purpose: a typed field list (every config section has one; a scanner sees their shape alike)
     # the names of psrl.rl.optim.OPTIMIZERS (tests/test_config.py keeps the two in step)
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
     lr: float = 3e-4

@@ -52,6 +52,7 @@ class PretrainConfig:
         seed: every draw.
     """
 
+    # alike on purpose: a typed field list (every config section has one; a scanner sees their shape alike)
     vae_steps: int = 1500
     vae_batch: int = 16
     vae_lr: float = 1e-3
