@@ -37,6 +37,8 @@ from psrl.fileio import write_bytes_atomic
 
 MIN_SIDE = 8  # pixels; below this no detector, embedder or VAE input makes sense
 MAX_ASPECT = 200.0  # long side / short side; the Qwen2-VL processor refuses anything more elongated
+# file suffixes (lower case) psrl looks for when it finds images by name; ordered, the first found wins
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 ImageSource = str | Path | bytes | BinaryIO
 
@@ -226,5 +228,5 @@ def save_image(image, path: str | Path) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-__all__ = ["MAX_ASPECT", "MIN_SIDE", "CachedImages", "ImageLoadError", "check_image", "image_size", "load_image",
-           "pil_to_tensor", "save_image", "size_problem", "tensor_to_pil", "to_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_ASPECT", "MIN_SIDE", "CachedImages", "ImageLoadError", "check_image", "image_size",
+           "load_image", "pil_to_tensor", "save_image", "size_problem", "tensor_to_pil", "to_rgb"]

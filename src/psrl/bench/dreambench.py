@@ -18,8 +18,6 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
-
 
 @lru_cache(maxsize=1)
 def dreambench_spec() -> dict:

@@ -19,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from psrl.bench.benchmarks import BenchmarkSpec, get_benchmark
-from psrl.bench.dreambench import IMAGE_SUFFIXES, dreambench_entries, dreambench_spec
+from psrl.bench.dreambench import dreambench_entries, dreambench_spec
 from psrl.bench.gedit import GEDIT_GROUPS, METADATA
 from psrl.bench.items import BenchItem, LoadedSubsets, ValidationIssue
 from psrl.bench.results import ROOT_KEY, ResultSample, read_manifest, result_sample, seed_dirs
@@ -28,7 +28,7 @@ from psrl.bench.tasks import PSRBENCH_SUBSET_NAMES, SUBSETS_BY_NAME
 from psrl.data.records import RecordError, resolve_under
 from psrl.errors import PsrlError
 from psrl.fileio import jsonl_lines
-from psrl.images import check_image
+from psrl.images import IMAGE_SUFFIXES, check_image
 from psrl.registry import import_object
 
 def load_benchmark(benchmark: str, data_root: str | Path, subsets: list[str] | None = None, *,

@@ -15,8 +15,7 @@ import sys
 from pathlib import Path
 
 from psrl.cli.bench import fraction_arg
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+from psrl.images import IMAGE_SUFFIXES
 
 
 def add_parser(subparsers) -> None:

@@ -26,7 +26,7 @@ from psrl.config import check_range
 from psrl.datagen.manifest import read_kept
 from psrl.datagen.runner import BaseStage, kept, rejected
 from psrl.data.records import RecordError, image_filename, resolve_under
-from psrl.images import ImageLoadError, load_image, save_image
+from psrl.images import IMAGE_SUFFIXES, ImageLoadError, load_image, save_image
 from psrl.data.grid_prompt import cell_boxes, find_grid_size
 from psrl.reward_model.grids import GridError, cell_pairs, parse_grid_spec
 from psrl.fileio import jsonl_lines
@@ -38,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 CELLS_STAGE, LABELS_STAGE = "pair_cells", "pair_labels"
 CELLS_DIR = "cells"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 # alike on purpose: a typed field list, the shape of every config section
