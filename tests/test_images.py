@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from psrl.data.records import Record, RecordError, SubjectRef, resolve_records
-from psrl.images import MAX_ASPECT, MIN_SIDE, ImageLoadError, check_image, load_image, size_problem
+from psrl.images import (MAX_ASPECT, MIN_SIDE, ImageLoadError, check_image, group_by_size, load_image,
+                         size_problem)
 from psrl.models.references import ReferenceLoader
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, to_pil_images
 from psrl.rl.sft_trainer import load_target
@@ -153,3 +154,11 @@ def test_every_reward_that_reads_references_takes_the_background(files, name):
 
     reward = build_reward(name, {"path": "tiny", "background": (0, 0, 0)})
     assert np.asarray(reward.refs.load(str(files / "clear.png"))).max() == 0
+
+
+@pytest.mark.unit
+def test_group_by_size_keeps_first_seen_group_order_and_item_order():
+    shapes = [(3, 8, 8), (3, 16, 8), (3, 8, 8), (3, 8, 16), (3, 16, 8), (3, 8, 8)]
+    groups = group_by_size(range(len(shapes)), lambda i: shapes[i])
+    assert groups == [[0, 2, 5], [1, 4], [3]]
+    assert group_by_size([], lambda i: i) == []

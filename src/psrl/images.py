@@ -26,9 +26,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,6 +43,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 ImageSource = str | Path | bytes | BinaryIO
 
 _Color = str | tuple
+_T = TypeVar("_T")
 
 
 class ImageLoadError(ValueError):
@@ -191,6 +192,17 @@ def check_image(path: str | Path, *, min_side: int = MIN_SIDE, max_aspect: float
     return None
 
 
+def group_by_size(items: Iterable[_T], size: Callable[[_T], Hashable]) -> list[list[_T]]:
+    """``items`` split by ``size(item)`` (a PIL ``.size``, a tensor's ``tuple(shape)``), the groups in the order
+    their first item comes, each keeping the items' order. Every batched model call over images goes one group at a
+    time: tensors of different sizes cannot be stacked, and a processor that pads mixed sizes changes the features.
+    """
+    groups: dict[Hashable, list[_T]] = {}
+    for item in items:
+        groups.setdefault(size(item), []).append(item)
+    return list(groups.values())
+
+
 def tensor_to_pil(image) -> Image.Image:
     """``[3, H, W]`` float tensor in [0, 1] (any device or dtype) -> RGB ``PIL.Image``: clamped to [0, 1], scaled by
     255 and rounded half to even to uint8. Values are not range-checked here (a reward that must refuse [-1, 1]
@@ -228,5 +240,6 @@ def save_image(image, path: str | Path) -> Path:
     return write_bytes_atomic(path, buf.getvalue())
 
 
-__all__ = ["IMAGE_SUFFIXES", "MAX_ASPECT", "MIN_SIDE", "CachedImages", "ImageLoadError", "check_image", "image_size",
-           "load_image", "pil_to_tensor", "save_image", "size_problem", "tensor_to_pil", "to_rgb"]
+__all__ = ["IMAGE_SUFFIXES", "MAX_ASPECT", "MIN_SIDE", "CachedImages", "ImageLoadError", "check_image",
+           "group_by_size", "image_size", "load_image", "pil_to_tensor", "save_image", "size_problem", "tensor_to_pil",
+           "to_rgb"]

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from psrl.cli.bench import fraction_arg
-from psrl.images import IMAGE_SUFFIXES
+from psrl.images import IMAGE_SUFFIXES, group_by_size
 
 
 def add_parser(subparsers) -> None:
@@ -153,14 +153,9 @@ def score_records(reward, records, images_dir: Path, batch_size: int):
     for start in range(0, len(records), batch_size):
         chunk = records[start:start + batch_size]
         loaded = [_load_image(images_dir, r.id) for r in chunk]
-        results: dict[int, tuple] = {}
-        by_size: dict[tuple, list[int]] = {}
-        for i, (img, why) in enumerate(loaded):
-            if img is None:
-                results[i] = (float("nan"), why, {})
-            else:
-                by_size.setdefault(tuple(img.shape), []).append(i)
-        for idx in by_size.values():
+        results: dict[int, tuple] = {i: (float("nan"), why, {}) for i, (img, why) in enumerate(loaded) if img is None}
+        scorable = [i for i, (img, _) in enumerate(loaded) if img is not None]
+        for idx in group_by_size(scorable, lambda i: tuple(loaded[i][0].shape)):
             out = reward(torch.stack([loaded[i][0] for i in idx]), [chunk[i] for i in idx])
             for row, i in enumerate(idx):
                 one = slice_output(out, row, row + 1)

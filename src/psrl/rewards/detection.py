@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from psrl.images import group_by_size
 from psrl.models.loading import check_tokenizer
 from psrl.rewards.isolation import Failed, per_item
 from psrl.rewards.loading import TINY, component_spec, load_pretrained, resolve_dtype
@@ -68,10 +69,7 @@ class GroundingDinoDetector:
         # backbone features (scores moved by up to 0.3 on the tiny model), so mixed sizes would not match
         # one-at-a-time detection. Text padding is masked and harmless.
         out: list[Detections | None] = [None] * len(images)
-        by_size: dict[tuple[int, int], list[int]] = {}
-        for i, im in enumerate(images):
-            by_size.setdefault(im.size, []).append(i)
-        for idx in by_size.values():
+        for idx in group_by_size(range(len(images)), lambda i: images[i].size):
             for s in range(0, len(idx), self.batch_size):
                 chunk = idx[s:s + self.batch_size]
                 imgs = [images[i] for i in chunk]

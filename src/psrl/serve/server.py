@@ -25,7 +25,7 @@ from fastapi import Request  # module level: FastAPI resolves the (postponed) an
 
 from psrl.data.records import Record, RecordError
 from psrl.rewards.base import RewardOutput, build_reward
-from psrl.images import pil_to_tensor
+from psrl.images import group_by_size, pil_to_tensor
 from psrl.serve.config import ServedReward, ServerConfig, check_bind, is_loopback, load_server_config, url_host
 from psrl.serve.wire import TooLarge, decode_png, join_outputs, output_to_json, slice_output
 
@@ -68,10 +68,7 @@ class Batcher:
                     items.append(await asyncio.wait_for(self.queue.get(), timeout))
                 except asyncio.TimeoutError:
                     break
-            by_size: dict[tuple, list] = {}
-            for item in items:
-                by_size.setdefault(tuple(item[0][0].shape), []).append(item)
-            for group in by_size.values():
+            for group in group_by_size(items, lambda item: tuple(item[0][0].shape)):
                 await self._score(group)
 
     async def _call(self, images: list, records: list[Record]) -> RewardOutput:
