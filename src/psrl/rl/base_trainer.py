@@ -321,6 +321,8 @@ class BaseTrainer:
                 bar.close()
             if self.tracker is not None:
                 self.tracker.close()
+        # run.push_to_hub is not done here: psrl.push.push_finished_run reads LoRA files and checkpoints (models, rl),
+        # so it sits above rl and cannot be imported from here; psrl train and psrl sft each call it after train()
         return self.history
 
     def check_health(self, done: int, metrics: dict) -> None:
