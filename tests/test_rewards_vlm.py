@@ -147,6 +147,20 @@ def test_local_lora_adapter_is_loaded(refs, tmp_path):
         build_reward("semantic_alignment", {"path": str(tmp_path / "no_model")})
 
 
+@pytest.mark.component
+def test_single_token_id_is_the_one_yes_no_check_of_the_judges_and_the_reward_model():
+    """One id for a single-token word; a split word is a ModelLoadError naming the caller, the word and the count."""
+    from psrl.rewards.tiny import tiny_qwen_tokenizer
+    from psrl.rewards.vlm.transports import single_token_id
+
+    tok = tiny_qwen_tokenizer()
+    assert single_token_id(tok, "Yes", "vlm judge") == tok.encode("Yes", add_special_tokens=False)[0]
+    split = tiny_qwen_tokenizer(answer_words=())  # "Yes" is three byte tokens here
+    with pytest.raises(ModelLoadError, match=r"^reward model 'x': the tokenizer splits 'Yes' into 3 tokens; a "
+                                             r"first-token P\(Yes\) judge needs it to be one token$"):
+        single_token_id(split, "Yes", "reward model 'x'")
+
+
 # ------------------------------------------------------------------ remote transport, fake server fixture
 class FakeJudge:
     """State of the fake OpenAI-compatible server: what to answer, and what it received."""

@@ -20,8 +20,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from psrl.errors import ModelLoadError
-
 logger = logging.getLogger(__name__)
 
 
@@ -37,20 +35,12 @@ def language_model_linears(model: nn.Module) -> list[str]:
 
 
 def load_base(path: str, device, dtype: torch.dtype):
-    """``(model, processor)`` of a Qwen-VL judge: ``tiny`` builds psrl's random tiny judge
-    (:func:`psrl.rewards.tiny.tiny_qwen2_5_vl`), anything else loads with ``from_pretrained`` exactly as psrl's
-    judge does (:func:`psrl.rewards.vlm.transports._load_hf_vlm`: the image-only processor when torchvision is
-    missing). Raises ModelLoadError naming the path."""
-    from psrl.rewards.loading import TINY, load_pretrained
+    """``(model, processor)`` of a Qwen-VL judge on ``device`` in eval mode, loaded by psrl's judge loader
+    (:func:`psrl.rewards.vlm.transports.load_vlm`: ``tiny`` or ``from_pretrained``). Raises ModelLoadError naming
+    the path."""
+    from psrl.rewards.vlm.transports import load_vlm
 
-    if path == TINY:
-        from psrl.rewards.tiny import tiny_qwen2_5_vl
-
-        model, processor = tiny_qwen2_5_vl()
-    else:
-        from psrl.rewards.vlm.transports import _load_hf_vlm
-
-        model, processor = load_pretrained("reward model", path, lambda p: _load_hf_vlm(p, dtype))
+    model, processor = load_vlm(path, dtype, "reward model")
     return model.to(device, dtype).eval(), processor
 
 
@@ -70,14 +60,6 @@ def save_processor(processor, path: str | Path) -> None:
             if data.get("processor_class") not in (None, stock):
                 data["processor_class"] = stock
                 f.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-
-
-def single_token_id(tokenizer, word: str, where: str) -> int:
-    ids = tokenizer.encode(word, add_special_tokens=False)
-    if len(ids) != 1:
-        raise ModelLoadError(f"{where}: the tokenizer splits {word!r} into {len(ids)} tokens; a first-token "
-                             f"P({word}) judge needs it to be one token")
-    return ids[0]
 
 
 class PairwiseJudgeModel:
@@ -113,6 +95,7 @@ class PairwiseJudgeModel:
 
         from psrl.models.lora import resolve_target_modules
         from psrl.rewards.loading import resolve_dtype
+        from psrl.rewards.vlm.transports import single_token_id
 
         cfg = self.cfg
         dtype = self.dtype = resolve_dtype(cfg.dtype, device)
@@ -199,5 +182,4 @@ def merge_adapter(base: str, adapter: str | Path, out: str | Path, *, dtype: str
     return out
 
 
-__all__ = ["PairwiseJudgeModel", "language_model_linears", "load_base", "merge_adapter", "save_processor",
-           "single_token_id"]
+__all__ = ["PairwiseJudgeModel", "language_model_linears", "load_base", "merge_adapter", "save_processor"]

@@ -70,10 +70,7 @@ def _load_local_vlm(path: str, adapter_path: str | None, device, dtype):
     with _LOCAL_LOCK:
         if key in _LOCAL_CACHE:
             return _LOCAL_CACHE[key]
-        if path == TINY:
-            model, processor = tiny_qwen2_5_vl()
-        else:
-            model, processor = load_pretrained("vlm judge", path, lambda p: _load_hf_vlm(p, dtype))
+        model, processor = load_vlm(path, dtype)
         if adapter_path:
             from peft import PeftModel
 
@@ -83,6 +80,35 @@ def _load_local_vlm(path: str, adapter_path: str | None, device, dtype):
         processor.tokenizer.padding_side = "left"  # batched last-token logits and generation need left padding
         _LOCAL_CACHE[key] = (model, processor)
         return model, processor
+
+
+def load_vlm(path: str, dtype, what: str = "vlm judge"):
+    """``(model, processor)`` of a Qwen-VL judge, as built (not moved to a device, not put in eval mode): ``tiny``
+    builds psrl's random tiny judge (:func:`psrl.rewards.tiny.tiny_qwen2_5_vl`), anything else loads with
+    ``from_pretrained`` (the image-only processor when torchvision is missing). The one loader of the judge
+    rewards and of the reward model (:mod:`psrl.reward_model.judge_model`).
+
+    Raises:
+        ModelLoadError: the path cannot be loaded; the message names ``what`` and the path.
+    """
+    if path == TINY:
+        return tiny_qwen2_5_vl()
+    return load_pretrained(what, path, lambda p: _load_hf_vlm(p, dtype))
+
+
+def single_token_id(tokenizer, word: str, where: str) -> int:
+    """The id of ``word`` as one token of ``tokenizer`` (no special tokens added): a first-token P(word) judge reads
+    the logit of exactly that id.
+
+    Raises:
+        ModelLoadError: the tokenizer splits ``word`` into several tokens (or none); the message starts with
+            ``where``.
+    """
+    ids = tokenizer.encode(word, add_special_tokens=False)
+    if len(ids) != 1:
+        raise ModelLoadError(f"{where}: the tokenizer splits {word!r} into {len(ids)} tokens; a first-token "
+                             f"P({word}) judge needs it to be one token")
+    return ids[0]
 
 
 def _load_hf_vlm(path: str, dtype):
@@ -121,13 +147,6 @@ class LocalTransport:
         self.tokenizer = self.processor.tokenizer
         self.batch_size, self.top_logprobs = batch_size, top_logprobs
 
-    def _token_id(self, token: str) -> int:
-        ids = self.tokenizer.encode(token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ModelLoadError(f"vlm judge: the tokenizer splits {token!r} into {len(ids)} tokens; first-token "
-                                 f"P({token}) is undefined for this model")
-        return ids[0]
-
     def _inputs(self, requests: Sequence[JudgeRequest]):
         texts, images = [], []
         for r in requests:
@@ -141,7 +160,7 @@ class LocalTransport:
 
     @torch.no_grad()
     def first_token_logprobs(self, requests, answer_tokens):
-        ids = {t: self._token_id(t) for t in answer_tokens}
+        ids = {t: single_token_id(self.tokenizer, t, "vlm judge") for t in answer_tokens}
 
         def batch(reqs: list[JudgeRequest]) -> list[FirstToken]:
             logits = self.model(**self._inputs(reqs)).logits[:, -1].float()
