@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from psrl.errors import ConfigError, PsrlError
+from psrl.rewards.base import to_jsonable
 from psrl.rl.advantages import compute_advantages
 from psrl.rl.base_trainer import StepAbandoned, format_duration
 from psrl.rl.diagnose_stats import (SIGNAL_ALPHA, RewardSpread, SignalTest, images_for_cosine, median, reward_spread,
@@ -118,17 +119,7 @@ class Diagnosis:
 
     def to_dict(self) -> dict:
         """JSON-able: nested dataclasses as dicts, NaN and inf as ``null`` (JSON has neither)."""
-        return _json_safe(dataclasses.asdict(self))
-
-
-def _json_safe(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+        return to_jsonable(dataclasses.asdict(self))
 
 
 @contextmanager
