@@ -230,6 +230,8 @@ def evaluate_samples(samples: Sequence[ResultSample], out_dir: str | Path, metri
     return stats
 
 
+# alike on purpose: psrl.images.group_by_size groups a whole batch; this streams each chunk as it fills, sizes read
+# from the file headers, unscorable samples alone
 def _eval_batches(todo: list[ResultSample], batch_size: int):
     """Unscorable samples alone; scorable ones in chunks of one image size (subsets mixed: each dimension splits
     a chunk by the metric its subsets use, so a metric shared by all subsets sees the whole chunk)."""

@@ -49,7 +49,7 @@ from psrl.data.grid_prompt import divide_prompt, find_grid_size
 from psrl.data.records import Record
 from psrl.errors import PsrlError
 from psrl.fileio import write_json_atomic
-from psrl.images import load_image, save_image
+from psrl.images import IMAGE_SUFFIXES, load_image, save_image
 
 CATEGORY_SLUGS = {"Character Generation": "character", "Design Style Generation": "design",
                   "Story Generation": "story", "Process Generation": "process",
@@ -109,7 +109,7 @@ def parse_entry(subset: str, index: int, entry, *, alignment: dict | str | None 
     return Record(id=f"{subset}/{index}", prompt=prompt, tags=tags), issues
 
 
-def import_image_sets(images_dir, data, out_dir, *, seed: int = 0, suffixes=(".png", ".jpg", ".jpeg")) -> dict:
+def import_image_sets(images_dir, data, out_dir, *, seed: int = 0, suffixes=IMAGE_SUFFIXES) -> dict:
     """Turn image sets saved one file per image, T2IS-Eval's layout (``<case id>_<NNNN>.<ext>``, ordered by the
     trailing number; chengyou-jia/T2IS@ab4974a ``T2IS_Eval/test_prompt_consistency.py``), into a psrl result
     folder ``psrl bench eval`` reads: each complete set tiled row-major into the entry's grid (every image resized
