@@ -12,7 +12,7 @@ from PIL import Image
 
 from fake_chat import FakeChatServer
 from psrl.chat import ChatClient, ChatError, image_data_url, message_text
-from psrl.fileio import atomic_path, write_jsonl_atomic
+from psrl.fileio import atomic_dir, atomic_path, write_jsonl_atomic
 from psrl.images import ImageLoadError, image_size, load_image, pil_to_tensor, save_image, tensor_to_pil
 from psrl.models.loading import torch_dtype_from_name
 from psrl.rewards.loading import resolve_dtype
@@ -94,6 +94,24 @@ def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_pat
         raise RuntimeError("killed mid-write")
     assert np.load(target).tolist() == [0, 1, 2]
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.npy"]
+
+
+def test_atomic_dir_replaces_a_folder_whole_and_keeps_the_old_one_on_error(tmp_path):
+    target = tmp_path / "runs" / "adapter"
+    (tmp_path / "runs" / ".adapter.tmp").mkdir(parents=True)  # a stale temp folder a killed run left
+    (tmp_path / "runs" / ".adapter.tmp" / "stale.bin").write_bytes(b"x")
+    with atomic_dir(target) as tmp:
+        assert tmp.is_dir() and list(tmp.iterdir()) == [] and not target.exists()
+        (tmp / "a.txt").write_text("one")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]  # replaced whole, not merged
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "c.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["adapter"]
 
 
 def test_write_jsonl_atomic(tmp_path):
