@@ -12,7 +12,7 @@ from PIL import Image
 
 from fake_chat import FakeChatServer
 from psrl.chat import ChatClient, ChatError, image_data_url, message_text
-from psrl.fileio import atomic_dir, atomic_path, write_jsonl_atomic
+from psrl.fileio import atomic_dir, atomic_path, step_dirs, write_jsonl_atomic
 from psrl.images import ImageLoadError, image_size, load_image, pil_to_tensor, save_image, tensor_to_pil
 from psrl.models.loading import torch_dtype_from_name
 from psrl.rewards.loading import resolve_dtype
@@ -112,6 +112,14 @@ def test_atomic_dir_replaces_a_folder_whole_and_keeps_the_old_one_on_error(tmp_p
         raise RuntimeError("killed mid-write")
     assert [p.name for p in target.iterdir()] == ["b.txt"]
     assert sorted(p.name for p in target.parent.iterdir()) == ["adapter"]
+
+
+def test_step_dirs_are_the_step_n_folders_in_numeric_order(tmp_path):
+    for name in ("step-10", "step-2", ".step-3.tmp", "step-x", "latest"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "step-7").write_text("a file, not a checkpoint")
+    assert step_dirs(tmp_path) == [(2, tmp_path / "step-2"), (10, tmp_path / "step-10")]
+    assert step_dirs(tmp_path / "missing") == []
 
 
 def test_write_jsonl_atomic(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -29,6 +30,20 @@ def jsonl_lines(path: str | os.PathLike, text: str | None = None) -> list[tuple[
             except json.JSONDecodeError as e:
                 out.append((f"{path}:{lineno}", e))
     return out
+
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def step_dirs(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(N, folder/step-N)`` for every sub-folder named ``step-N`` (N a non-negative integer), oldest (lowest N)
+    first; empty when ``folder`` is not a folder. Whether one is complete is the caller's question: the training
+    checkpoints (:func:`psrl.rl.checkpoint.list_checkpoints`) and the LoRA resolver
+    (:func:`psrl.models.lora.resolve_lora_path`) both scan with this."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), d) for d in folder.iterdir() if (m := _STEP_DIR.match(d.name)) and d.is_dir())
 
 
 @contextlib.contextmanager
@@ -102,5 +117,5 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_dir", "atomic_path", "jsonl_lines", "write_bytes_atomic", "write_json_atomic",
+__all__ = ["atomic_dir", "atomic_path", "jsonl_lines", "step_dirs", "write_bytes_atomic", "write_json_atomic",
            "write_jsonl_atomic", "write_text_atomic"]

@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -38,13 +37,12 @@ from torch import nn
 
 from psrl.config import dump_yaml
 from psrl.errors import PsrlError
-from psrl.fileio import atomic_dir, write_json_atomic
+from psrl.fileio import atomic_dir, step_dirs, write_json_atomic
 from psrl.rl import distributed as dist
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def named_trainable(module: nn.Module, trainable: Iterable[nn.Parameter]) -> dict[str, nn.Parameter]:
@@ -133,14 +131,7 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Checkpoints that look complete (a ``state.json`` inside), oldest first; see :func:`verify_checkpoint`."""
-    root = Path(run_dir) / CHECKPOINTS
-    found = []
-    if root.is_dir():
-        for d in root.iterdir():
-            m = _STEP_DIR.match(d.name)
-            if m and d.is_dir() and (d / "state.json").is_file():
-                found.append((int(m.group(1)), d))
-    return sorted(found)
+    return [(step, d) for step, d in step_dirs(Path(run_dir) / CHECKPOINTS) if (d / "state.json").is_file()]
 
 
 def verify_checkpoint(path: str | Path) -> str | None:
