@@ -68,6 +68,8 @@ def test_image_similarity_is_one_for_the_reference_itself(ref_dir):
         reward = build_reward(name, {"path": "tiny"})
         out = reward(ref, _recs(1))
         assert out.scores.item() == pytest.approx(1.0, abs=1e-5)
+        again = reward(ref, _recs(1))  # the reference embedding now comes from the bounded cache
+        assert again.scores.item() == pytest.approx(1.0, abs=1e-5) and len(reward._cache) == 1
         missing = reward(ref, resolve_records([Record(id="m", prompt="p", subjects=(SubjectRef("nope.png", "cat"),))],
                                               ref_dir))
         assert math.isnan(missing.scores.item()) and "not found" in missing.failures[0]

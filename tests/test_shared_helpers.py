@@ -1,9 +1,10 @@
 """The helpers every layer shares, one of each (issue #11 item 4): stable seeds, the shard of a process, atomic
-writes, tensor <-> PIL and image files, the dtype vocabulary and the OpenAI-compatible chat client. Oracles: the
-formulas the former copies used (so seeds, and with them datasets and benchmark images, did not change), PIL and
-numpy, and a local HTTP server."""
+writes, tensor <-> PIL and image files, the dtype vocabulary, the OpenAI-compatible chat client and the bounded
+cache of rewards and benchmarks. Oracles: the formulas the former copies used (so seeds, and with them datasets and
+benchmark images, did not change), PIL and numpy, and a local HTTP server."""
 import hashlib
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -12,9 +13,10 @@ from PIL import Image
 
 from fake_chat import FakeChatServer
 from psrl.chat import ChatClient, ChatError, image_data_url, message_text
-from psrl.fileio import atomic_path, write_jsonl_atomic
+from psrl.fileio import atomic_dir, atomic_path, step_dirs, write_jsonl_atomic
 from psrl.images import ImageLoadError, image_size, load_image, pil_to_tensor, save_image, tensor_to_pil
 from psrl.models.loading import torch_dtype_from_name
+from psrl.rewards.bounded_cache import BoundedCache
 from psrl.rewards.loading import resolve_dtype
 from psrl.rl.sampler import sample_seed
 from psrl.seeding import stable_seed
@@ -94,6 +96,32 @@ def test_atomic_path_replaces_on_success_and_keeps_the_old_file_on_error(tmp_pat
         raise RuntimeError("killed mid-write")
     assert np.load(target).tolist() == [0, 1, 2]
     assert sorted(p.name for p in target.parent.iterdir()) == ["a.npy"]
+
+
+def test_atomic_dir_replaces_a_folder_whole_and_keeps_the_old_one_on_error(tmp_path):
+    target = tmp_path / "runs" / "adapter"
+    (tmp_path / "runs" / ".adapter.tmp").mkdir(parents=True)  # a stale temp folder a killed run left
+    (tmp_path / "runs" / ".adapter.tmp" / "stale.bin").write_bytes(b"x")
+    with atomic_dir(target) as tmp:
+        assert tmp.is_dir() and list(tmp.iterdir()) == [] and not target.exists()
+        (tmp / "a.txt").write_text("one")
+    assert [p.name for p in target.iterdir()] == ["a.txt"]
+    with atomic_dir(target) as tmp:
+        (tmp / "b.txt").write_text("two")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]  # replaced whole, not merged
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "c.txt").write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert [p.name for p in target.iterdir()] == ["b.txt"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["adapter"]
+
+
+def test_step_dirs_are_the_step_n_folders_in_numeric_order(tmp_path):
+    for name in ("step-10", "step-2", ".step-3.tmp", "step-x", "latest"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "step-7").write_text("a file, not a checkpoint")
+    assert step_dirs(tmp_path) == [(2, tmp_path / "step-2"), (10, tmp_path / "step-10")]
+    assert step_dirs(tmp_path / "missing") == []
 
 
 def test_write_jsonl_atomic(tmp_path):
@@ -196,3 +224,48 @@ def test_scorable_images_keeps_failures_per_sample_and_checks_the_count():
     assert idx == [0, 2] and pils[1] is None and "NaN" in failures[1]
     with pytest.raises(ValueError, match="demo: 3 images for 2 records"):
         scorable_images(images, records[:2], "demo")
+
+
+# ----------------------------------------------------------------------------- bounded cache
+def test_bounded_cache_fifo_drops_the_first_stored_even_when_read():
+    cache = BoundedCache(2)
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1  # a read does not refresh a FIFO entry
+    cache.put("a", 10)  # nor does storing it again
+    cache.put("c", 3)
+    assert "a" not in cache and cache.get("b") == 2 and cache.get("c") == 3 and len(cache) == 2
+
+
+def test_bounded_cache_lru_drops_the_least_recently_used():
+    cache = BoundedCache(2, eviction="lru")
+    cache.put("a", 1)
+    cache.put("b", 2)
+    assert cache.get("a") == 1
+    cache.put("c", 3)
+    assert "b" not in cache and cache.get("a") == 1 and cache.get("c") == 3
+    assert cache.get("b", "missing") == "missing"
+
+
+def test_bounded_cache_of_size_zero_keeps_nothing_and_sizes_are_checked():
+    cache = BoundedCache(0)
+    cache.put("a", 1)
+    assert len(cache) == 0 and cache.get("a") is None
+    for bad in (-1, 1.5, True, "3"):
+        with pytest.raises(ValueError, match="cache_size must be an integer >= 0"):
+            BoundedCache(bad)
+    with pytest.raises(ValueError, match="eviction must be one of"):
+        BoundedCache(3, eviction="random")
+
+
+def test_bounded_cache_stays_bounded_under_threads():
+    cache = BoundedCache(50, eviction="lru")
+
+    def work(t):
+        for i in range(500):
+            cache.put((t, i), i)
+            cache.get((t, i // 2))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(work, range(8)))
+    assert len(cache) == 50

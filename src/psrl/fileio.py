@@ -1,12 +1,14 @@
 """The JSONL line reader (:func:`jsonl_lines`) and atomic file writes: a temp file in the same folder, then
 ``os.replace``, so a crash leaves the old file or the new one, never half of one. Every atomic write of psrl goes
-through :func:`atomic_path` (images through :func:`psrl.images.save_image`); checkpoints, which are whole
-directories, are assembled and renamed by :mod:`psrl.rl.checkpoint`."""
+through :func:`atomic_path` (images through :func:`psrl.images.save_image`); whole directories (checkpoints, the
+reward model's ``adapter/`` and ``merged/``) through :func:`atomic_dir`."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -30,6 +32,20 @@ def jsonl_lines(path: str | os.PathLike, text: str | None = None) -> list[tuple[
     return out
 
 
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def step_dirs(folder: str | os.PathLike) -> list[tuple[int, Path]]:
+    """``(N, folder/step-N)`` for every sub-folder named ``step-N`` (N a non-negative integer), oldest (lowest N)
+    first; empty when ``folder`` is not a folder. Whether one is complete is the caller's question: the training
+    checkpoints (:func:`psrl.rl.checkpoint.list_checkpoints`) and the LoRA resolver
+    (:func:`psrl.models.lora.resolve_lora_path`) both scan with this."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted((int(m.group(1)), d) for d in folder.iterdir() if (m := _STEP_DIR.match(d.name)) and d.is_dir())
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """A temp path to write instead of ``path``: ``.<name>.<pid>.tmp<suffix>`` in the same folder (so the rename
@@ -44,6 +60,37 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """An empty temp folder ``.<name>.tmp`` beside ``path`` to fill instead of ``path`` (a stale one a killed run
+    left is removed first; parent folders are created). On a clean exit of the block it takes the place of
+    ``path``: an existing ``path`` is first renamed to ``.<name>.old`` and deleted only once the new folder is in
+    place, so a crash at any point leaves the old folder or the new one under a name a cleanup can find
+    (:func:`psrl.rl.checkpoint.clean_leftovers`), never a half-written ``path``. On an error the temp folder is
+    removed and ``path`` is left as it was. Flushing the files to disk before the block ends is the caller's job
+    (checkpoints do, :func:`psrl.rl.checkpoint.save_checkpoint`).
+
+    Raises:
+        OSError: the temp folder cannot be made, or the rename fails (the new contents are then removed).
+    """
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        old = final.with_name(f".{final.name}.old")
+        if final.exists():  # keep the old copy until the new one is in place
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -70,5 +117,5 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "jsonl_lines", "write_bytes_atomic", "write_json_atomic", "write_jsonl_atomic",
-           "write_text_atomic"]
+__all__ = ["atomic_dir", "atomic_path", "jsonl_lines", "step_dirs", "write_bytes_atomic", "write_json_atomic",
+           "write_jsonl_atomic", "write_text_atomic"]

@@ -11,7 +11,6 @@ import fnmatch
 import json
 import logging
 import os
-import re
 import types
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from psrl.errors import ModelLoadError
-from psrl.fileio import atomic_path
+from psrl.fileio import atomic_path, step_dirs
 from psrl.models.config import LoraConfig
 
 logger = logging.getLogger(__name__)
@@ -174,9 +173,6 @@ def lora_file(path: str | os.PathLike) -> Path:
 #: inside a checkpoint ``step-N/``, the LoRA folders in the order a reader prefers them: the EMA weights are what
 #: evaluation during training used (and what a run reports), the raw weights when no EMA was kept
 CHECKPOINT_LORA_DIRS = ("lora_ema", "lora")
-_STEP_DIR = re.compile(r"^step-(\d+)$")
-
-
 def _checkpoint_lora(step_dir: Path) -> Path | None:
     """The preferred LoRA weights file of a checkpoint ``step-N/`` folder, or ``None``."""
     for sub in CHECKPOINT_LORA_DIRS:
@@ -189,9 +185,7 @@ def _checkpoint_lora(step_dir: Path) -> Path | None:
 def _newest_checkpoint_lora(checkpoints: Path) -> Path | None:
     """The LoRA of the newest *complete* ``step-N`` under ``checkpoints/`` (``state.json`` is written last, so a
     folder without it, or without LoRA weights, was cut short by a crash or a prune); skipped ones are logged."""
-    steps = sorted(((int(m.group(1)), d) for d in checkpoints.iterdir()
-                    if d.is_dir() and (m := _STEP_DIR.match(d.name))), reverse=True)
-    for _, d in steps:
+    for _, d in reversed(step_dirs(checkpoints)):
         f = _checkpoint_lora(d)
         if f is not None and (d / "state.json").is_file():
             return f
@@ -227,7 +221,7 @@ def resolve_lora_path(path: str | os.PathLike) -> Path:
     if found is not None:
         return found
     for checkpoints in (p / "checkpoints", p):
-        if checkpoints.is_dir() and any(_STEP_DIR.match(d.name) for d in checkpoints.iterdir()):
+        if step_dirs(checkpoints):
             found = _newest_checkpoint_lora(checkpoints)
             if found is None:
                 raise ModelLoadError(f"cannot load LoRA: {str(path)!r} has no complete checkpoint (step-N with "

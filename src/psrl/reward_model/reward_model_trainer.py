@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import shutil
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ import torch
 
 from psrl.data.records import RecordError
 from psrl.errors import PsrlError, listing
+from psrl.fileio import atomic_dir
 from psrl.images import ImageLoadError, load_image
 from psrl.reward_model.encoding import chat_texts, encode_batch, fit_pixels, prepare_image, sequence_length
 from psrl.reward_model.judge_model import PairwiseJudgeModel
@@ -341,21 +340,15 @@ class RewardModelTrainer(BaseTrainer):
         temp folder and a rename; returns their paths. Merging replaces the model in place: call this last."""
         out: dict[str, Path] = {}
         if self.is_main:
-            out["adapter"] = _atomic_dir(self.run_dir / "adapter", self.policy.save_lora)
+            with atomic_dir(self.run_dir / "adapter") as tmp:
+                self.policy.save_lora(tmp)
+            out["adapter"] = self.run_dir / "adapter"
             if self.cfg.train.save_merged:
-                out["merged"] = _atomic_dir(self.run_dir / "merged", self.policy.save_merged)
+                with atomic_dir(self.run_dir / "merged") as tmp:
+                    self.policy.save_merged(tmp)
+                out["merged"] = self.run_dir / "merged"
         dist.barrier()
         return out
-
-
-def _atomic_dir(final: Path, write) -> Path:
-    tmp = final.with_name(f".{final.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write(tmp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
 
 
 __all__ = ["Item", "RewardModelTrainer", "SKIPPED_FILE", "check_text", "image_sizes"]

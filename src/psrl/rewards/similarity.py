@@ -10,7 +10,6 @@ Reference embeddings are cached by (file, mtime). ``scale`` multiplies the cosin
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -18,6 +17,7 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
+from psrl.rewards.bounded_cache import BoundedCache
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, scorable_images
 from psrl.rewards.isolation import Failed, per_item
@@ -55,7 +55,7 @@ class ImageSimilarityReward:
                                                          path or self.default_path), device=device, dtype=dtype)
         self.refs = ReferenceImages(background=background)
         self.scale, self.cache_size = scale, cache_size
-        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._cache = BoundedCache(cache_size)  # (file, mtime) -> embedding
 
     def _ref_embeddings(self, paths: list[str]) -> dict[str, Tensor | str]:
         out, todo, imgs = {}, [], []
@@ -63,8 +63,9 @@ class ImageSimilarityReward:
             try:
                 p = self.refs.path(image)
                 key = (str(p), os.stat(p).st_mtime_ns) if p.is_file() else None
-                if key is not None and key in self._cache:
-                    out[image] = self._cache[key]
+                cached = None if key is None else self._cache.get(key)
+                if cached is not None:
+                    out[image] = cached
                     continue
                 imgs.append(self.refs.load(image))
                 todo.append((image, key))
@@ -77,9 +78,7 @@ class ImageSimilarityReward:
                     out[image] = emb.reason
                     continue
                 out[image] = emb
-                self._cache[key] = emb
-                if len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+                self._cache.put(key, emb)
         return out
 
     def __call__(self, images: Tensor | Sequence, records: Sequence[Record]) -> RewardOutput:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter, OrderedDict, defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,6 +37,7 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
+from psrl.rewards.bounded_cache import BoundedCache
 from psrl.rewards.detection import Detections, build_detector, detect_phrases
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, scorable_images
@@ -98,7 +99,7 @@ class SubjectConsistencyReward:
                                        device=device, dtype=dtype)
         self.refs = ReferenceImages(background=background)
         self.cache_size = cache_size
-        self._ref_cache: OrderedDict[tuple, tuple[Tensor, bool]] = OrderedDict()
+        self._ref_cache = BoundedCache(cache_size, eviction="lru")  # key -> (embedding, whole_image_used)
         self.stats = {"reference_passes": 0, "reference_cache_hits": 0}
 
     # ------------------------------------------------------------------ references
@@ -116,9 +117,9 @@ class SubjectConsistencyReward:
         out: dict[tuple, tuple[Tensor, bool] | str] = {}
         todo_keys, todo_imgs, todo_phrases = [], [], []
         for key, (image, phrase) in wanted.items():
-            if key in self._ref_cache:
-                self._ref_cache.move_to_end(key)
-                out[key] = self._ref_cache[key]
+            cached = self._ref_cache.get(key)
+            if cached is not None:
+                out[key] = cached
                 self.stats["reference_cache_hits"] += 1
                 continue
             try:
@@ -150,9 +151,7 @@ class SubjectConsistencyReward:
                 continue
             entry = (got, w)
             out[key] = entry
-            self._ref_cache[key] = entry
-            if len(self._ref_cache) > self.cache_size:
-                self._ref_cache.popitem(last=False)
+            self._ref_cache.put(key, entry)
         return out
 
     def _first_crop(self, img: Image.Image, det: Detections, index: int = 0) -> Image.Image | None:

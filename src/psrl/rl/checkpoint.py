@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 import time
 from pathlib import Path
@@ -38,13 +37,12 @@ from torch import nn
 
 from psrl.config import dump_yaml
 from psrl.errors import PsrlError
-from psrl.fileio import write_json_atomic
+from psrl.fileio import atomic_dir, step_dirs, write_json_atomic
 from psrl.rl import distributed as dist
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def named_trainable(module: nn.Module, trainable: Iterable[nn.Parameter]) -> dict[str, nn.Parameter]:
@@ -133,14 +131,7 @@ def step_dir(run_dir: str | Path, step: int) -> Path:
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Checkpoints that look complete (a ``state.json`` inside), oldest first; see :func:`verify_checkpoint`."""
-    root = Path(run_dir) / CHECKPOINTS
-    found = []
-    if root.is_dir():
-        for d in root.iterdir():
-            m = _STEP_DIR.match(d.name)
-            if m and d.is_dir() and (d / "state.json").is_file():
-                found.append((int(m.group(1)), d))
-    return sorted(found)
+    return [(step, d) for step, d in step_dirs(Path(run_dir) / CHECKPOINTS) if (d / "state.json").is_file()]
 
 
 def verify_checkpoint(path: str | Path) -> str | None:
@@ -251,39 +242,31 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
     """
     check_finite(named_params, step)
     final = step_dir(run_dir, step)
-    tmp = final.parent / f".{final.name}.tmp"
     main = process_index == 0
     failed = None
-    if main:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        (tmp / "rng").mkdir(parents=True)
-    barrier()
     try:
-        torch.save(rng if rng is not None else rng_state(), tmp / "rng" / f"rank-{process_index}.pt")
+        with contextlib.ExitStack() as stack:
+            # rank 0 owns the temp folder (atomic_dir: removed on an error, renamed to step-N on success)
+            tmp = stack.enter_context(atomic_dir(final)) if main else final.with_name(f".{final.name}.tmp")
+            if main:
+                (tmp / "rng").mkdir()
+            barrier()
+            try:
+                torch.save(rng if rng is not None else rng_state(), tmp / "rng" / f"rank-{process_index}.pt")
+            except OSError as e:
+                failed = e
+            barrier()
+            if main:
+                if failed is not None:
+                    raise failed
+                _write_contents(tmp, policy=policy, named_params=named_params, optimizer=optimizer,
+                                scheduler=scheduler, ema=ema, config_yaml=config_yaml, state={"step": step, **state},
+                                modules=modules or {}, full=full)
     except OSError as e:
-        failed = e
-    barrier()
-    if main:
-        try:
-            if failed is not None:
-                raise failed
-            _write_contents(tmp, policy=policy, named_params=named_params, optimizer=optimizer,
-                            scheduler=scheduler, ema=ema, config_yaml=config_yaml, state={"step": step, **state},
-                            modules=modules or {}, full=full)
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            failed = _space_error(final, e, named_params, run_dir)
-        if failed is None:
-            old = final.parent / f".{final.name}.old"
-            if final.exists():  # re-saving a step (after a resume): keep the old copy until the new one is in place
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-            prune_checkpoints(run_dir, keep_last)
-            logger.info("saved checkpoint %s", final)
+        failed = _space_error(final, e, named_params, run_dir)
+    if main and failed is None:
+        prune_checkpoints(run_dir, keep_last)
+        logger.info("saved checkpoint %s", final)
     error = dist.broadcast_object(str(failed) if failed is not None and main else None)
     barrier()
     if error is not None:

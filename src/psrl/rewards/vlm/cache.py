@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 from PIL import Image
 
+from psrl.rewards.bounded_cache import BoundedCache
 from psrl.rewards.vlm.transports import Failed, JudgeRequest
 
 DEFAULT_MAX_ENTRIES = 1024  # PaCo-GRPO's max_cache_size
+_MISSING = object()  # a cache miss (an answer itself may be any value)
 
 
 def image_digest(image: Image.Image) -> str:
@@ -45,11 +46,9 @@ class AnswerCache:
     """
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES):
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 0:
-            raise ValueError(f"cache_size must be an integer >= 0, got {max_entries!r}")
+        self._cache = BoundedCache(max_entries)  # FIFO, as PaCo-GRPO's; validates max_entries
         self.max_entries = max_entries
-        self._cache: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the hit / miss counters
         self.hits = self.misses = 0
 
     def keep(self, answer) -> bool:
@@ -60,12 +59,10 @@ class AnswerCache:
         answer each`` receives the first request of every key not remembered."""
         out: list = [None] * len(requests)
         todo: dict = {}  # key -> the positions that ask it; the first one is sent
-        with self._lock:
-            for i, k in enumerate(keys):
-                if k in self._cache:
-                    out[i] = self._cache[k]
-                else:
-                    todo.setdefault(k, []).append(i)
+        for i, k in enumerate(keys):
+            out[i] = self._cache.get(k, _MISSING)
+            if out[i] is _MISSING:
+                todo.setdefault(k, []).append(i)
         sent = [positions[0] for positions in todo.values()]
         got = ask([requests[i] for i in sent]) if sent else []
         with self._lock:
@@ -74,10 +71,8 @@ class AnswerCache:
             for (k, positions), answer in zip(todo.items(), got):
                 for i in positions:
                     out[i] = answer
-                if self.max_entries and self.keep(answer):
-                    self._cache[k] = answer
-                    if len(self._cache) > self.max_entries:
-                        self._cache.popitem(last=False)
+                if self.keep(answer):
+                    self._cache.put(k, answer)
         return out
 
 
