@@ -30,7 +30,7 @@ pytestmark = pytest.mark.unit
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 LAYERS: list[set[str]] = [
-    {"errors", "registry", "fileio", "images", "config", "seeding", "sharding", "chat", "hub", "model_card",
+    {"errors", "cache", "registry", "fileio", "images", "config", "seeding", "sharding", "chat", "hub", "model_card",
      "__init__"},
     {"data"},
     {"sampling"},

@@ -16,7 +16,7 @@ from psrl.chat import ChatClient, ChatError, image_data_url, message_text
 from psrl.fileio import atomic_dir, atomic_path, step_dirs, write_jsonl_atomic
 from psrl.images import ImageLoadError, image_size, load_image, pil_to_tensor, save_image, tensor_to_pil
 from psrl.models.loading import torch_dtype_from_name
-from psrl.rewards.bounded_cache import BoundedCache
+from psrl.cache import BoundedCache
 from psrl.rewards.loading import resolve_dtype
 from psrl.rl.sampler import sample_seed
 from psrl.seeding import stable_seed

@@ -18,12 +18,12 @@ positional encoding and the positional-encoding ablation; UNO, arXiv 2504.02160:
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from psrl.cache import BoundedCache
 from psrl.config import ConfigError
 from psrl.data.records import Record
 from psrl.sampling import SamplingConfig
@@ -99,8 +99,10 @@ class FluxKontextPolicy(FluxPolicy):
             raise ConfigError(f"model.args.reference_multiple: must be a multiple of {multiple} (VAE scale x 2x2 "
                               f"packing), got {self.resize.multiple}")
         self.references = ReferenceLoader(max_references=int(args.get("max_references", 4)))
-        self.reference_cache_size = int(args.get("reference_cache_size", 256))
-        self._ref_cache: OrderedDict[Any, tuple[Tensor, list[tuple[int, int]]]] = OrderedDict()
+        try:  # key -> (packed tokens, packed (h, w))
+            self._ref_cache = BoundedCache(int(args.get("reference_cache_size", 256)), eviction="lru")
+        except ValueError as e:
+            raise ConfigError(f"model.args.reference_cache_size: {e}") from e
         return frozen
 
     # ------------------------------------------------------------------ references
@@ -120,12 +122,7 @@ class FluxKontextPolicy(FluxPolicy):
             hit = self._ref_cache.get(key)
             if hit is None:
                 hit = self._encode_reference(self.references.load_one(record, path), n, record.id)
-                if self.reference_cache_size > 0:
-                    self._ref_cache[key] = hit
-                    if len(self._ref_cache) > self.reference_cache_size:
-                        self._ref_cache.popitem(last=False)
-            else:
-                self._ref_cache.move_to_end(key)
+                self._ref_cache.put(key, hit)
             tokens.append(hit[0])
             shapes.append(hit[1])
         return torch.cat(tokens).to(self.device), shapes

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.bounded_cache import BoundedCache
+from psrl.cache import BoundedCache
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, scorable_images
 from psrl.rewards.isolation import Failed, per_item

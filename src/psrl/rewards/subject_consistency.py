@@ -37,7 +37,7 @@ from torch import Tensor
 
 from psrl.data.records import Record
 from psrl.rewards.base import RewardOutput
-from psrl.rewards.bounded_cache import BoundedCache
+from psrl.cache import BoundedCache
 from psrl.rewards.detection import Detections, build_detector, detect_phrases
 from psrl.rewards.embedding import build_embedder
 from psrl.rewards.images import ReferenceImageError, ReferenceImages, crop_box, scorable_images

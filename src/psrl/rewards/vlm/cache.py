@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from PIL import Image
 
-from psrl.rewards.bounded_cache import BoundedCache
+from psrl.cache import BoundedCache
 from psrl.rewards.vlm.transports import Failed, JudgeRequest
 
 DEFAULT_MAX_ENTRIES = 1024  # PaCo-GRPO's max_cache_size

@@ -1,6 +1,8 @@
-"""The one bounded in-memory cache of the rewards and benchmarks: reference embeddings
-(:class:`psrl.rewards.similarity.ImageSimilarity`, :class:`psrl.rewards.subject_consistency.SubjectConsistency`) and
-judge answers (:class:`psrl.rewards.vlm.cache.AnswerCache`, which the GEdit VIEScore metric shares).
+"""The one bounded in-memory cache: Kontext's encoded references (:mod:`psrl.models.flux_kontext`), the rewards'
+reference embeddings (:class:`psrl.rewards.similarity.ImageSimilarity`,
+:class:`psrl.rewards.subject_consistency.SubjectConsistency`) and judge answers
+(:class:`psrl.rewards.vlm.cache.AnswerCache`, which the GEdit VIEScore metric shares). A core module: it imports
+nothing of psrl.
 
 Why not ``functools.lru_cache``: the callers batch their misses (one embedding or judge pass for all of them) and
 must not remember a failure, so they look up and store entries themselves.
