@@ -67,6 +67,7 @@ class TrainConfig(TrainingConfig):
             (micro-batches are slices of one rollout batch, so they share its trained steps).
         gradient_accumulation: micro-batches (each over all trained steps) per optimizer update.
         num_inner_epochs: passes over the step's samples.
+        lr, betas, weight_decay, adam_eps: AdamW (Flow-GRPO: 3e-4, (0.9, 0.999), 1e-4, 1e-8).
         clip_range: PPO ratio clip ``epsilon`` (1e-4 for the mean-reduced log-prob; Fast: 1e-5).
         beta: KL-to-reference weight (0 = no reference forward pass).
         kl_compat_dt: multiply the KL by ``|dt|`` as Flow-GRPO's code does, so its published ``beta`` transfers.

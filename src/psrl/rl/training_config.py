@@ -22,8 +22,8 @@ class TrainingConfig:
     Attributes:
         optimizer: ``adamw`` or ``adamw8bit`` (bitsandbytes, the ``psrl[bnb]`` extra, CUDA; Flow-GRPO offers 8-bit
             Adam).
-        lr: AdamW's peak learning rate (Flow-GRPO: 3e-4).
-        betas, weight_decay, adam_eps: AdamW (Flow-GRPO: (0.9, 0.999), 1e-4, 1e-8).
+        lr: AdamW's peak learning rate.
+        betas, weight_decay, adam_eps: AdamW's moment decays, decoupled weight decay and epsilon.
         lr_warmup_steps: linear warm-up in optimizer updates (0 = constant LR, as Flow-GRPO).
         max_grad_norm: clip the global grad norm (0 disables).
         seed: seeds the data order, the noise and everything else.
