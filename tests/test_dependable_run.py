@@ -431,3 +431,16 @@ def test_generate_checks_every_record_before_the_first_image(tmp_path):
                 "--set", f"data.data_root={tmp_path}", "--out", str(tmp_path / "imgs"), "--steps", "1", cwd=tmp_path)
     assert out.returncode == 2 and "4 of 5 record(s) are invalid" in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "imgs").exists()
+
+
+@pytest.mark.component
+def test_another_ranks_failed_rng_write_fails_the_checkpoint_on_rank_0(tmp_path, monkeypatch):
+    t = GRPOTrainer(_cfg(tmp_path, "r", "train.max_steps=1"))
+    t.train()
+    # what rank 1 of two would send: its RNG file could not be written (the disk filled)
+    monkeypatch.setattr(ckpt.dist, "gather_objects",
+                        lambda obj: [obj, OSError(errno.ENOSPC, "No space left on device")])
+    with pytest.raises(PsrlError, match="no space left on device writing checkpoint .*step-2"):
+        t.save(2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "r")] == [1]  # the earlier one intact, no step-2
+    assert not (tmp_path / "r" / "checkpoints" / ".step-2.tmp").exists()

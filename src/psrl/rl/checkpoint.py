@@ -255,10 +255,12 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
                 torch.save(rng if rng is not None else rng_state(), tmp / "rng" / f"rank-{process_index}.pt")
             except OSError as e:
                 failed = e
-            barrier()
+            # every rank's failure reaches rank 0 (a checkpoint without one rank's RNG file could not resume it);
+            # the gather is also the barrier before rank 0 writes the rest
+            lost = [e for e in dist.gather_objects(failed) if e is not None]
             if main:
-                if failed is not None:
-                    raise failed
+                if lost:
+                    raise lost[0]
                 _write_contents(tmp, policy=policy, named_params=named_params, optimizer=optimizer,
                                 scheduler=scheduler, ema=ema, config_yaml=config_yaml, state={"step": step, **state},
                                 modules=modules or {}, full=full)
