@@ -444,3 +444,17 @@ def test_another_ranks_failed_rng_write_fails_the_checkpoint_on_rank_0(tmp_path,
         t.save(2)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "r")] == [1]  # the earlier one intact, no step-2
     assert not (tmp_path / "r" / "checkpoints" / ".step-2.tmp").exists()
+
+
+@pytest.mark.component
+def test_a_temp_folder_that_cannot_be_made_is_one_error_and_nothing_is_published(tmp_path, monkeypatch):
+    t = GRPOTrainer(_cfg(tmp_path, "m", "train.max_steps=1"))
+    t.train()
+
+    def read_only(path):
+        raise OSError(errno.EACCES, "Permission denied", str(path))
+
+    monkeypatch.setattr(ckpt, "atomic_dir", read_only)
+    with pytest.raises(PsrlError, match=r"could not write checkpoint .*step-2: Permission denied"):
+        t.save(2)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "m")] == [1]

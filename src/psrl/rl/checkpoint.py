@@ -246,15 +246,21 @@ def save_checkpoint(run_dir: str | Path, step: int, *, policy, named_params: dic
     failed = None
     try:
         with contextlib.ExitStack() as stack:
-            # rank 0 owns the temp folder (atomic_dir: removed on an error, renamed to step-N on success)
-            tmp = stack.enter_context(atomic_dir(final)) if main else final.with_name(f".{final.name}.tmp")
+            # rank 0 owns atomic_dir's temp folder (removed on an error, renamed to step-N on success); a failure
+            # to make it is kept, not raised, so that every rank still meets the same collectives below
+            tmp = final.with_name(f".{final.name}.tmp")
             if main:
-                (tmp / "rng").mkdir()
+                try:
+                    stack.enter_context(atomic_dir(final))
+                    (tmp / "rng").mkdir()
+                except OSError as e:
+                    failed = e
             barrier()
-            try:
-                torch.save(rng if rng is not None else rng_state(), tmp / "rng" / f"rank-{process_index}.pt")
-            except OSError as e:
-                failed = e
+            if failed is None:
+                try:
+                    torch.save(rng if rng is not None else rng_state(), tmp / "rng" / f"rank-{process_index}.pt")
+                except OSError as e:
+                    failed = e
             # every rank's failure reaches rank 0 (a checkpoint without one rank's RNG file could not resume it);
             # the gather is also the barrier before rank 0 writes the rest
             lost = [e for e in dist.gather_objects(failed) if e is not None]
